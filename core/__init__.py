@@ -1,0 +1,1 @@
+"""Shared pieces of spotrelay: config loading, logging, the node protocol, the CLI."""

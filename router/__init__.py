@@ -1,0 +1,1 @@
+"""The spotrelay router: OpenAI-compatible proxy with registry, balancing, retry and resume."""

@@ -1,0 +1,1 @@
+"""Local stand-ins: vLLM-API simulator, IMDS emulator, and the demo fleet."""

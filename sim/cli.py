@@ -1,0 +1,11 @@
+"""CLI for the sim component (placeholder until the component lands)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    for name in ["sim", "demo"]:
+        p = sub.add_parser(name, parents=[common], help="sim: not built yet")
+        p.set_defaults(handler=lambda args: print("not built yet") or 1)

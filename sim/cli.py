@@ -1,11 +1,19 @@
-"""CLI for the sim component (placeholder until the component lands)."""
+"""CLI wiring for ``spotrelay sim vllm``, ``spotrelay sim imds`` and ``spotrelay demo``."""
 
 from __future__ import annotations
 
 import argparse
 
+from . import demo_cli, imds_cli, vllm_cli
+
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    for name in ["sim", "demo"]:
-        p = sub.add_parser(name, parents=[common], help="sim: not built yet")
-        p.set_defaults(handler=lambda args: print("not built yet") or 1)
+    sim = sub.add_parser(
+        "sim",
+        help="local stand-ins: vLLM-API simulator, IMDS emulator",
+        description="Local stand-ins for vLLM and the EC2 metadata service.",
+    )
+    sim_sub = sim.add_subparsers(dest="sim_command", metavar="what", required=True)
+    vllm_cli.register(sim_sub, common)
+    imds_cli.register(sim_sub, common)
+    demo_cli.register(sub, common)

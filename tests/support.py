@@ -66,3 +66,25 @@ def start_sim_vllm(
         "/health",
         port=port,
     )
+
+
+def start_imds(
+    procs: ProcessGroup,
+    logdir: Path,
+    *extra: str,
+    name: str = "imds",
+    port: int | None = None,
+) -> Service:
+    """A ``spotrelay sim imds`` emulator (IMDSv2, tokens required).
+
+    Readiness polls the token-free ``GET /_control/health``; metadata paths
+    need a token. ``extra`` are CLI flags such as ``--instance-id i-...``.
+    """
+    return start_service(
+        procs,
+        logdir,
+        name,
+        ["sim", "imds", "--host", HOST, *extra],
+        "/_control/health",
+        port=port,
+    )

@@ -1,0 +1,101 @@
+output "user_data" {
+  description = "The cloud-init user data (#cloud-config YAML), not base64-encoded."
+  value       = local.user_data
+}
+
+output "user_data_base64" {
+  description = "The cloud-init user data, base64-encoded for a launch template."
+  value       = base64encode(local.user_data)
+}
+
+output "agent_settings" {
+  description = "The agent configuration as an object (the keys of /etc/spotrelay/agent.yaml)."
+  value       = local.agent_settings
+}
+
+output "agent_yaml" {
+  description = "The rendered /etc/spotrelay/agent.yaml."
+  value       = local.agent_yaml
+}
+
+output "vllm_unit" {
+  description = "The rendered vllm.service systemd unit."
+  value       = local.vllm_unit
+}
+
+output "vllm_argv" {
+  description = "The `vllm serve` command line, one token per element."
+  value       = local.vllm_argv
+}
+
+output "install_script" {
+  description = "The node bootstrap script cloud-init runs once."
+  value       = local.install_script
+}
+
+output "served_model_name" {
+  description = "The model name clients send and the router routes on."
+  value       = local.served_model_name
+}
+
+output "instance_overrides" {
+  description = "Mixed instances policy overrides, in preference order."
+  value       = local.instance_overrides
+}
+
+output "scaling" {
+  description = "Sizes and purchase options of the Auto Scaling group, with max_size resolved."
+  value       = local.scaling
+
+  precondition {
+    condition     = var.scaling.min_size <= var.scaling.desired_capacity && var.scaling.desired_capacity <= local.max_size
+    error_message = "scaling must satisfy min_size <= desired_capacity <= max_size."
+  }
+
+  precondition {
+    condition     = local.max_size > var.scaling.desired_capacity || local.max_size == 0
+    error_message = "scaling.max_size must leave headroom above desired_capacity: capacity rebalancing launches a replacement before the old spot node terminates."
+  }
+
+  precondition {
+    condition     = var.scaling.on_demand_base_capacity <= local.max_size
+    error_message = "scaling.on_demand_base_capacity cannot exceed max_size."
+  }
+}
+
+output "lifecycle_hook" {
+  description = "The termination lifecycle hook (name, heartbeat timeout, default result)."
+  value = {
+    name              = local.hook_name
+    heartbeat_timeout = var.lifecycle_hook.heartbeat_timeout
+    default_result    = var.lifecycle_hook.default_result
+    transition        = "autoscaling:EC2_INSTANCE_TERMINATING"
+  }
+
+  precondition {
+    condition     = var.vllm.shutdown_timeout_s + var.spotrelay.safety_margin_s <= 120
+    error_message = "vllm.shutdown_timeout_s + spotrelay.safety_margin_s must fit in the 120 s spot notice."
+  }
+}
+
+output "tags" {
+  description = "Tags for every resource of the pool."
+  value       = local.tags
+}
+
+output "asg_tags" {
+  description = "Tags as Auto Scaling group tag blocks, propagated at launch."
+  value       = local.asg_tags
+}
+
+output "volumes" {
+  description = "Root and model volume settings, with has_model_volume resolved."
+  value = merge(var.volumes, {
+    has_model_volume = local.has_model_volume
+  })
+
+  precondition {
+    condition     = var.volumes.model_size_gib != var.volumes.root_size_gib
+    error_message = "volumes.model_size_gib must differ from volumes.root_size_gib: the node identifies the model volume by its size."
+  }
+}

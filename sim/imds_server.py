@@ -56,6 +56,10 @@ async def control(request: web.Request) -> web.Response:
     """``POST /_control/<action>`` with an optional JSON object body."""
     state = request.app[STATE_KEY]
     name = request.match_info["action"]
+    if name in ("state", "health"):
+        return _json(405, {"error": f"use GET /_control/{name}"})
+    if request.method != "POST":
+        return _json(405, {"error": f"use POST /_control/{name} with a JSON object body"})
     raw = await request.read()
     try:
         body = json.loads(raw) if raw.strip() else None
@@ -74,7 +78,7 @@ def build_app(state: ImdsState) -> web.Application:
     app[STATE_KEY] = state
     app.router.add_get("/_control/health", health, allow_head=True)
     app.router.add_get("/_control/state", get_state, allow_head=True)
-    app.router.add_post("/_control/{action}", control)
+    app.router.add_route("*", "/_control/{action}", control)
     app.router.add_route("*", "/{tail:.*}", imds)
     return app
 

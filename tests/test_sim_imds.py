@@ -498,4 +498,6 @@ def test_control_rejects_bad_bodies_clearly(imds):
     unknown = post("nuke", "{}")
     assert unknown.status_code == 404 and "unknown control action" in unknown.json()["error"]
     assert post("lifecycle", json.dumps({"state": 3})).status_code == 400
+    assert requests.get(imds.url + "/_control/spot", timeout=5).status_code == 405
+    assert post("state", "{}").status_code == 405
     assert state_of(imds)["events"]["spot"] is None

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
 import requests
 from botocore.utils import InstanceMetadataFetcher, InstanceMetadataRegionFetcher
@@ -313,6 +314,28 @@ def test_botocore_fetches_role_credentials_with_imdsv2(imds):
     assert expiry > dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(hours=5)
     counts = state_of(imds)["counts"]
     assert counts["token_puts"] == 1 and counts["unauthorized_401"] == 0
+
+
+def test_boto3_default_credential_chain_uses_the_emulator(imds, monkeypatch, tmp_path):
+    for var in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_ROLE_ARN",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url)
+    monkeypatch.setenv("AWS_EC2_METADATA_V1_DISABLED", "true")
+    creds = boto3.Session().get_credentials()
+    assert creds is not None and creds.method == "iam-role"
+    assert creds.get_frozen_credentials().access_key.startswith("ASIA")
 
 
 def test_botocore_region_and_a_hanging_imds(imds):

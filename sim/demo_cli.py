@@ -1,10 +1,107 @@
-"""CLI for the demo (placeholder until it lands)."""
+"""``spotrelay demo``: flags and entry point (the work is in :mod:`spotrelay.sim.demo`)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  spotrelay demo                                  # 3 nodes, 60 s, 2 notices, 1 hard kill
+  spotrelay demo --nodes 4 --duration 120 --rps 40 --out /tmp/demo
+  spotrelay demo --engine-cmd 'vllm serve Qwen/Qwen2.5-0.5B-Instruct --port {port}' \\
+                 --model Qwen/Qwen2.5-0.5B-Instruct --lead-s 30
+
+Exit status 0 only if no client saw a failure. See docs/demo.md for every figure.
+Flags override --config (sections demo: and engine:) and SPOTRELAY_DEMO_* /
+SPOTRELAY_ENGINE_* environment variables.
+"""
+
+# flag -> (section, key); flags left unset fall back to config, env, then defaults.
+FLAGS = {
+    "nodes": ("demo", "nodes", int, "nodes in the fleet (3)"),
+    "duration": ("demo", "duration_s", float, "seconds of traffic (60)"),
+    "preemptions": ("demo", "preemptions", int, "spot interruption notices to inject (2)"),
+    "hard_kills": ("demo", "hard_kills", int, "nodes to SIGKILL without notice (1)"),
+    "lead_s": ("demo", "lead_s", float, "notice lead time; AWS gives 120 s (10)"),
+    "rps": ("demo", "rps", float, "average requests per second (20)"),
+    "stream_ratio": ("demo", "stream_ratio", float, "share of streaming requests (0.5)"),
+    "max_tokens": ("demo", "max_tokens", int, "upper bound of max_tokens per request (48)"),
+    "seed": ("demo", "seed", int, "RNG seed for traffic and chaos (7)"),
+    "out": ("demo", "out", str, "directory for report.json, timeline.png, logs (demo-out)"),
+    "model": ("engine", "model", str, "model name to serve and request (sim-model)"),
+    "ttft_ms": ("engine", "ttft_ms", int, "simulator time to first token (40)"),
+    "itl_ms": ("engine", "itl_ms", int, "simulator inter-token latency (15)"),
+    "poll_interval_s": ("engine", "poll_interval_s", float, "agents' IMDS poll interval (0.5)"),
+    "engine_cmd": (
+        "engine",
+        "cmd",
+        str,
+        "run this engine instead of the simulator; {port}, {host} and {model} "
+        "are substituted (text is then not verified)",
+    ),
+}
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("demo", parents=[common], help="the demo: not built yet")
-    p.set_defaults(handler=lambda args: print("not built yet") or 1)
+    from spotrelay.core.config import describe
+
+    from .demo_settings import DemoConfig
+
+    p = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="a local spot fleet under injected preemptions",
+        description="Start a router and N nodes (engine simulator + IMDS emulator + agent) on "
+        "loopback, drive OpenAI traffic, inject spot notices and hard kills, "
+        "replace lost nodes, and report what clients saw.",
+        epilog=EPILOG + "\n" + describe(DemoConfig),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for dest, (_section, _key, kind, help_text) in FLAGS.items():
+        p.add_argument(
+            "--" + dest.replace("_", "-"), dest=dest, type=kind, default=None, help=help_text
+        )
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="periodic log lines instead of a live progress line",
+    )
+    p.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from spotrelay.core.config import load
+
+    from .demo import DemoOptions, run
+    from .demo_settings import DemoConfig
+    from .fleet import FleetOptions
+
+    overrides: dict[str, dict[str, object]] = {"demo": {}, "engine": {}}
+    for dest, (section, key, _kind, _help) in FLAGS.items():
+        overrides[section][key] = getattr(args, dest)
+    cfg = load(DemoConfig, args.config, overrides=overrides)
+    d, e = cfg.demo, cfg.engine
+    fleet = FleetOptions(
+        model=e.model,
+        ttft_ms=e.ttft_ms,
+        itl_ms=e.itl_ms,
+        poll_interval_s=e.poll_interval_s,
+        engine_cmd=e.cmd,
+        engine_ready_timeout_s=e.ready_timeout_s,
+    )
+    options = DemoOptions(
+        nodes=d.nodes,
+        duration_s=d.duration_s,
+        preemptions=d.preemptions,
+        hard_kills=d.hard_kills,
+        lead_s=d.lead_s,
+        rps=d.rps,
+        stream_ratio=d.stream_ratio,
+        seed=d.seed,
+        out=Path(d.out),
+        fleet=fleet,
+        max_tokens=d.max_tokens,
+        progress=not args.no_progress,
+    )
+    return run(options)

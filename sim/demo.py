@@ -1,0 +1,281 @@
+"""``spotrelay demo``: a local spot fleet under injected preemptions, end to end.
+
+The run: start a router and N nodes on loopback, wait until all are ready,
+drive OpenAI traffic for ``duration_s``, inject spot notices (the node is
+reclaimed when the notice's time arrives, as EC2 would) and hard kills (no
+notice), launch a replacement for every lost node (as the Auto Scaling group
+would), then report what the clients saw. Exit status 0 means no client saw
+a failure, so the demo doubles as an end-to-end smoke test.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from .chaos import FleetObserver, PlannedEvent, plan_events
+from .fleet import FleetOptions, LocalFleet, Node
+from .report import render_table, summarise, write_chart, write_json
+from .traffic import TrafficDriver, TrafficOptions
+
+log = logging.getLogger("spotrelay.demo")
+
+RESUMED_OUTCOMES = {"ok", "resumed", "success", "succeeded"}
+
+
+@dataclass
+class DemoOptions:
+    nodes: int = 3
+    duration_s: float = 60.0
+    preemptions: int = 2
+    hard_kills: int = 1
+    lead_s: float = 10.0
+    rps: float = 20.0
+    stream_ratio: float = 0.5
+    seed: int = 7
+    out: Path = Path("demo-out")
+    fleet: FleetOptions = field(default_factory=FleetOptions)
+    max_tokens: int = 48
+    progress: bool = True
+
+
+@dataclass
+class EventRecord:
+    """One injected event and what followed it, in seconds since traffic started."""
+
+    type: str
+    node: str
+    at: float
+    killed: float | None = None
+    replacement: str | None = None
+    excluded: float | None = None
+    drained: float | None = None
+    replacement_ready: float | None = None
+    kill_due: float | None = field(default=None, repr=False)
+
+
+class Demo:
+    """Owns the fleet, the traffic and the chaos for one run."""
+
+    def __init__(self, options: DemoOptions) -> None:
+        self.options = options
+        self.out = options.out
+        self.rng = random.Random(options.seed)
+        self.fleet = LocalFleet(self.out, options.fleet)
+        self.events: list[EventRecord] = []
+        self.t0 = 0.0
+        self._replacing: list[threading.Thread] = []
+
+    # -- the run --------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        opts = self.options
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.fleet.start_router()
+        nodes = [self.fleet.launch_node() for _ in range(opts.nodes)]
+        for node in nodes:
+            self.fleet.wait_node_ready(node)
+        log.info("fleet ready: router %s, %d nodes", self.fleet.router_url, len(nodes))
+        metrics_before = self._router_counters()
+        self.t0 = time.monotonic()
+        observer = FleetObserver(self.fleet.router_nodes, self.t0)
+        observer.start()
+        traffic = TrafficDriver(
+            self.fleet.router_url,
+            opts.fleet.model,
+            TrafficOptions(
+                rps=opts.rps,
+                stream_ratio=opts.stream_ratio,
+                max_tokens=opts.max_tokens,
+                verify_text=opts.fleet.engine_cmd is None,
+            ),
+            seed=opts.seed,
+        )
+        traffic.start(self.t0)
+        plan = plan_events(opts.duration_s, opts.preemptions, opts.hard_kills, self.rng)
+        try:
+            self._chaos_loop(plan, traffic, observer)
+        finally:
+            traffic.stop()
+            for thread in self._replacing:
+                thread.join(timeout=opts.fleet.engine_ready_timeout_s)
+            observer.stop()
+        counters = {k: v - metrics_before.get(k, 0.0) for k, v in self._router_counters().items()}
+        self._fill_timeline(observer)
+        report = summarise(
+            traffic.log.records,
+            counters,
+            [{k: v for k, v in asdict(e).items() if k != "kill_due"} for e in self.events],
+            observer.samples,
+            self._settings(),
+        )
+        write_json(report, self.out)
+        write_chart(report, traffic.log.records, self.out, opts.duration_s)
+        return report
+
+    def _chaos_loop(
+        self, plan: list[PlannedEvent], traffic: TrafficDriver, observer: FleetObserver
+    ) -> None:
+        opts = self.options
+        pending = list(plan)
+        last_progress = 0.0
+        while True:
+            now = time.monotonic() - self.t0
+            if now >= opts.duration_s and not self._kills_pending():
+                return
+            while pending and pending[0].at_s <= now:
+                self._inject(pending.pop(0), now)
+            for ev in self.events:
+                if ev.kill_due is not None and ev.killed is None and now >= ev.kill_due:
+                    self._reclaim(ev, now)
+            if now - last_progress >= (0.5 if opts.progress else 5.0):
+                self._progress(now, traffic, observer)
+                last_progress = now
+            time.sleep(0.05)
+
+    def _kills_pending(self) -> bool:
+        return any(e.kill_due is not None and e.killed is None for e in self.events)
+
+    def _victim(self) -> Node | None:
+        """A node that is up and not already hit by an event."""
+        hit = {e.node for e in self.events}
+        candidates = [
+            n
+            for n in self.fleet.alive_nodes()
+            if n.name not in hit and self.fleet.node_state(n.name) == "ready"
+        ]
+        return self.rng.choice(candidates) if candidates else None
+
+    def _inject(self, planned: PlannedEvent, now: float) -> None:
+        node = self._victim()
+        if node is None:
+            log.warning("no ready node to hit at %.1fs; skipping a %s", now, planned.kind)
+            return
+        ev = EventRecord(planned.kind, node.name, round(now, 2))
+        self.events.append(ev)
+        if planned.kind == "spot_notice":
+            due = self.fleet.spot_notice(node, self.options.lead_s)
+            ev.kill_due = round(due - self.t0, 2)
+            log.info("spot notice to %s at %.1fs (reclaimed at %.1fs)", node.name, now, ev.kill_due)
+        else:
+            log.info("hard kill of %s at %.1fs", node.name, now)
+            self.fleet.terminate(node)
+            ev.killed = round(time.monotonic() - self.t0, 2)
+        self._replace(ev)
+
+    def _reclaim(self, ev: EventRecord, now: float) -> None:
+        node = self.fleet.nodes[ev.node]
+        log.info("reclaiming %s at %.1fs", node.name, now)
+        self.fleet.terminate(node)
+        ev.killed = round(time.monotonic() - self.t0, 2)
+
+    def _replace(self, ev: EventRecord) -> None:
+        """Launch a replacement in the background, as the Auto Scaling group would."""
+
+        def launch() -> None:
+            node = self.fleet.launch_node()
+            ev.replacement = node.name
+            try:
+                self.fleet.wait_node_ready(node)
+            except (TimeoutError, RuntimeError) as exc:
+                log.error("replacement %s did not come up: %s", node.name, exc)
+
+        thread = threading.Thread(target=launch, name=f"replace-{ev.node}", daemon=True)
+        self._replacing.append(thread)
+        thread.start()
+
+    # -- observation ----------------------------------------------------------
+    def _progress(self, now: float, traffic: TrafficDriver, observer: FleetObserver) -> None:
+        done, failed, in_flight = traffic.log.counts()
+        ready, draining = observer.counts()
+        line = (
+            f"[{now:5.1f}/{self.options.duration_s:.0f}s] requests {done} "
+            f"failed {failed} in flight {in_flight} | nodes ready {ready} "
+            f"draining {draining}"
+        )
+        if self.options.progress and sys.stderr.isatty():
+            print("\r" + line.ljust(100), end="", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def _fill_timeline(self, observer: FleetObserver) -> None:
+        if self.options.progress and sys.stderr.isatty():
+            print(file=sys.stderr)
+        for ev in self.events:
+            hist = observer.histories.get(ev.node)
+            if hist:
+                ev.excluded = _round(hist.excluded)
+                ev.drained = _round(hist.gone) if ev.type == "spot_notice" else None
+            if ev.replacement and ev.replacement in observer.histories:
+                ev.replacement_ready = _round(observer.histories[ev.replacement].first_ready)
+
+    def _router_counters(self) -> dict[str, float]:
+        """Retries and resumed streams, from the router's own Prometheus metrics."""
+        try:
+            with urllib.request.urlopen(self.fleet.router_url + "/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return {}
+        out = {"retried": 0.0, "resumed": 0.0, "resume_failed": 0.0}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if not sample.name.endswith("_total"):
+                    continue
+                if family.name == "spotrelay_router_retries":
+                    out["retried"] += sample.value
+                elif "resume" in family.name and family.name.endswith("resumes"):
+                    outcome = sample.labels.get("outcome", "ok")
+                    key = "resumed" if outcome in RESUMED_OUTCOMES else "resume_failed"
+                    out[key] += sample.value
+        return out
+
+    def _settings(self) -> dict[str, Any]:
+        opts = self.options
+        return {
+            "nodes": opts.nodes,
+            "duration_s": opts.duration_s,
+            "preemptions": opts.preemptions,
+            "hard_kills": opts.hard_kills,
+            "lead_s": opts.lead_s,
+            "rps": opts.rps,
+            "stream_ratio": opts.stream_ratio,
+            "seed": opts.seed,
+            "engine": opts.fleet.engine_cmd or "spotrelay sim vllm",
+        }
+
+    def close(self) -> None:
+        self.fleet.stop()
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def run(options: DemoOptions) -> int:
+    """Run the demo, print the report, and return the exit status (0 = no failure)."""
+    demo = Demo(options)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        report = demo.run()
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping every process the demo started", file=sys.stderr)
+        return 130
+    finally:
+        demo.close()
+        signal.signal(signal.SIGTERM, previous)
+    print(render_table(report))
+    print(f"\nwrote {options.out / 'report.json'} and {options.out / 'timeline.png'}")
+    return 0 if report["failed"] == 0 else 1
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

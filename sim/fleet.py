@@ -1,0 +1,255 @@
+"""A local spot fleet: one router and N nodes, each node an engine + IMDS emulator + agent.
+
+Everything is a real process on loopback, started the way an operator would
+start it (``spotrelay router``, ``spotrelay sim vllm``, ``spotrelay sim imds``,
+``spotrelay agent``), so the demo exercises the same code paths as
+production. The fleet plays the part of EC2 and the Auto Scaling group: it
+sends spot notices through the emulator, terminates nodes when their notice
+time arrives, and launches replacements.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shlex
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spotrelay.core.net import free_port, http_ok
+from spotrelay.core.processes import ManagedProcess, ProcessGroup, spotrelay_argv
+
+HOST = "127.0.0.1"
+
+
+@dataclass
+class FleetOptions:
+    """How the local fleet is shaped; the demo's flags map onto these."""
+
+    model: str = "sim-model"
+    ttft_ms: int = 40
+    itl_ms: int = 15
+    max_num_seqs: int = 64
+    poll_interval_s: float = 0.5
+    engine_cmd: str | None = None
+    engine_ready_timeout_s: float = 60.0
+    router_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Node:
+    """One simulated GPU instance and the three processes that make it up."""
+
+    name: str
+    engine_url: str
+    imds_url: str
+    engine: ManagedProcess
+    imds: ManagedProcess
+    agent: ManagedProcess
+    started_at: float
+    killed_at: float | None = None
+
+    @property
+    def processes(self) -> list[ManagedProcess]:
+        return [self.agent, self.engine, self.imds]
+
+    def alive(self) -> bool:
+        return self.killed_at is None
+
+
+def _post_json(url: str, body: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read() or b"{}")
+
+
+class LocalFleet:
+    """Starts, preempts, kills and replaces local nodes behind one router."""
+
+    def __init__(self, workdir: Path, options: FleetOptions) -> None:
+        self.workdir = workdir
+        self.options = options
+        self.procs = ProcessGroup()
+        self.token = secrets.token_urlsafe(24)
+        self.router_url = ""
+        self.router: ManagedProcess | None = None
+        self.nodes: dict[str, Node] = {}
+        self._serial = 0
+
+    # -- router ---------------------------------------------------------------
+    def start_router(self) -> str:
+        port = free_port()
+        config = {
+            "server": {"host": HOST, "port": port},
+            "auth": {"node_token": self.token, "node_token_file": None},
+            "registry": {"ttl_s": 6},
+            "routing": {"no_capacity_wait_s": 20},
+            "health": {"probe_interval_s": 0.5, "base_ejection_s": 2},
+            "timeouts": {"connect_s": 1, "stream_idle_s": 5, "first_byte_s": 30},
+        }
+        for section, values in self.options.router_overrides.items():
+            config.setdefault(section, {}).update(values)
+        path = self.workdir / "router.yaml"
+        path.write_text(yaml.safe_dump(config))
+        self.router_url = f"http://{HOST}:{port}"
+        self.router = self.procs.start(
+            ManagedProcess(
+                "router",
+                spotrelay_argv("router", "--config", str(path)),
+                log_path=self.workdir / "logs" / "router.log",
+            )
+        )
+        self.router.wait_ready(lambda: http_ok(self.router_url + "/healthz"), timeout=30)
+        return self.router_url
+
+    def router_nodes(self) -> list[dict[str, Any]]:
+        """The router's view of the fleet (``GET /nodes``); empty if it does not answer."""
+        req = urllib.request.Request(
+            self.router_url + "/nodes", headers={"Authorization": f"Bearer {self.token}"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=2) as resp:
+                doc = json.loads(resp.read())
+        except (OSError, ValueError):
+            return []
+        return doc["nodes"] if isinstance(doc, dict) else doc
+
+    # -- nodes ----------------------------------------------------------------
+    def _engine_argv(self, port: int) -> list[str]:
+        opts = self.options
+        if opts.engine_cmd:
+            return shlex.split(opts.engine_cmd.format(port=port, host=HOST, model=opts.model))
+        return spotrelay_argv(
+            "sim",
+            "vllm",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--model",
+            opts.model,
+            "--ttft-ms",
+            str(opts.ttft_ms),
+            "--itl-ms",
+            str(opts.itl_ms),
+            "--max-num-seqs",
+            str(opts.max_num_seqs),
+        )
+
+    def launch_node(self) -> Node:
+        """Boot one instance: IMDS, engine, then the agent that registers it."""
+        self._serial += 1
+        name = f"node-{self._serial}"
+        logs = self.workdir / "logs"
+        engine_port, imds_port = free_port(), free_port()
+        engine_url, imds_url = f"http://{HOST}:{engine_port}", f"http://{HOST}:{imds_port}"
+        instance_id = f"i-{secrets.token_hex(8)}"
+        imds = self.procs.start(
+            ManagedProcess(
+                f"{name}-imds",
+                spotrelay_argv(
+                    "sim",
+                    "imds",
+                    "--host",
+                    HOST,
+                    "--port",
+                    str(imds_port),
+                    "--instance-id",
+                    instance_id,
+                    "--local-ipv4",
+                    HOST,
+                ),
+                log_path=logs / f"{name}-imds.log",
+            )
+        )
+        engine = self.procs.start(
+            ManagedProcess(
+                f"{name}-engine",
+                self._engine_argv(engine_port),
+                log_path=logs / f"{name}-engine.log",
+            )
+        )
+        state_dir = self.workdir / "state" / name
+        state_dir.mkdir(parents=True, exist_ok=True)
+        agent_cfg = {
+            "node": {"id": name, "advertise_url": engine_url},
+            "router": {
+                "urls": [self.router_url],
+                "node_token": self.token,
+                "node_token_file": None,
+            },
+            "engine": {
+                "url": engine_url,
+                "model": self.options.model,
+                "process_name": None,
+                "systemd_unit": None,
+            },
+            "imds": {"url": imds_url, "poll_interval_s": self.options.poll_interval_s},
+            "heartbeat": {"interval_s": 1},
+            "drain": {"safety_margin_s": 1, "stop_engine": False},
+            "metrics": {"port": 0},
+            "state_dir": str(state_dir),
+        }
+        cfg_path = self.workdir / f"{name}-agent.yaml"
+        cfg_path.write_text(yaml.safe_dump(agent_cfg))
+        agent = self.procs.start(
+            ManagedProcess(
+                f"{name}-agent",
+                spotrelay_argv("agent", "--config", str(cfg_path)),
+                log_path=logs / f"{name}-agent.log",
+            )
+        )
+        node = Node(name, engine_url, imds_url, engine, imds, agent, time.monotonic())
+        self.nodes[name] = node
+        return node
+
+    def wait_node_ready(self, node: Node, timeout: float | None = None) -> None:
+        """Block until the router lists ``node`` as ready."""
+        deadline = time.monotonic() + (timeout or self.options.engine_ready_timeout_s)
+        while time.monotonic() < deadline:
+            if self.node_state(node.name) == "ready":
+                return
+            for proc in (node.imds, node.engine, node.agent):
+                if not proc.alive():
+                    raise RuntimeError(f"{proc.name} exited early:\n{proc.tail()}")
+            time.sleep(0.1)
+        raise TimeoutError(f"{node.name} did not become ready in time:\n{node.agent.tail()}")
+
+    def node_state(self, name: str) -> str | None:
+        for entry in self.router_nodes():
+            if entry.get("id") == name:
+                return entry.get("state")
+        return None
+
+    def spot_notice(self, node: Node, lead_s: float) -> float:
+        """Post a spot interruption notice; returns when (monotonic) EC2 would reclaim it."""
+        sent = time.monotonic()
+        state = _post_json(
+            node.imds_url + "/_control/spot", {"action": "terminate", "lead_s": lead_s}
+        )
+        spot = (state.get("events") or {}).get("spot") or {}
+        return sent + float(spot.get("seconds_left", lead_s))
+
+    def terminate(self, node: Node) -> None:
+        """What EC2 does at the notice's time, or a hard kill: SIGKILL everything at once."""
+        for proc in node.processes:
+            proc.signal(9)
+        for proc in node.processes:
+            proc.kill()
+        node.killed_at = time.monotonic()
+
+    def alive_nodes(self) -> list[Node]:
+        return [n for n in self.nodes.values() if n.alive()]
+
+    def stop(self) -> None:
+        self.procs.stop_all(timeout=8)

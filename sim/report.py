@@ -1,0 +1,176 @@
+"""The demo's report: one summary dict, rendered as a table, ``report.json`` and a chart.
+
+The terminal table and ``report.json`` are rendered from the same dict, so
+they cannot disagree; ``docs/demo.md`` explains every figure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .chaos import Sample
+from .traffic import RequestRecord
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile (no interpolation: every figure is a real request)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return round(ordered[rank - 1], 1)
+
+
+def _percentiles(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "p50": percentile(values, 50),
+        "p95": percentile(values, 95),
+        "p99": percentile(values, 99),
+    }
+
+
+def summarise(
+    records: Sequence[RequestRecord],
+    router: dict[str, float],
+    events: list[dict[str, Any]],
+    samples: Sequence[Sample],
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """Everything the demo measured, as the JSON document it writes."""
+    ok = [r for r in records if r.ok]
+    failed = [r for r in records if not r.ok]
+    streams = [r for r in records if r.stream]
+    return {
+        "requests": len(records),
+        "succeeded": len(ok),
+        "failed": len(failed),
+        "retried": int(router.get("retried", 0)),
+        "resumed": int(router.get("resumed", 0)),
+        "streams": {
+            "total": len(streams),
+            "succeeded": sum(1 for r in streams if r.ok),
+            "broken": sum(1 for r in streams if not r.ok),
+        },
+        "verified_text": sum(1 for r in records if r.verified),
+        "latency_ms": _percentiles([r.latency_ms for r in ok]),
+        "ttft_ms": _percentiles([r.ttft_ms for r in ok if r.ttft_ms is not None]),
+        "router": router,
+        "events": events,
+        "failures": [
+            {"t": round(r.started, 2), "kind": r.kind, "stream": r.stream, "error": r.error}
+            for r in failed[:20]
+        ],
+        "fleet": [{"t": s.t, "ready": s.ready, "draining": s.draining} for s in samples],
+        "settings": settings,
+    }
+
+
+def write_json(report: dict[str, Any], out: Path) -> Path:
+    path = out / "report.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else (f"{value:.2f}s" if isinstance(value, float) else str(value))
+
+
+def render_table(report: dict[str, Any]) -> str:
+    """The terminal summary (plain text, so it reads the same in CI logs)."""
+    lat, ttft, streams = report["latency_ms"], report["ttft_ms"], report["streams"]
+    lines = [
+        "spotrelay demo report",
+        "=====================",
+        f"requests sent            {report['requests']}",
+        f"succeeded                {report['succeeded']}",
+        f"client-visible failures  {report['failed']}",
+        f"retried by the router    {report['retried']}",
+        f"streams resumed          {report['resumed']}",
+        f"streams ok / broken      {streams['succeeded']} / {streams['broken']}",
+        f"text verified exact      {report['verified_text']}",
+        f"latency ms p50/p95/p99   {lat['p50']} / {lat['p95']} / {lat['p99']}",
+        f"first token ms p50/p95/p99  {ttft['p50']} / {ttft['p95']} / {ttft['p99']}",
+        "",
+        "events (seconds after traffic started)",
+        f"{'event':<12}{'node':<9}{'at':>8}{'excluded':>10}{'drained':>9}{'killed':>8}"
+        f"  {'replacement':<12}{'ready':>7}",
+    ]
+    for ev in report["events"]:
+        lines.append(
+            f"{ev['type']:<12}{ev['node']:<9}{_fmt(ev['at']):>8}{_fmt(ev.get('excluded')):>10}"
+            f"{_fmt(ev.get('drained')):>9}{_fmt(ev.get('killed')):>8}"
+            f"  {ev.get('replacement') or '-':<12}{_fmt(ev.get('replacement_ready')):>7}"
+        )
+    if report["failures"]:
+        lines += ["", "first failures:"]
+        lines += [
+            f"  t={f['t']}s {f['kind']} stream={f['stream']}: {f['error']}"
+            for f in report["failures"]
+        ]
+    return "\n".join(lines)
+
+
+def write_chart(
+    report: dict[str, Any], records: Sequence[RequestRecord], out: Path, duration_s: float
+) -> Path:
+    """``timeline.png``: throughput, failures and ready nodes over time, events marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seconds = max(1, math.ceil(max([duration_s] + [r.finished for r in records])))
+    done = [0] * (seconds + 1)
+    bad = [0] * (seconds + 1)
+    for r in records:
+        slot = min(seconds, int(r.finished))
+        (done if r.ok else bad)[slot] += 1
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [2, 1]}
+    )
+    xs = list(range(seconds + 1))
+    top.plot(xs, done, label="completed requests/s", color="tab:blue")
+    top.bar(xs, bad, label="client-visible failures/s", color="tab:red", width=0.8)
+    top.set_ylabel("requests / s")
+    top.set_title("spotrelay demo: traffic through preemptions")
+    fleet = report["fleet"]
+    bottom.step(
+        [s["t"] for s in fleet],
+        [s["ready"] for s in fleet],
+        where="post",
+        label="ready nodes",
+        color="tab:green",
+    )
+    bottom.step(
+        [s["t"] for s in fleet],
+        [s["draining"] for s in fleet],
+        where="post",
+        label="draining / excluded",
+        color="tab:orange",
+    )
+    bottom.set_ylabel("nodes")
+    bottom.set_xlabel("seconds since traffic started")
+    for ev in report["events"]:
+        color = "tab:orange" if ev["type"] == "spot_notice" else "tab:red"
+        for ax in (top, bottom):
+            ax.axvline(ev["at"], color=color, linestyle="--", linewidth=1)
+        top.annotate(
+            f"{'notice' if ev['type'] == 'spot_notice' else 'kill'} {ev['node']}",
+            (ev["at"], top.get_ylim()[1] * 0.95),
+            fontsize=8,
+            rotation=90,
+            va="top",
+            ha="right",
+            color=color,
+        )
+    top.legend(loc="lower left", fontsize=8)
+    bottom.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    path = out / "timeline.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,225 @@
+"""OpenAI-style client traffic for the demo, sent with the official ``openai`` client.
+
+Requests arrive at a fixed average rate (Poisson arrivals, seeded) and mix
+completions and chat, streaming and not. Each outcome is recorded from the
+client's point of view, which is the only one that matters: a request counts
+as failed if the SDK raised, a stream ended early, or — when the engine is
+the simulator, whose text is deterministic — the text differs from what an
+undisturbed engine would have produced (a duplicated or missing piece at a
+failover seam is a failure too).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import openai
+
+from . import textgen
+
+PROMPTS = (
+    "Explain why spot instances are cheap",
+    "Write a haiku about preemption",
+    "Summarise the life of a GPU node",
+    "List three reasons to drain before shutdown",
+    "Describe a river at night",
+    "What does a router do when a node disappears",
+)
+
+
+@dataclass
+class RequestRecord:
+    """One client request as the client saw it."""
+
+    kind: str  # "completion" or "chat"
+    stream: bool
+    started: float  # seconds since the run began
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    ok: bool = False
+    error: str | None = None
+    tokens: int = 0
+    verified: bool | None = None  # None: not checkable (real engine)
+
+    @property
+    def finished(self) -> float:
+        return self.started + self.latency_ms / 1000
+
+
+@dataclass
+class TrafficOptions:
+    rps: float = 20.0
+    stream_ratio: float = 0.5
+    max_tokens: int = 48
+    verify_text: bool = True
+    timeout_s: float = 60.0
+    max_concurrency: int = 256
+
+
+@dataclass
+class TrafficLog:
+    """Thread-safe list of records plus live counters for the progress bar."""
+
+    records: list[RequestRecord] = field(default_factory=list)
+    in_flight: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, record: RequestRecord) -> None:
+        with self.lock:
+            self.records.append(record)
+            self.in_flight -= 1
+
+    def counts(self) -> tuple[int, int, int]:
+        """(finished, failed, in flight)."""
+        with self.lock:
+            failed = sum(1 for r in self.records if not r.ok)
+            return len(self.records), failed, self.in_flight
+
+
+class TrafficDriver:
+    """Sends requests at ``rps`` until stopped; one thread per request in flight."""
+
+    def __init__(
+        self, base_url: str, model: str, options: TrafficOptions, seed: int, api_key: str = "demo"
+    ) -> None:
+        self.options = options
+        self.model = model
+        self.rng = random.Random(seed)
+        self.log = TrafficLog()
+        self._stop = threading.Event()
+        self._t0 = 0.0
+        limits = httpx.Limits(
+            max_connections=options.max_concurrency,
+            max_keepalive_connections=options.max_concurrency,
+        )
+        self.client = openai.OpenAI(
+            base_url=base_url.rstrip("/") + "/v1",
+            api_key=api_key,
+            max_retries=0,
+            timeout=options.timeout_s,
+            http_client=httpx.Client(limits=limits),
+        )
+        self._pool = ThreadPoolExecutor(
+            max_workers=options.max_concurrency, thread_name_prefix="traffic"
+        )
+        self._thread: threading.Thread | None = None
+
+    def start(self, t0: float) -> None:
+        self._t0 = t0
+        self._thread = threading.Thread(target=self._arrivals, name="arrivals", daemon=True)
+        self._thread.start()
+
+    def stop(self, drain_timeout_s: float = 60.0) -> None:
+        """Stop new arrivals and wait for the requests in flight to finish."""
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        self._pool.shutdown(wait=True, cancel_futures=False)
+        del drain_timeout_s  # requests carry their own client timeout
+        self.client.close()
+
+    def _arrivals(self) -> None:
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            next_at += self.rng.expovariate(self.options.rps)
+            delay = next_at - time.monotonic()
+            if delay > 0 and self._stop.wait(delay):
+                break
+            stream = self.rng.random() < self.options.stream_ratio
+            kind = "chat" if self.rng.random() < 0.5 else "completion"
+            prompt = self.rng.choice(PROMPTS) + f" (request {self.rng.randrange(10**6)})"
+            max_tokens = self.rng.randint(self.options.max_tokens // 2, self.options.max_tokens)
+            with self.log.lock:
+                self.log.in_flight += 1
+            self._pool.submit(self._one, kind, stream, prompt, max_tokens)
+
+    def _one(self, kind: str, stream: bool, prompt: str, max_tokens: int) -> None:
+        record = RequestRecord(kind, stream, time.monotonic() - self._t0)
+        start = time.monotonic()
+        try:
+            send: Callable[[str, int, RequestRecord, float], str] = (
+                self._chat if kind == "chat" else self._completion
+            )
+            text = send(prompt, max_tokens, record, start)
+            record.ok = True
+            if self.options.verify_text:
+                record.verified = text == expected_text(kind, prompt, max_tokens)
+                if not record.verified:
+                    record.ok = False
+                    record.error = "text differs from an undisturbed run"
+        except openai.OpenAIError as exc:
+            record.error = f"{type(exc).__name__}: {str(exc)[:200]}"
+        except Exception as exc:
+            record.error = f"{type(exc).__name__}: {str(exc)[:200]}"
+        record.latency_ms = (time.monotonic() - start) * 1000
+        self.log.add(record)
+
+    def _completion(self, prompt: str, max_tokens: int, record: RequestRecord, start: float) -> str:
+        if not record.stream:
+            resp = self.client.completions.create(
+                model=self.model, prompt=prompt, max_tokens=max_tokens
+            )
+            record.tokens = resp.usage.completion_tokens if resp.usage else 0
+            return resp.choices[0].text
+        parts: list[str] = []
+        finish = None
+        for chunk in self.client.completions.create(
+            model=self.model, prompt=prompt, max_tokens=max_tokens, stream=True
+        ):
+            if chunk.choices:
+                _first_token(record, start)
+                parts.append(chunk.choices[0].text or "")
+                finish = chunk.choices[0].finish_reason or finish
+        return _stream_result(parts, finish, record)
+
+    def _chat(self, prompt: str, max_tokens: int, record: RequestRecord, start: float) -> str:
+        messages: list[Any] = [{"role": "user", "content": prompt}]
+        if not record.stream:
+            resp = self.client.chat.completions.create(
+                model=self.model, messages=messages, max_tokens=max_tokens
+            )
+            record.tokens = resp.usage.completion_tokens if resp.usage else 0
+            return resp.choices[0].message.content or ""
+        parts: list[str] = []
+        finish = None
+        for chunk in self.client.chat.completions.create(
+            model=self.model, messages=messages, max_tokens=max_tokens, stream=True
+        ):
+            if chunk.choices:
+                delta = chunk.choices[0].delta.content or ""
+                if delta:
+                    _first_token(record, start)
+                parts.append(delta)
+                finish = chunk.choices[0].finish_reason or finish
+        return _stream_result(parts, finish, record)
+
+
+def _first_token(record: RequestRecord, start: float) -> None:
+    if record.ttft_ms is None:
+        record.ttft_ms = (time.monotonic() - start) * 1000
+
+
+def _stream_result(parts: list[str], finish: str | None, record: RequestRecord) -> str:
+    """A stream without a final ``finish_reason`` was cut short: the client lost text."""
+    if finish is None:
+        raise RuntimeError("stream ended without a finish_reason")
+    record.tokens = sum(1 for p in parts if p)
+    return "".join(parts)
+
+
+def expected_text(kind: str, prompt: str, max_tokens: int) -> str:
+    """What the simulator produces for this request when nothing goes wrong."""
+    if kind == "chat":
+        prefix = textgen.render_chat(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True
+        )
+    else:
+        prefix = prompt
+    return "".join(textgen.generate(prefix, max_tokens))

@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint fmt clean
+.PHONY: install test lint fmt clean demo
 
 install: $(STAMP)
 
@@ -26,5 +26,8 @@ fmt: install
 test: install lint
 	$(BIN)/pytest -q
 
+demo: install
+	$(BIN)/spotrelay demo $(DEMO_ARGS)
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache demo-out

@@ -1,0 +1,136 @@
+"""``spotrelay demo`` end to end: a short run is our smoke test of the whole system.
+
+The demo runs as a real subprocess with its working directory in a temp
+folder; every process it starts inherits that directory, which is how the
+tests prove nothing is left behind (also after Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from spotrelay.core.net import wait_until
+
+
+def _leftovers(cwd: Path) -> list[str]:
+    found = []
+    for proc in psutil.process_iter(["pid", "cwd", "cmdline"]):
+        try:
+            if proc.info["cwd"] and Path(proc.info["cwd"]) == cwd:
+                found.append(f"{proc.info['pid']}: {' '.join(proc.info['cmdline'] or [])}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def _demo(cwd: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "spotrelay.core.cli",
+            "demo",
+            "--no-progress",
+            "--out",
+            "out",
+            *args,
+        ],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.timeout(240)
+def test_short_demo_has_no_client_visible_failure(tmp_path: Path) -> None:
+    proc = _demo(
+        tmp_path,
+        "--nodes",
+        "3",
+        "--duration",
+        "20",
+        "--preemptions",
+        "1",
+        "--hard-kills",
+        "1",
+        "--lead-s",
+        "5",
+        "--rps",
+        "10",
+        "--seed",
+        "3",
+    )
+    try:
+        out, err = proc.communicate(timeout=200)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, f"demo failed:\n{out}\n{err[-4000:]}"
+
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["requests"] > 100
+    assert report["failed"] == 0 and report["streams"]["broken"] == 0
+    assert report["succeeded"] == report["requests"]
+    assert report["verified_text"] == report["requests"]
+    assert {e["type"] for e in report["events"]} == {"spot_notice", "hard_kill"}
+    for event in report["events"]:
+        assert event["killed"] is not None
+        assert event["replacement_ready"] is not None, f"no replacement joined: {event}"
+        assert event["excluded"] is not None
+    notice = next(e for e in report["events"] if e["type"] == "spot_notice")
+    assert notice["excluded"] < notice["killed"], "the router kept the node until reclaim"
+    assert notice["drained"] is not None and notice["drained"] <= notice["killed"]
+
+    # The terminal summary is rendered from the same numbers.
+    for label, key in [
+        ("requests sent", "requests"),
+        ("succeeded", "succeeded"),
+        ("client-visible failures", "failed"),
+        ("streams resumed", "resumed"),
+        ("retried by the router", "retried"),
+    ]:
+        match = re.search(rf"^{label}\s+(\d+)$", out, re.MULTILINE)
+        assert match and int(match.group(1)) == report[key], label
+    assert str(report["latency_ms"]["p99"]) in out
+
+    png = (tmp_path / "out" / "timeline.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
+    proc = _demo(
+        tmp_path, "--nodes", "2", "--duration", "60", "--preemptions", "0", "--hard-kills", "0"
+    )
+    try:
+        # Interrupt like a user would, once the whole fleet has been started.
+        wait_until(
+            lambda: (tmp_path / "out" / "logs" / "node-2-agent.log").exists(),
+            timeout=60,
+            what="second node's agent to start",
+        )
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    wait_until(lambda: _leftovers(tmp_path) == [], timeout=15, what="every demo process to exit")
+
+
+def test_bad_flags_fail_cleanly(tmp_path: Path) -> None:
+    proc = _demo(tmp_path, "--nodes", "0")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert "demo.nodes = 0: must be >= 1" in err
+    assert "Traceback" not in err

@@ -1,11 +1,55 @@
-"""CLI for the agent component (placeholder until the component lands)."""
+"""``spotrelay agent [--dry-run]`` and ``spotrelay agent check``.
+
+Top-level imports stay light (``spotrelay --help`` loads every component's
+CLI); the agent itself is imported inside the handlers.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from spotrelay.core.config import describe, load
+
+from .settings import AgentConfig
+
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    for name in ["agent"]:
-        p = sub.add_parser(name, parents=[common], help="agent: not built yet")
-        p.set_defaults(handler=lambda args: print("not built yet") or 1)
+    p = sub.add_parser(
+        "agent",
+        parents=[common],
+        help="node agent: IMDS interruption monitors, heartbeats, drain",
+        description=(
+            "Run the node agent next to vLLM: register the node with the routers when the "
+            "engine is ready, heartbeat its load, and drain it on spot interruption, "
+            "rebalance (optional), ASG scale-in, scheduled maintenance or SIGTERM. "
+            "'spotrelay agent check' prints what IMDS, the engine and the routers say "
+            "(exit 0 iff the node is ready)."
+        ),
+        epilog=describe(AgentConfig),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=["run", "check"],
+        default="run",
+        help="run the agent (default) or check the node and exit",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="watch and log what would be done; no router, AWS or systemctl calls",
+    )
+    p.add_argument("--json", action="store_true", help="check: print the findings as JSON")
+    p.set_defaults(handler=_handle)
+
+
+def _handle(args: argparse.Namespace) -> int:
+    cfg = load(AgentConfig, args.config)
+    if args.action == "check":
+        from .check import run_check
+
+        return run_check(cfg, args.config, as_json=args.json)
+    from .service import Agent
+
+    return Agent(cfg, dry_run=args.dry_run).run()

@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-from spotrelay.core.config import setting
+from spotrelay.core.config import ConfigError, setting
+from spotrelay.core.protocol import valid_node_id
+
+
+def _check_url(key: str, url: str) -> None:
+    """An http(s) URL with a host: caught at start, not at the first drain."""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ConfigError(key, "bad port in URL", url) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(key, "expected an http:// or https:// URL", url)
 
 
 @dataclass
@@ -13,6 +26,15 @@ class Node:
     advertise_url: str | None = setting(
         None, help="engine URL the router uses; default: http://<local-ipv4>:<engine port>"
     )
+    labels: dict[str, str] = setting(
+        default_factory=dict, help="extra labels sent to the routers (over the IMDS ones)"
+    )
+
+    def validate(self) -> None:
+        if self.id is not None and not valid_node_id(self.id):
+            raise ConfigError("node.id", "letters, digits and ._:- only (max 128)", self.id)
+        if self.advertise_url is not None:
+            _check_url("node.advertise_url", self.advertise_url)
 
 
 @dataclass
@@ -25,6 +47,13 @@ class Router:
     node_token_file: str | None = setting(
         "/etc/spotrelay/node-token", help="file holding the node token"
     )
+    timeout_s: float = setting(2, min=0.05, max=60, help="HTTP timeout of each router call")
+
+    def validate(self) -> None:
+        if not self.urls:
+            raise ConfigError("router.urls", "at least one router URL is needed")
+        for i, url in enumerate(self.urls):
+            _check_url(f"router.urls[{i}]", url)
 
 
 @dataclass
@@ -33,12 +62,29 @@ class Engine:
     model: str | None = setting(None, help="model the node must serve before registering")
     process_name: str | None = setting("vllm", help="process to watch (psutil); empty = skip")
     systemd_unit: str | None = setting("vllm.service", help="unit stopped after a drain")
+    check_interval_s: float = setting(
+        0.5, min=0.05, max=60, help="how often the engine process is checked (psutil)"
+    )
+    timeout_s: float = setting(2, min=0.05, max=60, help="HTTP timeout of engine probes")
+    stop_timeout_s: float = setting(
+        120, min=1, help="wait this long for 'systemctl stop' (vLLM --shutdown-timeout)"
+    )
+
+    def validate(self) -> None:
+        _check_url("engine.url", self.url)
 
 
 @dataclass
 class Imds:
     url: str = setting("http://169.254.169.254", help="instance metadata service")
     poll_interval_s: float = setting(1, min=0.05, max=60, help="event polling interval")
+    timeout_s: float = setting(1, min=0.05, max=30, help="HTTP timeout of each IMDS call")
+    token_ttl_s: int = setting(
+        21600, min=1, max=21600, help="IMDSv2 session token TTL; refreshed at 90 %"
+    )
+
+    def validate(self) -> None:
+        _check_url("imds.url", self.url)
 
 
 @dataclass
@@ -51,6 +97,18 @@ class Drain:
     on_rebalance: bool = setting(False, help="drain on rebalance recommendations")
     safety_margin_s: float = setting(10, min=0, help="finish this long before the deadline")
     stop_engine: bool = setting(True, help="systemctl stop the engine after draining")
+    timeout_s: float = setting(
+        300, min=1, help="drain deadline for signals without a time (rebalance, scale-in)"
+    )
+    sigterm_timeout_s: float = setting(
+        20, min=0, help="drain deadline when the agent itself is stopped (SIGTERM)"
+    )
+    maintenance_lead_s: float = setting(
+        900, min=0, help="start draining this long before a scheduled event's NotBefore"
+    )
+    ack_timeout_s: float = setting(
+        10, min=0.1, help="stop waiting for an unreachable router's drain acknowledgement"
+    )
 
 
 @dataclass
@@ -59,6 +117,14 @@ class Lifecycle:
     hook_name: str | None = setting(None, help="termination lifecycle hook name")
     region: str | None = setting(None, help="AWS region; default: from IMDS placement")
     endpoint_url: str | None = setting(None, help="Auto Scaling API endpoint override (tests)")
+    heartbeat_interval_s: float = setting(
+        30, min=1, help="RecordLifecycleActionHeartbeat period while a drain runs"
+    )
+
+    def validate(self) -> None:
+        if bool(self.asg_name) != bool(self.hook_name):
+            missing = "lifecycle.hook_name" if self.asg_name else "lifecycle.asg_name"
+            raise ConfigError(missing, "asg_name and hook_name must be set together")
 
 
 @dataclass
@@ -70,6 +136,11 @@ class Metrics:
 @dataclass
 class Webhook:
     url: str | None = setting(None, help="POST a JSON summary of each interruption here")
+    timeout_s: float = setting(5, min=0.1, max=60, help="HTTP timeout of each webhook POST")
+
+    def validate(self) -> None:
+        if self.url:
+            _check_url("webhook.url", self.url)
 
 
 @dataclass

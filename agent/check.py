@@ -1,0 +1,219 @@
+"""``spotrelay agent check``: what IMDS, the engine and each router say, in one look.
+
+Exit code 0 iff the node is ready to serve: the engine is healthy and lists
+the model, IMDS reports no interruption or termination, no drain is recorded
+in the state file, and every router answers and accepts the node token.
+Read-only: it registers nothing and changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from spotrelay.core.secrets import read_token
+
+from .drain import STATE_FILE, StateStore
+from .engine import EngineProbe, ProcessWatch
+from .events import EventParseError, iso
+from .imds import ImdsClient, ImdsError
+from .lifecycle import LifecycleHook
+from .monitors import all_monitors
+from .routers import RouterClient, RouterError
+from .settings import AgentConfig
+
+
+def _find_node(nodes: Any, node_id: str) -> dict[str, Any] | None:
+    """Our entry in ``GET /nodes`` (a list, or ``{"nodes": [...]}``)."""
+    if isinstance(nodes, dict):
+        nodes = nodes.get("nodes", nodes.get("data", []))
+    if not isinstance(nodes, list):
+        return None
+    for node in nodes:
+        if isinstance(node, dict) and (node.get("id") == node_id or node.get("node_id") == node_id):
+            return node
+    return None
+
+
+def gather(cfg: AgentConfig, config_path: str | None) -> dict[str, Any]:
+    """Everything the check looks at, as a JSON-able dict with a ``problems`` list."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    out: dict[str, Any] = {"config": {"path": config_path, "valid": True}}
+
+    # IMDS: identity and pending events
+    imds = ImdsClient(cfg.imds.url, timeout_s=cfg.imds.timeout_s, token_ttl_s=60)
+    identity = None
+    try:
+        identity = imds.identity()
+        out["imds"] = {"ok": True, **identity.__dict__}
+    except ImdsError as exc:
+        out["imds"] = {"ok": False, "error": str(exc)}
+        problems.append(f"IMDS: {exc}")
+    events = []
+    if identity is not None:
+        for monitor in all_monitors():
+            try:
+                found = monitor.observe(imds.get(monitor.path))
+            except (ImdsError, EventParseError) as exc:
+                warnings.append(f"IMDS {monitor.name}: {exc}")
+                continue
+            for event in found:
+                events.append(event.describe())
+                if event.kind in ("spot_interruption", "lifecycle_terminated"):
+                    problems.append(f"IMDS reports {event.kind} ({event.key})")
+                elif event.kind == "rebalance" and cfg.drain.on_rebalance:
+                    problems.append("IMDS reports a rebalance recommendation (drain.on_rebalance)")
+                elif event.kind == "scheduled_maintenance":
+                    warnings.append(f"scheduled maintenance {event.key}")
+    out["events"] = events
+    node_id = cfg.node.id or (identity.instance_id if identity else None)
+    out["node_id"] = node_id
+
+    # Engine
+    probe = EngineProbe(cfg.engine.url, timeout_s=cfg.engine.timeout_s)
+    status = probe.probe()
+    watch = ProcessWatch(cfg.engine.process_name, probe.port)
+    status.process_alive = watch.alive()
+    served = status.serves(cfg.engine.model)
+    out["engine"] = {
+        "url": cfg.engine.url,
+        "healthy": status.healthy,
+        "models": status.models,
+        "serves": served,
+        "load": status.load.__dict__ if status.load else None,
+        "process": {"name": cfg.engine.process_name, "pid": watch.pid},
+        "error": status.error,
+    }
+    if not status.healthy:
+        problems.append(f"engine not healthy: {status.error or 'no answer'}")
+    elif not served:
+        want = cfg.engine.model or "any model"
+        problems.append(f"engine does not list {want} (lists {status.models})")
+    if cfg.engine.process_name and watch.pid is None:
+        warnings.append(f"no process matches engine.process_name={cfg.engine.process_name!r}")
+
+    # Drain state
+    state = StateStore(Path(cfg.state_dir) / STATE_FILE).load()
+    if state is not None and identity is not None and state.instance_id != identity.instance_id:
+        state = None
+    out["drain"] = state.to_json() if state else None
+    if state is not None:
+        done = "finished" if state.finished_at else "in progress"
+        problems.append(f"drain {done} ({', '.join(state.reasons)})")
+
+    # Lifecycle hook (optional AWS call; failures are warnings, not readiness)
+    if cfg.lifecycle.asg_name and cfg.lifecycle.hook_name:
+        hook = LifecycleHook(
+            cfg.lifecycle.asg_name,
+            cfg.lifecycle.hook_name,
+            identity.instance_id if identity else "unknown",
+            region=cfg.lifecycle.region or (identity.region if identity else None),
+            endpoint_url=cfg.lifecycle.endpoint_url,
+        )
+        try:
+            found_hook = hook.describe_hook()
+            out["lifecycle"] = {"hook": found_hook}
+            if found_hook is None:
+                lc = cfg.lifecycle
+                warnings.append(f"lifecycle hook {lc.hook_name} not found on {lc.asg_name}")
+        except Exception as exc:  # credentials, permissions, network
+            out["lifecycle"] = {"error": str(exc)}
+            warnings.append(f"lifecycle hook not checked: {exc}")
+
+    # Routers
+    token = read_token(cfg.router.node_token, cfg.router.node_token_file, "router.node_token")
+    routers = []
+    for url in cfg.router.urls:
+        client = RouterClient(url, node_id or "-", token, timeout_s=cfg.router.timeout_s)
+        entry: dict[str, Any] = {"url": url, "healthz": client.healthz()}
+        if entry["healthz"] != 200:
+            problems.append(f"router {url}: /healthz answered {entry['healthz'] or 'nothing'}")
+        else:
+            try:
+                node = _find_node(client.nodes(), node_id or "")
+                entry["auth"] = "ok"
+                entry["node"] = node
+            except RouterError as exc:
+                entry["auth"] = "refused" if exc.status == 401 else f"error: {exc}"
+                problems.append(f"router {url}: {exc}")
+        routers.append(entry)
+    out["routers"] = routers
+    out["problems"] = problems
+    out["warnings"] = warnings
+    out["ready"] = not problems
+    return out
+
+
+def render(doc: dict[str, Any], stream: TextIO) -> None:
+    def line(what: str, ok: bool | None, text: str) -> None:
+        mark = {True: "ok  ", False: "FAIL", None: "--  "}[ok]
+        stream.write(f"{what:<9} {mark} {text}\n")
+
+    cfg_path = doc["config"]["path"] or "(defaults + environment)"
+    line("config", True, f"valid: {cfg_path}")
+    imds = doc["imds"]
+    if imds["ok"]:
+        line(
+            "imds",
+            True,
+            f"{imds['instance_id']} {imds['instance_type'] or '?'}"
+            f" {imds['availability_zone'] or '?'} {imds['lifecycle'] or '?'}"
+            f" local-ipv4={imds['local_ipv4'] or '?'}",
+        )
+    else:
+        line("imds", False, imds["error"])
+    for event in doc["events"]:
+        line("event", False, json.dumps(event, default=str))
+    if not doc["events"] and imds["ok"]:
+        line("events", True, "none pending")
+    eng = doc["engine"]
+    load = eng["load"] or {}
+    line(
+        "engine",
+        bool(eng["healthy"] and eng["serves"]),
+        f"{eng['url']} healthy={eng['healthy']} models={eng['models']}"
+        f" running={load.get('running', '?')} waiting={load.get('waiting', '?')}"
+        f" kv={load.get('kv_cache_usage', '?')} pid={eng['process']['pid']}",
+    )
+    drain = doc["drain"]
+    if drain:
+        line(
+            "drain",
+            False,
+            f"{', '.join(drain['reasons'])} started {iso(drain['started_at'])}"
+            f" finished={iso(drain['finished_at']) or 'no'}",
+        )
+    else:
+        line("drain", True, "none recorded")
+    if "lifecycle" in doc:
+        lc = doc["lifecycle"]
+        line(
+            "lifecycle",
+            None if "error" in lc else bool(lc.get("hook")),
+            json.dumps(lc, default=str),
+        )
+    for r in doc["routers"]:
+        node = r.get("node")
+        seen = (
+            f"node state={node.get('state')}" if isinstance(node, dict) else "node not registered"
+        )
+        ok = r["healthz"] == 200 and r.get("auth") == "ok"
+        line("router", ok, f"{r['url']} healthz={r['healthz']} auth={r.get('auth', '-')} {seen}")
+    for w in doc["warnings"]:
+        line("warning", None, w)
+    stream.write(("READY" if doc["ready"] else "NOT READY: " + "; ".join(doc["problems"])) + "\n")
+
+
+def run_check(
+    cfg: AgentConfig, config_path: str | None, *, as_json: bool = False, stream: TextIO = sys.stdout
+) -> int:
+    doc = gather(cfg, config_path)
+    if as_json:
+        json.dump(doc, stream, indent=2, default=str)
+        stream.write("\n")
+    else:
+        render(doc, stream)
+    return 0 if doc["ready"] else 1

@@ -1,0 +1,112 @@
+"""The agent's own Prometheus metrics (``spotrelay_agent_*``) and their HTTP endpoint.
+
+A private registry keeps the exposition to what the agent does (plus the
+process collector for its own RSS and CPU), and lets tests build several
+agents in one interpreter.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
+
+from .hoststats import HostStats
+
+log = logging.getLogger("spotrelay.agent.metrics")
+
+PREFIX = "spotrelay_agent_"
+
+
+class AgentMetrics:
+    """Every metric the agent exports, in one place so the docs can list them."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)
+        self.events = Counter(
+            PREFIX + "events_total", "Distinct IMDS events seen, by type", ["type"], registry=r
+        )
+        self.imds_errors = Counter(
+            PREFIX + "imds_errors_total",
+            "Failed IMDS calls, by kind (timeout, connect, throttled, server, unauthorized...)",
+            ["kind"],
+            registry=r,
+        )
+        self.drains = Counter(
+            PREFIX + "drains_total", "Drains started, by first reason", ["reason"], registry=r
+        )
+        self.drain_duration = Histogram(
+            PREFIX + "drain_duration_seconds",
+            "From drain start to the last step done",
+            buckets=(1, 2, 5, 10, 20, 30, 60, 90, 120, 180, 300, 600, 1800),
+            registry=r,
+        )
+        self.draining = Gauge(PREFIX + "draining", "1 while a drain is under way", registry=r)
+        self.engine_ready = Gauge(
+            PREFIX + "engine_ready", "1 when the engine is healthy and serves the model", registry=r
+        )
+        self.heartbeats = Counter(
+            PREFIX + "heartbeats_total",
+            "Acknowledged heartbeats, by router",
+            ["router"],
+            registry=r,
+        )
+        self.heartbeat_failures = Counter(
+            PREFIX + "heartbeat_failures_total",
+            "Failed heartbeats, by router",
+            ["router"],
+            registry=r,
+        )
+        self.lifecycle_actions = Counter(
+            PREFIX + "lifecycle_actions_total",
+            "CompleteLifecycleAction outcomes (completed, no_active_action, failed)",
+            ["result"],
+            registry=r,
+        )
+        self.webhook_failures = Counter(
+            PREFIX + "webhook_failures_total", "Webhook POSTs that failed", registry=r
+        )
+        self.host_cpu = Gauge(PREFIX + "host_cpu_percent", "Host CPU use", registry=r)
+        self.host_mem = Gauge(PREFIX + "host_memory_used_bytes", "Host memory in use", registry=r)
+        self.gpu_util = Gauge(
+            PREFIX + "gpu_utilization_percent", "GPU utilisation (NVML)", ["gpu"], registry=r
+        )
+        self.gpu_mem = Gauge(
+            PREFIX + "gpu_memory_used_bytes", "GPU memory in use (NVML)", ["gpu"], registry=r
+        )
+        self.gpu_temp = Gauge(
+            PREFIX + "gpu_temperature_celsius", "GPU temperature (NVML)", ["gpu"], registry=r
+        )
+        self._server: Any = None
+
+    def observe_host(self, stats: HostStats) -> None:
+        self.host_cpu.set(stats.cpu_percent)
+        self.host_mem.set(stats.memory_used_bytes)
+        for gpu in stats.gpus:
+            label = str(gpu.index)
+            self.gpu_util.labels(label).set(gpu.utilization_percent)
+            self.gpu_mem.labels(label).set(gpu.memory_used_bytes)
+            if gpu.temperature_c is not None:
+                self.gpu_temp.labels(label).set(gpu.temperature_c)
+
+    def serve(self, host: str, port: int) -> None:
+        """Start ``/metrics`` on ``host:port`` in a daemon thread (port 0: disabled)."""
+        if not port:
+            return
+        result = start_http_server(port, addr=host, registry=self.registry)
+        self._server = result[0] if isinstance(result, tuple) else None
+        log.info("metrics on http://%s:%s/metrics", host, port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()

@@ -1,0 +1,160 @@
+"""The four IMDS pollers: spot notice, rebalance, ASG target state, scheduled events.
+
+Each :class:`Monitor` turns one IMDS document into the events it currently
+describes; a :class:`Poller` thread reads it every ``poll_interval_s`` and
+hands each *distinct* event (by :attr:`Event.key`) to the sink exactly once.
+A 404 means "no event". IMDS errors back off with jitter (never below the
+poll interval, at most 8 intervals, capped at 30 s) and never end the thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from .backoff import Backoff
+from .events import (
+    Event,
+    EventParseError,
+    MaintenanceCanceled,
+    parse_instance_action,
+    parse_rebalance,
+    parse_scheduled,
+    parse_target_lifecycle_state,
+)
+from .imds import ImdsClient, ImdsError
+
+log = logging.getLogger("spotrelay.agent.monitors")
+
+MD = "/latest/meta-data/"
+
+
+class Monitor:
+    """One IMDS path and how to read it."""
+
+    name = "monitor"
+    path = ""
+
+    def observe(self, body: str | None) -> list[Event]:
+        """The events the document describes now (``body`` is ``None`` on 404)."""
+        raise NotImplementedError
+
+
+class SpotMonitor(Monitor):
+    name = "spot"
+    path = MD + "spot/instance-action"
+
+    def observe(self, body: str | None) -> list[Event]:
+        event = parse_instance_action(body)
+        return [event] if event else []
+
+
+class RebalanceMonitor(Monitor):
+    name = "rebalance"
+    path = MD + "events/recommendations/rebalance"
+
+    def observe(self, body: str | None) -> list[Event]:
+        event = parse_rebalance(body)
+        return [event] if event else []
+
+
+class LifecycleStateMonitor(Monitor):
+    name = "lifecycle"
+    path = MD + "autoscaling/target-lifecycle-state"
+
+    def observe(self, body: str | None) -> list[Event]:
+        event = parse_target_lifecycle_state(body)
+        return [event] if event else []
+
+
+class MaintenanceMonitor(Monitor):
+    """Scheduled events come and go: one that disappears is reported as canceled."""
+
+    name = "maintenance"
+    path = MD + "events/maintenance/scheduled"
+
+    def __init__(self) -> None:
+        self._active: set[str] = set()
+
+    def observe(self, body: str | None) -> list[Event]:
+        events: list[Event] = list(parse_scheduled(body))
+        keys = {e.key for e in events}
+        events += [MaintenanceCanceled(original_key=k) for k in sorted(self._active - keys)]
+        self._active = keys
+        return events
+
+
+def all_monitors() -> list[Monitor]:
+    return [SpotMonitor(), RebalanceMonitor(), LifecycleStateMonitor(), MaintenanceMonitor()]
+
+
+class Poller(threading.Thread):
+    """Polls one monitor until ``stop`` is set; each distinct event reaches ``sink`` once."""
+
+    def __init__(
+        self,
+        monitor: Monitor,
+        imds: ImdsClient,
+        interval_s: float,
+        sink: Callable[[Event], None],
+        stop: threading.Event,
+    ) -> None:
+        super().__init__(name=f"monitor-{monitor.name}", daemon=True)
+        self.monitor = monitor
+        self.imds = imds
+        self.interval_s = interval_s
+        self.sink = sink
+        self.stop = stop
+        self.seen: set[str] = set()
+        self.backoff = Backoff(interval_s, min(30.0, max(2.0, 8 * interval_s)))
+        self.polls = 0
+        self._failing_since: float | None = None
+        self._last_parse_error: str | None = None
+
+    def poll_once(self) -> float:
+        """One read; returns how long to wait before the next one."""
+        self.polls += 1
+        try:
+            body = self.imds.get(self.monitor.path)
+            events = self.monitor.observe(body)
+        except ImdsError as exc:
+            delay = self.backoff.next_delay()
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
+                log.warning(
+                    "IMDS read failed, backing off: %s", exc, extra={"path": self.monitor.path}
+                )
+            else:
+                log.debug("IMDS still failing: %s (next try in %.2fs)", exc, delay)
+            return delay
+        except EventParseError as exc:
+            if str(exc) != self._last_parse_error:
+                log.warning("ignoring unreadable IMDS document: %s", exc)
+                self._last_parse_error = str(exc)
+            return self.interval_s
+        if self._failing_since is not None:
+            log.info(
+                "IMDS reads recovered after %.1fs",
+                time.monotonic() - self._failing_since,
+                extra={"path": self.monitor.path},
+            )
+            self._failing_since = None
+        self.backoff.reset()
+        for event in events:
+            if event.key in self.seen:
+                continue
+            self.seen.add(event.key)
+            try:
+                self.sink(event)
+            except Exception:  # the poller must outlive any bug downstream
+                log.exception("event handler failed for %s", event.key)
+        return self.interval_s
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            started = time.monotonic()
+            delay = self.poll_once()
+            # Keep the cadence: the time the read took counts against the interval.
+            self.stop.wait(max(0.0, delay - (time.monotonic() - started)))

@@ -1,0 +1,384 @@
+"""The running agent: wires IMDS monitors, the engine watch, heartbeats and the drain.
+
+Threads (all daemons; the main thread only waits for signals and runs the
+scheduled-maintenance timer):
+
+- four IMDS pollers (:mod:`.monitors`) → :meth:`Agent.on_event`;
+- ``engine-watch``: the engine process every ``engine.check_interval_s``
+  and a full probe (``/health``, ``/v1/models``, ``/metrics``, host stats)
+  every ``heartbeat.interval_s``, or at once when the process disappears;
+- one heartbeat link per router (:class:`.routers.RouterLink`);
+- the drain worker (:class:`.drain.DrainMachine`) while a drain runs;
+- the ``/metrics`` server.
+
+SIGTERM/SIGINT: a short drain (``drain.sigterm_timeout_s``) if the node is
+registered, then exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from spotrelay.core.config import ConfigError
+from spotrelay.core.protocol import NodeLoad, NodeReport, NodeState
+from spotrelay.core.secrets import read_token
+
+from .backoff import Backoff
+from .drain import STATE_FILE, DrainMachine, DrainPolicy, StateStore, read_boot_id
+from .engine import EngineProbe, EngineStatus, ProcessWatch
+from .events import (
+    Event,
+    LifecycleTerminated,
+    MaintenanceCanceled,
+    Rebalance,
+    ScheduledMaintenance,
+    SpotInterruption,
+    iso,
+)
+from .hoststats import HostSampler
+from .imds import Identity, ImdsClient, ImdsError
+from .lifecycle import LifecycleHook
+from .metrics import AgentMetrics
+from .monitors import Poller, all_monitors
+from .routers import RouterClient, RouterLink
+from .settings import AgentConfig
+from .webhook import Webhook
+
+log = logging.getLogger("spotrelay.agent")
+
+
+def advertise_url(cfg: AgentConfig, identity: Identity, engine_port: int) -> str:
+    if cfg.node.advertise_url:
+        return cfg.node.advertise_url
+    if not identity.local_ipv4:
+        raise ConfigError("node.advertise_url", "not set and IMDS reports no local-ipv4")
+    return f"http://{identity.local_ipv4}:{engine_port}"
+
+
+def state_store(cfg: AgentConfig, dry_run: bool) -> StateStore:
+    """The drain state file; dry runs keep it in memory so they never leave a trace."""
+    if dry_run:
+        return StateStore(None)
+    directory = Path(cfg.state_dir)
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise ConfigError("state_dir", f"cannot create: {exc.strerror}", str(directory)) from None
+    probe = directory / ".write-test"
+    try:
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError("state_dir", f"not writable: {exc.strerror}", str(directory)) from None
+    return StateStore(directory / STATE_FILE)
+
+
+class Agent:
+    """One agent process; :meth:`run` blocks until SIGTERM and returns the exit code."""
+
+    def __init__(self, cfg: AgentConfig, *, dry_run: bool = False) -> None:
+        self.cfg = cfg
+        self.dry_run = dry_run
+        self.stop = threading.Event()  # threads end
+        self.terminate = threading.Event()  # a signal arrived
+        self.metrics = AgentMetrics()
+        self.token = read_token(
+            cfg.router.node_token, cfg.router.node_token_file, "router.node_token"
+        )
+        self.imds = ImdsClient(
+            cfg.imds.url,
+            timeout_s=cfg.imds.timeout_s,
+            token_ttl_s=cfg.imds.token_ttl_s,
+            on_error=lambda kind: self.metrics.imds_errors.labels(kind).inc(),
+        )
+        self.engine = EngineProbe(cfg.engine.url, timeout_s=cfg.engine.timeout_s)
+        self.process = ProcessWatch(cfg.engine.process_name, self.engine.port)
+        self.host = HostSampler()
+        self.status: EngineStatus | None = None
+        self.models: list[str] = []
+        self.registered = False
+        self.identity: Identity | None = None
+        self.links: list[RouterLink] = []
+        self.pollers: list[Poller] = []
+        self.drain: DrainMachine | None = None
+        self._scheduled: dict[str, tuple[float, ScheduledMaintenance]] = {}
+        self._sched_lock = threading.Lock()
+        self._last_state: NodeState | None = None
+        self._threads: list[threading.Thread] = []
+
+    # ------------------------------------------------------------ start-up
+    def _wait_identity(self) -> Identity | None:
+        """Read the instance identity, retrying with backoff; None if told to stop first."""
+        backoff = Backoff(self.cfg.imds.poll_interval_s, 10.0)
+        attempts = 0
+        while not self.terminate.is_set():
+            try:
+                return self.imds.identity()
+            except ImdsError as exc:
+                attempts += 1
+                if self.cfg.node.id and self.cfg.node.advertise_url and attempts >= 3:
+                    log.warning("IMDS unavailable (%s); using node.id without IMDS labels", exc)
+                    return Identity(instance_id=self.cfg.node.id)
+                delay = backoff.next_delay()
+                log.warning("waiting for IMDS identity: %s (retry in %.1fs)", exc, delay)
+                self.terminate.wait(delay)
+        return None
+
+    def start(self) -> bool:
+        """Build and start everything; False if a signal arrived before IMDS answered."""
+        cfg = self.cfg
+        identity = self._wait_identity()
+        if identity is None:
+            return False
+        self.identity = identity
+        self.node_id = cfg.node.id or identity.instance_id
+        self.url = advertise_url(cfg, identity, self.engine.port)
+        self.labels = {**identity.labels(), **cfg.node.labels}
+        store = state_store(cfg, self.dry_run)
+        self.webhook = Webhook(
+            cfg.webhook.url,
+            timeout_s=cfg.webhook.timeout_s,
+            dry_run=self.dry_run,
+            base={"node_id": self.node_id, "instance_id": identity.instance_id, **self.labels},
+            on_failure=self.metrics.webhook_failures.inc,
+        )
+        lifecycle = None
+        if cfg.lifecycle.asg_name and cfg.lifecycle.hook_name:
+            lifecycle = LifecycleHook(
+                cfg.lifecycle.asg_name,
+                cfg.lifecycle.hook_name,
+                identity.instance_id,
+                region=cfg.lifecycle.region or identity.region,
+                endpoint_url=cfg.lifecycle.endpoint_url,
+                dry_run=self.dry_run,
+            )
+        routers = [
+            RouterClient(
+                url, self.node_id, self.token, timeout_s=cfg.router.timeout_s, dry_run=self.dry_run
+            )
+            for url in cfg.router.urls
+        ]
+        self.links = [
+            RouterLink(
+                r, cfg.heartbeat.interval_s, self.current_report, self.stop, self._on_heartbeat
+            )
+            for r in routers
+        ]
+        self.drain = DrainMachine(
+            node_id=self.node_id,
+            instance_id=identity.instance_id,
+            routers=routers,
+            engine=self.engine,
+            store=store,
+            policy=DrainPolicy(
+                safety_margin_s=cfg.drain.safety_margin_s,
+                timeout_s=cfg.drain.timeout_s,
+                sigterm_timeout_s=cfg.drain.sigterm_timeout_s,
+                ack_timeout_s=cfg.drain.ack_timeout_s,
+                stop_engine=cfg.drain.stop_engine and bool(cfg.engine.systemd_unit),
+                systemd_unit=cfg.engine.systemd_unit,
+                engine_stop_timeout_s=cfg.engine.stop_timeout_s,
+                lifecycle_heartbeat_s=cfg.lifecycle.heartbeat_interval_s,
+                idle_poll_s=min(0.25, cfg.imds.poll_interval_s),
+            ),
+            report_fn=self.report,
+            lifecycle=lifecycle,
+            on_change=self.wake_links,
+            quiesce=self.quiesce_links,
+            metrics=self.metrics,
+            webhook=self.webhook,
+            dry_run=self.dry_run,
+            boot_id=read_boot_id(),
+        )
+        log.info(
+            "agent starting%s",
+            " (dry run: no router, AWS or systemctl calls)" if self.dry_run else "",
+            extra={
+                "node_id": self.node_id,
+                "url": self.url,
+                "routers": ",".join(cfg.router.urls),
+                "lifecycle_hook": cfg.lifecycle.hook_name or "-",
+                **self.labels,
+            },
+        )
+        if not self.token:
+            log.warning("no node token configured (router.node_token / node_token_file)")
+        self.drain.restore()
+        self.metrics.serve(cfg.metrics.host, cfg.metrics.port)
+        self._refresh_engine(self.process.alive())
+        self.pollers = [
+            Poller(m, self.imds, cfg.imds.poll_interval_s, self.on_event, self.stop)
+            for m in all_monitors()
+        ]
+        engine_thread = threading.Thread(target=self._engine_loop, name="engine-watch", daemon=True)
+        self._threads = [*self.pollers, engine_thread, *self.links]
+        for t in self._threads:
+            t.start()
+        return True
+
+    # -------------------------------------------------------------- state
+    def report(self, state: NodeState) -> NodeReport | None:
+        """A report with ``state``; None while the engine's models are unknown."""
+        models = self.models or ([self.cfg.engine.model] if self.cfg.engine.model else [])
+        if not models:
+            return None
+        status = self.status
+        load = status.load if status and status.load else NodeLoad()
+        return NodeReport(
+            url=self.url, models=tuple(models), state=state, load=load, labels=dict(self.labels)
+        )
+
+    def desired_state(self) -> NodeState | None:
+        """What the routers should be told now; None: nothing (not registered, or gone)."""
+        drain = self.drain
+        if drain is not None and drain.silenced:
+            return None
+        if drain is not None and drain.active:
+            return NodeState.DRAINING
+        status = self.status
+        if status is not None and status.ready(self.cfg.engine.model):
+            return NodeState.READY
+        if self.registered:
+            return NodeState.DRAINING
+        return None
+
+    def current_report(self) -> NodeReport | None:
+        state = self.desired_state()
+        return self.report(state) if state is not None else None
+
+    def _on_heartbeat(self, client: RouterClient, report: NodeReport, ok: bool) -> None:
+        if ok:
+            self.metrics.heartbeats.labels(client.base).inc()
+            if report.state == NodeState.READY and not self.registered:
+                self.registered = True
+                log.info("registered with router %s", client.base)
+        else:
+            self.metrics.heartbeat_failures.labels(client.base).inc()
+
+    def wake_links(self) -> None:
+        for link in self.links:
+            link.wake()
+
+    def quiesce_links(self) -> None:
+        """Wait out heartbeats in flight (called once no new one can start)."""
+        for link in self.links:
+            with link.lock:
+                pass
+
+    # -------------------------------------------------------------- engine
+    def _refresh_engine(self, alive: bool | None) -> None:
+        status = self.engine.probe()
+        status.process_alive = alive
+        served = status.serves(self.cfg.engine.model)
+        if served:
+            self.models = served
+        self.status = status
+        ready = status.ready(self.cfg.engine.model)
+        self.metrics.engine_ready.set(1 if ready else 0)
+        try:
+            self.metrics.observe_host(self.host.sample())
+        except Exception as exc:  # host stats are a nice-to-have
+            log.debug("host stats failed: %s", exc)
+        state = self.desired_state()
+        if state != self._last_state:
+            if alive is False:
+                why = "engine process gone"
+            elif ready:
+                why = "engine ready"
+            elif not status.healthy:
+                why = f"engine unhealthy ({status.error or 'no answer'})"
+            else:
+                why = "engine does not list the model"
+            log.info("node state %s -> %s: %s", self._last_state, state, why)
+            self._last_state = state
+            self.wake_links()
+
+    def _engine_loop(self) -> None:
+        interval = self.cfg.engine.check_interval_s
+        probe_every = self.cfg.heartbeat.interval_s
+        last_alive = self.process.alive()
+        next_probe = time.monotonic() + probe_every
+        while not self.stop.wait(interval):
+            try:
+                alive = self.process.alive()
+                now = time.monotonic()
+                if alive != last_alive or now >= next_probe:
+                    self._refresh_engine(alive)
+                    next_probe = now + probe_every
+                last_alive = alive
+            except Exception:
+                log.exception("engine watch failed")
+
+    # -------------------------------------------------------------- events
+    def on_event(self, event: Event) -> None:
+        """Called by the pollers once per distinct event."""
+        assert self.drain is not None
+        self.metrics.events.labels(event.kind).inc()
+        info = event.describe()
+        if isinstance(event, MaintenanceCanceled):
+            with self._sched_lock:
+                dropped = self._scheduled.pop(event.original_key, None)
+            log.info("scheduled event canceled%s", " (planned drain dropped)" if dropped else "")
+            return
+        log.warning("IMDS event: %s", event.kind, extra={"key": event.key})
+        self.webhook.send("event", event=info)
+        if isinstance(event, SpotInterruption | LifecycleTerminated):
+            self.drain.request_event(event)
+        elif isinstance(event, Rebalance):
+            if self.cfg.drain.on_rebalance:
+                self.drain.request_event(event)
+            else:
+                log.warning("rebalance recommendation: reported only (drain.on_rebalance is false)")
+        elif isinstance(event, ScheduledMaintenance):
+            start_at = event.not_before - self.cfg.drain.maintenance_lead_s
+            if time.time() >= start_at:
+                self.drain.request_event(event)
+            else:
+                log.warning("scheduled %s: will drain at %s", event.code, iso(start_at))
+                with self._sched_lock:
+                    self._scheduled[event.key] = (start_at, event)
+
+    def _run_schedule(self) -> None:
+        now = time.time()
+        with self._sched_lock:
+            due = [e for at, e in self._scheduled.values() if at <= now]
+            for e in due:
+                del self._scheduled[e.key]
+        for event in due:
+            assert self.drain is not None
+            self.drain.request_event(event)
+
+    # --------------------------------------------------------------- run
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        self.terminate.set()
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        if not self.start():
+            return 0
+        while not self.terminate.wait(0.5):
+            self._run_schedule()
+        return self.shutdown()
+
+    def shutdown(self) -> int:
+        drain = self.drain
+        assert drain is not None
+        if self.registered or drain.running or (drain.active and not drain.silenced):
+            log.info("stopping: draining for at most %.0fs", self.cfg.drain.sigterm_timeout_s)
+            drain.request_shutdown()
+            drain.wait(self.cfg.drain.sigterm_timeout_s + 30)
+        self.stop.set()
+        self.wake_links()
+        for t in self._threads:
+            t.join(1.0)
+        self.metrics.close()
+        self.webhook.flush()
+        log.info("agent stopped")
+        return 0

@@ -1,0 +1,77 @@
+"""Optional webhook: a JSON summary POSTed for each interruption and drain.
+
+Best effort and never in the way: each POST runs in its own daemon thread
+with a short timeout and up to three tries, so a slow receiver cannot delay
+a drain that has two minutes to finish.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import urllib3
+
+log = logging.getLogger("spotrelay.agent.webhook")
+
+
+class Webhook:
+    def __init__(
+        self,
+        url: str | None,
+        *,
+        timeout_s: float = 5.0,
+        dry_run: bool = False,
+        base: dict[str, Any] | None = None,
+        on_failure: Callable[[], None] | None = None,
+        tries: int = 3,
+    ) -> None:
+        self.url = url
+        self.dry_run = dry_run
+        self.base = dict(base or {})
+        self.on_failure = on_failure or (lambda: None)
+        self.tries = tries
+        self._http = urllib3.PoolManager(num_pools=1, maxsize=2, retries=False)
+        self._timeout = urllib3.Timeout(connect=min(timeout_s, 2.0), read=timeout_s)
+        self._threads: list[threading.Thread] = []
+
+    def send(self, kind: str, **fields: Any) -> None:
+        """Queue one summary: ``{"kind": ..., "node_id": ..., "instance_id": ..., ...}``."""
+        if not self.url:
+            return
+        doc = {**self.base, "kind": kind, "at": time.time(), **fields}
+        if self.dry_run:
+            log.info("dry run: would POST webhook %s", kind)
+            return
+        thread = threading.Thread(target=self._post, args=(doc,), name="webhook", daemon=True)
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+
+    def _post(self, doc: dict[str, Any]) -> None:
+        body = json.dumps(doc, default=str).encode()
+        for attempt in range(self.tries):
+            try:
+                resp = self._http.request(
+                    "POST",
+                    self.url,  # type: ignore[arg-type]
+                    body=body,
+                    headers={"Content-Type": "application/json"},
+                    timeout=self._timeout,
+                )
+                if 200 <= resp.status < 300:
+                    return
+                log.warning("webhook answered %s", resp.status)
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                log.warning("webhook POST failed: %s", exc)
+            time.sleep(0.5 * (attempt + 1))
+        self.on_failure()
+
+    def flush(self, timeout: float = 2.0) -> None:
+        """Give queued POSTs a moment to go out (at exit)."""
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))

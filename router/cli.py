@@ -1,11 +1,66 @@
-"""CLI for the router component (placeholder until the component lands)."""
+"""``spotrelay router``: the OpenAI-compatible router, served by gunicorn.
+
+Top-level imports stay light (the whole ``spotrelay`` CLI imports this
+module); gunicorn, gevent, Flask and urllib3 load only when the router runs,
+after gevent's monkey patching.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+DESCRIPTION = """\
+Run the router: OpenAI-compatible /v1/* routed to registered vLLM nodes, with
+retries before the first byte, a node control plane (/nodes, node token) and
+/healthz, /readyz, /metrics. One gunicorn worker process (the registry lives
+in memory); gevent greenlets inside it. See docs/router.md."""
+
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    for name in ["router"]:
-        p = sub.add_parser(name, parents=[common], help="router: not built yet")
-        p.set_defaults(handler=lambda args: print("not built yet") or 1)
+    from spotrelay.core.config import describe
+
+    from .settings import RouterConfig
+
+    p = sub.add_parser(
+        "router",
+        parents=[common],
+        help="run the router (gunicorn, one worker process)",
+        description=DESCRIPTION,
+        epilog=describe(RouterConfig),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--host", help="address to bind (beats server.host)")
+    p.add_argument("--port", type=int, help="port to bind (beats server.port)")
+    p.set_defaults(handler=run)
+
+
+def load_config(args: argparse.Namespace):  # -> tuple[RouterConfig, str]
+    """The validated configuration and node token; ConfigError (one line) otherwise."""
+    from spotrelay.core.config import ConfigError, load
+    from spotrelay.core.secrets import read_token
+
+    from .settings import RouterConfig
+
+    overrides = {"server": {"host": args.host, "port": args.port}}
+    cfg = load(RouterConfig, args.config, overrides=overrides)
+    token = read_token(cfg.auth.node_token, cfg.auth.node_token_file, "auth.node_token")
+    if not token:
+        raise ConfigError(
+            "auth.node_token",
+            "no node token: set auth.node_token (or SPOTRELAY_AUTH_NODE_TOKEN) or put it in "
+            f"auth.node_token_file ({cfg.auth.node_token_file}); the control plane is never open",
+        )
+    return cfg, token
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg, token = load_config(args)
+    if cfg.server.worker_class == "gevent":
+        # Once, first, before gunicorn/urllib3/ssl are imported: everything after
+        # this sees cooperative sockets. The worker's own patch_all is then a no-op.
+        from gevent import monkey
+
+        monkey.patch_all()
+    from .server import serve
+
+    return serve(cfg, token, log_level=args.log_level)

@@ -15,7 +15,7 @@ class Server:
     host: str = setting("0.0.0.0", help="address to bind")
     port: int = setting(8080, min=1, max=65535, help="port to bind")
     workers: int = setting(
-        1, min=1, max=1, help="worker processes; must be 1 (the registry lives in memory)"
+        1, min=1, help="worker processes; must be 1 (the registry lives in memory)"
     )
     threads: int = setting(64, min=1, max=10000, help="threads per worker (gthread worker)")
     worker_class: str = setting(
@@ -24,6 +24,20 @@ class Server:
         help="gunicorn worker class; gevent holds thousands of streams",
     )
     worker_connections: int = setting(4000, min=1, help="gevent: concurrent connections")
+    keepalive_s: float = setting(
+        75, min=0, help="client keep-alive; above a load balancer's idle timeout (ALB: 60 s)"
+    )
+    graceful_timeout_s: float = setting(
+        30, min=0, help="on SIGTERM, let open requests finish for this long"
+    )
+    access_log: bool = setting(True, help="one log line per proxied request")
+    upstream_pool_size: int = setting(256, min=1, help="idle keep-alive connections kept per node")
+
+    def validate(self) -> None:
+        if self.workers != 1:
+            raise ConfigError(
+                "server.workers", "must be 1 \u2014 the registry lives in memory", self.workers
+            )
 
 
 @dataclass
@@ -59,6 +73,7 @@ class Routing:
     no_capacity_wait_s: float = setting(30, min=0, help="wait this long for a node, then 503")
     session_header: str = setting("X-Session-ID", help="header for session affinity")
     max_body_bytes: int = setting(16 * 1024 * 1024, min=1, help="larger bodies get 413")
+    retry_after_s: int = setting(5, min=1, help="Retry-After sent with a no-capacity 503")
 
 
 @dataclass
@@ -84,6 +99,7 @@ class Health:
     base_ejection_s: float = setting(10, min=0.1, help="first ejection; grows per ejection")
     max_ejection_s: float = setting(300, min=0.1, help="ejection cap")
     probe_interval_s: float = setting(2, min=0.05, help="active /health probe of ejected nodes")
+    probe_timeout_s: float = setting(2, min=0.05, help="timeout of one /health probe")
 
 
 @dataclass

@@ -1,0 +1,184 @@
+"""The router's Flask application: thin routes over :class:`RouterService`.
+
+Data plane (OpenAI-compatible, optional API keys), control plane (node
+token), ops endpoints. Every error is JSON: OpenAI's ``{"error": {...}}``
+shape on the data plane and for unknown paths, ``{"error": "..."}`` on the
+control plane.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from flask import Flask, Response, request
+from prometheus_client import CONTENT_TYPE_LATEST
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from spotrelay.core.errors import openai_error
+
+from .proxy import ApiError, ProxyResponse, parse_request, request_id_from
+from .service import ControlResult, RouterService
+
+log = logging.getLogger("spotrelay.router")
+
+INFERENCE_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings")
+
+
+def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(doc), status, headers, content_type="application/json")
+
+
+def _api_error(err: ApiError, request_id: str | None = None) -> Response:
+    headers = dict(err.headers)
+    if request_id:
+        headers["X-Request-ID"] = request_id
+    if err.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return Response(err.body(), err.status, headers, content_type="application/json")
+
+
+def _send(resp: ProxyResponse) -> Response:
+    return Response(
+        resp.body,
+        resp.status,
+        resp.headers,
+        content_type=resp.content_type,
+        direct_passthrough=True,
+    )
+
+
+def _control(result: ControlResult) -> Response:
+    return _json(result.doc, result.status)
+
+
+def create_app(service: RouterService) -> Flask:
+    """The WSGI app for ``service`` (background tasks are the caller's to start)."""
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = service.cfg.routing.max_body_bytes
+    app.extensions["spotrelay"] = service
+    deadline_s = service.cfg.timeouts.request_deadline_s
+    session_header = service.cfg.routing.session_header
+    proxy = service.proxy
+    api_auth = service.api_auth
+    node_auth = service.node_auth
+
+    # -- data plane ----------------------------------------------------------------------
+
+    def inference() -> Response:
+        received = time.monotonic()
+        headers = request.headers
+        request_id = request_id_from(headers.get("X-Request-ID"))
+        if not api_auth.allows(headers.get("Authorization")):
+            return _api_error(
+                ApiError(401, "missing or invalid API key", code="invalid_api_key"), request_id
+            )
+        try:
+            body = request.get_data(cache=False)
+        except RequestEntityTooLarge:
+            return _too_large(service, request_id)
+        try:
+            req = parse_request(
+                request.path,
+                body,
+                request_id=request_id,
+                received=received,
+                deadline_s=deadline_s,
+                session_key=headers.get(session_header),
+                accept=headers.get("Accept"),
+            )
+        except ApiError as err:
+            return _api_error(err, request_id)
+        return _send(proxy.forward(req))
+
+    for path in INFERENCE_PATHS:
+        app.add_url_rule(path, path, inference, methods=["POST"])
+
+    @app.get("/v1/models")
+    def models() -> Response:
+        if not api_auth.allows(request.headers.get("Authorization")):
+            return _api_error(ApiError(401, "missing or invalid API key", code="invalid_api_key"))
+        return _json(service.models_doc())
+
+    # -- control plane -------------------------------------------------------------------
+
+    def denied() -> Response | None:
+        if node_auth.allows(request.headers.get("Authorization")):
+            return None
+        return _json(
+            {"error": "missing or invalid node token"}, 401, {"WWW-Authenticate": "Bearer"}
+        )
+
+    @app.get("/nodes")
+    def list_nodes() -> Response:
+        return denied() or _control(service.list_nodes())
+
+    @app.put("/nodes/<node_id>")
+    def put_node(node_id: str) -> Response:
+        if (refused := denied()) is not None:
+            return refused
+        try:
+            raw = request.get_data(cache=False)
+        except RequestEntityTooLarge:
+            return _json({"error": "body too large"}, 413)
+        return _control(service.put_node(node_id, raw))
+
+    @app.post("/nodes/<node_id>/drain")
+    def drain_node(node_id: str) -> Response:
+        return denied() or _control(service.drain_node(node_id))
+
+    @app.delete("/nodes/<node_id>")
+    def delete_node(node_id: str) -> Response:
+        return denied() or _control(service.delete_node(node_id))
+
+    # -- ops -----------------------------------------------------------------------------
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        ready = service.registry.any_ready()
+        counts = service.registry.counts_by_status()
+        return _json({"ready": ready, "nodes": counts}, 200 if ready else 503)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(service.metrics.render(), 200, content_type=CONTENT_TYPE_LATEST)
+
+    # -- errors --------------------------------------------------------------------------
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        if status == 413:
+            return _too_large(service, request_id_from(request.headers.get("X-Request-ID")))
+        if status == 405:
+            message = f"method {request.method} is not allowed on {request.path}"
+        elif status == 404:
+            message = f"no such endpoint: {request.path}"
+        else:
+            message = exc.description or exc.name
+        doc = openai_error(status, message)
+        headers = {}
+        if status == 405 and exc.get_response().headers.get("Allow"):
+            headers["Allow"] = exc.get_response().headers["Allow"]
+        return _json(doc, status, headers)
+
+    @app.errorhandler(Exception)
+    def internal_error(exc: Exception) -> Response:
+        request_id = request_id_from(request.headers.get("X-Request-ID"))
+        log.exception("unhandled error", extra={"request_id": request_id})
+        doc = openai_error(500, "internal router error", code="internal_error")
+        return _json(doc, 500, {"X-Request-ID": request_id})
+
+    return app
+
+
+def _too_large(service: RouterService, request_id: str) -> Response:
+    limit = service.cfg.routing.max_body_bytes
+    err = ApiError(413, f"request body exceeds {limit} bytes", code="body_too_large")
+    return _api_error(err, request_id)

@@ -1,0 +1,115 @@
+"""Background upkeep of the registry: TTL expiry and active probing of ejected nodes.
+
+Passive health (counting failures on real traffic, see
+:meth:`Registry.record_failure`) ejects a node; this loop brings it back. Once
+a node's ejection time is over it is probed with ``GET /health`` every
+``health.probe_interval_s``; the first 200 restores it. Probes run
+concurrently so one hanging node cannot delay the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import urllib3
+
+from .registry import Node, Registry
+from .upstream import UPSTREAM_ERRORS, host_header
+
+log = logging.getLogger("spotrelay.router.health")
+
+
+def http_probe(timeout_s: float) -> Callable[[Node], bool]:
+    """A probe that GETs ``/health`` through the node's own connection pool."""
+    timeout = urllib3.Timeout(connect=timeout_s, read=timeout_s)
+
+    def probe(node: Node) -> bool:
+        headers = {}
+        host = host_header(node.target)
+        if host:
+            headers["Host"] = host
+        try:
+            resp = node.pool.urlopen(
+                "GET", "/health", headers=headers, retries=False, redirect=False, timeout=timeout
+            )
+        except UPSTREAM_ERRORS:
+            return False
+        return resp.status == 200
+
+    return probe
+
+
+class HealthMonitor:
+    def __init__(
+        self,
+        registry: Registry,
+        probe: Callable[[Node], bool],
+        *,
+        probe_interval_s: float,
+        probe_timeout_s: float,
+    ) -> None:
+        self.registry = registry
+        self.probe = probe
+        self.probe_interval_s = probe_interval_s
+        self.probe_timeout_s = probe_timeout_s
+        self.tick_s = min(probe_interval_s, max(0.05, registry.ttl_s / 4), 1.0)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_probe = 0.0
+
+    def expire(self) -> list[Node]:
+        expired = self.registry.expire()
+        for node in expired:
+            log.warning(
+                "node %s expired: no heartbeat for %.1fs (%d requests still open on it)",
+                node.id,
+                self.registry.ttl_s,
+                node.in_flight,
+            )
+        return expired
+
+    def probe_ejected(self) -> list[Node]:
+        """Probe every ejected node that is due; returns those restored."""
+        due = self.registry.due_for_probe()
+        if not due:
+            return []
+        results: dict[str, bool] = {}
+
+        def run(node: Node) -> None:
+            results[node.id] = self.probe(node)
+
+        threads = [threading.Thread(target=run, args=(n,), daemon=True) for n in due]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(self.probe_timeout_s + 1.0)
+        restored = []
+        for node in due:
+            if results.get(node.id) and self.registry.restore(node):
+                log.info("node %s restored: /health answered 200", node.id)
+                restored.append(node)
+        return restored
+
+    def run_once(self, now: float) -> None:
+        self.expire()
+        if now - self._last_probe >= self.probe_interval_s:
+            self._last_probe = now
+            self.probe_ejected()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._loop, name="health", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.tick_s):
+            try:
+                self.run_once(self.registry.clock())
+            except Exception:  # the loop must outlive any bug in one pass
+                log.exception("health loop pass failed")

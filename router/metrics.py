@@ -1,0 +1,147 @@
+"""Prometheus metrics, all named ``spotrelay_router_*``.
+
+Counters and histograms are updated on the request path; per-node gauges are
+computed from the registry at scrape time by a custom collector, so a node
+that leaves the fleet (spot reclaim) leaves no stale series behind. Labels
+stay bounded: models are labelled only once a node has served them (anything
+a client typed becomes ``model="unknown"``), nodes only while registered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .registry import Registry
+from .retry import RetryBudget
+
+PREFIX = "spotrelay_router_"
+
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
+)  # fmt: skip
+
+
+class RouterMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            PREFIX + "requests_total",
+            "Data-plane requests by model and HTTP status returned to the client",
+            ["model", "status"],
+            registry=r,
+        )
+        self.attempts = Counter(
+            PREFIX + "upstream_attempts_total",
+            "Upstream attempts by outcome (ok, or the failure reason)",
+            ["outcome"],
+            registry=r,
+        )
+        self.retries = Counter(
+            PREFIX + "retries_total",
+            "Retries on another node, by the reason of the failed attempt",
+            ["reason"],
+            registry=r,
+        )
+        self.budget_exhausted = Counter(
+            PREFIX + "retry_budget_exhausted_total",
+            "Retries refused because the retry budget was used up",
+            registry=r,
+        )
+        self.ejections = Counter(
+            PREFIX + "ejections_total", "Passive-health ejections of nodes", registry=r
+        )
+        self.node_events = Counter(
+            PREFIX + "node_events_total",
+            "Registry events (registered, expired, deleted, drained, ejected, restored, moved)",
+            ["event"],
+            registry=r,
+        )
+        self.capacity_waits = Counter(
+            PREFIX + "capacity_waits_total",
+            "Requests that found no ready node and waited, by outcome (served, timed_out)",
+            ["outcome"],
+            registry=r,
+        )
+        self.stream_breaks = Counter(
+            PREFIX + "stream_breaks_total",
+            "Streams whose upstream broke after data reached the client, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.client_disconnects = Counter(
+            PREFIX + "client_disconnects_total",
+            "Streams the client abandoned (the upstream request was aborted)",
+            registry=r,
+        )
+        self.upstream_latency = Histogram(
+            PREFIX + "upstream_latency_seconds",
+            "Successful attempt: request sent to response received "
+            "(whole body; first event for streams)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            PREFIX + "ttft_seconds",
+            "Streams: request received to first event relayed to the client",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._ok = self.attempts.labels("ok")
+
+    def attempt_ok(self) -> None:
+        self._ok.inc()
+
+    def bind(self, registry: Registry, budget: RetryBudget) -> None:
+        """Expose registry and budget state at scrape time; count registry events."""
+        self.registry.register(_StateCollector(registry, budget))
+        registry.listeners.append(self._on_node_event)
+
+    def _on_node_event(self, event: str, node: object) -> None:
+        self.node_events.labels(event).inc()
+        if event == "ejected":
+            self.ejections.inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _StateCollector(Collector):
+    def __init__(self, registry: Registry, budget: RetryBudget) -> None:
+        self._registry = registry
+        self._budget = budget
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        by_state = GaugeMetricFamily(
+            PREFIX + "nodes", "Registered nodes by state", labels=["state"]
+        )
+        for state, count in self._registry.counts_by_status().items():
+            by_state.add_metric([state], count)
+        yield by_state
+        in_flight = GaugeMetricFamily(
+            PREFIX + "node_in_flight",
+            "Requests this router has open on each node",
+            labels=["node", "state"],
+        )
+        for node in self._registry.nodes():
+            in_flight.add_metric([node.id, str(node.status)], node.in_flight)
+        yield in_flight
+        yield _gauge(PREFIX + "active_requests", "Data-plane requests in progress", self._budget,
+                     lambda b: b.active_requests)  # fmt: skip
+        yield _gauge(PREFIX + "active_retries", "Retry attempts in progress", self._budget,
+                     lambda b: b.active_retries)  # fmt: skip
+
+
+def _gauge(
+    name: str, doc: str, budget: RetryBudget, get: Callable[[RetryBudget], int]
+) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc)
+    family.add_metric([], get(budget))
+    return family

@@ -1,0 +1,550 @@
+"""Forwarding one data-plane request to a node, with failover before the first byte.
+
+:meth:`Proxy.forward` takes a parsed :class:`ProxyRequest` and returns a
+:class:`ProxyResponse` for the web layer to send:
+
+1. unknown model (no registered node ever served it) → 404;
+2. :meth:`Proxy.acquire` picks a node (balancer), sends the request, and on
+   a retryable failure (see :mod:`spotrelay.router.retry`) tries a
+   *different* node after a jittered backoff, within the attempt limit, the
+   retry budget and the request deadline. When no node is routable it waits
+   up to ``routing.no_capacity_wait_s`` for one (then 503 + ``Retry-After``);
+3. a non-streaming answer is read completely from the node before the client
+   gets anything, so a node dying mid-body is still just a retry;
+4. a stream is answered only once the node's *first SSE event* is in hand
+   (a node dying during prefill is still just a retry); the rest is relayed
+   by :class:`spotrelay.router.stream.StreamRelay`, whose break handling is
+   the seam for stream resume (``stream_handler_factory``, see that module).
+
+Every upstream call carries the request's ``X-Request-ID``; every log line
+about the request names it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import urllib3
+
+from spotrelay.core.errors import openai_error
+
+from .balancer import Balancer
+from .metrics import RouterMetrics
+from .registry import ModelStatus, Node, Registry
+from .retry import RETRYABLE_STATUS, Failure, FailureKind, RetryBudget, RetryPolicy
+from .settings import Routing, Timeouts
+from .stream import EndWithError, StreamBreak, StreamHandler, StreamRelay
+from .upstream import (
+    UPSTREAM_ERRORS,
+    Upstream,
+    classify,
+    error_event_message,
+    host_header,
+    is_error_event,
+)
+
+log = logging.getLogger("spotrelay.router")
+
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class ApiError(Exception):
+    """A data-plane error to return to the client in OpenAI error shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> bytes:
+        doc = openai_error(self.status, self.message, param=self.param, code=self.code)
+        return json.dumps(doc).encode()
+
+
+@dataclass
+class ProxyRequest:
+    """A parsed client request on its way to a node."""
+
+    request_id: str
+    path: str
+    body: bytes
+    doc: dict[str, Any]
+    model: str
+    stream: bool
+    received: float
+    deadline: float
+    session_key: str | None = None
+    accept: str | None = None
+    method: str = "POST"
+    tried: set[str] = field(default_factory=set)
+    attempts: int = 0
+    node_id: str | None = None  # the node that answered
+
+    def derive(self, doc: dict[str, Any], *, exclude: set[str] | None = None) -> ProxyRequest:
+        """A follow-up request (e.g. a stream continuation) with a new body.
+
+        Same request id and deadline; attempts start from zero; ``exclude``
+        (default: every node tried so far) are not picked.
+        """
+        return replace(
+            self,
+            body=json.dumps(doc).encode(),
+            doc=doc,
+            stream=doc.get("stream") is True,
+            tried=set(self.tried if exclude is None else exclude),
+            attempts=0,
+            node_id=None,
+        )
+
+
+@dataclass
+class ProxyResponse:
+    """What the web layer sends: a status, a body (bytes or an iterable) and headers."""
+
+    status: int
+    body: bytes | Iterable[bytes]
+    content_type: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Answer:
+    """A complete (non-streaming) upstream answer, read in full."""
+
+    status: int
+    body: bytes
+    content_type: str
+    node_id: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class StreamStart:
+    """An upstream stream whose first event has arrived: ready to relay."""
+
+    upstream: Upstream
+    batches: Any  # Iterator[list[bytes]] positioned after first_batch
+    first_batch: list[bytes]
+
+    def chunks(self) -> _Chunks:
+        """The stream as raw bytes from its first event on, closable (aborts the upstream)."""
+        return _Chunks(self)
+
+
+class _Chunks:
+    def __init__(self, start: StreamStart) -> None:
+        self._start = start
+        self._it = self._gen()
+
+    def _gen(self) -> Iterator[bytes]:
+        yield b"".join(self._start.first_batch)
+        for batch in self._start.batches:
+            yield b"".join(batch)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._it
+
+    def close(self) -> None:
+        self._it.close()
+        upstream = self._start.upstream
+        upstream.close(abort=not upstream.done)
+
+
+def request_id_from(header: str | None) -> str:
+    """The client's X-Request-ID when it is sane, else a fresh one."""
+    if header and REQUEST_ID_RE.match(header):
+        return header
+    return uuid.uuid4().hex
+
+
+def parse_request(
+    path: str,
+    body: bytes,
+    *,
+    request_id: str,
+    received: float,
+    deadline_s: float,
+    session_key: str | None = None,
+    accept: str | None = None,
+) -> ProxyRequest:
+    """Validate a client body; raises :class:`ApiError` (400) for what no node could serve."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "request body is not valid JSON", code="invalid_json") from None
+    if not isinstance(doc, dict):
+        raise ApiError(400, "request body must be a JSON object", code="invalid_json")
+    model = doc.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, "'model' is required (a non-empty string)", param="model")
+    stream = doc.get("stream") is True and not path.endswith("/embeddings")
+    return ProxyRequest(
+        request_id=request_id,
+        path=path,
+        body=body,
+        doc=doc,
+        model=model,
+        stream=stream,
+        received=received,
+        deadline=received + deadline_s,
+        session_key=session_key or None,
+        accept=accept,
+    )
+
+
+class Proxy:
+    """Routes, retries and relays; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        balancer: Balancer,
+        policy: RetryPolicy,
+        budget: RetryBudget,
+        metrics: RouterMetrics,
+        timeouts: Timeouts,
+        routing: Routing,
+        access_log: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        stream_handler_factory: Callable[[ProxyRequest, Proxy], StreamHandler] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.balancer = balancer
+        self.policy = policy
+        self.budget = budget
+        self.metrics = metrics
+        self.timeouts = timeouts
+        self.routing = routing
+        self.access_log = access_log
+        self.clock = clock
+        self.sleep = sleep
+        self.stream_handler_factory = stream_handler_factory or (lambda req, proxy: EndWithError())
+        self._timeout = urllib3.Timeout(connect=timeouts.connect_s, read=timeouts.first_byte_s)
+        self._longest = max(timeouts.connect_s, timeouts.first_byte_s)
+
+    # -- the request as a whole --------------------------------------------------------
+
+    def forward(self, req: ProxyRequest) -> ProxyResponse:
+        if self.registry.model_status(req.model) is ModelStatus.UNKNOWN:
+            err = ApiError(
+                404,
+                f"model {req.model!r} is not served by any registered node",
+                param="model",
+                code="model_not_found",
+            )
+            return self._finish(req, self._error_response(req, err), "unknown")
+        self.budget.start_request()
+        try:
+            result = self.acquire(req)
+        except BaseException:
+            self.budget.end_request()
+            raise
+        if isinstance(result, StreamStart):
+            return self._stream_response(req, result)
+        self.budget.end_request()
+        if isinstance(result, ApiError):
+            return self._finish(req, self._error_response(req, result), req.model)
+        headers = {"X-Request-ID": req.request_id, "X-Spotrelay-Node": result.node_id}
+        headers.update(result.headers)
+        response = ProxyResponse(result.status, result.body, result.content_type, headers)
+        return self._finish(req, response, req.model)
+
+    def acquire(self, req: ProxyRequest) -> Answer | StreamStart | ApiError:
+        """Attempts on successive nodes until an answer, a stream start, or a final error.
+
+        Public for stream resume: call it with a request whose ``tried`` holds the
+        nodes to avoid. Never raises for upstream trouble.
+        """
+        last: Failure | None = None
+        slot = False
+        try:
+            while True:
+                if self.clock() >= req.deadline:
+                    return self._deadline_error(req, last)
+                node = self._choose(req, retrying=last is not None)
+                if isinstance(node, ApiError):
+                    return node
+                if node is None:
+                    return self._give_up(req, last)
+                req.attempts += 1
+                req.tried.add(node.id)
+                result = self._attempt(node, req)
+                if slot:
+                    self.budget.release()
+                    slot = False
+                if not isinstance(result, Failure):
+                    self.metrics.attempt_ok()
+                    self.registry.record_success(node)
+                    req.node_id = node.id
+                    return result
+                last = result
+                self._count_failure(node, req, result)
+                if not self.policy.should_retry(result, req.attempts):
+                    return self._give_up(req, last)
+                if not self.budget.try_acquire():
+                    self.metrics.budget_exhausted.inc()
+                    log.warning(
+                        "retry budget exhausted; not retrying",
+                        extra={"request_id": req.request_id, "reason": result.reason},
+                    )
+                    return self._give_up(req, last)
+                slot = True
+                self.metrics.retries.labels(result.reason).inc()
+                delay = min(self.policy.backoff_s(req.attempts), req.deadline - self.clock())
+                if delay > 0:
+                    self.sleep(delay)
+        finally:
+            if slot:
+                self.budget.release()
+
+    # -- one attempt ---------------------------------------------------------------------
+
+    def _attempt(self, node: Node, req: ProxyRequest) -> Answer | StreamStart | Failure:
+        self.registry.acquire(node)
+        started = self.clock()
+        headers = {"Content-Type": "application/json", "X-Request-ID": req.request_id}
+        if req.accept:
+            headers["Accept"] = req.accept
+        host = host_header(node.target)
+        if host:
+            headers["Host"] = host
+        try:
+            resp = node.pool.urlopen(
+                req.method,
+                req.path,
+                body=req.body,
+                headers=headers,
+                retries=False,
+                redirect=False,
+                assert_same_host=False,
+                timeout=self._timeout_for(req),
+                preload_content=False,
+                release_conn=False,
+            )
+        except UPSTREAM_ERRORS as exc:
+            self.registry.release(node)
+            kind, detail = classify(exc)
+            return Failure(kind, node.id, detail)
+        upstream = Upstream(node, resp, self.registry, started)
+        handed_over = False
+        try:
+            status = resp.status
+            content_type = resp.headers.get("Content-Type", "application/json")
+            if status in RETRYABLE_STATUS:
+                body = resp.read()
+                upstream.done = True
+                extra = {}
+                if resp.headers.get("Retry-After"):
+                    extra["Retry-After"] = resp.headers["Retry-After"]
+                return Failure(
+                    FailureKind.STATUS,
+                    node.id,
+                    f"upstream answered {status}",
+                    status=status,
+                    body=body,
+                    content_type=content_type,
+                    headers=extra,
+                )
+            if req.stream and status == 200 and content_type.startswith("text/event-stream"):
+                batches = upstream.event_batches()
+                first = next(batches, None)
+                if first is None:
+                    return Failure(FailureKind.RESET, node.id, "stream ended before any event")
+                if is_error_event(first[0]):
+                    msg = error_event_message(first[0])
+                    return Failure(FailureKind.ERROR_EVENT, node.id, msg)
+                upstream.set_read_timeout(self.timeouts.stream_idle_s)
+                self.metrics.upstream_latency.observe(self.clock() - started)
+                handed_over = True
+                return StreamStart(upstream, batches, first)
+            body = resp.read()
+            upstream.done = True
+            self.metrics.upstream_latency.observe(self.clock() - started)
+            return Answer(status, body, content_type, node.id)
+        except UPSTREAM_ERRORS as exc:
+            kind, detail = classify(exc)
+            return Failure(kind, node.id, detail)
+        finally:
+            if not handed_over:
+                upstream.close()
+
+    def _timeout_for(self, req: ProxyRequest) -> urllib3.Timeout:
+        remaining = req.deadline - self.clock()
+        if remaining >= self._longest:
+            return self._timeout
+        remaining = max(remaining, 0.01)
+        return urllib3.Timeout(
+            connect=min(self.timeouts.connect_s, remaining),
+            read=min(self.timeouts.first_byte_s, remaining),
+        )
+
+    # -- choosing a node and waiting for capacity -------------------------------------------
+
+    def _choose(self, req: ProxyRequest, *, retrying: bool) -> Node | ApiError | None:
+        """The next node; None when every routable node was tried; ApiError on no capacity."""
+        registry, balancer = self.registry, self.balancer
+        candidates = registry.candidates(req.model)
+        node = balancer.pick(candidates, exclude=req.tried, session_key=req.session_key)
+        if node is not None:
+            return node
+        if candidates:
+            return None
+        limit = min(self.clock() + self.routing.no_capacity_wait_s, req.deadline)
+        log.info(
+            "no ready node serves the model; waiting for capacity",
+            extra={"request_id": req.request_id, "model": req.model},
+        )
+        while (remaining := limit - self.clock()) > 0:
+            registry.wait_for_change(min(remaining, 0.5))
+            node = balancer.pick(
+                registry.candidates(req.model), exclude=req.tried, session_key=req.session_key
+            )
+            if node is not None:
+                self.metrics.capacity_waits.labels("served").inc()
+                return node
+        self.metrics.capacity_waits.labels("timed_out").inc()
+        if retrying:
+            return None
+        waited = self.routing.no_capacity_wait_s
+        return ApiError(
+            503,
+            f"no ready node serves model {req.model!r} (waited {waited:g}s); retry later",
+            code="no_capacity",
+            headers={"Retry-After": str(self.routing.retry_after_s)},
+        )
+
+    # -- failures and final answers ---------------------------------------------------------
+
+    def _count_failure(self, node: Node, req: ProxyRequest, failure: Failure) -> None:
+        self.metrics.attempts.labels(failure.reason).inc()
+        ejected = self.registry.record_failure(node) if failure.unhealthy else False
+        log.warning(
+            "attempt failed on node %s: %s %s",
+            node.id,
+            failure.reason,
+            failure.detail,
+            extra={"request_id": req.request_id, "attempt": req.attempts},
+        )
+        if ejected:
+            log.warning(
+                "node %s ejected after %d consecutive failures",
+                node.id,
+                node.consecutive_failures,
+                extra={"request_id": req.request_id},
+            )
+
+    def _give_up(self, req: ProxyRequest, last: Failure | None) -> Answer | ApiError:
+        if last is None:
+            return ApiError(
+                503,
+                f"no other node serves model {req.model!r}",
+                code="no_capacity",
+                headers={"Retry-After": str(self.routing.retry_after_s)},
+            )
+        if last.kind is FailureKind.STATUS and last.status is not None:
+            return Answer(
+                last.status,
+                last.body,
+                last.content_type or "application/json",
+                last.node_id,
+                dict(last.headers),
+            )
+        tries = f"{req.attempts} attempt{'s' if req.attempts != 1 else ''}"
+        if last.kind is FailureKind.FIRST_BYTE_TIMEOUT:
+            return ApiError(504, f"upstream timed out ({tries})", code="upstream_timeout")
+        return ApiError(502, f"upstream failed: {last.reason} ({tries})", code="upstream_error")
+
+    def _deadline_error(self, req: ProxyRequest, last: Failure | None) -> ApiError:
+        tries = f" after {req.attempts} attempt(s), last: {last.reason}" if last else ""
+        return ApiError(504, f"request deadline exceeded{tries}", code="deadline_exceeded")
+
+    def _error_response(self, req: ProxyRequest, err: ApiError) -> ProxyResponse:
+        headers = {"X-Request-ID": req.request_id, **err.headers}
+        return ProxyResponse(err.status, err.body(), "application/json", headers)
+
+    # -- streams -------------------------------------------------------------------------
+
+    def _stream_response(self, req: ProxyRequest, start: StreamStart) -> ProxyResponse:
+        self.metrics.ttft.observe(self.clock() - req.received)
+        upstream = start.upstream
+
+        def on_finish(outcome: str) -> None:
+            self.budget.end_request()
+            if outcome == "client_disconnect":
+                self.metrics.client_disconnects.inc()
+            self._log_done(req, 200, outcome)
+
+        relay = StreamRelay(
+            upstream,
+            start.batches,
+            start.first_batch,
+            self.stream_handler_factory(req, self),
+            on_break=lambda up, brk: self._on_break(req, up, brk),
+            on_finish=on_finish,
+        )
+        self.metrics.requests.labels(req.model, "200").inc()
+        headers = {
+            "X-Request-ID": req.request_id,
+            "X-Spotrelay-Node": upstream.node.id,
+            **STREAM_HEADERS,
+        }
+        return ProxyResponse(200, relay, "text/event-stream; charset=utf-8", headers)
+
+    def _on_break(self, req: ProxyRequest, upstream: Upstream, brk: StreamBreak) -> None:
+        self.metrics.stream_breaks.labels(str(brk.reason)).inc()
+        self.registry.record_failure(upstream.node)
+        log.warning(
+            "stream broke on node %s after %d events: %s %s",
+            brk.node_id,
+            brk.events_sent,
+            brk.reason,
+            brk.detail,
+            extra={"request_id": req.request_id},
+        )
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _finish(self, req: ProxyRequest, response: ProxyResponse, model: str) -> ProxyResponse:
+        self.metrics.requests.labels(model, str(response.status)).inc()
+        self._log_done(req, response.status, "complete")
+        return response
+
+    def _log_done(self, req: ProxyRequest, status: int, outcome: str) -> None:
+        if not self.access_log and status < 500 and outcome == "complete":
+            return
+        log.info(
+            "%s %s %d",
+            req.method,
+            req.path,
+            status,
+            extra={
+                "request_id": req.request_id,
+                "model": req.model,
+                "node": req.node_id,
+                "attempts": req.attempts,
+                "stream": req.stream,
+                "outcome": outcome,
+                "ms": round((self.clock() - req.received) * 1000, 1),
+            },
+        )

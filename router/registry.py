@@ -1,0 +1,372 @@
+"""The in-memory node registry: who serves what, in which state, with how much open work.
+
+Agents register and heartbeat with ``PUT /nodes/{id}``; a node silent for
+``registry.ttl_s`` is dropped. Besides what agents report (models, ready or
+draining, engine load) the registry keeps what only the router knows: the
+requests it has open on each node (``in_flight``, the balancer's main input),
+consecutive failures, and passive-health ejection (outlier detection: after
+``consecutive_failures`` failures a node is ejected for ``base_ejection_s`` times
+its number of ejections, capped at ``max_ejection_s``; it comes back once the
+ejection time has passed *and* an active ``/health`` probe succeeds).
+
+A node drained through ``POST /nodes/{id}/drain`` stays draining whatever its
+heartbeats say, until it is deleted or expires: an operator's drain must not
+be undone by the next heartbeat.
+
+All state lives in this one process, which is why the router runs exactly one
+worker process. Methods are safe to call from many threads or greenlets.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from spotrelay.core.protocol import NodeLoad, NodeReport, NodeState
+
+from .netpolicy import NodeTarget
+
+KNOWN_MODELS_CAP = 10_000
+
+
+class NodeStatus(StrEnum):
+    """The router's view of a node, in order of precedence."""
+
+    READY = "ready"
+    DRAINING = "draining"
+    EJECTED = "ejected"
+
+
+class ModelStatus(StrEnum):
+    AVAILABLE = "available"  # at least one routable node serves it
+    UNAVAILABLE = "unavailable"  # known (or nothing registered): worth waiting for capacity
+    UNKNOWN = "unknown"  # nodes are registered and none ever served it: 404
+
+
+@dataclass(eq=False)
+class Node:
+    """One registered engine. Mutated only under the registry's lock."""
+
+    id: str
+    target: NodeTarget
+    models: frozenset[str]
+    reported_state: NodeState
+    load: NodeLoad
+    labels: dict[str, str]
+    registered_at: float
+    last_seen: float
+    pool: Any = None  # the upstream connection pool, made by the registry's pool_factory
+    admin_drained: bool = False
+    in_flight: int = 0
+    consecutive_failures: int = 0
+    total_failures: int = 0
+    ejections: int = 0
+    ejected_until: float | None = None  # not ejected when None
+    restored_at: float | None = None
+    removed: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.target.url
+
+    @property
+    def draining(self) -> bool:
+        return self.admin_drained or self.reported_state is NodeState.DRAINING
+
+    @property
+    def ejected(self) -> bool:
+        return self.ejected_until is not None
+
+    @property
+    def status(self) -> NodeStatus:
+        if self.ejected:
+            return NodeStatus.EJECTED
+        if self.draining:
+            return NodeStatus.DRAINING
+        return NodeStatus.READY
+
+    @property
+    def routable(self) -> bool:
+        return not self.removed and not self.ejected and not self.draining
+
+    @property
+    def queue(self) -> int:
+        """Engine-reported work (running + waiting): the balancer's tie breaker."""
+        return self.load.running + self.load.waiting
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "url": self.url,
+            "models": sorted(self.models),
+            "state": str(self.status),
+            "reported_state": str(self.reported_state),
+            "admin_drained": self.admin_drained,
+            "load": {
+                "running": self.load.running,
+                "waiting": self.load.waiting,
+                "kv_cache_usage": self.load.kv_cache_usage,
+            },
+            "labels": dict(self.labels),
+            "in_flight": self.in_flight,
+            "failures": {
+                "consecutive": self.consecutive_failures,
+                "total": self.total_failures,
+            },
+            "ejection": {
+                "ejected": self.ejected,
+                "count": self.ejections,
+                "remaining_s": (
+                    round(max(0.0, self.ejected_until - now), 3) if self.ejected_until else 0.0
+                ),
+            },
+            "last_seen_s_ago": round(now - self.last_seen, 3),
+            "registered_s_ago": round(now - self.registered_at, 3),
+        }
+
+
+@dataclass(frozen=True)
+class EjectionPolicy:
+    consecutive_failures: int = 3
+    base_ejection_s: float = 10.0
+    max_ejection_s: float = 300.0
+
+    def duration(self, ejections: int) -> float:
+        return min(self.max_ejection_s, self.base_ejection_s * max(1, ejections))
+
+
+class Registry:
+    """Nodes by id, with TTL expiry, states, in-flight counts and ejection."""
+
+    def __init__(
+        self,
+        ttl_s: float,
+        ejection: EjectionPolicy | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        pool_factory: Callable[[NodeTarget], Any] | None = None,
+    ) -> None:
+        self.ttl_s = ttl_s
+        self.ejection = ejection or EjectionPolicy()
+        self.clock = clock
+        self.pool_factory = pool_factory
+        self._nodes: dict[str, Node] = {}
+        self._by_model: dict[str, tuple[Node, ...]] = {}
+        self._known_models: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self.listeners: list[Callable[[str, Node], None]] = []  # (event, node)
+
+    # -- control plane ---------------------------------------------------------------
+
+    def upsert(self, node_id: str, report: NodeReport, target: NodeTarget) -> tuple[Node, bool]:
+        """Register or heartbeat; returns the node and whether it is new."""
+        now = self.clock()
+        events: list[tuple[str, Node]] = []
+        old_pool = None
+        with self._lock:
+            node = self._nodes.get(node_id)
+            created = node is None
+            if node is None:
+                node = Node(
+                    id=node_id,
+                    target=target,
+                    models=frozenset(report.models),
+                    reported_state=report.state,
+                    load=report.load,
+                    labels=dict(report.labels),
+                    registered_at=now,
+                    last_seen=now,
+                    pool=self.pool_factory(target) if self.pool_factory else None,
+                )
+                self._nodes[node_id] = node
+                events.append(("registered", node))
+            else:
+                if node.target.url != target.url or node.target.address != target.address:
+                    old_pool = node.pool
+                    node.target = target
+                    node.pool = self.pool_factory(target) if self.pool_factory else None
+                    events.append(("moved", node))
+                if node.reported_state is not report.state:
+                    events.append(("state", node))
+                node.models = frozenset(report.models)
+                node.reported_state = report.state
+                node.load = report.load
+                node.labels = dict(report.labels)
+                node.last_seen = now
+            for model in node.models:
+                self._known_models[model] = now
+            if len(self._known_models) > KNOWN_MODELS_CAP:
+                oldest = sorted(self._known_models, key=self._known_models.__getitem__)
+                for model in oldest[: len(self._known_models) - KNOWN_MODELS_CAP]:
+                    del self._known_models[model]
+            self._reindex()
+            if node.routable:
+                self._changed.notify_all()
+        _close_pool(old_pool)
+        self._emit(events)
+        return node, created
+
+    def drain(self, node_id: str) -> int | None:
+        """Stop routing new requests to the node; its open requests, or None if unknown."""
+        with self._lock:
+            node = self._nodes.get(node_id)
+            if node is None:
+                return None
+            changed = not node.admin_drained
+            node.admin_drained = True
+            in_flight = node.in_flight
+        if changed:
+            self._emit([("drained", node)])
+        return in_flight
+
+    def remove(self, node_id: str, reason: str = "deleted") -> Node | None:
+        with self._lock:
+            node = self._nodes.pop(node_id, None)
+            if node is None:
+                return None
+            node.removed = True
+            self._reindex()
+        _close_pool(node.pool)
+        self._emit([(reason, node)])
+        return node
+
+    def expire(self) -> list[Node]:
+        """Drop nodes that missed heartbeats for ``ttl_s``; returns them."""
+        now = self.clock()
+        with self._lock:
+            stale = [n for n in self._nodes.values() if now - n.last_seen > self.ttl_s]
+            for node in stale:
+                del self._nodes[node.id]
+                node.removed = True
+            if stale:
+                self._reindex()
+        for node in stale:
+            _close_pool(node.pool)
+        self._emit([("expired", n) for n in stale])
+        return stale
+
+    # -- reads ------------------------------------------------------------------------
+
+    def get(self, node_id: str) -> Node | None:
+        return self._nodes.get(node_id)
+
+    def nodes(self) -> list[Node]:
+        with self._lock:
+            return list(self._nodes.values())
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        with self._lock:
+            return [n.to_json(now) for n in sorted(self._nodes.values(), key=lambda n: n.id)]
+
+    def candidates(self, model: str) -> list[Node]:
+        """Routable nodes serving ``model`` that have not gone silent."""
+        horizon = self.clock() - self.ttl_s
+        return [n for n in self._by_model.get(model, ()) if n.routable and n.last_seen >= horizon]
+
+    def model_status(self, model: str) -> ModelStatus:
+        if self.candidates(model):
+            return ModelStatus.AVAILABLE
+        if model in self._known_models or not self._nodes:
+            return ModelStatus.UNAVAILABLE
+        return ModelStatus.UNKNOWN
+
+    def ready_models(self) -> list[str]:
+        """Models served by at least one routable node."""
+        return sorted(m for m in self._by_model if self.candidates(m))
+
+    def counts_by_status(self) -> dict[str, int]:
+        counts = {str(s): 0 for s in NodeStatus}
+        with self._lock:
+            for node in self._nodes.values():
+                counts[str(node.status)] += 1
+        return counts
+
+    def any_ready(self) -> bool:
+        horizon = self.clock() - self.ttl_s
+        return any(n.routable and n.last_seen >= horizon for n in self._nodes.values())
+
+    def wait_for_change(self, timeout: float) -> None:
+        """Block up to ``timeout`` or until a node becomes routable."""
+        if timeout <= 0:
+            return
+        with self._changed:
+            self._changed.wait(timeout)
+
+    # -- data-plane accounting ---------------------------------------------------------
+
+    def acquire(self, node: Node) -> None:
+        with self._lock:
+            node.in_flight += 1
+
+    def release(self, node: Node) -> None:
+        with self._lock:
+            node.in_flight -= 1
+
+    def record_success(self, node: Node) -> None:
+        if node.consecutive_failures:
+            with self._lock:
+                node.consecutive_failures = 0
+
+    def record_failure(self, node: Node) -> bool:
+        """Count a failure; returns True when this one ejected the node."""
+        now = self.clock()
+        policy = self.ejection
+        with self._lock:
+            node.consecutive_failures += 1
+            node.total_failures += 1
+            if node.ejected or node.consecutive_failures < policy.consecutive_failures:
+                return False
+            # Ejections decay: a node healthy for max_ejection_s starts from scratch.
+            if node.restored_at is not None and now - node.restored_at >= policy.max_ejection_s:
+                node.ejections = 0
+            node.ejections += 1
+            node.ejected_until = now + policy.duration(node.ejections)
+        self._emit([("ejected", node)])
+        return True
+
+    def due_for_probe(self) -> list[Node]:
+        """Ejected nodes whose ejection time is over: probe them, then restore."""
+        now = self.clock()
+        with self._lock:
+            return [
+                n
+                for n in self._nodes.values()
+                if n.ejected_until is not None and n.ejected_until <= now
+            ]
+
+    def restore(self, node: Node) -> bool:
+        with self._lock:
+            if node.ejected_until is None or node.removed:
+                return False
+            node.ejected_until = None
+            node.consecutive_failures = 0
+            node.restored_at = self.clock()
+            self._changed.notify_all()
+        self._emit([("restored", node)])
+        return True
+
+    # -- internals ------------------------------------------------------------------
+
+    def _reindex(self) -> None:
+        by_model: dict[str, list[Node]] = {}
+        for node in self._nodes.values():
+            for model in node.models:
+                by_model.setdefault(model, []).append(node)
+        self._by_model = {m: tuple(ns) for m, ns in by_model.items()}
+
+    def _emit(self, events: list[tuple[str, Node]]) -> None:
+        for event, node in events:
+            for listener in self.listeners:
+                listener(event, node)
+
+
+def _close_pool(pool: Any) -> None:
+    if pool is not None and hasattr(pool, "close"):
+        pool.close()

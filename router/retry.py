@@ -1,0 +1,129 @@
+"""When a failed attempt is retried, after how long, and how many retries the fleet can take.
+
+Only failures *before the first response byte reaches the client* are retried
+(afterwards the client has seen part of an answer: that is the stream-resume
+seam in :mod:`spotrelay.router.proxy`). Retryable:
+
+- connection refused / unreachable / connect timeout (nothing was sent);
+- connection reset or closed without a (complete) response, first-byte
+  timeout, an error event before any stream data (the node died or hung);
+- upstream status 429, 500, 502, 503, 504.
+
+Other 4xx are the client's problem and pass through unchanged.
+
+Backoff is "full jitter": a uniform delay in ``[0, min(cap, base · 2^(n-1))]``
+before retry ``n``, which spreads a burst of retries instead of synchronising
+them. A retry budget bounds the amplification when a whole fleet is failing:
+concurrent retries may be at most ``budget_percent`` of the active requests,
+but ``min_retry_concurrency`` are always allowed (Envoy's retry budget). One
+overall deadline per request bounds everything, waits included.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+class FailureKind(StrEnum):
+    CONNECT_ERROR = "connect_error"
+    CONNECT_TIMEOUT = "connect_timeout"
+    RESET = "reset"
+    FIRST_BYTE_TIMEOUT = "first_byte_timeout"
+    ERROR_EVENT = "error_event"
+    STATUS = "status"
+
+
+# Failures that say something about the node's health (429 is back-pressure, not sickness).
+UNHEALTHY_STATUS = frozenset({500, 502, 503, 504})
+
+
+@dataclass
+class Failure:
+    """One failed attempt, as the retry policy and the client error need it."""
+
+    kind: FailureKind
+    node_id: str
+    detail: str = ""
+    status: int | None = None  # for STATUS: the upstream's answer, kept to pass through
+    body: bytes = b""
+    content_type: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. Retry-After, to pass through
+
+    @property
+    def reason(self) -> str:
+        """A short label for metrics and logs (``status_503``, ``reset``...)."""
+        return f"status_{self.status}" if self.kind is FailureKind.STATUS else str(self.kind)
+
+    @property
+    def unhealthy(self) -> bool:
+        """Does this failure count towards the node's passive-health ejection?"""
+        if self.kind is FailureKind.STATUS:
+            return self.status in UNHEALTHY_STATUS
+        return True
+
+    @property
+    def retryable(self) -> bool:
+        if self.kind is FailureKind.STATUS:
+            return self.status in RETRYABLE_STATUS
+        return True
+
+
+class RetryPolicy:
+    def __init__(
+        self,
+        max_attempts: int = 3,
+        backoff_base_ms: float = 25,
+        backoff_max_ms: float = 250,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.max_attempts = max_attempts
+        self.base_s = backoff_base_ms / 1000
+        self.max_s = backoff_max_ms / 1000
+        self.rng = rng or random.Random()
+
+    def should_retry(self, failure: Failure, attempts_made: int) -> bool:
+        return failure.retryable and attempts_made < self.max_attempts
+
+    def backoff_s(self, retry_number: int) -> float:
+        """Full-jitter delay before retry ``retry_number`` (1 for the first retry)."""
+        ceiling = min(self.max_s, self.base_s * (2 ** max(0, retry_number - 1)))
+        return self.rng.uniform(0, ceiling)
+
+
+class RetryBudget:
+    """Concurrent retries ≤ max(min_retry_concurrency, budget_percent % of active requests)."""
+
+    def __init__(self, budget_percent: float = 20, min_retry_concurrency: int = 3) -> None:
+        self.fraction = budget_percent / 100
+        self.min_concurrency = min_retry_concurrency
+        self.active_requests = 0
+        self.active_retries = 0
+        self._lock = threading.Lock()
+
+    def start_request(self) -> None:
+        with self._lock:
+            self.active_requests += 1
+
+    def end_request(self) -> None:
+        with self._lock:
+            self.active_requests -= 1
+
+    def limit(self) -> int:
+        return max(self.min_concurrency, int(self.active_requests * self.fraction))
+
+    def try_acquire(self) -> bool:
+        """Take a retry slot if the budget allows; pair with :meth:`release`."""
+        with self._lock:
+            if self.active_retries >= self.limit():
+                return False
+            self.active_retries += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self.active_retries -= 1

@@ -1,0 +1,82 @@
+"""Running the router under gunicorn, in-process (``spotrelay router`` *is* the master).
+
+One worker process, always: the registry lives in that process's memory.
+Inside it, gevent greenlets (default) or gthread threads serve requests; the
+gevent worker holds thousands of open streams at low cost (DESIGN.md,
+"Serving model, measured"). The app is built in the worker after the fork,
+so background upkeep (TTL expiry, health probes) runs where the registry is.
+
+Monkey patching for gevent is done by the CLI before anything else is
+imported (see :mod:`spotrelay.router.cli`); the gevent worker repeats it in
+the worker, which is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from .settings import RouterConfig
+
+log = logging.getLogger("spotrelay.router")
+
+
+def gunicorn_settings(cfg: RouterConfig, log_level: str = "info") -> dict[str, Any]:
+    """The gunicorn settings for ``cfg`` (exposed for tests and ``--help`` docs)."""
+    server = cfg.server
+    host = f"[{server.host}]" if ":" in server.host else server.host
+    return {
+        "bind": [f"{host}:{server.port}"],
+        "workers": 1,
+        "worker_class": server.worker_class,
+        "threads": server.threads,
+        "worker_connections": server.worker_connections,
+        "keepalive": max(0, round(server.keepalive_s)),
+        "graceful_timeout": max(1, round(server.graceful_timeout_s)),
+        "timeout": 30,  # worker heartbeat; the gevent worker notifies every second
+        "backlog": 2048,
+        "accesslog": None,  # the proxy logs one line per request itself, with its request id
+        "errorlog": "-",
+        "loglevel": log_level,
+        "proc_name": "spotrelay-router",
+        # Gunicorn >= 25.1 opens a control socket that can change the worker count;
+        # the registry is per process, so it stays off.
+        "control_socket_disable": True,
+    }
+
+
+class RouterApplication(BaseApplication):
+    def __init__(self, cfg: RouterConfig, node_token: str, log_level: str = "info") -> None:
+        self.router_cfg = cfg
+        self.node_token = node_token
+        self.log_level = log_level
+        super().__init__(prog="spotrelay router")
+
+    def load_config(self) -> None:
+        for key, value in gunicorn_settings(self.router_cfg, self.log_level).items():
+            if key in self.cfg.settings:
+                self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from .app import create_app
+        from .service import RouterService
+
+        service = RouterService(self.router_cfg, self.node_token)
+        service.start()
+        server = self.router_cfg.server
+        log.info(
+            "router ready on %s:%s (worker %s, ttl %.1fs)",
+            server.host,
+            server.port,
+            server.worker_class,
+            self.router_cfg.registry.ttl_s,
+        )
+        return create_app(service)
+
+
+def serve(cfg: RouterConfig, node_token: str, log_level: str = "info") -> int:
+    """Run until SIGTERM/SIGINT; gunicorn exits the process itself."""
+    RouterApplication(cfg, node_token, log_level).run()
+    return 0

@@ -1,0 +1,177 @@
+"""The router's parts wired together, and the control-plane operations.
+
+:class:`RouterService` owns one of each plain class (registry, balancer,
+retry policy and budget, proxy, health monitor, metrics, auth, network
+policy). The Flask routes in :mod:`spotrelay.router.app` only translate HTTP
+to calls on it, so tests can drive the whole router without a web server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from spotrelay.core.protocol import ProtocolError, parse_report, valid_node_id
+
+from .auth import ControlPlaneAuth, DataPlaneAuth
+from .balancer import Balancer
+from .health import HealthMonitor, http_probe
+from .metrics import RouterMetrics
+from .netpolicy import NetPolicy, NodeURLError, Resolver, system_resolver
+from .proxy import Proxy, ProxyRequest
+from .registry import EjectionPolicy, Node, Registry
+from .retry import RetryBudget, RetryPolicy
+from .settings import RouterConfig
+from .stream import StreamHandler
+from .upstream import make_pool
+
+log = logging.getLogger("spotrelay.router")
+
+MAX_CONTROL_BODY = 64 * 1024
+
+
+@dataclass
+class ControlResult:
+    """A control-plane answer: HTTP status and JSON document."""
+
+    status: int
+    doc: Any
+
+
+class RouterService:
+    def __init__(
+        self,
+        cfg: RouterConfig,
+        node_token: str,
+        *,
+        resolver: Resolver = system_resolver,
+        clock: Callable[[], float] = time.monotonic,
+        stream_handler_factory: Callable[[ProxyRequest, Proxy], StreamHandler] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.started_at = time.time()
+        self.node_auth = ControlPlaneAuth(node_token)
+        self.api_auth = DataPlaneAuth(cfg.auth.api_keys)
+        self.netpolicy = NetPolicy(cfg.registry.allowed_networks, resolver)
+        pool_size = cfg.server.upstream_pool_size
+        self.registry = Registry(
+            cfg.registry.ttl_s,
+            EjectionPolicy(
+                consecutive_failures=cfg.health.consecutive_failures,
+                base_ejection_s=cfg.health.base_ejection_s,
+                max_ejection_s=cfg.health.max_ejection_s,
+            ),
+            clock=clock,
+            pool_factory=lambda target: make_pool(target, pool_size),
+        )
+        self.metrics = RouterMetrics()
+        self.budget = RetryBudget(cfg.retry.budget_percent, cfg.retry.min_retry_concurrency)
+        self.metrics.bind(self.registry, self.budget)
+        self.registry.listeners.append(_log_node_event)
+        self.proxy = Proxy(
+            registry=self.registry,
+            balancer=Balancer(),
+            policy=RetryPolicy(
+                cfg.retry.max_attempts, cfg.retry.backoff_base_ms, cfg.retry.backoff_max_ms
+            ),
+            budget=self.budget,
+            metrics=self.metrics,
+            timeouts=cfg.timeouts,
+            routing=cfg.routing,
+            access_log=cfg.server.access_log,
+            clock=clock,
+            stream_handler_factory=stream_handler_factory,
+        )
+        self.health = HealthMonitor(
+            self.registry,
+            http_probe(cfg.health.probe_timeout_s),
+            probe_interval_s=cfg.health.probe_interval_s,
+            probe_timeout_s=cfg.health.probe_timeout_s,
+        )
+
+    def start(self) -> None:
+        """Start background upkeep (TTL expiry, probes); call once per worker process."""
+        self.health.start()
+
+    def stop(self) -> None:
+        self.health.stop()
+
+    # -- control plane -------------------------------------------------------------------
+
+    def put_node(self, node_id: str, raw: bytes) -> ControlResult:
+        if not valid_node_id(node_id):
+            return _bad("node id must be 1-128 characters of letters, digits and ._:- ")
+        if len(raw) > MAX_CONTROL_BODY:
+            return ControlResult(413, {"error": f"body larger than {MAX_CONTROL_BODY} bytes"})
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            return _bad("body is not valid JSON")
+        try:
+            report = parse_report(body)
+        except ProtocolError as exc:
+            return _bad(str(exc))
+        try:
+            target = self.netpolicy.validate(report.url)
+        except NodeURLError as exc:
+            log.warning("refused registration of node %s: %s", node_id, exc)
+            return _bad(str(exc))
+        node, created = self.registry.upsert(node_id, report, target)
+        return ControlResult(200, self._node_ack(node, created))
+
+    def drain_node(self, node_id: str) -> ControlResult:
+        in_flight = self.registry.drain(node_id)
+        if in_flight is None:
+            return ControlResult(404, {"error": f"node {node_id!r} is not registered"})
+        return ControlResult(200, {"id": node_id, "state": "draining", "in_flight": in_flight})
+
+    def delete_node(self, node_id: str) -> ControlResult:
+        node = self.registry.remove(node_id)
+        if node is None:
+            return ControlResult(404, {"error": f"node {node_id!r} is not registered"})
+        return ControlResult(200, {"id": node_id, "deleted": True, "in_flight": node.in_flight})
+
+    def list_nodes(self) -> ControlResult:
+        return ControlResult(200, self.registry.snapshot())
+
+    def _node_ack(self, node: Node, created: bool) -> dict[str, Any]:
+        return {
+            "id": node.id,
+            "url": node.url,
+            "state": str(node.status),
+            "registered": created,
+            "in_flight": node.in_flight,
+            "ttl_s": self.registry.ttl_s,
+        }
+
+    # -- data plane helpers --------------------------------------------------------------
+
+    def models_doc(self) -> dict[str, Any]:
+        created = int(self.started_at)
+        data = [
+            {"id": m, "object": "model", "created": created, "owned_by": "spotrelay"}
+            for m in self.registry.ready_models()
+        ]
+        return {"object": "list", "data": data}
+
+
+def _bad(message: str) -> ControlResult:
+    return ControlResult(400, {"error": message})
+
+
+def _log_node_event(event: str, node: Node) -> None:
+    if event in ("registered", "moved"):
+        log.info(
+            "node %s %s: %s serving %s (%s)",
+            node.id,
+            event,
+            node.url,
+            ",".join(sorted(node.models)),
+            node.status,
+        )
+    elif event in ("deleted", "drained", "state"):
+        log.info("node %s %s (now %s, %d in flight)", node.id, event, node.status, node.in_flight)

@@ -1,0 +1,46 @@
+# A complete spotrelay deployment in an existing VPC: two routers behind an
+# Application Load Balancer and one spot GPU pool serving one model.
+
+provider "aws" {
+  region = var.region
+
+  default_tags {
+    tags = merge({ Project = "spotrelay", Deployment = var.name }, var.tags)
+  }
+}
+
+module "router" {
+  source = "../../modules/router"
+
+  name               = var.name
+  vpc_id             = var.vpc_id
+  subnet_ids         = var.private_subnet_ids
+  router_count       = var.router_count
+  instance_type      = var.router_instance_type
+  spotrelay_pip_spec = var.spotrelay_pip_spec
+
+  load_balancer = {
+    subnet_ids      = var.alb_internal ? var.private_subnet_ids : var.public_subnet_ids
+    internal        = var.alb_internal
+    allowed_cidrs   = var.allowed_cidrs
+    certificate_arn = var.certificate_arn
+  }
+}
+
+module "gpu_pool" {
+  source = "../../modules/gpu-pool"
+
+  name       = "${var.name}-gpu"
+  vpc_id     = var.vpc_id
+  subnet_ids = var.private_subnet_ids
+
+  model          = var.model
+  instance_types = var.instance_types
+  scaling        = var.scaling
+  vllm           = { version = var.vllm_version }
+  spotrelay      = { pip_spec = var.spotrelay_pip_spec }
+
+  router_urls              = module.router.node_urls
+  router_security_group_id = module.router.security_group_id
+  node_token_parameter_arn = module.router.node_token_parameter_arn
+}

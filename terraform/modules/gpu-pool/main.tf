@@ -1,0 +1,307 @@
+# Spot GPU pool: one Auto Scaling group of vLLM nodes, each running the
+# spotrelay agent. The pure logic (validation, sizes, tags, user data) lives
+# in ./modules/config so it is tested offline; this file wires it to AWS.
+
+data "aws_partition" "current" {}
+data "aws_region" "current" {}
+data "aws_caller_identity" "current" {}
+
+locals {
+  partition  = data.aws_partition.current.partition
+  region     = data.aws_region.current.region
+  account_id = data.aws_caller_identity.current.account_id
+
+  asg_arn_pattern = "arn:${local.partition}:autoscaling:${local.region}:${local.account_id}:autoScalingGroup:*:autoScalingGroupName/${var.name}"
+
+  hf_token_parameter = var.model.hf_token_parameter
+  hf_token_parameter_arn = (
+    local.hf_token_parameter == null ? null :
+    startswith(local.hf_token_parameter, "arn:") ? local.hf_token_parameter :
+    "arn:${local.partition}:ssm:${local.region}:${local.account_id}:parameter${local.hf_token_parameter}"
+  )
+  readable_parameters = compact([var.node_token_parameter_arn, local.hf_token_parameter_arn])
+
+  image_id = var.ami_id != null ? var.ami_id : "resolve:ssm:${var.ami_ssm_parameter}"
+  tags     = module.config.tags
+}
+
+module "config" {
+  source = "./modules/config"
+
+  name                 = var.name
+  region               = local.region
+  instance_types       = var.instance_types
+  scaling              = var.scaling
+  lifecycle_hook       = var.lifecycle_hook
+  model                = var.model
+  vllm                 = var.vllm
+  spotrelay            = var.spotrelay
+  router_urls          = var.router_urls
+  node_token_parameter = var.node_token_parameter_arn
+  volumes              = var.volumes
+  tags                 = merge({ Name = var.name }, var.tags)
+}
+
+# --- network ----------------------------------------------------------------
+
+resource "aws_security_group" "node" {
+  name_prefix = "${var.name}-node-"
+  description = "spotrelay GPU nodes of ${var.name}: vLLM reachable from the routers only"
+  vpc_id      = var.vpc_id
+  tags        = merge(local.tags, { Name = "${var.name}-node" })
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "aws_vpc_security_group_ingress_rule" "vllm_from_routers" {
+  security_group_id            = aws_security_group.node.id
+  description                  = "vLLM API from the spotrelay routers"
+  referenced_security_group_id = var.router_security_group_id
+  ip_protocol                  = "tcp"
+  from_port                    = var.vllm.port
+  to_port                      = var.vllm.port
+  tags                         = local.tags
+}
+
+resource "aws_vpc_security_group_egress_rule" "all" {
+  #checkov:skip=CKV_AWS_382:Nodes download vLLM, spotrelay and model weights (PyPI, Hugging Face) and call the SSM and Auto Scaling APIs; restrict egress with a proxy or VPC endpoints if your network requires it.
+  security_group_id = aws_security_group.node.id
+  description       = "Package, model and AWS API downloads"
+  cidr_ipv4         = "0.0.0.0/0"
+  ip_protocol       = "-1"
+  tags              = local.tags
+}
+
+resource "aws_vpc_security_group_ingress_rule" "routers_from_nodes" {
+  count = var.allow_nodes_to_routers ? 1 : 0
+
+  security_group_id            = var.router_security_group_id
+  description                  = "spotrelay agent heartbeats from ${var.name} nodes"
+  referenced_security_group_id = aws_security_group.node.id
+  ip_protocol                  = "tcp"
+  from_port                    = var.router_port
+  to_port                      = var.router_port
+  tags                         = local.tags
+}
+
+# --- identity: least privilege ----------------------------------------------
+
+data "aws_iam_policy_document" "assume" {
+  statement {
+    sid     = "EC2AssumeRole"
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["ec2.amazonaws.com"]
+    }
+  }
+}
+
+data "aws_iam_policy_document" "node" {
+  statement {
+    sid = "CompleteOwnLifecycleActions"
+    actions = [
+      "autoscaling:CompleteLifecycleAction",
+      "autoscaling:RecordLifecycleActionHeartbeat",
+    ]
+    resources = [local.asg_arn_pattern]
+  }
+
+  statement {
+    sid       = "ReadNodeSecrets"
+    actions   = ["ssm:GetParameter"]
+    resources = local.readable_parameters
+  }
+
+  dynamic "statement" {
+    for_each = var.node_token_kms_key_arn == null ? [] : [var.node_token_kms_key_arn]
+    content {
+      sid       = "DecryptNodeSecretsThroughSSM"
+      actions   = ["kms:Decrypt"]
+      resources = [statement.value]
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["ssm.${local.region}.amazonaws.com"]
+      }
+    }
+  }
+}
+
+resource "aws_iam_role" "node" {
+  name_prefix        = "${substr(var.name, 0, 32)}-node-"
+  description        = "spotrelay GPU nodes of ${var.name}"
+  assume_role_policy = data.aws_iam_policy_document.assume.json
+  tags               = local.tags
+}
+
+resource "aws_iam_role_policy" "node" {
+  name_prefix = "spotrelay-node-"
+  role        = aws_iam_role.node.id
+  policy      = data.aws_iam_policy_document.node.json
+}
+
+resource "aws_iam_role_policy_attachment" "ssm_core" {
+  count      = var.enable_ssm_session_manager ? 1 : 0
+  role       = aws_iam_role.node.name
+  policy_arn = "arn:${local.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
+}
+
+resource "aws_iam_role_policy_attachment" "cloudwatch_agent" {
+  count      = var.enable_cloudwatch_agent ? 1 : 0
+  role       = aws_iam_role.node.name
+  policy_arn = "arn:${local.partition}:iam::aws:policy/CloudWatchAgentServerPolicy"
+}
+
+resource "aws_iam_instance_profile" "node" {
+  name_prefix = "${substr(var.name, 0, 32)}-node-"
+  role        = aws_iam_role.node.name
+  tags        = local.tags
+}
+
+# --- launch template ----------------------------------------------------------
+
+resource "aws_launch_template" "node" {
+  name_prefix            = "${var.name}-"
+  description            = "spotrelay GPU node: vLLM ${var.vllm.version} + agent, model ${module.config.served_model_name}"
+  image_id               = local.image_id
+  user_data              = module.config.user_data_base64
+  ebs_optimized          = true
+  update_default_version = true
+
+  iam_instance_profile {
+    arn = aws_iam_instance_profile.node.arn
+  }
+
+  # IMDSv2 only; hop limit 1 is enough because vLLM and the agent run on the
+  # host network, and it keeps containers from reaching the credentials.
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required"
+    http_put_response_hop_limit = 1
+    instance_metadata_tags      = "disabled"
+  }
+
+  monitoring {
+    enabled = true
+  }
+
+  network_interfaces {
+    device_index                = 0
+    associate_public_ip_address = false
+    delete_on_termination       = true
+    security_groups             = concat([aws_security_group.node.id], var.additional_security_group_ids)
+  }
+
+  block_device_mappings {
+    device_name = var.root_device_name
+    ebs {
+      volume_size           = module.config.volumes.root_size_gib
+      volume_type           = "gp3"
+      encrypted             = true
+      kms_key_id            = var.kms_key_arn
+      delete_on_termination = true
+    }
+  }
+
+  dynamic "block_device_mappings" {
+    for_each = module.config.volumes.has_model_volume ? [module.config.volumes.model_size_gib] : []
+    content {
+      device_name = "/dev/sdf"
+      ebs {
+        volume_size           = block_device_mappings.value
+        volume_type           = "gp3"
+        throughput            = 500
+        iops                  = 6000
+        encrypted             = true
+        kms_key_id            = var.kms_key_arn
+        delete_on_termination = true
+      }
+    }
+  }
+
+  dynamic "tag_specifications" {
+    for_each = ["instance", "volume", "network-interface"]
+    content {
+      resource_type = tag_specifications.value
+      tags          = local.tags
+    }
+  }
+
+  tags = local.tags
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+# --- Auto Scaling group -------------------------------------------------------
+
+resource "aws_autoscaling_group" "node" {
+  name                      = var.name
+  vpc_zone_identifier       = var.subnet_ids
+  min_size                  = module.config.scaling.min_size
+  max_size                  = module.config.scaling.max_size
+  desired_capacity          = module.config.scaling.desired_capacity
+  capacity_rebalance        = var.capacity_rebalance
+  health_check_type         = "EC2"
+  health_check_grace_period = var.health_check_grace_period
+  default_instance_warmup   = var.health_check_grace_period
+  wait_for_capacity_timeout = var.wait_for_capacity_timeout
+  termination_policies      = ["AllocationStrategy", "OldestLaunchTemplate", "Default"]
+
+  mixed_instances_policy {
+    instances_distribution {
+      on_demand_allocation_strategy            = "prioritized"
+      on_demand_base_capacity                  = module.config.scaling.on_demand_base_capacity
+      on_demand_percentage_above_base_capacity = module.config.scaling.on_demand_percentage_above_base_capacity
+      spot_allocation_strategy                 = module.config.scaling.spot_allocation_strategy
+      # No spot_max_price: paying up to the on-demand price is what keeps
+      # price-capacity-optimized from picking pools that are about to go.
+    }
+
+    launch_template {
+      launch_template_specification {
+        launch_template_id = aws_launch_template.node.id
+        version            = aws_launch_template.node.latest_version
+      }
+
+      dynamic "override" {
+        for_each = module.config.instance_overrides
+        content {
+          instance_type = override.value.instance_type
+        }
+      }
+    }
+  }
+
+  # Created with the group, so no node ever launches without it: the agent
+  # completes it after draining (or it times out and CONTINUEs).
+  initial_lifecycle_hook {
+    name                 = module.config.lifecycle_hook.name
+    lifecycle_transition = module.config.lifecycle_hook.transition
+    heartbeat_timeout    = module.config.lifecycle_hook.heartbeat_timeout
+    default_result       = module.config.lifecycle_hook.default_result
+  }
+
+  instance_refresh {
+    strategy = "Rolling"
+    preferences {
+      min_healthy_percentage = 100
+      max_healthy_percentage = 200
+    }
+  }
+
+  dynamic "tag" {
+    for_each = module.config.asg_tags
+    content {
+      key                 = tag.value.key
+      value               = tag.value.value
+      propagate_at_launch = tag.value.propagate_at_launch
+    }
+  }
+
+  depends_on = [aws_iam_role_policy.node]
+}

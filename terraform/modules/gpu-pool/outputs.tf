@@ -1,0 +1,64 @@
+output "autoscaling_group_name" {
+  description = "Name of the GPU Auto Scaling group (what `spotrelay status` lists)."
+  value       = aws_autoscaling_group.node.name
+}
+
+output "autoscaling_group_arn" {
+  description = "ARN of the GPU Auto Scaling group."
+  value       = aws_autoscaling_group.node.arn
+}
+
+output "launch_template_id" {
+  description = "ID of the launch template."
+  value       = aws_launch_template.node.id
+}
+
+output "launch_template_latest_version" {
+  description = "Latest version of the launch template."
+  value       = aws_launch_template.node.latest_version
+}
+
+output "security_group_id" {
+  description = "Security group of the GPU nodes."
+  value       = aws_security_group.node.id
+}
+
+output "iam_role_arn" {
+  description = "ARN of the nodes' IAM role."
+  value       = aws_iam_role.node.arn
+}
+
+output "iam_role_name" {
+  description = "Name of the nodes' IAM role (attach extra policies here)."
+  value       = aws_iam_role.node.name
+}
+
+output "instance_profile_arn" {
+  description = "ARN of the nodes' instance profile."
+  value       = aws_iam_instance_profile.node.arn
+}
+
+output "lifecycle_hook_name" {
+  description = "Name of the termination lifecycle hook the agent completes."
+  value       = module.config.lifecycle_hook.name
+}
+
+output "served_model_name" {
+  description = "Model name clients put in requests."
+  value       = module.config.served_model_name
+}
+
+output "instance_types" {
+  description = "Instance types of the mixed instances policy, in preference order."
+  value       = [for o in module.config.instance_overrides : o.instance_type]
+}
+
+output "agent_config" {
+  description = "The /etc/spotrelay/agent.yaml every node gets."
+  value       = module.config.agent_yaml
+}
+
+output "user_data" {
+  description = "The rendered cloud-init user data (contains no secrets: tokens are fetched from SSM at boot)."
+  value       = module.config.user_data
+}

@@ -555,7 +555,10 @@ class DrainMachine:
     def _deregister(self, state: DrainState) -> None:
         self._deregistering = True
         self.quiesce()  # no heartbeat may land after the DELETE
-        until = max(state.deadline, self.clock() + 2.0)
+        # A router that does not answer drops us by TTL anyway: do not let it hold up
+        # the lifecycle action for the whole deadline.
+        now = self.clock()
+        until = max(min(state.deadline, now + self.policy.ack_timeout_s), now + 1.0)
         threads = [
             threading.Thread(target=self._delete_one, args=(r, until), daemon=True)
             for r in self.routers

@@ -102,6 +102,8 @@ class ImdsClient:
                 timeout=self._timeout,
                 redirect=False,
             )
+        except urllib3.exceptions.NewConnectionError as exc:  # (a TimeoutError subclass)
+            raise self._error("connect", f"{method} {path}: {exc}") from None
         except urllib3.exceptions.TimeoutError as exc:
             raise self._error("timeout", f"{method} {path}: timed out ({exc})") from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:

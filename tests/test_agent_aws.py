@@ -1,0 +1,327 @@
+"""The agent's AWS calls: botocore's Stubber (checks every call against the real API
+model) for the two lifecycle actions moto does not implement, and moto in server
+mode for what it does (Auto Scaling group, lifecycle hook, EC2).
+
+moto 5 answers ``CompleteLifecycleAction`` and ``RecordLifecycleActionHeartbeat``
+with HTTP 500 (NotImplementedError). For the end-to-end tests, which run the
+agent as a subprocess, :class:`LifecycleFront` stands in front of moto: it
+answers those two actions itself (validating the group and hook against moto
+and recording each call with its time) and forwards every other action to
+moto unchanged. The agent is pointed at it with ``lifecycle.endpoint_url``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from spotrelay.agent.lifecycle import LifecycleError, LifecycleHook
+
+REGION = "us-east-1"
+CREDS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+NS = "http://autoscaling.amazonaws.com/doc/2011-01-01/"
+
+
+def autoscaling_client(endpoint_url: str | None = None) -> Any:
+    return boto3.client("autoscaling", region_name=REGION, endpoint_url=endpoint_url, **CREDS)
+
+
+def aws_env() -> dict[str, str]:
+    """Environment for an agent subprocess talking to the fake endpoints."""
+    return {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+# ---------------------------------------------------------------- Stubber
+
+
+def _stubbed(instance_id: str = "i-0123456789abcdef0") -> tuple[LifecycleHook, Stubber]:
+    client = autoscaling_client()
+    hook = LifecycleHook("gpu-asg", "drain-hook", instance_id, region=REGION, client=client)
+    return hook, Stubber(client)
+
+
+PARAMS = {
+    "LifecycleHookName": "drain-hook",
+    "AutoScalingGroupName": "gpu-asg",
+    "InstanceId": "i-0123456789abcdef0",
+}
+
+
+def test_complete_lifecycle_action_sends_continue_by_instance_id() -> None:
+    hook, stub = _stubbed()
+    stub.add_response(
+        "complete_lifecycle_action", {}, {**PARAMS, "LifecycleActionResult": "CONTINUE"}
+    )
+    with stub:
+        assert hook.complete() == "completed"
+    stub.assert_no_pending_responses()
+
+
+def test_no_active_lifecycle_action_counts_as_done() -> None:
+    hook, stub = _stubbed()
+    stub.add_client_error(
+        "complete_lifecycle_action",
+        service_error_code="ValidationError",
+        service_message="No active Lifecycle Action found with instance ID i-0123456789abcdef0",
+        http_status_code=400,
+        expected_params={**PARAMS, "LifecycleActionResult": "CONTINUE"},
+    )
+    with stub:
+        assert hook.complete() == "no_active_action"
+
+
+def test_other_lifecycle_errors_are_retryable_failures() -> None:
+    hook, stub = _stubbed()
+    stub.add_client_error(
+        "complete_lifecycle_action",
+        service_error_code="Throttling",
+        service_message="Rate exceeded",
+        http_status_code=400,
+    )
+    stub.add_client_error(
+        "complete_lifecycle_action",
+        service_error_code="ValidationError",
+        service_message="AutoScalingGroup name not found - gpu-asg",
+        http_status_code=400,
+    )
+    with stub:
+        with pytest.raises(LifecycleError, match="Rate exceeded"):
+            hook.complete()
+        with pytest.raises(LifecycleError, match="not found"):
+            hook.complete()
+
+
+def test_record_lifecycle_action_heartbeat() -> None:
+    hook, stub = _stubbed()
+    stub.add_response("record_lifecycle_action_heartbeat", {}, PARAMS)
+    stub.add_client_error(
+        "record_lifecycle_action_heartbeat",
+        service_error_code="ValidationError",
+        service_message="No active Lifecycle Action found with instance ID i-0123456789abcdef0",
+        http_status_code=400,
+        expected_params=PARAMS,
+    )
+    with stub:
+        assert hook.heartbeat() is True
+        assert hook.heartbeat() is False  # nothing to extend: logged, not raised
+
+
+def test_boto3_is_not_imported_until_needed() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from spotrelay.agent import service, check, cli; print('boto3' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------------ moto
+
+
+@dataclass
+class MotoAsg:
+    endpoint: str
+    asg_name: str
+    hook_name: str
+    instance_id: str
+
+
+def create_asg(endpoint: str, asg_name: str = "gpu-asg", hook_name: str = "drain-hook") -> MotoAsg:
+    """An ASG of one instance with a termination lifecycle hook, in moto."""
+    ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=endpoint, **CREDS)
+    asg = autoscaling_client(endpoint)
+    ec2.create_launch_template(
+        LaunchTemplateName=f"{asg_name}-lt",
+        LaunchTemplateData={"ImageId": "ami-12c6146b", "InstanceType": "g6.xlarge"},
+    )
+    asg.create_auto_scaling_group(
+        AutoScalingGroupName=asg_name,
+        LaunchTemplate={"LaunchTemplateName": f"{asg_name}-lt"},
+        MinSize=1,
+        MaxSize=1,
+        DesiredCapacity=1,
+        AvailabilityZones=[f"{REGION}a"],
+    )
+    asg.put_lifecycle_hook(
+        LifecycleHookName=hook_name,
+        AutoScalingGroupName=asg_name,
+        LifecycleTransition="autoscaling:EC2_INSTANCE_TERMINATING",
+        HeartbeatTimeout=120,
+        DefaultResult="CONTINUE",
+    )
+    group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[asg_name])
+    instance_id = group["AutoScalingGroups"][0]["Instances"][0]["InstanceId"]
+    return MotoAsg(endpoint, asg_name, hook_name, instance_id)
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def test_describe_hook_against_moto(moto_endpoint: str) -> None:
+    setup = create_asg(moto_endpoint, "asg-describe")
+    hook = LifecycleHook(
+        setup.asg_name, setup.hook_name, setup.instance_id, region=REGION,
+        endpoint_url=moto_endpoint, client=autoscaling_client(moto_endpoint),
+    )  # fmt: skip
+    found = hook.describe_hook()
+    assert found is not None
+    assert found["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_TERMINATING"
+    missing = LifecycleHook(
+        setup.asg_name, "nope", setup.instance_id, region=REGION,
+        client=autoscaling_client(moto_endpoint),
+    )  # fmt: skip
+    assert missing.describe_hook() is None
+
+
+# --------------------------------------------------- the front for e2e tests
+
+
+@dataclass
+class LifecycleCall:
+    action: str
+    params: dict[str, str]
+    at: float
+    result: str
+
+
+@dataclass
+class LifecycleFront:
+    """CompleteLifecycleAction/RecordLifecycleActionHeartbeat in front of moto.
+
+    ``arm(instance_id)`` puts the instance in ``Terminating:Wait``: the next
+    CompleteLifecycleAction for it succeeds; without it (or a second time)
+    the answer is AWS's ``ValidationError: No active Lifecycle Action found``.
+    """
+
+    moto: str
+    calls: list[LifecycleCall] = field(default_factory=list)
+    active: set[str] = field(default_factory=set)
+    url: str = ""
+
+    def __post_init__(self) -> None:
+        self._asg = autoscaling_client(self.moto)
+        front = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
+                action = form.get("Action", "")
+                if action in ("CompleteLifecycleAction", "RecordLifecycleActionHeartbeat"):
+                    status, xml = front.handle(action, form)
+                    self._reply(status, xml.encode(), "text/xml")
+                    return
+                req = urllib.request.Request(
+                    front.moto + self.path,
+                    data=body,
+                    headers={k: v for k, v in self.headers.items() if k.lower() != "host"},
+                )
+                try:
+                    with urllib.request.urlopen(req, timeout=10) as resp:
+                        self._reply(resp.status, resp.read(), resp.headers["Content-Type"])
+                except urllib.error.HTTPError as exc:
+                    self._reply(exc.code, exc.read(), exc.headers["Content-Type"])
+
+            def _reply(self, status: int, data: bytes, ctype: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype or "text/xml")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def arm(self, instance_id: str) -> None:
+        self.active.add(instance_id)
+
+    def handle(self, action: str, form: dict[str, str]) -> tuple[int, str]:
+        iid = form.get("InstanceId", "")
+        group, hook_name = form.get("AutoScalingGroupName", ""), form.get("LifecycleHookName", "")
+        hooks = self._asg.describe_lifecycle_hooks(AutoScalingGroupName=group)["LifecycleHooks"]
+        if not any(h["LifecycleHookName"] == hook_name for h in hooks):
+            result, status = "no_hook", 400
+            xml = _error("ValidationError", f"No Lifecycle Hook found with name {hook_name}")
+        elif iid not in self.active:
+            result, status = "no_active", 400
+            xml = _error(
+                "ValidationError", f"No active Lifecycle Action found with instance ID {iid}"
+            )
+        else:
+            if action == "CompleteLifecycleAction":
+                self.active.discard(iid)
+            result, status = "ok", 200
+            xml = (
+                f'<{action}Response xmlns="{NS}"><{action}Result/>'
+                f"<ResponseMetadata><RequestId>{uuid.uuid4()}</RequestId></ResponseMetadata>"
+                f"</{action}Response>"
+            )
+        self.calls.append(LifecycleCall(action, form, time.time(), result))
+        return status, xml
+
+    def completions(self) -> list[LifecycleCall]:
+        return [c for c in self.calls if c.action == "CompleteLifecycleAction"]
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _error(code: str, message: str) -> str:
+    return (
+        f'<ErrorResponse xmlns="{NS}"><Error><Type>Sender</Type><Code>{code}</Code>'
+        f"<Message>{message}</Message></Error><RequestId>{uuid.uuid4()}</RequestId>"
+        "</ErrorResponse>"
+    )
+
+
+def test_front_answers_like_aws_through_the_agent_code(moto_endpoint: str) -> None:
+    setup = create_asg(moto_endpoint, "asg-front")
+    front = LifecycleFront(moto_endpoint)
+    try:
+        hook = LifecycleHook(
+            setup.asg_name, setup.hook_name, setup.instance_id, region=REGION,
+            client=autoscaling_client(front.url),
+        )  # fmt: skip
+        assert hook.describe_hook() is not None  # forwarded to moto
+        assert hook.complete() == "no_active_action"
+        front.arm(setup.instance_id)
+        assert hook.heartbeat() is True
+        assert hook.complete() == "completed"
+        assert hook.complete() == "no_active_action"
+        assert [c.result for c in front.calls] == ["no_active", "ok", "ok", "no_active"]
+        assert front.calls[2].params["LifecycleActionResult"] == "CONTINUE"
+    finally:
+        front.close()

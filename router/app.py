@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from spotrelay.core.errors import openai_error
 
 from .proxy import ApiError, ProxyResponse, parse_request, request_id_from
-from .service import ControlResult, RouterService
+from .service import MAX_CONTROL_BODY, ControlResult, RouterService
 
 log = logging.getLogger("spotrelay.router")
 
@@ -54,10 +54,36 @@ def _control(result: ControlResult) -> Response:
     return _json(result.doc, result.status)
 
 
+class BodyTooLarge(Exception):
+    pass
+
+
+def read_body(limit: int) -> bytes:
+    """The request body, at most ``limit`` bytes, whether or not it has a Content-Length.
+
+    A declared length over the limit is refused before reading; a chunked body
+    (gunicorn de-chunks it and marks the input terminated) is read up to one
+    byte past the limit, so a huge upload costs at most ``limit`` of memory.
+    """
+    length = request.content_length  # None for Transfer-Encoding: chunked
+    if length is not None and length > limit:
+        raise BodyTooLarge
+    environ = request.environ
+    stream = environ["wsgi.input"]
+    if length is not None:
+        return stream.read(length)
+    if not environ.get("wsgi.input_terminated"):
+        return b""
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise BodyTooLarge
+    return data
+
+
 def create_app(service: RouterService) -> Flask:
     """The WSGI app for ``service`` (background tasks are the caller's to start)."""
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = service.cfg.routing.max_body_bytes
+    max_body = service.cfg.routing.max_body_bytes
     app.extensions["spotrelay"] = service
     deadline_s = service.cfg.timeouts.request_deadline_s
     session_header = service.cfg.routing.session_header
@@ -76,8 +102,8 @@ def create_app(service: RouterService) -> Flask:
                 ApiError(401, "missing or invalid API key", code="invalid_api_key"), request_id
             )
         try:
-            body = request.get_data(cache=False)
-        except RequestEntityTooLarge:
+            body = read_body(max_body)
+        except (BodyTooLarge, RequestEntityTooLarge):
             return _too_large(service, request_id)
         try:
             req = parse_request(
@@ -120,9 +146,9 @@ def create_app(service: RouterService) -> Flask:
         if (refused := denied()) is not None:
             return refused
         try:
-            raw = request.get_data(cache=False)
-        except RequestEntityTooLarge:
-            return _json({"error": "body too large"}, 413)
+            raw = read_body(MAX_CONTROL_BODY)
+        except (BodyTooLarge, RequestEntityTooLarge):
+            return _json({"error": f"body larger than {MAX_CONTROL_BODY} bytes"}, 413)
         return _control(service.put_node(node_id, raw))
 
     @app.post("/nodes/<node_id>/drain")

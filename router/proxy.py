@@ -156,9 +156,13 @@ class _Chunks:
         self._it = self._gen()
 
     def _gen(self) -> Iterator[bytes]:
-        yield b"".join(self._start.first_batch)
-        for batch in self._start.batches:
-            yield b"".join(batch)
+        upstream = self._start.upstream
+        try:
+            yield b"".join(self._start.first_batch)
+            for batch in self._start.batches:
+                yield b"".join(batch)
+        finally:
+            upstream.close(abort=not upstream.done)
 
     def __iter__(self) -> Iterator[bytes]:
         return self._it

@@ -21,7 +21,7 @@ from .auth import ControlPlaneAuth, DataPlaneAuth
 from .balancer import Balancer
 from .health import HealthMonitor, http_probe
 from .metrics import RouterMetrics
-from .netpolicy import NetPolicy, NodeURLError, Resolver, system_resolver
+from .netpolicy import NetPolicy, NodeTarget, NodeURLError, Resolver, system_resolver
 from .proxy import Proxy, ProxyRequest
 from .registry import EjectionPolicy, Node, Registry
 from .retry import RetryBudget, RetryPolicy
@@ -51,6 +51,7 @@ class RouterService:
         resolver: Resolver = system_resolver,
         clock: Callable[[], float] = time.monotonic,
         stream_handler_factory: Callable[[ProxyRequest, Proxy], StreamHandler] | None = None,
+        pool_factory: Callable[[NodeTarget], Any] | None = None,
     ) -> None:
         self.cfg = cfg
         self.started_at = time.time()
@@ -66,7 +67,7 @@ class RouterService:
                 max_ejection_s=cfg.health.max_ejection_s,
             ),
             clock=clock,
-            pool_factory=lambda target: make_pool(target, pool_size),
+            pool_factory=pool_factory or (lambda target: make_pool(target, pool_size)),
         )
         self.metrics = RouterMetrics()
         self.budget = RetryBudget(cfg.retry.budget_percent, cfg.retry.min_retry_concurrency)

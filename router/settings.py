@@ -96,7 +96,7 @@ class Timeouts:
 @dataclass
 class Health:
     consecutive_failures: int = setting(3, min=1, help="failures that eject a node")
-    base_ejection_s: float = setting(10, min=0.1, help="first ejection; grows per ejection")
+    base_ejection_s: float = setting(10, min=0.01, help="first ejection; grows per ejection")
     max_ejection_s: float = setting(300, min=0.1, help="ejection cap")
     probe_interval_s: float = setting(2, min=0.05, help="active /health probe of ejected nodes")
     probe_timeout_s: float = setting(2, min=0.05, help="timeout of one /health probe")

@@ -1,0 +1,496 @@
+"""Proxy and stream relay logic against scripted fake nodes (no sockets, fast)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from spotrelay.router.proxy import ProxyRequest, parse_request
+from spotrelay.router.registry import NodeStatus
+from spotrelay.router.service import RouterService
+from spotrelay.router.stream import (
+    AbandonUpstream,
+    BreakReason,
+    ClientStreamComplete,
+    EndWithError,
+    StreamBreak,
+)
+from spotrelay.router.upstream import Upstream
+from tests.test_router_fakes import (
+    DONE,
+    FakeFleet,
+    FakeResp,
+    answering,
+    chunk,
+    fast_config,
+    raising,
+    read_timeout,
+    refused,
+    report,
+    reset,
+    sse,
+)
+
+A, B, C = "http://10.0.0.1:8000", "http://10.0.0.2:8000", "http://10.0.0.3:8000"
+
+
+def build(*, handler_factory=None, dns=None, **sections):
+    fleet = FakeFleet()
+    kwargs = {}
+    if dns is not None:
+        kwargs["resolver"] = lambda host, port: dns[host]
+    svc = RouterService(
+        fast_config(**sections),
+        "node-secret",
+        pool_factory=fleet.pool_factory,
+        stream_handler_factory=handler_factory,
+        **kwargs,
+    )
+    return svc, fleet
+
+
+def register(svc, node_id, url, models=("m",), state="ready"):
+    result = svc.put_node(node_id, json.dumps(report(url, list(models), state)).encode())
+    assert result.status == 200, result.doc
+    return svc.registry.get(node_id)
+
+
+def request(svc, body=None, *, path="/v1/completions", rid="req-1", session=None) -> ProxyRequest:
+    doc = {"model": "m", "prompt": "hi"} if body is None else body
+    return parse_request(
+        path,
+        json.dumps(doc).encode(),
+        request_id=rid,
+        received=time.monotonic(),
+        deadline_s=svc.cfg.timeouts.request_deadline_s,
+        session_key=session,
+    )
+
+
+def body_of(resp) -> bytes:
+    if isinstance(resp.body, bytes):
+        return resp.body
+    data = b"".join(resp.body)
+    resp.body.close()
+    return data
+
+
+def assert_idle(svc):
+    assert all(n.in_flight == 0 for n in svc.registry.nodes())
+    assert svc.budget.active_requests == 0 and svc.budget.active_retries == 0
+
+
+def ok_answer(text="fine"):
+    return lambda: FakeResp(200, json.dumps({"choices": [{"text": text}]}).encode())
+
+
+def stream_of(*texts, done=True):
+    def make():
+        chunks = [chunk(t) for t in texts] + ([DONE] if done else [])
+        return FakeResp(200, chunks=chunks)
+
+    return make
+
+
+# -- non-streaming failover ------------------------------------------------------------------
+
+
+def test_connect_refused_is_retried_on_another_node():
+    svc, fleet = build()
+    register(svc, "a", A)
+    register(svc, "b", B)
+    fleet.behaviour[A] = raising(refused)
+    fleet.behaviour[B] = answering(ok_answer("from b"))
+    for i in range(6):
+        resp = svc.proxy.forward(request(svc, rid=f"r{i}"))
+        assert resp.status == 200 and b"from b" in body_of(resp)
+        assert resp.headers["X-Spotrelay-Node"] == "b"
+        assert resp.headers["X-Request-ID"] == f"r{i}"
+    assert len(fleet.calls_to(A)) == 3, "ejected after 3 consecutive failures"
+    assert svc.registry.get("a").status is NodeStatus.EJECTED
+    assert {c["headers"]["X-Request-ID"] for c in fleet.calls} == {f"r{i}" for i in range(6)}
+    assert_idle(svc)
+
+
+def test_each_retryable_status_goes_elsewhere():
+    for status in (429, 500, 502, 503, 504):
+        svc, fleet = build()
+        register(svc, "a", A)
+        register(svc, "b", B)
+        fleet.behaviour[A] = answering(lambda s=status: FakeResp(s, b'{"error": "busy"}'))
+        fleet.behaviour[B] = answering(ok_answer())
+        results = [svc.proxy.forward(request(svc)) for _ in range(5)]
+        assert [r.status for r in results] == [200] * 5, status
+
+
+def test_client_errors_pass_through_without_retry():
+    svc, fleet = build()
+    register(svc, "a", A)
+    register(svc, "b", B)
+    bad = json.dumps({"error": {"message": "prompt too long"}}).encode()
+    fleet.behaviour[A] = fleet.behaviour[B] = answering(lambda: FakeResp(400, bad))
+    resp = svc.proxy.forward(request(svc))
+    assert resp.status == 400 and body_of(resp) == bad
+    assert len(fleet.calls) == 1
+
+
+def test_last_upstream_error_is_passed_through_when_all_fail():
+    svc, fleet = build()
+    for i, url in enumerate((A, B, C)):
+        register(svc, f"n{i}", url)
+        fleet.behaviour[url] = answering(
+            lambda: FakeResp(503, b'{"error": "overloaded"}', headers={"Retry-After": "7"})
+        )
+    resp = svc.proxy.forward(request(svc))
+    assert resp.status == 503 and body_of(resp) == b'{"error": "overloaded"}'
+    assert resp.headers["Retry-After"] == "7"
+    assert len({c["target"] for c in fleet.calls}) == 3, "three different nodes"
+    assert_idle(svc)
+
+
+def test_attempts_are_capped_and_connection_failures_become_502():
+    svc, fleet = build(retry={"max_attempts": 2})
+    for i, url in enumerate((A, B, C)):
+        register(svc, f"n{i}", url)
+        fleet.behaviour[url] = raising(reset)
+    resp = svc.proxy.forward(request(svc))
+    assert resp.status == 502 and len(fleet.calls) == 2
+    err = json.loads(body_of(resp))["error"]
+    assert err["code"] == "upstream_error" and "reset" in err["message"]
+
+
+def test_timeouts_become_504():
+    svc, fleet = build()
+    register(svc, "a", A)
+    fleet.behaviour[A] = raising(read_timeout)
+    resp = svc.proxy.forward(request(svc))
+    assert resp.status == 504
+    assert json.loads(body_of(resp))["error"]["code"] == "upstream_timeout"
+
+
+def test_reset_while_reading_the_body_is_still_retried():
+    svc, fleet = build()
+    register(svc, "a", A)
+    register(svc, "b", B)
+    fleet.behaviour[A] = answering(lambda: FakeResp(200, read_error=reset()))
+    fleet.behaviour[B] = answering(ok_answer())
+    for _ in range(3):
+        assert svc.proxy.forward(request(svc)).status == 200
+
+
+def test_retry_budget_exhausted_means_no_retry():
+    svc, fleet = build(retry={"budget_percent": 0, "min_retry_concurrency": 0})
+    register(svc, "a", A)
+    register(svc, "b", B)
+    fleet.behaviour[A] = fleet.behaviour[B] = raising(refused)
+    resp = svc.proxy.forward(request(svc))
+    assert resp.status == 502 and len(fleet.calls) == 1
+    assert svc.metrics.budget_exhausted._value.get() == 1
+
+
+def test_deadline_stops_retries():
+    svc, fleet = build(timeouts={"request_deadline_s": 1})
+    register(svc, "a", A)
+    register(svc, "b", B)
+    req = request(svc)
+    req.deadline = time.monotonic() - 0.001
+    resp = svc.proxy.forward(req)
+    assert resp.status == 504 and fleet.calls == []
+
+
+def test_short_deadline_shortens_upstream_timeouts():
+    svc, fleet = build(timeouts={"request_deadline_s": 1, "first_byte_s": 600})
+    register(svc, "a", A)
+    fleet.behaviour[A] = answering(ok_answer())
+    svc.proxy.forward(request(svc))
+    timeout = fleet.calls[0]["timeout"]
+    assert timeout.read_timeout <= 1 and timeout.connect_timeout <= 1
+
+
+def test_session_affinity_routes_a_session_to_one_node():
+    svc, fleet = build()
+    for i, url in enumerate((A, B, C)):
+        register(svc, f"n{i}", url)
+    targets = set()
+    for _ in range(10):
+        svc.proxy.forward(request(svc, session="user-42"))
+        targets.add(fleet.calls[-1]["target"])
+    assert len(targets) == 1
+
+
+def test_hostname_nodes_get_their_name_as_host_header():
+    svc, fleet = build(dns={"node-1.internal": ["10.0.0.9"]})
+    register(svc, "a", "http://node-1.internal:8000")
+    svc.proxy.forward(request(svc))
+    assert fleet.calls[0]["headers"]["Host"] == "node-1.internal:8000"
+    assert fleet.pools[0].target.address == "10.0.0.9"
+
+
+# -- capacity --------------------------------------------------------------------------------
+
+
+def test_unknown_model_is_404():
+    svc, _fleet = build()
+    register(svc, "a", A)
+    resp = svc.proxy.forward(request(svc, {"model": "nope", "prompt": "x"}))
+    assert resp.status == 404
+    err = json.loads(body_of(resp))["error"]
+    assert err["code"] == "model_not_found" and err["param"] == "model"
+
+
+def test_no_capacity_waits_then_503_with_retry_after():
+    svc, _fleet = build(routing={"no_capacity_wait_s": 0.3, "retry_after_s": 4})
+    started = time.monotonic()
+    resp = svc.proxy.forward(request(svc))
+    assert 0.25 <= time.monotonic() - started < 2
+    assert resp.status == 503 and resp.headers["Retry-After"] == "4"
+    assert json.loads(body_of(resp))["error"]["code"] == "no_capacity"
+    assert_idle(svc)
+
+
+def test_capacity_arriving_during_the_wait_serves_the_request():
+    svc, fleet = build(routing={"no_capacity_wait_s": 5})
+    register(svc, "a", A, state="draining")
+    fleet.behaviour[B] = answering(ok_answer("late node"))
+    timer = threading.Timer(0.2, lambda: register(svc, "b", B))
+    timer.start()
+    started = time.monotonic()
+    resp = svc.proxy.forward(request(svc))
+    assert resp.status == 200 and b"late node" in body_of(resp)
+    assert time.monotonic() - started < 2
+
+
+def test_draining_node_gets_no_new_requests():
+    svc, fleet = build()
+    register(svc, "a", A)
+    register(svc, "b", B)
+    assert svc.drain_node("a").doc == {"id": "a", "state": "draining", "in_flight": 0}
+    for _ in range(10):
+        svc.proxy.forward(request(svc))
+    assert fleet.calls_to(A) == []
+
+
+# -- health probing --------------------------------------------------------------------------
+
+
+def test_ejected_node_is_probed_and_restored():
+    svc, fleet = build(health={"consecutive_failures": 1, "base_ejection_s": 0.05})
+    a = register(svc, "a", A)
+    register(svc, "b", B)
+    healthy = {"ok": False}
+
+    def node_a(call):
+        if call["url"] == "/health":
+            return FakeResp(200 if healthy["ok"] else 503, b"")
+        raise refused()
+
+    fleet.behaviour[A] = node_a
+    while a.status is not NodeStatus.EJECTED:
+        svc.proxy.forward(request(svc))
+    time.sleep(0.06)
+    assert svc.health.probe_ejected() == []
+    assert a.status is NodeStatus.EJECTED
+    healthy["ok"] = True
+    assert svc.health.probe_ejected() == [a]
+    assert a.status is NodeStatus.READY
+
+
+# -- streams ---------------------------------------------------------------------------------
+
+
+def stream_request(svc, **extra):
+    return request(svc, {"model": "m", "prompt": "hi", "stream": True, **extra})
+
+
+def test_stream_is_relayed_event_by_event():
+    svc, fleet = build()
+    register(svc, "a", A)
+    fleet.behaviour[A] = answering(stream_of("Hel", "lo"))
+    resp = svc.proxy.forward(stream_request(svc))
+    assert resp.status == 200 and resp.content_type.startswith("text/event-stream")
+    assert resp.headers["X-Accel-Buffering"] == "no"
+    pieces = list(resp.body)
+    resp.body.close()
+    assert pieces == [chunk("Hel"), chunk("lo"), DONE]
+    assert_idle(svc)
+
+
+def test_stream_failing_before_its_first_event_is_retried():
+    for first_node in (
+        raising(refused),
+        answering(lambda: FakeResp(200, chunks=[])),  # EOF before any event
+        answering(lambda: FakeResp(200, chunks=[b'data: {"id": 1', reset()])),  # partial, reset
+        answering(lambda: FakeResp(200, chunks=[sse({"error": {"message": "engine died"}})])),
+        answering(lambda: FakeResp(503, b"{}")),
+    ):
+        svc, fleet = build(health={"consecutive_failures": 100})
+        register(svc, "a", A)
+        register(svc, "b", B)
+        fleet.behaviour[A] = first_node
+        fleet.behaviour[B] = answering(stream_of("ok"))
+        for _ in range(4):
+            resp = svc.proxy.forward(stream_request(svc))
+            assert body_of(resp) == chunk("ok") + DONE
+        assert_idle(svc)
+
+
+@pytest.mark.parametrize(
+    "tail, reason",
+    [
+        ([], BreakReason.EOF),
+        ([reset()], BreakReason.RESET),
+        ([read_timeout()], BreakReason.IDLE_TIMEOUT),
+        ([sse({"error": {"message": "CUDA error"}}), DONE], BreakReason.ERROR_EVENT),
+        ([b'data: {"partial', reset()], BreakReason.RESET),
+    ],
+)
+def test_break_after_first_byte_ends_with_one_error_event_then_done(tail, reason):
+    svc, fleet = build()
+    a = register(svc, "a", A)
+    register(svc, "b", B)
+    fleet.behaviour[A] = fleet.behaviour[B] = answering(
+        lambda: FakeResp(200, chunks=[chunk("one"), chunk("two"), *tail])
+    )
+    resp = svc.proxy.forward(stream_request(svc))
+    data = body_of(resp)
+    events = data.split(b"\n\n")[:-1]
+    assert events[:2] == [chunk("one")[:-2], chunk("two")[:-2]]
+    assert len(events) == 4 and events[3] == b"data: [DONE]"
+    err = json.loads(events[2][len(b"data: ") :])["error"]
+    assert err["type"] == "server_error" and err["code"] == "upstream_stream_broken"
+    assert str(reason) in err["message"]
+    assert b"partial" not in data, "a partial event never reaches the client"
+    node = svc.registry.get(resp.headers["X-Spotrelay-Node"])
+    assert node.total_failures == 1
+    assert svc.metrics.stream_breaks.labels(str(reason))._value.get() == 1
+    assert a.in_flight == 0
+    assert_idle(svc)
+
+
+def test_client_disconnect_closes_the_upstream():
+    svc, fleet = build()
+    register(svc, "a", A)
+    made = []
+
+    def node(call):
+        made.append(FakeResp(200, chunks=[chunk("a"), chunk("b"), chunk("c"), DONE]))
+        return made[-1]
+
+    fleet.behaviour[A] = node
+    resp = svc.proxy.forward(stream_request(svc))
+    it = iter(resp.body)
+    assert next(it) == chunk("a")
+    resp.body.close()  # what the WSGI server does when the client is gone
+    assert made[0].closed, "closing the socket makes vLLM abort the request"
+    assert svc.metrics.client_disconnects._value.get() == 1
+    assert_idle(svc)
+
+
+def test_stream_never_iterated_still_releases_everything():
+    svc, fleet = build()
+    register(svc, "a", A)
+    fleet.behaviour[A] = answering(stream_of("x"))
+    resp = svc.proxy.forward(stream_request(svc))
+    resp.body.close()
+    assert_idle(svc)
+
+
+def test_non_stream_answer_to_a_stream_request_passes_through():
+    svc, fleet = build()
+    register(svc, "a", A)
+    fleet.behaviour[A] = answering(lambda: FakeResp(400, b'{"error": {"message": "bad"}}'))
+    resp = svc.proxy.forward(stream_request(svc))
+    assert resp.status == 400 and body_of(resp) == b'{"error": {"message": "bad"}}'
+
+
+# -- the resume seam -------------------------------------------------------------------------
+
+
+class Recorder(EndWithError):
+    """A handler that records events and breaks (what a resume handler would see)."""
+
+    def __init__(self, req, proxy, script=None):
+        self.req, self.proxy = req, proxy
+        self.events: list[bytes] = []
+        self.breaks: list[StreamBreak] = []
+        self.script = script or {}
+
+    def on_event(self, event):
+        self.events.append(event)
+        action = self.script.get(len(self.events))
+        if action == "complete":
+            raise ClientStreamComplete(b"data: synthetic-end\n\n")
+        if action == "abandon":
+            raise AbandonUpstream("handler said so", b"")
+        return event
+
+    def on_broken(self, brk):
+        self.breaks.append(brk)
+        # What resume does: continue on another node with a derived request.
+        follow = self.req.derive({**self.req.doc, "prompt": "continued"})
+        start = self.proxy.acquire(follow)
+        yield b"".join(start.chunks())
+
+
+def test_break_goes_through_the_handler_which_can_continue_elsewhere():
+    handlers = []
+
+    def factory(req, proxy):
+        handlers.append(Recorder(req, proxy))
+        return handlers[-1]
+
+    svc, fleet = build(handler_factory=factory)
+    register(svc, "a", A)
+    register(svc, "b", B)
+    fleet.behaviour[A] = answering(lambda: FakeResp(200, chunks=[chunk("Hel"), reset()]))
+    fleet.behaviour[B] = answering(stream_of("lo"))
+    req = stream_request(svc)
+    req.tried.clear()
+    svc.registry.get("b").in_flight = 10  # make sure the first attempt goes to a
+    resp = svc.proxy.forward(req)
+    svc.registry.get("b").in_flight = 0
+    assert body_of(resp) == chunk("Hel") + chunk("lo") + DONE
+    [handler] = handlers
+    [brk] = handler.breaks
+    assert brk.reason is BreakReason.RESET and brk.node_id == "a" and brk.events_sent == 1
+    follow_up = next(c for c in fleet.calls if c["target"] == B)
+    assert json.loads(follow_up["body"])["prompt"] == "continued"
+    assert follow_up["headers"]["X-Request-ID"] == req.request_id
+    assert_idle(svc)
+
+
+@pytest.mark.parametrize("action, expect_break", [("complete", False), ("abandon", True)])
+def test_handler_can_end_the_stream_or_abandon_the_upstream(action, expect_break):
+    handlers = []
+
+    def factory(req, proxy):
+        handlers.append(Recorder(req, proxy, {1: action}))
+        return handlers[-1]
+
+    svc, fleet = build(handler_factory=factory)
+    register(svc, "a", A)
+    register(svc, "b", B)
+    fleet.behaviour[A] = fleet.behaviour[B] = answering(stream_of("x", "y"))
+    data = body_of(svc.proxy.forward(stream_request(svc)))
+    [handler] = handlers
+    assert bool(handler.breaks) is expect_break
+    if action == "complete":
+        assert data == b"data: synthetic-end\n\n"
+    else:
+        assert handler.breaks[0].reason is BreakReason.ABANDONED
+
+
+def test_sse_framing_across_odd_chunk_boundaries():
+    svc, _fleet = build()
+    a = register(svc, "a", A)
+    raw = chunk("one") + chunk("two").replace(b"\n", b"\r\n") + DONE
+    pieces = [raw[i : i + 7] for i in range(0, len(raw), 7)]
+    up = Upstream(a, FakeResp(200, chunks=pieces), svc.registry, 0.0)
+    svc.registry.acquire(a)
+    events = [e for batch in up.event_batches() for e in batch]
+    assert events == [chunk("one"), chunk("two"), DONE]
+    up.close()
+    assert a.in_flight == 0

@@ -1,0 +1,268 @@
+"""Registry, balancer and retry policy: the router's plain classes, with a fake clock."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from spotrelay.core.protocol import NodeLoad, parse_report
+from spotrelay.router.balancer import Balancer, rendezvous_weight
+from spotrelay.router.netpolicy import NetPolicy
+from spotrelay.router.registry import EjectionPolicy, ModelStatus, NodeStatus, Registry
+from spotrelay.router.retry import Failure, FailureKind, RetryBudget, RetryPolicy
+
+NETS = NetPolicy(["10.0.0.0/8"])
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Pool:
+    def __init__(self, target) -> None:
+        self.target = target
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def make(ttl=15.0, failures=3, base=10.0, cap=300.0):
+    clock = Clock()
+    reg = Registry(ttl, EjectionPolicy(failures, base, cap), clock=clock, pool_factory=Pool)
+    events = []
+    reg.listeners.append(lambda event, node: events.append((event, node.id)))
+    return reg, clock, events
+
+
+def put(reg, node_id, n=1, models=("m",), state="ready", load=None):
+    url = f"http://10.0.0.{n}:8000"
+    report = parse_report({"url": url, "models": list(models), "state": state, "load": load or {}})
+    return reg.upsert(node_id, report, NETS.validate(url))[0]
+
+
+# -- registry ------------------------------------------------------------------------------
+
+
+def test_register_heartbeat_and_expire():
+    reg, clock, events = make(ttl=15)
+    a = put(reg, "a", 1)
+    assert reg.candidates("m") == [a]
+    clock.now += 10
+    put(reg, "a", 1, load={"running": 2, "waiting": 1})
+    assert a.queue == 3 and a.pool is not None
+    clock.now += 14
+    assert reg.expire() == [] and reg.candidates("m") == [a]
+    clock.now += 2
+    assert reg.candidates("m") == [], "a stale node is not routable even before the sweep"
+    assert reg.expire() == [a]
+    assert reg.get("a") is None and a.pool.closed
+    assert events == [("registered", "a"), ("expired", "a")]
+
+
+def test_states_and_candidates():
+    reg, _clock, _ = make()
+    a = put(reg, "a", 1)
+    b = put(reg, "b", 2, state="draining")
+    c = put(reg, "c", 3, models=("other",))
+    assert reg.candidates("m") == [a]
+    assert b.status is NodeStatus.DRAINING and c.status is NodeStatus.READY
+    assert reg.ready_models() == ["m", "other"]
+    assert reg.counts_by_status() == {"ready": 2, "draining": 1, "ejected": 0}
+    put(reg, "b", 2, state="ready")
+    assert set(reg.candidates("m")) == {a, b}
+
+
+def test_admin_drain_sticks_until_deleted():
+    reg, _clock, _events = make()
+    a = put(reg, "a", 1)
+    reg.acquire(a)
+    reg.acquire(a)
+    assert reg.drain("a") == 2
+    put(reg, "a", 1, state="ready")  # the next heartbeat says ready...
+    assert a.status is NodeStatus.DRAINING and reg.candidates("m") == []
+    assert reg.drain("missing") is None
+    assert reg.remove("a") is a and a.removed
+    a2 = put(reg, "a", 1)
+    assert a2 is not a and a2.status is NodeStatus.READY
+
+
+def test_url_change_replaces_the_pool():
+    reg, _clock, events = make()
+    a = put(reg, "a", 1)
+    old = a.pool
+    put(reg, "a", 2)
+    assert a.url == "http://10.0.0.2:8000" and old.closed and a.pool is not old
+    assert ("moved", "a") in events
+
+
+def test_model_status_unknown_only_when_never_seen():
+    reg, clock, _ = make(ttl=5)
+    assert reg.model_status("m") is ModelStatus.UNAVAILABLE, "nothing registered: wait"
+    put(reg, "a", 1)
+    assert reg.model_status("m") is ModelStatus.AVAILABLE
+    assert reg.model_status("nope") is ModelStatus.UNKNOWN
+    clock.now += 6
+    reg.expire()
+    put(reg, "b", 2, models=("other",))
+    assert reg.model_status("m") is ModelStatus.UNAVAILABLE, "seen before: wait for capacity"
+
+
+def test_ejection_after_consecutive_failures_and_growth():
+    reg, clock, events = make(failures=3, base=10, cap=25)
+    a = put(reg, "a", 1)
+    assert not reg.record_failure(a) and not reg.record_failure(a)
+    reg.record_success(a)
+    assert not reg.record_failure(a) and not reg.record_failure(a)
+    assert reg.record_failure(a), "third consecutive failure ejects"
+    assert a.status is NodeStatus.EJECTED and reg.candidates("m") == []
+    assert reg.due_for_probe() == []
+    clock.now += 10
+    assert reg.due_for_probe() == [a]
+    assert reg.restore(a) and a.status is NodeStatus.READY
+    for _ in range(3):
+        reg.record_failure(a)
+    assert a.ejections == 2 and a.ejected_until == pytest.approx(clock.now + 20)
+    clock.now += 20
+    reg.restore(a)
+    for _ in range(3):
+        reg.record_failure(a)
+    assert a.ejected_until == pytest.approx(clock.now + 25), "capped at max_ejection_s"
+    assert [e for e in events if e[0] in ("ejected", "restored")] == [
+        ("ejected", "a"), ("restored", "a"), ("ejected", "a"), ("restored", "a"), ("ejected", "a")
+    ]  # fmt: skip
+
+
+def test_ejections_decay_after_a_healthy_period():
+    reg, clock, _ = make(failures=1, base=10, cap=30)
+    a = put(reg, "a", 1)
+    reg.record_failure(a)
+    clock.now += 10
+    reg.restore(a)
+    clock.now += 31
+    reg.record_failure(a)
+    assert a.ejections == 1 and a.ejected_until == pytest.approx(clock.now + 10)
+
+
+def test_snapshot_shape():
+    reg, _clock, _ = make()
+    a = put(reg, "a", 1, load={"running": 1, "waiting": 2, "kv_cache_usage": 0.5})
+    reg.acquire(a)
+    [doc] = reg.snapshot()
+    assert doc["id"] == "a" and doc["state"] == "ready" and doc["in_flight"] == 1
+    assert doc["load"] == {"running": 1, "waiting": 2, "kv_cache_usage": 0.5}
+    assert doc["failures"] == {"consecutive": 0, "total": 0}
+    assert doc["ejection"] == {"ejected": False, "count": 0, "remaining_s": 0.0}
+
+
+# -- balancer ------------------------------------------------------------------------------
+
+
+def nodes(reg, count):
+    return [put(reg, f"n{i}", i + 1) for i in range(count)]
+
+
+def test_p2c_prefers_fewer_in_flight_then_lower_engine_queue():
+    reg, _, _ = make()
+    a, b = nodes(reg, 2)
+    bal = Balancer(random.Random(1))
+    a.in_flight = 5
+    assert {bal.pick([a, b]).id for _ in range(50)} == {"n1"}
+    a.in_flight = b.in_flight = 2
+    a.load = NodeLoad(running=9, waiting=3)
+    assert {bal.pick([a, b]).id for _ in range(50)} == {"n1"}
+
+
+def test_p2c_spreads_equal_nodes_and_avoids_the_busiest():
+    reg, _, _ = make()
+    ns = nodes(reg, 4)
+    ns[3].in_flight = 100
+    bal = Balancer(random.Random(7))
+    picks = Counter(bal.pick(ns).id for _ in range(3000))
+    assert picks["n3"] == 0, "the busiest node never wins a comparison"
+    for name in ("n0", "n1", "n2"):
+        assert 800 < picks[name] < 1200
+
+
+def test_exclude_and_empty():
+    reg, _, _ = make()
+    a, b = nodes(reg, 2)
+    bal = Balancer()
+    assert bal.pick([a, b], exclude={"n0"}) is b
+    assert bal.pick([a, b], exclude={"n0", "n1"}) is None
+    assert bal.pick([]) is None
+
+
+def test_session_affinity_is_stable_and_moves_minimally():
+    reg, _, _ = make()
+    ns = nodes(reg, 5)
+    bal = Balancer()
+    keys = [f"session-{i}" for i in range(500)]
+    before = {k: bal.pick(ns, session_key=k).id for k in keys}
+    assert before == {k: bal.pick(ns, session_key=k).id for k in keys}
+    assert len(set(before.values())) == 5
+    after = {k: bal.pick(ns[:4], session_key=k).id for k in keys}
+    moved = [k for k in keys if before[k] != after[k]]
+    assert all(before[k] == "n4" for k in moved), "only sessions of the removed node move"
+    assert rendezvous_weight("k", "a") != rendezvous_weight("k", "b")
+
+
+# -- retry policy and budget -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "failure, retryable, unhealthy",
+    [
+        (Failure(FailureKind.CONNECT_ERROR, "a"), True, True),
+        (Failure(FailureKind.CONNECT_TIMEOUT, "a"), True, True),
+        (Failure(FailureKind.RESET, "a"), True, True),
+        (Failure(FailureKind.FIRST_BYTE_TIMEOUT, "a"), True, True),
+        (Failure(FailureKind.ERROR_EVENT, "a"), True, True),
+        (Failure(FailureKind.STATUS, "a", status=429), True, False),
+        (Failure(FailureKind.STATUS, "a", status=500), True, True),
+        (Failure(FailureKind.STATUS, "a", status=502), True, True),
+        (Failure(FailureKind.STATUS, "a", status=503), True, True),
+        (Failure(FailureKind.STATUS, "a", status=504), True, True),
+        (Failure(FailureKind.STATUS, "a", status=501), False, False),
+    ],
+)
+def test_retryable_conditions(failure, retryable, unhealthy):
+    policy = RetryPolicy(max_attempts=3)
+    assert policy.should_retry(failure, 1) is retryable
+    assert failure.unhealthy is unhealthy
+    assert not policy.should_retry(failure, 3), "attempts are capped"
+
+
+def test_reason_labels():
+    assert Failure(FailureKind.STATUS, "a", status=503).reason == "status_503"
+    assert Failure(FailureKind.RESET, "a").reason == "reset"
+
+
+def test_full_jitter_backoff_bounds():
+    policy = RetryPolicy(backoff_base_ms=25, backoff_max_ms=250, rng=random.Random(3))
+    for retry, ceiling in [(1, 0.025), (2, 0.05), (3, 0.1), (4, 0.2), (5, 0.25), (9, 0.25)]:
+        samples = [policy.backoff_s(retry) for _ in range(400)]
+        assert all(0 <= s <= ceiling for s in samples)
+        assert max(samples) > ceiling * 0.8 and min(samples) < ceiling * 0.2, "spread out"
+
+
+def test_retry_budget():
+    budget = RetryBudget(budget_percent=20, min_retry_concurrency=3)
+    for _ in range(10):
+        budget.start_request()
+    assert [budget.try_acquire() for _ in range(4)] == [True, True, True, False]
+    for _ in range(20):
+        budget.start_request()
+    assert budget.limit() == 6
+    assert [budget.try_acquire() for _ in range(4)] == [True, True, True, False]
+    budget.release()
+    assert budget.try_acquire()
+    zero = RetryBudget(budget_percent=0, min_retry_concurrency=0)
+    zero.start_request()
+    assert not zero.try_acquire()

@@ -88,3 +88,70 @@ def start_imds(
         "/_control/health",
         port=port,
     )
+
+
+ROUTER_TOKEN = "test-node-token"
+
+
+def start_router(
+    procs: ProcessGroup,
+    logdir: Path,
+    config: dict | None = None,
+    *extra: str,
+    name: str = "router",
+    port: int | None = None,
+    timeout: float = 30.0,
+    env: dict[str, str] | None = None,
+) -> Service:
+    """A ``spotrelay router`` (gunicorn, gevent) on loopback, configured by ``config``.
+
+    ``config`` is a router.yaml as a dict (sections as in DESIGN.md); it is
+    written to ``logdir/<name>.yaml``. Without a node token in it the router
+    gets :data:`ROUTER_TOKEN`. Ready when ``GET /healthz`` is 200.
+    """
+    import yaml
+
+    config = {section: dict(values) for section, values in (config or {}).items()}
+    auth = config.setdefault("auth", {})
+    if not auth.get("node_token") and not auth.get("node_token_file"):
+        auth["node_token"] = ROUTER_TOKEN
+    path = logdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    args = ["router", "--config", str(path), "--host", HOST, *extra]
+    return start_service(procs, logdir, name, args, "/healthz", port=port, timeout=timeout, env=env)
+
+
+def register_node(
+    router_url: str,
+    token: str,
+    node_id: str,
+    engine_url: str,
+    models: str | list[str] | tuple[str, ...],
+    state: str = "ready",
+    **fields: object,
+) -> dict:
+    """``PUT /nodes/{node_id}`` on a router; returns its JSON answer, raises on non-2xx.
+
+    ``fields`` adds body keys such as ``load={"running": 1}`` or ``labels={...}``.
+    """
+    import json
+    import urllib.error
+    import urllib.request
+
+    body = {
+        "url": engine_url,
+        "models": [models] if isinstance(models, str) else list(models),
+        "state": state,
+        **fields,
+    }
+    req = urllib.request.Request(
+        f"{router_url}/nodes/{node_id}",
+        data=json.dumps(body).encode(),
+        method="PUT",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.load(resp)
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"PUT /nodes/{node_id}: {exc.code} {exc.read().decode()}") from None

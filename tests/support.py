@@ -155,3 +155,63 @@ def register_node(
             return json.load(resp)
     except urllib.error.HTTPError as exc:
         raise RuntimeError(f"PUT /nodes/{node_id}: {exc.code} {exc.read().decode()}") from None
+
+
+@dataclass
+class AgentProcess:
+    """A started ``spotrelay agent``: its process, config file and /metrics URL."""
+
+    proc: ManagedProcess
+    config: Path
+    metrics_url: str
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of the agent's /metrics (0.0 when absent)."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as resp:
+            text = resp.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                wanted = all(sample.labels.get(k) == v for k, v in labels.items())
+                if sample.name == name and wanted:
+                    return sample.value
+        return 0.0
+
+
+def start_agent(
+    procs: ProcessGroup,
+    logdir: Path,
+    config: dict,
+    *extra: str,
+    name: str = "agent",
+    env: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> AgentProcess:
+    """A ``spotrelay agent --config <logdir>/<name>.yaml`` subprocess.
+
+    ``config`` is an agent.yaml as a dict; ``metrics.port`` gets a free port
+    unless given (readiness = its /metrics answers, i.e. IMDS identity was
+    read and every thread started). ``extra`` are CLI flags (``--dry-run``).
+    """
+    import yaml
+
+    config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    metrics = config.setdefault("metrics", {})
+    metrics.setdefault("host", HOST)
+    metrics.setdefault("port", free_port())
+    path = logdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = procs.start(
+        ManagedProcess(
+            name,
+            spotrelay_argv("agent", "--config", str(path), "--log-level", "debug", *extra),
+            env=env,
+            log_path=logdir / f"{name}.log",
+        )
+    )
+    url = f"http://{metrics['host']}:{metrics['port']}/metrics"
+    proc.wait_ready(lambda: http_ok(url), timeout=timeout)
+    return AgentProcess(proc, path, url)

@@ -1,11 +1,153 @@
-"""CLI for the deploy component (placeholder until the component lands)."""
+"""CLI for deployments: ``spotrelay up``, ``spotrelay down``, ``spotrelay status``.
+
+Light at import time: the Terraform and AWS code loads inside the handlers.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+
+UP_HELP = """\
+Create or update a deployment: write spotrelay.tfvars.json from the YAML,
+then terraform init, plan and apply (-input=false -auto-approve) in the
+configuration directory (default terraform/examples/complete), and print the
+outputs (router URL, model, GPU Auto Scaling group)."""
+
+DOWN_HELP = """\
+Destroy a deployment (terraform destroy -input=false -auto-approve). Without
+--yes it only shows the destroy plan."""
+
+STATUS_HELP = """\
+Show the router's registered nodes (GET /nodes with the node token) and the
+GPU Auto Scaling group's instances. Router URL, group name and the node
+token's SSM parameter come from terraform output unless the status section
+of the YAML sets them."""
+
+
+def _epilog() -> str:
+    from .config import describe
+    from .deploy import DeployConfig
+
+    return describe(DeployConfig)
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    for name in ["up", "down", "status"]:
-        p = sub.add_parser(name, parents=[common], help="deploy: not built yet")
-        p.set_defaults(handler=lambda args: print("not built yet") or 1)
+    epilog = _epilog()
+    fmt = argparse.RawDescriptionHelpFormatter
+    for name, text, handler in (
+        ("up", UP_HELP, _up),
+        ("down", DOWN_HELP, _down),
+        ("status", STATUS_HELP, _status),
+    ):
+        p = sub.add_parser(
+            name,
+            parents=[common],
+            help=text.splitlines()[0].rstrip(":"),
+            description=text,
+            epilog=epilog,
+            formatter_class=fmt,
+        )
+        p.add_argument("--dir", help="Terraform configuration directory (terraform.dir)")
+        p.add_argument(
+            "--terraform", metavar="BINARY", help="terraform/tofu executable (terraform.binary)"
+        )
+        if name == "up":
+            p.add_argument("--plan-only", action="store_true", help="init and plan, no apply")
+        if name == "down":
+            p.add_argument("--yes", action="store_true", help="really destroy")
+        if name == "status":
+            p.add_argument("--json", action="store_true", help="print JSON")
+        p.set_defaults(handler=handler)
+
+
+def _load(args: argparse.Namespace):  # -> DeployConfig
+    from .config import load
+    from .deploy import DeployConfig
+
+    overrides = {"terraform": {"binary": args.terraform, "dir": args.dir}}
+    return load(DeployConfig, args.config, overrides=overrides)
+
+
+def _driver(cfg, need_example_vars: bool):  # -> (TerraformDriver, vars path)
+    from .deploy import TerraformDriver, check_required, resolve_dir, tfvars, write_tfvars
+    from .terraform_bin import find_binary
+
+    directory, is_example = resolve_dir(cfg.terraform.dir)
+    binary = find_binary(cfg.terraform.binary)
+    values = tfvars(cfg)
+    if is_example and need_example_vars:
+        check_required(values)
+    vars_file = write_tfvars(directory, values)
+    print(f"spotrelay: {directory} with {vars_file.name} ({binary})")
+    return TerraformDriver(binary, directory), vars_file
+
+
+def _up(args: argparse.Namespace) -> int:
+    from .deploy import TerraformFailed, format_outputs
+
+    cfg = _load(args)
+    driver, vars_file = _driver(cfg, need_example_vars=True)
+    try:
+        driver.init()
+        driver.plan(vars_file)
+        if args.plan_only:
+            print("spotrelay up: plan only; nothing applied")
+            return 0
+        driver.apply_plan()
+        outputs = driver.outputs()
+    except TerraformFailed as exc:
+        print(f"spotrelay up: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        driver.cleanup()
+    print("\nspotrelay up: deployment ready\n" + format_outputs(outputs))
+    if outputs.get("router_url"):
+        print(
+            "\nnext: spotrelay status   (nodes register once vLLM has loaded the model)\n"
+            f"      OpenAI base_url = {str(outputs['router_url']).rstrip('/')}/v1"
+        )
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from .deploy import TerraformFailed
+
+    cfg = _load(args)
+    driver, vars_file = _driver(cfg, need_example_vars=False)
+    try:
+        driver.init()
+        if not args.yes:
+            driver.plan(vars_file, destroy=True)
+            print("spotrelay down: nothing destroyed; re-run with --yes to destroy the above")
+            return 1
+        driver.destroy(vars_file)
+    except TerraformFailed as exc:
+        print(f"spotrelay down: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        driver.cleanup()
+    print("spotrelay down: destroyed")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .deploy import TerraformDriver, TerraformFailed, resolve_dir
+    from .deploy_status import gather, render, render_json
+    from .terraform_bin import find_binary
+
+    cfg = _load(args)
+    outputs: dict = {}
+    notes: list[str] = []
+    if not (cfg.status.router_url and cfg.status.asg_name):
+        try:
+            directory, _ = resolve_dir(cfg.terraform.dir)
+            driver = TerraformDriver(find_binary(cfg.terraform.binary), directory)
+            outputs = driver.outputs()
+        except TerraformFailed as exc:
+            notes.append(str(exc))
+    region = cfg.deployment.region or outputs.get("aws_region")
+    report = gather(cfg.status, outputs, region)
+    report.errors[:0] = notes
+    print(render_json(report) if args.json else render(report))
+    return 0 if not report.errors else 1

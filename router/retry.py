@@ -15,14 +15,21 @@ Backoff is "full jitter": a uniform delay in ``[0, min(cap, base · 2^(n-1))]``
 before retry ``n``, which spreads a burst of retries instead of synchronising
 them. A retry budget bounds the amplification when a whole fleet is failing:
 concurrent retries may be at most ``budget_percent`` of the active requests,
-but ``min_retry_concurrency`` are always allowed (Envoy's retry budget). One
-overall deadline per request bounds everything, waits included.
+but ``min_retry_concurrency`` are always allowed (Envoy's retry budget). A
+retry that finds the budget used up waits for a slot (up to
+``retry.budget_wait_s``) instead of failing at once: when one node of three
+dies, a third of the open requests need a retry at the same moment, and
+queueing them briefly keeps the fleet's extra load bounded without turning a
+survivable node loss into client errors. ``budget_wait_s: 0`` gives Envoy's
+fail-fast behaviour. One overall deadline per request bounds everything,
+waits included.
 """
 
 from __future__ import annotations
 
 import random
 import threading
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -98,16 +105,21 @@ class RetryPolicy:
 class RetryBudget:
     """Concurrent retries ≤ max(min_retry_concurrency, budget_percent % of active requests)."""
 
-    def __init__(self, budget_percent: float = 20, min_retry_concurrency: int = 3) -> None:
+    def __init__(
+        self, budget_percent: float = 20, min_retry_concurrency: int = 3, wait_s: float = 0
+    ) -> None:
         self.fraction = budget_percent / 100
         self.min_concurrency = min_retry_concurrency
+        self.wait_s = wait_s
         self.active_requests = 0
         self.active_retries = 0
         self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)
 
     def start_request(self) -> None:
         with self._lock:
             self.active_requests += 1
+            self._freed.notify()  # the limit may have grown
 
     def end_request(self) -> None:
         with self._lock:
@@ -124,6 +136,24 @@ class RetryBudget:
             self.active_retries += 1
             return True
 
+    def acquire(self, max_wait_s: float | None = None) -> bool:
+        """Take a retry slot, waiting up to ``wait_s`` (and ``max_wait_s``) for one."""
+        if self.try_acquire():
+            return True
+        wait = self.wait_s if max_wait_s is None else min(self.wait_s, max_wait_s)
+        if wait <= 0:
+            return False
+        deadline = time.monotonic() + wait
+        with self._freed:
+            while self.active_retries >= self.limit():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._freed.wait(remaining)
+            self.active_retries += 1
+            return True
+
     def release(self) -> None:
         with self._lock:
             self.active_retries -= 1
+            self._freed.notify()

@@ -70,7 +70,9 @@ class RouterService:
             pool_factory=pool_factory or (lambda target: make_pool(target, pool_size)),
         )
         self.metrics = RouterMetrics()
-        self.budget = RetryBudget(cfg.retry.budget_percent, cfg.retry.min_retry_concurrency)
+        self.budget = RetryBudget(
+            cfg.retry.budget_percent, cfg.retry.min_retry_concurrency, cfg.retry.budget_wait_s
+        )
         self.metrics.bind(self.registry, self.budget)
         self.registry.listeners.append(_log_node_event)
         self.proxy = Proxy(

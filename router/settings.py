@@ -83,6 +83,9 @@ class Retry:
     backoff_max_ms: float = setting(250, min=0, help="backoff cap")
     budget_percent: float = setting(20, min=0, max=100, help="retries <= this % of active")
     min_retry_concurrency: int = setting(3, min=0, help="retries always allowed up to this many")
+    budget_wait_s: float = setting(
+        30, min=0, help="a retry over budget waits this long for a slot (0: fail at once)"
+    )
 
 
 @dataclass

@@ -266,3 +266,18 @@ def test_retry_budget():
     zero = RetryBudget(budget_percent=0, min_retry_concurrency=0)
     zero.start_request()
     assert not zero.try_acquire()
+
+
+def test_retry_budget_waits_for_a_slot():
+    import threading
+    import time
+
+    budget = RetryBudget(budget_percent=0, min_retry_concurrency=1, wait_s=5)
+    budget.start_request()
+    assert budget.acquire()
+    threading.Timer(0.1, budget.release).start()
+    started = time.monotonic()
+    assert budget.acquire(), "a slot freed while waiting"
+    assert 0.05 < time.monotonic() - started < 2
+    assert not budget.acquire(max_wait_s=0.05), "the request deadline bounds the wait"
+    assert not RetryBudget(0, 0, wait_s=0).acquire()

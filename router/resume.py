@@ -30,6 +30,7 @@ another node.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 import uuid
@@ -37,7 +38,18 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from spotrelay.router.metrics import RouterMetrics
+from spotrelay.router.proxy import Answer, ApiError, Proxy, ProxyRequest, StreamStart
+from spotrelay.router.settings import Resume as ResumeSettings
 from spotrelay.router.sse import DONE_EVENT, SSEParser, encode_data, encode_json, error_and_done
+from spotrelay.router.stream import (
+    AbandonUpstream,
+    ClientStreamComplete,
+    EndWithError,
+    StreamBreak,
+    StreamHandler,
+)
+from spotrelay.router.upstream import classify
 
 log = logging.getLogger("spotrelay.router.resume")
 
@@ -50,6 +62,10 @@ CHAT = "/v1/chat/completions"
 
 #: vLLM's (and OpenAI's) ``max_tokens`` default for ``/v1/completions``.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+
+#: :attr:`StreamResumer.release` when the router itself ended the stream at a stop
+#: string that began before a seam (the upstream did nothing wrong).
+SEAM_STOP = "stop string completed across a seam"
 
 #: finish reasons that mean "the engine gave up on this request", not a real end.
 _ABORT_FINISH = frozenset({"abort", "error"})
@@ -225,7 +241,7 @@ class StreamResumer:
         self._template: dict[str, Any] | None = None  # last choices chunk, to synthesise chunks
         # Progress.
         self._parser = SSEParser()
-        self._pending: tuple[dict[str, Any], str] | None = None  # see _dispatch
+        self._pending: tuple[dict[str, Any], bytes] | None = None  # see _dispatch
         self.attempt = 0  # index of the current upstream attempt (0 = original request)
         self.resumes = 0  # continuation requests made
         self.probes = 0  # one-token requests made only to learn the prompt's token count
@@ -285,30 +301,43 @@ class StreamResumer:
         if self.done or self.release:
             return b""
         out: list[bytes] = []
-        for event in self._parser.feed(data):
-            if event.is_done:
-                self._flush_pending(out)
-                if not (self.done or self.release):
-                    self._upstream_done(out)
-                break
-            try:
-                obj = event.json()
-            except ValueError:
-                obj = None
-            if not isinstance(obj, dict):
-                self.release = "upstream sent a malformed event"
-                break
-            if "error" in obj or obj.get("object") == "error":
-                err = obj.get("error", obj)
-                msg = err.get("message") if isinstance(err, dict) else err
-                self.release = f"upstream error event: {msg}"
-                break
-            self._dispatch(obj, event.data, out)
-            if self.done or self.release:
-                break
+        if (
+            data.startswith(b"data: ")
+            and data.endswith(b"\n\n")
+            and data.find(b"\n") == len(data) - 2
+            and not self._parser.pending
+        ):
+            # The common case (the proxy hands over whole events): no parser needed.
+            self._event(data[6:-2], data, out)
+        else:
+            for event in self._parser.feed(data):
+                self._event(event.data, encode_data(event.data), out)
+                if self.done or self.release:
+                    break
         return b"".join(out)
 
-    def _dispatch(self, obj: dict[str, Any], raw: str, out: list[bytes]) -> None:
+    def _event(self, payload: bytes | str, raw: bytes, out: list[bytes]) -> None:
+        """One upstream event; ``raw`` is its wire form, sent as is when nothing changes."""
+        if payload == b"[DONE]" or payload == "[DONE]":
+            self._flush_pending(out)
+            if not (self.done or self.release):
+                self._upstream_done(out)
+            return
+        try:
+            obj = json.loads(payload)
+        except ValueError:
+            obj = None
+        if not isinstance(obj, dict):
+            self.release = "upstream sent a malformed event"
+            return
+        if "error" in obj or obj.get("object") == "error":
+            err = obj.get("error", obj)
+            msg = err.get("message") if isinstance(err, dict) else err
+            self.release = f"upstream error event: {msg}"
+            return
+        self._dispatch(obj, raw, out)
+
+    def _dispatch(self, obj: dict[str, Any], raw: bytes, out: list[bytes]) -> None:
         """Process ``obj``, one content chunk late when stop strings are in play.
 
         An engine that stops on a stop string may cut its last token short and
@@ -333,7 +362,7 @@ class StreamResumer:
             self._pending = None
             self._chunk(obj, raw, out)
 
-    def _chunk(self, obj: dict[str, Any], raw: str, out: list[bytes]) -> None:
+    def _chunk(self, obj: dict[str, Any], raw: bytes, out: list[bytes]) -> None:
         if self._meta is None:
             self._meta = {k: obj[k] for k in ("id", "created", "model") if k in obj}
             if "system_fingerprint" in obj:
@@ -410,7 +439,7 @@ class StreamResumer:
                 choice["stop_reason"] = stop_hit
             choice["finish_reason"] = "stop"
             modified = True
-            self.release = "stop string completed across a seam"
+            self.release = SEAM_STOP
         if shown != text:
             self._set_text(choice, shown)
             modified = True
@@ -526,14 +555,19 @@ class StreamResumer:
                 self.usage_sent = True
             self._finish(out)
             return
-        if not self.finished:
-            # [DONE] without a finish chunk: not a clean end, treat as a break.
-            self.release = "upstream sent [DONE] without a finish_reason"
-            return
+        # [DONE] is the protocol's clean end, even without a finish chunk (vLLM always
+        # sends one; other OpenAI-style servers may not): pass it on.
+        self._flush_held(out)
         if self.include_usage and not self.usage_sent and self._last_usage is not None:
             out.append(self._usage_chunk(None))
             self.usage_sent = True
         self._finish(out)
+
+    def _flush_held(self, out: list[bytes]) -> None:
+        """Text held back for a possible stop string, at a clean end without a finish."""
+        if self._held and not self.finished:
+            out.append(self._finish_chunk(None, self._held))
+            self._held = ""
 
     def _finish(self, out: list[bytes]) -> None:
         out.append(DONE_EVENT)
@@ -542,7 +576,7 @@ class StreamResumer:
 
     # ------------------------------------------------------------------ rewriting
 
-    def _rewrite(self, obj: dict[str, Any], raw: str, modified: bool) -> bytes:
+    def _rewrite(self, obj: dict[str, Any], raw: bytes, modified: bool) -> bytes:
         """The client bytes for ``obj``: its original bytes when nothing had to change."""
         if self.attempt > 0 and self._meta is not None:
             for key in ("id", "created", "model"):
@@ -559,7 +593,7 @@ class StreamResumer:
         if self.attempt > 0 and isinstance(obj.get("usage"), dict):
             obj["usage"] = self._fixed_usage(obj["usage"])
             modified = True
-        return encode_json(obj) if modified else encode_data(raw)
+        return encode_json(obj) if modified else raw
 
     def _fixed_usage(self, usage: dict[str, Any]) -> dict[str, Any]:
         """``usage`` of the current attempt restated for the whole client stream.
@@ -613,7 +647,7 @@ class StreamResumer:
         obj["usage"] = self._fixed_usage(base)
         return encode_json(obj)
 
-    def _finish_chunk(self, reason: str, text: str) -> bytes:
+    def _finish_chunk(self, reason: str | None, text: str) -> bytes:
         """A synthesised last chunk (no upstream produced it)."""
         if self._template is not None:
             obj = copy.deepcopy(self._template)
@@ -633,8 +667,9 @@ class StreamResumer:
             choice["stop_reason"] = None
         if isinstance(obj.get("usage"), dict):
             obj["usage"] = None
-        self.finished = True
-        self.finish_reason = reason
+        if reason is not None:
+            self.finished = True
+            self.finish_reason = reason
         return encode_json(obj)
 
     # ------------------------------------------------------------------ after a break
@@ -797,23 +832,34 @@ def _describe(exc: BaseException) -> str:
 
 def _pump(resumer: StreamResumer, upstream: Iterable[bytes]) -> Generator[bytes, None, str | None]:
     """Relay one upstream attempt; return None when the client stream is complete,
-    else why the attempt ended early. The upstream is always closed on the way out."""
+    else why the attempt ended early. The upstream is always closed on the way out;
+    when it failed, its ``on_break(why, exc)`` (if it has one) is told first."""
+    exc: BaseException | None = None
+    why: str | None = None
     try:
         it = iter(upstream)
         while True:
             try:
                 data = next(it)
             except StopIteration:
-                return "upstream closed the stream without [DONE]"
-            except Exception as exc:  # any read failure is a break, whatever the client
-                return _describe(exc)
+                why = "upstream closed the stream without [DONE]"
+                break
+            except Exception as err:  # any read failure is a break, whatever the client
+                exc, why = err, _describe(err)
+                break
             out = resumer.feed(data)
             if out:
                 yield out
             if resumer.done:
                 return None
             if resumer.release:
-                return resumer.release
+                why = resumer.release
+                break
+        if why != SEAM_STOP:
+            on_break = getattr(upstream, "on_break", None)
+            if on_break is not None:
+                on_break(why, exc)
+        return why
     finally:
         _close(upstream)
 
@@ -867,3 +913,172 @@ def relay(
     why = yield from _pump(resumer, first)
     if why is not None:
         yield from resume_after_break(resumer, why, open_attempt)
+
+
+# ---------------------------------------------------------------------------
+# The router's seam: a StreamHandler for Proxy.stream_handler_factory (router/stream.py)
+
+
+class MetricsObserver:
+    """Feeds resume events into the router's Prometheus metrics."""
+
+    def __init__(self, metrics: RouterMetrics) -> None:
+        self._metrics = metrics
+
+    def outcome(self, outcome: str) -> None:
+        self._metrics.resumes.labels(outcome).inc()
+
+    def resumed_tokens(self, tokens: int) -> None:
+        self._metrics.resumed_tokens.inc(tokens)
+
+    def seam(self, seconds: float) -> None:
+        self._metrics.resume_seam.observe(seconds)
+
+
+def _break_label(why: str, exc: BaseException | None) -> str:
+    """The ``stream_breaks_total{reason}`` label, as the proxy's relay names them."""
+    if exc is not None:
+        kind, _ = classify(exc)
+        return "idle_timeout" if kind.value.endswith("timeout") else "reset"
+    if why.startswith("upstream error event"):
+        return "error_event"
+    if why.startswith("upstream closed"):
+        return "eof"
+    return "invalid"
+
+
+class _Continuation:
+    """A continuation's upstream as closable event bytes; a break counts against its node."""
+
+    def __init__(self, start: StreamStart, proxy: Proxy, req: ProxyRequest) -> None:
+        self._start = start
+        self._proxy = proxy
+        self._req = req
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._start.first_batch
+        for batch in self._start.batches:
+            yield from batch
+
+    def on_break(self, why: str, exc: BaseException | None) -> None:
+        node = self._start.upstream.node
+        self._proxy.metrics.stream_breaks.labels(_break_label(why, exc)).inc()
+        self._proxy.registry.record_failure(node)
+        log.warning(
+            "resumed stream broke on node %s: %s",
+            node.id,
+            why,
+            extra={"request_id": self._req.request_id},
+        )
+
+    def close(self) -> None:
+        upstream = self._start.upstream
+        upstream.close(abort=not upstream.done)
+
+
+def _answer_message(answer: Answer) -> str:
+    try:
+        err = json.loads(answer.body).get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return f"{answer.status}: {err['message']}"
+    except (ValueError, AttributeError):
+        pass
+    return str(answer.status)
+
+
+class ResumingStreamHandler:
+    """Relays a resumable stream through a :class:`StreamResumer`; resumes on a break.
+
+    The first upstream is relayed by the proxy's :class:`StreamRelay`, which
+    calls :meth:`on_event` and, on a break, :meth:`on_broken`; continuations are
+    relayed here (:func:`resume_after_break`).
+    """
+
+    def __init__(self, req: ProxyRequest, proxy: Proxy, resumer: StreamResumer) -> None:
+        self.req = req
+        self.proxy = proxy
+        self.resumer = resumer
+
+    def on_event(self, event: bytes) -> bytes | None:
+        out = self.resumer.feed(event)
+        release = self.resumer.release
+        if release:
+            # An aborted generation, a malformed event, [DONE] without a finish:
+            # drop this upstream; the relay then treats it as a break.
+            raise AbandonUpstream(release, out)
+        if self.resumer.done and not event.startswith(b"data: [DONE]"):
+            raise ClientStreamComplete(out)
+        return out or None
+
+    def on_broken(self, brk: StreamBreak) -> Iterator[bytes]:
+        why = f"{brk.reason}: {brk.detail}" if brk.detail else str(brk.reason)
+        return resume_after_break(self.resumer, why, self._open)
+
+    def _open(self, body: dict[str, Any]) -> Iterable[bytes]:
+        """Send the continuation to a node this request has not tried yet."""
+        sub = self.req.derive(body)
+        result = self.proxy.acquire(sub)
+        self.req.tried |= sub.tried
+        if isinstance(result, StreamStart):
+            node = result.upstream.node.id
+            log.info(
+                "resuming stream on node %s after %d tokens",
+                node,
+                self.resumer.total_tokens,
+                extra={"request_id": self.req.request_id, "attempt": self.resumer.attempt},
+            )
+            return _Continuation(result, self.proxy, self.req)
+        if isinstance(result, ApiError):
+            raise RuntimeError(f"no node for the continuation: {result.message}")
+        if 400 <= result.status < 500 and result.status not in (408, 429):
+            raise ContinuationRejected(f"node {result.node_id} answered {_answer_message(result)}")
+        raise RuntimeError(f"node {result.node_id} answered {_answer_message(result)}")
+
+
+class NotResumedHandler(EndWithError):
+    """The proxy's default end-with-error, counting why this stream was not resumable."""
+
+    def __init__(self, resumer: StreamResumer) -> None:
+        self.resumer = resumer
+
+    def on_broken(self, brk: StreamBreak) -> Iterator[bytes]:
+        r = self.resumer
+        r._record_outcome("disabled" if r.disabled else "not_resumable")
+        log.info(
+            "stream not resumed: %s",
+            r.disabled or r.reason,
+            extra={"request_id": r.request_id},
+        )
+        return super().on_broken(brk)
+
+
+def _request_headers() -> Mapping[str, str] | None:
+    """The client's headers: the factory runs inside the Flask request that started the stream."""
+    try:
+        from flask import has_request_context, request
+    except ImportError:  # pragma: no cover - flask is a dependency
+        return None
+    return request.headers if has_request_context() else None
+
+
+def resume_handler_factory(
+    cfg: ResumeSettings, metrics: RouterMetrics | None = None
+) -> Callable[[ProxyRequest, Proxy], StreamHandler]:
+    """``Proxy.stream_handler_factory`` that resumes streams per ``resume.*`` config."""
+
+    def make(req: ProxyRequest, proxy: Proxy) -> StreamHandler:
+        resumer = StreamResumer(
+            req.path,
+            req.doc,
+            headers=_request_headers(),
+            enabled=cfg.enabled,
+            max_resumes=cfg.max_attempts,
+            request_id=req.request_id,
+        )
+        if metrics is not None:
+            resumer.observer = MetricsObserver(metrics)
+        if not resumer.resumable:
+            return NotResumedHandler(resumer)  # plain pass-through: no per-event cost
+        return ResumingStreamHandler(req, proxy, resumer)
+
+    return make

@@ -78,6 +78,25 @@ class RouterMetrics:
             "Streams the client abandoned (the upstream request was aborted)",
             registry=r,
         )
+        self.resumes = Counter(
+            PREFIX + "stream_resumes_total",
+            "Stream resume decisions by outcome: ok (a continuation is streaming), failed "
+            "(it could not start), exhausted, not_resumable, disabled, local (nothing left "
+            "to generate), probe (one-token request to learn the prompt's token count)",
+            ["outcome"],
+            registry=r,
+        )
+        self.resumed_tokens = Counter(
+            PREFIX + "resumed_tokens_total",
+            "Tokens generated before a break and carried into a continuation's prompt",
+            registry=r,
+        )
+        self.resume_seam = Histogram(
+            PREFIX + "resume_seam_seconds",
+            "Resumed streams: break to the first new content relayed to the client",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.upstream_latency = Histogram(
             PREFIX + "upstream_latency_seconds",
             "Successful attempt: request sent to response received "

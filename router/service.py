@@ -24,6 +24,7 @@ from .metrics import RouterMetrics
 from .netpolicy import NetPolicy, NodeTarget, NodeURLError, Resolver, system_resolver
 from .proxy import Proxy, ProxyRequest
 from .registry import EjectionPolicy, Node, Registry
+from .resume import resume_handler_factory
 from .retry import RetryBudget, RetryPolicy
 from .settings import RouterConfig
 from .stream import StreamHandler
@@ -87,7 +88,8 @@ class RouterService:
             routing=cfg.routing,
             access_log=cfg.server.access_log,
             clock=clock,
-            stream_handler_factory=stream_handler_factory,
+            stream_handler_factory=stream_handler_factory
+            or resume_handler_factory(cfg.resume, self.metrics),
         )
         self.health = HealthMonitor(
             self.registry,

@@ -16,6 +16,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     ProcessCollector,
+    disable_created_metrics,
     start_http_server,
 )
 
@@ -30,6 +31,7 @@ class AgentMetrics:
     """Every metric the agent exports, in one place so the docs can list them."""
 
     def __init__(self) -> None:
+        disable_created_metrics()  # no *_created series: they double the exposition
         r = self.registry = CollectorRegistry()
         ProcessCollector(registry=r)
         self.events = Counter(
@@ -54,6 +56,12 @@ class AgentMetrics:
         self.engine_ready = Gauge(
             PREFIX + "engine_ready", "1 when the engine is healthy and serves the model", registry=r
         )
+        self.engine_process = Gauge(
+            PREFIX + "engine_process_alive",
+            "Engine process (psutil watch): 1 running, 0 gone, -1 not watched or not found yet",
+            registry=r,
+        )
+        self.engine_process.set(-1)
         self.heartbeats = Counter(
             PREFIX + "heartbeats_total",
             "Acknowledged heartbeats, by router",

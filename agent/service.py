@@ -306,6 +306,7 @@ class Agent:
         while not self.stop.wait(interval):
             try:
                 alive = self.process.alive()
+                self.metrics.engine_process.set(-1 if alive is None else int(alive))
                 now = time.monotonic()
                 if alive != last_alive or now >= next_probe:
                     self._refresh_engine(alive)
@@ -370,7 +371,7 @@ class Agent:
     def shutdown(self) -> int:
         drain = self.drain
         assert drain is not None
-        if self.registered or drain.running or (drain.active and not drain.silenced):
+        if not drain.silenced and (self.registered or drain.running or drain.active):
             log.info("stopping: draining for at most %.0fs", self.cfg.drain.sigterm_timeout_s)
             drain.request_shutdown()
             drain.wait(self.cfg.drain.sigterm_timeout_s + 30)

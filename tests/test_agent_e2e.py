@@ -1,0 +1,529 @@
+"""The agent as a subprocess, wired by config to real processes on loopback: the IMDS
+emulator, simulator engines, the router under gunicorn, moto (behind a lifecycle
+front, see test_agent_aws.py) and a webhook receiver.
+
+Timings are short so the file stays fast: IMDS polled every 0.25 s, heartbeats every
+0.5 s, spot notices with a few seconds of lead, a 1 s safety margin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spotrelay.agent.events import parse_time
+from spotrelay.core.net import wait_until
+from spotrelay.core.processes import ProcessGroup, spotrelay_argv
+
+from .support import (
+    ROUTER_TOKEN,
+    AgentProcess,
+    Service,
+    register_node,
+    start_agent,
+    start_imds,
+    start_router,
+    start_sim_vllm,
+)
+from .test_agent_aws import LifecycleFront, MotoAsg, aws_env, create_asg
+
+POLL = 0.25
+pytestmark = pytest.mark.timeout(120)
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def control(svc: Service, action: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    req = urllib.request.Request(
+        f"{svc.url}/_control/{action}", data=json.dumps(body or {}).encode(), method="POST"
+    )
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def get_json(url: str, token: str | None = None) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def nodes(router: Service) -> dict[str, dict[str, Any]]:
+    return {n["id"]: n for n in get_json(f"{router.url}/nodes", ROUTER_TOKEN)}
+
+
+def node_state(router: Service, node_id: str) -> str | None:
+    node = nodes(router).get(node_id)
+    return None if node is None else node["state"]
+
+
+def completions_seen(engine: Service) -> int:
+    stats = get_json(f"{engine.url}/_control/stats")
+    return int(stats["per_path"].get("/v1/completions", 0))
+
+
+def complete(router: Service, model: str, max_tokens: int = 4, stream: bool = False) -> str:
+    body = {"model": model, "prompt": "hello", "max_tokens": max_tokens, "stream": stream}
+    req = urllib.request.Request(
+        f"{router.url}/v1/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return resp.read().decode()
+
+
+class Receiver:
+    """A webhook endpoint collecting the JSON documents POSTed to it."""
+
+    def __init__(self) -> None:
+        self.docs: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                outer.docs.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def kinds(self) -> list[str]:
+        return [d["kind"] for d in self.docs]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """One router for the module; each test uses its own model name, so tests never
+    route to each other's nodes."""
+    group = ProcessGroup()
+    try:
+        yield start_router(group, tmp_path_factory.mktemp("router-logs"))
+    finally:
+        group.stop_all()
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@dataclass
+class Node:
+    """One simulated GPU node: IMDS emulator, engine, agent (and its config)."""
+
+    imds: Service
+    engine: Service
+    model: str
+    node_id: str
+    config: dict[str, Any]
+    agent: AgentProcess | None = None
+
+
+def make_node(
+    procs: ProcessGroup,
+    logdir: Path,
+    router: Service,
+    model: str,
+    *,
+    instance_id: str,
+    engine_args: tuple[str, ...] = (),
+    **sections: dict[str, Any],
+) -> Node:
+    imds = start_imds(procs, logdir, "--instance-id", instance_id, "--az", "us-east-1b")
+    engine = start_sim_vllm(procs, logdir, *engine_args, model=model)
+    config: dict[str, Any] = {
+        "router": {"urls": [router.url], "node_token": ROUTER_TOKEN},
+        "engine": {"url": engine.url, "model": model, "systemd_unit": None},
+        "imds": {"url": imds.url, "poll_interval_s": POLL},
+        "heartbeat": {"interval_s": 0.5},
+        "drain": {"safety_margin_s": 1, "ack_timeout_s": 2, "sigterm_timeout_s": 5},
+        "state_dir": str(logdir / f"state-{instance_id}"),
+    }
+    for section, values in sections.items():
+        config.setdefault(section, {}).update(values)
+    return Node(imds, engine, model, instance_id, config)
+
+
+def run_agent(procs: ProcessGroup, logdir: Path, node: Node, *extra: str, **kw: Any) -> Node:
+    node.agent = start_agent(
+        procs, logdir, node.config, *extra, name=f"agent-{node.node_id}", env=aws_env(), **kw
+    )
+    return node
+
+
+def wait_state(router: Service, node_id: str, state: str | None, timeout: float = 10) -> float:
+    """Poll ``GET /nodes`` until the node has ``state`` (None: absent); returns when."""
+    wait_until(
+        lambda: node_state(router, node_id) == state,
+        timeout=timeout,
+        interval=0.01,
+        what=f"{node_id} to be {state}",
+    )
+    return time.time()
+
+
+def spot_time(imds: Service) -> float:
+    return parse_time(get_json(f"{imds.url}/_control/state")["events"]["spot"]["time"])
+
+
+# -------------------------------------------------------------------- tests
+
+
+def test_spot_notice_drains_before_the_deadline(
+    procs: ProcessGroup, logdir: Path, router: Service, moto_endpoint: str
+) -> None:
+    asg: MotoAsg = create_asg(moto_endpoint, "asg-spot")
+    front = LifecycleFront(moto_endpoint)
+    hook = Receiver()
+    try:
+        model = "m-spot"
+        node = make_node(
+            procs, logdir, router, model, instance_id=asg.instance_id,
+            engine_args=("--itl-ms", "40"),
+            lifecycle={"asg_name": asg.asg_name, "hook_name": asg.hook_name,
+                       "region": "us-east-1", "endpoint_url": front.url},
+            webhook={"url": hook.url},
+        )  # fmt: skip
+        run_agent(procs, logdir, node)
+        wait_state(router, node.node_id, "ready")
+        labels = nodes(router)[node.node_id]["labels"]
+        assert labels == {"instance_type": "g6.xlarge", "az": "us-east-1b", "lifecycle": "spot"}
+        # A second node serving the same model, registered by hand, takes the traffic.
+        other = start_sim_vllm(procs, logdir, model=model, name="vllm-other")
+        register_node(router.url, ROUTER_TOKEN, "other-node", other.url, model)
+
+        # A long stream in flight on our node when the notice arrives.
+        result: dict[str, str] = {}
+        before = completions_seen(node.engine)
+
+        def stream_on_our_node() -> None:
+            for _ in range(20):  # the balancer may pick the other node: retry until ours
+                text = complete(router, model, max_tokens=50, stream=True)
+                if completions_seen(node.engine) > before:
+                    result["text"] = text
+                    return
+
+        t = threading.Thread(target=stream_on_our_node)
+        t.start()
+        wait_until(
+            lambda: get_json(f"{node.engine.url}/_control/stats")["active"] >= 1,
+            timeout=10,
+            what="a stream in flight on our node",
+        )
+        front.arm(asg.instance_id)  # the ASG puts the instance in Terminating:Wait
+        t0 = time.time()
+        control(node.imds, "spot", {"action": "terminate", "lead_s": 8})
+        deadline = spot_time(node.imds)
+        excluded = wait_state(router, node.node_id, "draining", timeout=5) - t0
+        assert excluded <= 2 * POLL + 0.5, f"draining after {excluded:.2f}s"
+
+        # No new request reaches the draining node.
+        seen = completions_seen(node.engine)
+        for _ in range(8):
+            complete(router, model)
+        assert completions_seen(node.engine) == seen
+
+        t.join(15)
+        assert "data: [DONE]" in result["text"]  # the in-flight stream finished
+        gone = wait_state(router, node.node_id, None, timeout=10)
+        assert gone < deadline
+        wait_until(front.completions, timeout=5, what="CompleteLifecycleAction")
+        (done,) = front.completions()
+        assert done.result == "ok" and done.at < deadline
+        assert done.params["LifecycleActionResult"] == "CONTINUE"
+        assert done.params["InstanceId"] == asg.instance_id
+        assert node.agent is not None
+        assert node.agent.metric("spotrelay_agent_drains_total", reason="spot_interruption") == 1
+        assert node.agent.metric("spotrelay_agent_drain_duration_seconds_count") == 1
+        wait_until(lambda: "drain_finished" in hook.kinds(), timeout=5, what="webhook")
+        assert hook.kinds()[:2] == ["event", "drain_started"]
+        assert hook.docs[0]["node_id"] == node.node_id
+        state = json.loads((Path(node.config["state_dir"]) / "drain.json").read_text())
+        assert state["finished_at"] and state["lifecycle_result"] == "completed"
+    finally:
+        front.close()
+        hook.close()
+
+
+def test_rebalance_is_reported_unless_on_rebalance(
+    procs: ProcessGroup, logdir: Path, router: Service
+) -> None:
+    quiet = make_node(procs, logdir, router, "m-rebal-1", instance_id="i-0rebalance00001")
+    eager = make_node(
+        procs, logdir, router, "m-rebal-2", instance_id="i-0rebalance00002",
+        drain={"on_rebalance": True},
+    )  # fmt: skip
+    for node in (quiet, eager):
+        run_agent(procs, logdir, node)
+        wait_state(router, node.node_id, "ready")
+        control(node.imds, "rebalance")
+    wait_state(router, eager.node_id, None)  # drained and deregistered
+    assert quiet.agent is not None
+    wait_until(
+        lambda: quiet.agent.metric("spotrelay_agent_events_total", type="rebalance") == 1,  # type: ignore[union-attr]
+        timeout=5,
+        what="rebalance reported",
+    )
+    time.sleep(4 * POLL)
+    assert node_state(router, quiet.node_id) == "ready"
+    assert quiet.agent.metric("spotrelay_agent_drains_total", reason="rebalance") == 0
+
+
+def test_target_lifecycle_terminated_and_scheduled_maintenance(
+    procs: ProcessGroup, logdir: Path, router: Service, moto_endpoint: str
+) -> None:
+    asg = create_asg(moto_endpoint, "asg-scalein")
+    front = LifecycleFront(moto_endpoint)
+    try:
+        scale_in = make_node(
+            procs, logdir, router, "m-scalein", instance_id=asg.instance_id,
+            lifecycle={"asg_name": asg.asg_name, "hook_name": asg.hook_name,
+                       "region": "us-east-1", "endpoint_url": front.url},
+        )  # fmt: skip
+        maint = make_node(procs, logdir, router, "m-maint", instance_id="i-0maintenance001")
+        for node in (scale_in, maint):
+            run_agent(procs, logdir, node)
+            wait_state(router, node.node_id, "ready")
+        front.arm(asg.instance_id)
+        control(scale_in.imds, "lifecycle", {"state": "Terminated"})
+        control(maint.imds, "scheduled", {"code": "system-reboot", "not_before_s": 30})
+        wait_state(router, scale_in.node_id, None)
+        wait_until(lambda: front.completions(), timeout=5, what="lifecycle completed")
+        assert [c.result for c in front.completions()] == ["ok"]
+        # Maintenance 30 s out is within drain.maintenance_lead_s (900 s): drain now.
+        wait_state(router, maint.node_id, None)
+        st = json.loads((Path(maint.config["state_dir"]) / "drain.json").read_text())
+        assert st["kind"] == "scheduled_maintenance" and st["finished_at"]
+        assert not st["terminating"]  # no lifecycle action for maintenance
+    finally:
+        front.close()
+
+
+def test_the_same_notice_many_times_is_one_drain(
+    procs: ProcessGroup, logdir: Path, router: Service
+) -> None:
+    node = make_node(procs, logdir, router, "m-repeat", instance_id="i-0repeat00000001")
+    run_agent(procs, logdir, node)
+    wait_state(router, node.node_id, "ready")
+    control(node.imds, "spot", {"action": "terminate", "lead_s": 30})
+    control(node.imds, "lifecycle", {"state": "Terminated"})  # a second signal: merged
+    wait_state(router, node.node_id, None)
+    time.sleep(6 * POLL)  # many more sightings of the same notice
+    agent = node.agent
+    assert agent is not None
+    assert agent.metric("spotrelay_agent_events_total", type="spot_interruption") == 1
+    assert agent.metric("spotrelay_agent_drains_total", reason="spot_interruption") == 1
+    assert agent.metric("spotrelay_agent_drains_total", reason="lifecycle_terminated") == 0
+    assert node_state(router, node.node_id) is None  # never re-registered
+    log = agent.proc.tail(400)
+    assert log.count("drain started") == 1 and log.count("drain finished") == 1
+
+
+def test_imds_outage_and_revoked_tokens(procs: ProcessGroup, logdir: Path, router: Service) -> None:
+    node = make_node(procs, logdir, router, "m-outage", instance_id="i-0outage00000001")
+    run_agent(procs, logdir, node)
+    wait_state(router, node.node_id, "ready")
+    agent = node.agent
+    assert agent is not None
+    control(node.imds, "outage", {"mode": "error", "status": 503, "duration_s": 1.5})
+    wait_until(
+        lambda: agent.metric("spotrelay_agent_imds_errors_total", kind="server") > 0,
+        timeout=5,
+        what="IMDS errors counted",
+    )
+    assert node_state(router, node.node_id) == "ready"  # an IMDS outage is not an engine fault
+    control(node.imds, "outage", {"mode": "stall", "duration_s": 1.5})
+    time.sleep(1.0)
+    control(node.imds, "revoke_tokens")  # expired/revoked: 401, then a fresh token
+    time.sleep(1.0)
+    assert agent.proc.alive()
+    control(node.imds, "spot", {"action": "terminate", "lead_s": 20})
+    wait_state(router, node.node_id, "draining", timeout=12)
+    assert agent.metric("spotrelay_agent_imds_errors_total", kind="timeout") > 0
+
+
+def test_engine_killed_then_restarted(procs: ProcessGroup, logdir: Path, router: Service) -> None:
+    node = make_node(
+        procs, logdir, router, "m-kill", instance_id="i-0enginekill0001",
+        engine={"process_name": "vllm", "check_interval_s": 0.2},
+        heartbeat={"interval_s": 1.0},
+    )  # fmt: skip
+    run_agent(procs, logdir, node)
+    wait_state(router, node.node_id, "ready")
+    agent = node.agent
+    assert agent is not None
+    wait_until(
+        lambda: agent.metric("spotrelay_agent_engine_process_alive") == 1,
+        timeout=10,
+        what="process watch to find the engine",
+    )
+    t0 = time.time()
+    node.engine.proc.kill()  # SIGKILL: a crash, not a shutdown
+    wait_state(router, node.node_id, "draining", timeout=5)
+    assert time.time() - t0 <= 2.0
+    start_sim_vllm(procs, logdir, model=node.model, name="vllm-again", port=node.engine.port)
+    wait_state(router, node.node_id, "ready", timeout=15)
+    assert agent.proc.alive()
+    assert agent.metric("spotrelay_agent_engine_process_alive") == 1
+    assert agent.metric("spotrelay_agent_drains_total", reason="spot_interruption") == 0
+
+
+def test_agent_restarted_mid_drain_continues(
+    procs: ProcessGroup, logdir: Path, router: Service
+) -> None:
+    node = make_node(
+        procs, logdir, router, "m-restart", instance_id="i-0restart0000001",
+        engine_args=("--itl-ms", "50"),
+    )  # fmt: skip
+    run_agent(procs, logdir, node)
+    wait_state(router, node.node_id, "ready")
+    t = threading.Thread(target=complete, args=(router, node.model, 80, True))
+    t.start()  # ~4 s of stream keeps the drain in its wait-for-idle step
+    wait_until(
+        lambda: get_json(f"{node.engine.url}/_control/stats")["active"] >= 1,
+        timeout=10,
+        what="stream in flight",
+    )
+    control(node.imds, "spot", {"action": "terminate", "lead_s": 20})
+    wait_state(router, node.node_id, "draining")
+    state_file = Path(node.config["state_dir"]) / "drain.json"
+    wait_until(
+        lambda: state_file.exists() and json.loads(state_file.read_text())["announced"],
+        timeout=5,
+        what="announce recorded",
+    )
+    assert node.agent is not None
+    node.agent.proc.kill()  # SIGKILL mid-drain
+    states: list[str | None] = []
+    run_agent(procs, logdir, node)  # same config, same state dir
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        states.append(node_state(router, node.node_id))
+        if states[-1] is None and json.loads(state_file.read_text()).get("finished_at"):
+            break
+        time.sleep(0.05)
+    t.join(10)
+    assert "ready" not in states  # never re-registered as ready
+    assert states[-1] is None  # the drain finished: deregistered
+    assert "resuming drain after restart" in node.agent.proc.tail(200)
+
+
+def test_sigterm_drains_then_exits_zero(procs: ProcessGroup, logdir: Path, router: Service) -> None:
+    node = make_node(
+        procs, logdir, router, "m-sigterm", instance_id="i-0sigterm0000001",
+        engine_args=("--itl-ms", "30"),
+    )  # fmt: skip
+    run_agent(procs, logdir, node)
+    wait_state(router, node.node_id, "ready")
+    result: dict[str, str] = {}
+    t = threading.Thread(
+        target=lambda: result.update(text=complete(router, node.model, 40, stream=True))
+    )
+    t.start()
+    wait_until(
+        lambda: get_json(f"{node.engine.url}/_control/stats")["active"] >= 1,
+        timeout=10,
+        what="stream in flight",
+    )
+    assert node.agent is not None
+    node.agent.proc.signal(signal.SIGTERM)
+    wait_state(router, node.node_id, "draining")
+    node.agent.proc.proc.wait(15)  # type: ignore[union-attr]
+    assert node.agent.proc.returncode() == 0
+    t.join(10)
+    assert "data: [DONE]" in result["text"]
+    assert node_state(router, node.node_id) is None
+    # A SIGTERM drain is not an interruption: nothing persisted, a restart registers again.
+    assert not (Path(node.config["state_dir"]) / "drain.json").exists()
+    run_agent(procs, logdir, node)
+    wait_state(router, node.node_id, "ready")
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "key"),
+    [
+        ("imds: {poll_interval_s: 0}\n", "imds.poll_interval_s"),
+        ("router: {urls: [ftp://x]}\n", "router.urls[0]"),
+        ("lifecycle: {asg_name: g}\n", "lifecycle.hook_name"),
+        ("drain: {on_rebalanse: true}\n", "drain.on_rebalanse"),
+    ],
+)
+def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, yaml_text: str, key: str) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml_text)
+    out = subprocess.run(
+        spotrelay_argv("agent", "--config", str(path)), capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0], out.stderr
+
+
+def test_check_and_dry_run(procs: ProcessGroup, logdir: Path, router: Service) -> None:
+    node = make_node(procs, logdir, router, "m-check", instance_id="i-0check000000001")
+    cfg_path = logdir / "check.yaml"
+    import yaml
+
+    cfg_path.write_text(yaml.safe_dump(node.config))
+    env = {**os.environ, **aws_env()}
+
+    def check(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = spotrelay_argv("agent", "check", "--config", str(cfg_path), *args)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env)
+
+    ok = check()
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.strip().endswith("READY")
+    assert "i-0check000000001" in ok.stdout and "m-check" in ok.stdout
+
+    # A dry run watches but never registers, drains or writes state.
+    run_agent(procs, logdir, node, "--dry-run")
+    control(node.imds, "spot", {"action": "terminate", "lead_s": 30})
+    assert node.agent is not None
+    wait_until(
+        lambda: node.agent.metric("spotrelay_agent_events_total", type="spot_interruption") == 1,  # type: ignore[union-attr]
+        timeout=5,
+        what="notice seen",
+    )
+    wait_until(lambda: "drain finished" in node.agent.proc.tail(100), timeout=5, what="dry drain")  # type: ignore[union-attr]
+    assert node_state(router, node.node_id) is None
+    assert not Path(node.config["state_dir"], "drain.json").exists()
+
+    bad = check("--json")
+    assert bad.returncode == 1
+    doc = json.loads(bad.stdout)
+    assert doc["ready"] is False
+    assert any("spot_interruption" in p for p in doc["problems"])
+    assert doc["engine"]["serves"] == ["m-check"]
+    assert doc["routers"][0]["auth"] == "ok"

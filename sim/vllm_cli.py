@@ -1,10 +1,146 @@
-"""CLI for vLLM-API simulator (placeholder until it lands)."""
+"""``spotrelay sim vllm``: start the vLLM OpenAI-server simulator.
+
+Flags are the main interface (they mirror vLLM's where vLLM has one:
+``--port``, ``--max-num-seqs``, ``--max-model-len``, ``--served-model-name``);
+the same keys can come from ``--config FILE.yaml`` (sections ``sim`` and
+``faults``) or ``SPOTRELAY_SIM_*`` / ``SPOTRELAY_FAULTS_*`` variables.
+Heavy imports (aiohttp, the server) happen in the handler.
+"""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
+
+from ..core.config import describe, load, setting
+
+
+@dataclass
+class SimSection:
+    host: str = setting("127.0.0.1", help="address to bind")
+    port: int = setting(8000, min=1, max=65535, help="port to bind (vLLM's default)")
+    model: str = setting("sim-model", help="served model name (the body's 'model')")
+    ttft_ms: float = setting(50.0, min=0, help="time to first token, from getting a slot")
+    itl_ms: float = setting(10.0, min=0, help="inter-token latency")
+    max_num_seqs: int = setting(256, min=1, help="running requests at most; the rest wait")
+    max_model_len: int = setting(4096, min=2, help="prompt + completion tokens at most")
+    default_max_tokens: int = setting(
+        128, min=1, help="chat max_tokens when the request has none (completions: 16)"
+    )
+    kv_cache_tokens: int = setting(
+        65536, min=1, help="tokens the simulated KV cache holds (vllm:kv_cache_usage_perc)"
+    )
+    embedding_dim: int = setting(256, min=1, max=8192, help="length of embedding vectors")
+    shutdown_timeout_s: float = setting(
+        0.0, min=0, help="on SIGTERM, let in-flight requests run this long (vLLM: 0)"
+    )
+
+
+@dataclass
+class FaultsSection:
+    drop_after_tokens: int | None = setting(
+        None, min=0, help="drop each streaming connection after N content tokens"
+    )
+    drop_count: int | None = setting(None, min=1, help="only the next N requests get dropped")
+    hang: bool = setting(False, help="accept /v1/* requests and never answer")
+    error_status: int | None = setting(
+        None, min=400, max=599, help="answer /v1/* requests with this status"
+    )
+    error_count: int | None = setting(
+        None, min=1, help="only the next N requests get error_status (default: all)"
+    )
+    unhealthy_for_s: float | None = setting(
+        None, min=0, help="/health (and /v1/*) answer 503 for this long after start"
+    )
+
+
+@dataclass
+class SimVllmConfig:
+    sim: SimSection = field(default_factory=SimSection)
+    faults: FaultsSection = field(default_factory=FaultsSection)
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("vllm", parents=[common], help="vLLM-API simulator: not built yet")
-    p.set_defaults(handler=lambda args: print("not built yet") or 1)
+    p = sub.add_parser(
+        "vllm",
+        parents=[common],
+        help="vLLM OpenAI-server simulator (deterministic text, timing, faults)",
+        description="A vLLM OpenAI-compatible server without a GPU: /v1/completions, "
+        "/v1/chat/completions (SSE), /v1/embeddings, /v1/models, /health, /metrics with "
+        "vLLM's names, and fault injection (flags or POST /_control/faults). "
+        "See docs/simulator.md.",
+        epilog=describe(SimVllmConfig),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to bind (default 8000)")
+    p.add_argument(
+        "--model", "--served-model-name", dest="model", help="served model name (sim-model)"
+    )
+    p.add_argument("--ttft-ms", type=float, help="time to first token in ms (50)")
+    p.add_argument("--itl-ms", type=float, help="inter-token latency in ms (10)")
+    p.add_argument("--max-num-seqs", type=int, help="concurrent running requests (256)")
+    p.add_argument("--max-model-len", type=int, help="context length in tokens (4096)")
+    p.add_argument("--default-max-tokens", type=int, help="chat max_tokens when absent (128)")
+    p.add_argument("--kv-cache-tokens", type=int, help="simulated KV cache size in tokens")
+    p.add_argument("--embedding-dim", type=int, help="embedding vector length (256)")
+    p.add_argument(
+        "--shutdown-timeout",
+        dest="shutdown_timeout_s",
+        type=float,
+        help="seconds in-flight requests get on SIGTERM (0)",
+    )
+    f = p.add_argument_group("faults (also settable at run time: POST /_control/faults)")
+    f.add_argument(
+        "--drop-after-tokens",
+        type=int,
+        metavar="N",
+        help="drop streaming connections after N content tokens",
+    )
+    f.add_argument("--drop-count", type=int, metavar="M", help="only for the next M requests")
+    f.add_argument(
+        "--hang", action="store_true", default=None, help="accept /v1/* requests and never answer"
+    )
+    f.add_argument("--error-status", type=int, metavar="S", help="answer /v1/* with status S")
+    f.add_argument(
+        "--error-count",
+        type=int,
+        metavar="N",
+        help="only the next N requests get --error-status (default: all)",
+    )
+    f.add_argument(
+        "--unhealthy-for-s",
+        type=float,
+        metavar="S",
+        help="answer 503 on /health and /v1/* for S seconds after start",
+    )
+    p.set_defaults(handler=run)
+
+
+def build_config(args: argparse.Namespace) -> SimVllmConfig:
+    sim_keys = [f for f in SimSection.__dataclass_fields__]
+    fault_keys = [f for f in FaultsSection.__dataclass_fields__]
+    overrides = {
+        "sim": {k: getattr(args, k, None) for k in sim_keys},
+        "faults": {k: getattr(args, k, None) for k in fault_keys},
+    }
+    return load(SimVllmConfig, args.config, overrides=overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ..core.config import ConfigError
+    from .faults import FaultError, Faults
+    from .vllm_server import SimSettings, serve
+
+    cfg = build_config(args)
+    settings = SimSettings(**vars(cfg.sim))
+    faults = Faults()
+    spec = {k: v for k, v in vars(cfg.faults).items() if v is not None and v is not False}
+    try:
+        faults.update(spec)
+    except FaultError as exc:
+        raise ConfigError("faults", str(exc)) from None
+    asyncio.run(serve(settings, faults))
+    return 0

@@ -1,0 +1,342 @@
+"""The simulated engine: a FIFO scheduler with ``max_num_seqs`` slots, timed
+token generation, stop strings, and the counters behind ``/metrics``.
+
+Timing follows vLLM's shape: a request waits in FIFO order until one of
+``max_num_seqs`` slots is free; its first token comes ``ttft`` after it got
+the slot, then one token every ``itl``. Token times are absolute deadlines
+from the slot time, so a late wake-up does not push later tokens back.
+Nothing here knows about HTTP: the server turns pieces into SSE chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .textgen import TokenStream
+from .vllm_protocol import GenerationRequest
+
+log = logging.getLogger("spotrelay.sim.vllm")
+
+
+@dataclass
+class EngineSettings:
+    model: str = "sim-model"
+    ttft_ms: float = 50.0
+    itl_ms: float = 10.0
+    max_num_seqs: int = 256
+    max_model_len: int = 4096
+    kv_cache_tokens: int = 65536
+
+
+class Scheduler:
+    """At most ``capacity`` running; the rest wait in FIFO order.
+
+    A waiter that is cancelled (client gone) leaves the queue; a slot granted
+    to a waiter that was cancelled in the same instant is passed on.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.running = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self) -> None:
+        if self.running < self.capacity and not self._waiters:
+            self.running += 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # the slot was handed to us as we were cancelled
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)  # the slot moves to the waiter: running unchanged
+                return
+        self.running -= 1
+
+
+class StopMatcher:
+    """Finds stop strings in generated text, holding back what could start one.
+
+    Tokens are released whole (one streamed chunk per token) once no stop
+    string can begin inside them; when a stop string is found the output is
+    cut before it (or after it with ``include_stop_str_in_output``), which is
+    the only time a piece can be shorter than its token.
+    """
+
+    def __init__(self, stops: list[str], include: bool) -> None:
+        self.stops = stops
+        self.include = include
+        longest = max(len(s) for s in stops)
+        self.keep = longest - 1  # chars of context a new match can start in
+        self.hold = 0 if include else longest - 1
+        self.window = ""
+        self.total = 0  # chars generated so far
+        self.released = 0  # chars released so far
+        self.pending: deque[str] = deque()
+        self.matched: str | None = None  # the stop string found
+
+    def push(self, token: str) -> tuple[list[str], bool]:
+        """Add a token; returns (pieces to release now, stopped)."""
+        buf = self.window + token
+        base = self.total - len(self.window)
+        self.total += len(token)
+        self.pending.append(token)
+        best = -1
+        best_len = 0
+        for stop in self.stops:
+            idx = buf.find(stop)
+            if idx != -1 and (best == -1 or idx < best):
+                best, best_len = idx, len(stop)
+                self.matched = stop
+        if best != -1:
+            cut = base + best + (best_len if self.include else 0)
+            out = []
+            pos = self.released
+            for tok in self.pending:
+                if pos >= cut:
+                    break
+                piece = tok[: cut - pos]
+                if piece:
+                    out.append(piece)
+                pos += len(tok)
+            self.pending.clear()
+            return out, True
+        self.window = buf[len(buf) - self.keep :] if self.keep else ""
+        limit = self.total - self.hold
+        out = []
+        while self.pending and self.released + len(self.pending[0]) <= limit:
+            tok = self.pending.popleft()
+            self.released += len(tok)
+            out.append(tok)
+        return out, False
+
+    def flush(self) -> list[str]:
+        out = list(self.pending)
+        self.pending.clear()
+        return out
+
+
+class Engine:
+    """Scheduler plus the counters vLLM exports (read at scrape time, O(1) per token)."""
+
+    def __init__(self, settings: EngineSettings) -> None:
+        self.settings = settings
+        self.scheduler = Scheduler(settings.max_num_seqs)
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+        self.kv_tokens = 0
+        self.finished: dict[str, int] = {"stop": 0, "length": 0, "abort": 0}
+        self.ticker = Ticker()
+
+    @property
+    def kv_cache_usage(self) -> float:
+        return min(1.0, self.kv_tokens / max(1, self.settings.kv_cache_tokens))
+
+    def generation(self, req: GenerationRequest) -> Generation:
+        return Generation(self, req)
+
+
+class Generation:
+    """One request's life in the engine.
+
+    Streaming: ``t0 = await admit()`` (waits for a slot), ``start()``, then
+    ``step()`` once per token at its due time (the :class:`Ticker` calls it),
+    and ``finish()`` in a ``finally``. Non-streaming: :meth:`complete`.
+    Afterwards ``finish_reason`` is ``"stop"``, ``"length"`` or ``None``
+    (aborted) and ``completion_tokens`` counts every generated token
+    (including one that held a stop string).
+    """
+
+    def __init__(self, engine: Engine, req: GenerationRequest) -> None:
+        self.engine = engine
+        self.req = req
+        self.finish_reason: str | None = None
+        self.stop_reason: str | None = None  # the stop string that ended it, if any
+        self.completion_tokens = 0
+        self.admitted = False
+        self._tokens: TokenStream | None = None
+        self._matcher: StopMatcher | None = None
+
+    async def admit(self) -> float:
+        """Wait for a slot (FIFO); returns the loop time the slot was granted."""
+        await self.engine.scheduler.acquire()
+        self.admitted = True
+        self.engine.prompt_tokens_total += self.req.prompt_tokens
+        self.engine.kv_tokens += self.req.prompt_tokens
+        return asyncio.get_running_loop().time()
+
+    def finish(self) -> None:
+        """Give the slot back (idempotent); counts the request as finished or aborted."""
+        if not self.admitted:
+            return
+        self.admitted = False
+        eng = self.engine
+        eng.kv_tokens -= self.req.prompt_tokens + self.completion_tokens
+        eng.finished[self.finish_reason or "abort"] += 1
+        eng.scheduler.release()
+
+    def start(self) -> None:
+        self._tokens = TokenStream(self.req.prompt)
+        if self.req.stop:
+            self._matcher = StopMatcher(self.req.stop, self.req.include_stop_str_in_output)
+
+    def step(self) -> tuple[list[str], bool]:
+        """Generate one token: (text pieces to send now, finished)."""
+        assert self._tokens is not None, "start() first"
+        token = self._tokens.next()
+        self.completion_tokens += 1
+        eng = self.engine
+        eng.generation_tokens_total += 1
+        eng.kv_tokens += 1
+        last = self.completion_tokens >= self.req.max_tokens
+        matcher = self._matcher
+        if matcher is None:
+            if last:
+                self.finish_reason = "length"
+            return [token], last
+        pieces, stopped = matcher.push(token)
+        if stopped:
+            self.finish_reason, self.stop_reason = "stop", matcher.matched
+            return pieces, True
+        if last:
+            pieces.extend(matcher.flush())
+            self.finish_reason = "length"
+        return pieces, last
+
+    async def complete(self, give_up_after_tokens: int | None = None) -> str | None:
+        """The whole output after the time it takes to generate; ``None`` if given up.
+
+        ``give_up_after_tokens`` (the drop fault) waits until that many tokens
+        would have been generated and returns ``None`` (finish_reason stays None).
+        Tokens are computed at once and the generation time slept in one go:
+        the counters advance at the end.
+        """
+        loop = asyncio.get_running_loop()
+        eng = self.engine
+        try:
+            t0 = await self.admit()
+            ttft = eng.settings.ttft_ms / 1000.0
+            itl = eng.settings.itl_ms / 1000.0
+            if give_up_after_tokens is not None:
+                n = min(give_up_after_tokens, self.req.max_tokens)
+                await asyncio.sleep(max(0.0, t0 + ttft + max(0, n - 1) * itl - loop.time()))
+                return None
+            tokens = TokenStream(self.req.prompt)
+            matcher = (
+                StopMatcher(self.req.stop, self.req.include_stop_str_in_output)
+                if self.req.stop
+                else None
+            )
+            out: list[str] = []
+            reason = "length"
+            for _ in range(self.req.max_tokens):
+                token = tokens.next()
+                self.completion_tokens += 1
+                if matcher is None:
+                    out.append(token)
+                    continue
+                pieces, stopped = matcher.push(token)
+                out.extend(pieces)
+                if stopped:
+                    reason, self.stop_reason = "stop", matcher.matched
+                    break
+            else:
+                if matcher is not None:
+                    out.extend(matcher.flush())
+            n = self.completion_tokens
+            await asyncio.sleep(max(0.0, t0 + ttft + max(0, n - 1) * itl - loop.time()))
+            eng.generation_tokens_total += n
+            eng.kv_tokens += n
+            self.finish_reason = reason
+            return "".join(out)
+        finally:
+            self.finish()
+
+    async def hold_slot(self, seconds: float) -> None:
+        """Occupy a slot for ``seconds`` (embeddings: a prefill, no decode)."""
+        loop = asyncio.get_running_loop()
+        try:
+            t0 = await self.admit()
+            await asyncio.sleep(max(0.0, t0 + seconds - loop.time()))
+            self.finish_reason = "stop"
+        finally:
+            self.finish()
+
+
+Job = Callable[[float], float | None]
+
+
+class Ticker:
+    """One task that runs every stream's next step at its due time.
+
+    A job is called with its due time and returns the next due time, or
+    ``None`` when it is done. Compared with a sleeping task per stream this
+    saves a future, a timer handle and a task switch per token, which is what
+    lets one process keep 1,000 streams on time. Jobs due within ``slack`` of
+    now run in the same pass.
+    """
+
+    def __init__(self, slack: float = 0.0005) -> None:
+        self.slack = slack
+        self._heap: list[tuple[float, int, Job]] = []
+        self._seq = itertools.count()
+        self._wake: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, due: float, job: Job) -> None:
+        heapq.heappush(self._heap, (due, next(self._seq), job))
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        heap = self._heap
+        while True:
+            now = loop.time()
+            horizon = now + self.slack
+            while heap and heap[0][0] <= horizon:
+                due, _, job = heapq.heappop(heap)
+                try:
+                    nxt = job(due)
+                except Exception:  # a broken job must not stop every other stream
+                    log.exception("stream step failed")
+                    continue
+                if nxt is not None:
+                    heapq.heappush(heap, (nxt, next(self._seq), job))
+            self._wake = wake = loop.create_future()
+            timer = loop.call_at(heap[0][0], _resolve, wake) if heap else None
+            await wake
+            if timer is not None:
+                timer.cancel()
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -1,0 +1,185 @@
+"""Fault injection state for the simulator: what goes wrong, and for how long.
+
+One :class:`Faults` object per process, changed by command-line flags at start
+and by ``POST /_control/faults`` at run time. The server asks it one question
+per request (``decide``) and gets back what to do; counted faults
+(``error_count``, ``drop_count``) are consumed there, so "the next N requests"
+is exact even under concurrency (one event loop, no awaits in between).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+KEYS = (
+    "drop_after_tokens",
+    "drop_count",
+    "hang",
+    "error_status",
+    "error_count",
+    "unhealthy_for_s",
+    "exit",
+)
+
+
+class FaultError(ValueError):
+    """A bad fault specification (becomes a 400 on the control API)."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with one /v1/* request."""
+
+    unhealthy: bool = False
+    hang: bool = False
+    error_status: int | None = None
+    drop_after_tokens: int | None = None
+
+
+def _int(key: str, value: Any, lo: int, hi: int | None = None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FaultError(f"{key} must be an integer or null")
+    if value < lo or (hi is not None and value > hi):
+        raise FaultError(f"{key} must be between {lo} and {hi}" if hi else f"{key} must be >= {lo}")
+    return value
+
+
+class Faults:
+    """Current faults. ``changed`` is pulsed on every update so hung requests can re-check."""
+
+    def __init__(self) -> None:
+        self.drop_after_tokens: int | None = None
+        self.drop_count: int | None = None  # None: every request until reset
+        self.hang = False
+        self.error_status: int | None = None
+        self.error_count: int | None = None  # None: every request until reset
+        self.unhealthy_until = 0.0  # time.monotonic() deadline
+        self._changed = asyncio.Event()
+
+    # -- changes ------------------------------------------------------------
+
+    def update(self, spec: dict[str, Any]) -> bool:
+        """Merge ``spec`` (keys of :data:`KEYS`; null clears one); returns ``exit``.
+
+        Validates everything before changing anything.
+        """
+        if not isinstance(spec, dict):
+            raise FaultError("the body must be a JSON object")
+        unknown = sorted(set(spec) - set(KEYS))
+        if unknown:
+            raise FaultError(
+                f"unknown fault key(s): {', '.join(unknown)}; known: {', '.join(KEYS)}"
+            )
+        new = {
+            "drop_after_tokens": _int("drop_after_tokens", spec.get("drop_after_tokens"), 0),
+            "drop_count": _int("drop_count", spec.get("drop_count"), 1),
+            "error_status": _int("error_status", spec.get("error_status"), 400, 599),
+            "error_count": _int("error_count", spec.get("error_count"), 1),
+        }
+        for key in ("hang", "exit"):
+            if spec.get(key) is not None and not isinstance(spec[key], bool):
+                raise FaultError(f"{key} must be true or false")
+        unhealthy = spec.get("unhealthy_for_s")
+        if unhealthy is not None and (
+            isinstance(unhealthy, bool) or not isinstance(unhealthy, int | float) or unhealthy < 0
+        ):
+            raise FaultError("unhealthy_for_s must be a number >= 0 or null")
+        if (
+            "error_count" in spec
+            and new["error_count"] is not None
+            and new["error_status"] is None
+            and self.error_status is None
+        ):
+            raise FaultError("error_count needs error_status")
+        if (
+            "drop_count" in spec
+            and new["drop_count"] is not None
+            and new["drop_after_tokens"] is None
+            and self.drop_after_tokens is None
+        ):
+            raise FaultError("drop_count needs drop_after_tokens")
+
+        if "drop_after_tokens" in spec:
+            self.drop_after_tokens = new["drop_after_tokens"]
+            if "drop_count" not in spec:
+                self.drop_count = None
+        if "drop_count" in spec:
+            self.drop_count = new["drop_count"]
+        if "error_status" in spec:
+            self.error_status = new["error_status"]
+            if "error_count" not in spec:
+                self.error_count = None
+        if "error_count" in spec:
+            self.error_count = new["error_count"]
+        if "hang" in spec:
+            self.hang = bool(spec["hang"])
+        if "unhealthy_for_s" in spec:
+            self.unhealthy_until = time.monotonic() + float(unhealthy or 0)
+        if self.drop_after_tokens is None:
+            self.drop_count = None
+        if self.error_status is None:
+            self.error_count = None
+        self._pulse()
+        return bool(spec.get("exit"))
+
+    def reset(self) -> None:
+        self.drop_after_tokens = self.drop_count = None
+        self.error_status = self.error_count = None
+        self.hang = False
+        self.unhealthy_until = 0.0
+        self._pulse()
+
+    def _pulse(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
+
+    # -- questions ----------------------------------------------------------
+
+    def unhealthy(self) -> bool:
+        return time.monotonic() < self.unhealthy_until
+
+    def decide(self, generates: bool) -> Decision:
+        """The fault for one /v1/* request (consumes counted faults).
+
+        ``generates`` is true for completions, chat and embeddings: only those
+        are subject to ``drop_after_tokens``.
+        """
+        if self.unhealthy():
+            return Decision(unhealthy=True)
+        if self.hang:
+            return Decision(hang=True)
+        if self.error_status is not None:
+            status = self.error_status
+            if self.error_count is not None:
+                self.error_count -= 1
+                if self.error_count <= 0:
+                    self.error_status = self.error_count = None
+            return Decision(error_status=status)
+        if generates and self.drop_after_tokens is not None:
+            after = self.drop_after_tokens
+            if self.drop_count is not None:
+                self.drop_count -= 1
+                if self.drop_count <= 0:
+                    self.drop_after_tokens = self.drop_count = None
+            return Decision(drop_after_tokens=after)
+        return Decision()
+
+    def state(self) -> dict[str, Any]:
+        """The current faults as JSON (what the control API answers)."""
+        remaining = self.unhealthy_until - time.monotonic()
+        return {
+            "drop_after_tokens": self.drop_after_tokens,
+            "drop_count": self.drop_count,
+            "hang": self.hang,
+            "error_status": self.error_status,
+            "error_count": self.error_count,
+            "unhealthy_for_s": round(remaining, 3) if remaining > 0 else None,
+        }

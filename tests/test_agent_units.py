@@ -461,3 +461,62 @@ def test_webhook_posts_json_summaries() -> None:
 
 def test_node_state_values_match_the_protocol() -> None:
     assert {s.value for s in NodeState} == {"ready", "draining"}
+
+
+# ------------------------------------------------------- docs and packaging
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_config_key_is_documented_and_in_the_example() -> None:
+    import dataclasses
+
+    import yaml
+
+    from spotrelay.agent.settings import AgentConfig
+    from spotrelay.core.config import env_name, load
+
+    doc = (ROOT / "docs" / "agent.md").read_text()
+    example = yaml.safe_load((ROOT / "agent" / "examples" / "agent.yaml").read_text())
+    load(AgentConfig, ROOT / "agent" / "examples" / "agent.yaml", env={})  # valid
+    defaults = AgentConfig()
+    for f in dataclasses.fields(AgentConfig):
+        section = getattr(defaults, f.name)
+        if not dataclasses.is_dataclass(section):
+            continue
+        for sf in dataclasses.fields(section):
+            assert f"`{f.name}.{sf.name}`" in doc, f"{f.name}.{sf.name} undocumented"
+            assert env_name(f.name, sf.name) in doc
+            assert sf.name in example[f.name], f"{f.name}.{sf.name} not in the example"
+    assert "`state_dir`" in doc and "state_dir" in example
+
+
+def test_systemd_unit() -> None:
+    import configparser
+    import shutil
+    import tempfile
+
+    path = ROOT / "agent" / "systemd" / "spotrelay-agent.service"
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(path)
+    svc = unit["Service"]
+    assert svc["Restart"] == "always"
+    assert set(unit["Unit"]["After"].split()) >= {"network-online.target", "vllm.service"}
+    assert unit["Unit"]["Wants"] == "network-online.target"
+    for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp"):
+        assert svc[key] == "yes"
+    assert svc["ProtectSystem"] == "strict" and svc["StateDirectory"] == "spotrelay"
+    assert int(svc["TimeoutStopSec"]) > 20 + 30  # drain.sigterm_timeout_s + router calls
+    assert "agent --config /etc/spotrelay/agent.yaml" in svc["ExecStart"]
+    rule = (ROOT / "agent" / "systemd" / "50-spotrelay-agent.rules").read_text()
+    assert '"vllm.service"' in rule and '"stop"' in rule and '"spotrelay"' in rule
+    analyze = shutil.which("systemd-analyze")
+    if analyze:  # full syntax check where systemd is installed
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp) / "spotrelay-agent.service"
+            target.write_text(
+                path.read_text().replace("/opt/spotrelay/venv/bin/spotrelay", "/bin/true")
+            )
+            out = subprocess.run([analyze, "verify", str(target)], capture_output=True, text=True)
+            assert out.returncode == 0, out.stderr

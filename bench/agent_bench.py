@@ -1,0 +1,212 @@
+"""Agent benchmark: notice-to-excluded latency and the agent's idle footprint.
+
+Real processes on loopback: the IMDS emulator, a simulator engine, the router
+(gunicorn) and ``spotrelay agent`` with the *default* IMDS poll interval (1 s)
+and heartbeat (2 s), and a termination lifecycle hook (moto behind the test
+suite's lifecycle front) so a drain does everything it does in production.
+
+1. Notice-to-excluded: for each of N notices, the agent is started fresh (empty
+   state dir, emulator reset), registers, and after a random 0-1 s pause (so
+   the notice lands at a random phase of the poll cycle) a spot notice is set
+   through the emulator's control API. The clock stops when ``GET /nodes`` on
+   the router no longer shows the node ``ready`` (polled every 5 ms): from then
+   on the router sends it no new request.
+2. Footprint: one agent registered and idle (no event) for ``--idle-s``
+   seconds: RSS, and CPU time used over that window as a percentage of one
+   core (psutil). RSS is also sampled right after a drain, when boto3 has
+   been imported for CompleteLifecycleAction.
+
+Run from the repository root: ``.venv/bin/python bench/agent_bench.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from spotrelay.core.net import wait_until
+from spotrelay.core.processes import ProcessGroup
+from tests.support import (
+    ROUTER_TOKEN,
+    start_agent,
+    start_imds,
+    start_router,
+    start_sim_vllm,
+)
+from tests.test_agent_aws import LifecycleFront, aws_env, create_asg
+
+
+def post(url: str, body: dict[str, Any] | None = None) -> None:
+    req = urllib.request.Request(url, data=json.dumps(body or {}).encode(), method="POST")
+    urllib.request.urlopen(req, timeout=5).read()
+
+
+def node_state(router_url: str, node_id: str) -> str | None:
+    req = urllib.request.Request(
+        f"{router_url}/nodes", headers={"Authorization": f"Bearer {ROUTER_TOKEN}"}
+    )
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        for node in json.loads(resp.read()):
+            if node["id"] == node_id:
+                return node["state"]
+    return None
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--notices", type=int, default=20)
+    ap.add_argument("--idle-s", type=float, default=30.0)
+    ap.add_argument("--poll-s", type=float, default=1.0, help="imds.poll_interval_s")
+    ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = ap.parse_args()
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    moto.start()
+    host, port = moto.get_host_and_port()
+    asg = create_asg(f"http://{host}:{port}", "bench-asg")
+    front = LifecycleFront(f"http://{host}:{port}")
+    work = Path(tempfile.mkdtemp(prefix="agent-bench-"))
+    logdir = work / "logs"
+    logdir.mkdir()
+    results: dict[str, Any] = {"poll_interval_s": args.poll_s, "notices": args.notices}
+    try:
+        with ProcessGroup() as procs:
+            router = start_router(procs, logdir)
+            imds = start_imds(procs, logdir, "--instance-id", asg.instance_id)
+            engine = start_sim_vllm(procs, logdir, model="bench-model")
+
+            def config(state_dir: Path) -> dict[str, Any]:
+                return {
+                    "router": {"urls": [router.url], "node_token": ROUTER_TOKEN},
+                    "engine": {"url": engine.url, "model": "bench-model", "systemd_unit": None},
+                    "imds": {"url": imds.url, "poll_interval_s": args.poll_s},
+                    "lifecycle": {
+                        "asg_name": asg.asg_name,
+                        "hook_name": asg.hook_name,
+                        "region": "us-east-1",
+                        "endpoint_url": front.url,
+                    },
+                    "state_dir": str(state_dir),
+                }
+
+            # 1. notice-to-excluded
+            latencies: list[float] = []
+            rss_after_drain: list[float] = []
+            for i in range(args.notices):
+                post(f"{imds.url}/_control/reset")
+                front.arm(asg.instance_id)
+                agent = start_agent(
+                    procs, logdir, config(work / f"state-{i}"), name=f"agent-{i}", env=aws_env()
+                )
+                wait_until(
+                    lambda: node_state(router.url, asg.instance_id) == "ready",
+                    timeout=20,
+                    interval=0.01,
+                    what="registered",
+                )
+                time.sleep(random.uniform(0, args.poll_s))
+                t0 = time.perf_counter()
+                post(f"{imds.url}/_control/spot", {"action": "terminate", "lead_s": 120})
+                wait_until(
+                    lambda: node_state(router.url, asg.instance_id) != "ready",
+                    timeout=10,
+                    interval=0.005,
+                    what="excluded",
+                )
+                latencies.append(time.perf_counter() - t0)
+                wait_until(
+                    lambda: node_state(router.url, asg.instance_id) is None,
+                    timeout=30,
+                    what="deregistered",
+                )
+                wait_until(
+                    lambda a=agent: "drain finished" in a.proc.tail(60), timeout=30, what="drained"
+                )
+                rss_after_drain.append(psutil.Process(agent.proc.pid).memory_info().rss / 2**20)
+                agent.proc.stop()
+                print(f"notice {i + 1:2d}: excluded after {latencies[-1] * 1000:7.1f} ms")
+            results["notice_to_excluded_ms"] = {
+                "p50": round(pct(latencies, 0.5) * 1000, 1),
+                "p99": round(pct(latencies, 0.99) * 1000, 1),
+                "max": round(max(latencies) * 1000, 1),
+                "mean": round(statistics.mean(latencies) * 1000, 1),
+                "samples": [round(x * 1000, 1) for x in latencies],
+            }
+            results["rss_after_drain_mb"] = round(max(rss_after_drain), 1)
+            lifecycle_ok = sum(1 for c in front.completions() if c.result == "ok")
+            results["lifecycle_completed"] = lifecycle_ok
+
+            # 2. idle footprint
+            post(f"{imds.url}/_control/reset")
+            agent = start_agent(
+                procs, logdir, config(work / "state-idle"), name="agent-idle", env=aws_env()
+            )
+            wait_until(
+                lambda: node_state(router.url, asg.instance_id) == "ready",
+                timeout=20,
+                what="registered",
+            )
+            proc = psutil.Process(agent.proc.pid)
+            time.sleep(2.0)  # past start-up
+            c0, w0 = proc.cpu_times(), time.perf_counter()
+            rss = []
+            end = w0 + args.idle_s
+            while time.perf_counter() < end:
+                rss.append(proc.memory_info().rss / 2**20)
+                time.sleep(1.0)
+            c1, w1 = proc.cpu_times(), time.perf_counter()
+            cpu = (c1.user + c1.system - c0.user - c0.system) / (w1 - w0) * 100
+            results["idle"] = {
+                "seconds": round(w1 - w0, 1),
+                "cpu_percent_of_one_core": round(cpu, 2),
+                "rss_mb_max": round(max(rss), 1),
+                "rss_mb_median": round(statistics.median(rss), 1),
+                "boto3_loaded": False,
+                "threads": proc.num_threads(),
+            }
+            agent.proc.stop()
+    finally:
+        front.close()
+        moto.stop()
+
+    n = results["notice_to_excluded_ms"]
+    idle = results["idle"]
+    print()
+    print(f"notice-to-excluded over {args.notices} notices (poll {args.poll_s} s):")
+    print(f"  p50 {n['p50']} ms   p99 {n['p99']} ms   max {n['max']} ms   mean {n['mean']} ms")
+    print(f"lifecycle actions completed: {results['lifecycle_completed']}/{args.notices}")
+    print(
+        f"idle agent over {idle['seconds']} s: CPU {idle['cpu_percent_of_one_core']} % of a core,"
+        f" RSS {idle['rss_mb_max']} MB (max), {idle['threads']} threads"
+    )
+    print(f"RSS right after a drain (boto3 loaded): {results['rss_after_drain_mb']} MB")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -79,23 +79,35 @@ class Scheduler:
 class StopMatcher:
     """Finds stop strings in generated text, holding back what could start one.
 
-    Tokens are released whole (one streamed chunk per token) once no stop
-    string can begin inside them; when a stop string is found the output is
-    cut before it (or after it with ``include_stop_str_in_output``), which is
-    the only time a piece can be shorter than its token.
+    Tokens are released whole (one streamed chunk per token) as soon as no
+    stop string can begin inside them: only a tail of the text that is a
+    prefix of some stop string waits for the next token. When a stop string
+    is found the output is cut before it (or after it with
+    ``include_stop_str_in_output``), the only time a piece is shorter than
+    its token.
     """
 
     def __init__(self, stops: list[str], include: bool) -> None:
         self.stops = stops
         self.include = include
-        longest = max(len(s) for s in stops)
-        self.keep = longest - 1  # chars of context a new match can start in
-        self.hold = 0 if include else longest - 1
+        self.keep = max(len(s) for s in stops) - 1  # context a new match can start in
         self.window = ""
         self.total = 0  # chars generated so far
         self.released = 0  # chars released so far
         self.pending: deque[str] = deque()
         self.matched: str | None = None  # the stop string found
+
+    def _hold(self, buf: str) -> int:
+        """Length of the longest tail of ``buf`` that could start a stop string."""
+        if self.include:
+            return 0  # output runs to the end of the stop string: nothing to take back
+        hold = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(buf)), hold, -1):
+                if buf.endswith(stop[:n]):
+                    hold = n
+                    break
+        return hold
 
     def push(self, token: str) -> tuple[list[str], bool]:
         """Add a token; returns (pieces to release now, stopped)."""
@@ -123,8 +135,8 @@ class StopMatcher:
                 pos += len(tok)
             self.pending.clear()
             return out, True
-        self.window = buf[len(buf) - self.keep :] if self.keep else ""
-        limit = self.total - self.hold
+        self.window = buf[-self.keep :] if self.keep else ""
+        limit = self.total - self._hold(buf)
         out = []
         while self.pending and self.released + len(self.pending[0]) <= limit:
             tok = self.pending.popleft()

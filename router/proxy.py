@@ -193,7 +193,7 @@ def parse_request(
     """Validate a client body; raises :class:`ApiError` (400) for what no node could serve."""
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, "request body is not valid JSON", code="invalid_json") from None
     if not isinstance(doc, dict):
         raise ApiError(400, "request body must be a JSON object", code="invalid_json")

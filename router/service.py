@@ -114,7 +114,7 @@ class RouterService:
             return ControlResult(413, {"error": f"body larger than {MAX_CONTROL_BODY} bytes"})
         try:
             body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return _bad("body is not valid JSON")
         try:
             report = parse_report(body)

@@ -115,6 +115,8 @@ def start_router(
     auth = config.setdefault("auth", {})
     if not auth.get("node_token") and not auth.get("node_token_file"):
         auth["node_token"] = ROUTER_TOKEN
+    # Idle keep-alive connections hold a graceful stop this long: keep teardown quick.
+    config.setdefault("server", {}).setdefault("graceful_timeout_s", 1)
     path = logdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     args = ["router", "--config", str(path), "--host", HOST, *extra]

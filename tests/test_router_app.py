@@ -89,6 +89,7 @@ def test_register_list_drain_delete(client):
     [
         ("a", b"{not json", "not valid JSON"),
         ("a", b"[]", "JSON object"),
+        ("a", b"[" * 5000 + b"]" * 5000, "not valid JSON"),
         ("a", json.dumps({"models": ["m"]}).encode(), "'url'"),
         ("a", json.dumps({"url": A, "models": []}).encode(), "'models'"),
         ("a", json.dumps({"url": A, "models": ["m"], "state": "zombie"}).encode(), "'state'"),

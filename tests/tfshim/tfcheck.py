@@ -404,6 +404,10 @@ def run_validate(require: bool = False) -> int:
         return 1 if require else 0
     with tempfile.TemporaryDirectory(prefix="spotrelay-tfvalidate-") as tmp:
         tree = copy_tree(Path(tmp))
+        # One download of each provider for all the configurations.
+        cache = Path(tmp) / "plugin-cache"
+        cache.mkdir()
+        os.environ.setdefault("TF_PLUGIN_CACHE_DIR", str(cache))
         for rel in VALIDATE_DIRS:
             d = tree / rel
             code, out, err = terraform(["init", "-backend=false", "-input=false", "-no-color"], d)

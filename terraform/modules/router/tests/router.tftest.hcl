@@ -110,11 +110,3 @@ run "node_token_is_secure_string" {
     error_message = "The node token is an SSM SecureString."
   }
 }
-
-run "rejects_single_az" {
-  command = plan
-  variables {
-    subnet_ids = ["subnet-0aaaaaaaaaaaaaaaa"]
-  }
-  expect_failures = [var.subnet_ids]
-}

@@ -1,0 +1,424 @@
+"""Stream resume end to end: router under gunicorn, ``spotrelay sim vllm`` nodes, real faults.
+
+The simulator's text is deterministic (each token a function of the text
+before it), so a stream broken by ``drop_after_tokens`` on node A and resumed
+on node B must give the client exactly what an unbroken stream gives: same
+text, same final usage, one id, one finish. Session affinity (rendezvous
+hashing on ``X-Session-ID``) steers the first attempt to the faulty node; the
+continuation excludes it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import requests
+
+from spotrelay.core.net import wait_until
+from spotrelay.core.processes import ProcessGroup
+from spotrelay.router.balancer import rendezvous_weight
+from spotrelay.router.resume import RESUME_HEADER
+from spotrelay.router.sse import SSEParser
+from tests.support import ROUTER_TOKEN, Service, register_node, start_router, start_sim_vllm
+
+MODEL = "sim-model"
+COMPLETIONS = "/v1/completions"
+CHAT = "/v1/chat/completions"
+ROUTER_CONFIG = {
+    "registry": {"ttl_s": 600},
+    # Breaks count against a node; these tests break nodes on purpose, many times.
+    "health": {"consecutive_failures": 100000},
+    "routing": {"no_capacity_wait_s": 1},
+    "resume": {"enabled": True, "max_attempts": 2},
+}
+
+
+@dataclass
+class Fleet:
+    router: Service
+    nodes: dict[str, Service]
+    procs: ProcessGroup
+
+    def session_for(self, node_id: str) -> str:
+        """An X-Session-ID whose rendezvous winner (among all nodes) is ``node_id``."""
+        for i in range(10000):
+            key = f"s{i}"
+            if max(self.nodes, key=lambda n: rendezvous_weight(key, n)) == node_id:
+                return key
+        raise AssertionError("no session key found")
+
+    def fault(self, node_id: str, **spec: Any) -> None:
+        _post(self.nodes[node_id].url + "/_control/faults", spec)
+
+    def reset(self) -> None:
+        for node in self.nodes.values():
+            _post(node.url + "/_control/reset", {})
+
+    def metric(self, name: str, **labels: str) -> float:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = requests.get(self.router.url + "/metrics", timeout=5).text
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    total += sample.value
+        return total
+
+
+def _post(url: str, doc: dict[str, Any]) -> None:
+    req = urllib.request.Request(
+        url, json.dumps(doc).encode(), {"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        assert resp.status == 200
+
+
+def start_fleet(
+    procs: ProcessGroup, logdir: Path, names: list[str], *sim_args: str, **router_cfg: Any
+) -> Fleet:
+    router = start_router(procs, logdir, {**ROUTER_CONFIG, **router_cfg})
+    nodes = {}
+    for name in names:
+        nodes[name] = start_sim_vllm(procs, logdir, *sim_args, name=f"sim-{name}", model=MODEL)
+        register_node(router.url, ROUTER_TOKEN, name, nodes[name].url, MODEL)
+    wait_until(
+        lambda: requests.get(router.url + "/readyz", timeout=2).status_code == 200,
+        timeout=10,
+        what="router ready",
+    )
+    return Fleet(router, nodes, procs)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    logdir = tmp_path_factory.mktemp("resume-e2e")
+    group = ProcessGroup()
+    try:
+        yield start_fleet(group, logdir, ["a", "b"], "--ttft-ms", "5", "--itl-ms", "2")
+    finally:
+        group.stop_all()
+
+
+@pytest.fixture(autouse=True)
+def _clean_faults(request: pytest.FixtureRequest) -> Iterator[None]:
+    if "fleet" in request.fixturenames:
+        request.getfixturevalue("fleet").reset()
+    yield
+
+
+# ---------------------------------------------------------------------------
+# A small SSE client (the router's bytes, parsed strictly)
+
+
+@dataclass
+class Result:
+    text: str
+    chunks: list[dict[str, Any]]
+    usage: list[dict[str, Any]]
+    finishes: list[str]
+    roles: int
+    errors: list[dict[str, Any]]
+    done: bool
+    node: str | None
+
+
+def stream(
+    url: str, path: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> Result:
+    resp = requests.post(url + path, json=body, headers=headers or {}, stream=True, timeout=30)
+    assert resp.status_code == 200, resp.text
+    parser = SSEParser()
+    events = []
+    for piece in resp.iter_content(chunk_size=None):
+        events.extend(parser.feed(piece))
+    done = bool(events) and events[-1].is_done
+    assert sum(e.is_done for e in events) == int(done), "exactly one [DONE], last"
+    res = Result("", [], [], [], 0, [], done, resp.headers.get("X-Spotrelay-Node"))
+    for e in events:
+        if e.is_done:
+            continue
+        obj = e.json()
+        if "error" in obj:
+            res.errors.append(obj["error"])
+            continue
+        res.chunks.append(obj)
+        if obj.get("usage"):
+            res.usage.append(obj["usage"])
+        for ch in obj.get("choices", []):
+            if path == CHAT:
+                res.roles += "role" in ch.get("delta", {})
+                res.text += ch.get("delta", {}).get("content") or ""
+            else:
+                res.text += ch.get("text") or ""
+            if ch.get("finish_reason"):
+                res.finishes.append(ch["finish_reason"])
+    return res
+
+
+def body_for(path: str, *, usage: bool, max_tokens: int = 16, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": MODEL, "max_tokens": max_tokens, "stream": True, **extra}
+    if path == CHAT:
+        body["messages"] = [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Why do spot GPUs get reclaimed?"},
+        ]
+    else:
+        body["prompt"] = "The spot market for GPUs"
+    if usage:
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def assert_coherent(res: Result, path: str, usage: bool) -> None:
+    assert res.done and not res.errors
+    assert len({c["id"] for c in res.chunks}) == 1
+    assert len({c["created"] for c in res.chunks}) == 1
+    assert {c["model"] for c in res.chunks} == {MODEL}
+    assert len(res.finishes) == 1
+    assert res.roles == (1 if path == CHAT else 0)
+    assert len(res.usage) == (1 if usage else 0)
+
+
+# ---------------------------------------------------------------------------
+# Broken and resumed == unbroken
+
+
+@pytest.mark.parametrize("usage", [False, True], ids=["no_usage", "usage"])
+@pytest.mark.parametrize("path", [COMPLETIONS, CHAT], ids=["completions", "chat"])
+def test_resumed_stream_equals_unbroken_stream(fleet: Fleet, path: str, usage: bool) -> None:
+    session = {"X-Session-ID": fleet.session_for("a")}
+    body = body_for(path, usage=usage)
+    ref = stream(fleet.router.url, path, body, session)
+    assert_coherent(ref, path, usage)
+    assert ref.node == "a" and ref.finishes == ["length"]
+    resumed = fleet.metric("spotrelay_router_stream_resumes_total", outcome="ok")
+    probes = fleet.metric("spotrelay_router_stream_resumes_total", outcome="probe")
+    for k in (0, 1, 7, 15, 16):  # 16 = after the last token, before the finish chunk
+        fleet.fault("a", drop_after_tokens=k, drop_count=1)
+        got = stream(fleet.router.url, path, body, session)
+        assert_coherent(got, path, usage)
+        assert got.text == ref.text, f"k={k}"
+        assert got.finishes == ref.finishes, f"k={k}"
+        assert got.usage == ref.usage, f"k={k}"
+    # k=1, 7, 15 (and 0 for chat, whose role chunk went out) were resumed on node b;
+    # completions k=0 is a plain retry (nothing reached the client), k=16 needs no tokens.
+    # k=16 with usage asked: a one-token probe learns the prompt's token count.
+    now = fleet.metric("spotrelay_router_stream_resumes_total", outcome="ok")
+    assert now - resumed == (4 if path == CHAT else 3)
+    now = fleet.metric("spotrelay_router_stream_resumes_total", outcome="probe")
+    assert now - probes == (1 if usage else 0)
+
+
+@pytest.mark.parametrize("path", [COMPLETIONS, CHAT], ids=["completions", "chat"])
+def test_stop_string_spanning_the_seam(fleet: Fleet, path: str) -> None:
+    """The stop string straddles the boundary between the token the node died after
+    and the next one, so only the continuation's node can complete it."""
+    session = {"X-Session-ID": fleet.session_for("a")}
+    free = stream(fleet.router.url, path, body_for(path, usage=False, max_tokens=24), session)
+    pieces = [
+        c["choices"][0].get("text") or c["choices"][0].get("delta", {}).get("content") or ""
+        for c in free.chunks
+    ]
+    pieces = [p for p in pieces if p]
+    j = next(i for i in range(8, len(pieces) - 1) if len(pieces[i]) >= 3)
+    stop = pieces[j][-2:] + pieces[j + 1][:2]
+    assert stop not in "".join(pieces[: j + 1])
+    body = body_for(path, usage=True, max_tokens=24, stop=[stop])
+    ref = stream(fleet.router.url, path, body, session)
+    assert ref.finishes == ["stop"] and stop not in ref.text
+    assert ref.text == "".join(pieces)[: "".join(pieces).index(stop)]
+    for k in (j - 1, j, j + 1):
+        fleet.fault("a", drop_after_tokens=k, drop_count=1)
+        got = stream(fleet.router.url, path, body, session)
+        assert_coherent(got, path, True)
+        assert (got.text, got.finishes, got.usage) == (ref.text, ref.finishes, ref.usage), k
+
+
+def test_openai_client_consumes_a_resumed_stream(fleet: Fleet) -> None:
+    session = {"X-Session-ID": fleet.session_for("a")}
+    client = openai.OpenAI(base_url=fleet.router.url + "/v1", api_key="unused", max_retries=0)
+
+    def complete() -> tuple[str, Any]:
+        text, usage = "", None
+        for chunk in client.completions.create(
+            model=MODEL,
+            prompt="Resume me",
+            max_tokens=20,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers=session,
+        ):
+            text += "".join(c.text for c in chunk.choices)
+            usage = chunk.usage or usage
+        return text, usage
+
+    def chat() -> tuple[str, Any]:
+        text, usage = "", None
+        for chunk in client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Resume me"}],
+            max_tokens=20,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers=session,
+        ):
+            text += "".join(c.delta.content or "" for c in chunk.choices)
+            usage = chunk.usage or usage
+        return text, usage
+
+    for run in (complete, chat):
+        ref_text, ref_usage = run()
+        fleet.fault("a", drop_after_tokens=9, drop_count=1)
+        text, usage = run()
+        assert text == ref_text and len(text) > 20
+        assert usage.model_dump() == ref_usage.model_dump()
+
+
+# ---------------------------------------------------------------------------
+# When resume cannot help
+
+
+def test_exhausted_resumes_end_with_error_event_then_done(fleet: Fleet) -> None:
+    session = {"X-Session-ID": fleet.session_for("a")}
+    before = fleet.metric("spotrelay_router_stream_resumes_total", outcome="exhausted")
+    for node in ("a", "b"):
+        fleet.fault(node, drop_after_tokens=3, drop_count=1)
+    got = stream(fleet.router.url, COMPLETIONS, body_for(COMPLETIONS, usage=True), session)
+    assert got.done and len(got.errors) == 1
+    assert got.errors[0]["type"] == "server_error"
+    assert got.errors[0]["code"] == "upstream_stream_broken"
+    assert got.finishes == [] and got.usage == []
+    assert len(got.text) > 0  # what was streamed stays; nothing duplicated
+    after = fleet.metric("spotrelay_router_stream_resumes_total", outcome="exhausted")
+    assert after == before + 1
+
+    # The official client raises the in-stream error instead of ending quietly.
+    client = openai.OpenAI(base_url=fleet.router.url + "/v1", api_key="unused", max_retries=0)
+    for node in ("a", "b"):
+        fleet.fault(node, drop_after_tokens=3, drop_count=1)
+    with pytest.raises(openai.APIError):
+        for _ in client.completions.create(
+            model=MODEL, prompt="x", max_tokens=16, stream=True, extra_headers=session
+        ):
+            pass
+
+
+def test_disabled_by_header_falls_back_to_error_event(fleet: Fleet) -> None:
+    session = {"X-Session-ID": fleet.session_for("a"), RESUME_HEADER: "off"}
+    before = fleet.metric("spotrelay_router_stream_resumes_total", outcome="disabled")
+    fleet.fault("a", drop_after_tokens=4, drop_count=1)
+    got = stream(fleet.router.url, CHAT, body_for(CHAT, usage=False), session)
+    assert got.done and len(got.errors) == 1 and got.finishes == []
+    assert fleet.metric("spotrelay_router_stream_resumes_total", outcome="disabled") == before + 1
+
+
+def test_not_resumable_request_falls_back_to_error_event(fleet: Fleet) -> None:
+    session = {"X-Session-ID": fleet.session_for("a")}
+    before = fleet.metric("spotrelay_router_stream_resumes_total", outcome="not_resumable")
+    fleet.fault("a", drop_after_tokens=4, drop_count=1)
+    body = body_for(COMPLETIONS, usage=False, echo=True)  # the echoed prompt can't be re-sent
+    got = stream(fleet.router.url, COMPLETIONS, body, session)
+    assert got.done and len(got.errors) == 1 and got.finishes == []
+    assert got.text.startswith(body["prompt"])
+    after = fleet.metric("spotrelay_router_stream_resumes_total", outcome="not_resumable")
+    assert after == before + 1
+
+
+def test_resume_metrics_are_exported(fleet: Fleet) -> None:
+    session = {"X-Session-ID": fleet.session_for("a")}
+    ok = fleet.metric("spotrelay_router_stream_resumes_total", outcome="ok")
+    tokens = fleet.metric("spotrelay_router_resumed_tokens_total")
+    seams = fleet.metric("spotrelay_router_resume_seam_seconds_count")
+    fleet.fault("a", drop_after_tokens=5, drop_count=1)
+    got = stream(fleet.router.url, COMPLETIONS, body_for(COMPLETIONS, usage=False), session)
+    assert got.done and not got.errors
+    assert fleet.metric("spotrelay_router_stream_resumes_total", outcome="ok") == ok + 1
+    assert fleet.metric("spotrelay_router_resumed_tokens_total") == tokens + 5
+    assert fleet.metric("spotrelay_router_resume_seam_seconds_count") == seams + 1
+
+
+# ---------------------------------------------------------------------------
+# A node SIGKILLed under load
+
+
+def test_sigkilled_node_loses_no_stream(procs: ProcessGroup, logdir: Path) -> None:
+    fleet = start_fleet(
+        procs,
+        logdir,
+        ["x", "y", "z"],
+        "--ttft-ms",
+        "20",
+        "--itl-ms",
+        "15",
+        health={"consecutive_failures": 3},  # the dead node gets ejected, as in production
+    )
+    n = 30
+    bodies = []
+    for i in range(n):
+        path = CHAT if i % 2 else COMPLETIONS
+        body = body_for(path, usage=bool(i % 3), max_tokens=60)
+        if path == CHAT:
+            body["messages"][-1]["content"] += f" ({i})"
+        else:
+            body["prompt"] += f" ({i})"
+        bodies.append((path, body))
+    results: list[Result | BaseException | None] = [None] * n
+    refs: list[Result | BaseException | None] = [None] * n
+
+    def client(i: int, url: str, out: list[Result | BaseException | None]) -> None:
+        path, body = bodies[i]
+        try:
+            out[i] = stream(url, path, body)
+        except BaseException as exc:  # reported below
+            out[i] = exc
+
+    threads = [
+        threading.Thread(target=client, args=(i, fleet.router.url, results)) for i in range(n)
+    ]
+    for t in threads:
+        t.start()
+
+    def busy() -> bool:
+        nodes = requests.get(
+            fleet.router.url + "/nodes",
+            headers={"Authorization": f"Bearer {ROUTER_TOKEN}"},
+            timeout=5,
+        ).json()
+        return any(nd["id"] == "x" and nd["in_flight"] >= 5 for nd in nodes)
+
+    wait_until(busy, timeout=20, interval=0.01, what="streams in flight on node x")
+    time.sleep(0.2)  # let those streams get well past their first tokens
+    fleet.nodes["x"].proc.signal(signal.SIGKILL)
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    errors = [r for r in results if not isinstance(r, Result)]
+    assert not errors, errors[:3]
+    resumed = fleet.metric("spotrelay_router_stream_resumes_total", outcome="ok")
+    assert resumed >= 5
+
+    # Every stream is exactly what an unbroken one gives (replayed on a live node).
+    replay = [
+        threading.Thread(target=client, args=(i, fleet.nodes["y"].url, refs)) for i in range(n)
+    ]
+    for t in replay:
+        t.start()
+    for t in replay:
+        t.join(timeout=60)
+    for (path, body), res, ref in zip(bodies, results, refs, strict=True):
+        assert isinstance(res, Result) and isinstance(ref, Result)
+        assert_coherent(res, path, "stream_options" in body)
+        assert (res.text, res.finishes, res.usage) == (ref.text, ref.finishes, ref.usage)

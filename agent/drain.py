@@ -350,6 +350,7 @@ class DrainMachine:
                     boot_id=self.boot_id,
                     events=[detail] if detail else [],
                 )
+                self.on_change()  # heartbeats say "draining" now, before any disk I/O
                 self.store.save(state)
                 log.warning(
                     "drain started",

@@ -20,6 +20,8 @@ from prometheus_client import (
     start_http_server,
 )
 
+from spotrelay.core.config import ConfigError
+
 from .hoststats import HostStats
 
 log = logging.getLogger("spotrelay.agent.metrics")
@@ -110,7 +112,10 @@ class AgentMetrics:
         """Start ``/metrics`` on ``host:port`` in a daemon thread (port 0: disabled)."""
         if not port:
             return
-        result = start_http_server(port, addr=host, registry=self.registry)
+        try:
+            result = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            raise ConfigError("metrics.port", f"cannot listen: {exc.strerror}", port) from None
         self._server = result[0] if isinstance(result, tuple) else None
         log.info("metrics on http://%s:%s/metrics", host, port)
 

@@ -208,8 +208,8 @@ class Agent:
         )
         if not self.token:
             log.warning("no node token configured (router.node_token / node_token_file)")
+        self.metrics.serve(cfg.metrics.host, cfg.metrics.port)  # before any drain resumes
         self.drain.restore()
-        self.metrics.serve(cfg.metrics.host, cfg.metrics.port)
         self._refresh_engine(self.process.alive())
         self.pollers = [
             Poller(m, self.imds, cfg.imds.poll_interval_s, self.on_event, self.stop)

@@ -80,9 +80,9 @@ class RouterMetrics:
         )
         self.resumes = Counter(
             PREFIX + "stream_resumes_total",
-            "Stream resume decisions by outcome: ok (a continuation is streaming), failed "
-            "(it could not start), exhausted, not_resumable, disabled, local (nothing left "
-            "to generate), probe (one-token request to learn the prompt's token count)",
+            "Streams broken after their first byte, by resume outcome: ok (continued on "
+            "another node, or nothing was left to generate), failed (a continuation could "
+            "not start; another may follow), exhausted, not_resumable, disabled",
             ["outcome"],
             registry=r,
         )

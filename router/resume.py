@@ -157,7 +157,7 @@ class ResumeObserver(Protocol):
     """Where :func:`relay` reports what happened (the router's metrics)."""
 
     def outcome(self, outcome: str) -> None:
-        """One resume decision: ok, failed, exhausted, not_resumable, disabled, local."""
+        """One resume decision: ok, failed, exhausted, not_resumable or disabled."""
 
     def resumed_tokens(self, tokens: int) -> None:
         """Tokens already generated that a continuation carries over."""
@@ -369,7 +369,8 @@ class StreamResumer:
                 self._meta["system_fingerprint"] = obj["system_fingerprint"]
         if self._seam_at is not None and not self._attempt_live:
             self._attempt_live = True
-            self._record_outcome("probe" if self._probing else "ok")
+            if not self._probing:  # a probe is bookkeeping, not a resume
+                self._record_outcome("ok")
         usage = obj.get("usage")
         if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
             self._last_usage = usage
@@ -702,7 +703,7 @@ class StreamResumer:
             return self._next_attempt(why, probe=True)
         remaining = None if self.max_tokens is None else self.max_tokens - self.total_tokens
         if remaining is not None and remaining <= 0:
-            self._record_outcome("local")
+            self._record_outcome("ok")  # nothing left to generate: finished here
             data = self._finish_chunk("length", self._held)
             self._held = ""
             if not self.include_usage:

@@ -727,7 +727,7 @@ def test_no_tokens_left_finishes_locally() -> None:
     assert step.body is None
     view = read_client(step.data, False)
     assert view.finishes == ["length"] and view.done and view.chunks[0]["id"] == "c"
-    assert r.outcomes == ["local"]
+    assert r.outcomes == ["ok"]
 
 
 def test_client_disconnect_closes_the_upstream() -> None:

@@ -88,5 +88,15 @@ def setup(level: str = "info", fmt: str = "human", stream: Any = None) -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     # Third-party chatter that would drown our own lines at info level.
-    for noisy in ("urllib3", "botocore", "boto3", "werkzeug", "aiohttp.access"):
+    for noisy in (
+        "urllib3",
+        "botocore",
+        "boto3",
+        "werkzeug",
+        "aiohttp.access",
+        "httpx",
+        "httpx2",
+        "openai",
+        "matplotlib",
+    ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

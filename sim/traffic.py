@@ -19,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import openai
 
 from . import textgen
@@ -95,16 +94,11 @@ class TrafficDriver:
         self.log = TrafficLog()
         self._stop = threading.Event()
         self._t0 = 0.0
-        limits = httpx.Limits(
-            max_connections=options.max_concurrency,
-            max_keepalive_connections=options.max_concurrency,
-        )
         self.client = openai.OpenAI(
             base_url=base_url.rstrip("/") + "/v1",
             api_key=api_key,
             max_retries=0,
             timeout=options.timeout_s,
-            http_client=httpx.Client(limits=limits),
         )
         self._pool = ThreadPoolExecutor(
             max_workers=options.max_concurrency, thread_name_prefix="traffic"

@@ -426,8 +426,15 @@ class StreamResumer:
         if text:
             self._text.append(text)
             self.attempt_tokens += 1
-        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
-            self.attempt_tokens = usage["completion_tokens"]  # continuous usage stats: exact
+        if (
+            text
+            and isinstance(usage, dict)
+            and isinstance(usage.get("completion_tokens"), int)
+            and not self.stops
+        ):
+            # Continuous usage stats: exact, unless the engine holds tokens back for stop
+            # strings (their text is not in the stream yet): then count chunks.
+            self.attempt_tokens = usage["completion_tokens"]
         if text and self._seam_at is not None:
             self.seam_seconds.append(self._clock() - self._seam_at)
             self.observer.seam(self.seam_seconds[-1])

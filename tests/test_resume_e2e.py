@@ -220,6 +220,21 @@ def test_resumed_stream_equals_unbroken_stream(fleet: Fleet, path: str, usage: b
 
 
 @pytest.mark.parametrize("path", [COMPLETIONS, CHAT], ids=["completions", "chat"])
+def test_continuous_usage_stats_are_restated(fleet: Fleet, path: str) -> None:
+    session = {"X-Session-ID": fleet.session_for("a")}
+    body = body_for(path, usage=True)
+    body["stream_options"]["continuous_usage_stats"] = True
+    ref = stream(fleet.router.url, path, body, session)
+    for k in (0, 6):
+        fleet.fault("a", drop_after_tokens=k, drop_count=1)
+        got = stream(fleet.router.url, path, body, session)
+        assert got.text == ref.text and got.finishes == ref.finishes
+        assert got.usage[-1] == ref.usage[-1]
+        # every chunk's running usage reads as if nothing had broken
+        assert [u for u in got.usage if u] == [u for u in ref.usage if u][-len(got.usage) :]
+
+
+@pytest.mark.parametrize("path", [COMPLETIONS, CHAT], ids=["completions", "chat"])
 def test_stop_string_spanning_the_seam(fleet: Fleet, path: str) -> None:
     """The stop string straddles the boundary between the token the node died after
     and the next one, so only the continuation's node can complete it."""

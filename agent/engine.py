@@ -189,7 +189,9 @@ class ProcessWatch:
 
     def _listens(self, proc: psutil.Process) -> bool:
         try:
-            for conn in proc.net_connections(kind="inet"):
+            # psutil >= 6 names it net_connections; 5.x only has connections.
+            conns = getattr(proc, "net_connections", None) or proc.connections
+            for conn in conns(kind="inet"):
                 if (
                     conn.status == psutil.CONN_LISTEN
                     and conn.laddr

@@ -263,7 +263,11 @@ def _round(value: float | None) -> float | None:
 def run(options: DemoOptions) -> int:
     """Run the demo, print the report, and return the exit status (0 = no failure)."""
     demo = Demo(options)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Installed explicitly: a shell may start us with SIGINT ignored, and SIGTERM
+    # (systemd, CI timeouts) must clean up as Ctrl-C does.
+    previous = {
+        sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         report = demo.run()
     except KeyboardInterrupt:
@@ -271,7 +275,8 @@ def run(options: DemoOptions) -> int:
         return 130
     finally:
         demo.close()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print(render_table(report))
     print(f"\nwrote {options.out / 'report.json'} and {options.out / 'timeline.png'}")
     return 0 if report["failed"] == 0 else 1

@@ -233,7 +233,8 @@ class StreamResumer:
         self.stops = _stop_strings(body) if isinstance(body, dict) else ()
         self.include_stop = bool(body.get("include_stop_str_in_output"))
         self._maxstop = max((len(s) for s in self.stops), default=0)
-        self.min_tokens = int(body.get("min_tokens") or 0)
+        min_tokens = body.get("min_tokens")
+        self.min_tokens = min_tokens if isinstance(min_tokens, int) else 0
         self.max_tokens = self._original_max_tokens()
 
         # Client-visible identity (from the first upstream chunk).

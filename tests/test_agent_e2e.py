@@ -396,6 +396,10 @@ def test_engine_killed_then_restarted(procs: ProcessGroup, logdir: Path, router:
     wait_state(router, node.node_id, "ready", timeout=15)
     assert agent.proc.alive()
     assert agent.metric("spotrelay_agent_engine_process_alive") == 1
+    # /health failing with the process alive (a wedged engine) is caught by the probe.
+    control(node.engine, "faults", {"unhealthy_for_s": 2.5})  # same port as the new engine
+    wait_state(router, node.node_id, "draining", timeout=5)
+    wait_state(router, node.node_id, "ready", timeout=10)
     assert agent.metric("spotrelay_agent_drains_total", reason="spot_interruption") == 0
 
 

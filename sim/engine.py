@@ -310,8 +310,12 @@ class Ticker:
     now run in the same pass.
     """
 
+    LATE_BUCKETS = 1001  # whole milliseconds, the last one is ">= 1 s"
+
     def __init__(self, slack: float = 0.0005) -> None:
         self.slack = slack
+        # How late each step ran, in ms: the simulator's own view of its timing.
+        self.late_ms = [0] * self.LATE_BUCKETS
         self._heap: list[tuple[float, int, Job]] = []
         self._seq = itertools.count()
         self._wake: asyncio.Future[None] | None = None
@@ -327,14 +331,36 @@ class Ticker:
     def __len__(self) -> int:
         return len(self._heap)
 
+    def lateness(self) -> dict[str, float | int]:
+        """Steps run and their lateness percentiles (ms, 1 ms resolution)."""
+        total = sum(self.late_ms)
+        out: dict[str, float | int] = {"steps": total}
+        for name, q in (("p50_ms", 0.5), ("p99_ms", 0.99), ("p999_ms", 0.999)):
+            seen, rank = 0, q * total
+            for ms, count in enumerate(self.late_ms):
+                seen += count
+                if total and seen >= rank:
+                    out[name] = ms
+                    break
+            else:
+                out[name] = 0
+        out["max_ms"] = max((i for i, c in enumerate(self.late_ms) if c), default=0)
+        return out
+
+    def reset_lateness(self) -> None:
+        self.late_ms = [0] * self.LATE_BUCKETS
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         heap = self._heap
+        top = self.LATE_BUCKETS - 1
         while True:
             now = loop.time()
             horizon = now + self.slack
             while heap and heap[0][0] <= horizon:
                 due, _, job = heapq.heappop(heap)
+                late = int((loop.time() - due) * 1000.0)
+                self.late_ms[top if late > top else late if late > 0 else 0] += 1
                 try:
                     nxt = job(due)
                 except Exception:  # a broken job must not stop every other stream

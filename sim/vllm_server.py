@@ -589,12 +589,14 @@ class SimServer:
             "prompt_tokens_total": eng.prompt_tokens_total,
             "generation_tokens_total": eng.generation_tokens_total,
             "finished": dict(eng.finished),
+            "token_lateness": eng.ticker.lateness(),
         }
         doc["faults"] = self.faults.state()
         return json_response(doc)
 
     async def clear_stats(self, request: web.Request) -> web.Response:
         self.log.reset()
+        self.engine.ticker.reset_lateness()
         return json_response({"cleared": True})
 
 

@@ -128,8 +128,15 @@ class TokenStream:
                 token, self._kind = " " + _CAPITAL[word], _AFTER_WORD
         else:  # after a space or punctuation
             token, self._kind = " " + WORDS[word], _AFTER_WORD
-        self._hash.update(_encode(token))
+        self._hash.update(_ENCODED.get(token) or _encode(token))
         return token
+
+
+_ENCODED: dict[str, bytes] = {
+    tok: tok.encode()
+    for tok in (*WORDS, *_CAPITAL, *(" " + w for w in WORDS), *(" " + w for w in _CAPITAL))
+}
+_ENCODED.update({".": b".", ",": b",", "\n": b"\n"})
 
 
 def generate(prefix: str, n: int) -> list[str]:

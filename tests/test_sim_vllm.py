@@ -418,7 +418,8 @@ def test_timing_follows_ttft_and_itl(procs: ProcessGroup, logdir: Path) -> None:
             if line.startswith(b"data: {"):
                 stamps.append(time.monotonic())
     ttft = stamps[0] - t0
-    gaps = [b - a for a, b in itertools.pairwise(stamps[:6])]
-    assert 0.19 <= ttft < 0.6
-    assert all(0.03 <= g < 0.2 for g in gaps), gaps
-    assert 0.045 <= sum(gaps) / len(gaps) <= 0.08
+    gaps = sorted(b - a for a, b in itertools.pairwise(stamps[:6]))
+    # Tokens are never early: the 6th comes >= ttft + 5 * itl after the request was sent.
+    assert 0.199 <= ttft < 1.0
+    assert stamps[5] - t0 >= 0.2 + 5 * 0.05 - 0.002
+    assert 0.04 <= gaps[2] <= 0.1, gaps  # the median gap is the ITL (tolerant of a busy CI)

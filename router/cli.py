@@ -1,7 +1,7 @@
 """``spotrelay router``: the OpenAI-compatible router, served by gunicorn.
 
 Top-level imports stay light (the whole ``spotrelay`` CLI imports this
-module); gunicorn, gevent, Flask and urllib3 load only when the router runs,
+module); gunicorn, gevent and Flask load only when the router runs,
 after gevent's monkey patching.
 """
 
@@ -56,7 +56,7 @@ def load_config(args: argparse.Namespace):  # -> tuple[RouterConfig, str]
 def run(args: argparse.Namespace) -> int:
     cfg, token = load_config(args)
     if cfg.server.worker_class == "gevent":
-        # Once, first, before gunicorn/urllib3/ssl are imported: everything after
+        # Once, first, before gunicorn/Flask/ssl are imported: everything after
         # this sees cooperative sockets. The worker's own patch_all is then a no-op.
         from gevent import monkey
 

@@ -13,27 +13,22 @@ import logging
 import threading
 from collections.abc import Callable
 
-import urllib3
-
 from .registry import Node, Registry
-from .upstream import UPSTREAM_ERRORS, host_header
+from .upstream import UPSTREAM_ERRORS
 
 log = logging.getLogger("spotrelay.router.health")
 
 
 def http_probe(timeout_s: float) -> Callable[[Node], bool]:
     """A probe that GETs ``/health`` through the node's own connection pool."""
-    timeout = urllib3.Timeout(connect=timeout_s, read=timeout_s)
 
     def probe(node: Node) -> bool:
-        headers = {}
-        host = host_header(node.target)
-        if host:
-            headers["Host"] = host
         try:
-            resp = node.pool.urlopen(
-                "GET", "/health", headers=headers, retries=False, redirect=False, timeout=timeout
+            resp = node.pool.request(
+                "GET", "/health", connect_timeout=timeout_s, read_timeout=timeout_s
             )
+            resp.read()
+            resp.release()
         except UPSTREAM_ERRORS:
             return False
         return resp.status == 200

@@ -31,8 +31,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import urllib3
-
 from spotrelay.core.errors import openai_error
 
 from .balancer import Balancer
@@ -46,7 +44,6 @@ from .upstream import (
     Upstream,
     classify,
     error_event_message,
-    host_header,
     is_error_event,
 )
 
@@ -173,6 +170,9 @@ class _Chunks:
         upstream.close(abort=not upstream.done)
 
 
+ACCEPT_RE = re.compile(r"^[\x20-\x7e]{1,256}$")
+
+
 def request_id_from(header: str | None) -> str:
     """The client's X-Request-ID when it is sane, else a fresh one."""
     if header and REQUEST_ID_RE.match(header):
@@ -211,7 +211,7 @@ def parse_request(
         received=received,
         deadline=received + deadline_s,
         session_key=session_key or None,
-        accept=accept,
+        accept=accept if accept and ACCEPT_RE.match(accept) else None,
     )
 
 
@@ -244,8 +244,6 @@ class Proxy:
         self.clock = clock
         self.sleep = sleep
         self.stream_handler_factory = stream_handler_factory or (lambda req, proxy: EndWithError())
-        self._timeout = urllib3.Timeout(connect=timeouts.connect_s, read=timeouts.first_byte_s)
-        self._longest = max(timeouts.connect_s, timeouts.first_byte_s)
 
     # -- the request as a whole --------------------------------------------------------
 
@@ -330,21 +328,15 @@ class Proxy:
         headers = {"Content-Type": "application/json", "X-Request-ID": req.request_id}
         if req.accept:
             headers["Accept"] = req.accept
-        host = host_header(node.target)
-        if host:
-            headers["Host"] = host
+        connect_s, read_s = self._timeouts_for(req)
         try:
-            resp = node.pool.urlopen(
+            resp = node.pool.request(
                 req.method,
                 req.path,
-                body=req.body,
                 headers=headers,
-                retries=False,
-                redirect=False,
-                assert_same_host=False,
-                timeout=self._timeout_for(req),
-                preload_content=False,
-                release_conn=False,
+                body=req.body,
+                connect_timeout=connect_s,
+                read_timeout=read_s,
             )
         except UPSTREAM_ERRORS as exc:
             self.registry.release(node)
@@ -354,13 +346,12 @@ class Proxy:
         handed_over = False
         try:
             status = resp.status
-            content_type = resp.headers.get("Content-Type", "application/json")
+            content_type = resp.headers.get("content-type", "application/json")
             if status in RETRYABLE_STATUS:
                 body = resp.read()
-                upstream.done = True
                 extra = {}
-                if resp.headers.get("Retry-After"):
-                    extra["Retry-After"] = resp.headers["Retry-After"]
+                if resp.headers.get("retry-after"):
+                    extra["Retry-After"] = resp.headers["retry-after"]
                 return Failure(
                     FailureKind.STATUS,
                     node.id,
@@ -383,7 +374,6 @@ class Proxy:
                 handed_over = True
                 return StreamStart(upstream, batches, first)
             body = resp.read()
-            upstream.done = True
             self.metrics.upstream_latency.observe(self.clock() - started)
             return Answer(status, body, content_type, node.id)
         except UPSTREAM_ERRORS as exc:
@@ -393,15 +383,10 @@ class Proxy:
             if not handed_over:
                 upstream.close()
 
-    def _timeout_for(self, req: ProxyRequest) -> urllib3.Timeout:
-        remaining = req.deadline - self.clock()
-        if remaining >= self._longest:
-            return self._timeout
-        remaining = max(remaining, 0.01)
-        return urllib3.Timeout(
-            connect=min(self.timeouts.connect_s, remaining),
-            read=min(self.timeouts.first_byte_s, remaining),
-        )
+    def _timeouts_for(self, req: ProxyRequest) -> tuple[float, float]:
+        """Connect and first-byte timeouts, shortened to what is left of the deadline."""
+        remaining = max(req.deadline - self.clock(), 0.01)
+        return min(self.timeouts.connect_s, remaining), min(self.timeouts.first_byte_s, remaining)
 
     # -- choosing a node and waiting for capacity -------------------------------------------
 

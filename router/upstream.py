@@ -1,68 +1,56 @@
 """Talking to nodes: connection pools, open responses, failure classification, SSE framing.
 
-One urllib3 ``HTTPConnectionPool`` per node (made when the node registers,
-closed when it leaves) keeps upstream connections alive across requests;
-``requests.Session`` costs too much per call for the hot path (DESIGN.md,
-"Serving model, measured"). Pools connect to the address the network policy
-vetted, presenting the registered host name as ``Host``/SNI.
+One keep-alive pool per node (:class:`spotrelay.router.h1.Pool`, made when
+the node registers, closed when it leaves). Pools connect to the address the
+network policy vetted, presenting the registered host name as ``Host``/SNI.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
-import socket
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
-import urllib3
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    HTTPError,
-    NewConnectionError,
-    ProtocolError,
-    ReadTimeoutError,
-)
-
+from .h1 import ConnectFailed, Pool, Response
 from .netpolicy import NodeTarget
 from .registry import Node, Registry
 from .retry import FailureKind
 
 DONE_PREFIX = b"data: [DONE]"
-READ_SIZE = 65536
+
+# Everything the node connection can raise: h1 raises OSError subclasses only.
+UPSTREAM_ERRORS = (OSError,)
 
 
-def make_pool(target: NodeTarget, maxsize: int) -> urllib3.HTTPConnectionPool:
-    """A keep-alive pool for one node; never blocks (extra connections are not kept)."""
-    common: dict[str, Any] = {"maxsize": maxsize, "block": False, "retries": False}
-    if target.scheme == "https":
-        if target.is_name:
-            common.update(server_hostname=target.host, assert_hostname=target.host)
-        return urllib3.HTTPSConnectionPool(target.address, target.port, **common)
-    return urllib3.HTTPConnectionPool(target.address, target.port, **common)
-
-
-def host_header(target: NodeTarget) -> str | None:
-    """The ``Host`` to send when connecting to a resolved name (None: urllib3's default)."""
-    if not target.is_name:
-        return None
+def host_header(target: NodeTarget) -> str:
+    """``Host`` as the node expects it: the registered name (or address) and a non-default port."""
     default = 443 if target.scheme == "https" else 80
-    return target.host if target.port == default else f"{target.host}:{target.port}"
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    return host if target.port == default else f"{host}:{target.port}"
+
+
+def make_pool(target: NodeTarget, maxsize: int) -> Pool:
+    """A keep-alive pool for one node, connecting to its vetted address."""
+    tls = ssl.create_default_context() if target.scheme == "https" else None
+    return Pool(
+        target.address,
+        target.port,
+        host_header=host_header(target),
+        maxsize=maxsize,
+        tls_server_name=target.host if tls else None,
+        ssl_context=tls,
+    )
 
 
 def classify(exc: BaseException) -> tuple[FailureKind, str]:
-    """What kind of failure an exception from urllib3 / the socket is."""
-    if isinstance(exc, NewConnectionError):
-        return FailureKind.CONNECT_ERROR, _short(exc)
-    if isinstance(exc, ConnectTimeoutError):
-        return FailureKind.CONNECT_TIMEOUT, _short(exc)
-    if isinstance(exc, (ReadTimeoutError, socket.timeout, TimeoutError)):
-        return FailureKind.FIRST_BYTE_TIMEOUT, _short(exc)
+    """What kind of failure an exception from a node connection is."""
+    if isinstance(exc, ConnectFailed):
+        kind = FailureKind.CONNECT_TIMEOUT if exc.timed_out else FailureKind.CONNECT_ERROR
+        return kind, _short(exc)
+    if isinstance(exc, TimeoutError):
+        return FailureKind.FIRST_BYTE_TIMEOUT, _short(exc) or "timed out"
     return FailureKind.RESET, _short(exc)
-
-
-UPSTREAM_ERRORS = (HTTPError, ProtocolError, OSError, http.client.HTTPException)
 
 
 def _short(exc: BaseException) -> str:
@@ -96,11 +84,15 @@ class Upstream:
     """An open upstream response; holds one in-flight lease on its node until closed."""
 
     node: Node
-    resp: urllib3.BaseHTTPResponse
+    resp: Response
     registry: Registry
     started: float
-    done: bool = False  # the upstream finished its body cleanly (connection reusable)
     _closed: bool = field(default=False, repr=False)
+
+    @property
+    def done(self) -> bool:
+        """The node finished the body cleanly (the connection can be reused)."""
+        return self.resp.complete
 
     def close(self, *, abort: bool = False) -> None:
         """Release the lease; close the connection unless the body completed.
@@ -112,35 +104,20 @@ class Upstream:
             return
         self._closed = True
         try:
-            if abort or not self.done:
+            if abort or not self.resp.complete:
                 self.resp.close()
-            self.resp.release_conn()
-        except UPSTREAM_ERRORS:
-            pass
+            else:
+                self.resp.release()
         finally:
             self.registry.release(self.node)
 
     def set_read_timeout(self, seconds: float) -> None:
         """Change the socket timeout for the rest of the body (stream idle timeout)."""
-        conn = getattr(self.resp, "connection", None)
-        sock = getattr(conn, "sock", None)
-        if sock is not None:
-            sock.settimeout(seconds)
+        self.resp.set_timeout(seconds)
 
     def raw_chunks(self) -> Iterator[bytes]:
-        """Body bytes as they arrive: one HTTP chunk at a time, or whatever is readable."""
-        resp = self.resp
-        if resp.chunked and resp.supports_chunked_reads():  # type: ignore[attr-defined]
-            for chunk in resp.read_chunked(decode_content=False):  # type: ignore[attr-defined]
-                if chunk:
-                    yield chunk
-        else:
-            while True:
-                data = resp.read1(READ_SIZE, decode_content=False)  # type: ignore[attr-defined]
-                if not data:
-                    break
-                yield data
-        self.done = True
+        """Body bytes as they arrive."""
+        return self.resp.chunks()
 
     def event_batches(self) -> Iterator[list[bytes]]:
         """Complete SSE events, grouped as they arrived (one list per upstream read).

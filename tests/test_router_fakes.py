@@ -1,7 +1,7 @@
 """In-memory stand-ins for node connections, shared by the router's unit tests (no tests here).
 
-The router's plain classes talk to nodes through a urllib3-like pool
-(``urlopen`` returning a response object). These fakes script what a node
+The router's plain classes talk to nodes through a pool
+(``request`` returning a :class:`spotrelay.router.h1.Response`). These fakes script what a node
 does — answer, fail to connect, reset, send SSE chunks then break — so the
 retry, relay and routing logic can be tested fast and deterministically.
 The integration tests (``test_router_integration.py``) use real simulators.
@@ -13,9 +13,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from urllib3 import HTTPHeaderDict
-from urllib3.exceptions import NewConnectionError, ProtocolError, ReadTimeoutError
-
+from spotrelay.router.h1 import ConnectFailed
 from spotrelay.router.netpolicy import NodeTarget
 from spotrelay.router.settings import RouterConfig
 
@@ -33,7 +31,8 @@ DONE = b"data: [DONE]\n\n"
 
 
 class FakeResp:
-    """A urllib3 response: a whole body, or chunks (bytes or exceptions to raise)."""
+    """A node response (:class:`spotrelay.router.h1.Response`'s interface): a whole body,
+    or chunks (bytes, exceptions to raise, or callables to run) that arrive one by one."""
 
     def __init__(
         self,
@@ -47,51 +46,53 @@ class FakeResp:
     ) -> None:
         self.status = status
         self.body = body
-        self.chunks = chunks
-        self.chunked = chunks is not None
+        self.chunk_script = chunks
         ct = content_type or ("text/event-stream" if chunks is not None else "application/json")
-        self.headers = HTTPHeaderDict({"Content-Type": ct, **(headers or {})})
+        self.headers = {"content-type": ct, **{k.lower(): v for k, v in (headers or {}).items()}}
         self.read_error = read_error
+        self.complete = False
         self.closed = False
         self.released = False
-        self.connection = None
+        self.timeout: float | None = None
 
-    def supports_chunked_reads(self) -> bool:
-        return True
-
-    def read_chunked(self, decode_content: bool = False):
-        for item in self.chunks or []:
-            if isinstance(item, BaseException):
-                raise item
-            if callable(item):
-                item()
-                continue
-            yield item
+    def chunks(self):
+        if self.chunk_script is None:
+            if self.read_error:
+                raise self.read_error
+            yield self.body
+        else:
+            for item in self.chunk_script:
+                if isinstance(item, BaseException):
+                    raise item
+                if callable(item):
+                    item()
+                    continue
+                yield item
+        self.complete = True
 
     def read(self) -> bytes:
-        if self.read_error:
-            raise self.read_error
-        if self.chunks is not None:
-            return b"".join(self.read_chunked())
-        return self.body
+        return b"".join(self.chunks())
+
+    def set_timeout(self, seconds: float | None) -> None:
+        self.timeout = seconds
 
     def close(self) -> None:
         self.closed = True
 
-    def release_conn(self) -> None:
+    def release(self) -> None:
         self.released = True
 
 
-def refused() -> NewConnectionError:
-    return NewConnectionError(None, "Failed to establish a new connection: [Errno 111] refused")
+def refused() -> ConnectFailed:
+    return ConnectFailed("connect to 10.0.0.1:8000: [Errno 111] Connection refused")
 
 
-def reset() -> ProtocolError:
-    return ProtocolError("Connection aborted.", ConnectionResetError(104, "reset"))
+def reset() -> ConnectionResetError:
+    return ConnectionResetError(104, "Connection reset by peer")
 
 
-def read_timeout() -> ReadTimeoutError:
-    return ReadTimeoutError(None, "/v1/completions", "Read timed out.")
+def read_timeout() -> TimeoutError:
+    return TimeoutError("timed out")
 
 
 Behaviour = Callable[[dict[str, Any]], FakeResp]
@@ -105,9 +106,9 @@ class FakePool:
         self.fleet = fleet
         self.closed = False
 
-    def urlopen(self, method: str, url: str, body: bytes | None = None, headers=None, **kw):
-        call = {"method": method, "url": url, "body": body, "headers": dict(headers or {}),
-                "target": self.target.url, **kw}  # fmt: skip
+    def request(self, method: str, path: str, *, headers=None, body: bytes = b"", **timeouts):
+        call = {"method": method, "url": path, "body": body, "headers": dict(headers or {}),
+                "target": self.target.url, **timeouts}  # fmt: skip
         self.fleet.calls.append(call)
         behaviour = self.fleet.behaviour.get(self.target.url, lambda c: FakeResp())
         return behaviour(call)

@@ -213,8 +213,7 @@ def test_short_deadline_shortens_upstream_timeouts():
     register(svc, "a", A)
     fleet.behaviour[A] = answering(ok_answer())
     svc.proxy.forward(request(svc))
-    timeout = fleet.calls[0]["timeout"]
-    assert timeout.read_timeout <= 1 and timeout.connect_timeout <= 1
+    assert fleet.calls[0]["read_timeout"] <= 1 and fleet.calls[0]["connect_timeout"] <= 1
 
 
 def test_session_affinity_routes_a_session_to_one_node():
@@ -228,12 +227,20 @@ def test_session_affinity_routes_a_session_to_one_node():
     assert len(targets) == 1
 
 
-def test_hostname_nodes_get_their_name_as_host_header():
-    svc, fleet = build(dns={"node-1.internal": ["10.0.0.9"]})
+def test_hostname_nodes_are_reached_at_the_vetted_address_with_their_name():
+    from spotrelay.router.netpolicy import NetPolicy
+    from spotrelay.router.upstream import make_pool
+
+    dns = {"node-1.internal": ["10.0.0.9"]}
+    svc, fleet = build(dns=dns)
     register(svc, "a", "http://node-1.internal:8000")
-    svc.proxy.forward(request(svc))
-    assert fleet.calls[0]["headers"]["Host"] == "node-1.internal:8000"
     assert fleet.pools[0].target.address == "10.0.0.9"
+    policy = NetPolicy(["10.0.0.0/8"], lambda host, port: dns[host])
+    pool = make_pool(policy.validate("http://node-1.internal:8000"), 4)
+    assert (pool.address, pool.port, pool.host_header) == ("10.0.0.9", 8000, "node-1.internal:8000")
+    tls = make_pool(policy.validate("https://node-1.internal"), 4)
+    assert tls.host_header == "node-1.internal" and tls.tls_server_name == "node-1.internal"
+    assert make_pool(policy.validate("http://10.0.0.5:80"), 4).host_header == "10.0.0.5"
 
 
 # -- capacity --------------------------------------------------------------------------------

@@ -1,0 +1,247 @@
+"""The router's HTTP/1.1 node client against scripted raw-socket servers on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from spotrelay.router.h1 import ConnectFailed, Pool, ProtocolError
+
+
+class RawServer:
+    """Accepts connections; ``handler(conn, index)`` scripts each one (in its own thread)."""
+
+    def __init__(self, handler: Callable[[socket.socket, int], None]) -> None:
+        self.handler = handler
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.requests: list[bytes] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            index = self.connections
+            self.connections += 1
+            threading.Thread(target=self._run, args=(conn, index), daemon=True).start()
+
+    def _run(self, conn: socket.socket, index: int) -> None:
+        with conn, contextlib.suppress(OSError):
+            self.handler(conn, index)
+
+    def read_request(self, conn: socket.socket) -> bytes | None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            part = conn.recv(65536)
+            if not part:
+                return None
+            data += part
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(rest) < length:
+            rest += conn.recv(65536)
+        self.requests.append(head + b"\r\n\r\n" + rest)
+        return head
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def serve():
+    servers: list[RawServer] = []
+
+    def make(handler):
+        servers.append(RawServer(handler))
+        return servers[-1]
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+def pool_for(server: RawServer, maxsize: int = 256) -> Pool:
+    return Pool("127.0.0.1", server.port, host_header=f"127.0.0.1:{server.port}", maxsize=maxsize)
+
+
+OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n{"ok": 1 }'
+
+
+def test_sized_body_and_keep_alive_reuse(serve):
+    def handler(conn, index):
+        while server.read_request(conn) is not None:
+            conn.sendall(OK)
+
+    server = serve(handler)
+    pool = pool_for(server)
+    for _ in range(3):
+        resp = pool.request("POST", "/v1/x", headers={"X-Request-ID": "r1"}, body=b'{"a": 1}')
+        assert resp.status == 200 and resp.headers["content-type"] == "application/json"
+        assert resp.read() == b'{"ok": 1 }' and resp.complete
+        resp.release()
+    assert server.connections == 1, "one keep-alive connection for all requests"
+    first = server.requests[0]
+    assert first.startswith(b"POST /v1/x HTTP/1.1\r\nHost: 127.0.0.1:")
+    assert b"X-Request-ID: r1\r\n" in first and b"Content-Length: 8\r\n" in first
+    assert first.endswith(b'\r\n\r\n{"a": 1}')
+
+
+def test_chunked_body_arrives_piece_by_piece(serve):
+    gate = threading.Event()
+
+    def handler(conn, index):
+        server.read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n")
+        gate.wait(5)
+        conn.sendall(b"6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n")
+        server.read_request(conn)  # keep the connection open for reuse
+
+    server = serve(handler)
+    resp = pool_for(server).request("GET", "/stream")
+    pieces = resp.chunks()
+    assert next(pieces) == b"hello", "the first chunk is available before the second is sent"
+    gate.set()
+    assert list(pieces) == [b" world"] and resp.complete
+    resp.release()
+
+
+def test_close_delimited_body_and_connection_close(serve):
+    def handler(conn, index):
+        server.read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npart one, ")
+        time.sleep(0.05)
+        conn.sendall(b"part two")
+
+    server = serve(handler)
+    pool = pool_for(server)
+    resp = pool.request("GET", "/")
+    assert resp.read() == b"part one, part two"
+    resp.release()
+    resp = pool.request("GET", "/")
+    resp.read()
+    assert server.connections == 2, "a Connection: close answer is not reused"
+
+
+def test_no_body_statuses(serve):
+    def handler(conn, index):
+        while server.read_request(conn) is not None:
+            conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    server = serve(handler)
+    pool = pool_for(server)
+    for _ in range(2):
+        resp = pool.request("DELETE", "/x")
+        assert resp.status == 204 and resp.read() == b"" and resp.complete
+        resp.release()
+    assert server.connections == 1
+
+
+def test_idle_connection_closed_by_the_node_is_retried_once(serve):
+    def handler(conn, index):
+        server.read_request(conn)
+        conn.sendall(OK)
+        # like uvicorn's keep-alive timeout: close the idle connection
+
+    server = serve(handler)
+    pool = pool_for(server)
+    for _ in range(3):
+        resp = pool.request("POST", "/x", body=b"{}")
+        assert resp.read() == b'{"ok": 1 }'
+        resp.release()
+        time.sleep(0.05)
+    assert server.connections == 3
+    assert len(server.requests) == 3, "each request was sent to a live connection exactly once"
+
+
+def test_failures_are_oserrors_of_the_right_kind(serve):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    with pytest.raises(ConnectFailed) as refused:
+        Pool("127.0.0.1", dead_port, host_header="x").request("GET", "/")
+    assert not refused.value.timed_out
+
+    def silent(conn, index):
+        server.read_request(conn)
+        time.sleep(2)
+
+    server = serve(silent)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        pool_for(server).request("GET", "/", read_timeout=0.2)
+    assert time.monotonic() - started < 1.5
+
+    def hangup(conn, index):
+        server.read_request(conn)
+
+    server = serve(hangup)
+    with pytest.raises(ProtocolError, match="without a response"):
+        pool_for(server).request("GET", "/")
+
+    def short_body(conn, index):
+        server.read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
+
+    server = serve(short_body)
+    resp = pool_for(server).request("GET", "/")
+    with pytest.raises(ProtocolError, match="short"):
+        resp.read()
+    resp.close()
+
+    def broken_chunks(conn, index):
+        server.read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
+
+    server = serve(broken_chunks)
+    resp = pool_for(server).request("GET", "/")
+    with pytest.raises(ProtocolError, match="mid-response"):
+        resp.read()
+
+    def not_http(conn, index):
+        server.read_request(conn)
+        conn.sendall(b"SSH-2.0-OpenSSH\r\n\r\n")
+
+    server = serve(not_http)
+    with pytest.raises(ProtocolError, match="status line"):
+        pool_for(server).request("GET", "/")
+
+
+def test_header_injection_is_refused():
+    pool = Pool("127.0.0.1", 9, host_header="x")
+    with pytest.raises(ValueError, match="line break"):
+        pool.request("GET", "/", headers={"X-Request-ID": "a\r\nEvil: 1"})
+
+
+def test_pool_size_and_close(serve):
+    def handler(conn, index):
+        while server.read_request(conn) is not None:
+            conn.sendall(OK)
+
+    server = serve(handler)
+    pool = pool_for(server, maxsize=1)
+    a = pool.request("GET", "/")
+    b = pool.request("GET", "/")
+    a.read()
+    b.read()
+    a.release()
+    b.release()  # the pool is full: this connection is closed
+    assert server.connections == 2 and len(pool._idle) == 1
+    pool.close()
+    assert pool._idle == []
+    resp = pool.request("GET", "/")
+    resp.read()
+    resp.release()  # a closed pool keeps nothing
+    assert pool._idle == []

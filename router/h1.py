@@ -192,6 +192,12 @@ class Response:
         if self._conn is not None:
             self._conn.sock.settimeout(seconds)
 
+    def interrupt(self) -> None:
+        """Make a read blocked on this response (in another thread or greenlet) fail now."""
+        if self._conn is not None:
+            with contextlib.suppress(OSError):
+                self._conn.sock.shutdown(socket.SHUT_RDWR)
+
     def release(self) -> None:
         """Back to the pool when the body was read completely and the node keeps it alive."""
         conn, self._conn = self._conn, None

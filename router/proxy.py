@@ -41,6 +41,7 @@ from .settings import Routing, Timeouts
 from .stream import EndWithError, StreamBreak, StreamHandler, StreamRelay
 from .upstream import (
     UPSTREAM_ERRORS,
+    IdleWatchdog,
     Upstream,
     classify,
     error_event_message,
@@ -232,8 +233,10 @@ class Proxy:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         stream_handler_factory: Callable[[ProxyRequest, Proxy], StreamHandler] | None = None,
+        watchdog: IdleWatchdog | None = None,
     ) -> None:
         self.registry = registry
+        self.watchdog = watchdog
         self.balancer = balancer
         self.policy = policy
         self.budget = budget
@@ -369,7 +372,7 @@ class Proxy:
                 if is_error_event(first[0]):
                     msg = error_event_message(first[0])
                     return Failure(FailureKind.ERROR_EVENT, node.id, msg)
-                upstream.set_read_timeout(self.timeouts.stream_idle_s)
+                upstream.watch_idle(self.timeouts.stream_idle_s, self.watchdog)
                 self.metrics.upstream_latency.observe(self.clock() - started)
                 handed_over = True
                 return StreamStart(upstream, batches, first)

@@ -28,7 +28,7 @@ from .resume import resume_handler_factory
 from .retry import RetryBudget, RetryPolicy
 from .settings import RouterConfig
 from .stream import StreamHandler
-from .upstream import make_pool
+from .upstream import IdleWatchdog, make_pool
 
 log = logging.getLogger("spotrelay.router")
 
@@ -76,6 +76,7 @@ class RouterService:
         )
         self.metrics.bind(self.registry, self.budget)
         self.registry.listeners.append(_log_node_event)
+        self.watchdog = IdleWatchdog(tick_s=min(1.0, cfg.timeouts.stream_idle_s / 4))
         self.proxy = Proxy(
             registry=self.registry,
             balancer=Balancer(),
@@ -88,6 +89,7 @@ class RouterService:
             routing=cfg.routing,
             access_log=cfg.server.access_log,
             clock=clock,
+            watchdog=self.watchdog,
             stream_handler_factory=stream_handler_factory
             or resume_handler_factory(cfg.resume, self.metrics),
         )
@@ -101,9 +103,11 @@ class RouterService:
     def start(self) -> None:
         """Start background upkeep (TTL expiry, probes); call once per worker process."""
         self.health.start()
+        self.watchdog.start()
 
     def stop(self) -> None:
         self.health.stop()
+        self.watchdog.stop()
 
     # -- control plane -------------------------------------------------------------------
 

@@ -189,6 +189,9 @@ class StreamRelay:
 
     def _break_for(self, exc: BaseException | None) -> StreamBreak:
         node_id = self.upstream.node.id
+        if self.upstream.idle_timed_out:
+            detail = f"no data for {self.upstream.idle_s:g}s"
+            return StreamBreak(BreakReason.IDLE_TIMEOUT, detail, node_id, self.events_sent)
         if exc is None:
             return StreamBreak(BreakReason.EOF, "no data: [DONE]", node_id, self.events_sent)
         kind, detail = classify(exc)

@@ -79,6 +79,9 @@ class FakeResp:
     def close(self) -> None:
         self.closed = True
 
+    def interrupt(self) -> None:
+        self.closed = True
+
     def release(self) -> None:
         self.released = True
 

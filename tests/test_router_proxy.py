@@ -508,3 +508,40 @@ def test_sse_framing_across_odd_chunk_boundaries():
     assert events == [chunk("one"), chunk("two"), DONE]
     up.close()
     assert a.in_flight == 0
+
+
+def test_stalled_stream_is_ended_by_the_idle_watchdog():
+    """A real node connection: one event, then silence; the watchdog ends it cleanly."""
+    from tests.test_router_h1 import RawServer
+
+    event = chunk("only")
+
+    def stalls(conn, index):
+        server.read_request(conn)
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%b\r\n" % (len(event), event)
+        )
+        time.sleep(5)  # fmt: skip
+
+    server = RawServer(stalls)
+    try:
+        svc = RouterService(
+            fast_config(timeouts={"stream_idle_s": 0.4}),
+            "node-secret",
+            stream_handler_factory=lambda req, proxy: EndWithError(),
+        )
+        svc.start()
+        register(svc, "a", f"http://127.0.0.1:{server.port}")
+        started = time.monotonic()
+        resp = svc.proxy.forward(stream_request(svc))
+        data = body_of(resp)
+        assert 0.3 < time.monotonic() - started < 3
+        assert data.startswith(event) and data.endswith(DONE)
+        assert b"idle_timeout" in data
+        assert svc.metrics.stream_breaks.labels("idle_timeout")._value.get() == 1
+        assert len(svc.watchdog) == 0
+        assert_idle(svc)
+        svc.stop()
+    finally:
+        server.close()

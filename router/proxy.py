@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -178,7 +178,7 @@ def request_id_from(header: str | None) -> str:
     """The client's X-Request-ID when it is sane, else a fresh one."""
     if header and REQUEST_ID_RE.match(header):
         return header
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 def parse_request(

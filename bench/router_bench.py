@@ -1,0 +1,562 @@
+#!/usr/bin/env python3
+"""Benchmark: what does the router cost, next to no proxy at all and next to HAProxy?
+
+In one run, against the same ``spotrelay sim vllm`` engine, three paths side by side:
+
+* ``direct``  — client → engine;
+* ``router``  — client → ``spotrelay router`` (gunicorn, one gevent worker) → engine;
+* ``haproxy`` — client → HAProxy (Debian's, ``mode http``, one thread) → engine;
+  skipped with a message when ``haproxy`` is not installed.
+
+Measured (the issue's figures):
+
+1. added latency of a non-streaming request, p50 and p99, at concurrency 1
+   (engine set to answer at once: ttft 0, itl 0, one token);
+2. maximum non-streaming requests/s (32 connections, like DESIGN.md's prototype);
+3. concurrent streams held with the inter-token delay added ≤ 5 ms at p99:
+   for each stream count, the p99 gap between tokens through the path minus the
+   p99 gap direct at the same count.
+
+Load generators: ``wrk`` (Debian package) for 1 and 2 when installed, else an
+aiohttp closed-loop client in separate processes; streams are read by a raw
+asyncio client in separate processes that timestamps each SSE event on arrival.
+
+All processes share this machine's cores (see ``--json`` for the CPU count):
+the figures are relative, not absolute.
+
+Usage::
+
+    .venv/bin/python bench/router_bench.py                     # defaults below
+    .venv/bin/python bench/router_bench.py --streams 250,500,1000,1500 --itl-ms 50
+    .venv/bin/python bench/router_bench.py --quick --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import multiprocessing as mp
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+from spotrelay.core.net import free_port, http_ok
+from spotrelay.core.processes import ManagedProcess, ProcessGroup, spotrelay_argv
+
+MODEL = "sim-model"
+TOKEN = "bench-token"
+HOST = "127.0.0.1"
+ADDED_GAP_TARGET_MS = 5.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+# -- processes --------------------------------------------------------------------------------
+
+
+# port -> pid of the process that does the work behind it (the router's worker, not its master)
+WORKERS: dict[int, int] = {}
+
+
+def start(procs: ProcessGroup, name: str, argv: list[str], ready_url: str, logdir: Path):
+    proc = procs.start(ManagedProcess(name, argv, log_path=logdir / f"{name}.log"))
+    proc.wait_ready(lambda: http_ok(ready_url), timeout=30)
+    port = int(ready_url.rsplit(":", 1)[1].split("/", 1)[0])
+    children = psutil.Process(proc.pid).children()
+    WORKERS[port] = children[0].pid if children else proc.pid
+    return proc
+
+
+def cpu_seconds(port: int) -> float:
+    """CPU time (user + system) used so far by the process serving ``port``."""
+    times = psutil.Process(WORKERS[port]).cpu_times()
+    return times.user + times.system
+
+
+def start_sim(procs, logdir, name: str, ttft_ms: float, itl_ms: float) -> int:
+    port = free_port()
+    argv = spotrelay_argv(
+        "sim", "vllm", "--host", HOST, "--port", str(port), "--model", MODEL,
+        "--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms),
+        "--max-num-seqs", "100000", "--max-model-len", "100000", "--log-level", "warning",
+    )  # fmt: skip
+    start(procs, name, argv, f"http://{HOST}:{port}/health", logdir)
+    return port
+
+
+def start_router(procs, logdir, engine_ports: list[int]) -> int:
+    port = free_port()
+    cfg = logdir / "router.yaml"
+    cfg.write_text(
+        json.dumps(
+            {
+                "server": {
+                    "access_log": False,
+                    "worker_connections": 20000,
+                    "upstream_pool_size": 4096,
+                    "graceful_timeout_s": 1,
+                },
+                "auth": {"node_token": TOKEN},
+                "registry": {"ttl_s": 86400},  # registered once, no heartbeats needed
+            }
+        )
+    )
+    argv = spotrelay_argv(
+        "router", "--config", str(cfg), "--host", HOST, "--port", str(port),
+        "--log-level", "warning",
+    )  # fmt: skip
+    start(procs, "router", argv, f"http://{HOST}:{port}/healthz", logdir)
+    for i, engine in enumerate(engine_ports):
+        body = {"url": f"http://{HOST}:{engine}", "models": [MODEL]}
+        req = urllib.request.Request(
+            f"http://{HOST}:{port}/nodes/engine-{i}",
+            data=json.dumps(body).encode(),
+            method="PUT",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+        urllib.request.urlopen(req, timeout=5).read()
+    return port
+
+
+def haproxy_config(port: int, engine: int) -> str:
+    return f"""
+global
+    maxconn 8000
+    nbthread 1
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 600s
+    timeout server 600s
+    option http-keep-alive
+    option http-no-delay
+    http-reuse always
+frontend bench
+    bind {HOST}:{port}
+    default_backend engine
+backend engine
+    server e0 {HOST}:{engine} maxconn 8000
+"""
+
+
+def start_haproxy(procs, logdir, engine: int) -> int | None:
+    binary = shutil.which("haproxy")
+    if not binary:
+        return None
+    port = free_port()
+    cfg = logdir / "haproxy.cfg"
+    cfg.write_text(haproxy_config(port, engine))
+    # /v1/models is proxied like anything else: the engine answers it.
+    start(procs, "haproxy", [binary, "-db", "-f", str(cfg)], f"http://{HOST}:{port}/health", logdir)
+    return port
+
+
+# -- non-streaming load: wrk, or an aiohttp fallback ------------------------------------------
+
+WRK_SCRIPT = f"""
+wrk.method = "POST"
+wrk.body = '{{"model": "{MODEL}", "prompt": "hi", "max_tokens": 1}}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _ms(text: str) -> float:
+    match = re.match(r"([0-9.]+)(us|ms|s)$", text.strip())
+    if not match:
+        return float("nan")
+    return float(match.group(1)) * UNITS[match.group(2)]
+
+
+def wrk_run(port: int, connections: int, threads: int, seconds: float, script: Path) -> dict:
+    out = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s", "--latency",
+         "-s", str(script), f"http://{HOST}:{port}/v1/completions"],
+        capture_output=True, text=True, timeout=seconds + 60, check=True,
+    ).stdout  # fmt: skip
+    rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)$", out, re.M)
+    return {
+        "rps": rps,
+        "p50_ms": _ms(lat.get("50", "nan")),
+        "p99_ms": _ms(lat.get("99", "nan")),
+        "non_2xx": int(errors.group(1)) if errors else 0,
+        "socket_errors": socket_errors.group(1) if socket_errors else "",
+    }
+
+
+def _aiohttp_worker(port: int, connections: int, seconds: float, queue) -> None:
+    import aiohttp
+
+    async def main() -> dict:
+        body = json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 1}).encode()
+        url = f"http://{HOST}:{port}/v1/completions"
+        lat: list[float] = []
+        bad = 0
+        stop = time.monotonic() + seconds
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+            async def loop() -> None:
+                nonlocal bad
+                while time.monotonic() < stop:
+                    t0 = time.perf_counter()
+                    async with session.post(
+                        url, data=body, headers={"Content-Type": "application/json"}
+                    ) as resp:
+                        await resp.read()
+                        bad += resp.status != 200
+                    lat.append((time.perf_counter() - t0) * 1000)
+
+            await asyncio.gather(*(loop() for _ in range(connections)))
+        return {"lat": lat, "bad": bad}
+
+    queue.put(asyncio.run(main()))
+
+
+def aiohttp_run(port: int, connections: int, procs: int, seconds: float) -> dict:
+    queue: mp.Queue = mp.Queue()
+    per = max(1, connections // procs)
+    workers = [
+        mp.Process(target=_aiohttp_worker, args=(port, per, seconds, queue)) for _ in range(procs)
+    ]
+    for w in workers:
+        w.start()
+    results = [queue.get(timeout=seconds + 60) for _ in workers]
+    for w in workers:
+        w.join()
+    lat = [x for r in results for x in r["lat"]]
+    return {
+        "rps": len(lat) / seconds,
+        "p50_ms": percentile(lat, 50),
+        "p99_ms": percentile(lat, 99),
+        "non_2xx": sum(r["bad"] for r in results),
+        "socket_errors": "",
+    }
+
+
+def load(port: int, connections: int, seconds: float, script: Path) -> dict:
+    before = cpu_seconds(port)
+    if shutil.which("wrk"):
+        result = wrk_run(port, connections, min(2, connections), seconds, script)
+    else:
+        result = aiohttp_run(port, connections, min(2, connections), seconds)
+    requests = result["rps"] * seconds
+    result["cpu_us_per_request"] = (cpu_seconds(port) - before) / max(1, requests) * 1e6
+    return result
+
+
+# -- streams ----------------------------------------------------------------------------------
+
+
+class _Reader(asyncio.Protocol):
+    """Sends one streaming request; timestamps every SSE event as it arrives."""
+
+    def __init__(self, request: bytes, done: asyncio.Future) -> None:
+        self.request, self.done = request, done
+        self.loop = asyncio.get_running_loop()
+        self.stamps: list[float] = []
+        self.ok: bool | None = None
+        self.tail = b""
+
+    def connection_made(self, transport) -> None:
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        now = self.loop.time()
+        if self.ok is None:
+            self.ok = data.startswith(b"HTTP/1.1 200")
+        n = (self.tail + data).count(b"\n\n")
+        self.tail = data[-1:]
+        self.stamps.extend([now] * n)
+        if b"[DONE]" in data and not self.done.done():
+            self.done.set_result(None)
+
+    def connection_lost(self, exc) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+def _stream_worker(port: int, count: int, tokens: int, ramp_s: float, start_at: float, queue):
+    async def one(request: bytes, delay: float, out: dict) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(delay)
+        done = loop.create_future()
+        try:
+            transport, proto = await loop.create_connection(
+                lambda: _Reader(request, done), HOST, port
+            )
+        except OSError:
+            out["errors"] += 1
+            return
+        await done
+        transport.close()
+        content = proto.stamps[:tokens]
+        if not proto.ok or len(content) < tokens:
+            out["errors"] += 1
+            return
+        out["ok"] += 1
+        out["gaps"].extend((b - a) * 1000 for a, b in itertools.pairwise(content))
+
+    async def main() -> dict:
+        body = json.dumps(
+            {"model": MODEL, "prompt": "bench", "max_tokens": tokens, "stream": True}
+        ).encode()
+        request = (
+            b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+        )
+        out = {"ok": 0, "errors": 0, "gaps": []}
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        await asyncio.gather(*(one(request, ramp_s * i / count, out) for i in range(count)))
+        return out
+
+    queue.put(asyncio.run(main()))
+
+
+def streams_run(port: int, streams: int, tokens: int, clients: int, ramp_s: float) -> dict:
+    queue: mp.Queue = mp.Queue()
+    start_at = time.time() + 0.5
+    shares = [streams // clients + (1 if i < streams % clients else 0) for i in range(clients)]
+    workers = [
+        mp.Process(target=_stream_worker, args=(port, n, tokens, ramp_s, start_at, queue))
+        for n in shares
+        if n
+    ]
+    before = cpu_seconds(port)
+    for w in workers:
+        w.start()
+    results = [queue.get(timeout=600) for _ in workers]
+    for w in workers:
+        w.join()
+    used = cpu_seconds(port) - before
+    gaps = [g for r in results for g in r["gaps"]]
+    events = sum(r["ok"] for r in results) * tokens
+    return {
+        "cpu_us_per_event": used / max(1, events) * 1e6,
+        "streams": streams,
+        "ok": sum(r["ok"] for r in results),
+        "errors": sum(r["errors"] for r in results),
+        "gap_p50_ms": percentile(gaps, 50),
+        "gap_p99_ms": percentile(gaps, 99),
+        "gap_max_ms": max(gaps) if gaps else float("nan"),
+    }
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+def fmt(value: float, digits: int = 2) -> str:
+    return "-" if value != value else f"{value:.{digits}f}"  # NaN shows as "-"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10, help="per wrk run")
+    parser.add_argument("--connections", type=int, default=32, help="for max req/s")
+    parser.add_argument("--streams", default="250,500,1000,1500", help="stream counts to try")
+    parser.add_argument("--tokens", type=int, default=100, help="tokens per stream")
+    parser.add_argument("--itl-ms", type=float, default=50, help="engine inter-token latency")
+    parser.add_argument("--ttft-ms", type=float, default=50, help="engine time to first token")
+    parser.add_argument("--ramp-s", type=float, default=2.0, help="spread stream starts")
+    parser.add_argument("--clients", type=int, default=3, help="stream client processes")
+    parser.add_argument("--quick", action="store_true", help="short runs, fewer stream counts")
+    parser.add_argument("--no-haproxy", action="store_true", help="skip the HAProxy reference")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--logdir", help="keep process logs here (default: a temp dir)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.streams, args.tokens = 4, "250,1000", 60
+    stream_counts = [int(s) for s in args.streams.split(",") if s]
+
+    logdir = Path(args.logdir or tempfile.mkdtemp(prefix="router-bench-"))
+    logdir.mkdir(parents=True, exist_ok=True)
+    script = logdir / "post.lua"
+    script.write_text(WRK_SCRIPT)
+    report: dict = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "load_generator": "wrk" if shutil.which("wrk") else "aiohttp",
+        "settings": vars(args),
+    }
+    say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
+
+    with ProcessGroup() as procs:
+        fast = start_sim(procs, logdir, "engine-fast", 0, 0)
+        slow = start_sim(procs, logdir, "engine-streams", args.ttft_ms, args.itl_ms)
+        router = start_router(procs, logdir, [fast])
+        router_streams = start_router_for_streams(procs, logdir, slow)
+        hap = None if args.no_haproxy else start_haproxy(procs, logdir, fast)
+        hap_streams = None
+        if hap is not None:
+            hap_streams = start_haproxy_named(procs, logdir, slow, "haproxy-streams")
+        elif not args.no_haproxy:
+            say("haproxy is not installed (apt-get install haproxy): skipping the C reference")
+        paths = {"direct": fast, "router": router}
+        stream_paths = {"direct": slow, "router": router_streams}
+        if hap is not None:
+            paths["haproxy"] = hap
+            stream_paths["haproxy"] = hap_streams
+
+        say(f"warming up ({report['load_generator']}) ...")
+        for port in paths.values():
+            load(port, 4, 1, script)
+
+        say("1/3 added latency, non-streaming, concurrency 1")
+        report["latency"] = {
+            name: load(port, 1, args.seconds, script) for name, port in paths.items()
+        }
+        say("2/3 max non-streaming req/s")
+        report["throughput"] = {
+            name: load(port, args.connections, args.seconds, script) for name, port in paths.items()
+        }
+        say(f"3/3 concurrent streams (itl {args.itl_ms:g} ms, {args.tokens} tokens each)")
+        report["streams"] = {name: [] for name in stream_paths}
+        for count in stream_counts:
+            for name, port in stream_paths.items():
+                result = streams_run(port, count, args.tokens, args.clients, args.ramp_s)
+                report["streams"][name].append(result)
+                say(
+                    f"   {name:8s} {count:5d} streams: ok {result['ok']}, errors "
+                    f"{result['errors']}, gap p50 {fmt(result['gap_p50_ms'])} ms, "
+                    f"p99 {fmt(result['gap_p99_ms'])} ms, {fmt(result['cpu_us_per_event'], 0)} "
+                    "us CPU per event"
+                )
+
+    summarise(report)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+    return 0
+
+
+def start_router_for_streams(procs, logdir, engine: int) -> int:
+    """A second router (own process) in front of the streaming engine."""
+    sub = logdir / "streams"
+    sub.mkdir(exist_ok=True)
+    return start_router(procs, sub, [engine])
+
+
+def start_haproxy_named(procs, logdir, engine: int, name: str) -> int:
+    port = free_port()
+    cfg = logdir / f"{name}.cfg"
+    cfg.write_text(haproxy_config(port, engine))
+    binary = shutil.which("haproxy")
+    start(procs, name, [binary, "-db", "-f", str(cfg)], f"http://{HOST}:{port}/health", logdir)
+    return port
+
+
+def summarise(report: dict) -> None:
+    lat, thr, streams = report["latency"], report["throughput"], report["streams"]
+    direct = lat["direct"]
+    summary: dict = {}
+    for name in lat:
+        if name == "direct":
+            continue
+        held = 0
+        for mine, base in zip(streams[name], streams["direct"], strict=True):
+            added = mine["gap_p99_ms"] - base["gap_p99_ms"]
+            mine["added_p99_ms"] = added
+            if mine["errors"] == 0 and added <= ADDED_GAP_TARGET_MS:
+                held = max(held, mine["streams"])
+        per_event = [r["cpu_us_per_event"] for r in streams[name] if r["errors"] == 0]
+        summary[name] = {
+            "cpu_us_per_request": thr[name]["cpu_us_per_request"],
+            "cpu_us_per_stream_event": min(per_event) if per_event else float("nan"),
+            "added_p50_ms": lat[name]["p50_ms"] - direct["p50_ms"],
+            "added_p99_ms": lat[name]["p99_ms"] - direct["p99_ms"],
+            "max_rps": thr[name]["rps"],
+            "rps_vs_direct": thr[name]["rps"] / thr["direct"]["rps"],
+            "streams_held_within_5ms": held,
+        }
+    if "haproxy" in summary:
+        r, h = summary["router"], summary["haproxy"]
+        summary["router_vs_haproxy"] = {
+            "added_p50_ratio": r["added_p50_ms"] / h["added_p50_ms"] if h["added_p50_ms"] else None,
+            "rps_ratio": r["max_rps"] / h["max_rps"],
+        }
+    summary["targets"] = {
+        "router_added_p50_le_1ms": summary["router"]["added_p50_ms"] <= 1.0,
+        "router_streams_ge_1000": summary["router"]["streams_held_within_5ms"] >= 1000,
+    }
+    report["summary"] = summary
+
+
+def print_report(report: dict) -> None:
+    lat, thr, summary = report["latency"], report["throughput"], report["summary"]
+    print()
+    print(f"machine: {report['machine']['cpus']} CPUs, load generator {report['load_generator']}")
+    print()
+    print("non-streaming, concurrency 1 (latency) and 32 connections (throughput)")
+    print(f"{'path':9s} {'p50 ms':>8s} {'p99 ms':>8s} {'+p50 ms':>8s} {'+p99 ms':>8s} "
+          f"{'req/s':>9s} {'vs direct':>9s}")  # fmt: skip
+    for name in lat:
+        added50 = lat[name]["p50_ms"] - lat["direct"]["p50_ms"]
+        added99 = lat[name]["p99_ms"] - lat["direct"]["p99_ms"]
+        ratio = thr[name]["rps"] / thr["direct"]["rps"]
+        print(
+            f"{name:9s} {fmt(lat[name]['p50_ms']):>8s} {fmt(lat[name]['p99_ms']):>8s} "
+            f"{fmt(added50):>8s} {fmt(added99):>8s} {thr[name]['rps']:9.0f} {ratio:9.2f}"
+        )
+    print()
+    print("streams: inter-token gap p99 (ms), and added over direct at the same count")
+    counts = [r["streams"] for r in report["streams"]["direct"]]
+    header = f"{'path':9s}" + "".join(f"{c:>16d}" for c in counts)
+    print(header)
+    for name, rows in report["streams"].items():
+        cells = []
+        for row in rows:
+            added = row.get("added_p99_ms")
+            extra = f" (+{fmt(added, 1)})" if added is not None else ""
+            errs = f" E{row['errors']}" if row["errors"] else ""
+            cells.append(f"{fmt(row['gap_p99_ms'], 1)}{extra}{errs}")
+        print(f"{name:9s}" + "".join(f"{c:>16s}" for c in cells))
+    print()
+    for name in ("router", "haproxy"):
+        if name in summary:
+            s = summary[name]
+            print(
+                f"{name}: added p50 {fmt(s['added_p50_ms'])} ms, p99 {fmt(s['added_p99_ms'])} ms; "
+                f"max {s['max_rps']:.0f} req/s ({s['rps_vs_direct']:.2f}x direct); "
+                f"streams held within +{ADDED_GAP_TARGET_MS:g} ms p99: "
+                f"{s['streams_held_within_5ms']}; CPU {fmt(s['cpu_us_per_request'], 0)} us per "
+                f"request, {fmt(s['cpu_us_per_stream_event'], 0)} us per stream event"
+            )
+    if "router_vs_haproxy" in summary:
+        rv = summary["router_vs_haproxy"]
+        ratio = rv["added_p50_ratio"]
+        print(
+            f"router vs haproxy: added p50 x{fmt(ratio) if ratio else '-'}, "
+            f"req/s x{rv['rps_ratio']:.2f}"
+        )
+    targets = summary["targets"]
+    print(
+        "targets: added p50 <= 1 ms: "
+        + ("met" if targets["router_added_p50_le_1ms"] else "MISSED")
+        + "; >= 1,000 streams within +5 ms p99: "
+        + ("met" if targets["router_streams_ge_1000"] else "MISSED")
+    )
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

@@ -265,8 +265,13 @@ def test_spot_notice_drains_before_the_deadline(
         assert done.params["InstanceId"] == asg.instance_id
         assert node.agent is not None
         assert node.agent.metric("spotrelay_agent_drains_total", reason="spot_interruption") == 1
-        assert node.agent.metric("spotrelay_agent_drain_duration_seconds_count") == 1
+        # The drain ends (and is timed) only after the lifecycle action and deregistration.
         wait_until(lambda: "drain_finished" in hook.kinds(), timeout=5, what="webhook")
+        wait_until(
+            lambda: node.agent.metric("spotrelay_agent_drain_duration_seconds_count") == 1,
+            timeout=5,
+            what="the drain duration to be recorded",
+        )
         assert hook.kinds()[:2] == ["event", "drain_started"]
         assert hook.docs[0]["node_id"] == node.node_id
         state = json.loads((Path(node.config["state_dir"]) / "drain.json").read_text())

@@ -375,7 +375,8 @@ def test_client_leaving_during_a_continuation_aborts_it(fleet: Fleet) -> None:
         texts += [e.json()["choices"][0]["text"] for e in parser.feed(piece)]
         if len(texts) >= 10:  # well past the seam at 3
             break
-    assert running(fleet.nodes["b"]) == 1
+    assert resp.headers["X-Spotrelay-Node"] == "a"
+    wait_until(lambda: running(fleet.nodes["b"]) == 1, timeout=5, what="continuation on b")
     resp.close()
     wait_until(lambda: running(fleet.nodes["b"]) == 0, timeout=10, what="b idle")
 

@@ -970,8 +970,10 @@ class _Continuation:
             yield from batch
 
     def on_break(self, why: str, exc: BaseException | None) -> None:
-        node = self._start.upstream.node
-        self._proxy.metrics.stream_breaks.labels(_break_label(why, exc)).inc()
+        upstream = self._start.upstream
+        node = upstream.node
+        label = "idle_timeout" if upstream.idle_timed_out else _break_label(why, exc)
+        self._proxy.metrics.stream_breaks.labels(label).inc()
         self._proxy.registry.record_failure(node)
         log.warning(
             "resumed stream broke on node %s: %s",

@@ -373,8 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10, help="per wrk run")
     parser.add_argument("--connections", type=int, default=32, help="for max req/s")
-    parser.add_argument("--streams", default="250,500,1000,1500", help="stream counts to try")
-    parser.add_argument("--tokens", type=int, default=100, help="tokens per stream")
+    parser.add_argument("--streams", help="stream counts to try (default 100,250,500,1000)")
+    parser.add_argument("--tokens", type=int, help="tokens per stream (default 100)")
     parser.add_argument("--itl-ms", type=float, default=50, help="engine inter-token latency")
     parser.add_argument("--ttft-ms", type=float, default=50, help="engine time to first token")
     parser.add_argument("--ramp-s", type=float, default=2.0, help="spread stream starts")
@@ -385,7 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logdir", help="keep process logs here (default: a temp dir)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seconds, args.streams, args.tokens = 4, "250,1000", 60
+        args.seconds = 4
+    args.streams = args.streams or ("250,1000" if args.quick else "100,250,500,1000")
+    args.tokens = args.tokens or (60 if args.quick else 100)
     stream_counts = [int(s) for s in args.streams.split(",") if s]
 
     logdir = Path(args.logdir or tempfile.mkdtemp(prefix="router-bench-"))

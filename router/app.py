@@ -93,17 +93,21 @@ def create_app(service: RouterService) -> Flask:
 
     # -- data plane ----------------------------------------------------------------------
 
+    rejected = service.metrics.requests
+
     def inference() -> Response:
         received = time.monotonic()
         headers = request.headers
         request_id = request_id_from(headers.get("X-Request-ID"))
         if not api_auth.allows(headers.get("Authorization")):
+            rejected.labels("none", "401").inc()
             return _api_error(
                 ApiError(401, "missing or invalid API key", code="invalid_api_key"), request_id
             )
         try:
             body = read_body(max_body)
         except (BodyTooLarge, RequestEntityTooLarge):
+            rejected.labels("none", "413").inc()
             return _too_large(service, request_id)
         try:
             req = parse_request(
@@ -116,6 +120,7 @@ def create_app(service: RouterService) -> Flask:
                 accept=headers.get("Accept"),
             )
         except ApiError as err:
+            rejected.labels("none", str(err.status)).inc()
             return _api_error(err, request_id)
         return _send(proxy.forward(req))
 

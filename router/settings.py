@@ -91,9 +91,13 @@ class Retry:
 @dataclass
 class Timeouts:
     connect_s: float = setting(2, min=0.01, help="TCP connect timeout to a node")
-    first_byte_s: float = setting(600, min=0.1, help="wait for response headers (prefill)")
+    first_byte_s: float = setting(
+        600, min=0.1, help="wait for the whole answer, or a stream's first event (prefill)"
+    )
     stream_idle_s: float = setting(60, min=0.1, help="max gap between stream chunks")
-    request_deadline_s: float = setting(900, min=1, help="overall deadline per request")
+    request_deadline_s: float = setting(
+        900, min=1, help="until the answer starts: attempts, backoff and waits included"
+    )
 
 
 @dataclass

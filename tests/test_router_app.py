@@ -230,8 +230,12 @@ def test_ops_endpoints(client):
     assert ready.status_code == 200 and ready.get_json()["nodes"]["ready"] == 1
     client.fleet.behaviour[A] = answering(lambda: FakeResp(200, b"{}"))
     client.post("/v1/completions", json={"model": "m"})
+    client.post("/v1/completions", data=b"{oops")
+    client.post("/v1/completions", json={"model": "not-served"})
     text = client.get("/metrics").get_data(as_text=True)
     for name in (
+        'spotrelay_router_requests_total{model="none",status="400"} 1.0',
+        'spotrelay_router_requests_total{model="unknown",status="404"} 1.0',
         'spotrelay_router_requests_total{model="m",status="200"} 1.0',
         'spotrelay_router_nodes{state="ready"} 1.0',
         'spotrelay_router_node_in_flight{node="a",state="ready"} 0.0',

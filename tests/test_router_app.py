@@ -305,3 +305,32 @@ def test_token_from_file_and_help(tmp_path):
     ).stdout
     for key in ("server.workers", "SPOTRELAY_AUTH_NODE_TOKEN", "routing.no_capacity_wait_s"):
         assert key in help_text
+
+
+# -- shipped files -----------------------------------------------------------------------------
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_example_config_loads_and_matches_the_defaults():
+    from spotrelay.core.config import load
+    from spotrelay.router.settings import RouterConfig
+
+    example = load(RouterConfig, REPO / "router" / "examples" / "router.yaml", env={})
+    assert example == load(RouterConfig, None, env={}), "the example documents the defaults"
+
+
+def test_systemd_unit(tmp_path):
+    unit = (REPO / "router" / "systemd" / "spotrelay-router.service").read_text()
+    assert (
+        "ExecStart=/opt/spotrelay/venv/bin/spotrelay router --config /etc/spotrelay/router.yaml"
+        in unit
+    )
+    assert "LoadCredential=node-token:/etc/spotrelay/node-token" in unit
+    assert "Environment=SPOTRELAY_AUTH_NODE_TOKEN_FILE=%d/node-token" in unit
+    from tests.tfshim import tfcheck
+
+    problems = tfcheck.unit_problems({"spotrelay-router.service": unit}, tmp_path)
+    if problems is None:
+        pytest.skip("systemd-analyze is not installed")
+    assert problems == []

@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint fmt clean demo
+.PHONY: install test lint fmt clean demo bench
 
 install: $(STAMP)
 
@@ -28,6 +28,13 @@ test: install lint tf-check tf-validate
 
 demo: install
 	$(BIN)/spotrelay demo $(DEMO_ARGS)
+
+# Benchmarks print ratios against baselines run side by side (direct, HAProxy);
+# they take several minutes and want an otherwise idle machine.
+bench: install
+	$(BIN)/python bench/sim_bench.py
+	$(BIN)/python bench/router_bench.py
+	$(BIN)/python bench/agent_bench.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache demo-out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spotrelay.router.sse import (
@@ -62,6 +62,7 @@ def test_utf8_split_inside_a_character() -> None:
         assert parse_all([payload[:cut], payload[cut:]]) == [payload[6:-2].decode()]
 
 
+@settings(deadline=None)
 @given(
     texts=st.lists(st.text(max_size=30), min_size=1, max_size=8),
     cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=10),

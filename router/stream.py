@@ -41,14 +41,12 @@ closes the upstream connection, which makes vLLM abort the request.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from spotrelay.core.errors import openai_error
-
+from .sse import error_and_done
 from .upstream import (
     DONE_PREFIX,
     UPSTREAM_ERRORS,
@@ -57,8 +55,6 @@ from .upstream import (
     error_event_message,
     is_error_event,
 )
-
-DONE_EVENT = b"data: [DONE]\n\n"
 
 
 class BreakReason(StrEnum):
@@ -105,11 +101,6 @@ class StreamHandler(Protocol):
     def on_broken(self, brk: StreamBreak) -> Iterator[bytes]: ...
 
 
-def sse_error_event(message: str, *, code: str = "upstream_stream_broken") -> bytes:
-    body = openai_error(502, message, code=code)
-    return b"data: " + json.dumps(body).encode() + b"\n\n"
-
-
 class EndWithError:
     """Default handler: pass events through; a break ends the stream with an error event."""
 
@@ -119,7 +110,7 @@ class EndWithError:
     def on_broken(self, brk: StreamBreak) -> Iterator[bytes]:
         detail = f": {brk.detail}" if brk.detail else ""
         message = f"the node serving this stream failed ({brk.reason}{detail}); output incomplete"
-        yield sse_error_event(message) + DONE_EVENT
+        yield error_and_done(message)
 
 
 class StreamRelay:

@@ -7,21 +7,35 @@ through the ``email`` package, a liveness ``poll`` before each reuse, a gevent
 timer per wait, several wrapper objects); this client costs about 100 µs for
 the same exchange, which is most of the difference between ~1,200 and ~2,000
 requests/s through one router process (``bench/router_bench.py``,
-docs/benchmarks.md). The router only ever talks to one kind of peer — vLLM's
-OpenAI server (uvicorn) or the simulator — with small requests and either a
-``Content-Length`` or a chunked body, so the protocol subset needed is small:
+docs/benchmarks.md). So the connection handling is our own and small, but
+response parsing is not: it is ``httptools`` (MagicStack's binding of llhttp,
+the parser of Node.js and of uvicorn), fed the bytes as they arrive from the
+socket, its callbacks collecting the head and handing body chunks straight
+to the reader. That keeps the risky part (status line, header syntax,
+``Content-Length`` vs ``Transfer-Encoding``, chunked framing with extensions
+and trailers) in a maintained, fuzzed parser, at no extra CPU.
 
-- one request per connection at a time, keep-alive reuse from a LIFO pool;
-- response head up to 64 KiB; body by ``Content-Length``, ``chunked`` (with
-  trailers) or until close; no 1xx except skipping ``100 Continue``;
+What this module adds around the parser:
+
+- one request per connection at a time, keep-alive reuse from a LIFO pool
+  (a connection goes back only when its response was read completely, the
+  node keeps it alive and sent nothing after the response);
+- response head up to 64 KiB (``MAX_HEAD``), and no more than that of chunk
+  framing or trailers without body data; interim ``1xx`` responses
+  (``100 Continue``, ``103 Early Hints``) are skipped, ``101`` is an error;
+- a body by ``Content-Length``, ``chunked`` or until close; none for
+  ``HEAD``, ``204`` and ``304``; body chunks are yielded as the parser
+  delivers them, never buffered whole (streams relay event by event);
 - a reused connection that fails before any response byte (the node closed
   it while idle: uvicorn does after 5 s) is retried once on a fresh one;
 - every error is an ``OSError`` subclass; :class:`ConnectFailed` means
   nothing was sent (safe to retry anywhere), ``TimeoutError`` a timeout while
-  waiting for the node, anything else a broken exchange.
+  waiting for the node, :class:`ProtocolError` (also for whatever the parser
+  rejects) or another ``OSError`` a broken exchange.
 
-Sockets are the standard library's, so gevent's monkey patching makes every
-wait cooperative.
+The request head is written here (it is a few lines), refusing line breaks
+in the method, path and headers. Sockets are the standard library's, so
+gevent's monkey patching makes every wait cooperative.
 """
 
 from __future__ import annotations
@@ -31,10 +45,10 @@ import socket
 import ssl
 from collections.abc import Iterator, Mapping
 
+import httptools
+
 MAX_HEAD = 64 * 1024
-MAX_LINE = 8 * 1024
 RECV_SIZE = 65536
-NO_BODY_STATUS = frozenset({204, 304})
 
 
 class ConnectFailed(ConnectionError):
@@ -50,11 +64,10 @@ class ProtocolError(ConnectionError):
 
 
 class _Connection:
-    __slots__ = ("buf", "reused", "sock")
+    __slots__ = ("reused", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.buf = bytearray()
         self.reused = False
 
     def close(self) -> None:
@@ -63,35 +76,94 @@ class _Connection:
 
 
 class Response:
-    """A response whose body has not been read yet; read it, then ``release`` or ``close``."""
+    """A response whose body has not been read yet; read it, then ``release`` or ``close``.
 
-    def __init__(
-        self,
-        pool: Pool | None,
-        conn: _Connection,
-        status: int,
-        headers: dict[str, str],
-        *,
-        keep_alive: bool,
-        no_body: bool,
-    ) -> None:
+    It is also the ``httptools`` parser's protocol object: the ``on_*``
+    methods are the parser's callbacks, not for callers.
+    """
+
+    __slots__ = (
+        "_conn",
+        "_dirty",
+        "_error",
+        "_head_done",
+        "_interim",
+        "_keep_alive",
+        "_no_body",
+        "_parser",
+        "_pending",
+        "_pool",
+        "_until_close",
+        "chunked",
+        "complete",
+        "headers",
+        "status",
+    )
+
+    def __init__(self, pool: Pool | None, conn: _Connection, *, head_request: bool = False):
         self._pool = pool
         self._conn: _Connection | None = conn
+        self.status = 0
+        self.headers: dict[str, str] = {}  # names lower-cased
+        self.chunked = False
+        self.complete = False  # the whole body was read from the socket
+        self._keep_alive = False
+        self._no_body = head_request
+        self._head_done = False
+        self._interim = False  # parsing a 1xx response, to be skipped
+        self._until_close = False
+        self._dirty = False  # the node sent bytes after the response: never reuse
+        self._error: ProtocolError | None = None  # found with the head, raised after the body
+        self._pending: list[bytes] = []  # body chunks parsed but not yet yielded
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
+
+    # -- parser callbacks ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._head_done:
+            self._dirty = True  # a second response nobody asked for
+        else:
+            self.headers = {}  # after a skipped 1xx
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head_done:
+            return  # trailers: not used
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1").strip()
+        headers = self.headers
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        assert parser is not None
+        status = parser.get_status_code()
+        if status < 200:
+            self._interim = True  # 100 Continue, 103 Early Hints: the real response follows
+            return
         self.status = status
-        self.headers = headers  # names lower-cased
-        self._keep_alive = keep_alive
-        te = headers.get("transfer-encoding", "").lower()
-        self.chunked = "chunked" in te
-        length = headers.get("content-length")
-        self._length: int | None = None
-        if no_body:
-            self._length = 0
-        elif not self.chunked and length is not None:
-            try:
-                self._length = int(length)
-            except ValueError:
-                raise ProtocolError(f"bad Content-Length {length!r}") from None
-        self.complete = self._length == 0  # the whole body was read
+        self._head_done = True
+        headers = self.headers
+        self.chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        if self._no_body:  # HEAD: llhttp cannot be told, so the parser is left behind
+            self.complete = True
+            self._keep_alive = parser.should_keep_alive()
+        else:
+            self._until_close = (
+                not self.chunked and "content-length" not in headers and status not in (204, 304)
+            )
+
+    def on_body(self, body: bytes) -> None:
+        if self.complete:
+            self._dirty = True  # body bytes after a HEAD response
+        else:
+            self._pending.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+        elif not self.complete:
+            self.complete = True
+            self._keep_alive = self._parser.should_keep_alive()  # type: ignore[union-attr]
 
     # -- reading ------------------------------------------------------------------------
 
@@ -101,90 +173,65 @@ class Response:
 
     def chunks(self) -> Iterator[bytes]:
         """Body bytes as they arrive (chunked framing removed)."""
-        if self.complete:
-            return
-        if self.chunked:
-            yield from self._chunked()
-        elif self._length is not None:
-            yield from self._sized(self._length)
-        else:
-            yield from self._until_close()
-
-    def _conn_or_fail(self) -> _Connection:
-        if self._conn is None:
-            raise ProtocolError("response already closed")
-        return self._conn
-
-    def _fill(self, conn: _Connection) -> None:
-        data = conn.sock.recv(RECV_SIZE)
-        if not data:
-            raise ProtocolError("the node closed the connection mid-response")
-        conn.buf += data
-
-    def _sized(self, length: int) -> Iterator[bytes]:
-        conn = self._conn_or_fail()
-        remaining = length
-        if conn.buf:
-            take = bytes(conn.buf[:remaining])
-            del conn.buf[: len(take)]
-            remaining -= len(take)
-            if take:
-                yield take
-        while remaining > 0:
-            data = conn.sock.recv(min(RECV_SIZE, remaining))
-            if not data:
-                raise ProtocolError(f"body ended {remaining} bytes short")
-            remaining -= len(data)
-            yield data
-        self.complete = True
-
-    def _until_close(self) -> Iterator[bytes]:
-        conn = self._conn_or_fail()
-        self._keep_alive = False
-        if conn.buf:
-            data = bytes(conn.buf)
-            conn.buf.clear()
-            yield data
+        framing = 0  # bytes received without body data (chunk headers, trailers)
         while True:
+            if self._pending:
+                batch, self._pending = self._pending, []
+                yield from batch
+                framing = 0
+            if self.complete:
+                self._parser = None  # done with it (and no reference cycle left behind)
+                return
+            if self._error is not None:
+                raise self._error
+            conn = self._conn
+            if conn is None:
+                raise ProtocolError("response already closed")
             data = conn.sock.recv(RECV_SIZE)
             if not data:
-                break
-            yield data
-        self.complete = True
-
-    def _line(self, conn: _Connection) -> bytes:
-        buf = conn.buf
-        while True:
-            end = buf.find(b"\r\n")
-            if end >= 0:
-                line = bytes(buf[:end])
-                del buf[: end + 2]
-                return line
-            if len(buf) > MAX_LINE:
-                raise ProtocolError("chunk header line too long")
-            self._fill(conn)
-
-    def _chunked(self) -> Iterator[bytes]:
-        conn = self._conn_or_fail()
-        buf = conn.buf
-        while True:
-            line = self._line(conn)
+                self._end_of_stream()
+                continue
             try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise ProtocolError(f"bad chunk size {line[:40]!r}") from None
-            if size == 0:
-                while self._line(conn):  # trailers, then the empty line
-                    pass
-                self.complete = True
+                self._feed(data)
+            except ProtocolError:
+                batch, self._pending = self._pending, []
+                yield from batch  # what parsed before the error still goes out first
+                raise
+            if not self._pending:
+                framing += len(data)
+                if framing > MAX_HEAD:
+                    raise ProtocolError("more than 64 KiB of chunk framing without data")
+
+    def _feed(self, data: bytes) -> None:
+        parser = self._parser
+        if parser is None:
+            raise ProtocolError("response already closed")
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self.complete:  # not a 101 for us: llhttp read on into a second message
+                self._dirty = True
                 return
-            while len(buf) < size + 2:
-                self._fill(conn)
-            if buf[size : size + 2] != b"\r\n":
-                raise ProtocolError("chunk not followed by CRLF")
-            data = bytes(buf[:size])
-            del buf[: size + 2]
-            yield data
+            raise ProtocolError("the node switched protocols (101): not supported") from None
+        except httptools.HttpParserError as exc:
+            if self.complete:
+                self._dirty = True  # garbage after a whole response: just don't reuse
+                return
+            if not self._head_done and not parser.get_status_code():
+                raise ProtocolError(
+                    f"not an HTTP/1.x status line: {bytes(data[:60])!r} ({exc})"
+                ) from None
+            raise ProtocolError(f"malformed response from the node: {exc}") from None
+
+    def _end_of_stream(self) -> None:
+        if self._until_close:
+            self.complete = True  # the close is the end of this body
+            self._keep_alive = False
+        elif self.chunked:
+            raise ProtocolError("the node closed the connection mid-response")
+        else:
+            length = self.headers.get("content-length", "?")
+            raise ProtocolError(f"body ended short of its Content-Length {length}")
 
     # -- finishing ------------------------------------------------------------------------
 
@@ -201,9 +248,10 @@ class Response:
     def release(self) -> None:
         """Back to the pool when the body was read completely and the node keeps it alive."""
         conn, self._conn = self._conn, None
+        self._parser = None
         if conn is None:
             return
-        if self.complete and self._keep_alive and not conn.buf and self._pool is not None:
+        if self.complete and self._keep_alive and not self._dirty and self._pool is not None:
             self._pool._put(conn)
         else:
             conn.close()
@@ -211,6 +259,7 @@ class Response:
     def close(self) -> None:
         """Drop the connection (the node sees the request aborted if it is still running)."""
         conn, self._conn = self._conn, None
+        self._parser = None
         if conn is not None:
             conn.close()
 
@@ -251,6 +300,7 @@ class Pool:
         head = self._head(method, path, headers or {}, body)
         while True:
             conn = self._get(connect_timeout)
+            resp = Response(self, conn, head_request=method == "HEAD")
             try:
                 conn.sock.settimeout(read_timeout)
                 try:
@@ -259,12 +309,13 @@ class Pool:
                     if not conn.reused:
                         raise
                     raise _StaleConnection from None
-                return self._read_head(conn)
+                self._read_head(resp, conn)
+                return resp
             except _StaleConnection:
-                conn.close()  # idle close by the node: try once more on a fresh connection
+                resp.close()  # idle close by the node: try once more on a fresh connection
                 continue
             except BaseException:
-                conn.close()
+                resp.close()
                 raise
 
     def close(self) -> None:
@@ -276,6 +327,11 @@ class Pool:
     # -- internals ------------------------------------------------------------------------
 
     def _head(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> bytes:
+        for part in (method, path, self.host_header):
+            if "\r" in part or "\n" in part or " " in part or not part:
+                raise ValueError(
+                    f"request line part {part[:60]!r} is empty or has a space or line break"
+                )
         lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host_header}"]
         for name, value in headers.items():
             if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
@@ -323,52 +379,31 @@ class Pool:
             raise ConnectFailed(f"TLS handshake with {self.address}: {exc}") from exc
         return _Connection(sock)
 
-    def _read_head(self, conn: _Connection) -> Response:
-        buf = conn.buf
-        while True:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > MAX_HEAD:
-                    raise ProtocolError("response head larger than 64 KiB")
-                try:
-                    data = conn.sock.recv(RECV_SIZE)
-                except (ConnectionResetError, BrokenPipeError):
-                    if conn.reused and not buf:
-                        raise _StaleConnection from None
+    def _read_head(self, resp: Response, conn: _Connection) -> None:
+        """Receive and parse until the final response's head is complete."""
+        received = 0
+        while not resp._head_done:
+            if received > MAX_HEAD:
+                raise ProtocolError("response head larger than 64 KiB")
+            try:
+                data = conn.sock.recv(RECV_SIZE)
+            except (ConnectionResetError, BrokenPipeError):
+                if conn.reused and not received:
+                    raise _StaleConnection from None
+                raise
+            if not data:
+                if conn.reused and not received:
+                    raise _StaleConnection
+                if received:
+                    raise ProtocolError("the node closed the connection mid-way through the head")
+                raise ProtocolError("the node closed the connection without a response")
+            received += len(data)
+            try:
+                resp._feed(data)
+            except ProtocolError as exc:
+                if not resp._head_done:
                     raise
-                if not data:
-                    if conn.reused and not buf:
-                        raise _StaleConnection
-                    raise ProtocolError("the node closed the connection without a response")
-                buf += data
-                continue
-            lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
-            del buf[: end + 4]
-            version, _, rest = lines[0].partition(" ")
-            code = rest[:3]
-            if not version.startswith("HTTP/1.") or not code.isdigit():
-                raise ProtocolError(f"not an HTTP/1.x status line: {lines[0][:60]!r}")
-            status = int(code)
-            if status == 100:
-                continue  # 100 Continue: the real response follows
-            headers: dict[str, str] = {}
-            for line in lines[1:]:
-                name, sep, value = line.partition(":")
-                if not sep:
-                    raise ProtocolError(f"malformed header line {line[:60]!r}")
-                key = name.strip().lower()
-                value = value.strip()
-                headers[key] = f"{headers[key]}, {value}" if key in headers else value
-            connection = headers.get("connection", "").lower()
-            keep_alive = version == "HTTP/1.1" and "close" not in connection
-            return Response(
-                self,
-                conn,
-                status,
-                headers,
-                keep_alive=keep_alive,
-                no_body=status in NO_BODY_STATUS,
-            )
+                resp._error = exc  # the body is broken: raised to its reader, after its good part
 
 
 class _StaleConnection(Exception):

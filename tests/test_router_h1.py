@@ -245,3 +245,170 @@ def test_pool_size_and_close(serve):
     resp.read()
     resp.release()  # a closed pool keeps nothing
     assert pool._idle == []
+
+
+def test_path_and_method_with_line_breaks_are_refused():
+    pool = Pool("127.0.0.1", 9, host_header="x")
+    with pytest.raises(ValueError, match="line break"):
+        pool.request("GET", "/v1/x HTTP/1.1\r\nEvil: 1\r\n\r\nGET /")
+    with pytest.raises(ValueError, match="line break"):
+        pool.request("GET\r\n", "/")
+
+
+def test_chunk_extensions_and_trailers_then_reuse(serve):
+    def handler(conn, index):
+        while server.read_request(conn) is not None:
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b'3;name=value;other="quoted"\r\nabc\r\n'
+                b"A\r\n0123456789\r\n"
+                b"0;last\r\nX-Checksum: 1\r\nX-More: 2\r\n\r\n"
+            )
+
+    server = serve(handler)
+    pool = pool_for(server)
+    for _ in range(2):
+        resp = pool.request("GET", "/")
+        assert resp.chunked and list(resp.chunks()) == [b"abc", b"0123456789"]
+        assert resp.complete and "x-checksum" not in resp.headers, "trailers are not headers"
+        resp.release()
+    assert server.connections == 1
+
+
+def test_response_split_into_one_byte_sends(serve):
+    def handler(conn, index):
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while server.read_request(conn) is not None:
+            for i in range(len(RESPONSE)):
+                conn.sendall(RESPONSE[i : i + 1])
+                if i % 7 == 0:
+                    time.sleep(0.001)  # let the client see the pieces separately
+
+    RESPONSE = (
+        b"HTTP/1.1 200 OK\r\nX-Multi: a\r\nX-Multi: b\r\nX-Space:   padded  \r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n7;e=1\r\n, world\r\n0\r\nT: 1\r\n\r\n"
+    )
+    server = serve(handler)
+    pool = pool_for(server)
+    for _ in range(2):
+        resp = pool.request("GET", "/")
+        assert resp.status == 200
+        assert resp.headers["x-multi"] == "a, b" and resp.headers["x-space"] == "padded"
+        assert resp.read() == b"hello, world" and resp.complete
+        resp.release()
+    assert server.connections == 1
+
+
+def test_interim_responses_are_skipped(serve):
+    def handler(conn, index):
+        while server.read_request(conn) is not None:
+            conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n")
+            conn.sendall(OK)
+
+    server = serve(handler)
+    pool = pool_for(server)
+    for _ in range(2):
+        resp = pool.request("POST", "/x", body=b"{}")
+        assert resp.status == 200 and "link" not in resp.headers
+        assert resp.read() == b'{"ok": 1 }'
+        resp.release()
+    assert server.connections == 1
+
+
+def test_head_and_304_have_no_body_even_with_a_content_length(serve):
+    def handler(conn, index):
+        while (head := server.read_request(conn)) is not None:
+            if head.startswith(b"HEAD "):
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")
+            else:
+                conn.sendall(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 1234\r\n\r\n")
+
+    server = serve(handler)
+    pool = pool_for(server)
+    for method in ("HEAD", "GET", "HEAD"):
+        resp = pool.request(method, "/", read_timeout=2)
+        assert resp.read() == b"" and resp.complete
+        resp.release()
+    assert server.connections == 1
+
+
+def test_connection_not_reused_after_http10_or_extra_bytes(serve):
+    answers = [
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokGARBAGE",
+        OK,
+    ]
+
+    def handler(conn, index):
+        while server.read_request(conn) is not None:
+            conn.sendall(answers[min(index, 2)])
+
+    server = serve(handler)
+    pool = pool_for(server)
+    for _ in range(3):
+        resp = pool.request("GET", "/")
+        assert resp.status == 200 and resp.read() in (b"ok", b'{"ok": 1 }')
+        resp.release()
+    assert server.connections == 3
+    assert len(pool._idle) == 1, "only the clean HTTP/1.1 answer was kept"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nBad Header: 1\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: ten\r\n\r\n",
+        b"HTTP/1.1 200 OK\nContent-Length: 0\n\n",
+        b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+    ],
+    ids=[
+        "space-in-name",
+        "two-lengths",
+        "length-and-chunked",
+        "bad-length",
+        "bare-lf",
+        "bad-status",
+        "upgrade",
+    ],
+)
+def test_malformed_heads_are_protocol_errors(serve, answer):
+    def handler(conn, index):
+        server.read_request(conn)
+        conn.sendall(answer)
+        time.sleep(1)
+
+    server = serve(handler)
+    with pytest.raises(ProtocolError):
+        pool_for(server).request("GET", "/", read_timeout=2)
+
+
+def test_malformed_chunk_framing_is_a_protocol_error(serve):
+    def handler(conn, index):
+        server.read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n")
+        time.sleep(1)
+
+    server = serve(handler)
+    resp = pool_for(server).request("GET", "/", read_timeout=2)
+    pieces = resp.chunks()
+    assert next(pieces) == b"abc"
+    with pytest.raises(ProtocolError, match="malformed"):
+        next(pieces)
+    resp.close()
+
+
+def test_oversized_head_is_refused(serve):
+    def handler(conn, index):
+        server.read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\n")
+        with contextlib.suppress(OSError):
+            for _ in range(100):
+                conn.sendall(b"X-Filler: " + b"f" * 1000 + b"\r\n")
+
+    server = serve(handler)
+    with pytest.raises(ProtocolError, match="64 KiB"):
+        pool_for(server).request("GET", "/", read_timeout=2)

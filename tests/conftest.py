@@ -26,3 +26,12 @@ def logdir(tmp_path: Path) -> Path:
     path = tmp_path / "logs"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    """One moto server per test module (AWS state is shared within the module)."""
+    from .support import moto_server
+
+    with moto_server() as url:
+        yield url

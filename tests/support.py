@@ -6,6 +6,8 @@ when the test ends, pass or fail. Readiness is polled with a deadline.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,3 +219,17 @@ def start_agent(
     url = f"http://{metrics['host']}:{metrics['port']}/metrics"
     proc.wait_ready(lambda: http_ok(url), timeout=timeout)
     return AgentProcess(proc, path, url)
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """moto's AWS API emulator as a real HTTP server on loopback; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address=HOST, port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()

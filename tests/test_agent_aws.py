@@ -16,7 +16,6 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -170,19 +169,6 @@ def create_asg(endpoint: str, asg_name: str = "gpu-asg", hook_name: str = "drain
     group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[asg_name])
     instance_id = group["AutoScalingGroups"][0]["Instances"][0]["InstanceId"]
     return MotoAsg(endpoint, asg_name, hook_name, instance_id)
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 def test_describe_hook_against_moto(moto_endpoint: str) -> None:

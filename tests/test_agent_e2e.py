@@ -69,6 +69,11 @@ def node_state(router: Service, node_id: str) -> str | None:
     return None if node is None else node["state"]
 
 
+def imds_reads(imds: Service) -> int:
+    """Metadata GETs the emulator has answered (each poll of each monitor is one)."""
+    return int(get_json(f"{imds.url}/_control/state")["counts"].get("metadata_requests", 0))
+
+
 def completions_seen(engine: Service) -> int:
     stats = get_json(f"{engine.url}/_control/stats")
     return int(stats["per_path"].get("/v1/completions", 0))
@@ -123,19 +128,6 @@ def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         yield start_router(group, tmp_path_factory.mktemp("router-logs"))
     finally:
         group.stop_all()
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 @dataclass
@@ -341,12 +333,23 @@ def test_the_same_notice_many_times_is_one_drain(
     node = make_node(procs, logdir, router, "m-repeat", instance_id="i-0repeat00000001")
     run_agent(procs, logdir, node)
     wait_state(router, node.node_id, "ready")
-    control(node.imds, "spot", {"action": "terminate", "lead_s": 30})
-    control(node.imds, "lifecycle", {"state": "Terminated"})  # a second signal: merged
-    wait_state(router, node.node_id, None)
-    time.sleep(6 * POLL)  # many more sightings of the same notice
     agent = node.agent
     assert agent is not None
+    control(node.imds, "spot", {"action": "terminate", "lead_s": 30})
+    # The spot notice is seen first (so it names the drain), then a second signal.
+    wait_until(
+        lambda: agent.metric("spotrelay_agent_events_total", type="spot_interruption") == 1,
+        timeout=5,
+        what="the spot notice to be seen",
+    )
+    control(node.imds, "lifecycle", {"state": "Terminated"})  # a second signal: merged
+    wait_state(router, node.node_id, None)
+    reads = imds_reads(node.imds)
+    wait_until(  # many more sightings of the same notice and target state
+        lambda: imds_reads(node.imds) >= reads + 12,
+        timeout=10,
+        what="the agent to poll IMDS several more times",
+    )
     assert agent.metric("spotrelay_agent_events_total", type="spot_interruption") == 1
     assert agent.metric("spotrelay_agent_drains_total", reason="spot_interruption") == 1
     assert agent.metric("spotrelay_agent_drains_total", reason="lifecycle_terminated") == 0

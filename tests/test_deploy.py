@@ -23,9 +23,8 @@ import yaml
 
 from spotrelay.core.config import ConfigError, load
 from spotrelay.core.deploy import VARS_FILE, DeployConfig, tfvars
-from spotrelay.core.net import free_port
 from spotrelay.core.terraform_bin import find_binary
-from tests.support import register_node, start_router
+from tests.support import moto_server, register_node, start_router
 from tests.tfshim.shim import install
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,15 +185,9 @@ def test_find_binary_prefers_terraform_then_tofu(tmp_path: Path) -> None:
 
 @pytest.fixture
 def moto_url() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+    """A fresh moto server per test: each deploy test starts from an empty account."""
+    with moto_server() as url:
+        yield url
 
 
 def aws(service: str, endpoint: str):

@@ -69,9 +69,13 @@ def node_state(router: Service, node_id: str) -> str | None:
     return None if node is None else node["state"]
 
 
+def imds_state(imds: Service) -> dict[str, Any]:
+    return get_json(f"{imds.url}/_control/state")
+
+
 def imds_reads(imds: Service) -> int:
     """Metadata GETs the emulator has answered (each poll of each monitor is one)."""
-    return int(get_json(f"{imds.url}/_control/state")["counts"].get("metadata_requests", 0))
+    return int(imds_state(imds)["counts"].get("metadata_requests", 0))
 
 
 def completions_seen(engine: Service) -> int:
@@ -292,7 +296,10 @@ def test_rebalance_is_reported_unless_on_rebalance(
         timeout=5,
         what="rebalance reported",
     )
-    time.sleep(4 * POLL)
+    reads = imds_reads(quiet.imds)
+    wait_until(  # several more polls that see the same recommendation
+        lambda: imds_reads(quiet.imds) >= reads + 8, timeout=10, what="more IMDS polls"
+    )
     assert node_state(router, quiet.node_id) == "ready"
     assert quiet.agent.metric("spotrelay_agent_drains_total", reason="rebalance") == 0
 
@@ -372,9 +379,19 @@ def test_imds_outage_and_revoked_tokens(procs: ProcessGroup, logdir: Path, route
     )
     assert node_state(router, node.node_id) == "ready"  # an IMDS outage is not an engine fault
     control(node.imds, "outage", {"mode": "stall", "duration_s": 1.5})
-    time.sleep(1.0)
+    wait_until(
+        lambda: agent.metric("spotrelay_agent_imds_errors_total", kind="timeout") > 0,
+        timeout=10,
+        what="IMDS timeouts counted",
+    )
+    wait_until(lambda: imds_state(node.imds)["outage"] is None, timeout=5, what="stall to end")
+    puts = imds_state(node.imds)["counts"]["token_puts"]
     control(node.imds, "revoke_tokens")  # expired/revoked: 401, then a fresh token
-    time.sleep(1.0)
+    wait_until(
+        lambda: imds_state(node.imds)["counts"]["token_puts"] > puts,
+        timeout=10,
+        what="a fresh token after the 401",
+    )
     assert agent.proc.alive()
     control(node.imds, "spot", {"action": "terminate", "lead_s": 20})
     wait_state(router, node.node_id, "draining", timeout=12)

@@ -160,9 +160,12 @@ def test_outage_and_revoked_tokens_do_not_stop_the_pollers(fresh: Service) -> No
     pollers = _pollers(fresh.url, sink, stop, interval=0.05)
     try:
         control(fresh, "outage", {"mode": "error", "status": 500, "duration_s": 1.0})
-        time.sleep(0.5)
+        wait_until(
+            lambda: all(p.backoff.failures > 0 for p in pollers),
+            timeout=5,
+            what="every poller to see the outage",
+        )
         assert all(p.is_alive() for p in pollers)
-        assert all(p.backoff.failures > 0 for p in pollers)
         control(fresh, "revoke_tokens")
         control(fresh, "spot", {"action": "terminate", "lead_s": 60})
         wait_until(lambda: sink.of(SpotInterruption), timeout=6, what="notice after outage")

@@ -28,8 +28,8 @@ from spotrelay.router.resume import (
     StreamResumer,
     header_disables,
     not_resumable,
-    relay,
 )
+from spotrelay.router.resume_relay import relay
 from spotrelay.router.sse import SSEParser, encode_json
 
 # ---------------------------------------------------------------------------

@@ -158,6 +158,8 @@ def write_chart(
         color = "tab:orange" if ev["type"] == "spot_notice" else "tab:red"
         for ax in (top, bottom):
             ax.axvline(ev["at"], color=color, linestyle="--", linewidth=1)
+            if ev["type"] == "spot_notice" and ev.get("killed") is not None:
+                ax.axvline(ev["killed"], color="tab:gray", linestyle=":", linewidth=1)
         top.annotate(
             f"{'notice' if ev['type'] == 'spot_notice' else 'kill'} {ev['node']}",
             (ev["at"], top.get_ylim()[1] * 0.95),

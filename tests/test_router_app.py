@@ -12,7 +12,7 @@ from spotrelay.core.processes import spotrelay_argv
 from spotrelay.router.app import create_app
 from spotrelay.router.server import gunicorn_settings
 from spotrelay.router.service import RouterService
-from tests.test_router_fakes import FakeFleet, FakeResp, answering, fast_config, report
+from tests.router_fakes import FakeFleet, FakeResp, answering, fast_config, report
 
 TOKEN = "node-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

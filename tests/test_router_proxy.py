@@ -19,7 +19,7 @@ from spotrelay.router.stream import (
     StreamBreak,
 )
 from spotrelay.router.upstream import Upstream
-from tests.test_router_fakes import (
+from tests.router_fakes import (
     DONE,
     FakeFleet,
     FakeResp,

@@ -107,7 +107,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     logdir = tmp_path_factory.mktemp("resume-e2e")
     group = ProcessGroup()
     try:
-        yield start_fleet(group, logdir, ["a", "b"], "--ttft-ms", "5", "--itl-ms", "2")
+        yield start_fleet(
+            group, logdir, ["a", "b"], "--ttft-ms", "5", "--itl-ms", "2", "--max-model-len", "65536"
+        )
     finally:
         group.stop_all()
 
@@ -366,18 +368,23 @@ def test_client_leaving_during_a_continuation_aborts_it(fleet: Fleet) -> None:
     """Closing the client connection after the seam frees the continuation's slot."""
     session = {"X-Session-ID": fleet.session_for("a")}
     fleet.fault("a", drop_after_tokens=3, drop_count=1)
-    body = body_for(COMPLETIONS, usage=False, max_tokens=3000)  # ~6 s at 2 ms a token
+    # ~60 s at 2 ms a token: the continuation is still running whatever the machine's load.
+    body = body_for(COMPLETIONS, usage=False, max_tokens=30000)
     resp = requests.post(
         fleet.router.url + COMPLETIONS, json=body, headers=session, stream=True, timeout=30
     )
     parser, texts = SSEParser(), []
-    for piece in resp.iter_content(chunk_size=None):
+    # Keep a reference to the iterator: a dropped one is finalised at once, and
+    # finalising it closes the connection before the test means to.
+    pieces = resp.iter_content(chunk_size=None)
+    for piece in pieces:
         texts += [e.json()["choices"][0]["text"] for e in parser.feed(piece)]
         if len(texts) >= 10:  # well past the seam at 3
             break
     assert resp.headers["X-Spotrelay-Node"] == "a"
-    wait_until(lambda: running(fleet.nodes["b"]) == 1, timeout=5, what="continuation on b")
+    wait_until(lambda: running(fleet.nodes["b"]) == 1, timeout=15, what="continuation on b")
     resp.close()
+    del pieces
     wait_until(lambda: running(fleet.nodes["b"]) == 0, timeout=10, what="b idle")
 
 

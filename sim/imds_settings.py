@@ -11,20 +11,11 @@ from dataclasses import dataclass
 
 from spotrelay.core.config import ConfigError, setting
 
+from .imds_state import TARGET_LIFECYCLE_STATES
+
 DEFAULT_PORT = 1338
 
 LIFECYCLES = ("spot", "on-demand", "scheduled", "capacity-block")
-# Steady states Auto Scaling writes to autoscaling/target-lifecycle-state.
-TARGET_LIFECYCLE_STATES = (
-    "InService",
-    "Terminated",
-    "Detached",
-    "Standby",
-    "Warmed:Hibernated",
-    "Warmed:Running",
-    "Warmed:Stopped",
-    "Warmed:Terminated",
-)
 NOT_IN_ASG = "none"
 
 _INSTANCE_ID_RE = re.compile(r"^i-[0-9A-Za-z]{1,32}$")

@@ -40,6 +40,7 @@ SCHEDULED_CODES = (
     "instance-retirement",
     "instance-stop",
 )
+# Steady states Auto Scaling writes to autoscaling/target-lifecycle-state.
 TARGET_LIFECYCLE_STATES = (
     "InService",
     "Terminated",

@@ -181,24 +181,21 @@ def parse_completion(body: dict[str, Any], limits: Limits) -> GenerationRequest:
         prompt = prompt[0]
     if not isinstance(prompt, str):
         raise BadRequest("'prompt' must be a string.", "prompt")
-    stream, include_usage, continuous = _common(body)
+    flags = _common(body)
     prompt_tokens = textgen.count_tokens(prompt)
     max_tokens = _max_tokens(
         body, ("max_tokens",), limits.completion_default_max_tokens, prompt_tokens, limits
     )
     if body.get("suffix") is not None:
         raise BadRequest("'suffix' is not supported.", "suffix")
-    return GenerationRequest(
-        kind="completion",
-        model=model,
-        prompt=prompt,
-        prompt_tokens=prompt_tokens,
-        max_tokens=max_tokens,
-        stream=stream,
-        include_usage=include_usage,
-        continuous_usage=continuous,
-        stop=_stop(body),
-        include_stop_str_in_output=_bool(body, "include_stop_str_in_output", False),
+    return _generation(
+        "completion",
+        body,
+        flags,
+        model,
+        prompt,
+        prompt_tokens,
+        max_tokens,
         echo=prompt if _bool(body, "echo", False) else "",
     )
 
@@ -234,7 +231,7 @@ def parse_chat(body: dict[str, Any], limits: Limits) -> GenerationRequest:
             "Cannot set both `continue_final_message` and `add_generation_prompt` to True.",
             "continue_final_message",
         )
-    stream, include_usage, continuous = _common(body)
+    flags = _common(body)
     prompt = textgen.render_chat(
         messages,
         add_generation_prompt=add_generation_prompt,
@@ -248,8 +245,23 @@ def parse_chat(body: dict[str, Any], limits: Limits) -> GenerationRequest:
         prompt_tokens,
         limits,
     )
+    return _generation("chat", body, flags, model, prompt, prompt_tokens, max_tokens)
+
+
+def _generation(
+    kind: str,
+    body: dict[str, Any],
+    flags: tuple[bool, bool, bool],
+    model: str,
+    prompt: str,
+    prompt_tokens: int,
+    max_tokens: int,
+    **extra: Any,
+) -> GenerationRequest:
+    """The fields completions and chat share, read the same way for both."""
+    stream, include_usage, continuous = flags
     return GenerationRequest(
-        kind="chat",
+        kind=kind,
         model=model,
         prompt=prompt,
         prompt_tokens=prompt_tokens,
@@ -259,6 +271,7 @@ def parse_chat(body: dict[str, Any], limits: Limits) -> GenerationRequest:
         continuous_usage=continuous,
         stop=_stop(body),
         include_stop_str_in_output=_bool(body, "include_stop_str_in_output", False),
+        **extra,
     )
 
 

@@ -170,19 +170,8 @@ class AgentProcess:
     metrics_url: str
 
     def metric(self, name: str, **labels: str) -> float:
-        """One sample of the agent's /metrics (0.0 when absent)."""
-        import urllib.request
-
-        from prometheus_client.parser import text_string_to_metric_families
-
-        with urllib.request.urlopen(self.metrics_url, timeout=5) as resp:
-            text = resp.read().decode()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                wanted = all(sample.labels.get(k) == v for k, v in labels.items())
-                if sample.name == name and wanted:
-                    return sample.value
-        return 0.0
+        """The agent's ``name`` sample with these labels (0.0 when absent)."""
+        return scrape(self.metrics_url, name, **labels)
 
 
 def start_agent(
@@ -233,3 +222,22 @@ def moto_server() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+def scrape(metrics_url: str, name: str, **labels: str) -> float:
+    """Sum of the samples ``name`` at ``metrics_url`` whose labels include ``labels``.
+
+    0.0 when none match: a counter that was never incremented is absent.
+    """
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(metrics_url, timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )

@@ -29,7 +29,14 @@ from spotrelay.core.processes import ProcessGroup
 from spotrelay.router.balancer import rendezvous_weight
 from spotrelay.router.resume import RESUME_HEADER
 from spotrelay.router.sse import SSEParser
-from tests.support import ROUTER_TOKEN, Service, register_node, start_router, start_sim_vllm
+from tests.support import (
+    ROUTER_TOKEN,
+    Service,
+    register_node,
+    scrape,
+    start_router,
+    start_sim_vllm,
+)
 
 MODEL = "sim-model"
 COMPLETIONS = "/v1/completions"
@@ -65,17 +72,7 @@ class Fleet:
             _post(node.url + "/_control/reset", {})
 
     def metric(self, name: str, **labels: str) -> float:
-        from prometheus_client.parser import text_string_to_metric_families
-
-        text = requests.get(self.router.url + "/metrics", timeout=5).text
-        total = 0.0
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(
-                    sample.labels.get(k) == v for k, v in labels.items()
-                ):
-                    total += sample.value
-        return total
+        return scrape(self.router.url + "/metrics", name, **labels)
 
 
 def _post(url: str, doc: dict[str, Any]) -> None:
@@ -389,14 +386,7 @@ def test_client_leaving_during_a_continuation_aborts_it(fleet: Fleet) -> None:
 
 
 def running(node: Service) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = requests.get(node.url + "/metrics", timeout=5).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "vllm:num_requests_running":
-                return sample.value
-    raise AssertionError("no vllm:num_requests_running")
+    return scrape(node.url + "/metrics", "vllm:num_requests_running")
 
 
 # ---------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +19,7 @@ import pytest
 import requests
 
 from spotrelay.core.net import free_port, wait_until
-from tests.support import ROUTER_TOKEN, register_node, start_router, start_sim_vllm
+from tests.support import ROUTER_TOKEN, register_node, scrape, start_router, start_sim_vllm
 
 MODEL = "sim-model"
 AUTH = {"Authorization": f"Bearer {ROUTER_TOKEN}"}
@@ -58,15 +57,9 @@ def sse_events(resp) -> list[str]:
     ]
 
 
-def metric(service_url: str, name: str, labels: str | None = None) -> float:
-    """The sum of a metric's series (all of them, or the one with exactly ``labels``)."""
-    text = requests.get(f"{service_url}/metrics", timeout=5).text
-    selector = r"(\{[^}]*\})?" if labels is None else re.escape(f"{{{labels}}}")
-    pattern = "^" + re.escape(name) + selector + r" ([0-9.e+-]+)$"
-    total = 0.0
-    for match in re.finditer(pattern, text, re.MULTILINE):
-        total += float(match.groups()[-1])
-    return total
+def metric(service_url: str, name: str, **labels: str) -> float:
+    """The sum of a metric's series at ``service_url`` (those with ``labels``)."""
+    return scrape(f"{service_url}/metrics", name, **labels)
 
 
 def running(sim) -> float:
@@ -264,9 +257,9 @@ def test_faulty_nodes_are_avoided_ejected_and_restored(procs, logdir):
         assert state[bad]["ejection"]["count"] >= 1, (bad, state[bad])
     assert state["good"]["ejection"]["count"] == 0
     assert metric(router.url, "spotrelay_router_ejections_total") >= 3
-    assert metric(router.url, "spotrelay_router_retries_total", 'reason="status_503"') >= 1
-    assert metric(router.url, "spotrelay_router_retries_total", 'reason="connect_error"') >= 1
-    assert metric(router.url, "spotrelay_router_retries_total", 'reason="first_byte_timeout"') >= 1
+    assert metric(router.url, "spotrelay_router_retries_total", reason="status_503") >= 1
+    assert metric(router.url, "spotrelay_router_retries_total", reason="connect_error") >= 1
+    assert metric(router.url, "spotrelay_router_retries_total", reason="first_byte_timeout") >= 1
 
     # Heal every node: they come back through the active /health probe.
     requests.post(f"{busy.url}/_control/reset", timeout=5).raise_for_status()

@@ -241,3 +241,30 @@ def scrape(metrics_url: str, name: str, **labels: str) -> float:
         for sample in family.samples
         if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
     )
+
+
+def post_json(url: str, body: dict | None = None) -> dict:
+    """``POST`` a JSON body (control APIs); the decoded answer, raising on non-2xx."""
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body or {}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.loads(resp.read() or b"{}")
+
+
+def router_nodes(router_url: str, token: str = ROUTER_TOKEN) -> dict[str, dict]:
+    """The router's ``GET /nodes``, keyed by node id."""
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"{router_url}/nodes", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return {n["id"]: n for n in json.load(resp)}

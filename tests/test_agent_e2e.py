@@ -31,7 +31,9 @@ from .support import (
     ROUTER_TOKEN,
     AgentProcess,
     Service,
+    post_json,
     register_node,
+    router_nodes,
     start_agent,
     start_imds,
     start_router,
@@ -47,11 +49,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def control(svc: Service, action: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    req = urllib.request.Request(
-        f"{svc.url}/_control/{action}", data=json.dumps(body or {}).encode(), method="POST"
-    )
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        return json.loads(resp.read())
+    return post_json(f"{svc.url}/_control/{action}", body)
 
 
 def get_json(url: str, token: str | None = None) -> Any:
@@ -61,7 +59,7 @@ def get_json(url: str, token: str | None = None) -> Any:
 
 
 def nodes(router: Service) -> dict[str, dict[str, Any]]:
-    return {n["id"]: n for n in get_json(f"{router.url}/nodes", ROUTER_TOKEN)}
+    return router_nodes(router.url)
 
 
 def node_state(router: Service, node_id: str) -> str | None:

@@ -10,11 +10,9 @@ continuation excludes it.
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from spotrelay.router.sse import SSEParser
 from tests.support import (
     ROUTER_TOKEN,
     Service,
+    post_json,
     register_node,
     scrape,
     start_router,
@@ -65,22 +64,14 @@ class Fleet:
         raise AssertionError("no session key found")
 
     def fault(self, node_id: str, **spec: Any) -> None:
-        _post(self.nodes[node_id].url + "/_control/faults", spec)
+        post_json(self.nodes[node_id].url + "/_control/faults", spec)
 
     def reset(self) -> None:
         for node in self.nodes.values():
-            _post(node.url + "/_control/reset", {})
+            post_json(node.url + "/_control/reset", {})
 
     def metric(self, name: str, **labels: str) -> float:
         return scrape(self.router.url + "/metrics", name, **labels)
-
-
-def _post(url: str, doc: dict[str, Any]) -> None:
-    req = urllib.request.Request(
-        url, json.dumps(doc).encode(), {"Content-Type": "application/json"}, method="POST"
-    )
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        assert resp.status == 200
 
 
 def start_fleet(

@@ -19,7 +19,14 @@ import pytest
 import requests
 
 from spotrelay.core.net import free_port, wait_until
-from tests.support import ROUTER_TOKEN, register_node, scrape, start_router, start_sim_vllm
+from tests.support import (
+    ROUTER_TOKEN,
+    register_node,
+    router_nodes,
+    scrape,
+    start_router,
+    start_sim_vllm,
+)
 
 MODEL = "sim-model"
 AUTH = {"Authorization": f"Bearer {ROUTER_TOKEN}"}
@@ -29,9 +36,7 @@ AUTH = {"Authorization": f"Bearer {ROUTER_TOKEN}"}
 
 
 def nodes(router) -> dict[str, dict]:
-    resp = requests.get(f"{router.url}/nodes", headers=AUTH, timeout=5)
-    resp.raise_for_status()
-    return {n["id"]: n for n in resp.json()}
+    return router_nodes(router.url)
 
 
 def register(router, node_id, sim_or_url, model=MODEL, **fields):

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from spotrelay.core.config import ConfigError
-from spotrelay.core.protocol import NodeLoad, NodeReport, NodeState
+from spotrelay.core.protocol import NodeLoad, NodeReport, NodeState, valid_instance_id
 from spotrelay.core.secrets import read_token
 
 from .backoff import Backoff
@@ -229,8 +229,14 @@ class Agent:
             return None
         status = self.status
         load = status.load if status and status.load else NodeLoad()
+        instance_id = self.identity.instance_id if self.identity else None
         return NodeReport(
-            url=self.url, models=tuple(models), state=state, load=load, labels=dict(self.labels)
+            url=self.url,
+            models=tuple(models),
+            state=state,
+            load=load,
+            labels=dict(self.labels),
+            instance_id=instance_id if instance_id and valid_instance_id(instance_id) else None,
         )
 
     def desired_state(self) -> NodeState | None:

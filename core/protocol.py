@@ -12,7 +12,15 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+NODE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+INSTANCE_ID_RE = re.compile(r"i-[0-9a-f]{8,17}")
+TOKEN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+
+# Capabilities an engine may advertise. Routers use them to decide what a
+# failover may do on that node; an unknown capability is kept but ignored.
+CAP_CONTINUE_FINAL_MESSAGE = "continue_final_message"  # chat resume (vLLM extension)
+CAP_ECHO = "echo"  # completions accept ``echo``
+MAX_CAPABILITIES = 32
 
 
 class NodeState(StrEnum):
@@ -32,6 +40,31 @@ class NodeLoad:
 
 
 @dataclass(frozen=True)
+class EngineInfo:
+    """What the agent detected about the engine: its kind, version and capabilities.
+
+    ``kind`` is ``vllm``, ``sglang``, ``tgi``, ``llama.cpp``, ``openai`` (any
+    other OpenAI-compatible server) or ``unknown``. An agent that reports no
+    engine block is treated as ``unknown`` with no capabilities, so an old agent
+    never unlocks a failover behaviour its engine may not support.
+    """
+
+    kind: str = "unknown"
+    version: str = ""
+    capabilities: frozenset[str] = frozenset()
+
+    def supports(self, capability: str) -> bool:
+        return capability in self.capabilities
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "version": self.version,
+            "capabilities": sorted(self.capabilities),
+        }
+
+
+@dataclass(frozen=True)
 class NodeReport:
     """A registration or heartbeat body."""
 
@@ -40,11 +73,16 @@ class NodeReport:
     state: NodeState = NodeState.READY
     load: NodeLoad = field(default_factory=NodeLoad)
     labels: dict[str, str] = field(default_factory=dict)
+    engine: EngineInfo = field(default_factory=EngineInfo)
+    instance_id: str | None = None  # the EC2 instance id, so off-node events can find the node
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
         doc["models"] = list(self.models)
         doc["state"] = str(self.state)
+        doc["engine"] = self.engine.to_json()
+        if self.instance_id is None:
+            del doc["instance_id"]
         return doc
 
 
@@ -54,7 +92,11 @@ class ProtocolError(ValueError):
 
 def valid_node_id(node_id: str) -> bool:
     """Node ids are path segments and metric labels: keep them tame."""
-    return bool(NODE_ID_RE.match(node_id))
+    return bool(NODE_ID_RE.fullmatch(node_id))
+
+
+def valid_instance_id(value: str) -> bool:
+    return bool(INSTANCE_ID_RE.fullmatch(value))
 
 
 def parse_report(body: Any) -> NodeReport:
@@ -89,10 +131,40 @@ def parse_report(body: Any) -> NodeReport:
     labels = body.get("labels") or {}
     if not isinstance(labels, dict):
         raise ProtocolError("'labels' must be an object")
+    instance_id = body.get("instance_id")
+    if instance_id is not None and (
+        not isinstance(instance_id, str) or not valid_instance_id(instance_id)
+    ):
+        raise ProtocolError("'instance_id' must be an EC2 instance id like i-0123456789abcdef0")
     return NodeReport(
         url=url,
         models=tuple(models),
         state=state,
         load=load,
         labels={str(k): str(v) for k, v in labels.items()},
+        engine=_parse_engine(body.get("engine")),
+        instance_id=instance_id,
     )
+
+
+def _parse_engine(raw: Any) -> EngineInfo:
+    if raw is None:
+        return EngineInfo()
+    if not isinstance(raw, dict):
+        raise ProtocolError("'engine' must be an object")
+    kind = raw.get("kind", "unknown")
+    version = raw.get("version", "")
+    caps = raw.get("capabilities", [])
+    if not isinstance(kind, str) or not TOKEN_RE.fullmatch(kind):
+        raise ProtocolError("'engine.kind' must be a short name like 'vllm'")
+    if not isinstance(version, str) or len(version) > 64 or not version.isprintable():
+        raise ProtocolError("'engine.version' must be a printable string of at most 64 characters")
+    if (
+        not isinstance(caps, list)
+        or len(caps) > MAX_CAPABILITIES
+        or not all(isinstance(c, str) and TOKEN_RE.fullmatch(c) for c in caps)
+    ):
+        raise ProtocolError(
+            f"'engine.capabilities' must be a list of at most {MAX_CAPABILITIES} short names"
+        )
+    return EngineInfo(kind=kind, version=version, capabilities=frozenset(caps))

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from spotrelay.core.protocol import NodeLoad, NodeReport, NodeState
+from spotrelay.core.protocol import EngineInfo, NodeLoad, NodeReport, NodeState
 
 from .netpolicy import NodeTarget
 
@@ -68,7 +68,8 @@ class Node:
     ejected_until: float | None = None  # not ejected when None
     restored_at: float | None = None
     removed: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    engine: EngineInfo = field(default_factory=EngineInfo)
+    instance_id: str | None = None
 
     @property
     def url(self) -> str:
@@ -113,6 +114,8 @@ class Node:
                 "kv_cache_usage": self.load.kv_cache_usage,
             },
             "labels": dict(self.labels),
+            "engine": self.engine.to_json(),
+            "instance_id": self.instance_id,
             "in_flight": self.in_flight,
             "failures": {
                 "consecutive": self.consecutive_failures,
@@ -183,6 +186,8 @@ class Registry:
                     registered_at=now,
                     last_seen=now,
                     pool=self.pool_factory(target) if self.pool_factory else None,
+                    engine=report.engine,
+                    instance_id=report.instance_id,
                 )
                 self._nodes[node_id] = node
                 events.append(("registered", node))
@@ -198,6 +203,8 @@ class Registry:
                 node.reported_state = report.state
                 node.load = report.load
                 node.labels = dict(report.labels)
+                node.engine = report.engine
+                node.instance_id = report.instance_id
                 node.last_seen = now
             for model in node.models:
                 self._known_models[model] = now

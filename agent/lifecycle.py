@@ -1,4 +1,8 @@
-"""The ASG termination lifecycle hook: complete it (CONTINUE) and keep it alive.
+"""ASG lifecycle hooks: complete one (CONTINUE or ABANDON) and keep it alive.
+
+The same class serves the termination hook (the drain completes it with
+CONTINUE) and the launch hook (the readiness gate completes it with CONTINUE
+once the node serves, ABANDON when it never does).
 
 boto3 is imported lazily, on the first call: it costs tens of megabytes of
 memory and most of the agent's start-up time, and nodes without a hook (or
@@ -76,17 +80,15 @@ class LifecycleHook:
             "InstanceId": self.instance_id,
         }
 
-    def complete(self) -> str:
-        """CONTINUE the termination; returns ``completed`` or ``no_active_action``."""
+    def complete(self, result: str = "CONTINUE") -> str:
+        """Complete the action with ``result``; returns ``completed`` or ``no_active_action``."""
         if self.dry_run:
-            log.info("dry run: would CompleteLifecycleAction CONTINUE", extra=self._params())
+            log.info("dry run: would CompleteLifecycleAction %s", result, extra=self._params())
             return "completed"
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self.client().complete_lifecycle_action(
-                LifecycleActionResult="CONTINUE", **self._params()
-            )
+            self.client().complete_lifecycle_action(LifecycleActionResult=result, **self._params())
         except ClientError as exc:
             if _no_active_action(exc):
                 log.info("no active lifecycle action to complete (counts as done)")
@@ -94,7 +96,7 @@ class LifecycleHook:
             raise LifecycleError(f"CompleteLifecycleAction: {exc}") from None
         except BotoCoreError as exc:
             raise LifecycleError(f"CompleteLifecycleAction: {exc}") from None
-        log.info("completed lifecycle action (CONTINUE)", extra=self._params())
+        log.info("completed lifecycle action (%s)", result, extra=self._params())
         return "completed"
 
     def heartbeat(self) -> bool:
@@ -117,6 +119,26 @@ class LifecycleHook:
             return False
         log.debug("recorded lifecycle action heartbeat")
         return True
+
+    def set_unhealthy(self) -> None:
+        """``SetInstanceHealth(Unhealthy)`` for this instance: the ASG replaces it.
+
+        The grace period is not respected: the agent only calls this after the
+        launch phase, when the engine has been failing for a configured time.
+        """
+        if self.dry_run:
+            log.info("dry run: would SetInstanceHealth Unhealthy", extra=self._params())
+            return
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client().set_instance_health(
+                InstanceId=self.instance_id,
+                HealthStatus="Unhealthy",
+                ShouldRespectGracePeriod=False,
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise LifecycleError(f"SetInstanceHealth: {exc}") from None
 
     def describe_hook(self) -> dict[str, Any] | None:
         """The hook as the ASG knows it (``spotrelay agent check``); None if absent."""

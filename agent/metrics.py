@@ -82,6 +82,32 @@ class AgentMetrics:
             ["result"],
             registry=r,
         )
+        self.launch_hook = Counter(
+            PREFIX + "launch_hook_total",
+            "Launch lifecycle hook completions by action (CONTINUE, ABANDON) and outcome "
+            "(completed, no_active_action, failed)",
+            ["action", "outcome"],
+            registry=r,
+        )
+        self.launch_heartbeats = Counter(
+            PREFIX + "launch_hook_heartbeats_total",
+            "RecordLifecycleActionHeartbeat calls while the model loads (ok, failed)",
+            ["result"],
+            registry=r,
+        )
+        self.self_heal = Counter(
+            PREFIX + "self_heal_total",
+            "Self-healing steps: triggered, set_unhealthy (SetInstanceHealth done), failed",
+            ["result"],
+            registry=r,
+        )
+        self.startup = Gauge(
+            PREFIX + "startup_seconds",
+            "Seconds from host boot to each start-up milestone "
+            "(agent_started, engine_healthy, registered)",
+            ["milestone"],
+            registry=r,
+        )
         self.webhook_failures = Counter(
             PREFIX + "webhook_failures_total", "Webhook POSTs that failed", registry=r
         )

@@ -45,6 +45,7 @@ from .imds import Identity, ImdsClient, ImdsError
 from .lifecycle import LifecycleHook
 from .metrics import AgentMetrics
 from .monitors import Poller, all_monitors
+from .readiness import RouterAcks, build_watch
 from .routers import RouterClient, RouterLink
 from .settings import AgentConfig
 from .webhook import Webhook
@@ -102,6 +103,7 @@ class Agent:
         self.status: EngineStatus | None = None
         self.models: list[str] = []
         self.registered = False
+        self.acks = RouterAcks()  # which routers took the node as ready (launch gate)
         self.identity: Identity | None = None
         self.links: list[RouterLink] = []
         self.pollers: list[Poller] = []
@@ -216,7 +218,8 @@ class Agent:
             for m in all_monitors()
         ]
         engine_thread = threading.Thread(target=self._engine_loop, name="engine-watch", daemon=True)
-        self._threads = [*self.pollers, engine_thread, *self.links]
+        readiness = build_watch(self)  # launch hook, start-up clock, self-healing
+        self._threads = [*self.pollers, engine_thread, *self.links, readiness]
         for t in self._threads:
             t.start()
         return True
@@ -258,6 +261,7 @@ class Agent:
         return self.report(state) if state is not None else None
 
     def _on_heartbeat(self, client: RouterClient, report: NodeReport, ok: bool) -> None:
+        self.acks.record(client.base, report.state, ok)
         if ok:
             self.metrics.heartbeats.labels(client.base).inc()
             if report.state == NodeState.READY and not self.registered:

@@ -69,6 +69,12 @@ class Engine:
     stop_timeout_s: float = setting(
         120, min=1, help="wait this long for 'systemctl stop' (vLLM --shutdown-timeout)"
     )
+    unhealthy_after_s: float = setting(
+        300,
+        min=0,
+        help="after the launch phase, an engine failing this long is drained and the instance "
+        "marked Unhealthy in its ASG (0 = never)",
+    )
 
     def validate(self) -> None:
         _check_url("engine.url", self.url)
@@ -115,16 +121,27 @@ class Drain:
 class Lifecycle:
     asg_name: str | None = setting(None, help="Auto Scaling group; empty = no lifecycle hook")
     hook_name: str | None = setting(None, help="termination lifecycle hook name")
+    launch_hook_name: str | None = setting(
+        None, help="launch lifecycle hook: CONTINUE once serving (empty = no readiness gate)"
+    )
+    launch_timeout_s: float = setting(
+        1800,
+        min=1,
+        help="launch phase budget: ABANDON the launch hook if not serving by then",
+    )
     region: str | None = setting(None, help="AWS region; default: from IMDS placement")
     endpoint_url: str | None = setting(None, help="Auto Scaling API endpoint override (tests)")
     heartbeat_interval_s: float = setting(
-        30, min=1, help="RecordLifecycleActionHeartbeat period while a drain runs"
+        30,
+        min=1,
+        help="RecordLifecycleActionHeartbeat period while a drain runs or the model loads",
     )
 
     def validate(self) -> None:
-        if bool(self.asg_name) != bool(self.hook_name):
-            missing = "lifecycle.hook_name" if self.asg_name else "lifecycle.asg_name"
-            raise ConfigError(missing, "asg_name and hook_name must be set together")
+        if (self.hook_name or self.launch_hook_name) and not self.asg_name:
+            raise ConfigError("lifecycle.asg_name", "needed with a lifecycle hook name")
+        if self.asg_name and not (self.hook_name or self.launch_hook_name):
+            raise ConfigError("lifecycle.hook_name", "asg_name and hook_name must be set together")
 
 
 @dataclass

@@ -1,0 +1,88 @@
+"""The launch gate, router acknowledgements and the self-heal watchdog: pure decisions."""
+
+from __future__ import annotations
+
+import pytest
+
+from spotrelay.agent.readiness import Action, LaunchGate, RouterAcks
+from spotrelay.agent.selfheal import SelfHeal
+from spotrelay.agent.settings import AgentConfig
+from spotrelay.core.config import ConfigError, load
+from spotrelay.core.protocol import NodeState
+
+
+def test_gate_heartbeats_while_loading_then_continues() -> None:
+    gate = LaunchGate(timeout_s=100, heartbeat_interval_s=10, started=0.0)
+    assert gate.step(0.5, serving=False) is Action.HEARTBEAT  # at once: an agent is alive
+    assert gate.step(5, serving=False) is Action.WAIT
+    assert gate.step(10.5, serving=False) is Action.HEARTBEAT
+    assert gate.step(12, serving=True) is Action.CONTINUE
+    gate.finish("CONTINUE")
+    assert gate.step(13, serving=True) is Action.WAIT  # completed once
+
+
+def test_gate_abandons_at_the_deadline_even_if_serving_never_came() -> None:
+    gate = LaunchGate(timeout_s=30, heartbeat_interval_s=10, started=100.0)
+    assert gate.step(129.9, serving=False) is not Action.ABANDON
+    assert gate.step(130.0, serving=False) is Action.ABANDON
+
+
+def test_router_acks_need_every_reachable_router() -> None:
+    acks = RouterAcks()
+    assert not acks.ready_on_routers()
+    acks.record("http://r1", NodeState.READY, ok=True)
+    acks.record("http://r2", NodeState.READY, ok=False)  # r2 is down: does not block
+    assert acks.ready_on_routers()
+    acks.record("http://r2", NodeState.DRAINING, ok=True)  # r2 answers, not ready there
+    assert not acks.ready_on_routers()
+    acks.record("http://r2", NodeState.READY, ok=True)
+    assert acks.ready_on_routers()
+    acks.record("http://r1", NodeState.DRAINING, ok=True)
+    assert not acks.ready_on_routers()
+
+
+def test_selfheal_fires_once_after_the_window_and_only_when_armed() -> None:
+    heal = SelfHeal(unhealthy_after_s=60)
+    assert not heal.step(0, healthy=False, armed=False)  # launch phase: not our business
+    assert not heal.step(100, healthy=False, armed=True)  # the clock starts now
+    assert not heal.step(150, healthy=True, armed=True)  # recovered: reset
+    assert not heal.step(160, healthy=False, armed=True)
+    assert not heal.step(219, healthy=False, armed=True)
+    assert heal.step(220, healthy=False, armed=True)
+    assert not heal.step(400, healthy=False, armed=True)  # once
+
+
+def test_selfheal_disarmed_by_a_drain_and_disabled_by_zero() -> None:
+    heal = SelfHeal(unhealthy_after_s=10)
+    heal.step(0, healthy=False, armed=True)
+    assert not heal.step(20, healthy=False, armed=False)  # a drain stopped the engine
+    assert not heal.step(25, healthy=False, armed=True)  # window restarts
+    assert heal.step(35, healthy=False, armed=True)
+    off = SelfHeal(unhealthy_after_s=0)
+    assert not off.step(0, healthy=False, armed=True)
+    assert not off.step(1e6, healthy=False, armed=True)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "key"),
+    [
+        ("lifecycle: {launch_hook_name: l}\n", "lifecycle.asg_name"),
+        ("lifecycle: {hook_name: h}\n", "lifecycle.asg_name"),
+        ("lifecycle: {asg_name: g}\n", "lifecycle.hook_name"),
+        ("engine: {unhealthy_after_s: -1}\n", "engine.unhealthy_after_s"),
+    ],
+)
+def test_lifecycle_settings_errors_name_the_key(tmp_path, yaml_text: str, key: str) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError) as err:
+        load(AgentConfig, path, env={})
+    assert key in str(err.value)
+
+
+def test_launch_hook_alone_is_a_valid_configuration(tmp_path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text("lifecycle: {asg_name: g, launch_hook_name: g-launch}\n")
+    cfg = load(AgentConfig, path, env={})
+    assert cfg.lifecycle.launch_hook_name == "g-launch" and cfg.lifecycle.hook_name is None
+    assert cfg.engine.unhealthy_after_s == 300 and cfg.lifecycle.launch_timeout_s == 1800

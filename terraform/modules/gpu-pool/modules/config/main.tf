@@ -5,9 +5,12 @@
 locals {
   served_model_name = coalesce(var.model.served_name, var.model.name)
   hook_name         = coalesce(var.lifecycle_hook.name, "${var.name}-drain")
-  vllm_pip_spec     = coalesce(var.vllm.pip_spec, "vllm==${var.vllm.version}")
+  vllm_pip_spec     = coalesce(var.vllm.pip_spec, local.s3_stream ? "vllm[runai]==${var.vllm.version}" : "vllm==${var.vllm.version}")
   has_model_volume  = var.volumes.model_size_gib > 0
-  hf_home           = local.has_model_volume ? "${var.volumes.model_mount}/huggingface" : "/var/lib/vllm/huggingface"
+  # Weights and the Hugging Face cache live under model_mount when a disk
+  # backs it: the EBS model volume, or the instance-store NVMe.
+  model_on_disk = local.has_model_volume || var.instance_store
+  hf_home       = local.model_on_disk ? "${var.volumes.model_mount}/huggingface" : "/var/lib/vllm/huggingface"
 
   # Capacity rebalancing launches the replacement before the old node is
   # gone, so the group needs room above desired_capacity.
@@ -36,7 +39,7 @@ locals {
   }]
 
   # The mixed instances policy overrides, in preference order.
-  instance_overrides = [for t in var.instance_types : { instance_type = t }]
+  instance_overrides = [for t in local.explicit_types : { instance_type = t }]
   instance_families  = distinct([for t in var.instance_types : split(".", t)[0]])
 
   # /etc/spotrelay/agent.yaml: keys of spotrelay.agent.settings.AgentConfig.
@@ -48,10 +51,11 @@ locals {
       node_token_file = "/etc/spotrelay/node-token"
     }
     engine = {
-      url          = "http://127.0.0.1:${var.vllm.port}"
-      model        = local.served_model_name
-      process_name = "vllm"
-      systemd_unit = "vllm.service"
+      url               = "http://127.0.0.1:${var.vllm.port}"
+      model             = local.served_model_name
+      process_name      = "vllm"
+      systemd_unit      = "vllm.service"
+      unhealthy_after_s = var.engine_unhealthy_after_s
     }
     imds = {
       url             = "http://169.254.169.254"
@@ -66,9 +70,11 @@ locals {
       stop_engine     = true
     }
     lifecycle = {
-      asg_name  = var.name
-      hook_name = local.hook_name
-      region    = var.region
+      asg_name         = var.name
+      hook_name        = local.hook_name
+      launch_hook_name = local.launch_hook_name
+      launch_timeout_s = var.launch_hook.agent_timeout_s
+      region           = var.region
     }
     metrics = {
       host = var.spotrelay.metrics_host
@@ -83,12 +89,13 @@ locals {
 
   # `vllm serve` arguments, one token each (the unit's ExecStart).
   vllm_argv = concat(
-    ["/opt/vllm/venv/bin/vllm", "serve", var.model.name],
+    ["/opt/vllm/venv/bin/vllm", "serve", local.vllm_model],
     ["--host", "0.0.0.0", "--port", tostring(var.vllm.port)],
     ["--served-model-name", local.served_model_name],
     ["--shutdown-timeout", tostring(var.vllm.shutdown_timeout_s)],
     ["--gpu-memory-utilization", tostring(var.model.gpu_memory_utilization)],
     ["--tensor-parallel-size", tostring(var.model.tensor_parallel_size)],
+    local.vllm_load_args,
     var.model.max_model_len == null ? [] : ["--max-model-len", tostring(var.model.max_model_len)],
     var.model.extra_args,
   )
@@ -96,7 +103,7 @@ locals {
   vllm_unit = templatefile("${path.module}/templates/vllm.service.tftpl", {
     argv               = local.vllm_argv
     hf_home            = local.hf_home
-    model_mount        = local.has_model_volume ? var.volumes.model_mount : ""
+    model_mount        = local.model_on_disk ? var.volumes.model_mount : ""
     shutdown_timeout_s = var.vllm.shutdown_timeout_s
   })
 
@@ -109,6 +116,8 @@ locals {
     model_size_gib       = var.volumes.model_size_gib
     model_mount          = var.volumes.model_mount
     hf_home              = local.hf_home
+    model_s3_uri         = local.s3_copy ? var.model_s3_uri : ""
+    weights_at           = local.weights_at
   })
 
   user_data = templatefile("${path.module}/templates/cloud-init.yaml.tftpl", {
@@ -116,6 +125,8 @@ locals {
     vllm_unit      = local.vllm_unit
     install_script = local.install_script
     fetch_secret   = file("${path.module}/templates/fetch-secret.py")
+    fetch_model    = local.s3_copy ? file("${path.module}/templates/fetch-model.py") : ""
+    nvme_script    = var.instance_store ? local.nvme_script : ""
   })
 }
 
@@ -123,7 +134,7 @@ locals {
 # type is interrupted far more often than a diversified one.
 check "spot_diversification" {
   assert {
-    condition     = length(var.instance_types) >= 3 && length(local.instance_families) >= 2
+    condition     = local.use_requirements || length(var.instance_types) >= 3 && length(local.instance_families) >= 2
     error_message = "Spot pools are interrupted less when they may use at least 3 instance types from 2 or more families (now ${length(var.instance_types)} types, ${length(local.instance_families)} families)."
   }
 }

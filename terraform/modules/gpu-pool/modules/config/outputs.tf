@@ -39,8 +39,23 @@ output "served_model_name" {
 }
 
 output "instance_overrides" {
-  description = "Mixed instances policy overrides, in preference order."
+  description = "Mixed instances policy overrides, in preference order (empty with instance_requirements)."
   value       = local.instance_overrides
+
+  precondition {
+    condition     = length(local.unknown_types) == 0 || (!local.need_known && local.tp == 1)
+    error_message = "No GPU memory on record for instance type(s) ${join(", ", local.unknown_types)}: add them to extra_gpu_specs (gpus, gpu_memory_gib) so the plan can check they hold the model."
+  }
+
+  precondition {
+    condition     = length(local.too_few_gpus) == 0
+    error_message = "model.tensor_parallel_size = ${local.tp} needs ${local.tp} GPUs, but ${join(", ", [for t in local.too_few_gpus : "${t} has ${local.gpu_specs[t].gpus}"])}."
+  }
+
+  precondition {
+    condition     = length(local.too_small) == 0
+    error_message = "The model needs ${local.need_text} of GPU memory; too small: ${join("; ", [for t in local.too_small : "${t} offers ${local.usable_gib[t]} GiB (${min(local.tp, local.gpu_specs[t].gpus)} x ${local.gpu_specs[t].gpu_memory_gib} GiB at gpu_memory_utilization ${local.gpu_mem_util})"])}. Remove these types or raise tensor_parallel_size."
+  }
 }
 
 output "scaling" {

@@ -19,9 +19,9 @@ variable "region" {
 }
 
 variable "instance_types" {
-  description = "GPU instance types the mixed instances policy may launch, most preferred first. Spot capacity is deepest when several families and sizes are allowed."
+  description = "GPU instance types the mixed instances policy may launch, most preferred first (ignored when instance_requirements is set). Spot capacity is deepest when several families and sizes are allowed. The defaults hold a 7-8B 16-bit model (24 GiB GPUs and up); g4dn (T4, 16 GiB) does not, so it is not among them. Each type must hold the model: see model_gpu_memory_gib."
   type        = list(string)
-  default     = ["g6.xlarge", "g5.xlarge", "g6e.xlarge", "g4dn.xlarge", "g6.2xlarge", "g5.2xlarge"]
+  default     = ["g6.xlarge", "g5.xlarge", "g6e.xlarge", "g6.2xlarge", "g5.2xlarge", "g6e.2xlarge"]
 
   validation {
     condition     = length(var.instance_types) >= 1 && length(var.instance_types) <= 20

@@ -9,19 +9,35 @@ variables {
   model = {
     name = "Qwen/Qwen2.5-7B-Instruct"
   }
+  model_params_billion = 7.6
 }
 
 run "defaults" {
   command = apply
 
   assert {
-    condition     = length(var.instance_types) >= 4 && length(distinct([for t in var.instance_types : split(".", t)[0]])) >= 4
-    error_message = "The default instance types must span at least 4 GPU families."
+    condition     = length(var.instance_types) >= 6 && length(distinct([for t in var.instance_types : split(".", t)[0]])) >= 3
+    error_message = "The default instance types must span at least 3 GPU families."
   }
 
   assert {
-    condition     = toset([for t in var.instance_types : split(".", t)[0]]) == toset(["g6", "g5", "g6e", "g4dn"])
-    error_message = "The default families are g6, g5, g6e and g4dn."
+    condition     = toset([for t in var.instance_types : split(".", t)[0]]) == toset(["g6", "g5", "g6e"])
+    error_message = "The default families are g6, g5 and g6e: g4dn's 16 GiB T4 cannot hold the default 7B model."
+  }
+
+  assert {
+    condition     = output.model_memory.need_gib > 16.9 && output.model_memory.need_gib < 17.1 && output.model_memory.usable_gib["g6.xlarge"] == 21.6
+    error_message = "7.6 B params x 2 bytes = 14.2 GiB, +20 % KV cache = 17.0 GiB; a 24 GiB L4 offers 21.6 GiB at 0.9."
+  }
+
+  assert {
+    condition     = output.launch_hook.name == "llm-launch" && output.launch_hook.default_result == "ABANDON" && output.launch_hook.transition == "autoscaling:EC2_INSTANCE_LAUNCHING" && output.launch_hook.heartbeat_timeout == 1200
+    error_message = "The launch hook is <name>-launch, ABANDON by default, sized for a cold start."
+  }
+
+  assert {
+    condition     = output.instance_requirements == null && output.model_s3 == null
+    error_message = "Explicit types and the hub are the defaults."
   }
 
   assert {
@@ -220,13 +236,34 @@ run "no_model_volume" {
   }
 
   assert {
-    condition     = !output.volumes.has_model_volume && !strcontains(output.vllm_unit, "RequiresMountsFor")
-    error_message = "Without a model volume the unit does not wait for a mount."
+    condition     = !output.volumes.has_model_volume && strcontains(output.vllm_unit, "HF_HOME=/opt/models/huggingface")
+    error_message = "Without a model volume the cache goes to the instance-store NVMe (mounted at model_mount)."
+  }
+}
+
+run "no_model_volume_no_instance_store" {
+  command = apply
+
+  variables {
+    volumes = {
+      model_size_gib = 0
+    }
+    instance_store = false
+  }
+
+  assert {
+    condition     = !strcontains(output.vllm_unit, "RequiresMountsFor")
+    error_message = "Without a model volume or instance store the unit does not wait for a mount."
   }
 
   assert {
     condition     = strcontains(output.vllm_unit, "HF_HOME=/var/lib/vllm/huggingface")
-    error_message = "Without a model volume the cache lives on the root volume."
+    error_message = "Without a model volume or instance store the cache lives on the root volume."
+  }
+
+  assert {
+    condition     = !strcontains(output.user_data, "spotrelay-nvme") && !strcontains(output.user_data, "mdadm") && output.nvme_script == ""
+    error_message = "Without instance_store the user data has no NVMe step."
   }
 }
 
@@ -414,4 +451,292 @@ run "rejects_bad_name" {
     name = "LLM_Pool"
   }
   expect_failures = [var.name]
+}
+
+# --- readiness gate, self-healing --------------------------------------------
+
+run "agent_gets_launch_hook_and_self_heal" {
+  command = apply
+
+  variables {
+    launch_hook = {
+      heartbeat_timeout = 900
+      agent_timeout_s   = 1800
+    }
+    engine_unhealthy_after_s = 240
+  }
+
+  assert {
+    condition     = output.agent_settings.lifecycle.launch_hook_name == "llm-launch" && output.agent_settings.lifecycle.launch_timeout_s == 1800 && output.agent_settings.lifecycle.hook_name == "llm-drain"
+    error_message = "The agent completes the launch hook and the termination hook."
+  }
+
+  assert {
+    condition     = output.agent_settings.engine.unhealthy_after_s == 240
+    error_message = "The self-heal window reaches the agent."
+  }
+
+  assert {
+    condition     = output.launch_hook.heartbeat_timeout == 900
+    error_message = "The launch hook's heartbeat timeout is configurable."
+  }
+
+  assert {
+    condition     = strcontains(output.install_script, "systemctl enable --now spotrelay-agent.service") && strcontains(output.install_script, "venv_install /opt/vllm/venv")
+    error_message = "The agent starts before vLLM is installed, so it heartbeats the launch hook during the install."
+  }
+}
+
+run "rejects_launch_timeout_beyond_global_timeout" {
+  command = plan
+  variables {
+    launch_hook = {
+      heartbeat_timeout = 60
+      agent_timeout_s   = 7200
+    }
+  }
+  expect_failures = [var.launch_hook]
+}
+
+run "rejects_launch_hook_default_result" {
+  command = plan
+  variables {
+    launch_hook = {
+      default_result = "RETRY"
+    }
+  }
+  expect_failures = [var.launch_hook]
+}
+
+# --- model-fit instance selection ------------------------------------------------
+
+run "rejects_type_too_small_for_model" {
+  command = plan
+  variables {
+    instance_types = ["g6.xlarge", "g4dn.xlarge", "g5.xlarge"]
+  }
+  expect_failures = [output.instance_overrides]
+}
+
+run "explicit_memory_need_wins" {
+  command = plan
+  variables {
+    instance_types       = ["g6e.xlarge", "g6e.2xlarge", "g5.xlarge"]
+    model_gpu_memory_gib = 40
+  }
+  expect_failures = [output.instance_overrides]
+}
+
+run "tensor_parallel_spreads_the_model" {
+  command = apply
+
+  variables {
+    model = {
+      name                 = "Qwen/Qwen2.5-32B-Instruct"
+      tensor_parallel_size = 4
+    }
+    model_params_billion = 32.8
+    instance_types       = ["g6e.12xlarge", "g6e.24xlarge", "g5.48xlarge"]
+  }
+
+  assert {
+    condition     = output.model_memory.usable_gib["g6e.12xlarge"] == 172.8 && output.model_memory.usable_gib["g5.48xlarge"] == 86.4
+    error_message = "Usable memory is tensor_parallel_size GPUs at gpu_memory_utilization."
+  }
+
+  assert {
+    condition     = strcontains(join(" ", output.vllm_argv), "--tensor-parallel-size 4")
+    error_message = "tensor_parallel_size reaches vLLM."
+  }
+}
+
+run "rejects_tensor_parallel_beyond_gpu_count" {
+  command = plan
+  variables {
+    model = {
+      name                 = "Qwen/Qwen2.5-7B-Instruct"
+      tensor_parallel_size = 4
+    }
+    instance_types = ["g6.12xlarge", "g6.xlarge", "g5.12xlarge"]
+  }
+  expect_failures = [output.instance_overrides]
+}
+
+run "rejects_unknown_type_when_fit_is_checked" {
+  command = plan
+  variables {
+    instance_types = ["g6.xlarge", "g7e.2xlarge", "g5.xlarge"]
+  }
+  expect_failures = [output.instance_overrides]
+}
+
+run "extra_gpu_specs_cover_new_types" {
+  command = apply
+  variables {
+    instance_types  = ["g6.xlarge", "g7e.2xlarge", "g5.xlarge"]
+    extra_gpu_specs = { "g7e.2xlarge" = { gpus = 1, gpu_memory_gib = 96 } }
+  }
+  assert {
+    condition     = output.model_memory.usable_gib["g7e.2xlarge"] == 86.4
+    error_message = "extra_gpu_specs extend the table."
+  }
+}
+
+run "attribute_based_selection" {
+  command = apply
+
+  variables {
+    model = {
+      name                 = "Qwen/Qwen2.5-7B-Instruct"
+      tensor_parallel_size = 1
+    }
+    instance_requirements = {
+      vcpu_max               = 32
+      allowed_instance_types = ["g5*", "g6*", "g6e*"]
+    }
+  }
+
+  assert {
+    condition     = length(output.instance_overrides) == 0
+    error_message = "instance_requirements replaces the explicit type list."
+  }
+
+  assert {
+    condition     = output.instance_requirements.accelerator_manufacturers == ["nvidia"] && output.instance_requirements.accelerator_types == ["gpu"]
+    error_message = "Only NVIDIA GPU instances."
+  }
+
+  assert {
+    condition     = output.instance_requirements.accelerator_count.min == 1 && output.instance_requirements.accelerator_count.max == 1
+    error_message = "Exactly tensor_parallel_size GPUs: no idle GPUs to pay for."
+  }
+
+  assert {
+    condition     = output.instance_requirements.accelerator_total_memory_mib.min == 19328
+    error_message = "16.99 GiB / 0.9 utilisation = 18.88 GiB = 19328 MiB of GPU memory at least."
+  }
+
+  assert {
+    condition     = output.instance_requirements.vcpu_count.min == 4 && output.instance_requirements.vcpu_count.max == 32 && output.instance_requirements.memory_mib.min == 16384
+    error_message = "vCPU and memory bounds pass through (GiB to MiB)."
+  }
+}
+
+run "rejects_requirements_without_model_size" {
+  command = plan
+  variables {
+    model_params_billion  = null
+    instance_requirements = {}
+  }
+  expect_failures = [output.instance_requirements, check.model_fit_known]
+}
+
+run "rejects_allowed_and_excluded_types_together" {
+  command = plan
+  variables {
+    instance_requirements = {
+      allowed_instance_types  = ["g6*"]
+      excluded_instance_types = ["g4dn*"]
+    }
+  }
+  expect_failures = [var.instance_requirements]
+}
+
+# --- cold start: S3 weights and instance-store NVMe -----------------------------
+
+run "instance_store_is_formatted_in_cloud_init" {
+  command = apply
+
+  assert {
+    condition     = yamldecode(output.user_data).runcmd[0] == ["/usr/local/sbin/spotrelay-nvme"] && yamldecode(output.user_data).runcmd[1] == ["/usr/local/sbin/spotrelay-install"]
+    error_message = "cloud-init mounts the NVMe before the install."
+  }
+
+  assert {
+    condition     = contains(yamldecode(output.user_data).packages, "mdadm") && strcontains(output.nvme_script, "Amazon EC2 NVMe Instance Storage") && strcontains(output.nvme_script, "mkfs.xfs") && strcontains(output.nvme_script, "MOUNT='/opt/models'")
+    error_message = "Instance-store devices are found by model, striped, formatted and mounted at model_mount."
+  }
+
+  assert {
+    condition     = one([for f in yamldecode(output.user_data).write_files : f.content if f.path == "/usr/local/sbin/spotrelay-nvme"]) == output.nvme_script
+    error_message = "cloud-init writes the NVMe script verbatim."
+  }
+
+  assert {
+    condition     = strcontains(output.install_script, "! mountpoint -q \"$MODEL_MOUNT\"")
+    error_message = "The EBS model volume is not mounted over the NVMe."
+  }
+}
+
+run "weights_copied_from_s3" {
+  command = apply
+
+  variables {
+    model_s3_uri = "s3://acme-models/qwen2.5-7b-instruct/"
+  }
+
+  assert {
+    condition     = output.vllm_argv[2] == "/opt/models/weights" && strcontains(join(" ", output.vllm_argv), "--served-model-name Qwen/Qwen2.5-7B-Instruct")
+    error_message = "vLLM serves the local copy under the model's own name."
+  }
+
+  assert {
+    condition     = strcontains(output.install_script, "fetch-model.py") && strcontains(output.install_script, "'s3://acme-models/qwen2.5-7b-instruct/' '/opt/models/weights' 'us-east-1'")
+    error_message = "The install copies the weights from S3 before vLLM starts."
+  }
+
+  assert {
+    condition     = length([for f in yamldecode(output.user_data).write_files : f if f.path == "/usr/local/lib/spotrelay/fetch-model.py"]) == 1
+    error_message = "cloud-init writes the parallel S3 copier."
+  }
+
+  assert {
+    condition     = output.model_s3.bucket == "acme-models" && output.model_s3.prefix == "qwen2.5-7b-instruct" && output.model_s3.load == "copy"
+    error_message = "The S3 source is parsed for the IAM policy."
+  }
+
+  assert {
+    condition     = strcontains(output.user_data, "spotrelay-nvme")
+    error_message = "The copy lands on the instance-store NVMe when there is one."
+  }
+}
+
+run "weights_streamed_from_s3" {
+  command = apply
+
+  variables {
+    model_s3_uri  = "s3://acme-models/qwen"
+    model_s3_load = "stream"
+  }
+
+  assert {
+    condition     = output.vllm_argv[2] == "s3://acme-models/qwen" && strcontains(join(" ", output.vllm_argv), "--load-format runai_streamer")
+    error_message = "vLLM streams the weights from S3 with the Run:ai streamer."
+  }
+
+  assert {
+    condition     = strcontains(output.install_script, "'vllm[runai]==0.33.0'") && !strcontains(output.install_script, "fetch-model.py")
+    error_message = "Streaming installs vllm[runai] and copies nothing."
+  }
+}
+
+run "hub_download_without_s3" {
+  command = apply
+
+  variables {
+    instance_store = false
+  }
+
+  assert {
+    condition     = output.vllm_argv[2] == "Qwen/Qwen2.5-7B-Instruct" && !strcontains(output.user_data, "fetch-model") && !strcontains(output.user_data, "spotrelay-nvme")
+    error_message = "Without model_s3_uri or instance store the user data has neither step."
+  }
+}
+
+run "rejects_bad_s3_uri" {
+  command = plan
+  variables {
+    model_s3_uri = "https://acme-models.s3.amazonaws.com/qwen"
+  }
+  expect_failures = [var.model_s3_uri]
 }

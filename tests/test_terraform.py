@@ -108,8 +108,12 @@ def test_user_data_writes_what_the_units_need(rendered: dict) -> None:
     # The agent unit's ExecStart lives in the virtualenv the script creates.
     agent_unit = (REPO / "agent" / "systemd" / "spotrelay-agent.service").read_text()
     assert "ExecStart=/opt/spotrelay/venv/bin/spotrelay agent" in agent_unit
-    assert "python3 -m venv /opt/spotrelay/venv" in script
-    assert doc["runcmd"] == [["/usr/local/sbin/spotrelay-install"]]
+    assert 'python3 -m venv "$1"' in script and "venv_install /opt/spotrelay/venv " in script
+    # The instance-store NVMe is mounted before the install puts weights on it.
+    assert doc["runcmd"] == [
+        ["/usr/local/sbin/spotrelay-nvme"],
+        ["/usr/local/sbin/spotrelay-install"],
+    ]
 
 
 def test_cloud_init_schema(rendered: dict, tmp_path: Path) -> None:
@@ -143,7 +147,13 @@ def test_bootstrap_scripts_parse(rendered: dict, tmp_path: Path) -> None:
         for f in yaml.safe_load(doc)["write_files"]
         if f["path"] == "/usr/local/sbin/spotrelay-install"
     ]
-    problems = tfcheck._bash_problems([rendered["gpu_install_script"], *router_scripts], tmp_path)
+    gpu_scripts = [
+        f["content"]
+        for f in yaml.safe_load(rendered["gpu_user_data"])["write_files"]
+        if f["path"].startswith("/usr/local/sbin/")
+    ]
+    assert len(gpu_scripts) == 2  # spotrelay-nvme, spotrelay-install
+    problems = tfcheck._bash_problems([*gpu_scripts, *router_scripts], tmp_path)
     if problems is None:
         pytest.skip("bash not found")
     assert problems == []
@@ -167,15 +177,18 @@ def test_module_layout_and_readme(rel: str) -> None:
     for name in ("main.tf", "variables.tf", "outputs.tf", "versions.tf", "README.md"):
         assert (d / name).is_file(), f"{rel}/{name} missing"
     readme = (d / "README.md").read_text()
-    variables = re.findall(r'^variable "(\w+)"', (d / "variables.tf").read_text(), re.M)
-    outputs = re.findall(r'^output "(\w+)"', (d / "outputs.tf").read_text(), re.M)
+    # Feature files (readiness.tf, cold_start.tf, ...) may declare their own.
+    sources = "\n".join(p.read_text() for p in sorted(d.glob("*.tf")))
+    variables = re.findall(r'^variable "(\w+)"', sources, re.M)
+    outputs = re.findall(r'^output "(\w+)"', sources, re.M)
     missing = [n for n in variables + outputs if f"`{n}`" not in readme]
     assert not missing, f"{rel}/README.md does not list {missing}"
 
 
 def test_example_tfvars_uses_declared_variables() -> None:
     d = TF / "examples/complete"
-    declared = set(re.findall(r'^variable "(\w+)"', (d / "variables.tf").read_text(), re.M))
+    sources = "\n".join(p.read_text() for p in sorted(d.glob("*.tf")))
+    declared = set(re.findall(r'^variable "(\w+)"', sources, re.M))
     text = (d / "terraform.tfvars.example").read_text()
     used = set(re.findall(r"^(\w+)\s*=", text, re.M))
     assert used and used <= declared

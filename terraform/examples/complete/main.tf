@@ -43,4 +43,11 @@ module "gpu_pool" {
   router_urls              = module.router.node_urls
   router_security_group_id = module.router.security_group_id
   node_token_parameter_arn = module.router.node_token_parameter_arn
+
+  model_params_billion  = var.model_params_billion
+  model_gpu_memory_gib  = var.model_gpu_memory_gib
+  instance_requirements = var.instance_requirements
+  model_s3_uri          = var.model_s3_uri
+  model_s3_load         = var.model_s3_load
+  ami_id                = var.gpu_ami_id
 }

@@ -56,9 +56,9 @@ variable "model" {
 }
 
 variable "instance_types" {
-  description = "GPU instance types for the spot pool, most preferred first."
+  description = "GPU instance types for the spot pool, most preferred first; each must hold the model (checked at plan time with model_params_billion or model_gpu_memory_gib)."
   type        = list(string)
-  default     = ["g6.xlarge", "g5.xlarge", "g6e.xlarge", "g4dn.xlarge", "g6.2xlarge", "g5.2xlarge"]
+  default     = ["g6.xlarge", "g5.xlarge", "g6e.xlarge", "g6.2xlarge", "g5.2xlarge", "g6e.2xlarge"]
 }
 
 variable "scaling" {

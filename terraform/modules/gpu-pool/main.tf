@@ -21,8 +21,16 @@ locals {
   )
   readable_parameters = compact([var.node_token_parameter_arn, local.hf_token_parameter_arn])
 
-  image_id = var.ami_id != null ? var.ami_id : "resolve:ssm:${var.ami_ssm_parameter}"
+  # The AMI is resolved at plan time, not at launch: a spot replacement never
+  # boots a newer image than its peers, and an instance refresh (with auto
+  # rollback, which needs an AMI id) rolls a new image out deliberately.
+  image_id = var.ami_id != null ? var.ami_id : data.aws_ssm_parameter.ami[0].insecure_value
   tags     = module.config.tags
+}
+
+data "aws_ssm_parameter" "ami" {
+  count = var.ami_id == null ? 1 : 0
+  name  = var.ami_ssm_parameter
 }
 
 module "config" {
@@ -40,6 +48,18 @@ module "config" {
   node_token_parameter = var.node_token_parameter_arn
   volumes              = var.volumes
   tags                 = merge({ Name = var.name }, var.tags)
+
+  launch_hook              = var.launch_hook
+  engine_unhealthy_after_s = var.engine_unhealthy_after_s
+  model_gpu_memory_gib     = var.model_gpu_memory_gib
+  model_params_billion     = var.model_params_billion
+  model_bytes_per_param    = var.model_bytes_per_param
+  model_kv_cache_fraction  = var.model_kv_cache_fraction
+  instance_requirements    = var.instance_requirements
+  extra_gpu_specs          = var.extra_gpu_specs
+  model_s3_uri             = var.model_s3_uri
+  model_s3_load            = var.model_s3_load
+  instance_store           = var.instance_store
 }
 
 # --- network ----------------------------------------------------------------
@@ -106,6 +126,14 @@ data "aws_iam_policy_document" "node" {
       "autoscaling:CompleteLifecycleAction",
       "autoscaling:RecordLifecycleActionHeartbeat",
     ]
+    resources = [local.asg_arn_pattern]
+  }
+
+  # Self-healing: the agent marks its own instance Unhealthy; the ARN pattern
+  # names this group only, so a node cannot touch any other group.
+  statement {
+    sid       = "MarkOwnInstanceUnhealthy"
+    actions   = ["autoscaling:SetInstanceHealth"]
     resources = [local.asg_arn_pattern]
   }
 
@@ -254,7 +282,9 @@ resource "aws_autoscaling_group" "node" {
 
   mixed_instances_policy {
     instances_distribution {
-      on_demand_allocation_strategy            = "prioritized"
+      # prioritized follows the instance_types order; AWS rejects it with
+      # instance requirements, where lowest-price is the only choice.
+      on_demand_allocation_strategy            = module.config.instance_requirements == null ? "prioritized" : "lowest-price"
       on_demand_base_capacity                  = module.config.scaling.on_demand_base_capacity
       on_demand_percentage_above_base_capacity = module.config.scaling.on_demand_percentage_above_base_capacity
       spot_allocation_strategy                 = module.config.scaling.spot_allocation_strategy
@@ -274,23 +304,58 @@ resource "aws_autoscaling_group" "node" {
           instance_type = override.value.instance_type
         }
       }
+
+      dynamic "override" {
+        for_each = module.config.instance_requirements == null ? [] : [module.config.instance_requirements]
+        content {
+          instance_requirements {
+            accelerator_manufacturers = override.value.accelerator_manufacturers
+            accelerator_types         = override.value.accelerator_types
+            allowed_instance_types    = override.value.allowed_instance_types
+            excluded_instance_types   = override.value.excluded_instance_types
+            vcpu_count {
+              min = override.value.vcpu_count.min
+              max = override.value.vcpu_count.max
+            }
+            memory_mib {
+              min = override.value.memory_mib.min
+              max = override.value.memory_mib.max
+            }
+            accelerator_count {
+              min = override.value.accelerator_count.min
+              max = override.value.accelerator_count.max
+            }
+            accelerator_total_memory_mib {
+              min = override.value.accelerator_total_memory_mib.min
+            }
+          }
+        }
+      }
     }
   }
 
-  # Created with the group, so no node ever launches without it: the agent
-  # completes it after draining (or it times out and CONTINUEs).
-  initial_lifecycle_hook {
-    name                 = module.config.lifecycle_hook.name
-    lifecycle_transition = module.config.lifecycle_hook.transition
-    heartbeat_timeout    = module.config.lifecycle_hook.heartbeat_timeout
-    default_result       = module.config.lifecycle_hook.default_result
+  # Lifecycle hooks are separate resources (readiness.tf) so that edits apply
+  # to an existing group.
+
+  # Replacements (rebalance, scale-in, health) keep the group at 100 % of
+  # ready capacity: a new node is launched (and passes the launch hook)
+  # before the old one goes.
+  instance_maintenance_policy {
+    min_healthy_percentage = 100
+    max_healthy_percentage = 200
   }
 
+  # A new launch template version (vLLM, model, AMI) rolls out one launch
+  # hook-gated replacement at a time; nodes already on it are skipped, and a
+  # refresh that fails rolls back.
   instance_refresh {
     strategy = "Rolling"
     preferences {
       min_healthy_percentage = 100
       max_healthy_percentage = 200
+      instance_warmup        = var.instance_refresh_warmup_s
+      skip_matching          = true
+      auto_rollback          = true
     }
   }
 

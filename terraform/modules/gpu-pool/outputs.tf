@@ -40,7 +40,7 @@ output "instance_profile_arn" {
 
 output "lifecycle_hook_name" {
   description = "Name of the termination lifecycle hook the agent completes."
-  value       = module.config.lifecycle_hook.name
+  value       = aws_autoscaling_lifecycle_hook.terminate.name
 }
 
 output "served_model_name" {

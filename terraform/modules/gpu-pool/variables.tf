@@ -112,9 +112,9 @@ variable "node_token_kms_key_arn" {
 # --- instances and capacity --------------------------------------------------
 
 variable "instance_types" {
-  description = "GPU instance types, most preferred first (validated: g4dn, g5, g6, g6e, ... families)."
+  description = "GPU instance types, most preferred first (validated: g4dn, g5, g6, g6e, ... families; each must hold the model, see model_gpu_memory_gib). Ignored with instance_requirements. The defaults (24 GiB GPUs and up) hold a 7-8B 16-bit model; g4dn (16 GiB T4) does not."
   type        = list(string)
-  default     = ["g6.xlarge", "g5.xlarge", "g6e.xlarge", "g4dn.xlarge", "g6.2xlarge", "g5.2xlarge"]
+  default     = ["g6.xlarge", "g5.xlarge", "g6e.xlarge", "g6.2xlarge", "g5.2xlarge", "g6e.2xlarge"]
 }
 
 variable "scaling" {
@@ -148,7 +148,7 @@ variable "health_check_grace_period" {
 }
 
 variable "lifecycle_hook" {
-  description = "Termination lifecycle hook: name (default <name>-drain), heartbeat_timeout (30-120 s), default_result."
+  description = "Termination lifecycle hook: name (default <name>-drain), heartbeat_timeout (30-120 s), default_result. The launch hook is launch_hook."
   type = object({
     name              = optional(string)
     heartbeat_timeout = optional(number, 120)
@@ -158,7 +158,7 @@ variable "lifecycle_hook" {
 }
 
 variable "ami_id" {
-  description = "Explicit AMI id; null uses ami_ssm_parameter (resolved by EC2 at launch)."
+  description = "Explicit AMI id, e.g. one baked with vLLM pre-installed (bake/); null uses ami_ssm_parameter, resolved at plan time."
   type        = string
   default     = null
 
@@ -169,7 +169,7 @@ variable "ami_id" {
 }
 
 variable "ami_ssm_parameter" {
-  description = "SSM parameter with the GPU AMI id, used as resolve:ssm: in the launch template. Default: the Deep Learning Base OSS NVIDIA driver AMI on Ubuntu 24.04 (Python 3.12)."
+  description = "SSM parameter with the GPU AMI id, read at plan time when ami_id is null (a new release rolls out by instance refresh on the next apply). Default: the Deep Learning Base OSS NVIDIA driver AMI on Ubuntu 24.04 (Python 3.12)."
   type        = string
   default     = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id"
 }

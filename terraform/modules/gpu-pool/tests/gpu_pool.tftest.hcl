@@ -20,6 +20,11 @@ mock_provider "aws" {
       partition = "aws"
     }
   }
+  mock_data "aws_ssm_parameter" {
+    defaults = {
+      insecure_value = "ami-0fedcba9876543210"
+    }
+  }
   mock_data "aws_iam_policy_document" {
     defaults = {
       json = "{\"Version\":\"2012-10-17\",\"Statement\":[]}"
@@ -37,6 +42,7 @@ variables {
   model = {
     name = "Qwen/Qwen2.5-7B-Instruct"
   }
+  model_params_billion = 7.6
 }
 
 run "launch_template_hardening" {
@@ -68,8 +74,8 @@ run "launch_template_hardening" {
   }
 
   assert {
-    condition     = startswith(aws_launch_template.node.image_id, "resolve:ssm:/aws/service/deeplearning/")
-    error_message = "The AMI comes from the Deep Learning AMI SSM parameter."
+    condition     = aws_launch_template.node.image_id == "ami-0fedcba9876543210" && data.aws_ssm_parameter.ami[0].name == "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id"
+    error_message = "The AMI comes from the Deep Learning AMI SSM parameter, resolved at plan time (auto rollback needs an AMI id)."
   }
 }
 
@@ -92,13 +98,70 @@ run "mixed_instances_spot_pool" {
   }
 
   assert {
-    condition     = one([for h in aws_autoscaling_group.node.initial_lifecycle_hook : h.heartbeat_timeout]) <= 120
-    error_message = "The termination hook's heartbeat is at most 120 s."
+    condition     = aws_autoscaling_lifecycle_hook.terminate.heartbeat_timeout <= 120 && aws_autoscaling_lifecycle_hook.terminate.lifecycle_transition == "autoscaling:EC2_INSTANCE_TERMINATING"
+    error_message = "The termination hook fires on termination, with a heartbeat of at most 120 s."
   }
 
   assert {
-    condition     = one([for h in aws_autoscaling_group.node.initial_lifecycle_hook : h.lifecycle_transition]) == "autoscaling:EC2_INSTANCE_TERMINATING"
-    error_message = "The hook fires on termination."
+    condition     = length(aws_autoscaling_group.node.initial_lifecycle_hook) == 0
+    error_message = "Hooks are separate resources, so edits apply after creation."
+  }
+
+  assert {
+    condition     = toset([for o in aws_autoscaling_group.node.mixed_instances_policy[0].launch_template[0].override : split(".", o.instance_type)[0]]) == toset(["g6", "g5", "g6e"])
+    error_message = "No g4dn (16 GiB) in the defaults for a 7B model."
+  }
+}
+
+run "readiness_gate_and_rollout" {
+  command = plan
+
+  assert {
+    condition     = aws_autoscaling_lifecycle_hook.launch.lifecycle_transition == "autoscaling:EC2_INSTANCE_LAUNCHING" && aws_autoscaling_lifecycle_hook.launch.default_result == "ABANDON" && aws_autoscaling_lifecycle_hook.launch.heartbeat_timeout == 1200
+    error_message = "A launch hook, ABANDON by default, sized for a cold start."
+  }
+
+  assert {
+    condition     = aws_autoscaling_group.node.instance_maintenance_policy[0].min_healthy_percentage == 100 && aws_autoscaling_group.node.instance_maintenance_policy[0].max_healthy_percentage == 200
+    error_message = "Replacements launch before old nodes go (100 % / 200 %)."
+  }
+
+  assert {
+    condition     = aws_autoscaling_group.node.instance_refresh[0].preferences[0].auto_rollback && aws_autoscaling_group.node.instance_refresh[0].preferences[0].skip_matching && aws_autoscaling_group.node.instance_refresh[0].preferences[0].min_healthy_percentage == 100
+    error_message = "Instance refresh keeps full capacity, skips matching nodes and rolls back on failure."
+  }
+}
+
+run "attribute_based_instances" {
+  command = plan
+
+  variables {
+    instance_requirements = {
+      excluded_instance_types = ["g4dn*"]
+    }
+  }
+
+  assert {
+    condition     = one(aws_autoscaling_group.node.mixed_instances_policy[0].launch_template[0].override).instance_requirements[0].accelerator_total_memory_mib[0].min == 19328
+    error_message = "Instance requirements ask for the model's GPU memory."
+  }
+
+  assert {
+    condition     = aws_autoscaling_group.node.mixed_instances_policy[0].instances_distribution[0].on_demand_allocation_strategy == "lowest-price"
+    error_message = "prioritized is not allowed with instance requirements."
+  }
+}
+
+run "weights_from_s3" {
+  command = plan
+
+  variables {
+    model_s3_uri = "s3://acme-models/qwen/"
+  }
+
+  assert {
+    condition     = length(aws_iam_role_policy.model_s3) == 1
+    error_message = "Nodes get read access to the model prefix."
   }
 }
 
@@ -123,8 +186,8 @@ run "explicit_ami_and_no_session_manager" {
   }
 
   assert {
-    condition     = aws_launch_template.node.image_id == "ami-0123456789abcdef0"
-    error_message = "An explicit AMI id wins."
+    condition     = aws_launch_template.node.image_id == "ami-0123456789abcdef0" && length(data.aws_ssm_parameter.ami) == 0
+    error_message = "An explicit AMI id wins (no SSM lookup)."
   }
 
   assert {

@@ -26,14 +26,22 @@ from .config import ConfigError, setting
 VARS_FILE = "spotrelay.tfvars.json"
 PLAN_FILE = "spotrelay.tfplan"
 DEFAULT_DIR = Path("terraform") / "examples" / "complete"
+# 24 GiB GPUs and up: they hold a 7-8B 16-bit model; g4dn's 16 GiB T4 does not.
 DEFAULT_INSTANCE_TYPES = [
     "g6.xlarge",
     "g5.xlarge",
     "g6e.xlarge",
-    "g4dn.xlarge",
     "g6.2xlarge",
     "g5.2xlarge",
+    "g6e.2xlarge",
 ]
+# ModelSection keys that are pool variables of their own, not part of `model`.
+MODEL_SIZING = {
+    "params_billion": "model_params_billion",
+    "gpu_memory_gib": "model_gpu_memory_gib",
+    "s3_uri": "model_s3_uri",
+    "s3_load": "model_s3_load",
+}
 
 
 # -- configuration ------------------------------------------------------------------------
@@ -78,6 +86,18 @@ class ModelSection:
     hf_token_parameter: str | None = setting(
         None, help="SSM parameter with a Hugging Face token (gated models)"
     )
+    params_billion: float | None = setting(
+        None, min=0.001, help="parameters in billions: every instance type is checked to hold it"
+    )
+    gpu_memory_gib: float | None = setting(
+        None, min=0.1, help="GPU memory the model needs (GiB), when known; overrides the estimate"
+    )
+    s3_uri: str | None = setting(
+        None, help="load the weights from this S3 prefix (s3://bucket/path/) instead of the hub"
+    )
+    s3_load: str = setting(
+        "copy", choices=("copy", "stream"), help="copy to local NVMe at boot, or stream (runai)"
+    )
 
 
 @dataclass
@@ -93,6 +113,7 @@ class PoolSection:
     on_demand_percentage_above_base_capacity: int = setting(
         0, min=0, max=100, help="on-demand share above the base, in percent"
     )
+    ami_id: str | None = setting(None, help="GPU AMI with vLLM baked in (terraform/.../bake)")
 
 
 @dataclass
@@ -116,7 +137,21 @@ class StatusSection:
     node_token_file: str | None = setting(None, help="file with the node token")
     asg_name: str | None = setting(None, help="GPU Auto Scaling group; default: terraform output")
     aws_endpoint_url: str | None = setting(None, help="AWS API endpoint override (tests)")
+    never_registered_after_s: float | None = setting(
+        None,
+        min=0,
+        help="flag instances this old that never registered; default: the launch hook timeout",
+    )
     timeout_s: float = setting(10, min=0.1, help="HTTP and AWS call timeout")
+
+
+@dataclass
+class UpSection:
+    wait: bool = setting(True, help="after apply, wait for desired_capacity ready nodes")
+    wait_timeout_s: float = setting(
+        2700, min=0, help="give up waiting after this long (exit 1); cold starts take minutes"
+    )
+    poll_interval_s: float = setting(10, min=0.1, help="how often the wait asks ASG and router")
 
 
 @dataclass
@@ -128,6 +163,7 @@ class DeployConfig:
     software: SoftwareSection = setting(default_factory=SoftwareSection)
     router: RouterSection = setting(default_factory=RouterSection)
     status: StatusSection = setting(default_factory=StatusSection)
+    up: UpSection = setting(default_factory=UpSection)
     tags: dict[str, str] = setting(default_factory=dict, help="tags on every resource")
     variables: dict[str, Any] = setting(
         default_factory=dict, help="extra Terraform variables, passed through verbatim (win)"
@@ -154,7 +190,7 @@ def tfvars(cfg: DeployConfig) -> dict[str, Any]:
         "alb_internal": d.alb_internal,
         "allowed_cidrs": d.allowed_cidrs or None,
         "certificate_arn": d.certificate_arn,
-        "model": _present(dataclasses.asdict(cfg.model)) if cfg.model.name else None,
+        "model": _model(cfg.model) if cfg.model.name else None,
         "instance_types": cfg.pool.instance_types,
         "scaling": _present(
             {
@@ -169,13 +205,26 @@ def tfvars(cfg: DeployConfig) -> dict[str, Any]:
         ),
         "vllm_version": cfg.software.vllm_version,
         "spotrelay_pip_spec": cfg.software.spotrelay_pip_spec,
+        "gpu_ami_id": cfg.pool.ami_id,
         "router_instance_type": cfg.router.instance_type,
         "router_count": cfg.router.count,
         "tags": dict(cfg.tags),
     }
+    if cfg.model.name:
+        sizing = {var: getattr(cfg.model, key) for key, var in MODEL_SIZING.items()}
+        if not cfg.model.s3_uri:
+            sizing["model_s3_load"] = None
+        values.update(sizing)
     values = _present(values)
     values.update(cfg.variables)
     return values
+
+
+def _model(model: ModelSection) -> dict[str, Any]:
+    doc = dataclasses.asdict(model)
+    for key in MODEL_SIZING:
+        doc.pop(key)
+    return _present(doc)
 
 
 REQUIRED_FOR_EXAMPLE = {

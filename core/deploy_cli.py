@@ -11,8 +11,10 @@ import sys
 UP_HELP = """\
 Create or update a deployment: write spotrelay.tfvars.json from the YAML,
 then terraform init, plan and apply (-input=false -auto-approve) in the
-configuration directory (default terraform/examples/complete), and print the
-outputs (router URL, model, GPU Auto Scaling group)."""
+configuration directory (default terraform/examples/complete), print the
+outputs (router URL, model, GPU Auto Scaling group), then wait until the
+group's desired number of nodes are registered and ready on the router
+(up.wait_timeout_s; --no-wait skips). Exit status 1 if they are not."""
 
 DOWN_HELP = """\
 Destroy a deployment (terraform destroy -input=false -auto-approve). Without
@@ -20,9 +22,13 @@ Destroy a deployment (terraform destroy -input=false -auto-approve). Without
 
 STATUS_HELP = """\
 Show the router's registered nodes (GET /nodes with the node token) and the
-GPU Auto Scaling group's instances. Router URL, group name and the node
-token's SSM parameter come from terraform output unless the status section
-of the YAML sets them."""
+GPU Auto Scaling group instance by instance: spot or on-demand, type, AZ,
+lifecycle state, health, ready/draining on the router ("never registered"
+past the launch hook timeout), then the group's last scaling activities and
+spot interruptions. Router URL, group name and the node token's SSM
+parameter come from terraform output unless the status section of the YAML
+sets them. Exit status 1 when something could not be read or no node is
+ready."""
 
 
 def _epilog() -> str:
@@ -54,6 +60,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         )
         if name == "up":
             p.add_argument("--plan-only", action="store_true", help="init and plan, no apply")
+            p.add_argument("--no-wait", action="store_true", help="do not wait for ready nodes")
+            p.add_argument(
+                "--wait-timeout", type=float, metavar="S", help="up.wait_timeout_s for this run"
+            )
         if name == "down":
             p.add_argument("--yes", action="store_true", help="really destroy")
         if name == "status":
@@ -65,7 +75,10 @@ def _load(args: argparse.Namespace):  # -> DeployConfig
     from .config import load
     from .deploy import DeployConfig
 
-    overrides = {"terraform": {"binary": args.terraform, "dir": args.dir}}
+    overrides: dict = {"terraform": {"binary": args.terraform, "dir": args.dir}}
+    if getattr(args, "no_wait", False) or getattr(args, "wait_timeout", None) is not None:
+        wait = False if args.no_wait else None
+        overrides["up"] = {"wait": wait, "wait_timeout_s": args.wait_timeout}
     return load(DeployConfig, args.config, overrides=overrides)
 
 
@@ -101,13 +114,34 @@ def _up(args: argparse.Namespace) -> int:
         return 1
     finally:
         driver.cleanup()
-    print("\nspotrelay up: deployment ready\n" + format_outputs(outputs))
+    print("\nspotrelay up: applied\n" + format_outputs(outputs))
+    if cfg.up.wait and not _wait_ready(cfg, outputs):
+        return 1
+    print("\nspotrelay up: deployment ready")
     if outputs.get("router_url"):
-        print(
-            "\nnext: spotrelay status   (nodes register once vLLM has loaded the model)\n"
-            f"      OpenAI base_url = {str(outputs['router_url']).rstrip('/')}/v1"
-        )
+        print(f"      OpenAI base_url = {str(outputs['router_url']).rstrip('/')}/v1")
     return 0
+
+
+def _wait_ready(cfg, outputs: dict) -> bool:  # cfg: DeployConfig
+    from .deploy_status import gather, render
+    from .deploy_wait import wait_ready
+
+    region = cfg.deployment.region or outputs.get("aws_region")
+    print(f"\nspotrelay up: waiting up to {cfg.up.wait_timeout_s:.0f}s for ready, registered nodes")
+    ok, report = wait_ready(
+        lambda: gather(cfg.status, outputs, region),
+        timeout_s=cfg.up.wait_timeout_s,
+        interval_s=cfg.up.poll_interval_s,
+    )
+    if not ok:
+        print(render(report))
+        print(
+            "spotrelay up: timed out waiting for ready nodes (docs/runbook.md: "
+            '"a node never becomes ready")',
+            file=sys.stderr,
+        )
+    return ok
 
 
 def _down(args: argparse.Namespace) -> int:
@@ -150,4 +184,6 @@ def _status(args: argparse.Namespace) -> int:
     report = gather(cfg.status, outputs, region)
     report.errors[:0] = notes
     print(render_json(report) if args.json else render(report))
-    return 0 if not report.errors else 1
+    if report.group is not None and report.ready == 0 and not args.json:
+        print("status: no node is ready", file=sys.stderr)
+    return 0 if not report.errors and report.ready > 0 else 1

@@ -2,19 +2,31 @@
 
 Two independent views, so one can explain the other: the router's
 ``GET /nodes`` (registered nodes, their state and load, with the node token)
-and the GPU Auto Scaling group's instances (``describe_auto_scaling_groups``).
-Where to look comes from ``terraform output`` unless the ``status`` section
-of deploy.yaml names it (router_url, asg_name, node token).
+and the GPU Auto Scaling group's instances (``describe_auto_scaling_groups``,
+``describe_instances`` for spot/on-demand and age, the last scaling
+activities), joined per instance by :mod:`.pool_status`. Where to look comes
+from ``terraform output`` unless the ``status`` section of deploy.yaml names
+it (router_url, asg_name, node token).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config import ConfigError
 from .deploy import StatusSection
+from .pool_status import (
+    DEFAULT_NEVER_AFTER_S,
+    instance_details,
+    join_instances,
+    ready_count,
+    render_activities,
+    render_rows,
+    scaling_activities,
+)
 from .secrets import read_token
 
 
@@ -24,7 +36,18 @@ class StatusReport:
     asg_name: str | None = None
     nodes: list[dict[str, Any]] | None = None
     group: dict[str, Any] | None = None
+    instances: list[dict[str, Any]] = field(default_factory=list)  # joined, one per instance
+    activities: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+
+    @property
+    def ready(self) -> int:
+        """Instances of the group a router has as ready."""
+        return ready_count(self.instances)
+
+    @property
+    def desired(self) -> int | None:
+        return self.group["desired_capacity"] if self.group else None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -32,6 +55,9 @@ class StatusReport:
             "asg_name": self.asg_name,
             "nodes": self.nodes,
             "autoscaling_group": self.group,
+            "instances": self.instances,
+            "scaling_activities": self.activities,
+            "ready": self.ready,
             "errors": self.errors,
         }
 
@@ -120,6 +146,7 @@ def gather(cfg: StatusSection, outputs: dict[str, Any], region: str | None) -> S
     if report.asg_name:
         try:
             report.group = group_instances(cfg, report.asg_name, region)
+            _pool_view(report, cfg, outputs, region)
         except Exception as exc:
             report.errors.append(f"autoscaling group {report.asg_name}: {_describe(exc)}")
     else:
@@ -127,6 +154,26 @@ def gather(cfg: StatusSection, outputs: dict[str, Any], region: str | None) -> S
             "autoscaling: no status.asg_name and no gpu_pool_asg_name terraform output"
         )
     return report
+
+
+def _pool_view(
+    report: StatusReport, cfg: StatusSection, outputs: dict[str, Any], region: str | None
+) -> None:
+    """Per-instance rows (market, age, router state) and the last scaling activities."""
+    assert report.group is not None and report.asg_name
+    client = lambda service: _client(service, cfg, region)  # noqa: E731
+    ids = [i["id"] for i in report.group["instances"]]
+    never_after = cfg.never_registered_after_s
+    if never_after is None:
+        never_after = float(outputs.get("gpu_pool_launch_hook_timeout_s") or DEFAULT_NEVER_AFTER_S)
+    report.instances = join_instances(
+        report.group["instances"],
+        instance_details(client, ids),
+        report.nodes,
+        never_after_s=never_after,
+        now=time.time(),
+    )
+    report.activities = scaling_activities(client, report.asg_name)
 
 
 def _describe(exc: Exception) -> str:
@@ -159,13 +206,11 @@ def render(report: StatusReport) -> str:
         g = report.group
         lines.append(
             f"  desired={g['desired_capacity']} min={g['min_size']} max={g['max_size']} "
-            f"instances={len(g['instances'])}"
+            f"instances={len(g['instances'])} ready={report.ready}"
         )
-        for i in g["instances"]:
-            lines.append(
-                f"  {i['id']:<20} {i['type']:<13} {i['az']:<12} {i['lifecycle_state']:<20} "
-                f"{i['health']}"
-            )
+        lines.extend(render_rows(report.instances))
+        lines.append("scaling activities (newest first; SPOT = spot interruption)")
+        lines.extend(render_activities(report.activities))
     for err in report.errors:
         lines.append(f"error: {err}")
     return "\n".join(lines)

@@ -16,6 +16,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -211,6 +212,8 @@ class LifecycleFront:
     calls: list[LifecycleCall] = field(default_factory=list)
     active: set[str] = field(default_factory=set)
     url: str = ""
+    # Other actions moto leaves empty (DescribeScalingActivities): action -> (status, XML).
+    answers: dict[str, Callable[[dict[str, str]], tuple[int, str]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._asg = autoscaling_client(self.moto)
@@ -223,6 +226,10 @@ class LifecycleFront:
                 action = form.get("Action", "")
                 if action in ("CompleteLifecycleAction", "RecordLifecycleActionHeartbeat"):
                     status, xml = front.handle(action, form)
+                    self._reply(status, xml.encode(), "text/xml")
+                    return
+                if action in front.answers:
+                    status, xml = front.answers[action](form)
                     self._reply(status, xml.encode(), "text/xml")
                     return
                 req = urllib.request.Request(

@@ -108,6 +108,28 @@ def test_tfvars_from_yaml(tmp_path: Path) -> None:
     assert values["extra_thing"] == {"a": 1}
 
 
+def test_tfvars_model_sizing_and_cold_start(tmp_path: Path) -> None:
+    doc = minimal(pool={"ami_id": "ami-0123456789abcdef0"})
+    doc["model"] = {
+        **doc["model"],
+        "params_billion": 7.6,
+        "s3_uri": "s3://acme-models/qwen/",
+        "s3_load": "stream",
+    }
+    values = tfvars(load(DeployConfig, write_yaml(tmp_path / "d.yaml", doc), env={}))
+    assert values["model_params_billion"] == 7.6 and "model_gpu_memory_gib" not in values
+    assert (
+        values["model_s3_uri"] == "s3://acme-models/qwen/" and values["model_s3_load"] == "stream"
+    )
+    assert values["gpu_ami_id"] == "ami-0123456789abcdef0"
+    assert "params_billion" not in values["model"] and "s3_uri" not in values["model"]
+    assert "g4dn.xlarge" not in values["instance_types"]  # 16 GiB cannot hold the default 7B
+    declared = set(re.findall(r'^variable "(\w+)"', (EXAMPLE / "variables.tf").read_text(), re.M))
+    assert set(values) <= declared
+    plain = tfvars(load(DeployConfig, write_yaml(tmp_path / "p.yaml", minimal()), env={}))
+    assert "model_s3_load" not in plain and "model_s3_uri" not in plain
+
+
 def test_tfvars_keys_are_example_variables(tmp_path: Path) -> None:
     """What spotrelay writes must be declared by terraform/examples/complete."""
     declared = set(re.findall(r'^variable "(\w+)"', (EXAMPLE / "variables.tf").read_text(), re.M))
@@ -249,7 +271,10 @@ def test_up_status_down(tmp_path: Path, procs, logdir: Path, moto_url: str) -> N
     aws("ssm", moto_url).put_parameter(
         Name="/spotrelay/t1/node-token", Value=token, Type="SecureString", Overwrite=True
     )
-    router = start_router(procs, logdir, {"auth": {"node_token": token}})
+    # Nodes registered once (no heartbeats) must outlive two applies on a loaded box.
+    router = start_router(
+        procs, logdir, {"auth": {"node_token": token}, "registry": {"ttl_s": 600}}
+    )
     register_node(router.url, token, "i-0abc1234", "http://127.0.0.1:8000", "qwen")
 
     deploy = write_yaml(
@@ -259,35 +284,50 @@ def test_up_status_down(tmp_path: Path, procs, logdir: Path, moto_url: str) -> N
             pool={"min_size": 1, "desired_capacity": 2},
             variables={"test_router_url": router.url},
             status={"aws_endpoint_url": moto_url},
+            up={"poll_interval_s": 0.5},
         ),
     )
 
-    # up: init, plan, apply through python-terraform's cmd() and the shim
-    up = cli("up", "--config", str(deploy))
-    assert up.returncode == 0, up.stdout + up.stderr
+    # up: init, plan, apply through python-terraform's cmd() and the shim, then it
+    # waits for the group's nodes: none of its instances is registered yet.
+    up = cli("up", "--config", str(deploy), "--wait-timeout", "3")
+    assert up.returncode == 1, up.stdout + up.stderr
     assert "==> init" in up.stdout and "==> plan" in up.stdout and "==> apply" in up.stdout
     assert "-auto-approve" in up.stdout and "-input=false" in up.stdout
-    assert "deployment ready" in up.stdout
     assert re.search(r"gpu_pool_asg_name\s+t1-gpu", up.stdout)
     assert re.search(r"model\s+qwen", up.stdout)
-    assert f"OpenAI base_url = {router.url}/v1" in up.stdout
+    assert "deployment ready" not in up.stdout  # applied is not ready
+    assert re.search(r"\[\s*\d+s\] ready 0/2 \| InService 2", up.stdout)
+    assert "timed out waiting for ready nodes" in up.stderr
     written = json.loads((d / VARS_FILE).read_text())
     assert written["model"]["served_name"] == "qwen" and written["scaling"]["desired_capacity"] == 2
     assert state_resources(d) == ["terraform_data.deployment"]
     assert not (d / "spotrelay.tfplan").exists()
 
+    # status before any group node is ready: the instances, and a non-zero exit
+    status = cli("status", "--config", str(deploy))
+    assert status.returncode == 1 and "no node is ready" in status.stderr
+    assert "i-0abc1234" in status.stdout and "desired=2 min=0" in status.stdout
+
+    # The nodes register; up (a no-op apply) now reports the deployment ready.
+    for port, iid in enumerate(instances, 8001):
+        register_node(router.url, token, iid, f"http://127.0.0.1:{port}", "qwen", instance_id=iid)
+    up = cli("up", "--config", str(deploy))
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "ready 2/2" in up.stdout and "deployment ready" in up.stdout
+    assert f"OpenAI base_url = {router.url}/v1" in up.stdout
+
     # status: the router's /nodes (token from SSM in moto) and the ASG's instances
     status = cli("status", "--config", str(deploy))
     assert status.returncode == 0, status.stdout + status.stderr
-    assert "i-0abc1234" in status.stdout and "ready" in status.stdout
-    assert "desired=2 min=0" in status.stdout
+    assert "i-0abc1234" in status.stdout and "ready=2" in status.stdout
     for iid in instances:
         assert iid in status.stdout
     as_json = cli("status", "--config", str(deploy), "--json")
     report = json.loads(as_json.stdout)
-    assert [n["id"] for n in report["nodes"]] == ["i-0abc1234"]
+    assert sorted(n["id"] for n in report["nodes"]) == sorted(["i-0abc1234", *instances])
     assert sorted(i["id"] for i in report["autoscaling_group"]["instances"]) == sorted(instances)
-    assert report["errors"] == []
+    assert report["errors"] == [] and report["ready"] == 2
 
     # down without --yes only plans
     dry = cli("down", "--config", str(deploy))

@@ -117,6 +117,7 @@ def test_launch_hook_continues_only_once_registered_and_ready(
         healthy_at = agent.metric("spotrelay_agent_startup_seconds", milestone="engine_healthy")
         registered_at = agent.metric("spotrelay_agent_startup_seconds", milestone="registered")
         assert 0 < healthy_at <= registered_at
+        assert registered_at - healthy_at < 5  # one heartbeat (0.5 s) plus the probe period
         assert health_of(moto_endpoint, asg.instance_id) == "HEALTHY"
     finally:
         front.close()

@@ -9,6 +9,7 @@ lifecycle actions moto lacks and forwards the rest (``SetInstanceHealth``,
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from spotrelay.core.processes import ProcessGroup
 
 from .support import Service, router_nodes, start_router
 from .test_agent_aws import LifecycleFront, MotoAsg, autoscaling_client, create_asg
-from .test_agent_e2e import control, make_node, run_agent, wait_state
+from .test_agent_e2e import Node, control, make_node, run_agent, wait_state
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -79,6 +80,35 @@ def lifecycle_cfg(asg: MotoAsg, front: LifecycleFront, **extra: object) -> dict:
     }
 
 
+@contextlib.contextmanager
+def gated_node(
+    procs: ProcessGroup,
+    logdir: Path,
+    router: Service,
+    moto: str,
+    name: str,
+    *,
+    fault_unhealthy_s: float = 0,
+    **sections: dict,
+) -> Iterator[tuple[MotoAsg, RecordingFront, Node]]:
+    """An instance of a launch-hooked ASG in Pending:Wait, its engine (``fault_unhealthy_s``:
+    still loading that long) and its running agent; the front is closed afterwards."""
+    asg = launch_asg(moto, f"asg-{name}")
+    front = front_for(moto, router, asg.instance_id)
+    try:
+        lifecycle = lifecycle_cfg(asg, front, **sections.pop("lifecycle", {}))
+        node = make_node(
+            procs, logdir, router, f"m-{name}", instance_id=asg.instance_id,
+            lifecycle=lifecycle, **sections,
+        )  # fmt: skip
+        if fault_unhealthy_s:
+            control(node.engine, "faults", {"unhealthy_for_s": fault_unhealthy_s})
+        run_agent(procs, logdir, node)
+        yield asg, front, node
+    finally:
+        front.close()
+
+
 def health_of(moto: str, instance_id: str) -> str:
     reply = autoscaling_client(moto).describe_auto_scaling_instances(InstanceIds=[instance_id])
     return reply["AutoScalingInstances"][0]["HealthStatus"].upper()  # AWS: HEALTHY, moto: Healthy
@@ -87,15 +117,14 @@ def health_of(moto: str, instance_id: str) -> str:
 def test_launch_hook_continues_only_once_registered_and_ready(
     procs: ProcessGroup, logdir: Path, router: Service, moto_endpoint: str
 ) -> None:
-    asg = launch_asg(moto_endpoint, "asg-launch")
-    front = front_for(moto_endpoint, router, asg.instance_id)
-    try:
-        node = make_node(
-            procs, logdir, router, "m-launch", instance_id=asg.instance_id,
-            lifecycle=lifecycle_cfg(asg, front),
-        )  # fmt: skip
-        control(node.engine, "faults", {"unhealthy_for_s": 5})  # the model "loads" for 5 s
-        run_agent(procs, logdir, node)
+    with gated_node(
+        procs,
+        logdir,
+        router,
+        moto_endpoint,
+        "launch",
+        fault_unhealthy_s=5,  # the model loads
+    ) as (asg, front, node):
         wait_until(lambda: front.completions(), timeout=30, what="launch hook completed")
         done = front.completions()[0]
         assert done.params["LifecycleActionResult"] == "CONTINUE"
@@ -119,23 +148,16 @@ def test_launch_hook_continues_only_once_registered_and_ready(
         assert 0 < healthy_at <= registered_at
         assert registered_at - healthy_at < 5  # one heartbeat (0.5 s) plus the probe period
         assert health_of(moto_endpoint, asg.instance_id) == "HEALTHY"
-    finally:
-        front.close()
 
 
 def test_engine_that_never_gets_healthy_is_abandoned(
     procs: ProcessGroup, logdir: Path, router: Service, moto_endpoint: str
 ) -> None:
-    asg = launch_asg(moto_endpoint, "asg-abandon")
-    front = front_for(moto_endpoint, router, asg.instance_id)
-    try:
-        node = make_node(
-            procs, logdir, router, "m-abandon", instance_id=asg.instance_id,
-            lifecycle=lifecycle_cfg(asg, front, launch_timeout_s=4),
-        )  # fmt: skip
-        control(node.engine, "faults", {"unhealthy_for_s": 600})  # never loads
-        t0 = time.time()
-        run_agent(procs, logdir, node)
+    t0 = time.time()
+    with gated_node(
+        procs, logdir, router, moto_endpoint, "abandon", fault_unhealthy_s=600,  # never loads
+        lifecycle={"launch_timeout_s": 4},
+    ) as (_, front, node):  # fmt: skip
         wait_until(lambda: front.completions(), timeout=30, what="launch hook completed")
         done = front.completions()[0]
         assert done.params["LifecycleActionResult"] == "ABANDON"
@@ -150,23 +172,15 @@ def test_engine_that_never_gets_healthy_is_abandoned(
         ) == 1  # fmt: skip
         assert agent.metric("spotrelay_agent_launch_hook_total", action="CONTINUE") == 0
         assert "abandoning the launch" in agent.proc.tail(200)
-    finally:
-        front.close()
 
 
 def test_engine_that_dies_after_launch_gets_the_instance_replaced(
     procs: ProcessGroup, logdir: Path, router: Service, moto_endpoint: str
 ) -> None:
-    asg = launch_asg(moto_endpoint, "asg-heal")
-    front = front_for(moto_endpoint, router, asg.instance_id)
-    try:
-        node = make_node(
-            procs, logdir, router, "m-heal", instance_id=asg.instance_id,
-            engine={"unhealthy_after_s": 2, "process_name": None},
-            drain={"timeout_s": 3},
-            lifecycle=lifecycle_cfg(asg, front),
-        )  # fmt: skip
-        run_agent(procs, logdir, node)
+    with gated_node(
+        procs, logdir, router, moto_endpoint, "heal",
+        engine={"unhealthy_after_s": 2, "process_name": None}, drain={"timeout_s": 3},
+    ) as (asg, front, node):  # fmt: skip
         wait_until(lambda: front.completions(), timeout=30, what="launch hook completed")
         wait_state(router, node.node_id, "ready")
         agent = node.agent
@@ -185,29 +199,19 @@ def test_engine_that_dies_after_launch_gets_the_instance_replaced(
         assert agent.metric("spotrelay_agent_self_heal_total", result="set_unhealthy") == 1
         assert agent.metric("spotrelay_agent_drains_total", reason="engine_unhealthy") == 1
         assert "marking instance" in agent.proc.tail(300)
-    finally:
-        front.close()
 
 
 def test_engine_down_during_launch_does_not_self_heal(
     procs: ProcessGroup, logdir: Path, router: Service, moto_endpoint: str
 ) -> None:
     """The launch phase belongs to the launch hook: a slow load is not a sick node."""
-    asg = launch_asg(moto_endpoint, "asg-slow")
-    front = front_for(moto_endpoint, router, asg.instance_id)
-    try:
-        node = make_node(
-            procs, logdir, router, "m-slow", instance_id=asg.instance_id,
-            engine={"unhealthy_after_s": 1},
-            lifecycle=lifecycle_cfg(asg, front),
-        )  # fmt: skip
-        control(node.engine, "faults", {"unhealthy_for_s": 5})
-        run_agent(procs, logdir, node)
+    with gated_node(
+        procs, logdir, router, moto_endpoint, "slow", fault_unhealthy_s=5,
+        engine={"unhealthy_after_s": 1},
+    ) as (asg, front, node):  # fmt: skip
         wait_until(lambda: front.completions(), timeout=30, what="launch hook completed")
         assert front.completions()[0].params["LifecycleActionResult"] == "CONTINUE"
         wait_state(router, node.node_id, "ready")
         assert node.agent is not None
         assert node.agent.metric("spotrelay_agent_self_heal_total", result="triggered") == 0
         assert health_of(moto_endpoint, asg.instance_id) == "HEALTHY"
-    finally:
-        front.close()

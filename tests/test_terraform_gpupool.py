@@ -70,3 +70,54 @@ def test_tensor_parallel_beyond_the_gpu_count_is_named(config_dir: Path, tmp_pat
     )
     assert code != 0
     assert "model.tensor_parallel_size = 4 needs 4 GPUs, but g6.xlarge has 1" in text
+
+
+# -- the node's parallel S3 model copy, against moto's S3 ------------------------------------
+
+
+def test_fetch_model_copies_the_prefix_and_skips_what_is_there(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import boto3
+
+    from tests.support import moto_server
+
+    script = tfcheck.TF_ROOT / "modules/gpu-pool/modules/config/templates/fetch-model.py"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+    with moto_server() as endpoint:
+        env["AWS_ENDPOINT_URL"] = endpoint
+        s3 = boto3.client(
+            "s3", region_name="us-east-1", endpoint_url=endpoint,
+            aws_access_key_id="testing", aws_secret_access_key="testing",
+        )  # fmt: skip
+        s3.create_bucket(Bucket="acme-models")
+        files = {
+            "config.json": b'{"architectures": ["Qwen2ForCausalLM"]}',
+            "model-00001-of-00002.safetensors": os.urandom(3 * 1024 * 1024),
+            "model-00002-of-00002.safetensors": os.urandom(1024 * 1024),
+            "sub/tokenizer.json": b"{}",
+        }
+        for name, data in files.items():
+            s3.put_object(Bucket="acme-models", Key=f"qwen/{name}", Body=data)
+        s3.put_object(Bucket="acme-models", Key="qwen-other/x.bin", Body=b"not ours")
+        dest = tmp_path / "weights"
+
+        def run() -> subprocess.CompletedProcess:
+            argv = [sys.executable, str(script), "s3://acme-models/qwen/", str(dest), "us-east-1"]
+            return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+
+        first = run()
+        assert first.returncode == 0, first.stderr
+        copied = {str(p.relative_to(dest)): p.read_bytes() for p in dest.rglob("*") if p.is_file()}
+        assert copied == files  # the prefix only, tree kept, no .part left behind
+        assert "4 files" in first.stdout
+        again = run()
+        assert again.returncode == 0 and "0.0 GiB" in again.stdout  # nothing fetched twice
+        empty = subprocess.run(
+            [sys.executable, str(script), "s3://acme-models/none/", str(dest), "us-east-1"],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert empty.returncode == 1 and "nothing under" in empty.stderr

@@ -8,7 +8,7 @@ In one run, against the same ``spotrelay sim vllm`` engine, three paths side by 
 * ``haproxy`` — client → HAProxy (Debian's, ``mode http``, one thread) → engine;
   skipped with a message when ``haproxy`` is not installed.
 
-Measured (the issue's figures):
+Measured:
 
 1. added latency of a non-streaming request, p50 and p99, at concurrency 1
    (engine set to answer at once: ttft 0, itl 0, one token);

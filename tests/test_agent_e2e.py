@@ -336,14 +336,11 @@ def test_scheduled_maintenance_drains_at_its_lead_unless_canceled(
     procs: ProcessGroup, logdir: Path, router: Service
 ) -> None:
     lead_s, not_before_s = 2, 6
-    planned = make_node(
-        procs, logdir, router, "m-plan", instance_id="i-0maintplanned01",
-        drain={"maintenance_lead_s": lead_s},
-    )  # fmt: skip
-    canceled = make_node(
-        procs, logdir, router, "m-cancel", instance_id="i-0maintcancel001",
-        drain={"maintenance_lead_s": lead_s},
-    )  # fmt: skip
+    drain = {"maintenance_lead_s": lead_s}
+    planned, canceled = (
+        make_node(procs, logdir, router, model, instance_id=iid, drain=drain)
+        for model, iid in (("m-plan", "i-0maintplanned01"), ("m-cancel", "i-0maintcancel001"))
+    )
     for node in (planned, canceled):
         run_agent(procs, logdir, node)
         wait_state(router, node.node_id, "ready")

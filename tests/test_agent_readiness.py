@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
+from spotrelay.agent.lifecycle import LifecycleError
 from spotrelay.agent.readiness import Action, LaunchGate, RouterAcks
 from spotrelay.agent.selfheal import SelfHeal
 from spotrelay.agent.settings import AgentConfig
 from spotrelay.core.config import ConfigError, load
 from spotrelay.core.protocol import NodeState
+
+from .test_agent_aws import ScriptedAws, _hook, assert_valid_call
 
 
 def test_gate_heartbeats_while_loading_then_continues() -> None:
@@ -86,3 +91,34 @@ def test_launch_hook_alone_is_a_valid_configuration(tmp_path) -> None:
     cfg = load(AgentConfig, path, env={})
     assert cfg.lifecycle.launch_hook_name == "g-launch" and cfg.lifecycle.hook_name is None
     assert cfg.engine.unhealthy_after_s == 300 and cfg.lifecycle.launch_timeout_s == 1800
+
+
+# -- the calls, against a scripted Auto Scaling endpoint (checked against botocore's model)
+
+
+@pytest.fixture
+def aws() -> Iterator[ScriptedAws]:
+    server = ScriptedAws()
+    yield server
+    server.close()
+
+
+def test_abandon_and_set_unhealthy_are_valid_calls(aws: ScriptedAws) -> None:
+    aws.ok("CompleteLifecycleAction")
+    aws.ok("SetInstanceHealth")
+    hook = _hook(aws)
+    assert hook.complete("ABANDON") == "completed"
+    hook.set_unhealthy()
+    abandon, health = aws.forms
+    for form in aws.forms:
+        assert_valid_call(form)
+    assert abandon["LifecycleActionResult"] == "ABANDON"
+    assert health["Action"] == "SetInstanceHealth"
+    assert (health["InstanceId"], health["HealthStatus"]) == ("i-0123456789abcdef0", "Unhealthy")
+    assert health["ShouldRespectGracePeriod"] == "false"
+
+
+def test_set_unhealthy_failure_is_a_lifecycle_error(aws: ScriptedAws) -> None:
+    aws.fail("AccessDenied", "not authorized to perform autoscaling:SetInstanceHealth", 403)
+    with pytest.raises(LifecycleError, match="AccessDenied"):
+        _hook(aws).set_unhealthy()

@@ -87,6 +87,7 @@ def test_fetch_model_copies_the_prefix_and_skips_what_is_there(tmp_path: Path) -
     script = tfcheck.TF_ROOT / "modules/gpu-pool/modules/config/templates/fetch-model.py"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+    env["FETCH_MODEL_PART_BYTES"] = str(1024 * 1024)  # a 3 MiB shard is 3 ranged GETs
     with moto_server() as endpoint:
         env["AWS_ENDPOINT_URL"] = endpoint
         s3 = boto3.client(
@@ -99,6 +100,7 @@ def test_fetch_model_copies_the_prefix_and_skips_what_is_there(tmp_path: Path) -
             "model-00001-of-00002.safetensors": os.urandom(3 * 1024 * 1024),
             "model-00002-of-00002.safetensors": os.urandom(1024 * 1024),
             "sub/tokenizer.json": b"{}",
+            "empty.txt": b"",
         }
         for name, data in files.items():
             s3.put_object(Bucket="acme-models", Key=f"qwen/{name}", Body=data)
@@ -113,7 +115,7 @@ def test_fetch_model_copies_the_prefix_and_skips_what_is_there(tmp_path: Path) -
         assert first.returncode == 0, first.stderr
         copied = {str(p.relative_to(dest)): p.read_bytes() for p in dest.rglob("*") if p.is_file()}
         assert copied == files  # the prefix only, tree kept, no .part left behind
-        assert "4 files" in first.stdout
+        assert "5 files" in first.stdout
         again = run()
         assert again.returncode == 0 and "0.0 GiB" in again.stdout  # nothing fetched twice
         empty = subprocess.run(

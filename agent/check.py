@@ -107,24 +107,28 @@ def gather(cfg: AgentConfig, config_path: str | None) -> dict[str, Any]:
         done = "finished" if state.finished_at else "in progress"
         problems.append(f"drain {done} ({', '.join(state.reasons)})")
 
-    # Lifecycle hook (optional AWS call; failures are warnings, not readiness)
-    if cfg.lifecycle.asg_name and cfg.lifecycle.hook_name:
-        hook = LifecycleHook(
-            cfg.lifecycle.asg_name,
-            cfg.lifecycle.hook_name,
-            identity.instance_id if identity else "unknown",
-            region=cfg.lifecycle.region or (identity.region if identity else None),
-            endpoint_url=cfg.lifecycle.endpoint_url,
-        )
-        try:
-            found_hook = hook.describe_hook()
-            out["lifecycle"] = {"hook": found_hook}
-            if found_hook is None:
-                lc = cfg.lifecycle
-                warnings.append(f"lifecycle hook {lc.hook_name} not found on {lc.asg_name}")
-        except Exception as exc:  # credentials, permissions, network
-            out["lifecycle"] = {"error": str(exc)}
-            warnings.append(f"lifecycle hook not checked: {exc}")
+    # Lifecycle hooks (optional AWS calls; failures are warnings, not readiness)
+    lc = cfg.lifecycle
+    hooks = {k: v for k, v in (("hook", lc.hook_name), ("launch_hook", lc.launch_hook_name)) if v}
+    if lc.asg_name and hooks:
+        out["lifecycle"] = {}
+        for key, name in hooks.items():
+            hook = LifecycleHook(
+                lc.asg_name,
+                name,
+                identity.instance_id if identity else "unknown",
+                region=lc.region or (identity.region if identity else None),
+                endpoint_url=lc.endpoint_url,
+            )
+            try:
+                found_hook = hook.describe_hook()
+                out["lifecycle"][key] = found_hook
+                if found_hook is None:
+                    warnings.append(f"lifecycle hook {name} not found on {lc.asg_name}")
+            except Exception as exc:  # credentials, permissions, network
+                out["lifecycle"] = {"error": str(exc)}
+                warnings.append(f"lifecycle hook not checked: {exc}")
+                break
 
     # Routers
     token = read_token(cfg.router.node_token, cfg.router.node_token_file, "router.node_token")
@@ -195,7 +199,7 @@ def render(doc: dict[str, Any], stream: TextIO) -> None:
         lc = doc["lifecycle"]
         line(
             "lifecycle",
-            None if "error" in lc else bool(lc.get("hook")),
+            None if "error" in lc else all(lc.values()),
             json.dumps(lc, default=str),
         )
     for r in doc["routers"]:

@@ -215,3 +215,34 @@ def test_engine_down_during_launch_does_not_self_heal(
         assert node.agent is not None
         assert node.agent.metric("spotrelay_agent_self_heal_total", result="triggered") == 0
         assert health_of(moto_endpoint, asg.instance_id) == "HEALTHY"
+
+
+def test_check_describes_both_hooks(
+    procs: ProcessGroup, logdir: Path, router: Service, moto_endpoint: str
+) -> None:
+    """``spotrelay agent check`` finds the launch hook and the termination hook in the group."""
+    import json
+    import os
+    import subprocess
+
+    import yaml
+
+    from spotrelay.core.processes import spotrelay_argv
+
+    from .test_agent_aws import aws_env
+
+    with gated_node(
+        procs, logdir, router, moto_endpoint, "check", lifecycle={"hook_name": "asg-check-drain"}
+    ) as (_, front, node):
+        wait_until(lambda: front.completions(), timeout=30, what="launch hook completed")
+        path = logdir / "check.yaml"
+        path.write_text(yaml.safe_dump(node.config))
+        argv = spotrelay_argv("agent", "check", "--config", str(path), "--json")
+        env = {**os.environ, **aws_env()}
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+        doc = json.loads(out.stdout)
+        hooks = doc["lifecycle"]
+        assert hooks["launch_hook"]["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_LAUNCHING"
+        assert hooks["launch_hook"]["DefaultResult"] == "ABANDON"
+        assert hooks["hook"]["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_TERMINATING"
+        assert out.returncode == 0, out.stdout + out.stderr

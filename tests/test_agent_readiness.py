@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import pytest
 
 from spotrelay.agent.lifecycle import LifecycleError
-from spotrelay.agent.readiness import Action, LaunchGate, RouterAcks
+from spotrelay.agent.readiness import Action, LaunchGate, ReadinessWatch, RouterAcks
 from spotrelay.agent.selfheal import SelfHeal
 from spotrelay.agent.settings import AgentConfig
 from spotrelay.core.config import ConfigError, load
@@ -122,3 +123,89 @@ def test_set_unhealthy_failure_is_a_lifecycle_error(aws: ScriptedAws) -> None:
     aws.fail("AccessDenied", "not authorized to perform autoscaling:SetInstanceHealth", 403)
     with pytest.raises(LifecycleError, match="AccessDenied"):
         _hook(aws).set_unhealthy()
+
+
+# -- the watch's wiring of gate, acks and watchdog (fake hook, fake clock) -------------
+
+
+class FakeHook:
+    """Records calls; the first ``fail`` completions raise like a throttled API."""
+
+    def __init__(self, fail: int = 0) -> None:
+        self.calls: list[str] = []
+        self.fail = fail
+
+    def heartbeat(self) -> bool:
+        self.calls.append("heartbeat")
+        return True
+
+    def complete(self, result: str = "CONTINUE") -> str:
+        self.calls.append(result)
+        if self.fail:
+            self.fail -= 1
+            raise LifecycleError("Throttling: Rate exceeded")
+        return "completed"
+
+
+def make_watch(hook: FakeHook, state: dict, **kw: object) -> ReadinessWatch:
+    acks = RouterAcks()
+    state["acks"] = acks
+    return ReadinessWatch(
+        engine_ready=lambda: state["ready"],
+        engine_healthy=lambda: state["ready"],
+        acks=acks,
+        stop=threading.Event(),
+        interval_s=0.5,
+        hook=hook,  # type: ignore[arg-type]
+        gate=LaunchGate(timeout_s=100, heartbeat_interval_s=10, started=0.0),
+        selfheal=SelfHeal(unhealthy_after_s=30),
+        heal=lambda: state.__setitem__("healed", state.get("healed", 0) + 1),
+        busy=lambda: state.get("busy", False),
+        clock=lambda: state["now"],
+        **kw,
+    )
+
+
+def test_watch_continues_only_with_router_acks_and_retries_a_failed_completion() -> None:
+    hook = FakeHook(fail=1)
+    state: dict = {"ready": True, "now": 1.0}
+    watch = make_watch(hook, state)
+    watch.tick()
+    assert hook.calls == ["heartbeat"]  # engine ready, but no router has it yet
+    state["acks"].record("http://r1", NodeState.READY, ok=True)
+    state["now"] = 2.0
+    watch.tick()
+    assert hook.calls[-1] == "CONTINUE" and not watch.launch_done.is_set()  # throttled
+    state["now"] = 5.0
+    watch.tick()
+    assert hook.calls.count("CONTINUE") == 1  # not before the retry delay
+    state["now"] = 12.5
+    watch.tick()
+    assert hook.calls.count("CONTINUE") == 2 and watch.launch_done.is_set()
+    state["now"] = 20.0
+    watch.tick()
+    assert hook.calls.count("CONTINUE") == 2  # completed once
+
+
+def test_watch_arms_self_heal_after_the_launch_and_not_during_a_drain() -> None:
+    hook = FakeHook()
+    state: dict = {"ready": False, "now": 0.0}
+    watch = make_watch(hook, state)
+    for t in range(0, 60, 5):  # loading: the gate's business, not the watchdog's
+        state["now"] = float(t)
+        watch.tick()
+    assert state.get("healed") is None
+    state.update(ready=True, now=60.0)
+    state["acks"].record("http://r1", NodeState.READY, ok=True)
+    watch.tick()
+    assert watch.launch_done.is_set()
+    state.update(ready=False, busy=True)  # a spot drain stopped the engine
+    for t in range(61, 200, 5):
+        state["now"] = float(t)
+        watch.tick()
+    assert state.get("healed") is None
+    state["busy"] = False  # a crash after launch, no drain under way
+    for t in range(200, 240, 5):
+        state["now"] = float(t)
+        watch.tick()
+    assert state["healed"] == 1

@@ -123,3 +123,109 @@ def test_fetch_model_copies_the_prefix_and_skips_what_is_there(tmp_path: Path) -
             env=env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert empty.returncode == 1 and "nothing under" in empty.stderr
+
+
+# -- the rendered instance-store script, with the disk tools stubbed ---------------------------
+
+STUBS = {
+    # lsblk -dnpo NAME,MODEL: the devices the test lists in $STUB_LSBLK
+    "lsblk": 'printf "%b" "$STUB_LSBLK"',
+    "mountpoint": "exit 1",  # nothing mounted yet
+    "mdadm": 'echo "mdadm $*" >> "$STUB_LOG"',
+    "mkfs.xfs": 'echo "mkfs.xfs $*" >> "$STUB_LOG"',
+    "mount": 'echo "mount $*" >> "$STUB_LOG"',
+}
+
+
+@pytest.fixture(scope="module")
+def nvme_script(config_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """The rendered spotrelay-nvme with volumes.model_mount in a scratch directory."""
+    work = tmp_path_factory.mktemp("nvme")
+    mount = work / "models"
+    (work / "main.tf").write_text(
+        f"""
+module "gpu" {{
+  source               = "{config_dir}"
+  name                 = "llm-gpu"
+  region               = "us-east-1"
+  router_urls          = ["http://10.0.1.10:8080"]
+  node_token_parameter = "/spotrelay/llm/node-token"
+  model                = {{ name = "Qwen/Qwen2.5-7B-Instruct" }}
+  volumes              = {{ model_mount = "{mount}" }}
+}}
+output "nvme_script" {{
+  value = module.gpu.nvme_script
+}}
+"""
+    )
+    for args in (["init", "-input=false", "-no-color"], ["apply", "-auto-approve", "-no-color"]):
+        code, out, err = tfcheck.terraform(args, work)
+        assert code == 0, out + err
+    code, out, err = tfcheck.terraform(["output", "-raw", "nvme_script"], work)
+    assert code == 0, err
+    return out, mount
+
+
+def run_nvme(script: str, tmp_path: Path, lsblk: str) -> tuple[int, str, list[str], str]:
+    import os
+    import subprocess
+
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for name, body in STUBS.items():
+        (stubs / name).write_text(f"#!/bin/bash\n{body}\n")
+        (stubs / name).chmod(0o755)
+    path = tmp_path / "spotrelay-nvme"
+    path.write_text(script)
+    log, fstab = tmp_path / "calls.log", tmp_path / "fstab"
+    log.touch()
+    fstab.touch()
+    env = {
+        **os.environ,
+        "PATH": f"{stubs}:{os.environ['PATH']}",
+        "STUB_LSBLK": lsblk,
+        "STUB_LOG": str(log),
+        "SPOTRELAY_FSTAB": str(fstab),
+    }
+    proc = subprocess.run(["bash", str(path)], env=env, capture_output=True, text=True, timeout=30)
+    return proc.returncode, proc.stdout, log.read_text().splitlines(), fstab.read_text()
+
+
+NVME = "Amazon EC2 NVMe Instance Storage"
+EBS = "Amazon Elastic Block Store"
+
+
+def test_nvme_script_without_instance_store_does_nothing(
+    nvme_script: tuple[str, Path], tmp_path: Path
+) -> None:
+    code, out, calls, fstab = run_nvme(nvme_script[0], tmp_path, f"/dev/nvme0n1 {EBS}\\n")
+    assert code == 0 and "no instance-store NVMe" in out
+    assert calls == [] and fstab == ""
+
+
+def test_nvme_script_formats_and_mounts_the_one_device(
+    nvme_script: tuple[str, Path], tmp_path: Path
+) -> None:
+    script, mount = nvme_script
+    listing = f"/dev/nvme0n1 {EBS}\\n/dev/nvme1n1 {NVME}\\n"
+    code, out, calls, fstab = run_nvme(script, tmp_path, listing)
+    assert code == 0, out
+    assert calls == [
+        "mkfs.xfs -f -q -L spotrelay-nvme /dev/nvme1n1",
+        f"mount {mount}",
+    ]  # the EBS root is never touched
+    options = "defaults,noatime,nofail,x-systemd.device-timeout=10s"
+    assert fstab == f"LABEL=spotrelay-nvme {mount} xfs {options} 0 2\n"  # mounted again on reboot
+
+
+def test_nvme_script_stripes_several_devices(nvme_script: tuple[str, Path], tmp_path: Path) -> None:
+    script, mount = nvme_script
+    listing = f"/dev/nvme0n1 {EBS}\\n/dev/nvme1n1 {NVME}\\n/dev/nvme2n1 {NVME}\\n"
+    code, out, calls, _ = run_nvme(script, tmp_path, listing)
+    assert code == 0, out
+    assert calls[0] == (
+        "mdadm --create /dev/md/spotrelay --run --level=0 --raid-devices=2 "
+        "/dev/nvme1n1 /dev/nvme2n1"
+    )
+    assert calls[1:] == ["mkfs.xfs -f -q -L spotrelay-nvme /dev/md/spotrelay", f"mount {mount}"]
+    assert "2 device(s) mounted" in out

@@ -229,3 +229,47 @@ def test_nvme_script_stripes_several_devices(nvme_script: tuple[str, Path], tmp_
     )
     assert calls[1:] == ["mkfs.xfs -f -q -L spotrelay-nvme /dev/md/spotrelay", f"mount {mount}"]
     assert "2 device(s) mounted" in out
+
+
+# -- the bootstrap's baked-AMI shortcut ---------------------------------------------------------
+
+
+def venv_install_function(script: str) -> str:
+    start = script.index("venv_install() {")
+    return script[start : script.index("\n}\n", start) + 3]
+
+
+def test_a_baked_virtualenv_with_the_same_pin_is_used_as_is(tmp_path: Path) -> None:
+    """``venv_install`` skips pip when the marker names the same spec, installs otherwise."""
+    import os
+    import subprocess
+
+    rendered = tfcheck.render(tfcheck.copy_tree(tmp_path / "tf"), tmp_path / "render")
+    function = venv_install_function(str(rendered["gpu_install_script"]))
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    log = tmp_path / "calls.log"
+    # python3 -m venv DIR creates DIR/bin/pip, which logs what it would install.
+    (stubs / "python3").write_text(
+        '#!/bin/bash\nmkdir -p "$3/bin"\n'
+        f'printf \'#!/bin/bash\\necho "pip $*" >> {log}\\n\' > "$3/bin/pip"\n'
+        'chmod +x "$3/bin/pip"\n'
+    )
+    (stubs / "python3").chmod(0o755)
+    venv = tmp_path / "venv"
+
+    def install(spec: str) -> list[str]:
+        log.write_text("")
+        script = f"set -euo pipefail\n{function}\nvenv_install {venv} '{spec}'\n"
+        env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}"}
+        proc = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        return log.read_text().splitlines()
+
+    assert install("vllm==0.33.0") == [
+        "pip install --quiet --upgrade pip",
+        "pip install --quiet vllm==0.33.0",
+    ]
+    assert (venv / ".spotrelay-spec").read_text() == "vllm==0.33.0"
+    assert install("vllm==0.33.0") == []  # baked: no pip on the critical path
+    assert install("vllm==0.34.0")[-1] == "pip install --quiet vllm==0.34.0"  # stale: reinstall

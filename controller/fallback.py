@@ -122,19 +122,25 @@ class FallbackDecider:
         last = last_shortage(obs.attempts)
         quiet_for = now - last.at if last else None
         if short or (quiet_for is not None and quiet_for < p.recover_after_s):
-            why = "ready nodes below min_ready" if short else f"last spot failure {quiet_for:.0f}s ago"
+            why = "ready < min_ready" if short else f"last spot failure {quiet_for:.0f}s ago"
             return done(Action.HOLD, base, f"in fallback: {why}")
         if not settled:
-            return done(Action.HOLD, base, "spot recovered; waiting step_interval_s before lowering")
+            return done(Action.HOLD, base, "spot recovered; waiting step_interval_s to lower")
         quiet = "no spot failure seen" if last is None else f"no spot failure for {quiet_for:.0f}s"
         return done(Action.LOWER, base - 1, f"{quiet}; on-demand base {base} -> {base - 1}")
 
     def _trigger(self, obs: Observation, state: FallbackState, now: float) -> str | None:
         """Why capacity must move to on-demand now, or None."""
         p = self.policy
-        since = failing_since(obs.attempts)
-        if since is not None and now - since >= p.fallback_after_s:
-            last = last_shortage(obs.attempts)
+        since, last = failing_since(obs.attempts), last_shortage(obs.attempts)
+        # Still failing: the last failure is recent and came after our last step
+        # (a failure before it is what that step already answered).
+        fresh = (
+            last is not None
+            and now - last.at < p.recover_after_s
+            and (state.changed_at is None or last.at >= state.changed_at)
+        )
+        if since is not None and fresh and now - since >= p.fallback_after_s:
             detail = f" ({last.message})" if last and last.message else ""
             return f"spot launches failing for {now - since:.0f}s{detail}"
         if state.short_since is not None and now - state.short_since >= p.fallback_after_s:

@@ -95,7 +95,7 @@ class AsgGateway:
                 "ResourceId": self.asg_name,
                 "ResourceType": "auto-scaling-group",
                 "Key": key,
-                "Value": "" if value is None else f"{value:.0f}",
+                "Value": "" if value is None else f"{value:.3f}",
                 "PropagateAtLaunch": False,
             }
 
@@ -111,6 +111,9 @@ def with_base(group: dict[str, Any], base: int) -> dict[str, Any]:
     read), so nothing else the module configured can be lost by the update.
     """
     policy = copy.deepcopy(group.get("MixedInstancesPolicy") or {})
+    spec = (policy.get("LaunchTemplate") or {}).get("LaunchTemplateSpecification") or {}
+    if spec.get("LaunchTemplateId"):
+        spec.pop("LaunchTemplateName", None)  # the API takes the id or the name, not both
     policy.setdefault("InstancesDistribution", {})["OnDemandBaseCapacity"] = base
     return policy
 

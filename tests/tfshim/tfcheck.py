@@ -38,11 +38,16 @@ TF_ROOT = REPO / "terraform"
 MODULE_DIRS = (
     "modules/gpu-pool",
     "modules/gpu-pool/modules/config",
+    "modules/gpu-pool/modules/capacity",
     "modules/router",
     "modules/router/modules/config",
     "examples/complete",
 )
-OFFLINE_TEST_DIRS = ("modules/gpu-pool/modules/config", "modules/router/modules/config")
+OFFLINE_TEST_DIRS = (
+    "modules/gpu-pool/modules/config",
+    "modules/gpu-pool/modules/capacity",
+    "modules/router/modules/config",
+)
 MOCK_TEST_DIRS = ("modules/gpu-pool", "modules/router")
 VALIDATE_DIRS = ("modules/gpu-pool", "modules/router", "examples/complete")
 EXEC_KEYS = re.compile(r"^(Exec(?:Start|StartPre|StartPost|Stop|StopPost|Reload|Condition))=(.*)$")

@@ -127,6 +127,14 @@ def copy_tree(dest: Path) -> Path:
         target,
         ignore=shutil.ignore_patterns(".terraform", "*.tfstate*", "spotrelay.tfvars.json"),
     )
+    # The gpu-pool module packages the capacity controller from the checkout
+    # (controller.source_dir defaults to the directory above terraform/).
+    shutil.copytree(
+        REPO / "controller", dest / "controller", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (dest / "core").mkdir()
+    for name in ("__init__.py", "protocol.py"):
+        shutil.copy2(REPO / "core" / name, dest / "core" / name)
     return target
 
 

@@ -16,7 +16,6 @@ fails the invocation: the drain or the capacity change already happened.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -26,7 +25,7 @@ from typing import Any
 from .aws import AsgGateway, put_metrics
 from .fallback import Decision, FallbackDecider
 from .interruptions import InterruptionHandler, Outcome
-from .routers import RouterError, RouterFleet
+from .routers import RouterFleet
 from .settings import ControllerSettings, from_env
 
 log = logging.getLogger("spotrelay.controller")
@@ -90,14 +89,8 @@ class Controller:
         failures: list[dict[str, str]] = []
         outcomes: dict[str, int] = {}
         for record in records:
-            try:
-                event = json.loads(record.get("body") or "null")
-            except ValueError:
-                event = None
-            try:
-                outcome, _ = self.interruptions.handle(event)
-            except RouterError as exc:
-                log.warning("will retry message %s: %s", record.get("messageId"), exc)
+            outcome = self.interruptions.handle_message(record.get("body"), record.get("messageId"))
+            if outcome is None:
                 failures.append({"itemIdentifier": str(record.get("messageId"))})
                 continue
             outcomes[str(outcome)] = outcomes.get(str(outcome), 0) + 1

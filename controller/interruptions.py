@@ -14,6 +14,7 @@ at-least-once). Two layers keep the drain from being done twice:
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -32,6 +33,10 @@ class Outcome(StrEnum):
     NOT_REGISTERED = "not_registered"  # no router knows the instance (not this pool, or gone)
     IGNORED = "ignored"  # an event we do not act on (rebalance with drain_on_rebalance off)
     MALFORMED = "malformed"  # not one of the four documented events
+
+
+class RouterUnreachable(RuntimeError):
+    """No router could be reached: the event must be retried, not dropped."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,18 @@ class InterruptionHandler:
             return Outcome.DUPLICATE, notice
         self._log(notice, Outcome.DRAINED, f"{result.newly} router(s) stopped routing to it")
         return Outcome.DRAINED, notice
+
+    def handle_message(self, body: str | None, message_id: Any) -> Outcome | None:
+        """One queue message's body; None when the routers could not be reached (retry it)."""
+        try:
+            event = json.loads(body or "null")
+        except ValueError:
+            event = None
+        try:
+            return self.handle(event)[0]
+        except RouterUnreachable as exc:
+            log.warning("message %s left for a retry: %s", message_id, exc)
+            return None
 
     def _forget(self, now: float) -> None:
         for instance, at in list(self._drained.items()):

@@ -10,12 +10,10 @@ queue's ``maxReceiveCount``, lands in the dead-letter queue.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 from .interruptions import InterruptionHandler, Outcome
-from .routers import RouterError
 
 log = logging.getLogger("spotrelay.controller")
 
@@ -33,15 +31,9 @@ class QueueConsumer:
         )
         outcomes = []
         for msg in resp.get("Messages", []):
-            try:
-                event = json.loads(msg.get("Body") or "null")
-            except ValueError:
-                event = None
-            try:
-                outcome, _ = self.handler.handle(event)
-            except RouterError as exc:
-                log.warning("leaving message %s for a retry: %s", msg.get("MessageId"), exc)
-                continue
+            outcome = self.handler.handle_message(msg.get("Body"), msg.get("MessageId"))
+            if outcome is None:
+                continue  # visible again after the visibility timeout, then the DLQ
             self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=msg["ReceiptHandle"])
             outcomes.append(outcome)
         return outcomes

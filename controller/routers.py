@@ -14,12 +14,12 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from .interruptions import DrainResult
+from .interruptions import DrainResult, RouterUnreachable
 
 log = logging.getLogger("spotrelay.controller")
 
 
-class RouterError(RuntimeError):
+class RouterError(RouterUnreachable):
     """No router could be reached; the event is retried (SQS redelivers it)."""
 
 

@@ -323,3 +323,18 @@ def test_router_drain_by_instance_needs_the_token_and_an_instance_id(router: str
     assert router_nodes(router)["node-a"]["state"] == "ready"
     assert post(f"/instances/{INSTANCE}/drain", ROUTER_TOKEN) == 200
     assert router_nodes(router)["node-a"]["state"] == "draining"
+
+
+def test_lambda_reports_unreachable_routers_as_batch_item_failures(
+    lambda_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SPOTRELAY_ROUTER_URLS", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("SPOTRELAY_ROUTER_TIMEOUT_S", "1")
+    lambda_handler.reset()
+    record = {
+        "messageId": "m-retry",
+        "receiptHandle": "r-retry",
+        "body": json.dumps(documented("spot-interruption-warning")),
+        "eventSource": "aws:sqs",
+    }
+    assert invoke({"Records": [record]}) == {"batchItemFailures": [{"itemIdentifier": "m-retry"}]}

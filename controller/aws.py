@@ -105,17 +105,18 @@ class AsgGateway:
 
 
 def with_base(group: dict[str, Any], base: int) -> dict[str, Any]:
-    """The group's mixed instances policy with only ``OnDemandBaseCapacity`` changed.
+    """The update: the group's instances distribution as read, with only the base changed.
 
-    The whole policy is sent back (launch template, overrides, strategies as
-    read), so nothing else the module configured can be lost by the update.
+    No ``LaunchTemplate``: properties left out of ``UpdateAutoScalingGroup`` are
+    not changed, and an update that names a launch template would need
+    ``ec2:RunInstances`` and ``iam:PassRole`` on top, which a controller that
+    only moves the on-demand base must not hold.
     """
-    policy = copy.deepcopy(group.get("MixedInstancesPolicy") or {})
-    spec = (policy.get("LaunchTemplate") or {}).get("LaunchTemplateSpecification") or {}
-    if spec.get("LaunchTemplateId"):
-        spec.pop("LaunchTemplateName", None)  # the API takes the id or the name, not both
-    policy.setdefault("InstancesDistribution", {})["OnDemandBaseCapacity"] = base
-    return policy
+    dist = copy.deepcopy(
+        (group.get("MixedInstancesPolicy") or {}).get("InstancesDistribution") or {}
+    )
+    dist["OnDemandBaseCapacity"] = base
+    return {"InstancesDistribution": dist}
 
 
 def put_metrics(cloudwatch: Any, namespace: str, pool: str, data: list[tuple[str, float, dict]]):

@@ -6,15 +6,26 @@ moto answers ``DescribeScalingActivities`` with an empty list (it does not simul
 launch failures), so the end-to-end fallback here is driven by the routers' ready-node
 count (``min_ready``); the spot-failure path is covered by the decision tests with the
 documented activity fixtures.
+
+moto also cannot apply a *partial* mixed-instances update (AWS leaves what the request
+omits unchanged; moto requires the launch template). The controller deliberately omits
+it (naming the template would need ``ec2:RunInstances`` and ``iam:PassRole``), so
+:class:`PartialUpdateFront` sits in front of moto: it records each
+``UpdateAutoScalingGroup`` as sent, adds the group's current launch template the way
+AWS keeps it, and forwards every call to moto.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlencode
 
 import boto3
 import pytest
@@ -53,6 +64,79 @@ def documented(name: str, instance_id: str = INSTANCE, **detail: str) -> dict:
     key = "EC2InstanceId" if "EC2InstanceId" in doc["detail"] else "instance-id"
     doc["detail"].update({key: instance_id, **detail})
     return doc
+
+
+class PartialUpdateFront:
+    """An HTTP front for moto giving ``UpdateAutoScalingGroup`` AWS's partial-update semantics."""
+
+    def __init__(self, moto: str) -> None:
+        self.moto = moto
+        self.updates: list[dict[str, str]] = []  # UpdateAutoScalingGroup forms, as sent
+        front = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                form = {k: v[0] for k, v in parse_qs(body.decode(), keep_blank_values=True).items()}
+                if form.get("Action") == "UpdateAutoScalingGroup":
+                    front.updates.append(dict(form))
+                    body = urlencode(front.keep_template(form)).encode()
+                headers = {
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower() not in ("host", "content-length")
+                }
+                req = urllib.request.Request(front.moto + self.path, data=body, headers=headers)
+                try:
+                    with urllib.request.urlopen(req, timeout=10) as resp:
+                        self._reply(resp.status, resp.read(), resp.headers["Content-Type"])
+                except urllib.error.HTTPError as exc:
+                    self._reply(exc.code, exc.read(), exc.headers["Content-Type"])
+
+            def _reply(self, status: int, data: bytes, ctype: str | None) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype or "text/xml")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def keep_template(self, form: dict[str, str]) -> dict[str, str]:
+        """Add the group's launch template and overrides when the update leaves them out."""
+        prefix = "MixedInstancesPolicy."
+        if not any(k.startswith(prefix) for k in form) or any(
+            k.startswith(prefix + "LaunchTemplate.") for k in form
+        ):
+            return form
+        group = group_of(self.moto, form["AutoScalingGroupName"])
+        template = group["MixedInstancesPolicy"]["LaunchTemplate"]
+        spec = template["LaunchTemplateSpecification"]
+        out = dict(form)
+        lt = prefix + "LaunchTemplate."
+        out[lt + "LaunchTemplateSpecification.LaunchTemplateId"] = spec["LaunchTemplateId"]
+        out[lt + "LaunchTemplateSpecification.Version"] = spec.get("Version", "$Default")
+        for i, override in enumerate(template.get("Overrides", []), start=1):
+            out[f"{lt}Overrides.member.{i}.InstanceType"] = override["InstanceType"]
+        return out
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def aws(moto_endpoint: str) -> Iterator[PartialUpdateFront]:
+    front = PartialUpdateFront(moto_endpoint)
+    try:
+        yield front
+    finally:
+        front.close()
 
 
 _groups = iter(range(1000))
@@ -179,9 +263,11 @@ def test_unreachable_routers_leave_the_message_for_a_retry(moto_endpoint: str) -
 # -- the group ----------------------------------------------------------------------------
 
 
-def test_apply_is_conditional_on_the_observed_base(moto_endpoint: str) -> None:
+def test_apply_is_conditional_on_the_observed_base(
+    moto_endpoint: str, aws: PartialUpdateFront
+) -> None:
     name = make_group(moto_endpoint)
-    gateway = AsgGateway(client("autoscaling", moto_endpoint), name)
+    gateway = AsgGateway(client("autoscaling", aws.url), name)
     obs, state = gateway.observe(ready_nodes=None)
     assert obs.on_demand_base == 0 and state == FallbackState()
     raise_to_1 = Decision(Action.RAISE, 0, 1, "test", FallbackState(changed_at=1e9))
@@ -207,6 +293,12 @@ def test_apply_is_conditional_on_the_observed_base(moto_endpoint: str) -> None:
         "g6.xlarge",
         "g5.xlarge",
     ]  # the rest of the policy survives the update
+    sent = aws.updates[0]
+    assert sent["MixedInstancesPolicy.InstancesDistribution.OnDemandBaseCapacity"] == "1"
+    assert sent["MixedInstancesPolicy.InstancesDistribution.SpotAllocationStrategy"] == (
+        "price-capacity-optimized"
+    )
+    assert not [k for k in sent if "LaunchTemplate" in k]  # no ec2:RunInstances needed
     tags = {t["Key"]: t["Value"] for t in group["Tags"]}
     assert float(tags[TAG_CHANGED_AT]) == 1e9
 
@@ -232,7 +324,9 @@ SCHEDULED = {
 
 
 @pytest.fixture
-def lambda_env(moto_endpoint: str, router: str, monkeypatch: pytest.MonkeyPatch) -> str:
+def lambda_env(
+    moto_endpoint: str, aws: PartialUpdateFront, router: str, monkeypatch: pytest.MonkeyPatch
+) -> str:
     name = make_group(moto_endpoint)
     ssm = client("ssm", moto_endpoint)
     ssm.put_parameter(Name=f"/spotrelay/{name}/node-token", Value=ROUTER_TOKEN, Type="SecureString")
@@ -241,7 +335,7 @@ def lambda_env(moto_endpoint: str, router: str, monkeypatch: pytest.MonkeyPatch)
         "SPOTRELAY_POOL": name,
         "SPOTRELAY_ROUTER_URLS": router,
         "SPOTRELAY_NODE_TOKEN_PARAMETER": f"/spotrelay/{name}/node-token",
-        "SPOTRELAY_AWS_ENDPOINT_URL": moto_endpoint,
+        "SPOTRELAY_AWS_ENDPOINT_URL": aws.url,
         "SPOTRELAY_FALLBACK_AFTER_S": "0",
         "SPOTRELAY_RECOVER_AFTER_S": "0",
         "SPOTRELAY_STEP_INTERVAL_S": "0",

@@ -1,7 +1,8 @@
 # Plan-level tests of the capacity resources (scaling on load, interruption
 # queue, controller Lambda) against mocked providers. Like gpu_pool.tftest.hcl
 # they need the provider schemas, so they run in `make tf-validate`; the policy
-# documents and patterns are tested offline in modules/capacity/tests.
+# documents and patterns are tested offline in modules/capacity/tests. Only
+# values known at plan are asserted (ids and ARNs are unknown until apply).
 
 mock_provider "aws" {
   mock_data "aws_region" {
@@ -69,8 +70,8 @@ run "queue_and_fallback" {
   }
 
   assert {
-    condition     = jsondecode(aws_sqs_queue.interruptions[0].redrive_policy).maxReceiveCount == 5
-    error_message = "Messages move to the DLQ after 5 receives."
+    condition     = aws_sqs_queue.interruptions[0].visibility_timeout_seconds == 360 && aws_sqs_queue.interruptions[0].message_retention_seconds == 3600
+    error_message = "Visibility is 6x the function timeout; events older than an hour are useless."
   }
 
   assert {
@@ -94,8 +95,13 @@ run "queue_and_fallback" {
   }
 
   assert {
-    condition     = aws_vpc_security_group_ingress_rule.routers_from_controller[0].referenced_security_group_id != null
-    error_message = "The routers accept the controller."
+    condition     = length(aws_vpc_security_group_ingress_rule.routers_from_controller) == 1 && aws_vpc_security_group_ingress_rule.routers_from_controller[0].from_port == 8080
+    error_message = "The routers accept the controller on their port."
+  }
+
+  assert {
+    condition     = aws_lambda_function.controller[0].reserved_concurrent_executions == 3 && aws_lambda_function.controller[0].tracing_config[0].mode == "Active"
+    error_message = "Bounded concurrency and tracing."
   }
 }
 

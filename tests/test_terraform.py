@@ -170,7 +170,8 @@ def test_module_layout_and_readme(rel: str) -> None:
     readme = (d / "README.md").read_text()
     declared = "".join(p.read_text() for p in sorted(d.glob("variables*.tf")))
     variables = re.findall(r'^variable "(\w+)"', declared, re.M)
-    outputs = re.findall(r'^output "(\w+)"', (d / "outputs.tf").read_text(), re.M)
+    produced = "".join(p.read_text() for p in sorted(d.glob("outputs*.tf")))
+    outputs = re.findall(r'^output "(\w+)"', produced, re.M)
     missing = [n for n in variables + outputs if f"`{n}`" not in readme]
     assert not missing, f"{rel}/README.md does not list {missing}"
 

@@ -20,9 +20,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from spotrelay.core.config import ConfigError
 from spotrelay.core.protocol import NodeLoad
+
+if TYPE_CHECKING:
+    from .imds import Identity
+    from .settings import AgentConfig
 
 log = logging.getLogger("spotrelay.agent")
 
@@ -109,11 +114,12 @@ class LoadPublisher(threading.Thread):
 
 
 def load_publisher(
-    cfg: Any, identity: Any, load_fn: Callable[[], NodeLoad | None], stop: threading.Event
+    cfg: AgentConfig,
+    identity: Identity,
+    load_fn: Callable[[], NodeLoad | None],
+    stop: threading.Event,
 ) -> LoadPublisher:
-    """The publisher for an agent's ``cloudwatch`` section (``cfg`` is its AgentConfig)."""
-    from spotrelay.core.config import ConfigError
-
+    """The publisher for an agent's ``cloudwatch`` section."""
     cw = cfg.cloudwatch
     pool = cw.pool or cfg.lifecycle.asg_name
     if not pool:

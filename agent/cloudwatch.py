@@ -8,7 +8,7 @@ would publish N copies of the same fleet total (or need a leader), and their
 view lags one heartbeat behind the engine.
 
 One ``PutMetricData`` per interval carries both metrics. The publisher is its
-own daemon thread with short botocore timeouts and one attempt, and the load
+own daemon thread with short timeouts and one attempt, and the load
 is read from the agent's last probe (no I/O on the drain's path): a
 CloudWatch outage costs datapoints, never a drain. A node that is draining or
 not serving publishes nothing, so a leaving node does not drag the average
@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from spotrelay.core.config import ConfigError
 from spotrelay.core.protocol import NodeLoad
+
+from .autoscaling_api import AutoScalingAPI
 
 if TYPE_CHECKING:
     from .imds import Identity
@@ -53,12 +55,33 @@ def metric_data(pool: str, load: NodeLoad) -> list[dict[str, Any]]:
     ]
 
 
-def cloudwatch_client(region: str | None, endpoint_url: str | None, timeout_s: float) -> Any:
-    import boto3
-    from botocore.config import Config
+class CloudWatchAPI(AutoScalingAPI):
+    """CloudWatch's Query API (``monitoring``) through the agent's SigV4 client: no boto3."""
 
-    config = Config(connect_timeout=timeout_s, read_timeout=timeout_s, retries={"max_attempts": 1})
-    return boto3.client("cloudwatch", region_name=region, endpoint_url=endpoint_url, config=config)
+    service = "monitoring"
+    api_version = "2010-08-01"
+
+    def put_metric_data(self, namespace: str, data: list[dict[str, Any]]) -> Any:
+        return self.call("PutMetricData", query_params(namespace, data))
+
+
+def query_params(namespace: str, data: list[dict[str, Any]]) -> dict[str, str]:
+    """``PutMetricData`` as Query parameters (``MetricData.member.N.Dimensions.member.M``)."""
+    params = {"Namespace": namespace}
+    for i, datum in enumerate(data, 1):
+        prefix = f"MetricData.member.{i}."
+        params[prefix + "MetricName"] = datum["MetricName"]
+        params[prefix + "Value"] = repr(float(datum["Value"]))
+        params[prefix + "Unit"] = datum["Unit"]
+        for j, dim in enumerate(datum["Dimensions"], 1):
+            params[f"{prefix}Dimensions.member.{j}.Name"] = dim["Name"]
+            params[f"{prefix}Dimensions.member.{j}.Value"] = dim["Value"]
+    return params
+
+
+def cloudwatch_client(region: str | None, endpoint_url: str | None, timeout_s: float) -> Any:
+    """One attempt per call, short timeouts: a lost datapoint beats a late one."""
+    return CloudWatchAPI(region, endpoint_url=endpoint_url, attempts=1, timeout_s=timeout_s)
 
 
 class LoadPublisher(threading.Thread):
@@ -97,9 +120,7 @@ class LoadPublisher(threading.Thread):
         try:
             if self._client is None:
                 self._client = self.client_fn()
-            self._client.put_metric_data(
-                Namespace=self.namespace, MetricData=metric_data(self.pool, load)
-            )
+            self._client.put_metric_data(self.namespace, metric_data(self.pool, load))
         except Exception as exc:  # any outage: skip this datapoint, keep serving and draining
             self.failures += 1
             if not self._failing:

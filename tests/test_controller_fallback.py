@@ -11,6 +11,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from spotrelay.controller.activities import LaunchAttempt, classify, launch_attempts
 from spotrelay.controller.events import Kind, parse_event
@@ -302,3 +304,44 @@ def test_no_second_step_once_the_first_stopped_the_failures() -> None:
     d = decider.decide(Observation(1, attempts, 3), d.state)
     assert (d.action, d.target_base) == (Action.HOLD, 1)
     assert "in fallback: last spot failure 610s ago" in d.reason
+
+
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.floats(min_value=0, max_value=900),  # seconds until the next run
+            st.lists(st.booleans(), max_size=3),  # launch attempts since (True = ok)
+            st.one_of(st.none(), st.integers(min_value=0, max_value=5)),  # ready nodes
+        ),
+        max_size=30,
+    ),
+    base=st.integers(min_value=0, max_value=2),
+    extra=st.integers(min_value=0, max_value=3),
+)
+@settings(max_examples=200, deadline=None)
+def test_decisions_stay_in_bounds_one_step_at_a_time(
+    steps: list[tuple[float, list[bool], int | None]], base: int, extra: int
+) -> None:
+    """Whatever happens, the base moves by at most one per decision, within its bounds."""
+    clock = Clock()
+    policy = FallbackPolicy(
+        fallback_after_s=300,
+        recover_after_s=900,
+        step_interval_s=600,
+        min_ready=2,
+        base_on_demand=base,
+        max_on_demand=base + extra,
+    )
+    decider = FallbackDecider(policy, clock)
+    current, state, attempts, last_change = base, FallbackState(), [], None
+    for wait, launches, ready in steps:
+        clock.advance(wait)
+        attempts += [ok(clock.now) if good else fail(clock.now) for good in launches]
+        d = decider.decide(Observation(current, attempts, ready), state)
+        assert base <= d.target_base <= base + extra
+        assert abs(d.target_base - current) <= 1
+        if d.changes:
+            if last_change is not None:
+                assert clock.now - last_change >= policy.step_interval_s
+            last_change = clock.now
+        current, state = d.target_base, d.state

@@ -257,9 +257,9 @@ class CapacityLoop:
             key = str(outcome)
             self.record.queue[key] = self.record.queue.get(key, 0) + 1
 
-    def _sample(self) -> None:
+    def _sample(self, force: bool = False) -> None:
         now = self.now()
-        if now - self._last_sample < 1.0:
+        if now - self._last_sample < 1.0 and not force:
             return
         self._last_sample = now
         alive = self.fleet.alive_nodes()
@@ -289,6 +289,7 @@ class CapacityLoop:
         self._thread.join(timeout=10)
         for thread in list(self._pending):
             thread.join(timeout=self.ready_timeout_s)
+        self._sample(force=True)  # the fleet as the run ends
 
     def report(self) -> dict[str, Any]:
         rec = self.record

@@ -287,8 +287,11 @@ class CapacityLoop:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        # The run already waited for launches to settle (Demo._settling); after
+        # Ctrl-C do not wait out a node's start-up: the fleet's stop ends it.
+        deadline = time.monotonic() + 5
         for thread in list(self._pending):
-            thread.join(timeout=self.ready_timeout_s)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._sample(force=True)  # the fleet as the run ends
 
     def report(self) -> dict[str, Any]:

@@ -200,6 +200,8 @@ class Demo:
             log.info("hard kill of %s at %.1fs", node.name, now)
             self.fleet.terminate(node)
             ev.killed = round(time.monotonic() - self.t0, 2)
+            if self.capacity:  # EC2's state change reaches the queue, no notice before it
+                self.capacity.reclaimed(node)
         self._replace(ev)
 
     def _reclaim(self, ev: EventRecord, now: float) -> None:

@@ -167,4 +167,14 @@ variable "controller" {
     condition     = var.controller.timeout_s >= 10 && var.controller.timeout_s <= 900
     error_message = "controller.timeout_s must be between 10 and 900."
   }
+
+  validation {
+    condition     = contains([0, 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.controller.log_retention_days)
+    error_message = "controller.log_retention_days must be a CloudWatch Logs retention (1, 3, 5, 7, 14, 30, 60, 90, ..., 365, ... 3653; 0 = never expire)."
+  }
+
+  validation {
+    condition     = var.controller.memory_mb >= 128 && var.controller.memory_mb <= 10240
+    error_message = "controller.memory_mb must be between 128 and 10240."
+  }
 }

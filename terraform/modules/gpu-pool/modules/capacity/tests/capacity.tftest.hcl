@@ -245,3 +245,11 @@ run "rejects_controller_without_routers" {
   }
   expect_failures = [output.enabled]
 }
+
+run "rejects_bad_log_retention" {
+  command = plan
+  variables {
+    controller = { log_retention_days = 42 }
+  }
+  expect_failures = [var.controller]
+}

@@ -19,13 +19,9 @@ from __future__ import annotations
 
 import json
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode
 
 import boto3
 import pytest
@@ -37,7 +33,7 @@ from spotrelay.controller.interruptions import InterruptionHandler, Outcome
 from spotrelay.controller.queue import QueueConsumer
 from spotrelay.controller.routers import RouterError, RouterFleet
 from spotrelay.core.net import free_port
-from tests.support import ROUTER_TOKEN, register_node, router_nodes, start_router
+from tests.support import ROUTER_TOKEN, MotoFront, register_node, router_nodes, start_router
 
 REGION = "us-east-1"
 FIXTURES = Path(__file__).parent / "fixtures" / "eventbridge"
@@ -66,46 +62,18 @@ def documented(name: str, instance_id: str = INSTANCE, **detail: str) -> dict:
     return doc
 
 
-class PartialUpdateFront:
+class PartialUpdateFront(MotoFront):
     """An HTTP front for moto giving ``UpdateAutoScalingGroup`` AWS's partial-update semantics."""
 
     def __init__(self, moto: str) -> None:
-        self.moto = moto
         self.updates: list[dict[str, str]] = []  # UpdateAutoScalingGroup forms, as sent
-        front = self
+        super().__init__(moto)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                form = {k: v[0] for k, v in parse_qs(body.decode(), keep_blank_values=True).items()}
-                if form.get("Action") == "UpdateAutoScalingGroup":
-                    front.updates.append(dict(form))
-                    body = urlencode(front.keep_template(form)).encode()
-                headers = {
-                    k: v
-                    for k, v in self.headers.items()
-                    if k.lower() not in ("host", "content-length")
-                }
-                req = urllib.request.Request(front.moto + self.path, data=body, headers=headers)
-                try:
-                    with urllib.request.urlopen(req, timeout=10) as resp:
-                        self._reply(resp.status, resp.read(), resp.headers["Content-Type"])
-                except urllib.error.HTTPError as exc:
-                    self._reply(exc.code, exc.read(), exc.headers["Content-Type"])
-
-            def _reply(self, status: int, data: bytes, ctype: str | None) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", ctype or "text/xml")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+    def rewrite(self, form: dict[str, str]) -> dict[str, str]:
+        if form.get("Action") != "UpdateAutoScalingGroup":
+            return form
+        self.updates.append(dict(form))
+        return self.keep_template(form)
 
     def keep_template(self, form: dict[str, str]) -> dict[str, str]:
         """Add the group's launch template and overrides when the update leaves them out."""
@@ -124,10 +92,6 @@ class PartialUpdateFront:
         for i, override in enumerate(template.get("Overrides", []), start=1):
             out[f"{lt}Overrides.member.{i}.InstanceType"] = override["InstanceType"]
         return out
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 @pytest.fixture
@@ -398,7 +362,6 @@ def test_lambda_drains_from_sqs_records(lambda_env: str, router: str) -> None:
 
 
 def test_router_drain_by_instance_needs_the_token_and_an_instance_id(router: str) -> None:
-    import urllib.error
     import urllib.request
 
     def post(path: str, token: str | None) -> int:

@@ -161,15 +161,15 @@ def _draw_capacity(top: Any, bottom: Any, cap: dict[str, Any] | None) -> None:
     for d in cap.get("decisions", []):
         color = "tab:purple" if d["action"] == "raise" else "tab:cyan"
         bottom.axvline(d["t"], color=color, linestyle="-.", linewidth=1)
-        bottom.annotate(
-            f"{d['action']} → {d['on_demand_base']}",
-            (d["t"], bottom.get_ylim()[1] * 0.9),
-            fontsize=7,
-            rotation=90,
-            va="top",
-            ha="right",
-            color=color,
-        )
+        _label(bottom, d["t"], 0.9, f"{d['action']} → {d['on_demand_base']}", color, 7)
+
+
+def _label(ax: Any, x: float, height: float, text: str, color: str, size: int) -> None:
+    """A vertical label left of the line at ``x``, ``height`` of the way up."""
+    ax.annotate(
+        text, (x, ax.get_ylim()[1] * height), fontsize=size, rotation=90, va="top", ha="right",
+        color=color,
+    )  # fmt: skip
 
 
 def write_chart(
@@ -220,15 +220,7 @@ def write_chart(
             ax.axvline(ev["at"], color=color, linestyle="--", linewidth=1)
             if noticed and ev.get("killed") is not None:
                 ax.axvline(ev["killed"], color="tab:gray", linestyle=":", linewidth=1)
-        top.annotate(
-            f"{labels.get(ev['type'], ev['type'])} {ev['node']}",
-            (ev["at"], top.get_ylim()[1] * 0.95),
-            fontsize=8,
-            rotation=90,
-            va="top",
-            ha="right",
-            color=color,
-        )
+        _label(top, ev["at"], 0.95, f"{labels.get(ev['type'], ev['type'])} {ev['node']}", color, 8)
     _draw_capacity(top, bottom, report.get("capacity"))
     top.legend(loc="lower left", fontsize=8)
     bottom.legend(loc="lower left", fontsize=8)

@@ -3,7 +3,7 @@
 moto in server mode holds a GPU Auto Scaling group with on-demand and spot
 instances; a real router under gunicorn has some of them registered. moto
 answers ``DescribeScalingActivities`` with an empty list, so the tests' AWS
-front (tests/test_agent_aws.py) answers it with activities in the shape of
+front (tests/support.py's MotoFront) answers it with activities in the shape of
 the Auto Scaling API reference and forwards everything else to moto.
 """
 
@@ -20,9 +20,9 @@ import pytest
 
 from spotrelay.core.deploy_wait import wait_ready
 from spotrelay.core.pool_status import classify_activity, join_instances
-from tests.support import ROUTER_TOKEN, moto_server, register_node, start_router
+from tests.support import ROUTER_TOKEN, MotoFront, moto_server, register_node, start_router
 
-from .test_agent_aws import NS, LifecycleFront
+from .test_agent_aws import NS
 from .test_deploy import aws, cli, make_group, write_yaml
 
 pytestmark = pytest.mark.timeout(180)
@@ -71,10 +71,19 @@ def activities_xml(form: dict[str, str]) -> tuple[int, str]:
     )
 
 
+class ActivitiesFront(MotoFront):
+    """moto, with DescribeScalingActivities answered from :data:`ACTIVITIES`."""
+
+    def answer(self, form: dict[str, str]) -> tuple[int, str] | None:
+        if form.get("Action") == "DescribeScalingActivities":
+            return activities_xml(form)
+        return None
+
+
 @pytest.fixture
-def front() -> Iterator[LifecycleFront]:
+def front() -> Iterator[ActivitiesFront]:
     with moto_server() as moto:
-        f = LifecycleFront(moto, answers={"DescribeScalingActivities": activities_xml})
+        f = ActivitiesFront(moto)
         try:
             yield f
         finally:
@@ -121,7 +130,7 @@ def row_of(text: str, iid: str) -> str:
 
 
 def test_status_per_instance_spot_and_on_demand(
-    tmp_path: Path, procs, logdir: Path, front: LifecycleFront
+    tmp_path: Path, procs, logdir: Path, front: ActivitiesFront
 ) -> None:
     on_demand = make_group(front.moto, "st-gpu", desired=2)
     spot = add_spot_instance(front.moto, "st-gpu")
@@ -157,7 +166,7 @@ def test_status_per_instance_spot_and_on_demand(
 
 
 def test_status_exits_non_zero_when_no_node_is_ready(
-    tmp_path: Path, procs, logdir: Path, front: LifecycleFront
+    tmp_path: Path, procs, logdir: Path, front: ActivitiesFront
 ) -> None:
     (iid,) = make_group(front.moto, "st-none", desired=1)  # moto's state is per process
     router = start_router(procs, logdir)

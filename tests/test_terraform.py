@@ -168,7 +168,8 @@ def test_boot_helpers_are_identical_copies() -> None:
 # -- conventions and checkov ----------------------------------------------------------------
 
 MODULES = ["modules/gpu-pool", "modules/router", "modules/gpu-pool/modules/config"]
-MODULES += ["modules/router/modules/config", "examples/complete"]
+MODULES += ["modules/gpu-pool/modules/capacity", "modules/router/modules/config"]
+MODULES += ["examples/complete"]
 
 
 @pytest.mark.parametrize("rel", MODULES)
@@ -177,7 +178,7 @@ def test_module_layout_and_readme(rel: str) -> None:
     for name in ("main.tf", "variables.tf", "outputs.tf", "versions.tf", "README.md"):
         assert (d / name).is_file(), f"{rel}/{name} missing"
     readme = (d / "README.md").read_text()
-    # Feature files (readiness.tf, cold_start.tf, ...) may declare their own.
+    # Feature files (readiness.tf, variables_capacity.tf, ...) may declare their own.
     sources = "\n".join(p.read_text() for p in sorted(d.glob("*.tf")))
     variables = re.findall(r'^variable "(\w+)"', sources, re.M)
     outputs = re.findall(r'^output "(\w+)"', sources, re.M)

@@ -50,7 +50,7 @@ module "gpu_pool" {
   model_s3_uri          = var.model_s3_uri
   model_s3_load         = var.model_s3_load
   ami_id                = var.gpu_ami_id
-  scale_on_load      = var.scale_on_load
-  on_demand_fallback = var.on_demand_fallback
-  interruption_queue = var.interruption_queue
+  scale_on_load         = var.scale_on_load
+  on_demand_fallback    = var.on_demand_fallback
+  interruption_queue    = var.interruption_queue
 }

@@ -520,6 +520,13 @@ class Proxy:
                 dict(last.headers),
             )
         tries = f"{req.attempts} attempt{'s' if req.attempts != 1 else ''}"
+        if last.kind is FailureKind.LOOP:  # tell the router before us too: it is in the loop
+            return ApiError(
+                508,
+                "request loop: a registered node URL points back at a spotrelay router",
+                code="loop_detected",
+                headers={LOOP_HEADER: "1"},
+            )
         if last.kind is FailureKind.FIRST_BYTE_TIMEOUT:
             return ApiError(504, f"upstream timed out ({tries})", code="upstream_timeout")
         return ApiError(502, f"upstream failed: {last.reason} ({tries})", code="upstream_error")

@@ -93,6 +93,13 @@ def post(path: str, body: bytes, extra: str = "", te_chunked: bool = False) -> b
     ).encode() + body
 
 
+def answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
 def metric(url: str, name: str, **labels: str) -> float:
     return scrape(f"{url}/metrics", name, **labels)
 
@@ -226,9 +233,7 @@ def test_per_address_connection_cap(router):
     finally:
         for s in held:
             s.close()
-    wait_until(
-        lambda: requests.get(f"{router.url}/healthz", timeout=5).status_code == 200, timeout=10
-    )
+    wait_until(lambda: answers(f"{router.url}/healthz"), timeout=10)
 
 
 def test_slow_client_flood_leaves_registrations_and_health_intact(procs, logdir, sim):
@@ -292,16 +297,15 @@ def test_slow_client_flood_leaves_registrations_and_health_intact(procs, logdir,
             t = threading.Thread(target=trickle, args=(s,), daemon=True)
             t.start()
             threads.append(t)
+        # Every data-plane slot is held: a new client waits in the listen backlog.
+        wait_until(lambda: not answers(f"{router.url}/healthz"), timeout=5, what="saturation")
         deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:  # the data plane is saturated for these seconds
+        while time.monotonic() < deadline:  # meanwhile the control listener answers
             assert requests.get(f"{control_url}/healthz", timeout=2).status_code == 200
             time.sleep(0.2)
         assert "n1" in router_nodes(control_url)
         # The header deadline frees the slots: the data plane answers again.
-        wait_until(
-            lambda: requests.get(f"{router.url}/healthz", timeout=2).status_code == 200,
-            timeout=20,
-        )
+        wait_until(lambda: answers(f"{router.url}/healthz"), timeout=30, what="data plane")
         assert "n1" in router_nodes(control_url)
     finally:
         stop.set()
@@ -403,7 +407,7 @@ def test_client_disconnect_aborts_a_non_streaming_request(router, procs, logdir)
 
 
 def test_registering_the_router_itself_is_refused(router):
-    for url in (router.url, router.control_url, f"http://127.0.0.7:{router.port}"):
+    for url in (router.url, router.control_url, router.url.replace("127.0.0.1", "localhost")):
         resp = requests.put(
             f"{router.control_url}/nodes/self",
             json={"url": url, "models": [MODEL]},
@@ -482,4 +486,6 @@ def test_registry_cap_gives_429_and_a_log_line(router, sim):
     assert resp.status_code == 429 and "registry.max_nodes" in resp.json()["error"]
     register_node(router.control_url, ROUTER_TOKEN, "n0", sim.url, MODEL)  # heartbeats still pass
     assert len(router_nodes(router.control_url)) == 3
-    wait_until(lambda: "refused registration of node n3" in router.proc.log_path.read_text(), 5)
+    wait_until(
+        lambda: "refused registration of node n3" in router.proc.log_path.read_text(), timeout=5
+    )

@@ -252,7 +252,7 @@ class Proxy:
         client_watch: ClientWatch | None = None,
     ) -> None:
         self.hop_id = hop_id or os.urandom(8).hex()
-        self.client_watch = client_watch or ClientWatch()
+        self.client_watch = client_watch if client_watch is not None else ClientWatch()
         self.registry = registry
         self.watchdog = watchdog
         self.balancer = balancer

@@ -397,8 +397,12 @@ def test_client_disconnect_aborts_a_non_streaming_request(router, procs, logdir)
         lambda: metric(router.url, "spotrelay_router_client_disconnects_total") == 1, timeout=5
     )
     wait_until(lambda: "outcome=client_disconnect" in router.proc.log_path.read_text(), timeout=5)
-    log = router.proc.log_path.read_text()
-    assert "outcome=complete" not in log.split("attempts=")[-1] or "499" in log
+    lines = [
+        line
+        for line in router.proc.log_path.read_text().splitlines()
+        if "POST /v1/completions" in line
+    ]
+    assert len(lines) == 1 and "POST /v1/completions 499" in lines[0], lines
     nodes = router_nodes(router.control_url)
     assert nodes["n1"]["in_flight"] == 0 and nodes["n1"]["failures"]["total"] == 0
 

@@ -268,6 +268,8 @@ def client_gone(sock: Any) -> bool:
     too. Readable with data (a pipelined request) is not a disconnect.
     """
     raw = getattr(sock, "raw", sock)
+    if not hasattr(raw, "fileno"):
+        return False  # not a socket (a test double, a non-gunicorn server): cannot tell
     try:
         fd = raw.fileno()
     except OSError:

@@ -36,7 +36,7 @@ log = logging.getLogger("spotrelay.router")
 
 INFERENCE_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings")
 OPS_PATHS = frozenset({"/healthz", "/readyz"})
-MAX_HOPS = 8  # routers a request may pass through; more is a loop among routers
+MAX_HOPS = 8  # hop marks passed on (the most recent ones)
 
 
 def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -159,7 +159,7 @@ def create_app(service: RouterService) -> Flask:
                 ApiError(401, "missing or invalid API key", code="invalid_api_key"), request_id
             )
         hops = parse_hops(headers.get(HOP_HEADER))
-        if service.hop_id in hops or len(hops) >= MAX_HOPS:
+        if service.hop_id in hops:
             return _loop_detected(service, hops, request_id)
         try:
             body = read_body(max_body)
@@ -276,10 +276,16 @@ def create_app(service: RouterService) -> Flask:
 
 
 def parse_hops(header: str | None) -> tuple[str, ...]:
-    """Router ids from ``X-Spotrelay-Hop`` (comma-separated), at most a few kept."""
+    """Router ids from ``X-Spotrelay-Hop`` (comma-separated): the last MAX_HOPS, clipped.
+
+    Every router in a loop adds its mark, so the loop comes back to one that
+    finds its own; the bound only keeps a client's made-up list from growing
+    the header. A client cannot produce a 508: it does not know any mark.
+    """
     if not header:
         return ()
-    return tuple(h.strip()[:64] for h in header.split(",")[: MAX_HOPS + 1] if h.strip())
+    marks = [h.strip()[:64] for h in header[:4096].split(",") if h.strip()]
+    return tuple(marks[-MAX_HOPS:])
 
 
 def _loop_detected(service: RouterService, hops: tuple[str, ...], request_id: str) -> Response:
@@ -289,8 +295,8 @@ def _loop_detected(service: RouterService, hops: tuple[str, ...], request_id: st
     """
     service.metrics.requests.labels("none", "508").inc()
     log.warning(
-        "refused a proxied request that already passed through this router (%d hops): "
-        "a node URL leads back to a router",
+        "refused a proxied request that already passed through this router "
+        "(%d hop marks): a node URL leads back to a router",
         len(hops),
         extra={"request_id": request_id},
     )

@@ -307,3 +307,20 @@ def test_tracebacks_still_span_lines():
     finally:
         logger.removeHandler(handler)
     assert "Traceback (most recent call last):\n" in stream.getvalue()
+
+
+def test_a_client_cannot_trigger_the_loop_refusal():
+    from spotrelay.router.app import create_app, parse_hops
+
+    assert parse_hops(",".join(f"r{i}" for i in range(50)))[-1] == "r49"
+    assert len(parse_hops(",".join(f"r{i}" for i in range(50)))) == 8
+    svc, fleet = build()
+    register(svc, "a", A)
+    client = create_app(svc).test_client()
+    made_up = ", ".join(f"router-{i}" for i in range(40))
+    resp = client.post("/v1/completions", json={"model": "m"}, headers={HOP_HEADER: made_up})
+    assert resp.status_code == 200
+    assert fleet.calls_to(A)[0]["headers"][HOP_HEADER].endswith(f"router-39, {svc.hop_id}")
+    looped = client.post("/v1/completions", json={"model": "m"}, headers={HOP_HEADER: svc.hop_id})
+    assert looped.status_code == 508 and looped.headers["X-Spotrelay-Loop"] == "1"
+    assert looped.get_json()["error"]["code"] == "loop_detected"

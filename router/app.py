@@ -168,6 +168,7 @@ def create_app(service: RouterService) -> Flask:
             return _too_large(service, request_id)
         except BadBody as exc:
             rejected.labels("none", str(exc.status)).inc()
+            _log_bad_body(exc, request_id)
             return _api_error(ApiError(exc.status, exc.message, code=exc.code), request_id)
         try:
             req = parse_request(
@@ -219,6 +220,7 @@ def create_app(service: RouterService) -> Flask:
         except (BodyTooLarge, RequestEntityTooLarge):
             return _json({"error": f"body larger than {MAX_CONTROL_BODY} bytes"}, 413)
         except BadBody as exc:
+            _log_bad_body(exc, None)
             return _json({"error": exc.message}, exc.status)
         return _control(service.put_node(node_id, raw))
 
@@ -273,6 +275,16 @@ def create_app(service: RouterService) -> Flask:
         return _json(doc, 500, {"X-Request-ID": request_id})
 
     return app
+
+
+def _log_bad_body(exc: BadBody, request_id: str | None) -> None:
+    log.warning(
+        "refused a request from %s: %d %s",
+        request.remote_addr or "-",
+        exc.status,
+        exc.message,
+        extra={"request_id": request_id} if request_id else None,
+    )
 
 
 def parse_hops(header: str | None) -> tuple[str, ...]:

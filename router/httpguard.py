@@ -80,6 +80,7 @@ class GuardedSocket:
         settings: GuardSettings,
         plane: str = DATA,
         clock: Callable[[], float] = time.monotonic,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self.raw = sock
         self.plane = plane
@@ -89,9 +90,24 @@ class GuardedSocket:
         self.limit_s = settings.header_timeout_s
         self.deadline: float | None = clock() + settings.header_timeout_s
         self.close_after_response = False
+        self._closing = False
+        self._on_close = on_close
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.raw, name)
+
+    def shutdown(self, how: int) -> None:
+        """Closing (gunicorn drains what is left to read): no deadlines any more."""
+        self._closing, self.deadline = True, None
+        self.raw.shutdown(how)
+
+    def close(self) -> None:
+        on_close, self._on_close = self._on_close, None
+        try:
+            self.raw.close()
+        finally:
+            if on_close is not None:
+                on_close()
 
     def start_body(self) -> None:
         """The head is parsed: from now on the body deadline applies."""
@@ -103,6 +119,8 @@ class GuardedSocket:
         self.phase, self.deadline = IDLE, None
 
     def recv(self, size: int, *flags: int) -> bytes:
+        if self._closing:
+            return self.raw.recv(size, *flags)
         if self.deadline is not None:
             remaining = self.deadline - self.clock()
             if remaining <= 0:

@@ -127,6 +127,63 @@ class GuardedGeventMixin(JsonErrorsMixin):
             )
 
 
+class GuardedThreadMixin(JsonErrorsMixin):
+    """The same guards for the gthread worker: wrapped sockets, caps at accept.
+
+    A slow client still holds one of ``server.threads`` while its deadline
+    runs (a thread blocks in its read), so gevent stays the better choice
+    when hostile clients can reach the router directly.
+    """
+
+    guard: GuardSettings = GuardSettings()
+    limiter: ConnectionLimiter | None = None
+    _plane = GuardedGeventMixin._plane
+    _refuse = GuardedGeventMixin._refuse
+
+    def init_process(self) -> None:
+        self.limiter = ConnectionLimiter(
+            self.guard.max_connections_per_ip, self.guard.exempt_networks
+        )
+        self._refusals: dict[str, float] = {}
+        super().init_process()  # type: ignore[misc]
+
+    def accept(self, listener: Any) -> None:
+        """gunicorn's ``ThreadWorker.accept`` with the cap and the wrapped socket."""
+        import errno
+
+        from gunicorn.workers.gthread import TConn
+
+        try:
+            client_sock, client_addr = listener.accept()
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        plane = self._plane(listener)
+        peer = client_addr[0] if isinstance(client_addr, tuple) and client_addr else ""
+        limiter = self.limiter
+        if limiter is not None and not limiter.acquire(plane, peer):
+            self._refuse(client_sock, plane, peer)
+            return
+        self.nr_conns += 1  # type: ignore[attr-defined]
+        client_sock.setblocking(True)
+        release = (lambda: limiter.release(plane, peer)) if limiter is not None else None
+        sock = GuardedSocket(client_sock, self.guard, plane, on_close=release)
+        conn = TConn(self.cfg, sock, client_addr, listener.getsockname())  # type: ignore[attr-defined]
+        self.enqueue_req(conn)  # type: ignore[attr-defined]
+
+    def handle_request(self, req: Any, conn: Any) -> Any:
+        sock = conn.sock
+        if not isinstance(sock, GuardedSocket):
+            return super().handle_request(req, conn)  # type: ignore[misc]
+        sock.start_body()
+        try:
+            keep_alive = super().handle_request(req, conn)  # type: ignore[misc]
+        finally:
+            sock.start_idle()
+        return keep_alive and not sock.close_after_response
+
+
 def worker_class(kind: str, guard: GuardSettings) -> type:
     """The gunicorn worker class for ``server.worker_class``, carrying ``guard``."""
     if kind == "gevent":
@@ -135,4 +192,4 @@ def worker_class(kind: str, guard: GuardSettings) -> type:
         return type("SpotrelayGeventWorker", (GuardedGeventMixin, GeventWorker), {"guard": guard})
     from gunicorn.workers.gthread import ThreadWorker
 
-    return type("SpotrelayThreadWorker", (JsonErrorsMixin, ThreadWorker), {"guard": guard})
+    return type("SpotrelayThreadWorker", (GuardedThreadMixin, ThreadWorker), {"guard": guard})

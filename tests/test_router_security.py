@@ -493,3 +493,49 @@ def test_registry_cap_gives_429_and_a_log_line(router, sim):
     wait_until(
         lambda: "refused registration of node n3" in router.proc.log_path.read_text(), timeout=5
     )
+
+
+def test_the_gthread_worker_has_the_same_guards(procs, logdir):
+    router = start_router(
+        procs,
+        logdir,
+        {
+            "server": {
+                "worker_class": "gthread",
+                "control_port": free_port(),
+                "header_timeout_s": 2,
+                "body_timeout_s": 2,
+                "max_connections_per_ip": 5,
+            }
+        },
+    )
+    assert_openai_4xx(exchange(router.port, CORPUS["bad chunk size"]), 400)
+    assert_openai_4xx(exchange(router.port, CORPUS["over-long request line"]), 414)
+    with socket.create_connection((HOST, router.port), timeout=15) as s:
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: r\r\n")
+        assert_openai_4xx(read_response(s, 15), 408)
+    with socket.create_connection((HOST, router.port), timeout=15) as s:
+        s.sendall(post("/v1/completions", BODY)[: -len(BODY) + 3])
+        assert_openai_4xx(read_response(s, 15), 408)
+    held = [
+        socket.create_connection((HOST, router.port), source_address=("127.0.0.3", 0))
+        for _ in range(5)
+    ]
+    try:
+        raw = exchange(router.port, b"GET /healthz HTTP/1.1\r\nHost: r\r\n\r\n", source="127.0.0.3")
+        assert_openai_4xx(raw, 429)
+    finally:
+        for s in held:
+            s.close()
+    # Closed connections give their slots back.
+    wait_until(
+        lambda: (
+            parse(
+                exchange(
+                    router.port, b"GET /healthz HTTP/1.1\r\nHost: r\r\n\r\n", source="127.0.0.3"
+                )
+            )[0]
+            == 200
+        ),
+        timeout=15,
+    )

@@ -5,12 +5,15 @@ connection cap or the body of its own error responses, so these are small
 subclasses of its workers rather than settings:
 
 - ``handle_error`` answers what the HTTP parser rejects with OpenAI-shaped
-  JSON (400/408/414/431...) instead of gunicorn's HTML page, for both worker
-  classes;
-- the gevent worker (the default) additionally wraps every accepted socket in
-  a :class:`~.httpguard.GuardedSocket` (header and body deadlines), counts
-  connections per client address and listener, and closes a connection whose
-  request body was broken once the answer is sent.
+  JSON (400/408/414/431...) instead of gunicorn's HTML page;
+- every accepted socket is wrapped in a :class:`~.httpguard.GuardedSocket`
+  (header and body deadlines), connections are counted per client address
+  and listener (over the cap: 429 and close), and a connection whose request
+  body was broken is closed once the answer is sent.
+
+Both worker classes get all of it; the hooks differ (gevent: ``handle``, one
+greenlet per connection; gthread: ``accept``, where gunicorn makes its
+connection object).
 
 :func:`worker_class` builds the class with the configured limits as class
 attributes in the master, so every forked worker (``workers > 1`` too)

@@ -34,6 +34,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--host", help="address to bind (beats server.host)")
     p.add_argument("--port", type=int, help="port to bind (beats server.port)")
     p.add_argument(
+        "--control-port",
+        type=int,
+        help="control-plane listener port, 0 for none (beats server.control_port)",
+    )
+    p.add_argument(
         "action",
         nargs="?",
         choices=["run", "install-unit"],
@@ -52,7 +57,9 @@ def load_config(args: argparse.Namespace):  # -> tuple[RouterConfig, str]
 
     from .settings import RouterConfig
 
-    overrides = {"server": {"host": args.host, "port": args.port}}
+    overrides = {
+        "server": {"host": args.host, "port": args.port, "control_port": args.control_port}
+    }
     cfg = load(RouterConfig, args.config, overrides=overrides)
     token = read_token(cfg.auth.node_token, cfg.auth.node_token_file, "auth.node_token")
     if not token:

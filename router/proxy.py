@@ -312,6 +312,8 @@ class Proxy:
                 if self.clock() >= req.deadline:
                     return self._deadline_error(req, last)
                 node = self._choose(req, retrying=last is not None)
+                if req.client is not None and req.client.gone:
+                    return ClientLeft()  # left during a capacity wait
                 if isinstance(node, ApiError):
                     return node
                 if node is None:
@@ -466,6 +468,8 @@ class Proxy:
         )
         while (remaining := limit - self.clock()) > 0:
             registry.wait_for_change(min(remaining, 0.5))
+            if req.client is not None and req.client.check():
+                return None
             node = balancer.pick(
                 registry.candidates(req.model), exclude=req.tried, session_key=req.session_key
             )

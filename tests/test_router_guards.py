@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import socket
+import time
 
 import pytest
 
@@ -324,3 +325,21 @@ def test_a_client_cannot_trigger_the_loop_refusal():
     looped = client.post("/v1/completions", json={"model": "m"}, headers={HOP_HEADER: svc.hop_id})
     assert looped.status_code == 508 and looped.headers["X-Spotrelay-Loop"] == "1"
     assert looped.get_json()["error"]["code"] == "loop_detected"
+
+
+def test_a_client_leaving_during_a_capacity_wait_stops_the_wait():
+    class LeavesOnThirdLook(ClientLink):
+        looks = 0
+
+        def check(self, is_gone=None) -> bool:
+            self.looks += 1
+            self.gone = self.gone or self.looks >= 3
+            return self.gone
+
+    svc, _ = build(routing={"no_capacity_wait_s": 30})
+    req = request(svc)
+    req.client = LeavesOnThirdLook(object())
+    started = time.monotonic()
+    resp = svc.proxy.forward(req)  # no node registered: it would wait 30 s
+    assert resp.status == 499 and time.monotonic() - started < 5
+    assert "spotrelay_router_client_disconnects_total 1.0" in svc.metrics.render().decode()

@@ -57,8 +57,8 @@ class JsonErrorsMixin:
         send_error(client, err)
 
 
-class GuardedGeventMixin(JsonErrorsMixin):
-    """Deadlines, per-address caps and forced closes for the gevent worker."""
+class GuardMixin(JsonErrorsMixin):
+    """What both worker classes share: the limits, the per-address counts, refusals."""
 
     guard: GuardSettings = GuardSettings()
     limiter: ConnectionLimiter | None = None
@@ -78,31 +78,6 @@ class GuardedGeventMixin(JsonErrorsMixin):
             return CONTROL if listener.getsockname()[1] == port else DATA
         except (OSError, IndexError, TypeError):
             return DATA
-
-    def handle(self, listener: Any, client: Any, addr: Any) -> None:
-        plane = self._plane(listener)
-        peer = addr[0] if isinstance(addr, tuple) and addr else ""
-        limiter = self.limiter
-        if limiter is not None and not limiter.acquire(plane, peer):
-            self._refuse(client, plane, peer)
-            return
-        try:
-            super().handle(listener, GuardedSocket(client, self.guard, plane), addr)  # type: ignore[misc]
-        finally:
-            if limiter is not None:
-                limiter.release(plane, peer)
-
-    def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
-        if not isinstance(sock, GuardedSocket):
-            return super().handle_request(listener_name, req, sock, addr)  # type: ignore[misc]
-        sock.start_body()
-        try:
-            result = super().handle_request(listener_name, req, sock, addr)  # type: ignore[misc]
-        finally:
-            sock.start_idle()
-        if sock.close_after_response:
-            raise StopIteration("request body was malformed or incomplete")
-        return result
 
     def _refuse(self, client: Any, plane: str, peer: str) -> None:
         cap = self.guard.max_connections_per_ip
@@ -130,25 +105,42 @@ class GuardedGeventMixin(JsonErrorsMixin):
             )
 
 
-class GuardedThreadMixin(JsonErrorsMixin):
+class GuardedGeventMixin(GuardMixin):
+    """Deadlines, per-address caps and forced closes for the gevent worker."""
+
+    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+        plane = self._plane(listener)
+        peer = addr[0] if isinstance(addr, tuple) and addr else ""
+        limiter = self.limiter
+        if limiter is not None and not limiter.acquire(plane, peer):
+            self._refuse(client, plane, peer)
+            return
+        try:
+            super().handle(listener, GuardedSocket(client, self.guard, plane), addr)  # type: ignore[misc]
+        finally:
+            if limiter is not None:
+                limiter.release(plane, peer)
+
+    def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
+        if not isinstance(sock, GuardedSocket):
+            return super().handle_request(listener_name, req, sock, addr)  # type: ignore[misc]
+        sock.start_body()
+        try:
+            result = super().handle_request(listener_name, req, sock, addr)  # type: ignore[misc]
+        finally:
+            sock.start_idle()
+        if sock.close_after_response:
+            raise StopIteration("request body was malformed or incomplete")
+        return result
+
+
+class GuardedThreadMixin(GuardMixin):
     """The same guards for the gthread worker: wrapped sockets, caps at accept.
 
     A slow client still holds one of ``server.threads`` while its deadline
     runs (a thread blocks in its read), so gevent stays the better choice
     when hostile clients can reach the router directly.
     """
-
-    guard: GuardSettings = GuardSettings()
-    limiter: ConnectionLimiter | None = None
-    _plane = GuardedGeventMixin._plane
-    _refuse = GuardedGeventMixin._refuse
-
-    def init_process(self) -> None:
-        self.limiter = ConnectionLimiter(
-            self.guard.max_connections_per_ip, self.guard.exempt_networks
-        )
-        self._refusals: dict[str, float] = {}
-        super().init_process()  # type: ignore[misc]
 
     def accept(self, listener: Any) -> None:
         """gunicorn's ``ThreadWorker.accept`` with the cap and the wrapped socket."""

@@ -464,7 +464,7 @@ class Proxy:
         limit = min(self.clock() + self.routing.no_capacity_wait_s, req.deadline)
         log.info(
             "no ready node serves the model; waiting for capacity",
-            extra={"request_id": req.request_id, "model": req.model},
+            extra={"request_id": req.request_id, "model": clip(req.model)},
         )
         while (remaining := limit - self.clock()) > 0:
             registry.wait_for_change(min(remaining, 0.5))
@@ -482,7 +482,7 @@ class Proxy:
         waited = self.routing.no_capacity_wait_s
         return ApiError(
             503,
-            f"no ready node serves model {req.model!r} (waited {waited:g}s); retry later",
+            f"no ready node serves model {clip(req.model)!r} (waited {waited:g}s); retry later",
             code="no_capacity",
             headers={"Retry-After": str(self.routing.retry_after_s)},
         )
@@ -511,7 +511,7 @@ class Proxy:
         if last is None:
             return ApiError(
                 503,
-                f"no other node serves model {req.model!r}",
+                f"no other node serves model {clip(req.model)!r}",
                 code="no_capacity",
                 headers={"Retry-After": str(self.routing.retry_after_s)},
             )

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .httpguard import client_gone
+from .httpguard import client_gone, clients_gone
 
 
 class ClientLink:
@@ -68,7 +68,7 @@ class ClientLink:
 class ClientWatch:
     """Sweeps the clients of requests waiting on nodes; aborts those whose client left."""
 
-    def __init__(self, tick_s: float = 0.25, is_gone: Callable[[Any], bool] = client_gone) -> None:
+    def __init__(self, tick_s: float = 0.25, is_gone: Callable[[Any], bool] | None = None) -> None:
         self.tick_s = tick_s
         self.is_gone = is_gone
         self._watched: set[ClientLink] = set()
@@ -90,8 +90,14 @@ class ClientWatch:
 
     def sweep(self) -> list[ClientLink]:
         """Check every watched client once; returns those found gone (their upstream aborted)."""
-        gone = [link for link in list(self._watched) if link.check(self.is_gone)]
+        links = list(self._watched)
+        if self.is_gone is not None:
+            flags = [self.is_gone(link.sock) for link in links]
+        else:  # one poll() for every watched client
+            flags = clients_gone([link.sock for link in links])
+        gone = [link for link, flag in zip(links, flags, strict=True) if flag or link.gone]
         for link in gone:
+            link.gone = True
             self._watched.discard(link)
             link.abort_upstream()
         return gone

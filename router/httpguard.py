@@ -280,39 +280,55 @@ def close_after_response(environ: dict[str, Any]) -> None:
 
 
 def client_gone(sock: Any) -> bool:
-    """Has the client closed its side of ``sock``? Never blocks.
+    """Has the client closed its side of ``sock``? Never blocks."""
+    return clients_gone([sock])[0]
 
-    Readable with nothing to read is an orderly close (FIN); a reset is gone
-    too. Readable with data (a pipelined request) is not a disconnect.
+
+_WATCH_EVENTS = select.POLLIN | select.POLLPRI | getattr(select, "POLLRDHUP", 0)
+_HANGUP = select.POLLERR | select.POLLNVAL | select.POLLHUP | getattr(select, "POLLRDHUP", 0)
+
+
+def clients_gone(socks: list[Any]) -> list[bool]:
+    """For each client socket, has the client left? One ``poll`` call for all of them.
+
+    Readable with nothing to read is an orderly close (FIN); a reset or a
+    hang-up is gone too. Readable with data (a pipelined request) is not a
+    disconnect. Something that is not a socket (a test double) never is.
     """
-    raw = getattr(sock, "raw", sock)
-    if not hasattr(raw, "fileno"):
-        return False  # not a socket (a test double, a non-gunicorn server): cannot tell
-    try:
-        fd = raw.fileno()
-    except OSError:
-        return True
-    if fd < 0:
-        return True
+    gone = [False] * len(socks)
+    raws: dict[int, tuple[int, Any]] = {}
     poller = _poll()
-    poller.register(fd, select.POLLIN | select.POLLPRI | getattr(select, "POLLRDHUP", 0))
+    for i, sock in enumerate(socks):
+        raw = getattr(sock, "raw", sock)
+        if not hasattr(raw, "fileno"):
+            continue
+        try:
+            fd = raw.fileno()
+        except OSError:
+            fd = -1
+        if fd < 0:
+            gone[i] = True
+            continue
+        raws[fd] = (i, raw)
+        poller.register(fd, _WATCH_EVENTS)
+    if not raws:
+        return gone
     try:
         events = poller.poll(0)
     except OSError:
-        return True
-    if not events:
-        return False
-    mask = events[0][1]
-    if mask & (select.POLLERR | select.POLLNVAL):
-        return True
-    if mask & getattr(select, "POLLRDHUP", 0):
-        return True
-    try:
-        return raw.recv(1, socket.MSG_PEEK) == b""
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
+        return gone
+    for fd, mask in events:
+        i, raw = raws[fd]
+        if mask & _HANGUP:
+            gone[i] = True
+            continue
+        try:
+            gone[i] = raw.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            pass
+        except OSError:
+            gone[i] = True
+    return gone
 
 
 def _poll() -> Any:

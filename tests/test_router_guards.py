@@ -343,3 +343,33 @@ def test_a_client_leaving_during_a_capacity_wait_stops_the_wait():
     resp = svc.proxy.forward(req)  # no node registered: it would wait 30 s
     assert resp.status == 499 and time.monotonic() - started < 5
     assert "spotrelay_router_client_disconnects_total 1.0" in svc.metrics.render().decode()
+
+
+def test_one_poll_sweeps_many_clients():
+
+    server = socket.create_server(("127.0.0.1", 0))
+    with server:
+        clients = [socket.create_connection(server.getsockname()) for _ in range(3)]
+        conns = [server.accept()[0] for _ in range(3)]
+        try:
+            clients[0].close()  # left
+            clients[1].sendall(b"GET / HTTP/1.1\r\n\r\n")  # pipelined: still there
+            watch = ClientWatch()
+            links = [ClientLink(c) for c in conns] + [ClientLink(object())]
+            for link in links:
+                watch._watched.add(link)
+            assert wait_for_sweep(watch) == [links[0]]
+            assert [link.gone for link in links] == [True, False, False, False]
+        finally:
+            for s in clients[1:] + conns:
+                s.close()
+
+
+def wait_for_sweep(watch: ClientWatch) -> list[ClientLink]:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        gone = watch.sweep()
+        if gone:
+            return gone
+        time.sleep(0.01)
+    return []

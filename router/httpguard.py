@@ -121,17 +121,20 @@ class GuardedSocket:
     def recv(self, size: int, *flags: int) -> bytes:
         if self._closing:
             return self.raw.recv(size, *flags)
-        if self.deadline is not None:
+        if self.deadline is None:
+            self.raw.settimeout(None)
+            data = self.raw.recv(size, *flags)
+        else:
             remaining = self.deadline - self.clock()
             if remaining <= 0:
                 raise ClientTimeout(self.phase, self.limit_s)
             self.raw.settimeout(remaining)
-        else:
-            self.raw.settimeout(None)
-        try:
-            data = self.raw.recv(size, *flags)
-        except TimeoutError:
-            raise ClientTimeout(self.phase, self.limit_s) from None
+            try:
+                data = self.raw.recv(size, *flags)
+            except TimeoutError:
+                raise ClientTimeout(self.phase, self.limit_s) from None
+            finally:
+                self.raw.settimeout(None)  # writes (the response) stay blocking, as before
         if self.phase == IDLE and data:
             self.phase, self.limit_s = HEAD, self.settings.header_timeout_s
             self.deadline = self.clock() + self.limit_s

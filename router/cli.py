@@ -14,8 +14,10 @@ from spotrelay.core.units_cli import add_install_unit_options, install_unit
 DESCRIPTION = """\
 Run the router: OpenAI-compatible /v1/* routed to registered vLLM nodes, with
 retries before the first byte, a node control plane (/nodes, node token) and
-/healthz, /readyz, /metrics. One gunicorn worker process (the registry lives
-in memory); gevent greenlets inside it. See docs/router.md."""
+/healthz, /readyz, /metrics; the control plane and health endpoints also on
+their own listener (server.control_port, default 8081). One gunicorn worker
+process (the registry lives in memory); gevent greenlets inside it. See
+docs/router.md."""
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

@@ -218,22 +218,32 @@ def test_idle_connection_without_a_request_is_closed(router):
     assert_openai_4xx(raw, 408)
 
 
-def test_per_address_connection_cap(router):
+def test_per_address_connection_cap(procs, logdir):
     """Over max_connections_per_ip from one address: 429 JSON; other addresses unaffected."""
+    router = start_router(
+        procs,
+        logdir,
+        {"server": {"control_port": free_port(), "max_connections_per_ip": 40}},
+    )
+    healthz = b"GET /healthz HTTP/1.1\r\nHost: r\r\n\r\n"
     held = []
     try:
         for _ in range(40):
             held.append(
                 socket.create_connection((HOST, router.port), source_address=("127.0.0.2", 0))
             )
-        raw = exchange(router.port, b"GET /healthz HTTP/1.1\r\nHost: r\r\n\r\n", source="127.0.0.2")
-        doc = assert_openai_4xx(raw, 429)
+        doc = assert_openai_4xx(exchange(router.port, healthz, source="127.0.0.2"), 429)
         assert doc["error"]["code"] == "too_many_connections"
         assert requests.get(f"{router.url}/healthz", timeout=5).status_code == 200
     finally:
         for s in held:
             s.close()
-    wait_until(lambda: answers(f"{router.url}/healthz"), timeout=10)
+    # Closed connections give their slots back.
+    wait_until(
+        lambda: parse(exchange(router.port, healthz, source="127.0.0.2"))[0] == 200, timeout=10
+    )
+    log = router.proc.log_path.read_text()
+    assert log.count("refusing connections from 127.0.0.2") >= 1
 
 
 def test_slow_client_flood_leaves_registrations_and_health_intact(procs, logdir, sim):

@@ -307,8 +307,8 @@ class Proxy:
         slot = False
         try:
             while True:
-                if req.client is not None and req.client.check():
-                    return ClientLeft()
+                if req.attempts and req.client is not None and req.client.check():
+                    return ClientLeft()  # left during the backoff (the watch covers attempts)
                 if self.clock() >= req.deadline:
                     return self._deadline_error(req, last)
                 node = self._choose(req, retrying=last is not None)

@@ -6,9 +6,9 @@ shape on the data plane and for unknown paths, ``{"error": "..."}`` on the
 control plane.
 
 Which listener serves what: the control listener (``server.control_port``)
-serves ``/nodes``, ``/metrics``, ``/healthz`` and ``/readyz`` only; the main
-port serves the data plane and the health endpoints, plus ``/nodes`` and
-``/metrics`` while ``server.control_on_main_port`` is on. A path served
+serves ``/nodes``, ``/instances``, ``/metrics``, ``/healthz`` and ``/readyz``
+only; the main port serves the data plane and the health endpoints, plus
+the control plane and ``/metrics`` while ``server.control_on_main_port`` is on. A path served
 elsewhere answers 404 like an unknown one.
 """
 
@@ -36,6 +36,10 @@ log = logging.getLogger("spotrelay.router")
 
 INFERENCE_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings")
 OPS_PATHS = frozenset({"/healthz", "/readyz"})
+# What the control listener serves besides OPS_PATHS (and the main port unless
+# server.control_on_main_port is off): the control plane and /metrics.
+CONTROL_PATHS = frozenset({"/nodes", "/metrics"})
+CONTROL_PREFIXES = ("/nodes/", "/instances/")
 MAX_HOPS = 8  # hop marks passed on (the most recent ones)
 
 
@@ -137,7 +141,7 @@ def create_app(service: RouterService) -> Flask:
         path = request.path
         if path in OPS_PATHS:
             return None
-        control_path = path == "/metrics" or path == "/nodes" or path.startswith("/nodes/")
+        control_path = path in CONTROL_PATHS or path.startswith(CONTROL_PREFIXES)
         on_control = control_port and plane_of(request.environ, control_port) == CONTROL
         if (control_path and not on_control and not control_on_main) or (
             on_control and not control_path

@@ -36,11 +36,11 @@ class Server:
         8081,
         min=0,
         max=65535,
-        help="second listener for /nodes and the ops endpoints, with its own connection "
-        "pool (0: none)",
+        help="second listener for /nodes, /instances and the ops endpoints, with its own "
+        "connection pool (0: none)",
     )
     control_on_main_port: bool = setting(
-        True, help="also serve /nodes and /metrics on server.port (agents of older configs)"
+        True, help="also serve the control plane and /metrics on server.port (older configs)"
     )
     header_timeout_s: float = setting(
         20, min=0.1, help="a request line and headers must arrive within this long"

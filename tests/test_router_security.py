@@ -334,6 +334,11 @@ def test_control_listener_serves_only_the_control_plane(router, sim):
     assert requests.get(f"{router.control_url}/metrics", timeout=5).status_code == 200
     resp = requests.post(f"{router.control_url}/v1/completions", data=BODY, timeout=5)
     assert resp.status_code == 404 and resp.json()["error"]["message"]
+    # The capacity controller's drain is control plane too: served (404 from the route itself).
+    resp = requests.post(
+        f"{router.control_url}/instances/i-0123456789abcdef0/drain", headers=AUTH, timeout=5
+    )
+    assert resp.status_code == 404 and isinstance(resp.json()["error"], str)
     # control_on_main_port (the default): the main port still serves /nodes for old agents.
     assert "n1" in router_nodes(router.url)
     resp = requests.post(f"{router.url}/v1/completions", data=BODY, timeout=10)

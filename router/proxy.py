@@ -34,6 +34,7 @@ from typing import Any
 from spotrelay.core.errors import openai_error
 
 from .balancer import Balancer
+from .finish import FinishTracker, expected_choices
 from .metrics import RouterMetrics
 from .registry import ModelStatus, Node, Registry
 from .retry import RETRYABLE_STATUS, Failure, FailureKind, RetryBudget, RetryPolicy
@@ -494,6 +495,7 @@ class Proxy:
             self.stream_handler_factory(req, self),
             on_break=lambda up, brk: self._on_break(req, up, brk),
             on_finish=on_finish,
+            finishes=FinishTracker(expected_choices(req.path, req.doc)),
         )
         self.metrics.requests.labels(req.model, "200").inc()
         headers = {

@@ -56,6 +56,10 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 #: string that began before a seam (the upstream did nothing wrong).
 SEAM_STOP = "stop string completed across a seam"
 
+#: :attr:`StreamResumer.release` (and the start of a break's ``why``) when an upstream
+#: ended its stream before a finish_reason: the break label ``truncated``.
+TRUNCATED = "truncated: the stream ended before a finish_reason"
+
 #: finish reasons that mean "the engine gave up on this request", not a real end.
 _ABORT_FINISH = frozenset({"abort", "error"})
 
@@ -553,19 +557,15 @@ class StreamResumer:
                 self.usage_sent = True
             self._finish(out)
             return
-        # [DONE] is the protocol's clean end, even without a finish chunk (vLLM always
-        # sends one; other OpenAI-style servers may not): pass it on.
-        self._flush_held(out)
+        if not self.finished:
+            # [DONE] before a finish_reason: the engine cut the answer short (llama.cpp
+            # does when another request arrives). Never pass that on as complete.
+            self.release = TRUNCATED
+            return
         if self.include_usage and not self.usage_sent and self._last_usage is not None:
             out.append(self._usage_chunk(None))
             self.usage_sent = True
         self._finish(out)
-
-    def _flush_held(self, out: list[bytes]) -> None:
-        """Text held back for a possible stop string, at a clean end without a finish."""
-        if self._held and not self.finished:
-            out.append(self._finish_chunk(None, self._held))
-            self._held = ""
 
     def _finish(self, out: list[bytes]) -> None:
         out.append(DONE_EVENT)

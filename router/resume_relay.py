@@ -18,6 +18,7 @@ from spotrelay.router.metrics import RouterMetrics
 from spotrelay.router.proxy import Answer, ApiError, Proxy, ProxyRequest, StreamStart
 from spotrelay.router.resume import (
     SEAM_STOP,
+    TRUNCATED,
     ContinuationRejected,
     ResumeObserver,
     StreamResumer,
@@ -60,7 +61,8 @@ def _pump(resumer: StreamResumer, upstream: Iterable[bytes]) -> Generator[bytes,
             try:
                 data = next(it)
             except StopIteration:
-                why = "upstream closed the stream without [DONE]"
+                # A clean end of the body; before a finish_reason it is a truncation.
+                why = "upstream closed the stream without [DONE]" if resumer.finished else TRUNCATED
                 break
             except Exception as err:  # any read failure is a break, whatever the client
                 exc, why = err, _describe(err)
@@ -162,6 +164,8 @@ def _break_label(why: str, exc: BaseException | None) -> str:
         return "error_event"
     if why.startswith("upstream closed"):
         return "eof"
+    if why.startswith("truncated"):
+        return "truncated"
     return "invalid"
 
 

@@ -6,6 +6,8 @@ failure before that stays an ordinary retry on another node). After that the
 client has seen part of an answer, and an upstream failure is a *break*:
 
 - the connection resets or the body ends without ``data: [DONE]``;
+- the stream ends (``data: [DONE]`` or a clean end of the body) before every
+  choice has a ``finish_reason`` (``truncated``: see :mod:`.finish`);
 - no event arrives for ``timeouts.stream_idle_s``;
 - the upstream sends an error event (``data: {"error": ...}``).
 
@@ -46,6 +48,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from .finish import FinishTracker
 from .sse import error_and_done
 from .upstream import (
     DONE_PREFIX,
@@ -59,7 +62,8 @@ from .upstream import (
 
 class BreakReason(StrEnum):
     RESET = "reset"  # connection reset / protocol error mid-body
-    EOF = "eof"  # body ended without data: [DONE]
+    EOF = "eof"  # body ended without data: [DONE] (after every choice finished)
+    TRUNCATED = "truncated"  # [DONE] or a clean end before every choice had a finish_reason
     IDLE_TIMEOUT = "idle_timeout"  # no event for timeouts.stream_idle_s
     ERROR_EVENT = "error_event"  # the upstream reported an error in-stream
     ABANDONED = "abandoned"  # the handler gave up on this upstream (AbandonUpstream)
@@ -130,8 +134,10 @@ class StreamRelay:
         *,
         on_break: Callable[[Upstream, StreamBreak], None],
         on_finish: Callable[[str], None],
+        finishes: FinishTracker | None = None,
     ) -> None:
         self.upstream = upstream
+        self.finishes = finishes or FinishTracker(None)
         self.batches = batches
         self.first_batch = first_batch
         self.handler = handler
@@ -158,11 +164,15 @@ class StreamRelay:
             if self.done_seen:
                 continue  # nothing after [DONE] is part of the stream
             if event.startswith(DONE_PREFIX):
+                if not self.finishes.complete:
+                    return b"".join(out), self._truncated("data: [DONE]")
                 self.done_seen = True
             elif is_error_event(event):
                 msg = error_event_message(event)
                 brk = StreamBreak(BreakReason.ERROR_EVENT, msg, node_id, self.events_sent, event)
                 return b"".join(out), brk
+            else:
+                self.finishes.feed(event)
             try:
                 sent = self.handler.on_event(event)
             except ClientStreamComplete as end:
@@ -184,10 +194,16 @@ class StreamRelay:
             detail = f"no data for {self.upstream.idle_s:g}s"
             return StreamBreak(BreakReason.IDLE_TIMEOUT, detail, node_id, self.events_sent)
         if exc is None:
+            if not self.finishes.complete:
+                return self._truncated("the end of the body")
             return StreamBreak(BreakReason.EOF, "no data: [DONE]", node_id, self.events_sent)
         kind, detail = classify(exc)
         reason = BreakReason.IDLE_TIMEOUT if kind.value.endswith("timeout") else BreakReason.RESET
         return StreamBreak(reason, detail, node_id, self.events_sent)
+
+    def _truncated(self, end: str) -> StreamBreak:
+        detail = f"{end} before every choice had a finish_reason"
+        return StreamBreak(BreakReason.TRUNCATED, detail, self.upstream.node.id, self.events_sent)
 
     def _run(self) -> Iterator[bytes]:
         brk: StreamBreak | None = None

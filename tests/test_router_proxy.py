@@ -89,11 +89,19 @@ def ok_answer(text="fine"):
 
 
 def stream_of(*texts, done=True):
+    """A stream of ``texts`` whose last chunk finishes the choice (``stop``)."""
+
     def make():
-        chunks = [chunk(t) for t in texts] + ([DONE] if done else [])
+        chunks = [chunk(t, finish(i, texts)) for i, t in enumerate(texts)] + (
+            [DONE] if done else []
+        )
         return FakeResp(200, chunks=chunks)
 
     return make
+
+
+def finish(i, texts):
+    return "stop" if i == len(texts) - 1 else None
 
 
 # -- non-streaming failover ------------------------------------------------------------------
@@ -328,7 +336,7 @@ def test_stream_is_relayed_event_by_event():
     assert resp.headers["X-Accel-Buffering"] == "no"
     pieces = list(resp.body)
     resp.body.close()
-    assert pieces == [chunk("Hel"), chunk("lo"), DONE]
+    assert pieces == [chunk("Hel"), chunk("lo", "stop"), DONE]
     assert_idle(svc)
 
 
@@ -347,14 +355,15 @@ def test_stream_failing_before_its_first_event_is_retried():
         fleet.behaviour[B] = answering(stream_of("ok"))
         for _ in range(4):
             resp = svc.proxy.forward(stream_request(svc))
-            assert body_of(resp) == chunk("ok") + DONE
+            assert body_of(resp) == chunk("ok", "stop") + DONE
         assert_idle(svc)
 
 
 @pytest.mark.parametrize(
     "tail, reason",
     [
-        ([], BreakReason.EOF),
+        ([], BreakReason.TRUNCATED),  # a clean end of the body before any finish_reason
+        ([DONE], BreakReason.TRUNCATED),  # [DONE] before any finish_reason
         ([reset()], BreakReason.RESET),
         ([read_timeout()], BreakReason.IDLE_TIMEOUT),
         ([sse({"error": {"message": "CUDA error"}}), DONE], BreakReason.ERROR_EVENT),
@@ -390,7 +399,7 @@ def test_client_disconnect_closes_the_upstream():
     made = []
 
     def node(call):
-        made.append(FakeResp(200, chunks=[chunk("a"), chunk("b"), chunk("c"), DONE]))
+        made.append(FakeResp(200, chunks=[chunk("a"), chunk("b"), chunk("c", "stop"), DONE]))
         return made[-1]
 
     fleet.behaviour[A] = node
@@ -466,7 +475,7 @@ def test_break_goes_through_the_handler_which_can_continue_elsewhere():
     svc.registry.get("b").in_flight = 10  # make sure the first attempt goes to a
     resp = svc.proxy.forward(req)
     svc.registry.get("b").in_flight = 0
-    assert body_of(resp) == chunk("Hel") + chunk("lo") + DONE
+    assert body_of(resp) == chunk("Hel") + chunk("lo", "stop") + DONE
     [handler] = handlers
     [brk] = handler.breaks
     assert brk.reason is BreakReason.RESET and brk.node_id == "a" and brk.events_sent == 1

@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from spotrelay.core.errors import openai_error
 
 from .proxy import ApiError, ProxyResponse, parse_request, request_id_from
+from .resume import RESUME_HEADER, resume_off
 from .service import MAX_CONTROL_BODY, ControlResult, RouterService
 
 log = logging.getLogger("spotrelay.router")
@@ -118,6 +119,7 @@ def create_app(service: RouterService) -> Flask:
                 deadline_s=deadline_s,
                 session_key=headers.get(session_header),
                 accept=headers.get("Accept"),
+                resume_off=resume_off(headers.get(RESUME_HEADER)),
             )
         except ApiError as err:
             rejected.labels("none", str(err.status)).inc()

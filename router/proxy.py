@@ -97,12 +97,21 @@ class ProxyRequest:
     tried: set[str] = field(default_factory=set)
     attempts: int = 0
     node_id: str | None = None  # the node that answered
+    requires: frozenset[str] = frozenset()  # engine capabilities a node must report
+    resume_off: bool = False  # the client sent X-Spotrelay-Resume: off
 
-    def derive(self, doc: dict[str, Any], *, exclude: set[str] | None = None) -> ProxyRequest:
+    def derive(
+        self,
+        doc: dict[str, Any],
+        *,
+        exclude: set[str] | None = None,
+        requires: frozenset[str] = frozenset(),
+    ) -> ProxyRequest:
         """A follow-up request (e.g. a stream continuation) with a new body.
 
         Same request id and deadline; attempts start from zero; ``exclude``
-        (default: every node tried so far) are not picked.
+        (default: every node tried so far) are not picked, nor nodes whose
+        engine lacks a capability in ``requires``.
         """
         return replace(
             self,
@@ -112,6 +121,7 @@ class ProxyRequest:
             tried=set(self.tried if exclude is None else exclude),
             attempts=0,
             node_id=None,
+            requires=requires,
         )
 
 
@@ -191,6 +201,7 @@ def parse_request(
     deadline_s: float,
     session_key: str | None = None,
     accept: str | None = None,
+    resume_off: bool = False,
 ) -> ProxyRequest:
     """Validate a client body; raises :class:`ApiError` (400) for what no node could serve."""
     try:
@@ -214,6 +225,7 @@ def parse_request(
         deadline=received + deadline_s,
         session_key=session_key or None,
         accept=accept if accept and ACCEPT_RE.match(accept) else None,
+        resume_off=resume_off,
     )
 
 
@@ -396,8 +408,8 @@ class Proxy:
 
     def _choose(self, req: ProxyRequest, *, retrying: bool) -> Node | ApiError | None:
         """The next node; None when every routable node was tried; ApiError on no capacity."""
-        registry, balancer = self.registry, self.balancer
-        candidates = registry.candidates(req.model)
+        balancer = self.balancer
+        candidates = self._candidates(req)
         node = balancer.pick(candidates, exclude=req.tried, session_key=req.session_key)
         if node is not None:
             return node
@@ -409,9 +421,9 @@ class Proxy:
             extra={"request_id": req.request_id, "model": req.model},
         )
         while (remaining := limit - self.clock()) > 0:
-            registry.wait_for_change(min(remaining, 0.5))
+            self.registry.wait_for_change(min(remaining, 0.5))
             node = balancer.pick(
-                registry.candidates(req.model), exclude=req.tried, session_key=req.session_key
+                self._candidates(req), exclude=req.tried, session_key=req.session_key
             )
             if node is not None:
                 self.metrics.capacity_waits.labels("served").inc()
@@ -426,6 +438,12 @@ class Proxy:
             code="no_capacity",
             headers={"Retry-After": str(self.routing.retry_after_s)},
         )
+
+    def _candidates(self, req: ProxyRequest) -> list[Node]:
+        nodes = self.registry.candidates(req.model)
+        if req.requires:
+            nodes = [n for n in nodes if req.requires <= n.engine.capabilities]
+        return nodes
 
     # -- failures and final answers ---------------------------------------------------------
 

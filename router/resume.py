@@ -73,17 +73,8 @@ _GUIDED_KEYS = (
 )
 
 
-def header_disables(headers: Mapping[str, str] | None) -> bool:
-    """True when the client asked for no resume with :data:`RESUME_HEADER`."""
-    if not headers:
-        return False
-    value = headers.get(RESUME_HEADER)
-    if value is None:
-        # Plain dicts are case-sensitive; werkzeug's Headers are not.
-        for key, val in headers.items():
-            if key.lower() == RESUME_HEADER.lower():
-                value = val
-                break
+def resume_off(value: str | None) -> bool:
+    """True when the :data:`RESUME_HEADER` value asks for no resume (the web layer parses it)."""
     return value is not None and value.strip().lower() in _OFF_VALUES
 
 
@@ -180,7 +171,12 @@ class Step:
 
 class ContinuationRejected(Exception):
     """Raised by an ``open_attempt`` callable when a node refused the continuation for
-    a reason another node would repeat (a 4xx such as a prompt now too long)."""
+    a reason another node would repeat (a 4xx such as a prompt now too long), or no
+    node can take it; ``outcome`` is the resume outcome it counts as."""
+
+    def __init__(self, message: str, *, outcome: str = "failed") -> None:
+        super().__init__(message)
+        self.outcome = outcome
 
 
 class StreamResumer:
@@ -199,7 +195,7 @@ class StreamResumer:
         path: str,
         body: dict[str, Any],
         *,
-        headers: Mapping[str, str] | None = None,
+        resume_off: bool = False,
         enabled: bool = True,
         max_resumes: int = 2,
         request_id: str | None = None,
@@ -214,7 +210,7 @@ class StreamResumer:
 
         if not enabled or max_resumes <= 0:
             self.disabled: str | None = "resume is disabled by configuration"
-        elif header_disables(headers):
+        elif resume_off:
             self.disabled = f"resume is disabled by the {RESUME_HEADER} header"
         else:
             self.disabled = None

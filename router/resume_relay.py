@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any
 
+from spotrelay.core.protocol import CAP_CONTINUE_FINAL_MESSAGE
 from spotrelay.router.metrics import RouterMetrics
 from spotrelay.router.proxy import Answer, ApiError, Proxy, ProxyRequest, StreamStart
 from spotrelay.router.resume import (
@@ -34,6 +35,9 @@ from spotrelay.router.stream import (
 from spotrelay.router.upstream import classify
 
 log = logging.getLogger("spotrelay.router.resume")
+
+#: What a node's engine must report to take a chat continuation.
+CHAT_RESUME_NEEDS = frozenset({CAP_CONTINUE_FINAL_MESSAGE})
 
 
 def _close(it: Any) -> None:
@@ -105,7 +109,7 @@ def resume_after_break(
         try:
             upstream = open_attempt(step.body)
         except ContinuationRejected as exc:
-            resumer._record_outcome("failed")
+            resumer._record_outcome(exc.outcome)
             yield resumer._fail(f"continuation refused: {exc}").data
             return
         except Exception as exc:
@@ -239,8 +243,20 @@ class ResumingStreamHandler:
         return resume_after_break(self.resumer, why, self._open)
 
     def _open(self, body: dict[str, Any]) -> Iterable[bytes]:
-        """Send the continuation to a node this request has not tried yet."""
-        sub = self.req.derive(body)
+        """Send the continuation to a node this request has not tried yet.
+
+        A chat continuation goes only to a node whose engine reports
+        ``continue_final_message``: an engine that ignores it restarts the answer
+        mid-sentence. When no registered node can, the stream is not resumable.
+        """
+        requires = CHAT_RESUME_NEEDS if self.resumer.chat else frozenset()
+        if requires and not self._capable_node_exists(requires):
+            raise ContinuationRejected(
+                f"no node serving model {self.req.model!r} reports"
+                f" {', '.join(sorted(requires))} (needed to continue a chat answer)",
+                outcome="not_resumable",
+            )
+        sub = self.req.derive(body, requires=requires)
         result = self.proxy.acquire(sub)
         self.req.tried |= sub.tried
         if isinstance(result, StreamStart):
@@ -257,6 +273,12 @@ class ResumingStreamHandler:
         if 400 <= result.status < 500 and result.status not in (408, 429):
             raise ContinuationRejected(f"node {result.node_id} answered {_answer_message(result)}")
         raise RuntimeError(f"node {result.node_id} answered {_answer_message(result)}")
+
+    def _capable_node_exists(self, requires: frozenset[str]) -> bool:
+        return any(
+            self.req.model in node.models and requires <= node.engine.capabilities
+            for node in self.proxy.registry.nodes()
+        )
 
 
 class NotResumedHandler(EndWithError):
@@ -276,15 +298,6 @@ class NotResumedHandler(EndWithError):
         return super().on_broken(brk)
 
 
-def _request_headers() -> Mapping[str, str] | None:
-    """The client's headers: the factory runs inside the Flask request that started the stream."""
-    try:
-        from flask import has_request_context, request
-    except ImportError:  # pragma: no cover - flask is a dependency
-        return None
-    return request.headers if has_request_context() else None
-
-
 def resume_handler_factory(
     cfg: ResumeSettings, metrics: RouterMetrics | None = None
 ) -> Callable[[ProxyRequest, Proxy], StreamHandler]:
@@ -294,7 +307,7 @@ def resume_handler_factory(
         resumer = StreamResumer(
             req.path,
             req.doc,
-            headers=_request_headers(),
+            resume_off=req.resume_off,
             enabled=cfg.enabled,
             max_resumes=cfg.max_attempts,
             request_id=req.request_id,

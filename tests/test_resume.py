@@ -23,11 +23,10 @@ from hypothesis import strategies as st
 from spotrelay.router.resume import (
     CHAT,
     COMPLETIONS,
-    RESUME_HEADER,
     ContinuationRejected,
     StreamResumer,
-    header_disables,
     not_resumable,
+    resume_off,
 )
 from spotrelay.router.resume_relay import relay
 from spotrelay.router.sse import SSEParser, encode_json
@@ -269,11 +268,11 @@ def run(
     engine: FakeEngine,
     *,
     max_resumes: int = 2,
-    headers: dict[str, str] | None = None,
+    off: bool = False,
     enabled: bool = True,
 ) -> tuple[ClientView, StreamResumer]:
     resumer = StreamResumer(
-        path, body, headers=headers, enabled=enabled, max_resumes=max_resumes, request_id="r1"
+        path, body, resume_off=off, enabled=enabled, max_resumes=max_resumes, request_id="r1"
     )
     first = engine.open(path, body)
     raw = b"".join(relay(resumer, first, lambda b: engine.open(path, b)))
@@ -585,16 +584,12 @@ def test_rejected_continuation_stops_at_once() -> None:
 
 
 @pytest.mark.parametrize(
-    "headers,enabled,max_resumes",
-    [({RESUME_HEADER: "off"}, True, 2), ({"x-spotrelay-resume": "0"}, True, 2), ({}, False, 2),
-     ({}, True, 0)],
-)  # fmt: skip
-def test_disabled_falls_back_to_error_event(
-    headers: dict[str, str], enabled: bool, max_resumes: int
-) -> None:
+    "off,enabled,max_resumes", [(True, True, 2), (False, False, 2), (False, True, 0)]
+)
+def test_disabled_falls_back_to_error_event(off: bool, enabled: bool, max_resumes: int) -> None:
     engine = FakeEngine(faults=[Fault(drop_after=3)])
     view, resumer = run(
-        COMPLETIONS, completions_body(), engine, headers=headers, enabled=enabled,
+        COMPLETIONS, completions_body(), engine, off=off, enabled=enabled,
         max_resumes=max_resumes,
     )  # fmt: skip
     assert view.done and len(view.errors) == 1 and "disabled" in view.errors[0]["message"]
@@ -602,9 +597,9 @@ def test_disabled_falls_back_to_error_event(
 
 
 def test_header_values() -> None:
-    assert header_disables({RESUME_HEADER: " OFF "})
-    assert not header_disables({RESUME_HEADER: "on"})
-    assert not header_disables(None)
+    assert resume_off(" OFF ") and resume_off("0") and resume_off("false")
+    assert not resume_off("on")
+    assert not resume_off(None)
 
 
 @pytest.mark.parametrize(

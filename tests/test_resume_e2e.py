@@ -40,6 +40,8 @@ from tests.support import (
 MODEL = "sim-model"
 COMPLETIONS = "/v1/completions"
 CHAT = "/v1/chat/completions"
+#: The engine block of a vLLM node (the simulator speaks vLLM's dialect, extensions included).
+VLLM = {"kind": "vllm", "version": "0.11.0", "capabilities": ["continue_final_message"]}
 ROUTER_CONFIG = {
     "registry": {"ttl_s": 600},
     # Breaks count against a node; these tests break nodes on purpose, many times.
@@ -81,7 +83,7 @@ def start_fleet(
     nodes = {}
     for name in names:
         nodes[name] = start_sim_vllm(procs, logdir, *sim_args, name=f"sim-{name}", model=MODEL)
-        register_node(router.url, ROUTER_TOKEN, name, nodes[name].url, MODEL)
+        register_node(router.url, ROUTER_TOKEN, name, nodes[name].url, MODEL, engine=VLLM)
     wait_until(
         lambda: requests.get(router.url + "/readyz", timeout=2).status_code == 200,
         timeout=10,

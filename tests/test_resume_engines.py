@@ -1,9 +1,10 @@
-"""A stream that ends before its finish_reason is a break, never a complete answer.
+"""Resume with engines that are not vLLM: truncated streams, and chat resume by capability.
 
 Router under gunicorn; node ``a`` is a scripted engine over real HTTP that
 ends its stream cleanly without a ``finish_reason`` (as llama.cpp's server
-does when another request arrives), node ``b`` a ``spotrelay sim vllm``.
-Session affinity steers the first attempt to ``a``.
+does when another request arrives), node ``b`` a ``spotrelay sim vllm``
+registered as a llama.cpp engine (no ``continue_final_message``) unless a test
+says otherwise. Session affinity steers the first attempt to ``a``.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from spotrelay.router.balancer import rendezvous_weight
 from spotrelay.router.resume import RESUME_HEADER
 from tests.fake_engine import Script, fake_engine
 from tests.support import ROUTER_TOKEN, Service, register_node, scrape, start_router, start_sim_vllm
-from tests.test_resume_e2e import COMPLETIONS, MODEL, ROUTER_CONFIG, body_for, stream
+from tests.test_resume_e2e import CHAT, COMPLETIONS, MODEL, ROUTER_CONFIG, VLLM, body_for, stream
 
-VLLM = {"kind": "vllm", "version": "0.11.0", "capabilities": ["continue_final_message"]}
+LLAMA_CPP = {"kind": "llama.cpp", "version": "0.3.16", "capabilities": []}
 PIECES = ["Once", " upon", " a", " time"]
 
 
@@ -44,8 +45,13 @@ class Fleet:
             self.router.url + "/metrics", "spotrelay_router_stream_breaks_total", reason=reason
         )
 
-    def register(self, node_id: str, url: str) -> None:
-        register_node(self.router.url, ROUTER_TOKEN, node_id, url, MODEL, engine=VLLM)
+    def resumes(self, outcome: str) -> float:
+        return scrape(
+            self.router.url + "/metrics", "spotrelay_router_stream_resumes_total", outcome=outcome
+        )
+
+    def register(self, node_id: str, url: str, engine: dict | None = None) -> None:
+        register_node(self.router.url, ROUTER_TOKEN, node_id, url, MODEL, engine=engine or VLLM)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +64,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             group, logdir, "--ttft-ms", "5", "--itl-ms", "2", name="sim-b", model=MODEL
         )
         fleet = Fleet(router, sim)
-        fleet.register("b", sim.url)
+        fleet.register("b", sim.url, LLAMA_CPP)
         wait_until(
             lambda: requests.get(router.url + "/readyz", timeout=2).status_code == 200,
             timeout=10,
@@ -117,3 +123,44 @@ def test_finished_stream_passes_unchanged(fleet: Fleet) -> None:
     assert got.text == "".join(PIECES) and got.finishes == ["stop"] and not got.errors
     assert len(engine.bodies) == 1
     assert fleet.breaks("truncated") == before
+
+
+def test_chat_resumes_only_on_a_node_that_continues_final_messages(fleet: Fleet) -> None:
+    body = body_for(CHAT, usage=False)
+    with fake_engine(Script(PIECES, finish=None)) as first, fake_engine(Script(["x"])) as other:
+        fleet.register("a", first.url, LLAMA_CPP)
+        fleet.register("b", other.url, LLAMA_CPP)
+        before = fleet.resumes("not_resumable")
+        try:
+            got = stream(fleet.router.url, CHAT, body, fleet.session_for("a"))
+        finally:
+            fleet.register("b", fleet.sim.url, LLAMA_CPP)
+    # No node can continue a chat answer: the stream ends with the error event,
+    # and the llama.cpp node never saw a continuation it would have restarted.
+    assert got.text == "".join(PIECES) and got.finishes == []
+    assert got.done and len(got.errors) == 1
+    assert "continue_final_message" in got.errors[0]["message"]
+    assert other.bodies == []
+    assert fleet.resumes("not_resumable") == before + 1
+
+
+def test_chat_resumes_on_a_capable_node(fleet: Fleet) -> None:
+    body = body_for(CHAT, usage=False)
+    sent = "".join(PIECES)
+    with fake_engine(Script(PIECES, finish=None)) as first:
+        fleet.register("a", first.url)
+        fleet.register("b", fleet.sim.url, VLLM)
+        try:
+            got = stream(fleet.router.url, CHAT, body, fleet.session_for("a"))
+        finally:
+            fleet.register("b", fleet.sim.url, LLAMA_CPP)
+    assert got.done and not got.errors and got.roles == 1
+    cont = {
+        **body,
+        "messages": [*body["messages"], {"role": "assistant", "content": sent}],
+        "continue_final_message": True,
+        "add_generation_prompt": False,
+        "max_tokens": body["max_tokens"] - len(PIECES),
+    }
+    assert got.text == sent + stream(fleet.sim.url, CHAT, cont).text
+    assert got.finishes == ["length"]

@@ -99,6 +99,7 @@ class ProxyRequest:
     node_id: str | None = None  # the node that answered
     requires: frozenset[str] = frozenset()  # engine capabilities a node must report
     resume_off: bool = False  # the client sent X-Spotrelay-Resume: off
+    follow_up: bool = False  # made by derive(): waits for a node it has not tried yet
 
     def derive(
         self,
@@ -111,7 +112,9 @@ class ProxyRequest:
 
         Same request id and deadline; attempts start from zero; ``exclude``
         (default: every node tried so far) are not picked, nor nodes whose
-        engine lacks a capability in ``requires``.
+        engine lacks a capability in ``requires``. When every routable node was
+        tried, it waits for capacity like a new request finding no node (a
+        replacement for the node that broke is usually seconds away).
         """
         return replace(
             self,
@@ -122,6 +125,7 @@ class ProxyRequest:
             attempts=0,
             node_id=None,
             requires=requires,
+            follow_up=True,
         )
 
 
@@ -413,11 +417,12 @@ class Proxy:
         node = balancer.pick(candidates, exclude=req.tried, session_key=req.session_key)
         if node is not None:
             return node
-        if candidates:
+        if candidates and not req.follow_up:
             return None
         limit = min(self.clock() + self.routing.no_capacity_wait_s, req.deadline)
         log.info(
-            "no ready node serves the model; waiting for capacity",
+            "no %s node serves the model; waiting for capacity",
+            "untried" if candidates else "ready",
             extra={"request_id": req.request_id, "model": req.model},
         )
         while (remaining := limit - self.clock()) > 0:

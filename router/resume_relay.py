@@ -269,6 +269,9 @@ class ResumingStreamHandler:
             )
             return _Continuation(result, self.proxy, self.req)
         if isinstance(result, ApiError):
+            if result.code in ("no_capacity", "deadline_exceeded"):
+                # It waited for capacity already, or no time is left: trying again is pointless.
+                raise ContinuationRejected(result.message, outcome=result.code)
             raise RuntimeError(f"no node for the continuation: {result.message}")
         if 400 <= result.status < 500 and result.status not in (408, 429):
             raise ContinuationRejected(f"node {result.node_id} answered {_answer_message(result)}")

@@ -382,6 +382,58 @@ def running(node: Service) -> float:
     return scrape(node.url + "/metrics", "vllm:num_requests_running")
 
 
+def test_continuation_waits_for_a_replacement_node(procs: ProcessGroup, logdir: Path) -> None:
+    """The only node breaks mid-stream; a new node registers 2 s later; the stream completes."""
+    fleet = start_fleet(
+        procs, logdir, ["a"], "--ttft-ms", "5", "--itl-ms", "2", routing={"no_capacity_wait_s": 20}
+    )
+    spare = start_sim_vllm(
+        procs, logdir, "--ttft-ms", "5", "--itl-ms", "2", name="sim-b", model=MODEL
+    )
+    body = body_for(COMPLETIONS, usage=True, max_tokens=24)
+    ref = stream(fleet.nodes["a"].url, COMPLETIONS, body)
+    served = fleet.metric("spotrelay_router_capacity_waits_total", outcome="served")
+    fleet.fault("a", drop_after_tokens=5, drop_count=1)
+    timeline: dict[str, float] = {}
+
+    def replace_node() -> None:
+        wait_until(
+            lambda: fleet.metric("spotrelay_router_stream_breaks_total", reason="reset") >= 1,
+            timeout=20,
+            interval=0.02,
+            what="the stream broke",
+        )
+        timeline["broke"] = time.monotonic()
+        time.sleep(2)  # the replacement's boot, as the scenario has it (not a synchronisation)
+        register_node(fleet.router.url, ROUTER_TOKEN, "b", spare.url, MODEL, engine=VLLM)
+        timeline["registered"] = time.monotonic()
+
+    helper = threading.Thread(target=replace_node)
+    helper.start()
+    try:
+        got = stream(fleet.router.url, COMPLETIONS, body)
+    finally:
+        helper.join(timeout=30)
+    assert got.node == "a" and "registered" in timeline
+    assert_coherent(got, COMPLETIONS, True)
+    assert (got.text, got.finishes, got.usage) == (ref.text, ref.finishes, ref.usage)
+    assert fleet.metric("spotrelay_router_stream_resumes_total", outcome="ok") == 1
+    assert fleet.metric("spotrelay_router_capacity_waits_total", outcome="served") == served + 1
+
+
+def test_continuation_without_capacity_ends_with_error_event(
+    procs: ProcessGroup, logdir: Path
+) -> None:
+    fleet = start_fleet(
+        procs, logdir, ["a"], "--ttft-ms", "5", "--itl-ms", "2", routing={"no_capacity_wait_s": 0.5}
+    )
+    fleet.fault("a", drop_after_tokens=5, drop_count=1)
+    got = stream(fleet.router.url, COMPLETIONS, body_for(COMPLETIONS, usage=False))
+    assert got.done and len(got.errors) == 1 and got.finishes == []
+    assert fleet.metric("spotrelay_router_stream_resumes_total", outcome="no_capacity") == 1
+    assert fleet.metric("spotrelay_router_capacity_waits_total", outcome="timed_out") >= 1
+
+
 # ---------------------------------------------------------------------------
 # A node SIGKILLed under load
 

@@ -27,7 +27,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -39,7 +39,14 @@ from .metrics import RouterMetrics
 from .registry import ModelStatus, Node, Registry
 from .retry import RETRYABLE_STATUS, Failure, FailureKind, RetryBudget, RetryPolicy
 from .settings import Routing, Timeouts
-from .stream import EndWithError, StreamBreak, StreamHandler, StreamRelay
+from .stream import (
+    ContinuationRejected,
+    EndWithError,
+    StreamBreak,
+    StreamHandler,
+    StreamRelay,
+    StreamStart,
+)
 from .upstream import (
     UPSTREAM_ERRORS,
     IdleWatchdog,
@@ -150,40 +157,14 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
-class StreamStart:
-    """An upstream stream whose first event has arrived: ready to relay."""
-
-    upstream: Upstream
-    batches: Any  # Iterator[list[bytes]] positioned after first_batch
-    first_batch: list[bytes]
-
-    def chunks(self) -> _Chunks:
-        """The stream as raw bytes from its first event on, closable (aborts the upstream)."""
-        return _Chunks(self)
-
-
-class _Chunks:
-    def __init__(self, start: StreamStart) -> None:
-        self._start = start
-        self._it = self._gen()
-
-    def _gen(self) -> Iterator[bytes]:
-        upstream = self._start.upstream
-        try:
-            yield b"".join(self._start.first_batch)
-            for batch in self._start.batches:
-                yield b"".join(batch)
-        finally:
-            upstream.close(abort=not upstream.done)
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self._it
-
-    def close(self) -> None:
-        self._it.close()
-        upstream = self._start.upstream
-        upstream.close(abort=not upstream.done)
+def _answer_message(answer: Answer) -> str:
+    try:
+        err = json.loads(answer.body).get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return f"{answer.status}: {err['message']}"
+    except (ValueError, AttributeError):
+        pass
+    return str(answer.status)
 
 
 ACCEPT_RE = re.compile(r"^[\x20-\x7e]{1,256}$")
@@ -504,6 +485,7 @@ class Proxy:
     def _stream_response(self, req: ProxyRequest, start: StreamStart) -> ProxyResponse:
         self.metrics.ttft.observe(self.clock() - req.received)
         upstream = start.upstream
+        expected = expected_choices(req.path, req.doc)
 
         def on_finish(outcome: str) -> None:
             self.budget.end_request()
@@ -512,13 +494,12 @@ class Proxy:
             self._log_done(req, 200, outcome)
 
         relay = StreamRelay(
-            upstream,
-            start.batches,
-            start.first_batch,
+            start,
             self.stream_handler_factory(req, self),
+            open_next=lambda body, requires: self.open_continuation(req, body, requires),
             on_break=lambda up, brk: self._on_break(req, up, brk),
             on_finish=on_finish,
-            finishes=FinishTracker(expected_choices(req.path, req.doc)),
+            finishes=lambda: FinishTracker(expected),
         )
         self.metrics.requests.labels(req.model, "200").inc()
         headers = {
@@ -528,7 +509,45 @@ class Proxy:
         }
         return ProxyResponse(200, relay, "text/event-stream; charset=utf-8", headers)
 
+    def open_continuation(
+        self, req: ProxyRequest, body: dict[str, Any], requires: frozenset[str]
+    ) -> StreamStart:
+        """Open a stream's continuation on a node ``req`` has not tried yet.
+
+        Raises :class:`ContinuationRejected` when trying again is pointless (no
+        registered node has the ``requires`` capabilities, no capacity within
+        the wait, the deadline passed, a 4xx), ``RuntimeError`` otherwise.
+        """
+        if requires and not any(
+            req.model in node.models and requires <= node.engine.capabilities
+            for node in self.registry.nodes()
+        ):
+            raise ContinuationRejected(
+                f"no node serving model {req.model!r} reports {', '.join(sorted(requires))}",
+                outcome="not_resumable",
+            )
+        sub = req.derive(body, requires=requires)
+        result = self.acquire(sub)
+        req.tried |= sub.tried
+        if isinstance(result, StreamStart):
+            log.info(
+                "continuing the stream on node %s",
+                result.upstream.node.id,
+                extra={"request_id": req.request_id},
+            )
+            return result
+        if isinstance(result, ApiError):
+            if result.code in ("no_capacity", "deadline_exceeded"):
+                # It waited for capacity already, or no time is left: trying again is pointless.
+                raise ContinuationRejected(result.message, outcome=result.code)
+            raise RuntimeError(f"no node for the continuation: {result.message}")
+        message = f"node {result.node_id} answered {_answer_message(result)}"
+        if 400 <= result.status < 500 and result.status not in (408, 429):
+            raise ContinuationRejected(message)
+        raise RuntimeError(message)
+
     def _on_break(self, req: ProxyRequest, upstream: Upstream, brk: StreamBreak) -> None:
+        """The one place a stream break is recorded: metrics, passive health, log."""
         self.metrics.stream_breaks.labels(str(brk.reason)).inc()
         self.registry.record_failure(upstream.node)
         log.warning(

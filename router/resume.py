@@ -35,10 +35,11 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
-from spotrelay.router.sse import DONE_EVENT, SSEParser, encode_data, encode_json, error_and_done
+from spotrelay.router.sse import DONE, DONE_EVENT, encode_json, error_and_done, event_data
+
+DONE_STR = DONE.decode()
 
 log = logging.getLogger("spotrelay.router.resume")
 
@@ -161,24 +162,6 @@ class NullObserver:
         pass
 
 
-@dataclass(frozen=True)
-class Step:
-    """What to do after a break: send ``data`` to the client, then open ``body`` (if any)."""
-
-    data: bytes = b""
-    body: dict[str, Any] | None = None
-
-
-class ContinuationRejected(Exception):
-    """Raised by an ``open_attempt`` callable when a node refused the continuation for
-    a reason another node would repeat (a 4xx such as a prompt now too long), or no
-    node can take it; ``outcome`` is the resume outcome it counts as."""
-
-    def __init__(self, message: str, *, outcome: str = "failed") -> None:
-        super().__init__(message)
-        self.outcome = outcome
-
-
 class StreamResumer:
     """Stitches the upstream attempts of one streaming request into one client stream.
 
@@ -230,7 +213,6 @@ class StreamResumer:
         self._meta: dict[str, Any] | None = None
         self._template: dict[str, Any] | None = None  # last choices chunk, to synthesise chunks
         # Progress.
-        self._parser = SSEParser()
         self._pending: tuple[dict[str, Any], bytes] | None = None  # see _dispatch
         self.attempt = 0  # index of the current upstream attempt (0 = original request)
         self.resumes = 0  # continuation requests made
@@ -286,29 +268,20 @@ class StreamResumer:
 
     # ------------------------------------------------------------------ feeding
 
-    def feed(self, data: bytes) -> bytes:
-        """Consume upstream bytes of the current attempt; return the bytes for the client."""
+    def feed(self, event: bytes) -> bytes:
+        """Consume one framed upstream event of the current attempt; return the client bytes."""
         if self.done or self.release:
             return b""
+        payload = event_data(event)
+        if payload is None:
+            return b""  # a comment or an event without data: nothing to relay
         out: list[bytes] = []
-        if (
-            data.startswith(b"data: ")
-            and data.endswith(b"\n\n")
-            and data.find(b"\n") == len(data) - 2
-            and not self._parser.pending
-        ):
-            # The common case (the proxy hands over whole events): no parser needed.
-            self._event(data[6:-2], data, out)
-        else:
-            for event in self._parser.feed(data):
-                self._event(event.data, encode_data(event.data), out)
-                if self.done or self.release:
-                    break
+        self._event(payload, event, out)
         return b"".join(out)
 
     def _event(self, payload: bytes | str, raw: bytes, out: list[bytes]) -> None:
         """One upstream event; ``raw`` is its wire form, sent as is when nothing changes."""
-        if payload == b"[DONE]" or payload == "[DONE]":
+        if payload in (DONE, DONE_STR):
             self._flush_pending(out)
             if not (self.done or self.release):
                 self._upstream_done(out)
@@ -360,7 +333,7 @@ class StreamResumer:
         if self._seam_at is not None and not self._attempt_live:
             self._attempt_live = True
             if not self._probing:  # a probe is bookkeeping, not a resume
-                self._record_outcome("ok")
+                self.record_outcome("ok")
         usage = obj.get("usage")
         if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
             self._last_usage = usage
@@ -668,19 +641,17 @@ class StreamResumer:
 
     # ------------------------------------------------------------------ after a break
 
-    def after_break(self, why: str) -> Step:
+    def after_break(self, why: str) -> tuple[bytes, dict[str, Any] | None]:
         """The current upstream is gone (or released). Decide how the stream goes on."""
         if self.done:
-            return Step()
+            return b"", None
         self.tokens_before += self.attempt_tokens
         self.attempt_tokens = 0
-        self._parser = SSEParser()
         self._pending = None  # never shown, never counted: the continuation regenerates it
         self.release = None
         self._last_usage = None
         if self._seam_at is not None and not self._attempt_live and not self._probing:
-            self._record_outcome("failed")
-        self._log_break(why)
+            self.record_outcome("failed")
         if self.finished:
             # The content is complete; only usage (and [DONE]) may be missing.
             if not self.include_usage or self.usage_sent:
@@ -690,30 +661,30 @@ class StreamResumer:
                 return self._end(self._usage_chunk(None) + DONE_EVENT)
         refusal = self.disabled or self.reason
         if refusal:
-            self._record_outcome("disabled" if self.disabled else "not_resumable")
-            return self._fail(f"upstream stream broke ({why}); not resumed: {refusal}")
+            self.record_outcome("disabled" if self.disabled else "not_resumable")
+            return self._end_with_error(f"upstream stream broke ({why}); not resumed: {refusal}")
         if self.finished:
             return self._next_attempt(why, probe=True)
         remaining = None if self.max_tokens is None else self.max_tokens - self.total_tokens
         if remaining is not None and remaining <= 0:
-            self._record_outcome("ok")  # nothing left to generate: finished here
+            self.record_outcome("ok")  # nothing left to generate: finished here
             data = self._finish_chunk("length", self._held)
             self._held = ""
             if not self.include_usage:
                 return self._end(data + DONE_EVENT)
             if self.orig_prompt_tokens is not None:
                 return self._end(data + self._usage_chunk(None) + DONE_EVENT)
-            step = self._next_attempt(why, probe=True)
-            return Step(data + step.data, step.body)
+            more, body = self._next_attempt(why, probe=True)
+            return data + more, body
         return self._next_attempt(why, probe=False)
 
-    def _next_attempt(self, why: str, *, probe: bool) -> Step:
+    def _next_attempt(self, why: str, *, probe: bool) -> tuple[bytes, dict[str, Any] | None]:
         # Probes regenerate nothing (one token, discarded), so they have their own budget.
         if (self.probes if probe else self.resumes) >= self.max_resumes:
-            self._record_outcome("exhausted")
+            self.record_outcome("exhausted")
             what = "usage probe" if probe else "resume"
             used = self.probes if probe else self.resumes
-            return self._fail(
+            return self._end_with_error(
                 f"upstream stream broke ({why}); gave up after {used} {what} attempt(s)"
             )
         if probe:
@@ -728,29 +699,24 @@ class StreamResumer:
         self._carry = len(self._tail) if self.include_stop else len(self._held)
         if not probe:
             self.observer.resumed_tokens(self.total_tokens)
-        return Step(body=self.continuation_body(probe=probe))
+        return b"", self.continuation_body(probe=probe)
 
-    def _fail(self, message: str) -> Step:
+    def fail(self, message: str) -> bytes:
+        """End the client stream with the SSE error event; returns its bytes."""
         log.warning(message, extra={"request_id": self.request_id})
-        return self._end(error_and_done(message))
+        return self._end(error_and_done(message))[0]
 
-    def _end(self, data: bytes) -> Step:
+    def _end(self, data: bytes) -> tuple[bytes, None]:
         self.done = True
         self._seam_at = None
-        return Step(data=data)
+        return data, None
 
-    def _record_outcome(self, outcome: str) -> None:
+    def _end_with_error(self, message: str) -> tuple[bytes, None]:
+        return self.fail(message), None
+
+    def record_outcome(self, outcome: str) -> None:
         self.outcomes.append(outcome)
         self.observer.outcome(outcome)
-
-    def _log_break(self, why: str) -> None:
-        log.info(
-            "stream upstream ended early: %s (attempt %d, %d tokens so far)",
-            why,
-            self.attempt,
-            self.total_tokens,
-            extra={"request_id": self.request_id},
-        )
 
     def continuation_body(self, *, probe: bool = False) -> dict[str, Any]:
         """The request that continues the stream from the text generated so far.

@@ -24,7 +24,7 @@ from .metrics import RouterMetrics
 from .netpolicy import NetPolicy, NodeTarget, NodeURLError, Resolver, system_resolver
 from .proxy import Proxy, ProxyRequest
 from .registry import EjectionPolicy, Node, Registry
-from .resume_relay import resume_handler_factory
+from .resume_handler import resume_handler_factory
 from .retry import RetryBudget, RetryPolicy
 from .settings import RouterConfig
 from .stream import StreamHandler

@@ -295,9 +295,11 @@ def test_openai_client_consumes_a_resumed_stream(fleet: Fleet) -> None:
 # When resume cannot help
 
 
-def test_exhausted_resumes_end_with_error_event_then_done(fleet: Fleet) -> None:
+def test_no_node_left_ends_with_error_event_then_done(fleet: Fleet) -> None:
+    """Both nodes break: the second continuation waits for a node it has not tried
+    (routing.no_capacity_wait_s), none comes, the stream ends with the error event."""
     session = {"X-Session-ID": fleet.session_for("a")}
-    before = fleet.metric("spotrelay_router_stream_resumes_total", outcome="exhausted")
+    before = fleet.metric("spotrelay_router_stream_resumes_total", outcome="no_capacity")
     for node in ("a", "b"):
         fleet.fault(node, drop_after_tokens=3, drop_count=1)
     got = stream(fleet.router.url, COMPLETIONS, body_for(COMPLETIONS, usage=True), session)
@@ -306,7 +308,7 @@ def test_exhausted_resumes_end_with_error_event_then_done(fleet: Fleet) -> None:
     assert got.errors[0]["code"] == "upstream_stream_broken"
     assert got.finishes == [] and got.usage == []
     assert len(got.text) > 0  # what was streamed stays; nothing duplicated
-    after = fleet.metric("spotrelay_router_stream_resumes_total", outcome="exhausted")
+    after = fleet.metric("spotrelay_router_stream_resumes_total", outcome="no_capacity")
     assert after == before + 1
 
     # The official client raises the in-stream error instead of ending quietly.

@@ -16,6 +16,7 @@ from spotrelay.router.stream import (
     BreakReason,
     ClientStreamComplete,
     EndWithError,
+    Step,
     StreamBreak,
 )
 from spotrelay.router.upstream import Upstream
@@ -450,12 +451,12 @@ class Recorder(EndWithError):
             raise AbandonUpstream("handler said so", b"")
         return event
 
-    def on_broken(self, brk):
+    def on_break(self, brk):
         self.breaks.append(brk)
-        # What resume does: continue on another node with a derived request.
-        follow = self.req.derive({**self.req.doc, "prompt": "continued"})
-        start = self.proxy.acquire(follow)
-        yield b"".join(start.chunks())
+        if len(self.breaks) > 1:
+            return super().on_break(brk)
+        # What resume does: ask the relay to continue on another node with a new body.
+        return Step(body={**self.req.doc, "prompt": "continued"})
 
 
 def test_break_goes_through_the_handler_which_can_continue_elsewhere():

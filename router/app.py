@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from spotrelay.core.errors import openai_error
 
 from .proxy import ApiError, ProxyResponse, parse_request, request_id_from
-from .resume import RESUME_HEADER, resume_off
+from .resume_request import RESUME_HEADER, resume_off
 from .service import MAX_CONTROL_BODY, ControlResult, RouterService
 
 log = logging.getLogger("spotrelay.router")

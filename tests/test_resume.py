@@ -27,7 +27,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from spotrelay.router.proxy import parse_request
-from spotrelay.router.resume import CHAT, COMPLETIONS, StreamResumer, not_resumable, resume_off
+from spotrelay.router.resume import StreamResumer
+from spotrelay.router.resume_request import CHAT, COMPLETIONS, not_resumable, resume_off
 from spotrelay.router.service import RouterService
 from spotrelay.router.sse import SSEParser, encode_json
 from spotrelay.router.stream import StreamHandler

@@ -25,7 +25,7 @@ import requests
 from spotrelay.core.net import wait_until
 from spotrelay.core.processes import ProcessGroup
 from spotrelay.router.balancer import rendezvous_weight
-from spotrelay.router.resume import RESUME_HEADER
+from spotrelay.router.resume_request import RESUME_HEADER
 from spotrelay.router.sse import SSEParser
 from tests.support import (
     ROUTER_TOKEN,

@@ -19,7 +19,7 @@ import requests
 from spotrelay.core.net import wait_until
 from spotrelay.core.processes import ProcessGroup
 from spotrelay.router.balancer import rendezvous_weight
-from spotrelay.router.resume import RESUME_HEADER
+from spotrelay.router.resume_request import RESUME_HEADER
 from tests.fake_engine import Script, fake_engine
 from tests.support import ROUTER_TOKEN, Service, register_node, scrape, start_router, start_sim_vllm
 from tests.test_resume_e2e import CHAT, COMPLETIONS, MODEL, ROUTER_CONFIG, VLLM, body_for, stream

@@ -41,6 +41,15 @@ def expected_choices(path: str, doc: Any) -> int | None:
     return n
 
 
+def unfinished(event: bytes) -> bool:
+    """An event that certainly finishes no choice: no ``finish_reason``, or only one
+    that is ``null``. A byte search, no parsing (every relayed event is checked)."""
+    i = event.find(_KEY)
+    if i < 0:
+        return True
+    return event.startswith(_NULL_AFTER_KEY, i) and event.find(_KEY, i + len(_KEY)) < 0
+
+
 class FinishTracker:
     """Counts the choices of one upstream stream that reported a ``finish_reason``.
 
@@ -65,12 +74,8 @@ class FinishTracker:
         """One complete upstream event (bytes as on the wire)."""
         if self.expected is None:
             return
-        i = event.find(_KEY)
-        if i < 0:
-            return
-        if event.startswith(_NULL_AFTER_KEY, i) and event.find(_KEY, i + len(_KEY)) < 0:
-            return  # the common case: one choice, not finished yet
-        self._parse(event)
+        if not unfinished(event):
+            self._parse(event)
 
     def _parse(self, event: bytes) -> None:
         payload = event[5:].strip() if event.startswith(b"data:") else b""

@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from spotrelay.router.chunk_rewrite import ChunkRewriter, Progress
+from spotrelay.router.finish import unfinished
 from spotrelay.router.resume_request import (
     CHAT,
     RESUME_HEADER,
@@ -125,6 +126,9 @@ class StreamResumer:
         self.holdback = StopHoldback(self.limits.stops, self.limits.include_stop)
 
         self._pending: tuple[dict[str, Any], bytes] | None = None  # see _dispatch
+        # Plain chunks relayed unchanged and not parsed yet (see feed); None once
+        # every chunk needs parsing (stop strings, or after a seam).
+        self._backlog: list[bytes] | None = None if self.limits.stops else []
         self.resumes = 0  # continuation requests made
         self.probes = 0  # one-token requests made only to learn the prompt's token count
         self._text: list[str] = []  # all text generated upstream, across attempts
@@ -148,6 +152,7 @@ class StreamResumer:
     @property
     def text(self) -> str:
         """All text the upstream attempts generated so far (the continuation context)."""
+        self._catch_up()
         if len(self._text) > 1:
             self._text = ["".join(self._text)]
         return self._text[0] if self._text else ""
@@ -158,23 +163,46 @@ class StreamResumer:
 
     @property
     def total_tokens(self) -> int:
+        self._catch_up()
         return self.progress.total_tokens
 
     # ------------------------------------------------------------------ feeding
 
     def feed(self, event: bytes) -> bytes:
-        """Consume one framed upstream event of the current attempt; return the client bytes."""
+        """Consume one framed upstream event of the current attempt; return the client bytes.
+
+        Until something needs rewriting (the first attempt, no ``stop`` strings), a
+        plain content chunk goes out as it came and is only kept: it is parsed when
+        the resumer needs its text (a break, or a chunk that is not plain), which
+        in the common unbroken stream is once, at the finish.
+        """
         if self.done or self.release:
             return b""
+        if self._backlog is not None and _plain(event) and self.resumable:
+            self._backlog.append(event)
+            return event
+        self._catch_up()
+        out: list[bytes] = []
+        self._event(event, out)
+        return b"".join(out)
+
+    def _catch_up(self) -> None:
+        """Parse the plain chunks kept by :meth:`feed` (their bytes already went out)."""
+        if self._backlog:
+            backlog, self._backlog = self._backlog, []
+            sink: list[bytes] = []
+            for event in backlog:
+                self._event(event, sink)
+
+    def _event(self, event: bytes, out: list[bytes]) -> None:
         payload = event_data(event)
         if payload is None:
-            return b""  # a comment or an event without data: nothing to relay
-        out: list[bytes] = []
+            return  # a comment or an event without data: nothing to relay
         if payload in (DONE, _DONE_STR):
             self._flush_pending(out)
             if not (self.done or self.release):
                 self._upstream_done(out)
-            return b"".join(out)
+            return
         try:
             obj = json.loads(payload)
         except ValueError:
@@ -187,7 +215,6 @@ class StreamResumer:
             self.release = f"upstream error event: {msg}"
         else:
             self._dispatch(obj, event, out)
-        return b"".join(out)
 
     def _dispatch(self, obj: dict[str, Any], raw: bytes, out: list[bytes]) -> None:
         """Process ``obj``, one content chunk late when stop strings are in play.
@@ -385,6 +412,8 @@ class StreamResumer:
         continuation body to open (None: the stream ends with those bytes)."""
         if self.done:
             return b"", None
+        self._catch_up()
+        self._backlog = None  # from the first seam on, every chunk may need rewriting
         p = self.progress
         p.tokens_before += p.attempt_tokens
         p.attempt_tokens = 0
@@ -465,6 +494,19 @@ class StreamResumer:
     def record_outcome(self, outcome: str) -> None:
         self.outcomes.append(outcome)
         self.observer.outcome(outcome)
+
+
+def _plain(event: bytes) -> bool:
+    """A one-line JSON chunk with no usage, no error and no finished choice: one the
+    resumer passes on unchanged before any seam, so it need not be parsed yet."""
+    if not event.startswith(b"data: {") or event.find(b"\n") != len(event) - 2:
+        return False
+    if b'"error"' in event:
+        return False
+    usage = event.find(b'"usage":')
+    if usage >= 0 and not event.startswith((b'"usage":null', b'"usage": null'), usage):
+        return False
+    return unfinished(event)
 
 
 def _is_piece(obj: Mapping[str, Any], chat: bool) -> bool:

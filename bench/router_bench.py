@@ -12,7 +12,7 @@ Measured (the issue's figures):
 
 1. added latency of a non-streaming request, p50 and p99, at concurrency 1
    (engine set to answer at once: ttft 0, itl 0, one token);
-2. maximum non-streaming requests/s (32 connections, like DESIGN.md's prototype);
+2. maximum non-streaming requests/s (32 connections, as the first prototype's measurement);
 3. concurrent streams held with the inter-token delay added ≤ 5 ms at p99:
    for each stream count, the p99 gap between tokens through the path minus the
    p99 gap direct at the same count.

@@ -1,12 +1,12 @@
 """A small HTTP/1.1 client for the router's connections to nodes.
 
-Why not urllib3 (which DESIGN.md's prototype used)? Measured on this
-project's 2-core machine under gevent, one urllib3 ``urlopen`` + ``read``
-costs about 400 µs of CPU per proxied request (``http.client`` header parsing
-through the ``email`` package, a liveness ``poll`` before each reuse, a gevent
-timer per wait, several wrapper objects); this client costs about 100 µs for
-the same exchange, which is most of the difference between ~1,200 and ~2,000
-requests/s through one router process (``bench/router_bench.py``,
+Why not urllib3 (which the first version used)? Measured on this project's
+2-core machine under gevent, one urllib3 ``urlopen`` + ``read`` costs about
+400 µs of CPU per proxied request (``http.client`` header parsing through the
+``email`` package, a liveness ``poll`` before each reuse, a gevent timer per
+wait, several wrapper objects); this client costs about 100 µs for the same
+exchange: 1,206 → 1,578 non-streaming requests/s through one router process
+(``bench/router_bench.py``; the later steps to ~2,000 are in
 docs/benchmarks.md). So the connection handling is our own and small, but
 response parsing is not: it is ``httptools`` (MagicStack's binding of llhttp,
 the parser of Node.js and of uvicorn), fed the bytes as they arrive from the

@@ -1,4 +1,4 @@
-"""The router's configuration schema (``router.yaml``); defaults from DESIGN.md."""
+"""The router's configuration schema (``router.yaml``); reference: docs/router.md."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class Server:
     worker_class: str = setting(
         "gevent",
         choices=("gevent", "gthread"),
-        help="gunicorn worker class; gevent holds thousands of streams",
+        help="gunicorn worker class; gevent holds hundreds of streams per process",
     )
     worker_connections: int = setting(4000, min=1, help="gevent: concurrent connections")
     keepalive_s: float = setting(

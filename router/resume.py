@@ -43,7 +43,7 @@ from spotrelay.router.resume_request import (
     continuation_body,
     not_resumable,
 )
-from spotrelay.router.sse import DONE, DONE_EVENT, error_and_done, event_data
+from spotrelay.router.sse import DONE, DONE_EVENT, error_and_done, event_data, is_done
 from spotrelay.router.stop_holdback import StopHoldback
 
 log = logging.getLogger("spotrelay.router.resume")
@@ -129,6 +129,7 @@ class StreamResumer:
         # Plain chunks relayed unchanged and not parsed yet (see feed); None once
         # every chunk needs parsing (stop strings, or after a seam).
         self._backlog: list[bytes] | None = None if self.limits.stops else []
+        self._finish_passed = False  # the finish chunk went out unparsed (in the backlog)
         self.resumes = 0  # continuation requests made
         self.probes = 0  # one-token requests made only to learn the prompt's token count
         self._text: list[str] = []  # all text generated upstream, across attempts
@@ -171,20 +172,51 @@ class StreamResumer:
     def feed(self, event: bytes) -> bytes:
         """Consume one framed upstream event of the current attempt; return the client bytes.
 
-        Until something needs rewriting (the first attempt, no ``stop`` strings), a
-        plain content chunk goes out as it came and is only kept: it is parsed when
-        the resumer needs its text (a break, or a chunk that is not plain), which
-        in the common unbroken stream is once, at the finish.
+        Until something needs rewriting (the first attempt, no ``stop`` strings),
+        content chunks and the finish chunk go out as they came and are only
+        kept: they are parsed when the resumer needs their text (at a break, or
+        at a chunk that is not plain, such as usage). An unbroken stream is
+        parsed once: its finish chunk, alone.
         """
         if self.done or self.release:
             return b""
-        if self._backlog is not None and _plain(event) and self.resumable:
-            self._backlog.append(event)
-            return event
+        if self._backlog is not None and self.resumable:
+            sent = self._unparsed(event, self._backlog)
+            if sent is not None:
+                return sent
         self._catch_up()
         out: list[bytes] = []
         self._event(event, out)
         return b"".join(out)
+
+    def _unparsed(self, event: bytes, backlog: list[bytes]) -> bytes | None:
+        """Client bytes for ``event`` passed on unchanged and kept for later parsing;
+        None when it needs the full path (usage, errors, anything unusual)."""
+        if _plain(event):
+            backlog.append(event)
+            return event
+        if is_done(event):
+            if not self._finish_passed:
+                return None  # the full path decides (a truncated stream)
+            self.done = True
+            return DONE_EVENT
+        if self._finish_passed or not _plain(event, finishing=True):
+            return None
+        # The chunk that finishes the choice: parsed alone (once per stream) to be sure.
+        try:
+            choices = json.loads(event[6:-2]).get("choices")
+        except (ValueError, AttributeError):
+            return None
+        if not isinstance(choices, list) or len(choices) != 1:
+            return None
+        choice = choices[0]
+        if not isinstance(choice, dict) or choice.get("index", 0):
+            return None
+        if choice.get("finish_reason") in _ABORT_FINISH:
+            return None
+        self._finish_passed = True
+        backlog.append(event)
+        return event
 
     def _catch_up(self) -> None:
         """Parse the plain chunks kept by :meth:`feed` (their bytes already went out)."""
@@ -496,9 +528,10 @@ class StreamResumer:
         self.observer.outcome(outcome)
 
 
-def _plain(event: bytes) -> bool:
-    """A one-line JSON chunk with no usage, no error and no finished choice: one the
-    resumer passes on unchanged before any seam, so it need not be parsed yet."""
+def _plain(event: bytes, *, finishing: bool = False) -> bool:
+    """A one-line JSON chunk with no usage, no error and (unless ``finishing``) no
+    finished choice: before any seam the resumer passes it on unchanged, so it
+    need not be parsed yet."""
     if not event.startswith(b"data: {") or event.find(b"\n") != len(event) - 2:
         return False
     if b'"error"' in event:
@@ -506,7 +539,7 @@ def _plain(event: bytes) -> bool:
     usage = event.find(b'"usage":')
     if usage >= 0 and not event.startswith((b'"usage":null', b'"usage": null'), usage):
         return False
-    return unfinished(event)
+    return finishing or unfinished(event)
 
 
 def _is_piece(obj: Mapping[str, Any], chat: bool) -> bool:

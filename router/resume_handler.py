@@ -17,7 +17,8 @@ from collections.abc import Callable
 from spotrelay.core.protocol import CAP_CONTINUE_FINAL_MESSAGE
 from spotrelay.router.metrics import RouterMetrics
 from spotrelay.router.proxy import Proxy, ProxyRequest
-from spotrelay.router.resume import SEAM_STOP, TRUNCATED, StreamResumer
+from spotrelay.router.resume import StreamResumer
+from spotrelay.router.resume_chunks import SEAM_STOP, TRUNCATED
 from spotrelay.router.settings import Resume as ResumeSettings
 from spotrelay.router.sse import error_and_done, is_done
 from spotrelay.router.stream import (

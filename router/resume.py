@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from spotrelay.router.chunk_rewrite import ChunkRewriter, Progress
-from spotrelay.router.resume_attempts import Attempts, ResumeObserver
+from spotrelay.router.resume_attempts import Attempts
 from spotrelay.router.resume_backlog import UnparsedBacklog
 from spotrelay.router.resume_chunks import ChunkProcessor, ClientState
 from spotrelay.router.resume_request import (
@@ -112,54 +112,12 @@ class StreamResumer:
         return self.state.resumable
 
     @property
-    def disabled(self) -> str | None:
-        return self.state.disabled
-
-    @property
-    def reason(self) -> str | None:
-        return self.state.reason
-
-    @property
-    def done(self) -> bool:
-        """``data: [DONE]`` (or the error event) reached the client."""
-        return self.state.done
-
-    @property
-    def release(self) -> str | None:
-        """Why the current upstream should be closed (then call :meth:`after_break`)."""
-        return self.state.release
-
-    @property
-    def finished(self) -> bool:
-        return self.state.finished
-
-    @property
     def text(self) -> str:
         """All text the upstream attempts generated so far (the continuation context)."""
         self._catch_up()
         if len(self.state.text) > 1:
             self.state.text = ["".join(self.state.text)]
         return self.state.text[0] if self.state.text else ""
-
-    @property
-    def observer(self) -> ResumeObserver:
-        return self.attempts.observer
-
-    @observer.setter
-    def observer(self, observer: ResumeObserver) -> None:
-        self.attempts.observer = observer
-
-    @property
-    def outcomes(self) -> list[str]:
-        return self.attempts.outcomes
-
-    @property
-    def resumes(self) -> int:
-        return self.attempts.resumes
-
-    @property
-    def probes(self) -> int:
-        return self.attempts.probes
 
     @property
     def attempt(self) -> int:
@@ -270,9 +228,9 @@ class StreamResumer:
             if p.orig_prompt_tokens is not None:
                 p.probing = False
                 return self._end(self.rewriter.usage_chunk(None) + DONE_EVENT)
-        refusal = self.disabled or self.reason
+        refusal = self.state.disabled or self.state.reason
         if refusal:
-            self.record_outcome("disabled" if self.disabled else "not_resumable")
+            self.record_outcome("disabled" if self.state.disabled else "not_resumable")
             return self._end(self.fail(f"upstream stream broke ({why}); not resumed: {refusal}"))
         if self.state.finished:
             return self._next_attempt(why, probe=True)
@@ -308,7 +266,7 @@ class StreamResumer:
         p.probe_usage = None
         self.holdback.seam()
         if not probe:
-            self.observer.resumed_tokens(self.total_tokens)
+            self.attempts.observer.resumed_tokens(self.total_tokens)
         return b"", self.continuation_body(probe=probe)
 
     def continuation_body(self, *, probe: bool = False) -> dict[str, Any]:

@@ -64,8 +64,8 @@ class ResumingStreamHandler:
         self._requires = CHAT_RESUME_NEEDS if resumer.chat else frozenset()
 
     def on_event(self, event: bytes) -> bytes | None:
-        r = self.resumer
-        out = r.feed(event)
+        out = self.resumer.feed(event)
+        r = self.resumer.state
         if r.release:
             # A stop string completed across a seam (the node did nothing wrong), an
             # aborted generation, a malformed event, [DONE] without a finish: drop
@@ -105,8 +105,9 @@ class NotResumedHandler(EndWithError):
 
     def on_break(self, brk: StreamBreak) -> Step:
         r = self.resumer
-        r.record_outcome("disabled" if r.disabled else "not_resumable")
-        why = r.disabled or r.reason
+        state = r.state
+        r.record_outcome("disabled" if state.disabled else "not_resumable")
+        why = state.disabled or state.reason
         log.info("stream not resumed: %s", why, extra={"request_id": r.request_id})
         return Step(error_and_done(f"{broken_message(brk)}; not resumed: {why}"))
 
@@ -126,7 +127,7 @@ def resume_handler_factory(
             request_id=req.request_id,
         )
         if metrics is not None:
-            resumer.observer = MetricsObserver(metrics)
+            resumer.attempts.observer = MetricsObserver(metrics)
         if not resumer.resumable:
             return NotResumedHandler(resumer)  # plain pass-through: no per-event cost
         return ResumingStreamHandler(resumer)

@@ -372,7 +372,7 @@ def test_unbroken_stream_passes_through_byte_for_byte(path: str, body: dict[str,
     direct = b"".join(engine.open(path, body))
     view, resumer = run(path, body, FakeEngine())
     assert view.raw == direct
-    assert resumer.resumes == 0
+    assert resumer.attempts.resumes == 0
 
 
 def test_unbroken_stream_with_usage_passes_through() -> None:
@@ -404,7 +404,7 @@ def test_resumed_equals_unbroken(chat: bool, usage: bool, k: int) -> None:
     # Nothing left to generate at k=12: finish locally (one-token usage probe if asked).
     # Completions k=0: nothing reached the client, so the proxy simply retried.
     expected = (0, int(usage)) if k == 12 else (0, 0) if (k == 0 and not chat) else (1, 0)
-    assert (resumer.resumes, resumer.probes) == expected
+    assert (resumer.attempts.resumes, resumer.attempts.probes) == expected
 
 
 @pytest.mark.parametrize("merged", [False, True])
@@ -435,7 +435,7 @@ def test_two_breaks_within_the_limit() -> None:
     view, resumer = run(CHAT, body, engine)
     assert_one_stream(view, True, True)
     assert (view.text, view.usages) == (ref.text, ref.usages)
-    assert resumer.resumes == 2 and resumer.outcomes == ["ok", "ok"]
+    assert resumer.attempts.resumes == 2 and resumer.attempts.outcomes == ["ok", "ok"]
     # The second continuation carries both earlier attempts' text.
     assert (
         engine.attempts[2]["messages"][-1]["content"]
@@ -454,7 +454,7 @@ def test_error_event_and_abort_are_breaks(fault: Fault) -> None:
     view, resumer = run(COMPLETIONS, body, FakeEngine(faults=[fault]))
     assert_one_stream(view, False, False)
     assert view.text == reference(COMPLETIONS, body).text
-    assert resumer.resumes == 1
+    assert resumer.attempts.resumes == 1
 
 
 def test_continuous_usage_is_restated() -> None:
@@ -470,7 +470,7 @@ def test_a_refused_continuation_is_retried_on_another_node() -> None:
     engine = FakeEngine(faults=[Fault(drop_after=2), Fault(refuse=True)])
     view, resumer = run(COMPLETIONS, body, engine)
     assert view.text == reference(COMPLETIONS, body).text and not view.errors
-    assert resumer.outcomes == ["ok"] and resumer.resumes == 1
+    assert resumer.attempts.outcomes == ["ok"] and resumer.attempts.resumes == 1
     assert len(engine.attempts) == 3 and engine.attempts[1] == engine.attempts[2]
 
 
@@ -615,7 +615,7 @@ def test_exhausted_resumes_end_with_error_then_done() -> None:
     assert view.done and len(view.errors) == 1
     assert view.errors[0]["type"] == "server_error" and "gave up" in view.errors[0]["message"]
     assert view.text == reference(COMPLETIONS, body).text[: len(view.text)]  # a clean prefix
-    assert resumer.outcomes == ["ok", "ok", "exhausted"]
+    assert resumer.attempts.outcomes == ["ok", "ok", "exhausted"]
     assert view.raw.endswith(b"data: [DONE]\n\n")
 
 
@@ -623,14 +623,14 @@ def test_all_opens_failing_exhausts() -> None:
     engine = FakeEngine(faults=[Fault(drop_after=2)] + [Fault(refuse=True)] * 100)
     view, resumer = run(COMPLETIONS, completions_body(), engine)
     assert view.errors and view.done
-    assert resumer.outcomes == ["failed", "failed", "exhausted"]
+    assert resumer.attempts.outcomes == ["failed", "failed", "exhausted"]
 
 
 def test_rejected_continuation_stops_at_once() -> None:
     engine = FakeEngine(faults=[Fault(drop_after=2), Fault(status=400)])
     view, resumer = run(COMPLETIONS, completions_body(), engine)
     assert view.done and "prompt too long" in view.errors[0]["message"]
-    assert len(engine.attempts) == 2 and resumer.outcomes == ["failed"]
+    assert len(engine.attempts) == 2 and resumer.attempts.outcomes == ["failed"]
 
 
 @pytest.mark.parametrize(
@@ -643,7 +643,7 @@ def test_disabled_falls_back_to_error_event(off: bool, enabled: bool, max_resume
         max_resumes=max_resumes,
     )  # fmt: skip
     assert view.done and len(view.errors) == 1 and "disabled" in view.errors[0]["message"]
-    assert len(engine.attempts) == 1 and resumer.outcomes == ["disabled"]
+    assert len(engine.attempts) == 1 and resumer.attempts.outcomes == ["disabled"]
 
 
 def test_header_values() -> None:
@@ -688,7 +688,7 @@ def test_not_resumable_break_gives_error_event() -> None:
     engine = FakeEngine(faults=[Fault(drop_after=3)])
     view, resumer = run(COMPLETIONS, completions_body(echo=True), engine)
     assert view.done and "not resumed: echo" in view.errors[0]["message"]
-    assert resumer.outcomes == ["not_resumable"]
+    assert resumer.attempts.outcomes == ["not_resumable"]
 
 
 def test_tool_call_in_flight_is_not_resumable() -> None:
@@ -776,7 +776,7 @@ def test_no_tokens_left_finishes_locally() -> None:
     assert body is None
     view = read_client(data, False)
     assert view.finishes == ["length"] and view.done and view.chunks[0]["id"] == "c"
-    assert r.outcomes == ["ok"]
+    assert r.attempts.outcomes == ["ok"]
 
 
 def test_client_disconnect_closes_the_upstream() -> None:

@@ -53,24 +53,16 @@ class ClientState:
         return self.disabled is None and self.reason is None
 
 
+@dataclass(eq=False)
 class ChunkProcessor:
     """Per-chunk work of stream resume (see the module docstring)."""
 
-    def __init__(
-        self,
-        limits: RequestLimits,
-        state: ClientState,
-        progress: Progress,
-        rewriter: ChunkRewriter,
-        holdback: StopHoldback,
-        attempts: Attempts,
-    ) -> None:
-        self.limits = limits
-        self.state = state
-        self.progress = progress
-        self.rewriter = rewriter
-        self.holdback = holdback
-        self.attempts = attempts
+    limits: RequestLimits
+    state: ClientState
+    progress: Progress
+    rewriter: ChunkRewriter
+    holdback: StopHoldback
+    attempts: Attempts
 
     def chunk(self, obj: dict[str, Any], raw: bytes, out: list[bytes]) -> None:
         self.rewriter.observe(obj)

@@ -394,6 +394,44 @@ def test_break_after_first_byte_ends_with_one_error_event_then_done(tail, reason
     assert_idle(svc)
 
 
+def choice_chunk(index, text, finish=None):
+    return sse({"id": "cmpl-1", "object": "text_completion", "model": "m",
+                "choices": [{"index": index, "text": text, "finish_reason": finish}]})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "body, chunks, truncated",
+    [
+        # n=2: both choices must finish before [DONE]
+        ({"n": 2}, [choice_chunk(0, "a", "stop"), choice_chunk(1, "b"), DONE], True),
+        ({"n": 2}, [choice_chunk(0, "a", "stop"), choice_chunk(1, "b", "length"), DONE], False),
+        # a list of two prompts, one choice each
+        ({"prompt": ["x", "y"]}, [choice_chunk(1, "b", "stop"), DONE], True),
+        (
+            {"prompt": ["x", "y"]},
+            [choice_chunk(1, "b", "stop"), choice_chunk(0, "a", "stop"), DONE],
+            False,
+        ),
+        # token ids are one prompt
+        ({"prompt": [1, 2, 3]}, [choice_chunk(0, "a", "stop"), DONE], False),
+        # a finish in the same event as other text, spaced JSON
+        (
+            {},
+            [b'data: {"choices": [{"index": 0, "text": "a", "finish_reason": "stop"}]}\n\n', DONE],
+            False,
+        ),
+    ],
+)
+def test_every_choice_must_finish_before_the_stream_ends(body, chunks, truncated):
+    svc, fleet = build()
+    register(svc, "a", A)
+    fleet.behaviour[A] = answering(lambda: FakeResp(200, chunks=list(chunks)))
+    data = body_of(svc.proxy.forward(stream_request(svc, **body)))
+    assert data.endswith(DONE)
+    assert (b"upstream_stream_broken" in data) is truncated
+    assert svc.metrics.stream_breaks.labels("truncated")._value.get() == int(truncated)
+
+
 def test_client_disconnect_closes_the_upstream():
     svc, fleet = build()
     register(svc, "a", A)

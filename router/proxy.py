@@ -13,8 +13,11 @@
    gets anything, so a node dying mid-body is still just a retry;
 4. a stream is answered only once the node's *first SSE event* is in hand
    (a node dying during prefill is still just a retry); the rest is relayed
-   by :class:`spotrelay.router.stream.StreamRelay`, whose break handling is
-   the seam for stream resume (``stream_handler_factory``, see that module).
+   by :class:`spotrelay.router.stream.StreamRelay`, which asks the stream's
+   handler (``stream_handler_factory``: resume, or end with an error event)
+   what to do about a break, opens continuations through
+   :meth:`Proxy.open_continuation` and records breaks through
+   ``Proxy._on_break``.
 
 Every upstream call carries the request's ``X-Request-ID``; every log line
 about the request names it.

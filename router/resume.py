@@ -277,6 +277,7 @@ class StreamResumer:
         """End the client stream with the SSE error event; returns its bytes."""
         log.warning(message, extra={"request_id": self.request_id})
         self.state.done = True
+        self.state.failed = True
         self.attempts.end()
         return error_and_done(message)
 

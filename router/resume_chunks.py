@@ -46,6 +46,7 @@ class ClientState:
     finished: bool = False  # a chunk with finish_reason reached the client
     usage_sent: bool = False
     done: bool = False  # data: [DONE] reached the client
+    failed: bool = False  # the client stream ended with the SSE error event
     release: str | None = None  # the current upstream should be closed, and why
 
     @property

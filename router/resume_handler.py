@@ -82,7 +82,7 @@ class ResumingStreamHandler:
     def on_open_failed(self, exc: Exception) -> Step:
         if isinstance(exc, ContinuationRejected):
             self.resumer.record_outcome(exc.outcome)
-            return Step(self.resumer.fail(f"continuation refused: {exc}"))
+            return Step(self.resumer.fail(f"continuation refused: {exc}"), error=True)
         return self._step(f"continuation could not start: {exc}")
 
     def _step(self, why: str) -> Step:
@@ -94,7 +94,8 @@ class ResumingStreamHandler:
                 self.resumer.attempt,
                 extra={"request_id": self.resumer.request_id},
             )
-        return Step(data, body, self._requires if body is not None else frozenset())
+        requires = self._requires if body is not None else frozenset()
+        return Step(data, body, requires, error=self.resumer.state.failed)
 
 
 class NotResumedHandler(EndWithError):
@@ -109,7 +110,7 @@ class NotResumedHandler(EndWithError):
         r.record_outcome("disabled" if state.disabled else "not_resumable")
         why = state.disabled or state.reason
         log.info("stream not resumed: %s", why, extra={"request_id": r.request_id})
-        return Step(error_and_done(f"{broken_message(brk)}; not resumed: {why}"))
+        return Step(error_and_done(f"{broken_message(brk)}; not resumed: {why}"), error=True)
 
 
 def resume_handler_factory(

@@ -90,12 +90,14 @@ class StreamStart:
 class Step:
     """A handler's answer to a break: send ``data``, then open ``body`` (None: the end).
 
-    ``requires``: engine capabilities the continuation's node must report.
+    ``requires``: engine capabilities the continuation's node must report;
+    ``error``: ``data`` ends the stream with the SSE error event.
     """
 
     data: bytes = b""
     body: dict[str, Any] | None = None
     requires: frozenset[str] = field(default_factory=frozenset)
+    error: bool = False
 
 
 class ClientStreamComplete(Exception):
@@ -159,10 +161,10 @@ class EndWithError:
         return event
 
     def on_break(self, brk: StreamBreak) -> Step:
-        return Step(error_and_done(broken_message(brk)))
+        return Step(error_and_done(broken_message(brk)), error=True)
 
     def on_open_failed(self, exc: Exception) -> Step:  # never opens a continuation
-        return Step(error_and_done(f"continuation could not start: {exc}"))
+        return Step(error_and_done(f"continuation could not start: {exc}"), error=True)
 
 
 Opener = Callable[[dict[str, Any], frozenset[str]], StreamStart]
@@ -174,8 +176,8 @@ class StreamRelay:
     ``open_next(body, requires)`` opens a continuation (raises when it cannot);
     ``on_break(upstream, brk)`` records a break (the one place that does);
     ``finishes()`` makes the finish tracker for each upstream; ``on_finish(outcome)``
-    runs exactly once with ``complete``, ``resumed``, ``broken``,
-    ``client_disconnect`` or ``not_started``.
+    runs exactly once with ``complete``, ``resumed`` (completed after a break),
+    ``broken`` (ended with the error event), ``client_disconnect`` or ``not_started``.
     """
 
     def __init__(
@@ -228,7 +230,7 @@ class StreamRelay:
                     if step.data:
                         yield step.data
                     if step.body is None:
-                        self.outcome = "broken"
+                        self.outcome = "broken" if step.error else "resumed"
                         return
                     try:
                         start = self.open_next(step.body, step.requires)

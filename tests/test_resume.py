@@ -808,3 +808,18 @@ def test_seam_latency_and_resumed_tokens_are_observed() -> None:
     assert m.resumes.labels("ok")._value.get() == 1
     assert m.resumed_tokens._value.get() == 5
     assert m.resume_seam._sum.get() >= 0 and m.stream_breaks.labels("reset")._value.get() == 1
+
+
+@pytest.mark.parametrize(
+    "faults, outcome",
+    [([], "complete"), ([Fault(drop_after=4)], "resumed"), ([Fault(drop_after=12)], "resumed"),
+     ([Fault(drop_after=2)] * 3, "broken")],
+)  # fmt: skip
+def test_the_access_log_outcome_says_how_the_stream_ended(
+    faults: list[Fault], outcome: str
+) -> None:
+    svc, _ = router_for(FakeEngine(faults=faults))
+    relay = start(svc, COMPLETIONS, completions_body()).body
+    b"".join(relay)
+    relay.close()
+    assert relay.outcome == outcome

@@ -35,8 +35,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from spotrelay.core.errors import openai_error
+from spotrelay.core.logs import clip
 
 from .balancer import Balancer
+from .disconnect import ClientLink, ClientWatch
 from .finish import FinishTracker, expected_choices
 from .metrics import RouterMetrics
 from .registry import ModelStatus, Node, Registry
@@ -63,6 +65,9 @@ log = logging.getLogger("spotrelay.router")
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+HOP_HEADER = "X-Spotrelay-Hop"  # router ids a request went through (loop detection)
+LOOP_HEADER = "X-Spotrelay-Loop"  # on a 508: this router refused a request it had sent itself
+CLIENT_CLOSED = 499  # nginx's status for "client closed request": metrics and logs only
 
 
 class ApiError(Exception):
@@ -89,6 +94,13 @@ class ApiError(Exception):
         return json.dumps(doc).encode()
 
 
+class ClientLeft(ApiError):
+    """The client disconnected while its request waited on a node; nobody gets the answer."""
+
+    def __init__(self) -> None:
+        super().__init__(CLIENT_CLOSED, "client closed the connection", code="client_disconnect")
+
+
 @dataclass
 class ProxyRequest:
     """A parsed client request on its way to a node."""
@@ -107,6 +119,8 @@ class ProxyRequest:
     tried: set[str] = field(default_factory=set)
     attempts: int = 0
     node_id: str | None = None  # the node that answered
+    hops: tuple[str, ...] = ()  # X-Spotrelay-Hop as received: routers already passed
+    client: ClientLink | None = None  # the client connection, to abort work when it leaves
     requires: frozenset[str] = frozenset()  # engine capabilities a node must report
     resume_off: bool = False  # the client sent X-Spotrelay-Resume: off
     follow_up: bool = False  # made by derive(): waits for a node it has not tried yet
@@ -235,7 +249,11 @@ class Proxy:
         sleep: Callable[[float], None] = time.sleep,
         stream_handler_factory: Callable[[ProxyRequest, Proxy], StreamHandler] | None = None,
         watchdog: IdleWatchdog | None = None,
+        hop_id: str = "",
+        client_watch: ClientWatch | None = None,
     ) -> None:
+        self.hop_id = hop_id or os.urandom(8).hex()
+        self.client_watch = client_watch if client_watch is not None else ClientWatch()
         self.registry = registry
         self.watchdog = watchdog
         self.balancer = balancer
@@ -255,11 +273,11 @@ class Proxy:
         if self.registry.model_status(req.model) is ModelStatus.UNKNOWN:
             err = ApiError(
                 404,
-                f"model {req.model!r} is not served by any registered node",
+                f"model {clip(req.model)!r} is not served by any registered node",
                 param="model",
                 code="model_not_found",
             )
-            return self._finish(req, self._error_response(req, err), "unknown")
+            return self._finish(req, self._error_response(req, err))
         self.budget.start_request()
         try:
             result = self.acquire(req)
@@ -269,12 +287,16 @@ class Proxy:
         if isinstance(result, StreamStart):
             return self._stream_response(req, result)
         self.budget.end_request()
+        if isinstance(result, ClientLeft):
+            self.metrics.client_disconnects.inc()
+            response = self._error_response(req, result)
+            return self._finish(req, response, outcome="client_disconnect")
         if isinstance(result, ApiError):
-            return self._finish(req, self._error_response(req, result), req.model)
+            return self._finish(req, self._error_response(req, result))
         headers = {"X-Request-ID": req.request_id, "X-Spotrelay-Node": result.node_id}
         headers.update(result.headers)
         response = ProxyResponse(result.status, result.body, result.content_type, headers)
-        return self._finish(req, response, req.model)
+        return self._finish(req, response)
 
     def acquire(self, req: ProxyRequest) -> Answer | StreamStart | ApiError:
         """Attempts on successive nodes until an answer, a stream start, or a final error.
@@ -286,9 +308,13 @@ class Proxy:
         slot = False
         try:
             while True:
+                if req.attempts and req.client is not None and req.client.check():
+                    return ClientLeft()  # left during the backoff (the watch covers attempts)
                 if self.clock() >= req.deadline:
                     return self._deadline_error(req, last)
                 node = self._choose(req, retrying=last is not None)
+                if req.client is not None and req.client.gone:
+                    return ClientLeft()  # left during a capacity wait
                 if isinstance(node, ApiError):
                     return node
                 if node is None:
@@ -304,6 +330,8 @@ class Proxy:
                     self.registry.record_success(node)
                     req.node_id = node.id
                     return result
+                if req.client is not None and req.client.gone:
+                    return ClientLeft()  # the watch aborted the attempt: not the node's fault
                 last = result
                 self._count_failure(node, req, result)
                 if not self.policy.should_retry(result, req.attempts):
@@ -327,23 +355,51 @@ class Proxy:
     # -- one attempt ---------------------------------------------------------------------
 
     def _attempt(self, node: Node, req: ProxyRequest) -> Answer | StreamStart | Failure:
-        self.registry.acquire(node)
-        started = self.clock()
-        headers = {"Content-Type": "application/json", "X-Request-ID": req.request_id}
+        """One attempt; whatever goes wrong releases the node's in-flight lease and is a Failure.
+
+        Until the answer (or a stream's first event) is in hand, the client's
+        departure aborts the node connection (:mod:`spotrelay.router.disconnect`).
+        """
+        with self.client_watch.watching(req.client):
+            try:
+                return self._attempt_once(node, req)
+            except Exception as exc:  # a bug or an unforeseen input: the node's failure, not a 500
+                log.exception(
+                    "attempt on node %s raised %s",
+                    node.id,
+                    type(exc).__name__,
+                    extra={"request_id": req.request_id},
+                )
+                return Failure(FailureKind.INTERNAL, node.id, f"{type(exc).__name__}: {exc}"[:200])
+
+    def _upstream_headers(self, req: ProxyRequest) -> dict[str, str]:
+        headers = {
+            "Content-Type": "application/json",
+            "X-Request-ID": req.request_id,
+            HOP_HEADER: ", ".join((*req.hops, self.hop_id)),
+        }
         if req.accept:
             headers["Accept"] = req.accept
+        return headers
+
+    def _attempt_once(self, node: Node, req: ProxyRequest) -> Answer | StreamStart | Failure:
         connect_s, read_s = self._timeouts_for(req)
+        self.registry.acquire(node)
+        started = self.clock()
         try:
             resp = node.pool.request(
                 req.method,
                 req.path,
-                headers=headers,
+                headers=self._upstream_headers(req),
                 body=req.body,
                 connect_timeout=connect_s,
                 read_timeout=read_s,
+                on_connection=req.client.attach if req.client is not None else None,
             )
-        except UPSTREAM_ERRORS as exc:
+        except BaseException as exc:
             self.registry.release(node)
+            if not isinstance(exc, UPSTREAM_ERRORS):
+                raise
             kind, detail = classify(exc)
             return Failure(kind, node.id, detail)
         upstream = Upstream(node, resp, self.registry, started)
@@ -351,6 +407,9 @@ class Proxy:
         try:
             status = resp.status
             content_type = resp.headers.get("content-type", "application/json")
+            if status == 508 and resp.headers.get(LOOP_HEADER.lower()):
+                resp.read()
+                return Failure(FailureKind.LOOP, node.id, "the node URL leads back to a router")
             if status in RETRYABLE_STATUS:
                 body = resp.read()
                 extra = {}
@@ -407,10 +466,12 @@ class Proxy:
         log.info(
             "no %s node serves the model; waiting for capacity",
             "untried" if candidates else "ready",
-            extra={"request_id": req.request_id, "model": req.model},
+            extra={"request_id": req.request_id, "model": clip(req.model)},
         )
         while (remaining := limit - self.clock()) > 0:
             self.registry.wait_for_change(min(remaining, 0.5))
+            if req.client is not None and req.client.check():
+                return None
             node = balancer.pick(
                 self._candidates(req), exclude=req.tried, session_key=req.session_key
             )
@@ -423,7 +484,7 @@ class Proxy:
         waited = self.routing.no_capacity_wait_s
         return ApiError(
             503,
-            f"no ready node serves model {req.model!r} (waited {waited:g}s); retry later",
+            f"no ready node serves model {clip(req.model)!r} (waited {waited:g}s); retry later",
             code="no_capacity",
             headers={"Retry-After": str(self.routing.retry_after_s)},
         )
@@ -458,7 +519,7 @@ class Proxy:
         if last is None:
             return ApiError(
                 503,
-                f"no other node serves model {req.model!r}",
+                f"no other node serves model {clip(req.model)!r}",
                 code="no_capacity",
                 headers={"Retry-After": str(self.routing.retry_after_s)},
             )
@@ -471,6 +532,13 @@ class Proxy:
                 dict(last.headers),
             )
         tries = f"{req.attempts} attempt{'s' if req.attempts != 1 else ''}"
+        if last.kind is FailureKind.LOOP:  # tell the router before us too: it is in the loop
+            return ApiError(
+                508,
+                "request loop: a registered node URL points back at a spotrelay router",
+                code="loop_detected",
+                headers={LOOP_HEADER: "1"},
+            )
         if last.kind is FailureKind.FIRST_BYTE_TIMEOUT:
             return ApiError(504, f"upstream timed out ({tries})", code="upstream_timeout")
         return ApiError(502, f"upstream failed: {last.reason} ({tries})", code="upstream_error")
@@ -504,7 +572,7 @@ class Proxy:
             on_finish=on_finish,
             finishes=lambda: FinishTracker(expected),
         )
-        self.metrics.requests.labels(req.model, "200").inc()
+        self.metrics.requests.labels(self.metrics.model_label(req.model), "200").inc()
         headers = {
             "X-Request-ID": req.request_id,
             "X-Spotrelay-Node": upstream.node.id,
@@ -526,7 +594,7 @@ class Proxy:
             for node in self.registry.nodes()
         ):
             raise ContinuationRejected(
-                f"no node serving model {req.model!r} reports {', '.join(sorted(requires))}",
+                f"no node serving model {clip(req.model)!r} reports {', '.join(sorted(requires))}",
                 outcome="not_resumable",
             )
         sub = req.derive(body, requires=requires)
@@ -564,9 +632,12 @@ class Proxy:
 
     # -- bookkeeping -------------------------------------------------------------------------
 
-    def _finish(self, req: ProxyRequest, response: ProxyResponse, model: str) -> ProxyResponse:
-        self.metrics.requests.labels(model, str(response.status)).inc()
-        self._log_done(req, response.status, "complete")
+    def _finish(
+        self, req: ProxyRequest, response: ProxyResponse, outcome: str = "complete"
+    ) -> ProxyResponse:
+        label = self.metrics.model_label(req.model)
+        self.metrics.requests.labels(label, str(response.status)).inc()
+        self._log_done(req, response.status, outcome)
         return response
 
     def _log_done(self, req: ProxyRequest, status: int, outcome: str) -> None:
@@ -579,7 +650,7 @@ class Proxy:
             status,
             extra={
                 "request_id": req.request_id,
-                "model": req.model,
+                "model": clip(req.model),
                 "node": req.node_id,
                 "attempts": req.attempts,
                 "stream": req.stream,

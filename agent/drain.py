@@ -41,9 +41,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from spotrelay.core.backoff import Backoff
 from spotrelay.core.protocol import NodeReport, NodeState
 
-from .backoff import Backoff
 from .engine import EngineProbe, stop_unit
 from .events import Event, iso
 from .lifecycle import LifecycleError, LifecycleHook

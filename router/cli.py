@@ -12,8 +12,9 @@ import argparse
 DESCRIPTION = """\
 Run the router: OpenAI-compatible /v1/* routed to registered vLLM nodes, with
 retries before the first byte, a node control plane (/nodes, node token) and
-/healthz, /readyz, /metrics. One gunicorn worker process (the registry lives
-in memory); gevent greenlets inside it. See docs/router.md."""
+/healthz, /readyz, /metrics. With registry.backend memory (default), one
+gunicorn worker process; with redis, one per core sharing the registry.
+gevent greenlets inside each. See docs/router.md."""
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -24,7 +25,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser(
         "router",
         parents=[common],
-        help="run the router (gunicorn, one worker process)",
+        help="run the router (gunicorn; one worker, or one per core with a Redis registry)",
         description=DESCRIPTION,
         epilog=describe(RouterConfig),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -49,6 +50,10 @@ def load_config(args: argparse.Namespace):  # -> tuple[RouterConfig, str]
             "auth.node_token",
             "no node token: set auth.node_token (or SPOTRELAY_AUTH_NODE_TOKEN) or put it in "
             f"auth.node_token_file ({cfg.auth.node_token_file}); the control plane is never open",
+        )
+    if cfg.registry.backend == "redis":
+        cfg.registry.redis_password = read_token(
+            cfg.registry.redis_password, cfg.registry.redis_password_file, "registry.redis_password"
         )
     return cfg, token
 

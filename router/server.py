@@ -1,10 +1,13 @@
 """Running the router under gunicorn, in-process (``spotrelay router`` *is* the master).
 
-One worker process, always: the registry lives in that process's memory.
-Inside it, gevent greenlets (default) or gthread threads serve requests; the
+One worker process with ``registry.backend: memory`` (the registry lives in
+that process's memory); with ``redis`` as many as ``server.workers`` (default:
+one per core), each with its own local view kept in step through Redis. Inside
+each, gevent greenlets (default) or gthread threads serve requests; the
 gevent worker holds thousands of open streams at low cost (DESIGN.md,
 "Serving model, measured"). The app is built in the worker after the fork,
-so background upkeep (TTL expiry, health probes) runs where the registry is.
+so background upkeep (TTL expiry, health probes, Redis sync) runs where the
+registry is.
 
 Monkey patching for gevent is done by the CLI before anything else is
 imported (see :mod:`spotrelay.router.cli`); the gevent worker repeats it in
@@ -19,7 +22,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from .settings import RouterConfig
+from .settings import RouterConfig, worker_count
 
 log = logging.getLogger("spotrelay.router")
 
@@ -30,7 +33,7 @@ def gunicorn_settings(cfg: RouterConfig, log_level: str = "info") -> dict[str, A
     host = f"[{server.host}]" if ":" in server.host else server.host
     return {
         "bind": [f"{host}:{server.port}"],
-        "workers": 1,
+        "workers": worker_count(cfg),
         "worker_class": server.worker_class,
         "threads": server.threads,
         "worker_connections": server.worker_connections,
@@ -43,7 +46,7 @@ def gunicorn_settings(cfg: RouterConfig, log_level: str = "info") -> dict[str, A
         "loglevel": log_level,
         "proc_name": "spotrelay-router",
         # Gunicorn >= 25.1 opens a control socket that can change the worker count;
-        # the registry is per process, so it stays off.
+        # with the memory registry that would split the fleet, so it stays off.
         "control_socket_disable": True,
     }
 
@@ -68,10 +71,12 @@ class RouterApplication(BaseApplication):
         service.start()
         server = self.router_cfg.server
         log.info(
-            "router ready on %s:%s (worker %s, ttl %.1fs)",
+            "router ready on %s:%s (worker %s, %s, registry %s, ttl %.1fs)",
             server.host,
             server.port,
             server.worker_class,
+            service.router_id,
+            self.router_cfg.registry.backend,
             self.router_cfg.registry.ttl_s,
         )
         app = create_app(service)

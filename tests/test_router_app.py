@@ -278,7 +278,11 @@ def run_cli(tmp_path, yaml_text, env=None, *args):
     "yaml_text, env, message",
     [
         ("server: {workers: 2}\nauth: {node_token: t}\n", {},
-         "server.workers = 2: must be 1 \u2014 the registry lives in memory"),
+         "server.workers = 2: must be 1 with registry.backend memory"),
+        ("auth: {node_token: t}\nregistry: {backend: redis, redis_url: 'redis://:pw@h:x'}\n", {},
+         "registry.redis_url = 'redis://:<redacted>@h:x': malformed"),
+        ("auth: {node_token: t}\nregistry: {backend: redis, redis_url: 'redis://h',"
+         " redis_password_file: /etc}\n", {}, "registry.redis_password_file = '/etc': cannot read"),
         ("auth: {node_token: t}\n", {"SPOTRELAY_SERVER_WORKERS": "3"},
          "server.workers = 3: must be 1"),
         ("auth: {node_token: null, node_token_file: /nonexistent/token}\n", {},

@@ -184,7 +184,9 @@ def create_app(service: RouterService) -> Flask:
 
     @app.get("/metrics")
     def metrics() -> Response:
-        return Response(service.metrics.render(), 200, content_type=CONTENT_TYPE_LATEST)
+        resp = Response(service.metrics.render(), 200, content_type=CONTENT_TYPE_LATEST)
+        resp.headers["X-Spotrelay-Router"] = service.router_id  # counters are per worker
+        return resp
 
     # -- errors --------------------------------------------------------------------------
 

@@ -105,6 +105,16 @@ def render_table(report: dict[str, Any]) -> str:
             f"{_fmt(ev.get('drained')):>9}{_fmt(ev.get('killed')):>8}"
             f"  {ev.get('replacement') or '-':<12}{_fmt(ev.get('replacement_ready')):>7}"
         )
+    routers = report.get("routers") or {}
+    if routers.get("count", 1) > 1:
+        spread = ", ".join(f"{name} {n}" for name, n in routers["requests"].items())
+        lines += ["", f"routers (shared registry)  requests: {spread}"]
+        for r in routers["restarts"]:
+            lines.append(
+                f"  {r['router']} out of rotation {_fmt(r['out_of_rotation'])}, SIGKILLed "
+                f"{_fmt(r['killed'])}, back {_fmt(r['back'])} knowing "
+                f"{r['nodes_known_at_restart']} ready nodes from Redis"
+            )
     if report["failures"]:
         lines += ["", "first failures:"]
         lines += [

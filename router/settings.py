@@ -94,25 +94,24 @@ class Registry:
             check_redis_url(self.redis_url)
 
 
-def check_redis_url(url: str) -> None:
-    """A one-line ConfigError for a URL redis-py could not use (password masked)."""
+def check_redis_url(url: str, key: str = "registry.redis_url") -> None:
+    """A one-line ConfigError naming ``key`` for a URL redis-py could not use (password masked)."""
     try:
         parts = urlsplit(url)
-        port = parts.port
+        _ = parts.port  # raises on a bad port
     except ValueError as exc:
-        raise ConfigError("registry.redis_url", f"malformed: {exc}", mask_password(url)) from None
+        raise ConfigError(key, f"malformed: {exc}", mask_password(url)) from None
     if parts.scheme not in ("redis", "rediss"):
         raise ConfigError(
-            "registry.redis_url",
+            key,
             "scheme must be redis:// or rediss:// (TLS)",
             mask_password(url),
         )
     if not parts.hostname:
-        raise ConfigError("registry.redis_url", "has no host", mask_password(url))
+        raise ConfigError(key, "has no host", mask_password(url))
     db = parts.path.strip("/")
     if db and not db.isdigit():
-        raise ConfigError("registry.redis_url", "database must be a number", mask_password(url))
-    del port
+        raise ConfigError(key, "database must be a number", mask_password(url))
 
 
 def mask_password(url: str) -> str:

@@ -33,7 +33,7 @@ class Run:
         if self.redis and self.redis != "auto":
             from spotrelay.router.settings import check_redis_url
 
-            check_redis_url(self.redis)
+            check_redis_url(self.redis, "demo.redis")
 
 
 @dataclass

@@ -666,20 +666,20 @@ def print_report(report: dict) -> None:
     print(f"machine: {report['machine']['cpus']} CPUs, load generator {report['load_generator']}")
     print()
     print("non-streaming, concurrency 1 (latency) and 32 connections (throughput)")
-    print(f"{'path':9s} {'p50 ms':>8s} {'p99 ms':>8s} {'+p50 ms':>8s} {'+p99 ms':>8s} "
+    print(f"{'path':17s} {'p50 ms':>8s} {'p99 ms':>8s} {'+p50 ms':>8s} {'+p99 ms':>8s} "
           f"{'req/s':>9s} {'vs direct':>9s}")  # fmt: skip
     for name in lat:
         added50 = lat[name]["p50_ms"] - lat["direct"]["p50_ms"]
         added99 = lat[name]["p99_ms"] - lat["direct"]["p99_ms"]
         ratio = thr[name]["rps"] / thr["direct"]["rps"]
         print(
-            f"{name:9s} {fmt(lat[name]['p50_ms']):>8s} {fmt(lat[name]['p99_ms']):>8s} "
+            f"{name:17s} {fmt(lat[name]['p50_ms']):>8s} {fmt(lat[name]['p99_ms']):>8s} "
             f"{fmt(added50):>8s} {fmt(added99):>8s} {thr[name]['rps']:9.0f} {ratio:9.2f}"
         )
     print()
     print("streams: inter-token gap p99 (ms), and added over direct at the same count")
     counts = [r["streams"] for r in report["streams"]["direct"]]
-    header = f"{'path':9s}" + "".join(f"{c:>16d}" for c in counts)
+    header = f"{'path':17s}" + "".join(f"{c:>16d}" for c in counts)
     print(header)
     for name, rows in report["streams"].items():
         cells = []
@@ -688,7 +688,7 @@ def print_report(report: dict) -> None:
             extra = f" (+{fmt(added, 1)})" if added is not None else ""
             errs = f" E{row['errors']}" if row["errors"] else ""
             cells.append(f"{fmt(row['gap_p99_ms'], 1)}{extra}{errs}")
-        print(f"{name:9s}" + "".join(f"{c:>16s}" for c in cells))
+        print(f"{name:17s}" + "".join(f"{c:>16s}" for c in cells))
     print()
     for name in [n for n in summary if n.startswith("router-") or n in ("router", "haproxy")]:
         if name != "router_vs_haproxy":

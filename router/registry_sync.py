@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
+import time
 from typing import Any
 
 from spotrelay.core.backoff import Backoff
@@ -34,24 +34,32 @@ from .registry_store import RedisStore, SharedNode, parse_event
 log = logging.getLogger("spotrelay.router.registry")
 
 POLL_S = 0.5  # follower wake-up: reconnect requests and stop are seen this fast
+PING_S = 5.0  # a PING on the command connection: a silently dead link is noticed this fast
 
 
 def redis_client(url: str, password: str | None, timeout_s: float) -> Any:
-    """A redis-py client that fails fast: reconnection is :class:`RedisSync`'s job."""
+    """A redis-py client that fails fast: reconnection is :class:`RedisSync`'s job.
+
+    ``password`` (``registry.redis_password[_file]``) beats one in the URL, which
+    redis-py's ``from_url`` would not allow.
+    """
     import redis
     from redis.backoff import NoBackoff
+    from redis.connection import parse_url
     from redis.retry import Retry
 
-    kwargs: dict[str, Any] = {
-        "socket_timeout": timeout_s,
-        "socket_connect_timeout": timeout_s,
-        "health_check_interval": 5,
-        "retry": Retry(NoBackoff(), 0),
-        "client_name": "spotrelay-router",
-    }
+    options: dict[str, Any] = parse_url(url)
+    options.update(
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        health_check_interval=5,
+        retry=Retry(NoBackoff(), 0),
+        client_name="spotrelay-router",
+    )
     if password:
-        kwargs["password"] = password
-    return redis.Redis.from_url(url, **kwargs)
+        options["password"] = password
+    pool = redis.ConnectionPool(**options)
+    return redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
 
 
 class RedisSync:
@@ -65,14 +73,12 @@ class RedisSync:
         *,
         where: str,
         backoff_max_s: float = 5.0,
-        on_transition: Callable[[bool], None] | None = None,
     ) -> None:
         self.registry = registry
         self.netpolicy = netpolicy
         self.store = store
         self.where = where  # the URL without password, for logs
         self.backoff = Backoff(0.1, backoff_max_s)
-        self.on_transition = on_transition
         self.up = False
         self._ever_up: bool | None = None
         self._writes: queue.SimpleQueue[tuple[str, str, Any] | None] = queue.SimpleQueue()
@@ -137,10 +143,14 @@ class RedisSync:
             self.backoff.reset()
             self._set_up(True)
             self._requeue_pending()  # drains/deletes that arrived during the write-back
+            next_ping = time.monotonic() + PING_S
             while not self._stop.is_set() and not self._reset.is_set():
                 msg = pubsub.get_message(timeout=POLL_S)
                 if msg is not None and msg["type"] == "message":
                     self._apply(msg["data"])
+                if time.monotonic() >= next_ping:
+                    self.store.client.ping()  # raises when the link is gone
+                    next_ping = time.monotonic() + PING_S
             if self._reset.is_set():
                 raise ConnectionError("a write to Redis failed")
         finally:
@@ -272,8 +282,6 @@ class RedisSync:
                 self.where,
                 reason,
             )
-        if self.on_transition is not None:
-            self.on_transition(up)
 
 
 def _report_doc(node: Any) -> dict[str, Any]:

@@ -43,6 +43,7 @@ def server_binary() -> str:
 
 
 def ping(url: str) -> bool:
+    """Whether a server answers at ``url`` (one that wants a password counts)."""
     import redis
 
     try:
@@ -51,14 +52,24 @@ def ping(url: str) -> bool:
             return bool(client.ping())
         finally:
             client.close()
+    except redis.ResponseError:  # NOAUTH and friends: up, just not for us
+        return True
     except (redis.RedisError, OSError):
         return False
 
 
 def start_local_redis(
-    procs: ProcessGroup, logdir: Path, *, port: int | None = None, name: str = "redis"
+    procs: ProcessGroup,
+    logdir: Path,
+    *,
+    port: int | None = None,
+    name: str = "redis",
+    extra: tuple[str, ...] = (),
 ) -> LocalRedis:
-    """Start one on ``port`` (a free one by default) and wait until it answers PING."""
+    """Start one on ``port`` (a free one by default) and wait until it answers PING.
+
+    ``extra`` are more server arguments, e.g. ACL users (``--user ...``).
+    """
     port = port or free_port()
     argv = [
         server_binary(),
@@ -67,6 +78,7 @@ def start_local_redis(
         "--save", "",
         "--appendonly", "no",
         "--daemonize", "no",
+        *extra,
     ]  # fmt: skip
     proc = procs.start(ManagedProcess(name, argv, log_path=logdir / f"{name}.log"))
     local = LocalRedis(proc, port)

@@ -47,9 +47,11 @@ def fleet_config(redis_url: str, workers: int = 2, ttl_s: float = 5) -> dict:
     }  # fmt: skip
 
 
-def start_redis(procs: ProcessGroup, logdir: Path, port: int | None = None) -> LocalRedis:
+def start_redis(
+    procs: ProcessGroup, logdir: Path, port: int | None = None, extra: tuple[str, ...] = ()
+) -> LocalRedis:
     try:
-        return start_local_redis(procs, logdir, port=port)
+        return start_local_redis(procs, logdir, port=port, extra=extra)
     except NoRedisServer as exc:
         pytest.skip(str(exc))
 
@@ -342,6 +344,34 @@ def test_router_starting_with_redis_down_serves_from_heartbeats(
     log = (logdir / "router.log").read_text()
     assert "registry backend redis unreachable at start" in log
     assert "registry backend redis up" in log
+
+
+def test_acl_user_with_a_password_file(procs: ProcessGroup, logdir: Path, engine) -> None:
+    """An ACL user limited to the prefix's keys and channel; the password from a file, never
+    logged; a wrong one leaves the router serving from heartbeats, saying why."""
+    acl = ("--user", "default", "off",
+           "--user", "spot", "on", ">s3cret-pw", "~fleet1:*", "&fleet1:*", "+@all")  # fmt: skip
+    local = start_redis(procs, logdir, extra=acl)
+    secret = logdir / "redis-auth"
+    secret.write_text("s3cret-pw\n")
+    cfg = fleet_config(f"redis://spot@127.0.0.1:{local.port}/0", workers=1)
+    cfg["registry"] |= {"redis_password_file": str(secret), "redis_key_prefix": "fleet1"}
+    a = start_router(procs, logdir, cfg, name="router-a")
+    b = start_router(procs, logdir, cfg, name="router-b")
+    wait_until(lambda: backend_up(a) == 1 and backend_up(b) == 1, timeout=10, what="ACL login")
+    register_node(a.url, ROUTER_TOKEN, "n-acl", engine.url, MODEL)
+    wait_until(lambda: "n-acl" in view(b)[2], timeout=5, what="B to see n-acl")
+
+    wrong = logdir / "wrong-auth"
+    wrong.write_text("not-it")
+    cfg["registry"]["redis_password_file"] = str(wrong)
+    c = start_router(procs, logdir, cfg, name="router-c")
+    register_node(c.url, ROUTER_TOKEN, "n-local", engine.url, MODEL)
+    assert view(c)[1] == "redis-down" and "n-local" in view(c)[2]
+    assert complete(c).status_code == 200
+    logs = "".join((logdir / f"router-{x}.log").read_text() for x in "abc")
+    assert "s3cret-pw" not in logs and "not-it" not in logs
+    assert "registry backend redis unreachable at start (redis://spot@127.0.0.1" in logs
 
 
 def _auth() -> dict[str, str]:

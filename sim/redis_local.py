@@ -52,7 +52,7 @@ def ping(url: str) -> bool:
             return bool(client.ping())
         finally:
             client.close()
-    except redis.ResponseError:  # NOAUTH and friends: up, just not for us
+    except (redis.ResponseError, redis.AuthenticationError):  # up, just not for us
         return True
     except (redis.RedisError, OSError):
         return False

@@ -120,12 +120,31 @@ class RedisStore:
         return [self._set, self._rev, f"{self.prefix}:node:{node_id}", self.channel]
 
     def put(
-        self, node_id: str, url: str, report: dict[str, Any], drained: bool, age_s: float = 0.0
-    ) -> int:
-        """Write a heartbeat (``age_s`` = 0) or restore an older one if Redis has nothing newer."""
+        self,
+        node_id: str,
+        url: str,
+        report: dict[str, Any],
+        drained: bool,
+        age_s: float = 0.0,
+        client: Any = None,
+    ) -> Any:
+        """Write a heartbeat (``age_s`` = 0) or restore an older one if Redis has nothing newer.
+
+        With a pipeline as ``client`` the call is only queued.
+        """
         mode = "restore" if age_s > 0 else "put"
         args = [node_id, url, json.dumps(report), "1" if drained else "0"]
-        return int(self._put(self._keys(node_id), [*args, int(age_s * 1000), mode, self._keep_ms]))
+        args += [int(age_s * 1000), mode, self._keep_ms]
+        return self._put(self._keys(node_id), args, client=client or self.client)
+
+    def restore(self, nodes: list[tuple[str, str, dict[str, Any], bool, float]]) -> None:
+        """Write back many nodes (id, url, report, drained, age_s) in one round trip."""
+        if not nodes:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for node_id, url, report, drained, age_s in nodes:
+            self.put(node_id, url, report, drained, max(0.001, age_s), client=pipe)
+        pipe.execute()
 
     def drain(self, node_id: str) -> int:
         return int(self._drain(self._keys(node_id), [node_id]))

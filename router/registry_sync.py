@@ -171,10 +171,12 @@ class RedisSync:
                 else:
                     self.store.remove(node_id)
             now = self.registry.clock()
-            for node in self.registry.nodes():
-                report = _report_doc(node)
-                age = max(0.001, now - node.last_seen)
-                self.store.put(node.id, node.url, report, node.admin_drained, age_s=age)
+            self.store.restore(
+                [
+                    (n.id, n.url, _report_doc(n), n.admin_drained, now - n.last_seen)
+                    for n in self.registry.nodes()
+                ]
+            )
         except Exception:
             with self._pending_lock:
                 self._pending = {**pending, **self._pending}

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import openai
 
@@ -61,6 +61,16 @@ class TrafficOptions:
     verify_text: bool = True
     timeout_s: float = 60.0
     max_concurrency: int = 256
+
+
+class _Call(NamedTuple):
+    """One request about to be sent: the router's client, what to ask, where to record it."""
+
+    client: openai.OpenAI
+    prompt: str
+    max_tokens: int
+    record: RequestRecord
+    start: float
 
 
 class Rotation:
@@ -197,10 +207,8 @@ class TrafficDriver:
         record = RequestRecord(kind, stream, time.monotonic() - self._t0, router=router)
         start = time.monotonic()
         try:
-            send: Callable[[openai.OpenAI, str, int, RequestRecord, float], str] = (
-                self._chat if kind == "chat" else self._completion
-            )
-            text = send(self.clients[router], prompt, max_tokens, record, start)
+            send: Callable[[_Call], str] = self._chat if kind == "chat" else self._completion
+            text = send(_Call(self.clients[router], prompt, max_tokens, record, start))
             record.ok = True
             if self.options.verify_text:
                 record.verified = text == expected_text(kind, prompt, max_tokens)
@@ -216,14 +224,8 @@ class TrafficDriver:
         record.latency_ms = (time.monotonic() - start) * 1000
         self.log.add(record)
 
-    def _completion(
-        self,
-        client: openai.OpenAI,
-        prompt: str,
-        max_tokens: int,
-        record: RequestRecord,
-        start: float,
-    ) -> str:
+    def _completion(self, call: _Call) -> str:
+        client, prompt, max_tokens, record, start = call
         if not record.stream:
             resp = client.completions.create(model=self.model, prompt=prompt, max_tokens=max_tokens)
             record.tokens = resp.usage.completion_tokens if resp.usage else 0
@@ -239,14 +241,8 @@ class TrafficDriver:
                 finish = chunk.choices[0].finish_reason or finish
         return _stream_result(parts, finish, record)
 
-    def _chat(
-        self,
-        client: openai.OpenAI,
-        prompt: str,
-        max_tokens: int,
-        record: RequestRecord,
-        start: float,
-    ) -> str:
+    def _chat(self, call: _Call) -> str:
+        client, prompt, max_tokens, record, start = call
         messages: list[Any] = [{"role": "user", "content": prompt}]
         if not record.stream:
             resp = client.chat.completions.create(

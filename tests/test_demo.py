@@ -51,6 +51,17 @@ def _demo(cwd: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
+def _succeeds(proc: subprocess.Popen[str], timeout: float = 200) -> str:
+    """Wait for the demo; its stdout if it exited 0, else fail with both streams."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, f"demo failed:\n{out}\n{err[-4000:]}"
+    return out
+
+
 @pytest.mark.timeout(240)
 def test_short_demo_has_no_client_visible_failure(tmp_path: Path) -> None:
     proc = _demo(
@@ -70,12 +81,7 @@ def test_short_demo_has_no_client_visible_failure(tmp_path: Path) -> None:
         "--seed",
         "3",
     )
-    try:
-        out, err = proc.communicate(timeout=200)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, f"demo failed:\n{out}\n{err[-4000:]}"
+    out = _succeeds(proc)
 
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["requests"] > 100
@@ -145,12 +151,7 @@ def test_two_routers_sharing_redis_survive_a_router_sigkill(tmp_path: Path) -> N
         tmp_path, "--routers", "2", "--redis", "auto", "--nodes", "2", "--duration", "20",
         "--preemptions", "1", "--hard-kills", "0", "--lead-s", "5", "--rps", "10",
     )  # fmt: skip
-    try:
-        out, err = proc.communicate(timeout=200)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, f"demo failed:\n{out}\n{err[-4000:]}"
+    out = _succeeds(proc)
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["failed"] == 0 and report["requests"] > 100
     routers = report["routers"]

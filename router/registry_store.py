@@ -8,6 +8,9 @@ Layout (``P`` = ``registry.redis_key_prefix``):
   itself a while after ``ttl_s`` so a fleet with no router left does not
   leave garbage behind;
 - ``P:nodes``: the set of node ids;
+- ``P:gone:<id>``: when a node was deleted (Redis time), kept as long as a
+  node hash, so a worker writing back its view after an outage cannot bring
+  back a node deleted meanwhile; a fresh heartbeat clears it;
 - ``P:rev``: a counter; every change takes the next value;
 - ``P:events``: the pub/sub channel every change is published on, as JSON
   (``{"op": "put"|"drain"|"delete"|"expire", "id", "rev", ...}``).
@@ -29,7 +32,13 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local seen = now - tonumber(ARGV[5])
 local old = redis.call('HMGET', KEYS[3], 'seen_ms', 'registered_ms', 'drained')
-if ARGV[6] == 'restore' and old[1] and tonumber(old[1]) >= seen then return 0 end
+if ARGV[6] == 'restore' then
+  if old[1] and tonumber(old[1]) >= seen then return 0 end
+  local gone = redis.call('GET', KEYS[5])
+  if gone and tonumber(gone) >= seen then return 0 end
+else
+  redis.call('DEL', KEYS[5])
+end
 local drained = ARGV[4]
 if old[3] == '1' then drained = '1' end
 local registered = old[2] or string.format('%d', seen)
@@ -61,6 +70,11 @@ if ARGV[2] == 'expire' then
   end
 end
 local existed = redis.call('DEL', KEYS[3]) + redis.call('SREM', KEYS[1], ARGV[1])
+if ARGV[2] == 'delete' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('SET', KEYS[5], string.format('%d', now), 'PX', ARGV[4])
+end
 if existed == 0 then return 0 end
 local rev = redis.call('INCR', KEYS[2])
 redis.call('PUBLISH', KEYS[4], cjson.encode({op = ARGV[2], id = ARGV[1], rev = rev}))
@@ -117,7 +131,8 @@ class RedisStore:
         self._snapshot = client.register_script(SNAPSHOT)
 
     def _keys(self, node_id: str) -> list[str]:
-        return [self._set, self._rev, f"{self.prefix}:node:{node_id}", self.channel]
+        p = self.prefix
+        return [self._set, self._rev, f"{p}:node:{node_id}", self.channel, f"{p}:gone:{node_id}"]
 
     def put(
         self,
@@ -151,7 +166,7 @@ class RedisStore:
 
     def remove(self, node_id: str, op: str = "delete") -> int:
         """Delete the node; with ``op="expire"`` only if Redis also saw it silent for ttl_s."""
-        return int(self._remove(self._keys(node_id), [node_id, op, self.ttl_ms]))
+        return int(self._remove(self._keys(node_id), [node_id, op, self.ttl_ms, self._keep_ms]))
 
     def snapshot(self) -> Snapshot:
         raw = self._snapshot([self._set, self._rev], [f"{self.prefix}:node:"])

@@ -8,6 +8,9 @@ after gevent's monkey patching.
 from __future__ import annotations
 
 import argparse
+import os
+
+from spotrelay.core.units_cli import add_install_unit_options, install_unit
 
 DESCRIPTION = """\
 Run the router: OpenAI-compatible /v1/* routed to registered vLLM nodes, with
@@ -32,6 +35,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     p.add_argument("--host", help="address to bind (beats server.host)")
     p.add_argument("--port", type=int, help="port to bind (beats server.port)")
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=["run", "install-unit"],
+        default="run",
+        help="run the router (default), or install its systemd unit and example config "
+        "from the package",
+    )
+    add_install_unit_options(p)
     p.set_defaults(handler=run)
 
 
@@ -51,14 +63,22 @@ def load_config(args: argparse.Namespace):  # -> tuple[RouterConfig, str]
             "no node token: set auth.node_token (or SPOTRELAY_AUTH_NODE_TOKEN) or put it in "
             f"auth.node_token_file ({cfg.auth.node_token_file}); the control plane is never open",
         )
-    if cfg.registry.backend == "redis":
-        cfg.registry.redis_password = read_token(
-            cfg.registry.redis_password, cfg.registry.redis_password_file, "registry.redis_password"
+    reg = cfg.registry
+    if reg.backend == "redis":
+        file = reg.redis_password_file
+        if not reg.redis_password and file and not os.path.exists(file):
+            raise ConfigError(
+                "registry.redis_password_file", "no such file", reg.redis_password_file
+            )
+        reg.redis_password = read_token(
+            reg.redis_password, reg.redis_password_file, "registry.redis_password"
         )
     return cfg, token
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "install-unit":
+        return install_unit("router", args)
     cfg, token = load_config(args)
     if cfg.server.worker_class == "gevent":
         # Once, first, before gunicorn/Flask/ssl are imported: everything after

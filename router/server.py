@@ -4,10 +4,9 @@ One worker process with ``registry.backend: memory`` (the registry lives in
 that process's memory); with ``redis`` as many as ``server.workers`` (default:
 one per core), each with its own local view kept in step through Redis. Inside
 each, gevent greenlets (default) or gthread threads serve requests; the
-gevent worker holds thousands of open streams at low cost (DESIGN.md,
-"Serving model, measured"). The app is built in the worker after the fork,
-so background upkeep (TTL expiry, health probes, Redis sync) runs where the
-registry is.
+gevent worker holds hundreds of open streams at low cost (docs/benchmarks.md,
+"Router"). The app is built in the worker after the fork, so background
+upkeep (TTL expiry, health probes, Redis sync) runs where the registry is.
 
 Monkey patching for gevent is done by the CLI before anything else is
 imported (see :mod:`spotrelay.router.cli`); the gevent worker repeats it in

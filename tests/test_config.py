@@ -20,7 +20,7 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_defaults_match_design() -> None:
+def test_defaults_match_the_documented_ones() -> None:
     cfg = load(RouterConfig, env={})
     assert cfg.server.port == 8080 and worker_count(cfg) == 1
     assert cfg.registry.backend == "memory"

@@ -283,6 +283,9 @@ def run_cli(tmp_path, yaml_text, env=None, *args):
          "registry.redis_url = 'redis://:<redacted>@h:x': malformed"),
         ("auth: {node_token: t}\nregistry: {backend: redis, redis_url: 'redis://h',"
          " redis_password_file: /etc}\n", {}, "registry.redis_password_file = '/etc': cannot read"),
+        ("auth: {node_token: t}\nregistry: {backend: redis, redis_url: 'redis://h',"
+         " redis_password_file: /nonexistent/auth}\n", {},
+         "registry.redis_password_file = '/nonexistent/auth': no such file"),
         ("auth: {node_token: t}\n", {"SPOTRELAY_SERVER_WORKERS": "3"},
          "server.workers = 3: must be 1"),
         ("auth: {node_token: null, node_token_file: /nonexistent/token}\n", {},

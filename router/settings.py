@@ -199,4 +199,12 @@ def worker_count(cfg: RouterConfig) -> int:
     """Gunicorn worker processes: as configured, else 1 (memory) or one per core (redis)."""
     if cfg.server.workers is not None:
         return cfg.server.workers
-    return 1 if cfg.registry.backend == "memory" else max(1, os.cpu_count() or 1)
+    return 1 if cfg.registry.backend == "memory" else usable_cores()
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (a cpuset or taskset limits them), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)

@@ -324,6 +324,10 @@ def test_redis_restart_under_traffic_loses_no_request(
             _worker, state, nodes = view(router)
             assert state == "redis" and set(nodes) == {"n-busy"}
     assert redis.Redis.from_url(local.url).exists("spotrelay:node:n-busy")
+    # One line per transition and worker: up at start, down, up again (not one per retry).
+    log = (logdir / "router-a.log").read_text()
+    assert log.count("registry backend redis down (redis://127.0.0.1:") == 2, log
+    assert log.count("registry backend redis up (") == 4
 
 
 def test_router_starting_with_redis_down_serves_from_heartbeats(

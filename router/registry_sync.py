@@ -82,7 +82,10 @@ class RedisSync:
         self.up = False
         self._ever_up: bool | None = None
         self._writes: queue.SimpleQueue[tuple[str, str, Any] | None] = queue.SimpleQueue()
-        self._pending: dict[str, str] = {}  # node id -> "delete" | "drain", unsent
+        # Unsent while Redis is away: drains and deletes, and the latest heartbeat per node
+        # (url, report, drained, when it arrived), for the write-back.
+        self._pending_ops: dict[str, str] = {}
+        self._pending_puts: dict[str, tuple[str, dict[str, Any], bool, float]] = {}
         self._pending_lock = threading.Lock()
         self._snapshot_rev = 0
         self._reset = threading.Event()
@@ -93,9 +96,9 @@ class RedisSync:
 
     def put(self, node_id: str, url: str, report: dict[str, Any], drained: bool) -> None:
         with self._pending_lock:
-            if self._pending.get(node_id) == "delete":
-                del self._pending[node_id]
-        self._writes.put(("put", node_id, (url, report, drained)))
+            if self._pending_ops.get(node_id) == "delete":  # registered again since
+                del self._pending_ops[node_id]
+        self._writes.put(("put", node_id, (url, report, drained, self.registry.clock())))
 
     def drain(self, node_id: str) -> None:
         self._writes.put(("drain", node_id, None))
@@ -161,25 +164,28 @@ class RedisSync:
         return float(pool.connection_kwargs.get("socket_timeout") or 2.0)
 
     def _write_back(self) -> None:
-        """What this worker changed while Redis was away, before reading the snapshot."""
-        with self._pending_lock:
-            pending, self._pending = self._pending, {}
+        """What this worker changed while Redis was away, before reading the snapshot.
+
+        Drains and deletes first, then every node of the local view and every
+        heartbeat accepted meanwhile, each written only if Redis has nothing newer.
+        """
+        ops, puts = self._take_pending()
         try:
-            for node_id, op in pending.items():
+            for node_id, op in ops.items():
                 if op == "drain":
                     self.store.drain(node_id)
                 else:
                     self.store.remove(node_id)
             now = self.registry.clock()
-            self.store.restore(
-                [
-                    (n.id, n.url, _report_doc(n), n.admin_drained, now - n.last_seen)
-                    for n in self.registry.nodes()
-                ]
-            )
+            nodes = {
+                n.id: (n.id, n.url, _report_doc(n), n.admin_drained, now - n.last_seen)
+                for n in self.registry.nodes()
+            }
+            for node_id, (url, report, drained, received) in puts.items():
+                nodes.setdefault(node_id, (node_id, url, report, drained, now - received))
+            self.store.restore(list(nodes.values()))
         except Exception:
-            with self._pending_lock:
-                self._pending = {**pending, **self._pending}
+            self._return_pending(ops, puts)
             raise
 
     def _rebuild(self) -> None:
@@ -233,33 +239,52 @@ class RedisSync:
         while (item := self._writes.get()) is not None:
             op, node_id, args = item
             if not self.up:
-                self._keep(op, node_id)
+                self._keep(op, node_id, args)
                 continue
             try:
-                if op == "put":
-                    url, report, drained = args
-                    self.store.put(node_id, url, report, drained)
+                if op in ("put", "restore"):
+                    url, report, drained, received = args
+                    age = max(0.001, self.registry.clock() - received) if op == "restore" else 0
+                    self.store.put(node_id, url, report, drained, age_s=age)
                 elif op == "drain":
                     self.store.drain(node_id)
                 else:
                     self.store.remove(node_id, op)
             except Exception as exc:
-                self._keep(op, node_id)
+                self._keep(op, node_id, args)
                 log.debug("registry write %s %s failed: %s", op, node_id, _describe(exc))
                 self._reset.set()
 
-    def _requeue_pending(self) -> None:
+    def _keep(self, op: str, node_id: str, args: Any) -> None:
+        """Remember an unsent change for the write-back (expiry is redone by whoever sees it)."""
         with self._pending_lock:
-            pending, self._pending = self._pending, {}
-        for node_id, op in pending.items():
-            self._writes.put((op, node_id, None))
+            if op in ("put", "restore"):
+                self._pending_puts[node_id] = args
+            elif op == "delete":
+                self._pending_ops[node_id] = "delete"
+                self._pending_puts.pop(node_id, None)
+            elif op == "drain" and self._pending_ops.get(node_id) != "delete":
+                self._pending_ops[node_id] = "drain"
 
-    def _keep(self, op: str, node_id: str) -> None:
-        """Remember a drain or delete for the write-back; heartbeats live in the local view."""
-        if op in ("drain", "delete"):
-            with self._pending_lock:
-                if self._pending.get(node_id) != "delete":
-                    self._pending[node_id] = op
+    def _take_pending(self) -> tuple[dict[str, str], dict[str, Any]]:
+        with self._pending_lock:
+            ops, self._pending_ops = self._pending_ops, {}
+            puts, self._pending_puts = self._pending_puts, {}
+        return ops, puts
+
+    def _return_pending(self, ops: dict[str, str], puts: dict[str, Any]) -> None:
+        """Put back what a failed write-back took; anything newer that arrived meanwhile wins."""
+        with self._pending_lock:
+            self._pending_ops = {**ops, **self._pending_ops}
+            self._pending_puts = {**puts, **self._pending_puts}
+
+    def _requeue_pending(self) -> None:
+        """Changes accepted during the write-back and rebuild go out in order, now Redis is up."""
+        ops, puts = self._take_pending()
+        for node_id, op in ops.items():
+            self._writes.put((op, node_id, None))
+        for node_id, args in puts.items():
+            self._writes.put(("restore", node_id, args))
 
     # -- state ------------------------------------------------------------------------------
 

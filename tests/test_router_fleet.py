@@ -360,7 +360,9 @@ def test_acl_user_with_a_password_file(procs: ProcessGroup, logdir: Path, engine
     """An ACL user limited to the prefix's keys and channel; the password from a file, never
     logged; a wrong one leaves the router serving from heartbeats, saying why."""
     acl = ("--user", "default", "off",
-           "--user", "spot", "on", ">s3cret-pw", "~fleet1:*", "&fleet1:*", "+@all")  # fmt: skip
+           "--user", "spot", "on", ">s3cret-pw", "~fleet1:*", "&fleet1:*",
+           "+@read", "+@write", "+@scripting", "+@pubsub", "+@connection", "+time",
+           "-@dangerous")  # fmt: skip
     local = start_redis(procs, logdir, extra=acl)
     secret = logdir / "redis-auth"
     secret.write_text("s3cret-pw\n")

@@ -490,6 +490,9 @@ def main(argv: list[str] | None = None) -> int:
         "--redis", help="redis:// URL for the redis backend (default: start a local redis-server)"
     )
     parser.add_argument("--fanout-trials", type=int, default=50, help="drains timed (redis)")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="throughput rounds, paths interleaved; best kept"
+    )
     args = parser.parse_args(argv)
     variants = router_variants(args.backend, args.workers)
     if args.quick:
@@ -546,9 +549,7 @@ def main(argv: list[str] | None = None) -> int:
             name: load(port, 1, args.seconds, script) for name, port in paths.items()
         }
         say("2/3 max non-streaming req/s")
-        report["throughput"] = {
-            name: load(port, args.connections, args.seconds, script) for name, port in paths.items()
-        }
+        report["throughput"] = best_throughput(paths, args, script)
         say(f"3/3 concurrent streams (itl {args.itl_ms:g} ms, {args.tokens} tokens each)")
         report["streams"] = {name: [] for name in stream_paths}
         for count in stream_counts:
@@ -573,6 +574,21 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print_report(report)
     return 0
+
+
+def best_throughput(paths: dict[str, int], args, script: Path) -> dict[str, dict]:
+    """Max req/s per path: the best of ``--rounds`` rounds, paths interleaved in each.
+
+    On a shared machine the load from others comes and goes; interleaving the
+    paths and keeping each one's best round compares them at similar load.
+    """
+    best: dict[str, dict] = {}
+    for _ in range(args.rounds):
+        for name, port in paths.items():
+            result = load(port, args.connections, args.seconds, script)
+            if name not in best or result["rps"] > best[name]["rps"]:
+                best[name] = result
+    return best
 
 
 def router_variants(backends: str, workers: str) -> list[tuple[str, str, int]]:

@@ -495,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     variants = router_variants(args.backend, args.workers)
+    if not variants:
+        parser.error("--backend memory runs 1 worker only: add 1 to --workers or use redis")
     if args.quick:
         args.seconds = 4
     args.streams = args.streams or ("250,1000" if args.quick else "100,250,500,1000")

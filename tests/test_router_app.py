@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 
 import pytest
@@ -246,6 +247,8 @@ def test_ops_endpoints(client):
         "spotrelay_router_ejections_total",
     ):
         assert name in text, name
+    # The embedded registry is always "up"; with redis the gauge follows the link.
+    assert 'spotrelay_router_registry_backend_up{backend="memory"} 1.0' in text
 
 
 def test_gunicorn_settings_are_one_worker_without_control_socket():
@@ -254,6 +257,10 @@ def test_gunicorn_settings_are_one_worker_without_control_socket():
     assert settings["workers"] == 1 and settings["bind"] == ["[::]:9000"]
     assert settings["worker_class"] == "gevent" and settings["keepalive"] == 75
     assert settings["control_socket_disable"] is True
+    shared = fast_config(registry={"backend": "redis", "redis_url": "redis://cache:6379/0"})
+    assert gunicorn_settings(shared)["workers"] == len(os.sched_getaffinity(0))
+    shared.server.workers = 3
+    assert gunicorn_settings(shared)["workers"] == 3
 
 
 # -- CLI: configuration errors are one line, exit 2 ------------------------------------------

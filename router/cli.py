@@ -70,6 +70,8 @@ def load_config(args: argparse.Namespace):  # -> tuple[RouterConfig, str]
             raise ConfigError(
                 "registry.redis_password_file", "no such file", reg.redis_password_file
             )
+        if reg.redis_ca_file and not os.path.exists(reg.redis_ca_file):
+            raise ConfigError("registry.redis_ca_file", "no such file", reg.redis_ca_file)
         reg.redis_password = read_token(
             reg.redis_password, reg.redis_password_file, "registry.redis_password"
         )

@@ -37,7 +37,9 @@ POLL_S = 0.5  # follower wake-up: reconnect requests and stop are seen this fast
 PING_S = 5.0  # a PING on the command connection: a silently dead link is noticed this fast
 
 
-def redis_client(url: str, password: str | None, timeout_s: float) -> Any:
+def redis_client(
+    url: str, password: str | None, timeout_s: float, ca_file: str | None = None
+) -> Any:
     """A redis-py client that fails fast: reconnection is :class:`RedisSync`'s job.
 
     ``password`` (``registry.redis_password[_file]``) beats one in the URL, which
@@ -58,6 +60,8 @@ def redis_client(url: str, password: str | None, timeout_s: float) -> Any:
     )
     if password:
         options["password"] = password
+    if ca_file:
+        options["ssl_ca_certs"] = ca_file
     pool = redis.ConnectionPool(**options)
     return redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
 

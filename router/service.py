@@ -206,7 +206,9 @@ def make_sync(cfg: RouterConfig, registry: Registry, netpolicy: NetPolicy) -> Re
 
     reg = cfg.registry
     assert reg.redis_url is not None  # validated by RouterConfig
-    client = redis_client(reg.redis_url, reg.redis_password, reg.redis_timeout_s)
+    client = redis_client(
+        reg.redis_url, reg.redis_password, reg.redis_timeout_s, ca_file=reg.redis_ca_file
+    )
     store = RedisStore(client, reg.redis_key_prefix, reg.ttl_s)
     return RedisSync(
         registry,

@@ -74,6 +74,9 @@ class Registry:
     redis_password_file: str | None = setting(
         None, help="file holding the Redis password (used if no redis_password)"
     )
+    redis_ca_file: str | None = setting(
+        None, help="rediss://: CA bundle to verify the server (default: the system's)"
+    )
     redis_key_prefix: str = setting(
         "spotrelay", help="prefix of the keys and channel, so fleets can share one Redis"
     )
@@ -92,6 +95,10 @@ class Registry:
             if not self.redis_url:
                 raise ConfigError("registry.redis_url", "required with registry.backend redis")
             check_redis_url(self.redis_url)
+            if self.redis_ca_file and not self.redis_url.startswith("rediss://"):
+                raise ConfigError(
+                    "registry.redis_ca_file", "only used with a rediss:// (TLS) redis_url"
+                )
 
 
 def check_redis_url(url: str, key: str = "registry.redis_url") -> None:

@@ -7,6 +7,7 @@ routers' shared registry needs on a laptop, and nothing an operator would run.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,10 +66,12 @@ def start_local_redis(
     port: int | None = None,
     name: str = "redis",
     extra: tuple[str, ...] = (),
+    ready: Callable[[], bool] | None = None,
 ) -> LocalRedis:
     """Start one on ``port`` (a free one by default) and wait until it answers PING.
 
-    ``extra`` are more server arguments, e.g. ACL users (``--user ...``).
+    ``extra`` are more server arguments, e.g. ACL users (``--user ...``) or TLS
+    ones, which then need their own ``ready`` check.
     """
     port = port or free_port()
     argv = [
@@ -82,5 +85,5 @@ def start_local_redis(
     ]  # fmt: skip
     proc = procs.start(ManagedProcess(name, argv, log_path=logdir / f"{name}.log"))
     local = LocalRedis(proc, port)
-    proc.wait_ready(lambda: ping(local.url), timeout=15)
+    proc.wait_ready(ready or (lambda: ping(local.url)), timeout=15)
     return local

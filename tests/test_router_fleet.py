@@ -34,6 +34,7 @@ from tests.support import (
 )
 
 MODEL = "sim-model"
+HOST_IP = "127.0.0.1"
 pytestmark = pytest.mark.timeout(180)
 
 
@@ -384,6 +385,96 @@ def test_acl_user_with_a_password_file(procs: ProcessGroup, logdir: Path, engine
     logs = "".join((logdir / f"router-{x}.log").read_text() for x in "abc")
     assert "s3cret-pw" not in logs and "not-it" not in logs
     assert "registry backend redis unreachable at start (redis://spot@127.0.0.1" in logs
+
+
+def write_tls_files(folder: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a certificate for 127.0.0.1 signed by it: (ca, cert, key)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+
+    def cert(subject: str, public_key, ca: bool) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(subject))
+            .issuer_name(name("test-ca"))
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST_IP))])
+            builder = builder.add_extension(san, critical=False)
+        return builder.sign(ca_key, hashes.SHA256())
+
+    paths = folder / "ca.crt", folder / "server.crt", folder / "server.key"
+    pem = serialization.Encoding.PEM
+    paths[0].write_bytes(cert("test-ca", ca_key.public_key(), True).public_bytes(pem))
+    paths[1].write_bytes(cert(HOST_IP, key.public_key(), False).public_bytes(pem))
+    paths[2].write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return paths
+
+
+def tls_ping(port: int, ca: Path) -> bool:
+    client = redis.Redis(host=HOST_IP, port=port, ssl=True, ssl_ca_certs=str(ca), socket_timeout=1)
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def test_tls_registry_verified_against_a_ca_file(procs: ProcessGroup, logdir: Path, engine):
+    """rediss:// with the server's CA given: shared; with the system's trust store (which
+    does not know this CA) the link stays down, said in the log, and the router still serves."""
+    ca, cert, key = write_tls_files(logdir)
+    port = free_port()
+    tls = (
+        "--port",
+        "0",
+        "--tls-port",
+        str(port),
+        "--tls-cert-file",
+        str(cert),
+        "--tls-key-file",
+        str(key),
+        "--tls-ca-cert-file",
+        str(ca),
+        "--tls-auth-clients",
+        "no",
+    )
+    try:
+        start_local_redis(procs, logdir, port=port, extra=tls, ready=lambda: tls_ping(port, ca))
+    except NoRedisServer as exc:
+        pytest.skip(str(exc))
+    cfg = fleet_config(f"rediss://{HOST_IP}:{port}/0", workers=1)
+    cfg["registry"]["redis_ca_file"] = str(ca)
+    a = start_router(procs, logdir, cfg, name="router-a")
+    b = start_router(procs, logdir, cfg, name="router-b")
+    register_node(a.url, ROUTER_TOKEN, "n-tls", engine.url, MODEL)
+    wait_until(lambda: "n-tls" in view(b)[2], timeout=10, what="B to see n-tls over TLS")
+    assert view(b)[1] == "redis"
+
+    del cfg["registry"]["redis_ca_file"]
+    c = start_router(procs, logdir, cfg, name="router-c")
+    register_node(c.url, ROUTER_TOKEN, "n-local", engine.url, MODEL)
+    assert view(c)[1] == "redis-down" and complete(c).status_code == 200
+    assert "CERTIFICATE_VERIFY_FAILED" in (logdir / "router-c.log").read_text()
 
 
 def _auth() -> dict[str, str]:

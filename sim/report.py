@@ -179,6 +179,13 @@ def write_chart(
             ha="right",
             color=color,
         )
+    for restart in (report.get("routers") or {}).get("restarts", []):
+        if restart.get("killed") is not None:
+            for ax in (top, bottom):
+                ax.axvline(restart["killed"], color="tab:purple", linestyle="-.", linewidth=1)
+            at = (restart["killed"], top.get_ylim()[1] * 0.95)
+            top.annotate(f"SIGKILL {restart['router']}", at, fontsize=8, rotation=90,
+                         va="top", ha="right", color="tab:purple")  # fmt: skip
     top.legend(loc="lower left", fontsize=8)
     bottom.legend(loc="lower left", fontsize=8)
     fig.tight_layout()

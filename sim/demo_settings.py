@@ -23,6 +23,12 @@ class Run:
     redis: str | None = setting(
         None, help="shared registry: redis://HOST:PORT, or auto (start a local redis-server)"
     )
+    spot_shortage: str | None = setting(
+        None, help="START:END seconds after traffic starts: replacements cannot launch as spot"
+    )
+    dead_agents: int = setting(
+        0, min=0, help="nodes whose agent is killed before their spot notice (heard via the queue)"
+    )
 
     def validate(self) -> None:
         if self.routers > 1 and not self.redis:

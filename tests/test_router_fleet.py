@@ -238,6 +238,17 @@ def test_node_registered_at_a_is_routable_on_every_worker_of_b(pair, engine) -> 
         b, workers_b, lambda n: "n-shared" not in n, timeout=5, what="B to see the delete"
     )
 
+    # An off-node interruption (controller -> drain by instance id) at B reaches A too.
+    register_node(a.url, ROUTER_TOKEN, "n-ec2", engine.url, MODEL, instance_id="i-0fleet0000000002")
+    until_every_worker(b, workers_b, lambda n: "n-ec2" in n, timeout=5, what="B to see n-ec2")
+    requests.post(
+        f"{b.url}/instances/i-0fleet0000000002/drain", headers=_auth(), timeout=5
+    ).raise_for_status()
+    until_every_worker(
+        a, workers_of(a, 2), lambda n: n.get("n-ec2", {}).get("state") == "draining",
+        timeout=5, what="A to see the drain by instance id",
+    )  # fmt: skip
+
 
 def test_ttl_expiry_agrees_across_routers(pair, engine) -> None:
     local, a, b = pair

@@ -239,10 +239,12 @@ def test_node_registered_at_a_is_routable_on_every_worker_of_b(pair, engine) -> 
     )
 
     # An off-node interruption (controller -> drain by instance id) at B reaches A too.
-    register_node(a.url, ROUTER_TOKEN, "n-ec2", engine.url, MODEL, instance_id="i-0fleet0000000002")
+    register_node(
+        a.url, ROUTER_TOKEN, "n-ec2", engine.url, MODEL, instance_id="i-0f1ee700000000002"
+    )
     until_every_worker(b, workers_b, lambda n: "n-ec2" in n, timeout=5, what="B to see n-ec2")
     requests.post(
-        f"{b.url}/instances/i-0fleet0000000002/drain", headers=_auth(), timeout=5
+        f"{b.url}/instances/i-0f1ee700000000002/drain", headers=_auth(), timeout=5
     ).raise_for_status()
     until_every_worker(
         a, workers_of(a, 2), lambda n: n.get("n-ec2", {}).get("state") == "draining",
@@ -274,7 +276,7 @@ def test_spot_notice_through_a_excludes_the_node_on_b(
 ) -> None:
     """The agent talks to router A only; router B stops routing to its node too."""
     _local, a, b = pair
-    instance_id = "i-0fleet000000001"
+    instance_id = "i-0f1ee700000000001"
     imds = start_imds(procs, logdir, "--instance-id", instance_id, "--az", "us-east-1a")
     start_agent(
         procs,

@@ -140,6 +140,8 @@ def start_router(
                     "worker_connections": 20000,
                     "upstream_pool_size": 4096,
                     "graceful_timeout_s": 1,
+                    "control_port": free_port(),
+                    "max_connections_per_ip": 0,  # the load comes from one address
                 },
                 "auth": {"node_token": TOKEN},
                 "registry": registry,

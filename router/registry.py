@@ -39,6 +39,14 @@ from .netpolicy import NodeTarget
 KNOWN_MODELS_CAP = 10_000
 
 
+class RegistryFull(Exception):
+    """A new node would exceed ``registry.max_nodes``; heartbeats of known nodes still pass."""
+
+    def __init__(self, max_nodes: int) -> None:
+        super().__init__(f"registry full: {max_nodes} nodes registered (registry.max_nodes)")
+        self.max_nodes = max_nodes
+
+
 class NodeStatus(StrEnum):
     """The router's view of a node, in order of precedence."""
 
@@ -159,8 +167,10 @@ class Registry:
         *,
         clock: Callable[[], float] = time.monotonic,
         pool_factory: Callable[[NodeTarget], Any] | None = None,
+        max_nodes: int | None = None,
     ) -> None:
         self.ttl_s = ttl_s
+        self.max_nodes = max_nodes
         self.ejection = ejection or EjectionPolicy()
         self.clock = clock
         self.pool_factory = pool_factory
@@ -189,6 +199,7 @@ class Registry:
 
         ``age_s`` and ``drained`` come from the shared view: how long ago the
         heartbeat arrived (at whichever worker) and whether an operator drained it.
+        Raises :class:`RegistryFull` for a new node beyond ``max_nodes``.
         """
         now = self.clock() - max(0.0, age_s)
         events: list[tuple[str, Node]] = []
@@ -197,6 +208,8 @@ class Registry:
             node = self._nodes.get(node_id)
             created = node is None
             if node is None:
+                if self.max_nodes is not None and len(self._nodes) >= self.max_nodes:
+                    raise RegistryFull(self.max_nodes)
                 node = Node(
                     id=node_id,
                     target=target,
@@ -294,7 +307,10 @@ class Registry:
         """
         keep = set()
         for node_id, report, target, age_s, drained in nodes:
-            self.upsert(node_id, report, target, age_s=age_s, drained=drained)
+            try:
+                self.upsert(node_id, report, target, age_s=age_s, drained=drained)
+            except RegistryFull:
+                continue  # this worker's cap; the node stays known to the others
             keep.add(node_id)
         for node_id in [n for n in list(self._nodes) if n not in keep]:
             self.remove(node_id)
@@ -341,6 +357,10 @@ class Registry:
         if model in self._known_models or not self._nodes:
             return ModelStatus.UNAVAILABLE
         return ModelStatus.UNKNOWN
+
+    def has_served(self, model: str) -> bool:
+        """Has any node registered with ``model`` since start (the bounded known-model set)?"""
+        return model in self._known_models
 
     def ready_models(self) -> list[str]:
         """Models served by at least one routable node."""

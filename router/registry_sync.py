@@ -28,7 +28,7 @@ from spotrelay.core.backoff import Backoff
 from spotrelay.core.protocol import NodeReport, ProtocolError, parse_report
 
 from .netpolicy import NetPolicy, NodeURLError
-from .registry import Registry
+from .registry import Registry, RegistryFull
 from .registry_store import RedisStore, SharedNode, parse_event
 
 log = logging.getLogger("spotrelay.router.registry")
@@ -231,7 +231,12 @@ class RedisSync:
             )
             entry = self._entry(shared)
             if entry is not None:
-                self.registry.upsert(node_id, entry[1], entry[2], age_s=entry[3], drained=entry[4])
+                try:
+                    self.registry.upsert(
+                        node_id, entry[1], entry[2], age_s=entry[3], drained=entry[4]
+                    )
+                except RegistryFull as exc:  # this worker's cap; the others may know it
+                    log.warning("node %s from the shared registry not taken: %s", node_id, exc)
         elif op == "drain":
             self.registry.drain(node_id)
         elif op in ("delete", "expire"):

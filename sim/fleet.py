@@ -97,7 +97,7 @@ class LocalFleet:
         """Start (or restart, on its old port) one router and wait until it answers."""
         port = port or free_port()
         config = {
-            "server": {"host": HOST, "port": port},
+            "server": {"host": HOST, "port": port, "control_port": free_port()},
             "auth": {"node_token": self.token, "node_token_file": None},
             "registry": {"ttl_s": 6},
             "routing": {"no_capacity_wait_s": 20},

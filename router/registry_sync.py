@@ -7,8 +7,9 @@ Redis write; a writer thread sends it (one Lua script per change, see
 worker's follower thread applies it on arrival (pub/sub: milliseconds).
 
 On start and after every reconnect the follower subscribes *first*, then
-writes back what changed locally while Redis was away (deletes and drains
-queued, every node this worker knows that Redis lacks or has older), then
+writes back what changed locally while Redis was away (drains and deletes
+replayed; every node of its view and every heartbeat it accepted, each where
+Redis lacks it or has it older; a delete's tombstone keeps it deleted), then
 reads a snapshot with its ``rev`` and replaces the local view with it;
 messages at or below that ``rev`` were already in the snapshot and are
 skipped. While Redis is unreachable the worker serves its last view, holds

@@ -3,6 +3,10 @@
 Two independent views, so one can explain the other: the router's
 ``GET /nodes`` (registered nodes, their state and load, with the node token)
 and the GPU Auto Scaling group's instances (``describe_auto_scaling_groups``).
+Behind a load balancer any router (and any of its workers) may answer; the
+router names itself (``X-Spotrelay-Router``) and its registry
+(``X-Spotrelay-Registry``): with ``redis`` its view is the whole fleet's
+shared one, with ``memory`` only that router's own.
 Where to look comes from ``terraform output`` unless the ``status`` section
 of deploy.yaml names it (router_url, asg_name, node token).
 """
@@ -23,12 +27,16 @@ class StatusReport:
     router_url: str | None = None
     asg_name: str | None = None
     nodes: list[dict[str, Any]] | None = None
+    answered_by: str | None = None  # which router process answered GET /nodes
+    registry: str | None = None  # memory | redis | redis-down (its view's source)
     group: dict[str, Any] | None = None
     errors: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "router_url": self.router_url,
+            "answered_by": self.answered_by,
+            "registry": self.registry,
             "asg_name": self.asg_name,
             "nodes": self.nodes,
             "autoscaling_group": self.group,
@@ -60,7 +68,21 @@ def _client(service: str, cfg: StatusSection, region: str | None) -> Any:
     return boto3.client(service, region_name=region, endpoint_url=cfg.aws_endpoint_url, config=conf)
 
 
-def router_nodes(url: str, token: str, timeout: float) -> list[dict[str, Any]]:
+@dataclass
+class RouterView:
+    nodes: list[dict[str, Any]]
+    answered_by: str | None
+    registry: str | None
+
+
+REGISTRY_NOTES = {
+    "redis": "the fleet's shared view",
+    "redis-down": "its last view: it cannot reach Redis",
+    "memory": "this router's own view; other routers may differ",
+}
+
+
+def router_nodes(url: str, token: str, timeout: float) -> RouterView:
     import urllib3
 
     reply = urllib3.request(
@@ -75,7 +97,9 @@ def router_nodes(url: str, token: str, timeout: float) -> list[dict[str, Any]]:
     if reply.status >= 400:
         raise RuntimeError(f"router answered GET /nodes with HTTP {reply.status}")
     data = reply.json()
-    return data if isinstance(data, list) else data.get("nodes", [])
+    nodes = data if isinstance(data, list) else data.get("nodes", [])
+    headers = reply.headers
+    return RouterView(nodes, headers.get("X-Spotrelay-Router"), headers.get("X-Spotrelay-Registry"))
 
 
 def group_instances(cfg: StatusSection, name: str, region: str | None) -> dict[str, Any]:
@@ -113,7 +137,9 @@ def gather(cfg: StatusSection, outputs: dict[str, Any], region: str | None) -> S
     if report.router_url:
         try:
             token = node_token(cfg, outputs, region)
-            report.nodes = router_nodes(report.router_url, token, cfg.timeout_s)
+            view = router_nodes(report.router_url, token, cfg.timeout_s)
+            report.nodes, report.answered_by = view.nodes, view.answered_by
+            report.registry = view.registry
         except ConfigError:
             raise
         except Exception as exc:
@@ -140,6 +166,12 @@ def _describe(exc: Exception) -> str:
 def render(report: StatusReport) -> str:
     """A terminal view of the report."""
     lines = [f"router {report.router_url or '-'}"]
+    if report.answered_by or report.registry:
+        note = REGISTRY_NOTES.get(report.registry or "", "")
+        lines.append(
+            f"  answered by {report.answered_by or '?'} (registry {report.registry or '?'}"
+            + (f": {note})" if note else ")")
+        )
     if report.nodes is not None:
         if not report.nodes:
             lines.append("  no registered nodes")

@@ -215,7 +215,13 @@ def create_app(service: RouterService) -> Flask:
 
     @app.get("/nodes")
     def list_nodes() -> Response:
-        return denied() or _control(service.list_nodes())
+        if (refused := denied()) is not None:
+            return refused
+        resp = _control(service.list_nodes())
+        # Which process answered, and whether its view is the shared one (spotrelay status).
+        resp.headers["X-Spotrelay-Router"] = service.router_id
+        resp.headers["X-Spotrelay-Registry"] = service.registry_state()
+        return resp
 
     @app.put("/nodes/<node_id>")
     def put_node(node_id: str) -> Response:
@@ -256,7 +262,9 @@ def create_app(service: RouterService) -> Flask:
 
     @app.get("/metrics")
     def metrics() -> Response:
-        return Response(service.metrics.render(), 200, content_type=CONTENT_TYPE_LATEST)
+        resp = Response(service.metrics.render(), 200, content_type=CONTENT_TYPE_LATEST)
+        resp.headers["X-Spotrelay-Router"] = service.router_id  # counters are per worker
+        return resp
 
     # -- errors --------------------------------------------------------------------------
 

@@ -18,13 +18,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
+import psutil
 import pytest
 import yaml
 
 from spotrelay.core.config import ConfigError, load
 from spotrelay.core.deploy import VARS_FILE, DeployConfig, tfvars
+from spotrelay.core.net import wait_until
 from spotrelay.core.terraform_bin import find_binary
-from tests.support import moto_server, register_node, start_router
+from tests.support import ROUTER_TOKEN, moto_server, register_node, start_router
 from tests.tfshim.shim import install
 
 REPO = Path(__file__).resolve().parents[1]
@@ -280,12 +282,16 @@ def test_up_status_down(tmp_path: Path, procs, logdir: Path, moto_url: str) -> N
     status = cli("status", "--config", str(deploy))
     assert status.returncode == 0, status.stdout + status.stderr
     assert "i-0abc1234" in status.stdout and "ready" in status.stdout
+    assert re.search(
+        r"answered by \S+ pid \d+ \(registry memory: this router's own view", status.stdout
+    )
     assert "desired=2 min=0" in status.stdout
     for iid in instances:
         assert iid in status.stdout
     as_json = cli("status", "--config", str(deploy), "--json")
     report = json.loads(as_json.stdout)
     assert [n["id"] for n in report["nodes"]] == ["i-0abc1234"]
+    assert report["registry"] == "memory" and " pid " in report["answered_by"]
     assert sorted(i["id"] for i in report["autoscaling_group"]["instances"]) == sorted(instances)
     assert report["errors"] == []
 
@@ -321,6 +327,40 @@ def test_status_reports_each_side(tmp_path: Path, procs, logdir: Path, moto_url:
     assert "router refused the node token (401)" in proc.stdout
     assert "Auto Scaling group 'no-such-group' not found" in proc.stdout
     assert "wrong-token" not in proc.stdout + proc.stderr
+
+
+def test_status_reads_the_shared_view(tmp_path: Path, procs, logdir: Path, moto_url: str) -> None:
+    """Two routers share a registry: status through either lists every node, says who answered."""
+    from spotrelay.sim.redis_local import NoRedisServer, start_local_redis
+
+    try:
+        local = start_local_redis(procs, logdir)
+    except NoRedisServer as exc:
+        pytest.skip(str(exc))
+    shared = {"registry": {"backend": "redis", "redis_url": local.url}, "server": {"workers": 1}}
+    a = start_router(procs, logdir, shared, name="router-a")
+    b = start_router(procs, logdir, shared, name="router-b")
+    register_node(a.url, ROUTER_TOKEN, "i-0aaa1111", "http://127.0.0.1:8000", "qwen")
+    make_group(moto_url, "shared-gpu", desired=1)
+    deploy = write_yaml(
+        tmp_path / "deploy.yaml",
+        {
+            "deployment": {"region": REGION},
+            "status": {"router_url": b.url, "node_token": ROUTER_TOKEN,
+                       "asg_name": "shared-gpu", "aws_endpoint_url": moto_url},
+        },
+    )  # fmt: skip
+    wait_until(
+        lambda: "i-0aaa1111" in cli("status", "--config", str(deploy)).stdout,
+        timeout=10,
+        what="router B to list the node registered at A",
+    )
+    report = json.loads(cli("status", "--config", str(deploy), "--json").stdout)
+    assert report["registry"] == "redis" and report["errors"] == []
+    workers_b = {p.pid for p in psutil.Process(b.proc.pid).children()}
+    assert int(report["answered_by"].rsplit(" pid ", 1)[1]) in workers_b
+    text = cli("status", "--config", str(deploy)).stdout
+    assert "(registry redis: the fleet's shared view)" in text
 
 
 # -- the node bootstrap's secret fetcher against moto ------------------------------------------

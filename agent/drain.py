@@ -7,8 +7,9 @@ completes so an agent restarted mid-drain carries on where it was:
    woken at once; this thread also PUTs ``draining`` and ``POST /drain`` to
    each router, retrying until acknowledged, ``drain.ack_timeout_s`` or the
    deadline);
-2. ``idle``: wait until vLLM reports ``running + waiting = 0`` (twice in a row)
-   and the routers report no request in flight to us, or until
+2. ``idle``: wait until vLLM reports ``running + waiting = 0`` (twice in a row;
+   an engine without ``/metrics`` counts as 0) and the routers report no
+   request in flight to us, or until
    ``drain_until`` (= the event's time minus ``drain.safety_margin_s``);
 3. ``deregistered``: ``DELETE /nodes/{id}`` on every router; heartbeats stop
    for good (the node is never re-registered by this agent for this boot);
@@ -541,9 +542,12 @@ class DrainMachine:
     def _idle_now(self) -> bool:
         load = self.engine.load()
         if load is None:
-            # No metrics: an engine that is down has nothing left to finish.
-            return bool(not self.engine.health())
-        if load.running + load.waiting > 0:
+            # No metrics (llama.cpp, most non-vLLM servers): an engine that is down has
+            # nothing left to finish; one that is up is idle when no router has a
+            # request in flight to it.
+            if not self.engine.health():
+                return True
+        elif load.running + load.waiting > 0:
             return False
         in_flight = 0
         for router in self.routers:

@@ -23,6 +23,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from spotrelay.core.protocol import CAP_CONTINUE_FINAL_MESSAGE
+
 from .chaos import FleetObserver, PlannedEvent, plan_events
 from .fleet import FleetOptions, LocalFleet, Node
 from .report import render_table, summarise, write_chart, write_json
@@ -75,6 +77,7 @@ class Demo:
         self.events: list[EventRecord] = []
         self.t0 = 0.0
         self._replacing: list[threading.Thread] = []
+        self.chat_streams = True
 
     # -- the run --------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -97,6 +100,7 @@ class Demo:
                 stream_ratio=opts.stream_ratio,
                 max_tokens=opts.max_tokens,
                 verify_text=opts.fleet.engine_cmd is None,
+                chat_streams=self._fleet_resumes_chat(),
             ),
             seed=opts.seed,
         )
@@ -121,6 +125,19 @@ class Demo:
         write_json(report, self.out)
         write_chart(report, traffic.log.records, self.out, opts.duration_s)
         return report
+
+    def _fleet_resumes_chat(self) -> bool:
+        """Whether every node advertises chat resume (its agent detected the engine)."""
+        caps = [set(n.get("engine", {}).get("capabilities", [])) for n in self.fleet.router_nodes()]
+        if caps and all(CAP_CONTINUE_FINAL_MESSAGE in c for c in caps):
+            return True
+        log.warning(
+            "the engine does not advertise %s (chat resume): streaming requests go through "
+            "completions, which resume on any engine",
+            CAP_CONTINUE_FINAL_MESSAGE,
+        )
+        self.chat_streams = False
+        return False
 
     def _chaos_loop(
         self, plan: list[PlannedEvent], traffic: TrafficDriver, observer: FleetObserver
@@ -250,6 +267,8 @@ class Demo:
             "stream_ratio": opts.stream_ratio,
             "seed": opts.seed,
             "engine": opts.fleet.engine_cmd or "spotrelay sim vllm",
+            "verify_text": opts.fleet.engine_cmd is None,
+            "streaming_chat": self.chat_streams,
         }
 
     def close(self) -> None:

@@ -8,8 +8,11 @@ server. The real llama.cpp engine is covered by ``test_real_engine.py``.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ from .support import (
     ROUTER_TOKEN,
     Service,
     post_json,
+    register_node,
     router_nodes,
     start_agent,
     start_imds,
@@ -230,3 +234,43 @@ def test_agent_reports_engines_and_drains_without_metrics(
     assert log.count("404 on /health") == 1
     assert "kind=openai" in log and "no readable /metrics" in log
     assert "drain deadline reached" not in log
+
+
+def test_router_restores_an_ejected_engine_without_health(
+    procs: ProcessGroup, logdir: Path
+) -> None:
+    """The router's active probe follows the agent's rule: /health 404 -> /v1/models."""
+    engine = _openai_engine(procs, logdir)
+    router = start_router(
+        procs,
+        logdir,
+        {
+            "retry": {"max_attempts": 1},
+            "health": {
+                "consecutive_failures": 1,
+                "base_ejection_s": 0.5,
+                "max_ejection_s": 1,
+                "probe_interval_s": 0.2,
+            },
+        },
+    )
+    register_node(router.url, ROUTER_TOKEN, "plain", engine.url, "m-openai")
+    post_json(f"{engine.url}/_control/faults", {"error_status": 503, "error_count": 1})
+    body = {"model": "m-openai", "prompt": "hi", "max_tokens": 2}
+    with pytest.raises(urllib.error.HTTPError):
+        _post(f"{router.url}/v1/completions", body)
+    assert router_nodes(router.url)["plain"]["ejection"]["count"] == 1
+    wait_until(
+        lambda: router_nodes(router.url)["plain"]["state"] == "ready",
+        timeout=10,
+        what="the ejected node restored by the /v1/models probe",
+    )
+    assert _post(f"{router.url}/v1/completions", body)["choices"][0]["text"]
+
+
+def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())

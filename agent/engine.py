@@ -128,12 +128,8 @@ class EngineProbe:
 
     def models(self) -> list[str]:
         try:
-            status, data = self.get("/v1/models")
-            if status != 200:
-                return []
-            doc = json.loads(data)
-            return [str(m["id"]) for m in doc.get("data", []) if isinstance(m, dict) and "id" in m]
-        except (EngineUnreachable, ValueError, TypeError, KeyError, AttributeError):
+            return _model_ids(*self.get("/v1/models"))
+        except EngineUnreachable:
             return []
 
     def load(self) -> NodeLoad | None:
@@ -149,17 +145,36 @@ class EngineProbe:
 
     def probe(self) -> EngineStatus:
         try:
-            status = self._health_status()
+            if self.health_fallback:
+                # One GET answers both questions: on some engines (llama-cpp-python)
+                # /v1/models waits for the request being generated.
+                status, data = self.get("/v1/models")
+                models = _model_ids(status, data)
+            else:
+                status, models = self._health_status(), None
         except EngineUnreachable as exc:
             return EngineStatus(healthy=False, error=str(exc))
         if status != 200:
             path = "/v1/models" if self.health_fallback else self.health_path
             return EngineStatus(healthy=False, error=f"{path} answered {status}")
-        return EngineStatus(healthy=True, models=self.models(), load=self.load())
+        if models is None:
+            models = self.models()
+        return EngineStatus(healthy=True, models=models, load=self.load())
 
 
 class EngineUnreachable(Exception):
     pass
+
+
+def _model_ids(status: int, data: bytes) -> list[str]:
+    """The ids an OpenAI ``/v1/models`` answer lists; none unless it is a 200 with JSON."""
+    if status != 200:
+        return []
+    try:
+        doc = json.loads(data)
+        return [str(m["id"]) for m in doc.get("data", []) if isinstance(m, dict) and "id" in m]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return []
 
 
 def _matches(proc_name: str, cmdline: list[str], wanted: str) -> bool:

@@ -162,18 +162,26 @@ class Demo:
     def _kills_pending(self) -> bool:
         return any(e.kill_due is not None and e.killed is None for e in self.events)
 
-    def _victim(self) -> Node | None:
-        """A node that is up and not already hit by an event."""
+    def _victim(self, kind: str) -> Node | None:
+        """A node that is up and not already hit by an event.
+
+        A hard kill prefers a node with requests in flight: killing an idle one
+        (a replacement that just joined, at a low request rate) shows nothing.
+        """
         hit = {e.node for e in self.events}
+        view = {entry.get("id"): entry for entry in self.fleet.router_nodes()}
         candidates = [
             n
             for n in self.fleet.alive_nodes()
-            if n.name not in hit and self.fleet.node_state(n.name) == "ready"
+            if n.name not in hit and view.get(n.name, {}).get("state") == "ready"
         ]
+        busy = [n for n in candidates if view[n.name].get("in_flight", 0) > 0]
+        if kind == "hard_kill" and busy:
+            candidates = busy
         return self.rng.choice(candidates) if candidates else None
 
     def _inject(self, planned: PlannedEvent, now: float) -> None:
-        node = self._victim()
+        node = self._victim(planned.kind)
         if node is None:
             log.warning("no ready node to hit at %.1fs; skipping a %s", now, planned.kind)
             return

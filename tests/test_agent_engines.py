@@ -50,7 +50,7 @@ LLAMA_CPP_PYTHON_MODELS = {
 }
 LLAMA_CPP_PYTHON_OPENAPI = {
     "openapi": "3.1.0",
-    "info": {"title": "🦙 llama.cpp Python API", "version": "0.3.16"},
+    "info": {"title": "🦙 llama.cpp Python API", "version": "0.3.36"},
 }
 
 
@@ -71,7 +71,7 @@ def _openai_engine(procs: ProcessGroup, logdir: Path, name: str = "openai") -> S
         (Probed(_models("x"), {"version": "0.6.3"}), "vllm", "0.6.3"),  # /version alone
         (Probed(_models("sglang")), "sglang", ""),
         (Probed(_models("llamacpp")), "llama.cpp", ""),  # llama.cpp's llama-server
-        (Probed(LLAMA_CPP_PYTHON_MODELS, None, LLAMA_CPP_PYTHON_OPENAPI), "llama.cpp", "0.3.16"),
+        (Probed(LLAMA_CPP_PYTHON_MODELS, None, LLAMA_CPP_PYTHON_OPENAPI), "llama.cpp", "0.3.36"),
         (Probed(LLAMA_CPP_PYTHON_MODELS), "openai", ""),
         (Probed(None, None, None), "unknown", ""),
         (Probed(_models("me"), {"version": 3}), "openai", ""),  # not vLLM's shape

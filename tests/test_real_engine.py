@@ -74,14 +74,24 @@ def gguf_path() -> Path:
     return found[0]
 
 
-def engine_command(port: int | str = "{port}", host: str = "{host}", model: str = "{model}") -> str:
-    """The llama.cpp server command line (placeholders filled by ``spotrelay demo``)."""
+def engine_command(
+    port: int | str = "{port}",
+    host: str = "{host}",
+    model: str = "{model}",
+    interrupt: bool = True,
+) -> str:
+    """The llama.cpp server command line (placeholders filled by ``spotrelay demo``).
+
+    ``interrupt``: the server's default, cutting a running stream short when
+    another request arrives; the demo turns it off, as docs/demo.md says.
+    """
     return shlex.join(
         [
             sys.executable, "-m", "llama_cpp.server",
             "--model", str(gguf_path()), "--model_alias", model,
             "--host", host, "--port", str(port),
             "--n_ctx", "1024", "--n_threads", "1",
+            "--interrupt_requests", str(interrupt).lower(),
         ]
     )  # fmt: skip
 
@@ -301,7 +311,7 @@ def test_agent_detects_llama_cpp_and_registers_it(procs: ProcessGroup, logdir: P
 def test_demo_on_llama_cpp_has_no_client_visible_failure(tmp_path: Path) -> None:
     argv = spotrelay_argv(
         "demo",
-        "--engine-cmd", engine_command(),
+        "--engine-cmd", engine_command(interrupt=False),
         "--model", MODEL,
         "--nodes", "3",
         "--duration", "40",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -23,7 +24,7 @@ from spotrelay.agent.engine import EngineProbe
 from spotrelay.agent.settings import AgentConfig
 from spotrelay.core.config import ConfigError, load
 from spotrelay.core.net import wait_until
-from spotrelay.core.processes import ProcessGroup
+from spotrelay.core.processes import ProcessGroup, spotrelay_argv
 from spotrelay.core.protocol import CAP_CONTINUE_FINAL_MESSAGE, CAP_ECHO
 
 from .support import (
@@ -218,6 +219,14 @@ def test_agent_reports_engines_and_drains_without_metrics(
         "capabilities": sorted(VLLM_CAPS),
     }
     assert nodes["n-plain"]["engine"] == {"kind": "openai", "version": "", "capabilities": []}
+
+    # `spotrelay agent check` says what it found, in one line.
+    argv = spotrelay_argv("agent", "check", "--config", str(logdir / "agent-n-plain.yaml"))
+    check = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    engine_line = next(line for line in check.stdout.splitlines() if line.startswith("engine"))
+    assert "(GET /v1/models) kind=openai" in engine_line
+    assert "capabilities=none" in engine_line
 
     # A spot notice on the node without /metrics: the drain must not wait for the
     # deadline (its engine never reports idle); the routers' in-flight count decides.

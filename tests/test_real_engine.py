@@ -213,14 +213,14 @@ def test_stream_survives_sigkill_of_its_engine(procs: ProcessGroup, logdir: Path
     register(router, "a", a)
     register(router, "b", b, running=3)  # a takes the stream
 
-    stream = Stream(router, max_tokens=40)
+    stream = Stream(router, max_tokens=64)
     stream.wait_chunks(6)
     assert stream.node == "a"
     start = len(stream.texts)
     a.proc.signal(9)
     stream.join()
     assert stream.finish in ("length", "stop"), f"finish_reason {stream.finish!r}"
-    assert_joins_seamlessly(stream.texts, start, b.url, 40)
+    assert_joins_seamlessly(stream.texts, start, b.url, 64)
     assert resumes(router) >= 1
 
 
@@ -257,7 +257,7 @@ def test_early_clean_end_without_finish_reason_is_resumed(
     register(router, "a", a)
     register(router, "b", b, running=3)
 
-    stream = Stream(router, max_tokens=40)
+    stream = Stream(router, max_tokens=64)
     stream.wait_chunks(4)
     assert stream.node == "a"
     start = len(stream.texts)
@@ -267,7 +267,7 @@ def test_early_clean_end_without_finish_reason_is_resumed(
     stream.join()
     other.join(60)
     assert stream.finish in ("length", "stop"), "a truncated stream passed as complete"
-    assert_joins_seamlessly(stream.texts, start, b.url, 40)
+    assert_joins_seamlessly(stream.texts, start, b.url, 64)
     assert resumes(router) >= 1
 
 

@@ -579,13 +579,10 @@ class DrainMachine:
 
     def _idle_now(self) -> bool:
         load = self.engine.load()
-        if load is None:
-            # No metrics (llama.cpp, most non-vLLM servers): an engine that is down has
-            # nothing left to finish; one that is up is idle when no router has a
-            # request in flight to it.
-            if not self.engine.health():
-                return True
-        elif load.running + load.waiting > 0:
+        # No metrics (a dead engine, llama.cpp, most non-vLLM servers): the routers'
+        # in-flight count alone decides. No health probe here: on some engines it
+        # waits for the running request, and the drain must keep its deadline.
+        if load is not None and load.running + load.waiting > 0:
             return False
         in_flight = 0
         for router in self.routers:

@@ -134,3 +134,16 @@ def test_bad_flags_fail_cleanly(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "demo.nodes = 0: must be >= 1" in err
     assert "Traceback" not in err
+
+
+def test_a_real_engine_gets_a_lower_default_load() -> None:
+    from spotrelay.core.config import load
+    from spotrelay.sim.demo_settings import DemoConfig
+
+    sim = load(DemoConfig, None, env={})
+    assert sim.demo.load_for(real_engine=False) == (20.0, 48)
+    assert sim.demo.load_for(real_engine=True) == (1.0, 24)
+    chosen = load(
+        DemoConfig, None, env={"SPOTRELAY_DEMO_RPS": "3", "SPOTRELAY_DEMO_MAX_TOKENS": "8"}
+    )
+    assert chosen.demo.load_for(real_engine=True) == (3.0, 8)

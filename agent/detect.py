@@ -123,8 +123,10 @@ class EngineDetector:
         return self.info or self.fallback()
 
     def observe(self, healthy: bool) -> EngineInfo:
-        """Called with every engine probe: (re)detect when the engine comes up."""
-        if healthy and not self._was_healthy:
+        """Called with every engine probe: (re)detect when the engine comes up, and
+        again while nothing could be read (a slow engine must not stay ``unknown``)."""
+        unread = self.info is not None and self.info.kind == "unknown" and not self.kind
+        if healthy and (not self._was_healthy or unread):
             self._detect()
         self._was_healthy = healthy
         return self.current()

@@ -28,7 +28,6 @@ from spotrelay.core.processes import ProcessGroup, spotrelay_argv
 from spotrelay.core.protocol import CAP_CONTINUE_FINAL_MESSAGE, CAP_ECHO
 
 from .support import (
-    HOST,
     ROUTER_TOKEN,
     Service,
     post_json,
@@ -37,7 +36,6 @@ from .support import (
     start_agent,
     start_imds,
     start_router,
-    start_service,
     start_sim_vllm,
 )
 
@@ -61,8 +59,7 @@ def _models(owner: str) -> dict[str, Any]:
 
 def _openai_engine(procs: ProcessGroup, logdir: Path, name: str = "openai") -> Service:
     """A simulator without /health, /version or /metrics (like llama-cpp-python's server)."""
-    args = ["sim", "vllm", "--host", HOST, "--model", "m-openai", "--api", "openai"]
-    return start_service(procs, logdir, name, args, "/v1/models")
+    return start_sim_vllm(procs, logdir, model="m-openai", name=name, api="openai")
 
 
 @pytest.mark.parametrize(

@@ -120,12 +120,6 @@ class EngineProbe:
             )
         return self.get("/v1/models")[0]
 
-    def health(self) -> bool:
-        try:
-            return self._health_status() == 200
-        except EngineUnreachable:
-            return False
-
     def models(self) -> list[str]:
         try:
             return _model_ids(*self.get("/v1/models"))

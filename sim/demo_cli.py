@@ -11,6 +11,9 @@ examples:
   spotrelay demo --nodes 4 --duration 120 --rps 40 --out /tmp/demo
   spotrelay demo --engine-cmd 'vllm serve Qwen/Qwen2.5-0.5B-Instruct --port {port}' \\
                  --model Qwen/Qwen2.5-0.5B-Instruct --lead-s 30
+  spotrelay demo --model smollm2 --engine-cmd \\
+    'python -m llama_cpp.server --model GGUF --model_alias {model} --host {host} --port {port}
+     --interrupt_requests false'       # llama.cpp on a CPU; docs/demo.md says where GGUF is
 
 Exit status 0 only if no client saw a failure. See docs/demo.md for every figure.
 Flags override --config (sections demo: and engine:) and SPOTRELAY_DEMO_* /

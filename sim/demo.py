@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from spotrelay.core.protocol import CAP_CONTINUE_FINAL_MESSAGE
 
+from .capacity import CapacityLoop, CapacityOptions
 from .chaos import FleetObserver, PlannedEvent, plan_events
 from .fleet import FleetOptions, LocalFleet, Node
 from .report import render_table, summarise, write_chart, write_json
@@ -49,6 +50,8 @@ class DemoOptions:
     fleet: FleetOptions = field(default_factory=FleetOptions)
     max_tokens: int = 48
     progress: bool = True
+    spot_shortage: tuple[float, float] | None = None  # no spot launches in this window
+    dead_agents: int = 0  # agents killed before their node's notice (heard via the queue)
 
 
 @dataclass
@@ -78,6 +81,7 @@ class Demo:
         self.t0 = 0.0
         self._replacing: list[threading.Thread] = []
         self.chat_streams = True
+        self.capacity: CapacityLoop | None = None
 
     # -- the run --------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -105,11 +109,23 @@ class Demo:
             seed=opts.seed,
         )
         traffic.start(self.t0)
-        plan = plan_events(opts.duration_s, opts.preemptions, opts.hard_kills, self.rng)
+        plan = plan_events(
+            opts.duration_s, opts.preemptions, opts.hard_kills, self.rng, opts.dead_agents
+        )
+        if opts.spot_shortage or opts.dead_agents:
+            self.capacity = CapacityLoop(
+                self.fleet,
+                CapacityOptions(spot_shortage=opts.spot_shortage),
+                self.t0,
+                opts.fleet.engine_ready_timeout_s,
+            )
+            self.capacity.start()
         try:
             self._chaos_loop(plan, traffic, observer)
         finally:
             traffic.stop()
+            if self.capacity:
+                self.capacity.stop()
             for thread in self._replacing:
                 thread.join(timeout=opts.fleet.engine_ready_timeout_s)
             observer.stop()
@@ -122,6 +138,8 @@ class Demo:
             observer.samples,
             self._settings(),
         )
+        if self.capacity:
+            report["capacity"] = self.capacity.report()
         write_json(report, self.out)
         write_chart(report, traffic.log.records, self.out, opts.duration_s)
         return report
@@ -147,7 +165,7 @@ class Demo:
         last_progress = 0.0
         while True:
             now = time.monotonic() - self.t0
-            if now >= opts.duration_s and not self._kills_pending():
+            if now >= opts.duration_s and not self._kills_pending() and not self._settling(now):
                 return
             while pending and pending[0].at_s <= now:
                 self._inject(pending.pop(0), now)
@@ -158,6 +176,11 @@ class Demo:
                 self._progress(now, traffic, observer)
                 last_progress = now
             time.sleep(0.05)
+
+    def _settling(self, now: float) -> bool:
+        """The capacity loop is still replacing or retiring nodes (bounded wait)."""
+        limit = self.options.duration_s + self.options.fleet.engine_ready_timeout_s
+        return self.capacity is not None and now < limit and self.capacity.busy()
 
     def _kills_pending(self) -> bool:
         return any(e.kill_due is not None and e.killed is None for e in self.events)
@@ -173,7 +196,9 @@ class Demo:
         candidates = [
             n
             for n in self.fleet.alive_nodes()
-            if n.name not in hit and view.get(n.name, {}).get("state") == "ready"
+            if n.name not in hit
+            and n.lifecycle == "spot"  # spot notices exist only on spot instances
+            and view.get(n.name, {}).get("state") == "ready"
         ]
         busy = [n for n in candidates if view[n.name].get("in_flight", 0) > 0]
         if kind == "hard_kill" and busy:
@@ -187,14 +212,21 @@ class Demo:
             return
         ev = EventRecord(planned.kind, node.name, round(now, 2))
         self.events.append(ev)
-        if planned.kind == "spot_notice":
+        if planned.kind == "dead_agent":
+            self.fleet.kill_agent(node)  # first the agent dies; then the notice comes
+            log.info("killed the agent of %s at %.1fs", node.name, now)
+        if planned.kind in ("spot_notice", "dead_agent"):
             due = self.fleet.spot_notice(node, self.options.lead_s)
+            if self.capacity:  # EventBridge hears it too, whether the agent does or not
+                self.capacity.notice(node)
             ev.kill_due = round(due - self.t0, 2)
             log.info("spot notice to %s at %.1fs (reclaimed at %.1fs)", node.name, now, ev.kill_due)
         else:
             log.info("hard kill of %s at %.1fs", node.name, now)
             self.fleet.terminate(node)
             ev.killed = round(time.monotonic() - self.t0, 2)
+            if self.capacity:  # EC2's state change reaches the queue, no notice before it
+                self.capacity.reclaimed(node)
         self._replace(ev)
 
     def _reclaim(self, ev: EventRecord, now: float) -> None:
@@ -202,9 +234,14 @@ class Demo:
         log.info("reclaiming %s at %.1fs", node.name, now)
         self.fleet.terminate(node)
         ev.killed = round(time.monotonic() - self.t0, 2)
+        if self.capacity:
+            self.capacity.reclaimed(node)
 
     def _replace(self, ev: EventRecord) -> None:
         """Launch a replacement in the background, as the Auto Scaling group would."""
+        if self.capacity:  # the simulated group decides spot or on-demand, and when
+            self.capacity.request_replacement(lambda node: setattr(ev, "replacement", node.name))
+            return
 
         def launch() -> None:
             node = self.fleet.launch_node()
@@ -239,7 +276,8 @@ class Demo:
             hist = observer.histories.get(ev.node)
             if hist:
                 ev.excluded = _round(hist.excluded)
-                ev.drained = _round(hist.gone) if ev.type == "spot_notice" else None
+                noticed = ev.type in ("spot_notice", "dead_agent")
+                ev.drained = _round(hist.gone) if noticed else None
             if ev.replacement and ev.replacement in observer.histories:
                 ev.replacement_ready = _round(observer.histories[ev.replacement].first_ready)
 
@@ -277,6 +315,8 @@ class Demo:
             "engine": opts.fleet.engine_cmd or "spotrelay sim vllm",
             "verify_text": opts.fleet.engine_cmd is None,
             "streaming_chat": self.chat_streams,
+            "spot_shortage": list(opts.spot_shortage) if opts.spot_shortage else None,
+            "dead_agents": opts.dead_agents,
         }
 
     def close(self) -> None:

@@ -1,7 +1,8 @@
 """OpenAI-style client traffic for the demo, sent with the official ``openai`` client.
 
 Requests arrive at a fixed average rate (Poisson arrivals, seeded) and mix
-completions and chat, streaming and not. Each outcome is recorded from the
+completions and chat, streaming and not (streaming chat only where every
+node can resume it). Each outcome is recorded from the
 client's point of view, which is the only one that matters: a request counts
 as failed if the SDK raised, a stream ended early, or — when the engine is
 the simulator, whose text is deterministic — the text differs from what an
@@ -61,6 +62,9 @@ class TrafficOptions:
     verify_text: bool = True
     timeout_s: float = 60.0
     max_concurrency: int = 256
+    # False when some node cannot resume a chat stream (no continue_final_message):
+    # streaming requests then all go through completions, which resume on any engine.
+    chat_streams: bool = True
 
 
 class _Call(NamedTuple):
@@ -196,6 +200,8 @@ class TrafficDriver:
                 break
             stream = self.rng.random() < self.options.stream_ratio
             kind = "chat" if self.rng.random() < 0.5 else "completion"
+            if stream and not self.options.chat_streams:
+                kind = "completion"
             prompt = self.rng.choice(PROMPTS) + f" (request {self.rng.randrange(10**6)})"
             max_tokens = self.rng.randint(self.options.max_tokens // 2, self.options.max_tokens)
             with self.log.lock:

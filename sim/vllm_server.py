@@ -67,6 +67,7 @@ class SimSettings:
     kv_cache_tokens: int = 65536
     embedding_dim: int = 256
     shutdown_timeout_s: float = 0.0
+    api: str = "vllm"  # "openai": no /health, /version, /metrics (a non-vLLM engine)
 
     def engine(self) -> EngineSettings:
         return EngineSettings(
@@ -289,11 +290,12 @@ class SimServer:
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._track], client_max_size=64 * 1024 * 1024)
         r = app.router
-        r.add_get("/health", self.health)
-        r.add_get("/ping", self.health)
-        r.add_post("/ping", self.health)
-        r.add_get("/version", self.version)
-        r.add_get("/metrics", self.metrics)
+        if self.settings.api == "vllm":
+            r.add_get("/health", self.health)
+            r.add_get("/ping", self.health)
+            r.add_post("/ping", self.health)
+            r.add_get("/version", self.version)
+            r.add_get("/metrics", self.metrics)
         r.add_get("/v1/models", self.models)
         r.add_post("/v1/completions", self.completions)
         r.add_post("/v1/chat/completions", self.chat_completions)
@@ -382,7 +384,7 @@ class SimServer:
                         "id": model,
                         "object": "model",
                         "created": self.started,
-                        "owned_by": "vllm",
+                        "owned_by": "vllm" if self.settings.api == "vllm" else "spotrelay-sim",
                         "root": model,
                         "parent": None,
                         "max_model_len": self.settings.max_model_len,

@@ -19,12 +19,12 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from spotrelay.core.errors import openai_error
 
-from .proxy import ApiError, ProxyResponse, parse_request, request_id_from
+from .dataplane import Incoming
+from .endpoints import ENDPOINTS, BodyKind, Endpoint, Routing, display_path
+from .proxy import ApiError, ProxyResponse, request_id_from
 from .service import MAX_CONTROL_BODY, ControlResult, RouterService
 
 log = logging.getLogger("spotrelay.router")
-
-INFERENCE_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings")
 
 
 def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -85,18 +85,20 @@ def create_app(service: RouterService) -> Flask:
     app = Flask(__name__)
     max_body = service.cfg.routing.max_body_bytes
     app.extensions["spotrelay"] = service
-    deadline_s = service.cfg.timeouts.request_deadline_s
     session_header = service.cfg.routing.session_header
     proxy = service.proxy
     api_auth = service.api_auth
     node_auth = service.node_auth
 
-    # -- data plane ----------------------------------------------------------------------
+    # -- data plane: every endpoint of the table, one view ---------------------------------
 
     rejected = service.metrics.requests
+    dataplane = service.dataplane
+    endpoints = {ep.path: ep for ep in ENDPOINTS}
 
-    def inference() -> Response:
+    def data_plane(**_path_args: str) -> Response:
         received = time.monotonic()
+        ep = endpoints[request.url_rule.rule if request.url_rule else request.path]
         headers = request.headers
         request_id = request_id_from(headers.get("X-Request-ID"))
         if not api_auth.allows(headers.get("Authorization")):
@@ -104,34 +106,37 @@ def create_app(service: RouterService) -> Flask:
             return _api_error(
                 ApiError(401, "missing or invalid API key", code="invalid_api_key"), request_id
             )
+        if ep.routing is Routing.REFUSED:
+            rejected.labels("none", "403").inc()
+            return _api_error(_refused(ep), request_id)
+        if ep.routing is Routing.LOCAL:
+            return _json(service.models_doc(), 200, {"X-Request-ID": request_id})
+        body = b""
+        if ep.body is not BodyKind.NONE or request.method == "POST":
+            try:
+                body = read_body(max_body)
+            except (BodyTooLarge, RequestEntityTooLarge):
+                rejected.labels("none", "413").inc()
+                return _too_large(service, request_id)
+        incoming = Incoming(
+            method=request.method,
+            path=request.path,
+            body=body,
+            content_type=headers.get("Content-Type"),
+            request_id=request_id,
+            received=received,
+            session_key=headers.get(session_header),
+            accept=headers.get("Accept"),
+        )
         try:
-            body = read_body(max_body)
-        except (BodyTooLarge, RequestEntityTooLarge):
-            rejected.labels("none", "413").inc()
-            return _too_large(service, request_id)
-        try:
-            req = parse_request(
-                request.path,
-                body,
-                request_id=request_id,
-                received=received,
-                deadline_s=deadline_s,
-                session_key=headers.get(session_header),
-                accept=headers.get("Accept"),
-            )
+            req = dataplane.request(ep, incoming)
         except ApiError as err:
             rejected.labels("none", str(err.status)).inc()
             return _api_error(err, request_id)
         return _send(proxy.forward(req))
 
-    for path in INFERENCE_PATHS:
-        app.add_url_rule(path, path, inference, methods=["POST"])
-
-    @app.get("/v1/models")
-    def models() -> Response:
-        if not api_auth.allows(request.headers.get("Authorization")):
-            return _api_error(ApiError(401, "missing or invalid API key", code="invalid_api_key"))
-        return _json(service.models_doc())
+    for ep in ENDPOINTS:
+        app.add_url_rule(ep.path, ep.path, data_plane, methods=list(ep.methods))
 
     # -- control plane -------------------------------------------------------------------
 
@@ -207,6 +212,11 @@ def create_app(service: RouterService) -> Flask:
         return _json(doc, 500, {"X-Request-ID": request_id})
 
     return app
+
+
+def _refused(ep: Endpoint) -> ApiError:
+    path = display_path(ep.path)
+    return ApiError(403, f"{path} {ep.reason}", code="unsupported_endpoint")
 
 
 def _too_large(service: RouterService, request_id: str) -> Response:

@@ -35,6 +35,7 @@ from spotrelay.core.errors import openai_error
 
 from .balancer import Balancer
 from .metrics import RouterMetrics
+from .named_events import NamedEventHandler, NamedEvents
 from .registry import ModelStatus, Node, Registry
 from .retry import RETRYABLE_STATUS, Failure, FailureKind, RetryBudget, RetryPolicy
 from .settings import Routing, Timeouts
@@ -93,6 +94,8 @@ class ProxyRequest:
     session_key: str | None = None
     accept: str | None = None
     method: str = "POST"
+    content_type: str = "application/json"  # multipart uploads keep the client's, boundary and all
+    events: NamedEvents | None = None  # a named-event stream (Responses, Anthropic), else None
     tried: set[str] = field(default_factory=set)
     attempts: int = 0
     node_id: str | None = None  # the node that answered
@@ -171,6 +174,10 @@ class _Chunks:
         upstream.close(abort=not upstream.done)
 
 
+def _wanted(req: ProxyRequest) -> str:
+    return f"model {req.model!r}" if req.model else "any model"
+
+
 ACCEPT_RE = re.compile(r"^[\x20-\x7e]{1,256}$")
 
 
@@ -190,8 +197,15 @@ def parse_request(
     deadline_s: float,
     session_key: str | None = None,
     accept: str | None = None,
+    default_model: Callable[[], str] | None = None,
+    streamable: bool | None = None,
 ) -> ProxyRequest:
-    """Validate a client body; raises :class:`ApiError` (400) for what no node could serve."""
+    """Validate a client body; raises :class:`ApiError` (400) for what no node could serve.
+
+    ``default_model`` names the model for a body without one (vLLM serves its
+    own then); ``streamable`` False: ``stream`` is ignored (default: every path
+    but embeddings streams on request).
+    """
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -199,9 +213,13 @@ def parse_request(
     if not isinstance(doc, dict):
         raise ApiError(400, "request body must be a JSON object", code="invalid_json")
     model = doc.get("model")
+    if model is None and default_model is not None:
+        model = default_model()
     if not isinstance(model, str) or not model:
         raise ApiError(400, "'model' is required (a non-empty string)", param="model")
-    stream = doc.get("stream") is True and not path.endswith("/embeddings")
+    if streamable is None:
+        streamable = not path.endswith("/embeddings")
+    stream = streamable and doc.get("stream") is True
     return ProxyRequest(
         request_id=request_id,
         path=path,
@@ -251,7 +269,7 @@ class Proxy:
     # -- the request as a whole --------------------------------------------------------
 
     def forward(self, req: ProxyRequest) -> ProxyResponse:
-        if self.registry.model_status(req.model) is ModelStatus.UNKNOWN:
+        if req.model and self.registry.model_status(req.model) is ModelStatus.UNKNOWN:
             err = ApiError(
                 404,
                 f"model {req.model!r} is not served by any registered node",
@@ -328,7 +346,9 @@ class Proxy:
     def _attempt(self, node: Node, req: ProxyRequest) -> Answer | StreamStart | Failure:
         self.registry.acquire(node)
         started = self.clock()
-        headers = {"Content-Type": "application/json", "X-Request-ID": req.request_id}
+        headers = {"X-Request-ID": req.request_id}
+        if req.method != "GET":
+            headers["Content-Type"] = req.content_type
         if req.accept:
             headers["Accept"] = req.accept
         connect_s, read_s = self._timeouts_for(req)
@@ -372,6 +392,12 @@ class Proxy:
                 if is_error_event(first[0]):
                     msg = error_event_message(first[0])
                     return Failure(FailureKind.ERROR_EVENT, node.id, msg)
+                if req.events is not None:  # named events: wait for the first real output
+                    first, error = req.events.first_output(first, batches)
+                    if first is None:
+                        return Failure(FailureKind.RESET, node.id, "stream ended before output")
+                    if error is not None:
+                        return Failure(FailureKind.ERROR_EVENT, node.id, error)
                 upstream.watch_idle(self.timeouts.stream_idle_s, self.watchdog)
                 self.metrics.upstream_latency.observe(self.clock() - started)
                 handed_over = True
@@ -396,7 +422,7 @@ class Proxy:
     def _choose(self, req: ProxyRequest, *, retrying: bool) -> Node | ApiError | None:
         """The next node; None when every routable node was tried; ApiError on no capacity."""
         registry, balancer = self.registry, self.balancer
-        candidates = registry.candidates(req.model)
+        candidates = self._candidates(req)
         node = balancer.pick(candidates, exclude=req.tried, session_key=req.session_key)
         if node is not None:
             return node
@@ -410,7 +436,7 @@ class Proxy:
         while (remaining := limit - self.clock()) > 0:
             registry.wait_for_change(min(remaining, 0.5))
             node = balancer.pick(
-                registry.candidates(req.model), exclude=req.tried, session_key=req.session_key
+                self._candidates(req), exclude=req.tried, session_key=req.session_key
             )
             if node is not None:
                 self.metrics.capacity_waits.labels("served").inc()
@@ -421,10 +447,20 @@ class Proxy:
         waited = self.routing.no_capacity_wait_s
         return ApiError(
             503,
-            f"no ready node serves model {req.model!r} (waited {waited:g}s); retry later",
+            f"no ready node serves {_wanted(req)} (waited {waited:g}s); retry later",
             code="no_capacity",
             headers={"Retry-After": str(self.routing.retry_after_s)},
         )
+
+    def _candidates(self, req: ProxyRequest) -> list[Node]:
+        """Routable nodes for ``req``: those serving its model, or any (``model`` empty)."""
+        if req.model:
+            return self.registry.candidates(req.model)
+        nodes: dict[str, Node] = {}
+        for model in self.registry.ready_models():
+            for node in self.registry.candidates(model):
+                nodes.setdefault(node.id, node)
+        return list(nodes.values())
 
     # -- failures and final answers ---------------------------------------------------------
 
@@ -450,7 +486,7 @@ class Proxy:
         if last is None:
             return ApiError(
                 503,
-                f"no other node serves model {req.model!r}",
+                f"no other node serves {_wanted(req)}",
                 code="no_capacity",
                 headers={"Retry-After": str(self.routing.retry_after_s)},
             )
@@ -487,15 +523,19 @@ class Proxy:
                 self.metrics.client_disconnects.inc()
             self._log_done(req, 200, outcome)
 
+        batches, first, handler = start.batches, start.first_batch, None
+        if req.events is not None:  # a named-event stream: its terminal events end it
+            batches, first = req.events.framed(batches), req.events.frame(first)
+            handler = NamedEventHandler(req.events)
         relay = StreamRelay(
             upstream,
-            start.batches,
-            start.first_batch,
-            self.stream_handler_factory(req, self),
+            batches,
+            first,
+            handler or self.stream_handler_factory(req, self),
             on_break=lambda up, brk: self._on_break(req, up, brk),
             on_finish=on_finish,
         )
-        self.metrics.requests.labels(req.model, "200").inc()
+        self.metrics.requests.labels(req.model or "none", "200").inc()
         headers = {
             "X-Request-ID": req.request_id,
             "X-Spotrelay-Node": upstream.node.id,
@@ -518,7 +558,7 @@ class Proxy:
     # -- bookkeeping -------------------------------------------------------------------------
 
     def _finish(self, req: ProxyRequest, response: ProxyResponse, model: str) -> ProxyResponse:
-        self.metrics.requests.labels(model, str(response.status)).inc()
+        self.metrics.requests.labels(model or "none", str(response.status)).inc()
         self._log_done(req, response.status, "complete")
         return response
 

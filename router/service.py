@@ -19,6 +19,7 @@ from spotrelay.core.protocol import ProtocolError, parse_report, valid_node_id
 
 from .auth import ControlPlaneAuth, DataPlaneAuth
 from .balancer import Balancer
+from .dataplane import DataPlane
 from .health import HealthMonitor, http_probe
 from .metrics import RouterMetrics
 from .netpolicy import NetPolicy, NodeTarget, NodeURLError, Resolver, system_resolver
@@ -92,6 +93,13 @@ class RouterService:
             watchdog=self.watchdog,
             stream_handler_factory=stream_handler_factory
             or resume_handler_factory(cfg.resume, self.metrics),
+        )
+        self.dataplane = DataPlane(
+            self.registry,
+            deadline_s=cfg.timeouts.request_deadline_s,
+            no_capacity_wait_s=cfg.routing.no_capacity_wait_s,
+            retry_after_s=cfg.routing.retry_after_s,
+            clock=clock,
         )
         self.health = HealthMonitor(
             self.registry,

@@ -55,6 +55,10 @@ def summarise(
             "succeeded": sum(1 for r in streams if r.ok),
             "broken": sum(1 for r in streams if not r.ok),
         },
+        "by_kind": {
+            kind: sum(1 for r in records if r.kind == kind)
+            for kind in ("completion", "chat", "responses")
+        },
         "verified_text": sum(1 for r in records if r.verified),
         "latency_ms": _percentiles([r.latency_ms for r in ok]),
         "ttft_ms": _percentiles([r.ttft_ms for r in ok if r.ttft_ms is not None]),

@@ -31,20 +31,19 @@ SIM_ARGS = ("--ttft-ms", "5", "--itl-ms", "2")
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    logdir = tmp_path_factory.mktemp("endpoints")
+def shared_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     group = ProcessGroup()
     try:
-        yield start_fleet(group, logdir, ["a", "b"], *SIM_ARGS, resume={"enabled": True})
+        yield start_fleet(group, tmp_path_factory.mktemp("endpoints"), ["a", "b"], *SIM_ARGS)
     finally:
         group.stop_all()
 
 
-@pytest.fixture(autouse=True)
-def _clean_faults(request: pytest.FixtureRequest) -> Iterator[None]:
-    if "fleet" in request.fixturenames:
-        request.getfixturevalue("fleet").reset()
-    yield
+@pytest.fixture
+def fleet(shared_fleet: Fleet) -> Fleet:
+    """The module's two-node fleet, faults cleared."""
+    shared_fleet.reset()
+    return shared_fleet
 
 
 def client_for(fleet: Fleet, **headers: str) -> openai.OpenAI:

@@ -61,16 +61,19 @@ def _client(service: str, cfg: StatusSection, region: str | None) -> Any:
 
 
 def router_nodes(url: str, token: str, timeout: float) -> list[dict[str, Any]]:
-    import requests
+    import urllib3
 
-    reply = requests.get(
+    reply = urllib3.request(
+        "GET",
         url.rstrip("/") + "/nodes",
         headers={"Authorization": f"Bearer {token}"},
         timeout=timeout,
+        retries=False,
     )
-    if reply.status_code == 401:
+    if reply.status == 401:
         raise RuntimeError("router refused the node token (401)")
-    reply.raise_for_status()
+    if reply.status >= 400:
+        raise RuntimeError(f"router answered GET /nodes with HTTP {reply.status}")
     data = reply.json()
     return data if isinstance(data, list) else data.get("nodes", [])
 

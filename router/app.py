@@ -101,7 +101,7 @@ def create_app(service: RouterService) -> Flask:
         ep = endpoints[request.url_rule.rule if request.url_rule else request.path]
         headers = request.headers
         request_id = request_id_from(headers.get("X-Request-ID"))
-        if not api_auth.allows(headers.get("Authorization")):
+        if not api_auth.allows(_credential(headers)):
             rejected.labels("none", "401").inc()
             return _api_error(
                 ApiError(401, "missing or invalid API key", code="invalid_api_key"), request_id
@@ -212,6 +212,14 @@ def create_app(service: RouterService) -> Flask:
         return _json(doc, 500, {"X-Request-ID": request_id})
 
     return app
+
+
+def _credential(headers: Any) -> str | None:
+    """``Authorization``, or Anthropic SDKs' ``x-api-key`` as a bearer token."""
+    auth = headers.get("Authorization")
+    if auth is None and (key := headers.get("X-Api-Key")):
+        return f"Bearer {key}"
+    return auth
 
 
 def _refused(ep: Endpoint) -> ApiError:

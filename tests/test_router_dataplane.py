@@ -261,3 +261,35 @@ def test_an_anthropic_stream_cut_short_ends_with_an_anthropic_error_event():
     client, _svc, _fleet = stream_client([start, delta, stop])
     resp = client.post("/v1/messages", json={"model": "m", "messages": [], "stream": True})
     assert resp.data == start + delta + stop
+
+
+def test_a_streamed_transcription_is_relayed_and_a_cut_ends_with_the_error_event():
+    delta = (
+        b'data: {"object": "transcription.chunk", "choices": [{"delta": {"content": "hi"}}]}\n\n'
+    )
+    body = form("zz", ("file", b"RIFF", "a.wav"), ("model", b"m", None), ("stream", b"true", None))
+    headers = {"Content-Type": "multipart/form-data; boundary=zz"}
+    client, _svc, _fleet = stream_client([delta, b"data: [DONE]\n\n"])
+    resp = client.post("/v1/audio/transcriptions", data=body, headers=headers)
+    assert resp.content_type.startswith("text/event-stream")
+    assert resp.data == delta + b"data: [DONE]\n\n"
+    client, _svc, _fleet = stream_client([delta, reset()])
+    events = SSEParser().feed(
+        client.post("/v1/audio/transcriptions", data=body, headers=headers).data
+    )
+    assert events[-1].is_done and events[-2].json()["error"]["code"] == "upstream_stream_broken"
+
+
+def test_api_keys_guard_every_routed_endpoint_and_anthropic_clients_may_use_x_api_key():
+    client, _svc, fleet = client_for(auth={"api_keys": ["k1"]})
+    put(client)
+    for path in ("/tokenize", "/v1/responses", "/v1/messages", "/version"):
+        resp = client.open(
+            path, method="GET" if path == "/version" else "POST", json={"model": "m"}
+        )
+        assert resp.status_code == 401, path
+    assert fleet.calls == []
+    ok = client.post("/v1/messages", json={"model": "m"}, headers={"x-api-key": "k1"})
+    assert ok.status_code == 200
+    assert "x-api-key" not in {h.lower() for h in fleet.calls[-1]["headers"]}
+    assert client.post("/tokenize", json={}, headers={"x-api-key": "nope"}).status_code == 401

@@ -132,7 +132,7 @@ def test_responses_node_sigkilled_before_first_output_is_retried(
     procs: ProcessGroup, logdir: Path
 ) -> None:
     # Long prefill on both nodes: the client request lands on one, which dies during it.
-    fleet = start_fleet(procs, logdir, ["x", "y"], "--ttft-ms", "1500", "--itl-ms", "2")
+    fleet = start_fleet(procs, logdir, ["x", "y"], "--ttft-ms", "2500", "--itl-ms", "2")
     result: dict[str, Any] = {}
 
     def call() -> None:
@@ -147,16 +147,18 @@ def test_responses_node_sigkilled_before_first_output_is_retried(
     thread = threading.Thread(target=call)
     thread.start()
 
-    def busy_node() -> str | None:
-        for name, node in fleet.nodes.items():
-            stats = requests.get(node.url + "/_control/stats", timeout=5).json()
-            if stats["engine"]["running"] + stats["engine"]["waiting"] > 0:
-                return name
-        return None
+    busy: list[str] = []
 
-    wait_until(lambda: busy_node() is not None, timeout=20, interval=0.02, what="a node prefilling")
-    victim = busy_node()
-    assert victim is not None
+    def prefilling() -> bool:
+        for name, node in fleet.nodes.items():
+            engine = requests.get(node.url + "/_control/stats", timeout=5).json()["engine"]
+            if engine["running"] + engine["waiting"] > 0:
+                busy.append(name)
+                return True
+        return False
+
+    wait_until(prefilling, timeout=20, interval=0.02, what="a node prefilling")
+    victim = busy[0]
     fleet.nodes[victim].proc.signal(signal.SIGKILL)
     thread.join(timeout=60)
     assert not thread.is_alive()

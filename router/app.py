@@ -127,6 +127,8 @@ def create_app(service: RouterService) -> Flask:
             received=received,
             session_key=headers.get(session_header),
             accept=headers.get("Accept"),
+            query=request.query_string.decode("latin-1"),
+            path_args=tuple(_path_args.values()),
         )
         try:
             req = dataplane.request(ep, incoming)

@@ -27,6 +27,8 @@ _EVENTS: dict[StreamKind, NamedEvents] = {
 }
 _CONTENT_TYPE_RE = re.compile(r"^[\x20-\x7e]{1,256}$")
 _FORM_FIELDS = frozenset({"model", "stream"})
+_STORED_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,256}$")
+_QUERY_RE = re.compile(r"^[A-Za-z0-9_.=&%-]{0,512}$")
 _TRUE = frozenset({"true", "1", "yes", "on"})
 
 
@@ -42,6 +44,8 @@ class Incoming:
     received: float
     session_key: str | None = None
     accept: str | None = None
+    query: str = ""  # the raw query string (forwarded for stored responses only)
+    path_args: tuple[str, ...] = ()  # the rule's path parameters (a response id)
 
 
 class DataPlane:
@@ -66,6 +70,8 @@ class DataPlane:
         """The proxy request for ``inc`` on ``ep``; raises :class:`ApiError` for a bad one."""
         if ep.routing is Routing.ANY_NODE:
             req = self._plain(inc, model="", stream=False)
+        elif ep.routing is Routing.STORED:
+            req = self._stored(ep, inc)
         elif ep.body is BodyKind.MULTIPART:
             req = self._multipart(ep, inc)
         else:
@@ -100,6 +106,23 @@ class DataPlane:
         stream = ep.stream is not StreamKind.NONE and fields.get("stream", "").lower() in _TRUE
         req = self._plain(inc, model=model, stream=stream)
         req.content_type = content_type
+        return req
+
+    def _stored(self, ep: Endpoint, inc: Incoming) -> ProxyRequest:
+        """Retrieve or cancel a stored response: any model, every node asked in turn.
+
+        ``?stream=true&starting_after=N`` (retrieve) is forwarded: vLLM replays the stream.
+        """
+        if not all(_STORED_ID_RE.match(arg) for arg in inc.path_args):
+            raise ApiError(400, "invalid response id", param="response_id")
+        if not _QUERY_RE.match(inc.query):
+            raise ApiError(400, "invalid query string", code="invalid_query")
+        params = dict(p.partition("=")[::2] for p in inc.query.split("&") if p)
+        stream = ep.stream is not StreamKind.NONE and params.get("stream", "").lower() in _TRUE
+        req = self._plain(inc, model="", stream=stream)
+        if inc.query:
+            req.path = f"{inc.path}?{inc.query}"
+        req.ask_each = True
         return req
 
     def _plain(self, inc: Incoming, *, model: str, stream: bool) -> ProxyRequest:

@@ -10,6 +10,8 @@ the router does with it, so one generic proxy path (``app.py``'s
   another node before the first byte; streamed per ``stream``.
 - ``GET`` endpoints that describe the engine (``/version``, ``/load``, ...)
   are answered by any ready node.
+- A stored response (retrieve, cancel) lives on the node that made it: each
+  ready node is asked in turn until one knows it.
 - Paths that act on *one* engine's state (cache resets, sleep, profiling,
   LoRA loading, weight updates) are refused with a 403 that says why: behind
   the router "the node" is an arbitrary member of a changing fleet.
@@ -44,6 +46,7 @@ class StreamKind(StrEnum):
 class Routing(StrEnum):
     MODEL = "model"  # POST: by the body's model, retried before the first byte
     ANY_NODE = "any-node"  # GET: any ready node, retried on another
+    STORED = "stored"  # state one node holds (a stored response): each node asked in turn
     LOCAL = "local"  # answered by the router itself (/v1/models)
     REFUSED = "refused"  # 403 with ``reason``
 
@@ -63,11 +66,6 @@ _ADMIN = (
     "is a vLLM admin endpoint that changes one engine's state; behind the router it would "
     "reach one arbitrary node of the fleet, so spotrelay does not forward it. Call the node "
     "directly (its agent's host, port 8000) if you need it."
-)
-_STATEFUL = (
-    "needs the one node that stored the response; spotrelay nodes are spot instances that "
-    "come and go, so stored responses are not routed. Send the conversation in `input` "
-    "(store: false) instead of `previous_response_id`."
 )
 _INTERNAL = (
     "is a vLLM-internal API (disaggregated serving or SageMaker wiring), not a client "
@@ -120,8 +118,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     _get("/load"),
     _get("/tokenizer_info"),
     Endpoint("/ping", ("GET", "POST"), BodyKind.NONE, routing=Routing.ANY_NODE),
-    # refused: stateful, internal, admin
-    _refused("/v1/responses/<path:rest>", ("GET", "POST", "DELETE"), _STATEFUL),
+    # stored responses (vLLM with VLLM_ENABLE_RESPONSES_API_STORE): on one node, asked in turn
+    Endpoint("/v1/responses/<response_id>", ("GET",), BodyKind.NONE, RESPONSES, Routing.STORED),
+    Endpoint("/v1/responses/<response_id>/cancel", body=BodyKind.NONE, routing=Routing.STORED),
+    # refused: internal, admin
     _refused("/invocations", ("POST",), _INTERNAL),
     _refused("/inference/v1/generate", ("POST",), _INTERNAL),
     _refused("/abort_requests", ("POST",), _INTERNAL),

@@ -96,6 +96,7 @@ class ProxyRequest:
     method: str = "POST"
     content_type: str = "application/json"  # multipart uploads keep the client's, boundary and all
     events: NamedEvents | None = None  # a named-event stream (Responses, Anthropic), else None
+    ask_each: bool = False  # state one node holds (a stored response): ask every node in turn
     tried: set[str] = field(default_factory=set)
     attempts: int = 0
     node_id: str | None = None  # the node that answered
@@ -279,7 +280,7 @@ class Proxy:
             return self._finish(req, self._error_response(req, err), "unknown")
         self.budget.start_request()
         try:
-            result = self.acquire(req)
+            result = self.ask_each_node(req) if req.ask_each else self.acquire(req)
         except BaseException:
             self.budget.end_request()
             raise
@@ -340,6 +341,33 @@ class Proxy:
         finally:
             if slot:
                 self.budget.release()
+
+    def ask_each_node(self, req: ProxyRequest) -> Answer | StreamStart | ApiError:
+        """For state that lives on one unknown node (a stored response): each ready node
+        in turn until one answers something else than 404; a node that fails is skipped.
+
+        No retry budget or backoff: every attempt goes to a different node.
+        """
+        not_found: Answer | None = None
+        failed: Failure | None = None
+        for node in self._candidates(req):
+            if self.clock() >= req.deadline:
+                return self._deadline_error(req, failed)
+            req.attempts += 1
+            req.tried.add(node.id)
+            result = self._attempt(node, req)
+            if isinstance(result, Failure):
+                self._count_failure(node, req, result)
+                failed = result
+                continue
+            self.registry.record_success(node)
+            req.node_id = node.id
+            if isinstance(result, StreamStart) or result.status != 404:
+                return result
+            not_found = result
+        if failed is None and not_found is not None:
+            return not_found  # every node was asked: none knows it
+        return self._give_up(req, failed)  # a node that failed may hold it
 
     # -- one attempt ---------------------------------------------------------------------
 

@@ -160,12 +160,12 @@ def test_refused_paths_say_why_and_reach_no_node():
     client, _svc, fleet = client_for()
     put(client)
     refused = [("POST", "/reset_prefix_cache"), ("POST", "/sleep"),
-               ("POST", "/v1/responses/resp_1/cancel"), ("GET", "/is_sleeping")]  # fmt: skip
+               ("POST", "/invocations"), ("GET", "/is_sleeping")]  # fmt: skip
     for method, path in refused:
         resp = client.open(path, method=method)
         assert resp.status_code == 403, path
         err = openai_error_of(resp)
-        assert err["code"] == "unsupported_endpoint" and path.split("/")[1] in err["message"]
+        assert err["code"] == "unsupported_endpoint" and path in err["message"]
     assert fleet.calls == []
     wrong = client.get("/v1/responses")
     assert wrong.status_code == 405 and "POST" in wrong.headers["Allow"]
@@ -293,3 +293,40 @@ def test_api_keys_guard_every_routed_endpoint_and_anthropic_clients_may_use_x_ap
     assert ok.status_code == 200
     assert "x-api-key" not in {h.lower() for h in fleet.calls[-1]["headers"]}
     assert client.post("/tokenize", json={}, headers={"x-api-key": "nope"}).status_code == 401
+
+
+# -- stored responses -----------------------------------------------------------------------
+
+
+def test_a_stored_response_is_found_on_whichever_node_holds_it():
+    client, _svc, fleet = client_for()
+    put(client, "a", A, models=("m",))
+    put(client, "b", B, models=("n",))
+    not_found = b'{"error": {"message": "Response not found", "code": 404}}'
+    fleet.behaviour[A] = answering(lambda: FakeResp(404, not_found))
+    fleet.behaviour[B] = answering(
+        lambda: FakeResp(body=b'{"id": "resp_1", "status": "cancelled"}')
+    )
+    resp = client.post("/v1/responses/resp_1/cancel")
+    assert resp.status_code == 200 and resp.get_json()["status"] == "cancelled"
+    assert resp.headers["X-Spotrelay-Node"] == "b"
+    assert {c["url"] for c in fleet.calls} == {"/v1/responses/resp_1/cancel"}
+    fleet.behaviour[B] = answering(lambda: FakeResp(404, not_found))
+    gone = client.get("/v1/responses/resp_1")
+    assert gone.status_code == 404 and gone.data == not_found  # every node asked
+    fleet.behaviour[B] = raising(reset)
+    unsure = client.get("/v1/responses/resp_1")
+    assert unsure.status_code == 502  # b may hold it: not a 404
+    bad = client.get("/v1/responses/resp%201")
+    assert bad.status_code == 400 and openai_error_of(bad)["param"] == "response_id"
+
+
+def test_a_stored_response_stream_is_replayed_with_its_query():
+    client, _svc, fleet = client_for()
+    put(client, "a", A)
+    events = responses_stream(2)[3:]  # a replay after sequence number 2: no preamble
+    fleet.behaviour[A] = answering(lambda: FakeResp(chunks=events))
+    resp = client.get("/v1/responses/resp_1?stream=true&starting_after=2")
+    assert resp.status_code == 200 and resp.data == b"".join(events)
+    assert fleet.calls[-1]["url"] == "/v1/responses/resp_1?stream=true&starting_after=2"
+    assert client.get("/v1/responses/resp_1?x=<script>").status_code == 400

@@ -449,7 +449,7 @@ class Proxy:
 
     def _choose(self, req: ProxyRequest, *, retrying: bool) -> Node | ApiError | None:
         """The next node; None when every routable node was tried; ApiError on no capacity."""
-        registry, balancer = self.registry, self.balancer
+        balancer = self.balancer
         candidates = self._candidates(req)
         node = balancer.pick(candidates, exclude=req.tried, session_key=req.session_key)
         if node is not None:
@@ -462,7 +462,7 @@ class Proxy:
             extra={"request_id": req.request_id, "model": req.model},
         )
         while (remaining := limit - self.clock()) > 0:
-            registry.wait_for_change(min(remaining, 0.5))
+            self.registry.wait_for_change(min(remaining, 0.5))
             node = balancer.pick(
                 self._candidates(req), exclude=req.tried, session_key=req.session_key
             )

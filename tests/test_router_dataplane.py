@@ -16,6 +16,7 @@ from spotrelay.router.balancer import rendezvous_weight
 from spotrelay.router.endpoints import ENDPOINTS, Routing, StreamKind
 from spotrelay.router.multipart import MultipartError, boundary_of, form_fields
 from spotrelay.router.named_events import RESPONSES, event_name
+from spotrelay.router.resume import not_resumable
 from spotrelay.router.sse import DONE_EVENT, SSEParser
 from tests.router_fakes import FakeResp, answering, raising, reset
 from tests.test_router_app import A, client_for, openai_error_of, put
@@ -56,6 +57,9 @@ def test_every_row_is_consistent():
         assert not ep.resume or ep.stream is StreamKind.OPENAI
         if ep.routing is Routing.MODEL:
             assert ep.methods == ("POST",)
+        # The table's resume column is what the resumer does for a plain request.
+        plain = {"model": "m", "prompt": "p", "messages": [{"role": "user", "content": "x"}]}
+        assert ep.resume == (not_resumable(ep.path, plain) is None), ep.path
 
 
 # -- multipart ------------------------------------------------------------------------------

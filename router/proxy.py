@@ -16,6 +16,10 @@
    by :class:`spotrelay.router.stream.StreamRelay`, whose break handling is
    the seam for stream resume (``stream_handler_factory``, see that module).
 
+Requests for state one node holds (a stored Responses API response) go
+through :meth:`Proxy.ask_each_node` instead of step 2: every ready node in
+turn until one knows it.
+
 Every upstream call carries the request's ``X-Request-ID``; every log line
 about the request names it.
 """
@@ -375,7 +379,7 @@ class Proxy:
         self.registry.acquire(node)
         started = self.clock()
         headers = {"X-Request-ID": req.request_id}
-        if req.method != "GET":
+        if req.method not in ("GET", "HEAD"):
             headers["Content-Type"] = req.content_type
         if req.accept:
             headers["Accept"] = req.accept

@@ -8,6 +8,9 @@
   ``response.output_text.delta`` per token, and ``response.completed`` last
   (the response's ``status`` is ``incomplete`` when ``max_output_tokens``
   ended it). The drop fault cuts it after that many deltas.
+- ``POST /v1/messages``: Anthropic Messages, the same text again, streamed
+  as ``message_start`` … ``content_block_delta`` (one per token) …
+  ``message_stop``.
 - ``POST /tokenize`` and ``/detokenize``: the simulator's tokenizer, ids
   that are the same on every simulator process.
 - ``POST /rerank``, ``/v1/rerank``, ``/v2/rerank``, ``/score``,
@@ -24,7 +27,13 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from . import textgen
-from .vllm_protocol import BadRequest, GenerationRequest, parse_json, parse_responses
+from .vllm_protocol import (
+    BadRequest,
+    GenerationRequest,
+    parse_json,
+    parse_messages,
+    parse_responses,
+)
 
 if TYPE_CHECKING:
     from .vllm_server import SimServer
@@ -90,6 +99,60 @@ class ResponsesWriter:
         )
 
 
+class MessagesWriter:
+    """SSE events of one streamed Anthropic Messages request (the ChunkWriter interface)."""
+
+    chat = True
+
+    def __init__(self, req: GenerationRequest, message_id: str) -> None:
+        self.req = req
+        self.message_id = message_id
+
+    def preamble(self) -> bytes:
+        message = message_doc(self.req, self.message_id, None, None, 0)
+        return _event("message_start", {"type": "message_start", "message": message})
+
+    def role(self, completion_tokens: int) -> bytes:
+        block = {"type": "content_block_start", "index": 0,
+                 "content_block": {"type": "text", "text": ""}}  # fmt: skip
+        return _event("content_block_start", block)
+
+    def content(self, text: str, completion_tokens: int) -> bytes:
+        delta = {"type": "content_block_delta", "index": 0,
+                 "delta": {"type": "text_delta", "text": text}}  # fmt: skip
+        return _event("content_block_delta", delta)
+
+    def closing(self, finish_reason: str, stop_reason: str | None, completion_tokens: int) -> bytes:
+        delta = {"stop_reason": _anthropic_stop(finish_reason), "stop_sequence": None}
+        end = {"type": "message_delta", "delta": delta,
+               "usage": {"output_tokens": completion_tokens}}  # fmt: skip
+        return (
+            _event("content_block_stop", {"type": "content_block_stop", "index": 0})
+            + _event("message_delta", end)
+            + _event("message_stop", {"type": "message_stop"})
+        )
+
+
+def _anthropic_stop(finish_reason: str | None) -> str | None:
+    return {"length": "max_tokens", "stop": "end_turn"}.get(finish_reason or "")
+
+
+def message_doc(
+    req: GenerationRequest, message_id: str, text: str | None, finish: str | None, tokens: int
+) -> dict[str, Any]:
+    """An Anthropic ``message`` object (``text`` None: no content yet)."""
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": req.model,
+        "content": [] if text is None else [{"type": "text", "text": text}],
+        "stop_reason": _anthropic_stop(finish),
+        "stop_sequence": None,
+        "usage": {"input_tokens": req.prompt_tokens, "output_tokens": tokens},
+    }
+
+
 def response_doc(
     req: GenerationRequest,
     response_id: str,
@@ -143,6 +206,7 @@ class ExtraApis:
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/v1/responses", self.responses)
+        router.add_post("/v1/messages", self.messages)
         router.add_post("/tokenize", self.tokenize)
         router.add_post("/detokenize", self.detokenize)
         for path in ("/rerank", "/v1/rerank", "/v2/rerank"):
@@ -181,6 +245,20 @@ class ExtraApis:
                 text,
                 "incomplete" if gen.finish_reason == "length" else "completed",
                 gen.completion_tokens,
+            ),
+        )
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        req = parse_messages(await self._body(request), self.server.limits)
+        message_id = "msg_" + uuid.uuid4().hex
+        if req.stream:
+            return await self.server.generate(request, req, MessagesWriter(req, message_id))
+        return await self.server.generate(
+            request,
+            req,
+            None,
+            body=lambda gen, text: message_doc(
+                req, message_id, text, gen.finish_reason, gen.completion_tokens
             ),
         )
 

@@ -358,3 +358,23 @@ def parse_responses(body: dict[str, Any], limits: Limits) -> GenerationRequest:
     )
     stream = _bool(body, "stream", False)
     return GenerationRequest("responses", model, prompt, prompt_tokens, max_tokens, stream=stream)
+
+
+def parse_messages(body: dict[str, Any], limits: Limits) -> GenerationRequest:
+    """``POST /v1/messages`` (Anthropic): ``system`` and ``messages`` rendered like a chat."""
+    model = _check_model(body, limits)
+    messages = _messages(body)
+    system = body.get("system")
+    if isinstance(system, list):
+        system = textgen.message_text(system)
+    if system is not None and not isinstance(system, str):
+        raise BadRequest("'system' must be a string or a list of text blocks.", "system")
+    if system:
+        messages = [{"role": "system", "content": system}, *messages]
+    prompt = textgen.render_chat(messages, add_generation_prompt=True)
+    prompt_tokens = textgen.count_tokens(prompt)
+    if body.get("max_tokens") is None:
+        raise BadRequest("'max_tokens' is required.", "max_tokens")
+    max_tokens = _max_tokens(body, ("max_tokens",), 0, prompt_tokens, limits)
+    stream = _bool(body, "stream", False)
+    return GenerationRequest("messages", model, prompt, prompt_tokens, max_tokens, stream=stream)

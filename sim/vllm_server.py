@@ -33,7 +33,7 @@ from ..core.errors import openai_error
 from . import textgen
 from .engine import Engine, EngineSettings, Generation
 from .faults import FaultError, Faults
-from .vllm_apis import ExtraApis, ResponsesWriter
+from .vllm_apis import ExtraApis, MessagesWriter, ResponsesWriter
 from .vllm_protocol import (
     BadRequest,
     GenerationRequest,
@@ -50,7 +50,7 @@ log = logging.getLogger("spotrelay.sim.vllm")
 VERSION = "0.0.0+spotrelay.sim"
 EXIT_CODE = 137  # what a SIGKILLed process reports: the exit fault mimics a reclaim
 GENERATING_PATHS = frozenset(
-    {"/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/responses"}
+    {"/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/responses", "/v1/messages"}
 )
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 DONE = b"data: [DONE]\n\n"
@@ -232,7 +232,7 @@ class SseJob:
         self,
         gen: Generation,
         transport: asyncio.Transport,
-        chunks: ChunkWriter | ResponsesWriter,
+        chunks: ChunkWriter | ResponsesWriter | MessagesWriter,
         chunked: bool,
         drop: int | None,
         itl: float,
@@ -440,7 +440,7 @@ class SimServer:
         self,
         request: web.Request,
         req: GenerationRequest,
-        writer: ChunkWriter | ResponsesWriter | None,
+        writer: ChunkWriter | ResponsesWriter | MessagesWriter | None,
         *,
         body: Callable[[Generation, str], dict[str, Any]] | None = None,
     ) -> web.StreamResponse:
@@ -491,7 +491,7 @@ class SimServer:
         self,
         request: web.Request,
         gen: Generation,
-        chunks: ChunkWriter | ResponsesWriter,
+        chunks: ChunkWriter | ResponsesWriter | MessagesWriter,
         drop: int | None,
         headers: dict[str, str],
     ) -> web.StreamResponse:

@@ -24,6 +24,7 @@ import requests
 
 from spotrelay.core.net import wait_until
 from spotrelay.core.processes import ProcessGroup
+from spotrelay.router.sse import SSEParser
 from tests.support import HOST, ROUTER_TOKEN, register_node, scrape, start_router
 from tests.test_resume_e2e import MODEL, Fleet, start_fleet
 
@@ -170,6 +171,26 @@ def test_responses_node_sigkilled_before_first_output_is_retried(
     )
     retries = scrape(fleet.router.url + "/metrics", "spotrelay_router_retries_total")
     assert retries >= 1
+
+
+def anthropic_stream(fleet: Fleet) -> list:
+    body = {"model": MODEL, "max_tokens": 12, "stream": True,
+            "messages": [{"role": "user", "content": "Hello"}]}  # fmt: skip
+    resp = requests.post(fleet.router.url + "/v1/messages", json=body, timeout=30)
+    assert resp.status_code == 200, resp.text
+    return SSEParser().feed(resp.content)
+
+
+def test_anthropic_messages_stream_and_its_break(fleet: Fleet) -> None:
+    events = anthropic_stream(fleet)
+    assert events[0].event == "message_start" and events[-1].event == "message_stop"
+    text = "".join(e.json()["delta"]["text"] for e in events if e.event == "content_block_delta")
+    assert text == chat_text(fleet, [{"role": "user", "content": "Hello"}], 12)
+    for node in fleet.nodes:
+        fleet.fault(node, drop_after_tokens=4)
+    events = anthropic_stream(fleet)
+    assert [e.event for e in events].count("content_block_delta") == 4
+    assert events[-1].event == "error" and events[-1].json()["error"]["type"] == "api_error"
 
 
 # ---------------------------------------------------------------------------

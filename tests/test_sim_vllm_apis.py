@@ -120,3 +120,23 @@ def test_tokenize_detokenize_rerank_score_and_their_errors(sim: Service) -> None
     ]:
         resp = post(path, body)
         assert 400 <= resp.status_code < 500 and resp.json()["error"]["param"] == param, path
+
+
+def test_anthropic_messages_text_and_stream(sim: Service) -> None:
+    parts = [{"type": "text", "text": "Hi"}]
+    body = {"model": MODEL, "system": "Be brief.", "max_tokens": 6,
+            "messages": [{"role": "user", "content": parts}]}  # fmt: skip
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    done = requests.post(sim.url + "/v1/messages", json=body, timeout=10).json()
+    assert done["content"][0]["text"] == expected(messages, 6)
+    assert done["stop_reason"] == "max_tokens" and done["usage"]["output_tokens"] == 6
+    resp = requests.post(sim.url + "/v1/messages", json={**body, "stream": True}, timeout=10)
+    events = SSEParser().feed(resp.content)
+    assert [e.event for e in events[:2]] == ["message_start", "content_block_start"]
+    assert [e.event for e in events[-3:]] == ["content_block_stop", "message_delta", "message_stop"]
+    text = "".join(e.json()["delta"]["text"] for e in events if e.event == "content_block_delta")
+    assert text == done["content"][0]["text"]
+    missing = requests.post(
+        sim.url + "/v1/messages", json={"messages": body["messages"]}, timeout=10
+    )
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "max_tokens"

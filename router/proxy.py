@@ -36,8 +36,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from spotrelay.core.errors import openai_error
+from spotrelay.core.logs import clip
 
 from .balancer import Balancer
+from .disconnect import ClientLink, ClientWatch
 from .metrics import RouterMetrics
 from .named_events import NamedEventHandler, NamedEvents
 from .registry import ModelStatus, Node, Registry
@@ -57,6 +59,9 @@ log = logging.getLogger("spotrelay.router")
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+HOP_HEADER = "X-Spotrelay-Hop"  # router ids a request went through (loop detection)
+LOOP_HEADER = "X-Spotrelay-Loop"  # on a 508: this router refused a request it had sent itself
+CLIENT_CLOSED = 499  # nginx's status for "client closed request": metrics and logs only
 
 
 class ApiError(Exception):
@@ -83,6 +88,13 @@ class ApiError(Exception):
         return json.dumps(doc).encode()
 
 
+class ClientLeft(ApiError):
+    """The client disconnected while its request waited on a node; nobody gets the answer."""
+
+    def __init__(self) -> None:
+        super().__init__(CLIENT_CLOSED, "client closed the connection", code="client_disconnect")
+
+
 @dataclass
 class ProxyRequest:
     """A parsed client request on its way to a node."""
@@ -104,6 +116,8 @@ class ProxyRequest:
     tried: set[str] = field(default_factory=set)
     attempts: int = 0
     node_id: str | None = None  # the node that answered
+    hops: tuple[str, ...] = ()  # X-Spotrelay-Hop as received: routers already passed
+    client: ClientLink | None = None  # the client connection, to abort work when it leaves
 
     def derive(self, doc: dict[str, Any], *, exclude: set[str] | None = None) -> ProxyRequest:
         """A follow-up request (e.g. a stream continuation) with a new body.
@@ -180,7 +194,7 @@ class _Chunks:
 
 
 def _wanted(req: ProxyRequest) -> str:
-    return f"model {req.model!r}" if req.model else "any model"
+    return f"model {clip(req.model)!r}" if req.model else "any model"
 
 
 ACCEPT_RE = re.compile(r"^[\x20-\x7e]{1,256}$")
@@ -257,7 +271,11 @@ class Proxy:
         sleep: Callable[[float], None] = time.sleep,
         stream_handler_factory: Callable[[ProxyRequest, Proxy], StreamHandler] | None = None,
         watchdog: IdleWatchdog | None = None,
+        hop_id: str = "",
+        client_watch: ClientWatch | None = None,
     ) -> None:
+        self.hop_id = hop_id or os.urandom(8).hex()
+        self.client_watch = client_watch if client_watch is not None else ClientWatch()
         self.registry = registry
         self.watchdog = watchdog
         self.balancer = balancer
@@ -277,11 +295,11 @@ class Proxy:
         if req.model and self.registry.model_status(req.model) is ModelStatus.UNKNOWN:
             err = ApiError(
                 404,
-                f"model {req.model!r} is not served by any registered node",
+                f"model {clip(req.model)!r} is not served by any registered node",
                 param="model",
                 code="model_not_found",
             )
-            return self._finish(req, self._error_response(req, err), "unknown")
+            return self._finish(req, self._error_response(req, err))
         self.budget.start_request()
         try:
             result = self.ask_each_node(req) if req.ask_each else self.acquire(req)
@@ -291,12 +309,16 @@ class Proxy:
         if isinstance(result, StreamStart):
             return self._stream_response(req, result)
         self.budget.end_request()
+        if isinstance(result, ClientLeft):
+            self.metrics.client_disconnects.inc()
+            response = self._error_response(req, result)
+            return self._finish(req, response, outcome="client_disconnect")
         if isinstance(result, ApiError):
-            return self._finish(req, self._error_response(req, result), req.model)
+            return self._finish(req, self._error_response(req, result))
         headers = {"X-Request-ID": req.request_id, "X-Spotrelay-Node": result.node_id}
         headers.update(result.headers)
         response = ProxyResponse(result.status, result.body, result.content_type, headers)
-        return self._finish(req, response, req.model)
+        return self._finish(req, response)
 
     def acquire(self, req: ProxyRequest) -> Answer | StreamStart | ApiError:
         """Attempts on successive nodes until an answer, a stream start, or a final error.
@@ -308,9 +330,13 @@ class Proxy:
         slot = False
         try:
             while True:
+                if req.attempts and req.client is not None and req.client.check():
+                    return ClientLeft()  # left during the backoff (the watch covers attempts)
                 if self.clock() >= req.deadline:
                     return self._deadline_error(req, last)
                 node = self._choose(req, retrying=last is not None)
+                if req.client is not None and req.client.gone:
+                    return ClientLeft()  # left during a capacity wait
                 if isinstance(node, ApiError):
                     return node
                 if node is None:
@@ -326,6 +352,8 @@ class Proxy:
                     self.registry.record_success(node)
                     req.node_id = node.id
                     return result
+                if req.client is not None and req.client.gone:
+                    return ClientLeft()  # the watch aborted the attempt: not the node's fault
                 last = result
                 self._count_failure(node, req, result)
                 if not self.policy.should_retry(result, req.attempts):
@@ -361,6 +389,8 @@ class Proxy:
             req.tried.add(node.id)
             result = self._attempt(node, req)
             if isinstance(result, Failure):
+                if req.client is not None and req.client.gone:
+                    return ClientLeft()  # the watch aborted the attempt: not the node's fault
                 self._count_failure(node, req, result)
                 failed = result
                 continue
@@ -376,25 +406,52 @@ class Proxy:
     # -- one attempt ---------------------------------------------------------------------
 
     def _attempt(self, node: Node, req: ProxyRequest) -> Answer | StreamStart | Failure:
-        self.registry.acquire(node)
-        started = self.clock()
-        headers = {"X-Request-ID": req.request_id}
-        if req.method not in ("GET", "HEAD"):
+        """One attempt; whatever goes wrong releases the node's in-flight lease and is a Failure.
+
+        Until the answer (or a stream's first event) is in hand, the client's
+        departure aborts the node connection (:mod:`spotrelay.router.disconnect`).
+        """
+        with self.client_watch.watching(req.client):
+            try:
+                return self._attempt_once(node, req)
+            except Exception as exc:  # a bug or an unforeseen input: the node's failure, not a 500
+                log.exception(
+                    "attempt on node %s raised %s",
+                    node.id,
+                    type(exc).__name__,
+                    extra={"request_id": req.request_id},
+                )
+                return Failure(FailureKind.INTERNAL, node.id, f"{type(exc).__name__}: {exc}"[:200])
+
+    def _upstream_headers(self, req: ProxyRequest) -> dict[str, str]:
+        headers = {
+            "X-Request-ID": req.request_id,
+            HOP_HEADER: ", ".join((*req.hops, self.hop_id)),
+        }
+        if req.method not in ("GET", "HEAD"):  # uploads keep their multipart Content-Type
             headers["Content-Type"] = req.content_type
         if req.accept:
             headers["Accept"] = req.accept
+        return headers
+
+    def _attempt_once(self, node: Node, req: ProxyRequest) -> Answer | StreamStart | Failure:
         connect_s, read_s = self._timeouts_for(req)
+        self.registry.acquire(node)
+        started = self.clock()
         try:
             resp = node.pool.request(
                 req.method,
                 req.path,
-                headers=headers,
+                headers=self._upstream_headers(req),
                 body=req.body,
                 connect_timeout=connect_s,
                 read_timeout=read_s,
+                on_connection=req.client.attach if req.client is not None else None,
             )
-        except UPSTREAM_ERRORS as exc:
+        except BaseException as exc:
             self.registry.release(node)
+            if not isinstance(exc, UPSTREAM_ERRORS):
+                raise
             kind, detail = classify(exc)
             return Failure(kind, node.id, detail)
         upstream = Upstream(node, resp, self.registry, started)
@@ -402,6 +459,9 @@ class Proxy:
         try:
             status = resp.status
             content_type = resp.headers.get("content-type", "application/json")
+            if status == 508 and resp.headers.get(LOOP_HEADER.lower()):
+                resp.read()
+                return Failure(FailureKind.LOOP, node.id, "the node URL leads back to a router")
             if status in RETRYABLE_STATUS:
                 body = resp.read()
                 extra = {}
@@ -463,10 +523,12 @@ class Proxy:
         limit = min(self.clock() + self.routing.no_capacity_wait_s, req.deadline)
         log.info(
             "no ready node serves the model; waiting for capacity",
-            extra={"request_id": req.request_id, "model": req.model},
+            extra={"request_id": req.request_id, "model": clip(req.model)},
         )
         while (remaining := limit - self.clock()) > 0:
             self.registry.wait_for_change(min(remaining, 0.5))
+            if req.client is not None and req.client.check():
+                return None
             node = balancer.pick(
                 self._candidates(req), exclude=req.tried, session_key=req.session_key
             )
@@ -531,6 +593,13 @@ class Proxy:
                 dict(last.headers),
             )
         tries = f"{req.attempts} attempt{'s' if req.attempts != 1 else ''}"
+        if last.kind is FailureKind.LOOP:  # tell the router before us too: it is in the loop
+            return ApiError(
+                508,
+                "request loop: a registered node URL points back at a spotrelay router",
+                code="loop_detected",
+                headers={LOOP_HEADER: "1"},
+            )
         if last.kind is FailureKind.FIRST_BYTE_TIMEOUT:
             return ApiError(504, f"upstream timed out ({tries})", code="upstream_timeout")
         return ApiError(502, f"upstream failed: {last.reason} ({tries})", code="upstream_error")
@@ -567,7 +636,7 @@ class Proxy:
             on_break=lambda up, brk: self._on_break(req, up, brk),
             on_finish=on_finish,
         )
-        self.metrics.requests.labels(req.model or "none", "200").inc()
+        self.metrics.requests.labels(self._model_label(req), "200").inc()
         headers = {
             "X-Request-ID": req.request_id,
             "X-Spotrelay-Node": upstream.node.id,
@@ -589,10 +658,17 @@ class Proxy:
 
     # -- bookkeeping -------------------------------------------------------------------------
 
-    def _finish(self, req: ProxyRequest, response: ProxyResponse, model: str) -> ProxyResponse:
-        self.metrics.requests.labels(model or "none", str(response.status)).inc()
-        self._log_done(req, response.status, "complete")
+    def _finish(
+        self, req: ProxyRequest, response: ProxyResponse, outcome: str = "complete"
+    ) -> ProxyResponse:
+        label = self._model_label(req)
+        self.metrics.requests.labels(label, str(response.status)).inc()
+        self._log_done(req, response.status, outcome)
         return response
+
+    def _model_label(self, req: ProxyRequest) -> str:
+        """The metrics label: bounded model names; ``none`` for model-less requests (GETs)."""
+        return self.metrics.model_label(req.model) if req.model else "none"
 
     def _log_done(self, req: ProxyRequest, status: int, outcome: str) -> None:
         if not self.access_log and status < 500 and outcome == "complete":
@@ -604,7 +680,7 @@ class Proxy:
             status,
             extra={
                 "request_id": req.request_id,
-                "model": req.model,
+                "model": clip(req.model),
                 "node": req.node_id,
                 "attempts": req.attempts,
                 "stream": req.stream,

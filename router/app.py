@@ -32,6 +32,7 @@ from .disconnect import ClientLink
 from .endpoints import ENDPOINTS, BodyKind, Endpoint, Routing, display_path
 from .httpguard import CONTROL, ClientTimeout, close_after_response, plane_of
 from .proxy import HOP_HEADER, LOOP_HEADER, ApiError, ProxyResponse, request_id_from
+from .resume_request import RESUME_HEADER, resume_off
 from .service import MAX_CONTROL_BODY, ControlResult, RouterService
 
 log = logging.getLogger("spotrelay.router")
@@ -201,6 +202,7 @@ def create_app(service: RouterService) -> Flask:
         except ApiError as err:
             rejected.labels("none", str(err.status)).inc()
             return _api_error(err, request_id)
+        req.resume_off = resume_off(headers.get(RESUME_HEADER))
         req.hops = hops
         client_sock = request.environ.get("gunicorn.socket")
         if client_sock is not None:

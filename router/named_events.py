@@ -28,8 +28,8 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .sse import DONE_EVENT
-from .stream import AbandonUpstream, StreamBreak
+from .sse import DONE_EVENT, is_done
+from .stream import AbandonUpstream, Step, StreamBreak, broken_message
 
 _SEQUENCE = re.compile(rb'"sequence_number"\s*:\s*(\d+)')
 BROKEN_CODE = "upstream_stream_broken"
@@ -131,7 +131,7 @@ class NamedEvents:
         """
         out: list[bytes] = []
         for event in batch:
-            if event.startswith(b"data: [DONE]"):
+            if is_done(event):
                 continue
             out.append(event)
             if event_name(event) in self.terminal:
@@ -169,7 +169,7 @@ class NamedEventHandler:
         self.last_sequence = -1
 
     def on_event(self, event: bytes) -> bytes | None:
-        if event is DONE_EVENT or event.startswith(b"data: [DONE]"):
+        if event is DONE_EVENT or is_done(event):
             return None  # the end sentinel frame() added: not part of this protocol
         if self.protocol.is_error(event):
             # The engine failed mid-stream: one error event, ours, ends the client stream.
@@ -179,7 +179,13 @@ class NamedEventHandler:
             self.last_sequence = int(m.group(1))
         return event
 
-    def on_broken(self, brk: StreamBreak) -> Iterator[bytes]:
-        detail = f": {brk.detail}" if brk.detail else ""
-        message = f"the node serving this stream failed ({brk.reason}{detail}); output incomplete"
-        yield self.protocol.error_event(message, self.last_sequence + 1)
+    def on_break(self, brk: StreamBreak) -> Step:
+        """The end of the client stream: one error event, no continuation."""
+        return Step(
+            self.protocol.error_event(broken_message(brk), self.last_sequence + 1), error=True
+        )
+
+    def on_open_failed(self, exc: Exception) -> Step:  # never opens a continuation
+        return Step(
+            self.protocol.error_event(f"stream failed: {exc}", self.last_sequence + 1), error=True
+        )

@@ -16,7 +16,7 @@ from spotrelay.router.balancer import rendezvous_weight
 from spotrelay.router.endpoints import ENDPOINTS, Routing, StreamKind
 from spotrelay.router.multipart import MultipartError, boundary_of, form_fields
 from spotrelay.router.named_events import RESPONSES, event_name
-from spotrelay.router.resume import not_resumable
+from spotrelay.router.resume_request import not_resumable
 from spotrelay.router.sse import DONE_EVENT, SSEParser
 from tests.router_fakes import FakeResp, answering, raising, reset
 from tests.test_router_app import A, client_for, openai_error_of, put

@@ -111,6 +111,9 @@ class Demo:
                 max_tokens=opts.max_tokens,
                 verify_text=opts.fleet.engine_cmd is None,
                 chat_streams=self._fleet_resumes_chat(),
+                # A real engine may not serve the Responses API (llama.cpp's
+                # server does not): only the simulator's fleet gets that share.
+                responses_ratio=0.2 if opts.fleet.engine_cmd is None else 0.0,
             ),
             seed=opts.seed,
         )

@@ -58,6 +58,10 @@ def summarise(
             "succeeded": sum(1 for r in streams if r.ok),
             "broken": sum(1 for r in streams if not r.ok),
         },
+        "by_kind": {
+            kind: sum(1 for r in records if r.kind == kind)
+            for kind in ("completion", "chat", "responses")
+        },
         # A real model's text has no reference to compare with: say so, not 0.
         "verified_text": sum(1 for r in records if r.verified) if verify else NOT_VERIFIED,
         "latency_ms": _percentiles([r.latency_ms for r in ok]),

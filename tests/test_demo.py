@@ -90,6 +90,7 @@ def test_short_demo_has_no_client_visible_failure(tmp_path: Path) -> None:
     assert report["verified_text"] == report["requests"]
     # The simulator answers /version like vLLM: its agents advertise chat resume.
     assert report["settings"]["streaming_chat"] is True
+    assert report["by_kind"]["responses"] > 5, "Responses API calls are part of the traffic"
     assert {e["type"] for e in report["events"]} == {"spot_notice", "hard_kill"}
     for event in report["events"]:
         assert event["killed"] is not None

@@ -661,13 +661,13 @@ class Proxy:
         """Open a stream's continuation on a node ``req`` has not tried yet.
 
         Raises :class:`ContinuationRejected` when trying again is pointless (no
-        registered node has the ``requires`` capabilities, no capacity within
-        the wait, the deadline passed, a 4xx), ``RuntimeError`` otherwise.
+        node serving the model has ever reported the ``requires`` capabilities,
+        no capacity within the wait, the deadline passed, a 4xx),
+        ``RuntimeError`` otherwise. Where capable nodes served the model before
+        but none is routable now (the broken node was the last one), the
+        continuation waits for one like a new request waits for capacity.
         """
-        if requires and not any(
-            req.model in node.models and requires <= node.engine.capabilities
-            for node in self.registry.nodes()
-        ):
+        if requires and not self.registry.has_had_capabilities(req.model, requires):
             raise ContinuationRejected(
                 f"no node serving model {clip(req.model)!r} reports {', '.join(sorted(requires))}",
                 outcome="not_resumable",

@@ -1,5 +1,8 @@
-# Plan-level tests of the router module against mocked providers (run in
-# `make tf-validate`, where the provider schemas can be downloaded).
+# Tests of the router module against a mocked AWS provider: apply creates
+# nothing, computed values are mocked. Run in `make tf-validate`, where the
+# provider schemas can be downloaded. The
+# random provider is the real one: its ephemeral random_password runs
+# locally and reaches no account.
 
 mock_provider "aws" {
   mock_data "aws_region" {
@@ -28,69 +31,212 @@ mock_provider "aws" {
       json = "{\"Version\":\"2012-10-17\",\"Statement\":[]}"
     }
   }
+  mock_resource "aws_lb" {
+    defaults = {
+      arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/app/llm/0123456789abcdef"
+    }
+  }
+  mock_resource "aws_lb_listener" {
+    defaults = {
+      arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:listener/app/llm/0123456789abcdef/0123456789abcdef"
+    }
+  }
+  mock_resource "aws_iam_instance_profile" {
+    defaults = {
+      arn = "arn:aws:iam::123456789012:instance-profile/llm-router"
+    }
+  }
+  mock_resource "aws_launch_template" {
+    defaults = {
+      id = "lt-0123456789abcdef0"
+    }
+  }
+  mock_resource "aws_ssm_parameter" {
+    defaults = {
+      arn = "arn:aws:ssm:us-east-1:123456789012:parameter/spotrelay/llm/node-token"
+    }
+  }
+  mock_resource "aws_elasticache_replication_group" {
+    defaults = {
+      primary_endpoint_address = "master.llm-registry.abc123.use1.cache.amazonaws.com"
+    }
+  }
 }
 
-mock_provider "random" {}
+override_resource {
+  target = aws_lb.heartbeat
+  values = {
+    arn      = "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/app/llm-heartbeat/0123456789abcdef"
+    dns_name = "internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com"
+  }
+}
+
+override_resource {
+  target = aws_lb_target_group.router
+  values = {
+    arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/spr-public/0123456789abcdef"
+  }
+}
+
+override_resource {
+  target = aws_lb_target_group.heartbeat
+  values = {
+    arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/sph-heartbeat/0123456789abcdef"
+  }
+}
 
 variables {
-  name       = "llm"
-  vpc_id     = "vpc-0123456789abcdef0"
-  subnet_ids = ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"]
+  name                     = "llm"
+  vpc_id                   = "vpc-0123456789abcdef0"
+  subnet_ids               = ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"]
+  agent_security_group_ids = ["sg-0123456789abcdef0"]
   load_balancer = {
-    subnet_ids    = ["subnet-0ccccccccccccccccc", "subnet-0ddddddddddddddddd"]
-    allowed_cidrs = ["203.0.113.0/24"]
+    subnet_ids    = ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"]
+    allowed_cidrs = ["10.1.0.0/16"]
   }
 }
 
-run "two_routers_in_two_azs" {
-  command = plan
+run "one_multi_az_group" {
+  command = apply
 
   assert {
-    condition     = length(aws_autoscaling_group.router) == 2 && length(aws_network_interface.router) == 2
-    error_message = "Two router slots, each with a fixed interface."
+    condition     = aws_autoscaling_group.router.desired_capacity == 2 && length(aws_autoscaling_group.router.vpc_zone_identifier) == 2
+    error_message = "Two routers in one group over both subnets."
   }
 
   assert {
-    condition     = aws_network_interface.router[0].subnet_id != aws_network_interface.router[1].subnet_id
-    error_message = "The two routers sit in different subnets."
+    condition     = aws_autoscaling_group.router.health_check_type == "ELB" && toset(aws_autoscaling_group.router.target_group_arns) == toset([aws_lb_target_group.router.arn, aws_lb_target_group.heartbeat.arn])
+    error_message = "Routers are checked by, and registered with, both load balancers."
   }
 
   assert {
-    condition     = alltrue([for g in aws_autoscaling_group.router : g.min_size == 1 && g.max_size == 1 && g.health_check_type == "ELB"])
-    error_message = "Each slot is a one-instance on-demand group checked by the load balancer."
-  }
-}
-
-run "load_balancer" {
-  command = plan
-
-  assert {
-    condition     = aws_lb_target_group.router.health_check[0].path == "/healthz" && aws_lb_target_group.router.port == 8080
-    error_message = "The load balancer checks /healthz on port 8080."
-  }
-
-  assert {
-    condition     = aws_lb.this.idle_timeout >= 600
-    error_message = "The idle timeout covers long prefills and streams."
-  }
-
-  assert {
-    condition     = aws_lb.this.drop_invalid_header_fields
-    error_message = "Invalid headers are dropped."
-  }
-
-  assert {
-    condition     = length(aws_lb_listener.http) == 1 && length(aws_lb_listener.https) == 0
-    error_message = "Without a certificate there is one HTTP listener."
+    condition     = aws_autoscaling_group.router.instance_refresh[0].preferences[0].min_healthy_percentage >= 50
+    error_message = "A rolling refresh keeps at least half the routers healthy."
   }
 }
 
-run "https_with_certificate" {
+run "internal_by_default" {
+  command = apply
+
+  assert {
+    condition     = aws_lb.this.internal && aws_lb.heartbeat.internal
+    error_message = "Both load balancers are internal by default."
+  }
+
+  assert {
+    condition     = length(aws_lb_listener.http) == 1 && aws_lb_listener.http[0].default_action[0].type == "fixed-response" && aws_lb_listener.http[0].default_action[0].fixed_response[0].status_code == "404"
+    error_message = "The public listener answers 404 by default."
+  }
+
+  assert {
+    condition     = output.heartbeat_url == "http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8080"
+    error_message = "Agents register with the internal load balancer."
+  }
+
+  assert {
+    condition     = toset(flatten([for c in aws_lb_listener_rule.api.condition : [for pp in c.path_pattern : pp.values]])) == toset(["/v1/*", "/healthz"])
+    error_message = "The public listener forwards /v1/* and /healthz only."
+  }
+
+  assert {
+    condition     = toset(flatten([for c in aws_lb_listener_rule.control.condition : [for pp in c.path_pattern : pp.values]])) == toset(["/nodes", "/nodes/*", "/healthz", "/readyz"])
+    error_message = "The heartbeat listener forwards the control plane only."
+  }
+}
+
+run "heartbeat_reachable_from_agents_only" {
+  command = apply
+
+  assert {
+    condition     = length(aws_vpc_security_group_ingress_rule.heartbeat_from_agents) == 1 && aws_vpc_security_group_ingress_rule.heartbeat_from_agents[0].referenced_security_group_id == "sg-0123456789abcdef0"
+    error_message = "Only the GPU nodes' security group reaches the heartbeat endpoint."
+  }
+
+  assert {
+    condition     = length(aws_vpc_security_group_ingress_rule.heartbeat_from_operators) == 0
+    error_message = "No CIDR reaches it by default."
+  }
+
+  assert {
+    condition     = aws_vpc_security_group_ingress_rule.registry_from_routers.referenced_security_group_id == aws_security_group.router.id
+    error_message = "The registry is reachable from the routers only."
+  }
+}
+
+run "registry_private_tls_auth" {
+  command = apply
+
+  assert {
+    condition     = aws_elasticache_replication_group.registry.engine == "valkey" && aws_elasticache_replication_group.registry.transit_encryption_enabled && aws_elasticache_replication_group.registry.transit_encryption_mode == "required"
+    error_message = "Valkey with in-transit encryption required."
+  }
+
+  assert {
+    condition     = aws_elasticache_replication_group.registry.auth_token == null && aws_elasticache_replication_group.registry.auth_token_wo_version == 1
+    error_message = "The AUTH token is write-only."
+  }
+
+  assert {
+    condition     = aws_elasticache_replication_group.registry.multi_az_enabled && aws_elasticache_replication_group.registry.automatic_failover_enabled
+    error_message = "Two cache nodes fail over across AZs."
+  }
+}
+
+run "secrets_not_in_state" {
+  command = apply
+
+  assert {
+    condition     = aws_ssm_parameter.node_token.type == "SecureString" && aws_ssm_parameter.node_token.value_wo_version == 1
+    error_message = "The node token is a write-only SecureString."
+  }
+
+  assert {
+    condition     = aws_ssm_parameter.registry_auth_token.value_wo_version == aws_elasticache_replication_group.registry.auth_token_wo_version && aws_ssm_parameter.registry_auth_token.name == "/spotrelay/llm/redis-auth-token"
+    error_message = "The registry token is a write-only SecureString, versioned with the cache's write-only AUTH token."
+  }
+}
+
+run "egress_allow_list" {
+  command = apply
+
+  assert {
+    condition     = alltrue([for r in aws_vpc_security_group_egress_rule.router_allowed : r.ip_protocol != "-1"])
+    error_message = "No all-protocol egress."
+  }
+
+  assert {
+    condition     = aws_vpc_security_group_egress_rule.router_allowed["https"].from_port == 443
+    error_message = "HTTPS by default."
+  }
+
+  assert {
+    condition     = aws_vpc_security_group_egress_rule.router_to_nodes[0].from_port == 8000
+    error_message = "Routers reach the engine port on the GPU nodes."
+  }
+}
+
+run "internet_facing_needs_certificate" {
   command = plan
 
   variables {
     load_balancer = {
+      subnet_ids    = ["subnet-0ccccccccccccccccc", "subnet-0ddddddddddddddddd"]
+      internal      = false
+      allowed_cidrs = ["203.0.113.0/24"]
+    }
+  }
+
+  expect_failures = [var.load_balancer]
+}
+
+run "internet_facing_with_certificate_and_keys" {
+  command = apply
+
+  variables {
+    api_keys_parameter = "/spotrelay/llm/api-keys"
+    load_balancer = {
       subnet_ids      = ["subnet-0ccccccccccccccccc", "subnet-0ddddddddddddddddd"]
+      internal        = false
       allowed_cidrs   = ["203.0.113.0/24"]
       certificate_arn = "arn:aws:acm:us-east-1:123456789012:certificate/abc"
     }
@@ -100,13 +246,9 @@ run "https_with_certificate" {
     condition     = length(aws_lb_listener.https) == 1 && length(aws_lb_listener.http_redirect) == 1 && length(aws_lb_listener.http) == 0
     error_message = "With a certificate: HTTPS, and HTTP redirects."
   }
-}
-
-run "node_token_is_secure_string" {
-  command = plan
 
   assert {
-    condition     = aws_ssm_parameter.node_token.type == "SecureString" && aws_ssm_parameter.node_token.name == "/spotrelay/llm/node-token"
-    error_message = "The node token is an SSM SecureString."
+    condition     = !aws_lb.this.internal
+    error_message = "Internet-facing when asked, with TLS."
   }
 }

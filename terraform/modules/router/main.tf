@@ -61,7 +61,6 @@ ephemeral "random_password" "node_token" {
 }
 
 resource "aws_ssm_parameter" "node_token" {
-  #checkov:skip=CKV_AWS_337:The key is configurable (kms_key_arn); without one the AWS managed key for SSM encrypts the SecureString.
   name             = module.config.parameters.node_token.name
   description      = module.config.parameters.node_token.description
   type             = module.config.parameters.node_token.type
@@ -78,7 +77,6 @@ ephemeral "random_password" "registry" {
 }
 
 resource "aws_ssm_parameter" "registry_auth_token" {
-  #checkov:skip=CKV_AWS_337:The key is configurable (kms_key_arn); without one the AWS managed key for SSM encrypts the SecureString.
   name             = module.config.parameters.redis_auth_token.name
   description      = module.config.parameters.redis_auth_token.description
   type             = module.config.parameters.redis_auth_token.type
@@ -99,7 +97,6 @@ resource "aws_elasticache_subnet_group" "registry" {
 
 resource "aws_elasticache_replication_group" "registry" {
   #checkov:skip=CKV_AWS_31:The AUTH token is set through the write-only auth_token_wo (kept out of state), which this checkov check does not know; transit encryption is required.
-  #checkov:skip=CKV_AWS_191:The key is configurable (kms_key_arn); without one ElastiCache encrypts at rest with its service key.
   replication_group_id       = "${var.name}-registry"
   description                = "spotrelay router registry ${var.name}: node heartbeats shared by every router"
   engine                     = "valkey"
@@ -107,8 +104,8 @@ resource "aws_elasticache_replication_group" "registry" {
   node_type                  = var.registry.node_type
   num_cache_clusters         = var.registry.num_cache_clusters
   port                       = var.registry.port
-  automatic_failover_enabled = var.registry.num_cache_clusters > 1
-  multi_az_enabled           = var.registry.num_cache_clusters > 1
+  automatic_failover_enabled = true
+  multi_az_enabled           = true
   subnet_group_name          = aws_elasticache_subnet_group.registry.name
   security_group_ids         = [aws_security_group.registry.id]
   at_rest_encryption_enabled = true
@@ -494,10 +491,7 @@ resource "aws_autoscaling_group" "router" {
 # --- public load balancer: /v1/* and /healthz only --------------------------------------
 
 resource "aws_lb" "this" {
-  #checkov:skip=CKV2_AWS_28:A WAF in front of an inference API is a deployment choice; attach one with aws_wafv2_web_acl_association using the lb_arn output.
-  #checkov:skip=CKV_AWS_150:deletion_protection is a variable (load_balancer.deletion_protection); off by default so `spotrelay down` can remove a deployment.
   #checkov:skip=CKV2_AWS_20:HTTP redirects to HTTPS whenever certificate_arn is set, which is required for an internet-facing load balancer; an internal one without a certificate has no HTTPS to redirect to.
-  #checkov:skip=CKV_AWS_91:Access logs are enabled when load_balancer.access_logs_bucket is set; the bucket and its policy belong to the account, not this module.
   name                       = substr("${var.name}-router", 0, 32)
   load_balancer_type         = "application"
   internal                   = var.load_balancer.internal
@@ -543,7 +537,6 @@ resource "aws_lb_target_group" "router" {
 }
 
 resource "aws_lb_listener" "https" {
-  #checkov:skip=CKV_AWS_103:ssl_policy comes from load_balancer.ssl_policy, validated to be a TLS 1.2+ policy (default ELBSecurityPolicy-TLS13-1-2-2021-06).
   count = local.https ? 1 : 0
 
   load_balancer_arn = aws_lb.this.arn
@@ -621,7 +614,6 @@ resource "aws_lb_listener_rule" "api" {
 # --- internal heartbeat endpoint: /nodes*, /healthz, /readyz only ---------------------
 
 resource "aws_lb" "heartbeat" {
-  #checkov:skip=CKV2_AWS_28:Internal load balancer reachable only from the GPU nodes' security groups; a WAF adds nothing there.
   #checkov:skip=CKV_AWS_150:Internal endpoint recreated by Terraform with the deployment; deletion protection would block `spotrelay down`.
   #checkov:skip=CKV2_AWS_20:Internal-only HTTP endpoint inside the VPC (security-group restricted); there is no HTTPS listener to redirect to.
   #checkov:skip=CKV_AWS_91:Heartbeats every 2 s per node would dominate access logs; the routers log registrations themselves.

@@ -131,7 +131,7 @@ variable "egress_rules" {
 }
 
 variable "registry" {
-  description = "The shared node registry, an ElastiCache Valkey replication group: engine_version, node_type, num_cache_clusters (>= 2 gives Multi-AZ failover), port, auth_token_version (bump to rotate the AUTH token), maintenance_window."
+  description = "The shared node registry, an ElastiCache Valkey replication group: engine_version, node_type, num_cache_clusters (2-6: a primary and replicas in other AZs, automatic failover), port, auth_token_version (bump to rotate the AUTH token), maintenance_window."
   type = object({
     engine_version     = optional(string, "8.0")
     node_type          = optional(string, "cache.t4g.small")
@@ -143,8 +143,8 @@ variable "registry" {
   default = {}
 
   validation {
-    condition     = var.registry.num_cache_clusters >= 1 && var.registry.num_cache_clusters <= 6
-    error_message = "registry.num_cache_clusters must be between 1 and 6."
+    condition     = var.registry.num_cache_clusters >= 2 && var.registry.num_cache_clusters <= 6
+    error_message = "registry.num_cache_clusters must be between 2 and 6: the registry fails over to a replica in another Availability Zone."
   }
 
   validation {

@@ -44,7 +44,7 @@ clean:
 CHECKOV_VENV := .venv-checkov
 CHECKOV      := $(CHECKOV_VENV)/bin/checkov
 
-.PHONY: tf-check tf-validate
+.PHONY: tf-check tf-validate tf-lock
 
 $(CHECKOV):
 	$(PYTHON) -m venv $(CHECKOV_VENV)
@@ -56,3 +56,7 @@ tf-check: install $(CHECKOV)
 
 tf-validate: install
 	$(BIN)/python tests/tfshim/tfcheck.py validate
+
+# Regenerate terraform/examples/complete/.terraform.lock.hcl (needs the registry).
+tf-lock: install
+	$(BIN)/python tests/tfshim/tfcheck.py lock

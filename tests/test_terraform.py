@@ -239,6 +239,18 @@ def test_example_pins_and_backend() -> None:
     assert re.search(r'required_version\s+=\s+">= 1\.11"', router)
 
 
+def test_example_lock_file() -> None:
+    """The committed lock file pins providers the example's constraints allow."""
+    lock = TF / "examples/complete/.terraform.lock.hcl"
+    if not lock.exists():
+        pytest.skip("no lock file yet: `make tf-lock` needs registry.terraform.io")
+    text = lock.read_text()
+    aws = re.search(r'provider "registry.terraform.io/hashicorp/aws" {\n\s+version\s+= "6\.', text)
+    rnd = re.search(r'provider "registry.terraform.io/hashicorp/random" {\n\s+version\s+= "3\.', text)
+    assert aws and rnd, "lock file must pin aws 6.x and random 3.x"
+    assert text.count("h1:") >= 2 * len(tfcheck.LOCK_PLATFORMS), "hashes for every platform"
+
+
 def test_checkov_skips_have_reasons() -> None:
     assert tfcheck.unexplained_skips() == []
 

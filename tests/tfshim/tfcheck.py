@@ -447,6 +447,26 @@ def run_validate(require: bool = False) -> int:
     return tally.close()
 
 
+LOCK_DIR = "examples/complete"
+LOCK_PLATFORMS = ("linux_amd64", "linux_arm64", "darwin_amd64", "darwin_arm64", "windows_amd64")
+
+
+def run_lock() -> int:
+    """Write examples/complete/.terraform.lock.hcl for every platform (needs the registry).
+
+    ``terraform providers lock`` records the registry's hashes of each
+    provider build, so the lock file works on every listed platform, not only
+    the one that ran ``terraform init``.
+    """
+    if not registry_reachable():
+        print(f"skip  lock: {REGISTRY} unreachable: cannot fetch provider hashes here")
+        return 1
+    args = ["providers", "lock", "-no-color", *[f"-platform={p}" for p in LOCK_PLATFORMS]]
+    code, out, err = terraform(args, TF_ROOT / LOCK_DIR)
+    print(out + err)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -456,10 +476,12 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument(
         "--require", action="store_true", help="fail instead of skipping without the registry"
     )
+    sub.add_parser("lock", help="write examples/complete/.terraform.lock.hcl (make tf-lock)")
     args = parser.parse_args(argv)
     runners: dict[str, Callable[[], int]] = {
         "check": lambda: run_check(args.checkov),
         "validate": lambda: run_validate(getattr(args, "require", False)),
+        "lock": run_lock,
     }
     return runners[args.cmd]()
 

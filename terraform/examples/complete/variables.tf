@@ -15,7 +15,7 @@ variable "vpc_id" {
 }
 
 variable "private_subnet_ids" {
-  description = "Existing private subnets (>= 2 AZs, with NAT egress) for the routers and GPU nodes."
+  description = "Existing private subnets (>= 2 AZs, with NAT egress) for the routers, the registry and the GPU nodes."
   type        = list(string)
 }
 

@@ -245,8 +245,9 @@ def test_example_lock_file() -> None:
     if not lock.exists():
         pytest.skip("no lock file yet: `make tf-lock` needs registry.terraform.io")
     text = lock.read_text()
-    aws = re.search(r'provider "registry.terraform.io/hashicorp/aws" {\n\s+version\s+= "6\.', text)
-    rnd = re.search(r'provider "registry.terraform.io/hashicorp/random" {\n\s+version\s+= "3\.', text)
+    pin = r'provider "registry.terraform.io/hashicorp/{}" {{\n\s+version\s+= "{}\.'
+    aws = re.search(pin.format("aws", 6), text)
+    rnd = re.search(pin.format("random", 3), text)
     assert aws and rnd, "lock file must pin aws 6.x and random 3.x"
     assert text.count("h1:") >= 2 * len(tfcheck.LOCK_PLATFORMS), "hashes for every platform"
 

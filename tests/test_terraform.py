@@ -22,6 +22,7 @@ from spotrelay.agent.settings import AgentConfig
 from spotrelay.core.config import load
 from spotrelay.router.settings import Registry as RegistrySettings
 from spotrelay.router.settings import RouterConfig
+from spotrelay.router.settings import Server as ServerSettings
 from tests.tfshim import tfcheck
 
 REPO = tfcheck.REPO
@@ -72,7 +73,7 @@ def test_agent_yaml_loads_with_agent_schema(rendered: dict, tmp_path: Path) -> N
     path.write_text(rendered["gpu_agent_yaml"])
     cfg = load(AgentConfig, path, env={})
     # One internal endpoint, never a router's own address.
-    assert cfg.router.urls == ["http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8080"]
+    assert cfg.router.urls == ["http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8081"]
     assert cfg.router.node_token_file == "/etc/spotrelay/node-token"
     assert cfg.engine.url == "http://127.0.0.1:8000"
     assert cfg.engine.model == "Qwen/Qwen2.5-7B-Instruct"
@@ -86,10 +87,14 @@ def test_agent_yaml_loads_with_agent_schema(rendered: dict, tmp_path: Path) -> N
 def test_router_yaml_loads_with_router_schema(rendered: dict, tmp_path: Path) -> None:
     if "backend" not in {f.name for f in dataclasses.fields(RegistrySettings)}:
         pytest.skip("registry.backend (the shared Redis registry) is not in this router yet")
+    if "control_port" not in {f.name for f in dataclasses.fields(ServerSettings)}:
+        pytest.skip("server.control_port (the control listener) is not in this router yet")
     path = tmp_path / "router.yaml"
     path.write_text(rendered["router_yaml"])
     cfg = load(RouterConfig, path, env={})
     assert cfg.server.port == 8080
+    assert (cfg.server.control_port, cfg.server.control_on_main_port) == (8081, False)
+    assert cfg.server.connection_cap_exempt == []  # the module passes the VPC CIDR
     assert cfg.auth.node_token_file == "/etc/spotrelay/node-token"
     assert cfg.registry.allowed_networks == ["10.0.0.0/16"]
     assert cfg.registry.backend == "redis"

@@ -55,7 +55,7 @@ module "gpu" {{
   source               = "{gpu}"
   name                 = "llm-gpu"
   region               = "us-east-1"
-  router_url           = "http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8080"
+  router_url           = "http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8081"
   node_token_parameter = "arn:aws:ssm:us-east-1:123456789012:parameter/spotrelay/llm/node-token"
   model = {{
     name               = "Qwen/Qwen2.5-7B-Instruct"

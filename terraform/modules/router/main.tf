@@ -37,6 +37,7 @@ module "config" {
   router_count       = var.router_count
   subnet_count       = length(var.subnet_ids)
   port               = var.port
+  control_port       = var.control_port
   spotrelay_pip_spec = var.spotrelay_pip_spec
   api_keys_parameter = var.api_keys_parameter
   internet_facing    = !var.load_balancer.internal
@@ -47,7 +48,8 @@ module "config" {
     port     = var.registry.port
   }
   settings = merge(var.settings, {
-    allowed_networks = coalesce(var.settings.allowed_networks, [data.aws_vpc.this.cidr_block])
+    allowed_networks      = coalesce(var.settings.allowed_networks, [data.aws_vpc.this.cidr_block])
+    connection_cap_exempt = coalesce(var.settings.connection_cap_exempt, [data.aws_vpc.this.cidr_block])
   })
   load_balancer_idle_timeout = var.load_balancer.idle_timeout
   tags                       = var.tags
@@ -219,11 +221,11 @@ resource "aws_vpc_security_group_ingress_rule" "heartbeat_from_operators" {
 
 resource "aws_vpc_security_group_egress_rule" "heartbeat_to_routers" {
   security_group_id            = aws_security_group.heartbeat.id
-  description                  = "Forward heartbeats to the routers"
+  description                  = "Forward heartbeats to the routers' control port"
   referenced_security_group_id = aws_security_group.router.id
   ip_protocol                  = "tcp"
-  from_port                    = var.port
-  to_port                      = var.port
+  from_port                    = var.control_port
+  to_port                      = var.control_port
   tags                         = local.tags
 }
 
@@ -250,11 +252,11 @@ resource "aws_vpc_security_group_ingress_rule" "router_from_lb" {
 
 resource "aws_vpc_security_group_ingress_rule" "router_from_heartbeat" {
   security_group_id            = aws_security_group.router.id
-  description                  = "Heartbeats and health checks from the internal load balancer"
+  description                  = "Heartbeats and health checks from the internal load balancer (control port)"
   referenced_security_group_id = aws_security_group.heartbeat.id
   ip_protocol                  = "tcp"
-  from_port                    = var.port
-  to_port                      = var.port
+  from_port                    = var.control_port
+  to_port                      = var.control_port
   tags                         = local.tags
 }
 
@@ -262,11 +264,11 @@ resource "aws_vpc_security_group_ingress_rule" "router_metrics" {
   for_each = toset(var.monitoring_cidrs)
 
   security_group_id = aws_security_group.router.id
-  description       = "Prometheus scrapes /metrics from ${each.value} (inside the VPC)"
+  description       = "Prometheus scrapes /metrics on the control port from ${each.value} (inside the VPC)"
   cidr_ipv4         = each.value
   ip_protocol       = "tcp"
-  from_port         = var.port
-  to_port           = var.port
+  from_port         = var.control_port
+  to_port           = var.control_port
   tags              = local.tags
 }
 
@@ -629,7 +631,7 @@ resource "aws_lb" "heartbeat" {
 resource "aws_lb_target_group" "heartbeat" {
   #checkov:skip=CKV_AWS_378:Internal hop inside the VPC between security-group restricted endpoints.
   name_prefix          = "sph-"
-  port                 = var.port
+  port                 = var.control_port
   protocol             = "HTTP"
   vpc_id               = var.vpc_id
   target_type          = "instance"

@@ -64,9 +64,9 @@ variable "api_keys_parameter" {
 }
 
 variable "heartbeat" {
-  description = "The internal heartbeat endpoint (an internal ALB forwarding only /nodes*, /healthz, /readyz): port, and allowed_cidrs for operators (spotrelay status) besides agent_security_group_ids."
+  description = "The internal heartbeat endpoint (an internal ALB forwarding only /nodes*, /healthz, /readyz to the routers' control port): port, and allowed_cidrs for operators (spotrelay status) besides agent_security_group_ids."
   type = object({
-    port          = optional(number, 8080)
+    port          = optional(number, 8081)
     allowed_cidrs = optional(list(string), [])
   })
   default = {}
@@ -100,7 +100,7 @@ variable "node_port" {
 }
 
 variable "monitoring_cidrs" {
-  description = "CIDRs inside the VPC allowed to scrape /metrics on each router's port directly (Prometheus); /metrics is never forwarded by a load balancer."
+  description = "CIDRs inside the VPC allowed to scrape /metrics on each router's control port directly (Prometheus); /metrics is never forwarded by a load balancer."
   type        = list(string)
   default     = []
 
@@ -216,9 +216,15 @@ variable "kms_key_arn" {
 }
 
 variable "port" {
-  description = "Port the routers listen on."
+  description = "Data-plane port of the routers (behind the public load balancer)."
   type        = number
   default     = 8080
+}
+
+variable "control_port" {
+  description = "Control-plane port of the routers (/nodes, /metrics; behind the heartbeat endpoint and for monitoring_cidrs)."
+  type        = number
+  default     = 8081
 }
 
 variable "spotrelay_pip_spec" {
@@ -228,16 +234,17 @@ variable "spotrelay_pip_spec" {
 }
 
 variable "settings" {
-  description = "router.yaml settings: ttl_s, no_capacity_wait_s, first_byte_s, stream_idle_s, max_attempts, resume_enabled, worker_connections; allowed_networks defaults to the VPC CIDR."
+  description = "router.yaml settings: ttl_s, no_capacity_wait_s, first_byte_s, stream_idle_s, max_attempts, resume_enabled, worker_connections; allowed_networks and connection_cap_exempt default to the VPC CIDR."
   type = object({
-    allowed_networks   = optional(list(string))
-    ttl_s              = optional(number, 15)
-    no_capacity_wait_s = optional(number, 30)
-    first_byte_s       = optional(number, 600)
-    stream_idle_s      = optional(number, 60)
-    max_attempts       = optional(number, 3)
-    resume_enabled     = optional(bool, true)
-    worker_connections = optional(number, 4000)
+    allowed_networks      = optional(list(string))
+    connection_cap_exempt = optional(list(string))
+    ttl_s                 = optional(number, 15)
+    no_capacity_wait_s    = optional(number, 30)
+    first_byte_s          = optional(number, 600)
+    stream_idle_s         = optional(number, 60)
+    max_attempts          = optional(number, 3)
+    resume_enabled        = optional(bool, true)
+    worker_connections    = optional(number, 4000)
   })
   default = {}
 }

@@ -97,7 +97,7 @@ run "two_routers" {
   }
 
   assert {
-    condition     = strcontains(module.gpu_pool.user_data, "internal-spotrelay-heartbeat-123.us-east-1.elb.amazonaws.com:8080")
+    condition     = strcontains(module.gpu_pool.user_data, "internal-spotrelay-heartbeat-123.us-east-1.elb.amazonaws.com:8081")
     error_message = "GPU nodes register with the internal heartbeat endpoint."
   }
 }

@@ -31,7 +31,7 @@ variables {
   name                     = "llm-gpu"
   vpc_id                   = "vpc-0123456789abcdef0"
   subnet_ids               = ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"]
-  router_url               = "http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8080"
+  router_url               = "http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8081"
   router_security_group_id = "sg-0123456789abcdef0"
   node_token_parameter_arn = "arn:aws:ssm:us-east-1:123456789012:parameter/spotrelay/llm/node-token"
   model = {

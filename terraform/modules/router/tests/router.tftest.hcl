@@ -129,8 +129,13 @@ run "internal_by_default" {
   }
 
   assert {
-    condition     = output.heartbeat_url == "http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8080"
+    condition     = output.heartbeat_url == "http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8081"
     error_message = "Agents register with the internal load balancer."
+  }
+
+  assert {
+    condition     = aws_lb_target_group.heartbeat.port == 8081 && aws_lb_target_group.router.port == 8080
+    error_message = "The heartbeat endpoint reaches the routers' control listener, clients their data port."
   }
 
   assert {

@@ -40,13 +40,24 @@ variable "subnet_count" {
 }
 
 variable "port" {
-  description = "Port the router listens on (data and control plane)."
+  description = "Port of the router's data plane (the OpenAI API, /healthz, /readyz)."
   type        = number
   default     = 8080
 
   validation {
     condition     = var.port >= 1024 && var.port <= 65535
     error_message = "port must be between 1024 and 65535."
+  }
+}
+
+variable "control_port" {
+  description = "Port of the router's control listener (/nodes, /metrics, /healthz, /readyz): heartbeats never queue behind data-plane clients, and the data port serves no control path."
+  type        = number
+  default     = 8081
+
+  validation {
+    condition     = var.control_port >= 1024 && var.control_port <= 65535 && var.control_port != var.port
+    error_message = "control_port must be between 1024 and 65535 and differ from port."
   }
 }
 
@@ -134,21 +145,27 @@ variable "spotrelay_pip_spec" {
 }
 
 variable "settings" {
-  description = "router.yaml settings (keys of spotrelay.router.settings.RouterConfig). allowed_networks are the CIDRs node URLs must be in (normally the VPC CIDR)."
+  description = "router.yaml settings (keys of spotrelay.router.settings.RouterConfig). allowed_networks are the CIDRs node URLs must be in (normally the VPC CIDR); connection_cap_exempt the addresses without a per-address connection cap (the load balancers', normally the VPC CIDR)."
   type = object({
-    allowed_networks   = list(string)
-    ttl_s              = optional(number, 15)
-    no_capacity_wait_s = optional(number, 30)
-    first_byte_s       = optional(number, 600)
-    stream_idle_s      = optional(number, 60)
-    max_attempts       = optional(number, 3)
-    resume_enabled     = optional(bool, true)
-    worker_connections = optional(number, 4000)
+    allowed_networks      = list(string)
+    connection_cap_exempt = optional(list(string), [])
+    ttl_s                 = optional(number, 15)
+    no_capacity_wait_s    = optional(number, 30)
+    first_byte_s          = optional(number, 600)
+    stream_idle_s         = optional(number, 60)
+    max_attempts          = optional(number, 3)
+    resume_enabled        = optional(bool, true)
+    worker_connections    = optional(number, 4000)
   })
 
   validation {
     condition     = length(var.settings.allowed_networks) >= 1 && alltrue([for c in var.settings.allowed_networks : can(cidrhost(c, 0))])
     error_message = "settings.allowed_networks must list at least one CIDR block."
+  }
+
+  validation {
+    condition     = alltrue([for c in var.settings.connection_cap_exempt : can(cidrhost(c, 0))])
+    error_message = "settings.connection_cap_exempt must list CIDR blocks."
   }
 
   validation {

@@ -4,7 +4,7 @@
 variables {
   name                 = "llm"
   region               = "us-east-1"
-  router_url           = "http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8080"
+  router_url           = "http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8081"
   node_token_parameter = "/spotrelay/llm/node-token"
   model = {
     name = "Qwen/Qwen2.5-7B-Instruct"
@@ -74,7 +74,7 @@ run "agent_config_uses_agent_keys" {
   }
 
   assert {
-    condition     = jsonencode(output.agent_settings.router.urls) == jsonencode(["http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8080"])
+    condition     = jsonencode(output.agent_settings.router.urls) == jsonencode(["http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8081"])
     error_message = "The agent registers with the one internal heartbeat endpoint."
   }
 

@@ -29,6 +29,11 @@ run "defaults" {
   }
 
   assert {
+    condition     = output.router_settings.server.control_port == 8081 && output.router_settings.server.control_on_main_port == false
+    error_message = "The control plane (/nodes, /metrics) has its own listener and is not served on the data port."
+  }
+
+  assert {
     condition     = output.router_settings.auth.node_token_file == "/etc/spotrelay/node-token"
     error_message = "The router reads the node token from the file the bootstrap writes."
   }
@@ -287,6 +292,14 @@ run "rejects_undocumented_egress" {
     }
   }
   expect_failures = [var.egress_rules]
+}
+
+run "rejects_control_port_equal_to_port" {
+  command = plan
+  variables {
+    control_port = 8080
+  }
+  expect_failures = [var.control_port]
 }
 
 run "rejects_single_subnet" {

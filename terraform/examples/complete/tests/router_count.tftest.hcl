@@ -5,67 +5,7 @@
 # the real one (its ephemeral passwords run locally).
 
 mock_provider "aws" {
-  mock_data "aws_region" {
-    defaults = {
-      name   = "us-east-1"
-      region = "us-east-1"
-    }
-  }
-  mock_data "aws_caller_identity" {
-    defaults = {
-      account_id = "123456789012"
-    }
-  }
-  mock_data "aws_partition" {
-    defaults = {
-      partition = "aws"
-    }
-  }
-  mock_data "aws_vpc" {
-    defaults = {
-      cidr_block = "10.0.0.0/16"
-    }
-  }
-  mock_data "aws_iam_policy_document" {
-    defaults = {
-      json = "{\"Version\":\"2012-10-17\",\"Statement\":[]}"
-    }
-  }
-  mock_resource "aws_lb" {
-    defaults = {
-      arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/app/spotrelay/0123456789abcdef"
-    }
-  }
-  mock_resource "aws_lb_listener" {
-    defaults = {
-      arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:listener/app/spotrelay/0123456789abcdef/0123456789abcdef"
-    }
-  }
-  mock_resource "aws_lb_target_group" {
-    defaults = {
-      arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/spr/0123456789abcdef"
-    }
-  }
-  mock_resource "aws_iam_instance_profile" {
-    defaults = {
-      arn = "arn:aws:iam::123456789012:instance-profile/spotrelay"
-    }
-  }
-  mock_resource "aws_launch_template" {
-    defaults = {
-      id = "lt-0123456789abcdef0"
-    }
-  }
-  mock_resource "aws_security_group" {
-    defaults = {
-      id = "sg-0123456789abcdef0"
-    }
-  }
-  mock_resource "aws_ssm_parameter" {
-    defaults = {
-      arn = "arn:aws:ssm:us-east-1:123456789012:parameter/spotrelay/spotrelay/node-token"
-    }
-  }
+  source = "../../tests/mocks/aws" # shared mocked values
 }
 
 # The heartbeat endpoint's address: fixed for the life of the internal load
@@ -75,6 +15,21 @@ override_resource {
   values = {
     arn      = "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/app/spotrelay-heartbeat/0123456789abcdef"
     dns_name = "internal-spotrelay-heartbeat-123.us-east-1.elb.amazonaws.com"
+  }
+}
+
+# Security group ids are validated across the modules (sg-...).
+override_resource {
+  target = module.gpu_pool.aws_security_group.node
+  values = {
+    id = "sg-0123456789abcdef0"
+  }
+}
+
+override_resource {
+  target = module.router.aws_security_group.router
+  values = {
+    id = "sg-0fedcba9876543210"
   }
 }
 

@@ -27,6 +27,15 @@ locals {
     "arn:${local.partition}:ssm:${local.region}:${local.account_id}:parameter${var.api_keys_parameter}"
   )
   heartbeat_url = "http://${aws_lb.heartbeat.dns_name}:${var.heartbeat.port}"
+
+  # A CIDR is inside the VPC when it is at least as long as one of the VPC's
+  # blocks and falls in it (cidrhost masks the address to the given prefix).
+  vpc_cidrs = [for a in data.aws_vpc.this.cidr_block_associations : a.cidr_block]
+  monitoring_outside_vpc = [for c in var.monitoring_cidrs : c if !anytrue([
+    for v in local.vpc_cidrs :
+    tonumber(split("/", c)[1]) >= tonumber(split("/", v)[1]) &&
+    cidrhost("${split("/", c)[0]}/${split("/", v)[1]}", 0) == cidrhost(v, 0)
+  ])]
 }
 
 module "config" {
@@ -262,6 +271,13 @@ resource "aws_vpc_security_group_ingress_rule" "router_from_heartbeat" {
 
 resource "aws_vpc_security_group_ingress_rule" "router_metrics" {
   for_each = toset(var.monitoring_cidrs)
+
+  lifecycle {
+    precondition {
+      condition     = length(local.monitoring_outside_vpc) == 0
+      error_message = "monitoring_cidrs must lie inside the VPC (/metrics is VPC-only): ${join(", ", local.monitoring_outside_vpc)} is not."
+    }
+  }
 
   security_group_id = aws_security_group.router.id
   description       = "Prometheus scrapes /metrics on the control port from ${each.value} (inside the VPC)"

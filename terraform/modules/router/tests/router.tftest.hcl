@@ -165,6 +165,29 @@ run "egress_allow_list" {
   }
 }
 
+run "metrics_inside_the_vpc" {
+  command = apply
+
+  variables {
+    monitoring_cidrs = ["10.0.50.0/24"]
+  }
+
+  assert {
+    condition     = aws_vpc_security_group_ingress_rule.router_metrics["10.0.50.0/24"].from_port == 8081
+    error_message = "Prometheus inside the VPC scrapes the routers' control port."
+  }
+}
+
+run "rejects_metrics_outside_the_vpc" {
+  command = plan
+
+  variables {
+    monitoring_cidrs = ["10.0.50.0/24", "192.168.7.0/24"]
+  }
+
+  expect_failures = [aws_vpc_security_group_ingress_rule.router_metrics]
+}
+
 run "internet_facing_needs_certificate" {
   command = plan
 

@@ -24,6 +24,11 @@ mock_data "aws_partition" {
 mock_data "aws_vpc" {
   defaults = {
     cidr_block = "10.0.0.0/16"
+    cidr_block_associations = [{
+      association_id = "vpc-cidr-assoc-0123456789abcdef0"
+      cidr_block     = "10.0.0.0/16"
+      state          = "associated"
+    }]
   }
 }
 

@@ -5,15 +5,27 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint fmt clean demo bench
+.PHONY: install test lint fmt clean demo bench dist
 
 install: $(STAMP)
 
+# One short line per step; pip's own output goes to a log that is shown in
+# full only when a step fails.
+INSTALL_LOG := $(VENV)/install.log
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	@echo "==> creating $(VENV)"
+	@$(PYTHON) -m venv $(VENV)
+	@echo "==> installing spotrelay[dev] into $(VENV) (log: $(INSTALL_LOG))"
+	@{ $(BIN)/pip install --upgrade pip && $(BIN)/pip install -e '.[dev]'; } \
+		>$(INSTALL_LOG) 2>&1 || { cat $(INSTALL_LOG); echo "==> install failed"; exit 1; }
+	@touch $(STAMP)
+
+# The wheel and sdist that Terraform's install spec can point at (docs/deploy.md).
+dist: install
+	@rm -rf dist
+	@echo "==> building the wheel and sdist into dist/"
+	@$(BIN)/python -m build --outdir dist >$(VENV)/build.log 2>&1 || { cat $(VENV)/build.log; exit 1; }
+	@ls -1 dist
 
 lint: install
 	$(BIN)/ruff check .
@@ -47,9 +59,10 @@ CHECKOV      := $(CHECKOV_VENV)/bin/checkov
 .PHONY: tf-check tf-validate tf-lock
 
 $(CHECKOV):
-	$(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
-	$(CHECKOV_VENV)/bin/pip install --quiet 'checkov>=3.2'
+	@echo "==> installing checkov into $(CHECKOV_VENV)"
+	@$(PYTHON) -m venv $(CHECKOV_VENV)
+	@{ $(CHECKOV_VENV)/bin/pip install --upgrade pip && $(CHECKOV_VENV)/bin/pip install 'checkov>=3.2'; } \
+		>$(CHECKOV_VENV).log 2>&1 || { cat $(CHECKOV_VENV).log; exit 1; }
 
 tf-check: install $(CHECKOV)
 	$(BIN)/python tests/tfshim/tfcheck.py check --checkov $(CHECKOV)

@@ -1,8 +1,9 @@
 """``spotrelay agent check``: what IMDS, the engine and each router say, in one look.
 
 Exit code 0 iff the node is ready to serve: the engine is healthy and lists
-the model, IMDS reports no interruption or termination, no drain is recorded
-in the state file, and every router answers and accepts the node token.
+the model, IMDS reports no event the agent would drain for now (the agent's
+own :class:`.policy.EventPolicy` decides), no drain is recorded in the state
+file, and every router answers and accepts the node token.
 Read-only: it registers nothing and changes nothing.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -21,6 +23,7 @@ from .events import EventParseError, iso
 from .imds import ImdsClient, ImdsError
 from .lifecycle import LifecycleHook
 from .monitors import all_monitors
+from .policy import Action, EventPolicy
 from .routers import RouterClient, RouterError
 from .settings import AgentConfig
 
@@ -53,6 +56,7 @@ def gather(cfg: AgentConfig, config_path: str | None) -> dict[str, Any]:
         out["imds"] = {"ok": False, "error": str(exc)}
         problems.append(f"IMDS: {exc}")
     events = []
+    policy = EventPolicy.from_config(cfg.drain)
     if identity is not None:
         for monitor in all_monitors():
             try:
@@ -62,12 +66,11 @@ def gather(cfg: AgentConfig, config_path: str | None) -> dict[str, Any]:
                 continue
             for event in found:
                 events.append(event.describe())
-                if event.kind in ("spot_interruption", "lifecycle_terminated"):
-                    problems.append(f"IMDS reports {event.kind} ({event.key})")
-                elif event.kind == "rebalance" and cfg.drain.on_rebalance:
-                    problems.append("IMDS reports a rebalance recommendation (drain.on_rebalance)")
-                elif event.kind == "scheduled_maintenance":
-                    warnings.append(f"scheduled maintenance {event.key}")
+                decision = policy.decide(event, time.time())
+                if decision.action is Action.DRAIN:
+                    problems.append(f"IMDS reports {event.kind} ({event.key}): {decision.why}")
+                else:
+                    warnings.append(f"IMDS reports {event.kind} ({event.key}): {decision.why}")
     out["events"] = events
     node_id = cfg.node.id or (identity.instance_id if identity else None)
     out["node_id"] = node_id

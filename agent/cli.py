@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from spotrelay.core.config import describe, load
+from spotrelay.core.units_cli import add_install_unit_options, install_unit
 
 from .settings import AgentConfig
 
@@ -31,9 +32,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument(
         "action",
         nargs="?",
-        choices=["run", "check"],
+        choices=["run", "check", "install-unit"],
         default="run",
-        help="run the agent (default) or check the node and exit",
+        help="run the agent (default), check the node and exit, or install the systemd "
+        "unit, polkit rule and example config from the package",
     )
     p.add_argument(
         "--dry-run",
@@ -41,10 +43,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="watch and log what would be done; no router, AWS or systemctl calls",
     )
     p.add_argument("--json", action="store_true", help="check: print the findings as JSON")
+    add_install_unit_options(p)
     p.set_defaults(handler=_handle)
 
 
 def _handle(args: argparse.Namespace) -> int:
+    if args.action == "install-unit":
+        return install_unit("agent", args)
     cfg = load(AgentConfig, args.config)
     if args.action == "check":
         from .check import run_check

@@ -1,7 +1,7 @@
 """THE drain state machine: one drain per instance, whatever the number of signals.
 
-Steps (DESIGN.md "Agent"), each recorded in a small JSON state file as it
-completes so an agent restarted mid-drain carries on where it was:
+Steps, each recorded in a small JSON state file as it completes so an agent
+restarted mid-drain carries on where it was:
 
 1. ``announced``: every router is told ``draining`` (the heartbeat links are
    woken at once; this thread also PUTs ``draining`` and ``POST /drain`` to
@@ -17,9 +17,10 @@ completes so an agent restarted mid-drain carries on where it was:
    is sent during step 2 while it lasts);
 5. ``engine_stopped``: ``systemctl stop`` of the engine unit, if configured.
 
-Deregistration runs *before* the lifecycle action (DESIGN.md lists them the
-other way round): CONTINUE lets the ASG terminate the instance straight away,
-and the DELETE must not race the shutdown.
+Deregistration runs *before* the lifecycle action (the original design had
+them the other way round, see docs/architecture.md): CONTINUE lets the ASG
+terminate the instance straight away, and the DELETE must not race the
+shutdown.
 
 A second signal never starts a second drain: it is merged. An earlier
 deadline tightens the running drain; a terminating signal arriving after a
@@ -38,10 +39,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from spotrelay.core.protocol import NodeReport, NodeState
+from spotrelay.core.retry import retry_until
 
 from .backoff import Backoff
 from .engine import EngineProbe, stop_unit
@@ -51,9 +54,21 @@ from .routers import RouterClient, RouterError
 
 log = logging.getLogger("spotrelay.agent.drain")
 
+T = TypeVar("T")
+
 STATE_FILE = "drain.json"
 STATE_VERSION = 1
 SIGTERM = "sigterm"
+
+
+class Step(StrEnum):
+    """The drain's steps, in the order they run."""
+
+    ANNOUNCE = "announce"
+    WAIT_IDLE = "wait_idle"
+    DEREGISTER = "deregister"
+    COMPLETE_LIFECYCLE = "complete_lifecycle"
+    STOP_ENGINE = "stop_engine"
 
 
 def read_boot_id() -> str | None:
@@ -104,19 +119,19 @@ class DrainState:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in doc.items() if k in names})
 
-    def pending(self, has_hook: bool) -> list[str]:
+    def pending(self, has_hook: bool) -> list[Step]:
         """Steps still to run, in order."""
         steps = []
         if not self.announced:
-            steps.append("announce")
+            steps.append(Step.ANNOUNCE)
         if not self.idle:
-            steps.append("wait_idle")
+            steps.append(Step.WAIT_IDLE)
         if not self.deregistered:
-            steps.append("deregister")
+            steps.append(Step.DEREGISTER)
         if self.terminating and has_hook and not self.lifecycle_done:
-            steps.append("complete_lifecycle")
+            steps.append(Step.COMPLETE_LIFECYCLE)
         if self.stop_engine and not self.engine_stopped:
-            steps.append("stop_engine")
+            steps.append(Step.STOP_ENGINE)
         return steps
 
 
@@ -227,7 +242,6 @@ class DrainMachine:
         self._worker: threading.Thread | None = None
         self._deregistering = False
         self._acked: set[str] = set()
-        self._started_mono: float | None = None
 
     # ------------------------------------------------------------ queries
     @property
@@ -414,7 +428,6 @@ class DrainMachine:
     def _start_worker(self, resumed: bool = False) -> None:
         if self.running:
             return
-        self._started_mono = time.monotonic()
         self._worker = threading.Thread(
             target=self._run, args=(resumed,), name="drain", daemon=True
         )
@@ -462,8 +475,21 @@ class DrainMachine:
                     return
             step = pending[0]
             log.info("drain step: %s", step)
-            getattr(self, "_" + step)(state)
+            self._run_step(step, state)
             self._save()
+
+    def _run_step(self, step: Step, state: DrainState) -> None:
+        match step:
+            case Step.ANNOUNCE:
+                self._announce(state)
+            case Step.WAIT_IDLE:
+                self._wait_idle(state)
+            case Step.DEREGISTER:
+                self._deregister(state)
+            case Step.COMPLETE_LIFECYCLE:
+                self._complete_lifecycle(state)
+            case Step.STOP_ENGINE:
+                self._stop_engine(state)
 
     # step 1
     def _announce(self, state: DrainState) -> None:
@@ -483,25 +509,37 @@ class DrainMachine:
         state.announced = True
 
     def _announce_one(self, router: RouterClient, until: float) -> None:
-        backoff = Backoff(0.1, 1.0)
-        while True:
-            try:
-                report = self.report_fn(NodeState.DRAINING)
-                if report is not None:
-                    router.put(report)
-                in_flight = router.drain()
-                self._acked.add(router.base)
-                log.info(
-                    "router acknowledged drain",
-                    extra={"router": router.base, "in_flight": in_flight},
-                )
-                return
-            except RouterError as exc:
-                delay = backoff.next_delay()
-                if self.clock() + delay > until:
-                    log.warning("giving up announcing to %s: %s", router.base, exc)
-                    return
-                time.sleep(delay)
+        def announce() -> int:
+            report = self.report_fn(NodeState.DRAINING)
+            if report is not None:
+                router.put(report)
+            return router.drain()
+
+        try:
+            in_flight = self._retry(announce, RouterError, Backoff(0.1, 1.0), until)
+        except RouterError as exc:
+            log.warning("giving up announcing to %s: %s", router.base, exc)
+            return
+        self._acked.add(router.base)
+        log.info("router acknowledged drain", extra={"router": router.base, "in_flight": in_flight})
+
+    def _retry(
+        self,
+        call: Callable[[], T],
+        errors: type[Exception],
+        backoff: Backoff,
+        until: float,
+        on_retry: Callable[[BaseException, float], None] | None = None,
+    ) -> T:
+        """Retry ``call`` with ``backoff`` until ``until`` on the machine's clock."""
+        return retry_until(
+            call,
+            retry_on=errors,
+            next_delay=backoff.next_delay,
+            until=until,
+            on_retry=on_retry,
+            clock=self.clock,
+        )
 
     # step 2
     def _wait_idle(self, state: DrainState) -> None:
@@ -572,40 +610,34 @@ class DrainMachine:
         self.on_change()
 
     def _delete_one(self, router: RouterClient, until: float) -> None:
-        backoff = Backoff(0.1, 1.0)
-        while True:
-            try:
-                router.delete()
-                log.info("deregistered", extra={"router": router.base})
-                return
-            except RouterError as exc:
-                delay = backoff.next_delay()
-                if self.clock() + delay > until:
-                    log.warning("could not deregister from %s: %s", router.base, exc)
-                    return
-                time.sleep(delay)
+        try:
+            self._retry(router.delete, RouterError, Backoff(0.1, 1.0), until)
+        except RouterError as exc:
+            log.warning("could not deregister from %s: %s", router.base, exc)
+            return
+        log.info("deregistered", extra={"router": router.base})
 
     # step 4
     def _complete_lifecycle(self, state: DrainState) -> None:
         assert self.lifecycle is not None
-        backoff = Backoff(0.5, 5.0)
         until = max(state.deadline, self.clock() + 5.0)
-        while True:
-            try:
-                result = self.lifecycle.complete()
-                break
-            except LifecycleError as exc:
-                delay = backoff.next_delay()
-                if self.clock() + delay > until:
-                    log.error(
-                        "could not complete the lifecycle action; the ASG will apply the "
-                        "hook's default result at its timeout: %s",
-                        exc,
-                    )
-                    result = "failed"
-                    break
-                log.warning("lifecycle action failed, retrying in %.1fs: %s", delay, exc)
-                time.sleep(delay)
+        try:
+            result = self._retry(
+                self.lifecycle.complete,
+                LifecycleError,
+                Backoff(0.5, 5.0),
+                until,
+                on_retry=lambda exc, delay: log.warning(
+                    "lifecycle action failed, retrying in %.1fs: %s", delay, exc
+                ),
+            )
+        except LifecycleError as exc:
+            log.error(
+                "could not complete the lifecycle action; the ASG will apply the "
+                "hook's default result at its timeout: %s",
+                exc,
+            )
+            result = "failed"
         state.lifecycle_result = result
         state.lifecycle_done = True
         if self.metrics:

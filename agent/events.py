@@ -1,10 +1,14 @@
-"""Typed events the IMDS monitors emit, each with a stable deduplication key.
+"""Typed interruption events, each with a stable deduplication key.
 
 IMDS keeps answering with the same document for as long as an event is
-pending, so the monitors see one notice hundreds of times. ``key`` names the
+pending, so the monitors see one notice hundreds of times; another source
+(EventBridge through SQS) may report the same notice again. ``key`` names the
 event itself (not the sighting): two sightings with the same key are one
-event and cause one action. Times are POSIX seconds (UTC wall clock), which
-is what IMDS times mean and what the state file stores.
+event and cause one action (:mod:`.eventstore` keeps that promise).
+``occurred_at`` is the time the key is built from, so a source that stamps
+the same notice a few seconds differently still matches. Times are POSIX
+seconds (UTC wall clock), which is what IMDS times mean and what the state
+file stores.
 """
 
 from __future__ import annotations
@@ -15,6 +19,11 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, ClassVar
+
+#: EC2 sends the spot interruption warning two minutes before the action. IMDS
+#: gives the action's time; EventBridge gives when the warning was sent, so a
+#: source reading EventBridge adds this to build the same :class:`SpotInterruption`.
+SPOT_WARNING_S = 120.0
 
 
 class EventParseError(ValueError):
@@ -66,6 +75,15 @@ class Event:
         """When the instance is lost; ``None`` if the event carries no time."""
         return None
 
+    @property
+    def occurred_at(self) -> float | None:
+        """The time in ``key``; ``None`` if the key has none (it then must match exactly)."""
+        return None
+
+    def canceled(self) -> Event | None:
+        """The event that says this one was withdrawn; ``None``: it cannot be withdrawn."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"type": self.kind, "key": self.key}
         for name, value in asdict(self).items():
@@ -90,6 +108,10 @@ class SpotInterruption(Event):
     def deadline(self) -> float:
         return self.time
 
+    @property
+    def occurred_at(self) -> float:
+        return self.time
+
 
 @dataclass(frozen=True)
 class Rebalance(Event):
@@ -101,6 +123,10 @@ class Rebalance(Event):
     @property
     def key(self) -> str:
         return f"rebalance:{iso(self.notice_time)}"
+
+    @property
+    def occurred_at(self) -> float:
+        return self.notice_time
 
 
 @dataclass(frozen=True)
@@ -133,6 +159,13 @@ class ScheduledMaintenance(Event):
     @property
     def deadline(self) -> float:
         return self.not_before
+
+    @property
+    def occurred_at(self) -> float:
+        return self.not_before
+
+    def canceled(self) -> MaintenanceCanceled:
+        return MaintenanceCanceled(original_key=self.key)
 
 
 @dataclass(frozen=True)

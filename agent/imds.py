@@ -53,7 +53,7 @@ class Identity:
     local_ipv4: str | None = None
 
     def labels(self) -> dict[str, str]:
-        """The labels heartbeats carry (DESIGN.md: instance_type, az, lifecycle)."""
+        """The labels heartbeats carry: instance_type, az, lifecycle."""
         raw = {
             "instance_type": self.instance_type,
             "az": self.availability_zone,

@@ -1,8 +1,9 @@
 """The ASG termination lifecycle hook: complete it (CONTINUE) and keep it alive.
 
-boto3 is imported lazily, on the first call: it costs tens of megabytes of
-memory and most of the agent's start-up time, and nodes without a hook (or
-that are never terminated) should not pay for it.
+The calls go through :class:`~.autoscaling_api.AutoScalingAPI`, a minimal signed
+Query-protocol client (boto3 would cost the agent about 20 MB of RSS at the
+moment it matters least to spend it: see that module). It is built on the
+first call, so nodes without a hook (or that are never terminated) pay nothing.
 
 ``CompleteLifecycleAction`` answering ``ValidationError: No active Lifecycle
 Action found`` means there is nothing to complete (the hook timed out, the
@@ -15,6 +16,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .autoscaling_api import AutoScalingAPI, AwsError, AwsRetryableError
+
 log = logging.getLogger("spotrelay.agent.lifecycle")
 
 NO_ACTIVE = "No active Lifecycle Action"
@@ -24,10 +27,8 @@ class LifecycleError(Exception):
     """A lifecycle call failed in a way worth retrying (throttling, network, 5xx)."""
 
 
-def _no_active_action(exc: Exception) -> bool:
-    response = getattr(exc, "response", None) or {}
-    error = response.get("Error", {}) if isinstance(response, dict) else {}
-    return error.get("Code") == "ValidationError" and NO_ACTIVE in str(error.get("Message", ""))
+def _no_active_action(exc: AwsError) -> bool:
+    return exc.code == "ValidationError" and NO_ACTIVE in exc.message
 
 
 class LifecycleHook:
@@ -41,7 +42,7 @@ class LifecycleHook:
         *,
         region: str | None,
         endpoint_url: str | None = None,
-        client: Any = None,
+        api: AutoScalingAPI | None = None,
         dry_run: bool = False,
     ) -> None:
         self.asg_name = asg_name
@@ -50,24 +51,12 @@ class LifecycleHook:
         self.region = region
         self.endpoint_url = endpoint_url
         self.dry_run = dry_run
-        self._client = client
+        self._api = api
 
-    def client(self) -> Any:
-        if self._client is None:
-            import boto3
-            from botocore.config import Config
-
-            self._client = boto3.client(
-                "autoscaling",
-                region_name=self.region,
-                endpoint_url=self.endpoint_url,
-                config=Config(
-                    retries={"max_attempts": 3, "mode": "standard"},
-                    connect_timeout=3,
-                    read_timeout=10,
-                ),
-            )
-        return self._client
+    def api(self) -> AutoScalingAPI:
+        if self._api is None:
+            self._api = AutoScalingAPI(self.region, endpoint_url=self.endpoint_url)
+        return self._api
 
     def _params(self) -> dict[str, str]:
         return {
@@ -81,19 +70,17 @@ class LifecycleHook:
         if self.dry_run:
             log.info("dry run: would CompleteLifecycleAction CONTINUE", extra=self._params())
             return "completed"
-        from botocore.exceptions import BotoCoreError, ClientError
-
         try:
-            self.client().complete_lifecycle_action(
-                LifecycleActionResult="CONTINUE", **self._params()
+            self.api().call(
+                "CompleteLifecycleAction", {**self._params(), "LifecycleActionResult": "CONTINUE"}
             )
-        except ClientError as exc:
+        except AwsError as exc:
             if _no_active_action(exc):
                 log.info("no active lifecycle action to complete (counts as done)")
                 return "no_active_action"
-            raise LifecycleError(f"CompleteLifecycleAction: {exc}") from None
-        except BotoCoreError as exc:
-            raise LifecycleError(f"CompleteLifecycleAction: {exc}") from None
+            raise LifecycleError(str(exc)) from None
+        except AwsRetryableError as exc:
+            raise LifecycleError(str(exc)) from None
         log.info("completed lifecycle action (CONTINUE)", extra=self._params())
         return "completed"
 
@@ -102,17 +89,15 @@ class LifecycleHook:
         if self.dry_run:
             log.info("dry run: would RecordLifecycleActionHeartbeat")
             return True
-        from botocore.exceptions import BotoCoreError, ClientError
-
         try:
-            self.client().record_lifecycle_action_heartbeat(**self._params())
-        except ClientError as exc:
+            self.api().call("RecordLifecycleActionHeartbeat", self._params())
+        except AwsError as exc:
             if _no_active_action(exc):
                 log.debug("no active lifecycle action to heartbeat")
             else:
                 log.warning("RecordLifecycleActionHeartbeat failed: %s", exc)
             return False
-        except BotoCoreError as exc:
+        except AwsRetryableError as exc:
             log.warning("RecordLifecycleActionHeartbeat failed: %s", exc)
             return False
         log.debug("recorded lifecycle action heartbeat")
@@ -120,7 +105,9 @@ class LifecycleHook:
 
     def describe_hook(self) -> dict[str, Any] | None:
         """The hook as the ASG knows it (``spotrelay agent check``); None if absent."""
-        hooks = self.client().describe_lifecycle_hooks(
-            AutoScalingGroupName=self.asg_name, LifecycleHookNames=[self.hook_name]
-        )["LifecycleHooks"]
+        result = self.api().call(
+            "DescribeLifecycleHooks",
+            {"AutoScalingGroupName": self.asg_name, "LifecycleHookNames": [self.hook_name]},
+        )
+        hooks = (result or {}).get("LifecycleHooks") or []
         return hooks[0] if hooks else None

@@ -2,9 +2,11 @@
 
 Each :class:`Monitor` turns one IMDS document into the events it currently
 describes; a :class:`Poller` thread reads it every ``poll_interval_s`` and
-hands each *distinct* event (by :attr:`Event.key`) to the sink exactly once.
-A 404 means "no event". IMDS errors back off with jitter (never below the
-poll interval, at most 8 intervals, capped at 30 s) and never end the thread.
+hands every successful read's events, the same notice again and again, to
+the sink (the agent's :class:`.eventstore.EventStore` sorts out what is new
+and what was withdrawn). A 404 means "no event". IMDS errors back off with
+jitter (never below the poll interval, at most 8 intervals, capped at 30 s)
+and never end the thread.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from .backoff import Backoff
 from .events import (
     Event,
     EventParseError,
-    MaintenanceCanceled,
     parse_instance_action,
     parse_rebalance,
     parse_scheduled,
@@ -70,35 +71,32 @@ class LifecycleStateMonitor(Monitor):
 
 
 class MaintenanceMonitor(Monitor):
-    """Scheduled events come and go: one that disappears is reported as canceled."""
+    """Every active scheduled event (one that disappears is withdrawn by the store)."""
 
     name = "maintenance"
     path = MD + "events/maintenance/scheduled"
 
-    def __init__(self) -> None:
-        self._active: set[str] = set()
-
     def observe(self, body: str | None) -> list[Event]:
-        events: list[Event] = list(parse_scheduled(body))
-        keys = {e.key for e in events}
-        events += [MaintenanceCanceled(original_key=k) for k in sorted(self._active - keys)]
-        self._active = keys
-        return events
+        return list(parse_scheduled(body))
 
 
 def all_monitors() -> list[Monitor]:
     return [SpotMonitor(), RebalanceMonitor(), LifecycleStateMonitor(), MaintenanceMonitor()]
 
 
+#: receives ``(monitor name, events the document lists now)`` after every good read
+Sink = Callable[[str, list[Event]], None]
+
+
 class Poller(threading.Thread):
-    """Polls one monitor until ``stop`` is set; each distinct event reaches ``sink`` once."""
+    """Polls one monitor until ``stop`` is set; hands each good read's events to ``sink``."""
 
     def __init__(
         self,
         monitor: Monitor,
         imds: ImdsClient,
         interval_s: float,
-        sink: Callable[[Event], None],
+        sink: Sink,
         stop: threading.Event,
     ) -> None:
         super().__init__(name=f"monitor-{monitor.name}", daemon=True)
@@ -107,7 +105,6 @@ class Poller(threading.Thread):
         self.interval_s = interval_s
         self.sink = sink
         self.stop = stop
-        self.seen: set[str] = set()
         self.backoff = Backoff(interval_s, min(30.0, max(2.0, 8 * interval_s)))
         self.polls = 0
         self._failing_since: float | None = None
@@ -142,14 +139,10 @@ class Poller(threading.Thread):
             )
             self._failing_since = None
         self.backoff.reset()
-        for event in events:
-            if event.key in self.seen:
-                continue
-            self.seen.add(event.key)
-            try:
-                self.sink(event)
-            except Exception:  # the poller must outlive any bug downstream
-                log.exception("event handler failed for %s", event.key)
+        try:
+            self.sink(self.monitor.name, events)
+        except Exception:  # the poller must outlive any bug downstream
+            log.exception("event handler failed for %s", ", ".join(e.key for e in events))
         return self.interval_s
 
     def run(self) -> None:

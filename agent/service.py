@@ -3,7 +3,9 @@
 Threads (all daemons; the main thread only waits for signals and runs the
 scheduled-maintenance timer):
 
-- four IMDS pollers (:mod:`.monitors`) → :meth:`Agent.on_event`;
+- four IMDS pollers (:mod:`.monitors`) → :meth:`Agent.observe`, which keeps
+  what is new (:class:`.eventstore.EventStore`) and acts on it as
+  :class:`.policy.EventPolicy` decides;
 - ``engine-watch``: the engine process every ``engine.check_interval_s``
   and a full probe (``/health``, ``/v1/models``, ``/metrics``, host stats)
   every ``heartbeat.interval_s``, or at once when the process disappears;
@@ -31,20 +33,14 @@ from spotrelay.core.secrets import read_token
 from .backoff import Backoff
 from .drain import STATE_FILE, DrainMachine, DrainPolicy, StateStore, read_boot_id
 from .engine import EngineProbe, EngineStatus, ProcessWatch
-from .events import (
-    Event,
-    LifecycleTerminated,
-    MaintenanceCanceled,
-    Rebalance,
-    ScheduledMaintenance,
-    SpotInterruption,
-    iso,
-)
+from .events import Event
+from .eventstore import EventStore
 from .hoststats import HostSampler
 from .imds import Identity, ImdsClient, ImdsError
 from .lifecycle import LifecycleHook
 from .metrics import AgentMetrics
 from .monitors import Poller, all_monitors
+from .policy import Action, EventPolicy
 from .routers import RouterClient, RouterLink
 from .settings import AgentConfig
 from .webhook import Webhook
@@ -106,8 +102,8 @@ class Agent:
         self.links: list[RouterLink] = []
         self.pollers: list[Poller] = []
         self.drain: DrainMachine | None = None
-        self._scheduled: dict[str, tuple[float, ScheduledMaintenance]] = {}
-        self._sched_lock = threading.Lock()
+        self.policy = EventPolicy.from_config(cfg.drain)
+        self.events: EventStore | None = None
         self._last_state: NodeState | None = None
         self._threads: list[threading.Thread] = []
 
@@ -209,10 +205,13 @@ class Agent:
         if not self.token:
             log.warning("no node token configured (router.node_token / node_token_file)")
         self.metrics.serve(cfg.metrics.host, cfg.metrics.port)  # before any drain resumes
-        self.drain.restore()
+        self.events = EventStore(identity.instance_id)
+        restored = self.drain.restore()
+        for doc in restored.events if restored else []:  # acted on before the restart
+            self.events.remember(str(doc.get("type")), str(doc.get("key")))
         self._refresh_engine(self.process.alive())
         self.pollers = [
-            Poller(m, self.imds, cfg.imds.poll_interval_s, self.on_event, self.stop)
+            Poller(m, self.imds, cfg.imds.poll_interval_s, self.observe, self.stop)
             for m in all_monitors()
         ]
         engine_thread = threading.Thread(target=self._engine_loop, name="engine-watch", daemon=True)
@@ -322,42 +321,36 @@ class Agent:
                 log.exception("engine watch failed")
 
     # -------------------------------------------------------------- events
+    def observe(self, source: str, events: list[Event]) -> None:
+        """A source's current events (the pollers call this on every read)."""
+        assert self.events is not None
+        for event in self.events.observe(source, events):
+            self.on_event(event)
+
     def on_event(self, event: Event) -> None:
-        """Called by the pollers once per distinct event."""
-        assert self.drain is not None
+        """Act once on a new event, as the policy decides."""
+        assert self.drain is not None and self.events is not None
         self.metrics.events.labels(event.kind).inc()
-        info = event.describe()
-        if isinstance(event, MaintenanceCanceled):
-            with self._sched_lock:
-                dropped = self._scheduled.pop(event.original_key, None)
-            log.info("scheduled event canceled%s", " (planned drain dropped)" if dropped else "")
+        decision = self.policy.decide(event, time.time())
+        if decision.action is Action.CANCEL:
+            dropped = decision.cancels is not None and self.events.unschedule(decision.cancels)
+            log.info("%s%s", decision.why, " (planned drain dropped)" if dropped else "")
             return
         log.warning("IMDS event: %s", event.kind, extra={"key": event.key})
-        self.webhook.send("event", event=info)
-        if isinstance(event, SpotInterruption | LifecycleTerminated):
+        self.webhook.send("event", event=event.describe())
+        if decision.action is Action.DRAIN:
             self.drain.request_event(event)
-        elif isinstance(event, Rebalance):
-            if self.cfg.drain.on_rebalance:
-                self.drain.request_event(event)
-            else:
-                log.warning("rebalance recommendation: reported only (drain.on_rebalance is false)")
-        elif isinstance(event, ScheduledMaintenance):
-            start_at = event.not_before - self.cfg.drain.maintenance_lead_s
-            if time.time() >= start_at:
-                self.drain.request_event(event)
-            else:
-                log.warning("scheduled %s: will drain at %s", event.code, iso(start_at))
-                with self._sched_lock:
-                    self._scheduled[event.key] = (start_at, event)
+        elif decision.action is Action.SCHEDULE:
+            assert decision.at is not None
+            self.events.schedule(event, decision.at)
+            log.warning(decision.why)
+        else:
+            log.warning(decision.why)
 
     def _run_schedule(self) -> None:
-        now = time.time()
-        with self._sched_lock:
-            due = [e for at, e in self._scheduled.values() if at <= now]
-            for e in due:
-                del self._scheduled[e.key]
-        for event in due:
-            assert self.drain is not None
+        """Start the drains planned for events whose time has come."""
+        assert self.drain is not None and self.events is not None
+        for event in self.events.due():
             self.drain.request_event(event)
 
     # --------------------------------------------------------------- run

@@ -1,4 +1,4 @@
-"""The agent's configuration schema (``agent.yaml``); defaults from DESIGN.md."""
+"""The agent's configuration schema (``agent.yaml``) and its defaults."""
 
 from __future__ import annotations
 

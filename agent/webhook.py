@@ -7,6 +7,7 @@ a drain that has two minutes to finish.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -16,7 +17,13 @@ from typing import Any
 
 import urllib3
 
+from spotrelay.core.retry import retry_until
+
 log = logging.getLogger("spotrelay.agent.webhook")
+
+
+class WebhookError(Exception):
+    """One POST that did not get a 2xx answer."""
 
 
 class Webhook:
@@ -53,22 +60,32 @@ class Webhook:
 
     def _post(self, doc: dict[str, Any]) -> None:
         body = json.dumps(doc, default=str).encode()
-        for attempt in range(self.tries):
-            try:
-                resp = self._http.request(
-                    "POST",
-                    self.url,  # type: ignore[arg-type]
-                    body=body,
-                    headers={"Content-Type": "application/json"},
-                    timeout=self._timeout,
-                )
-                if 200 <= resp.status < 300:
-                    return
-                log.warning("webhook answered %s", resp.status)
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                log.warning("webhook POST failed: %s", exc)
-            time.sleep(0.5 * (attempt + 1))
-        self.on_failure()
+        delays = itertools.count(0.5, 0.5)  # 0.5 s, 1 s, ...: a receiver restarting catches up
+        try:
+            retry_until(
+                lambda: self._post_once(body),
+                retry_on=WebhookError,
+                next_delay=lambda: next(delays),
+                attempts=self.tries,
+                on_retry=lambda exc, delay: log.warning("%s; retrying in %.1fs", exc, delay),
+            )
+        except WebhookError as exc:
+            log.warning("%s; giving up after %d tries", exc, self.tries)
+            self.on_failure()
+
+    def _post_once(self, body: bytes) -> None:
+        try:
+            resp = self._http.request(
+                "POST",
+                self.url,  # type: ignore[arg-type]
+                body=body,
+                headers={"Content-Type": "application/json"},
+                timeout=self._timeout,
+            )
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise WebhookError(f"webhook POST failed: {exc}") from None
+        if not 200 <= resp.status < 300:
+            raise WebhookError(f"webhook answered {resp.status}")
 
     def flush(self, timeout: float = 2.0) -> None:
         """Give queued POSTs a moment to go out (at exit)."""

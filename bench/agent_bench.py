@@ -13,8 +13,8 @@ suite's lifecycle front) so a drain does everything it does in production.
    on the router sends it no new request.
 2. Footprint: one agent registered and idle (no event) for ``--idle-s``
    seconds: RSS, and CPU time used over that window as a percentage of one
-   core (psutil). RSS is also sampled right after a drain, when boto3 has
-   been imported for CompleteLifecycleAction.
+   core (psutil). RSS is also sampled right after a drain that completed
+   the lifecycle action (the AWS client and credentials loaded).
 
 Run from the repository root: ``.venv/bin/python bench/agent_bench.py``.
 """
@@ -184,7 +184,7 @@ def main() -> int:
                 "cpu_percent_of_one_core": round(cpu, 2),
                 "rss_mb_max": round(max(rss), 1),
                 "rss_mb_median": round(statistics.median(rss), 1),
-                "boto3_loaded": False,
+                "aws_client_loaded": False,
                 "threads": proc.num_threads(),
             }
             agent.proc.stop()
@@ -202,7 +202,9 @@ def main() -> int:
         f"idle agent over {idle['seconds']} s: CPU {idle['cpu_percent_of_one_core']} % of a core,"
         f" RSS {idle['rss_mb_max']} MB (max), {idle['threads']} threads"
     )
-    print(f"RSS right after a drain (boto3 loaded): {results['rss_after_drain_mb']} MB")
+    print(
+        f"RSS right after a drain (lifecycle action completed): {results['rss_after_drain_mb']} MB"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -8,11 +8,11 @@ In one run, against the same ``spotrelay sim vllm`` engine, three paths side by 
 * ``haproxy`` — client → HAProxy (Debian's, ``mode http``, one thread) → engine;
   skipped with a message when ``haproxy`` is not installed.
 
-Measured (the issue's figures):
+Measured:
 
 1. added latency of a non-streaming request, p50 and p99, at concurrency 1
    (engine set to answer at once: ttft 0, itl 0, one token);
-2. maximum non-streaming requests/s (32 connections, like DESIGN.md's prototype);
+2. maximum non-streaming requests/s (32 connections);
 3. concurrent streams held with the inter-token delay added ≤ 5 ms at p99:
    for each stream count, the p99 gap between tokens through the path minus the
    p99 gap direct at the same count.

@@ -9,7 +9,7 @@ Starts the simulator as a subprocess on a free loopback port, then opens
   and how many streams finished with every token;
 * tokens/s delivered;
 * inter-token gap p50/p99/max and the extra delay over ``--itl-ms`` (p99 is
-  the issue's acceptance figure: within 5 ms);
+  the acceptance figure: within 5 ms);
 * the simulator's own view: how late its ticker wrote tokens (from
   ``/_control/stats``), which separates its timing from the clients';
 * TTFT p50/p99 (request sent to first token; includes connection set-up);

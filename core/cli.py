@@ -13,15 +13,19 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from . import logs
+from . import extras, logs
 from .config import ConfigError
 
-COMPONENT_CLIS = (
-    "spotrelay.router.cli",
-    "spotrelay.agent.cli",
-    "spotrelay.sim.cli",
-    "spotrelay.core.deploy_cli",
-)
+# Each component's CLI module and the top-level commands it registers. Only the
+# module of the command being run is imported, so ``spotrelay agent`` on a GPU
+# node loads nothing of the router or the simulator (whose dependencies an
+# agent-only install does not have); ``--help`` and unknown commands load all.
+COMPONENT_CLIS: dict[str, tuple[str, ...]] = {
+    "spotrelay.router.cli": ("router",),
+    "spotrelay.agent.cli": ("agent",),
+    "spotrelay.sim.cli": ("sim", "demo"),
+    "spotrelay.core.deploy_cli": ("up", "down", "status"),
+}
 
 EXIT_CONFIG = 2
 
@@ -49,7 +53,13 @@ def common_options() -> argparse.ArgumentParser:
     return common
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _modules_for(argv: Sequence[str]) -> list[str]:
+    command = next((a for a in argv if not a.startswith("-")), None)
+    owners = [m for m, commands in COMPONENT_CLIS.items() if command in commands]
+    return owners or list(COMPONENT_CLIS)
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spotrelay",
         description="Serve LLMs on spot GPUs: stateless failover for vLLM.",
@@ -58,17 +68,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)
     common = common_options()
-    for name in COMPONENT_CLIS:
+    for name in _modules_for(argv):
         importlib.import_module(name).register(sub, common)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logs.setup(args.log_level, args.log_format)
     try:
+        extras.require(args.command, getattr(args, "action", None))
         return int(args.handler(args) or 0)
+    except extras.MissingExtra as exc:
+        print(f"spotrelay: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ModuleNotFoundError as exc:
+        hint = extras.explain_import_error(args.command, exc)
+        if hint is None:
+            raise
+        print(f"spotrelay: {hint}", file=sys.stderr)
+        return EXIT_CONFIG
     except ConfigError as exc:
         print(f"spotrelay: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -267,6 +268,10 @@ class TerraformDriver:
     def __init__(self, binary: str, working_dir: Path, echo: Callable[[str], None] = print):
         from python_terraform import Terraform
 
+        # python-terraform logs "error: None" on every failed streamed command (it
+        # has no captured stderr to show); Terraform's own error already reached
+        # stderr, and TerraformFailed names the step, so its logger stays quiet.
+        logging.getLogger("python_terraform").setLevel(logging.CRITICAL)
         self.binary = binary
         self.working_dir = working_dir
         self.echo = echo

@@ -108,20 +108,23 @@ def _internal(ip: str) -> bool:
 
 def router_nodes(url: str, token: str, timeout: float) -> tuple[list[dict[str, Any]], str | None]:
     """The routers' shared view, and which router answered (when it says)."""
-    import requests
+    import urllib3
 
     reason = insecure_transport(url)
     if reason:
         raise InsecureTransport(reason)
-    reply = requests.get(
+    reply = urllib3.request(
+        "GET",
         url.rstrip("/") + "/nodes",
         headers={"Authorization": f"Bearer {token}"},
         timeout=timeout,
-        allow_redirects=False,  # never replay the token to wherever a redirect points
+        retries=False,
+        redirect=False,  # never replay the token to wherever a redirect points
     )
-    if reply.status_code == 401:
+    if reply.status == 401:
         raise RuntimeError("router refused the node token (401)")
-    reply.raise_for_status()
+    if reply.status >= 300:  # a redirect is not followed with the token
+        raise RuntimeError(f"router answered GET /nodes with HTTP {reply.status}")
     data = reply.json()
     nodes = data if isinstance(data, list) else data.get("nodes", [])
     return nodes, reply.headers.get("X-Spotrelay-Router")

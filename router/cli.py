@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from spotrelay.core.units_cli import add_install_unit_options, install_unit
+
 DESCRIPTION = """\
 Run the router: OpenAI-compatible /v1/* routed to registered vLLM nodes, with
 retries before the first byte, a node control plane (/nodes, node token) and
@@ -31,6 +33,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     p.add_argument("--host", help="address to bind (beats server.host)")
     p.add_argument("--port", type=int, help="port to bind (beats server.port)")
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=["run", "install-unit"],
+        default="run",
+        help="run the router (default), or install its systemd unit and example config "
+        "from the package",
+    )
+    add_install_unit_options(p)
     p.set_defaults(handler=run)
 
 
@@ -54,6 +65,8 @@ def load_config(args: argparse.Namespace):  # -> tuple[RouterConfig, str]
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "install-unit":
+        return install_unit("router", args)
     cfg, token = load_config(args)
     if cfg.server.worker_class == "gevent":
         # Once, first, before gunicorn/Flask/ssl are imported: everything after

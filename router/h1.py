@@ -1,6 +1,6 @@
 """A small HTTP/1.1 client for the router's connections to nodes.
 
-Why not urllib3 (which DESIGN.md's prototype used)? Measured on this
+Why not urllib3 (which the first version used)? Measured on this
 project's 2-core machine under gevent, one urllib3 ``urlopen`` + ``read``
 costs about 400 µs of CPU per proxied request (``http.client`` header parsing
 through the ``email`` package, a liveness ``poll`` before each reuse, a gevent

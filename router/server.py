@@ -2,8 +2,8 @@
 
 One worker process, always: the registry lives in that process's memory.
 Inside it, gevent greenlets (default) or gthread threads serve requests; the
-gevent worker holds thousands of open streams at low cost (DESIGN.md,
-"Serving model, measured"). The app is built in the worker after the fork,
+gevent worker holds hundreds of open streams at low cost (docs/benchmarks.md,
+"Router"). The app is built in the worker after the fork,
 so background upkeep (TTL expiry, health probes) runs where the registry is.
 
 Monkey patching for gevent is done by the CLI before anything else is

@@ -1,4 +1,4 @@
-"""The router's configuration schema (``router.yaml``); defaults from DESIGN.md."""
+"""The router's configuration schema (``router.yaml``) and its defaults."""
 
 from __future__ import annotations
 

@@ -107,7 +107,7 @@ def start_router(
 ) -> Service:
     """A ``spotrelay router`` (gunicorn, gevent) on loopback, configured by ``config``.
 
-    ``config`` is a router.yaml as a dict (sections as in DESIGN.md); it is
+    ``config`` is a router.yaml as a dict (sections as in docs/router.md); it is
     written to ``logdir/<name>.yaml``. Without a node token in it the router
     gets :data:`ROUTER_TOKEN`. Ready when ``GET /healthz`` is 200.
     """

@@ -332,6 +332,51 @@ def test_target_lifecycle_terminated_and_scheduled_maintenance(
         front.close()
 
 
+def test_scheduled_maintenance_drains_at_its_lead_unless_canceled(
+    procs: ProcessGroup, logdir: Path, router: Service
+) -> None:
+    lead_s, not_before_s = 2, 6
+    drain = {"maintenance_lead_s": lead_s}
+    planned, canceled = (
+        make_node(procs, logdir, router, model, instance_id=iid, drain=drain)
+        for model, iid in (("m-plan", "i-0maintplanned01"), ("m-cancel", "i-0maintcancel001"))
+    )
+    for node in (planned, canceled):
+        run_agent(procs, logdir, node)
+        wait_state(router, node.node_id, "ready")
+    t0 = time.time()
+    for node in (planned, canceled):
+        control(node.imds, "scheduled", {"code": "system-reboot", "not_before_s": not_before_s})
+    for node in (planned, canceled):
+        seen = node.agent
+        assert seen is not None
+        wait_until(
+            lambda a=seen: a.metric("spotrelay_agent_events_total", type="scheduled_maintenance"),
+            timeout=5,
+            what="the scheduled event to be seen",
+        )
+    control(canceled.imds, "reset")  # the event is no longer listed: canceled
+    agent = canceled.agent
+    assert agent is not None
+    wait_until(
+        lambda: agent.metric("spotrelay_agent_events_total", type="maintenance_canceled") == 1,
+        timeout=5,
+        what="the cancellation to be seen",
+    )
+    assert "planned drain dropped" in agent.proc.tail(200)
+    wait_state(router, planned.node_id, None, timeout=15)
+    st = json.loads((Path(planned.config["state_dir"]) / "drain.json").read_text())
+    assert st["kind"] == "scheduled_maintenance"
+    # NotBefore has whole seconds, so the planned drain may start up to 1 s early.
+    assert st["started_at"] - t0 >= not_before_s - lead_s - 1
+    # Past the canceled event's planned time (and NotBefore): still serving, never drained.
+    wait_until(
+        lambda: time.time() >= t0 + not_before_s + 1, timeout=not_before_s + 5, what="NotBefore"
+    )
+    assert node_state(router, canceled.node_id) == "ready"
+    assert agent.metric("spotrelay_agent_drains_total", reason="scheduled_maintenance") == 0
+
+
 def test_the_same_notice_many_times_is_one_drain(
     procs: ProcessGroup, logdir: Path, router: Service
 ) -> None:

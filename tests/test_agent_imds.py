@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from spotrelay.agent.events import Event, LifecycleTerminated, Rebalance, SpotInterruption
+from spotrelay.agent.eventstore import EventStore
 from spotrelay.agent.imds import ImdsClient, ImdsError
 from spotrelay.agent.monitors import Poller, all_monitors
 from spotrelay.core.net import wait_until
@@ -126,8 +127,15 @@ class Sink:
 
 
 def _pollers(url: str, sink: Sink, stop: threading.Event, interval: float = 0.05) -> list[Poller]:
+    """The agent's event path: pollers -> event store -> ``sink`` for each new event."""
     client = ImdsClient(url, timeout_s=0.3)
-    pollers = [Poller(m, client, interval, sink, stop) for m in all_monitors()]
+    store = EventStore("i-0agenttest000001")
+
+    def observe(source: str, events: list[Event]) -> None:
+        for event in store.observe(source, events):
+            sink(event)
+
+    pollers = [Poller(m, client, interval, observe, stop) for m in all_monitors()]
     for p in pollers:
         p.start()
     return pollers

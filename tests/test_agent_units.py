@@ -29,6 +29,7 @@ from spotrelay.agent.events import (
     parse_target_lifecycle_state,
     parse_time,
 )
+from spotrelay.agent.eventstore import EventStore
 from spotrelay.agent.lifecycle import LifecycleError
 from spotrelay.agent.metrics import AgentMetrics
 from spotrelay.agent.monitors import MaintenanceMonitor
@@ -99,13 +100,14 @@ def test_scheduled_events_skip_canceled_and_completed() -> None:
 
 
 def test_maintenance_monitor_reports_cancellation() -> None:
-    mon = MaintenanceMonitor()
+    mon, store = MaintenanceMonitor(), EventStore("i-1")
     body = json.dumps([{"NotBefore": "21 Jan 2030 09:00:43 GMT", "Code": "system-reboot"}])
     (ev,) = mon.observe(body)
-    assert mon.observe(body) == [ev]
-    gone = mon.observe("[]")
+    assert store.observe(mon.name, mon.observe(body)) == [ev]
+    assert store.observe(mon.name, mon.observe(body)) == []  # still listed: nothing new
+    gone = store.observe(mon.name, mon.observe("[]"))
     assert gone == [MaintenanceCanceled(original_key=ev.key)]
-    assert mon.observe(None) == []
+    assert store.observe(mon.name, mon.observe(None)) == []
 
 
 def test_backoff_grows_with_jitter_and_is_capped() -> None:

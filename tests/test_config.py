@@ -19,7 +19,7 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_defaults_match_design() -> None:
+def test_defaults_match_the_documented_ones() -> None:
     cfg = load(RouterConfig, env={})
     assert cfg.server.port == 8080 and cfg.server.workers == 1
     assert cfg.registry.ttl_s == 15

@@ -407,9 +407,9 @@ def test_fetch_secret_script(tmp_path: Path, moto_url: str, env_name: str | None
     aws("ssm", moto_url).put_parameter(
         Name="/spotrelay/s/tok", Value="s3cret", Type="SecureString", Overwrite=True
     )
-    script = CONFIG_MODULE / "templates" / "fetch-secret.py"
     dest = tmp_path / "etc" / "node-token"
-    args = [sys.executable, str(script), "/spotrelay/s/tok", REGION, str(dest)]
+    args = [sys.executable, "-m", "spotrelay.core.fetch_secret", "/spotrelay/s/tok", REGION]
+    args.append(str(dest))
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, **AWS_ENV}
     env["AWS_ENDPOINT_URL"] = moto_url
     proc = subprocess.run(
@@ -419,3 +419,35 @@ def test_fetch_secret_script(tmp_path: Path, moto_url: str, env_name: str | None
     expected = f"{env_name}=s3cret\n" if env_name else "s3cret\n"
     assert dest.read_text() == expected
     assert stat.S_IMODE(dest.stat().st_mode) == 0o600
+
+
+def test_fetch_secret_gives_up_without_leaking_and_checks_usage(tmp_path: Path) -> None:
+    from spotrelay.core import fetch_secret
+
+    slept: list[float] = []
+    dest = tmp_path / "token"
+    assert fetch_secret.main(["only-one-arg"]) == 2
+    env_before = dict(os.environ)
+    try:
+        os.environ.update({**AWS_ENV, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+        code = fetch_secret.main(["/p", REGION, str(dest)], attempts=2, sleep=slept.append)
+    finally:
+        os.environ.clear()
+        os.environ.update(env_before)
+    assert code == 1 and slept == [1, 2] and not dest.exists()
+
+
+def test_failed_terraform_step_shows_terraform_error_not_python_terraform_noise(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from spotrelay.core.deploy import TerraformDriver, TerraformFailed
+
+    fake = tmp_path / "terraform"
+    fake.write_text("#!/bin/sh\necho 'Error: Unsupported argument on main.tf line 3' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    driver = TerraformDriver(str(fake), tmp_path, echo=lambda _: None)
+    with caplog.at_level("DEBUG"), pytest.raises(TerraformFailed, match="terraform init failed"):
+        driver.init()
+    err = capfd.readouterr().err
+    assert "Error: Unsupported argument" in err
+    assert "error: None" not in err + caplog.text

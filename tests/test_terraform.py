@@ -172,10 +172,12 @@ def test_bootstrap_scripts_parse(rendered: dict, tmp_path: Path) -> None:
     assert problems == []
 
 
-def test_boot_helpers_are_identical_copies() -> None:
-    gpu = TF / "modules/gpu-pool/modules/config/templates/fetch-secret.py"
-    router = TF / "modules/router/modules/config/templates/fetch-secret.py"
-    assert gpu.read_text() == router.read_text()
+def test_router_boot_uses_the_packaged_fetcher(rendered: dict) -> None:
+    """Routers run spotrelay.core.fetch_secret from the package, with what it imports."""
+    script = rendered["router_install_script"]
+    assert "python -m spotrelay.core.fetch_secret" in script
+    assert "'spotrelay[router]' 'botocore>=1.34'" in script
+    assert not (TF / "modules/router/modules/config/templates/fetch-secret.py").exists()
 
 
 # -- conventions and checkov ----------------------------------------------------------------

@@ -140,7 +140,6 @@ locals {
     router_yaml    = local.router_yaml
     unit_dropin    = local.unit_dropin
     install_script = local.install_script
-    fetch_secret   = file("${path.module}/templates/fetch-secret.py")
   })
 }
 

@@ -175,8 +175,13 @@ run "user_data" {
   }
 
   assert {
-    condition     = strcontains(yamldecode(output.user_data).write_files[3].content, "systemctl enable --now spotrelay-router.service")
+    condition     = strcontains(yamldecode(output.user_data).write_files[2].content, "systemctl enable --now spotrelay-router.service")
     error_message = "The bootstrap enables the router unit from the package."
+  }
+
+  assert {
+    condition     = strcontains(output.install_script, "pip install --quiet 'spotrelay[router]' 'botocore>=1.34'") && strcontains(output.install_script, "-m spotrelay.core.fetch_secret")
+    error_message = "Routers get the router extra and fetch secrets with the packaged fetcher."
   }
 
   assert {

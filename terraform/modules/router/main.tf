@@ -171,16 +171,6 @@ resource "aws_vpc_security_group_ingress_rule" "lb_redirect" {
   tags              = local.tags
 }
 
-resource "aws_vpc_security_group_egress_rule" "lb_to_routers" {
-  security_group_id            = aws_security_group.lb.id
-  description                  = "Forward client requests to the routers"
-  referenced_security_group_id = aws_security_group.router.id
-  ip_protocol                  = "tcp"
-  from_port                    = var.port
-  to_port                      = var.port
-  tags                         = local.tags
-}
-
 resource "aws_security_group" "heartbeat" {
   name_prefix = "${var.name}-heartbeat-"
   description = "spotrelay heartbeat endpoint ${var.name}: GPU node agents in, routers out"
@@ -190,30 +180,6 @@ resource "aws_security_group" "heartbeat" {
   lifecycle {
     create_before_destroy = true
   }
-}
-
-resource "aws_vpc_security_group_ingress_rule" "heartbeat_from_agents" {
-  count = length(var.agent_security_group_ids)
-
-  security_group_id            = aws_security_group.heartbeat.id
-  description                  = "Agent heartbeats and drains from the GPU nodes"
-  referenced_security_group_id = var.agent_security_group_ids[count.index]
-  ip_protocol                  = "tcp"
-  from_port                    = var.heartbeat.port
-  to_port                      = var.heartbeat.port
-  tags                         = local.tags
-}
-
-resource "aws_vpc_security_group_egress_rule" "agents_to_heartbeat" {
-  count = length(var.agent_security_group_ids)
-
-  security_group_id            = var.agent_security_group_ids[count.index]
-  description                  = "Agent heartbeats to the routers' internal endpoint"
-  referenced_security_group_id = aws_security_group.heartbeat.id
-  ip_protocol                  = "tcp"
-  from_port                    = var.heartbeat.port
-  to_port                      = var.heartbeat.port
-  tags                         = local.tags
 }
 
 resource "aws_vpc_security_group_ingress_rule" "heartbeat_from_operators" {
@@ -228,16 +194,6 @@ resource "aws_vpc_security_group_ingress_rule" "heartbeat_from_operators" {
   tags              = local.tags
 }
 
-resource "aws_vpc_security_group_egress_rule" "heartbeat_to_routers" {
-  security_group_id            = aws_security_group.heartbeat.id
-  description                  = "Forward heartbeats to the routers' control port"
-  referenced_security_group_id = aws_security_group.router.id
-  ip_protocol                  = "tcp"
-  from_port                    = var.control_port
-  to_port                      = var.control_port
-  tags                         = local.tags
-}
-
 resource "aws_security_group" "router" {
   name_prefix = "${var.name}-router-"
   description = "spotrelay routers ${var.name}: from the two load balancers"
@@ -247,26 +203,6 @@ resource "aws_security_group" "router" {
   lifecycle {
     create_before_destroy = true
   }
-}
-
-resource "aws_vpc_security_group_ingress_rule" "router_from_lb" {
-  security_group_id            = aws_security_group.router.id
-  description                  = "Client traffic from the public load balancer"
-  referenced_security_group_id = aws_security_group.lb.id
-  ip_protocol                  = "tcp"
-  from_port                    = var.port
-  to_port                      = var.port
-  tags                         = local.tags
-}
-
-resource "aws_vpc_security_group_ingress_rule" "router_from_heartbeat" {
-  security_group_id            = aws_security_group.router.id
-  description                  = "Heartbeats and health checks from the internal load balancer (control port)"
-  referenced_security_group_id = aws_security_group.heartbeat.id
-  ip_protocol                  = "tcp"
-  from_port                    = var.control_port
-  to_port                      = var.control_port
-  tags                         = local.tags
 }
 
 resource "aws_vpc_security_group_ingress_rule" "router_metrics" {
@@ -286,28 +222,6 @@ resource "aws_vpc_security_group_ingress_rule" "router_metrics" {
   from_port         = var.control_port
   to_port           = var.control_port
   tags              = local.tags
-}
-
-resource "aws_vpc_security_group_egress_rule" "router_to_nodes" {
-  count = length(var.agent_security_group_ids)
-
-  security_group_id            = aws_security_group.router.id
-  description                  = "Proxy inference requests to the engine on the GPU nodes"
-  referenced_security_group_id = var.agent_security_group_ids[count.index]
-  ip_protocol                  = "tcp"
-  from_port                    = var.node_port
-  to_port                      = var.node_port
-  tags                         = local.tags
-}
-
-resource "aws_vpc_security_group_egress_rule" "router_to_registry" {
-  security_group_id            = aws_security_group.router.id
-  description                  = "The shared node registry (Valkey over TLS)"
-  referenced_security_group_id = aws_security_group.registry.id
-  ip_protocol                  = "tcp"
-  from_port                    = var.registry.port
-  to_port                      = var.registry.port
-  tags                         = local.tags
 }
 
 resource "aws_vpc_security_group_egress_rule" "router_allowed" {
@@ -334,13 +248,59 @@ resource "aws_security_group" "registry" {
   }
 }
 
-resource "aws_vpc_security_group_ingress_rule" "registry_from_routers" {
-  security_group_id            = aws_security_group.registry.id
-  description                  = "Valkey over TLS from the routers"
-  referenced_security_group_id = aws_security_group.router.id
+# --- who reaches whom between the parts: one egress rule on the source group
+# and one ingress rule on the destination group per link -------------------------
+
+locals {
+  links = merge(
+    {
+      lb_to_routers = {
+        from = aws_security_group.lb.id, to = aws_security_group.router.id, port = var.port, egress_only = false
+        what = "client requests from the public load balancer to the routers"
+      }
+      heartbeat_to_routers = {
+        from = aws_security_group.heartbeat.id, to = aws_security_group.router.id, port = var.control_port, egress_only = false
+        what = "heartbeats and health checks from the internal load balancer to the routers' control port"
+      }
+      routers_to_registry = {
+        from = aws_security_group.router.id, to = aws_security_group.registry.id, port = var.registry.port, egress_only = false
+        what = "the routers' shared node registry (Valkey over TLS)"
+      }
+    },
+    # The GPU nodes' groups: agents reach the heartbeat endpoint (both rules
+    # here); routers reach the engine (the gpu-pool module adds the ingress).
+    { for i, sg in var.agent_security_group_ids : "agents${i}_to_heartbeat" => {
+      from = sg, to = aws_security_group.heartbeat.id, port = var.heartbeat.port, egress_only = false
+      what = "agent heartbeats from the GPU nodes to the internal endpoint"
+    } },
+    { for i, sg in var.agent_security_group_ids : "routers_to_nodes${i}" => {
+      from = aws_security_group.router.id, to = sg, port = var.node_port, egress_only = true
+      what = "inference requests from the routers to the engine on the GPU nodes"
+    } },
+  )
+}
+
+resource "aws_vpc_security_group_egress_rule" "link" {
+  for_each = local.links
+
+  security_group_id            = each.value.from
+  description                  = substr("To: ${each.value.what}", 0, 255)
+  referenced_security_group_id = each.value.to
   ip_protocol                  = "tcp"
-  from_port                    = var.registry.port
-  to_port                      = var.registry.port
+  from_port                    = each.value.port
+  to_port                      = each.value.port
+  tags                         = local.tags
+}
+
+resource "aws_vpc_security_group_ingress_rule" "link" {
+  for_each = { for k, l in local.links : k => l if !l.egress_only }
+
+  security_group_id            = each.value.to
+  description                  = substr("From: ${each.value.what}", 0, 255)
+  referenced_security_group_id = each.value.from
+  ip_protocol                  = "tcp"
+  from_port                    = each.value.port
+  to_port                      = each.value.port
   tags                         = local.tags
 }
 

@@ -98,8 +98,18 @@ run "heartbeat_reachable_from_agents_only" {
   command = apply
 
   assert {
-    condition     = length(aws_vpc_security_group_ingress_rule.heartbeat_from_agents) == 1 && aws_vpc_security_group_ingress_rule.heartbeat_from_agents[0].referenced_security_group_id == "sg-0123456789abcdef0"
+    condition     = toset([for k, r in aws_vpc_security_group_ingress_rule.link : k if r.security_group_id == aws_security_group.heartbeat.id]) == toset(["agents0_to_heartbeat"])
     error_message = "Only the GPU nodes' security group reaches the heartbeat endpoint."
+  }
+
+  assert {
+    condition     = aws_vpc_security_group_ingress_rule.link["agents0_to_heartbeat"].referenced_security_group_id == "sg-0123456789abcdef0" && aws_vpc_security_group_ingress_rule.link["agents0_to_heartbeat"].from_port == 8081
+    error_message = "Agents reach the heartbeat listener's port."
+  }
+
+  assert {
+    condition     = aws_vpc_security_group_egress_rule.link["agents0_to_heartbeat"].security_group_id == "sg-0123456789abcdef0"
+    error_message = "The agents' group may send heartbeats to the endpoint."
   }
 
   assert {
@@ -108,8 +118,18 @@ run "heartbeat_reachable_from_agents_only" {
   }
 
   assert {
-    condition     = aws_vpc_security_group_ingress_rule.registry_from_routers.referenced_security_group_id == aws_security_group.router.id
+    condition     = toset([for k, r in aws_vpc_security_group_ingress_rule.link : r.referenced_security_group_id if r.security_group_id == aws_security_group.registry.id]) == toset([aws_security_group.router.id])
     error_message = "The registry is reachable from the routers only."
+  }
+
+  assert {
+    condition     = toset([for k, r in aws_vpc_security_group_ingress_rule.link : r.from_port if r.security_group_id == aws_security_group.router.id]) == toset([8080, 8081])
+    error_message = "Routers admit the public load balancer on the data port and the heartbeat endpoint on the control port."
+  }
+
+  assert {
+    condition     = !contains(keys(aws_vpc_security_group_ingress_rule.link), "routers_to_nodes0")
+    error_message = "The engine's ingress belongs to the gpu-pool module."
   }
 }
 
@@ -160,7 +180,7 @@ run "egress_allow_list" {
   }
 
   assert {
-    condition     = aws_vpc_security_group_egress_rule.router_to_nodes[0].from_port == 8000
+    condition     = aws_vpc_security_group_egress_rule.link["routers_to_nodes0"].from_port == 8000 && aws_vpc_security_group_egress_rule.link["routers_to_nodes0"].referenced_security_group_id == "sg-0123456789abcdef0"
     error_message = "Routers reach the engine port on the GPU nodes."
   }
 }

@@ -115,6 +115,11 @@ variable "egress_rules" {
     condition     = alltrue([for r in values(var.egress_rules) : (r.cidr_ipv4 == null) != (r.prefix_list_id == null) && length(trimspace(r.description)) >= 10])
     error_message = "egress_rules: each rule needs exactly one of cidr_ipv4 or prefix_list_id, and a description saying what it is for."
   }
+
+  validation {
+    condition     = alltrue([for r in values(var.egress_rules) : can(regex("^[A-Za-z0-9 ._:/()#,@+=&;{}!$*\\[\\]-]+$", r.description))])
+    error_message = "egress_rules: descriptions may use letters, digits, spaces and ._-:/()#,@[]+=&;{}!$* only (the EC2 API refuses others, e.g. apostrophes)."
+  }
 }
 
 variable "node_token_parameter_arn" {

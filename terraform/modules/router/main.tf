@@ -249,7 +249,8 @@ resource "aws_security_group" "registry" {
 }
 
 # --- who reaches whom between the parts: one egress rule on the source group
-# and one ingress rule on the destination group per link -------------------------
+# and one ingress rule on the destination group per link. Rule descriptions
+# take a-z A-Z 0-9 space and ._-:/()#,@[]+=&;{}!$* only (no apostrophes). ----
 
 locals {
   links = merge(
@@ -260,11 +261,11 @@ locals {
       }
       heartbeat_to_routers = {
         from = aws_security_group.heartbeat.id, to = aws_security_group.router.id, port = var.control_port, egress_only = false
-        what = "heartbeats and health checks from the internal load balancer to the routers' control port"
+        what = "heartbeats and health checks from the internal load balancer to the router control port"
       }
       routers_to_registry = {
         from = aws_security_group.router.id, to = aws_security_group.registry.id, port = var.registry.port, egress_only = false
-        what = "the routers' shared node registry (Valkey over TLS)"
+        what = "the shared node registry of the routers (Valkey over TLS)"
       }
     },
     # The GPU nodes' groups: agents reach the heartbeat endpoint (both rules

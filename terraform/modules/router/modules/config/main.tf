@@ -57,12 +57,12 @@ locals {
     node_token = {
       name        = "${local.parameter_prefix}/node-token"
       type        = "SecureString"
-      description = "Bearer token spotrelay agents present to the routers' control plane"
+      description = "Bearer token spotrelay agents present to the control plane of the routers"
     }
     redis_auth_token = {
       name        = "${local.parameter_prefix}/redis-auth-token"
       type        = "SecureString"
-      description = "AUTH token of the routers' shared ElastiCache registry"
+      description = "AUTH token of the shared ElastiCache registry of the routers"
     }
   }
 

@@ -131,6 +131,11 @@ variable "egress_rules" {
     condition     = alltrue([for r in values(var.egress_rules) : length(trimspace(r.description)) >= 10])
     error_message = "egress_rules: every rule needs a description saying what it is for."
   }
+
+  validation {
+    condition     = alltrue([for r in values(var.egress_rules) : can(regex("^[A-Za-z0-9 ._:/()#,@+=&;{}!$*\\[\\]-]+$", r.description))])
+    error_message = "egress_rules: descriptions may use letters, digits, spaces and ._-:/()#,@[]+=&;{}!$* only (the EC2 API refuses others, e.g. apostrophes)."
+  }
 }
 
 variable "spotrelay_pip_spec" {

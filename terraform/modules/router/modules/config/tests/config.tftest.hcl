@@ -307,6 +307,21 @@ run "rejects_control_port_equal_to_port" {
   expect_failures = [var.control_port]
 }
 
+run "rejects_description_the_ec2_api_refuses" {
+  command = plan
+  variables {
+    egress_rules = {
+      https = {
+        description = "HTTPS to the proxy's address"
+        from_port   = 443
+        to_port     = 443
+        cidr_ipv4   = "10.0.0.10/32"
+      }
+    }
+  }
+  expect_failures = [var.egress_rules]
+}
+
 run "rejects_single_subnet" {
   command = plan
   variables {

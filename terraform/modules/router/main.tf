@@ -108,7 +108,7 @@ resource "aws_elasticache_subnet_group" "registry" {
 
 resource "aws_elasticache_replication_group" "registry" {
   #checkov:skip=CKV_AWS_31:The AUTH token is set through the write-only auth_token_wo (kept out of state), which this checkov check does not know; transit encryption is required.
-  replication_group_id       = "${var.name}-registry"
+  replication_group_id       = module.config.resource_names.registry
   description                = "spotrelay router registry ${var.name}: node heartbeats shared by every router"
   engine                     = "valkey"
   engine_version             = var.registry.engine_version
@@ -471,7 +471,7 @@ resource "aws_autoscaling_group" "router" {
 
 resource "aws_lb" "this" {
   #checkov:skip=CKV2_AWS_20:HTTP redirects to HTTPS whenever certificate_arn is set, which is required for an internet-facing load balancer; an internal one without a certificate has no HTTPS to redirect to.
-  name                       = substr("${var.name}-router", 0, 32)
+  name                       = module.config.resource_names.public_lb
   load_balancer_type         = "application"
   internal                   = var.load_balancer.internal
   subnets                    = var.load_balancer.subnet_ids
@@ -596,7 +596,7 @@ resource "aws_lb" "heartbeat" {
   #checkov:skip=CKV_AWS_150:Internal endpoint recreated by Terraform with the deployment; deletion protection would block `spotrelay down`.
   #checkov:skip=CKV2_AWS_20:Internal-only HTTP endpoint inside the VPC (security-group restricted); there is no HTTPS listener to redirect to.
   #checkov:skip=CKV_AWS_91:Heartbeats every 2 s per node would dominate access logs; the routers log registrations themselves.
-  name                       = substr("${var.name}-heartbeat", 0, 32)
+  name                       = module.config.resource_names.heartbeat_lb
   load_balancer_type         = "application"
   internal                   = true
   subnets                    = var.subnet_ids

@@ -99,6 +99,14 @@ locals {
     control = anytrue([for g in local.control_paths : can(regex(local.glob_regex[g], p))])
   } }
 
+  # Names with AWS length limits, distinct for every valid name: load
+  # balancers take 32 characters, replication group ids 40.
+  resource_names = {
+    public_lb    = "${substr(var.name, 0, 25)}-router"
+    heartbeat_lb = "${substr(var.name, 0, 22)}-heartbeat"
+    registry     = "${trimsuffix(substr(var.name, 0, 31), "-")}-registry"
+  }
+
   instance_refresh = {
     strategy               = "Rolling"
     min_healthy_percentage = var.refresh.min_healthy_percentage

@@ -53,6 +53,11 @@ output "exposure" {
   value       = local.exposure
 }
 
+output "resource_names" {
+  description = "Names with AWS length limits: public_lb and heartbeat_lb (32 characters), registry (40)."
+  value       = local.resource_names
+}
+
 output "instance_refresh" {
   description = "Rolling refresh preferences of the router group."
   value       = local.instance_refresh

@@ -3,8 +3,8 @@ variable "name" {
   type        = string
 
   validation {
-    condition     = can(regex("^[a-z][a-z0-9-]{0,30}[a-z0-9]$", var.name))
-    error_message = "name must be 2-32 characters of lowercase letters, digits and hyphens, starting with a letter."
+    condition     = can(regex("^[a-z][a-z0-9-]{0,30}[a-z0-9]$", var.name)) && !strcontains(var.name, "--")
+    error_message = "name must be 2-32 characters of lowercase letters, digits and single hyphens, starting with a letter (ElastiCache ids refuse double hyphens)."
   }
 }
 

@@ -227,6 +227,37 @@ run "api_keys_from_ssm" {
   }
 }
 
+run "names_fit_aws_limits" {
+  command = apply
+
+  variables {
+    name = "abcdefghijklmnopqrstuvwxyzabcd-e" # the 31st character is a hyphen
+  }
+
+  assert {
+    condition     = length(output.resource_names.public_lb) <= 32 && length(output.resource_names.heartbeat_lb) <= 32 && length(output.resource_names.registry) <= 40
+    error_message = "Load balancer names fit 32 characters, the replication group id 40."
+  }
+
+  assert {
+    condition     = output.resource_names.public_lb != output.resource_names.heartbeat_lb
+    error_message = "The two load balancers get different names even for the longest deployment name."
+  }
+
+  assert {
+    condition     = !endswith(output.resource_names.registry, "--registry") && !strcontains(output.resource_names.registry, "--")
+    error_message = "No double hyphen in the replication group id."
+  }
+}
+
+run "rejects_double_hyphen_name" {
+  command = plan
+  variables {
+    name = "llm--a"
+  }
+  expect_failures = [var.name]
+}
+
 run "rolling_refresh_keeps_half" {
   command = apply
 

@@ -48,9 +48,9 @@ class AwsRetryableError(Exception):
     """Throttling, a 5xx or a network failure that outlived the client's retries."""
 
 
-def default_endpoint(region: str) -> str:
+def default_endpoint(region: str, service: str = SERVICE) -> str:
     suffix = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
-    return f"https://{SERVICE}.{region}.{suffix}"
+    return f"https://{service}.{region}.{suffix}"
 
 
 def flatten(params: Mapping[str, Any]) -> dict[str, str]:
@@ -82,7 +82,14 @@ def xml_to_data(element: ET.Element) -> Any:
 
 
 class AutoScalingAPI:
-    """Signed Query-protocol calls to one region's Auto Scaling endpoint."""
+    """Signed Query-protocol calls to one region's Auto Scaling endpoint.
+
+    Subclasses set ``service`` and ``api_version`` for another Query-protocol
+    API (CloudWatch: :class:`spotrelay.agent.cloudwatch.CloudWatchAPI`).
+    """
+
+    service = SERVICE
+    api_version = API_VERSION
 
     def __init__(
         self,
@@ -96,7 +103,9 @@ class AutoScalingAPI:
         if not region and not endpoint_url:
             raise ValueError("an AWS region (lifecycle.region or IMDS) is needed")
         self.region = region or "us-east-1"
-        self.endpoint = (endpoint_url or default_endpoint(self.region)).rstrip("/") + "/"
+        self.endpoint = (endpoint_url or default_endpoint(self.region, self.service)).rstrip(
+            "/"
+        ) + "/"
         self.attempts = max(1, attempts)
         self._credentials = credentials
         self._http = urllib3.PoolManager(
@@ -116,7 +125,7 @@ class AutoScalingAPI:
 
     def call(self, action: str, params: Mapping[str, Any] | None = None) -> Any:
         """Run ``action``; its ``<ActionResult>`` as plain data."""
-        body = urlencode({"Action": action, "Version": API_VERSION, **flatten(params or {})})
+        body = urlencode({"Action": action, "Version": self.api_version, **flatten(params or {})})
         delay = 0.2
         for attempt in range(1, self.attempts + 1):
             try:
@@ -146,7 +155,7 @@ class AutoScalingAPI:
             data=body,
             headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"},
         )
-        SigV4Auth(self.credentials(), SERVICE, self.region).add_auth(request)
+        SigV4Auth(self.credentials(), self.service, self.region).add_auth(request)
         resp = self._http.request(
             "POST", self.endpoint, body=body.encode(), headers=dict(request.headers.items())
         )

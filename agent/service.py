@@ -31,6 +31,7 @@ from spotrelay.core.protocol import NodeLoad, NodeReport, NodeState, valid_insta
 from spotrelay.core.secrets import read_token
 
 from .backoff import Backoff
+from .cloudwatch import load_publisher
 from .drain import STATE_FILE, DrainMachine, DrainPolicy, StateStore, read_boot_id
 from .engine import EngineProbe, EngineStatus, ProcessWatch
 from .events import Event
@@ -216,11 +217,20 @@ class Agent:
         ]
         engine_thread = threading.Thread(target=self._engine_loop, name="engine-watch", daemon=True)
         self._threads = [*self.pollers, engine_thread, *self.links]
+        if cfg.cloudwatch.enabled:
+            self._threads.append(load_publisher(cfg, identity, self.published_load, self.stop))
         for t in self._threads:
             t.start()
         return True
 
     # -------------------------------------------------------------- state
+    def published_load(self) -> NodeLoad | None:
+        """The load CloudWatch gets: the last probe's, None while not serving or draining."""
+        drain, status = self.drain, self.status
+        if (drain is not None and drain.active) or status is None or status.load is None:
+            return None
+        return status.load if status.ready(self.cfg.engine.model) else None
+
     def report(self, state: NodeState) -> NodeReport | None:
         """A report with ``state``; None while the engine's models are unknown."""
         models = self.models or ([self.cfg.engine.model] if self.cfg.engine.model else [])

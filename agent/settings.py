@@ -144,6 +144,21 @@ class Webhook:
 
 
 @dataclass
+class CloudWatch:
+    enabled: bool = setting(False, help="publish the engine's load for target-tracking scaling")
+    namespace: str = setting("spotrelay", help="CloudWatch namespace of the load metrics")
+    pool: str | None = setting(None, help="Pool dimension; default: lifecycle.asg_name")
+    interval_s: float = setting(60, min=0.1, help="one PutMetricData per interval")
+    timeout_s: float = setting(5, min=0.1, max=30, help="connect and read timeout of each call")
+    region: str | None = setting(None, help="AWS region; default: from IMDS placement")
+    endpoint_url: str | None = setting(None, help="CloudWatch API endpoint override (tests)")
+
+    def validate(self) -> None:
+        if self.endpoint_url:
+            _check_url("cloudwatch.endpoint_url", self.endpoint_url)
+
+
+@dataclass
 class AgentConfig:
     node: Node = setting(default_factory=Node)
     router: Router = setting(default_factory=Router)
@@ -155,3 +170,4 @@ class AgentConfig:
     metrics: Metrics = setting(default_factory=Metrics)
     state_dir: str = setting("/var/lib/spotrelay", help="where the drain state survives restarts")
     webhook: Webhook = setting(default_factory=Webhook)
+    cloudwatch: CloudWatch = setting(default_factory=CloudWatch)

@@ -160,6 +160,10 @@ def create_app(service: RouterService) -> Flask:
     def drain_node(node_id: str) -> Response:
         return denied() or _control(service.drain_node(node_id))
 
+    @app.post("/instances/<instance_id>/drain")
+    def drain_instance(instance_id: str) -> Response:
+        return denied() or _control(service.drain_instance(instance_id))
+
     @app.delete("/nodes/<node_id>")
     def delete_node(node_id: str) -> Response:
         return denied() or _control(service.delete_node(node_id))

@@ -232,6 +232,24 @@ class Registry:
             self._emit([("drained", node)])
         return in_flight
 
+    def drain_instance(self, instance_id: str) -> list[tuple[Node, bool]]:
+        """Drain every node on this EC2 instance; each with whether it was draining already.
+
+        Off-node interruption events (EventBridge → SQS → controller) know the
+        instance, not the node id. A node already draining, by its agent or an
+        earlier call, is reported but not drained again (no second event).
+        """
+        with self._lock:
+            matches = [
+                (node, node.draining)
+                for node in self._nodes.values()
+                if node.instance_id == instance_id
+            ]
+            for node, _ in matches:
+                node.admin_drained = True
+        self._emit([("drained", node) for node, already in matches if not already])
+        return matches
+
     def remove(self, node_id: str, reason: str = "deleted") -> Node | None:
         with self._lock:
             node = self._nodes.pop(node_id, None)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from spotrelay.core.protocol import ProtocolError, parse_report, valid_node_id
+from spotrelay.core.protocol import ProtocolError, parse_report, valid_instance_id, valid_node_id
 
 from .auth import ControlPlaneAuth, DataPlaneAuth
 from .balancer import Balancer
@@ -137,6 +137,18 @@ class RouterService:
         if in_flight is None:
             return ControlResult(404, {"error": f"node {node_id!r} is not registered"})
         return ControlResult(200, {"id": node_id, "state": "draining", "in_flight": in_flight})
+
+    def drain_instance(self, instance_id: str) -> ControlResult:
+        if not valid_instance_id(instance_id):
+            return _bad(f"{instance_id!r} is not an EC2 instance id")
+        matches = self.registry.drain_instance(instance_id)
+        if not matches:
+            return ControlResult(404, {"error": f"no node on instance {instance_id!r}"})
+        nodes = [
+            {"id": n.id, "already_draining": already, "in_flight": n.in_flight}
+            for n, already in matches
+        ]
+        return ControlResult(200, {"instance_id": instance_id, "nodes": nodes})
 
     def delete_node(self, node_id: str) -> ControlResult:
         node = self.registry.remove(node_id)

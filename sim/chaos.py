@@ -20,11 +20,15 @@ from typing import Any
 @dataclass
 class PlannedEvent:
     at_s: float  # seconds after traffic starts
-    kind: str  # "spot_notice" or "hard_kill"
+    kind: str  # "spot_notice", "hard_kill" or "dead_agent" (agent killed, then a notice)
 
 
 def plan_events(
-    duration_s: float, preemptions: int, hard_kills: int, rng: random.Random
+    duration_s: float,
+    preemptions: int,
+    hard_kills: int,
+    rng: random.Random,
+    dead_agents: int = 0,
 ) -> list[PlannedEvent]:
     """Spread the events over the middle of the run, leaving time to recover at the end.
 
@@ -34,6 +38,8 @@ def plan_events(
     """
     kinds = ["spot_notice"] * preemptions + ["hard_kill"] * hard_kills
     rng.shuffle(kinds)
+    # A dead agent's notice goes first: the agent is killed, then the notice comes.
+    kinds = ["dead_agent"] * dead_agents + kinds
     if not kinds:
         return []
     start, end = 0.15 * duration_s, 0.70 * duration_s

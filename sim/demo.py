@@ -23,6 +23,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from .capacity import CapacityLoop, CapacityOptions
 from .chaos import FleetObserver, PlannedEvent, plan_events
 from .fleet import FleetOptions, LocalFleet, Node
 from .report import render_table, summarise, write_chart, write_json
@@ -47,6 +48,8 @@ class DemoOptions:
     fleet: FleetOptions = field(default_factory=FleetOptions)
     max_tokens: int = 48
     progress: bool = True
+    spot_shortage: tuple[float, float] | None = None  # no spot launches in this window
+    dead_agents: int = 0  # agents killed before their node's notice (heard via the queue)
 
 
 @dataclass
@@ -75,6 +78,7 @@ class Demo:
         self.events: list[EventRecord] = []
         self.t0 = 0.0
         self._replacing: list[threading.Thread] = []
+        self.capacity: CapacityLoop | None = None
 
     # -- the run --------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -101,11 +105,23 @@ class Demo:
             seed=opts.seed,
         )
         traffic.start(self.t0)
-        plan = plan_events(opts.duration_s, opts.preemptions, opts.hard_kills, self.rng)
+        plan = plan_events(
+            opts.duration_s, opts.preemptions, opts.hard_kills, self.rng, opts.dead_agents
+        )
+        if opts.spot_shortage or opts.dead_agents:
+            self.capacity = CapacityLoop(
+                self.fleet,
+                CapacityOptions(spot_shortage=opts.spot_shortage),
+                self.t0,
+                opts.fleet.engine_ready_timeout_s,
+            )
+            self.capacity.start()
         try:
             self._chaos_loop(plan, traffic, observer)
         finally:
             traffic.stop()
+            if self.capacity:
+                self.capacity.stop()
             for thread in self._replacing:
                 thread.join(timeout=opts.fleet.engine_ready_timeout_s)
             observer.stop()
@@ -118,6 +134,8 @@ class Demo:
             observer.samples,
             self._settings(),
         )
+        if self.capacity:
+            report["capacity"] = self.capacity.report()
         write_json(report, self.out)
         write_chart(report, traffic.log.records, self.out, opts.duration_s)
         return report
@@ -130,7 +148,7 @@ class Demo:
         last_progress = 0.0
         while True:
             now = time.monotonic() - self.t0
-            if now >= opts.duration_s and not self._kills_pending():
+            if now >= opts.duration_s and not self._kills_pending() and not self._settling(now):
                 return
             while pending and pending[0].at_s <= now:
                 self._inject(pending.pop(0), now)
@@ -142,6 +160,11 @@ class Demo:
                 last_progress = now
             time.sleep(0.05)
 
+    def _settling(self, now: float) -> bool:
+        """The capacity loop is still replacing or retiring nodes (bounded wait)."""
+        limit = self.options.duration_s + self.options.fleet.engine_ready_timeout_s
+        return self.capacity is not None and now < limit and self.capacity.busy()
+
     def _kills_pending(self) -> bool:
         return any(e.kill_due is not None and e.killed is None for e in self.events)
 
@@ -151,7 +174,9 @@ class Demo:
         candidates = [
             n
             for n in self.fleet.alive_nodes()
-            if n.name not in hit and self.fleet.node_state(n.name) == "ready"
+            if n.name not in hit
+            and n.lifecycle == "spot"  # spot notices exist only on spot instances
+            and self.fleet.node_state(n.name) == "ready"
         ]
         return self.rng.choice(candidates) if candidates else None
 
@@ -162,14 +187,21 @@ class Demo:
             return
         ev = EventRecord(planned.kind, node.name, round(now, 2))
         self.events.append(ev)
-        if planned.kind == "spot_notice":
+        if planned.kind == "dead_agent":
+            self.fleet.kill_agent(node)  # first the agent dies; then the notice comes
+            log.info("killed the agent of %s at %.1fs", node.name, now)
+        if planned.kind in ("spot_notice", "dead_agent"):
             due = self.fleet.spot_notice(node, self.options.lead_s)
+            if self.capacity:  # EventBridge hears it too, whether the agent does or not
+                self.capacity.notice(node)
             ev.kill_due = round(due - self.t0, 2)
             log.info("spot notice to %s at %.1fs (reclaimed at %.1fs)", node.name, now, ev.kill_due)
         else:
             log.info("hard kill of %s at %.1fs", node.name, now)
             self.fleet.terminate(node)
             ev.killed = round(time.monotonic() - self.t0, 2)
+            if self.capacity:  # EC2's state change reaches the queue, no notice before it
+                self.capacity.reclaimed(node)
         self._replace(ev)
 
     def _reclaim(self, ev: EventRecord, now: float) -> None:
@@ -177,9 +209,14 @@ class Demo:
         log.info("reclaiming %s at %.1fs", node.name, now)
         self.fleet.terminate(node)
         ev.killed = round(time.monotonic() - self.t0, 2)
+        if self.capacity:
+            self.capacity.reclaimed(node)
 
     def _replace(self, ev: EventRecord) -> None:
         """Launch a replacement in the background, as the Auto Scaling group would."""
+        if self.capacity:  # the simulated group decides spot or on-demand, and when
+            self.capacity.request_replacement(lambda node: setattr(ev, "replacement", node.name))
+            return
 
         def launch() -> None:
             node = self.fleet.launch_node()
@@ -214,7 +251,8 @@ class Demo:
             hist = observer.histories.get(ev.node)
             if hist:
                 ev.excluded = _round(hist.excluded)
-                ev.drained = _round(hist.gone) if ev.type == "spot_notice" else None
+                noticed = ev.type in ("spot_notice", "dead_agent")
+                ev.drained = _round(hist.gone) if noticed else None
             if ev.replacement and ev.replacement in observer.histories:
                 ev.replacement_ready = _round(observer.histories[ev.replacement].first_ready)
 
@@ -250,6 +288,8 @@ class Demo:
             "stream_ratio": opts.stream_ratio,
             "seed": opts.seed,
             "engine": opts.fleet.engine_cmd or "spotrelay sim vllm",
+            "spot_shortage": list(opts.spot_shortage) if opts.spot_shortage else None,
+            "dead_agents": opts.dead_agents,
         }
 
     def close(self) -> None:

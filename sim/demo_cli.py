@@ -9,6 +9,7 @@ EPILOG = """\
 examples:
   spotrelay demo                                  # 3 nodes, 60 s, 2 notices, 1 hard kill
   spotrelay demo --nodes 4 --duration 120 --rps 40 --out /tmp/demo
+  spotrelay demo --spot-shortage 10:40 --dead-agents 1   # fallback to on-demand, off-node notice
   spotrelay demo --engine-cmd 'vllm serve Qwen/Qwen2.5-0.5B-Instruct --port {port}' \\
                  --model Qwen/Qwen2.5-0.5B-Instruct --lead-s 30
 
@@ -29,6 +30,18 @@ FLAGS = {
     "max_tokens": ("demo", "max_tokens", int, "upper bound of max_tokens per request (48)"),
     "seed": ("demo", "seed", int, "RNG seed for traffic and chaos (7)"),
     "out": ("demo", "out", str, "directory for report.json, timeline.png, logs (demo-out)"),
+    "spot_shortage": (
+        "demo",
+        "spot_shortage",
+        str,
+        "START:END seconds: spot launches fail, the controller falls back to on-demand",
+    ),
+    "dead_agents": (
+        "demo",
+        "dead_agents",
+        int,
+        "kill this many nodes' agents, then send their spot notice through the queue (0)",
+    ),
     "model": ("engine", "model", str, "model name to serve and request (sim-model)"),
     "ttft_ms": ("engine", "ttft_ms", int, "simulator time to first token (40)"),
     "itl_ms": ("engine", "itl_ms", int, "simulator inter-token latency (15)"),
@@ -103,5 +116,22 @@ def _run(args: argparse.Namespace) -> int:
         fleet=fleet,
         max_tokens=d.max_tokens,
         progress=not args.no_progress,
+        spot_shortage=parse_window("demo.spot_shortage", d.spot_shortage),
+        dead_agents=d.dead_agents,
     )
     return run(options)
+
+
+def parse_window(key: str, value: str | None) -> tuple[float, float] | None:
+    """``START:END`` in seconds, START < END; a ConfigError naming ``key`` otherwise."""
+    from spotrelay.core.config import ConfigError
+
+    if not value:
+        return None
+    try:
+        start, end = (float(part) for part in value.split(":"))
+    except ValueError:
+        raise ConfigError(key, "expected START:END in seconds, e.g. 10:40", value) from None
+    if not 0 <= start < end:
+        raise ConfigError(key, "START must be >= 0 and below END", value)
+    return start, end

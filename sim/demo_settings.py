@@ -19,6 +19,12 @@ class Run:
     max_tokens: int = setting(48, min=2, help="upper bound of max_tokens per request")
     seed: int = setting(7, help="RNG seed for traffic and chaos")
     out: str = setting("demo-out", help="directory for report.json, timeline.png and logs")
+    spot_shortage: str | None = setting(
+        None, help="START:END seconds after traffic starts: replacements cannot launch as spot"
+    )
+    dead_agents: int = setting(
+        0, min=0, help="nodes whose agent is killed before their spot notice (heard via the queue)"
+    )
 
 
 @dataclass

@@ -53,6 +53,8 @@ class Node:
     agent: ManagedProcess
     started_at: float
     killed_at: float | None = None
+    instance_id: str = ""
+    lifecycle: str = "spot"  # instance-life-cycle: spot or on-demand
 
     @property
     def processes(self) -> list[ManagedProcess]:
@@ -146,7 +148,7 @@ class LocalFleet:
             str(opts.max_num_seqs),
         )
 
-    def launch_node(self) -> Node:
+    def launch_node(self, lifecycle: str = "spot") -> Node:
         """Boot one instance: IMDS, engine, then the agent that registers it."""
         self._serial += 1
         name = f"node-{self._serial}"
@@ -168,6 +170,8 @@ class LocalFleet:
                     instance_id,
                     "--local-ipv4",
                     HOST,
+                    "--lifecycle",
+                    lifecycle,
                 ),
                 log_path=logs / f"{name}-imds.log",
             )
@@ -209,7 +213,17 @@ class LocalFleet:
                 log_path=logs / f"{name}-agent.log",
             )
         )
-        node = Node(name, engine_url, imds_url, engine, imds, agent, time.monotonic())
+        node = Node(
+            name,
+            engine_url,
+            imds_url,
+            engine,
+            imds,
+            agent,
+            time.monotonic(),
+            instance_id=instance_id,
+            lifecycle=lifecycle,
+        )
         self.nodes[name] = node
         return node
 
@@ -247,6 +261,15 @@ class LocalFleet:
         for proc in node.processes:
             proc.kill()
         node.killed_at = time.monotonic()
+
+    def kill_agent(self, node: Node) -> None:
+        """The agent alone dies (crash, hang): engine and instance stay up, nobody polls IMDS."""
+        node.agent.signal(9)
+        node.agent.kill()
+
+    def scale_in(self, node: Node) -> None:
+        """What the Auto Scaling group does to a node it removes: Terminating:Wait."""
+        _post_json(node.imds_url + "/_control/lifecycle", {"state": "Terminated"})
 
     def alive_nodes(self) -> list[Node]:
         return [n for n in self.nodes.values() if n.alive()]

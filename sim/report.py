@@ -105,6 +105,8 @@ def render_table(report: dict[str, Any]) -> str:
             f"{_fmt(ev.get('drained')):>9}{_fmt(ev.get('killed')):>8}"
             f"  {ev.get('replacement') or '-':<12}{_fmt(ev.get('replacement_ready')):>7}"
         )
+    if report.get("capacity"):
+        lines += capacity_lines(report["capacity"])
     if report["failures"]:
         lines += ["", "first failures:"]
         lines += [
@@ -112,6 +114,62 @@ def render_table(report: dict[str, Any]) -> str:
             for f in report["failures"]
         ]
     return "\n".join(lines)
+
+
+def capacity_lines(cap: dict[str, Any]) -> list[str]:
+    """The capacity section: shortage, fallback decisions, return to spot, the queue."""
+    window = cap.get("spot_shortage")
+    queue = cap.get("queue", {})
+    on_demand = [x["node"] for x in cap.get("launches", []) if x["lifecycle"] == "on-demand"]
+    lines = [
+        "",
+        "capacity (seconds after traffic started)",
+        f"spot shortage window     {'-' if not window else f'{window[0]:g}s - {window[1]:g}s'}",
+        f"spot launch failures     {cap.get('spot_launch_failures', 0)}",
+        f"on-demand launched       {', '.join(on_demand) or '-'}",
+        f"back to spot             {', '.join(_retired(cap)) or '-'}",
+        f"queue events / drained / duplicates  {queue.get('events', 0)} / "
+        f"{queue.get('drained', 0)} / {queue.get('duplicate', 0)}",
+    ]
+    for d in cap.get("decisions", []):
+        lines.append(f"  t={d['t']:>6.2f}s {d['action']:<6} {d['reason']}")
+    return lines
+
+
+def _retired(cap: dict[str, Any]) -> list[str]:
+    return [f"{r['node']} retired at {r['t']:.2f}s" for r in cap.get("on_demand_retired", [])]
+
+
+def _draw_capacity(top: Any, bottom: Any, cap: dict[str, Any] | None) -> None:
+    """Shade the spot shortage, plot on-demand nodes, mark each fallback decision."""
+    if not cap:
+        return
+    window = cap.get("spot_shortage")
+    if window:
+        for ax in (top, bottom):
+            ax.axvspan(window[0], window[1], color="tab:red", alpha=0.08, label=None)
+        top.annotate("spot shortage", (window[0], top.get_ylim()[1] * 0.8), fontsize=8)
+    samples = cap.get("samples", [])
+    if samples:
+        bottom.step(
+            [x["t"] for x in samples],
+            [x["on_demand"] for x in samples],
+            where="post",
+            label="on-demand nodes",
+            color="tab:purple",
+        )
+    for d in cap.get("decisions", []):
+        color = "tab:purple" if d["action"] == "raise" else "tab:cyan"
+        bottom.axvline(d["t"], color=color, linestyle="-.", linewidth=1)
+        _label(bottom, d["t"], 0.9, f"{d['action']} → {d['on_demand_base']}", color, 7)
+
+
+def _label(ax: Any, x: float, height: float, text: str, color: str, size: int) -> None:
+    """A vertical label left of the line at ``x``, ``height`` of the way up."""
+    ax.annotate(
+        text, (x, ax.get_ylim()[1] * height), fontsize=size, rotation=90, va="top", ha="right",
+        color=color,
+    )  # fmt: skip
 
 
 def write_chart(
@@ -154,21 +212,16 @@ def write_chart(
     )
     bottom.set_ylabel("nodes")
     bottom.set_xlabel("seconds since traffic started")
+    labels = {"spot_notice": "notice", "dead_agent": "dead agent + notice", "hard_kill": "kill"}
     for ev in report["events"]:
-        color = "tab:orange" if ev["type"] == "spot_notice" else "tab:red"
+        noticed = ev["type"] in ("spot_notice", "dead_agent")
+        color = "tab:orange" if noticed else "tab:red"
         for ax in (top, bottom):
             ax.axvline(ev["at"], color=color, linestyle="--", linewidth=1)
-            if ev["type"] == "spot_notice" and ev.get("killed") is not None:
+            if noticed and ev.get("killed") is not None:
                 ax.axvline(ev["killed"], color="tab:gray", linestyle=":", linewidth=1)
-        top.annotate(
-            f"{'notice' if ev['type'] == 'spot_notice' else 'kill'} {ev['node']}",
-            (ev["at"], top.get_ylim()[1] * 0.95),
-            fontsize=8,
-            rotation=90,
-            va="top",
-            ha="right",
-            color=color,
-        )
+        _label(top, ev["at"], 0.95, f"{labels.get(ev['type'], ev['type'])} {ev['node']}", color, 8)
+    _draw_capacity(top, bottom, report.get("capacity"))
     top.legend(loc="lower left", fontsize=8)
     bottom.legend(loc="lower left", fontsize=8)
     fig.tight_layout()

@@ -268,3 +268,69 @@ def router_nodes(router_url: str, token: str = ROUTER_TOKEN) -> dict[str, dict]:
     )
     with urllib.request.urlopen(req, timeout=5) as resp:
         return {n["id"]: n for n in json.load(resp)}
+
+
+class MotoFront:
+    """An HTTP front for moto (server mode) where moto lacks an AWS behaviour.
+
+    Every Query-protocol POST is parsed; :meth:`answer` may answer it here (a
+    ``(status, xml)`` pair) and :meth:`rewrite` may change its parameters;
+    everything else goes to moto unchanged. Subclasses override the two hooks.
+    """
+
+    def __init__(self, moto: str) -> None:
+        import threading
+        import urllib.error
+        import urllib.request
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import parse_qs, urlencode
+
+        self.moto = moto
+        front = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                pairs = parse_qs(body.decode(), keep_blank_values=True).items()
+                form = {k: v[0] for k, v in pairs}
+                answered = front.answer(form)
+                if answered is not None:
+                    self._reply(answered[0], answered[1].encode(), "text/xml")
+                    return
+                changed = front.rewrite(form)
+                if changed is not form:
+                    body = urlencode(changed).encode()
+                skip = ("host", "content-length")
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
+                req = urllib.request.Request(front.moto + self.path, data=body, headers=headers)
+                try:
+                    with urllib.request.urlopen(req, timeout=10) as resp:
+                        self._reply(resp.status, resp.read(), resp.headers["Content-Type"])
+                except urllib.error.HTTPError as exc:
+                    self._reply(exc.code, exc.read(), exc.headers["Content-Type"])
+
+            def _reply(self, status: int, data: bytes, ctype: str | None) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype or "text/xml")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((HOST, 0), Handler)
+        self.url = f"http://{HOST}:{self._server.server_port}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def answer(self, form: dict[str, str]) -> tuple[int, str] | None:
+        """Answer the request here instead of moto; None forwards it."""
+        return None
+
+    def rewrite(self, form: dict[str, str]) -> dict[str, str]:
+        """The parameters to forward (``form`` itself: unchanged)."""
+        return form
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +29,8 @@ import pytest
 
 from spotrelay.agent.autoscaling_api import AutoScalingAPI, AwsError
 from spotrelay.agent.lifecycle import LifecycleError, LifecycleHook
+
+from .support import MotoFront
 
 REGION = "us-east-1"
 CREDS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
@@ -283,8 +284,7 @@ class LifecycleCall:
     result: str
 
 
-@dataclass
-class LifecycleFront:
+class LifecycleFront(MotoFront):
     """CompleteLifecycleAction/RecordLifecycleActionHeartbeat in front of moto.
 
     ``arm(instance_id)`` puts the instance in ``Terminating:Wait``: the next
@@ -292,48 +292,17 @@ class LifecycleFront:
     the answer is AWS's ``ValidationError: No active Lifecycle Action found``.
     """
 
-    moto: str
-    calls: list[LifecycleCall] = field(default_factory=list)
-    active: set[str] = field(default_factory=set)
-    url: str = ""
+    def __init__(self, moto: str) -> None:
+        self.calls: list[LifecycleCall] = []
+        self.active: set[str] = set()
+        self._asg = autoscaling_client(moto)
+        super().__init__(moto)
 
-    def __post_init__(self) -> None:
-        self._asg = autoscaling_client(self.moto)
-        front = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
-                action = form.get("Action", "")
-                if action in ("CompleteLifecycleAction", "RecordLifecycleActionHeartbeat"):
-                    status, xml = front.handle(action, form)
-                    self._reply(status, xml.encode(), "text/xml")
-                    return
-                req = urllib.request.Request(
-                    front.moto + self.path,
-                    data=body,
-                    headers={k: v for k, v in self.headers.items() if k.lower() != "host"},
-                )
-                try:
-                    with urllib.request.urlopen(req, timeout=10) as resp:
-                        self._reply(resp.status, resp.read(), resp.headers["Content-Type"])
-                except urllib.error.HTTPError as exc:
-                    self._reply(exc.code, exc.read(), exc.headers["Content-Type"])
-
-            def _reply(self, status: int, data: bytes, ctype: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", ctype or "text/xml")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+    def answer(self, form: dict[str, str]) -> tuple[int, str] | None:
+        action = form.get("Action", "")
+        if action in ("CompleteLifecycleAction", "RecordLifecycleActionHeartbeat"):
+            return self.handle(action, form)
+        return None
 
     def arm(self, instance_id: str) -> None:
         self.active.add(instance_id)
@@ -360,10 +329,6 @@ class LifecycleFront:
 
     def completions(self) -> list[LifecycleCall]:
         return [c for c in self.calls if c.action == "CompleteLifecycleAction"]
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 def _ok(action: str) -> str:

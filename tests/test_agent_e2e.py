@@ -325,7 +325,15 @@ def test_target_lifecycle_terminated_and_scheduled_maintenance(
         assert [c.result for c in front.completions()] == ["ok"]
         # Maintenance 30 s out is within drain.maintenance_lead_s (900 s): drain now.
         wait_state(router, maint.node_id, None)
-        st = json.loads((Path(maint.config["state_dir"]) / "drain.json").read_text())
+        state_file = Path(maint.config["state_dir"]) / "drain.json"
+        # Deregistering is the drain's last router step; the state file records
+        # the finish just after it.
+        wait_until(
+            lambda: json.loads(state_file.read_text()).get("finished_at"),
+            timeout=10,
+            what="maintenance drain recorded as finished",
+        )
+        st = json.loads(state_file.read_text())
         assert st["kind"] == "scheduled_maintenance" and st["finished_at"]
         assert not st["terminating"]  # no lifecycle action for maintenance
     finally:

@@ -183,7 +183,8 @@ def test_router_boot_uses_the_packaged_fetcher(rendered: dict) -> None:
 # -- conventions and checkov ----------------------------------------------------------------
 
 MODULES = ["modules/gpu-pool", "modules/router", "modules/gpu-pool/modules/config"]
-MODULES += ["modules/router/modules/config", "examples/complete"]
+MODULES += ["modules/gpu-pool/modules/capacity", "modules/router/modules/config"]
+MODULES += ["examples/complete"]
 
 
 @pytest.mark.parametrize("rel", MODULES)
@@ -192,8 +193,10 @@ def test_module_layout_and_readme(rel: str) -> None:
     for name in ("main.tf", "variables.tf", "outputs.tf", "versions.tf", "README.md"):
         assert (d / name).is_file(), f"{rel}/{name} missing"
     readme = (d / "README.md").read_text()
-    variables = re.findall(r'^variable "(\w+)"', (d / "variables.tf").read_text(), re.M)
-    outputs = re.findall(r'^output "(\w+)"', (d / "outputs.tf").read_text(), re.M)
+    declared = "".join(p.read_text() for p in sorted(d.glob("variables*.tf")))
+    variables = re.findall(r'^variable "(\w+)"', declared, re.M)
+    produced = "".join(p.read_text() for p in sorted(d.glob("outputs*.tf")))
+    outputs = re.findall(r'^output "(\w+)"', produced, re.M)
     missing = [n for n in variables + outputs if f"`{n}`" not in readme]
     assert not missing, f"{rel}/README.md does not list {missing}"
 

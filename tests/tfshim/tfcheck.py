@@ -38,11 +38,16 @@ TF_ROOT = REPO / "terraform"
 MODULE_DIRS = (
     "modules/gpu-pool",
     "modules/gpu-pool/modules/config",
+    "modules/gpu-pool/modules/capacity",
     "modules/router",
     "modules/router/modules/config",
     "examples/complete",
 )
-OFFLINE_TEST_DIRS = ("modules/gpu-pool/modules/config", "modules/router/modules/config")
+OFFLINE_TEST_DIRS = (
+    "modules/gpu-pool/modules/config",
+    "modules/gpu-pool/modules/capacity",
+    "modules/router/modules/config",
+)
 MOCK_TEST_DIRS = ("modules/gpu-pool", "modules/router", "examples/complete")
 VALIDATE_DIRS = ("modules/gpu-pool", "modules/router", "examples/complete")
 EXEC_KEYS = re.compile(r"^(Exec(?:Start|StartPre|StartPost|Stop|StopPost|Reload|Condition))=(.*)$")
@@ -136,6 +141,14 @@ def copy_tree(dest: Path) -> Path:
         target,
         ignore=shutil.ignore_patterns(".terraform", "*.tfstate*", "spotrelay.tfvars.json"),
     )
+    # The gpu-pool module packages the capacity controller from the checkout
+    # (controller.source_dir defaults to the directory above terraform/).
+    shutil.copytree(
+        REPO / "controller", dest / "controller", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (dest / "core").mkdir()
+    for name in ("__init__.py", "protocol.py"):
+        shutil.copy2(REPO / "core" / name, dest / "core" / name)
     return target
 
 

@@ -50,4 +50,8 @@ module "gpu_pool" {
   router_url               = module.router.heartbeat_url
   router_security_group_id = module.router.security_group_id
   node_token_parameter_arn = module.router.node_token_parameter_arn
+
+  scale_on_load      = var.scale_on_load
+  on_demand_fallback = var.on_demand_fallback
+  interruption_queue = var.interruption_queue
 }

@@ -39,6 +39,7 @@ module "config" {
   router_url           = var.router_url
   node_token_parameter = var.node_token_parameter_arn
   volumes              = var.volumes
+  cloudwatch           = module.capacity.agent_cloudwatch
   tags                 = merge({ Name = var.name }, var.tags)
 }
 

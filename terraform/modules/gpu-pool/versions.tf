@@ -6,5 +6,9 @@ terraform {
       source  = "hashicorp/aws"
       version = ">= 6.0"
     }
+    archive = {
+      source  = "hashicorp/archive"
+      version = ">= 2.4" # packages the capacity controller (fallback.tf)
+    }
   }
 }

@@ -64,7 +64,7 @@ variable "api_keys_parameter" {
 }
 
 variable "heartbeat" {
-  description = "The internal heartbeat endpoint (an internal ALB forwarding only /nodes*, /healthz, /readyz to the routers' control port): port, and allowed_cidrs for operators (spotrelay status) besides agent_security_group_ids."
+  description = "The internal heartbeat endpoint (an internal ALB forwarding only /nodes*, /instances/*, /healthz, /readyz to the routers' control port): port, and allowed_cidrs for operators (spotrelay status) besides agent_security_group_ids."
   type = object({
     port          = optional(number, 8081)
     allowed_cidrs = optional(list(string), [])

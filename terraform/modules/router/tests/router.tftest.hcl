@@ -89,7 +89,7 @@ run "internal_by_default" {
   }
 
   assert {
-    condition     = toset(flatten([for c in aws_lb_listener_rule.control.condition : [for pp in c.path_pattern : pp.values]])) == toset(["/nodes", "/nodes/*", "/healthz", "/readyz"])
+    condition     = toset(flatten([for c in aws_lb_listener_rule.control.condition : [for pp in c.path_pattern : pp.values]])) == toset(["/nodes", "/nodes/*", "/instances/*", "/healthz", "/readyz"])
     error_message = "The heartbeat listener forwards the control plane only."
   }
 }

@@ -78,6 +78,7 @@ locals {
     webhook = {
       url = var.spotrelay.webhook_url
     }
+    cloudwatch = var.cloudwatch
   }
   agent_yaml = "# Written by terraform (gpu-pool module); keys: docs/agent.md\n${yamlencode(local.agent_settings)}"
 

@@ -68,10 +68,12 @@ locals {
 
   # Path rules. ALB path patterns are globs (* and ?), case-sensitive.
   # The public listener forwards the OpenAI API and the health check only;
-  # the internal (heartbeat) listener forwards the control plane only.
+  # the internal (heartbeat) listener forwards the control plane only:
+  # registration and drains, and the capacity controller's drain by
+  # instance id.
   # Everything else gets the fixed 404 below.
   public_paths  = ["/v1/*", "/healthz"]
-  control_paths = ["/nodes", "/nodes/*", "/healthz", "/readyz"]
+  control_paths = ["/nodes", "/nodes/*", "/instances/*", "/healthz", "/readyz"]
   not_found = {
     content_type = "application/json"
     status_code  = "404"
@@ -90,6 +92,7 @@ locals {
   probe_paths = [
     "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
     "/healthz", "/readyz", "/metrics", "/nodes", "/nodes/i-0abc", "/nodes/i-0abc/drain",
+    "/instances/i-0abc/drain",
     "/", "/v1", "/admin", "/V1/models",
   ]
   glob_regex = { for g in distinct(concat(local.public_paths, local.control_paths)) :

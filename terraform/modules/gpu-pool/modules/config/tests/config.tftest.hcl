@@ -69,7 +69,7 @@ run "agent_config_uses_agent_keys" {
   }
 
   assert {
-    condition     = toset(keys(output.agent_settings)) == toset(["router", "engine", "imds", "heartbeat", "drain", "lifecycle", "metrics", "state_dir", "webhook"])
+    condition     = toset(keys(output.agent_settings)) == toset(["router", "engine", "imds", "heartbeat", "drain", "lifecycle", "metrics", "state_dir", "webhook", "cloudwatch"])
     error_message = "agent.yaml must use AgentConfig's sections only."
   }
 
@@ -96,6 +96,24 @@ run "agent_config_uses_agent_keys" {
   assert {
     condition     = output.agent_settings.metrics.port == 9101 && output.agent_settings.heartbeat.interval_s == 2
     error_message = "Metrics on 9101, heartbeats every 2 s by default."
+  }
+}
+
+run "agent_publishes_load_when_asked" {
+  command = apply
+
+  variables {
+    cloudwatch = {
+      enabled    = true
+      namespace  = "spotrelay"
+      pool       = "llm"
+      interval_s = 60
+    }
+  }
+
+  assert {
+    condition     = output.agent_settings.cloudwatch.enabled && output.agent_settings.cloudwatch.pool == "llm"
+    error_message = "agent.yaml turns on the load publisher for scaling on load."
   }
 }
 

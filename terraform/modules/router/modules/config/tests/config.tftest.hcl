@@ -109,7 +109,7 @@ run "public_listener_forwards_the_api_only" {
   }
 
   assert {
-    condition = !anytrue([for p in ["/metrics", "/nodes", "/nodes/i-0abc", "/nodes/i-0abc/drain", "/readyz", "/", "/v1", "/admin", "/V1/models"] :
+    condition = !anytrue([for p in ["/metrics", "/nodes", "/nodes/i-0abc", "/nodes/i-0abc/drain", "/instances/i-0abc/drain", "/readyz", "/", "/v1", "/admin", "/V1/models"] :
     output.exposure[p].public])
     error_message = "The public listener never forwards /metrics, the control plane or anything outside /v1/*."
   }
@@ -134,7 +134,7 @@ run "heartbeat_listener_forwards_the_control_plane_only" {
   command = apply
 
   assert {
-    condition = alltrue([for p in ["/nodes", "/nodes/i-0abc", "/nodes/i-0abc/drain", "/healthz", "/readyz"] :
+    condition = alltrue([for p in ["/nodes", "/nodes/i-0abc", "/nodes/i-0abc/drain", "/instances/i-0abc/drain", "/healthz", "/readyz"] :
     output.exposure[p].control])
     error_message = "Agents reach registration, drain and health through the internal endpoint."
   }

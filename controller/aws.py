@@ -1,0 +1,138 @@
+"""The controller's AWS I/O: the group's on-demand base, its activities, tags and metrics.
+
+Safe to run twice at once: :meth:`AsgGateway.apply` re-reads the group and
+writes the decided base only if the group still shows the base the decision
+was made from (a concurrent run that already moved it wins; the loser logs
+and does nothing). The target is absolute, so two runs that both saw the
+same base write the same value. The Lambda also has a reserved concurrency
+of one; this check is what makes overlapping *local* and Lambda runs safe.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+from .activities import launch_attempts
+from .fallback import Decision, FallbackState, Observation
+
+log = logging.getLogger("spotrelay.controller")
+
+TAG_SHORT_SINCE = "spotrelay:fallback-short-since"
+TAG_CHANGED_AT = "spotrelay:fallback-changed-at"
+ACTIVITY_PAGES = 2  # 2 x 100 activities: hours of history, enough for any threshold
+
+
+class GroupNotFound(RuntimeError):
+    pass
+
+
+def _float_tag(tags: dict[str, str], key: str) -> float | None:
+    try:
+        return float(tags[key])
+    except (KeyError, ValueError):
+        return None
+
+
+class AsgGateway:
+    def __init__(self, autoscaling: Any, asg_name: str) -> None:
+        self.client = autoscaling
+        self.asg_name = asg_name
+
+    def _group(self) -> dict[str, Any]:
+        groups = self.client.describe_auto_scaling_groups(AutoScalingGroupNames=[self.asg_name])
+        if not groups.get("AutoScalingGroups"):
+            raise GroupNotFound(f"Auto Scaling group {self.asg_name!r} not found")
+        return groups["AutoScalingGroups"][0]
+
+    @staticmethod
+    def _base(group: dict[str, Any]) -> int:
+        dist = (group.get("MixedInstancesPolicy") or {}).get("InstancesDistribution") or {}
+        return int(dist.get("OnDemandBaseCapacity") or 0)
+
+    def activities(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"AutoScalingGroupName": self.asg_name, "MaxRecords": 100}
+        for _ in range(ACTIVITY_PAGES):
+            page = self.client.describe_scaling_activities(**kwargs)
+            out.extend(page.get("Activities", []))
+            if not page.get("NextToken"):
+                break
+            kwargs["NextToken"] = page["NextToken"]
+        return out
+
+    def observe(self, ready_nodes: int | None) -> tuple[Observation, FallbackState]:
+        group = self._group()
+        tags = {t["Key"]: t.get("Value", "") for t in group.get("Tags", [])}
+        obs = Observation(self._base(group), launch_attempts(self.activities()), ready_nodes)
+        state = FallbackState(_float_tag(tags, TAG_SHORT_SINCE), _float_tag(tags, TAG_CHANGED_AT))
+        return obs, state
+
+    def apply(self, decision: Decision, previous: FallbackState) -> bool:
+        """Write the decision; False when another run changed the base first."""
+        if decision.changes:
+            group = self._group()
+            current = self._base(group)
+            if current != decision.observed_base:
+                log.info(
+                    "on-demand base is %d, not the %d this decision saw: another run moved it",
+                    current,
+                    decision.observed_base,
+                )
+                return False
+            self.client.update_auto_scaling_group(
+                AutoScalingGroupName=self.asg_name,
+                MixedInstancesPolicy=with_base(group, decision.target_base),
+            )
+        if decision.state != previous:
+            self._save_state(decision.state)
+        return True
+
+    def _save_state(self, state: FallbackState) -> None:
+        def tag(key: str, value: float | None) -> dict[str, Any]:
+            return {
+                "ResourceId": self.asg_name,
+                "ResourceType": "auto-scaling-group",
+                "Key": key,
+                "Value": "" if value is None else f"{value:.3f}",
+                "PropagateAtLaunch": False,
+            }
+
+        self.client.create_or_update_tags(
+            Tags=[tag(TAG_SHORT_SINCE, state.short_since), tag(TAG_CHANGED_AT, state.changed_at)]
+        )
+
+
+def with_base(group: dict[str, Any], base: int) -> dict[str, Any]:
+    """The update: the group's instances distribution as read, with only the base changed.
+
+    No ``LaunchTemplate``: properties left out of ``UpdateAutoScalingGroup`` are
+    not changed, and an update that names a launch template would need
+    ``ec2:RunInstances`` and ``iam:PassRole`` on top, which a controller that
+    only moves the on-demand base must not hold.
+    """
+    dist = copy.deepcopy(
+        (group.get("MixedInstancesPolicy") or {}).get("InstancesDistribution") or {}
+    )
+    dist["OnDemandBaseCapacity"] = base
+    return {"InstancesDistribution": dist}
+
+
+def put_metrics(cloudwatch: Any, namespace: str, pool: str, data: list[tuple[str, float, dict]]):
+    """One ``PutMetricData`` for a run: (name, value, extra dimensions) triples."""
+    if not data:
+        return
+    cloudwatch.put_metric_data(
+        Namespace=namespace,
+        MetricData=[
+            {
+                "MetricName": name,
+                "Dimensions": [{"Name": "Pool", "Value": pool}]
+                + [{"Name": k, "Value": str(v)} for k, v in dims.items()],
+                "Value": float(value),
+                "Unit": "Count",
+            }
+            for name, value, dims in data
+        ],
+    )

@@ -1,0 +1,98 @@
+"""The controller's settings, from the Lambda function's environment variables.
+
+No YAML and no third-party parser: the Lambda package carries only this
+package and boto3 (in the runtime). A bad value is a one-line error naming
+the variable, as everywhere else in spotrelay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .fallback import FallbackPolicy
+
+PREFIX = "SPOTRELAY_"
+
+
+class SettingError(ValueError):
+    """``SPOTRELAY_<KEY> = value: why`` on one line."""
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    asg_name: str
+    pool: str
+    router_urls: tuple[str, ...]
+    node_token: str | None = None  # tests and the demo; AWS uses node_token_parameter
+    node_token_parameter: str | None = None  # SSM SecureString name or ARN
+    fallback_enabled: bool = True
+    policy: FallbackPolicy = FallbackPolicy()
+    drain_on_rebalance: bool = False
+    metric_namespace: str = "spotrelay"
+    endpoint_url: str | None = None  # AWS API endpoint override (moto in tests)
+    router_timeout_s: float = 5.0
+
+
+def _get(env: Mapping[str, str], key: str, default: str | None = None) -> str | None:
+    value = env.get(PREFIX + key)
+    return default if value is None or value == "" else value
+
+
+def _number(env: Mapping[str, str], key: str, default: float, minimum: float = 0) -> float:
+    raw = _get(env, key)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingError(f"{PREFIX}{key} = {raw!r}: not a number") from None
+    if value < minimum:
+        raise SettingError(f"{PREFIX}{key} = {raw!r}: must be >= {minimum:g}")
+    return value
+
+
+def _flag(env: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = _get(env, key)
+    if raw is None:
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise SettingError(f"{PREFIX}{key} = {raw!r}: expected true or false")
+
+
+def from_env(env: Mapping[str, str]) -> ControllerSettings:
+    asg = _get(env, "ASG_NAME")
+    if not asg:
+        raise SettingError(f"{PREFIX}ASG_NAME: required (the pool's Auto Scaling group)")
+    urls = tuple(u.strip() for u in (_get(env, "ROUTER_URLS") or "").split(",") if u.strip())
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise SettingError(f"{PREFIX}ROUTER_URLS = {url!r}: each URL needs http(s)://")
+    policy = FallbackPolicy(
+        fallback_after_s=_number(env, "FALLBACK_AFTER_S", 300),
+        recover_after_s=_number(env, "RECOVER_AFTER_S", 1800),
+        step_interval_s=_number(env, "STEP_INTERVAL_S", 600),
+        min_ready=int(_number(env, "MIN_READY", 0)),
+        max_on_demand=int(_number(env, "MAX_ON_DEMAND", 2)),
+        base_on_demand=int(_number(env, "BASE_ON_DEMAND", 0)),
+    )
+    try:
+        policy.validate()
+    except ValueError as exc:
+        raise SettingError(f"{PREFIX}MAX_ON_DEMAND: {exc}") from None
+    return ControllerSettings(
+        asg_name=asg,
+        pool=_get(env, "POOL", asg) or asg,
+        router_urls=urls,
+        node_token=_get(env, "NODE_TOKEN"),
+        node_token_parameter=_get(env, "NODE_TOKEN_PARAMETER"),
+        fallback_enabled=_flag(env, "FALLBACK_ENABLED", True),
+        policy=policy,
+        drain_on_rebalance=_flag(env, "DRAIN_ON_REBALANCE", False),
+        metric_namespace=_get(env, "METRIC_NAMESPACE", "spotrelay") or "spotrelay",
+        endpoint_url=_get(env, "AWS_ENDPOINT_URL"),
+        router_timeout_s=_number(env, "ROUTER_TIMEOUT_S", 5.0, minimum=0.1),
+    )

@@ -1,0 +1,142 @@
+# Plan-level tests of the capacity resources (scaling on load, interruption
+# queue, controller Lambda) against mocked providers. Like gpu_pool.tftest.hcl
+# they need the provider schemas, so they run in `make tf-validate`; the policy
+# documents and patterns are tested offline in modules/capacity/tests. Only
+# values known at plan are asserted (ids and ARNs are unknown until apply).
+
+mock_provider "aws" {
+  mock_data "aws_region" {
+    defaults = {
+      name   = "us-east-1"
+      region = "us-east-1"
+    }
+  }
+  mock_data "aws_caller_identity" {
+    defaults = {
+      account_id = "123456789012"
+    }
+  }
+  mock_data "aws_partition" {
+    defaults = {
+      partition = "aws"
+    }
+  }
+  mock_data "aws_iam_policy_document" {
+    defaults = {
+      json = "{\"Version\":\"2012-10-17\",\"Statement\":[]}"
+    }
+  }
+}
+
+mock_provider "archive" {}
+
+variables {
+  name                     = "llm-gpu"
+  vpc_id                   = "vpc-0123456789abcdef0"
+  subnet_ids               = ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"]
+  router_url               = "http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8081"
+  router_security_group_id = "sg-0123456789abcdef0"
+  node_token_parameter_arn = "arn:aws:ssm:us-east-1:123456789012:parameter/spotrelay/llm/node-token"
+  model = {
+    name = "Qwen/Qwen2.5-7B-Instruct"
+  }
+}
+
+run "nothing_by_default" {
+  command = plan
+
+  assert {
+    condition     = length(aws_lambda_function.controller) == 0 && length(aws_sqs_queue.interruptions) == 0 && length(aws_autoscaling_policy.scale_out) == 0
+    error_message = "Scaling, fallback and the queue are off by default."
+  }
+}
+
+run "queue_and_fallback" {
+  command = plan
+
+  variables {
+    on_demand_fallback = { enabled = true }
+    interruption_queue = { enabled = true }
+  }
+
+  assert {
+    condition     = length(aws_cloudwatch_event_rule.interruption) == 4
+    error_message = "Four EventBridge rules feed the queue."
+  }
+
+  assert {
+    condition     = aws_sqs_queue.interruptions[0].sqs_managed_sse_enabled && aws_sqs_queue.interruptions_dlq[0].sqs_managed_sse_enabled
+    error_message = "Queue and DLQ are encrypted (SSE-SQS without a key)."
+  }
+
+  assert {
+    condition     = aws_sqs_queue.interruptions[0].visibility_timeout_seconds == 360 && aws_sqs_queue.interruptions[0].message_retention_seconds == 3600
+    error_message = "Visibility is 6x the function timeout; events older than an hour are useless."
+  }
+
+  assert {
+    condition     = aws_lambda_function.controller[0].handler == "spotrelay.controller.handler.handler" && aws_lambda_function.controller[0].runtime == "python3.12"
+    error_message = "The Lambda runs spotrelay.controller."
+  }
+
+  assert {
+    condition     = aws_lambda_function.controller[0].environment[0].variables["SPOTRELAY_ASG_NAME"] == "llm-gpu"
+    error_message = "The controller is configured for its own group."
+  }
+
+  assert {
+    condition     = aws_cloudwatch_event_rule.fallback_schedule[0].schedule_expression == "rate(1 minute)"
+    error_message = "The fallback runs on a schedule."
+  }
+
+  assert {
+    condition     = one(aws_lambda_event_source_mapping.interruptions[0].function_response_types) == "ReportBatchItemFailures"
+    error_message = "Failed records are retried one by one, not the whole batch."
+  }
+
+  assert {
+    condition     = length(aws_lambda_function.controller[0].vpc_config[0].security_group_ids) == 1 && aws_lambda_function.controller[0].environment[0].variables["SPOTRELAY_ROUTER_URLS"] == "http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8081"
+    error_message = "The controller runs with the nodes' security group and asks the routers' internal control endpoint."
+  }
+
+  assert {
+    condition     = aws_lambda_function.controller[0].reserved_concurrent_executions == 3 && aws_lambda_function.controller[0].tracing_config[0].mode == "Active"
+    error_message = "Bounded concurrency and tracing."
+  }
+}
+
+run "scaling_on_load" {
+  command = plan
+
+  variables {
+    scale_on_load = {
+      enabled         = true
+      target_per_node = 6
+    }
+  }
+
+  assert {
+    condition     = aws_autoscaling_policy.scale_out[0].policy_type == "TargetTrackingScaling" && aws_autoscaling_policy.scale_out[0].estimated_instance_warmup == 900
+    error_message = "Target tracking scales out, paced by a cold-start warm-up."
+  }
+
+  assert {
+    condition     = aws_autoscaling_policy.scale_out[0].target_tracking_configuration[0].disable_scale_in
+    error_message = "Scale in is the separate, slower policy."
+  }
+
+  assert {
+    condition     = aws_autoscaling_policy.scale_in[0].cooldown == 1800 && aws_autoscaling_policy.scale_in[0].scaling_adjustment == -1
+    error_message = "Scale in removes one node per cooldown."
+  }
+
+  assert {
+    condition     = aws_cloudwatch_metric_alarm.scale_in[0].threshold == 3 && aws_cloudwatch_metric_alarm.scale_in[0].evaluation_periods == 15
+    error_message = "Scale in only after 15 minutes at half the target."
+  }
+
+  assert {
+    condition     = length(aws_iam_role_policy.node_metrics) == 1
+    error_message = "Nodes may publish their load."
+  }
+}

@@ -1,0 +1,57 @@
+# Capacity: scaling on load, on-demand fallback and the interruption queue.
+# All off by default; validated in ./modules/capacity. See docs/deploy.md "Capacity".
+
+variable "scale_on_load" {
+  description = "Target tracking on the agents' load metric: enabled, metric (queue | kv_cache), target_per_node, scale_out_warmup_s, scale_in_cooldown_s, scale_in_below_ratio, scale_in_after_minutes, publish_interval_s, namespace. The pool scales between scaling.min_size and scaling.max_size."
+  type = object({
+    enabled                = optional(bool, false)
+    metric                 = optional(string, "queue")
+    target_per_node        = optional(number, 8)
+    scale_out_warmup_s     = optional(number, 900)
+    scale_in_cooldown_s    = optional(number, 1800)
+    scale_in_below_ratio   = optional(number, 0.5)
+    scale_in_after_minutes = optional(number, 15)
+    publish_interval_s     = optional(number, 60)
+    namespace              = optional(string, "spotrelay")
+  })
+  default = {}
+}
+
+variable "on_demand_fallback" {
+  description = "The controller raises the on-demand base step by step while spot cannot launch, and lowers it when spot is back: enabled, schedule, fallback_after_s, recover_after_s, step_interval_s, min_ready, max_on_demand."
+  type = object({
+    enabled          = optional(bool, false)
+    schedule         = optional(string, "rate(1 minute)")
+    fallback_after_s = optional(number, 300)
+    recover_after_s  = optional(number, 1800)
+    step_interval_s  = optional(number, 600)
+    min_ready        = optional(number, 0)
+    max_on_demand    = optional(number, 2)
+  })
+  default = {}
+}
+
+variable "interruption_queue" {
+  description = "EventBridge rules → encrypted SQS queue (with a DLQ) → controller, which drains the node by instance id even if its agent is dead: enabled, kms_key_arn (null = SSE-SQS), drain_on_rebalance, max_receive_count, message_retention_s."
+  type = object({
+    enabled             = optional(bool, false)
+    kms_key_arn         = optional(string)
+    drain_on_rebalance  = optional(bool, false)
+    max_receive_count   = optional(number, 5)
+    message_retention_s = optional(number, 3600)
+  })
+  default = {}
+}
+
+variable "controller" {
+  description = "The controller Lambda (created when on_demand_fallback or interruption_queue is enabled): memory_mb, timeout_s, log_retention_days, kms_key_arn (logs and environment), tracing, and source_dir (the spotrelay checkout to package; default: this repository)."
+  type = object({
+    memory_mb          = optional(number, 256)
+    timeout_s          = optional(number, 60)
+    log_retention_days = optional(number, 365)
+    kms_key_arn        = optional(string)
+    tracing            = optional(bool, true)
+    source_dir         = optional(string)
+  })
+  default = {}
+}

@@ -1,0 +1,53 @@
+"""The controller's Lambda package is what fallback.tf zips: spotrelay/controller/*.py and
+spotrelay/core/{__init__,protocol}.py. It must import with nothing else of spotrelay and
+no third-party module but boto3 (which the Lambda Python runtime provides, and which the
+handler imports only when it builds its clients).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_package_imports_alone(tmp_path: Path) -> None:
+    tf = (REPO / "terraform/modules/gpu-pool/fallback.tf").read_text()
+    assert (
+        '"spotrelay/core/protocol.py"' in tf
+        and 'fileset("${local.controller_src}/controller"' in tf
+    )
+    pkg = tmp_path / "spotrelay"
+    shutil.copytree(
+        REPO / "controller", pkg / "controller", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (pkg / "core").mkdir()
+    for name in ("__init__.py", "protocol.py"):
+        shutil.copy2(REPO / "core" / name, pkg / "core" / name)
+    probe = (
+        "import sys, spotrelay.controller.handler, spotrelay.controller.queue;"
+        "mods = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('spotrelay', 'boto3', 'botocore', 'yaml', 'requests', 'flask'));"
+        "print(' '.join(mods))"
+    )
+    # -S: no site-packages (so neither the installed spotrelay nor boto3), -I: isolated.
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-S",
+            "-I",
+            "-c",
+            f"import sys; sys.path.insert(0, {str(tmp_path)!r}); {probe}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    loaded = proc.stdout.split()
+    assert "spotrelay.controller.handler" in loaded
+    assert not [m for m in loaded if m.split(".")[0] != "spotrelay"], loaded
+    assert {m.split(".")[1] for m in loaded if "." in m} <= {"controller", "core"}

@@ -112,6 +112,8 @@ def start_router(procs, logdir, engine_ports: list[int]) -> int:
                     "worker_connections": 20000,
                     "upstream_pool_size": 4096,
                     "graceful_timeout_s": 1,
+                    "control_port": free_port(),
+                    "max_connections_per_ip": 0,  # the load comes from one address
                 },
                 "auth": {"node_token": TOKEN},
                 "registry": {"ttl_s": 86400},  # registered once, no heartbeats needed

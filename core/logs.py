@@ -1,7 +1,10 @@
 """Logging set-up shared by every subcommand: human lines or JSON lines.
 
 Log records pass a redaction filter so a bearer token or node token that
-slips into a message never reaches the log sink.
+slips into a message never reaches the log sink. Human lines escape control
+characters (``\\x0a``...) in the message and every field, so a client-chosen
+value with a newline (a model name, a path) cannot forge a log line; JSON
+lines are escaped by JSON itself.
 """
 
 from __future__ import annotations
@@ -20,6 +23,25 @@ _SECRET_PATTERNS = [
 ]
 
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+# C0/C1 controls, line/paragraph separators and bidirectional overrides: all can
+# make a terminal or a log viewer show something other than what was logged.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with control characters written as ``\\xNN``/``\\uNNNN`` escapes."""
+    return _CONTROLS.sub(_escape_char, text)
+
+
+def clip(text: str, limit: int = 256) -> str:
+    """At most ``limit`` characters of a client-chosen value, for logs and messages."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def redact(text: str) -> str:
@@ -65,15 +87,16 @@ class HumanFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-5s %(name)s: %(message)s")
 
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        text = super().formatMessage(record)
         extras = {
             k: v
             for k, v in vars(record).items()
             if k not in _STANDARD_ATTRS and not k.startswith("_")
         }
         if extras:
-            text += " " + " ".join(f"{k}={v}" for k, v in extras.items())
+            text += " " + " ".join(f"{k}={escape_controls(str(v))}" for k, v in extras.items())
         return text
 
 

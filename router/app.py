@@ -4,6 +4,12 @@ Data plane (OpenAI-compatible, optional API keys), control plane (node
 token), ops endpoints. Every error is JSON: OpenAI's ``{"error": {...}}``
 shape on the data plane and for unknown paths, ``{"error": "..."}`` on the
 control plane.
+
+Which listener serves what: the control listener (``server.control_port``)
+serves ``/nodes``, ``/instances``, ``/metrics``, ``/healthz`` and ``/readyz``
+only; the main port serves the data plane and the health endpoints, plus
+the control plane and ``/metrics`` while ``server.control_on_main_port`` is on. A path served
+elsewhere answers 404 like an unknown one.
 """
 
 from __future__ import annotations
@@ -14,17 +20,27 @@ import time
 from typing import Any
 
 from flask import Flask, Response, request
+from gunicorn.http.errors import ParseException
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from spotrelay.core.errors import openai_error
+from spotrelay.core.logs import clip
 
-from .proxy import ApiError, ProxyResponse, parse_request, request_id_from
+from .disconnect import ClientLink
+from .httpguard import CONTROL, ClientTimeout, close_after_response, plane_of
+from .proxy import HOP_HEADER, LOOP_HEADER, ApiError, ProxyResponse, parse_request, request_id_from
 from .service import MAX_CONTROL_BODY, ControlResult, RouterService
 
 log = logging.getLogger("spotrelay.router")
 
 INFERENCE_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings")
+OPS_PATHS = frozenset({"/healthz", "/readyz"})
+# What the control listener serves besides OPS_PATHS (and the main port unless
+# server.control_on_main_port is off): the control plane and /metrics.
+CONTROL_PATHS = frozenset({"/nodes", "/metrics"})
+CONTROL_PREFIXES = ("/nodes/", "/instances/")
+MAX_HOPS = 8  # hop marks passed on (the most recent ones)
 
 
 def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -58,23 +74,47 @@ class BodyTooLarge(Exception):
     pass
 
 
+class BadBody(Exception):
+    """The body could not be read: bad chunk framing, cut short, or too slow (``status``)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
 def read_body(limit: int) -> bytes:
     """The request body, at most ``limit`` bytes, whether or not it has a Content-Length.
 
     A declared length over the limit is refused before reading; a chunked body
     (gunicorn de-chunks it and marks the input terminated) is read up to one
     byte past the limit, so a huge upload costs at most ``limit`` of memory.
+    A body that cannot be read is :class:`BadBody`, and the connection is
+    closed after the answer (its framing is lost).
     """
     length = request.content_length  # None for Transfer-Encoding: chunked
     if length is not None and length > limit:
         raise BodyTooLarge
     environ = request.environ
     stream = environ["wsgi.input"]
-    if length is not None:
-        return stream.read(length)
-    if not environ.get("wsgi.input_terminated"):
-        return b""
-    data = stream.read(limit + 1)
+    try:
+        if length is not None:
+            data = stream.read(length)
+            if len(data) < length:
+                raise BadBody(400, "incomplete_body", "body shorter than its Content-Length")
+            return data
+        if not environ.get("wsgi.input_terminated"):
+            return b""
+        data = stream.read(limit + 1)
+    except ClientTimeout as exc:
+        close_after_response(environ)
+        raise BadBody(408, "request_timeout", str(exc)) from None
+    except (ParseException, OSError, ValueError) as exc:  # NoMoreData is an OSError
+        close_after_response(environ)
+        message = f"request body is malformed: {clip(str(exc), 200)}"
+        raise BadBody(400, "invalid_body", message) from None
+    except BadBody:
+        close_after_response(environ)
+        raise
     if len(data) > limit:
         raise BodyTooLarge
     return data
@@ -91,6 +131,24 @@ def create_app(service: RouterService) -> Flask:
     api_auth = service.api_auth
     node_auth = service.node_auth
 
+    # -- which listener serves what -------------------------------------------------------
+
+    control_port = service.cfg.server.control_port
+    control_on_main = service.cfg.server.control_on_main_port or not control_port
+
+    @app.before_request
+    def listener_scope() -> Response | None:
+        path = request.path
+        if path in OPS_PATHS:
+            return None
+        control_path = path in CONTROL_PATHS or path.startswith(CONTROL_PREFIXES)
+        on_control = control_port and plane_of(request.environ, control_port) == CONTROL
+        if (control_path and not on_control and not control_on_main) or (
+            on_control and not control_path
+        ):
+            return _json(openai_error(404, f"no such endpoint: {clip(path)}"), 404)
+        return None
+
     # -- data plane ----------------------------------------------------------------------
 
     rejected = service.metrics.requests
@@ -104,11 +162,18 @@ def create_app(service: RouterService) -> Flask:
             return _api_error(
                 ApiError(401, "missing or invalid API key", code="invalid_api_key"), request_id
             )
+        hops = parse_hops(headers.get(HOP_HEADER))
+        if service.hop_id in hops:
+            return _loop_detected(service, hops, request_id)
         try:
             body = read_body(max_body)
         except (BodyTooLarge, RequestEntityTooLarge):
             rejected.labels("none", "413").inc()
             return _too_large(service, request_id)
+        except BadBody as exc:
+            rejected.labels("none", str(exc.status)).inc()
+            _log_bad_body(exc, request_id)
+            return _api_error(ApiError(exc.status, exc.message, code=exc.code), request_id)
         try:
             req = parse_request(
                 request.path,
@@ -122,6 +187,10 @@ def create_app(service: RouterService) -> Flask:
         except ApiError as err:
             rejected.labels("none", str(err.status)).inc()
             return _api_error(err, request_id)
+        req.hops = hops
+        client_sock = request.environ.get("gunicorn.socket")
+        if client_sock is not None:
+            req.client = ClientLink(client_sock)
         return _send(proxy.forward(req))
 
     for path in INFERENCE_PATHS:
@@ -154,6 +223,9 @@ def create_app(service: RouterService) -> Flask:
             raw = read_body(MAX_CONTROL_BODY)
         except (BodyTooLarge, RequestEntityTooLarge):
             return _json({"error": f"body larger than {MAX_CONTROL_BODY} bytes"}, 413)
+        except BadBody as exc:
+            _log_bad_body(exc, None)
+            return _json({"error": exc.message}, exc.status)
         return _control(service.put_node(node_id, raw))
 
     @app.post("/nodes/<node_id>/drain")
@@ -194,7 +266,7 @@ def create_app(service: RouterService) -> Flask:
         if status == 405:
             message = f"method {request.method} is not allowed on {request.path}"
         elif status == 404:
-            message = f"no such endpoint: {request.path}"
+            message = f"no such endpoint: {clip(request.path)}"
         else:
             message = exc.description or exc.name
         doc = openai_error(status, message)
@@ -211,6 +283,50 @@ def create_app(service: RouterService) -> Flask:
         return _json(doc, 500, {"X-Request-ID": request_id})
 
     return app
+
+
+def _log_bad_body(exc: BadBody, request_id: str | None) -> None:
+    log.warning(
+        "refused a request from %s: %d %s",
+        request.remote_addr or "-",
+        exc.status,
+        exc.message,
+        extra={"request_id": request_id} if request_id else None,
+    )
+
+
+def parse_hops(header: str | None) -> tuple[str, ...]:
+    """Router ids from ``X-Spotrelay-Hop`` (comma-separated): the last MAX_HOPS, clipped.
+
+    Every router in a loop adds its mark, so the loop comes back to one that
+    finds its own; the bound only keeps a client's made-up list from growing
+    the header. A client cannot produce a 508: it does not know any mark.
+    """
+    if not header:
+        return ()
+    marks = [h.strip()[:64] for h in header[:4096].split(",") if h.strip()]
+    return tuple(marks[-MAX_HOPS:])
+
+
+def _loop_detected(service: RouterService, hops: tuple[str, ...], request_id: str) -> Response:
+    """508 for a request this router already forwarded (or one that went round too often).
+
+    The sending router sees ``X-Spotrelay-Loop`` and counts a node failure.
+    """
+    service.metrics.requests.labels("none", "508").inc()
+    log.warning(
+        "refused a proxied request that already passed through this router "
+        "(%d hop marks): a node URL leads back to a router",
+        len(hops),
+        extra={"request_id": request_id},
+    )
+    err = ApiError(
+        508,
+        "request loop: a registered node URL points back at a spotrelay router",
+        code="loop_detected",
+        headers={LOOP_HEADER: "1"},
+    )
+    return _api_error(err, request_id)
 
 
 def _too_large(service: RouterService, request_id: str) -> Response:

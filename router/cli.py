@@ -14,8 +14,10 @@ from spotrelay.core.units_cli import add_install_unit_options, install_unit
 DESCRIPTION = """\
 Run the router: OpenAI-compatible /v1/* routed to registered vLLM nodes, with
 retries before the first byte, a node control plane (/nodes, node token) and
-/healthz, /readyz, /metrics. One gunicorn worker process (the registry lives
-in memory); gevent greenlets inside it. See docs/router.md."""
+/healthz, /readyz, /metrics; the control plane and health endpoints also on
+their own listener (server.control_port, default 8081). One gunicorn worker
+process (the registry lives in memory); gevent greenlets inside it. See
+docs/router.md."""
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -33,6 +35,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     p.add_argument("--host", help="address to bind (beats server.host)")
     p.add_argument("--port", type=int, help="port to bind (beats server.port)")
+    p.add_argument(
+        "--control-port",
+        type=int,
+        help="control-plane listener port, 0 for none (beats server.control_port)",
+    )
     p.add_argument(
         "action",
         nargs="?",
@@ -52,7 +59,9 @@ def load_config(args: argparse.Namespace):  # -> tuple[RouterConfig, str]
 
     from .settings import RouterConfig
 
-    overrides = {"server": {"host": args.host, "port": args.port}}
+    overrides = {
+        "server": {"host": args.host, "port": args.port, "control_port": args.control_port}
+    }
     cfg = load(RouterConfig, args.config, overrides=overrides)
     token = read_token(cfg.auth.node_token, cfg.auth.node_token_file, "auth.node_token")
     if not token:

@@ -43,7 +43,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import httptools
 
@@ -295,12 +295,20 @@ class Pool:
         body: bytes = b"",
         connect_timeout: float = 2.0,
         read_timeout: float | None = 60.0,
+        on_connection: Callable[[socket.socket], None] | None = None,
     ) -> Response:
-        """Send a request and read the response head; the body is read from the result."""
+        """Send a request and read the response head; the body is read from the result.
+
+        ``on_connection`` gets the socket before anything is sent on it (again
+        for a replacement connection): the caller may shut it down from
+        another greenlet or thread to abort the exchange.
+        """
         head = self._head(method, path, headers or {}, body)
         while True:
             conn = self._get(connect_timeout)
             resp = Response(self, conn, head_request=method == "HEAD")
+            if on_connection is not None:
+                on_connection(conn.sock)
             try:
                 conn.sock.settimeout(read_timeout)
                 try:

@@ -3,8 +3,9 @@
 Counters and histograms are updated on the request path; per-node gauges are
 computed from the registry at scrape time by a custom collector, so a node
 that leaves the fleet (spot reclaim) leaves no stale series behind. Labels
-stay bounded: models are labelled only once a node has served them (anything
-a client typed becomes ``model="unknown"``), nodes only while registered.
+stay bounded: a model is a label value only once a node has served it, and
+at most ``MAX_MODEL_LABELS`` of them; anything else a client typed becomes
+``model="other"``. Nodes are labels only while registered.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from .registry import Registry
 from .retry import RetryBudget
 
 PREFIX = "spotrelay_router_"
+MAX_MODEL_LABELS = 200
+OTHER_MODEL = "other"
 
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
@@ -111,6 +114,18 @@ class RouterMetrics:
             registry=r,
         )
         self._ok = self.attempts.labels("ok")
+        self._served: Callable[[str], bool] = lambda model: False
+        self._model_labels: set[str] = set()
+
+    def model_label(self, model: str) -> str:
+        """``model`` if some node has served it (up to MAX_MODEL_LABELS names), else ``other``."""
+        labels = self._model_labels
+        if model in labels:
+            return model
+        if len(labels) < MAX_MODEL_LABELS and self._served(model):
+            labels.add(model)
+            return model
+        return OTHER_MODEL
 
     def attempt_ok(self) -> None:
         self._ok.inc()
@@ -119,6 +134,7 @@ class RouterMetrics:
         """Expose registry and budget state at scrape time; count registry events."""
         self.registry.register(_StateCollector(registry, budget))
         registry.listeners.append(self._on_node_event)
+        self._served = registry.has_served
 
     def _on_node_event(self, event: str, node: object) -> None:
         self.node_events.labels(event).inc()

@@ -32,8 +32,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from spotrelay.core.errors import openai_error
+from spotrelay.core.logs import clip
 
 from .balancer import Balancer
+from .disconnect import ClientLink, ClientWatch
 from .metrics import RouterMetrics
 from .registry import ModelStatus, Node, Registry
 from .retry import RETRYABLE_STATUS, Failure, FailureKind, RetryBudget, RetryPolicy
@@ -52,6 +54,9 @@ log = logging.getLogger("spotrelay.router")
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+HOP_HEADER = "X-Spotrelay-Hop"  # router ids a request went through (loop detection)
+LOOP_HEADER = "X-Spotrelay-Loop"  # on a 508: this router refused a request it had sent itself
+CLIENT_CLOSED = 499  # nginx's status for "client closed request": metrics and logs only
 
 
 class ApiError(Exception):
@@ -78,6 +83,13 @@ class ApiError(Exception):
         return json.dumps(doc).encode()
 
 
+class ClientLeft(ApiError):
+    """The client disconnected while its request waited on a node; nobody gets the answer."""
+
+    def __init__(self) -> None:
+        super().__init__(CLIENT_CLOSED, "client closed the connection", code="client_disconnect")
+
+
 @dataclass
 class ProxyRequest:
     """A parsed client request on its way to a node."""
@@ -96,6 +108,8 @@ class ProxyRequest:
     tried: set[str] = field(default_factory=set)
     attempts: int = 0
     node_id: str | None = None  # the node that answered
+    hops: tuple[str, ...] = ()  # X-Spotrelay-Hop as received: routers already passed
+    client: ClientLink | None = None  # the client connection, to abort work when it leaves
 
     def derive(self, doc: dict[str, Any], *, exclude: set[str] | None = None) -> ProxyRequest:
         """A follow-up request (e.g. a stream continuation) with a new body.
@@ -234,7 +248,11 @@ class Proxy:
         sleep: Callable[[float], None] = time.sleep,
         stream_handler_factory: Callable[[ProxyRequest, Proxy], StreamHandler] | None = None,
         watchdog: IdleWatchdog | None = None,
+        hop_id: str = "",
+        client_watch: ClientWatch | None = None,
     ) -> None:
+        self.hop_id = hop_id or os.urandom(8).hex()
+        self.client_watch = client_watch if client_watch is not None else ClientWatch()
         self.registry = registry
         self.watchdog = watchdog
         self.balancer = balancer
@@ -254,11 +272,11 @@ class Proxy:
         if self.registry.model_status(req.model) is ModelStatus.UNKNOWN:
             err = ApiError(
                 404,
-                f"model {req.model!r} is not served by any registered node",
+                f"model {clip(req.model)!r} is not served by any registered node",
                 param="model",
                 code="model_not_found",
             )
-            return self._finish(req, self._error_response(req, err), "unknown")
+            return self._finish(req, self._error_response(req, err))
         self.budget.start_request()
         try:
             result = self.acquire(req)
@@ -268,12 +286,16 @@ class Proxy:
         if isinstance(result, StreamStart):
             return self._stream_response(req, result)
         self.budget.end_request()
+        if isinstance(result, ClientLeft):
+            self.metrics.client_disconnects.inc()
+            response = self._error_response(req, result)
+            return self._finish(req, response, outcome="client_disconnect")
         if isinstance(result, ApiError):
-            return self._finish(req, self._error_response(req, result), req.model)
+            return self._finish(req, self._error_response(req, result))
         headers = {"X-Request-ID": req.request_id, "X-Spotrelay-Node": result.node_id}
         headers.update(result.headers)
         response = ProxyResponse(result.status, result.body, result.content_type, headers)
-        return self._finish(req, response, req.model)
+        return self._finish(req, response)
 
     def acquire(self, req: ProxyRequest) -> Answer | StreamStart | ApiError:
         """Attempts on successive nodes until an answer, a stream start, or a final error.
@@ -285,9 +307,13 @@ class Proxy:
         slot = False
         try:
             while True:
+                if req.attempts and req.client is not None and req.client.check():
+                    return ClientLeft()  # left during the backoff (the watch covers attempts)
                 if self.clock() >= req.deadline:
                     return self._deadline_error(req, last)
                 node = self._choose(req, retrying=last is not None)
+                if req.client is not None and req.client.gone:
+                    return ClientLeft()  # left during a capacity wait
                 if isinstance(node, ApiError):
                     return node
                 if node is None:
@@ -303,6 +329,8 @@ class Proxy:
                     self.registry.record_success(node)
                     req.node_id = node.id
                     return result
+                if req.client is not None and req.client.gone:
+                    return ClientLeft()  # the watch aborted the attempt: not the node's fault
                 last = result
                 self._count_failure(node, req, result)
                 if not self.policy.should_retry(result, req.attempts):
@@ -326,23 +354,51 @@ class Proxy:
     # -- one attempt ---------------------------------------------------------------------
 
     def _attempt(self, node: Node, req: ProxyRequest) -> Answer | StreamStart | Failure:
-        self.registry.acquire(node)
-        started = self.clock()
-        headers = {"Content-Type": "application/json", "X-Request-ID": req.request_id}
+        """One attempt; whatever goes wrong releases the node's in-flight lease and is a Failure.
+
+        Until the answer (or a stream's first event) is in hand, the client's
+        departure aborts the node connection (:mod:`spotrelay.router.disconnect`).
+        """
+        with self.client_watch.watching(req.client):
+            try:
+                return self._attempt_once(node, req)
+            except Exception as exc:  # a bug or an unforeseen input: the node's failure, not a 500
+                log.exception(
+                    "attempt on node %s raised %s",
+                    node.id,
+                    type(exc).__name__,
+                    extra={"request_id": req.request_id},
+                )
+                return Failure(FailureKind.INTERNAL, node.id, f"{type(exc).__name__}: {exc}"[:200])
+
+    def _upstream_headers(self, req: ProxyRequest) -> dict[str, str]:
+        headers = {
+            "Content-Type": "application/json",
+            "X-Request-ID": req.request_id,
+            HOP_HEADER: ", ".join((*req.hops, self.hop_id)),
+        }
         if req.accept:
             headers["Accept"] = req.accept
+        return headers
+
+    def _attempt_once(self, node: Node, req: ProxyRequest) -> Answer | StreamStart | Failure:
         connect_s, read_s = self._timeouts_for(req)
+        self.registry.acquire(node)
+        started = self.clock()
         try:
             resp = node.pool.request(
                 req.method,
                 req.path,
-                headers=headers,
+                headers=self._upstream_headers(req),
                 body=req.body,
                 connect_timeout=connect_s,
                 read_timeout=read_s,
+                on_connection=req.client.attach if req.client is not None else None,
             )
-        except UPSTREAM_ERRORS as exc:
+        except BaseException as exc:
             self.registry.release(node)
+            if not isinstance(exc, UPSTREAM_ERRORS):
+                raise
             kind, detail = classify(exc)
             return Failure(kind, node.id, detail)
         upstream = Upstream(node, resp, self.registry, started)
@@ -350,6 +406,9 @@ class Proxy:
         try:
             status = resp.status
             content_type = resp.headers.get("content-type", "application/json")
+            if status == 508 and resp.headers.get(LOOP_HEADER.lower()):
+                resp.read()
+                return Failure(FailureKind.LOOP, node.id, "the node URL leads back to a router")
             if status in RETRYABLE_STATUS:
                 body = resp.read()
                 extra = {}
@@ -405,10 +464,12 @@ class Proxy:
         limit = min(self.clock() + self.routing.no_capacity_wait_s, req.deadline)
         log.info(
             "no ready node serves the model; waiting for capacity",
-            extra={"request_id": req.request_id, "model": req.model},
+            extra={"request_id": req.request_id, "model": clip(req.model)},
         )
         while (remaining := limit - self.clock()) > 0:
             registry.wait_for_change(min(remaining, 0.5))
+            if req.client is not None and req.client.check():
+                return None
             node = balancer.pick(
                 registry.candidates(req.model), exclude=req.tried, session_key=req.session_key
             )
@@ -421,7 +482,7 @@ class Proxy:
         waited = self.routing.no_capacity_wait_s
         return ApiError(
             503,
-            f"no ready node serves model {req.model!r} (waited {waited:g}s); retry later",
+            f"no ready node serves model {clip(req.model)!r} (waited {waited:g}s); retry later",
             code="no_capacity",
             headers={"Retry-After": str(self.routing.retry_after_s)},
         )
@@ -450,7 +511,7 @@ class Proxy:
         if last is None:
             return ApiError(
                 503,
-                f"no other node serves model {req.model!r}",
+                f"no other node serves model {clip(req.model)!r}",
                 code="no_capacity",
                 headers={"Retry-After": str(self.routing.retry_after_s)},
             )
@@ -463,6 +524,13 @@ class Proxy:
                 dict(last.headers),
             )
         tries = f"{req.attempts} attempt{'s' if req.attempts != 1 else ''}"
+        if last.kind is FailureKind.LOOP:  # tell the router before us too: it is in the loop
+            return ApiError(
+                508,
+                "request loop: a registered node URL points back at a spotrelay router",
+                code="loop_detected",
+                headers={LOOP_HEADER: "1"},
+            )
         if last.kind is FailureKind.FIRST_BYTE_TIMEOUT:
             return ApiError(504, f"upstream timed out ({tries})", code="upstream_timeout")
         return ApiError(502, f"upstream failed: {last.reason} ({tries})", code="upstream_error")
@@ -495,7 +563,7 @@ class Proxy:
             on_break=lambda up, brk: self._on_break(req, up, brk),
             on_finish=on_finish,
         )
-        self.metrics.requests.labels(req.model, "200").inc()
+        self.metrics.requests.labels(self.metrics.model_label(req.model), "200").inc()
         headers = {
             "X-Request-ID": req.request_id,
             "X-Spotrelay-Node": upstream.node.id,
@@ -517,9 +585,12 @@ class Proxy:
 
     # -- bookkeeping -------------------------------------------------------------------------
 
-    def _finish(self, req: ProxyRequest, response: ProxyResponse, model: str) -> ProxyResponse:
-        self.metrics.requests.labels(model, str(response.status)).inc()
-        self._log_done(req, response.status, "complete")
+    def _finish(
+        self, req: ProxyRequest, response: ProxyResponse, outcome: str = "complete"
+    ) -> ProxyResponse:
+        label = self.metrics.model_label(req.model)
+        self.metrics.requests.labels(label, str(response.status)).inc()
+        self._log_done(req, response.status, outcome)
         return response
 
     def _log_done(self, req: ProxyRequest, status: int, outcome: str) -> None:
@@ -532,7 +603,7 @@ class Proxy:
             status,
             extra={
                 "request_id": req.request_id,
-                "model": req.model,
+                "model": clip(req.model),
                 "node": req.node_id,
                 "attempts": req.attempts,
                 "stream": req.stream,

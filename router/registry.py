@@ -33,6 +33,14 @@ from .netpolicy import NodeTarget
 KNOWN_MODELS_CAP = 10_000
 
 
+class RegistryFull(Exception):
+    """A new node would exceed ``registry.max_nodes``; heartbeats of known nodes still pass."""
+
+    def __init__(self, max_nodes: int) -> None:
+        super().__init__(f"registry full: {max_nodes} nodes registered (registry.max_nodes)")
+        self.max_nodes = max_nodes
+
+
 class NodeStatus(StrEnum):
     """The router's view of a node, in order of precedence."""
 
@@ -153,8 +161,10 @@ class Registry:
         *,
         clock: Callable[[], float] = time.monotonic,
         pool_factory: Callable[[NodeTarget], Any] | None = None,
+        max_nodes: int | None = None,
     ) -> None:
         self.ttl_s = ttl_s
+        self.max_nodes = max_nodes
         self.ejection = ejection or EjectionPolicy()
         self.clock = clock
         self.pool_factory = pool_factory
@@ -168,7 +178,10 @@ class Registry:
     # -- control plane ---------------------------------------------------------------
 
     def upsert(self, node_id: str, report: NodeReport, target: NodeTarget) -> tuple[Node, bool]:
-        """Register or heartbeat; returns the node and whether it is new."""
+        """Register or heartbeat; returns the node and whether it is new.
+
+        Raises :class:`RegistryFull` for a new node beyond ``max_nodes``.
+        """
         now = self.clock()
         events: list[tuple[str, Node]] = []
         old_pool = None
@@ -176,6 +189,8 @@ class Registry:
             node = self._nodes.get(node_id)
             created = node is None
             if node is None:
+                if self.max_nodes is not None and len(self._nodes) >= self.max_nodes:
+                    raise RegistryFull(self.max_nodes)
                 node = Node(
                     id=node_id,
                     target=target,
@@ -301,6 +316,10 @@ class Registry:
         if model in self._known_models or not self._nodes:
             return ModelStatus.UNAVAILABLE
         return ModelStatus.UNKNOWN
+
+    def has_served(self, model: str) -> bool:
+        """Has any node registered with ``model`` since start (the bounded known-model set)?"""
+        return model in self._known_models
 
     def ready_models(self) -> list[str]:
         """Models served by at least one routable node."""

@@ -43,6 +43,8 @@ class FailureKind(StrEnum):
     FIRST_BYTE_TIMEOUT = "first_byte_timeout"
     ERROR_EVENT = "error_event"
     STATUS = "status"
+    LOOP = "loop"  # the node URL leads back to this router (or one it passed through)
+    INTERNAL = "internal_error"  # the attempt raised something unforeseen (a router bug)
 
 
 # Failures that say something about the node's health (429 is back-pressure, not sickness).

@@ -15,23 +15,45 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from .httpguard import GuardSettings
 from .settings import RouterConfig
+from .worker import worker_class
 
 log = logging.getLogger("spotrelay.router")
 
 
+def guard_settings(cfg: RouterConfig) -> GuardSettings:
+    server = cfg.server
+    return GuardSettings(
+        header_timeout_s=server.header_timeout_s,
+        body_timeout_s=server.body_timeout_s,
+        max_connections_per_ip=server.max_connections_per_ip,
+        exempt_networks=tuple(server.connection_cap_exempt),
+        control_port=server.control_port,
+    )
+
+
 def gunicorn_settings(cfg: RouterConfig, log_level: str = "info") -> dict[str, Any]:
-    """The gunicorn settings for ``cfg`` (exposed for tests and ``--help`` docs)."""
+    """The gunicorn settings for ``cfg`` (exposed for tests and ``--help`` docs).
+
+    A second bound address (``server.control_port``) gets its own gevent pool
+    of ``worker_connections``: clients exhausting the data-plane listener
+    cannot take the control plane's connection slots.
+    """
     server = cfg.server
     host = f"[{server.host}]" if ":" in server.host else server.host
+    bind = [f"{host}:{server.port}"]
+    if server.control_port:
+        bind.append(f"{host}:{server.control_port}")
     return {
-        "bind": [f"{host}:{server.port}"],
+        "bind": bind,
         "workers": 1,
-        "worker_class": server.worker_class,
+        "worker_class": worker_class(server.worker_class, guard_settings(cfg)),
         "threads": server.threads,
         "worker_connections": server.worker_connections,
         "keepalive": max(0, round(server.keepalive_s)),
@@ -53,6 +75,7 @@ class RouterApplication(BaseApplication):
         self.router_cfg = cfg
         self.node_token = node_token
         self.log_level = log_level
+        self.hop_id = os.urandom(8).hex()  # before the fork: one loop mark for all workers
         super().__init__(prog="spotrelay router")
 
     def load_config(self) -> None:
@@ -64,13 +87,14 @@ class RouterApplication(BaseApplication):
         from .app import create_app
         from .service import RouterService
 
-        service = RouterService(self.router_cfg, self.node_token)
+        service = RouterService(self.router_cfg, self.node_token, hop_id=self.hop_id)
         service.start()
         server = self.router_cfg.server
         log.info(
-            "router ready on %s:%s (worker %s, ttl %.1fs)",
+            "router ready on %s:%s, control plane on %s (worker %s, ttl %.1fs)",
             server.host,
             server.port,
+            server.control_port or "the main port only",
             server.worker_class,
             self.router_cfg.registry.ttl_s,
         )

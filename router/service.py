@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,11 +20,19 @@ from spotrelay.core.protocol import ProtocolError, parse_report, valid_instance_
 
 from .auth import ControlPlaneAuth, DataPlaneAuth
 from .balancer import Balancer
+from .disconnect import ClientWatch
 from .health import HealthMonitor, http_probe
 from .metrics import RouterMetrics
-from .netpolicy import NetPolicy, NodeTarget, NodeURLError, Resolver, system_resolver
+from .netpolicy import (
+    NetPolicy,
+    NodeTarget,
+    NodeURLError,
+    OwnEndpoints,
+    Resolver,
+    system_resolver,
+)
 from .proxy import Proxy, ProxyRequest
-from .registry import EjectionPolicy, Node, Registry
+from .registry import EjectionPolicy, Node, Registry, RegistryFull
 from .resume_relay import resume_handler_factory
 from .retry import RetryBudget, RetryPolicy
 from .settings import RouterConfig
@@ -53,12 +62,18 @@ class RouterService:
         clock: Callable[[], float] = time.monotonic,
         stream_handler_factory: Callable[[ProxyRequest, Proxy], StreamHandler] | None = None,
         pool_factory: Callable[[NodeTarget], Any] | None = None,
+        hop_id: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.started_at = time.time()
         self.node_auth = ControlPlaneAuth(node_token)
         self.api_auth = DataPlaneAuth(cfg.auth.api_keys)
-        self.netpolicy = NetPolicy(cfg.registry.allowed_networks, resolver)
+        # Random per router (made in the gunicorn master, so shared by its workers):
+        # clients cannot forge it, so only a real loop carries it back.
+        self.hop_id = hop_id or os.urandom(8).hex()
+        ports = (cfg.server.port, cfg.server.control_port)
+        own = OwnEndpoints(cfg.server.host, ports, resolver=resolver)
+        self.netpolicy = NetPolicy(cfg.registry.allowed_networks, resolver, own)
         pool_size = cfg.server.upstream_pool_size
         self.registry = Registry(
             cfg.registry.ttl_s,
@@ -69,6 +84,7 @@ class RouterService:
             ),
             clock=clock,
             pool_factory=pool_factory or (lambda target: make_pool(target, pool_size)),
+            max_nodes=cfg.registry.max_nodes,
         )
         self.metrics = RouterMetrics()
         self.budget = RetryBudget(
@@ -77,6 +93,7 @@ class RouterService:
         self.metrics.bind(self.registry, self.budget)
         self.registry.listeners.append(_log_node_event)
         self.watchdog = IdleWatchdog(tick_s=min(1.0, cfg.timeouts.stream_idle_s / 4))
+        self.client_watch = ClientWatch()
         self.proxy = Proxy(
             registry=self.registry,
             balancer=Balancer(),
@@ -90,6 +107,8 @@ class RouterService:
             access_log=cfg.server.access_log,
             clock=clock,
             watchdog=self.watchdog,
+            hop_id=self.hop_id,
+            client_watch=self.client_watch,
             stream_handler_factory=stream_handler_factory
             or resume_handler_factory(cfg.resume, self.metrics),
         )
@@ -104,10 +123,12 @@ class RouterService:
         """Start background upkeep (TTL expiry, probes); call once per worker process."""
         self.health.start()
         self.watchdog.start()
+        self.client_watch.start()
 
     def stop(self) -> None:
         self.health.stop()
         self.watchdog.stop()
+        self.client_watch.stop()
 
     # -- control plane -------------------------------------------------------------------
 
@@ -129,7 +150,17 @@ class RouterService:
         except NodeURLError as exc:
             log.warning("refused registration of node %s: %s", node_id, exc)
             return _bad(str(exc))
-        node, created = self.registry.upsert(node_id, report, target)
+        try:
+            node, created = self.registry.upsert(node_id, report, target)
+        except RegistryFull as exc:
+            log.warning("refused registration of node %s: %s", node_id, exc)
+            return ControlResult(
+                429,
+                {
+                    "error": f"{exc}; a new node is refused until one expires, is deleted, "
+                    "or registry.max_nodes is raised"
+                },
+            )
         return ControlResult(200, self._node_ack(node, created))
 
     def drain_node(self, node_id: str) -> ControlResult:

@@ -32,8 +32,39 @@ class Server:
     )
     access_log: bool = setting(True, help="one log line per proxied request")
     upstream_pool_size: int = setting(256, min=1, help="idle keep-alive connections kept per node")
+    control_port: int = setting(
+        8081,
+        min=0,
+        max=65535,
+        help="second listener for /nodes, /instances and the ops endpoints, with its own "
+        "connection pool (0: none)",
+    )
+    control_on_main_port: bool = setting(
+        True, help="also serve the control plane and /metrics on server.port (older configs)"
+    )
+    header_timeout_s: float = setting(
+        20, min=0.1, help="a request line and headers must arrive within this long"
+    )
+    body_timeout_s: float = setting(
+        120, min=0.1, help="a request body must arrive within this long of its headers"
+    )
+    max_connections_per_ip: int = setting(
+        1000, min=0, help="open connections per client address and listener (0: no cap)"
+    )
+    connection_cap_exempt: list[str] = setting(
+        default_factory=list, help="CIDRs without a per-address cap (the load balancer's subnets)"
+    )
 
     def validate(self) -> None:
+        if self.control_port and self.control_port == self.port:
+            raise ConfigError(
+                "server.control_port", "must differ from server.port", self.control_port
+            )
+        for i, net in enumerate(self.connection_cap_exempt):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ConfigError(f"server.connection_cap_exempt[{i}]", "not a CIDR", net) from None
         if self.workers != 1:
             raise ConfigError(
                 "server.workers", "must be 1 \u2014 the registry lives in memory", self.workers
@@ -59,6 +90,7 @@ class Registry:
     allowed_networks: list[str] = setting(
         default_factory=lambda: list(PRIVATE_AND_LOOPBACK), help="CIDRs node URLs must resolve into"
     )
+    max_nodes: int = setting(1000, min=1, help="registered nodes at most; more get 429")
 
     def validate(self) -> None:
         for i, net in enumerate(self.allowed_networks):

@@ -92,7 +92,7 @@ class LocalFleet:
     def start_router(self) -> str:
         port = free_port()
         config = {
-            "server": {"host": HOST, "port": port},
+            "server": {"host": HOST, "port": port, "control_port": free_port()},
             "auth": {"node_token": self.token, "node_token_file": None},
             "registry": {"ttl_s": 6},
             "routing": {"no_capacity_wait_s": 20},

@@ -119,6 +119,8 @@ def start_router(
         auth["node_token"] = ROUTER_TOKEN
     # Idle keep-alive connections hold a graceful stop this long: keep teardown quick.
     config.setdefault("server", {}).setdefault("graceful_timeout_s", 1)
+    # Never the default control port: tests run in parallel.
+    config["server"].setdefault("control_port", free_port())
     path = logdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     args = ["router", "--config", str(path), "--host", HOST, *extra]

@@ -235,7 +235,7 @@ def test_ops_endpoints(client):
     text = client.get("/metrics").get_data(as_text=True)
     for name in (
         'spotrelay_router_requests_total{model="none",status="400"} 1.0',
-        'spotrelay_router_requests_total{model="unknown",status="404"} 1.0',
+        'spotrelay_router_requests_total{model="other",status="404"} 1.0',
         'spotrelay_router_requests_total{model="m",status="200"} 1.0',
         'spotrelay_router_nodes{state="ready"} 1.0',
         'spotrelay_router_node_in_flight{node="a",state="ready"} 0.0',
@@ -251,9 +251,15 @@ def test_ops_endpoints(client):
 def test_gunicorn_settings_are_one_worker_without_control_socket():
     cfg = fast_config(server={"host": "::", "port": 9000, "keepalive_s": 75.4})
     settings = gunicorn_settings(cfg)
-    assert settings["workers"] == 1 and settings["bind"] == ["[::]:9000"]
-    assert settings["worker_class"] == "gevent" and settings["keepalive"] == 75
+    assert settings["workers"] == 1 and settings["bind"] == ["[::]:9000", "[::]:8081"]
+    assert settings["worker_class"].__name__ == "SpotrelayGeventWorker"
+    assert settings["worker_class"].guard.control_port == 8081
+    assert settings["keepalive"] == 75
     assert settings["control_socket_disable"] is True
+    no_control = fast_config(server={"port": 9000, "control_port": 0, "worker_class": "gthread"})
+    settings = gunicorn_settings(no_control)
+    assert settings["bind"] == ["0.0.0.0:9000"]
+    assert settings["worker_class"].__name__ == "SpotrelayThreadWorker"
 
 
 # -- CLI: configuration errors are one line, exit 2 ------------------------------------------

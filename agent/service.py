@@ -26,12 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from spotrelay.core.backoff import Backoff
 from spotrelay.core.config import ConfigError
 from spotrelay.core.protocol import NodeLoad, NodeReport, NodeState, valid_instance_id
 from spotrelay.core.secrets import read_token
 
-from .backoff import Backoff
 from .cloudwatch import load_publisher
+from .detect import EngineDetector
 from .drain import STATE_FILE, DrainMachine, DrainPolicy, StateStore, read_boot_id
 from .engine import EngineProbe, EngineStatus, ProcessWatch
 from .events import Event
@@ -94,7 +95,12 @@ class Agent:
             token_ttl_s=cfg.imds.token_ttl_s,
             on_error=lambda kind: self.metrics.imds_errors.labels(kind).inc(),
         )
-        self.engine = EngineProbe(cfg.engine.url, timeout_s=cfg.engine.timeout_s)
+        self.engine = EngineProbe(
+            cfg.engine.url, timeout_s=cfg.engine.timeout_s, health_path=cfg.engine.health_path
+        )
+        self.detector = EngineDetector(
+            self.engine, kind=cfg.engine.kind, capabilities=cfg.engine.capabilities
+        )
         self.process = ProcessWatch(cfg.engine.process_name, self.engine.port)
         self.host = HostSampler()
         self.status: EngineStatus | None = None
@@ -248,6 +254,7 @@ class Agent:
             state=state,
             load=load,
             labels=dict(self.labels),
+            engine=self.detector.current(),
             instance_id=instance_id if instance_id and valid_instance_id(instance_id) else None,
         )
 
@@ -293,6 +300,7 @@ class Agent:
     def _refresh_engine(self, alive: bool | None) -> None:
         status = self.engine.probe()
         status.process_alive = alive
+        self.detector.observe(status.healthy)
         served = status.serves(self.cfg.engine.model)
         if served:
             self.models = served

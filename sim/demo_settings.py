@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from spotrelay.core.config import setting
+from spotrelay.core.config import ConfigError, setting
 
 
 @dataclass
@@ -14,17 +14,43 @@ class Run:
     preemptions: int = setting(2, min=0, help="spot interruption notices to inject")
     hard_kills: int = setting(1, min=0, help="nodes to SIGKILL without notice")
     lead_s: float = setting(10.0, min=0.5, help="notice lead time (AWS: 120 s)")
-    rps: float = setting(20.0, min=0.1, help="average requests per second")
+    rps: float | None = setting(
+        None, min=0.1, help="average requests per second; default 20, 1 with engine.cmd"
+    )
     stream_ratio: float = setting(0.5, min=0, max=1, help="share of streaming requests")
-    max_tokens: int = setting(48, min=2, help="upper bound of max_tokens per request")
+    max_tokens: int | None = setting(
+        None, min=2, help="upper bound of max_tokens per request; default 48, 24 with engine.cmd"
+    )
+
+    def load_for(self, real_engine: bool) -> tuple[float, int]:
+        """(rps, max_tokens): a real engine on a laptop serves a few requests a second."""
+        rps = self.rps if self.rps is not None else (1.0 if real_engine else 20.0)
+        max_tokens = self.max_tokens if self.max_tokens is not None else (24 if real_engine else 48)
+        return rps, max_tokens
+
     seed: int = setting(7, help="RNG seed for traffic and chaos")
     out: str = setting("demo-out", help="directory for report.json, timeline.png and logs")
+    routers: int = setting(1, min=1, max=8, help="routers; more than one needs redis")
+    redis: str | None = setting(
+        None, help="shared registry: redis://HOST:PORT, or auto (start a local redis-server)"
+    )
     spot_shortage: str | None = setting(
         None, help="START:END seconds after traffic starts: replacements cannot launch as spot"
     )
     dead_agents: int = setting(
         0, min=0, help="nodes whose agent is killed before their spot notice (heard via the queue)"
     )
+
+    def validate(self) -> None:
+        if self.routers > 1 and not self.redis:
+            raise ConfigError(
+                "demo.redis",
+                "more than one router needs a shared registry: --redis URL or --redis auto",
+            )
+        if self.redis and self.redis != "auto":
+            from spotrelay.router.settings import check_redis_url
+
+            check_redis_url(self.redis, "demo.redis")
 
 
 @dataclass

@@ -16,7 +16,7 @@ module "gpu" {{
   source               = "{config}"
   name                 = "llm-gpu"
   region               = "us-east-1"
-  router_urls          = ["http://10.0.1.10:8080"]
+  router_url           = "http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8081"
   node_token_parameter = "/spotrelay/llm/node-token"
   model                = {{ name = "Qwen/Qwen2.5-7B-Instruct"{model_extra} }}
   model_params_billion = 7.6
@@ -148,7 +148,7 @@ module "gpu" {{
   source               = "{config_dir}"
   name                 = "llm-gpu"
   region               = "us-east-1"
-  router_urls          = ["http://10.0.1.10:8080"]
+  router_url           = "http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8081"
   node_token_parameter = "/spotrelay/llm/node-token"
   model                = {{ name = "Qwen/Qwen2.5-7B-Instruct" }}
   volumes              = {{ model_mount = "{mount}" }}

@@ -24,7 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .backoff import Backoff
+from spotrelay.core.backoff import Backoff
+
 from .lifecycle import LifecycleError, LifecycleHook
 
 log = logging.getLogger("spotrelay.agent.selfheal")

@@ -35,7 +35,7 @@ from .netpolicy import (
 from .proxy import Proxy, ProxyRequest
 from .registry import EjectionPolicy, Node, Registry, RegistryFull
 from .registry_sync import RedisSync
-from .resume_relay import resume_handler_factory
+from .resume_handler import resume_handler_factory
 from .retry import RetryBudget, RetryPolicy
 from .settings import RouterConfig
 from .stream import StreamHandler

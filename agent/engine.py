@@ -1,6 +1,8 @@
 """The local vLLM engine as the agent sees it: HTTP probes, its process, its unit.
 
-- :class:`EngineProbe`: ``/health``, ``/v1/models`` and the load gauges on
+- :class:`EngineProbe`: health (``engine.health_path``, vLLM's ``/health``;
+  when that answers 404, as on llama-cpp-python's server, a ``/v1/models``
+  that answers is the health check), ``/v1/models`` and the load gauges on
   ``/metrics`` (``vllm:num_requests_running``, ``vllm:num_requests_waiting``,
   ``vllm:kv_cache_usage_perc``; older vLLM's ``vllm:gpu_cache_usage_perc``).
 - :class:`ProcessWatch`: finds the engine process with psutil and notices at
@@ -77,10 +79,17 @@ class EngineStatus:
 
 
 class EngineProbe:
-    """HTTP probes of the engine; every method returns, never raises on network errors."""
+    """HTTP probes of the engine; every method returns, never raises on network errors.
 
-    def __init__(self, url: str, *, timeout_s: float = 2.0) -> None:
+    Engines without a health endpoint are common (llama-cpp-python's server,
+    many in-house servers): when ``health_path`` answers 404 the probe falls
+    back, for good and with one log line, to ``/v1/models`` answering 200.
+    """
+
+    def __init__(self, url: str, *, timeout_s: float = 2.0, health_path: str = "/health") -> None:
         self.base = url.rstrip("/")
+        self.health_path = health_path
+        self.health_fallback = False  # health_path answered 404: /v1/models decides
         self._http = urllib3.PoolManager(num_pools=1, maxsize=4, retries=False)
         self._timeout = urllib3.Timeout(connect=min(timeout_s, 1.0), read=timeout_s)
 
@@ -89,33 +98,38 @@ class EngineProbe:
         parts = urlsplit(self.base)
         return parts.port or (443 if parts.scheme == "https" else 80)
 
-    def _get(self, path: str) -> tuple[int, bytes]:
+    def get(self, path: str) -> tuple[int, bytes]:
+        """``GET path``: (status, body); raises :class:`EngineUnreachable` on network errors."""
         try:
             resp = self._http.request("GET", self.base + path, timeout=self._timeout)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise EngineUnreachable(f"GET {path}: {exc}") from None
         return resp.status, resp.data
 
-    def health(self) -> bool:
-        try:
-            return self._get("/health")[0] == 200
-        except EngineUnreachable:
-            return False
+    def _health_status(self) -> int:
+        """The health path's status; once it answered 404, ``/v1/models``'s instead."""
+        if not self.health_fallback:
+            status = self.get(self.health_path)[0]
+            if status != 404:
+                return status
+            self.health_fallback = True
+            log.warning(
+                "engine answers 404 on %s: using GET /v1/models answering 200 as its health "
+                "check (set engine.health_path if the engine has another one)",
+                self.health_path,
+            )
+        return self.get("/v1/models")[0]
 
     def models(self) -> list[str]:
         try:
-            status, data = self._get("/v1/models")
-            if status != 200:
-                return []
-            doc = json.loads(data)
-            return [str(m["id"]) for m in doc.get("data", []) if isinstance(m, dict) and "id" in m]
-        except (EngineUnreachable, ValueError, TypeError, KeyError, AttributeError):
+            return _model_ids(*self.get("/v1/models"))
+        except EngineUnreachable:
             return []
 
     def load(self) -> NodeLoad | None:
         """Current load, or ``None`` if ``/metrics`` is unreachable or unreadable."""
         try:
-            status, data = self._get("/metrics")
+            status, data = self.get("/metrics")
             if status != 200:
                 return None
             return parse_metrics(data.decode("utf-8", "replace"))
@@ -125,16 +139,36 @@ class EngineProbe:
 
     def probe(self) -> EngineStatus:
         try:
-            status, _ = self._get("/health")
+            if self.health_fallback:
+                # One GET answers both questions: on some engines (llama-cpp-python)
+                # /v1/models waits for the request being generated.
+                status, data = self.get("/v1/models")
+                models = _model_ids(status, data)
+            else:
+                status, models = self._health_status(), None
         except EngineUnreachable as exc:
             return EngineStatus(healthy=False, error=str(exc))
         if status != 200:
-            return EngineStatus(healthy=False, error=f"/health answered {status}")
-        return EngineStatus(healthy=True, models=self.models(), load=self.load())
+            path = "/v1/models" if self.health_fallback else self.health_path
+            return EngineStatus(healthy=False, error=f"{path} answered {status}")
+        if models is None:
+            models = self.models()
+        return EngineStatus(healthy=True, models=models, load=self.load())
 
 
 class EngineUnreachable(Exception):
     pass
+
+
+def _model_ids(status: int, data: bytes) -> list[str]:
+    """The ids an OpenAI ``/v1/models`` answer lists; none unless it is a 200 with JSON."""
+    if status != 200:
+        return []
+    try:
+        doc = json.loads(data)
+        return [str(m["id"]) for m in doc.get("data", []) if isinstance(m, dict) and "id" in m]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return []
 
 
 def _matches(proc_name: str, cmdline: list[str], wanted: str) -> bool:

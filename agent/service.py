@@ -32,6 +32,7 @@ from spotrelay.core.protocol import NodeLoad, NodeReport, NodeState, valid_insta
 from spotrelay.core.secrets import read_token
 
 from .cloudwatch import load_publisher
+from .detect import EngineDetector
 from .drain import STATE_FILE, DrainMachine, DrainPolicy, StateStore, read_boot_id
 from .engine import EngineProbe, EngineStatus, ProcessWatch
 from .events import Event
@@ -93,7 +94,12 @@ class Agent:
             token_ttl_s=cfg.imds.token_ttl_s,
             on_error=lambda kind: self.metrics.imds_errors.labels(kind).inc(),
         )
-        self.engine = EngineProbe(cfg.engine.url, timeout_s=cfg.engine.timeout_s)
+        self.engine = EngineProbe(
+            cfg.engine.url, timeout_s=cfg.engine.timeout_s, health_path=cfg.engine.health_path
+        )
+        self.detector = EngineDetector(
+            self.engine, kind=cfg.engine.kind, capabilities=cfg.engine.capabilities
+        )
         self.process = ProcessWatch(cfg.engine.process_name, self.engine.port)
         self.host = HostSampler()
         self.status: EngineStatus | None = None
@@ -245,6 +251,7 @@ class Agent:
             state=state,
             load=load,
             labels=dict(self.labels),
+            engine=self.detector.current(),
             instance_id=instance_id if instance_id and valid_instance_id(instance_id) else None,
         )
 
@@ -289,6 +296,7 @@ class Agent:
     def _refresh_engine(self, alive: bool | None) -> None:
         status = self.engine.probe()
         status.process_alive = alive
+        self.detector.observe(status.healthy)
         served = status.serves(self.cfg.engine.model)
         if served:
             self.models = served

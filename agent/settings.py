@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from spotrelay.core.config import ConfigError, setting
-from spotrelay.core.protocol import valid_node_id
+from spotrelay.core.protocol import MAX_CAPABILITIES, TOKEN_RE, valid_node_id
 
 
 def _check_url(key: str, url: str) -> None:
@@ -60,6 +60,15 @@ class Router:
 class Engine:
     url: str = setting("http://127.0.0.1:8000", help="local vLLM server")
     model: str | None = setting(None, help="model the node must serve before registering")
+    health_path: str = setting(
+        "/health", help="engine health check; a 404 there falls back to /v1/models"
+    )
+    kind: str | None = setting(
+        None, help="engine kind (vllm, sglang, llama.cpp, ...); empty = detect at start"
+    )
+    capabilities: list[str] | None = setting(
+        None, help="capabilities to advertise (continue_final_message, echo); empty = by kind"
+    )
     process_name: str | None = setting("vllm", help="process to watch (psutil); empty = skip")
     systemd_unit: str | None = setting("vllm.service", help="unit stopped after a drain")
     check_interval_s: float = setting(
@@ -72,6 +81,16 @@ class Engine:
 
     def validate(self) -> None:
         _check_url("engine.url", self.url)
+        if not self.health_path.startswith("/"):
+            raise ConfigError("engine.health_path", "must start with /", self.health_path)
+        if self.kind is not None and not TOKEN_RE.fullmatch(self.kind):
+            raise ConfigError("engine.kind", "a short name like vllm or llama.cpp", self.kind)
+        caps = self.capabilities or []
+        if len(caps) > MAX_CAPABILITIES:
+            raise ConfigError("engine.capabilities", f"at most {MAX_CAPABILITIES} names")
+        for i, cap in enumerate(caps):
+            if not TOKEN_RE.fullmatch(cap):
+                raise ConfigError(f"engine.capabilities[{i}]", "a short name", cap)
 
 
 @dataclass

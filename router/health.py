@@ -2,8 +2,8 @@
 
 Passive health (counting failures on real traffic, see
 :meth:`Registry.record_failure`) ejects a node; this loop brings it back. Once
-a node's ejection time is over it is probed with ``GET /health`` every
-``health.probe_interval_s``; the first 200 restores it. Probes run
+a node's ejection time is over it is probed with ``GET /health`` (on a 404,
+``GET /v1/models``) every ``health.probe_interval_s``; the first 200 restores it. Probes run
 concurrently so one hanging node cannot delay the others.
 """
 
@@ -20,18 +20,26 @@ log = logging.getLogger("spotrelay.router.health")
 
 
 def http_probe(timeout_s: float) -> Callable[[Node], bool]:
-    """A probe that GETs ``/health`` through the node's own connection pool."""
+    """A probe that GETs ``/health`` through the node's own connection pool.
+
+    Engines without ``/health`` (llama-cpp-python's server answers 404) are
+    probed with ``GET /v1/models`` instead, the rule the node agent applies.
+    """
+
+    def get(node: Node, path: str) -> int:
+        resp = node.pool.request("GET", path, connect_timeout=timeout_s, read_timeout=timeout_s)
+        resp.read()
+        resp.release()
+        return resp.status
 
     def probe(node: Node) -> bool:
         try:
-            resp = node.pool.request(
-                "GET", "/health", connect_timeout=timeout_s, read_timeout=timeout_s
-            )
-            resp.read()
-            resp.release()
+            status = get(node, "/health")
+            if status == 404:
+                status = get(node, "/v1/models")
         except UPSTREAM_ERRORS:
             return False
-        return resp.status == 200
+        return status == 200
 
     return probe
 

@@ -177,6 +177,10 @@ class Registry:
         self._nodes: dict[str, Node] = {}
         self._by_model: dict[str, tuple[Node, ...]] = {}
         self._known_models: dict[str, float] = {}
+        # Engine capabilities some node serving each known model has reported:
+        # a stream continuation that needs one waits for a replacement node only
+        # where the fleet has had such a node (bounded with _known_models).
+        self._model_caps: dict[str, frozenset[str]] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self.listeners: list[Callable[[str, Node], None]] = []  # (event, node)
@@ -246,10 +250,14 @@ class Registry:
                     events.append(("drained", node))
             for model in node.models:
                 self._known_models[model] = now
+                caps = self._model_caps.get(model, frozenset())
+                if not node.engine.capabilities <= caps:
+                    self._model_caps[model] = caps | node.engine.capabilities
             if len(self._known_models) > KNOWN_MODELS_CAP:
                 oldest = sorted(self._known_models, key=self._known_models.__getitem__)
                 for model in oldest[: len(self._known_models) - KNOWN_MODELS_CAP]:
                     del self._known_models[model]
+                    self._model_caps.pop(model, None)
             self._reindex()
             if node.routable:
                 self._changed.notify_all()
@@ -357,6 +365,10 @@ class Registry:
         if model in self._known_models or not self._nodes:
             return ModelStatus.UNAVAILABLE
         return ModelStatus.UNKNOWN
+
+    def has_had_capabilities(self, model: str, capabilities: frozenset[str]) -> bool:
+        """Has some node serving ``model`` reported all of ``capabilities`` since start?"""
+        return capabilities <= self._model_caps.get(model, frozenset())
 
     def has_served(self, model: str) -> bool:
         """Has any node registered with ``model`` since start (the bounded known-model set)?"""

@@ -21,6 +21,7 @@ from spotrelay.core.protocol import ProtocolError, parse_report, valid_instance_
 
 from .auth import ControlPlaneAuth, DataPlaneAuth
 from .balancer import Balancer
+from .dataplane import DataPlane
 from .disconnect import ClientWatch
 from .health import HealthMonitor, http_probe
 from .metrics import RouterMetrics
@@ -119,6 +120,13 @@ class RouterService:
             client_watch=self.client_watch,
             stream_handler_factory=stream_handler_factory
             or resume_handler_factory(cfg.resume, self.metrics),
+        )
+        self.dataplane = DataPlane(
+            self.registry,
+            deadline_s=cfg.timeouts.request_deadline_s,
+            no_capacity_wait_s=cfg.routing.no_capacity_wait_s,
+            retry_after_s=cfg.routing.retry_after_s,
+            clock=clock,
         )
         self.health = HealthMonitor(
             self.registry,

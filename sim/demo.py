@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spotrelay.core.protocol import CAP_CONTINUE_FINAL_MESSAGE
+
 from .capacity import CapacityLoop, CapacityOptions
 from .chaos import FleetObserver, PlannedEvent, plan_events
 from .demo_routers import RouterChaos
@@ -84,6 +86,7 @@ class Demo:
         self.t0 = 0.0
         self._replacing: list[threading.Thread] = []
         self.routers = RouterChaos(self.fleet, 0.0)
+        self.chat_streams = True
         self.capacity: CapacityLoop | None = None
 
     # -- the run --------------------------------------------------------------
@@ -107,6 +110,10 @@ class Demo:
                 stream_ratio=opts.stream_ratio,
                 max_tokens=opts.max_tokens,
                 verify_text=opts.fleet.engine_cmd is None,
+                chat_streams=self._fleet_resumes_chat(),
+                # A real engine may not serve the Responses API (llama.cpp's
+                # server does not): only the simulator's fleet gets that share.
+                responses_ratio=0.2 if opts.fleet.engine_cmd is None else 0.0,
             ),
             seed=opts.seed,
         )
@@ -148,6 +155,19 @@ class Demo:
         write_chart(report, traffic.log.records, self.out, opts.duration_s)
         return report
 
+    def _fleet_resumes_chat(self) -> bool:
+        """Whether every node advertises chat resume (its agent detected the engine)."""
+        caps = [set(n.get("engine", {}).get("capabilities", [])) for n in self.fleet.router_nodes()]
+        if caps and all(CAP_CONTINUE_FINAL_MESSAGE in c for c in caps):
+            return True
+        log.warning(
+            "the engine does not advertise %s (chat resume): streaming requests go through "
+            "completions, which resume on any engine",
+            CAP_CONTINUE_FINAL_MESSAGE,
+        )
+        self.chat_streams = False
+        return False
+
     def _chaos_loop(
         self, plan: list[PlannedEvent], traffic: TrafficDriver, observer: FleetObserver
     ) -> None:
@@ -180,20 +200,28 @@ class Demo:
     def _kills_pending(self) -> bool:
         return any(e.kill_due is not None and e.killed is None for e in self.events)
 
-    def _victim(self) -> Node | None:
-        """A node that is up and not already hit by an event."""
+    def _victim(self, kind: str) -> Node | None:
+        """A node that is up and not already hit by an event.
+
+        A hard kill prefers a node with requests in flight: killing an idle one
+        (a replacement that just joined, at a low request rate) shows nothing.
+        """
         hit = {e.node for e in self.events}
+        view = {entry.get("id"): entry for entry in self.fleet.router_nodes()}
         candidates = [
             n
             for n in self.fleet.alive_nodes()
             if n.name not in hit
             and n.lifecycle == "spot"  # spot notices exist only on spot instances
-            and self.fleet.node_state(n.name) == "ready"
+            and view.get(n.name, {}).get("state") == "ready"
         ]
+        busy = [n for n in candidates if view[n.name].get("in_flight", 0) > 0]
+        if kind == "hard_kill" and busy:
+            candidates = busy
         return self.rng.choice(candidates) if candidates else None
 
     def _inject(self, planned: PlannedEvent, now: float) -> None:
-        node = self._victim()
+        node = self._victim(planned.kind)
         if node is None:
             log.warning("no ready node to hit at %.1fs; skipping a %s", now, planned.kind)
             return
@@ -309,6 +337,8 @@ class Demo:
             "engine": opts.fleet.engine_cmd or "spotrelay sim vllm",
             "routers": opts.routers,
             "registry": "redis" if opts.redis else "memory",
+            "verify_text": opts.fleet.engine_cmd is None,
+            "streaming_chat": self.chat_streams,
             "spot_shortage": list(opts.spot_shortage) if opts.spot_shortage else None,
             "dead_agents": opts.dead_agents,
         }

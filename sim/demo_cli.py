@@ -13,6 +13,9 @@ examples:
   spotrelay demo --spot-shortage 10:40 --dead-agents 1   # fallback to on-demand, off-node notice
   spotrelay demo --engine-cmd 'vllm serve Qwen/Qwen2.5-0.5B-Instruct --port {port}' \\
                  --model Qwen/Qwen2.5-0.5B-Instruct --lead-s 30
+  spotrelay demo --model smollm2 --engine-cmd \\
+    'python -m llama_cpp.server --model GGUF --model_alias {model} --host {host} --port {port}
+     --interrupt_requests false'       # llama.cpp on a CPU; docs/demo.md says where GGUF is
 
 Exit status 0 only if no client saw a failure. See docs/demo.md for every figure.
 Flags override --config (sections demo: and engine:) and SPOTRELAY_DEMO_* /
@@ -26,9 +29,14 @@ FLAGS = {
     "preemptions": ("demo", "preemptions", int, "spot interruption notices to inject (2)"),
     "hard_kills": ("demo", "hard_kills", int, "nodes to SIGKILL without notice (1)"),
     "lead_s": ("demo", "lead_s", float, "notice lead time; AWS gives 120 s (10)"),
-    "rps": ("demo", "rps", float, "average requests per second (20)"),
+    "rps": ("demo", "rps", float, "average requests per second (20; 1 with --engine-cmd)"),
     "stream_ratio": ("demo", "stream_ratio", float, "share of streaming requests (0.5)"),
-    "max_tokens": ("demo", "max_tokens", int, "upper bound of max_tokens per request (48)"),
+    "max_tokens": (
+        "demo",
+        "max_tokens",
+        int,
+        "upper bound of max_tokens per request (48; 24 with --engine-cmd)",
+    ),
     "seed": ("demo", "seed", int, "RNG seed for traffic and chaos (7)"),
     "out": ("demo", "out", str, "directory for report.json, timeline.png, logs (demo-out)"),
     "routers": ("demo", "routers", int, "routers behind the traffic's round robin (1)"),
@@ -103,6 +111,7 @@ def _run(args: argparse.Namespace) -> int:
         overrides[section][key] = getattr(args, dest)
     cfg = load(DemoConfig, args.config, overrides=overrides)
     d, e = cfg.demo, cfg.engine
+    rps, max_tokens = d.load_for(real_engine=e.cmd is not None)
     fleet = FleetOptions(
         model=e.model,
         ttft_ms=e.ttft_ms,
@@ -117,12 +126,12 @@ def _run(args: argparse.Namespace) -> int:
         preemptions=d.preemptions,
         hard_kills=d.hard_kills,
         lead_s=d.lead_s,
-        rps=d.rps,
+        rps=rps,
         stream_ratio=d.stream_ratio,
         seed=d.seed,
         out=Path(d.out),
         fleet=fleet,
-        max_tokens=d.max_tokens,
+        max_tokens=max_tokens,
         progress=not args.no_progress,
         routers=d.routers,
         redis=d.redis,

@@ -14,9 +14,20 @@ class Run:
     preemptions: int = setting(2, min=0, help="spot interruption notices to inject")
     hard_kills: int = setting(1, min=0, help="nodes to SIGKILL without notice")
     lead_s: float = setting(10.0, min=0.5, help="notice lead time (AWS: 120 s)")
-    rps: float = setting(20.0, min=0.1, help="average requests per second")
+    rps: float | None = setting(
+        None, min=0.1, help="average requests per second; default 20, 1 with engine.cmd"
+    )
     stream_ratio: float = setting(0.5, min=0, max=1, help="share of streaming requests")
-    max_tokens: int = setting(48, min=2, help="upper bound of max_tokens per request")
+    max_tokens: int | None = setting(
+        None, min=2, help="upper bound of max_tokens per request; default 48, 24 with engine.cmd"
+    )
+
+    def load_for(self, real_engine: bool) -> tuple[float, int]:
+        """(rps, max_tokens): a real engine on a laptop serves a few requests a second."""
+        rps = self.rps if self.rps is not None else (1.0 if real_engine else 20.0)
+        max_tokens = self.max_tokens if self.max_tokens is not None else (24 if real_engine else 48)
+        return rps, max_tokens
+
     seed: int = setting(7, help="RNG seed for traffic and chaos")
     out: str = setting("demo-out", help="directory for report.json, timeline.png and logs")
     routers: int = setting(1, min=1, max=8, help="routers; more than one needs redis")

@@ -223,6 +223,8 @@ class LocalFleet:
                 "model": self.options.model,
                 "process_name": None,
                 "systemd_unit": None,
+                # A real engine may answer probes only between requests (llama.cpp).
+                "timeout_s": 2 if self.options.engine_cmd is None else 15,
             },
             "imds": {"url": imds_url, "poll_interval_s": self.options.poll_interval_s},
             "heartbeat": {"interval_s": 1},

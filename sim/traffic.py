@@ -1,7 +1,10 @@
 """OpenAI-style client traffic for the demo, sent with the official ``openai`` client.
 
 Requests arrive at a fixed average rate (Poisson arrivals, seeded) and mix
-completions and chat, streaming and not. Each outcome is recorded from the
+completions and chat, streaming and not (streaming chat only where every
+node can resume it), and a share of Responses API calls
+(``client.responses.create``, not streamed: a Responses stream cut by a hard
+kill after its first event cannot be resumed, see docs/router.md). Each outcome is recorded from the
 client's point of view, which is the only one that matters: a request counts
 as failed if the SDK raised, a stream ended early, or — when the engine is
 the simulator, whose text is deterministic — the text differs from what an
@@ -37,7 +40,7 @@ PROMPTS = (
 class RequestRecord:
     """One client request as the client saw it."""
 
-    kind: str  # "completion" or "chat"
+    kind: str  # "completion", "chat" or "responses"
     stream: bool
     started: float  # seconds since the run began
     latency_ms: float = 0.0
@@ -57,10 +60,14 @@ class RequestRecord:
 class TrafficOptions:
     rps: float = 20.0
     stream_ratio: float = 0.5
+    responses_ratio: float = 0.2  # share of Responses API calls (never streamed)
     max_tokens: int = 48
     verify_text: bool = True
     timeout_s: float = 60.0
     max_concurrency: int = 256
+    # False when some node cannot resume a chat stream (no continue_final_message):
+    # streaming requests then all go through completions, which resume on any engine.
+    chat_streams: bool = True
 
 
 class _Call(NamedTuple):
@@ -196,6 +203,10 @@ class TrafficDriver:
                 break
             stream = self.rng.random() < self.options.stream_ratio
             kind = "chat" if self.rng.random() < 0.5 else "completion"
+            if stream and not self.options.chat_streams:
+                kind = "completion"
+            if self.rng.random() < self.options.responses_ratio:
+                kind, stream = "responses", False
             prompt = self.rng.choice(PROMPTS) + f" (request {self.rng.randrange(10**6)})"
             max_tokens = self.rng.randint(self.options.max_tokens // 2, self.options.max_tokens)
             with self.log.lock:
@@ -207,7 +218,11 @@ class TrafficDriver:
         record = RequestRecord(kind, stream, time.monotonic() - self._t0, router=router)
         start = time.monotonic()
         try:
-            send: Callable[[_Call], str] = self._chat if kind == "chat" else self._completion
+            send: Callable[[_Call], str] = {
+                "chat": self._chat,
+                "completion": self._completion,
+                "responses": self._responses,
+            }[kind]
             text = send(_Call(self.clients[router], prompt, max_tokens, record, start))
             record.ok = True
             if self.options.verify_text:
@@ -263,6 +278,14 @@ class TrafficDriver:
                 finish = chunk.choices[0].finish_reason or finish
         return _stream_result(parts, finish, record)
 
+    def _responses(self, call: _Call) -> str:
+        client, prompt, max_tokens, record, _ = call
+        resp = client.responses.create(model=self.model, input=prompt, max_output_tokens=max_tokens)
+        if resp.status not in ("completed", "incomplete") or resp.error is not None:
+            raise RuntimeError(f"response {resp.status}: {resp.error}")
+        record.tokens = resp.usage.output_tokens if resp.usage else 0
+        return resp.output_text
+
 
 def _first_token(record: RequestRecord, start: float) -> None:
     if record.ttft_ms is None:
@@ -279,7 +302,7 @@ def _stream_result(parts: list[str], finish: str | None, record: RequestRecord) 
 
 def expected_text(kind: str, prompt: str, max_tokens: int) -> str:
     """What the simulator produces for this request when nothing goes wrong."""
-    if kind == "chat":
+    if kind in ("chat", "responses"):  # the Responses input renders as one user message
         prefix = textgen.render_chat(
             [{"role": "user", "content": prompt}], add_generation_prompt=True
         )

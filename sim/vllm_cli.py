@@ -34,6 +34,12 @@ class SimSection:
     shutdown_timeout_s: float = setting(
         0.0, min=0, help="on SIGTERM, let in-flight requests run this long (vLLM: 0)"
     )
+    api: str = setting(
+        "vllm",
+        choices=("vllm", "openai"),
+        help="vllm: vLLM's endpoints; openai: the OpenAI API and /v1/models only "
+        "(no /health, /version or /metrics, as llama-cpp-python's server)",
+    )
 
 
 @dataclass
@@ -84,6 +90,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--default-max-tokens", type=int, help="chat max_tokens when absent (128)")
     p.add_argument("--kv-cache-tokens", type=int, help="simulated KV cache size in tokens")
     p.add_argument("--embedding-dim", type=int, help="embedding vector length (256)")
+    p.add_argument(
+        "--api",
+        choices=("vllm", "openai"),
+        help="endpoints to serve: vllm (default) or openai (no /health, /version, /metrics)",
+    )
     p.add_argument(
         "--shutdown-timeout",
         dest="shutdown_timeout_s",

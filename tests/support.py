@@ -58,14 +58,19 @@ def start_sim_vllm(
     model: str = "sim-model",
     name: str = "vllm",
     port: int | None = None,
+    api: str = "vllm",
 ) -> Service:
-    """A ``spotrelay sim vllm`` engine serving ``model``."""
+    """A ``spotrelay sim vllm`` engine serving ``model``.
+
+    ``api="openai"``: no ``/health``, ``/version`` or ``/metrics`` (an engine
+    like llama-cpp-python's server); ready once ``/v1/models`` answers.
+    """
     return start_service(
         procs,
         logdir,
         name,
-        ["sim", "vllm", "--host", HOST, "--model", model, *extra],
-        "/health",
+        ["sim", "vllm", "--host", HOST, "--model", model, "--api", api, *extra],
+        "/health" if api == "vllm" else "/v1/models",
         port=port,
     )
 

@@ -228,15 +228,11 @@ class FakeEngine:
     def __init__(self, loads: list[NodeLoad | None] | None = None):
         self.loads = list(loads or [])
         self.last: NodeLoad | None = NodeLoad()
-        self.healthy = True
 
     def load(self) -> NodeLoad | None:
         if self.loads:
             self.last = self.loads.pop(0)
         return self.last
-
-    def health(self) -> bool:
-        return self.healthy
 
 
 class FakeLifecycle:
@@ -314,6 +310,16 @@ def test_drain_runs_every_step_in_order_once(tmp_path: Path) -> None:
     assert len(lc.completed) == 1 and lc.completed[0] < ev.time
     assert m.silenced
     assert m.metrics.drains.labels("spot_interruption")._value.get() == 1
+
+
+def test_drain_without_engine_metrics_waits_for_the_routers_in_flight(tmp_path: Path) -> None:
+    router = FakeRouter("r1", in_flight=[3, 2, 1, 0, 0, 0])  # first value: the announce
+    m = _machine(tmp_path, routers=[router], engine=FakeEngine([None]))  # no /metrics
+    t0 = time.time()
+    m.request("x", "spot_interruption", drain_until=t0 + 20, deadline=t0 + 21, terminating=True)
+    assert m.wait(10)
+    assert time.time() - t0 < 5  # idle once the router had nothing in flight, not the deadline
+    assert router.names().count("drain") >= 5  # it kept asking the router until 0, 0
 
 
 def test_drain_waits_for_in_flight_then_stops_at_the_deadline(tmp_path: Path) -> None:

@@ -88,6 +88,9 @@ def test_short_demo_has_no_client_visible_failure(tmp_path: Path) -> None:
     assert report["failed"] == 0 and report["streams"]["broken"] == 0
     assert report["succeeded"] == report["requests"]
     assert report["verified_text"] == report["requests"]
+    # The simulator answers /version like vLLM: its agents advertise chat resume.
+    assert report["settings"]["streaming_chat"] is True
+    assert report["by_kind"]["responses"] > 5, "Responses API calls are part of the traffic"
     assert {e["type"] for e in report["events"]} == {"spot_notice", "hard_kill"}
     for event in report["events"]:
         assert event["killed"] is not None
@@ -182,3 +185,16 @@ def test_more_routers_need_a_shared_registry(tmp_path: Path) -> None:
         and "demo.redis = 'http://cache:6379': scheme" in err
         and len(err.splitlines()) == 1
     )
+
+
+def test_a_real_engine_gets_a_lower_default_load() -> None:
+    from spotrelay.core.config import load
+    from spotrelay.sim.demo_settings import DemoConfig
+
+    sim = load(DemoConfig, None, env={})
+    assert sim.demo.load_for(real_engine=False) == (20.0, 48)
+    assert sim.demo.load_for(real_engine=True) == (1.0, 24)
+    chosen = load(
+        DemoConfig, None, env={"SPOTRELAY_DEMO_RPS": "3", "SPOTRELAY_DEMO_MAX_TOKENS": "8"}
+    )
+    assert chosen.demo.load_for(real_engine=True) == (3.0, 8)

@@ -23,7 +23,8 @@ import pytest
 import yaml
 
 from spotrelay.core.config import ConfigError, load
-from spotrelay.core.deploy import VARS_FILE, DeployConfig, tfvars
+from spotrelay.core.deploy import VARS_FILE, DeployConfig, StatusSection, backend_args, tfvars
+from spotrelay.core.deploy_status import gather, insecure_transport
 from spotrelay.core.net import wait_until
 from spotrelay.core.terraform_bin import find_binary
 from tests.support import ROUTER_TOKEN, moto_server, register_node, start_router
@@ -147,6 +148,81 @@ def test_up_on_example_requires_its_inputs(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "deployment.region: required for terraform/examples/complete" in proc.stderr
     assert not (EXAMPLE / VARS_FILE).exists()
+
+
+def test_up_on_example_requires_state_backend(tmp_path: Path) -> None:
+    """The example keeps state in S3: without backend settings up stops before terraform."""
+    shim = install(tmp_path / "bin")
+    path = write_yaml(tmp_path / "d.yaml", minimal())
+    proc = cli("up", "--config", str(path), "--terraform", str(shim))
+    assert proc.returncode == 2, proc.stderr
+    assert "terraform.backend_config: required for terraform/examples/complete" in proc.stderr
+    assert not (EXAMPLE / VARS_FILE).exists()
+
+
+def test_backend_args(tmp_path: Path) -> None:
+    hcl = tmp_path / "backend.hcl"
+    hcl.write_text('bucket = "b"\n')
+    args = backend_args([str(hcl), "key=spotrelay/state"], is_example=True)
+    assert args == [f"-backend-config={hcl.resolve()}", "-backend-config=key=spotrelay/state"]
+    assert backend_args([], is_example=False) == []  # own configuration: its own backend
+    with pytest.raises(ConfigError, match=r"terraform\.backend_config\[0\] = .*: no such file"):
+        backend_args([str(tmp_path / "missing.hcl")], is_example=True)
+
+
+def test_secure_defaults_in_tfvars(tmp_path: Path) -> None:
+    cfg = load(DeployConfig, write_yaml(tmp_path / "d.yaml", minimal()), env={})
+    values = tfvars(cfg)
+    assert values["alb_internal"] is True  # internal unless asked otherwise
+    assert "api_keys_parameter" not in values
+    doc = minimal(
+        deployment={
+            **minimal()["deployment"],
+            "alb_internal": False,
+            "certificate_arn": "arn:aws:acm:us-east-1:123456789012:certificate/x",
+            "api_keys_parameter": "/spotrelay/api-keys",
+        }
+    )
+    values = tfvars(load(DeployConfig, write_yaml(tmp_path / "e.yaml", doc), env={}))
+    assert values["alb_internal"] is False
+    assert values["api_keys_parameter"] == "/spotrelay/api-keys"
+
+
+# -- the node token's transport -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "refused"),
+    [
+        ("http://127.0.0.1:8080", False),  # an SSM port forward
+        ("http://10.0.1.20:8080", False),  # inside the VPC
+        ("http://[::1]:8080", False),
+        ("https://1.1.1.1", False),  # TLS: fine anywhere
+        ("http://1.1.1.1:8080", True),  # plain HTTP to a public address
+        ("http://[2606:4700::1111]:8080", True),
+    ],
+)
+def test_insecure_transport(url: str, refused: bool) -> None:
+    reason = insecure_transport(url)
+    assert (reason is not None) == refused
+    if refused:
+        assert "refusing to send the node token over plain HTTP" in reason
+
+
+def test_status_never_sends_token_over_public_http() -> None:
+    """Refused before the token is read or any connection is made; the report says why."""
+    cfg = StatusSection(router_url="http://1.1.1.1:9", node_token="secret-token-xyz", timeout_s=1)
+    report = gather(cfg, {}, REGION)
+    assert report.nodes is None
+    assert any("refusing to send the node token over plain HTTP" in e for e in report.errors)
+    assert "secret-token-xyz" not in json.dumps(report.to_json())
+
+
+def test_status_defaults_to_internal_control_endpoint(tmp_path: Path) -> None:
+    outputs = {"router_url": "https://public.example", "router_control_url": "http://127.0.0.1:9"}
+    cfg = StatusSection(node_token="t" * 40, timeout_s=0.5)
+    report = gather(cfg, outputs, REGION)
+    assert report.router_url == "http://127.0.0.1:9"
 
 
 def test_help_documents_keys() -> None:

@@ -30,6 +30,7 @@ from spotrelay.core.logs import clip
 from .disconnect import ClientLink
 from .httpguard import CONTROL, ClientTimeout, close_after_response, plane_of
 from .proxy import HOP_HEADER, LOOP_HEADER, ApiError, ProxyResponse, parse_request, request_id_from
+from .resume_request import RESUME_HEADER, resume_off
 from .service import MAX_CONTROL_BODY, ControlResult, RouterService
 
 log = logging.getLogger("spotrelay.router")
@@ -183,6 +184,7 @@ def create_app(service: RouterService) -> Flask:
                 deadline_s=deadline_s,
                 session_key=headers.get(session_header),
                 accept=headers.get("Accept"),
+                resume_off=resume_off(headers.get(RESUME_HEADER)),
             )
         except ApiError as err:
             rejected.labels("none", str(err.status)).inc()

@@ -1,12 +1,12 @@
 """A small HTTP/1.1 client for the router's connections to nodes.
 
-Why not urllib3 (which the first version used)? Measured on this
-project's 2-core machine under gevent, one urllib3 ``urlopen`` + ``read``
-costs about 400 µs of CPU per proxied request (``http.client`` header parsing
-through the ``email`` package, a liveness ``poll`` before each reuse, a gevent
-timer per wait, several wrapper objects); this client costs about 100 µs for
-the same exchange, which is most of the difference between ~1,200 and ~2,000
-requests/s through one router process (``bench/router_bench.py``,
+Why not urllib3 (which the first version used)? Measured on this project's
+2-core machine under gevent, one urllib3 ``urlopen`` + ``read`` costs about
+400 µs of CPU per proxied request (``http.client`` header parsing through the
+``email`` package, a liveness ``poll`` before each reuse, a gevent timer per
+wait, several wrapper objects); this client costs about 100 µs for the same
+exchange: 1,206 → 1,578 non-streaming requests/s through one router process
+(``bench/router_bench.py``; the later steps to ~2,000 are in
 docs/benchmarks.md). So the connection handling is our own and small, but
 response parsing is not: it is ``httptools`` (MagicStack's binding of llhttp,
 the parser of Node.js and of uvicorn), fed the bytes as they arrive from the
@@ -364,7 +364,7 @@ class Pool:
 
     def _connect(self, timeout: float) -> _Connection:
         try:
-            sock = socket.create_connection((self.address, self.port), timeout=timeout)
+            sock = _open_socket(self.address, self.port, timeout)
         except TimeoutError as exc:
             raise ConnectFailed(
                 f"connect to {self.address}:{self.port} timed out", timed_out=True
@@ -412,6 +412,24 @@ class Pool:
                 if not resp._head_done:
                     raise
                 resp._error = exc  # the body is broken: raised to its reader, after its good part
+
+
+def _open_socket(address: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection to an IP literal (the network policy resolved and vetted it).
+
+    Not ``socket.create_connection``: it calls ``getaddrinfo`` even for an IP
+    literal, and under gevent that runs in a thread pool (about 3 % of a
+    streaming router's CPU, one call per new node connection).
+    """
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect((address, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class _StaleConnection(Exception):

@@ -85,7 +85,8 @@ class RouterMetrics:
             PREFIX + "stream_resumes_total",
             "Streams broken after their first byte, by resume outcome: ok (continued on "
             "another node, or nothing was left to generate), failed (a continuation could "
-            "not start; another may follow), exhausted, not_resumable, disabled",
+            "not start; another may follow), exhausted, not_resumable, disabled, no_capacity "
+            "(no untried node within routing.no_capacity_wait_s), deadline_exceeded",
             ["outcome"],
             registry=r,
         )

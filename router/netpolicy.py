@@ -113,10 +113,6 @@ class NodeTarget:
     address: str  # the IP address the router connects to
     port: int
 
-    @property
-    def is_name(self) -> bool:
-        return self.host != self.address
-
 
 def system_resolver(host: str, port: int) -> list[str]:
     """Every address ``host`` resolves to (IPv4 and IPv6)."""

@@ -13,8 +13,11 @@
    gets anything, so a node dying mid-body is still just a retry;
 4. a stream is answered only once the node's *first SSE event* is in hand
    (a node dying during prefill is still just a retry); the rest is relayed
-   by :class:`spotrelay.router.stream.StreamRelay`, whose break handling is
-   the seam for stream resume (``stream_handler_factory``, see that module).
+   by :class:`spotrelay.router.stream.StreamRelay`, which asks the stream's
+   handler (``stream_handler_factory``: resume, or end with an error event)
+   what to do about a break, opens continuations through
+   :meth:`Proxy.open_continuation` and records breaks through
+   ``Proxy._on_break``.
 
 Every upstream call carries the request's ``X-Request-ID``; every log line
 about the request names it.
@@ -27,7 +30,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -36,11 +39,19 @@ from spotrelay.core.logs import clip
 
 from .balancer import Balancer
 from .disconnect import ClientLink, ClientWatch
+from .finish import FinishTracker, expected_choices
 from .metrics import RouterMetrics
 from .registry import ModelStatus, Node, Registry
 from .retry import RETRYABLE_STATUS, Failure, FailureKind, RetryBudget, RetryPolicy
 from .settings import Routing, Timeouts
-from .stream import EndWithError, StreamBreak, StreamHandler, StreamRelay
+from .stream import (
+    ContinuationRejected,
+    EndWithError,
+    StreamBreak,
+    StreamHandler,
+    StreamRelay,
+    StreamStart,
+)
 from .upstream import (
     UPSTREAM_ERRORS,
     IdleWatchdog,
@@ -110,12 +121,24 @@ class ProxyRequest:
     node_id: str | None = None  # the node that answered
     hops: tuple[str, ...] = ()  # X-Spotrelay-Hop as received: routers already passed
     client: ClientLink | None = None  # the client connection, to abort work when it leaves
+    requires: frozenset[str] = frozenset()  # engine capabilities a node must report
+    resume_off: bool = False  # the client sent X-Spotrelay-Resume: off
+    follow_up: bool = False  # made by derive(): waits for a node it has not tried yet
 
-    def derive(self, doc: dict[str, Any], *, exclude: set[str] | None = None) -> ProxyRequest:
+    def derive(
+        self,
+        doc: dict[str, Any],
+        *,
+        exclude: set[str] | None = None,
+        requires: frozenset[str] = frozenset(),
+    ) -> ProxyRequest:
         """A follow-up request (e.g. a stream continuation) with a new body.
 
         Same request id and deadline; attempts start from zero; ``exclude``
-        (default: every node tried so far) are not picked.
+        (default: every node tried so far) are not picked, nor nodes whose
+        engine lacks a capability in ``requires``. When every routable node was
+        tried, it waits for capacity like a new request finding no node (a
+        replacement for the node that broke is usually seconds away).
         """
         return replace(
             self,
@@ -125,6 +148,8 @@ class ProxyRequest:
             tried=set(self.tried if exclude is None else exclude),
             attempts=0,
             node_id=None,
+            requires=requires,
+            follow_up=True,
         )
 
 
@@ -149,40 +174,14 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
-class StreamStart:
-    """An upstream stream whose first event has arrived: ready to relay."""
-
-    upstream: Upstream
-    batches: Any  # Iterator[list[bytes]] positioned after first_batch
-    first_batch: list[bytes]
-
-    def chunks(self) -> _Chunks:
-        """The stream as raw bytes from its first event on, closable (aborts the upstream)."""
-        return _Chunks(self)
-
-
-class _Chunks:
-    def __init__(self, start: StreamStart) -> None:
-        self._start = start
-        self._it = self._gen()
-
-    def _gen(self) -> Iterator[bytes]:
-        upstream = self._start.upstream
-        try:
-            yield b"".join(self._start.first_batch)
-            for batch in self._start.batches:
-                yield b"".join(batch)
-        finally:
-            upstream.close(abort=not upstream.done)
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self._it
-
-    def close(self) -> None:
-        self._it.close()
-        upstream = self._start.upstream
-        upstream.close(abort=not upstream.done)
+def _answer_message(answer: Answer) -> str:
+    try:
+        err = json.loads(answer.body).get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return f"{answer.status}: {err['message']}"
+    except (ValueError, AttributeError):
+        pass
+    return str(answer.status)
 
 
 ACCEPT_RE = re.compile(r"^[\x20-\x7e]{1,256}$")
@@ -204,6 +203,7 @@ def parse_request(
     deadline_s: float,
     session_key: str | None = None,
     accept: str | None = None,
+    resume_off: bool = False,
 ) -> ProxyRequest:
     """Validate a client body; raises :class:`ApiError` (400) for what no node could serve."""
     try:
@@ -227,6 +227,7 @@ def parse_request(
         deadline=received + deadline_s,
         session_key=session_key or None,
         accept=accept if accept and ACCEPT_RE.match(accept) else None,
+        resume_off=resume_off,
     )
 
 
@@ -454,24 +455,25 @@ class Proxy:
 
     def _choose(self, req: ProxyRequest, *, retrying: bool) -> Node | ApiError | None:
         """The next node; None when every routable node was tried; ApiError on no capacity."""
-        registry, balancer = self.registry, self.balancer
-        candidates = registry.candidates(req.model)
+        balancer = self.balancer
+        candidates = self._candidates(req)
         node = balancer.pick(candidates, exclude=req.tried, session_key=req.session_key)
         if node is not None:
             return node
-        if candidates:
+        if candidates and not req.follow_up:
             return None
         limit = min(self.clock() + self.routing.no_capacity_wait_s, req.deadline)
         log.info(
-            "no ready node serves the model; waiting for capacity",
+            "no %s node serves the model; waiting for capacity",
+            "untried" if candidates else "ready",
             extra={"request_id": req.request_id, "model": clip(req.model)},
         )
         while (remaining := limit - self.clock()) > 0:
-            registry.wait_for_change(min(remaining, 0.5))
+            self.registry.wait_for_change(min(remaining, 0.5))
             if req.client is not None and req.client.check():
                 return None
             node = balancer.pick(
-                registry.candidates(req.model), exclude=req.tried, session_key=req.session_key
+                self._candidates(req), exclude=req.tried, session_key=req.session_key
             )
             if node is not None:
                 self.metrics.capacity_waits.labels("served").inc()
@@ -486,6 +488,12 @@ class Proxy:
             code="no_capacity",
             headers={"Retry-After": str(self.routing.retry_after_s)},
         )
+
+    def _candidates(self, req: ProxyRequest) -> list[Node]:
+        nodes = self.registry.candidates(req.model)
+        if req.requires:
+            nodes = [n for n in nodes if req.requires <= n.engine.capabilities]
+        return nodes
 
     # -- failures and final answers ---------------------------------------------------------
 
@@ -548,6 +556,7 @@ class Proxy:
     def _stream_response(self, req: ProxyRequest, start: StreamStart) -> ProxyResponse:
         self.metrics.ttft.observe(self.clock() - req.received)
         upstream = start.upstream
+        expected = expected_choices(req.path, req.doc)
 
         def on_finish(outcome: str) -> None:
             self.budget.end_request()
@@ -556,12 +565,12 @@ class Proxy:
             self._log_done(req, 200, outcome)
 
         relay = StreamRelay(
-            upstream,
-            start.batches,
-            start.first_batch,
+            start,
             self.stream_handler_factory(req, self),
+            open_next=lambda body, requires: self.open_continuation(req, body, requires),
             on_break=lambda up, brk: self._on_break(req, up, brk),
             on_finish=on_finish,
+            finishes=lambda: FinishTracker(expected),
         )
         self.metrics.requests.labels(self.metrics.model_label(req.model), "200").inc()
         headers = {
@@ -571,7 +580,45 @@ class Proxy:
         }
         return ProxyResponse(200, relay, "text/event-stream; charset=utf-8", headers)
 
+    def open_continuation(
+        self, req: ProxyRequest, body: dict[str, Any], requires: frozenset[str]
+    ) -> StreamStart:
+        """Open a stream's continuation on a node ``req`` has not tried yet.
+
+        Raises :class:`ContinuationRejected` when trying again is pointless (no
+        registered node has the ``requires`` capabilities, no capacity within
+        the wait, the deadline passed, a 4xx), ``RuntimeError`` otherwise.
+        """
+        if requires and not any(
+            req.model in node.models and requires <= node.engine.capabilities
+            for node in self.registry.nodes()
+        ):
+            raise ContinuationRejected(
+                f"no node serving model {clip(req.model)!r} reports {', '.join(sorted(requires))}",
+                outcome="not_resumable",
+            )
+        sub = req.derive(body, requires=requires)
+        result = self.acquire(sub)
+        req.tried |= sub.tried
+        if isinstance(result, StreamStart):
+            log.info(
+                "continuing the stream on node %s",
+                result.upstream.node.id,
+                extra={"request_id": req.request_id},
+            )
+            return result
+        if isinstance(result, ApiError):
+            if result.code in ("no_capacity", "deadline_exceeded"):
+                # It waited for capacity already, or no time is left: trying again is pointless.
+                raise ContinuationRejected(result.message, outcome=result.code)
+            raise RuntimeError(f"no node for the continuation: {result.message}")
+        message = f"node {result.node_id} answered {_answer_message(result)}"
+        if 400 <= result.status < 500 and result.status not in (408, 429):
+            raise ContinuationRejected(message)
+        raise RuntimeError(message)
+
     def _on_break(self, req: ProxyRequest, upstream: Upstream, brk: StreamBreak) -> None:
+        """The one place a stream break is recorded: metrics, passive health, log."""
         self.metrics.stream_breaks.labels(str(brk.reason)).inc()
         self.registry.record_failure(upstream.node)
         log.warning(

@@ -2,8 +2,9 @@
 
 One worker process, always: the registry lives in that process's memory.
 Inside it, gevent greenlets (default) or gthread threads serve requests; the
-gevent worker holds hundreds of open streams at low cost (docs/benchmarks.md,
-"Router"). The app is built in the worker after the fork,
+gevent worker holds hundreds of open streams per process (about 250 at a
+50 ms inter-token latency within +5 ms p99 on a 2-core machine; see
+docs/benchmarks.md). The app is built in the worker after the fork,
 so background upkeep (TTL expiry, health probes) runs where the registry is.
 
 Monkey patching for gevent is done by the CLI before anything else is

@@ -33,7 +33,7 @@ from .netpolicy import (
 )
 from .proxy import Proxy, ProxyRequest
 from .registry import EjectionPolicy, Node, Registry, RegistryFull
-from .resume_relay import resume_handler_factory
+from .resume_handler import resume_handler_factory
 from .retry import RetryBudget, RetryPolicy
 from .settings import RouterConfig
 from .stream import StreamHandler

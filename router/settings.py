@@ -21,7 +21,7 @@ class Server:
     worker_class: str = setting(
         "gevent",
         choices=("gevent", "gthread"),
-        help="gunicorn worker class; gevent holds thousands of streams",
+        help="gunicorn worker class; gevent holds hundreds of streams per process",
     )
     worker_connections: int = setting(4000, min=1, help="gevent: concurrent connections")
     keepalive_s: float = setting(

@@ -1,33 +1,49 @@
-"""Incremental Server-Sent Events parsing and serialisation.
+"""Server-Sent Events: the one framer, event parsing and serialisation.
 
-Upstream bytes arrive in arbitrary pieces (a TCP read can end in the middle
-of an event, a line, or a multi-byte UTF-8 character), so the parser keeps
-state between :meth:`SSEParser.feed` calls and only returns complete events.
-It follows the WHATWG event-stream rules that matter for OpenAI-style
-streams: ``\\r\\n``, ``\\n`` or ``\\r`` line ends, ``:`` comments, several
-``data:`` lines joined with ``\\n``, one optional space after the colon, and
-an unterminated event at end of stream is discarded (it never reached the
-client as a whole, so it does not count).
+Every piece of the stream path sees SSE through this module: the upstream
+batching (:meth:`spotrelay.router.upstream.Upstream.event_batches`), the
+resumer and the tests.
+
+Framing (:class:`SSEFramer`) is byte-level and incremental. Upstream bytes
+arrive in arbitrary pieces (a TCP read can end in the middle of an event, a
+line, a ``\\r\\n`` pair or a multi-byte UTF-8 character), so the framer keeps
+state between :meth:`SSEFramer.feed` calls and returns only complete events,
+as raw bytes with every line end (``\\r\\n``, ``\\n`` or a lone ``\\r``)
+normalised to ``\\n`` and one blank line at the end. Bytes are never decoded
+while framing, so a split character is never an issue.
+
+**The final-event rule.** An event is complete at its blank line. A final
+event without one (the body ended right after its last line) is dispatched
+by :meth:`SSEFramer.end`, which the reader calls only at a *clean* end of the
+body: HTTP said the body is whole, so the event is too. When the body broke
+instead, :meth:`~SSEFramer.end` is not called and the fragment is dropped:
+a partial event never reaches the client, so a client stream always ends on
+an event boundary (which stream resume relies on).
+
+:func:`parse_event` reads one framed event's fields (WHATWG rules that
+matter for OpenAI-style streams: ``:`` comments, several ``data:`` lines
+joined with ``\\n``, one optional space after the colon).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from spotrelay.core.errors import openai_error
 
-DONE = "[DONE]"
-DONE_EVENT = b"data: [DONE]\n\n"
-
-_LINE_END = re.compile(rb"\r\n|\r|\n")
+#: The OpenAI end-of-stream sentinel, the one spelling of it in the project.
+DONE = b"[DONE]"
+#: ``data: [DONE]`` as an engine usually writes it (the fast check in :func:`is_done`).
+DONE_LINE = b"data: " + DONE
+#: The ``[DONE]`` event as the router sends it.
+DONE_EVENT = DONE_LINE + b"\n\n"
 
 
 @dataclass(frozen=True)
 class SSEEvent:
-    """One dispatched event: its ``data`` (lines joined by ``\\n``) and optional fields."""
+    """One event's fields: ``data`` (lines joined by ``\\n``), ``event`` and ``id``."""
 
     data: str
     event: str | None = None
@@ -36,72 +52,134 @@ class SSEEvent:
     @property
     def is_done(self) -> bool:
         """The OpenAI end-of-stream sentinel ``data: [DONE]``."""
-        return self.data.strip() == DONE
+        return self.data.strip() == DONE.decode()
 
     def json(self) -> Any:
         """The data parsed as JSON (raises ``ValueError`` when it is not JSON)."""
         return json.loads(self.data)
 
 
-class SSEParser:
-    """Turns a byte stream into :class:`SSEEvent` objects, piece by piece."""
+class SSEFramer:
+    """Splits a byte stream into complete raw events (see the module docstring)."""
 
-    __slots__ = ("_buf", "_data", "_event", "_id")
+    __slots__ = ("_buf", "_cr")
 
     def __init__(self) -> None:
         self._buf = b""
-        self._data: list[str] = []
-        self._event: str | None = None
-        self._id: str | None = None
+        self._cr = False  # the last piece ended in '\r': a '\n' next is the same line end
 
-    def feed(self, chunk: bytes) -> list[SSEEvent]:
+    def feed(self, chunk: bytes) -> list[bytes]:
         """Consume ``chunk``; return the events it completed (possibly none)."""
-        buf = self._buf + chunk if self._buf else chunk
-        events: list[SSEEvent] = []
-        pos = 0
-        end = len(buf)
-        for m in _LINE_END.finditer(buf):
-            # A lone '\r' at the very end may be the first half of '\r\n': wait for more.
-            if m.group() == b"\r" and m.end() == end:
+        if self._cr or b"\r" in chunk:
+            chunk = self._normalise(chunk)
+        if not self._buf:
+            # The common case: a read holding exactly one whole event.
+            end = chunk.find(b"\n\n")
+            if end == len(chunk) - 2 and end > 0 and chunk[0] != 10:
+                return [chunk]
+            buf = chunk
+        else:
+            buf = self._buf + chunk
+        events: list[bytes] = []
+        start = 0
+        while True:
+            while buf.startswith(b"\n", start):  # blank lines between events
+                start += 1
+            end = buf.find(b"\n\n", start)
+            if end < 0:
                 break
-            self._line(buf[pos : m.start()], events)
-            pos = m.end()
-        self._buf = buf[pos:]
+            events.append(buf[start : end + 2])
+            start = end + 2
+        self._buf = buf[start:]
         return events
+
+    def end(self) -> list[bytes]:
+        """At a clean end of the body: the unterminated final event, if any."""
+        tail, self._buf, self._cr = self._buf.rstrip(b"\n"), b"", False
+        return [tail + b"\n\n"] if tail else []
 
     @property
     def pending(self) -> bool:
-        """True while a partial line or an undispatched event is buffered."""
-        return bool(self._buf) or bool(self._data)
+        """True while part of an event is buffered."""
+        return bool(self._buf)
 
-    def _line(self, raw: bytes, events: list[SSEEvent]) -> None:
-        if not raw:
-            if self._data:
-                events.append(SSEEvent("\n".join(self._data), self._event, self._id))
-            self._data = []
-            self._event = None
-            return
-        line = raw.decode("utf-8", errors="replace")
-        if line.startswith(":"):
-            return
+    def _normalise(self, chunk: bytes) -> bytes:
+        if self._cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]  # the second half of a '\r\n' split across reads
+        self._cr = chunk.endswith(b"\r")
+        return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+
+
+def parse_event(raw: bytes) -> SSEEvent | None:
+    """The fields of one framed event; None for an event without data (e.g. a comment)."""
+    data: list[str] = []
+    event = id_ = None
+    for line in raw.decode("utf-8", errors="replace").split("\n"):
+        if not line or line.startswith(":"):
+            continue
         name, sep, value = line.partition(":")
         if sep and value.startswith(" "):
             value = value[1:]
         if name == "data":
-            self._data.append(value)
+            data.append(value)
         elif name == "event":
-            self._event = value
+            event = value
         elif name == "id":
-            self._id = value
+            id_ = value
         # "retry" and unknown fields are ignored, as the spec says.
+    return SSEEvent("\n".join(data), event, id_) if data else None
+
+
+def event_data(raw: bytes) -> bytes | str | None:
+    """The data of one framed event: bytes for the usual single ``data: `` line (no copy
+    through :func:`parse_event`), else the parsed string; None when it carries none."""
+    if raw.startswith(b"data: ") and raw.find(b"\n") == len(raw) - 2:
+        return raw[6:-2]
+    event = parse_event(raw)
+    return None if event is None else event.data
+
+
+def is_done(raw: bytes) -> bool:
+    """A framed event is ``data: [DONE]``."""
+    if raw.startswith(DONE_LINE):
+        return raw[len(DONE_LINE) :].strip() == b""
+    data = event_data(raw)
+    return data is not None and (data.strip() == DONE or data.strip() == DONE.decode())
+
+
+class SSEParser:
+    """Framer plus :func:`parse_event`: a byte stream in, :class:`SSEEvent` objects out.
+
+    For readers that want fields, not raw events (tests, SSE clients). ``end()``
+    follows the framer's final-event rule.
+    """
+
+    __slots__ = ("_framer",)
+
+    def __init__(self) -> None:
+        self._framer = SSEFramer()
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        return _parsed(self._framer.feed(chunk))
+
+    def end(self) -> list[SSEEvent]:
+        return _parsed(self._framer.end())
+
+    @property
+    def pending(self) -> bool:
+        return self._framer.pending
+
+
+def _parsed(raws: list[bytes]) -> list[SSEEvent]:
+    return [e for e in map(parse_event, raws) if e is not None]
 
 
 def encode_data(data: str) -> bytes:
     """One event carrying ``data`` (multi-line data becomes several ``data:`` lines)."""
     if "\n" not in data and "\r" not in data:
         return b"data: " + data.encode("utf-8") + b"\n\n"
-    lines = _LINE_END.split(data.encode("utf-8"))
-    return b"".join(b"data: " + line + b"\n" for line in lines) + b"\n"
+    lines = data.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return "".join(f"data: {line}\n" for line in lines).encode("utf-8") + b"\n"
 
 
 def encode_json(obj: Any) -> bytes:

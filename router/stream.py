@@ -1,33 +1,34 @@
-"""Relaying an SSE stream to the client, and the seam for what happens when it breaks.
+"""Relaying an SSE stream to the client: one loop for the first upstream and every continuation.
 
-:class:`StreamRelay` forwards a streaming response event by event, without
-buffering, once the proxy has the upstream's first event in hand (so every
-failure before that stays an ordinary retry on another node). After that the
-client has seen part of an answer, and an upstream failure is a *break*:
+The proxy answers a stream once the upstream's first event is in hand (so
+every failure before that stays an ordinary retry on another node).
+:class:`StreamRelay` then forwards it event by event, without buffering.
+After that the client has seen part of an answer, and an upstream failure
+is a *break* (:class:`BreakReason`):
 
-- the connection resets or the body ends without ``data: [DONE]``;
-- no event arrives for ``timeouts.stream_idle_s``;
-- the upstream sends an error event (``data: {"error": ...}``).
+- the connection resets (``reset``), or no event arrives for
+  ``timeouts.stream_idle_s`` (``idle_timeout``);
+- the stream ends, with ``data: [DONE]`` or a clean end of the body, before
+  every choice has a ``finish_reason`` (``truncated``, see :mod:`.finish`),
+  or the body ends cleanly after the finish but without ``[DONE]`` (``eof``);
+- the upstream sends an error event (``error_event``);
+- the handler gives up on the upstream (``abandoned``: a malformed event,
+  ``finish_reason: "abort"``).
 
-The resume seam
----------------
-What to do about a break is not decided here but by a :class:`StreamHandler`
-the proxy creates for each streaming request (``Proxy.stream_handler_factory``):
+The relay records every break in one place (``on_break``: metrics, passive
+health, log), then asks the stream's :class:`StreamHandler` what to do. The
+handler decides and does no I/O:
 
-- ``on_event(event)`` sees every complete upstream event (bytes ending in a
-  blank line, ``data: [DONE]`` included) just before it goes to the client and
-  returns the bytes to send instead (or ``None`` to send nothing). A resuming
-  handler records the text so far here and rewrites ids / usage.
-  ``on_event`` may also raise :class:`ClientStreamComplete` (the client
-  stream is finished, e.g. a stop string completed across a seam: send its
-  ``data`` and stop reading) or :class:`AbandonUpstream` (drop this upstream
-  and handle it as a break, e.g. a malformed event).
-- ``on_broken(brk)`` is called once, after the broken upstream was closed and
-  counted against its node, and yields the rest of the client stream. A
-  resuming handler builds a continuation request (``ProxyRequest.derive``),
-  opens it on another node with ``Proxy.acquire`` and relays it (a nested
-  :class:`StreamRelay` with the same handler, or ``StreamStart.chunks()`` for
-  a raw byte iterator).
+- ``on_event(event)`` sees every complete upstream event (``[DONE]``
+  included) just before it goes to the client and returns the bytes to send
+  instead (``None``: nothing). It may raise :class:`ClientStreamComplete`
+  (the client stream is finished, e.g. a stop string completed across a seam)
+  or :class:`AbandonUpstream` (drop this upstream and handle it as a break).
+- ``on_break(brk)`` returns a :class:`Step`: bytes to send, then optionally
+  a continuation body, which the relay opens on another node (``open_next``,
+  the proxy's :meth:`~spotrelay.router.proxy.Proxy.open_continuation`) and
+  relays with the same loop. ``on_open_failed(exc)`` answers a continuation
+  that could not start.
 
 The default, :class:`EndWithError`, passes events through unchanged and ends
 a broken stream with one SSE error event in OpenAI error shape followed by
@@ -36,30 +37,25 @@ truncated stream that looks complete.
 
 Partial events are never sent: the client stream always ends on an event
 boundary. When the client goes away, the generator is closed; the relay then
-closes the upstream connection, which makes vLLM abort the request.
+closes the current upstream connection, which makes vLLM abort the request.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
-from .sse import error_and_done
-from .upstream import (
-    DONE_PREFIX,
-    UPSTREAM_ERRORS,
-    Upstream,
-    classify,
-    error_event_message,
-    is_error_event,
-)
+from .finish import FinishTracker
+from .sse import error_and_done, is_done
+from .upstream import UPSTREAM_ERRORS, Upstream, classify, error_event_message, is_error_event
 
 
 class BreakReason(StrEnum):
     RESET = "reset"  # connection reset / protocol error mid-body
-    EOF = "eof"  # body ended without data: [DONE]
+    EOF = "eof"  # body ended without data: [DONE] (after every choice finished)
+    TRUNCATED = "truncated"  # [DONE] or a clean end before every choice had a finish_reason
     IDLE_TIMEOUT = "idle_timeout"  # no event for timeouts.stream_idle_s
     ERROR_EVENT = "error_event"  # the upstream reported an error in-stream
     ABANDONED = "abandoned"  # the handler gave up on this upstream (AbandonUpstream)
@@ -74,6 +70,34 @@ class StreamBreak:
     node_id: str
     events_sent: int  # events already relayed to the client (>= 1)
     error_event: bytes | None = None  # the upstream's own error event, for ERROR_EVENT
+    node_failed: bool = True  # counts against the node (False: the router ended it)
+
+    @property
+    def why(self) -> str:
+        return f"{self.reason}: {self.detail}" if self.detail else str(self.reason)
+
+
+@dataclass
+class StreamStart:
+    """An upstream stream whose first event has arrived: ready to relay."""
+
+    upstream: Upstream
+    batches: Iterator[list[bytes]]  # positioned after first_batch
+    first_batch: list[bytes]
+
+
+@dataclass(frozen=True)
+class Step:
+    """A handler's answer to a break: send ``data``, then open ``body`` (None: the end).
+
+    ``requires``: engine capabilities the continuation's node must report;
+    ``error``: ``data`` ends the stream with the SSE error event.
+    """
+
+    data: bytes = b""
+    body: dict[str, Any] | None = None
+    requires: frozenset[str] = field(default_factory=frozenset)
+    error: bool = False
 
 
 class ClientStreamComplete(Exception):
@@ -85,12 +109,35 @@ class ClientStreamComplete(Exception):
 
 
 class AbandonUpstream(Exception):
-    """Raised by ``on_event``: send ``data``, then treat this upstream as broken."""
+    """Raised by ``on_event``: send ``data``, then treat this upstream as broken.
 
-    def __init__(self, reason: str, data: bytes = b"") -> None:
-        super().__init__(reason)
-        self.reason = reason
+    ``reason`` labels the break; ``node_failed`` False when the node did
+    nothing wrong (the router itself ended the stream at a stop string).
+    """
+
+    def __init__(
+        self,
+        detail: str,
+        data: bytes = b"",
+        *,
+        reason: BreakReason = BreakReason.ABANDONED,
+        node_failed: bool = True,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
         self.data = data
+        self.reason = reason
+        self.node_failed = node_failed
+
+
+class ContinuationRejected(Exception):
+    """A continuation that no node will take for a reason another try would repeat
+    (a 4xx such as a prompt now too long, no capable node, no capacity in time);
+    ``outcome`` is the resume outcome it counts as."""
+
+    def __init__(self, message: str, *, outcome: str = "failed") -> None:
+        super().__init__(message)
+        self.outcome = outcome
 
 
 class StreamHandler(Protocol):
@@ -98,7 +145,13 @@ class StreamHandler(Protocol):
 
     def on_event(self, event: bytes) -> bytes | None: ...
 
-    def on_broken(self, brk: StreamBreak) -> Iterator[bytes]: ...
+    def on_break(self, brk: StreamBreak) -> Step: ...
+
+    def on_open_failed(self, exc: Exception) -> Step: ...
+
+
+def broken_message(brk: StreamBreak) -> str:
+    return f"the node serving this stream failed ({brk.why}); output incomplete"
 
 
 class EndWithError:
@@ -107,39 +160,49 @@ class EndWithError:
     def on_event(self, event: bytes) -> bytes | None:
         return event
 
-    def on_broken(self, brk: StreamBreak) -> Iterator[bytes]:
-        detail = f": {brk.detail}" if brk.detail else ""
-        message = f"the node serving this stream failed ({brk.reason}{detail}); output incomplete"
-        yield error_and_done(message)
+    def on_break(self, brk: StreamBreak) -> Step:
+        return Step(error_and_done(broken_message(brk)), error=True)
+
+    def on_open_failed(self, exc: Exception) -> Step:  # never opens a continuation
+        return Step(error_and_done(f"continuation could not start: {exc}"), error=True)
+
+
+Opener = Callable[[dict[str, Any], frozenset[str]], StreamStart]
 
 
 class StreamRelay:
     """The client-side body of one streaming response (a WSGI iterable with ``close``).
 
-    ``on_break(upstream, brk)`` lets the proxy count the failure against the
-    node; ``on_finish(outcome)`` runs exactly once with ``complete``,
-    ``broken``, ``client_disconnect`` or ``not_started``.
+    ``open_next(body, requires)`` opens a continuation (raises when it cannot);
+    ``on_break(upstream, brk)`` records a break (the one place that does);
+    ``finishes()`` makes the finish tracker for each upstream; ``on_finish(outcome)``
+    runs exactly once with ``complete``, ``resumed`` (completed after a break),
+    ``broken`` (ended with the error event), ``client_disconnect`` or ``not_started``.
     """
 
     def __init__(
         self,
-        upstream: Upstream,
-        batches: Iterator[list[bytes]],
-        first_batch: list[bytes],
+        start: StreamStart,
         handler: StreamHandler,
         *,
+        open_next: Opener,
         on_break: Callable[[Upstream, StreamBreak], None],
         on_finish: Callable[[str], None],
+        finishes: Callable[[], FinishTracker] = lambda: FinishTracker(None),
     ) -> None:
-        self.upstream = upstream
-        self.batches = batches
-        self.first_batch = first_batch
+        self.start = start
+        self.upstream = start.upstream
         self.handler = handler
+        self.open_next = open_next
         self.on_break = on_break
         self.on_finish = on_finish
+        self.finishes = finishes
+        # EndWithError's on_event returns its input: skip the call per event.
+        self.passthrough = getattr(type(handler), "on_event", None) is EndWithError.on_event
         self.events_sent = 0
-        self.done_seen = False
+        self.breaks = 0
         self.outcome = "not_started"
+        self._cut = False  # the handler completed the client stream: stop reading
         self._finished = False
         self._gen = self._run()
 
@@ -151,84 +214,131 @@ class StreamRelay:
         self._gen.close()
         self._finish()
 
-    def _process(self, batch: list[bytes]) -> tuple[bytes, StreamBreak | None]:
-        out: list[bytes] = []
-        node_id = self.upstream.node.id
-        for event in batch:
-            if self.done_seen:
-                continue  # nothing after [DONE] is part of the stream
-            if event.startswith(DONE_PREFIX):
-                self.done_seen = True
-            elif is_error_event(event):
-                msg = error_event_message(event)
-                brk = StreamBreak(BreakReason.ERROR_EVENT, msg, node_id, self.events_sent, event)
-                return b"".join(out), brk
-            try:
-                sent = self.handler.on_event(event)
-            except ClientStreamComplete as end:
-                out.append(end.data)
-                self.done_seen = True
-                continue
-            except AbandonUpstream as drop:
-                out.append(drop.data)
-                brk = StreamBreak(BreakReason.ABANDONED, drop.reason, node_id, self.events_sent)
-                return b"".join(out), brk
-            if sent:
-                out.append(sent)
-                self.events_sent += 1
-        return b"".join(out), None
-
-    def _break_for(self, exc: BaseException | None) -> StreamBreak:
-        node_id = self.upstream.node.id
-        if self.upstream.idle_timed_out:
-            detail = f"no data for {self.upstream.idle_s:g}s"
-            return StreamBreak(BreakReason.IDLE_TIMEOUT, detail, node_id, self.events_sent)
-        if exc is None:
-            return StreamBreak(BreakReason.EOF, "no data: [DONE]", node_id, self.events_sent)
-        kind, detail = classify(exc)
-        reason = BreakReason.IDLE_TIMEOUT if kind.value.endswith("timeout") else BreakReason.RESET
-        return StreamBreak(reason, detail, node_id, self.events_sent)
-
     def _run(self) -> Iterator[bytes]:
-        brk: StreamBreak | None = None
         self.outcome = "relaying"
+        start: StreamStart | None = self.start
         try:
-            batch = self.first_batch
-            while True:
-                out, brk = self._process(batch)
-                if out:
-                    yield out
-                if brk is not None:
-                    break
-                try:
-                    batch = next(self.batches)
-                except StopIteration:
-                    if not self.done_seen:
-                        brk = self._break_for(None)
-                    break
-                except UPSTREAM_ERRORS as exc:
-                    if not self.done_seen:
-                        brk = self._break_for(exc)
-                    break
-            if brk is None:
-                self.outcome = "complete"
-                self.upstream.close(abort=not self.upstream.done)
-                return
-            self.outcome = "broken"
-            self.upstream.close(abort=True)
-            self.on_break(self.upstream, brk)
-            yield from self.handler.on_broken(brk)
+            while start is not None:
+                brk = yield from self._relay(start)
+                if brk is None:
+                    self.outcome = "resumed" if self.breaks else "complete"
+                    return
+                self.breaks += 1
+                step = self.handler.on_break(brk)
+                start = None
+                while start is None:
+                    if step.data:
+                        yield step.data
+                    if step.body is None:
+                        self.outcome = "broken" if step.error else "resumed"
+                        return
+                    try:
+                        start = self.open_next(step.body, step.requires)
+                    except Exception as exc:  # any failure to start is the handler's call
+                        step = self.handler.on_open_failed(exc)
         except GeneratorExit:
-            if self.outcome in ("relaying", "broken"):
+            if self.outcome == "relaying":
                 self.outcome = "client_disconnect"
             raise
         finally:
             self._finish()
 
+    def _relay(self, start: StreamStart) -> Iterator[bytes]:
+        """One upstream attempt; returns None when the client stream is complete, else the break."""
+        up = self.upstream = start.upstream
+        finishes = self.finishes()
+        batch: list[bytes] | None = start.first_batch
+        brk: StreamBreak | None = None
+        done = False
+        while batch is not None:
+            out, brk, done = self._process(batch, up, finishes, done)
+            if out:
+                yield out
+            if brk is not None or self._cut:
+                break  # a cut upstream is closed (aborted) below, never drained
+            try:
+                batch = next(start.batches)
+            except StopIteration:
+                batch = None
+                if not done:
+                    brk = self._ended(up, finishes, None)
+            except UPSTREAM_ERRORS as exc:
+                batch = None
+                if not done:
+                    brk = self._ended(up, finishes, exc)
+        if brk is None:
+            up.close(abort=not up.done)
+            return None
+        up.close(abort=True)
+        if brk.node_failed:
+            self.on_break(up, brk)
+        return brk
+
+    def _process(
+        self, batch: list[bytes], up: Upstream, finishes: FinishTracker, done: bool
+    ) -> tuple[bytes, StreamBreak | None, bool]:
+        """Client bytes for one upstream read, a break if it had one, and whether
+        the client stream is done (nothing after ``[DONE]`` is part of the stream)."""
+        if done:
+            return b"", None, True
+        out: list[bytes] = []
+        for event in batch:
+            if is_done(event):
+                if not finishes.complete:
+                    return b"".join(out), self._truncated(up, "data: [DONE]"), False
+                done = True
+            elif is_error_event(event):
+                msg = error_event_message(event)
+                reason = BreakReason.ERROR_EVENT
+                return b"".join(out), self._break(reason, msg, up, error_event=event), False
+            else:
+                finishes.feed(event)
+            if self.passthrough:
+                out.append(event)
+                self.events_sent += 1
+            else:
+                try:
+                    sent = self.handler.on_event(event)
+                except ClientStreamComplete as end:
+                    out.append(end.data)
+                    self._cut = True
+                    return b"".join(out), None, True
+                except AbandonUpstream as drop:
+                    out.append(drop.data)
+                    brk = self._break(drop.reason, drop.detail, up, node_failed=drop.node_failed)
+                    return b"".join(out), brk, False
+                if sent:
+                    out.append(sent)
+                    self.events_sent += 1
+            if done:
+                break
+        return b"".join(out), None, done
+
+    def _break(self, reason: BreakReason, detail: str, up: Upstream, **kw: Any) -> StreamBreak:
+        return StreamBreak(reason, detail, up.node.id, self.events_sent, **kw)
+
+    def _truncated(self, up: Upstream, end: str) -> StreamBreak:
+        detail = f"{end} before every choice had a finish_reason"
+        return self._break(BreakReason.TRUNCATED, detail, up)
+
+    def _ended(
+        self, up: Upstream, finishes: FinishTracker, exc: BaseException | None
+    ) -> StreamBreak:
+        """The break for an upstream that ended (``exc`` None: cleanly) before ``[DONE]``."""
+        if up.idle_timed_out:
+            return self._break(BreakReason.IDLE_TIMEOUT, f"no data for {up.idle_s:g}s", up)
+        if exc is None:
+            if not finishes.complete:
+                return self._truncated(up, "the end of the body")
+            return self._break(BreakReason.EOF, "no data: [DONE]", up)
+        kind, detail = classify(exc)
+        reason = BreakReason.IDLE_TIMEOUT if kind.value.endswith("timeout") else BreakReason.RESET
+        return self._break(reason, detail, up)
+
     def _finish(self) -> None:
         if self._finished:
             return
         self._finished = True
-        if self.outcome != "complete":
+        if self.outcome not in ("complete", "resumed"):
             self.upstream.close(abort=True)
         self.on_finish(self.outcome)

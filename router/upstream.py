@@ -19,8 +19,7 @@ from .h1 import ConnectFailed, Pool, Response
 from .netpolicy import NodeTarget
 from .registry import Node, Registry
 from .retry import FailureKind
-
-DONE_PREFIX = b"data: [DONE]"
+from .sse import SSEFramer
 
 # Everything the node connection can raise: h1 raises OSError subclasses only.
 UPSTREAM_ERRORS = (OSError,)
@@ -142,33 +141,19 @@ class Upstream:
     def event_batches(self) -> Iterator[list[bytes]]:
         """Complete SSE events, grouped as they arrived (one list per upstream read).
 
-        A partial event is never emitted: if the upstream breaks mid-event, the
-        fragment is dropped, so what reached the client always ends on an event
-        boundary (which stream resume relies on). Raises the upstream's errors.
+        Framed by :class:`~spotrelay.router.sse.SSEFramer`, whose final-event
+        rule applies: a partial event is dispatched only at a clean end of the
+        body, never when the body broke. Raises the upstream's errors.
         """
-        buf = b""
+        framer = SSEFramer()
         for chunk in self.raw_chunks():
             self.last_activity = monotonic()
-            if not buf and chunk.endswith(b"\n\n") and chunk.find(b"\n\n") == len(chunk) - 2:
-                yield [chunk]  # the common case: one whole event per chunk
-                continue
-            buf += chunk
-            if b"\r" in buf:
-                buf = buf.replace(b"\r\n", b"\n")
-            events = []
-            start = 0
-            while True:
-                end = buf.find(b"\n\n", start)
-                if end < 0:
-                    break
-                if end > start:
-                    events.append(buf[start : end + 2])
-                start = end + 2
-            buf = buf[start:]
+            events = framer.feed(chunk)
             if events:
                 yield events
-        if buf.strip().startswith(DONE_PREFIX):
-            yield [buf.strip() + b"\n\n"]
+        tail = framer.end()
+        if tail:
+            yield tail
 
 
 class IdleWatchdog:

@@ -1,9 +1,14 @@
-"""StreamResumer / relay unit tests against a deterministic in-process fake engine.
+"""Stream resume through the production composition, against a deterministic fake engine.
 
-The fake engine has the properties the simulator promises (each token a
-function of the text before it; tokenisation stable at a seam; chat
-continuation with ``continue_final_message``), so a stream broken after k
-pieces and resumed must give the client exactly the no-fault output.
+Every run goes through the router's own parts: ``RouterService`` with its
+proxy, the stream relay, the resume handler and the resumer; only the node
+connections are in-memory (``tests/router_fakes.py``), each node answering
+from one shared fake engine. The fake engine has the properties the
+simulator promises (each token a function of the text before it;
+tokenisation stable at a seam; chat continuation with
+``continue_final_message``), so a stream broken after k pieces and resumed
+must give the client exactly the no-fault output, byte for byte where
+nothing broke.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,17 +26,13 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from spotrelay.router.resume import (
-    CHAT,
-    COMPLETIONS,
-    RESUME_HEADER,
-    ContinuationRejected,
-    StreamResumer,
-    header_disables,
-    not_resumable,
-)
-from spotrelay.router.resume_relay import relay
+from spotrelay.router.proxy import parse_request
+from spotrelay.router.resume import StreamResumer
+from spotrelay.router.resume_request import CHAT, COMPLETIONS, not_resumable, resume_off
+from spotrelay.router.service import RouterService
 from spotrelay.router.sse import SSEParser, encode_json
+from spotrelay.router.stream import StreamHandler
+from tests.router_fakes import FakeFleet, FakeResp, fast_config, refused, report
 
 # ---------------------------------------------------------------------------
 # A deterministic fake engine speaking vLLM's streaming format
@@ -109,7 +111,8 @@ class Fault:
     drop_after: int | None = None  # pieces streamed before the connection drops
     error_event: bool = False  # end with an in-stream error event instead of a reset
     abort: bool = False  # end with finish_reason "abort" then [DONE]
-    refuse: bool = False  # the attempt cannot even be opened
+    refuse: bool = False  # the attempt cannot even be opened (connection refused)
+    status: int | None = None  # the node answers this status (with an OpenAI error body)
 
 
 @dataclass
@@ -123,15 +126,33 @@ class FakeEngine:
     continuous_usage: bool = False
     forced: dict[int, list[str]] = field(default_factory=dict)  # attempt -> pieces (a new sample)
     attempts: list[dict[str, Any]] = field(default_factory=list)
-    closed: list[bool] = field(default_factory=list)
+    responses: list[FakeResp] = field(default_factory=list)
 
-    def open(self, path: str, body: dict[str, Any]) -> Upstream:
+    @property
+    def closed(self) -> list[bool]:
+        """Per streamed attempt: the router closed or released its connection."""
+        return [r.closed or r.released for r in self.responses]
+
+    def open(self, path: str, body: dict[str, Any]) -> Iterator[bytes]:
+        """The events of an unbroken attempt (what a client talking to the engine gets)."""
+        return self._events(len(self.attempts), path, body, Fault())
+
+    def respond(self, call: dict[str, Any]) -> FakeResp:
+        """A node's answer to one request the router sent (``FakeFleet`` behaviour)."""
         i = len(self.attempts)
-        self.attempts.append(json.loads(json.dumps(body)))
+        body = json.loads(call["body"])
+        self.attempts.append(body)
         fault = self.faults[i] if i < len(self.faults) else Fault()
         if fault.refuse:
-            raise ConnectionRefusedError("connection refused")
-        return Upstream(self, i, self._events(i, path, body, fault))
+            raise refused()
+        if fault.status is not None:
+            error = {"error": {"message": "prompt too long", "type": "invalid_request_error"}}
+            return FakeResp(fault.status, json.dumps(error).encode())
+        events = self._events(i, call["url"], body, fault)
+        # Split every event (one byte, then the rest) to exercise the router's framer.
+        resp = FakeResp(200, chunks=_split(events))  # type: ignore[arg-type]
+        self.responses.append(resp)
+        return resp
 
     def _events(self, i: int, path: str, body: dict[str, Any], fault: Fault) -> Iterator[bytes]:
         gen = generate(path, body, holdback=self.holdback)
@@ -199,23 +220,10 @@ class FakeEngine:
         raise ConnectionResetError("connection reset by peer")
 
 
-class Upstream:
-    """An attempt's body: an iterable of byte pieces with ``close()`` (like the proxy's)."""
-
-    def __init__(self, engine: FakeEngine, index: int, events: Iterator[bytes]) -> None:
-        self.engine = engine
-        self.index = index
-        self.events = events
-        engine.closed.append(False)
-
-    def __iter__(self) -> Iterator[bytes]:
-        for event in self.events:
-            # split events to exercise the parser: one byte, then the rest
-            yield event[:1]
-            yield event[1:]
-
-    def close(self) -> None:
-        self.engine.closed[self.index] = True
+def _split(events: Iterator[bytes]) -> Iterator[bytes]:
+    for event in events:
+        yield event[:1]
+        yield event[1:]
 
 
 # ---------------------------------------------------------------------------
@@ -263,21 +271,65 @@ def read_client(raw: bytes, chat: bool) -> ClientView:
     return ClientView(raw, chunks, text, roles, finishes, usages, errors, done)
 
 
+NODES = [f"http://10.0.1.{i}:8000" for i in range(1, 7)]
+VLLM = {"kind": "vllm", "version": "0.11.0", "capabilities": ["continue_final_message"]}
+
+
+def router_for(
+    engine: FakeEngine, *, max_resumes: int = 2, enabled: bool = True
+) -> tuple[RouterService, list[StreamHandler]]:
+    """A router whose nodes all answer from ``engine``; records the stream handlers made."""
+    fleet = FakeFleet()
+    cfg = fast_config(
+        resume={"enabled": enabled, "max_attempts": max_resumes},
+        health={"consecutive_failures": 100000},
+        retry={"budget_ratio": 1.0, "budget_min_per_s": 1000},
+    )
+    svc = RouterService(cfg, "node-secret", pool_factory=fleet.pool_factory)
+    handlers: list[StreamHandler] = []
+    make = svc.proxy.stream_handler_factory
+
+    def recording(req: Any, proxy: Any) -> StreamHandler:
+        handlers.append(make(req, proxy))
+        return handlers[-1]
+
+    svc.proxy.stream_handler_factory = recording
+    for i, url in enumerate(NODES):
+        doc = report(url, ["m"], engine=VLLM)
+        assert svc.put_node(f"n{i}", json.dumps(doc).encode()).status == 200
+        fleet.behaviour[url] = engine.respond
+    return svc, handlers
+
+
+def start(svc: RouterService, path: str, body: dict[str, Any], *, off: bool = False) -> Any:
+    req = parse_request(
+        path,
+        json.dumps(body).encode(),
+        request_id="r1",
+        received=time.monotonic(),
+        deadline_s=60,
+        resume_off=off,
+    )
+    resp = svc.proxy.forward(req)
+    assert resp.status == 200, resp.body
+    return resp
+
+
 def run(
     path: str,
     body: dict[str, Any],
     engine: FakeEngine,
     *,
     max_resumes: int = 2,
-    headers: dict[str, str] | None = None,
+    off: bool = False,
     enabled: bool = True,
 ) -> tuple[ClientView, StreamResumer]:
-    resumer = StreamResumer(
-        path, body, headers=headers, enabled=enabled, max_resumes=max_resumes, request_id="r1"
-    )
-    first = engine.open(path, body)
-    raw = b"".join(relay(resumer, first, lambda b: engine.open(path, b)))
-    return read_client(raw, path == CHAT), resumer
+    svc, handlers = router_for(engine, max_resumes=max_resumes, enabled=enabled)
+    resp = start(svc, path, body, off=off)
+    raw = b"".join(resp.body)
+    resp.body.close()
+    [handler] = handlers
+    return read_client(raw, path == CHAT), handler.resumer  # type: ignore[attr-defined]
 
 
 def completions_body(**kw: Any) -> dict[str, Any]:
@@ -320,7 +372,7 @@ def test_unbroken_stream_passes_through_byte_for_byte(path: str, body: dict[str,
     direct = b"".join(engine.open(path, body))
     view, resumer = run(path, body, FakeEngine())
     assert view.raw == direct
-    assert resumer.resumes == 0
+    assert resumer.attempts.resumes == 0
 
 
 def test_unbroken_stream_with_usage_passes_through() -> None:
@@ -350,7 +402,9 @@ def test_resumed_equals_unbroken(chat: bool, usage: bool, k: int) -> None:
     if chat or k:  # the identity of the first attempt that sent anything
         assert view.chunks[0]["id"] == ref.chunks[0]["id"]
     # Nothing left to generate at k=12: finish locally (one-token usage probe if asked).
-    assert (resumer.resumes, resumer.probes) == ((0, int(usage)) if k == 12 else (1, 0))
+    # Completions k=0: nothing reached the client, so the proxy simply retried.
+    expected = (0, int(usage)) if k == 12 else (0, 0) if (k == 0 and not chat) else (1, 0)
+    assert (resumer.attempts.resumes, resumer.attempts.probes) == expected
 
 
 @pytest.mark.parametrize("merged", [False, True])
@@ -381,7 +435,7 @@ def test_two_breaks_within_the_limit() -> None:
     view, resumer = run(CHAT, body, engine)
     assert_one_stream(view, True, True)
     assert (view.text, view.usages) == (ref.text, ref.usages)
-    assert resumer.resumes == 2 and resumer.outcomes == ["ok", "ok"]
+    assert resumer.attempts.resumes == 2 and resumer.attempts.outcomes == ["ok", "ok"]
     # The second continuation carries both earlier attempts' text.
     assert (
         engine.attempts[2]["messages"][-1]["content"]
@@ -400,7 +454,7 @@ def test_error_event_and_abort_are_breaks(fault: Fault) -> None:
     view, resumer = run(COMPLETIONS, body, FakeEngine(faults=[fault]))
     assert_one_stream(view, False, False)
     assert view.text == reference(COMPLETIONS, body).text
-    assert resumer.resumes == 1
+    assert resumer.attempts.resumes == 1
 
 
 def test_continuous_usage_is_restated() -> None:
@@ -411,12 +465,13 @@ def test_continuous_usage_is_restated() -> None:
     assert view.usages == ref.usages  # every chunk's usage, as if never broken
 
 
-def test_a_failed_open_uses_up_a_resume_and_tries_again() -> None:
+def test_a_refused_continuation_is_retried_on_another_node() -> None:
     body = completions_body()
     engine = FakeEngine(faults=[Fault(drop_after=2), Fault(refuse=True)])
     view, resumer = run(COMPLETIONS, body, engine)
     assert view.text == reference(COMPLETIONS, body).text and not view.errors
-    assert resumer.outcomes == ["failed", "ok"]
+    assert resumer.attempts.outcomes == ["ok"] and resumer.attempts.resumes == 1
+    assert len(engine.attempts) == 3 and engine.attempts[1] == engine.attempts[2]
 
 
 # ---------------------------------------------------------------------------
@@ -560,51 +615,41 @@ def test_exhausted_resumes_end_with_error_then_done() -> None:
     assert view.done and len(view.errors) == 1
     assert view.errors[0]["type"] == "server_error" and "gave up" in view.errors[0]["message"]
     assert view.text == reference(COMPLETIONS, body).text[: len(view.text)]  # a clean prefix
-    assert resumer.outcomes == ["ok", "ok", "exhausted"]
+    assert resumer.attempts.outcomes == ["ok", "ok", "exhausted"]
     assert view.raw.endswith(b"data: [DONE]\n\n")
 
 
 def test_all_opens_failing_exhausts() -> None:
-    engine = FakeEngine(faults=[Fault(drop_after=2), Fault(refuse=True), Fault(refuse=True)])
+    engine = FakeEngine(faults=[Fault(drop_after=2)] + [Fault(refuse=True)] * 100)
     view, resumer = run(COMPLETIONS, completions_body(), engine)
     assert view.errors and view.done
-    assert resumer.outcomes == ["failed", "failed", "exhausted"]
+    assert resumer.attempts.outcomes == ["failed", "failed", "exhausted"]
 
 
 def test_rejected_continuation_stops_at_once() -> None:
-    body = completions_body()
-    resumer = StreamResumer(COMPLETIONS, body)
-    engine = FakeEngine(faults=[Fault(drop_after=2)])
-
-    def reject(b: dict[str, Any]) -> Any:
-        raise ContinuationRejected("prompt too long")
-
-    raw = b"".join(relay(resumer, engine.open(COMPLETIONS, body), reject))
-    view = read_client(raw, False)
+    engine = FakeEngine(faults=[Fault(drop_after=2), Fault(status=400)])
+    view, resumer = run(COMPLETIONS, completions_body(), engine)
     assert view.done and "prompt too long" in view.errors[0]["message"]
+    assert len(engine.attempts) == 2 and resumer.attempts.outcomes == ["failed"]
 
 
 @pytest.mark.parametrize(
-    "headers,enabled,max_resumes",
-    [({RESUME_HEADER: "off"}, True, 2), ({"x-spotrelay-resume": "0"}, True, 2), ({}, False, 2),
-     ({}, True, 0)],
-)  # fmt: skip
-def test_disabled_falls_back_to_error_event(
-    headers: dict[str, str], enabled: bool, max_resumes: int
-) -> None:
+    "off,enabled,max_resumes", [(True, True, 2), (False, False, 2), (False, True, 0)]
+)
+def test_disabled_falls_back_to_error_event(off: bool, enabled: bool, max_resumes: int) -> None:
     engine = FakeEngine(faults=[Fault(drop_after=3)])
     view, resumer = run(
-        COMPLETIONS, completions_body(), engine, headers=headers, enabled=enabled,
+        COMPLETIONS, completions_body(), engine, off=off, enabled=enabled,
         max_resumes=max_resumes,
     )  # fmt: skip
     assert view.done and len(view.errors) == 1 and "disabled" in view.errors[0]["message"]
-    assert len(engine.attempts) == 1 and resumer.outcomes == ["disabled"]
+    assert len(engine.attempts) == 1 and resumer.attempts.outcomes == ["disabled"]
 
 
 def test_header_values() -> None:
-    assert header_disables({RESUME_HEADER: " OFF "})
-    assert not header_disables({RESUME_HEADER: "on"})
-    assert not header_disables(None)
+    assert resume_off(" OFF ") and resume_off("0") and resume_off("false")
+    assert not resume_off("on")
+    assert not resume_off(None)
 
 
 @pytest.mark.parametrize(
@@ -643,7 +688,7 @@ def test_not_resumable_break_gives_error_event() -> None:
     engine = FakeEngine(faults=[Fault(drop_after=3)])
     view, resumer = run(COMPLETIONS, completions_body(echo=True), engine)
     assert view.done and "not resumed: echo" in view.errors[0]["message"]
-    assert resumer.outcomes == ["not_resumable"]
+    assert resumer.attempts.outcomes == ["not_resumable"]
 
 
 def test_tool_call_in_flight_is_not_resumable() -> None:
@@ -653,8 +698,8 @@ def test_tool_call_in_flight_is_not_resumable() -> None:
     delta = {"tool_calls": [{"index": 0, "function": {"name": "f", "arguments": "{"}}]}
     out = resumer.feed(encode_json({**head, "choices": [{"index": 0, "delta": delta}]}))
     assert out  # passed through
-    step = resumer.after_break("reset")
-    assert step.body is None and b"tool call in flight" in step.data
+    data, body = resumer.after_break("reset")
+    assert body is None and b"tool call in flight" in data
 
 
 # ---------------------------------------------------------------------------
@@ -667,11 +712,11 @@ def test_completions_continuation_body() -> None:
     head = {"id": "c", "object": "text_completion", "created": 1, "model": "m"}
     for t in [" a", " b", " c"]:
         r.feed(encode_json({**head, "choices": [{"index": 0, "text": t, "finish_reason": None}]}))
-    step = r.after_break("reset")
-    assert step.body is not None
-    assert step.body["prompt"] == "Hi a b c"
-    assert step.body["max_tokens"] == 7 and step.body["min_tokens"] == 2
-    assert step.body["stream"] is True
+    _data, cont = r.after_break("reset")
+    assert cont is not None
+    assert cont["prompt"] == "Hi a b c"
+    assert cont["max_tokens"] == 7 and cont["min_tokens"] == 2
+    assert cont["stream"] is True
     assert body["prompt"] == ["Hi"]  # the original is untouched
 
 
@@ -685,15 +730,15 @@ def test_with_stop_strings_the_last_piece_before_a_break_is_regenerated() -> Non
         for t in [" a", " b", " c"]
     )
     assert [e.json()["choices"][0]["text"] for e in SSEParser().feed(shown)] == [" a", " b"]
-    step = r.after_break("reset")
-    assert step.body is not None
-    assert step.body["prompt"] == "Hi a b" and step.body["max_tokens"] == 8
+    _data, body = r.after_break("reset")
+    assert body is not None
+    assert body["prompt"] == "Hi a b" and body["max_tokens"] == 8
 
 
 def test_completions_default_max_tokens_is_16() -> None:
     r = StreamResumer(COMPLETIONS, {"model": "m", "prompt": "Hi", "stream": True})
     r.feed(encode_json({"id": "c", "choices": [{"index": 0, "text": " a"}]}))
-    assert r.after_break("reset").body["max_tokens"] == 15  # type: ignore[index]
+    assert r.after_break("reset")[1]["max_tokens"] == 15  # type: ignore[index]
 
 
 def test_chat_continuation_body() -> None:
@@ -703,13 +748,13 @@ def test_chat_continuation_body() -> None:
     head = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
     r.feed(encode_json({**head, "choices": [{"index": 0, "delta": {"role": "assistant"}}]}))
     r.feed(encode_json({**head, "choices": [{"index": 0, "delta": {"content": "Sure"}}]}))
-    step = r.after_break("reset")
-    assert step.body is not None
-    assert step.body["messages"][-1] == {"role": "assistant", "content": "Sure"}
-    assert len(step.body["messages"]) == 3
-    assert step.body["continue_final_message"] is True
-    assert step.body["add_generation_prompt"] is False
-    assert step.body["max_completion_tokens"] == 7 and "max_tokens" not in step.body
+    _data, body = r.after_break("reset")
+    assert body is not None
+    assert body["messages"][-1] == {"role": "assistant", "content": "Sure"}
+    assert len(body["messages"]) == 3
+    assert body["continue_final_message"] is True
+    assert body["add_generation_prompt"] is False
+    assert body["max_completion_tokens"] == 7 and "max_tokens" not in body
 
 
 def test_chat_continuation_of_a_continuation_extends_the_final_message() -> None:
@@ -717,9 +762,9 @@ def test_chat_continuation_of_a_continuation_extends_the_final_message() -> None
     body["messages"].append({"role": "assistant", "content": "Well,"})
     r = StreamResumer(CHAT, body)
     r.feed(encode_json({"id": "c", "choices": [{"index": 0, "delta": {"content": " yes"}}]}))
-    step = r.after_break("reset")
-    assert step.body["messages"][-1]["content"] == "Well, yes"  # type: ignore[index]
-    assert len(step.body["messages"]) == 3  # type: ignore[index]
+    _data, body = r.after_break("reset")
+    assert body["messages"][-1]["content"] == "Well, yes"  # type: ignore[index]
+    assert len(body["messages"]) == 3  # type: ignore[index]
 
 
 def test_no_tokens_left_finishes_locally() -> None:
@@ -727,23 +772,24 @@ def test_no_tokens_left_finishes_locally() -> None:
     for t in [" a", " b"]:
         choice = {"index": 0, "text": t, "finish_reason": None}
         r.feed(encode_json({"id": "c", "created": 5, "model": "m", "choices": [choice]}))
-    step = r.after_break("reset")
-    assert step.body is None
-    view = read_client(step.data, False)
+    data, body = r.after_break("reset")
+    assert body is None
+    view = read_client(data, False)
     assert view.finishes == ["length"] and view.done and view.chunks[0]["id"] == "c"
-    assert r.outcomes == ["ok"]
+    assert r.attempts.outcomes == ["ok"]
 
 
 def test_client_disconnect_closes_the_upstream() -> None:
     engine = FakeEngine(faults=[Fault(drop_after=2)])
-    body = completions_body()
-    resumer = StreamResumer(COMPLETIONS, body)
-    gen = relay(resumer, engine.open(COMPLETIONS, body), lambda b: engine.open(COMPLETIONS, b))
-    for _ in range(4):  # into the second attempt
+    svc, _ = router_for(engine)
+    resp = start(svc, COMPLETIONS, completions_body())
+    gen = iter(resp.body)
+    while len(engine.attempts) < 2:  # into the second attempt
         next(gen)
-    assert len(engine.attempts) == 2
-    gen.close()
+    next(gen)
+    resp.body.close()
     assert engine.closed == [True, True]
+    assert all(node.in_flight == 0 for node in svc.registry.nodes())
 
 
 def test_identity_comes_from_the_first_chunk_and_is_kept() -> None:
@@ -755,22 +801,25 @@ def test_identity_comes_from_the_first_chunk_and_is_kept() -> None:
 
 
 def test_seam_latency_and_resumed_tokens_are_observed() -> None:
-    seen: dict[str, list[Any]] = {"outcome": [], "tokens": [], "seam": []}
-
-    class Obs:
-        def outcome(self, o: str) -> None:
-            seen["outcome"].append(o)
-
-        def resumed_tokens(self, n: int) -> None:
-            seen["tokens"].append(n)
-
-        def seam(self, s: float) -> None:
-            seen["seam"].append(s)
-
-    body = completions_body()
     engine = FakeEngine(faults=[Fault(drop_after=5)])
-    resumer = StreamResumer(COMPLETIONS, body)
-    b"".join(relay(resumer, engine.open(COMPLETIONS, body), lambda b: engine.open(COMPLETIONS, b),
-                   Obs()))  # fmt: skip
-    assert seen["outcome"] == ["ok"] and seen["tokens"] == [5]
-    assert len(seen["seam"]) == 1 and seen["seam"][0] >= 0
+    svc, _ = router_for(engine)
+    b"".join(start(svc, COMPLETIONS, completions_body()).body)
+    m = svc.metrics
+    assert m.resumes.labels("ok")._value.get() == 1
+    assert m.resumed_tokens._value.get() == 5
+    assert m.resume_seam._sum.get() >= 0 and m.stream_breaks.labels("reset")._value.get() == 1
+
+
+@pytest.mark.parametrize(
+    "faults, outcome",
+    [([], "complete"), ([Fault(drop_after=4)], "resumed"), ([Fault(drop_after=12)], "resumed"),
+     ([Fault(drop_after=2)] * 3, "broken")],
+)  # fmt: skip
+def test_the_access_log_outcome_says_how_the_stream_ended(
+    faults: list[Fault], outcome: str
+) -> None:
+    svc, _ = router_for(FakeEngine(faults=faults))
+    relay = start(svc, COMPLETIONS, completions_body()).body
+    b"".join(relay)
+    relay.close()
+    assert relay.outcome == outcome

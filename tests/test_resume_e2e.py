@@ -25,7 +25,7 @@ import requests
 from spotrelay.core.net import wait_until
 from spotrelay.core.processes import ProcessGroup
 from spotrelay.router.balancer import rendezvous_weight
-from spotrelay.router.resume import RESUME_HEADER
+from spotrelay.router.resume_request import RESUME_HEADER
 from spotrelay.router.sse import SSEParser
 from tests.support import (
     ROUTER_TOKEN,
@@ -40,6 +40,8 @@ from tests.support import (
 MODEL = "sim-model"
 COMPLETIONS = "/v1/completions"
 CHAT = "/v1/chat/completions"
+#: The engine block of a vLLM node (the simulator speaks vLLM's dialect, extensions included).
+VLLM = {"kind": "vllm", "version": "0.11.0", "capabilities": ["continue_final_message"]}
 ROUTER_CONFIG = {
     "registry": {"ttl_s": 600},
     # Breaks count against a node; these tests break nodes on purpose, many times.
@@ -81,7 +83,7 @@ def start_fleet(
     nodes = {}
     for name in names:
         nodes[name] = start_sim_vllm(procs, logdir, *sim_args, name=f"sim-{name}", model=MODEL)
-        register_node(router.url, ROUTER_TOKEN, name, nodes[name].url, MODEL)
+        register_node(router.url, ROUTER_TOKEN, name, nodes[name].url, MODEL, engine=VLLM)
     wait_until(
         lambda: requests.get(router.url + "/readyz", timeout=2).status_code == 200,
         timeout=10,
@@ -293,9 +295,11 @@ def test_openai_client_consumes_a_resumed_stream(fleet: Fleet) -> None:
 # When resume cannot help
 
 
-def test_exhausted_resumes_end_with_error_event_then_done(fleet: Fleet) -> None:
+def test_no_node_left_ends_with_error_event_then_done(fleet: Fleet) -> None:
+    """Both nodes break: the second continuation waits for a node it has not tried
+    (routing.no_capacity_wait_s), none comes, the stream ends with the error event."""
     session = {"X-Session-ID": fleet.session_for("a")}
-    before = fleet.metric("spotrelay_router_stream_resumes_total", outcome="exhausted")
+    before = fleet.metric("spotrelay_router_stream_resumes_total", outcome="no_capacity")
     for node in ("a", "b"):
         fleet.fault(node, drop_after_tokens=3, drop_count=1)
     got = stream(fleet.router.url, COMPLETIONS, body_for(COMPLETIONS, usage=True), session)
@@ -304,7 +308,7 @@ def test_exhausted_resumes_end_with_error_event_then_done(fleet: Fleet) -> None:
     assert got.errors[0]["code"] == "upstream_stream_broken"
     assert got.finishes == [] and got.usage == []
     assert len(got.text) > 0  # what was streamed stays; nothing duplicated
-    after = fleet.metric("spotrelay_router_stream_resumes_total", outcome="exhausted")
+    after = fleet.metric("spotrelay_router_stream_resumes_total", outcome="no_capacity")
     assert after == before + 1
 
     # The official client raises the in-stream error instead of ending quietly.
@@ -378,6 +382,58 @@ def test_client_leaving_during_a_continuation_aborts_it(fleet: Fleet) -> None:
 
 def running(node: Service) -> float:
     return scrape(node.url + "/metrics", "vllm:num_requests_running")
+
+
+def test_continuation_waits_for_a_replacement_node(procs: ProcessGroup, logdir: Path) -> None:
+    """The only node breaks mid-stream; a new node registers 2 s later; the stream completes."""
+    fleet = start_fleet(
+        procs, logdir, ["a"], "--ttft-ms", "5", "--itl-ms", "2", routing={"no_capacity_wait_s": 20}
+    )
+    spare = start_sim_vllm(
+        procs, logdir, "--ttft-ms", "5", "--itl-ms", "2", name="sim-b", model=MODEL
+    )
+    body = body_for(COMPLETIONS, usage=True, max_tokens=24)
+    ref = stream(fleet.nodes["a"].url, COMPLETIONS, body)
+    served = fleet.metric("spotrelay_router_capacity_waits_total", outcome="served")
+    fleet.fault("a", drop_after_tokens=5, drop_count=1)
+    timeline: dict[str, float] = {}
+
+    def replace_node() -> None:
+        wait_until(
+            lambda: fleet.metric("spotrelay_router_stream_breaks_total", reason="reset") >= 1,
+            timeout=20,
+            interval=0.02,
+            what="the stream broke",
+        )
+        timeline["broke"] = time.monotonic()
+        time.sleep(2)  # the replacement's boot, as the scenario has it (not a synchronisation)
+        register_node(fleet.router.url, ROUTER_TOKEN, "b", spare.url, MODEL, engine=VLLM)
+        timeline["registered"] = time.monotonic()
+
+    helper = threading.Thread(target=replace_node)
+    helper.start()
+    try:
+        got = stream(fleet.router.url, COMPLETIONS, body)
+    finally:
+        helper.join(timeout=30)
+    assert got.node == "a" and "registered" in timeline
+    assert_coherent(got, COMPLETIONS, True)
+    assert (got.text, got.finishes, got.usage) == (ref.text, ref.finishes, ref.usage)
+    assert fleet.metric("spotrelay_router_stream_resumes_total", outcome="ok") == 1
+    assert fleet.metric("spotrelay_router_capacity_waits_total", outcome="served") == served + 1
+
+
+def test_continuation_without_capacity_ends_with_error_event(
+    procs: ProcessGroup, logdir: Path
+) -> None:
+    fleet = start_fleet(
+        procs, logdir, ["a"], "--ttft-ms", "5", "--itl-ms", "2", routing={"no_capacity_wait_s": 0.5}
+    )
+    fleet.fault("a", drop_after_tokens=5, drop_count=1)
+    got = stream(fleet.router.url, COMPLETIONS, body_for(COMPLETIONS, usage=False))
+    assert got.done and len(got.errors) == 1 and got.finishes == []
+    assert fleet.metric("spotrelay_router_stream_resumes_total", outcome="no_capacity") == 1
+    assert fleet.metric("spotrelay_router_capacity_waits_total", outcome="timed_out") >= 1
 
 
 # ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The incremental SSE parser: events survive any split of the byte stream."""
+"""The one SSE framer (and the parser on top): events survive any split of the byte stream."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ from hypothesis import strategies as st
 
 from spotrelay.router.sse import (
     DONE_EVENT,
+    SSEFramer,
     SSEParser,
     encode_data,
     encode_json,
     error_and_done,
     error_event,
+    is_done,
+    parse_event,
 )
 
 
@@ -90,3 +93,84 @@ def test_error_event_is_openai_shaped() -> None:
     assert body["error"]["type"] == "server_error"
     assert set(body["error"]) == {"message", "type", "param", "code"}
     assert error_and_done("x").endswith(DONE_EVENT)
+
+
+# ---------------------------------------------------------------------------
+# The framer
+
+
+def frame_all(chunks: list[bytes], *, clean_end: bool = True) -> list[bytes]:
+    framer = SSEFramer()
+    out = [e for chunk in chunks for e in framer.feed(chunk)]
+    return out + (framer.end() if clean_end else [])
+
+
+def split(stream: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(c, len(stream)) for c in cuts})
+    chunks, prev = [], 0
+    for p in [*points, len(stream)]:
+        chunks.append(stream[prev:p])
+        prev = p
+    return chunks
+
+
+def test_framer_normalises_line_ends_and_keeps_raw_events() -> None:
+    raw = b'data: {"a":1}\r\n\r\n: ping\r\rdata: x\ndata: y\n\n\n\ndata: [DONE]\r\n\r\n'
+    assert frame_all([raw]) == [
+        b'data: {"a":1}\n\n',
+        b": ping\n\n",
+        b"data: x\ndata: y\n\n",
+        DONE_EVENT,
+    ]
+
+
+def test_final_event_rule() -> None:
+    """Unterminated final event: dispatched at a clean end of the body, dropped at a break."""
+    raw = b'data: {"a":1}\n\ndata: [DONE]'
+    assert frame_all([raw]) == [b'data: {"a":1}\n\n', DONE_EVENT]
+    assert frame_all([raw], clean_end=False) == [b'data: {"a":1}\n\n']
+    assert frame_all([raw + b"\r\n"]) == [b'data: {"a":1}\n\n', DONE_EVENT]
+    assert frame_all([b"\n\n"]) == []
+
+
+def test_is_done_and_parse_event() -> None:
+    assert is_done(DONE_EVENT) and is_done(b"data:[DONE]\n\n")
+    assert not is_done(b'data: {"x": "[DONE]"}\n\n') and not is_done(b"data: [DONE]x\n\n")
+    assert parse_event(b": comment\n\n") is None
+    event = parse_event(b"event: e\nid: 3\ndata: a\ndata:b\n\n")
+    assert event is not None and (event.data, event.event, event.id) == ("a\nb", "e", "3")
+
+
+LINE_END = st.sampled_from([b"\n", b"\r\n", b"\r"])
+FIELD_LINE = st.one_of(
+    st.text(alphabet=st.characters(blacklist_characters="\r\n"), max_size=20).map(
+        lambda t: b"data: " + t.encode()
+    ),
+    st.just(b": keep-alive"),
+    st.just(b"event: message"),
+    st.just(b"data: [DONE]"),
+)
+
+
+@settings(deadline=None)
+@given(
+    events=st.lists(st.lists(FIELD_LINE, min_size=1, max_size=3), min_size=1, max_size=6),
+    ends=st.lists(LINE_END, min_size=1, max_size=4),
+    terminated=st.booleans(),
+    cuts=st.lists(st.integers(min_value=0, max_value=600), max_size=12),
+)
+def test_any_split_of_any_valid_stream_gives_the_same_events(
+    events: list[list[bytes]], ends: list[bytes], terminated: bool, cuts: list[int]
+) -> None:
+    """Any mix of line ends, terminated or not at the end, split anywhere: same events."""
+    stream = b""
+    for i, lines in enumerate(events):
+        end = ends[i % len(ends)]
+        stream += b"".join(line + end for line in lines)
+        if terminated or i < len(events) - 1:
+            stream += end
+    whole = frame_all([stream])
+    assert frame_all(split(stream, cuts)) == whole
+    assert frame_all([bytes([b]) for b in stream]) == whole
+    assert len(whole) == len(events)
+    assert all(e.endswith(b"\n\n") and b"\r" not in e for e in whole)

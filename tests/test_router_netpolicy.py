@@ -36,7 +36,7 @@ def test_private_addresses_are_accepted(url, address, normalised):
     target = policy().validate(url)
     assert target.address == address
     assert target.url == normalised
-    assert not target.is_name
+    assert target.host == target.address
 
 
 @pytest.mark.parametrize(
@@ -81,7 +81,7 @@ def test_hostnames_are_resolved_and_pinned():
     p = policy(dns={"node-1.internal": ["10.0.0.7"]})
     target = p.validate("http://node-1.internal:8000")
     assert target.address == "10.0.0.7" and target.host == "node-1.internal"
-    assert target.is_name
+    assert target.host != target.address
 
 
 @pytest.mark.parametrize(

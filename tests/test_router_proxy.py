@@ -16,6 +16,7 @@ from spotrelay.router.stream import (
     BreakReason,
     ClientStreamComplete,
     EndWithError,
+    Step,
     StreamBreak,
 )
 from spotrelay.router.upstream import Upstream
@@ -89,11 +90,19 @@ def ok_answer(text="fine"):
 
 
 def stream_of(*texts, done=True):
+    """A stream of ``texts`` whose last chunk finishes the choice (``stop``)."""
+
     def make():
-        chunks = [chunk(t) for t in texts] + ([DONE] if done else [])
+        chunks = [chunk(t, finish(i, texts)) for i, t in enumerate(texts)] + (
+            [DONE] if done else []
+        )
         return FakeResp(200, chunks=chunks)
 
     return make
+
+
+def finish(i, texts):
+    return "stop" if i == len(texts) - 1 else None
 
 
 # -- non-streaming failover ------------------------------------------------------------------
@@ -328,7 +337,7 @@ def test_stream_is_relayed_event_by_event():
     assert resp.headers["X-Accel-Buffering"] == "no"
     pieces = list(resp.body)
     resp.body.close()
-    assert pieces == [chunk("Hel"), chunk("lo"), DONE]
+    assert pieces == [chunk("Hel"), chunk("lo", "stop"), DONE]
     assert_idle(svc)
 
 
@@ -347,14 +356,15 @@ def test_stream_failing_before_its_first_event_is_retried():
         fleet.behaviour[B] = answering(stream_of("ok"))
         for _ in range(4):
             resp = svc.proxy.forward(stream_request(svc))
-            assert body_of(resp) == chunk("ok") + DONE
+            assert body_of(resp) == chunk("ok", "stop") + DONE
         assert_idle(svc)
 
 
 @pytest.mark.parametrize(
     "tail, reason",
     [
-        ([], BreakReason.EOF),
+        ([], BreakReason.TRUNCATED),  # a clean end of the body before any finish_reason
+        ([DONE], BreakReason.TRUNCATED),  # [DONE] before any finish_reason
         ([reset()], BreakReason.RESET),
         ([read_timeout()], BreakReason.IDLE_TIMEOUT),
         ([sse({"error": {"message": "CUDA error"}}), DONE], BreakReason.ERROR_EVENT),
@@ -384,13 +394,51 @@ def test_break_after_first_byte_ends_with_one_error_event_then_done(tail, reason
     assert_idle(svc)
 
 
+def choice_chunk(index, text, finish=None):
+    return sse({"id": "cmpl-1", "object": "text_completion", "model": "m",
+                "choices": [{"index": index, "text": text, "finish_reason": finish}]})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "body, chunks, truncated",
+    [
+        # n=2: both choices must finish before [DONE]
+        ({"n": 2}, [choice_chunk(0, "a", "stop"), choice_chunk(1, "b"), DONE], True),
+        ({"n": 2}, [choice_chunk(0, "a", "stop"), choice_chunk(1, "b", "length"), DONE], False),
+        # a list of two prompts, one choice each
+        ({"prompt": ["x", "y"]}, [choice_chunk(1, "b", "stop"), DONE], True),
+        (
+            {"prompt": ["x", "y"]},
+            [choice_chunk(1, "b", "stop"), choice_chunk(0, "a", "stop"), DONE],
+            False,
+        ),
+        # token ids are one prompt
+        ({"prompt": [1, 2, 3]}, [choice_chunk(0, "a", "stop"), DONE], False),
+        # a finish in the same event as other text, spaced JSON
+        (
+            {},
+            [b'data: {"choices": [{"index": 0, "text": "a", "finish_reason": "stop"}]}\n\n', DONE],
+            False,
+        ),
+    ],
+)
+def test_every_choice_must_finish_before_the_stream_ends(body, chunks, truncated):
+    svc, fleet = build()
+    register(svc, "a", A)
+    fleet.behaviour[A] = answering(lambda: FakeResp(200, chunks=list(chunks)))
+    data = body_of(svc.proxy.forward(stream_request(svc, **body)))
+    assert data.endswith(DONE)
+    assert (b"upstream_stream_broken" in data) is truncated
+    assert svc.metrics.stream_breaks.labels("truncated")._value.get() == int(truncated)
+
+
 def test_client_disconnect_closes_the_upstream():
     svc, fleet = build()
     register(svc, "a", A)
     made = []
 
     def node(call):
-        made.append(FakeResp(200, chunks=[chunk("a"), chunk("b"), chunk("c"), DONE]))
+        made.append(FakeResp(200, chunks=[chunk("a"), chunk("b"), chunk("c", "stop"), DONE]))
         return made[-1]
 
     fleet.behaviour[A] = node
@@ -441,12 +489,12 @@ class Recorder(EndWithError):
             raise AbandonUpstream("handler said so", b"")
         return event
 
-    def on_broken(self, brk):
+    def on_break(self, brk):
         self.breaks.append(brk)
-        # What resume does: continue on another node with a derived request.
-        follow = self.req.derive({**self.req.doc, "prompt": "continued"})
-        start = self.proxy.acquire(follow)
-        yield b"".join(start.chunks())
+        if len(self.breaks) > 1:
+            return super().on_break(brk)
+        # What resume does: ask the relay to continue on another node with a new body.
+        return Step(body={**self.req.doc, "prompt": "continued"})
 
 
 def test_break_goes_through_the_handler_which_can_continue_elsewhere():
@@ -466,7 +514,7 @@ def test_break_goes_through_the_handler_which_can_continue_elsewhere():
     svc.registry.get("b").in_flight = 10  # make sure the first attempt goes to a
     resp = svc.proxy.forward(req)
     svc.registry.get("b").in_flight = 0
-    assert body_of(resp) == chunk("Hel") + chunk("lo") + DONE
+    assert body_of(resp) == chunk("Hel") + chunk("lo", "stop") + DONE
     [handler] = handlers
     [brk] = handler.breaks
     assert brk.reason is BreakReason.RESET and brk.node_id == "a" and brk.events_sent == 1

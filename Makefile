@@ -71,7 +71,7 @@ clean:
 CHECKOV_VENV := .venv-checkov
 CHECKOV      := $(CHECKOV_VENV)/bin/checkov
 
-.PHONY: tf-check tf-validate
+.PHONY: tf-check tf-validate tf-lock
 
 $(CHECKOV):
 	@echo "==> installing checkov into $(CHECKOV_VENV)"
@@ -84,3 +84,7 @@ tf-check: install $(CHECKOV)
 
 tf-validate: install
 	$(BIN)/python tests/tfshim/tfcheck.py validate
+
+# Regenerate terraform/examples/complete/.terraform.lock.hcl (needs the registry).
+tf-lock: install
+	$(BIN)/python tests/tfshim/tfcheck.py lock

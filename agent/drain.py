@@ -44,10 +44,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from spotrelay.core.backoff import Backoff
 from spotrelay.core.protocol import NodeReport, NodeState
 from spotrelay.core.retry import retry_until
 
-from .backoff import Backoff
 from .engine import EngineProbe, stop_unit
 from .events import Event, iso
 from .lifecycle import LifecycleError, LifecycleHook

@@ -16,7 +16,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from .backoff import Backoff
+from spotrelay.core.backoff import Backoff
+
 from .events import (
     Event,
     EventParseError,

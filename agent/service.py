@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from spotrelay.core.backoff import Backoff
 from spotrelay.core.config import ConfigError
 from spotrelay.core.protocol import NodeLoad, NodeReport, NodeState, valid_instance_id
 from spotrelay.core.secrets import read_token
 
-from .backoff import Backoff
 from .cloudwatch import load_publisher
 from .detect import EngineDetector
 from .drain import STATE_FILE, DrainMachine, DrainPolicy, StateStore, read_boot_id

@@ -11,6 +11,10 @@ suite's lifecycle front) so a drain does everything it does in production.
    through the emulator's control API. The clock stops when ``GET /nodes`` on
    the router no longer shows the node ``ready`` (polled every 5 ms): from then
    on the router sends it no new request.
+   With ``--redis URL|auto`` two routers (two workers each) share a registry in
+   Redis; the agent talks to router A only and the clock stops when *every*
+   worker of router B no longer shows the node ``ready``: notice-to-excluded
+   across routers.
 2. Footprint: one agent registered and idle (no event) for ``--idle-s``
    seconds: RSS, and CPU time used over that window as a percentage of one
    core (psutil). RSS is also sampled right after a drain that completed
@@ -65,6 +69,39 @@ def node_state(router_url: str, node_id: str) -> str | None:
     return None
 
 
+def on_every_worker(router_url: str, node_id: str, workers: int, ready: bool) -> bool:
+    """Poll with fresh connections until ``workers`` distinct workers show the node
+    ready (``ready``) or not ready; False after 10 s."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + 10
+    while len(seen) < workers:
+        if time.monotonic() > deadline:
+            return False
+        req = urllib.request.Request(
+            f"{router_url}/nodes", headers={"Authorization": f"Bearer {ROUTER_TOKEN}"}
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            states = {n["id"]: n["state"] for n in json.loads(resp.read())}
+            if (states.get(node_id) == "ready") == ready:
+                seen.add(resp.headers["X-Spotrelay-Router"])
+    return True
+
+
+def start_routers(procs: ProcessGroup, logdir: Path, redis: str | None):
+    """(router the agent talks to, router whose view is timed, its worker count)."""
+    if not redis:
+        router = start_router(procs, logdir)
+        return router, router, 1
+    if redis == "auto":
+        from spotrelay.sim.redis_local import start_local_redis
+
+        redis = start_local_redis(procs, logdir).url
+    shared = {"registry": {"backend": "redis", "redis_url": redis}, "server": {"workers": 2}}
+    a = start_router(procs, logdir, shared, name="router-a")
+    b = start_router(procs, logdir, shared, name="router-b")
+    return a, b, 2
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     k = (len(ordered) - 1) * q
@@ -78,6 +115,11 @@ def main() -> int:
     ap.add_argument("--idle-s", type=float, default=30.0)
     ap.add_argument("--poll-s", type=float, default=1.0, help="imds.poll_interval_s")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    ap.add_argument(
+        "--redis",
+        help="two routers share a registry here (redis:// URL or auto); time the exclusion "
+        "on every worker of the router the agent does not talk to",
+    )
     args = ap.parse_args()
 
     from moto.server import ThreadedMotoServer
@@ -91,10 +133,14 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="agent-bench-"))
     logdir = work / "logs"
     logdir.mkdir()
-    results: dict[str, Any] = {"poll_interval_s": args.poll_s, "notices": args.notices}
+    results: dict[str, Any] = {
+        "poll_interval_s": args.poll_s,
+        "notices": args.notices,
+        "across_routers": bool(args.redis),
+    }
     try:
         with ProcessGroup() as procs:
-            router = start_router(procs, logdir)
+            router, watched, workers = start_routers(procs, logdir, args.redis)
             imds = start_imds(procs, logdir, "--instance-id", asg.instance_id)
             engine = start_sim_vllm(procs, logdir, model="bench-model")
 
@@ -127,15 +173,22 @@ def main() -> int:
                     interval=0.01,
                     what="registered",
                 )
+                if watched is not router and not on_every_worker(
+                    watched.url, asg.instance_id, workers, ready=True
+                ):
+                    raise TimeoutError("router B never listed the node ready on every worker")
                 time.sleep(random.uniform(0, args.poll_s))
                 t0 = time.perf_counter()
                 post(f"{imds.url}/_control/spot", {"action": "terminate", "lead_s": 120})
-                wait_until(
-                    lambda: node_state(router.url, asg.instance_id) != "ready",
-                    timeout=10,
-                    interval=0.005,
-                    what="excluded",
-                )
+                if watched is router:
+                    wait_until(
+                        lambda: node_state(router.url, asg.instance_id) != "ready",
+                        timeout=10,
+                        interval=0.005,
+                        what="excluded",
+                    )
+                elif not on_every_worker(watched.url, asg.instance_id, workers, ready=False):
+                    raise TimeoutError("router B did not exclude the node on every worker")
                 latencies.append(time.perf_counter() - t0)
                 wait_until(
                     lambda: node_state(router.url, asg.instance_id) is None,
@@ -195,7 +248,8 @@ def main() -> int:
     n = results["notice_to_excluded_ms"]
     idle = results["idle"]
     print()
-    print(f"notice-to-excluded over {args.notices} notices (poll {args.poll_s} s):")
+    where = " on every worker of the other router" if args.redis else ""
+    print(f"notice-to-excluded{where} over {args.notices} notices (poll {args.poll_s} s):")
     print(f"  p50 {n['p50']} ms   p99 {n['p99']} ms   max {n['max']} ms   mean {n['mean']} ms")
     print(f"lifecycle actions completed: {results['lifecycle_completed']}/{args.notices}")
     print(

@@ -48,6 +48,11 @@ class TerraformSection:
     dir: str | None = setting(
         None, help="Terraform configuration to apply; default: terraform/examples/complete"
     )
+    backend_config: list[str] = setting(
+        default_factory=list,
+        help="terraform init -backend-config values: a file (backend.hcl) or key=value; "
+        "the bundled example keeps its state in S3 and needs the bucket here",
+    )
 
 
 @dataclass
@@ -61,11 +66,16 @@ class DeploymentSection:
     public_subnet_ids: list[str] = setting(
         default_factory=list, help="public subnets (>= 2 AZs) for an internet-facing ALB"
     )
-    alb_internal: bool = setting(False, help="internal load balancer (uses the private subnets)")
+    alb_internal: bool = setting(
+        True, help="internal ALB (private subnets); false needs certificate_arn and API keys"
+    )
     allowed_cidrs: list[str] = setting(
         default_factory=list, help="client networks allowed to reach the load balancer"
     )
     certificate_arn: str | None = setting(None, help="ACM certificate: HTTPS on the ALB")
+    api_keys_parameter: str | None = setting(
+        None, help="SSM SecureString with the data-plane API keys, comma-separated"
+    )
 
 
 @dataclass
@@ -155,6 +165,7 @@ def tfvars(cfg: DeployConfig) -> dict[str, Any]:
         "alb_internal": d.alb_internal,
         "allowed_cidrs": d.allowed_cidrs or None,
         "certificate_arn": d.certificate_arn,
+        "api_keys_parameter": d.api_keys_parameter,
         "model": _present(dataclasses.asdict(cfg.model)) if cfg.model.name else None,
         "instance_types": cfg.pool.instance_types,
         "scaling": _present(
@@ -193,6 +204,25 @@ def check_required(values: dict[str, Any]) -> None:
     for var, key in REQUIRED_FOR_EXAMPLE.items():
         if values.get(var) in (None, [], ""):
             raise ConfigError(key, "required for terraform/examples/complete")
+
+
+def backend_args(values: list[str], is_example: bool) -> list[str]:
+    """``-backend-config=`` arguments: files made absolute (init runs in the config dir)."""
+    if is_example and not values:
+        raise ConfigError(
+            "terraform.backend_config",
+            "required for terraform/examples/complete: its state lives in S3 "
+            "(copy backend.hcl.example to backend.hcl and name it here)",
+        )
+    args = []
+    for i, value in enumerate(values):
+        if "=" not in value:
+            path = Path(value).expanduser().resolve()
+            if not path.is_file():
+                raise ConfigError(f"terraform.backend_config[{i}]", "no such file", value)
+            value = str(path)
+        args.append(f"-backend-config={value}")
+    return args
 
 
 def write_tfvars(directory: Path, values: dict[str, Any]) -> Path:
@@ -268,8 +298,8 @@ class TerraformDriver:
         code, out, err = self._tf.cmd(command, "-no-color", *args, capture_output=True)
         return code, out or "", err or ""
 
-    def init(self) -> None:
-        self.step("init", "init", "-input=false")
+    def init(self, backend_config: list[str] | None = None) -> None:
+        self.step("init", "init", "-input=false", *(backend_config or []))
 
     def plan(self, vars_file: Path, destroy: bool = False) -> None:
         args = ["-input=false", f"-var-file={vars_file.name}", f"-out={PLAN_FILE}"]
@@ -307,7 +337,7 @@ def _first_line(text: str) -> str:
 
 # -- summaries ----------------------------------------------------------------------------
 
-SUMMARY_ORDER = ("router_url", "model", "gpu_pool_asg_name", "router_node_urls", "aws_region")
+SUMMARY_ORDER = ("router_url", "model", "gpu_pool_asg_name", "router_control_url", "aws_region")
 
 
 def format_outputs(outputs: dict[str, Any]) -> str:

@@ -19,10 +19,11 @@ Destroy a deployment (terraform destroy -input=false -auto-approve). Without
 --yes it only shows the destroy plan."""
 
 STATUS_HELP = """\
-Show the router's registered nodes (GET /nodes with the node token) and the
-GPU Auto Scaling group's instances. Router URL, group name and the node
-token's SSM parameter come from terraform output unless the status section
-of the YAML sets them."""
+Show the routers' registered nodes (GET /nodes on their internal control
+endpoint, with the node token) and the GPU Auto Scaling group's instances.
+Router URL, group name and the node token's SSM parameter come from
+terraform output unless the status section of the YAML sets them. The token
+is never sent over plain HTTP to a public address."""
 
 
 def _epilog() -> str:
@@ -69,8 +70,15 @@ def _load(args: argparse.Namespace):  # -> DeployConfig
     return load(DeployConfig, args.config, overrides=overrides)
 
 
-def _driver(cfg, need_example_vars: bool):  # -> (TerraformDriver, vars path)
-    from .deploy import TerraformDriver, check_required, resolve_dir, tfvars, write_tfvars
+def _driver(cfg, need_example_vars: bool):  # -> (TerraformDriver, vars path, init args)
+    from .deploy import (
+        TerraformDriver,
+        backend_args,
+        check_required,
+        resolve_dir,
+        tfvars,
+        write_tfvars,
+    )
     from .terraform_bin import find_binary
 
     directory, is_example = resolve_dir(cfg.terraform.dir)
@@ -78,18 +86,19 @@ def _driver(cfg, need_example_vars: bool):  # -> (TerraformDriver, vars path)
     values = tfvars(cfg)
     if is_example and need_example_vars:
         check_required(values)
+    init_args = backend_args(cfg.terraform.backend_config, is_example)
     vars_file = write_tfvars(directory, values)
     print(f"spotrelay: {directory} with {vars_file.name} ({binary})")
-    return TerraformDriver(binary, directory), vars_file
+    return TerraformDriver(binary, directory), vars_file, init_args
 
 
 def _up(args: argparse.Namespace) -> int:
     from .deploy import TerraformFailed, format_outputs
 
     cfg = _load(args)
-    driver, vars_file = _driver(cfg, need_example_vars=True)
+    driver, vars_file, init_args = _driver(cfg, need_example_vars=True)
     try:
-        driver.init()
+        driver.init(init_args)
         driver.plan(vars_file)
         if args.plan_only:
             print("spotrelay up: plan only; nothing applied")
@@ -114,9 +123,9 @@ def _down(args: argparse.Namespace) -> int:
     from .deploy import TerraformFailed
 
     cfg = _load(args)
-    driver, vars_file = _driver(cfg, need_example_vars=False)
+    driver, vars_file, init_args = _driver(cfg, need_example_vars=False)
     try:
-        driver.init()
+        driver.init(init_args)
         if not args.yes:
             driver.plan(vars_file, destroy=True)
             print("spotrelay down: nothing destroyed; re-run with --yes to destroy the above")

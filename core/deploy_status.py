@@ -1,17 +1,28 @@
 """``spotrelay status``: what the router and EC2 Auto Scaling say about a deployment.
 
-Two independent views, so one can explain the other: the router's
+Two independent views, so one can explain the other: the routers' shared
 ``GET /nodes`` (registered nodes, their state and load, with the node token)
 and the GPU Auto Scaling group's instances (``describe_auto_scaling_groups``).
+Behind a load balancer any router (and any of its workers) may answer; the
+router names itself (``X-Spotrelay-Router``) and its registry
+(``X-Spotrelay-Registry``): with ``redis`` its view is the whole fleet's
+shared one, with ``memory`` only that router's own.
 Where to look comes from ``terraform output`` unless the ``status`` section
 of deploy.yaml names it (router_url, asg_name, node token).
+
+The node token is a credential: it goes to the routers' internal control
+endpoint (``router_control_url``), and never over plain HTTP to a public
+address — such a request is refused with an error saying why.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from .config import ConfigError
 from .deploy import StatusSection
@@ -23,12 +34,16 @@ class StatusReport:
     router_url: str | None = None
     asg_name: str | None = None
     nodes: list[dict[str, Any]] | None = None
+    answered_by: str | None = None  # which router process answered GET /nodes
+    registry: str | None = None  # memory | redis | redis-down (its view's source)
     group: dict[str, Any] | None = None
     errors: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "router_url": self.router_url,
+            "answered_by": self.answered_by,
+            "registry": self.registry,
             "asg_name": self.asg_name,
             "nodes": self.nodes,
             "autoscaling_group": self.group,
@@ -60,22 +75,79 @@ def _client(service: str, cfg: StatusSection, region: str | None) -> Any:
     return boto3.client(service, region_name=region, endpoint_url=cfg.aws_endpoint_url, config=conf)
 
 
-def router_nodes(url: str, token: str, timeout: float) -> list[dict[str, Any]]:
+class InsecureTransport(RuntimeError):
+    """Sending the node token this way would expose it on the internet."""
+
+
+def insecure_transport(url: str) -> str | None:
+    """Why ``url`` must not carry the node token, or None when it may.
+
+    HTTPS is fine anywhere; plain HTTP only when every address the host
+    resolves to is private or loopback (inside the VPC, over a VPN, or an
+    SSM port forward to localhost). An unresolvable host is not refused
+    here: the request itself will fail.
+    """
+    parts = urlsplit(url)
+    if parts.scheme == "https" or not parts.hostname:
+        return None
+    try:
+        infos = socket.getaddrinfo(parts.hostname, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return None
+    public = sorted(
+        {ip for *_, addr in infos if not _internal(ip := str(addr[0]).split("%", 1)[0])}
+    )
+    if not public:
+        return None
+    return (
+        f"refusing to send the node token over plain HTTP to {parts.hostname} "
+        f"({', '.join(public)}: not a private address); use the routers' internal endpoint "
+        "(terraform output router_control_url) from inside the VPC or through an SSM port "
+        "forward, or an https:// URL"
+    )
+
+
+def _internal(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip)
+    return addr.is_private or addr.is_loopback or addr.is_link_local
+
+
+@dataclass
+class RouterView:
+    nodes: list[dict[str, Any]]
+    answered_by: str | None
+    registry: str | None
+
+
+REGISTRY_NOTES = {
+    "redis": "the fleet's shared view",
+    "redis-down": "its last view: it cannot reach Redis",
+    "memory": "this router's own view; other routers may differ",
+}
+
+
+def router_nodes(url: str, token: str, timeout: float) -> RouterView:
     import urllib3
 
+    reason = insecure_transport(url)
+    if reason:
+        raise InsecureTransport(reason)
     reply = urllib3.request(
         "GET",
         url.rstrip("/") + "/nodes",
         headers={"Authorization": f"Bearer {token}"},
         timeout=timeout,
         retries=False,
+        redirect=False,  # never replay the token to wherever a redirect points
     )
     if reply.status == 401:
         raise RuntimeError("router refused the node token (401)")
-    if reply.status >= 400:
+    if reply.status >= 300:  # a redirect is not followed with the token
         raise RuntimeError(f"router answered GET /nodes with HTTP {reply.status}")
     data = reply.json()
-    return data if isinstance(data, list) else data.get("nodes", [])
+    nodes = data if isinstance(data, list) else data.get("nodes", [])
+    headers = reply.headers
+    return RouterView(nodes, headers.get("X-Spotrelay-Router"), headers.get("X-Spotrelay-Registry"))
 
 
 def group_instances(cfg: StatusSection, name: str, region: str | None) -> dict[str, Any]:
@@ -107,19 +179,28 @@ def group_instances(cfg: StatusSection, name: str, region: str | None) -> dict[s
 def gather(cfg: StatusSection, outputs: dict[str, Any], region: str | None) -> StatusReport:
     """Ask both sides; a failure of one is reported, not fatal."""
     report = StatusReport(
-        router_url=cfg.router_url or outputs.get("router_url"),
+        router_url=cfg.router_url or outputs.get("router_control_url") or outputs.get("router_url"),
         asg_name=cfg.asg_name or outputs.get("gpu_pool_asg_name"),
     )
     if report.router_url:
         try:
+            reason = insecure_transport(report.router_url)
+            if reason:  # checked before the token is even fetched
+                raise InsecureTransport(reason)
             token = node_token(cfg, outputs, region)
-            report.nodes = router_nodes(report.router_url, token, cfg.timeout_s)
+            view = router_nodes(report.router_url, token, cfg.timeout_s)
+            report.nodes, report.answered_by = view.nodes, view.answered_by
+            report.registry = view.registry
         except ConfigError:
             raise
+        except InsecureTransport as exc:
+            report.errors.append(f"router {report.router_url}: {exc}")
         except Exception as exc:
             report.errors.append(f"router {report.router_url}: {_describe(exc)}")
     else:
-        report.errors.append("router: no status.router_url and no router_url terraform output")
+        report.errors.append(
+            "router: no status.router_url and no router_control_url terraform output"
+        )
     if report.asg_name:
         try:
             report.group = group_instances(cfg, report.asg_name, region)
@@ -140,6 +221,12 @@ def _describe(exc: Exception) -> str:
 def render(report: StatusReport) -> str:
     """A terminal view of the report."""
     lines = [f"router {report.router_url or '-'}"]
+    if report.answered_by or report.registry:
+        note = REGISTRY_NOTES.get(report.registry or "", "")
+        lines.append(
+            f"  answered by {report.answered_by or '?'} (registry {report.registry or '?'}"
+            + (f": {note})" if note else ")")
+        )
     if report.nodes is not None:
         if not report.nodes:
             lines.append("  no registered nodes")

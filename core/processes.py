@@ -13,8 +13,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -133,7 +134,8 @@ class ProcessGroup:
 
     def start(self, proc: ManagedProcess) -> ManagedProcess:
         self.processes.append(proc)
-        return proc.start()
+        with _interrupts_deferred():
+            return proc.start()
 
     def stop_all(self, timeout: float = 10.0) -> None:
         for proc in reversed(self.processes):
@@ -147,3 +149,33 @@ class ProcessGroup:
 
     def __exit__(self, *exc: object) -> None:
         self.stop_all()
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM handlers back while a child is being spawned.
+
+    A KeyboardInterrupt raised inside ``subprocess.Popen`` after the fork
+    leaves a running child whose pid nobody recorded, so ``stop_all`` cannot
+    stop it. The signal is recorded here and its handler run once the child
+    is registered. (Signal handlers can only be changed in the main thread;
+    other threads spawn as before.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[tuple[int, object]] = []
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda n, f: caught.append((n, f))) for sig in sigs}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            # None: a handler not installed from Python, which cannot be put back.
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        for signum, frame in caught[:1]:
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, frame)
+            elif handler in (signal.SIG_DFL, None):
+                signal.raise_signal(signum)

@@ -27,15 +27,16 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from spotrelay.core.errors import openai_error
 from spotrelay.core.logs import clip
 
+from .dataplane import Incoming
 from .disconnect import ClientLink
+from .endpoints import ENDPOINTS, BodyKind, Endpoint, Routing, display_path
 from .httpguard import CONTROL, ClientTimeout, close_after_response, plane_of
-from .proxy import HOP_HEADER, LOOP_HEADER, ApiError, ProxyResponse, parse_request, request_id_from
+from .proxy import HOP_HEADER, LOOP_HEADER, ApiError, ProxyResponse, request_id_from
 from .resume_request import RESUME_HEADER, resume_off
 from .service import MAX_CONTROL_BODY, ControlResult, RouterService
 
 log = logging.getLogger("spotrelay.router")
 
-INFERENCE_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings")
 OPS_PATHS = frozenset({"/healthz", "/readyz"})
 # What the control listener serves besides OPS_PATHS (and the main port unless
 # server.control_on_main_port is off): the control plane and /metrics.
@@ -126,7 +127,6 @@ def create_app(service: RouterService) -> Flask:
     app = Flask(__name__)
     max_body = service.cfg.routing.max_body_bytes
     app.extensions["spotrelay"] = service
-    deadline_s = service.cfg.timeouts.request_deadline_s
     session_header = service.cfg.routing.session_header
     proxy = service.proxy
     api_auth = service.api_auth
@@ -150,59 +150,67 @@ def create_app(service: RouterService) -> Flask:
             return _json(openai_error(404, f"no such endpoint: {clip(path)}"), 404)
         return None
 
-    # -- data plane ----------------------------------------------------------------------
+    # -- data plane: every endpoint of the table, one view ---------------------------------
 
     rejected = service.metrics.requests
+    dataplane = service.dataplane
+    endpoints = {ep.path: ep for ep in ENDPOINTS}
 
-    def inference() -> Response:
+    def data_plane(**_path_args: str) -> Response:
         received = time.monotonic()
+        ep = endpoints[request.url_rule.rule if request.url_rule else request.path]
         headers = request.headers
         request_id = request_id_from(headers.get("X-Request-ID"))
-        if not api_auth.allows(headers.get("Authorization")):
+        if not api_auth.allows(_credential(headers)):
             rejected.labels("none", "401").inc()
             return _api_error(
                 ApiError(401, "missing or invalid API key", code="invalid_api_key"), request_id
             )
+        if ep.routing is Routing.REFUSED:
+            rejected.labels("none", "403").inc()
+            return _api_error(_refused(ep), request_id)
+        if ep.routing is Routing.LOCAL:
+            return _json(service.models_doc(), 200, {"X-Request-ID": request_id})
         hops = parse_hops(headers.get(HOP_HEADER))
         if service.hop_id in hops:
             return _loop_detected(service, hops, request_id)
+        body = b""
+        if ep.body is not BodyKind.NONE or request.method == "POST":
+            try:
+                body = read_body(max_body)
+            except (BodyTooLarge, RequestEntityTooLarge):
+                rejected.labels("none", "413").inc()
+                return _too_large(service, request_id)
+            except BadBody as exc:
+                rejected.labels("none", str(exc.status)).inc()
+                _log_bad_body(exc, request_id)
+                return _api_error(ApiError(exc.status, exc.message, code=exc.code), request_id)
+        incoming = Incoming(
+            method=request.method,
+            path=request.path,
+            body=body,
+            content_type=headers.get("Content-Type"),
+            request_id=request_id,
+            received=received,
+            session_key=headers.get(session_header),
+            accept=headers.get("Accept"),
+            query=request.query_string.decode("latin-1"),
+            path_args=tuple(_path_args.values()),
+        )
         try:
-            body = read_body(max_body)
-        except (BodyTooLarge, RequestEntityTooLarge):
-            rejected.labels("none", "413").inc()
-            return _too_large(service, request_id)
-        except BadBody as exc:
-            rejected.labels("none", str(exc.status)).inc()
-            _log_bad_body(exc, request_id)
-            return _api_error(ApiError(exc.status, exc.message, code=exc.code), request_id)
-        try:
-            req = parse_request(
-                request.path,
-                body,
-                request_id=request_id,
-                received=received,
-                deadline_s=deadline_s,
-                session_key=headers.get(session_header),
-                accept=headers.get("Accept"),
-                resume_off=resume_off(headers.get(RESUME_HEADER)),
-            )
+            req = dataplane.request(ep, incoming)
         except ApiError as err:
             rejected.labels("none", str(err.status)).inc()
             return _api_error(err, request_id)
+        req.resume_off = resume_off(headers.get(RESUME_HEADER))
         req.hops = hops
         client_sock = request.environ.get("gunicorn.socket")
         if client_sock is not None:
             req.client = ClientLink(client_sock)
         return _send(proxy.forward(req))
 
-    for path in INFERENCE_PATHS:
-        app.add_url_rule(path, path, inference, methods=["POST"])
-
-    @app.get("/v1/models")
-    def models() -> Response:
-        if not api_auth.allows(request.headers.get("Authorization")):
-            return _api_error(ApiError(401, "missing or invalid API key", code="invalid_api_key"))
-        return _json(service.models_doc())
+    for ep in ENDPOINTS:
+        app.add_url_rule(ep.path, ep.path, data_plane, methods=list(ep.methods))
 
     # -- control plane -------------------------------------------------------------------
 
@@ -215,7 +223,13 @@ def create_app(service: RouterService) -> Flask:
 
     @app.get("/nodes")
     def list_nodes() -> Response:
-        return denied() or _control(service.list_nodes())
+        if (refused := denied()) is not None:
+            return refused
+        resp = _control(service.list_nodes())
+        # Which process answered, and whether its view is the shared one (spotrelay status).
+        resp.headers["X-Spotrelay-Router"] = service.router_id
+        resp.headers["X-Spotrelay-Registry"] = service.registry_state()
+        return resp
 
     @app.put("/nodes/<node_id>")
     def put_node(node_id: str) -> Response:
@@ -256,7 +270,9 @@ def create_app(service: RouterService) -> Flask:
 
     @app.get("/metrics")
     def metrics() -> Response:
-        return Response(service.metrics.render(), 200, content_type=CONTENT_TYPE_LATEST)
+        resp = Response(service.metrics.render(), 200, content_type=CONTENT_TYPE_LATEST)
+        resp.headers["X-Spotrelay-Router"] = service.router_id  # counters are per worker
+        return resp
 
     # -- errors --------------------------------------------------------------------------
 
@@ -285,6 +301,19 @@ def create_app(service: RouterService) -> Flask:
         return _json(doc, 500, {"X-Request-ID": request_id})
 
     return app
+
+
+def _credential(headers: Any) -> str | None:
+    """``Authorization``, or Anthropic SDKs' ``x-api-key`` as a bearer token."""
+    auth = headers.get("Authorization")
+    if auth is None and (key := headers.get("X-Api-Key")):
+        return f"Bearer {key}"
+    return auth
+
+
+def _refused(ep: Endpoint) -> ApiError:
+    path = display_path(ep.path)
+    return ApiError(403, f"{path} {ep.reason}", code="unsupported_endpoint")
 
 
 def _log_bad_body(exc: BadBody, request_id: str | None) -> None:

@@ -8,6 +8,7 @@ after gevent's monkey patching.
 from __future__ import annotations
 
 import argparse
+import os
 
 from spotrelay.core.units_cli import add_install_unit_options, install_unit
 
@@ -15,9 +16,9 @@ DESCRIPTION = """\
 Run the router: OpenAI-compatible /v1/* routed to registered vLLM nodes, with
 retries before the first byte, a node control plane (/nodes, node token) and
 /healthz, /readyz, /metrics; the control plane and health endpoints also on
-their own listener (server.control_port, default 8081). One gunicorn worker
-process (the registry lives in memory); gevent greenlets inside it. See
-docs/router.md."""
+their own listener (server.control_port, default 8081). With registry.backend
+memory (default), one gunicorn worker process; with redis, one per core
+sharing the registry. gevent greenlets inside each. See docs/router.md."""
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser(
         "router",
         parents=[common],
-        help="run the router (gunicorn, one worker process)",
+        help="run the router (gunicorn; one worker, or one per core with a Redis registry)",
         description=DESCRIPTION,
         epilog=describe(RouterConfig),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -69,6 +70,18 @@ def load_config(args: argparse.Namespace):  # -> tuple[RouterConfig, str]
             "auth.node_token",
             "no node token: set auth.node_token (or SPOTRELAY_AUTH_NODE_TOKEN) or put it in "
             f"auth.node_token_file ({cfg.auth.node_token_file}); the control plane is never open",
+        )
+    reg = cfg.registry
+    if reg.backend == "redis":
+        file = reg.redis_password_file
+        if not reg.redis_password and file and not os.path.exists(file):
+            raise ConfigError(
+                "registry.redis_password_file", "no such file", reg.redis_password_file
+            )
+        if reg.redis_ca_file and not os.path.exists(reg.redis_ca_file):
+            raise ConfigError("registry.redis_ca_file", "no such file", reg.redis_ca_file)
+        reg.redis_password = read_token(
+            reg.redis_password, reg.redis_password_file, "registry.redis_password"
         )
     return cfg, token
 

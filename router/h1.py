@@ -49,6 +49,7 @@ import httptools
 
 MAX_HEAD = 64 * 1024
 RECV_SIZE = 65536
+_JOIN_MAX = 64 * 1024  # bodies up to this size go out in one send with the head
 
 
 class ConnectFailed(ConnectionError):
@@ -312,7 +313,11 @@ class Pool:
             try:
                 conn.sock.settimeout(read_timeout)
                 try:
-                    conn.sock.sendall(head + body if body else head)
+                    if len(body) > _JOIN_MAX:  # an upload: send it as is, never a copy
+                        conn.sock.sendall(head)
+                        conn.sock.sendall(body)
+                    else:
+                        conn.sock.sendall(head + body if body else head)
                 except (ConnectionResetError, BrokenPipeError):
                     if not conn.reused:
                         raise

@@ -52,8 +52,10 @@ class HealthMonitor:
         *,
         probe_interval_s: float,
         probe_timeout_s: float,
+        on_expired: Callable[[str], None] | None = None,
     ) -> None:
         self.registry = registry
+        self.on_expired = on_expired  # shared registry: remove it there too
         self.probe = probe
         self.probe_interval_s = probe_interval_s
         self.probe_timeout_s = probe_timeout_s
@@ -71,6 +73,8 @@ class HealthMonitor:
                 self.registry.ttl_s,
                 node.in_flight,
             )
+            if self.on_expired is not None:
+                self.on_expired(node.id)
         return expired
 
     def probe_ejected(self) -> list[Node]:

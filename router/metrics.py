@@ -131,9 +131,17 @@ class RouterMetrics:
     def attempt_ok(self) -> None:
         self._ok.inc()
 
-    def bind(self, registry: Registry, budget: RetryBudget) -> None:
-        """Expose registry and budget state at scrape time; count registry events."""
+    def bind(
+        self,
+        registry: Registry,
+        budget: RetryBudget,
+        *,
+        backend: str = "memory",
+        backend_up: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """Expose registry, backend and budget state at scrape time; count registry events."""
         self.registry.register(_StateCollector(registry, budget))
+        self.registry.register(_BackendCollector(backend, backend_up))
         registry.listeners.append(self._on_node_event)
         self._served = registry.has_served
 
@@ -173,6 +181,24 @@ class _StateCollector(Collector):
                      lambda b: b.active_requests)  # fmt: skip
         yield _gauge(PREFIX + "active_retries", "Retry attempts in progress", self._budget,
                      lambda b: b.active_retries)  # fmt: skip
+
+
+class _BackendCollector(Collector):
+    def __init__(self, backend: str, up: Callable[[], bool]) -> None:
+        self._backend = backend
+        self._up = up
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            PREFIX + "registry_backend_up",
+            "1 while this worker's registry backend is reachable (memory: always)",
+            labels=["backend"],
+        )
+        family.add_metric([self._backend], 1.0 if self._up() else 0.0)
+        yield family
 
 
 def _gauge(

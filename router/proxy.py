@@ -19,6 +19,10 @@
    :meth:`Proxy.open_continuation` and records breaks through
    ``Proxy._on_break``.
 
+Requests for state one node holds (a stored Responses API response) go
+through :meth:`Proxy.ask_each_node` instead of step 2: every ready node in
+turn until one knows it.
+
 Every upstream call carries the request's ``X-Request-ID``; every log line
 about the request names it.
 """
@@ -41,6 +45,7 @@ from .balancer import Balancer
 from .disconnect import ClientLink, ClientWatch
 from .finish import FinishTracker, expected_choices
 from .metrics import RouterMetrics
+from .named_events import NamedEventHandler, NamedEvents
 from .registry import ModelStatus, Node, Registry
 from .retry import RETRYABLE_STATUS, Failure, FailureKind, RetryBudget, RetryPolicy
 from .settings import Routing, Timeouts
@@ -116,6 +121,9 @@ class ProxyRequest:
     session_key: str | None = None
     accept: str | None = None
     method: str = "POST"
+    content_type: str = "application/json"  # multipart uploads keep the client's, boundary and all
+    events: NamedEvents | None = None  # a named-event stream (Responses, Anthropic), else None
+    ask_each: bool = False  # state one node holds (a stored response): ask every node in turn
     tried: set[str] = field(default_factory=set)
     attempts: int = 0
     node_id: str | None = None  # the node that answered
@@ -184,6 +192,10 @@ def _answer_message(answer: Answer) -> str:
     return str(answer.status)
 
 
+def _wanted(req: ProxyRequest) -> str:
+    return f"model {clip(req.model)!r}" if req.model else "any model"
+
+
 ACCEPT_RE = re.compile(r"^[\x20-\x7e]{1,256}$")
 
 
@@ -203,9 +215,16 @@ def parse_request(
     deadline_s: float,
     session_key: str | None = None,
     accept: str | None = None,
+    default_model: Callable[[], str] | None = None,
+    streamable: bool | None = None,
     resume_off: bool = False,
 ) -> ProxyRequest:
-    """Validate a client body; raises :class:`ApiError` (400) for what no node could serve."""
+    """Validate a client body; raises :class:`ApiError` (400) for what no node could serve.
+
+    ``default_model`` names the model for a body without one (vLLM serves its
+    own then); ``streamable`` False: ``stream`` is ignored (default: every path
+    but embeddings streams on request).
+    """
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -213,9 +232,13 @@ def parse_request(
     if not isinstance(doc, dict):
         raise ApiError(400, "request body must be a JSON object", code="invalid_json")
     model = doc.get("model")
+    if model is None and default_model is not None:
+        model = default_model()
     if not isinstance(model, str) or not model:
         raise ApiError(400, "'model' is required (a non-empty string)", param="model")
-    stream = doc.get("stream") is True and not path.endswith("/embeddings")
+    if streamable is None:
+        streamable = not path.endswith("/embeddings")
+    stream = streamable and doc.get("stream") is True
     return ProxyRequest(
         request_id=request_id,
         path=path,
@@ -270,7 +293,7 @@ class Proxy:
     # -- the request as a whole --------------------------------------------------------
 
     def forward(self, req: ProxyRequest) -> ProxyResponse:
-        if self.registry.model_status(req.model) is ModelStatus.UNKNOWN:
+        if req.model and self.registry.model_status(req.model) is ModelStatus.UNKNOWN:
             err = ApiError(
                 404,
                 f"model {clip(req.model)!r} is not served by any registered node",
@@ -280,7 +303,7 @@ class Proxy:
             return self._finish(req, self._error_response(req, err))
         self.budget.start_request()
         try:
-            result = self.acquire(req)
+            result = self.ask_each_node(req) if req.ask_each else self.acquire(req)
         except BaseException:
             self.budget.end_request()
             raise
@@ -352,6 +375,35 @@ class Proxy:
             if slot:
                 self.budget.release()
 
+    def ask_each_node(self, req: ProxyRequest) -> Answer | StreamStart | ApiError:
+        """For state that lives on one unknown node (a stored response): each ready node
+        in turn until one answers something else than 404; a node that fails is skipped.
+
+        No retry budget or backoff: every attempt goes to a different node.
+        """
+        not_found: Answer | None = None
+        failed: Failure | None = None
+        for node in self._candidates(req):
+            if self.clock() >= req.deadline:
+                return self._deadline_error(req, failed)
+            req.attempts += 1
+            req.tried.add(node.id)
+            result = self._attempt(node, req)
+            if isinstance(result, Failure):
+                if req.client is not None and req.client.gone:
+                    return ClientLeft()  # the watch aborted the attempt: not the node's fault
+                self._count_failure(node, req, result)
+                failed = result
+                continue
+            self.registry.record_success(node)
+            req.node_id = node.id
+            if isinstance(result, StreamStart) or result.status != 404:
+                return result
+            not_found = result
+        if failed is None and not_found is not None:
+            return not_found  # every node was asked: none knows it
+        return self._give_up(req, failed)  # a node that failed may hold it
+
     # -- one attempt ---------------------------------------------------------------------
 
     def _attempt(self, node: Node, req: ProxyRequest) -> Answer | StreamStart | Failure:
@@ -374,10 +426,11 @@ class Proxy:
 
     def _upstream_headers(self, req: ProxyRequest) -> dict[str, str]:
         headers = {
-            "Content-Type": "application/json",
             "X-Request-ID": req.request_id,
             HOP_HEADER: ", ".join((*req.hops, self.hop_id)),
         }
+        if req.method not in ("GET", "HEAD"):  # uploads keep their multipart Content-Type
+            headers["Content-Type"] = req.content_type
         if req.accept:
             headers["Accept"] = req.accept
         return headers
@@ -432,6 +485,12 @@ class Proxy:
                 if is_error_event(first[0]):
                     msg = error_event_message(first[0])
                     return Failure(FailureKind.ERROR_EVENT, node.id, msg)
+                if req.events is not None:  # named events: wait for the first real output
+                    first, error = req.events.first_output(first, batches)
+                    if first is None:
+                        return Failure(FailureKind.RESET, node.id, "stream ended before output")
+                    if error is not None:
+                        return Failure(FailureKind.ERROR_EVENT, node.id, error)
                 upstream.watch_idle(self.timeouts.stream_idle_s, self.watchdog)
                 self.metrics.upstream_latency.observe(self.clock() - started)
                 handed_over = True
@@ -484,13 +543,22 @@ class Proxy:
         waited = self.routing.no_capacity_wait_s
         return ApiError(
             503,
-            f"no ready node serves model {clip(req.model)!r} (waited {waited:g}s); retry later",
+            f"no ready node serves {_wanted(req)} (waited {waited:g}s); retry later",
             code="no_capacity",
             headers={"Retry-After": str(self.routing.retry_after_s)},
         )
 
     def _candidates(self, req: ProxyRequest) -> list[Node]:
-        nodes = self.registry.candidates(req.model)
+        """Routable nodes for ``req``: those serving its model (any, ``model`` empty),
+        and reporting the engine capabilities it ``requires``."""
+        if req.model:
+            nodes = self.registry.candidates(req.model)
+        else:
+            by_id: dict[str, Node] = {}
+            for model in self.registry.ready_models():
+                for node in self.registry.candidates(model):
+                    by_id.setdefault(node.id, node)
+            nodes = list(by_id.values())
         if req.requires:
             nodes = [n for n in nodes if req.requires <= n.engine.capabilities]
         return nodes
@@ -519,7 +587,7 @@ class Proxy:
         if last is None:
             return ApiError(
                 503,
-                f"no other node serves model {clip(req.model)!r}",
+                f"no other node serves {_wanted(req)}",
                 code="no_capacity",
                 headers={"Retry-After": str(self.routing.retry_after_s)},
             )
@@ -564,15 +632,22 @@ class Proxy:
                 self.metrics.client_disconnects.inc()
             self._log_done(req, 200, outcome)
 
+        handler: StreamHandler | None = None
+        if req.events is not None:  # a named-event stream: its terminal events end it
+            events = req.events
+            start = StreamStart(
+                upstream, events.framed(start.batches), events.frame(start.first_batch)
+            )
+            handler = NamedEventHandler(events)
         relay = StreamRelay(
             start,
-            self.stream_handler_factory(req, self),
+            handler or self.stream_handler_factory(req, self),
             open_next=lambda body, requires: self.open_continuation(req, body, requires),
             on_break=lambda up, brk: self._on_break(req, up, brk),
             on_finish=on_finish,
             finishes=lambda: FinishTracker(expected),
         )
-        self.metrics.requests.labels(self.metrics.model_label(req.model), "200").inc()
+        self.metrics.requests.labels(self._model_label(req), "200").inc()
         headers = {
             "X-Request-ID": req.request_id,
             "X-Spotrelay-Node": upstream.node.id,
@@ -586,13 +661,13 @@ class Proxy:
         """Open a stream's continuation on a node ``req`` has not tried yet.
 
         Raises :class:`ContinuationRejected` when trying again is pointless (no
-        registered node has the ``requires`` capabilities, no capacity within
-        the wait, the deadline passed, a 4xx), ``RuntimeError`` otherwise.
+        node serving the model has ever reported the ``requires`` capabilities,
+        no capacity within the wait, the deadline passed, a 4xx),
+        ``RuntimeError`` otherwise. Where capable nodes served the model before
+        but none is routable now (the broken node was the last one), the
+        continuation waits for one like a new request waits for capacity.
         """
-        if requires and not any(
-            req.model in node.models and requires <= node.engine.capabilities
-            for node in self.registry.nodes()
-        ):
+        if requires and not self.registry.has_had_capabilities(req.model, requires):
             raise ContinuationRejected(
                 f"no node serving model {clip(req.model)!r} reports {', '.join(sorted(requires))}",
                 outcome="not_resumable",
@@ -635,10 +710,14 @@ class Proxy:
     def _finish(
         self, req: ProxyRequest, response: ProxyResponse, outcome: str = "complete"
     ) -> ProxyResponse:
-        label = self.metrics.model_label(req.model)
+        label = self._model_label(req)
         self.metrics.requests.labels(label, str(response.status)).inc()
         self._log_done(req, response.status, outcome)
         return response
+
+    def _model_label(self, req: ProxyRequest) -> str:
+        """The metrics label: bounded model names; ``none`` for model-less requests (GETs)."""
+        return self.metrics.model_label(req.model) if req.model else "none"
 
     def _log_done(self, req: ProxyRequest, status: int, outcome: str) -> None:
         if not self.access_log and status < 500 and outcome == "complete":

@@ -13,8 +13,14 @@ A node drained through ``POST /nodes/{id}/drain`` stays draining whatever its
 heartbeats say, until it is deleted or expires: an operator's drain must not
 be undone by the next heartbeat.
 
-All state lives in this one process, which is why the router runs exactly one
-worker process. Methods are safe to call from many threads or greenlets.
+This class is one worker's *local view*: routing reads only it, never the
+network. With ``registry.backend: memory`` it is the whole registry (one
+worker). With ``redis``, :class:`~spotrelay.router.registry_sync.RedisSync`
+writes local changes to Redis and applies everyone else's here
+(:meth:`Registry.upsert` with ``age_s``, :meth:`Registry.replace_all`);
+in-flight counts, failures and ejection stay per worker either way. The class
+does no I/O and reads time only from the injected clock. Methods are safe to
+call from many threads or greenlets.
 """
 
 from __future__ import annotations
@@ -171,18 +177,35 @@ class Registry:
         self._nodes: dict[str, Node] = {}
         self._by_model: dict[str, tuple[Node, ...]] = {}
         self._known_models: dict[str, float] = {}
+        # Engine capabilities some node serving each known model has reported:
+        # a stream continuation that needs one waits for a replacement node only
+        # where the fleet has had such a node (bounded with _known_models).
+        self._model_caps: dict[str, frozenset[str]] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self.listeners: list[Callable[[str, Node], None]] = []  # (event, node)
+        # Set while the shared view cannot be refreshed (Redis down): keep serving
+        # the last view instead of expiring nodes whose heartbeats went elsewhere.
+        self.hold_expiry = False
 
     # -- control plane ---------------------------------------------------------------
 
-    def upsert(self, node_id: str, report: NodeReport, target: NodeTarget) -> tuple[Node, bool]:
+    def upsert(
+        self,
+        node_id: str,
+        report: NodeReport,
+        target: NodeTarget,
+        *,
+        age_s: float = 0.0,
+        drained: bool = False,
+    ) -> tuple[Node, bool]:
         """Register or heartbeat; returns the node and whether it is new.
 
+        ``age_s`` and ``drained`` come from the shared view: how long ago the
+        heartbeat arrived (at whichever worker) and whether an operator drained it.
         Raises :class:`RegistryFull` for a new node beyond ``max_nodes``.
         """
-        now = self.clock()
+        now = self.clock() - max(0.0, age_s)
         events: list[tuple[str, Node]] = []
         old_pool = None
         with self._lock:
@@ -203,6 +226,7 @@ class Registry:
                     pool=self.pool_factory(target) if self.pool_factory else None,
                     engine=report.engine,
                     instance_id=report.instance_id,
+                    admin_drained=drained,
                 )
                 self._nodes[node_id] = node
                 events.append(("registered", node))
@@ -220,13 +244,20 @@ class Registry:
                 node.labels = dict(report.labels)
                 node.engine = report.engine
                 node.instance_id = report.instance_id
-                node.last_seen = now
+                node.last_seen = max(node.last_seen, now)
+                if drained and not node.admin_drained:
+                    node.admin_drained = True
+                    events.append(("drained", node))
             for model in node.models:
                 self._known_models[model] = now
+                caps = self._model_caps.get(model, frozenset())
+                if not node.engine.capabilities <= caps:
+                    self._model_caps[model] = caps | node.engine.capabilities
             if len(self._known_models) > KNOWN_MODELS_CAP:
                 oldest = sorted(self._known_models, key=self._known_models.__getitem__)
                 for model in oldest[: len(self._known_models) - KNOWN_MODELS_CAP]:
                     del self._known_models[model]
+                    self._model_caps.pop(model, None)
             self._reindex()
             if node.routable:
                 self._changed.notify_all()
@@ -276,8 +307,26 @@ class Registry:
         self._emit([(reason, node)])
         return node
 
+    def replace_all(self, nodes: list[tuple[str, NodeReport, NodeTarget, float, bool]]) -> None:
+        """Make the view exactly ``nodes`` (id, report, target, age_s, drained).
+
+        Used when the shared view is rebuilt; nodes kept keep their per-worker
+        state (in-flight counts, ejection, connection pool).
+        """
+        keep = set()
+        for node_id, report, target, age_s, drained in nodes:
+            try:
+                self.upsert(node_id, report, target, age_s=age_s, drained=drained)
+            except RegistryFull:
+                continue  # this worker's cap; the node stays known to the others
+            keep.add(node_id)
+        for node_id in [n for n in list(self._nodes) if n not in keep]:
+            self.remove(node_id)
+
     def expire(self) -> list[Node]:
         """Drop nodes that missed heartbeats for ``ttl_s``; returns them."""
+        if self.hold_expiry:
+            return []
         now = self.clock()
         with self._lock:
             stale = [n for n in self._nodes.values() if now - n.last_seen > self.ttl_s]
@@ -307,7 +356,7 @@ class Registry:
 
     def candidates(self, model: str) -> list[Node]:
         """Routable nodes serving ``model`` that have not gone silent."""
-        horizon = self.clock() - self.ttl_s
+        horizon = self._horizon()
         return [n for n in self._by_model.get(model, ()) if n.routable and n.last_seen >= horizon]
 
     def model_status(self, model: str) -> ModelStatus:
@@ -316,6 +365,10 @@ class Registry:
         if model in self._known_models or not self._nodes:
             return ModelStatus.UNAVAILABLE
         return ModelStatus.UNKNOWN
+
+    def has_had_capabilities(self, model: str, capabilities: frozenset[str]) -> bool:
+        """Has some node serving ``model`` reported all of ``capabilities`` since start?"""
+        return capabilities <= self._model_caps.get(model, frozenset())
 
     def has_served(self, model: str) -> bool:
         """Has any node registered with ``model`` since start (the bounded known-model set)?"""
@@ -333,7 +386,7 @@ class Registry:
         return counts
 
     def any_ready(self) -> bool:
-        horizon = self.clock() - self.ttl_s
+        horizon = self._horizon()
         return any(n.routable and n.last_seen >= horizon for n in self._nodes.values())
 
     def wait_for_change(self, timeout: float) -> None:
@@ -397,6 +450,10 @@ class Registry:
         return True
 
     # -- internals ------------------------------------------------------------------
+
+    def _horizon(self) -> float:
+        """Nodes last seen before this are silent (nothing is while expiry is held)."""
+        return float("-inf") if self.hold_expiry else self.clock() - self.ttl_s
 
     def _reindex(self) -> None:
         by_model: dict[str, list[Node]] = {}

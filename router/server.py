@@ -1,11 +1,12 @@
 """Running the router under gunicorn, in-process (``spotrelay router`` *is* the master).
 
-One worker process, always: the registry lives in that process's memory.
-Inside it, gevent greenlets (default) or gthread threads serve requests; the
-gevent worker holds hundreds of open streams per process (about 250 at a
-50 ms inter-token latency within +5 ms p99 on a 2-core machine; see
-docs/benchmarks.md). The app is built in the worker after the fork,
-so background upkeep (TTL expiry, health probes) runs where the registry is.
+One worker process with ``registry.backend: memory`` (the registry lives in
+that process's memory); with ``redis`` as many as ``server.workers`` (default:
+one per core), each with its own local view kept in step through Redis. Inside
+each, gevent greenlets (default) or gthread threads serve requests; the
+gevent worker holds hundreds of open streams at low cost (docs/benchmarks.md,
+"Router"). The app is built in the worker after the fork, so background
+upkeep (TTL expiry, health probes, Redis sync) runs where the registry is.
 
 Monkey patching for gevent is done by the CLI before anything else is
 imported (see :mod:`spotrelay.router.cli`); the gevent worker repeats it in
@@ -22,7 +23,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from .httpguard import GuardSettings
-from .settings import RouterConfig
+from .settings import RouterConfig, worker_count
 from .worker import worker_class
 
 log = logging.getLogger("spotrelay.router")
@@ -53,7 +54,7 @@ def gunicorn_settings(cfg: RouterConfig, log_level: str = "info") -> dict[str, A
         bind.append(f"{host}:{server.control_port}")
     return {
         "bind": bind,
-        "workers": 1,
+        "workers": worker_count(cfg),
         "worker_class": worker_class(server.worker_class, guard_settings(cfg)),
         "threads": server.threads,
         "worker_connections": server.worker_connections,
@@ -66,7 +67,7 @@ def gunicorn_settings(cfg: RouterConfig, log_level: str = "info") -> dict[str, A
         "loglevel": log_level,
         "proc_name": "spotrelay-router",
         # Gunicorn >= 25.1 opens a control socket that can change the worker count;
-        # the registry is per process, so it stays off.
+        # with the memory registry that would split the fleet, so it stays off.
         "control_socket_disable": True,
     }
 
@@ -92,11 +93,13 @@ class RouterApplication(BaseApplication):
         service.start()
         server = self.router_cfg.server
         log.info(
-            "router ready on %s:%s, control plane on %s (worker %s, ttl %.1fs)",
+            "router ready on %s:%s, control plane on %s (worker %s, %s, registry %s, ttl %.1fs)",
             server.host,
             server.port,
             server.control_port or "the main port only",
             server.worker_class,
+            service.router_id,
+            self.router_cfg.registry.backend,
             self.router_cfg.registry.ttl_s,
         )
         app = create_app(service)

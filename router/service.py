@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from spotrelay.core.protocol import ProtocolError, parse_report, valid_instance_
 
 from .auth import ControlPlaneAuth, DataPlaneAuth
 from .balancer import Balancer
+from .dataplane import DataPlane
 from .disconnect import ClientWatch
 from .health import HealthMonitor, http_probe
 from .metrics import RouterMetrics
@@ -33,6 +35,7 @@ from .netpolicy import (
 )
 from .proxy import Proxy, ProxyRequest
 from .registry import EjectionPolicy, Node, Registry, RegistryFull
+from .registry_sync import RedisSync
 from .resume_handler import resume_handler_factory
 from .retry import RetryBudget, RetryPolicy
 from .settings import RouterConfig
@@ -90,7 +93,13 @@ class RouterService:
         self.budget = RetryBudget(
             cfg.retry.budget_percent, cfg.retry.min_retry_concurrency, cfg.retry.budget_wait_s
         )
-        self.metrics.bind(self.registry, self.budget)
+        # Which process answered: the same across requests on one keep-alive connection.
+        self.router_id = f"{socket.gethostname()} pid {os.getpid()}"
+        self.sync: RedisSync | None = None
+        if cfg.registry.backend == "redis":
+            self.sync = make_sync(cfg, self.registry, self.netpolicy)
+        self.metrics.bind(self.registry, self.budget, backend=cfg.registry.backend,
+                          backend_up=self.backend_up)  # fmt: skip
         self.registry.listeners.append(_log_node_event)
         self.watchdog = IdleWatchdog(tick_s=min(1.0, cfg.timeouts.stream_idle_s / 4))
         self.client_watch = ClientWatch()
@@ -112,23 +121,45 @@ class RouterService:
             stream_handler_factory=stream_handler_factory
             or resume_handler_factory(cfg.resume, self.metrics),
         )
+        self.dataplane = DataPlane(
+            self.registry,
+            deadline_s=cfg.timeouts.request_deadline_s,
+            no_capacity_wait_s=cfg.routing.no_capacity_wait_s,
+            retry_after_s=cfg.routing.retry_after_s,
+            clock=clock,
+        )
         self.health = HealthMonitor(
             self.registry,
             http_probe(cfg.health.probe_timeout_s),
             probe_interval_s=cfg.health.probe_interval_s,
             probe_timeout_s=cfg.health.probe_timeout_s,
+            on_expired=self.sync.expire if self.sync else None,
         )
 
     def start(self) -> None:
-        """Start background upkeep (TTL expiry, probes); call once per worker process."""
+        """Start background upkeep (TTL expiry, probes, Redis sync); once per worker process."""
+        if self.sync is not None:
+            self.sync.start()
         self.health.start()
         self.watchdog.start()
         self.client_watch.start()
 
     def stop(self) -> None:
+        if self.sync is not None:
+            self.sync.stop()
         self.health.stop()
         self.watchdog.stop()
         self.client_watch.stop()
+
+    def backend_up(self) -> bool:
+        """Whether the registry backend is reachable (memory always is)."""
+        return self.sync is None or self.sync.up
+
+    def registry_state(self) -> str:
+        """``memory``, ``redis`` (this view is the shared one) or ``redis-down`` (last view)."""
+        if self.sync is None:
+            return "memory"
+        return "redis" if self.sync.up else "redis-down"
 
     # -- control plane -------------------------------------------------------------------
 
@@ -161,10 +192,14 @@ class RouterService:
                     "or registry.max_nodes is raised"
                 },
             )
+        if self.sync is not None:
+            self.sync.put(node_id, node.url, report.to_json(), node.admin_drained)
         return ControlResult(200, self._node_ack(node, created))
 
     def drain_node(self, node_id: str) -> ControlResult:
         in_flight = self.registry.drain(node_id)
+        if self.sync is not None:  # also when unknown here: another worker may know it
+            self.sync.drain(node_id)
         if in_flight is None:
             return ControlResult(404, {"error": f"node {node_id!r} is not registered"})
         return ControlResult(200, {"id": node_id, "state": "draining", "in_flight": in_flight})
@@ -173,6 +208,9 @@ class RouterService:
         if not valid_instance_id(instance_id):
             return _bad(f"{instance_id!r} is not an EC2 instance id")
         matches = self.registry.drain_instance(instance_id)
+        if self.sync is not None:  # every worker of every router stops using them
+            for node, _already in matches:
+                self.sync.drain(node.id)
         if not matches:
             return ControlResult(404, {"error": f"no node on instance {instance_id!r}"})
         nodes = [
@@ -183,6 +221,8 @@ class RouterService:
 
     def delete_node(self, node_id: str) -> ControlResult:
         node = self.registry.remove(node_id)
+        if self.sync is not None:
+            self.sync.delete(node_id)
         if node is None:
             return ControlResult(404, {"error": f"node {node_id!r} is not registered"})
         return ControlResult(200, {"id": node_id, "deleted": True, "in_flight": node.in_flight})
@@ -209,6 +249,27 @@ class RouterService:
             for m in self.registry.ready_models()
         ]
         return {"object": "list", "data": data}
+
+
+def make_sync(cfg: RouterConfig, registry: Registry, netpolicy: NetPolicy) -> RedisSync:
+    """The Redis follower/writer for ``registry.backend: redis``."""
+    from .registry_store import RedisStore
+    from .registry_sync import redis_client
+    from .settings import mask_password
+
+    reg = cfg.registry
+    assert reg.redis_url is not None  # validated by RouterConfig
+    client = redis_client(
+        reg.redis_url, reg.redis_password, reg.redis_timeout_s, ca_file=reg.redis_ca_file
+    )
+    store = RedisStore(client, reg.redis_key_prefix, reg.ttl_s)
+    return RedisSync(
+        registry,
+        netpolicy,
+        store,
+        where=mask_password(reg.redis_url),
+        backoff_max_s=reg.redis_backoff_max_s,
+    )
 
 
 def _bad(message: str) -> ControlResult:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from spotrelay.core.config import ConfigError, setting
 
@@ -14,8 +16,11 @@ PRIVATE_AND_LOOPBACK = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.
 class Server:
     host: str = setting("0.0.0.0", help="address to bind")
     port: int = setting(8080, min=1, max=65535, help="port to bind")
-    workers: int = setting(
-        1, min=1, help="worker processes; must be 1 (the registry lives in memory)"
+    workers: int | None = setting(
+        None,
+        min=1,
+        help="worker processes; default 1 with registry.backend memory (the only value "
+        "allowed there), the number of cores with redis",
     )
     threads: int = setting(64, min=1, max=10000, help="threads per worker (gthread worker)")
     worker_class: str = setting(
@@ -65,10 +70,6 @@ class Server:
                 ipaddress.ip_network(net, strict=False)
             except ValueError:
                 raise ConfigError(f"server.connection_cap_exempt[{i}]", "not a CIDR", net) from None
-        if self.workers != 1:
-            raise ConfigError(
-                "server.workers", "must be 1 \u2014 the registry lives in memory", self.workers
-            )
 
 
 @dataclass
@@ -91,6 +92,32 @@ class Registry:
         default_factory=lambda: list(PRIVATE_AND_LOOPBACK), help="CIDRs node URLs must resolve into"
     )
     max_nodes: int = setting(1000, min=1, help="registered nodes at most; more get 429")
+    backend: str = setting(
+        "memory",
+        choices=("memory", "redis"),
+        help="memory: one worker, one router's own view; redis: shared by every worker and router",
+    )
+    redis_url: str | None = setting(
+        None,
+        secret=True,
+        help="redis://[user[:password]@]host[:port][/db] or rediss:// (TLS); Redis >= 7 or Valkey",
+    )
+    redis_password: str | None = setting(
+        None, secret=True, help="Redis password/auth token (beats one in redis_url)"
+    )
+    redis_password_file: str | None = setting(
+        None, help="file holding the Redis password (used if no redis_password)"
+    )
+    redis_ca_file: str | None = setting(
+        None, help="rediss://: CA bundle to verify the server (default: the system's)"
+    )
+    redis_key_prefix: str = setting(
+        "spotrelay", help="prefix of the keys and channel, so fleets can share one Redis"
+    )
+    redis_timeout_s: float = setting(2, min=0.05, help="Redis connect and command timeout")
+    redis_backoff_max_s: float = setting(
+        5, min=0.05, help="reconnect backoff cap (full jitter, doubling from 0.1 s)"
+    )
 
     def validate(self) -> None:
         for i, net in enumerate(self.allowed_networks):
@@ -98,6 +125,46 @@ class Registry:
                 ipaddress.ip_network(net, strict=False)
             except ValueError:
                 raise ConfigError(f"registry.allowed_networks[{i}]", "not a CIDR", net) from None
+        if self.backend == "redis":
+            if not self.redis_url:
+                raise ConfigError("registry.redis_url", "required with registry.backend redis")
+            check_redis_url(self.redis_url)
+            if self.redis_ca_file and not self.redis_url.startswith("rediss://"):
+                raise ConfigError(
+                    "registry.redis_ca_file", "only used with a rediss:// (TLS) redis_url"
+                )
+
+
+def check_redis_url(url: str, key: str = "registry.redis_url") -> None:
+    """A one-line ConfigError naming ``key`` for a URL redis-py could not use (password masked)."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises on a bad port
+    except ValueError as exc:
+        raise ConfigError(key, f"malformed: {exc}", mask_password(url)) from None
+    if parts.scheme not in ("redis", "rediss"):
+        raise ConfigError(
+            key,
+            "scheme must be redis:// or rediss:// (TLS)",
+            mask_password(url),
+        )
+    if not parts.hostname:
+        raise ConfigError(key, "has no host", mask_password(url))
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise ConfigError(key, "database must be a number", mask_password(url))
+
+
+def mask_password(url: str) -> str:
+    """``url`` with any password replaced, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.replace(":" + parts.password + "@", ":<redacted>@", 1)
+        return parts._replace(netloc=netloc).geturl()
+    except ValueError:
+        return "<unparseable url>"
 
 
 @dataclass
@@ -157,3 +224,28 @@ class RouterConfig:
     timeouts: Timeouts = setting(default_factory=Timeouts)
     health: Health = setting(default_factory=Health)
     resume: Resume = setting(default_factory=Resume)
+
+    def validate(self) -> None:
+        workers = self.server.workers
+        if self.registry.backend == "memory" and workers not in (None, 1):
+            raise ConfigError(
+                "server.workers",
+                "must be 1 with registry.backend memory (each worker would see its own fleet); "
+                "use registry.backend redis for more",
+                workers,
+            )
+
+
+def worker_count(cfg: RouterConfig) -> int:
+    """Gunicorn worker processes: as configured, else 1 (memory) or one per core (redis)."""
+    if cfg.server.workers is not None:
+        return cfg.server.workers
+    return 1 if cfg.registry.backend == "memory" else usable_cores()
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (a cpuset or taskset limits them), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)

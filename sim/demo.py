@@ -6,6 +6,11 @@ reclaimed when the notice's time arrives, as EC2 would) and hard kills (no
 notice), launch a replacement for every lost node (as the Auto Scaling group
 would), then report what the clients saw. Exit status 0 means no client saw
 a failure, so the demo doubles as an end-to-end smoke test.
+
+With ``routers`` > 1 the routers share their registry in Redis (``redis``: a
+URL, or ``auto`` to start a local ``redis-server``), the traffic is spread
+over them, and one router is SIGKILLed and restarted late in the run
+(:mod:`spotrelay.sim.demo_routers`).
 """
 
 from __future__ import annotations
@@ -16,24 +21,22 @@ import signal
 import sys
 import threading
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from spotrelay.core.protocol import CAP_CONTINUE_FINAL_MESSAGE
 
 from .capacity import CapacityLoop, CapacityOptions
 from .chaos import FleetObserver, PlannedEvent, plan_events
+from .demo_routers import RouterChaos
 from .fleet import FleetOptions, LocalFleet, Node
 from .report import render_table, summarise, write_chart, write_json
 from .traffic import TrafficDriver, TrafficOptions
 
 log = logging.getLogger("spotrelay.demo")
 
-RESUMED_OUTCOMES = {"ok", "resumed", "success", "succeeded"}
+ROUTER_RESTART_AT = 0.8  # of the run: after the node events, before the end
 
 
 @dataclass
@@ -50,6 +53,8 @@ class DemoOptions:
     fleet: FleetOptions = field(default_factory=FleetOptions)
     max_tokens: int = 48
     progress: bool = True
+    routers: int = 1
+    redis: str | None = None  # a redis:// URL, or "auto": start a local redis-server
     spot_shortage: tuple[float, float] | None = None  # no spot launches in this window
     dead_agents: int = 0  # agents killed before their node's notice (heard via the queue)
 
@@ -80,6 +85,7 @@ class Demo:
         self.events: list[EventRecord] = []
         self.t0 = 0.0
         self._replacing: list[threading.Thread] = []
+        self.routers = RouterChaos(self.fleet, 0.0)
         self.chat_streams = True
         self.capacity: CapacityLoop | None = None
 
@@ -87,17 +93,17 @@ class Demo:
     def run(self) -> dict[str, Any]:
         opts = self.options
         self.out.mkdir(parents=True, exist_ok=True)
-        self.fleet.start_router()
+        self._start_routers()
         nodes = [self.fleet.launch_node() for _ in range(opts.nodes)]
         for node in nodes:
             self.fleet.wait_node_ready(node)
-        log.info("fleet ready: router %s, %d nodes", self.fleet.router_url, len(nodes))
-        metrics_before = self._router_counters()
-        self.t0 = time.monotonic()
+        log.info("fleet ready: routers %s, %d nodes", self.fleet.router_urls, len(nodes))
+        metrics_before = self.routers.totals()
+        self.t0 = self.routers.t0 = time.monotonic()
         observer = FleetObserver(self.fleet.router_nodes, self.t0)
         observer.start()
         traffic = TrafficDriver(
-            self.fleet.router_url,
+            self.fleet.router_urls,
             opts.fleet.model,
             TrafficOptions(
                 rps=opts.rps,
@@ -105,6 +111,9 @@ class Demo:
                 max_tokens=opts.max_tokens,
                 verify_text=opts.fleet.engine_cmd is None,
                 chat_streams=self._fleet_resumes_chat(),
+                # A real engine may not serve the Responses API (llama.cpp's
+                # server does not): only the simulator's fleet gets that share.
+                responses_ratio=0.2 if opts.fleet.engine_cmd is None else 0.0,
             ),
             seed=opts.seed,
         )
@@ -123,13 +132,14 @@ class Demo:
         try:
             self._chaos_loop(plan, traffic, observer)
         finally:
+            self.routers.join()
             traffic.stop()
             if self.capacity:
                 self.capacity.stop()
             for thread in self._replacing:
                 thread.join(timeout=opts.fleet.engine_ready_timeout_s)
             observer.stop()
-        counters = {k: v - metrics_before.get(k, 0.0) for k, v in self._router_counters().items()}
+        counters = {k: v - metrics_before.get(k, 0.0) for k, v in self.routers.totals().items()}
         self._fill_timeline(observer)
         report = summarise(
             traffic.log.records,
@@ -138,6 +148,7 @@ class Demo:
             observer.samples,
             self._settings(),
         )
+        report["routers"] = self.routers.report(traffic)
         if self.capacity:
             report["capacity"] = self.capacity.report()
         write_json(report, self.out)
@@ -163,12 +174,16 @@ class Demo:
         opts = self.options
         pending = list(plan)
         last_progress = 0.0
+        restart_at = ROUTER_RESTART_AT * opts.duration_s if opts.routers > 1 else None
         while True:
             now = time.monotonic() - self.t0
             if now >= opts.duration_s and not self._kills_pending() and not self._settling(now):
                 return
             while pending and pending[0].at_s <= now:
                 self._inject(pending.pop(0), now)
+            if restart_at is not None and now >= restart_at:
+                restart_at = None
+                self.routers.restart_later(opts.routers - 1, traffic)
             for ev in self.events:
                 if ev.kill_due is not None and ev.killed is None and now >= ev.kill_due:
                     self._reclaim(ev, now)
@@ -281,25 +296,32 @@ class Demo:
             if ev.replacement and ev.replacement in observer.histories:
                 ev.replacement_ready = _round(observer.histories[ev.replacement].first_ready)
 
-    def _router_counters(self) -> dict[str, float]:
-        """Retries and resumed streams, from the router's own Prometheus metrics."""
-        try:
-            with urllib.request.urlopen(self.fleet.router_url + "/metrics", timeout=5) as resp:
-                text = resp.read().decode()
-        except OSError:
-            return {}
-        out = {"retried": 0.0, "resumed": 0.0, "resume_failed": 0.0}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if not sample.name.endswith("_total"):
-                    continue
-                if family.name == "spotrelay_router_retries":
-                    out["retried"] += sample.value
-                elif "resume" in family.name and family.name.endswith("resumes"):
-                    outcome = sample.labels.get("outcome", "ok")
-                    key = "resumed" if outcome in RESUMED_OUTCOMES else "resume_failed"
-                    out[key] += sample.value
-        return out
+    def _start_routers(self) -> None:
+        """One router (memory registry), or several sharing a registry in Redis."""
+        opts = self.options
+        if opts.redis:
+            url = opts.redis
+            if url == "auto":
+                from spotrelay.core.config import ConfigError
+
+                from .redis_local import NoRedisServer, start_local_redis
+
+                try:
+                    url = start_local_redis(self.fleet.procs, self.out / "logs").url
+                except NoRedisServer as exc:
+                    raise ConfigError("demo.redis", f"auto: {exc}", "auto") from None
+                log.info("started a local redis-server at %s", url)
+            overrides = self.fleet.options.router_overrides
+            # One worker per router keeps each router's /metrics counters whole.
+            overrides.setdefault("server", {}).setdefault("workers", 1)
+            overrides.setdefault("registry", {}).update(
+                {"backend": "redis", "redis_url": url, "ttl_s": 10}
+            )
+        names = (
+            ["router"] if opts.routers == 1 else [f"router-{i + 1}" for i in range(opts.routers)]
+        )
+        for name in names:
+            self.fleet.start_router(name)
 
     def _settings(self) -> dict[str, Any]:
         opts = self.options
@@ -313,6 +335,8 @@ class Demo:
             "stream_ratio": opts.stream_ratio,
             "seed": opts.seed,
             "engine": opts.fleet.engine_cmd or "spotrelay sim vllm",
+            "routers": opts.routers,
+            "registry": "redis" if opts.redis else "memory",
             "verify_text": opts.fleet.engine_cmd is None,
             "streaming_chat": self.chat_streams,
             "spot_shortage": list(opts.spot_shortage) if opts.spot_shortage else None,

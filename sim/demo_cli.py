@@ -9,6 +9,7 @@ EPILOG = """\
 examples:
   spotrelay demo                                  # 3 nodes, 60 s, 2 notices, 1 hard kill
   spotrelay demo --nodes 4 --duration 120 --rps 40 --out /tmp/demo
+  spotrelay demo --routers 2 --redis auto         # shared registry; one router SIGKILLed
   spotrelay demo --spot-shortage 10:40 --dead-agents 1   # fallback to on-demand, off-node notice
   spotrelay demo --engine-cmd 'vllm serve Qwen/Qwen2.5-0.5B-Instruct --port {port}' \\
                  --model Qwen/Qwen2.5-0.5B-Instruct --lead-s 30
@@ -38,6 +39,13 @@ FLAGS = {
     ),
     "seed": ("demo", "seed", int, "RNG seed for traffic and chaos (7)"),
     "out": ("demo", "out", str, "directory for report.json, timeline.png, logs (demo-out)"),
+    "routers": ("demo", "routers", int, "routers behind the traffic's round robin (1)"),
+    "redis": (
+        "demo",
+        "redis",
+        str,
+        "shared registry for --routers > 1: redis://HOST:PORT, or auto (local redis-server)",
+    ),
     "spot_shortage": (
         "demo",
         "spot_shortage",
@@ -125,6 +133,8 @@ def _run(args: argparse.Namespace) -> int:
         fleet=fleet,
         max_tokens=max_tokens,
         progress=not args.no_progress,
+        routers=d.routers,
+        redis=d.redis,
         spot_shortage=parse_window("demo.spot_shortage", d.spot_shortage),
         dead_agents=d.dead_agents,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from spotrelay.core.config import setting
+from spotrelay.core.config import ConfigError, setting
 
 
 @dataclass
@@ -30,12 +30,27 @@ class Run:
 
     seed: int = setting(7, help="RNG seed for traffic and chaos")
     out: str = setting("demo-out", help="directory for report.json, timeline.png and logs")
+    routers: int = setting(1, min=1, max=8, help="routers; more than one needs redis")
+    redis: str | None = setting(
+        None, help="shared registry: redis://HOST:PORT, or auto (start a local redis-server)"
+    )
     spot_shortage: str | None = setting(
         None, help="START:END seconds after traffic starts: replacements cannot launch as spot"
     )
     dead_agents: int = setting(
         0, min=0, help="nodes whose agent is killed before their spot notice (heard via the queue)"
     )
+
+    def validate(self) -> None:
+        if self.routers > 1 and not self.redis:
+            raise ConfigError(
+                "demo.redis",
+                "more than one router needs a shared registry: --redis URL or --redis auto",
+            )
+        if self.redis and self.redis != "auto":
+            from spotrelay.router.settings import check_redis_url
+
+            check_redis_url(self.redis, "demo.redis")
 
 
 @dataclass

@@ -1,11 +1,13 @@
-"""A local spot fleet: one router and N nodes, each node an engine + IMDS emulator + agent.
+"""A local spot fleet: routers and N nodes, each node an engine + IMDS emulator + agent.
 
 Everything is a real process on loopback, started the way an operator would
 start it (``spotrelay router``, ``spotrelay sim vllm``, ``spotrelay sim imds``,
 ``spotrelay agent``), so the demo exercises the same code paths as
 production. The fleet plays the part of EC2 and the Auto Scaling group: it
 sends spot notices through the emulator, terminates nodes when their notice
-time arrives, and launches replacements.
+time arrives, and launches replacements. With several routers (which share a
+registry in Redis) each agent heartbeats one of them, as it would a load
+balancer's single address, and a router can be killed and restarted.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class FleetOptions:
     engine_cmd: str | None = None
     engine_ready_timeout_s: float = 60.0
     router_overrides: dict[str, Any] = field(default_factory=dict)
+    routers: int = 1
 
 
 @dataclass
@@ -83,14 +86,16 @@ class LocalFleet:
         self.options = options
         self.procs = ProcessGroup()
         self.token = secrets.token_urlsafe(24)
-        self.router_url = ""
+        self.router_url = ""  # the first router's
         self.router: ManagedProcess | None = None
+        self.routers: dict[str, tuple[str, ManagedProcess]] = {}  # name -> (url, process)
         self.nodes: dict[str, Node] = {}
         self._serial = 0
 
     # -- router ---------------------------------------------------------------
-    def start_router(self) -> str:
-        port = free_port()
+    def start_router(self, name: str = "router", port: int | None = None) -> str:
+        """Start (or restart, on its old port) one router and wait until it answers."""
+        port = port or free_port()
         config = {
             "server": {"host": HOST, "port": port, "control_port": free_port()},
             "auth": {"node_token": self.token, "node_token_file": None},
@@ -101,29 +106,49 @@ class LocalFleet:
         }
         for section, values in self.options.router_overrides.items():
             config.setdefault(section, {}).update(values)
-        path = self.workdir / "router.yaml"
+        path = self.workdir / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
-        self.router_url = f"http://{HOST}:{port}"
-        self.router = self.procs.start(
+        url = f"http://{HOST}:{port}"
+        proc = self.procs.start(
             ManagedProcess(
-                "router",
+                name,
                 spotrelay_argv("router", "--config", str(path)),
-                log_path=self.workdir / "logs" / "router.log",
+                log_path=self.workdir / "logs" / f"{name}.log",
             )
         )
-        self.router.wait_ready(lambda: http_ok(self.router_url + "/healthz"), timeout=30)
-        return self.router_url
+        self.routers[name] = (url, proc)
+        if not self.router_url:
+            self.router_url, self.router = url, proc
+        proc.wait_ready(lambda: http_ok(url + "/healthz"), timeout=30)
+        return url
+
+    @property
+    def router_urls(self) -> list[str]:
+        return [url for url, _proc in self.routers.values()]
+
+    def kill_router(self, name: str) -> None:
+        """SIGKILL one router: a crash, not a shutdown (its open requests would be lost)."""
+        self.routers[name][1].kill()
 
     def router_nodes(self) -> list[dict[str, Any]]:
-        """The router's view of the fleet (``GET /nodes``); empty if it does not answer."""
+        """The fleet as the first router that answers ``GET /nodes`` sees it; empty if none."""
+        for url, proc in self.routers.values():
+            if proc.alive():
+                nodes = self.nodes_at(url)
+                if nodes is not None:
+                    return nodes
+        return []
+
+    def nodes_at(self, url: str) -> list[dict[str, Any]] | None:
+        """One router's ``GET /nodes``; None if it does not answer."""
         req = urllib.request.Request(
-            self.router_url + "/nodes", headers={"Authorization": f"Bearer {self.token}"}
+            url + "/nodes", headers={"Authorization": f"Bearer {self.token}"}
         )
         try:
             with urllib.request.urlopen(req, timeout=2) as resp:
                 doc = json.loads(resp.read())
         except (OSError, ValueError):
-            return []
+            return None
         return doc["nodes"] if isinstance(doc, dict) else doc
 
     # -- nodes ----------------------------------------------------------------
@@ -188,7 +213,8 @@ class LocalFleet:
         agent_cfg = {
             "node": {"id": name, "advertise_url": engine_url},
             "router": {
-                "urls": [self.router_url],
+                # One address per agent (round robin over routers): a load balancer's.
+                "urls": [self.router_urls[(self._serial - 1) % len(self.routers)]],
                 "node_token": self.token,
                 "node_token_file": None,
             },

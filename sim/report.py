@@ -58,6 +58,10 @@ def summarise(
             "succeeded": sum(1 for r in streams if r.ok),
             "broken": sum(1 for r in streams if not r.ok),
         },
+        "by_kind": {
+            kind: sum(1 for r in records if r.kind == kind)
+            for kind in ("completion", "chat", "responses")
+        },
         # A real model's text has no reference to compare with: say so, not 0.
         "verified_text": sum(1 for r in records if r.verified) if verify else NOT_VERIFIED,
         "latency_ms": _percentiles([r.latency_ms for r in ok]),
@@ -109,6 +113,16 @@ def render_table(report: dict[str, Any]) -> str:
             f"{_fmt(ev.get('drained')):>9}{_fmt(ev.get('killed')):>8}"
             f"  {ev.get('replacement') or '-':<12}{_fmt(ev.get('replacement_ready')):>7}"
         )
+    routers = report.get("routers") or {}
+    if routers.get("count", 1) > 1:
+        spread = ", ".join(f"{name} {n}" for name, n in routers["requests"].items())
+        lines += ["", f"routers (shared registry)  requests: {spread}"]
+        for r in routers["restarts"]:
+            lines.append(
+                f"  {r['router']} out of rotation {_fmt(r['out_of_rotation'])}, SIGKILLed "
+                f"{_fmt(r['killed'])}, back {_fmt(r['back'])} knowing "
+                f"{r['nodes_known_at_restart']} ready nodes from Redis"
+            )
     if report.get("capacity"):
         lines += capacity_lines(report["capacity"])
     if report["failures"]:
@@ -226,6 +240,11 @@ def write_chart(
                 ax.axvline(ev["killed"], color="tab:gray", linestyle=":", linewidth=1)
         _label(top, ev["at"], 0.95, f"{labels.get(ev['type'], ev['type'])} {ev['node']}", color, 8)
     _draw_capacity(top, bottom, report.get("capacity"))
+    for restart in (report.get("routers") or {}).get("restarts", []):
+        if restart.get("killed") is not None:
+            for ax in (top, bottom):
+                ax.axvline(restart["killed"], color="tab:purple", linestyle="-.", linewidth=1)
+            _label(top, restart["killed"], 0.95, f"SIGKILL {restart['router']}", "tab:purple", 8)
     top.legend(loc="lower left", fontsize=8)
     bottom.legend(loc="lower left", fontsize=8)
     fig.tight_layout()

@@ -209,3 +209,49 @@ def embed(text: str, dimensions: int) -> list[float]:
 def pack_float32(values: Iterable[float]) -> bytes:
     vals = list(values)
     return struct.pack(f"<{len(vals)}f", *vals)
+
+
+# ---------------------------------------------------------------------------
+# Token ids (/tokenize, /detokenize)
+
+# Every token the generator can emit has a small id; any other token's id
+# encodes its UTF-8 bytes, so ids are the same on every simulator process and
+# /detokenize inverts /tokenize exactly (a router may send them to different nodes).
+VOCAB: tuple[str, ...] = tuple(sorted(_ENCODED))
+_VOCAB_ID = {tok: i for i, tok in enumerate(VOCAB)}
+_BYTES_BASE = 1 << 20
+
+
+def token_ids(text: str) -> list[int]:
+    """The token ids of ``text`` (one per :func:`tokenize` token)."""
+    out = []
+    for tok in tokenize(text):
+        known = _VOCAB_ID.get(tok)
+        out.append(
+            known
+            if known is not None
+            else _BYTES_BASE + int.from_bytes(b"\x01" + _encode(tok), "big")
+        )
+    return out
+
+
+def detokenize(ids: Iterable[int]) -> str:
+    """The text of ``ids`` (raises ValueError for an id no tokenizer call made)."""
+    parts = []
+    for i in ids:
+        if 0 <= i < len(VOCAB):
+            parts.append(VOCAB[i])
+        elif i >= _BYTES_BASE:
+            raw = (i - _BYTES_BASE).to_bytes(((i - _BYTES_BASE).bit_length() + 7) // 8, "big")
+            if not raw.startswith(b"\x01"):
+                raise ValueError(f"unknown token id {i}")
+            parts.append(raw[1:].decode("utf-8", "surrogatepass"))
+        else:
+            raise ValueError(f"unknown token id {i}")
+    return "".join(parts)
+
+
+def relevance(query: str, document: str) -> float:
+    """A deterministic relevance score in [0, 1]: the embeddings' cosine, rescaled."""
+    a, b = embed(query, 64), embed(document, 64)
+    return (1.0 + sum(x * y for x, y in zip(a, b, strict=True))) / 2.0

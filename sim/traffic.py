@@ -2,7 +2,9 @@
 
 Requests arrive at a fixed average rate (Poisson arrivals, seeded) and mix
 completions and chat, streaming and not (streaming chat only where every
-node can resume it). Each outcome is recorded from the
+node can resume it), and a share of Responses API calls
+(``client.responses.create``, not streamed: a Responses stream cut by a hard
+kill after its first event cannot be resumed, see docs/router.md). Each outcome is recorded from the
 client's point of view, which is the only one that matters: a request counts
 as failed if the SDK raised, a stream ended early, or — when the engine is
 the simulator, whose text is deterministic — the text differs from what an
@@ -18,7 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import openai
 
@@ -38,7 +40,7 @@ PROMPTS = (
 class RequestRecord:
     """One client request as the client saw it."""
 
-    kind: str  # "completion" or "chat"
+    kind: str  # "completion", "chat" or "responses"
     stream: bool
     started: float  # seconds since the run began
     latency_ms: float = 0.0
@@ -47,6 +49,7 @@ class RequestRecord:
     error: str | None = None
     tokens: int = 0
     verified: bool | None = None  # None: not checkable (real engine)
+    router: int = 0  # which router (index in the driver's list) it went to
 
     @property
     def finished(self) -> float:
@@ -57,6 +60,7 @@ class RequestRecord:
 class TrafficOptions:
     rps: float = 20.0
     stream_ratio: float = 0.5
+    responses_ratio: float = 0.2  # share of Responses API calls (never streamed)
     max_tokens: int = 48
     verify_text: bool = True
     timeout_s: float = 60.0
@@ -64,6 +68,58 @@ class TrafficOptions:
     # False when some node cannot resume a chat stream (no continue_final_message):
     # streaming requests then all go through completions, which resume on any engine.
     chat_streams: bool = True
+
+
+class _Call(NamedTuple):
+    """One request about to be sent: the router's client, what to ask, where to record it."""
+
+    client: openai.OpenAI
+    prompt: str
+    max_tokens: int
+    record: RequestRecord
+    start: float
+
+
+class Rotation:
+    """Which routers take new requests, round robin, as a load balancer's target group.
+
+    Taking a router out (:meth:`remove`) stops new requests to it; the ones it
+    has open finish (:meth:`in_flight`), as with a target's deregistration delay.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._serving = list(range(count))
+        self._open = [0] * count
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> int:
+        with self._lock:
+            choices = self._serving or list(range(self.count))
+            index = choices[self._next % len(choices)]
+            self._next += 1
+            self._open[index] += 1
+            return index
+
+    def release(self, index: int) -> None:
+        with self._lock:
+            self._open[index] -= 1
+
+    def remove(self, index: int) -> None:
+        with self._lock:
+            if index in self._serving and len(self._serving) > 1:
+                self._serving.remove(index)
+
+    def add(self, index: int) -> None:
+        with self._lock:
+            if index not in self._serving:
+                self._serving.append(index)
+                self._serving.sort()
+
+    def in_flight(self, index: int) -> int:
+        with self._lock:
+            return self._open[index]
 
 
 @dataclass
@@ -87,23 +143,37 @@ class TrafficLog:
 
 
 class TrafficDriver:
-    """Sends requests at ``rps`` until stopped; one thread per request in flight."""
+    """Sends requests at ``rps`` until stopped; one thread per request in flight.
+
+    With several base URLs (routers) requests go round robin over those in
+    :attr:`rotation`, one OpenAI client per router.
+    """
 
     def __init__(
-        self, base_url: str, model: str, options: TrafficOptions, seed: int, api_key: str = "demo"
+        self,
+        base_url: str | list[str],
+        model: str,
+        options: TrafficOptions,
+        seed: int,
+        api_key: str = "demo",
     ) -> None:
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
         self.options = options
         self.model = model
         self.rng = random.Random(seed)
         self.log = TrafficLog()
         self._stop = threading.Event()
         self._t0 = 0.0
-        self.client = openai.OpenAI(
-            base_url=base_url.rstrip("/") + "/v1",
-            api_key=api_key,
-            max_retries=0,
-            timeout=options.timeout_s,
-        )
+        self.clients = [
+            openai.OpenAI(
+                base_url=url.rstrip("/") + "/v1",
+                api_key=api_key,
+                max_retries=0,
+                timeout=options.timeout_s,
+            )
+            for url in urls
+        ]
+        self.rotation = Rotation(len(urls))
         self._pool = ThreadPoolExecutor(
             max_workers=options.max_concurrency, thread_name_prefix="traffic"
         )
@@ -121,7 +191,8 @@ class TrafficDriver:
             self._thread.join()
         self._pool.shutdown(wait=True, cancel_futures=False)
         del drain_timeout_s  # requests carry their own client timeout
-        self.client.close()
+        for client in self.clients:
+            client.close()
 
     def _arrivals(self) -> None:
         next_at = time.monotonic()
@@ -134,6 +205,8 @@ class TrafficDriver:
             kind = "chat" if self.rng.random() < 0.5 else "completion"
             if stream and not self.options.chat_streams:
                 kind = "completion"
+            if self.rng.random() < self.options.responses_ratio:
+                kind, stream = "responses", False
             prompt = self.rng.choice(PROMPTS) + f" (request {self.rng.randrange(10**6)})"
             max_tokens = self.rng.randint(self.options.max_tokens // 2, self.options.max_tokens)
             with self.log.lock:
@@ -141,13 +214,16 @@ class TrafficDriver:
             self._pool.submit(self._one, kind, stream, prompt, max_tokens)
 
     def _one(self, kind: str, stream: bool, prompt: str, max_tokens: int) -> None:
-        record = RequestRecord(kind, stream, time.monotonic() - self._t0)
+        router = self.rotation.acquire()
+        record = RequestRecord(kind, stream, time.monotonic() - self._t0, router=router)
         start = time.monotonic()
         try:
-            send: Callable[[str, int, RequestRecord, float], str] = (
-                self._chat if kind == "chat" else self._completion
-            )
-            text = send(prompt, max_tokens, record, start)
+            send: Callable[[_Call], str] = {
+                "chat": self._chat,
+                "completion": self._completion,
+                "responses": self._responses,
+            }[kind]
+            text = send(_Call(self.clients[router], prompt, max_tokens, record, start))
             record.ok = True
             if self.options.verify_text:
                 record.verified = text == expected_text(kind, prompt, max_tokens)
@@ -158,19 +234,20 @@ class TrafficDriver:
             record.error = f"{type(exc).__name__}: {str(exc)[:200]}"
         except Exception as exc:
             record.error = f"{type(exc).__name__}: {str(exc)[:200]}"
+        finally:
+            self.rotation.release(router)
         record.latency_ms = (time.monotonic() - start) * 1000
         self.log.add(record)
 
-    def _completion(self, prompt: str, max_tokens: int, record: RequestRecord, start: float) -> str:
+    def _completion(self, call: _Call) -> str:
+        client, prompt, max_tokens, record, start = call
         if not record.stream:
-            resp = self.client.completions.create(
-                model=self.model, prompt=prompt, max_tokens=max_tokens
-            )
+            resp = client.completions.create(model=self.model, prompt=prompt, max_tokens=max_tokens)
             record.tokens = resp.usage.completion_tokens if resp.usage else 0
             return resp.choices[0].text
         parts: list[str] = []
         finish = None
-        for chunk in self.client.completions.create(
+        for chunk in client.completions.create(
             model=self.model, prompt=prompt, max_tokens=max_tokens, stream=True
         ):
             if chunk.choices:
@@ -179,17 +256,18 @@ class TrafficDriver:
                 finish = chunk.choices[0].finish_reason or finish
         return _stream_result(parts, finish, record)
 
-    def _chat(self, prompt: str, max_tokens: int, record: RequestRecord, start: float) -> str:
+    def _chat(self, call: _Call) -> str:
+        client, prompt, max_tokens, record, start = call
         messages: list[Any] = [{"role": "user", "content": prompt}]
         if not record.stream:
-            resp = self.client.chat.completions.create(
+            resp = client.chat.completions.create(
                 model=self.model, messages=messages, max_tokens=max_tokens
             )
             record.tokens = resp.usage.completion_tokens if resp.usage else 0
             return resp.choices[0].message.content or ""
         parts: list[str] = []
         finish = None
-        for chunk in self.client.chat.completions.create(
+        for chunk in client.chat.completions.create(
             model=self.model, messages=messages, max_tokens=max_tokens, stream=True
         ):
             if chunk.choices:
@@ -199,6 +277,14 @@ class TrafficDriver:
                 parts.append(delta)
                 finish = chunk.choices[0].finish_reason or finish
         return _stream_result(parts, finish, record)
+
+    def _responses(self, call: _Call) -> str:
+        client, prompt, max_tokens, record, _ = call
+        resp = client.responses.create(model=self.model, input=prompt, max_output_tokens=max_tokens)
+        if resp.status not in ("completed", "incomplete") or resp.error is not None:
+            raise RuntimeError(f"response {resp.status}: {resp.error}")
+        record.tokens = resp.usage.output_tokens if resp.usage else 0
+        return resp.output_text
 
 
 def _first_token(record: RequestRecord, start: float) -> None:
@@ -216,7 +302,7 @@ def _stream_result(parts: list[str], finish: str | None, record: RequestRecord) 
 
 def expected_text(kind: str, prompt: str, max_tokens: int) -> str:
     """What the simulator produces for this request when nothing goes wrong."""
-    if kind == "chat":
+    if kind in ("chat", "responses"):  # the Responses input renders as one user message
         prefix = textgen.render_chat(
             [{"role": "user", "content": prompt}], add_generation_prompt=True
         )

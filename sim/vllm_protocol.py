@@ -313,3 +313,68 @@ def parse_embedding(body: dict[str, Any], limits: Limits) -> EmbeddingRequest:
     if fmt not in ("float", "base64"):
         raise BadRequest("'encoding_format' must be 'float' or 'base64'.", "encoding_format")
     return EmbeddingRequest(model, inputs, sum(counts), dims, fmt)
+
+
+def _responses_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Responses API ``input`` (a string or a list of message items) as chat messages."""
+    raw = body.get("input")
+    messages: list[dict[str, Any]] = []
+    instructions = body.get("instructions")
+    if instructions is not None:
+        if not isinstance(instructions, str):
+            raise BadRequest("'instructions' must be a string.", "instructions")
+        messages.append({"role": "system", "content": instructions})
+    if isinstance(raw, str):
+        return [*messages, {"role": "user", "content": raw}]
+    if not isinstance(raw, list) or not raw:
+        raise BadRequest("'input' must be a string or a non-empty list of items.", "input")
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or item.get("type", "message") != "message":
+            raise BadRequest(f"input[{i}] must be a message item.", "input")
+        role, content = item.get("role"), item.get("content")
+        if not isinstance(role, str) or not isinstance(content, str | list):
+            raise BadRequest(f"input[{i}] needs a role and a content.", "input")
+        parts = content if isinstance(content, str) else [
+            {**p, "type": "text"} if isinstance(p, dict) and "text" in p else p for p in content
+        ]  # fmt: skip
+        messages.append({"role": role, "content": parts})
+    return messages
+
+
+def parse_responses(body: dict[str, Any], limits: Limits) -> GenerationRequest:
+    """``POST /v1/responses``: ``input`` and ``instructions`` rendered like a chat."""
+    model = _check_model(body, limits)
+    if body.get("previous_response_id") is not None:
+        raise BadRequest(
+            "The simulator stores no responses: previous_response_id is not supported.",
+            "previous_response_id",
+            status=404,
+        )
+    messages = _responses_messages(body)
+    prompt = textgen.render_chat(messages, add_generation_prompt=True)
+    prompt_tokens = textgen.count_tokens(prompt)
+    max_tokens = _max_tokens(
+        body, ("max_output_tokens",), limits.default_max_tokens, prompt_tokens, limits
+    )
+    stream = _bool(body, "stream", False)
+    return GenerationRequest("responses", model, prompt, prompt_tokens, max_tokens, stream=stream)
+
+
+def parse_messages(body: dict[str, Any], limits: Limits) -> GenerationRequest:
+    """``POST /v1/messages`` (Anthropic): ``system`` and ``messages`` rendered like a chat."""
+    model = _check_model(body, limits)
+    messages = _messages(body)
+    system = body.get("system")
+    if isinstance(system, list):
+        system = textgen.message_text(system)
+    if system is not None and not isinstance(system, str):
+        raise BadRequest("'system' must be a string or a list of text blocks.", "system")
+    if system:
+        messages = [{"role": "system", "content": system}, *messages]
+    prompt = textgen.render_chat(messages, add_generation_prompt=True)
+    prompt_tokens = textgen.count_tokens(prompt)
+    if body.get("max_tokens") is None:
+        raise BadRequest("'max_tokens' is required.", "max_tokens")
+    max_tokens = _max_tokens(body, ("max_tokens",), 0, prompt_tokens, limits)
+    stream = _bool(body, "stream", False)
+    return GenerationRequest("messages", model, prompt, prompt_tokens, max_tokens, stream=stream)

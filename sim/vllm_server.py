@@ -22,6 +22,7 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ from ..core.errors import openai_error
 from . import textgen
 from .engine import Engine, EngineSettings, Generation
 from .faults import FaultError, Faults
+from .vllm_apis import ExtraApis, MessagesWriter, ResponsesWriter
 from .vllm_protocol import (
     BadRequest,
     GenerationRequest,
@@ -47,7 +49,9 @@ log = logging.getLogger("spotrelay.sim.vllm")
 
 VERSION = "0.0.0+spotrelay.sim"
 EXIT_CODE = 137  # what a SIGKILLed process reports: the exit fault mimics a reclaim
-GENERATING_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/embeddings"})
+GENERATING_PATHS = frozenset(
+    {"/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/responses", "/v1/messages"}
+)
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 DONE = b"data: [DONE]\n\n"
 
@@ -191,6 +195,17 @@ class ChunkWriter:
     def usage(self, completion_tokens: int) -> bytes:
         return self._event({**self.head, "choices": [], "usage": self._usage(completion_tokens)})
 
+    def preamble(self) -> bytes:
+        """Events sent before prefill: none for completions and chat."""
+        return b""
+
+    def closing(self, finish_reason: str, stop_reason: str | None, completion_tokens: int) -> bytes:
+        """The finish chunk, the usage chunk if asked for, and ``[DONE]``."""
+        out = self.final(finish_reason, stop_reason, completion_tokens)
+        if self.req.include_usage:
+            out += self.usage(completion_tokens)
+        return out + DONE
+
 
 class SseJob:
     """One SSE stream's per-token step, run by the engine's :class:`Ticker`.
@@ -218,7 +233,7 @@ class SseJob:
         self,
         gen: Generation,
         transport: asyncio.Transport,
-        chunks: ChunkWriter,
+        chunks: ChunkWriter | ResponsesWriter | MessagesWriter,
         chunked: bool,
         drop: int | None,
         itl: float,
@@ -300,6 +315,7 @@ class SimServer:
         r.add_post("/v1/completions", self.completions)
         r.add_post("/v1/chat/completions", self.chat_completions)
         r.add_post("/v1/embeddings", self.embeddings)
+        ExtraApis(self).add_routes(r)
         r.add_get("/_control/faults", self.get_faults)
         r.add_post("/_control/faults", self.set_faults)
         r.add_post("/_control/reset", self.reset)
@@ -315,7 +331,10 @@ class SimServer:
             return await handler(request)
         self.log.seen(path)
         if not path.startswith("/v1/"):
-            return await handler(request)
+            try:
+                return await handler(request)
+            except BadRequest as exc:  # /tokenize, /score, ...: no record, no faults
+                return error_response(exc.status, exc.message, exc.param)
         rec = RequestRecord(request.headers.get("X-Request-ID"), request.method, path)
         request["record"] = rec
         self.log.start(rec)
@@ -409,25 +428,41 @@ class SimServer:
     async def _generate(
         self, request: web.Request, req: GenerationRequest, prefix: str
     ) -> web.StreamResponse:
+        request_id = prefix + uuid.uuid4().hex
+        created = int(time.time())
+        writer = ChunkWriter(req, request_id, created) if req.stream else None
+        return await self.generate(
+            request,
+            req,
+            writer,
+            body=lambda gen, text: self._full_body(req, gen, text, request_id, created),
+        )
+
+    async def generate(
+        self,
+        request: web.Request,
+        req: GenerationRequest,
+        writer: ChunkWriter | ResponsesWriter | MessagesWriter | None,
+        *,
+        body: Callable[[Generation, str], dict[str, Any]] | None = None,
+    ) -> web.StreamResponse:
+        """Serve ``req``: streamed by ``writer``, or answered with ``body(gen, text)``."""
         rec: RequestRecord = request["record"]
         rec.model, rec.stream, rec.prompt_tokens = req.model, req.stream, req.prompt_tokens
         gen = self.engine.generation(req)
-        request_id = prefix + uuid.uuid4().hex
-        created = int(time.time())
         drop: int | None = request.get("drop_after")
         headers = {}
         if "X-Request-ID" in request.headers:
             headers["X-Request-ID"] = request.headers["X-Request-ID"]
         try:
-            if req.stream:
-                return await self._stream(request, req, gen, request_id, created, drop, headers)
+            if writer is not None:
+                return await self._stream(request, gen, writer, drop, headers)
             if drop is not None:
                 await gen.complete(give_up_after_tokens=drop)
                 return await self._drop(request, rec)
             text = await gen.complete()
-            return json_response(
-                self._full_body(req, gen, text or "", request_id, created), headers=headers
-            )
+            assert body is not None, "a non-streaming request needs its body builder"
+            return json_response(body(gen, text or ""), headers=headers)
         finally:
             rec.completion_tokens = gen.completion_tokens
             if gen.finish_reason == "stop" and rec.outcome is None:
@@ -457,10 +492,8 @@ class SimServer:
     async def _stream(
         self,
         request: web.Request,
-        req: GenerationRequest,
         gen: Generation,
-        request_id: str,
-        created: int,
+        chunks: ChunkWriter | ResponsesWriter | MessagesWriter,
         drop: int | None,
         headers: dict[str, str],
     ) -> web.StreamResponse:
@@ -470,7 +503,8 @@ class SimServer:
         transport = request.transport
         if transport is None:
             raise ConnectionResetError("client went away")
-        chunks = ChunkWriter(req, request_id, created)
+        if preamble := chunks.preamble():
+            await resp.write(preamble)
         chunked = resp.headers.get("Transfer-Encoding", "").lower() == "chunked"
         job: SseJob | None = None
         try:
@@ -488,10 +522,7 @@ class SimServer:
                 rec.outcome = "aborted"
                 return resp
             n = gen.completion_tokens
-            job.send(chunks.final(gen.finish_reason or "length", gen.stop_reason, n))
-            if req.include_usage:
-                job.send(chunks.usage(n))
-            job.send(DONE)
+            job.send(chunks.closing(gen.finish_reason or "length", gen.stop_reason, n))
             await resp.write_eof()
             return resp
         finally:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from spotrelay.agent.backoff import Backoff
 from spotrelay.agent.drain import DrainMachine, DrainPolicy, DrainState, StateStore
 from spotrelay.agent.engine import ProcessWatch, parse_metrics
 from spotrelay.agent.events import (
@@ -35,6 +34,7 @@ from spotrelay.agent.metrics import AgentMetrics
 from spotrelay.agent.monitors import MaintenanceMonitor
 from spotrelay.agent.routers import RouterError
 from spotrelay.agent.webhook import Webhook
+from spotrelay.core.backoff import Backoff
 from spotrelay.core.net import wait_until
 from spotrelay.core.protocol import NodeLoad, NodeReport, NodeState
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from spotrelay.agent.settings import AgentConfig
 from spotrelay.core.config import ConfigError, describe, load, redacted
-from spotrelay.router.settings import RouterConfig
+from spotrelay.router.settings import RouterConfig, worker_count
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -21,7 +22,8 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_defaults_match_the_documented_ones() -> None:
     cfg = load(RouterConfig, env={})
-    assert cfg.server.port == 8080 and cfg.server.workers == 1
+    assert cfg.server.port == 8080 and worker_count(cfg) == 1
+    assert cfg.registry.backend == "memory"
     assert cfg.registry.ttl_s == 15
     assert cfg.retry.max_attempts == 3 and cfg.retry.budget_percent == 20
     assert cfg.resume.enabled is True and cfg.resume.max_attempts == 2
@@ -59,7 +61,37 @@ def test_env_lists_and_top_level_keys() -> None:
     [
         ("server: {port: abc}\n", {}, "server.port = 'abc': expected an integer"),
         ("server: {prot: 1}\n", {}, "server.prot: unknown key"),
-        ("server: {workers: 4}\n", {}, "server.workers = 4"),
+        (
+            "server: {workers: 4}\n",
+            {},
+            "server.workers = 4: must be 1 with registry.backend memory",
+        ),
+        ("registry: {backend: redis}\n", {}, "registry.redis_url: required with registry.backend"),
+        (
+            "registry: {backend: redis, redis_url: 'http://h:1'}\n",
+            {},
+            "registry.redis_url = 'http://h:1': scheme",
+        ),
+        (
+            "registry: {backend: redis, redis_url: 'redis://u:pw@h:99999'}\n",
+            {},
+            "registry.redis_url = 'redis://u:<redacted>@h:99999': malformed",
+        ),
+        (
+            "registry: {backend: redis, redis_url: 'redis://'}\n",
+            {},
+            "registry.redis_url = 'redis://': has no host",
+        ),
+        (
+            "registry: {backend: redis, redis_url: 'rediss://h/x'}\n",
+            {},
+            "database must be a number",
+        ),
+        (
+            "registry: {backend: etcd}\n",
+            {},
+            "registry.backend = 'etcd': must be one of memory, redis",
+        ),
         ("retry: {max_attempts: 0}\n", {}, "retry.max_attempts = 0: must be >= 1"),
         ("server: [1, 2]\n", {}, "server"),
         ("server: {port: 80\n", {}, "invalid YAML"),
@@ -74,6 +106,18 @@ def test_bad_values_name_the_key(
         load(RouterConfig, write(tmp_path, text), env=env)
     assert fragment in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_workers_follow_the_registry_backend(tmp_path: Path) -> None:
+    """memory: exactly one worker; redis: as configured, else one per core."""
+    redis = "registry: {backend: redis, redis_url: 'rediss://app:secret@cache:6380/2'}\n"
+    cfg = load(RouterConfig, write(tmp_path, redis), env={})
+    assert worker_count(cfg) == len(os.sched_getaffinity(0))
+    cfg = load(RouterConfig, write(tmp_path, redis + "server: {workers: 3}\n"), env={})
+    assert worker_count(cfg) == 3
+    assert redacted(cfg)["registry"]["redis_url"] == "<redacted>"
+    cfg = load(RouterConfig, write(tmp_path, "server: {workers: 1}\n"), env={})
+    assert worker_count(cfg) == 1
 
 
 def test_describe_lists_env_names() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,6 +51,17 @@ def _demo(cwd: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
+def _succeeds(proc: subprocess.Popen[str], timeout: float = 200) -> str:
+    """Wait for the demo; its stdout if it exited 0, else fail with both streams."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, f"demo failed:\n{out}\n{err[-4000:]}"
+    return out
+
+
 @pytest.mark.timeout(240)
 def test_short_demo_has_no_client_visible_failure(tmp_path: Path) -> None:
     proc = _demo(
@@ -69,12 +81,7 @@ def test_short_demo_has_no_client_visible_failure(tmp_path: Path) -> None:
         "--seed",
         "3",
     )
-    try:
-        out, err = proc.communicate(timeout=200)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, f"demo failed:\n{out}\n{err[-4000:]}"
+    out = _succeeds(proc)
 
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["requests"] > 100
@@ -83,6 +90,7 @@ def test_short_demo_has_no_client_visible_failure(tmp_path: Path) -> None:
     assert report["verified_text"] == report["requests"]
     # The simulator answers /version like vLLM: its agents advertise chat resume.
     assert report["settings"]["streaming_chat"] is True
+    assert report["by_kind"]["responses"] > 5, "Responses API calls are part of the traffic"
     assert {e["type"] for e in report["events"]} == {"spot_notice", "hard_kill"}
     for event in report["events"]:
         assert event["killed"] is not None
@@ -138,6 +146,45 @@ def test_bad_flags_fail_cleanly(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "demo.nodes = 0: must be >= 1" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.timeout(240)
+def test_two_routers_sharing_redis_survive_a_router_sigkill(tmp_path: Path) -> None:
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server is not installed (.ci/run installs it)")
+    proc = _demo(
+        tmp_path, "--routers", "2", "--redis", "auto", "--nodes", "2", "--duration", "20",
+        "--preemptions", "1", "--hard-kills", "0", "--lead-s", "5", "--rps", "10",
+    )  # fmt: skip
+    out = _succeeds(proc)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["failed"] == 0 and report["requests"] > 100
+    routers = report["routers"]
+    # Spread like a load balancer would, and the restarted router came back knowing the
+    # fleet from Redis (its first view after the backend was up already had ready nodes).
+    assert all(n > report["requests"] / 4 for n in routers["requests"].values()), routers
+    (restart,) = routers["restarts"]
+    assert restart["killed"] is not None and restart["back"] is not None
+    assert restart["nodes_known_at_restart"] >= 1
+    assert "SIGKILLed" in out and "ready nodes from Redis" in out
+    assert _leftovers(tmp_path) == []
+
+
+def test_more_routers_need_a_shared_registry(tmp_path: Path) -> None:
+    proc = _demo(tmp_path, "--routers", "2")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "Traceback" not in err
+    assert err.strip() == (
+        "spotrelay: config error: demo.redis: more than one router needs a shared registry: "
+        "--redis URL or --redis auto"
+    )
+    proc = _demo(tmp_path, "--routers", "2", "--redis", "http://cache:6379")
+    _, err = proc.communicate(timeout=30)
+    assert (
+        proc.returncode == 2
+        and "demo.redis = 'http://cache:6379': scheme" in err
+        and len(err.splitlines()) == 1
+    )
 
 
 def test_a_real_engine_gets_a_lower_default_load() -> None:

@@ -18,13 +18,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
+import psutil
 import pytest
 import yaml
 
 from spotrelay.core.config import ConfigError, load
-from spotrelay.core.deploy import VARS_FILE, DeployConfig, tfvars
+from spotrelay.core.deploy import VARS_FILE, DeployConfig, StatusSection, backend_args, tfvars
+from spotrelay.core.deploy_status import gather, insecure_transport
+from spotrelay.core.net import wait_until
 from spotrelay.core.terraform_bin import find_binary
-from tests.support import moto_server, register_node, start_router
+from tests.support import ROUTER_TOKEN, moto_server, register_node, start_router
 from tests.tfshim.shim import install
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,6 +148,81 @@ def test_up_on_example_requires_its_inputs(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "deployment.region: required for terraform/examples/complete" in proc.stderr
     assert not (EXAMPLE / VARS_FILE).exists()
+
+
+def test_up_on_example_requires_state_backend(tmp_path: Path) -> None:
+    """The example keeps state in S3: without backend settings up stops before terraform."""
+    shim = install(tmp_path / "bin")
+    path = write_yaml(tmp_path / "d.yaml", minimal())
+    proc = cli("up", "--config", str(path), "--terraform", str(shim))
+    assert proc.returncode == 2, proc.stderr
+    assert "terraform.backend_config: required for terraform/examples/complete" in proc.stderr
+    assert not (EXAMPLE / VARS_FILE).exists()
+
+
+def test_backend_args(tmp_path: Path) -> None:
+    hcl = tmp_path / "backend.hcl"
+    hcl.write_text('bucket = "b"\n')
+    args = backend_args([str(hcl), "key=spotrelay/state"], is_example=True)
+    assert args == [f"-backend-config={hcl.resolve()}", "-backend-config=key=spotrelay/state"]
+    assert backend_args([], is_example=False) == []  # own configuration: its own backend
+    with pytest.raises(ConfigError, match=r"terraform\.backend_config\[0\] = .*: no such file"):
+        backend_args([str(tmp_path / "missing.hcl")], is_example=True)
+
+
+def test_secure_defaults_in_tfvars(tmp_path: Path) -> None:
+    cfg = load(DeployConfig, write_yaml(tmp_path / "d.yaml", minimal()), env={})
+    values = tfvars(cfg)
+    assert values["alb_internal"] is True  # internal unless asked otherwise
+    assert "api_keys_parameter" not in values
+    doc = minimal(
+        deployment={
+            **minimal()["deployment"],
+            "alb_internal": False,
+            "certificate_arn": "arn:aws:acm:us-east-1:123456789012:certificate/x",
+            "api_keys_parameter": "/spotrelay/api-keys",
+        }
+    )
+    values = tfvars(load(DeployConfig, write_yaml(tmp_path / "e.yaml", doc), env={}))
+    assert values["alb_internal"] is False
+    assert values["api_keys_parameter"] == "/spotrelay/api-keys"
+
+
+# -- the node token's transport -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "refused"),
+    [
+        ("http://127.0.0.1:8080", False),  # an SSM port forward
+        ("http://10.0.1.20:8080", False),  # inside the VPC
+        ("http://[::1]:8080", False),
+        ("https://1.1.1.1", False),  # TLS: fine anywhere
+        ("http://1.1.1.1:8080", True),  # plain HTTP to a public address
+        ("http://[2606:4700::1111]:8080", True),
+    ],
+)
+def test_insecure_transport(url: str, refused: bool) -> None:
+    reason = insecure_transport(url)
+    assert (reason is not None) == refused
+    if refused:
+        assert "refusing to send the node token over plain HTTP" in reason
+
+
+def test_status_never_sends_token_over_public_http() -> None:
+    """Refused before the token is read or any connection is made; the report says why."""
+    cfg = StatusSection(router_url="http://1.1.1.1:9", node_token="secret-token-xyz", timeout_s=1)
+    report = gather(cfg, {}, REGION)
+    assert report.nodes is None
+    assert any("refusing to send the node token over plain HTTP" in e for e in report.errors)
+    assert "secret-token-xyz" not in json.dumps(report.to_json())
+
+
+def test_status_defaults_to_internal_control_endpoint(tmp_path: Path) -> None:
+    outputs = {"router_url": "https://public.example", "router_control_url": "http://127.0.0.1:9"}
+    cfg = StatusSection(node_token="t" * 40, timeout_s=0.5)
+    report = gather(cfg, outputs, REGION)
+    assert report.router_url == "http://127.0.0.1:9"
 
 
 def test_help_documents_keys() -> None:
@@ -280,12 +358,16 @@ def test_up_status_down(tmp_path: Path, procs, logdir: Path, moto_url: str) -> N
     status = cli("status", "--config", str(deploy))
     assert status.returncode == 0, status.stdout + status.stderr
     assert "i-0abc1234" in status.stdout and "ready" in status.stdout
+    assert re.search(
+        r"answered by \S+ pid \d+ \(registry memory: this router's own view", status.stdout
+    )
     assert "desired=2 min=0" in status.stdout
     for iid in instances:
         assert iid in status.stdout
     as_json = cli("status", "--config", str(deploy), "--json")
     report = json.loads(as_json.stdout)
     assert [n["id"] for n in report["nodes"]] == ["i-0abc1234"]
+    assert report["registry"] == "memory" and " pid " in report["answered_by"]
     assert sorted(i["id"] for i in report["autoscaling_group"]["instances"]) == sorted(instances)
     assert report["errors"] == []
 
@@ -321,6 +403,40 @@ def test_status_reports_each_side(tmp_path: Path, procs, logdir: Path, moto_url:
     assert "router refused the node token (401)" in proc.stdout
     assert "Auto Scaling group 'no-such-group' not found" in proc.stdout
     assert "wrong-token" not in proc.stdout + proc.stderr
+
+
+def test_status_reads_the_shared_view(tmp_path: Path, procs, logdir: Path, moto_url: str) -> None:
+    """Two routers share a registry: status through either lists every node, says who answered."""
+    from spotrelay.sim.redis_local import NoRedisServer, start_local_redis
+
+    try:
+        local = start_local_redis(procs, logdir)
+    except NoRedisServer as exc:
+        pytest.skip(str(exc))
+    shared = {"registry": {"backend": "redis", "redis_url": local.url}, "server": {"workers": 1}}
+    a = start_router(procs, logdir, shared, name="router-a")
+    b = start_router(procs, logdir, shared, name="router-b")
+    register_node(a.url, ROUTER_TOKEN, "i-0aaa1111", "http://127.0.0.1:8000", "qwen")
+    make_group(moto_url, "shared-gpu", desired=1)
+    deploy = write_yaml(
+        tmp_path / "deploy.yaml",
+        {
+            "deployment": {"region": REGION},
+            "status": {"router_url": b.url, "node_token": ROUTER_TOKEN,
+                       "asg_name": "shared-gpu", "aws_endpoint_url": moto_url},
+        },
+    )  # fmt: skip
+    wait_until(
+        lambda: "i-0aaa1111" in cli("status", "--config", str(deploy)).stdout,
+        timeout=10,
+        what="router B to list the node registered at A",
+    )
+    report = json.loads(cli("status", "--config", str(deploy), "--json").stdout)
+    assert report["registry"] == "redis" and report["errors"] == []
+    workers_b = {p.pid for p in psutil.Process(b.proc.pid).children()}
+    assert int(report["answered_by"].rsplit(" pid ", 1)[1]) in workers_b
+    text = cli("status", "--config", str(deploy)).stdout
+    assert "(registry redis: the fleet's shared view)" in text
 
 
 # -- the node bootstrap's secret fetcher against moto ------------------------------------------

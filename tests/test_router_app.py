@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 
 import pytest
@@ -148,7 +149,6 @@ def test_every_inference_path_is_routed(client, path):
         (b"{not json", 400, "invalid_json"),
         (b"\xff\xfe", 400, "invalid_json"),
         (b"[1, 2]", 400, "invalid_json"),
-        (b"{}", 400, "model"),
         (b'{"model": 7}', 400, "model"),
         (b'{"model": ""}', 400, "model"),
         (b'{"model": "nope"}', 404, "model_not_found"),
@@ -246,6 +246,8 @@ def test_ops_endpoints(client):
         "spotrelay_router_ejections_total",
     ):
         assert name in text, name
+    # The embedded registry is always "up"; with redis the gauge follows the link.
+    assert 'spotrelay_router_registry_backend_up{backend="memory"} 1.0' in text
 
 
 def test_gunicorn_settings_are_one_worker_without_control_socket():
@@ -260,6 +262,10 @@ def test_gunicorn_settings_are_one_worker_without_control_socket():
     settings = gunicorn_settings(no_control)
     assert settings["bind"] == ["0.0.0.0:9000"]
     assert settings["worker_class"].__name__ == "SpotrelayThreadWorker"
+    shared = fast_config(registry={"backend": "redis", "redis_url": "redis://cache:6379/0"})
+    assert gunicorn_settings(shared)["workers"] == len(os.sched_getaffinity(0))
+    shared.server.workers = 3
+    assert gunicorn_settings(shared)["workers"] == 3
 
 
 # -- CLI: configuration errors are one line, exit 2 ------------------------------------------
@@ -284,7 +290,14 @@ def run_cli(tmp_path, yaml_text, env=None, *args):
     "yaml_text, env, message",
     [
         ("server: {workers: 2}\nauth: {node_token: t}\n", {},
-         "server.workers = 2: must be 1 \u2014 the registry lives in memory"),
+         "server.workers = 2: must be 1 with registry.backend memory"),
+        ("auth: {node_token: t}\nregistry: {backend: redis, redis_url: 'redis://:pw@h:x'}\n", {},
+         "registry.redis_url = 'redis://:<redacted>@h:x': malformed"),
+        ("auth: {node_token: t}\nregistry: {backend: redis, redis_url: 'redis://h',"
+         " redis_password_file: /etc}\n", {}, "registry.redis_password_file = '/etc': cannot read"),
+        ("auth: {node_token: t}\nregistry: {backend: redis, redis_url: 'redis://h',"
+         " redis_password_file: /nonexistent/auth}\n", {},
+         "registry.redis_password_file = '/nonexistent/auth': no such file"),
         ("auth: {node_token: t}\n", {"SPOTRELAY_SERVER_WORKERS": "3"},
          "server.workers = 3: must be 1"),
         ("auth: {node_token: null, node_token_file: /nonexistent/token}\n", {},

@@ -430,7 +430,7 @@ def test_control_plane_auth_ssrf_and_hostile_bodies(procs, logdir):
         ("POST", "/v1/completions", b"{not json", json_ct, None, 400),
         ("POST", "/v1/completions", b"", json_ct, None, 400),
         ("POST", "/v1/completions", b"\x00\xff\xfe garbage", {}, None, 400),
-        ("POST", "/v1/chat/completions", b'{"messages": []}', json_ct, None, 400),
+        ("POST", "/v1/chat/completions", b'{"model": "", "messages": []}', json_ct, None, 400),
         ("POST", "/v1/chat/completions", b'{"model": ["x"]}', json_ct, None, 400),
         ("POST", "/v1/completions", b'"just a string"', json_ct, None, 400),
         ("POST", "/v1/completions", b'{"model": "unknown-model"}', json_ct, None, 404),

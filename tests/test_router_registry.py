@@ -50,6 +50,43 @@ def put(reg, node_id, n=1, models=("m",), state="ready", load=None):
 # -- registry ------------------------------------------------------------------------------
 
 
+def test_shared_view_updates_keep_per_worker_state():
+    """What the Redis sync applies: ages, sticky drains, whole-view rebuilds."""
+    reg, clock, events = make(ttl=15)
+    a = put(reg, "a", 1)
+    reg.acquire(a)
+    reg.record_failure(a)
+    report = parse_report({"url": "http://10.0.0.2:8000", "models": ["m"]})
+    b, created = reg.upsert("b", report, NETS.validate(report.url), age_s=14.0)
+    assert created and b.last_seen == clock.now - 14.0 and reg.candidates("m") == [a, b]
+    clock.now += 1.5
+    assert [n.id for n in reg.expire()] == ["b"]  # the age counted towards the TTL
+    # A drain arriving with a heartbeat sticks; a later heartbeat does not undo it.
+    reg.upsert("a", parse_report({"url": a.url, "models": ["m"]}), a.target, drained=True)
+    put(reg, "a", 1)
+    assert a.admin_drained and ("drained", "a") in events
+    # A rebuild keeps what this worker counts about nodes that stay, drops the others.
+    c_report = parse_report({"url": "http://10.0.0.3:8000", "models": ["m"]})
+    reg.replace_all(
+        [("a", parse_report({"url": a.url, "models": ["m"]}), a.target, 0.0, True),
+         ("c", c_report, NETS.validate(c_report.url), 2.0, False)]
+    )  # fmt: skip
+    assert {n.id for n in reg.nodes()} == {"a", "c"}
+    assert reg.get("a") is a and a.in_flight == 1 and a.consecutive_failures == 1
+
+
+def test_held_expiry_serves_the_last_view():
+    """Redis down: nodes whose heartbeats may go to other workers are neither dropped nor
+    filtered out as silent."""
+    reg, clock, _ = make(ttl=15)
+    a = put(reg, "a", 1)
+    reg.hold_expiry = True
+    clock.now += 60
+    assert reg.expire() == [] and reg.candidates("m") == [a] and reg.any_ready()
+    reg.hold_expiry = False
+    assert reg.candidates("m") == [] and [n.id for n in reg.expire()] == ["a"]
+
+
 def test_register_heartbeat_and_expire():
     reg, clock, events = make(ttl=15)
     a = put(reg, "a", 1)

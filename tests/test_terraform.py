@@ -10,6 +10,7 @@ virtualenv exists (``make tf-check`` creates it).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 from pathlib import Path
@@ -19,7 +20,9 @@ import yaml
 
 from spotrelay.agent.settings import AgentConfig
 from spotrelay.core.config import load
+from spotrelay.router.settings import Registry as RegistrySettings
 from spotrelay.router.settings import RouterConfig
+from spotrelay.router.settings import Server as ServerSettings
 from tests.tfshim import tfcheck
 
 REPO = tfcheck.REPO
@@ -69,7 +72,8 @@ def test_agent_yaml_loads_with_agent_schema(rendered: dict, tmp_path: Path) -> N
     path = tmp_path / "agent.yaml"
     path.write_text(rendered["gpu_agent_yaml"])
     cfg = load(AgentConfig, path, env={})
-    assert cfg.router.urls == ["http://10.0.1.10:8080", "http://10.0.2.10:8080"]
+    # One internal endpoint, never a router's own address.
+    assert cfg.router.urls == ["http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8081"]
     assert cfg.router.node_token_file == "/etc/spotrelay/node-token"
     assert cfg.engine.url == "http://127.0.0.1:8000"
     assert cfg.engine.model == "Qwen/Qwen2.5-7B-Instruct"
@@ -81,12 +85,36 @@ def test_agent_yaml_loads_with_agent_schema(rendered: dict, tmp_path: Path) -> N
 
 
 def test_router_yaml_loads_with_router_schema(rendered: dict, tmp_path: Path) -> None:
+    if "backend" not in {f.name for f in dataclasses.fields(RegistrySettings)}:
+        pytest.skip("registry.backend (the shared Redis registry) is not in this router yet")
+    if "control_port" not in {f.name for f in dataclasses.fields(ServerSettings)}:
+        pytest.skip("server.control_port (the control listener) is not in this router yet")
     path = tmp_path / "router.yaml"
     path.write_text(rendered["router_yaml"])
     cfg = load(RouterConfig, path, env={})
-    assert cfg.server.port == 8080 and cfg.server.workers == 1
+    assert cfg.server.port == 8080
+    assert (cfg.server.control_port, cfg.server.control_on_main_port) == (8081, False)
+    assert cfg.server.connection_cap_exempt == []  # the module passes the VPC CIDR
     assert cfg.auth.node_token_file == "/etc/spotrelay/node-token"
     assert cfg.registry.allowed_networks == ["10.0.0.0/16"]
+    assert cfg.registry.backend == "redis"
+    assert cfg.registry.redis_url.startswith("rediss://")  # TLS: ElastiCache requires it
+    assert cfg.registry.redis_password_file == "/etc/spotrelay/redis-password"
+
+
+def test_router_secrets_reach_the_service(rendered: dict) -> None:
+    """The drop-in hands the root-only secret files to the dynamic-user service."""
+    doc = yaml.safe_load(rendered["router_user_data"])
+    files = {f["path"]: f["content"] for f in doc["write_files"]}
+    dropin = files["/etc/systemd/system/spotrelay-router.service.d/10-secrets.conf"]
+    assert "LoadCredential=redis-password:/etc/spotrelay/redis-password" in dropin
+    assert "Environment=SPOTRELAY_REGISTRY_REDIS_PASSWORD_FILE=%d/redis-password" in dropin
+    assert "EnvironmentFile=/etc/spotrelay/router-secrets.env" in dropin
+    script = rendered["router_install_script"]
+    assert "'/spotrelay/llm/api-keys'" in script and "SPOTRELAY_AUTH_API_KEYS" in script
+    # The router unit hands the node token over the same way.
+    unit = (REPO / "router" / "systemd" / "spotrelay-router.service").read_text()
+    assert "LoadCredential=node-token:/etc/spotrelay/node-token" in unit
 
 
 def test_user_data_writes_what_the_units_need(rendered: dict) -> None:
@@ -137,22 +165,19 @@ def test_unit_check_is_not_vacuous(tmp_path: Path) -> None:
 
 
 def test_bootstrap_scripts_parse(rendered: dict, tmp_path: Path) -> None:
-    router_scripts = [
-        f["content"]
-        for doc in rendered["router_user_data"]
-        for f in yaml.safe_load(doc)["write_files"]
-        if f["path"] == "/usr/local/sbin/spotrelay-install"
-    ]
-    problems = tfcheck._bash_problems([rendered["gpu_install_script"], *router_scripts], tmp_path)
+    scripts = [rendered["gpu_install_script"], rendered["router_install_script"]]
+    problems = tfcheck._bash_problems(scripts, tmp_path)
     if problems is None:
         pytest.skip("bash not found")
     assert problems == []
 
 
-def test_boot_helpers_are_identical_copies() -> None:
-    gpu = TF / "modules/gpu-pool/modules/config/templates/fetch-secret.py"
-    router = TF / "modules/router/modules/config/templates/fetch-secret.py"
-    assert gpu.read_text() == router.read_text()
+def test_router_boot_uses_the_packaged_fetcher(rendered: dict) -> None:
+    """Routers run spotrelay.core.fetch_secret from the package, with what it imports."""
+    script = rendered["router_install_script"]
+    assert "python -m spotrelay.core.fetch_secret" in script
+    assert "'spotrelay[router]' 'botocore>=1.34'" in script
+    assert not (TF / "modules/router/modules/config/templates/fetch-secret.py").exists()
 
 
 # -- conventions and checkov ----------------------------------------------------------------
@@ -182,6 +207,59 @@ def test_example_tfvars_uses_declared_variables() -> None:
     text = (d / "terraform.tfvars.example").read_text()
     used = set(re.findall(r"^(\w+)\s*=", text, re.M))
     assert used and used <= declared
+
+
+def _blocks(kind: str, type_: str) -> list[str]:
+    """The text of every ``kind "type_" "name" { ... }`` block under terraform/."""
+    found = []
+    for path in TF.rglob("*.tf"):
+        text = path.read_text()
+        for m in re.finditer(rf'^{kind} "{type_}" "\w+" {{\n(.*?)^}}', text, re.M | re.S):
+            found.append(m.group(1))
+    return found
+
+
+def test_secrets_never_in_state() -> None:
+    """Generated secrets are ephemeral and stored through write-only arguments."""
+    assert _blocks("resource", "random_password") == []
+    assert len(_blocks("ephemeral", "random_password")) == 2
+    params = _blocks("resource", "aws_ssm_parameter")
+    assert params and all(re.search(r"^\s+value_wo\s+=", b, re.M) for b in params)
+    assert not any(re.search(r"^\s+value\s+=", b, re.M) for b in params)
+    (cache,) = _blocks("resource", "aws_elasticache_replication_group")
+    assert re.search(r"^\s+auth_token_wo\s+=", cache, re.M)
+    assert not re.search(r"^\s+auth_token\s+=", cache, re.M)
+    assert re.search(r"^\s+transit_encryption_enabled\s+=\s+true", cache, re.M)
+
+
+def test_no_open_egress() -> None:
+    """Egress is an allow-list: no all-protocol rule, no CKV_AWS_382 skip left."""
+    for body in _blocks("resource", "aws_vpc_security_group_egress_rule"):
+        assert '"-1"' not in body
+    for path in TF.rglob("*.tf"):
+        assert "CKV_AWS_382" not in path.read_text(), path
+
+
+def test_example_pins_and_backend() -> None:
+    versions = (TF / "examples/complete/versions.tf").read_text()
+    assert re.search(r'version\s+=\s+"~> 6\.0"', versions)
+    assert re.search(r'required_version\s+=\s+">= 1\.11"', versions)
+    assert re.search(r'backend "s3" {[^}]*use_lockfile\s+=\s+true', versions, re.S)
+    router = (TF / "modules/router/versions.tf").read_text()
+    assert re.search(r'required_version\s+=\s+">= 1\.11"', router)
+
+
+def test_example_lock_file() -> None:
+    """The committed lock file pins providers the example's constraints allow."""
+    lock = TF / "examples/complete/.terraform.lock.hcl"
+    if not lock.exists():
+        pytest.skip("no lock file yet: `make tf-lock` needs registry.terraform.io")
+    text = lock.read_text()
+    pin = r'provider "registry.terraform.io/hashicorp/{}" {{\n\s+version\s+= "{}\.'
+    aws = re.search(pin.format("aws", 6), text)
+    rnd = re.search(pin.format("random", 3), text)
+    assert aws and rnd, "lock file must pin aws 6.x and random 3.x"
+    assert text.count("h1:") >= 2 * len(tfcheck.LOCK_PLATFORMS), "hashes for every platform"
 
 
 def test_checkov_skips_have_reasons() -> None:

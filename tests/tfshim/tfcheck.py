@@ -48,10 +48,11 @@ OFFLINE_TEST_DIRS = (
     "modules/gpu-pool/modules/capacity",
     "modules/router/modules/config",
 )
-MOCK_TEST_DIRS = ("modules/gpu-pool", "modules/router")
+MOCK_TEST_DIRS = ("modules/gpu-pool", "modules/router", "examples/complete")
 VALIDATE_DIRS = ("modules/gpu-pool", "modules/router", "examples/complete")
 EXEC_KEYS = re.compile(r"^(Exec(?:Start|StartPre|StartPost|Stop|StopPost|Reload|Condition))=(.*)$")
 REGISTRY = "registry.terraform.io"
+BACKEND_BLOCK = re.compile(r'^  backend "\w+" \{\n.*?^  \}\n', re.M | re.S)
 
 # Inputs for rendering the user data of both modules offline.
 RENDER_MAIN = """
@@ -59,7 +60,7 @@ module "gpu" {{
   source               = "{gpu}"
   name                 = "llm-gpu"
   region               = "us-east-1"
-  router_urls          = ["http://10.0.1.10:8080", "http://10.0.2.10:8080"]
+  router_url           = "http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8081"
   node_token_parameter = "arn:aws:ssm:us-east-1:123456789012:parameter/spotrelay/llm/node-token"
   model = {{
     name               = "Qwen/Qwen2.5-7B-Instruct"
@@ -70,12 +71,22 @@ module "gpu" {{
 }}
 
 module "router" {{
-  source                = "{router}"
-  name                  = "llm"
-  region                = "us-east-1"
-  subnet_count          = 2
-  network_interface_ids = ["eni-0aaa", "eni-0bbb"]
-  node_token_parameter  = "/spotrelay/llm/node-token"
+  source             = "{router}"
+  name               = "llm"
+  region             = "us-east-1"
+  subnet_count       = 2
+  api_keys_parameter = "/spotrelay/llm/api-keys"
+  redis = {{
+    endpoint = "master.llm-registry.abc123.use1.cache.amazonaws.com"
+  }}
+  egress_rules = {{
+    https = {{
+      description = "HTTPS: PyPI and the AWS APIs"
+      from_port   = 443
+      to_port     = 443
+      cidr_ipv4   = "0.0.0.0/0"
+    }}
+  }}
   settings = {{
     allowed_networks = ["10.0.0.0/16"]
   }}
@@ -98,6 +109,9 @@ output "router_user_data" {{
 }}
 output "router_yaml" {{
   value = module.router.router_yaml
+}}
+output "router_install_script" {{
+  value = module.router.install_script
 }}
 """
 
@@ -151,6 +165,12 @@ def fmt_problems() -> list[str]:
 def load_problems(tree: Path, rel: str) -> list[str]:
     """Errors from Terraform's configuration loader for one module directory."""
     d = tree / rel
+    for f in d.glob("*.tf"):
+        # `terraform providers` wants any declared backend initialised (which
+        # needs the network for S3); the scratch copy drops the block.
+        text = f.read_text()
+        if BACKEND_BLOCK.search(text):
+            f.write_text(BACKEND_BLOCK.sub("", text))
     problems = []
     for args in (["get", "-no-color"], ["providers", "-no-color"]):
         code, out, err = terraform(args, d)
@@ -345,8 +365,7 @@ class Tally:
 def documents_from(outputs: dict[str, object]) -> tuple[dict[str, str], dict[str, str]]:
     """(cloud-init documents, systemd units) from the rendered outputs."""
     docs = {"gpu-node": str(outputs["gpu_user_data"])}
-    for i, text in enumerate(outputs["router_user_data"]):  # type: ignore[arg-type]
-        docs[f"router-{i}"] = str(text)
+    docs["router"] = str(outputs["router_user_data"])
     units = {"vllm.service": str(outputs["gpu_vllm_unit"])}
     for path in repo_units():
         units[path.name] = path.read_text()
@@ -380,7 +399,10 @@ def run_check(checkov: str | None) -> int:
         )
         tally.record(
             "bash -n on the bootstrap scripts",
-            _bash_problems([str(outputs["gpu_install_script"])], Path(tmp)),
+            _bash_problems(
+                [str(outputs["gpu_install_script"]), str(outputs["router_install_script"])],
+                Path(tmp),
+            ),
             "bash not found",
         )
     if checkov:
@@ -438,6 +460,26 @@ def run_validate(require: bool = False) -> int:
     return tally.close()
 
 
+LOCK_DIR = "examples/complete"
+LOCK_PLATFORMS = ("linux_amd64", "linux_arm64", "darwin_amd64", "darwin_arm64", "windows_amd64")
+
+
+def run_lock() -> int:
+    """Write examples/complete/.terraform.lock.hcl for every platform (needs the registry).
+
+    ``terraform providers lock`` records the registry's hashes of each
+    provider build, so the lock file works on every listed platform, not only
+    the one that ran ``terraform init``.
+    """
+    if not registry_reachable():
+        print(f"skip  lock: {REGISTRY} unreachable: cannot fetch provider hashes here")
+        return 1
+    args = ["providers", "lock", "-no-color", *[f"-platform={p}" for p in LOCK_PLATFORMS]]
+    code, out, err = terraform(args, TF_ROOT / LOCK_DIR)
+    print(out + err)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -447,10 +489,12 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument(
         "--require", action="store_true", help="fail instead of skipping without the registry"
     )
+    sub.add_parser("lock", help="write examples/complete/.terraform.lock.hcl (make tf-lock)")
     args = parser.parse_args(argv)
     runners: dict[str, Callable[[], int]] = {
         "check": lambda: run_check(args.checkov),
         "validate": lambda: run_validate(getattr(args, "require", False)),
+        "lock": run_lock,
     }
     return runners[args.cmd]()
 

@@ -1,5 +1,7 @@
-# A complete spotrelay deployment in an existing VPC: two routers behind an
-# Application Load Balancer and one spot GPU pool serving one model.
+# A complete spotrelay deployment in an existing VPC: a group of routers
+# sharing an ElastiCache registry behind an Application Load Balancer, and
+# one spot GPU pool serving one model. The GPU nodes know one router address,
+# the internal heartbeat endpoint, whatever router_count is.
 
 provider "aws" {
   region = var.region
@@ -12,12 +14,17 @@ provider "aws" {
 module "router" {
   source = "../../modules/router"
 
-  name               = var.name
-  vpc_id             = var.vpc_id
-  subnet_ids         = var.private_subnet_ids
-  router_count       = var.router_count
-  instance_type      = var.router_instance_type
-  spotrelay_pip_spec = var.spotrelay_pip_spec
+  name                     = var.name
+  vpc_id                   = var.vpc_id
+  subnet_ids               = var.private_subnet_ids
+  router_count             = var.router_count
+  instance_type            = var.router_instance_type
+  spotrelay_pip_spec       = var.spotrelay_pip_spec
+  api_keys_parameter       = var.api_keys_parameter
+  node_token_version       = var.node_token_version
+  agent_security_group_ids = [module.gpu_pool.security_group_id]
+  monitoring_cidrs         = var.monitoring_cidrs
+  heartbeat                = { allowed_cidrs = var.operator_cidrs }
 
   load_balancer = {
     subnet_ids      = var.alb_internal ? var.private_subnet_ids : var.public_subnet_ids
@@ -40,7 +47,7 @@ module "gpu_pool" {
   vllm           = { version = var.vllm_version }
   spotrelay      = { pip_spec = var.spotrelay_pip_spec }
 
-  router_urls              = module.router.node_urls
+  router_url               = module.router.heartbeat_url
   router_security_group_id = module.router.security_group_id
   node_token_parameter_arn = module.router.node_token_parameter_arn
 

@@ -1,4 +1,4 @@
-# `spotrelay status` reads router_url, node_token_parameter_name,
+# `spotrelay status` reads router_control_url, node_token_parameter_name,
 # gpu_pool_asg_name and aws_region.
 
 output "router_url" {
@@ -6,14 +6,14 @@ output "router_url" {
   value       = module.router.endpoint
 }
 
+output "router_control_url" {
+  description = "The routers' internal control endpoint (heartbeats, GET /nodes): reachable inside the VPC only."
+  value       = module.router.control_url
+}
+
 output "model" {
   description = "Model name to send in requests."
   value       = module.gpu_pool.served_model_name
-}
-
-output "router_node_urls" {
-  description = "Each router's own URL (agents heartbeat these)."
-  value       = module.router.node_urls
 }
 
 output "node_token_parameter_name" {
@@ -26,9 +26,14 @@ output "gpu_pool_asg_name" {
   value       = module.gpu_pool.autoscaling_group_name
 }
 
-output "router_asg_names" {
-  description = "The routers' one-instance Auto Scaling groups."
-  value       = module.router.autoscaling_group_names
+output "gpu_pool_user_data_sha256" {
+  description = "Fingerprint of the GPU launch template's user data: when it changes, the nodes are replaced (it does not depend on router_count)."
+  value       = module.gpu_pool.launch_template_user_data_sha256
+}
+
+output "router_asg_name" {
+  description = "The routers' Auto Scaling group."
+  value       = module.router.autoscaling_group_name
 }
 
 output "aws_region" {

@@ -15,7 +15,7 @@ variable "vpc_id" {
 }
 
 variable "private_subnet_ids" {
-  description = "Existing private subnets (>= 2 AZs, with NAT egress) for the routers and GPU nodes."
+  description = "Existing private subnets (>= 2 AZs, with NAT egress) for the routers, the registry and the GPU nodes."
   type        = list(string)
 }
 
@@ -26,9 +26,9 @@ variable "public_subnet_ids" {
 }
 
 variable "alb_internal" {
-  description = "Make the load balancer internal (clients inside the VPC or over VPN)."
+  description = "Keep the load balancer internal (clients inside the VPC or over VPN/peering). Set false for internet clients: that requires certificate_arn and api_keys_parameter."
   type        = bool
-  default     = false
+  default     = true
 }
 
 variable "allowed_cidrs" {
@@ -37,9 +37,33 @@ variable "allowed_cidrs" {
 }
 
 variable "certificate_arn" {
-  description = "ACM certificate for HTTPS on the load balancer; null serves plain HTTP."
+  description = "ACM certificate for HTTPS on the load balancer (HTTP then redirects); required when alb_internal is false. Null on an internal load balancer serves plain HTTP inside the VPC."
   type        = string
   default     = null
+}
+
+variable "api_keys_parameter" {
+  description = "SSM SecureString parameter with the data-plane API keys, comma-separated (create it with the AWS CLI so the keys stay out of state); required when alb_internal is false."
+  type        = string
+  default     = null
+}
+
+variable "node_token_version" {
+  description = "Bump to rotate the node token (a new write-only value is stored in SSM; then refresh routers and GPU nodes)."
+  type        = number
+  default     = 1
+}
+
+variable "monitoring_cidrs" {
+  description = "CIDRs inside the VPC that may scrape each router's /metrics directly."
+  type        = list(string)
+  default     = []
+}
+
+variable "operator_cidrs" {
+  description = "CIDRs inside your network (VPN, bastion) that may reach the internal control endpoint for `spotrelay status`."
+  type        = list(string)
+  default     = []
 }
 
 variable "model" {

@@ -9,7 +9,7 @@ module "capacity" {
   partition                = local.partition
   region                   = local.region
   account_id               = local.account_id
-  router_urls              = var.router_urls
+  router_urls              = [var.router_url] # the routers' internal control endpoint
   node_token_parameter_arn = var.node_token_parameter_arn
   node_token_kms_key_arn   = var.node_token_kms_key_arn
   on_demand_base_capacity  = var.scaling.on_demand_base_capacity

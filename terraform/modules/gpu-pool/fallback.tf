@@ -4,7 +4,8 @@
 #
 # - An EventBridge schedule runs the on-demand fallback (on_demand_fallback).
 # - The interruption queue's event source mapping delivers interruption events.
-# It runs in the pool's subnets: it talks to the routers' private addresses.
+# It runs in the pool's subnets: it talks to the routers' internal control
+# endpoint, like the agents.
 
 locals {
   controller_on  = module.capacity.enabled.controller
@@ -80,56 +81,6 @@ resource "aws_cloudwatch_log_group" "controller" {
   tags              = local.tags
 }
 
-resource "aws_security_group" "controller" {
-  count = local.controller_on ? 1 : 0
-
-  name_prefix = "${var.name}-controller-"
-  description = "spotrelay capacity controller of ${var.name}: routers and AWS APIs"
-  vpc_id      = var.vpc_id
-  tags        = merge(local.tags, { Name = "${var.name}-controller" })
-
-  lifecycle {
-    create_before_destroy = true
-  }
-}
-
-resource "aws_vpc_security_group_egress_rule" "controller_to_routers" {
-  count = local.controller_on ? 1 : 0
-
-  security_group_id            = aws_security_group.controller[0].id
-  description                  = "Router control API (ready nodes, drain by instance id)"
-  referenced_security_group_id = var.router_security_group_id
-  ip_protocol                  = "tcp"
-  from_port                    = var.router_port
-  to_port                      = var.router_port
-  tags                         = local.tags
-}
-
-resource "aws_vpc_security_group_egress_rule" "controller_https" {
-  #checkov:skip=CKV_AWS_382:Not all egress: HTTPS only, to the Auto Scaling, SQS, SSM, CloudWatch and X-Ray APIs; use VPC endpoints and a narrower CIDR if your network requires it.
-  count = local.controller_on ? 1 : 0
-
-  security_group_id = aws_security_group.controller[0].id
-  description       = "AWS APIs (Auto Scaling, SQS, SSM, CloudWatch, X-Ray)"
-  cidr_ipv4         = "0.0.0.0/0"
-  ip_protocol       = "tcp"
-  from_port         = 443
-  to_port           = 443
-  tags              = local.tags
-}
-
-resource "aws_vpc_security_group_ingress_rule" "routers_from_controller" {
-  count = local.controller_on && var.allow_nodes_to_routers ? 1 : 0
-
-  security_group_id            = var.router_security_group_id
-  description                  = "spotrelay capacity controller of ${var.name}"
-  referenced_security_group_id = aws_security_group.controller[0].id
-  ip_protocol                  = "tcp"
-  from_port                    = var.router_port
-  to_port                      = var.router_port
-  tags                         = local.tags
-}
-
 resource "aws_sqs_queue" "controller_dlq" {
   count = local.controller_on ? 1 : 0
 
@@ -180,9 +131,12 @@ resource "aws_lambda_function" "controller" {
     variables = module.capacity.lambda_environment
   }
 
+  # The controller reaches what the agents reach, so it runs with their
+  # security group: the routers' internal control endpoint (the router
+  # module admits this group) and the AWS APIs over HTTPS (egress_rules).
   vpc_config {
     subnet_ids         = var.subnet_ids
-    security_group_ids = [aws_security_group.controller[0].id]
+    security_group_ids = [aws_security_group.node.id]
   }
 
   dead_letter_config {

@@ -36,7 +36,7 @@ module "config" {
   model                = var.model
   vllm                 = var.vllm
   spotrelay            = var.spotrelay
-  router_urls          = var.router_urls
+  router_url           = var.router_url
   node_token_parameter = var.node_token_parameter_arn
   volumes              = var.volumes
   cloudwatch           = module.capacity.agent_cloudwatch
@@ -66,25 +66,19 @@ resource "aws_vpc_security_group_ingress_rule" "vllm_from_routers" {
   tags                         = local.tags
 }
 
-resource "aws_vpc_security_group_egress_rule" "all" {
-  #checkov:skip=CKV_AWS_382:Nodes download vLLM, spotrelay and model weights (PyPI, Hugging Face) and call the SSM and Auto Scaling APIs; restrict egress with a proxy or VPC endpoints if your network requires it.
+# Egress is an allow-list (egress_rules); the router module adds the
+# heartbeat rule to its internal endpoint.
+resource "aws_vpc_security_group_egress_rule" "allowed" {
+  for_each = var.egress_rules
+
   security_group_id = aws_security_group.node.id
-  description       = "Package, model and AWS API downloads"
-  cidr_ipv4         = "0.0.0.0/0"
-  ip_protocol       = "-1"
+  description       = each.value.description
+  ip_protocol       = each.value.ip_protocol
+  from_port         = each.value.from_port
+  to_port           = each.value.to_port
+  cidr_ipv4         = each.value.cidr_ipv4
+  prefix_list_id    = each.value.prefix_list_id
   tags              = local.tags
-}
-
-resource "aws_vpc_security_group_ingress_rule" "routers_from_nodes" {
-  count = var.allow_nodes_to_routers ? 1 : 0
-
-  security_group_id            = var.router_security_group_id
-  description                  = "spotrelay agent heartbeats from ${var.name} nodes"
-  referenced_security_group_id = aws_security_group.node.id
-  ip_protocol                  = "tcp"
-  from_port                    = var.router_port
-  to_port                      = var.router_port
-  tags                         = local.tags
 }
 
 # --- identity: least privilege ----------------------------------------------

@@ -62,3 +62,8 @@ output "user_data" {
   description = "The rendered cloud-init user data (contains no secrets: tokens are fetched from SSM at boot)."
   value       = module.config.user_data
 }
+
+output "launch_template_user_data_sha256" {
+  description = "SHA-256 of the launch template's user data (as stored in the launch template): when it changes, an instance refresh replaces the nodes."
+  value       = sha256(aws_launch_template.node.user_data)
+}

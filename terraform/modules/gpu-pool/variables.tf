@@ -66,9 +66,9 @@ variable "spotrelay" {
   default = {}
 }
 
-variable "router_urls" {
-  description = "Each router's own URL (the router module's node_urls output), not the load balancer."
-  type        = list(string)
+variable "router_url" {
+  description = "The one endpoint agents register with: the router module's heartbeat_url (an internal load balancer). It does not change with the number of routers, so neither does the user data."
+  type        = string
 }
 
 variable "router_security_group_id" {
@@ -81,16 +81,45 @@ variable "router_security_group_id" {
   }
 }
 
-variable "allow_nodes_to_routers" {
-  description = "Add an ingress rule to the routers' security group so agents can send heartbeats to the router port."
-  type        = bool
-  default     = true
-}
+variable "egress_rules" {
+  description = "Egress allow-list of the nodes (map of description, ip_protocol, from_port, to_port, cidr_ipv4 or prefix_list_id). The router module adds the heartbeat rule itself. Default: HTTPS (PyPI, Hugging Face, S3, AWS APIs) and HTTP (the Ubuntu package mirrors apt uses, signature-checked)."
+  type = map(object({
+    description    = string
+    ip_protocol    = optional(string, "tcp")
+    from_port      = number
+    to_port        = number
+    cidr_ipv4      = optional(string)
+    prefix_list_id = optional(string)
+  }))
+  default = {
+    https = {
+      description = "HTTPS: PyPI (vLLM, spotrelay), Hugging Face and S3 (model weights), the SSM and Auto Scaling APIs"
+      from_port   = 443
+      to_port     = 443
+      cidr_ipv4   = "0.0.0.0/0"
+    }
+    http = {
+      description = "HTTP: the Ubuntu package mirrors of the Deep Learning AMI (apt verifies package signatures)"
+      from_port   = 80
+      to_port     = 80
+      cidr_ipv4   = "0.0.0.0/0"
+    }
+  }
 
-variable "router_port" {
-  description = "Port the routers listen on (agents' heartbeats)."
-  type        = number
-  default     = 8080
+  validation {
+    condition     = alltrue([for r in values(var.egress_rules) : contains(["tcp", "udp"], r.ip_protocol) && r.from_port >= 1 && r.from_port <= r.to_port && r.to_port <= 65535])
+    error_message = "egress_rules: ip_protocol must be tcp or udp (no all-protocol rules) with 1 <= from_port <= to_port <= 65535."
+  }
+
+  validation {
+    condition     = alltrue([for r in values(var.egress_rules) : (r.cidr_ipv4 == null) != (r.prefix_list_id == null) && length(trimspace(r.description)) >= 10])
+    error_message = "egress_rules: each rule needs exactly one of cidr_ipv4 or prefix_list_id, and a description saying what it is for."
+  }
+
+  validation {
+    condition     = alltrue([for r in values(var.egress_rules) : can(regex("^[A-Za-z0-9 ._:/()#,@+=&;{}!$*\\[\\]-]+$", r.description))])
+    error_message = "egress_rules: descriptions may use letters, digits, spaces and ._-:/()#,@[]+=&;{}!$* only (the EC2 API refuses others, e.g. apostrophes)."
+  }
 }
 
 variable "node_token_parameter_arn" {

@@ -1,5 +1,5 @@
 terraform {
-  required_version = ">= 1.6"
+  required_version = ">= 1.7" # mock_provider in the module tests
 
   required_providers {
     aws = {

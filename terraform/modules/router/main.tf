@@ -1,8 +1,8 @@
-# spotrelay routers: N on-demand instances behind an Application Load
-# Balancer. Each router keeps its own in-memory node registry, so every agent
-# heartbeats every router directly: each router slot is a one-instance Auto
-# Scaling group that attaches a fixed network interface at boot, giving the
-# agents a stable address per router (the node_urls output).
+# spotrelay routers: one multi-AZ Auto Scaling group of on-demand routers
+# sharing their node registry in ElastiCache (Valkey). Clients reach them
+# through the public load balancer (/v1/* only); agents heartbeat through an
+# internal load balancer that only the GPU nodes' security groups can reach,
+# so the GPU nodes know one address whatever the number of routers.
 
 data "aws_partition" "current" {}
 data "aws_region" "current" {}
@@ -20,49 +20,125 @@ locals {
   tags       = module.config.tags
   https      = var.load_balancer.certificate_arn != null
   lb_port    = local.https ? 443 : 80
-  node_urls  = [for eni in aws_network_interface.router : "http://${eni.private_ip}:${var.port}"]
+
+  api_keys_parameter_arn = (
+    var.api_keys_parameter == null ? null :
+    startswith(var.api_keys_parameter, "arn:") ? var.api_keys_parameter :
+    "arn:${local.partition}:ssm:${local.region}:${local.account_id}:parameter${var.api_keys_parameter}"
+  )
+  heartbeat_url = "http://${aws_lb.heartbeat.dns_name}:${var.heartbeat.port}"
+
+  # A CIDR is inside the VPC when it is at least as long as one of the VPC's
+  # blocks and falls in it (cidrhost masks the address to the given prefix).
+  vpc_cidrs = [for a in data.aws_vpc.this.cidr_block_associations : a.cidr_block]
+  monitoring_outside_vpc = [for c in var.monitoring_cidrs : c if !anytrue([
+    for v in local.vpc_cidrs :
+    tonumber(split("/", c)[1]) >= tonumber(split("/", v)[1]) &&
+    cidrhost("${split("/", c)[0]}/${split("/", v)[1]}", 0) == cidrhost(v, 0)
+  ])]
 }
 
 module "config" {
   source = "./modules/config"
 
-  name                  = var.name
-  region                = local.region
-  router_count          = var.router_count
-  subnet_count          = length(var.subnet_ids)
-  network_interface_ids = aws_network_interface.router[*].id
-  port                  = var.port
-  node_token_parameter  = aws_ssm_parameter.node_token.arn
-  spotrelay_pip_spec    = var.spotrelay_pip_spec
+  name               = var.name
+  region             = local.region
+  router_count       = var.router_count
+  subnet_count       = length(var.subnet_ids)
+  port               = var.port
+  control_port       = var.control_port
+  spotrelay_pip_spec = var.spotrelay_pip_spec
+  api_keys_parameter = var.api_keys_parameter
+  internet_facing    = !var.load_balancer.internal
+  egress_rules       = var.egress_rules
+  refresh            = var.refresh
+  redis = {
+    endpoint = aws_elasticache_replication_group.registry.primary_endpoint_address
+    port     = var.registry.port
+  }
   settings = merge(var.settings, {
-    allowed_networks = coalesce(var.settings.allowed_networks, [data.aws_vpc.this.cidr_block])
+    allowed_networks      = coalesce(var.settings.allowed_networks, [data.aws_vpc.this.cidr_block])
+    connection_cap_exempt = coalesce(var.settings.connection_cap_exempt, [data.aws_vpc.this.cidr_block])
   })
   load_balancer_idle_timeout = var.load_balancer.idle_timeout
   tags                       = var.tags
 }
 
-# --- node token ---------------------------------------------------------------
+# --- secrets: generated ephemerally, stored write-only (never in state) ---------
 
-resource "random_password" "node_token" {
+ephemeral "random_password" "node_token" {
   length  = var.node_token_length
   special = false
 }
 
 resource "aws_ssm_parameter" "node_token" {
-  #checkov:skip=CKV_AWS_337:The key is configurable (kms_key_arn); without one the AWS managed key for SSM encrypts the SecureString.
-  name        = "/spotrelay/${var.name}/node-token"
-  description = "Bearer token spotrelay agents present to the routers"
-  type        = "SecureString"
-  key_id      = var.kms_key_arn
-  value       = random_password.node_token.result
+  name             = module.config.parameters.node_token.name
+  description      = module.config.parameters.node_token.description
+  type             = module.config.parameters.node_token.type
+  key_id           = var.kms_key_arn
+  value_wo         = ephemeral.random_password.node_token.result
+  value_wo_version = var.node_token_version
+  tags             = local.tags
+}
+
+# ElastiCache AUTH tokens: 16-128 printable characters without @, " or /.
+ephemeral "random_password" "registry" {
+  length  = 64
+  special = false
+}
+
+resource "aws_ssm_parameter" "registry_auth_token" {
+  name             = module.config.parameters.redis_auth_token.name
+  description      = module.config.parameters.redis_auth_token.description
+  type             = module.config.parameters.redis_auth_token.type
+  key_id           = var.kms_key_arn
+  value_wo         = ephemeral.random_password.registry.result
+  value_wo_version = var.registry.auth_token_version
+  tags             = local.tags
+}
+
+# --- the shared registry: ElastiCache (Valkey), private, TLS, AUTH ---------------
+
+resource "aws_elasticache_subnet_group" "registry" {
+  name        = "${var.name}-registry"
+  description = "spotrelay router registry ${var.name}"
+  subnet_ids  = var.subnet_ids
   tags        = local.tags
 }
 
-# --- security groups ------------------------------------------------------------
+resource "aws_elasticache_replication_group" "registry" {
+  #checkov:skip=CKV_AWS_31:The AUTH token is set through the write-only auth_token_wo (kept out of state), which this checkov check does not know; transit encryption is required.
+  replication_group_id       = module.config.resource_names.registry
+  description                = "spotrelay router registry ${var.name}: node heartbeats shared by every router"
+  engine                     = "valkey"
+  engine_version             = var.registry.engine_version
+  node_type                  = var.registry.node_type
+  num_cache_clusters         = var.registry.num_cache_clusters
+  port                       = var.registry.port
+  automatic_failover_enabled = true
+  multi_az_enabled           = true
+  subnet_group_name          = aws_elasticache_subnet_group.registry.name
+  security_group_ids         = [aws_security_group.registry.id]
+  at_rest_encryption_enabled = true
+  kms_key_id                 = var.kms_key_arn
+  transit_encryption_enabled = true
+  transit_encryption_mode    = "required"
+  auth_token_wo              = ephemeral.random_password.registry.result
+  auth_token_wo_version      = var.registry.auth_token_version
+  auth_token_update_strategy = "ROTATE"
+  # Heartbeat state rebuilds itself within one TTL: no snapshots to keep.
+  snapshot_retention_limit   = 0
+  maintenance_window         = var.registry.maintenance_window
+  auto_minor_version_upgrade = true
+  apply_immediately          = true
+  tags                       = local.tags
+}
+
+# --- security groups ---------------------------------------------------------------
 
 resource "aws_security_group" "lb" {
   name_prefix = "${var.name}-lb-"
-  description = "spotrelay load balancer ${var.name}: clients in, routers out"
+  description = "spotrelay public load balancer ${var.name}: clients in, routers out"
   vpc_id      = var.vpc_id
   tags        = merge(local.tags, { Name = "${var.name}-lb" })
 
@@ -95,19 +171,32 @@ resource "aws_vpc_security_group_ingress_rule" "lb_redirect" {
   tags              = local.tags
 }
 
-resource "aws_vpc_security_group_egress_rule" "lb_to_routers" {
-  security_group_id            = aws_security_group.lb.id
-  description                  = "Forward to the routers"
-  referenced_security_group_id = aws_security_group.router.id
-  ip_protocol                  = "tcp"
-  from_port                    = var.port
-  to_port                      = var.port
-  tags                         = local.tags
+resource "aws_security_group" "heartbeat" {
+  name_prefix = "${var.name}-heartbeat-"
+  description = "spotrelay heartbeat endpoint ${var.name}: GPU node agents in, routers out"
+  vpc_id      = var.vpc_id
+  tags        = merge(local.tags, { Name = "${var.name}-heartbeat" })
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "aws_vpc_security_group_ingress_rule" "heartbeat_from_operators" {
+  for_each = toset(var.heartbeat.allowed_cidrs)
+
+  security_group_id = aws_security_group.heartbeat.id
+  description       = "spotrelay status and operators from ${each.value}"
+  cidr_ipv4         = each.value
+  ip_protocol       = "tcp"
+  from_port         = var.heartbeat.port
+  to_port           = var.heartbeat.port
+  tags              = local.tags
 }
 
 resource "aws_security_group" "router" {
   name_prefix = "${var.name}-router-"
-  description = "spotrelay routers ${var.name}: from the load balancer and the agents"
+  description = "spotrelay routers ${var.name}: from the two load balancers"
   vpc_id      = var.vpc_id
   tags        = merge(local.tags, { Name = "${var.name}-router" })
 
@@ -116,34 +205,104 @@ resource "aws_security_group" "router" {
   }
 }
 
-resource "aws_vpc_security_group_ingress_rule" "router_from_lb" {
-  security_group_id            = aws_security_group.router.id
-  description                  = "Client traffic from the load balancer"
-  referenced_security_group_id = aws_security_group.lb.id
-  ip_protocol                  = "tcp"
-  from_port                    = var.port
-  to_port                      = var.port
-  tags                         = local.tags
-}
+resource "aws_vpc_security_group_ingress_rule" "router_metrics" {
+  for_each = toset(var.monitoring_cidrs)
 
-resource "aws_vpc_security_group_egress_rule" "router_all" {
-  #checkov:skip=CKV_AWS_382:Routers reach vLLM on every GPU node, PyPI for the install and the SSM/EC2 APIs; restrict with a proxy or VPC endpoints if your network requires it.
+  lifecycle {
+    precondition {
+      condition     = length(local.monitoring_outside_vpc) == 0
+      error_message = "monitoring_cidrs must lie inside the VPC (/metrics is VPC-only): ${join(", ", local.monitoring_outside_vpc)} is not."
+    }
+  }
+
   security_group_id = aws_security_group.router.id
-  description       = "GPU nodes, package install and AWS APIs"
-  cidr_ipv4         = "0.0.0.0/0"
-  ip_protocol       = "-1"
+  description       = "Prometheus scrapes /metrics on the control port from ${each.value} (inside the VPC)"
+  cidr_ipv4         = each.value
+  ip_protocol       = "tcp"
+  from_port         = var.control_port
+  to_port           = var.control_port
   tags              = local.tags
 }
 
-# --- fixed addresses, one per router slot -------------------------------------------
+resource "aws_vpc_security_group_egress_rule" "router_allowed" {
+  for_each = module.config.egress_rules
 
-resource "aws_network_interface" "router" {
-  count = var.router_count
+  security_group_id = aws_security_group.router.id
+  description       = each.value.description
+  ip_protocol       = each.value.ip_protocol
+  from_port         = each.value.from_port
+  to_port           = each.value.to_port
+  cidr_ipv4         = each.value.cidr_ipv4
+  prefix_list_id    = each.value.prefix_list_id
+  tags              = local.tags
+}
 
-  subnet_id       = var.subnet_ids[count.index % length(var.subnet_ids)]
-  security_groups = [aws_security_group.router.id]
-  description     = "spotrelay router ${var.name} slot ${count.index}: the address agents heartbeat"
-  tags            = merge(local.tags, { Name = "${var.name}-router-${count.index}" })
+resource "aws_security_group" "registry" {
+  name_prefix = "${var.name}-registry-"
+  description = "spotrelay registry ${var.name}: reachable from the routers only"
+  vpc_id      = var.vpc_id
+  tags        = merge(local.tags, { Name = "${var.name}-registry" })
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+# --- who reaches whom between the parts: one egress rule on the source group
+# and one ingress rule on the destination group per link. Rule descriptions
+# take a-z A-Z 0-9 space and ._-:/()#,@[]+=&;{}!$* only (no apostrophes). ----
+
+locals {
+  links = merge(
+    {
+      lb_to_routers = {
+        from = aws_security_group.lb.id, to = aws_security_group.router.id, port = var.port, egress_only = false
+        what = "client requests from the public load balancer to the routers"
+      }
+      heartbeat_to_routers = {
+        from = aws_security_group.heartbeat.id, to = aws_security_group.router.id, port = var.control_port, egress_only = false
+        what = "heartbeats and health checks from the internal load balancer to the router control port"
+      }
+      routers_to_registry = {
+        from = aws_security_group.router.id, to = aws_security_group.registry.id, port = var.registry.port, egress_only = false
+        what = "the shared node registry of the routers (Valkey over TLS)"
+      }
+    },
+    # The GPU nodes' groups: agents reach the heartbeat endpoint (both rules
+    # here); routers reach the engine (the gpu-pool module adds the ingress).
+    { for i, sg in var.agent_security_group_ids : "agents${i}_to_heartbeat" => {
+      from = sg, to = aws_security_group.heartbeat.id, port = var.heartbeat.port, egress_only = false
+      what = "agent heartbeats from the GPU nodes to the internal endpoint"
+    } },
+    { for i, sg in var.agent_security_group_ids : "routers_to_nodes${i}" => {
+      from = aws_security_group.router.id, to = sg, port = var.node_port, egress_only = true
+      what = "inference requests from the routers to the engine on the GPU nodes"
+    } },
+  )
+}
+
+resource "aws_vpc_security_group_egress_rule" "link" {
+  for_each = local.links
+
+  security_group_id            = each.value.from
+  description                  = substr("To: ${each.value.what}", 0, 255)
+  referenced_security_group_id = each.value.to
+  ip_protocol                  = "tcp"
+  from_port                    = each.value.port
+  to_port                      = each.value.port
+  tags                         = local.tags
+}
+
+resource "aws_vpc_security_group_ingress_rule" "link" {
+  for_each = { for k, l in local.links : k => l if !l.egress_only }
+
+  security_group_id            = each.value.to
+  description                  = substr("From: ${each.value.what}", 0, 255)
+  referenced_security_group_id = each.value.from
+  ip_protocol                  = "tcp"
+  from_port                    = each.value.port
+  to_port                      = each.value.port
+  tags                         = local.tags
 }
 
 # --- identity -------------------------------------------------------------------
@@ -161,36 +320,28 @@ data "aws_iam_policy_document" "assume" {
 
 data "aws_iam_policy_document" "router" {
   statement {
-    sid       = "ReadNodeToken"
-    actions   = ["ssm:GetParameter"]
-    resources = [aws_ssm_parameter.node_token.arn]
+    sid     = "ReadRouterSecrets"
+    actions = ["ssm:GetParameter"]
+    resources = compact([
+      aws_ssm_parameter.node_token.arn,
+      aws_ssm_parameter.registry_auth_token.arn,
+      local.api_keys_parameter_arn,
+    ])
   }
 
-  statement {
-    sid     = "AttachOwnSlotInterface"
-    actions = ["ec2:AttachNetworkInterface"]
-    resources = concat(
-      aws_network_interface.router[*].arn,
-      ["arn:${local.partition}:ec2:${local.region}:${local.account_id}:instance/*"],
-    )
-    condition {
-      test     = "StringEquals"
-      variable = "aws:ResourceTag/spotrelay:router"
-      values   = [var.name]
+  dynamic "statement" {
+    for_each = module.config.package_s3_object == null ? [] : [module.config.package_s3_object]
+    content {
+      sid       = "ReadSpotrelayWheel"
+      actions   = ["s3:GetObject"]
+      resources = ["arn:${data.aws_partition.current.partition}:s3:::${statement.value}"]
     }
-  }
-
-  statement {
-    #checkov:skip=CKV_AWS_356:ec2:DescribeNetworkInterfaces does not support resource-level permissions.
-    sid       = "SeeSlotInterface"
-    actions   = ["ec2:DescribeNetworkInterfaces"]
-    resources = ["*"]
   }
 
   dynamic "statement" {
     for_each = var.kms_key_arn == null ? [] : [var.kms_key_arn]
     content {
-      sid       = "DecryptNodeTokenThroughSSM"
+      sid       = "DecryptSecretsThroughSSM"
       actions   = ["kms:Decrypt"]
       resources = [statement.value]
       condition {
@@ -227,16 +378,14 @@ resource "aws_iam_instance_profile" "router" {
   tags        = local.tags
 }
 
-# --- instances: one launch template and one-instance group per slot --------------
+# --- instances: one launch template, one multi-AZ group ------------------------------
 
 resource "aws_launch_template" "router" {
-  count = var.router_count
-
-  name_prefix            = "${var.name}-router-${count.index}-"
-  description            = "spotrelay router ${var.name} slot ${count.index}"
+  name_prefix            = "${var.name}-router-"
+  description            = "spotrelay router ${var.name}"
   image_id               = local.image_id
   instance_type          = var.instance_type
-  user_data              = module.config.user_data_base64[count.index]
+  user_data              = module.config.user_data_base64
   ebs_optimized          = true
   update_default_version = true
 
@@ -277,7 +426,7 @@ resource "aws_launch_template" "router" {
     for_each = ["instance", "volume", "network-interface"]
     content {
       resource_type = tag_specifications.value
-      tags          = merge(local.tags, { Name = "${var.name}-router-${count.index}" })
+      tags          = merge(local.tags, { Name = "${var.name}-router" })
     }
   }
 
@@ -289,33 +438,34 @@ resource "aws_launch_template" "router" {
 }
 
 resource "aws_autoscaling_group" "router" {
-  count = var.router_count
-
-  name                      = module.config.slots[count.index].name
-  vpc_zone_identifier       = [aws_network_interface.router[count.index].subnet_id]
-  min_size                  = 1
-  max_size                  = 1
-  desired_capacity          = 1
+  name                      = "${var.name}-router"
+  vpc_zone_identifier       = var.subnet_ids
+  min_size                  = var.router_count
+  max_size                  = var.router_count * 2
+  desired_capacity          = var.router_count
   health_check_type         = "ELB"
   health_check_grace_period = 600
-  target_group_arns         = [aws_lb_target_group.router.arn]
+  target_group_arns         = [aws_lb_target_group.router.arn, aws_lb_target_group.heartbeat.arn]
 
   launch_template {
-    id      = aws_launch_template.router[count.index].id
-    version = aws_launch_template.router[count.index].latest_version
+    id      = aws_launch_template.router.id
+    version = aws_launch_template.router.latest_version
   }
 
-  # One instance per slot: the replacement needs the slot's interface, which
-  # the old instance holds until it terminates.
+  # A new launch template version rolls the group: replacements launch first
+  # and at least min_healthy_percentage (>= 50) of the routers stay in
+  # service. Routers keep no state of their own (the registry is shared).
   instance_refresh {
-    strategy = "Rolling"
+    strategy = module.config.instance_refresh.strategy
     preferences {
-      min_healthy_percentage = 0
+      min_healthy_percentage = module.config.instance_refresh.min_healthy_percentage
+      max_healthy_percentage = module.config.instance_refresh.max_healthy_percentage
+      instance_warmup        = module.config.instance_refresh.instance_warmup
     }
   }
 
   dynamic "tag" {
-    for_each = merge(local.tags, { Name = module.config.slots[count.index].name })
+    for_each = merge(local.tags, { Name = "${var.name}-router" })
     content {
       key                 = tag.key
       value               = tag.value
@@ -326,14 +476,11 @@ resource "aws_autoscaling_group" "router" {
   depends_on = [aws_iam_role_policy.router]
 }
 
-# --- load balancer ---------------------------------------------------------------
+# --- public load balancer: /v1/* and /healthz only --------------------------------------
 
 resource "aws_lb" "this" {
-  #checkov:skip=CKV2_AWS_28:A WAF in front of an inference API is a deployment choice; attach one with aws_wafv2_web_acl_association using the lb_arn output.
-  #checkov:skip=CKV_AWS_150:deletion_protection is a variable (load_balancer.deletion_protection); off by default so `spotrelay down` can remove a deployment.
-  #checkov:skip=CKV2_AWS_20:HTTP is redirected to HTTPS when load_balancer.certificate_arn is set; without a certificate there is no HTTPS to redirect to.
-  #checkov:skip=CKV_AWS_91:Access logs are enabled when load_balancer.access_logs_bucket is set; the bucket and its policy belong to the account, not this module.
-  name                       = substr("${var.name}-router", 0, 32)
+  #checkov:skip=CKV2_AWS_20:HTTP redirects to HTTPS whenever certificate_arn is set, which is required for an internet-facing load balancer; an internal one without a certificate has no HTTPS to redirect to.
+  name                       = module.config.resource_names.public_lb
   load_balancer_type         = "application"
   internal                   = var.load_balancer.internal
   subnets                    = var.load_balancer.subnet_ids
@@ -378,7 +525,6 @@ resource "aws_lb_target_group" "router" {
 }
 
 resource "aws_lb_listener" "https" {
-  #checkov:skip=CKV_AWS_103:ssl_policy comes from load_balancer.ssl_policy, validated to be a TLS 1.2+ policy (default ELBSecurityPolicy-TLS13-1-2-2021-06).
   count = local.https ? 1 : 0
 
   load_balancer_arn = aws_lb.this.arn
@@ -389,8 +535,12 @@ resource "aws_lb_listener" "https" {
   tags              = local.tags
 
   default_action {
-    type             = "forward"
-    target_group_arn = aws_lb_target_group.router.arn
+    type = "fixed-response"
+    fixed_response {
+      content_type = module.config.not_found.content_type
+      status_code  = module.config.not_found.status_code
+      message_body = module.config.not_found.message_body
+    }
   }
 }
 
@@ -413,7 +563,7 @@ resource "aws_lb_listener" "http_redirect" {
 }
 
 resource "aws_lb_listener" "http" {
-  #checkov:skip=CKV_AWS_2:Plain HTTP is used only when no certificate_arn is given (internal or test deployments); with one, clients get HTTPS and port 80 redirects.
+  #checkov:skip=CKV_AWS_2:Plain HTTP only on an internal load balancer without a certificate (validated: an internet-facing one requires certificate_arn).
   #checkov:skip=CKV_AWS_103:Same listener: TLS settings apply to the HTTPS listener created when certificate_arn is set.
   count = local.https ? 0 : 1
 
@@ -423,7 +573,102 @@ resource "aws_lb_listener" "http" {
   tags              = local.tags
 
   default_action {
+    type = "fixed-response"
+    fixed_response {
+      content_type = module.config.not_found.content_type
+      status_code  = module.config.not_found.status_code
+      message_body = module.config.not_found.message_body
+    }
+  }
+}
+
+resource "aws_lb_listener_rule" "api" {
+  listener_arn = local.https ? aws_lb_listener.https[0].arn : aws_lb_listener.http[0].arn
+  priority     = 10
+  tags         = local.tags
+
+  action {
     type             = "forward"
     target_group_arn = aws_lb_target_group.router.arn
+  }
+
+  condition {
+    path_pattern {
+      values = module.config.public_paths
+    }
+  }
+}
+
+# --- internal heartbeat endpoint: /nodes*, /healthz, /readyz only ---------------------
+
+resource "aws_lb" "heartbeat" {
+  #checkov:skip=CKV_AWS_150:Internal endpoint recreated by Terraform with the deployment; deletion protection would block `spotrelay down`.
+  #checkov:skip=CKV2_AWS_20:Internal-only HTTP endpoint inside the VPC (security-group restricted); there is no HTTPS listener to redirect to.
+  #checkov:skip=CKV_AWS_91:Heartbeats every 2 s per node would dominate access logs; the routers log registrations themselves.
+  name                       = module.config.resource_names.heartbeat_lb
+  load_balancer_type         = "application"
+  internal                   = true
+  subnets                    = var.subnet_ids
+  security_groups            = [aws_security_group.heartbeat.id]
+  drop_invalid_header_fields = true
+  tags                       = local.tags
+}
+
+resource "aws_lb_target_group" "heartbeat" {
+  #checkov:skip=CKV_AWS_378:Internal hop inside the VPC between security-group restricted endpoints.
+  name_prefix          = "sph-"
+  port                 = var.control_port
+  protocol             = "HTTP"
+  vpc_id               = var.vpc_id
+  target_type          = "instance"
+  deregistration_delay = 30
+  tags                 = local.tags
+
+  health_check {
+    path                = "/healthz"
+    matcher             = "200"
+    interval            = 10
+    timeout             = 5
+    healthy_threshold   = 2
+    unhealthy_threshold = 3
+  }
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "aws_lb_listener" "heartbeat" {
+  #checkov:skip=CKV_AWS_2:Internal-only listener inside the VPC, reachable from the GPU nodes' security groups (and heartbeat.allowed_cidrs) only.
+  #checkov:skip=CKV_AWS_103:Same listener: plain HTTP inside the VPC, no TLS policy applies.
+  load_balancer_arn = aws_lb.heartbeat.arn
+  port              = var.heartbeat.port
+  protocol          = "HTTP"
+  tags              = local.tags
+
+  default_action {
+    type = "fixed-response"
+    fixed_response {
+      content_type = module.config.not_found.content_type
+      status_code  = module.config.not_found.status_code
+      message_body = module.config.not_found.message_body
+    }
+  }
+}
+
+resource "aws_lb_listener_rule" "control" {
+  listener_arn = aws_lb_listener.heartbeat.arn
+  priority     = 10
+  tags         = local.tags
+
+  action {
+    type             = "forward"
+    target_group_arn = aws_lb_target_group.heartbeat.arn
+  }
+
+  condition {
+    path_pattern {
+      values = module.config.control_paths
+    }
   }
 }

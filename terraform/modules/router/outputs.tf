@@ -3,34 +3,54 @@ output "endpoint" {
   value       = "${local.https ? "https" : "http"}://${aws_lb.this.dns_name}"
 }
 
+output "heartbeat_url" {
+  description = "The internal endpoint agents register with (the gpu-pool module's router_url); independent of router_count."
+  value       = local.heartbeat_url
+}
+
+output "control_url" {
+  description = "The routers' internal control endpoint (GET /nodes for spotrelay status): the heartbeat endpoint, reachable inside the VPC only."
+  value       = local.heartbeat_url
+}
+
 output "lb_dns_name" {
-  description = "DNS name of the load balancer."
+  description = "DNS name of the public load balancer."
   value       = aws_lb.this.dns_name
 }
 
 output "lb_arn" {
-  description = "ARN of the load balancer (attach a WAF here)."
+  description = "ARN of the public load balancer (attach a WAF here)."
   value       = aws_lb.this.arn
 }
 
 output "lb_zone_id" {
-  description = "Hosted zone of the load balancer, for a Route 53 alias."
+  description = "Hosted zone of the public load balancer, for a Route 53 alias."
   value       = aws_lb.this.zone_id
 }
 
 output "target_group_arn" {
-  description = "Target group of the routers."
+  description = "Target group of the routers behind the public load balancer."
   value       = aws_lb_target_group.router.arn
 }
 
-output "node_urls" {
-  description = "Each router's fixed URL: what agents register with (the gpu-pool module's router_urls)."
-  value       = local.node_urls
+output "security_group_id" {
+  description = "Security group of the routers (the gpu-pool module's router_security_group_id: the only source reaching the engine)."
+  value       = aws_security_group.router.id
 }
 
-output "security_group_id" {
-  description = "Security group of the routers (the gpu-pool module's router_security_group_id)."
-  value       = aws_security_group.router.id
+output "heartbeat_security_group_id" {
+  description = "Security group of the internal heartbeat endpoint."
+  value       = aws_security_group.heartbeat.id
+}
+
+output "registry_endpoint" {
+  description = "Primary endpoint of the ElastiCache registry (TLS)."
+  value       = aws_elasticache_replication_group.registry.primary_endpoint_address
+}
+
+output "registry_auth_token_parameter_name" {
+  description = "SSM parameter holding the registry's AUTH token."
+  value       = aws_ssm_parameter.registry_auth_token.name
 }
 
 output "node_token_parameter_name" {
@@ -43,9 +63,9 @@ output "node_token_parameter_arn" {
   value       = aws_ssm_parameter.node_token.arn
 }
 
-output "autoscaling_group_names" {
-  description = "The one-instance Auto Scaling group of each router slot."
-  value       = aws_autoscaling_group.router[*].name
+output "autoscaling_group_name" {
+  description = "The routers' Auto Scaling group."
+  value       = aws_autoscaling_group.router.name
 }
 
 output "iam_role_name" {

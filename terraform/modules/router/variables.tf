@@ -4,7 +4,7 @@ variable "name" {
 }
 
 variable "vpc_id" {
-  description = "VPC of the routers and the load balancer."
+  description = "VPC of the routers, the load balancers and the registry."
   type        = string
 
   validation {
@@ -14,7 +14,7 @@ variable "vpc_id" {
 }
 
 variable "subnet_ids" {
-  description = "Private subnets for the router instances, in at least 2 Availability Zones; routers are spread over them round-robin."
+  description = "Private subnets in at least 2 Availability Zones: the router group, the internal heartbeat load balancer and the registry's cache nodes."
   type        = list(string)
 
   validation {
@@ -24,10 +24,10 @@ variable "subnet_ids" {
 }
 
 variable "load_balancer" {
-  description = "The Application Load Balancer: subnets (public ones for internet clients, >= 2 AZs), internal, allowed_cidrs (client networks), certificate_arn (HTTPS when set), idle_timeout (>= the router's first_byte_s), deletion_protection, access_logs_bucket."
+  description = "The public (client) Application Load Balancer: subnet_ids (>= 2 AZs; public ones when internet-facing), internal (default true), allowed_cidrs (client networks), certificate_arn (HTTPS; required when internet-facing), ssl_policy, idle_timeout (> the router's first_byte_s), deletion_protection, access_logs_bucket."
   type = object({
     subnet_ids          = list(string)
-    internal            = optional(bool, false)
+    internal            = optional(bool, true)
     allowed_cidrs       = list(string)
     certificate_arn     = optional(string)
     ssl_policy          = optional(string, "ELBSecurityPolicy-TLS13-1-2-2021-06")
@@ -42,6 +42,11 @@ variable "load_balancer" {
   }
 
   validation {
+    condition     = var.load_balancer.internal || var.load_balancer.certificate_arn != null
+    error_message = "load_balancer.certificate_arn is required when the load balancer is internet-facing (internal = false): no plain HTTP across the internet."
+  }
+
+  validation {
     condition     = can(regex("^ELBSecurityPolicy-(TLS13-1-[23]-|TLS-1-2-|FS-1-2-)", var.load_balancer.ssl_policy))
     error_message = "load_balancer.ssl_policy must be a TLS 1.2+ policy (ELBSecurityPolicy-TLS13-1-2-..., -TLS-1-2-..., -FS-1-2-...)."
   }
@@ -52,10 +57,127 @@ variable "load_balancer" {
   }
 }
 
+variable "api_keys_parameter" {
+  description = "SSM SecureString parameter (name or ARN, created outside Terraform so the keys stay out of state) with the data-plane API keys, comma-separated. Required when the load balancer is internet-facing."
+  type        = string
+  default     = null
+}
+
+variable "heartbeat" {
+  description = "The internal heartbeat endpoint (an internal ALB forwarding only /nodes*, /instances/*, /healthz, /readyz to the routers' control port): port, and allowed_cidrs for operators (spotrelay status) besides agent_security_group_ids."
+  type = object({
+    port          = optional(number, 8081)
+    allowed_cidrs = optional(list(string), [])
+  })
+  default = {}
+
+  validation {
+    condition     = var.heartbeat.port >= 1 && var.heartbeat.port <= 65535
+    error_message = "heartbeat.port must be between 1 and 65535."
+  }
+
+  validation {
+    condition     = alltrue([for c in var.heartbeat.allowed_cidrs : can(cidrhost(c, 0)) && c != "0.0.0.0/0"])
+    error_message = "heartbeat.allowed_cidrs must be CIDR blocks inside your network (not 0.0.0.0/0)."
+  }
+}
+
+variable "agent_security_group_ids" {
+  description = "Security groups of the GPU nodes (the gpu-pool module's security_group_id): the only groups that reach the heartbeat endpoint, and the routers' proxy destination on node_port."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for s in var.agent_security_group_ids : can(regex("^sg-[0-9a-f]+$", s))])
+    error_message = "agent_security_group_ids must be security group ids (sg-...)."
+  }
+}
+
+variable "node_port" {
+  description = "Port of the inference engine (vLLM) on the GPU nodes, which the routers proxy to."
+  type        = number
+  default     = 8000
+}
+
+variable "monitoring_cidrs" {
+  description = "CIDRs inside the VPC allowed to scrape /metrics on each router's control port directly (Prometheus); /metrics is never forwarded by a load balancer."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for c in var.monitoring_cidrs : can(cidrhost(c, 0)) && c != "0.0.0.0/0"])
+    error_message = "monitoring_cidrs must be CIDR blocks inside the VPC (not 0.0.0.0/0)."
+  }
+}
+
+variable "egress_rules" {
+  description = "Egress allow-list of the routers besides the module's own rules (to the GPU nodes on node_port, to the registry): map of description, ip_protocol, from_port, to_port and cidr_ipv4 or prefix_list_id. Default: HTTPS for PyPI and the AWS APIs."
+  type = map(object({
+    description    = string
+    ip_protocol    = optional(string, "tcp")
+    from_port      = number
+    to_port        = number
+    cidr_ipv4      = optional(string)
+    prefix_list_id = optional(string)
+  }))
+  default = {
+    https = {
+      description = "HTTPS: PyPI (spotrelay install), the Amazon Linux repositories, and the SSM API for secrets"
+      from_port   = 443
+      to_port     = 443
+      cidr_ipv4   = "0.0.0.0/0"
+    }
+  }
+}
+
+variable "registry" {
+  description = "The shared node registry, an ElastiCache Valkey replication group: engine_version, node_type, num_cache_clusters (2-6: a primary and replicas in other AZs, automatic failover), port, auth_token_version (bump to rotate the AUTH token), maintenance_window."
+  type = object({
+    engine_version     = optional(string, "8.0")
+    node_type          = optional(string, "cache.t4g.small")
+    num_cache_clusters = optional(number, 2)
+    port               = optional(number, 6379)
+    auth_token_version = optional(number, 1)
+    maintenance_window = optional(string, "sun:05:00-sun:06:00")
+  })
+  default = {}
+
+  validation {
+    condition     = var.registry.num_cache_clusters >= 2 && var.registry.num_cache_clusters <= 6
+    error_message = "registry.num_cache_clusters must be between 2 and 6: the registry fails over to a replica in another Availability Zone."
+  }
+
+  validation {
+    condition     = var.registry.auth_token_version >= 1 && floor(var.registry.auth_token_version) == var.registry.auth_token_version
+    error_message = "registry.auth_token_version must be a whole number >= 1."
+  }
+}
+
+variable "node_token_version" {
+  description = "Version of the node token; bump it to generate and store a new token (then refresh routers and nodes)."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.node_token_version >= 1 && floor(var.node_token_version) == var.node_token_version
+    error_message = "node_token_version must be a whole number >= 1."
+  }
+}
+
 variable "router_count" {
-  description = "Number of router instances (each a one-instance Auto Scaling group with a fixed network interface)."
+  description = "Number of routers in the one multi-AZ Auto Scaling group. Changing it touches neither the GPU nodes nor their user data."
   type        = number
   default     = 2
+}
+
+variable "refresh" {
+  description = "Rolling instance refresh of the routers: min_healthy_percentage (>= 50), max_healthy_percentage, instance_warmup_s."
+  type = object({
+    min_healthy_percentage = optional(number, 100)
+    max_healthy_percentage = optional(number, 200)
+    instance_warmup_s      = optional(number, 180)
+  })
+  default = {}
 }
 
 variable "instance_type" {
@@ -88,15 +210,21 @@ variable "root_volume_size_gib" {
 }
 
 variable "kms_key_arn" {
-  description = "KMS key for the router volumes and the node token parameter; null uses the AWS managed keys."
+  description = "KMS key for the router volumes, the SSM parameters and the registry at rest; null uses the AWS managed keys."
   type        = string
   default     = null
 }
 
 variable "port" {
-  description = "Port the routers listen on."
+  description = "Data-plane port of the routers (behind the public load balancer)."
   type        = number
   default     = 8080
+}
+
+variable "control_port" {
+  description = "Control-plane port of the routers (/nodes, /metrics; behind the heartbeat endpoint and for monitoring_cidrs)."
+  type        = number
+  default     = 8081
 }
 
 variable "spotrelay_pip_spec" {
@@ -106,16 +234,17 @@ variable "spotrelay_pip_spec" {
 }
 
 variable "settings" {
-  description = "router.yaml settings: ttl_s, no_capacity_wait_s, first_byte_s, stream_idle_s, max_attempts, resume_enabled, worker_connections; allowed_networks defaults to the VPC CIDR."
+  description = "router.yaml settings: ttl_s, no_capacity_wait_s, first_byte_s, stream_idle_s, max_attempts, resume_enabled, worker_connections; allowed_networks and connection_cap_exempt default to the VPC CIDR."
   type = object({
-    allowed_networks   = optional(list(string))
-    ttl_s              = optional(number, 15)
-    no_capacity_wait_s = optional(number, 30)
-    first_byte_s       = optional(number, 600)
-    stream_idle_s      = optional(number, 60)
-    max_attempts       = optional(number, 3)
-    resume_enabled     = optional(bool, true)
-    worker_connections = optional(number, 4000)
+    allowed_networks      = optional(list(string))
+    connection_cap_exempt = optional(list(string))
+    ttl_s                 = optional(number, 15)
+    no_capacity_wait_s    = optional(number, 30)
+    first_byte_s          = optional(number, 600)
+    stream_idle_s         = optional(number, 60)
+    max_attempts          = optional(number, 3)
+    resume_enabled        = optional(bool, true)
+    worker_connections    = optional(number, 4000)
   })
   default = {}
 }

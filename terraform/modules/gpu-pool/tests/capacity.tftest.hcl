@@ -34,7 +34,7 @@ variables {
   name                     = "llm-gpu"
   vpc_id                   = "vpc-0123456789abcdef0"
   subnet_ids               = ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"]
-  router_urls              = ["http://10.0.1.10:8080", "http://10.0.2.10:8080"]
+  router_url               = "http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8081"
   router_security_group_id = "sg-0123456789abcdef0"
   node_token_parameter_arn = "arn:aws:ssm:us-east-1:123456789012:parameter/spotrelay/llm/node-token"
   model = {
@@ -95,8 +95,8 @@ run "queue_and_fallback" {
   }
 
   assert {
-    condition     = length(aws_vpc_security_group_ingress_rule.routers_from_controller) == 1 && aws_vpc_security_group_ingress_rule.routers_from_controller[0].from_port == 8080
-    error_message = "The routers accept the controller on their port."
+    condition     = length(aws_lambda_function.controller[0].vpc_config[0].security_group_ids) == 1 && aws_lambda_function.controller[0].environment[0].variables["SPOTRELAY_ROUTER_URLS"] == "http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8081"
+    error_message = "The controller runs with the nodes' security group and asks the routers' internal control endpoint."
   }
 
   assert {

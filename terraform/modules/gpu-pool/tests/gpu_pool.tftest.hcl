@@ -4,34 +4,14 @@
 # tested offline in modules/config/tests.
 
 mock_provider "aws" {
-  mock_data "aws_region" {
-    defaults = {
-      name   = "us-east-1"
-      region = "us-east-1"
-    }
-  }
-  mock_data "aws_caller_identity" {
-    defaults = {
-      account_id = "123456789012"
-    }
-  }
-  mock_data "aws_partition" {
-    defaults = {
-      partition = "aws"
-    }
-  }
-  mock_data "aws_iam_policy_document" {
-    defaults = {
-      json = "{\"Version\":\"2012-10-17\",\"Statement\":[]}"
-    }
-  }
+  source = "../../tests/mocks/aws" # shared mocked values
 }
 
 variables {
   name                     = "llm-gpu"
   vpc_id                   = "vpc-0123456789abcdef0"
   subnet_ids               = ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"]
-  router_urls              = ["http://10.0.1.10:8080", "http://10.0.2.10:8080"]
+  router_url               = "http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8081"
   router_security_group_id = "sg-0123456789abcdef0"
   node_token_parameter_arn = "arn:aws:ssm:us-east-1:123456789012:parameter/spotrelay/llm/node-token"
   model = {
@@ -108,6 +88,15 @@ run "only_routers_reach_vllm" {
   assert {
     condition     = aws_vpc_security_group_ingress_rule.vllm_from_routers.referenced_security_group_id == "sg-0123456789abcdef0" && aws_vpc_security_group_ingress_rule.vllm_from_routers.from_port == 8000
     error_message = "vLLM's port is open to the routers' security group only."
+  }
+}
+
+run "egress_allow_list" {
+  command = plan
+
+  assert {
+    condition     = alltrue([for r in aws_vpc_security_group_egress_rule.allowed : r.ip_protocol == "tcp"]) && toset([for r in aws_vpc_security_group_egress_rule.allowed : r.from_port]) == toset([443, 80])
+    error_message = "Nodes may leave on HTTPS and HTTP (apt) only by default; no all-protocol egress."
   }
 }
 

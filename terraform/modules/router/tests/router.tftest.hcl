@@ -1,96 +1,235 @@
-# Plan-level tests of the router module against mocked providers (run in
-# `make tf-validate`, where the provider schemas can be downloaded).
+# Tests of the router module against a mocked AWS provider: apply creates
+# nothing, computed values are mocked. Run in `make tf-validate`, where the
+# provider schemas can be downloaded. The
+# random provider is the real one: its ephemeral random_password runs
+# locally and reaches no account.
 
 mock_provider "aws" {
-  mock_data "aws_region" {
-    defaults = {
-      name   = "us-east-1"
-      region = "us-east-1"
-    }
-  }
-  mock_data "aws_caller_identity" {
-    defaults = {
-      account_id = "123456789012"
-    }
-  }
-  mock_data "aws_partition" {
-    defaults = {
-      partition = "aws"
-    }
-  }
-  mock_data "aws_vpc" {
-    defaults = {
-      cidr_block = "10.0.0.0/16"
-    }
-  }
-  mock_data "aws_iam_policy_document" {
-    defaults = {
-      json = "{\"Version\":\"2012-10-17\",\"Statement\":[]}"
-    }
+  source = "../../tests/mocks/aws" # shared mocked values
+}
+
+override_resource {
+  target = aws_lb.heartbeat
+  values = {
+    arn      = "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/app/llm-heartbeat/0123456789abcdef"
+    dns_name = "internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com"
   }
 }
 
-mock_provider "random" {}
+override_resource {
+  target = aws_lb_target_group.router
+  values = {
+    arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/spr-public/0123456789abcdef"
+  }
+}
+
+override_resource {
+  target = aws_lb_target_group.heartbeat
+  values = {
+    arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/sph-heartbeat/0123456789abcdef"
+  }
+}
 
 variables {
-  name       = "llm"
-  vpc_id     = "vpc-0123456789abcdef0"
-  subnet_ids = ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"]
+  name                     = "llm"
+  vpc_id                   = "vpc-0123456789abcdef0"
+  subnet_ids               = ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"]
+  agent_security_group_ids = ["sg-0123456789abcdef0"]
   load_balancer = {
-    subnet_ids    = ["subnet-0ccccccccccccccccc", "subnet-0ddddddddddddddddd"]
-    allowed_cidrs = ["203.0.113.0/24"]
+    subnet_ids    = ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"]
+    allowed_cidrs = ["10.1.0.0/16"]
   }
 }
 
-run "two_routers_in_two_azs" {
+run "one_multi_az_group" {
+  command = apply
+
+  assert {
+    condition     = aws_autoscaling_group.router.desired_capacity == 2 && length(aws_autoscaling_group.router.vpc_zone_identifier) == 2
+    error_message = "Two routers in one group over both subnets."
+  }
+
+  assert {
+    condition     = aws_autoscaling_group.router.health_check_type == "ELB" && toset(aws_autoscaling_group.router.target_group_arns) == toset([aws_lb_target_group.router.arn, aws_lb_target_group.heartbeat.arn])
+    error_message = "Routers are checked by, and registered with, both load balancers."
+  }
+
+  assert {
+    condition     = aws_autoscaling_group.router.instance_refresh[0].preferences[0].min_healthy_percentage >= 50
+    error_message = "A rolling refresh keeps at least half the routers healthy."
+  }
+}
+
+run "internal_by_default" {
+  command = apply
+
+  assert {
+    condition     = aws_lb.this.internal && aws_lb.heartbeat.internal
+    error_message = "Both load balancers are internal by default."
+  }
+
+  assert {
+    condition     = length(aws_lb_listener.http) == 1 && aws_lb_listener.http[0].default_action[0].type == "fixed-response" && aws_lb_listener.http[0].default_action[0].fixed_response[0].status_code == "404"
+    error_message = "The public listener answers 404 by default."
+  }
+
+  assert {
+    condition     = output.heartbeat_url == "http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8081"
+    error_message = "Agents register with the internal load balancer."
+  }
+
+  assert {
+    condition     = aws_lb_target_group.heartbeat.port == 8081 && aws_lb_target_group.router.port == 8080
+    error_message = "The heartbeat endpoint reaches the routers' control listener, clients their data port."
+  }
+
+  assert {
+    condition     = toset(flatten([for c in aws_lb_listener_rule.api.condition : [for pp in c.path_pattern : pp.values]])) == toset(["/v1/*", "/healthz"])
+    error_message = "The public listener forwards /v1/* and /healthz only."
+  }
+
+  assert {
+    condition     = toset(flatten([for c in aws_lb_listener_rule.control.condition : [for pp in c.path_pattern : pp.values]])) == toset(["/nodes", "/nodes/*", "/instances/*", "/healthz", "/readyz"])
+    error_message = "The heartbeat listener forwards the control plane only."
+  }
+}
+
+run "heartbeat_reachable_from_agents_only" {
+  command = apply
+
+  assert {
+    condition     = toset([for k, r in aws_vpc_security_group_ingress_rule.link : k if r.security_group_id == aws_security_group.heartbeat.id]) == toset(["agents0_to_heartbeat"])
+    error_message = "Only the GPU nodes' security group reaches the heartbeat endpoint."
+  }
+
+  assert {
+    condition     = aws_vpc_security_group_ingress_rule.link["agents0_to_heartbeat"].referenced_security_group_id == "sg-0123456789abcdef0" && aws_vpc_security_group_ingress_rule.link["agents0_to_heartbeat"].from_port == 8081
+    error_message = "Agents reach the heartbeat listener's port."
+  }
+
+  assert {
+    condition     = aws_vpc_security_group_egress_rule.link["agents0_to_heartbeat"].security_group_id == "sg-0123456789abcdef0"
+    error_message = "The agents' group may send heartbeats to the endpoint."
+  }
+
+  assert {
+    condition     = length(aws_vpc_security_group_ingress_rule.heartbeat_from_operators) == 0
+    error_message = "No CIDR reaches it by default."
+  }
+
+  assert {
+    condition     = toset([for k, r in aws_vpc_security_group_ingress_rule.link : r.referenced_security_group_id if r.security_group_id == aws_security_group.registry.id]) == toset([aws_security_group.router.id])
+    error_message = "The registry is reachable from the routers only."
+  }
+
+  assert {
+    condition     = toset([for k, r in aws_vpc_security_group_ingress_rule.link : r.from_port if r.security_group_id == aws_security_group.router.id]) == toset([8080, 8081])
+    error_message = "Routers admit the public load balancer on the data port and the heartbeat endpoint on the control port."
+  }
+
+  assert {
+    condition     = !contains(keys(aws_vpc_security_group_ingress_rule.link), "routers_to_nodes0")
+    error_message = "The engine's ingress belongs to the gpu-pool module."
+  }
+}
+
+run "registry_private_tls_auth" {
+  command = apply
+
+  assert {
+    condition     = aws_elasticache_replication_group.registry.engine == "valkey" && aws_elasticache_replication_group.registry.transit_encryption_enabled && aws_elasticache_replication_group.registry.transit_encryption_mode == "required"
+    error_message = "Valkey with in-transit encryption required."
+  }
+
+  assert {
+    condition     = aws_elasticache_replication_group.registry.auth_token == null && aws_elasticache_replication_group.registry.auth_token_wo_version == 1
+    error_message = "The AUTH token is write-only."
+  }
+
+  assert {
+    condition     = aws_elasticache_replication_group.registry.multi_az_enabled && aws_elasticache_replication_group.registry.automatic_failover_enabled
+    error_message = "Two cache nodes fail over across AZs."
+  }
+}
+
+run "secrets_not_in_state" {
+  command = apply
+
+  assert {
+    condition     = aws_ssm_parameter.node_token.type == "SecureString" && aws_ssm_parameter.node_token.value_wo_version == 1
+    error_message = "The node token is a write-only SecureString."
+  }
+
+  assert {
+    condition     = aws_ssm_parameter.registry_auth_token.value_wo_version == aws_elasticache_replication_group.registry.auth_token_wo_version && aws_ssm_parameter.registry_auth_token.name == "/spotrelay/llm/redis-auth-token"
+    error_message = "The registry token is a write-only SecureString, versioned with the cache's write-only AUTH token."
+  }
+}
+
+run "egress_allow_list" {
+  command = apply
+
+  assert {
+    condition     = alltrue([for r in aws_vpc_security_group_egress_rule.router_allowed : r.ip_protocol != "-1"])
+    error_message = "No all-protocol egress."
+  }
+
+  assert {
+    condition     = aws_vpc_security_group_egress_rule.router_allowed["https"].from_port == 443
+    error_message = "HTTPS by default."
+  }
+
+  assert {
+    condition     = aws_vpc_security_group_egress_rule.link["routers_to_nodes0"].from_port == 8000 && aws_vpc_security_group_egress_rule.link["routers_to_nodes0"].referenced_security_group_id == "sg-0123456789abcdef0"
+    error_message = "Routers reach the engine port on the GPU nodes."
+  }
+}
+
+run "metrics_inside_the_vpc" {
+  command = apply
+
+  variables {
+    monitoring_cidrs = ["10.0.50.0/24"]
+  }
+
+  assert {
+    condition     = aws_vpc_security_group_ingress_rule.router_metrics["10.0.50.0/24"].from_port == 8081
+    error_message = "Prometheus inside the VPC scrapes the routers' control port."
+  }
+}
+
+run "rejects_metrics_outside_the_vpc" {
   command = plan
 
-  assert {
-    condition     = length(aws_autoscaling_group.router) == 2 && length(aws_network_interface.router) == 2
-    error_message = "Two router slots, each with a fixed interface."
+  variables {
+    monitoring_cidrs = ["10.0.50.0/24", "192.168.7.0/24"]
   }
 
-  assert {
-    condition     = aws_network_interface.router[0].subnet_id != aws_network_interface.router[1].subnet_id
-    error_message = "The two routers sit in different subnets."
-  }
-
-  assert {
-    condition     = alltrue([for g in aws_autoscaling_group.router : g.min_size == 1 && g.max_size == 1 && g.health_check_type == "ELB"])
-    error_message = "Each slot is a one-instance on-demand group checked by the load balancer."
-  }
+  expect_failures = [aws_vpc_security_group_ingress_rule.router_metrics]
 }
 
-run "load_balancer" {
-  command = plan
-
-  assert {
-    condition     = aws_lb_target_group.router.health_check[0].path == "/healthz" && aws_lb_target_group.router.port == 8080
-    error_message = "The load balancer checks /healthz on port 8080."
-  }
-
-  assert {
-    condition     = aws_lb.this.idle_timeout >= 600
-    error_message = "The idle timeout covers long prefills and streams."
-  }
-
-  assert {
-    condition     = aws_lb.this.drop_invalid_header_fields
-    error_message = "Invalid headers are dropped."
-  }
-
-  assert {
-    condition     = length(aws_lb_listener.http) == 1 && length(aws_lb_listener.https) == 0
-    error_message = "Without a certificate there is one HTTP listener."
-  }
-}
-
-run "https_with_certificate" {
+run "internet_facing_needs_certificate" {
   command = plan
 
   variables {
     load_balancer = {
+      subnet_ids    = ["subnet-0ccccccccccccccccc", "subnet-0ddddddddddddddddd"]
+      internal      = false
+      allowed_cidrs = ["203.0.113.0/24"]
+    }
+  }
+
+  expect_failures = [var.load_balancer]
+}
+
+run "internet_facing_with_certificate_and_keys" {
+  command = apply
+
+  variables {
+    api_keys_parameter = "/spotrelay/llm/api-keys"
+    load_balancer = {
       subnet_ids      = ["subnet-0ccccccccccccccccc", "subnet-0ddddddddddddddddd"]
+      internal        = false
       allowed_cidrs   = ["203.0.113.0/24"]
       certificate_arn = "arn:aws:acm:us-east-1:123456789012:certificate/abc"
     }
@@ -100,13 +239,9 @@ run "https_with_certificate" {
     condition     = length(aws_lb_listener.https) == 1 && length(aws_lb_listener.http_redirect) == 1 && length(aws_lb_listener.http) == 0
     error_message = "With a certificate: HTTPS, and HTTP redirects."
   }
-}
-
-run "node_token_is_secure_string" {
-  command = plan
 
   assert {
-    condition     = aws_ssm_parameter.node_token.type == "SecureString" && aws_ssm_parameter.node_token.name == "/spotrelay/llm/node-token"
-    error_message = "The node token is an SSM SecureString."
+    condition     = !aws_lb.this.internal
+    error_message = "Internet-facing when asked, with TLS."
   }
 }

@@ -30,7 +30,7 @@ variable "account_id" {
 }
 
 variable "router_urls" {
-  description = "Each router's own URL: the controller reads ready nodes and drains through them."
+  description = "Where the controller reads ready nodes and drains: the routers' internal control endpoint (one URL; the routers share their registry)."
   type        = list(string)
   default     = []
 }

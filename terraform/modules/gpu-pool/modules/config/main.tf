@@ -44,7 +44,7 @@ locals {
   # IMDS (instance-id, http://<local-ipv4>:<engine port>).
   agent_settings = {
     router = {
-      urls            = var.router_urls
+      urls            = [var.router_url]
       node_token_file = "/etc/spotrelay/node-token"
     }
     engine = {

@@ -213,13 +213,13 @@ variable "spotrelay" {
   }
 }
 
-variable "router_urls" {
-  description = "Every router the agent registers with (one URL per router instance, not the load balancer: each router keeps its own registry)."
-  type        = list(string)
+variable "router_url" {
+  description = "The one endpoint the agent registers with: the routers' internal heartbeat load balancer (they share one registry). Never a router's own address, so adding routers does not change the user data."
+  type        = string
 
   validation {
-    condition     = length(var.router_urls) >= 1 && alltrue([for u in var.router_urls : can(regex("^https?://[A-Za-z0-9.\\-\\[\\]:]+(/.*)?$", u))])
-    error_message = "router_urls must list at least one http:// or https:// URL."
+    condition     = can(regex("^https?://[A-Za-z0-9.\\-\\[\\]:]+(/.*)?$", var.router_url))
+    error_message = "router_url must be an http:// or https:// URL."
   }
 }
 

@@ -3,13 +3,13 @@ variable "name" {
   type        = string
 
   validation {
-    condition     = can(regex("^[a-z][a-z0-9-]{0,30}[a-z0-9]$", var.name))
-    error_message = "name must be 2-32 characters of lowercase letters, digits and hyphens, starting with a letter."
+    condition     = can(regex("^[a-z][a-z0-9-]{0,30}[a-z0-9]$", var.name)) && !strcontains(var.name, "--")
+    error_message = "name must be 2-32 characters of lowercase letters, digits and single hyphens, starting with a letter (ElastiCache ids refuse double hyphens)."
   }
 }
 
 variable "region" {
-  description = "AWS region (the boot scripts call SSM and EC2 there)."
+  description = "AWS region (the boot script calls SSM there)."
   type        = string
 
   validation {
@@ -19,18 +19,18 @@ variable "region" {
 }
 
 variable "router_count" {
-  description = "Number of router instances. Each is its own one-instance Auto Scaling group with a fixed network interface, so agents can heartbeat every router by address."
+  description = "Number of router instances in the one multi-AZ Auto Scaling group. Agents never see it: they heartbeat the internal endpoint."
   type        = number
   default     = 2
 
   validation {
-    condition     = var.router_count >= 1 && var.router_count <= 8 && floor(var.router_count) == var.router_count
-    error_message = "router_count must be a whole number between 1 and 8."
+    condition     = var.router_count >= 1 && var.router_count <= 20 && floor(var.router_count) == var.router_count
+    error_message = "router_count must be a whole number between 1 and 20."
   }
 }
 
 variable "subnet_count" {
-  description = "Number of subnets (Availability Zones) the routers are spread over, round-robin."
+  description = "Number of subnets (Availability Zones) the router group spans."
   type        = number
 
   validation {
@@ -39,13 +39,8 @@ variable "subnet_count" {
   }
 }
 
-variable "network_interface_ids" {
-  description = "The fixed network interface of each router slot, in slot order (attached at boot)."
-  type        = list(string)
-}
-
 variable "port" {
-  description = "Port the router listens on."
+  description = "Port of the router's data plane (the OpenAI API, /healthz, /readyz)."
   type        = number
   default     = 8080
 
@@ -55,18 +50,96 @@ variable "port" {
   }
 }
 
-variable "node_token_parameter" {
-  description = "SSM SecureString parameter (name or ARN) with the node token; fetched at boot into /etc/spotrelay/node-token."
-  type        = string
+variable "control_port" {
+  description = "Port of the router's control listener (/nodes, /metrics, /healthz, /readyz): heartbeats never queue behind data-plane clients, and the data port serves no control path."
+  type        = number
+  default     = 8081
 
   validation {
-    condition     = can(regex("^(/[A-Za-z0-9_.\\-/]+|arn:aws[a-z-]*:ssm:[a-z0-9-]+:[0-9]{12}:parameter/[A-Za-z0-9_.\\-/]+)$", var.node_token_parameter))
-    error_message = "node_token_parameter must be an SSM parameter name starting with / or a parameter ARN."
+    condition     = var.control_port >= 1024 && var.control_port <= 65535 && var.control_port != var.port
+    error_message = "control_port must be between 1024 and 65535 and differ from port."
+  }
+}
+
+variable "redis" {
+  description = "The shared registry: endpoint (ElastiCache primary endpoint host), port, and whether an auth token is fetched from SSM into the router."
+  type = object({
+    endpoint = string
+    port     = optional(number, 6379)
+  })
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9.-]+$", var.redis.endpoint))
+    error_message = "redis.endpoint must be a host name."
+  }
+
+  validation {
+    condition     = var.redis.port >= 1 && var.redis.port <= 65535
+    error_message = "redis.port must be between 1 and 65535."
+  }
+}
+
+variable "api_keys_parameter" {
+  description = "SSM SecureString parameter (name or ARN) holding the data-plane API keys, comma-separated; null leaves the data plane without client auth (internal load balancers only)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.api_keys_parameter == null || can(regex("^(/[A-Za-z0-9_.\\-/]+|arn:aws[a-z-]*:ssm:[a-z0-9-]+:[0-9]{12}:parameter/[A-Za-z0-9_.\\-/]+)$", coalesce(var.api_keys_parameter, "/x")))
+    error_message = "api_keys_parameter must be an SSM parameter name starting with / or a parameter ARN."
+  }
+}
+
+variable "internet_facing" {
+  description = "Whether the public load balancer is internet-facing (then an API key parameter is required)."
+  type        = bool
+  default     = false
+}
+
+variable "egress_rules" {
+  description = "Egress allow-list of the routers beyond what the module opens between its own components: description, ip_protocol (tcp/udp), from_port, to_port and exactly one of cidr_ipv4 or prefix_list_id."
+  type = map(object({
+    description    = string
+    ip_protocol    = optional(string, "tcp")
+    from_port      = number
+    to_port        = number
+    cidr_ipv4      = optional(string)
+    prefix_list_id = optional(string)
+  }))
+
+  validation {
+    condition     = alltrue([for r in values(var.egress_rules) : contains(["tcp", "udp"], r.ip_protocol)])
+    error_message = "egress_rules: ip_protocol must be tcp or udp (no all-protocol rules)."
+  }
+
+  validation {
+    condition     = alltrue([for r in values(var.egress_rules) : r.from_port >= 1 && r.to_port <= 65535 && r.from_port <= r.to_port])
+    error_message = "egress_rules: ports must satisfy 1 <= from_port <= to_port <= 65535."
+  }
+
+  validation {
+    condition     = alltrue([for r in values(var.egress_rules) : (r.cidr_ipv4 == null) != (r.prefix_list_id == null)])
+    error_message = "egress_rules: each rule needs exactly one of cidr_ipv4 or prefix_list_id."
+  }
+
+  validation {
+    condition     = alltrue([for r in values(var.egress_rules) : r.cidr_ipv4 == null || can(cidrhost(coalesce(r.cidr_ipv4, "0.0.0.0/0"), 0))])
+    error_message = "egress_rules: cidr_ipv4 must be a CIDR block."
+  }
+
+  validation {
+    condition     = alltrue([for r in values(var.egress_rules) : length(trimspace(r.description)) >= 10])
+    error_message = "egress_rules: every rule needs a description saying what it is for."
+  }
+
+  validation {
+    condition     = alltrue([for r in values(var.egress_rules) : can(regex("^[A-Za-z0-9 ._:/()#,@+=&;{}!$*\\[\\]-]+$", r.description))])
+    error_message = "egress_rules: descriptions may use letters, digits, spaces and ._-:/()#,@[]+=&;{}!$* only (the EC2 API refuses others, e.g. apostrophes)."
   }
 }
 
 variable "spotrelay_pip_spec" {
-  description = "pip requirement or wheel URL for spotrelay on the routers."
+  description = "The spotrelay package on the routers: a PyPI version (0.1.0), a pip requirement (spotrelay==0.1.0), a wheel URL, or s3://bucket/key.whl. The router extra is added."
   type        = string
   default     = "spotrelay==0.1.0"
 
@@ -74,24 +147,35 @@ variable "spotrelay_pip_spec" {
     condition     = can(regex("^[A-Za-z0-9_.:/,=<>!~+@%\\[\\]-]+$", var.spotrelay_pip_spec))
     error_message = "spotrelay_pip_spec must be one pip requirement or URL without spaces or quotes."
   }
+
+  validation {
+    condition     = !startswith(var.spotrelay_pip_spec, "s3://") || can(regex("^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+\\.whl$", var.spotrelay_pip_spec))
+    error_message = "spotrelay_pip_spec as s3://bucket/key must name a .whl object."
+  }
 }
 
 variable "settings" {
-  description = "router.yaml settings (keys of spotrelay.router.settings.RouterConfig). allowed_networks are the CIDRs node URLs must be in (normally the VPC CIDR)."
+  description = "router.yaml settings (keys of spotrelay.router.settings.RouterConfig). allowed_networks are the CIDRs node URLs must be in (normally the VPC CIDR); connection_cap_exempt the addresses without a per-address connection cap (the load balancers', normally the VPC CIDR)."
   type = object({
-    allowed_networks   = list(string)
-    ttl_s              = optional(number, 15)
-    no_capacity_wait_s = optional(number, 30)
-    first_byte_s       = optional(number, 600)
-    stream_idle_s      = optional(number, 60)
-    max_attempts       = optional(number, 3)
-    resume_enabled     = optional(bool, true)
-    worker_connections = optional(number, 4000)
+    allowed_networks      = list(string)
+    connection_cap_exempt = optional(list(string), [])
+    ttl_s                 = optional(number, 15)
+    no_capacity_wait_s    = optional(number, 30)
+    first_byte_s          = optional(number, 600)
+    stream_idle_s         = optional(number, 60)
+    max_attempts          = optional(number, 3)
+    resume_enabled        = optional(bool, true)
+    worker_connections    = optional(number, 4000)
   })
 
   validation {
     condition     = length(var.settings.allowed_networks) >= 1 && alltrue([for c in var.settings.allowed_networks : can(cidrhost(c, 0))])
     error_message = "settings.allowed_networks must list at least one CIDR block."
+  }
+
+  validation {
+    condition     = alltrue([for c in var.settings.connection_cap_exempt : can(cidrhost(c, 0))])
+    error_message = "settings.connection_cap_exempt must list CIDR blocks."
   }
 
   validation {
@@ -110,8 +194,32 @@ variable "settings" {
   }
 }
 
+variable "refresh" {
+  description = "Rolling instance refresh of the router group: min_healthy_percentage (>= 50: at least half the routers stay in service) and max_healthy_percentage (above 100 launches replacements first)."
+  type = object({
+    min_healthy_percentage = optional(number, 100)
+    max_healthy_percentage = optional(number, 200)
+    instance_warmup_s      = optional(number, 180)
+  })
+  default = {}
+
+  validation {
+    condition     = var.refresh.min_healthy_percentage >= 50 && var.refresh.min_healthy_percentage <= 100
+    error_message = "refresh.min_healthy_percentage must be between 50 and 100: a refresh keeps at least half the routers healthy."
+  }
+
+  validation {
+    condition = (
+      var.refresh.max_healthy_percentage >= 100 && var.refresh.max_healthy_percentage <= 200 &&
+      var.refresh.max_healthy_percentage - var.refresh.min_healthy_percentage <= 100 &&
+      var.refresh.max_healthy_percentage > var.refresh.min_healthy_percentage
+    )
+    error_message = "refresh.max_healthy_percentage must be 100-200, above min_healthy_percentage and at most 100 points over it (Auto Scaling limits)."
+  }
+}
+
 variable "load_balancer_idle_timeout" {
-  description = "Idle timeout of the load balancer in seconds; must cover the router's first_byte_s (long prefills) and stream gaps."
+  description = "Idle timeout of the public load balancer in seconds; must cover the router's first_byte_s (long prefills) and stream gaps."
   type        = number
   default     = 900
 

@@ -4,7 +4,7 @@
 variables {
   name                 = "llm"
   region               = "us-east-1"
-  router_urls          = ["http://10.0.1.10:8080", "http://10.0.2.10:8080"]
+  router_url           = "http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8081"
   node_token_parameter = "/spotrelay/llm/node-token"
   model = {
     name = "Qwen/Qwen2.5-7B-Instruct"
@@ -74,8 +74,8 @@ run "agent_config_uses_agent_keys" {
   }
 
   assert {
-    condition     = jsonencode(output.agent_settings.router.urls) == jsonencode(["http://10.0.1.10:8080", "http://10.0.2.10:8080"])
-    error_message = "The agent registers with every router."
+    condition     = jsonencode(output.agent_settings.router.urls) == jsonencode(["http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8081"])
+    error_message = "The agent registers with the one internal heartbeat endpoint."
   }
 
   assert {
@@ -392,9 +392,9 @@ run "rejects_unpinned_vllm" {
 run "rejects_router_url_without_scheme" {
   command = plan
   variables {
-    router_urls = ["10.0.1.10:8080"]
+    router_url = "10.0.1.10:8080"
   }
-  expect_failures = [var.router_urls]
+  expect_failures = [var.router_url]
 }
 
 run "rejects_bad_token_parameter" {

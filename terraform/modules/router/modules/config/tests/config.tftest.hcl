@@ -1,11 +1,20 @@
 # Offline tests of the router's pure logic (no provider, nothing created).
 
 variables {
-  name                  = "llm"
-  region                = "eu-west-1"
-  subnet_count          = 2
-  network_interface_ids = ["eni-0aaa", "eni-0bbb"]
-  node_token_parameter  = "/spotrelay/llm/node-token"
+  name         = "llm"
+  region       = "eu-west-1"
+  subnet_count = 2
+  redis = {
+    endpoint = "master.llm-registry.abc123.euw1.cache.amazonaws.com"
+  }
+  egress_rules = {
+    https = {
+      description = "HTTPS: PyPI and the AWS APIs"
+      from_port   = 443
+      to_port     = 443
+      cidr_ipv4   = "0.0.0.0/0"
+    }
+  }
   settings = {
     allowed_networks = ["10.0.0.0/16"]
   }
@@ -15,8 +24,13 @@ run "defaults" {
   command = apply
 
   assert {
-    condition     = output.router_settings.server.port == 8080 && output.router_settings.server.workers == 1
-    error_message = "One worker process on port 8080 (the registry lives in memory)."
+    condition     = output.router_settings.server.port == 8080 && !contains(keys(output.router_settings.server), "workers")
+    error_message = "Port 8080; worker count left to the router (one per core with redis)."
+  }
+
+  assert {
+    condition     = output.router_settings.server.control_port == 8081 && output.router_settings.server.control_on_main_port == false
+    error_message = "The control plane (/nodes, /metrics) has its own listener and is not served on the data port."
   }
 
   assert {
@@ -25,8 +39,19 @@ run "defaults" {
   }
 
   assert {
-    condition     = jsonencode(output.router_settings.registry) == jsonencode({ allowed_networks = ["10.0.0.0/16"], ttl_s = 15 })
-    error_message = "Registry: node URLs must be inside the VPC, 15 s TTL."
+    condition = jsonencode(output.router_settings.registry) == jsonencode({
+      allowed_networks    = ["10.0.0.0/16"]
+      backend             = "redis"
+      redis_password_file = "/etc/spotrelay/redis-password"
+      redis_url           = "rediss://master.llm-registry.abc123.euw1.cache.amazonaws.com:6379/0"
+      ttl_s               = 15
+    })
+    error_message = "Registry: shared in ElastiCache over TLS (rediss://), password from a file, node URLs inside the VPC."
+  }
+
+  assert {
+    condition     = !strcontains(output.router_yaml, "@")
+    error_message = "No credential in the Redis URL."
   }
 
   assert {
@@ -40,32 +65,84 @@ run "defaults" {
   }
 
   assert {
-    condition     = [for s in output.slots : s.subnet_index] == [0, 1]
-    error_message = "Two routers land in two subnets."
-  }
-
-  assert {
     condition     = output.tags["spotrelay:router"] == "llm"
     error_message = "Resources are tagged with the router deployment."
   }
+
+  assert {
+    condition     = output.data_plane_auth == null
+    error_message = "Without a parameter an internal deployment has no API keys."
+  }
 }
 
-run "slots_round_robin" {
+run "ssm_parameters" {
   command = apply
 
-  variables {
-    router_count          = 3
-    network_interface_ids = ["eni-0aaa", "eni-0bbb", "eni-0ccc"]
+  assert {
+    condition     = output.parameters.node_token.name == "/spotrelay/llm/node-token" && output.parameters.node_token.type == "SecureString"
+    error_message = "The node token is the SecureString /spotrelay/<name>/node-token."
   }
 
   assert {
-    condition     = [for s in output.slots : s.subnet_index] == [0, 1, 0]
-    error_message = "Slots spread round-robin over the subnets."
+    condition     = output.parameters.redis_auth_token.name == "/spotrelay/llm/redis-auth-token" && output.parameters.redis_auth_token.type == "SecureString"
+    error_message = "The Redis AUTH token is the SecureString /spotrelay/<name>/redis-auth-token."
   }
 
   assert {
-    condition     = length(output.user_data) == 3 && strcontains(output.user_data[2], "eni-0ccc")
-    error_message = "Each slot's user data attaches its own interface."
+    condition     = strcontains(output.install_script, "fetch '/spotrelay/llm/node-token' 'eu-west-1' '/etc/spotrelay/node-token'")
+    error_message = "The bootstrap copies the node token from its parameter."
+  }
+
+  assert {
+    condition     = strcontains(output.install_script, "fetch '/spotrelay/llm/redis-auth-token' 'eu-west-1' '/etc/spotrelay/redis-password'")
+    error_message = "The bootstrap copies the Redis AUTH token into the file router.yaml names."
+  }
+}
+
+run "public_listener_forwards_the_api_only" {
+  command = apply
+
+  assert {
+    condition = alltrue([for p in ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/healthz"] :
+    output.exposure[p].public])
+    error_message = "The public listener forwards the OpenAI API and the health check."
+  }
+
+  assert {
+    condition = !anytrue([for p in ["/metrics", "/nodes", "/nodes/i-0abc", "/nodes/i-0abc/drain", "/instances/i-0abc/drain", "/readyz", "/", "/v1", "/admin", "/V1/models"] :
+    output.exposure[p].public])
+    error_message = "The public listener never forwards /metrics, the control plane or anything outside /v1/*."
+  }
+
+  assert {
+    condition     = output.not_found.status_code == "404" && jsondecode(output.not_found.message_body).error.code == "not_found"
+    error_message = "Everything else is an OpenAI-shaped JSON 404."
+  }
+
+  assert {
+    condition     = output.not_found.content_type == "application/json" && length(output.not_found.message_body) <= 1024
+    error_message = "The 404 body is JSON and fits the ALB's 1024-byte fixed-response limit."
+  }
+
+  assert {
+    condition     = length(output.public_paths) <= 5 && length(output.control_paths) <= 5
+    error_message = "An ALB rule takes at most 5 condition values."
+  }
+}
+
+run "heartbeat_listener_forwards_the_control_plane_only" {
+  command = apply
+
+  assert {
+    condition = alltrue([for p in ["/nodes", "/nodes/i-0abc", "/nodes/i-0abc/drain", "/instances/i-0abc/drain", "/healthz", "/readyz"] :
+    output.exposure[p].control])
+    error_message = "Agents reach registration, drain and health through the internal endpoint."
+  }
+
+  assert {
+    condition = !anytrue([for p in ["/v1/chat/completions", "/v1/models", "/metrics", "/", "/admin"] :
+    output.exposure[p].control])
+    error_message = "The internal endpoint serves no inference and no metrics."
   }
 }
 
@@ -73,24 +150,207 @@ run "user_data" {
   command = apply
 
   assert {
-    condition     = startswith(output.user_data[0], "#cloud-config\n")
+    condition     = startswith(output.user_data, "#cloud-config\n")
     error_message = "User data is a cloud-config."
   }
 
   assert {
-    condition     = yamldecode(output.user_data[0]).write_files[0].content == output.router_yaml
+    condition     = yamldecode(output.user_data).write_files[0].content == output.router_yaml
     error_message = "cloud-init writes router.yaml verbatim."
   }
 
   assert {
-    condition     = strcontains(yamldecode(output.user_data[0]).write_files[3].content, "systemctl enable --now spotrelay-router.service")
+    condition     = yamldecode(output.user_data).write_files[1].path == "/etc/systemd/system/spotrelay-router.service.d/10-secrets.conf"
+    error_message = "cloud-init writes the unit's secrets drop-in."
+  }
+
+  assert {
+    condition     = strcontains(output.unit_dropin, "LoadCredential=redis-password:/etc/spotrelay/redis-password") && strcontains(output.unit_dropin, "SPOTRELAY_REGISTRY_REDIS_PASSWORD_FILE=%d/redis-password")
+    error_message = "The Redis password reaches the dynamic-user service as a credential."
+  }
+
+  assert {
+    condition     = !strcontains(output.unit_dropin, "EnvironmentFile") && !strcontains(output.install_script, "SPOTRELAY_AUTH_API_KEYS")
+    error_message = "No API key plumbing without an API key parameter."
+  }
+
+  assert {
+    condition     = strcontains(yamldecode(output.user_data).write_files[2].content, "systemctl enable --now spotrelay-router.service")
     error_message = "The bootstrap enables the router unit from the package."
   }
 
   assert {
-    condition     = strcontains(output.user_data[1], "eni-0bbb") && !strcontains(output.user_data[1], "eni-0aaa")
-    error_message = "Slot 1 attaches only its own interface."
+    condition     = strcontains(output.install_script, "pip install --quiet 'spotrelay[router]' 'botocore>=1.34'") && strcontains(output.install_script, "-m spotrelay.core.fetch_secret")
+    error_message = "Routers get the router extra and fetch secrets with the packaged fetcher."
   }
+
+  assert {
+    condition     = !strcontains(output.user_data, "eni-") && !strcontains(output.user_data, "attach")
+    error_message = "Routers no longer pin a network interface."
+  }
+}
+
+run "user_data_independent_of_router_count" {
+  command = apply
+
+  variables {
+    router_count = 5
+  }
+
+  assert {
+    condition     = output.user_data == run.user_data.user_data
+    error_message = "Every router gets the same user data whatever their number."
+  }
+}
+
+run "api_keys_from_ssm" {
+  command = apply
+
+  variables {
+    api_keys_parameter = "/spotrelay/llm/api-keys"
+    internet_facing    = true
+  }
+
+  assert {
+    condition     = strcontains(output.install_script, "fetch '/spotrelay/llm/api-keys' 'eu-west-1' '/etc/spotrelay/router-secrets.env' SPOTRELAY_AUTH_API_KEYS")
+    error_message = "The bootstrap turns the API key parameter into the router's SPOTRELAY_AUTH_API_KEYS."
+  }
+
+  assert {
+    condition     = strcontains(output.unit_dropin, "EnvironmentFile=/etc/spotrelay/router-secrets.env")
+    error_message = "The unit reads the API keys from the root-only environment file."
+  }
+
+  assert {
+    condition     = output.data_plane_auth == "/spotrelay/llm/api-keys"
+    error_message = "The API keys come from the parameter."
+  }
+}
+
+run "names_fit_aws_limits" {
+  command = apply
+
+  variables {
+    name = "abcdefghijklmnopqrstuvwxyzabcd-e" # the 31st character is a hyphen
+  }
+
+  assert {
+    condition     = length(output.resource_names.public_lb) <= 32 && length(output.resource_names.heartbeat_lb) <= 32 && length(output.resource_names.registry) <= 40
+    error_message = "Load balancer names fit 32 characters, the replication group id 40."
+  }
+
+  assert {
+    condition     = output.resource_names.public_lb != output.resource_names.heartbeat_lb
+    error_message = "The two load balancers get different names even for the longest deployment name."
+  }
+
+  assert {
+    condition     = !endswith(output.resource_names.registry, "--registry") && !strcontains(output.resource_names.registry, "--")
+    error_message = "No double hyphen in the replication group id."
+  }
+}
+
+run "rejects_double_hyphen_name" {
+  command = plan
+  variables {
+    name = "llm--a"
+  }
+  expect_failures = [var.name]
+}
+
+run "rolling_refresh_keeps_half" {
+  command = apply
+
+  assert {
+    condition     = output.instance_refresh.min_healthy_percentage >= 50 && output.instance_refresh.max_healthy_percentage > 100
+    error_message = "A refresh keeps at least half the routers and launches replacements first."
+  }
+}
+
+run "rejects_internet_facing_without_api_keys" {
+  command = plan
+  variables {
+    internet_facing = true
+  }
+  expect_failures = [output.data_plane_auth]
+}
+
+run "rejects_refresh_below_half" {
+  command = plan
+  variables {
+    refresh = {
+      min_healthy_percentage = 0
+    }
+  }
+  expect_failures = [var.refresh]
+}
+
+run "rejects_all_protocol_egress" {
+  command = plan
+  variables {
+    egress_rules = {
+      all = {
+        description = "everything, everywhere"
+        ip_protocol = "-1"
+        from_port   = 1
+        to_port     = 65535
+        cidr_ipv4   = "0.0.0.0/0"
+      }
+    }
+  }
+  expect_failures = [var.egress_rules]
+}
+
+run "rejects_egress_without_destination" {
+  command = plan
+  variables {
+    egress_rules = {
+      https = {
+        description = "HTTPS to somewhere"
+        from_port   = 443
+        to_port     = 443
+      }
+    }
+  }
+  expect_failures = [var.egress_rules]
+}
+
+run "rejects_undocumented_egress" {
+  command = plan
+  variables {
+    egress_rules = {
+      https = {
+        description = "x"
+        from_port   = 443
+        to_port     = 443
+        cidr_ipv4   = "0.0.0.0/0"
+      }
+    }
+  }
+  expect_failures = [var.egress_rules]
+}
+
+run "rejects_control_port_equal_to_port" {
+  command = plan
+  variables {
+    control_port = 8080
+  }
+  expect_failures = [var.control_port]
+}
+
+run "rejects_description_the_ec2_api_refuses" {
+  command = plan
+  variables {
+    egress_rules = {
+      https = {
+        description = "HTTPS to the proxy's address"
+        from_port   = 443
+        to_port     = 443
+        cidr_ipv4   = "10.0.0.10/32"
+      }
+    }
+  }
+  expect_failures = [var.egress_rules]
 }
 
 run "rejects_single_subnet" {
@@ -119,14 +379,6 @@ run "rejects_idle_timeout_below_first_byte" {
   expect_failures = [output.load_balancer_idle_timeout]
 }
 
-run "rejects_mismatched_interfaces" {
-  command = plan
-  variables {
-    router_count = 3
-  }
-  expect_failures = [output.slots]
-}
-
 run "rejects_zero_routers" {
   command = plan
   variables {
@@ -140,5 +392,51 @@ run "rejects_quote_in_pip_spec" {
   variables {
     spotrelay_pip_spec = "spotrelay'; curl x | sh; '"
   }
+  expect_failures = [var.spotrelay_pip_spec]
+}
+
+run "package_as_a_pypi_version_gets_the_router_extra" {
+  command = apply
+
+  variables {
+    spotrelay_pip_spec = "0.1.0"
+  }
+
+  assert {
+    condition     = strcontains(output.install_script, "pip install --quiet 'spotrelay==0.1.0'") && strcontains(output.install_script, "'spotrelay[router]'")
+    error_message = "A bare version installs spotrelay==VERSION from PyPI, then the router extra."
+  }
+
+  assert {
+    condition     = output.package_s3_object == null && !strcontains(output.install_script, "get_object")
+    error_message = "No S3 access for a PyPI install."
+  }
+}
+
+run "package_as_a_wheel_in_s3" {
+  command = apply
+
+  variables {
+    spotrelay_pip_spec = "s3://my-artifacts/spotrelay/spotrelay-0.1.0-py3-none-any.whl"
+  }
+
+  assert {
+    condition     = output.package_s3_object == "my-artifacts/spotrelay/spotrelay-0.1.0-py3-none-any.whl"
+    error_message = "The instance role may read exactly that one object."
+  }
+
+  assert {
+    condition     = strcontains(output.install_script, "get_object(Bucket=bucket, Key=key)") && strcontains(output.install_script, "pip install --quiet \"$wheel\"") && !strcontains(output.install_script, "pip install --quiet 's3://")
+    error_message = "An S3 wheel is fetched with the instance role and installed from the file, never handed to pip as an s3:// URL."
+  }
+}
+
+run "rejects_s3_package_that_is_not_a_wheel" {
+  command = plan
+
+  variables {
+    spotrelay_pip_spec = "s3://my-artifacts/spotrelay/"
+  }
+
   expect_failures = [var.spotrelay_pip_spec]
 }

@@ -1,4 +1,7 @@
-"""Jittered exponential backoff: failing calls slow down without synchronising."""
+"""Jittered exponential backoff: failing calls slow down without synchronising.
+
+Shared by the agent (IMDS polls, router calls) and the router (Redis reconnects).
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,148 @@
+"""The demo's router fleet: several routers sharing a registry in Redis, one restarted mid-run.
+
+A router crash loses what that process held in memory. With the shared
+registry the restarted router must come back already knowing the fleet (from
+Redis, not from heartbeats), and clients must not notice: as a load
+balancer would, the traffic driver stops sending new requests to the
+router, lets its open ones finish (a target's deregistration delay), then
+the router is SIGKILLed, started again on the same port and put back in
+rotation. The report records each step and how many nodes the new process
+knew when it first answered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from .fleet import LocalFleet
+from .traffic import TrafficDriver
+
+log = logging.getLogger("spotrelay.demo")
+
+RESUMED_OUTCOMES = {"ok", "resumed", "success", "succeeded"}
+
+
+@dataclass
+class RouterRestart:
+    """Seconds since traffic started."""
+
+    router: str
+    out_of_rotation: float
+    killed: float | None = None
+    back: float | None = None
+    nodes_known_at_restart: int | None = None  # ready nodes in its first GET /nodes
+
+
+class RouterChaos:
+    """Restarts routers during the run and sums their counters across restarts."""
+
+    def __init__(self, fleet: LocalFleet, t0: float, drain_timeout_s: float = 60.0) -> None:
+        self.fleet = fleet
+        self.t0 = t0
+        self.drain_timeout_s = drain_timeout_s
+        self.restarts: list[RouterRestart] = []
+        self._carried: dict[str, float] = {}  # counters of processes since killed
+        self._threads: list[threading.Thread] = []
+
+    def restart_later(self, index: int, traffic: TrafficDriver) -> None:
+        name = list(self.fleet.routers)[index]
+        thread = threading.Thread(
+            target=self._restart, args=(index, name, traffic), name=f"restart-{name}", daemon=True
+        )
+        self._threads.append(thread)
+        thread.start()
+
+    def join(self) -> None:
+        for thread in self._threads:
+            thread.join(timeout=self.drain_timeout_s + 60)
+
+    def _now(self) -> float:
+        return round(time.monotonic() - self.t0, 2)
+
+    def _restart(self, index: int, name: str, traffic: TrafficDriver) -> None:
+        url = self.fleet.routers[name][0]
+        record = RouterRestart(name, self._now())
+        self.restarts.append(record)
+        traffic.rotation.remove(index)
+        deadline = time.monotonic() + self.drain_timeout_s
+        while traffic.rotation.in_flight(index) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for key, value in counters(url).items():
+            self._carried[key] = self._carried.get(key, 0.0) + value
+        self.fleet.kill_router(name)
+        record.killed = self._now()
+        log.info("router %s SIGKILLed at %.1fs; restarting", name, record.killed)
+        self.fleet.start_router(name, port=int(url.rsplit(":", 1)[1]))
+        nodes = self._shared_view(url)
+        record.nodes_known_at_restart = sum(1 for n in nodes if n.get("state") == "ready")
+        record.back = self._now()
+        traffic.rotation.add(index)
+        log.info(
+            "router %s back at %.1fs knowing %d ready nodes",
+            name,
+            record.back,
+            record.nodes_known_at_restart,
+        )
+
+    def _shared_view(self, url: str, timeout_s: float = 15.0) -> list[dict[str, Any]]:
+        """The router's first view after it read the registry from Redis."""
+        deadline = time.monotonic() + timeout_s
+        request = urllib.request.Request(
+            url + "/nodes", headers={"Authorization": f"Bearer {self.fleet.token}"}
+        )
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(request, timeout=2) as resp:
+                    if resp.headers.get("X-Spotrelay-Registry") == "redis":
+                        return json.loads(resp.read())
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.02)
+        return []
+
+    def totals(self) -> dict[str, float]:
+        """Every router's counters now, plus those of the processes killed earlier."""
+        out = dict(self._carried)
+        for url in self.fleet.router_urls:
+            for key, value in counters(url).items():
+                out[key] = out.get(key, 0.0) + value
+        return out
+
+    def report(self, traffic: TrafficDriver) -> dict[str, Any]:
+        per_router = [0] * len(self.fleet.routers)
+        for rec in traffic.log.records:
+            per_router[rec.router] += 1
+        return {
+            "count": len(self.fleet.routers),
+            "requests": dict(zip(self.fleet.routers, per_router, strict=True)),
+            "restarts": [asdict(r) for r in self.restarts],
+        }
+
+
+def counters(router_url: str) -> dict[str, float]:
+    """Retries and resumed streams, from one router's Prometheus metrics."""
+    try:
+        with urllib.request.urlopen(router_url + "/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    out = {"retried": 0.0, "resumed": 0.0, "resume_failed": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if not sample.name.endswith("_total"):
+                continue
+            if family.name == "spotrelay_router_retries":
+                out["retried"] += sample.value
+            elif "resume" in family.name and family.name.endswith("resumes"):
+                outcome = sample.labels.get("outcome", "ok")
+                key = "resumed" if outcome in RESUMED_OUTCOMES else "resume_failed"
+                out[key] += sample.value
+    return out

@@ -1,0 +1,76 @@
+# The GPU nodes do not depend on the number of routers: their user data names
+# the internal heartbeat endpoint, never a router. Changing router_count must
+# leave the GPU launch template (and so every GPU node) untouched. Runs
+# against a mocked AWS provider in `make tf-validate`; the random provider is
+# the real one (its ephemeral passwords run locally).
+
+mock_provider "aws" {
+  source = "../../tests/mocks/aws" # shared mocked values
+}
+
+# The heartbeat endpoint's address: fixed for the life of the internal load
+# balancer, whatever sits behind it.
+override_resource {
+  target = module.router.aws_lb.heartbeat
+  values = {
+    arn      = "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/app/spotrelay-heartbeat/0123456789abcdef"
+    dns_name = "internal-spotrelay-heartbeat-123.us-east-1.elb.amazonaws.com"
+  }
+}
+
+# Security group ids are validated across the modules (sg-...).
+override_resource {
+  target = module.gpu_pool.aws_security_group.node
+  values = {
+    id = "sg-0123456789abcdef0"
+  }
+}
+
+override_resource {
+  target = module.router.aws_security_group.router
+  values = {
+    id = "sg-0fedcba9876543210"
+  }
+}
+
+variables {
+  region             = "us-east-1"
+  vpc_id             = "vpc-0123456789abcdef0"
+  private_subnet_ids = ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"]
+  allowed_cidrs      = ["10.1.0.0/16"]
+  model = {
+    name = "Qwen/Qwen2.5-7B-Instruct"
+  }
+}
+
+run "two_routers" {
+  command = apply
+
+  assert {
+    condition     = module.router.autoscaling_group_name == "spotrelay-router"
+    error_message = "One router group."
+  }
+
+  assert {
+    condition     = strcontains(module.gpu_pool.user_data, "internal-spotrelay-heartbeat-123.us-east-1.elb.amazonaws.com:8081")
+    error_message = "GPU nodes register with the internal heartbeat endpoint."
+  }
+}
+
+run "five_routers" {
+  command = apply
+
+  variables {
+    router_count = 5
+  }
+
+  assert {
+    condition     = output.gpu_pool_user_data_sha256 == run.two_routers.gpu_pool_user_data_sha256
+    error_message = "Changing router_count must not change the GPU launch template's user data."
+  }
+
+  assert {
+    condition     = module.router.autoscaling_group_name == run.two_routers.router_asg_name
+    error_message = "Still one router group."
+  }
+}

@@ -1,0 +1,81 @@
+# Shared mocked values for the modules' mock_provider "aws" tests: the data
+# sources they read, and computed attributes the provider validates (ARNs,
+# launch template ids). Resource-specific values are overridden per test.
+
+mock_data "aws_region" {
+  defaults = {
+    name   = "us-east-1"
+    region = "us-east-1"
+  }
+}
+
+mock_data "aws_caller_identity" {
+  defaults = {
+    account_id = "123456789012"
+  }
+}
+
+mock_data "aws_partition" {
+  defaults = {
+    partition = "aws"
+  }
+}
+
+mock_data "aws_vpc" {
+  defaults = {
+    cidr_block = "10.0.0.0/16"
+    cidr_block_associations = [{
+      association_id = "vpc-cidr-assoc-0123456789abcdef0"
+      cidr_block     = "10.0.0.0/16"
+      state          = "associated"
+    }]
+  }
+}
+
+mock_data "aws_iam_policy_document" {
+  defaults = {
+    json = "{\"Version\":\"2012-10-17\",\"Statement\":[]}"
+  }
+}
+
+mock_resource "aws_lb" {
+  defaults = {
+    arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/app/llm/0123456789abcdef"
+  }
+}
+
+mock_resource "aws_lb_listener" {
+  defaults = {
+    arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:listener/app/llm/0123456789abcdef/0123456789abcdef"
+  }
+}
+
+mock_resource "aws_lb_target_group" {
+  defaults = {
+    arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/spr/0123456789abcdef"
+  }
+}
+
+mock_resource "aws_iam_instance_profile" {
+  defaults = {
+    arn = "arn:aws:iam::123456789012:instance-profile/llm"
+  }
+}
+
+mock_resource "aws_launch_template" {
+  defaults = {
+    id = "lt-0123456789abcdef0"
+  }
+}
+
+mock_resource "aws_ssm_parameter" {
+  defaults = {
+    arn = "arn:aws:ssm:us-east-1:123456789012:parameter/spotrelay/llm/node-token"
+  }
+}
+
+mock_resource "aws_elasticache_replication_group" {
+  defaults = {
+    primary_endpoint_address = "master.llm-registry.abc123.use1.cache.amazonaws.com"
+  }
+}

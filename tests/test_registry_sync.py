@@ -1,0 +1,128 @@
+"""The Redis sync in-process: two "workers" (registry + sync each) on one real ``redis-server``.
+
+No gunicorn here, so the edge cases can be driven step by step: ordering and
+sticky drains, and what a worker does with the changes it accepted while
+Redis was gone (drain and delete replayed, heartbeats written back, a
+deleted node not brought back by another worker's view).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from spotrelay.core.net import wait_until
+from spotrelay.core.processes import ProcessGroup
+from spotrelay.core.protocol import parse_report
+from spotrelay.router.netpolicy import NetPolicy
+from spotrelay.router.registry import Registry
+from spotrelay.router.registry_store import RedisStore
+from spotrelay.router.registry_sync import RedisSync, redis_client
+from spotrelay.sim.redis_local import LocalRedis, NoRedisServer, start_local_redis
+
+NETS = NetPolicy(["10.0.0.0/8"])
+PREFIX = "t"
+pytestmark = pytest.mark.timeout(60)
+
+
+class Worker:
+    """What RouterService wires for one worker: local registry first, then Redis."""
+
+    def __init__(self, url: str) -> None:
+        self.registry = Registry(15.0)
+        store = RedisStore(redis_client(url, None, 0.5), PREFIX, 15.0)
+        self.sync = RedisSync(self.registry, NETS, store, where=url, backoff_max_s=0.2)
+        self.sync.start()
+
+    def heartbeat(self, node_id: str, n: int) -> None:
+        url = f"http://10.0.0.{n}:8000"
+        report = parse_report({"url": url, "models": ["m"]})
+        node, _ = self.registry.upsert(node_id, report, NETS.validate(url))
+        self.sync.put(node_id, node.url, report.to_json(), node.admin_drained)
+
+    def drain(self, node_id: str) -> None:
+        self.registry.drain(node_id)
+        self.sync.drain(node_id)
+
+    def delete(self, node_id: str) -> None:
+        self.registry.remove(node_id)
+        self.sync.delete(node_id)
+
+    def states(self) -> dict[str, str]:
+        return {n.id: str(n.status) for n in self.registry.nodes()}
+
+
+@pytest.fixture
+def local(procs: ProcessGroup, logdir: Path) -> LocalRedis:
+    try:
+        return start_local_redis(procs, logdir)
+    except NoRedisServer as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def workers(local: LocalRedis) -> Iterator[tuple[Worker, Worker]]:
+    pair = Worker(local.url), Worker(local.url)
+    wait_until(lambda: all(w.sync.up for w in pair), timeout=10, what="both syncs up")
+    yield pair
+    for w in pair:
+        w.sync.stop()
+
+
+def agree(workers: tuple[Worker, ...], expected: dict[str, str], what: str) -> None:
+    wait_until(
+        lambda: all(w.states() == expected for w in workers), timeout=10, interval=0.01, what=what
+    )
+
+
+def test_changes_reach_the_other_worker_and_drains_stick(workers) -> None:
+    w1, w2 = workers
+    w1.heartbeat("a", 1)
+    agree(workers, {"a": "ready"}, "a everywhere")
+    w2.drain("a")
+    agree(workers, {"a": "draining"}, "the drain everywhere")
+    w1.heartbeat("a", 1)  # a later heartbeat does not undo an operator's drain
+    w1.heartbeat("b", 2)
+    agree(workers, {"a": "draining", "b": "ready"}, "b everywhere, a still draining")
+    w1.delete("a")
+    agree(workers, {"b": "ready"}, "the delete everywhere")
+
+
+def test_changes_made_while_redis_was_gone_are_written_back(
+    procs: ProcessGroup, logdir: Path, local: LocalRedis, workers
+) -> None:
+    w1, w2 = workers
+    w1.heartbeat("a", 1)
+    w1.heartbeat("b", 2)
+    agree(workers, {"a": "ready", "b": "ready"}, "a and b everywhere")
+    local.proc.kill()  # comes back empty: nothing persisted
+    wait_until(lambda: not w1.sync.up and not w2.sync.up, timeout=10, what="both to see it down")
+    w1.drain("a")
+    w1.delete("b")  # w2 still has b in its last view and will write it back
+    w1.heartbeat("c", 3)
+    assert w2.states() == {"a": "ready", "b": "ready"}  # w2 serves its last view
+    start_local_redis(procs, logdir, port=local.port)
+    agree(workers, {"a": "draining", "c": "ready"}, "both views to converge")
+    client = redis.Redis.from_url(local.url, decode_responses=True)
+    assert client.smembers(f"{PREFIX}:nodes") == {"a", "c"}
+    assert client.hget(f"{PREFIX}:node:a", "drained") == "1"
+
+
+def test_a_deleted_node_is_not_brought_back_by_an_older_view(local: LocalRedis) -> None:
+    """The write-back of a worker that was away must not undo a delete made meanwhile."""
+    store = RedisStore(redis_client(local.url, None, 1.0), PREFIX, 15.0)
+    report = {"url": "http://10.0.0.9:8000", "models": ["m"]}
+    assert store.put("x", report["url"], report, False) > 0
+    assert store.remove("x") > 0
+    assert store.put("x", report["url"], report, False, age_s=3.0) == 0  # an older view: refused
+    assert [n.id for n in store.snapshot().nodes] == []
+    assert store.put("x", report["url"], report, False) > 0  # a fresh heartbeat: back
+    assert store.put("x", report["url"], report, True, age_s=3.0) == 0  # Redis has newer
+    (node,) = store.snapshot().nodes
+    assert node.id == "x" and not node.drained and node.age_s < 3.0
+    assert store.drain("x") > 0 and store.snapshot().nodes[0].drained
+    assert store.put("x", report["url"], report, False) > 0
+    assert store.snapshot().nodes[0].drained  # a heartbeat never clears a drain

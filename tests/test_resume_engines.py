@@ -50,8 +50,10 @@ class Fleet:
             self.router.url + "/metrics", "spotrelay_router_stream_resumes_total", outcome=outcome
         )
 
-    def register(self, node_id: str, url: str, engine: dict | None = None) -> None:
-        register_node(self.router.url, ROUTER_TOKEN, node_id, url, MODEL, engine=engine or VLLM)
+    def register(
+        self, node_id: str, url: str, engine: dict | None = None, model: str = MODEL
+    ) -> None:
+        register_node(self.router.url, ROUTER_TOKEN, node_id, url, model, engine=engine or VLLM)
 
 
 @pytest.fixture(scope="module")
@@ -126,10 +128,12 @@ def test_finished_stream_passes_unchanged(fleet: Fleet) -> None:
 
 
 def test_chat_resumes_only_on_a_node_that_continues_final_messages(fleet: Fleet) -> None:
-    body = body_for(CHAT, usage=False)
+    # A model no capable node ever served (one that had some waits for a capable
+    # replacement instead): here only llama.cpp engines serve it.
+    body = {**body_for(CHAT, usage=False), "model": "llama-only"}
     with fake_engine(Script(PIECES, finish=None)) as first, fake_engine(Script(["x"])) as other:
-        fleet.register("a", first.url, LLAMA_CPP)
-        fleet.register("b", other.url, LLAMA_CPP)
+        fleet.register("a", first.url, LLAMA_CPP, model="llama-only")
+        fleet.register("b", other.url, LLAMA_CPP, model="llama-only")
         before = fleet.resumes("not_resumable")
         try:
             got = stream(fleet.router.url, CHAT, body, fleet.session_for("a"))

@@ -330,6 +330,15 @@ data "aws_iam_policy_document" "router" {
   }
 
   dynamic "statement" {
+    for_each = module.config.package_s3_object == null ? [] : [module.config.package_s3_object]
+    content {
+      sid       = "ReadSpotrelayWheel"
+      actions   = ["s3:GetObject"]
+      resources = ["arn:${data.aws_partition.current.partition}:s3:::${statement.value}"]
+    }
+  }
+
+  dynamic "statement" {
     for_each = var.kms_key_arn == null ? [] : [var.kms_key_arn]
     content {
       sid       = "DecryptSecretsThroughSSM"

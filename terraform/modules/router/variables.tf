@@ -228,7 +228,7 @@ variable "control_port" {
 }
 
 variable "spotrelay_pip_spec" {
-  description = "pip requirement or wheel URL for spotrelay."
+  description = "The spotrelay package: a PyPI version (0.1.0), a pip requirement, a wheel URL, or s3://bucket/key.whl (the role may read that object only); the router extra is added."
   type        = string
   default     = "spotrelay==0.1.0"
 }

@@ -3,6 +3,19 @@
 # data. No provider, so `terraform test` runs it offline.
 
 locals {
+  # The spotrelay package: a PyPI version ("0.1.0"), a pip requirement
+  # ("spotrelay==0.1.0"), a wheel URL, or a wheel in the user's S3 bucket
+  # ("s3://bucket/key.whl", fetched with the instance role). The boot script
+  # adds the router extra whichever form it is.
+  package_is_s3 = startswith(var.spotrelay_pip_spec, "s3://")
+  package_s3    = try(regex("^s3://([^/]+)/(.+)$", var.spotrelay_pip_spec), [null, null])
+  package_requirement = (
+    can(regex("^[0-9][0-9A-Za-z.+!-]*$", var.spotrelay_pip_spec))
+    ? "spotrelay==${var.spotrelay_pip_spec}" : var.spotrelay_pip_spec
+  )
+  # The one object the instance role may read for it (ARN without partition prefix).
+  package_s3_object = local.package_is_s3 ? "${local.package_s3[0]}/${local.package_s3[1]}" : null
+
   # Secrets the routers fetch from SSM at boot, each into a root-only file.
   node_token_file     = "/etc/spotrelay/node-token"
   redis_password_file = "/etc/spotrelay/redis-password"
@@ -137,7 +150,8 @@ locals {
   ]))
 
   install_script = templatefile("${path.module}/templates/install.sh.tftpl", {
-    spotrelay_pip_spec   = var.spotrelay_pip_spec
+    spotrelay_pip_spec   = local.package_requirement
+    package_is_s3        = local.package_is_s3
     region               = var.region
     node_token_parameter = local.parameters.node_token.name
     node_token_file      = local.node_token_file

@@ -92,3 +92,8 @@ output "load_balancer_idle_timeout" {
     error_message = "load_balancer_idle_timeout must exceed settings.first_byte_s and settings.stream_idle_s, or the load balancer cuts slow prefills and quiet streams."
   }
 }
+
+output "package_s3_object" {
+  description = "bucket/key of the spotrelay wheel in S3 the routers may read (s3:GetObject), or null."
+  value       = local.package_s3_object
+}

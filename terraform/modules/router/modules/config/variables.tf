@@ -139,13 +139,18 @@ variable "egress_rules" {
 }
 
 variable "spotrelay_pip_spec" {
-  description = "pip requirement or wheel URL for spotrelay on the routers."
+  description = "The spotrelay package on the routers: a PyPI version (0.1.0), a pip requirement (spotrelay==0.1.0), a wheel URL, or s3://bucket/key.whl. The router extra is added."
   type        = string
   default     = "spotrelay==0.1.0"
 
   validation {
     condition     = can(regex("^[A-Za-z0-9_.:/,=<>!~+@%\\[\\]-]+$", var.spotrelay_pip_spec))
     error_message = "spotrelay_pip_spec must be one pip requirement or URL without spaces or quotes."
+  }
+
+  validation {
+    condition     = !startswith(var.spotrelay_pip_spec, "s3://") || can(regex("^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+\\.whl$", var.spotrelay_pip_spec))
+    error_message = "spotrelay_pip_spec as s3://bucket/key must name a .whl object."
   }
 }
 

@@ -394,3 +394,49 @@ run "rejects_quote_in_pip_spec" {
   }
   expect_failures = [var.spotrelay_pip_spec]
 }
+
+run "package_as_a_pypi_version_gets_the_router_extra" {
+  command = apply
+
+  variables {
+    spotrelay_pip_spec = "0.1.0"
+  }
+
+  assert {
+    condition     = strcontains(output.install_script, "pip install --quiet 'spotrelay==0.1.0'") && strcontains(output.install_script, "'spotrelay[router]'")
+    error_message = "A bare version installs spotrelay==VERSION from PyPI, then the router extra."
+  }
+
+  assert {
+    condition     = output.package_s3_object == null && !strcontains(output.install_script, "get_object")
+    error_message = "No S3 access for a PyPI install."
+  }
+}
+
+run "package_as_a_wheel_in_s3" {
+  command = apply
+
+  variables {
+    spotrelay_pip_spec = "s3://my-artifacts/spotrelay/spotrelay-0.1.0-py3-none-any.whl"
+  }
+
+  assert {
+    condition     = output.package_s3_object == "my-artifacts/spotrelay/spotrelay-0.1.0-py3-none-any.whl"
+    error_message = "The instance role may read exactly that one object."
+  }
+
+  assert {
+    condition     = strcontains(output.install_script, "get_object(Bucket=bucket, Key=key)") && strcontains(output.install_script, "pip install --quiet \"$wheel\"") && !strcontains(output.install_script, "pip install --quiet 's3://")
+    error_message = "An S3 wheel is fetched with the instance role and installed from the file, never handed to pip as an s3:// URL."
+  }
+}
+
+run "rejects_s3_package_that_is_not_a_wheel" {
+  command = plan
+
+  variables {
+    spotrelay_pip_spec = "s3://my-artifacts/spotrelay/"
+  }
+
+  expect_failures = [var.spotrelay_pip_spec]
+}

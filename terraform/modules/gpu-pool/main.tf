@@ -139,6 +139,15 @@ data "aws_iam_policy_document" "node" {
   }
 
   dynamic "statement" {
+    for_each = module.config.package_s3_object == null ? [] : [module.config.package_s3_object]
+    content {
+      sid       = "ReadSpotrelayWheel"
+      actions   = ["s3:GetObject"]
+      resources = ["arn:${local.partition}:s3:::${statement.value}"]
+    }
+  }
+
+  dynamic "statement" {
     for_each = var.node_token_kms_key_arn == null ? [] : [var.node_token_kms_key_arn]
     content {
       sid       = "DecryptNodeSecretsThroughSSM"

@@ -52,7 +52,7 @@ variable "vllm" {
 }
 
 variable "spotrelay" {
-  description = "The spotrelay agent: pip_spec (version pin or wheel URL) and agent.yaml settings."
+  description = "The spotrelay agent: pip_spec (a PyPI version, a pip requirement, a wheel URL or s3://bucket/key.whl; the agent,gpu extras are added) and agent.yaml settings."
   type = object({
     pip_spec             = optional(string, "spotrelay==0.1.0")
     drain_on_rebalance   = optional(bool, false)

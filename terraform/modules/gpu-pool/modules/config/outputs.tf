@@ -114,3 +114,13 @@ output "volumes" {
     error_message = "volumes.model_size_gib must differ from volumes.root_size_gib: the node identifies the model volume by its size."
   }
 }
+
+output "package_s3_object" {
+  description = "bucket/key of the spotrelay wheel in S3 the nodes may read (s3:GetObject), or null."
+  value       = local.package_s3_object
+}
+
+output "package_requirement" {
+  description = "What the node's boot script installs for spotrelay (with the agent,gpu extras)."
+  value       = local.package_requirement
+}

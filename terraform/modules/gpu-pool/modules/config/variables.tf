@@ -179,7 +179,7 @@ variable "vllm" {
 }
 
 variable "spotrelay" {
-  description = "The spotrelay agent on each node: pip_spec installs the package (a version pin or a wheel URL); the rest becomes /etc/spotrelay/agent.yaml."
+  description = "The spotrelay agent on each node: pip_spec is the package (a PyPI version like 0.1.0, a pip requirement, a wheel URL, or s3://bucket/key.whl; the agent,gpu extras are added); the rest becomes /etc/spotrelay/agent.yaml."
   type = object({
     pip_spec             = optional(string, "spotrelay==0.1.0")
     drain_on_rebalance   = optional(bool, false)
@@ -195,6 +195,11 @@ variable "spotrelay" {
   validation {
     condition     = can(regex("^[A-Za-z0-9_.:/,=<>!~+@%\\[\\]-]+$", var.spotrelay.pip_spec))
     error_message = "spotrelay.pip_spec must be one pip requirement or URL without spaces or quotes."
+  }
+
+  validation {
+    condition     = !startswith(var.spotrelay.pip_spec, "s3://") || can(regex("^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+\\.whl$", var.spotrelay.pip_spec))
+    error_message = "spotrelay.pip_spec as s3://bucket/key must name a .whl object."
   }
 
   validation {

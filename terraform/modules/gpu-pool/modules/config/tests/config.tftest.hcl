@@ -180,7 +180,7 @@ run "vllm_command_and_unit" {
   }
 
   assert {
-    condition     = strcontains(output.install_script, "'vllm==0.33.0'") && strcontains(output.install_script, "'spotrelay==0.1.0'")
+    condition     = strcontains(output.install_script, "'vllm==0.33.0'") && strcontains(output.install_script, "'spotrelay[agent,gpu]==0.1.0'")
     error_message = "vLLM and spotrelay are installed at pinned versions."
   }
 }
@@ -234,8 +234,8 @@ run "user_data_is_cloud_config" {
   }
 
   assert {
-    condition     = strcontains(output.install_script, "'https://example.com/spotrelay-0.1.0-py3-none-any.whl'")
-    error_message = "A wheel URL works as the pip spec."
+    condition     = strcontains(output.install_script, "'spotrelay[agent,gpu] @ https://example.com/spotrelay-0.1.0-py3-none-any.whl'")
+    error_message = "A wheel URL works as the pip spec, with the node's extras."
   }
 
   assert {
@@ -757,4 +757,64 @@ run "rejects_bad_s3_uri" {
     model_s3_uri = "https://acme-models.s3.amazonaws.com/qwen"
   }
   expect_failures = [var.model_s3_uri]
+}
+
+run "package_default_installs_the_agent_and_gpu_extras_only" {
+  command = apply
+
+  assert {
+    condition     = output.package_requirement == "spotrelay[agent,gpu]==0.1.0" && strcontains(output.install_script, "'spotrelay[agent,gpu]==0.1.0'")
+    error_message = "A node installs spotrelay[agent,gpu], not the router's or the simulator's dependencies."
+  }
+
+  assert {
+    condition     = strcontains(output.install_script, "python -m spotrelay.core.fetch_secret") && !strcontains(output.user_data, "fetch-secret.py")
+    error_message = "Secrets come through the packaged fetcher (botocore, in the agent extra); no boto3 script is written."
+  }
+
+  assert {
+    condition     = output.package_s3_object == null
+    error_message = "No S3 access for a PyPI install."
+  }
+}
+
+run "package_as_a_bare_version" {
+  command = apply
+
+  variables {
+    spotrelay = { pip_spec = "0.2.0" }
+  }
+
+  assert {
+    condition     = output.package_requirement == "spotrelay[agent,gpu]==0.2.0"
+    error_message = "A bare version is a PyPI pin with the node's extras."
+  }
+}
+
+run "package_as_a_wheel_in_s3" {
+  command = apply
+
+  variables {
+    spotrelay = { pip_spec = "s3://my-artifacts/spotrelay/spotrelay-0.1.0-py3-none-any.whl" }
+  }
+
+  assert {
+    condition     = output.package_s3_object == "my-artifacts/spotrelay/spotrelay-0.1.0-py3-none-any.whl"
+    error_message = "The instance role may read exactly that one object."
+  }
+
+  assert {
+    condition     = strcontains(output.install_script, "get_object(Bucket=bucket, Key=key)") && strcontains(output.install_script, "\"$wheel[agent,gpu]\"")
+    error_message = "An S3 wheel is fetched with the instance role and installed from the file with the node's extras."
+  }
+}
+
+run "rejects_s3_package_that_is_not_a_wheel" {
+  command = plan
+
+  variables {
+    spotrelay = { pip_spec = "s3://my-artifacts/spotrelay/" }
+  }
+
+  expect_failures = [var.spotrelay]
 }

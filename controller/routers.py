@@ -1,9 +1,12 @@
 """The controller's view of the routers: ready-node count and drain by instance id.
 
-Plain ``urllib`` (the Lambda runtime has no third-party HTTP client). Every
-router holds its own in-memory registry, so the controller asks each one:
-the ready count is the largest any router reports (a router that restarted
-and knows fewer nodes must not trigger a fallback), and a drain goes to all.
+Plain ``urllib`` (the Lambda runtime has no third-party HTTP client). The
+controller asks every URL it is given: with the shared registry that is one
+internal endpoint in front of all routers (any answer is the fleet's view);
+with routers that each keep their own in-memory registry it is every router.
+Either way the ready count is the largest any answer reports (a router that
+restarted and knows fewer nodes must not trigger a fallback), and a drain
+goes to all.
 """
 
 from __future__ import annotations

@@ -12,20 +12,21 @@ protocol (a form-encoded POST, an XML answer), which is small enough to
 write and parse here.
 
 Failures worth retrying (throttling, 5xx, network) are retried a few times
-with backoff and then raised as :class:`AwsRetryableError`; an error AWS
+with backoff (``core.retry``) and then raised as :class:`AwsRetryableError`; an error AWS
 returns for the request itself is raised as :class:`AwsError` with its code.
 """
 
 from __future__ import annotations
 
-import random
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
 import urllib3
+
+from spotrelay.core.backoff import Backoff
+from spotrelay.core.retry import retry_until
 
 API_VERSION = "2011-01-01"
 SERVICE = "autoscaling"
@@ -126,24 +127,27 @@ class AutoScalingAPI:
     def call(self, action: str, params: Mapping[str, Any] | None = None) -> Any:
         """Run ``action``; its ``<ActionResult>`` as plain data."""
         body = urlencode({"Action": action, "Version": self.api_version, **flatten(params or {})})
-        delay = 0.2
-        for attempt in range(1, self.attempts + 1):
+
+        def attempt() -> Any:
             try:
                 status, data = self._send(body)
             except urllib3.exceptions.HTTPError as exc:
-                if attempt == self.attempts:
-                    raise AwsRetryableError(f"{action}: {exc}") from None
-            else:
-                if status < 300:
-                    return self._result(action, data)
-                code, message = self._error(data)
-                if status < 500 and code not in RETRYABLE_CODES:
-                    raise AwsError(action, code, message, status)
-                if attempt == self.attempts:
-                    raise AwsRetryableError(f"{action}: HTTP {status} {code}: {message}")
-            time.sleep(delay * random.uniform(0.5, 1.5))
-            delay *= 2
-        raise AssertionError("unreachable")
+                raise AwsRetryableError(f"{action}: {exc}") from None
+            if status < 300:
+                return self._result(action, data)
+            code, message = self._error(data)
+            if status < 500 and code not in RETRYABLE_CODES:
+                raise AwsError(action, code, message, status)
+            raise AwsRetryableError(f"{action}: HTTP {status} {code}: {message}")
+
+        # Jittered delays of about 0.2 s, then 0.4 s, ... between tries.
+        backoff = Backoff(0.4, 3.2)
+        return retry_until(
+            attempt,
+            retry_on=AwsRetryableError,
+            next_delay=backoff.next_delay,
+            attempts=self.attempts,
+        )
 
     def _send(self, body: str) -> tuple[int, bytes]:
         from botocore.auth import SigV4Auth

@@ -79,6 +79,22 @@ class GuardMixin(JsonErrorsMixin):
         except (OSError, IndexError, TypeError):
             return DATA
 
+    def _admit(self, listener: Any, client: Any, addr: Any) -> tuple[str, str] | None:
+        """The connection's listener plane and peer address; None once refused (over the cap).
+
+        An admitted connection holds one of its peer's slots until ``_release``.
+        """
+        plane = self._plane(listener)
+        peer = addr[0] if isinstance(addr, tuple) and addr else ""
+        if self.limiter is not None and not self.limiter.acquire(plane, peer):
+            self._refuse(client, plane, peer)
+            return None
+        return plane, peer
+
+    def _release(self, plane: str, peer: str) -> None:
+        if self.limiter is not None:
+            self.limiter.release(plane, peer)
+
     def _refuse(self, client: Any, plane: str, peer: str) -> None:
         cap = self.guard.max_connections_per_ip
         send_error(
@@ -109,17 +125,14 @@ class GuardedGeventMixin(GuardMixin):
     """Deadlines, per-address caps and forced closes for the gevent worker."""
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
-        plane = self._plane(listener)
-        peer = addr[0] if isinstance(addr, tuple) and addr else ""
-        limiter = self.limiter
-        if limiter is not None and not limiter.acquire(plane, peer):
-            self._refuse(client, plane, peer)
+        admitted = self._admit(listener, client, addr)
+        if admitted is None:
             return
+        plane, peer = admitted
         try:
             super().handle(listener, GuardedSocket(client, self.guard, plane), addr)  # type: ignore[misc]
         finally:
-            if limiter is not None:
-                limiter.release(plane, peer)
+            self._release(plane, peer)
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
         if not isinstance(sock, GuardedSocket):
@@ -154,15 +167,13 @@ class GuardedThreadMixin(GuardMixin):
             if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
                 raise
             return
-        plane = self._plane(listener)
-        peer = client_addr[0] if isinstance(client_addr, tuple) and client_addr else ""
-        limiter = self.limiter
-        if limiter is not None and not limiter.acquire(plane, peer):
-            self._refuse(client_sock, plane, peer)
+        admitted = self._admit(listener, client_sock, client_addr)
+        if admitted is None:
             return
+        plane, peer = admitted
         self.nr_conns += 1  # type: ignore[attr-defined]
         client_sock.setblocking(True)
-        release = (lambda: limiter.release(plane, peer)) if limiter is not None else None
+        release = (lambda: self._release(plane, peer)) if self.limiter is not None else None
         sock = GuardedSocket(client_sock, self.guard, plane, on_close=release)
         conn = TConn(self.cfg, sock, client_addr, listener.getsockname())  # type: ignore[attr-defined]
         self.enqueue_req(conn)  # type: ignore[attr-defined]

@@ -23,6 +23,12 @@ Measured:
    of another (two routers, two workers each, one Redis), p50/p99 over
    ``--fanout-trials`` drains.
 
+The engine behind 1 and 2 is, by default (``--engine static``), HAProxy replaying the
+simulator's own recorded answers (``bench/static_engine.py`` says why: the Python
+simulator would take the cores the router needs); ``--engine sim`` puts the simulator
+itself there. Each throughput run records the cores used by the path, the engine and
+the load generator. Streams (3) always run on the simulator.
+
 Load generators: ``wrk`` (Debian package) for 1 and 2 when installed, else an
 aiohttp closed-loop client in separate processes; streams are read by a raw
 asyncio client in separate processes that timestamps each SSE event on arrival.
@@ -49,6 +55,7 @@ import multiprocessing as mp
 import os
 import platform
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -58,6 +65,8 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+from static_engine import haproxy_config as static_engine_config
+from static_engine import record_answers
 
 from spotrelay.core.net import free_port, http_ok
 from spotrelay.core.processes import ManagedProcess, ProcessGroup, spotrelay_argv
@@ -255,16 +264,34 @@ backend engine
 """
 
 
-def start_haproxy(procs, logdir, engine: int) -> int | None:
+def start_haproxy(procs, logdir, name: str, config) -> int | None:
+    """An HAProxy named ``name`` running ``config(port)``; None when it is not installed."""
     binary = shutil.which("haproxy")
     if not binary:
         return None
     port = free_port()
-    cfg = logdir / "haproxy.cfg"
-    cfg.write_text(haproxy_config(port, engine))
-    # /v1/models is proxied like anything else: the engine answers it.
-    start(procs, "haproxy", [binary, "-db", "-f", str(cfg)], f"http://{HOST}:{port}/health", logdir)
+    cfg = logdir / f"{name}.cfg"
+    cfg.write_text(config(port))
+    start(procs, name, [binary, "-db", "-f", str(cfg)], f"http://{HOST}:{port}/health", logdir)
     return port
+
+
+def start_fast_engine(procs, logdir, kind: str, say) -> tuple[int, str]:
+    """The engine for latency and req/s, answering at once: (port, what it is).
+
+    ``static`` records the simulator's answers and has HAProxy replay them
+    (``bench/static_engine.py``); without ``haproxy`` it falls back to the simulator.
+    """
+    sim = start_sim(procs, logdir, "engine-fast", 0, 0)
+    if kind == "static" and shutil.which("haproxy"):
+        answers = record_answers(f"http://{HOST}:{sim}", MODEL, logdir / "answers")
+        port = start_haproxy(
+            procs, logdir, "static-engine", lambda p: static_engine_config(HOST, p, answers)
+        )
+        return port, "static: HAProxy replaying the simulator's recorded answers"
+    if kind == "static":
+        say("haproxy is not installed: the simulator answers the throughput runs")
+    return sim, "spotrelay sim vllm (ttft 0, itl 0)"
 
 
 # -- non-streaming load: wrk, or an aiohttp fallback ------------------------------------------
@@ -353,14 +380,34 @@ def aiohttp_run(port: int, connections: int, procs: int, seconds: float) -> dict
     }
 
 
-def load(port: int, connections: int, seconds: float, script: Path) -> dict:
-    before = cpu_seconds(port)
+def children_cpu_seconds() -> float:
+    """CPU time of this script's finished children: wrk, or the aiohttp load processes."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def load(port: int, connections: int, seconds: float, script: Path, engine: int) -> dict:
+    """One load run against ``port``; also the cores that path, engine and load generator used.
+
+    The cores are CPU seconds over wall seconds: on this box everything shares
+    the same cores, so they say who took the machine during the run.
+    """
+    before = (cpu_seconds(port), cpu_seconds(engine), children_cpu_seconds())
+    started = time.monotonic()
     if shutil.which("wrk"):
         result = wrk_run(port, connections, min(2, connections), seconds, script)
     else:
         result = aiohttp_run(port, connections, min(2, connections), seconds)
+    wall = time.monotonic() - started
+    after = (cpu_seconds(port), cpu_seconds(engine), children_cpu_seconds())
     requests = result["rps"] * seconds
-    result["cpu_us_per_request"] = (cpu_seconds(port) - before) / max(1, requests) * 1e6
+    used = [a - b for a, b in zip(after, before, strict=True)]
+    result["cpu_us_per_request"] = used[0] / max(1, requests) * 1e6
+    result["cores"] = {
+        "path": used[0] / wall if port != engine else 0.0,
+        "engine": used[1] / wall,
+        "load_generator": used[2] / wall,
+    }
     return result
 
 
@@ -491,6 +538,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--redis", help="redis:// URL for the redis backend (default: start a local redis-server)"
     )
+    parser.add_argument(
+        "--engine",
+        choices=("static", "sim"),
+        default="static",
+        help="engine for latency and req/s: HAProxy replaying the simulator (default), or it",
+    )
     parser.add_argument("--fanout-trials", type=int, default=50, help="drains timed (redis)")
     parser.add_argument(
         "--rounds", type=int, default=1, help="throughput rounds, paths interleaved; best kept"
@@ -521,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
 
     with ProcessGroup() as procs:
-        fast = start_sim(procs, logdir, "engine-fast", 0, 0)
+        fast, report["engine"] = start_fast_engine(procs, logdir, args.engine, say)
         slow = start_sim(procs, logdir, "engine-streams", args.ttft_ms, args.itl_ms)
         redis_url = None
         if any(backend == "redis" for _name, backend, _w in variants):
@@ -534,10 +587,13 @@ def main(argv: list[str] | None = None) -> int:
                 procs, logdir, [fast], name=name, workers=workers, redis_url=url
             )
             stream_paths[name] = start_router_for_streams(procs, logdir, slow, name, workers, url)
-        hap = None if args.no_haproxy else start_haproxy(procs, logdir, fast)
-        hap_streams = None
+        hap = hap_streams = None
+        if not args.no_haproxy:  # /v1/models is proxied like anything else: the engine answers
+            hap = start_haproxy(procs, logdir, "haproxy", lambda p: haproxy_config(p, fast))
         if hap is not None:
-            hap_streams = start_haproxy_named(procs, logdir, slow, "haproxy-streams")
+            hap_streams = start_haproxy(
+                procs, logdir, "haproxy-streams", lambda p: haproxy_config(p, slow)
+            )
         elif not args.no_haproxy:
             say("haproxy is not installed (apt-get install haproxy): skipping the C reference")
         if hap is not None:
@@ -546,14 +602,14 @@ def main(argv: list[str] | None = None) -> int:
 
         say(f"warming up ({report['load_generator']}) ...")
         for port in paths.values():
-            load(port, 4, 1, script)
+            load(port, 4, 1, script, fast)
 
         say("1/3 added latency, non-streaming, concurrency 1")
         report["latency"] = {
-            name: load(port, 1, args.seconds, script) for name, port in paths.items()
+            name: load(port, 1, args.seconds, script, fast) for name, port in paths.items()
         }
         say("2/3 max non-streaming req/s")
-        report["throughput"] = best_throughput(paths, args, script)
+        report["throughput"] = best_throughput(paths, args, script, fast)
         say(f"3/3 concurrent streams (itl {args.itl_ms:g} ms, {args.tokens} tokens each)")
         report["streams"] = {name: [] for name in stream_paths}
         for count in stream_counts:
@@ -580,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def best_throughput(paths: dict[str, int], args, script: Path) -> dict[str, dict]:
+def best_throughput(paths: dict[str, int], args, script: Path, engine: int) -> dict[str, dict]:
     """Max req/s per path: the best of ``--rounds`` rounds, paths interleaved in each.
 
     On a shared machine the load from others comes and goes; interleaving the
@@ -589,7 +645,7 @@ def best_throughput(paths: dict[str, int], args, script: Path) -> dict[str, dict
     best: dict[str, dict] = {}
     for _ in range(args.rounds):
         for name, port in paths.items():
-            result = load(port, args.connections, args.seconds, script)
+            result = load(port, args.connections, args.seconds, script, engine)
             if name not in best or result["rps"] > best[name]["rps"]:
                 best[name] = result
     return best
@@ -623,15 +679,6 @@ def start_router_for_streams(
     sub = logdir / "streams"
     sub.mkdir(exist_ok=True)
     return start_router(procs, sub, [engine], name=name, workers=workers, redis_url=redis_url)
-
-
-def start_haproxy_named(procs, logdir, engine: int, name: str) -> int:
-    port = free_port()
-    cfg = logdir / f"{name}.cfg"
-    cfg.write_text(haproxy_config(port, engine))
-    binary = shutil.which("haproxy")
-    start(procs, name, [binary, "-db", "-f", str(cfg)], f"http://{HOST}:{port}/health", logdir)
-    return port
 
 
 def summarise(report: dict) -> None:
@@ -674,7 +721,8 @@ def summarise(report: dict) -> None:
             r1["max_rps"] >= 0.95 * mem["max_rps"]
         )
     if r1 and r2:
-        summary["targets"]["redis_2w_ge_1.4x_1w"] = r2["max_rps"] >= 1.4 * r1["max_rps"]
+        summary["workers_scaling"] = r2["max_rps"] / r1["max_rps"]
+        summary["targets"]["redis_2w_ge_1.4x_1w"] = summary["workers_scaling"] >= 1.4
     if "fanout" in report:
         summary["targets"]["fanout_p99_le_1.5s"] = report["fanout"]["p99_ms"] <= 1500
     report["summary"] = summary
@@ -684,6 +732,7 @@ def print_report(report: dict) -> None:
     lat, thr, summary = report["latency"], report["throughput"], report["summary"]
     print()
     print(f"machine: {report['machine']['cpus']} CPUs, load generator {report['load_generator']}")
+    print(f"engine for latency and req/s: {report['engine']}")
     print()
     print("non-streaming, concurrency 1 (latency) and 32 connections (throughput)")
     print(f"{'path':17s} {'p50 ms':>8s} {'p99 ms':>8s} {'+p50 ms':>8s} {'+p99 ms':>8s} "
@@ -696,6 +745,18 @@ def print_report(report: dict) -> None:
             f"{name:17s} {fmt(lat[name]['p50_ms']):>8s} {fmt(lat[name]['p99_ms']):>8s} "
             f"{fmt(added50):>8s} {fmt(added99):>8s} {thr[name]['rps']:9.0f} {ratio:9.2f}"
         )
+    print()
+    print("cores used during the max req/s run (CPU seconds / wall seconds)")
+    print(f"{'path':17s} {'path':>8s} {'engine':>8s} {'load gen':>8s} {'total':>8s}")
+    for name, row in thr.items():
+        c = row["cores"]
+        total = c["path"] + c["engine"] + c["load_generator"]
+        print(
+            f"{name:17s} {c['path']:8.2f} {c['engine']:8.2f} {c['load_generator']:8.2f} "
+            f"{total:8.2f}"
+        )
+    if "workers_scaling" in summary:
+        print(f"req/s, 2 workers / 1 worker (redis): {summary['workers_scaling']:.2f}x")
     print()
     print("streams: inter-token gap p99 (ms), and added over direct at the same count")
     counts = [r["streams"] for r in report["streams"]["direct"]]

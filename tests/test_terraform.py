@@ -144,6 +144,47 @@ def test_user_data_writes_what_the_units_need(rendered: dict) -> None:
     ]
 
 
+def _alb_glob(pattern: str) -> re.Pattern[str]:
+    """An ALB path pattern as a regex: case-sensitive, ``*`` any run of characters, ``?`` one."""
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern))
+
+
+def _sample(rule: str) -> str:
+    """A concrete path for a Flask rule: ``/v1/responses/<response_id>`` -> ``.../resp_1``."""
+    return re.sub(r"<(?:\w+:)?\w+>", "resp_1", rule)
+
+
+def test_public_listener_forwards_the_router_data_plane(rendered: dict) -> None:
+    """The public ALB forwards every path the router serves to clients, and nothing else.
+
+    The router's endpoint table and the Terraform path list are two definitions
+    in two languages; this keeps them equal, so a path added to the table is
+    not silently 404ed by the load balancer in front of it.
+    """
+    from spotrelay.router.endpoints import ENDPOINTS, Routing
+
+    public = [_alb_glob(p) for p in rendered["router_public_paths"]]
+    control = [_alb_glob(p) for p in rendered["router_control_paths"]]
+
+    def forwarded(globs: list[re.Pattern[str]], path: str) -> bool:
+        return any(g.fullmatch(path) for g in globs)
+
+    served = [_sample(e.path) for e in ENDPOINTS if e.routing is not Routing.REFUSED]
+    refused = [_sample(e.path) for e in ENDPOINTS if e.routing is Routing.REFUSED]
+    assert [p for p in served if not forwarded(public, p)] == []
+    assert [p for p in ("/healthz",) if not forwarded(public, p)] == []
+    outside_v1 = [p for p in refused if not p.startswith("/v1/")]
+    assert outside_v1 and [p for p in outside_v1 if forwarded(public, p)] == []
+    for path in ("/metrics", "/readyz", "/nodes", "/nodes/i-0abc/drain", "/instances/i-0abc/drain"):
+        assert not forwarded(public, path), path
+        assert forwarded(control, path) or path == "/metrics", path
+    for path in served:
+        assert not forwarded(control, path), path
+    # Every public glob is needed: each matches a served path or the health check.
+    for pattern in rendered["router_public_paths"]:
+        assert any(_alb_glob(pattern).fullmatch(p) for p in [*served, "/healthz"]), pattern
+
+
 def test_cloud_init_schema(rendered: dict, tmp_path: Path) -> None:
     docs, _ = tfcheck.documents_from(rendered)
     problems = tfcheck.cloud_init_problems(docs, tmp_path)

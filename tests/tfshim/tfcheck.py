@@ -113,6 +113,12 @@ output "router_yaml" {{
 output "router_install_script" {{
   value = module.router.install_script
 }}
+output "router_public_paths" {{
+  value = module.router.public_paths
+}}
+output "router_control_paths" {{
+  value = module.router.control_paths
+}}
 """
 
 

@@ -1,6 +1,6 @@
 # spotrelay routers: one multi-AZ Auto Scaling group of on-demand routers
 # sharing their node registry in ElastiCache (Valkey). Clients reach them
-# through the public load balancer (/v1/* only); agents heartbeat through an
+# through the public load balancer (the data plane only); agents heartbeat through an
 # internal load balancer that only the GPU nodes' security groups can reach,
 # so the GPU nodes know one address whatever the number of routers.
 
@@ -476,7 +476,7 @@ resource "aws_autoscaling_group" "router" {
   depends_on = [aws_iam_role_policy.router]
 }
 
-# --- public load balancer: /v1/* and /healthz only --------------------------------------
+# --- public load balancer: the data plane and /healthz only -----------------------------
 
 resource "aws_lb" "this" {
   #checkov:skip=CKV2_AWS_20:HTTP redirects to HTTPS whenever certificate_arn is set, which is required for an internet-facing load balancer; an internal one without a certificate has no HTTPS to redirect to.
@@ -583,8 +583,10 @@ resource "aws_lb_listener" "http" {
 }
 
 resource "aws_lb_listener_rule" "api" {
+  count = length(module.config.public_path_rules)
+
   listener_arn = local.https ? aws_lb_listener.https[0].arn : aws_lb_listener.http[0].arn
-  priority     = 10
+  priority     = 10 + count.index
   tags         = local.tags
 
   action {
@@ -594,9 +596,14 @@ resource "aws_lb_listener_rule" "api" {
 
   condition {
     path_pattern {
-      values = module.config.public_paths
+      values = module.config.public_path_rules[count.index]
     }
   }
+}
+
+moved {
+  from = aws_lb_listener_rule.api
+  to   = aws_lb_listener_rule.api[0]
 }
 
 # --- internal heartbeat endpoint: /nodes*, /healthz, /readyz only ---------------------

@@ -84,8 +84,13 @@ run "internal_by_default" {
   }
 
   assert {
-    condition     = toset(flatten([for c in aws_lb_listener_rule.api.condition : [for pp in c.path_pattern : pp.values]])) == toset(["/v1/*", "/healthz"])
-    error_message = "The public listener forwards /v1/* and /healthz only."
+    condition     = toset(flatten([for r in aws_lb_listener_rule.api : [for c in r.condition : [for pp in c.path_pattern : pp.values]]])) == toset(["/v1/*", "/healthz", "/pooling", "/classify", "/score", "/rerank", "/v2/rerank", "/tokenize", "/detokenize", "/version", "/health", "/load", "/tokenizer_info", "/ping"])
+    error_message = "The public listener forwards the public paths only."
+  }
+
+  assert {
+    condition     = alltrue([for r in aws_lb_listener_rule.api : length(flatten([for c in r.condition : [for pp in c.path_pattern : pp.values]])) <= 5])
+    error_message = "Each public listener rule matches at most five paths (the ALB's limit)."
   }
 
   assert {

@@ -80,19 +80,29 @@ locals {
   }
 
   # Path rules. ALB path patterns are globs (* and ?), case-sensitive.
-  # The public listener forwards the OpenAI API and the health check only;
-  # the internal (heartbeat) listener forwards the control plane only:
+  # The public listener forwards the router's data plane and the health
+  # check only: /v1/* and the vLLM paths outside it that the router serves
+  # (its endpoint table, router/endpoints.py, minus the admin and internal
+  # paths it refuses; tests/test_terraform.py keeps the two lists equal).
+  # The internal (heartbeat) listener forwards the control plane only:
   # registration and drains, and the capacity controller's drain by
   # instance id.
   # Everything else gets the fixed 404 below.
-  public_paths  = ["/v1/*", "/healthz"]
-  control_paths = ["/nodes", "/nodes/*", "/instances/*", "/healthz", "/readyz"]
+  public_paths = [
+    "/v1/*", "/healthz",
+    "/pooling", "/classify", "/score", "/rerank", "/v2/rerank",
+    "/tokenize", "/detokenize",
+    "/version", "/health", "/load", "/tokenizer_info", "/ping",
+  ]
+  # An ALB rule matches at most five path values: one listener rule per five.
+  public_path_rules = chunklist(local.public_paths, 5)
+  control_paths     = ["/nodes", "/nodes/*", "/instances/*", "/healthz", "/readyz"]
   not_found = {
     content_type = "application/json"
     status_code  = "404"
     message_body = jsonencode({
       error = {
-        message = "Not found: this endpoint serves /v1/* only."
+        message = "Not found: this endpoint serves the OpenAI-compatible API (/v1/*) and vLLM's public paths only."
         type    = "invalid_request_error"
         param   = null
         code    = "not_found"
@@ -106,6 +116,8 @@ locals {
     "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
     "/healthz", "/readyz", "/metrics", "/nodes", "/nodes/i-0abc", "/nodes/i-0abc/drain",
     "/instances/i-0abc/drain",
+    "/tokenize", "/score", "/v2/rerank", "/version", "/ping",
+    "/reset_prefix_cache", "/sleep", "/invocations", "/collective_rpc",
     "/", "/v1", "/admin", "/V1/models",
   ]
   glob_regex = { for g in distinct(concat(local.public_paths, local.control_paths)) :

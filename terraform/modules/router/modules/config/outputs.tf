@@ -38,6 +38,11 @@ output "public_paths" {
   value       = local.public_paths
 }
 
+output "public_path_rules" {
+  description = "public_paths in groups of at most five: one listener rule each (the ALB's limit per rule)."
+  value       = local.public_path_rules
+}
+
 output "control_paths" {
   description = "Path patterns the internal heartbeat listener forwards to the routers; anything else gets not_found."
   value       = local.control_paths

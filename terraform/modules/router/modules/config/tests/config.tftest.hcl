@@ -103,15 +103,15 @@ run "public_listener_forwards_the_api_only" {
   command = apply
 
   assert {
-    condition = alltrue([for p in ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/healthz"] :
+    condition = alltrue([for p in ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/healthz", "/tokenize", "/score", "/v2/rerank", "/version", "/ping"] :
     output.exposure[p].public])
-    error_message = "The public listener forwards the OpenAI API and the health check."
+    error_message = "The public listener forwards the OpenAI API, vLLM's public paths and the health check."
   }
 
   assert {
-    condition = !anytrue([for p in ["/metrics", "/nodes", "/nodes/i-0abc", "/nodes/i-0abc/drain", "/instances/i-0abc/drain", "/readyz", "/", "/v1", "/admin", "/V1/models"] :
+    condition = !anytrue([for p in ["/metrics", "/nodes", "/nodes/i-0abc", "/nodes/i-0abc/drain", "/instances/i-0abc/drain", "/readyz", "/reset_prefix_cache", "/sleep", "/invocations", "/collective_rpc", "/", "/v1", "/admin", "/V1/models"] :
     output.exposure[p].public])
-    error_message = "The public listener never forwards /metrics, the control plane or anything outside /v1/*."
+    error_message = "The public listener never forwards /metrics, the control plane, vLLM's admin paths or unknown paths."
   }
 
   assert {
@@ -125,8 +125,13 @@ run "public_listener_forwards_the_api_only" {
   }
 
   assert {
-    condition     = length(output.public_paths) <= 5 && length(output.control_paths) <= 5
+    condition     = alltrue([for r in output.public_path_rules : length(r) <= 5]) && length(output.control_paths) <= 5
     error_message = "An ALB rule takes at most 5 condition values."
+  }
+
+  assert {
+    condition     = flatten(output.public_path_rules) == output.public_paths
+    error_message = "The listener rules forward every public path, each once."
   }
 }
 

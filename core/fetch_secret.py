@@ -12,10 +12,13 @@ setting) points it at a test endpoint.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+
+from spotrelay.core.retry import retry_until
 
 USAGE = "usage: python -m spotrelay.core.fetch_secret PARAMETER REGION DEST [ENV_NAME]"
 
@@ -49,16 +52,24 @@ def main(
         return 2
     name, region, dest = args[:3]
     env_name = args[3] if len(args) == 4 else None
-    for attempt in range(attempts):
-        try:
-            value = read_parameter(name, region)
-            break
-        except Exception as exc:  # IAM propagation and throttling are transient
-            # The exception's type only: its text may quote the request.
-            print(f"fetch-secret: {name}: {type(exc).__name__}; retrying", file=sys.stderr)
-            sleep(min(2**attempt, 30))
-    else:
-        print(f"fetch-secret: giving up on {name}", file=sys.stderr)
+    delays = (min(2**n, 30) for n in itertools.count())
+
+    def retrying(exc: BaseException, delay: float) -> None:
+        # The exception's type only: its text may quote the request.
+        why = type(exc).__name__
+        print(f"fetch-secret: {name}: {why}; retrying in {delay:g} s", file=sys.stderr)
+
+    try:  # every error: IAM propagation and throttling are transient at boot
+        value = retry_until(
+            lambda: read_parameter(name, region),
+            retry_on=Exception,
+            next_delay=lambda: next(delays),
+            attempts=attempts,
+            on_retry=retrying,
+            sleep=sleep,
+        )
+    except Exception as exc:
+        print(f"fetch-secret: giving up on {name}: {type(exc).__name__}", file=sys.stderr)
         return 1
     write_secret(dest, f"{env_name}={value}\n" if env_name else value + "\n")
     return 0

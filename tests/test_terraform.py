@@ -146,7 +146,8 @@ def test_user_data_writes_what_the_units_need(rendered: dict) -> None:
 
 def _alb_glob(pattern: str) -> re.Pattern[str]:
     """An ALB path pattern as a regex: case-sensitive, ``*`` any run of characters, ``?`` one."""
-    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern))
+    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.compile("".join(parts))
 
 
 def _sample(rule: str) -> str:

@@ -20,6 +20,7 @@ from spotrelay.router.stream import (
     StreamBreak,
 )
 from spotrelay.router.upstream import Upstream
+from tests.raw_server import RawServer
 from tests.router_fakes import (
     DONE,
     FakeFleet,
@@ -560,8 +561,6 @@ def test_sse_framing_across_odd_chunk_boundaries():
 
 def test_stalled_stream_is_ended_by_the_idle_watchdog():
     """A real node connection: one event, then silence; the watchdog ends it cleanly."""
-    from tests.test_router_h1 import RawServer
-
     event = chunk("only")
 
     def stalls(conn, index):

@@ -4,18 +4,27 @@ The router's plain classes talk to nodes through a pool
 (``request`` returning a :class:`spotrelay.router.h1.Response`). These fakes script what a node
 does — answer, fail to connect, reset, send SSE chunks then break — so the
 retry, relay and routing logic can be tested fast and deterministically.
+:func:`build` wires a whole RouterService to them, with helpers to register
+nodes and send requests through its proxy.
 The integration tests (``test_router_integration.py``) use real simulators.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
 from spotrelay.router.h1 import ConnectFailed
 from spotrelay.router.netpolicy import NodeTarget
+from spotrelay.router.proxy import ProxyRequest, parse_request
+from spotrelay.router.service import RouterService
 from spotrelay.router.settings import RouterConfig
+from spotrelay.router.stream import EndWithError
+
+#: Node URLs of the fake fleet (private addresses the default network policy allows).
+A, B, C = "http://10.0.0.1:8000", "http://10.0.0.2:8000", "http://10.0.0.3:8000"
 
 
 def sse(doc: Any) -> bytes:
@@ -173,3 +182,52 @@ def fast_config(**sections: dict[str, Any]) -> RouterConfig:
 
 def report(url: str, models: list[str] | None = None, state: str = "ready", **extra) -> dict:
     return {"url": url, "models": models or ["m"], "state": state, **extra}
+
+
+def build(*, handler_factory=None, dns=None, **sections):
+    """A RouterService whose nodes are a FakeFleet: the router's logic with no sockets.
+
+    ``dns`` maps host names to addresses; ``sections`` override :func:`fast_config`.
+    """
+    fleet = FakeFleet()
+    kwargs = {}
+    if dns is not None:
+        kwargs["resolver"] = lambda host, port: dns[host]
+    svc = RouterService(
+        fast_config(**sections),
+        "node-secret",
+        pool_factory=fleet.pool_factory,
+        # The seam's default (no resume): resume has its own tests.
+        stream_handler_factory=handler_factory or (lambda req, proxy: EndWithError()),
+        **kwargs,
+    )
+    return svc, fleet
+
+
+def register(svc, node_id, url, models=("m",), state="ready"):
+    """Register a node through the control-plane call (so its URL is vetted); its registry entry."""
+    result = svc.put_node(node_id, json.dumps(report(url, list(models), state)).encode())
+    assert result.status == 200, result.doc
+    return svc.registry.get(node_id)
+
+
+def request(svc, body=None, *, path="/v1/completions", rid="req-1", session=None) -> ProxyRequest:
+    """A parsed data-plane request as the Flask route would hand it to the proxy."""
+    doc = {"model": "m", "prompt": "hi"} if body is None else body
+    return parse_request(
+        path,
+        json.dumps(doc).encode(),
+        request_id=rid,
+        received=time.monotonic(),
+        deadline_s=svc.cfg.timeouts.request_deadline_s,
+        session_key=session,
+    )
+
+
+def body_of(resp) -> bytes:
+    """The whole body of a proxy answer, a streamed one read to the end and closed."""
+    if isinstance(resp.body, bytes):
+        return resp.body
+    data = b"".join(resp.body)
+    resp.body.close()
+    return data

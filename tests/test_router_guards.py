@@ -26,8 +26,7 @@ from spotrelay.router.httpguard import (
 )
 from spotrelay.router.netpolicy import NetPolicy, NodeURLError, OwnEndpoints
 from spotrelay.router.proxy import HOP_HEADER
-from tests.router_fakes import FakeResp, answering, raising
-from tests.test_router_proxy import A, B, body_of, build, register, request
+from tests.router_fakes import A, B, FakeResp, answering, body_of, build, raising, register, request
 
 # -- slow clients ----------------------------------------------------------------------------
 

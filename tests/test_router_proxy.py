@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-from spotrelay.router.proxy import ProxyRequest, parse_request
 from spotrelay.router.registry import NodeStatus
 from spotrelay.router.service import RouterService
 from spotrelay.router.stream import (
@@ -23,62 +22,23 @@ from spotrelay.router.upstream import Upstream
 from tests.raw_server import RawServer
 from tests.router_fakes import (
     DONE,
-    FakeFleet,
+    A,
+    B,
+    C,
     FakeResp,
     answering,
+    body_of,
+    build,
     chunk,
     fast_config,
     raising,
     read_timeout,
     refused,
-    report,
+    register,
+    request,
     reset,
     sse,
 )
-
-A, B, C = "http://10.0.0.1:8000", "http://10.0.0.2:8000", "http://10.0.0.3:8000"
-
-
-def build(*, handler_factory=None, dns=None, **sections):
-    fleet = FakeFleet()
-    kwargs = {}
-    if dns is not None:
-        kwargs["resolver"] = lambda host, port: dns[host]
-    svc = RouterService(
-        fast_config(**sections),
-        "node-secret",
-        pool_factory=fleet.pool_factory,
-        # The seam's default (no resume): resume has its own tests.
-        stream_handler_factory=handler_factory or (lambda req, proxy: EndWithError()),
-        **kwargs,
-    )
-    return svc, fleet
-
-
-def register(svc, node_id, url, models=("m",), state="ready"):
-    result = svc.put_node(node_id, json.dumps(report(url, list(models), state)).encode())
-    assert result.status == 200, result.doc
-    return svc.registry.get(node_id)
-
-
-def request(svc, body=None, *, path="/v1/completions", rid="req-1", session=None) -> ProxyRequest:
-    doc = {"model": "m", "prompt": "hi"} if body is None else body
-    return parse_request(
-        path,
-        json.dumps(doc).encode(),
-        request_id=rid,
-        received=time.monotonic(),
-        deadline_s=svc.cfg.timeouts.request_deadline_s,
-        session_key=session,
-    )
-
-
-def body_of(resp) -> bytes:
-    if isinstance(resp.body, bytes):
-        return resp.body
-    data = b"".join(resp.body)
-    resp.body.close()
-    return data
 
 
 def assert_idle(svc):

@@ -10,21 +10,9 @@ import subprocess
 import pytest
 
 from spotrelay.core.processes import spotrelay_argv
-from spotrelay.router.app import create_app
 from spotrelay.router.server import gunicorn_settings
-from spotrelay.router.service import RouterService
-from tests.router_fakes import FakeFleet, FakeResp, answering, fast_config, report
-
-TOKEN = "node-secret"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-A = "http://10.0.0.1:8000"
-
-
-def client_for(**sections):
-    fleet = FakeFleet()
-    svc = RouterService(fast_config(**sections), TOKEN, pool_factory=fleet.pool_factory)
-    app = create_app(svc)
-    return app.test_client(), svc, fleet
+from tests.router_client import AUTH, TOKEN, client_for, openai_error_of, put
+from tests.router_fakes import A, FakeResp, answering, fast_config, report
 
 
 @pytest.fixture
@@ -32,16 +20,6 @@ def client():
     c, svc, fleet = client_for()
     c.svc, c.fleet = svc, fleet
     return c
-
-
-def put(client, node_id="a", url=A, models=("m",), state="ready", headers=AUTH):
-    return client.put(f"/nodes/{node_id}", json=report(url, list(models), state), headers=headers)
-
-
-def openai_error_of(resp):
-    doc = resp.get_json()
-    assert set(doc) == {"error"} and {"message", "type", "param", "code"} <= set(doc["error"])
-    return doc["error"]
 
 
 # -- control plane ---------------------------------------------------------------------------

@@ -19,8 +19,7 @@ before it retires the on-demand node, so while spot is still short the
 replacement fails and the on-demand node keeps serving. What it costs is a few
 failed launch activities and two base changes. Still, during a long shortage
 each failed probe doubles the quiet time the next one waits for (capped at
-``recover_backoff_max_s``); a successful launch after a probe, or the base
-back at its configured value, resets the backoff.
+``recover_backoff_max_s``); a probe that meets no shortage resets it.
 """
 
 from __future__ import annotations
@@ -117,21 +116,24 @@ def last_shortage(attempts: Sequence[LaunchAttempt]) -> LaunchAttempt | None:
     return max(failures, key=lambda a: a.at) if failures else None
 
 
-def settle_probe(attempts: Sequence[LaunchAttempt], state: FallbackState) -> FallbackState:
+def settle_probe(
+    attempts: Sequence[LaunchAttempt], state: FallbackState, now: float, window_s: float
+) -> FallbackState:
     """The pending probe's outcome, once the group's launch attempts show it.
 
     A spot shortage at or after the probe: it failed, and the next one waits
-    twice as long. A successful launch and no shortage since: spot launches
-    work again, so the backoff resets. Neither yet: still pending. The result
-    is absolute (the count read plus one, never a blind increment), so two runs
-    that read the same state write the same one.
+    twice as long. No shortage since, and a successful launch or ``window_s``
+    gone by (the group may have needed no launch): spot works again, the
+    backoff resets. Otherwise still pending. The count written is the count
+    read plus one, never a blind increment, so two runs that read the same
+    state write the same one.
     """
     if state.probe_at is None:
         return state
     since = [a for a in attempts if a.at >= state.probe_at]
     if any(a.spot_shortage for a in since):
         return replace(state, probe_at=None, failed_probes=state.failed_probes + 1)
-    if any(a.ok for a in since):
+    if any(a.ok for a in since) or now - state.probe_at >= window_s:
         return replace(state, probe_at=None, failed_probes=0)
     return state
 
@@ -156,7 +158,7 @@ class FallbackDecider:
         p, now, base = self.policy, self.clock(), obs.on_demand_base
         short = obs.ready_nodes is not None and obs.ready_nodes < p.min_ready
         state = replace(state, short_since=(state.short_since or now) if short else None)
-        state = settle_probe(obs.attempts, state)
+        state = settle_probe(obs.attempts, state, now, p.step_interval_s)
 
         def done(action: Action, target: int, reason: str) -> Decision:
             changed = state.changed_at if target == base else now
@@ -174,8 +176,7 @@ class FallbackDecider:
                 wait = p.step_interval_s - (now - (state.changed_at or now))
                 return done(Action.HOLD, base, f"{trigger}; next step in {wait:.0f}s")
             return done(Action.RAISE, base + 1, f"{trigger}; on-demand base {base} -> {base + 1}")
-        if base <= p.base_on_demand:  # out of fallback: nothing left to probe
-            state = replace(state, probe_at=None, failed_probes=0)
+        if base <= p.base_on_demand:
             return done(Action.HOLD, base, "spot healthy; on-demand base at its configured value")
         last = last_shortage(obs.attempts)
         quiet_for = now - last.at if last else None

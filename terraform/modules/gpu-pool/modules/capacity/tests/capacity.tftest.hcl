@@ -244,7 +244,12 @@ run "rejects_backoff_cap_below_recover_after" {
 run "backoff_cap_reaches_the_controller" {
   command = apply
   variables {
-    on_demand_fallback = { enabled = true, recover_after_s = 900, recover_backoff_max_s = 900 }
+    on_demand_fallback      = { enabled = true, recover_after_s = 900, recover_backoff_max_s = 900 }
+    on_demand_base_capacity = 1
+  }
+  assert {
+    condition     = output.lambda_environment.SPOTRELAY_BASE_ON_DEMAND == "1"
+    error_message = "The configured base reaches the controller: terraform no longer sets it on an existing group, the controller follows it."
   }
   assert {
     condition     = output.lambda_environment.SPOTRELAY_RECOVER_BACKOFF_MAX_S == "900"

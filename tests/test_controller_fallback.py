@@ -499,3 +499,13 @@ def test_backoff_settings_are_validated_and_named() -> None:
         from_env({**env, "SPOTRELAY_RECOVER_BACKOFF_MAX_S": "x"})
     assert from_env(env).policy.recover_backoff_max_s == 14400
     assert from_env(env).policy.recover_wait(10) == 14400
+
+
+def test_a_day_long_shortage_with_the_defaults() -> None:
+    """The figures docs/deploy.md quotes: probes and failed launches in 24 h of shortage."""
+    defaults = FallbackPolicy(max_on_demand=1)
+    backed_off = run_shortage(defaults, hours=24)
+    flat = run_shortage(replace(defaults, recover_backoff_max_s=defaults.recover_after_s), 24)
+    assert (len(backed_off["probes"]), backed_off["failures"]) == (7, 76)
+    assert (len(flat["probes"]), flat["failures"]) == (36, 361)
+    assert backed_off["lowest_serving"] == flat["lowest_serving"] == 1

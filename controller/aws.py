@@ -1,10 +1,11 @@
 """The controller's AWS I/O: the group's on-demand base, its activities, tags and metrics.
 
 Safe to run twice at once: :meth:`AsgGateway.apply` re-reads the group and
-writes the decided base only if the group still shows the base the decision
-was made from (a concurrent run that already moved it wins; the loser logs
-and does nothing). The target is absolute, so two runs that both saw the
-same base write the same value. The Lambda also has a reserved concurrency
+writes the decided base and state only if the group still shows the base and
+state tags the decision was made from (a concurrent run that already moved
+them wins; the loser logs and does nothing). Both are absolute, so two runs
+that saw the same group write the same values: a failed probe is counted
+once. The Lambda also has a reserved concurrency
 of one; this check is what makes overlapping *local* and Lambda runs safe.
 """
 

@@ -3,10 +3,11 @@
 The decision is a pure function of what was observed (the group's on-demand
 base, its recent launch attempts, the routers' ready-node count) and a small
 persisted state (when the shortage of ready nodes began, when the base last
-changed), evaluated at the injected clock's ``now``. It never increments: it
-computes an absolute target from the *observed* base, so two runs that see the
-same group decide the same value, and the writer applies it only if the group
-still shows the value it observed (:meth:`spotrelay.controller.aws.AsgGateway.apply`).
+changed, the pending recovery probe and how many failed in a row), evaluated
+at the injected clock's ``now``. It never increments: it computes an absolute
+target from the *observed* base, so two runs that see the same group decide
+the same value, and the writer applies it only if the group still shows the
+value it observed (:meth:`spotrelay.controller.aws.AsgGateway.apply`).
 
 Recovery cannot wait for a spot *success* while every node is on-demand: the
 group makes no spot attempt then. So "spot is back" means no spot launch has
@@ -20,6 +21,11 @@ replacement fails and the on-demand node keeps serving. What it costs is a few
 failed launch activities and two base changes. Still, during a long shortage
 each failed probe doubles the quiet time the next one waits for (capped at
 ``recover_backoff_max_s``); a probe that meets no shortage resets it.
+
+The configured base (``base_on_demand``, the module's
+``scaling.on_demand_base_capacity``) is a floor: never lowered below, and a
+group found below it (the operator raised the variable; Terraform leaves an
+existing group's base to the controller) is raised to it at once.
 """
 
 from __future__ import annotations

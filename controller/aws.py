@@ -5,8 +5,8 @@ writes the decided base and state only if the group still shows the base and
 state tags the decision was made from (a concurrent run that already moved
 them wins; the loser logs and does nothing). Both are absolute, so two runs
 that saw the same group write the same values: a failed probe is counted
-once. The Lambda also has a reserved concurrency
-of one; this check is what makes overlapping *local* and Lambda runs safe.
+once. The schedule, the queue and a local run can overlap; this check is what
+makes that safe.
 """
 
 from __future__ import annotations

@@ -65,8 +65,8 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+from static_engine import HAPROXY_HEAD, record_answers
 from static_engine import haproxy_config as static_engine_config
-from static_engine import record_answers
 
 from spotrelay.core.net import free_port, http_ok
 from spotrelay.core.processes import ManagedProcess, ProcessGroup, spotrelay_argv
@@ -244,18 +244,7 @@ def fanout_run(procs, logdir, redis_url: str, engine: int, trials: int) -> dict:
 
 
 def haproxy_config(port: int, engine: int) -> str:
-    return f"""
-global
-    maxconn 8000
-    nbthread 1
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 600s
-    timeout server 600s
-    option http-keep-alive
-    option http-no-delay
-    http-reuse always
+    return f"""{HAPROXY_HEAD}
 frontend bench
     bind {HOST}:{port}
     default_backend engine

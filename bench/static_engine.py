@@ -47,6 +47,21 @@ def record_answers(engine_url: str, model: str, into: Path) -> dict[str, Path]:
     return files
 
 
+# One thread, keep-alive on both sides: the settings every HAProxy of the benchmark shares.
+HAPROXY_HEAD = """
+global
+    maxconn 8000
+    nbthread 1
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 600s
+    timeout server 600s
+    option http-keep-alive
+    option http-no-delay
+    http-reuse always"""
+
+
 def haproxy_config(host: str, port: int, answers: dict[str, Path]) -> str:
     """One thread answering from memory: each recorded body on its path, 200 on /health."""
     rules = "\n".join(
@@ -54,14 +69,7 @@ def haproxy_config(host: str, port: int, answers: dict[str, Path]) -> str:
         f"if {{ path {path} }}"
         for path, file in answers.items()
     )
-    return f"""
-global
-    maxconn 8000
-    nbthread 1
-defaults
-    mode http
-    timeout client 600s
-    option http-keep-alive
+    return f"""{HAPROXY_HEAD}
 frontend static-engine
     bind {host}:{port}
 {rules}

@@ -14,8 +14,10 @@ from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from .metrics_share import SnapshotBoard
 from .registry import Registry
 from .retry import RetryBudget
 
@@ -29,8 +31,23 @@ LATENCY_BUCKETS = (
 
 
 class RouterMetrics:
-    def __init__(self) -> None:
+    """The router's metrics; with ``shared_dir``, summed over every worker of the router.
+
+    ``shared_dir`` is the multiprocess directory the gunicorn master made
+    (:mod:`spotrelay.router.metrics_share` says why and how); prometheus_client
+    must have been told about it (``PROMETHEUS_MULTIPROC_DIR``) before this
+    object is created.
+    """
+
+    def __init__(self, shared_dir: str | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.shared_dir = shared_dir
+        self.board = SnapshotBoard(shared_dir) if shared_dir else None
+        # What a scrape renders: this registry, or (shared) every worker's files.
+        self.scrape_registry = self.registry
+        if shared_dir:
+            self.scrape_registry = CollectorRegistry()
+            MultiProcessCollector(self.scrape_registry, path=shared_dir)
         r = self.registry
         self.requests = Counter(
             PREFIX + "requests_total",
@@ -115,6 +132,9 @@ class RouterMetrics:
             registry=r,
         )
         self._ok = self.attempts.labels("ok")
+        self._local: Callable[[], dict] = lambda: {
+            "in_flight": {}, "active_requests": 0, "active_retries": 0, "backend_up": True
+        }  # fmt: skip
         self._served: Callable[[str], bool] = lambda model: False
         self._model_labels: set[str] = set()
 
@@ -140,10 +160,29 @@ class RouterMetrics:
         backend_up: Callable[[], bool] = lambda: True,
     ) -> None:
         """Expose registry, backend and budget state at scrape time; count registry events."""
-        self.registry.register(_StateCollector(registry, budget))
-        self.registry.register(_BackendCollector(backend, backend_up))
+
+        def local() -> dict:
+            return {
+                "in_flight": {n.id: n.in_flight for n in registry.nodes() if n.in_flight},
+                "active_requests": budget.active_requests,
+                "active_retries": budget.active_retries,
+                "backend_up": backend_up(),
+            }
+
+        self._local = local
+        self.scrape_registry.register(_StateCollector(registry, self.snapshots))
+        self.scrape_registry.register(_BackendCollector(backend, self.snapshots))
         registry.listeners.append(self._on_node_event)
         self._served = registry.has_served
+
+    def local_snapshot(self) -> dict:
+        """This worker's scrape-time gauges: what it publishes for the others (shared mode)."""
+        return self._local()
+
+    def snapshots(self) -> list[dict]:
+        """This worker's live gauges, then the other workers' published ones (shared mode)."""
+        others = self.board.others() if self.board is not None else []
+        return [self.local_snapshot(), *others]
 
     def _on_node_event(self, event: str, node: object) -> None:
         self.node_events.labels(event).inc()
@@ -151,13 +190,22 @@ class RouterMetrics:
             self.ejections.inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self.scrape_registry)
+
+
+Snapshots = Callable[[], list[dict]]
 
 
 class _StateCollector(Collector):
-    def __init__(self, registry: Registry, budget: RetryBudget) -> None:
+    """Node states from this worker's view (the shared one); in-flight summed over workers.
+
+    In-flight series exist only for nodes in the view, so a reclaimed node's
+    series ends with it, whatever another worker's snapshot still says.
+    """
+
+    def __init__(self, registry: Registry, snapshots: Snapshots) -> None:
         self._registry = registry
-        self._budget = budget
+        self._snapshots = snapshots
 
     def describe(self) -> list:
         return []
@@ -169,24 +217,26 @@ class _StateCollector(Collector):
         for state, count in self._registry.counts_by_status().items():
             by_state.add_metric([state], count)
         yield by_state
+        snaps = self._snapshots()
         in_flight = GaugeMetricFamily(
             PREFIX + "node_in_flight",
-            "Requests this router has open on each node",
+            "Requests this router (all its workers) has open on each node",
             labels=["node", "state"],
         )
         for node in self._registry.nodes():
-            in_flight.add_metric([node.id, str(node.status)], node.in_flight)
+            total = sum(s["in_flight"].get(node.id, 0) for s in snaps)
+            in_flight.add_metric([node.id, str(node.status)], total)
         yield in_flight
-        yield _gauge(PREFIX + "active_requests", "Data-plane requests in progress", self._budget,
-                     lambda b: b.active_requests)  # fmt: skip
-        yield _gauge(PREFIX + "active_retries", "Retry attempts in progress", self._budget,
-                     lambda b: b.active_retries)  # fmt: skip
+        yield _gauge(PREFIX + "active_requests", "Data-plane requests in progress",
+                     sum(s["active_requests"] for s in snaps))  # fmt: skip
+        yield _gauge(PREFIX + "active_retries", "Retry attempts in progress",
+                     sum(s["active_retries"] for s in snaps))  # fmt: skip
 
 
 class _BackendCollector(Collector):
-    def __init__(self, backend: str, up: Callable[[], bool]) -> None:
+    def __init__(self, backend: str, snapshots: Snapshots) -> None:
         self._backend = backend
-        self._up = up
+        self._snapshots = snapshots
 
     def describe(self) -> list:
         return []
@@ -194,16 +244,15 @@ class _BackendCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
             PREFIX + "registry_backend_up",
-            "1 while this worker's registry backend is reachable (memory: always)",
+            "1 while every worker of this router reaches its registry backend (memory: always)",
             labels=["backend"],
         )
-        family.add_metric([self._backend], 1.0 if self._up() else 0.0)
+        up = all(s["backend_up"] for s in self._snapshots())
+        family.add_metric([self._backend], 1.0 if up else 0.0)
         yield family
 
 
-def _gauge(
-    name: str, doc: str, budget: RetryBudget, get: Callable[[RetryBudget], int]
-) -> GaugeMetricFamily:
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     family = GaugeMetricFamily(name, doc)
-    family.add_metric([], get(budget))
+    family.add_metric([], value)
     return family

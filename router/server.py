@@ -24,7 +24,9 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from . import metrics_share
 from .httpguard import GuardSettings
+from .metrics_share import worker_exited
 from .settings import RouterConfig, worker_count
 from .worker import worker_class
 
@@ -80,18 +82,31 @@ class RouterApplication(BaseApplication):
         self.node_token = node_token
         self.log_level = log_level
         self.hop_id = os.urandom(8).hex()  # before the fork: one loop mark for all workers
+        # Several workers: one /metrics for all of them (metrics_share says why), set up
+        # here in the master, before any worker (or metric) exists.
+        self.metrics_dir = metrics_share.prepare() if worker_count(cfg) > 1 else None
         super().__init__(prog="spotrelay router")
 
     def load_config(self) -> None:
         for key, value in gunicorn_settings(self.router_cfg, self.log_level).items():
             if key in self.cfg.settings:
                 self.cfg.set(key, value)
+        if self.metrics_dir is not None:
+            directory = self.metrics_dir
+
+            def child_exit(_arbiter: Any, worker: Any) -> None:
+                worker_exited(directory, worker.pid)
+
+            self.cfg.set("child_exit", child_exit)
+            self.cfg.set("on_exit", lambda _arbiter: metrics_share.remove(directory))
 
     def load(self) -> Any:
         from .app import create_app
         from .service import RouterService
 
-        service = RouterService(self.router_cfg, self.node_token, hop_id=self.hop_id)
+        service = RouterService(
+            self.router_cfg, self.node_token, hop_id=self.hop_id, metrics_dir=self.metrics_dir
+        )
         service.start()
         server = self.router_cfg.server
         log.info(

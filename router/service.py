@@ -25,6 +25,7 @@ from .dataplane import DataPlane
 from .disconnect import ClientWatch
 from .health import HealthMonitor, http_probe
 from .metrics import RouterMetrics
+from .metrics_share import Publisher
 from .netpolicy import (
     NetPolicy,
     NodeTarget,
@@ -66,6 +67,7 @@ class RouterService:
         stream_handler_factory: Callable[[ProxyRequest, Proxy], StreamHandler] | None = None,
         pool_factory: Callable[[NodeTarget], Any] | None = None,
         hop_id: str | None = None,
+        metrics_dir: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.started_at = time.time()
@@ -89,7 +91,7 @@ class RouterService:
             pool_factory=pool_factory or (lambda target: make_pool(target, pool_size)),
             max_nodes=cfg.registry.max_nodes,
         )
-        self.metrics = RouterMetrics()
+        self.metrics = RouterMetrics(shared_dir=metrics_dir)
         self.budget = RetryBudget(
             cfg.retry.budget_percent, cfg.retry.min_retry_concurrency, cfg.retry.budget_wait_s
         )
@@ -128,6 +130,9 @@ class RouterService:
             retry_after_s=cfg.routing.retry_after_s,
             clock=clock,
         )
+        self.metrics_board = None
+        if self.metrics.board is not None:
+            self.metrics_board = Publisher(self.metrics.board, self.metrics.local_snapshot)
         self.health = HealthMonitor(
             self.registry,
             http_probe(cfg.health.probe_timeout_s),
@@ -140,6 +145,8 @@ class RouterService:
         """Start background upkeep (TTL expiry, probes, Redis sync); once per worker process."""
         if self.sync is not None:
             self.sync.start()
+        if self.metrics_board is not None:
+            self.metrics_board.start()
         self.health.start()
         self.watchdog.start()
         self.client_watch.start()
@@ -147,6 +154,8 @@ class RouterService:
     def stop(self) -> None:
         if self.sync is not None:
             self.sync.stop()
+        if self.metrics_board is not None:
+            self.metrics_board.stop()
         self.health.stop()
         self.watchdog.stop()
         self.client_watch.stop()

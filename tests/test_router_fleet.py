@@ -492,3 +492,107 @@ def test_tls_registry_verified_against_a_ca_file(procs: ProcessGroup, logdir: Pa
 
 def _auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {ROUTER_TOKEN}"}
+
+
+# -- one /metrics for all workers -----------------------------------------------------------
+
+
+def metrics_view(router: Service) -> tuple[str, dict[tuple[str, tuple], float]]:
+    """A fresh connection's ``GET /metrics``: (worker id, samples by (name, sorted labels))."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    parts = urlsplit(router.url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()
+        text = resp.read().decode()
+        worker = resp.getheader("X-Spotrelay-Router") or ""
+    finally:
+        conn.close()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    return worker, samples
+
+
+def until_every_worker_reports(router: Service, workers: set[str], check, what: str) -> None:
+    """Poll ``/metrics`` on fresh connections until each worker answered ``check(samples)``."""
+    done: set[str] = set()
+
+    def all_done() -> bool:
+        worker, samples = metrics_view(router)
+        if check(samples):
+            done.add(worker)
+        return done >= workers
+
+    wait_until(all_done, timeout=20, interval=0.02, what=what)
+
+
+def served(samples: dict) -> float:
+    key = ("spotrelay_router_requests_total", (("model", MODEL), ("status", "200")))
+    return samples.get(key, 0.0)
+
+
+def test_metrics_describe_the_whole_router_whichever_worker_answers(
+    procs: ProcessGroup, logdir: Path, engine
+) -> None:
+    """Counters sum every worker and survive a worker's restart; gauges sum live workers."""
+    import psutil
+
+    local = start_redis(procs, logdir)
+    router = start_router(procs, logdir, fleet_config(local.url, ttl_s=60))
+    register_node(router.url, ROUTER_TOKEN, "n-1", engine.url, MODEL)
+    workers = workers_of(router, 2)
+    until_every_worker(router, workers, lambda n: "n-1" in n, timeout=10, what="n-1 everywhere")
+
+    answered: set[str] = set()
+    for _ in range(20):  # a new connection each: gunicorn spreads them over both workers
+        resp = complete(router)
+        assert resp.status_code == 200, resp.text
+        answered.add(resp.headers.get("X-Spotrelay-Router", ""))
+    until_every_worker_reports(
+        router, workers, lambda s: served(s) == 20, "every worker to report all 20 requests"
+    )
+
+    # A stream held open on one worker shows in the gauges whichever worker is scraped.
+    body = {"model": MODEL, "prompt": "a long one", "max_tokens": 3000, "stream": True}
+    with requests.post(f"{router.url}/v1/completions", json=body, stream=True, timeout=30) as s:
+        assert s.status_code == 200
+        lines = s.iter_lines()  # kept: a dropped iterator closes the connection
+        assert next(lines)
+        in_flight = ("spotrelay_router_node_in_flight", (("node", "n-1"), ("state", "ready")))
+        until_every_worker_reports(
+            router,
+            workers,
+            lambda m: (
+                m.get(("spotrelay_router_active_requests", ())) == 1 and m.get(in_flight) == 1
+            ),
+            "every worker to report the open stream",
+        )
+
+    until_every_worker_reports(
+        router, workers, lambda m: m.get(("spotrelay_router_active_requests", ())) == 0,
+        "the closed stream to leave the gauges",
+    )  # fmt: skip
+
+    # gunicorn replaces a killed worker; the router's totals do not go back.
+    victim = psutil.Process(router.proc.pid).children()[0]
+    victim.kill()
+    replacement = wait_until(  # answers under its own pid
+        lambda: (w := view(router)[0]) not in workers and w,
+        timeout=30, interval=0.01, what="gunicorn to replace the killed worker",
+    )  # fmt: skip
+    survivors = {w for w in workers if not w.endswith(f" pid {victim.pid}")} | {replacement}
+    assert len(survivors) == 2
+    up = ("spotrelay_router_registry_backend_up", (("backend", "redis"),))
+    until_every_worker_reports(  # the replacement reports down until its sync is up
+        router, survivors, lambda s: s.get(up) == 1, "the replacement to reach Redis"
+    )
+    for _ in range(10):
+        worker, samples = metrics_view(router)
+        assert served(samples) >= 21, (worker, served(samples))  # the stream counted too
+        assert samples.get(("spotrelay_router_active_requests", ())) == 0
+        assert samples[up] == 1

@@ -1,11 +1,12 @@
 """The controller's AWS I/O: the group's on-demand base, its activities, tags and metrics.
 
 Safe to run twice at once: :meth:`AsgGateway.apply` re-reads the group and
-writes the decided base only if the group still shows the base the decision
-was made from (a concurrent run that already moved it wins; the loser logs
-and does nothing). The target is absolute, so two runs that both saw the
-same base write the same value. The Lambda also has a reserved concurrency
-of one; this check is what makes overlapping *local* and Lambda runs safe.
+writes the decided base and state only if the group still shows the base and
+state tags the decision was made from (a concurrent run that already moved
+them wins; the loser logs and does nothing). Both are absolute, so two runs
+that saw the same group write the same values: a failed probe is counted
+once. The schedule, the queue and a local run can overlap; this check is what
+makes that safe.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ log = logging.getLogger("spotrelay.controller")
 
 TAG_SHORT_SINCE = "spotrelay:fallback-short-since"
 TAG_CHANGED_AT = "spotrelay:fallback-changed-at"
+TAG_PROBE_AT = "spotrelay:fallback-probe-at"
+TAG_FAILED_PROBES = "spotrelay:fallback-failed-probes"
 ACTIVITY_PAGES = 2  # 2 x 100 activities: hours of history, enough for any threshold
 
 
@@ -62,25 +65,39 @@ class AsgGateway:
             kwargs["NextToken"] = page["NextToken"]
         return out
 
+    @staticmethod
+    def _state(group: dict[str, Any]) -> FallbackState:
+        """The state the last run left in the group's tags (a missing tag: its default)."""
+        tags = {t["Key"]: t.get("Value", "") for t in group.get("Tags", [])}
+        return FallbackState(
+            short_since=_float_tag(tags, TAG_SHORT_SINCE),
+            changed_at=_float_tag(tags, TAG_CHANGED_AT),
+            probe_at=_float_tag(tags, TAG_PROBE_AT),
+            failed_probes=int(_float_tag(tags, TAG_FAILED_PROBES) or 0),
+        )
+
     def observe(self, ready_nodes: int | None) -> tuple[Observation, FallbackState]:
         group = self._group()
-        tags = {t["Key"]: t.get("Value", "") for t in group.get("Tags", [])}
         obs = Observation(self._base(group), launch_attempts(self.activities()), ready_nodes)
-        state = FallbackState(_float_tag(tags, TAG_SHORT_SINCE), _float_tag(tags, TAG_CHANGED_AT))
-        return obs, state
+        return obs, self._state(group)
 
     def apply(self, decision: Decision, previous: FallbackState) -> bool:
-        """Write the decision; False when another run changed the base first."""
+        """Write the decision; False when another run changed the base or the state first."""
+        if not decision.changes and decision.state == previous:
+            return True
+        group = self._group()
+        current, stored = self._base(group), self._state(group)
+        if current != decision.observed_base or stored != previous:
+            log.info(
+                "the group shows base %d and %s, not the %d and %s this decision saw: "
+                "another run moved it",
+                current,
+                stored,
+                decision.observed_base,
+                previous,
+            )
+            return False
         if decision.changes:
-            group = self._group()
-            current = self._base(group)
-            if current != decision.observed_base:
-                log.info(
-                    "on-demand base is %d, not the %d this decision saw: another run moved it",
-                    current,
-                    decision.observed_base,
-                )
-                return False
             self.client.update_auto_scaling_group(
                 AutoScalingGroupName=self.asg_name,
                 MixedInstancesPolicy=with_base(group, decision.target_base),
@@ -90,17 +107,22 @@ class AsgGateway:
         return True
 
     def _save_state(self, state: FallbackState) -> None:
-        def tag(key: str, value: float | None) -> dict[str, Any]:
+        def tag(key: str, value: float | None, fmt: str = ".3f") -> dict[str, Any]:
             return {
                 "ResourceId": self.asg_name,
                 "ResourceType": "auto-scaling-group",
                 "Key": key,
-                "Value": "" if value is None else f"{value:.3f}",
+                "Value": "" if value is None else format(value, fmt),
                 "PropagateAtLaunch": False,
             }
 
         self.client.create_or_update_tags(
-            Tags=[tag(TAG_SHORT_SINCE, state.short_since), tag(TAG_CHANGED_AT, state.changed_at)]
+            Tags=[
+                tag(TAG_SHORT_SINCE, state.short_since),
+                tag(TAG_CHANGED_AT, state.changed_at),
+                tag(TAG_PROBE_AT, state.probe_at),
+                tag(TAG_FAILED_PROBES, state.failed_probes, "d"),
+            ]
         )
 
 

@@ -79,6 +79,7 @@ class Controller:
         metrics = [
             ("FallbackDecisions", 1, {"Action": str(decision.action)}),
             ("OnDemandBaseCapacity", decision.target_base if applied else obs.on_demand_base, {}),
+            ("FailedRecoveryProbes", (decision.state if applied else state).failed_probes, {}),
         ]
         if ready is not None:
             metrics.append(("ReadyNodes", ready, {}))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .fallback import FallbackPolicy
+from .fallback import FallbackPolicy, PolicyError
 
 PREFIX = "SPOTRELAY_"
 
@@ -78,11 +78,12 @@ def from_env(env: Mapping[str, str]) -> ControllerSettings:
         min_ready=int(_number(env, "MIN_READY", 0)),
         max_on_demand=int(_number(env, "MAX_ON_DEMAND", 2)),
         base_on_demand=int(_number(env, "BASE_ON_DEMAND", 0)),
+        recover_backoff_max_s=_number(env, "RECOVER_BACKOFF_MAX_S", 14400),
     )
     try:
         policy.validate()
-    except ValueError as exc:
-        raise SettingError(f"{PREFIX}MAX_ON_DEMAND: {exc}") from None
+    except PolicyError as exc:
+        raise SettingError(f"{PREFIX}{exc.key.upper()}: {exc}") from None
     return ControllerSettings(
         asg_name=asg,
         pool=_get(env, "POOL", asg) or asg,

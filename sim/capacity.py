@@ -53,6 +53,9 @@ class CapacityOptions:
     spot_shortage: tuple[float, float] | None = None  # seconds after traffic starts
     fallback_after_s: float = 2.0
     recover_after_s: float = 4.0
+    # Failed recovery probes double the wait up to this; 8 s keeps the return to
+    # spot inside a 20-30 s demo even when the first probe meets the shortage.
+    recover_backoff_max_s: float = 8.0
     step_interval_s: float = 2.0
     retry_s: float = 1.0  # the group retries a failed spot launch this often
     tick_s: float = 0.25
@@ -127,6 +130,7 @@ class CapacityLoop:
                 recover_after_s=options.recover_after_s,
                 step_interval_s=options.step_interval_s,
                 max_on_demand=max(1, len(fleet.nodes)),
+                recover_backoff_max_s=options.recover_backoff_max_s,
             )
         )
         self.state = FallbackState()

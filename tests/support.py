@@ -277,6 +277,31 @@ def router_nodes(router_url: str, token: str = ROUTER_TOKEN) -> dict[str, dict]:
         return {n["id"]: n for n in json.load(resp)}
 
 
+AUTOSCALING_NS = "http://autoscaling.amazonaws.com/doc/2011-01-01/"
+
+
+def scaling_activities_xml(activities: list[dict]) -> tuple[int, str]:
+    """A ``DescribeScalingActivities`` answer (Query protocol) listing ``activities``.
+
+    moto answers that call with an empty list; tests whose subject reads the
+    group's launch history answer it from documented activity entries instead.
+    """
+    import uuid
+    from xml.sax.saxutils import escape
+
+    members = "".join(
+        "<member>" + "".join(f"<{k}>{escape(str(v))}</{k}>" for k, v in a.items()) + "</member>"
+        for a in activities
+    )
+    return 200, (
+        f'<DescribeScalingActivitiesResponse xmlns="{AUTOSCALING_NS}">'
+        f"<DescribeScalingActivitiesResult><Activities>{members}</Activities>"
+        "</DescribeScalingActivitiesResult>"
+        f"<ResponseMetadata><RequestId>{uuid.uuid4()}</RequestId></ResponseMetadata>"
+        "</DescribeScalingActivitiesResponse>"
+    )
+
+
 class MotoFront:
     """An HTTP front for moto (server mode) where moto lacks an AWS behaviour.
 

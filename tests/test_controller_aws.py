@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,20 @@ import boto3
 import pytest
 
 from spotrelay.controller import handler as lambda_handler
-from spotrelay.controller.aws import TAG_CHANGED_AT, AsgGateway
+from spotrelay.controller.aws import TAG_CHANGED_AT, TAG_FAILED_PROBES, TAG_PROBE_AT, AsgGateway
 from spotrelay.controller.fallback import Action, Decision, FallbackState
 from spotrelay.controller.interruptions import InterruptionHandler, Outcome
 from spotrelay.controller.queue import QueueConsumer
 from spotrelay.controller.routers import RouterError, RouterFleet
 from spotrelay.core.net import free_port
-from tests.support import ROUTER_TOKEN, MotoFront, register_node, router_nodes, start_router
+from tests.support import (
+    ROUTER_TOKEN,
+    MotoFront,
+    register_node,
+    router_nodes,
+    scaling_activities_xml,
+    start_router,
+)
 
 REGION = "us-east-1"
 FIXTURES = Path(__file__).parent / "fixtures" / "eventbridge"
@@ -334,7 +342,12 @@ def test_lambda_raises_and_lowers_the_on_demand_base(
 
     cw = client("cloudwatch", moto_endpoint)
     names = {m["MetricName"] for m in cw.list_metrics(Namespace="spotrelay")["Metrics"]}
-    assert {"FallbackDecisions", "OnDemandBaseCapacity", "ReadyNodes"} <= names
+    assert {
+        "FallbackDecisions",
+        "OnDemandBaseCapacity",
+        "ReadyNodes",
+        "FailedRecoveryProbes",
+    } <= names
 
 
 def test_lambda_drains_from_sqs_records(lambda_env: str, router: str) -> None:
@@ -395,3 +408,113 @@ def test_lambda_reports_unreachable_routers_as_batch_item_failures(
         "eventSource": "aws:sqs",
     }
     assert invoke({"Records": [record]}) == {"batchItemFailures": [{"itemIdentifier": "m-retry"}]}
+
+
+# -- recovery probes back off, across cold starts ---------------------------------------------
+
+SHORTAGE_ACTIVITIES = json.loads((FIXTURES / "scaling-activities-spot-shortage.json").read_text())
+
+
+def activity(at: float, ok: bool) -> dict:
+    """A documented launch activity of the group at ``at``: spot shortage or success."""
+    entries = SHORTAGE_ACTIVITIES["Activities"]
+    doc = dict(next(a for a in entries if (a["StatusCode"] == "Successful") == ok))
+    doc["StartTime"] = datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
+    return doc
+
+
+class ShortageFront(PartialUpdateFront):
+    """:class:`PartialUpdateFront` whose group reports the launch history the test writes."""
+
+    def __init__(self, moto: str) -> None:
+        self.activities: list[dict] = []
+        super().__init__(moto)
+
+    def answer(self, form: dict[str, str]) -> tuple[int, str] | None:
+        if form.get("Action") == "DescribeScalingActivities":
+            return scaling_activities_xml(list(reversed(self.activities)))  # newest first
+        return None
+
+
+def at_once(n: int, fn: Callable[[], Decision]) -> list[Decision]:
+    results: list[Decision] = []
+    threads = [threading.Thread(target=lambda: results.append(fn())) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_probes_back_off_across_cold_starts(
+    moto_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long shortage: every run is a fresh controller (a cold start) reading its state from
+    the group's tags; each failed probe doubles the wait, up to the cap, and spot coming
+    back resets it."""
+    name = make_group(moto_endpoint)
+    front = ShortageFront(moto_endpoint)
+    env = {
+        "SPOTRELAY_ASG_NAME": name,
+        "SPOTRELAY_AWS_ENDPOINT_URL": front.url,
+        "SPOTRELAY_FALLBACK_AFTER_S": "300",
+        "SPOTRELAY_RECOVER_AFTER_S": "900",
+        "SPOTRELAY_STEP_INTERVAL_S": "600",
+        "SPOTRELAY_MAX_ON_DEMAND": "1",
+        "SPOTRELAY_RECOVER_BACKOFF_MAX_S": "3600",
+    }
+    settings = lambda_handler.from_env(env)
+    now = [datetime(2026, 11, 29, 20, 0, tzinfo=UTC).timestamp()]
+
+    def run(at: float) -> Decision:
+        now[0] = at
+        controller = lambda_handler.Controller(
+            settings, lambda_handler.boto3_clients(settings), clock=lambda: now[0]
+        )
+        decision = controller.run_fallback()
+        assert decision is not None
+        return decision
+
+    def tags() -> dict[str, str]:
+        return {t["Key"]: t["Value"] for t in group_of(moto_endpoint, name)["Tags"]}
+
+    def fail(at: float) -> float:
+        front.activities.append(activity(at, ok=False))
+        return at
+
+    try:
+        t = now[0]
+        fail(t - 400)
+        last_failure = fail(t - 10)
+        assert run(t).action is Action.RAISE and base_of(moto_endpoint, name) == 1
+        front.activities.append(activity(t + 60, ok=True))  # the on-demand node
+
+        probes: list[float] = []
+        for expected_wait in (900, 1800, 3600, 3600):
+            held = run(last_failure + expected_wait - 1)
+            assert held.action is Action.HOLD, held.reason
+            assert f"next probe after {expected_wait}s" in held.reason
+            probe = run(last_failure + expected_wait)
+            assert probe.action is Action.LOWER and base_of(moto_endpoint, name) == 0
+            probes.append(probe_at := now[0])
+            assert float(tags()[TAG_PROBE_AT]) == probe_at  # survives into the next cold start
+            if len(probes) == 4:
+                break
+            # Spot is still short: the replacement fails, the on-demand node stays.
+            fail(probe_at + 30)
+            last_failure = fail(probe_at + 90)
+            # Two runs at once (schedule and a local run): one raises, both agree.
+            results = at_once(2, lambda at=probe_at + 600: run(at))
+            assert Action.RAISE in {d.action for d in results}
+            assert base_of(moto_endpoint, name) == 1
+            assert tags()[TAG_FAILED_PROBES] == str(len(probes))  # counted once, not twice
+            assert tags()[TAG_PROBE_AT] == ""
+
+        # Spot is back: the last probe's replacement launches; the backoff resets.
+        front.activities.append(activity(probes[-1] + 60, ok=True))
+        done = run(probes[-1] + 600)
+        assert done.action is Action.HOLD and "configured value" in done.reason
+        assert tags()[TAG_FAILED_PROBES] == "0"
+        assert base_of(moto_endpoint, name) == 0
+    finally:
+        front.close()

@@ -7,6 +7,7 @@ stored under ``tests/fixtures``.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from spotrelay.controller.fallback import (
     FallbackPolicy,
     FallbackState,
     Observation,
+    settle_probe,
 )
 from spotrelay.controller.interruptions import DrainResult, InterruptionHandler, Outcome
 from spotrelay.controller.settings import SettingError, from_env
@@ -345,3 +347,165 @@ def test_decisions_stay_in_bounds_one_step_at_a_time(
                 assert clock.now - last_change >= policy.step_interval_s
             last_change = clock.now
         current, state = d.target_base, d.state
+
+
+# -- recovery probes back off during a long shortage ------------------------------------
+
+
+class ShortGroup:
+    """A one-node group in a spot shortage, as the decisions see it through its activities.
+
+    Once a minute it does what Auto Scaling does: launch on-demand up to the base;
+    above the base, launch the spot replacement *before* retiring an on-demand node
+    (a failed launch retires nothing); replace a missing node with spot.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.spot_short = True
+        self.base = self.on_demand = self.spot = 0
+        self.attempts: list[LaunchAttempt] = [fail(clock.now)]  # the lost node's replacement
+
+    def tick(self) -> None:
+        now = self.clock.now
+        if self.on_demand < self.base:
+            self.attempts.append(ok(now))
+            self.on_demand += 1
+            self.spot = max(0, min(self.spot, 1 - self.on_demand))
+        elif self.on_demand > self.base or self.on_demand + self.spot < 1:
+            if self.spot_short:
+                self.attempts.append(fail(now))
+                return
+            self.attempts.append(ok(now))
+            self.spot += 1
+            if self.on_demand > self.base:
+                self.on_demand -= 1  # retired only once its replacement is in service
+
+
+def run_shortage(policy: FallbackPolicy, hours: float, then_ok_hours: float = 0) -> dict:
+    """Decide once a minute through a shortage of ``hours``, then ``then_ok_hours`` of spot."""
+    clock = Clock()
+    group, decider, state = ShortGroup(clock), FallbackDecider(policy, clock), FallbackState()
+    probes: list[tuple[float, float, int]] = []  # (at, quiet time before it, failed probes)
+    lowest_serving_after_fallback, fell_back = 1, False
+    for minute in range(int((hours + then_ok_hours) * 60)):
+        group.spot_short = minute < hours * 60
+        d = decider.decide(Observation(group.base, list(group.attempts), None), state)
+        if d.action is Action.LOWER:
+            last = max(a.at for a in group.attempts if a.spot_shortage)
+            probes.append((clock.now, clock.now - last, state.failed_probes))
+        group.base, state = d.target_base, d.state
+        clock.advance(60)
+        group.tick()
+        fell_back = fell_back or group.on_demand > 0
+        if fell_back:
+            lowest_serving_after_fallback = min(
+                lowest_serving_after_fallback, group.on_demand + group.spot
+            )
+    return {
+        "probes": probes,
+        "state": state,
+        "base": group.base,
+        "failures": sum(1 for a in group.attempts if a.spot_shortage),
+        "lowest_serving": lowest_serving_after_fallback,
+    }
+
+
+BACKOFF = FallbackPolicy(
+    fallback_after_s=300,
+    recover_after_s=900,
+    step_interval_s=600,
+    max_on_demand=1,
+    recover_backoff_max_s=3600,
+)
+
+
+def test_failed_probes_double_the_wait_up_to_the_cap() -> None:
+    run = run_shortage(BACKOFF, hours=12)
+    waits = [quiet for _, quiet, _ in run["probes"]]
+    # Each probe waits for recover_after_s x 2^(failed probes) without a failure, capped.
+    # (Decisions run once a minute, so a wait can overrun by up to a minute.)
+    expected = [min(900 * 2**k, 3600) for k in range(len(waits))]
+    assert [w - e for w, e in zip(waits, expected, strict=True)] == [
+        pytest.approx(30, abs=30) for _ in waits
+    ]
+    assert [failed for _, _, failed in run["probes"]] == list(range(len(waits)))
+    assert expected[:4] == [900, 1800, 3600, 3600]  # doubles, then stays at the cap
+    assert 10 <= len(waits) <= 14  # vs about 30 probes in 12 h without a backoff
+    # Probing never costs serving capacity: the on-demand node serves until a spot
+    # replacement is in service, and no replacement launches while spot is short.
+    assert run["lowest_serving"] == 1 and run["base"] == 1
+
+
+def test_without_backoff_the_same_shortage_probes_about_every_recover_after_s() -> None:
+    flat = replace(BACKOFF, recover_backoff_max_s=BACKOFF.recover_after_s)
+    run, backed_off = run_shortage(flat, hours=12), run_shortage(BACKOFF, hours=12)
+    assert len(run["probes"]) >= 2 * len(backed_off["probes"])
+    assert run["failures"] > backed_off["failures"]
+    assert {round(quiet / 60) for _, quiet, _ in run["probes"]} <= {15, 16}
+
+
+def test_the_backoff_resets_once_spot_launches_succeed_again() -> None:
+    run = run_shortage(BACKOFF, hours=6, then_ok_hours=2)
+    assert run["base"] == 0  # back on spot
+    assert run["state"].failed_probes == 0 and run["state"].probe_at is None
+    last_at, last_quiet, failed_before = run["probes"][-1]
+    assert failed_before >= 3 and last_quiet < 3600 + 60  # the probe that found spot back
+
+    # A new shortage later starts again at recover_after_s, not at the cap.
+    clock = Clock(last_at + 7200)
+    decider = FallbackDecider(BACKOFF, clock)
+    attempts = [fail(clock.now - 400), fail(clock.now - 10)]
+    d = decider.decide(Observation(0, attempts, None), run["state"])
+    assert d.action is Action.RAISE
+    attempts.append(ok(clock.now + 60))
+    clock.advance(60 + 900 - 10)
+    d = decider.decide(Observation(1, attempts, None), d.state)
+    assert d.action is Action.LOWER and d.state.probe_at == clock.now
+
+
+def test_probe_outcomes_are_read_from_launches_after_the_probe() -> None:
+    state = FallbackState(changed_at=100.0, probe_at=100.0, failed_probes=2)
+    assert settle_probe([fail(50), ok(60)], state, 200, 600) == state  # nothing since: pending
+    reset = replace(state, probe_at=None, failed_probes=0)
+    assert settle_probe([ok(160)], state, 200, 600) == reset  # spot launched
+    assert settle_probe([], state, 700, 600) == reset  # a whole step without a shortage
+    failed = settle_probe([ok(120), fail(160)], state, 200, 600)
+    assert failed == replace(state, probe_at=None, failed_probes=3)
+    assert settle_probe([ok(120), fail(160)], failed, 200, 600) == failed  # counted once
+
+
+def test_held_decisions_say_when_the_next_probe_comes() -> None:
+    clock = Clock()
+    state = FallbackState(changed_at=clock.now - 600, failed_probes=2)  # re-raised after it
+    d = FallbackDecider(BACKOFF, clock).decide(Observation(1, [fail(clock.now - 700)], None), state)
+    assert (d.action, d.target_base) == (Action.HOLD, 1)
+    assert "next probe after 3600s without one (2 failed probes)" in d.reason
+
+
+def test_raising_the_configured_base_takes_effect_at_once() -> None:
+    clock = Clock()
+    policy = FallbackPolicy(base_on_demand=2, max_on_demand=3)
+    state = FallbackState(changed_at=clock.now)  # even right after a step
+    d = FallbackDecider(policy, clock).decide(Observation(0, [], 3), state)
+    assert (d.action, d.target_base) == (Action.RAISE, 2) and "(configured)" in d.reason
+
+
+def test_backoff_settings_are_validated_and_named() -> None:
+    env = {"SPOTRELAY_ASG_NAME": "llm", "SPOTRELAY_RECOVER_AFTER_S": "1800"}
+    with pytest.raises(SettingError, match=r"^SPOTRELAY_RECOVER_BACKOFF_MAX_S: must be >= rec"):
+        from_env({**env, "SPOTRELAY_RECOVER_BACKOFF_MAX_S": "600"})
+    with pytest.raises(SettingError, match=r"^SPOTRELAY_RECOVER_BACKOFF_MAX_S = 'x': not a num"):
+        from_env({**env, "SPOTRELAY_RECOVER_BACKOFF_MAX_S": "x"})
+    assert from_env(env).policy.recover_backoff_max_s == 14400
+    assert from_env(env).policy.recover_wait(10) == 14400
+
+
+def test_a_day_long_shortage_with_the_defaults() -> None:
+    """The figures docs/deploy.md quotes: probes and failed launches in 24 h of shortage."""
+    defaults = FallbackPolicy(max_on_demand=1)
+    backed_off = run_shortage(defaults, hours=24)
+    flat = run_shortage(replace(defaults, recover_backoff_max_s=defaults.recover_after_s), 24)
+    assert (len(backed_off["probes"]), backed_off["failures"]) == (7, 76)
+    assert (len(flat["probes"]), flat["failures"]) == (36, 361)
+    assert backed_off["lowest_serving"] == flat["lowest_serving"] == 1

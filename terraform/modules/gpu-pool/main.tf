@@ -372,5 +372,33 @@ resource "aws_autoscaling_group" "node" {
     }
   }
 
+  # desired_capacity and the on-demand base are initial values: once the group
+  # exists, scaling (target tracking, the scale-in alarm, the operator) owns the
+  # desired capacity and the capacity controller owns the base. Without this an
+  # unrelated apply during a spot shortage would put the base back to its
+  # configured value and retire the on-demand nodes that stand in for spot.
+  # Changing them deliberately: docs/runbook.md "Changing the on-demand base or
+  # the desired capacity" (with on_demand_fallback, the controller follows a
+  # new scaling.on_demand_base_capacity by itself).
+  lifecycle {
+    ignore_changes = [
+      desired_capacity,
+      mixed_instances_policy[0].instances_distribution[0].on_demand_base_capacity,
+    ]
+  }
+
   depends_on = [aws_iam_role_policy.node]
+}
+
+# Without on_demand_fallback nothing follows a changed
+# scaling.on_demand_base_capacity: say so at plan time instead of silently
+# keeping the old base (a check warns, it never blocks an apply).
+check "on_demand_base_follows_the_variable" {
+  assert {
+    condition = (
+      module.capacity.enabled.fallback ||
+      one(aws_autoscaling_group.node.mixed_instances_policy[0].instances_distribution[*].on_demand_base_capacity) == module.config.scaling.on_demand_base_capacity
+    )
+    error_message = "The group's on-demand base differs from scaling.on_demand_base_capacity (${module.config.scaling.on_demand_base_capacity}), and Terraform does not change it on an existing group. Set it with the command in docs/runbook.md \"Changing the on-demand base or the desired capacity\", or enable on_demand_fallback so the controller follows the variable."
+  }
 }

@@ -18,7 +18,7 @@ variable "scale_on_load" {
 }
 
 variable "on_demand_fallback" {
-  description = "The controller raises the on-demand base step by step while spot cannot launch, and lowers it when spot is back: enabled, schedule, fallback_after_s, recover_after_s, step_interval_s, min_ready, max_on_demand."
+  description = "The controller raises the on-demand base step by step while spot cannot launch, and lowers it when spot is back: enabled, schedule, fallback_after_s, recover_after_s, step_interval_s, min_ready, max_on_demand, recover_backoff_max_s (cap of the doubled wait between failed recovery probes)."
   type = object({
     enabled          = optional(bool, false)
     schedule         = optional(string, "rate(1 minute)")
@@ -27,6 +27,9 @@ variable "on_demand_fallback" {
     step_interval_s  = optional(number, 600)
     min_ready        = optional(number, 0)
     max_on_demand    = optional(number, 2)
+    # Each probe that finds spot still short doubles the quiet time before the
+    # next one (recover_after_s, 2x, 4x, ...), up to this.
+    recover_backoff_max_s = optional(number, 14400)
   })
   default = {}
 }

@@ -137,19 +137,20 @@ locals {
   })
 
   lambda_environment = {
-    SPOTRELAY_ASG_NAME             = var.name
-    SPOTRELAY_POOL                 = var.name
-    SPOTRELAY_ROUTER_URLS          = join(",", var.router_urls)
-    SPOTRELAY_NODE_TOKEN_PARAMETER = var.node_token_parameter_arn
-    SPOTRELAY_FALLBACK_ENABLED     = tostring(local.fallback_on)
-    SPOTRELAY_FALLBACK_AFTER_S     = tostring(var.on_demand_fallback.fallback_after_s)
-    SPOTRELAY_RECOVER_AFTER_S      = tostring(var.on_demand_fallback.recover_after_s)
-    SPOTRELAY_STEP_INTERVAL_S      = tostring(var.on_demand_fallback.step_interval_s)
-    SPOTRELAY_MIN_READY            = tostring(var.on_demand_fallback.min_ready)
-    SPOTRELAY_MAX_ON_DEMAND        = tostring(var.on_demand_fallback.max_on_demand)
-    SPOTRELAY_BASE_ON_DEMAND       = tostring(var.on_demand_base_capacity)
-    SPOTRELAY_DRAIN_ON_REBALANCE   = tostring(var.interruption_queue.drain_on_rebalance)
-    SPOTRELAY_METRIC_NAMESPACE     = var.scale_on_load.namespace
+    SPOTRELAY_ASG_NAME              = var.name
+    SPOTRELAY_POOL                  = var.name
+    SPOTRELAY_ROUTER_URLS           = join(",", var.router_urls)
+    SPOTRELAY_NODE_TOKEN_PARAMETER  = var.node_token_parameter_arn
+    SPOTRELAY_FALLBACK_ENABLED      = tostring(local.fallback_on)
+    SPOTRELAY_FALLBACK_AFTER_S      = tostring(var.on_demand_fallback.fallback_after_s)
+    SPOTRELAY_RECOVER_AFTER_S       = tostring(var.on_demand_fallback.recover_after_s)
+    SPOTRELAY_RECOVER_BACKOFF_MAX_S = tostring(var.on_demand_fallback.recover_backoff_max_s)
+    SPOTRELAY_STEP_INTERVAL_S       = tostring(var.on_demand_fallback.step_interval_s)
+    SPOTRELAY_MIN_READY             = tostring(var.on_demand_fallback.min_ready)
+    SPOTRELAY_MAX_ON_DEMAND         = tostring(var.on_demand_fallback.max_on_demand)
+    SPOTRELAY_BASE_ON_DEMAND        = tostring(var.on_demand_base_capacity)
+    SPOTRELAY_DRAIN_ON_REBALANCE    = tostring(var.interruption_queue.drain_on_rebalance)
+    SPOTRELAY_METRIC_NAMESPACE      = var.scale_on_load.namespace
   }
 
   # --- scaling on load: target tracking scales out (paced by the warm-up, so

@@ -108,6 +108,9 @@ variable "on_demand_fallback" {
     step_interval_s  = optional(number, 600)
     min_ready        = optional(number, 0)
     max_on_demand    = optional(number, 2)
+    # Each probe that finds spot still short doubles the quiet time before the
+    # next one (recover_after_s, 2x, 4x, ...), up to this.
+    recover_backoff_max_s = optional(number, 14400)
   })
   default = {}
 
@@ -122,6 +125,11 @@ variable "on_demand_fallback" {
       var.on_demand_fallback.step_interval_s >= 0 && var.on_demand_fallback.min_ready >= 0
     )
     error_message = "on_demand_fallback thresholds must be >= 0."
+  }
+
+  validation {
+    condition     = var.on_demand_fallback.recover_backoff_max_s >= var.on_demand_fallback.recover_after_s
+    error_message = "on_demand_fallback.recover_backoff_max_s must be >= recover_after_s (equal: no backoff)."
   }
 
   validation {

@@ -84,6 +84,11 @@ run "fallback_policy_is_scoped_to_its_group" {
   }
 
   assert {
+    condition     = output.lambda_environment.SPOTRELAY_RECOVER_AFTER_S == "1800" && output.lambda_environment.SPOTRELAY_RECOVER_BACKOFF_MAX_S == "14400"
+    error_message = "Recovery probes back off from recover_after_s up to recover_backoff_max_s (4 h by default)."
+  }
+
+  assert {
     condition     = !contains(keys(output.lambda_environment), "SPOTRELAY_NODE_TOKEN") && startswith(output.lambda_environment.SPOTRELAY_NODE_TOKEN_PARAMETER, "arn:aws:ssm:")
     error_message = "The environment names the token's parameter, never the token."
   }
@@ -226,6 +231,30 @@ run "rejects_bad_schedule" {
     on_demand_fallback = { schedule = "every minute" }
   }
   expect_failures = [var.on_demand_fallback]
+}
+
+run "rejects_backoff_cap_below_recover_after" {
+  command = plan
+  variables {
+    on_demand_fallback = { enabled = true, recover_after_s = 1800, recover_backoff_max_s = 600 }
+  }
+  expect_failures = [var.on_demand_fallback]
+}
+
+run "backoff_cap_reaches_the_controller" {
+  command = apply
+  variables {
+    on_demand_fallback      = { enabled = true, recover_after_s = 900, recover_backoff_max_s = 900 }
+    on_demand_base_capacity = 1
+  }
+  assert {
+    condition     = output.lambda_environment.SPOTRELAY_BASE_ON_DEMAND == "1"
+    error_message = "The configured base reaches the controller: terraform no longer sets it on an existing group, the controller follows it."
+  }
+  assert {
+    condition     = output.lambda_environment.SPOTRELAY_RECOVER_BACKOFF_MAX_S == "900"
+    error_message = "A cap equal to recover_after_s (no backoff) is accepted and passed on."
+  }
 }
 
 run "rejects_max_below_configured_base" {

@@ -48,6 +48,10 @@ def prepare(parent: str | None = None) -> str:
     Runs in the gunicorn master before any worker exists (and before any
     metric is created), so every worker inherits the setting. Fresh on every
     start: prometheus_client would otherwise add a previous run's counts.
+    ``parent`` is systemd's ``RuntimeDirectory`` under the packaged unit: a
+    router runs for months and systemd-tmpfiles deletes files in /tmp (even a
+    private one) that have not changed for ten days, which would take idle
+    counters out of the sum.
     """
     directory = tempfile.mkdtemp(prefix="spotrelay-router-metrics-", dir=parent)
     os.environ[ENV] = directory

@@ -84,7 +84,9 @@ class RouterApplication(BaseApplication):
         self.hop_id = os.urandom(8).hex()  # before the fork: one loop mark for all workers
         # Several workers: one /metrics for all of them (metrics_share says why), set up
         # here in the master, before any worker (or metric) exists.
-        self.metrics_dir = metrics_share.prepare() if worker_count(cfg) > 1 else None
+        self.metrics_dir = None
+        if worker_count(cfg) > 1:  # systemd's RuntimeDirectory= when set: /tmp is aged out
+            self.metrics_dir = metrics_share.prepare(os.environ.get("RUNTIME_DIRECTORY"))
         super().__init__(prog="spotrelay router")
 
     def load_config(self) -> None:

@@ -543,10 +543,15 @@ def test_metrics_describe_the_whole_router_whichever_worker_answers(
     import psutil
 
     local = start_redis(procs, logdir)
-    router = start_router(procs, logdir, fleet_config(local.url, ttl_s=60))
+    runtime = logdir / "run"  # what systemd's RuntimeDirectory= hands the packaged unit
+    runtime.mkdir()
+    router = start_router(
+        procs, logdir, fleet_config(local.url, ttl_s=60), env={"RUNTIME_DIRECTORY": str(runtime)}
+    )
     register_node(router.url, ROUTER_TOKEN, "n-1", engine.url, MODEL)
     workers = workers_of(router, 2)
     until_every_worker(router, workers, lambda n: "n-1" in n, timeout=10, what="n-1 everywhere")
+    (shared,) = runtime.iterdir()  # the workers' files live there, not in /tmp
 
     answered: set[str] = set()
     for _ in range(20):  # a new connection each: gunicorn spreads them over both workers
@@ -596,3 +601,6 @@ def test_metrics_describe_the_whole_router_whichever_worker_answers(
         assert served(samples) >= 21, (worker, served(samples))  # the stream counted too
         assert samples.get(("spotrelay_router_active_requests", ())) == 0
         assert samples[up] == 1
+    assert list(shared.glob("counter_*.db")) and list(shared.glob("worker-state-*.json"))
+    router.proc.stop()
+    assert not shared.exists()  # a restart starts from nothing

@@ -309,6 +309,22 @@ def test_example_pins_and_backend() -> None:
     assert re.search(r'required_version\s+=\s+">= 1\.11"', router)
 
 
+def test_example_provider_ignores_the_controller_state_tags() -> None:
+    """An apply must not remove the capacity controller's state from the GPU group's tags."""
+    from spotrelay.controller import aws as controller_aws
+
+    keys = [v for k, v in vars(controller_aws).items() if k.startswith("TAG_")]
+    main = (TF / "examples/complete/main.tf").read_text()
+    block = re.search(r'provider "aws" {.*?\n}\n', main, re.S)
+    assert block, "the example configures the aws provider"
+    prefixes = re.search(r"ignore_tags\s*{\s*key_prefixes\s*=\s*\[([^\]]*)\]", block.group(0))
+    assert prefixes, "the example's aws provider has ignore_tags.key_prefixes"
+    ignored = re.findall(r'"([^"]+)"', prefixes.group(1))
+    assert len(keys) >= 4
+    assert all(any(key.startswith(p) for p in ignored) for key in keys), (keys, ignored)
+    assert all(p.startswith("spotrelay:") for p in ignored), "only the controller's own tags"
+
+
 def test_example_lock_file() -> None:
     """The committed lock file pins providers the example's constraints allow."""
     lock = TF / "examples/complete/.terraform.lock.hcl"

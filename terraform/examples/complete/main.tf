@@ -9,6 +9,13 @@ provider "aws" {
   default_tags {
     tags = merge({ Project = "spotrelay", Deployment = var.name }, var.tags)
   }
+
+  # The capacity controller keeps its state in the GPU group's tags
+  # (spotrelay:fallback-*). Tags Terraform does not manage may be removed by
+  # an apply; these are the controller's, so Terraform must not see them.
+  ignore_tags {
+    key_prefixes = ["spotrelay:fallback-"]
+  }
 }
 
 module "router" {

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .httpguard import client_gone, clients_gone
+from .ticker import Ticker
 
 
 class ClientLink:
@@ -65,15 +66,15 @@ class ClientLink:
             self._abort = False
 
 
-class ClientWatch:
+class ClientWatch(Ticker):
     """Sweeps the clients of requests waiting on nodes; aborts those whose client left."""
 
+    name = "client-watch"
+
     def __init__(self, tick_s: float = 0.25, is_gone: Callable[[Any], bool] | None = None) -> None:
-        self.tick_s = tick_s
+        super().__init__(tick_s)
         self.is_gone = is_gone
         self._watched: set[ClientLink] = set()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     @contextlib.contextmanager
     def watching(self, link: ClientLink | None) -> Iterator[None]:
@@ -105,22 +106,13 @@ class ClientWatch:
     def __len__(self) -> int:
         return len(self._watched)
 
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="client-watch", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.tick_s):
-            if self._watched:
-                started = time.monotonic()
-                self.sweep()
-                # Thousands of waiting requests: never spin, leave the loop room to breathe.
-                if time.monotonic() - started > self.tick_s:
-                    self._stop.wait(self.tick_s)
+    def tick(self) -> None:
+        if self._watched:
+            started = time.monotonic()
+            self.sweep()
+            # Thousands of waiting requests: never spin, leave the loop room to breathe.
+            if time.monotonic() - started > self.tick_s:
+                self.pause(self.tick_s)
 
 
 def _shutdown(sock: socket.socket) -> None:

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 
 from .registry import Node, Registry
+from .ticker import Ticker
 from .upstream import UPSTREAM_ERRORS
 
 log = logging.getLogger("spotrelay.router.health")
@@ -44,7 +45,9 @@ def http_probe(timeout_s: float) -> Callable[[Node], bool]:
     return probe
 
 
-class HealthMonitor:
+class HealthMonitor(Ticker):
+    name = "health"
+
     def __init__(
         self,
         registry: Registry,
@@ -59,9 +62,7 @@ class HealthMonitor:
         self.probe = probe
         self.probe_interval_s = probe_interval_s
         self.probe_timeout_s = probe_timeout_s
-        self.tick_s = min(probe_interval_s, max(0.05, registry.ttl_s / 4), 1.0)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__(min(probe_interval_s, max(0.05, registry.ttl_s / 4), 1.0))
         self._last_probe = 0.0
 
     def expire(self) -> list[Node]:
@@ -105,18 +106,5 @@ class HealthMonitor:
             self._last_probe = now
             self.probe_ejected()
 
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._thread = threading.Thread(target=self._loop, name="health", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.tick_s):
-            try:
-                self.run_once(self.registry.clock())
-            except Exception:  # the loop must outlive any bug in one pass
-                log.exception("health loop pass failed")
+    def tick(self) -> None:
+        self.run_once(self.registry.clock())

@@ -28,11 +28,12 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from .ticker import Ticker
 
 log = logging.getLogger("spotrelay.router")
 
@@ -117,8 +118,10 @@ class SnapshotBoard:
         return found
 
 
-class Publisher:
-    """Publishes this worker's snapshot every ``interval_s`` from a daemon thread (a greenlet)."""
+class Publisher(Ticker):
+    """Publishes this worker's snapshot every ``interval_s`` (a :class:`Ticker`)."""
+
+    name = "metrics-board"
 
     def __init__(
         self,
@@ -126,27 +129,16 @@ class Publisher:
         snapshot: Callable[[], Mapping[str, Any]],
         interval_s: float = PUBLISH_INTERVAL_S,
     ) -> None:
+        super().__init__(interval_s)
         self.board = board
         self.snapshot = snapshot
-        self.interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if self._thread is None:
-            self.publish()  # at once: a scrape right after start sees this worker
-            self._thread = threading.Thread(target=self._loop, name="metrics-board", daemon=True)
-            self._thread.start()
+        self.tick()  # at once: a scrape right after start sees this worker
+        super().start()
 
-    def stop(self) -> None:
-        self._stop.set()
-
-    def publish(self) -> None:
+    def tick(self) -> None:
         try:
             self.board.publish(self.snapshot())
         except OSError as exc:  # a full or vanished directory must not stop the worker
             log.warning("metrics snapshot not written: %s", exc)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.publish()

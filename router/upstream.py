@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from .netpolicy import NodeTarget
 from .registry import Node, Registry
 from .retry import FailureKind
 from .sse import SSEFramer
+from .ticker import Ticker
 
 # Everything the node connection can raise: h1 raises OSError subclasses only.
 UPSTREAM_ERRORS = (OSError,)
@@ -156,7 +156,7 @@ class Upstream:
             yield tail
 
 
-class IdleWatchdog:
+class IdleWatchdog(Ticker):
     """Ends upstream streams whose node sent nothing for their idle timeout.
 
     A socket timeout on every read would do the same, but under gevent each
@@ -166,11 +166,11 @@ class IdleWatchdog:
     relay sees a break with reason ``idle_timeout``.
     """
 
+    name = "idle-watchdog"
+
     def __init__(self, tick_s: float = 1.0) -> None:
-        self.tick_s = tick_s
+        super().__init__(tick_s)
         self._watched: set[Upstream] = set()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def watch(self, upstream: Upstream) -> None:
         self._watched.add(upstream)
@@ -195,14 +195,5 @@ class IdleWatchdog:
             up.resp.interrupt()
         return expired
 
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="idle-watchdog", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.tick_s):
-            self.sweep(time.monotonic())
+    def tick(self) -> None:
+        self.sweep(time.monotonic())

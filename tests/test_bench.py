@@ -1,0 +1,47 @@
+"""The router benchmark still runs end to end (it is not part of the suite's figures).
+
+Benchmarks print ratios for people to read and assert nothing about speed;
+this only keeps ``bench/router_bench.py`` from rotting between runs: every
+path it starts carries real traffic without an error, and the report has
+the figures docs/benchmarks.md quotes (req/s, cores per process, streams,
+fan-out). A tiny configuration on the default static engine.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_router_bench_runs_every_path_without_errors(tmp_path: Path) -> None:
+    missing = [b for b in ("haproxy", "redis-server") if not shutil.which(b)]
+    if missing:
+        pytest.skip(f"not installed: {', '.join(missing)} (.ci/run installs them)")
+    args = [
+        sys.executable, str(REPO / "bench" / "router_bench.py"), "--quick", "--json",
+        "--seconds", "0.5", "--streams", "3", "--tokens", "3", "--ramp-s", "0.2",
+        "--workers", "2", "--backend", "redis", "--fanout-trials", "2",
+        "--logdir", str(tmp_path),
+    ]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+
+    assert report["engine"].startswith("static")
+    assert set(report["throughput"]) == {"direct", "router-redis-2w", "haproxy"}
+    for name, run in report["throughput"].items():
+        assert run["rps"] > 0 and run["non_2xx"] == 0 and not run["socket_errors"], name
+        assert set(run["cores"]) == {"path", "engine", "load_generator"}, name
+    assert report["throughput"]["router-redis-2w"]["cores"]["path"] > 0
+    for name, runs in report["streams"].items():
+        assert [(r["ok"], r["errors"]) for r in runs] == [(3, 0)], name
+    assert report["fanout"]["trials"] == 2 and report["fanout"]["p99_ms"] > 0
+    assert "redis_2w_ge_1.4x_1w" not in report["summary"]["targets"]  # no 1-worker run here

@@ -234,7 +234,7 @@ def main() -> int:
             cpu = (c1.user + c1.system - c0.user - c0.system) / (w1 - w0) * 100
             results["idle"] = {
                 "seconds": round(w1 - w0, 1),
-                "cpu_percent_of_one_core": round(cpu, 2),
+                "cpu_percent_of_one_core": round(max(cpu, 0.0), 2),  # never "-0.0"
                 "rss_mb_max": round(max(rss), 1),
                 "rss_mb_median": round(statistics.median(rss), 1),
                 "aws_client_loaded": False,

@@ -41,7 +41,6 @@ class RouterMetrics:
 
     def __init__(self, shared_dir: str | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.shared_dir = shared_dir
         self.board = SnapshotBoard(shared_dir) if shared_dir else None
         # What a scrape renders: this registry, or (shared) every worker's files.
         self.scrape_registry = self.registry
@@ -170,8 +169,7 @@ class RouterMetrics:
             }
 
         self._local = local
-        self.scrape_registry.register(_StateCollector(registry, self.snapshots))
-        self.scrape_registry.register(_BackendCollector(backend, self.snapshots))
+        self.scrape_registry.register(_StateCollector(registry, backend, self.snapshots))
         registry.listeners.append(self._on_node_event)
         self._served = registry.has_served
 
@@ -197,14 +195,17 @@ Snapshots = Callable[[], list[dict]]
 
 
 class _StateCollector(Collector):
-    """Node states from this worker's view (the shared one); in-flight summed over workers.
+    """Node states from this worker's view (the shared one); the rest summed over workers.
 
     In-flight series exist only for nodes in the view, so a reclaimed node's
-    series ends with it, whatever another worker's snapshot still says.
+    series ends with it, whatever another worker's snapshot still says. One
+    collector for every scrape-time gauge, so a scrape reads the other
+    workers' snapshots once.
     """
 
-    def __init__(self, registry: Registry, snapshots: Snapshots) -> None:
+    def __init__(self, registry: Registry, backend: str, snapshots: Snapshots) -> None:
         self._registry = registry
+        self._backend = backend
         self._snapshots = snapshots
 
     def describe(self) -> list:
@@ -231,25 +232,14 @@ class _StateCollector(Collector):
                      sum(s["active_requests"] for s in snaps))  # fmt: skip
         yield _gauge(PREFIX + "active_retries", "Retry attempts in progress",
                      sum(s["active_retries"] for s in snaps))  # fmt: skip
-
-
-class _BackendCollector(Collector):
-    def __init__(self, backend: str, snapshots: Snapshots) -> None:
-        self._backend = backend
-        self._snapshots = snapshots
-
-    def describe(self) -> list:
-        return []
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
+        backend_up = GaugeMetricFamily(
             PREFIX + "registry_backend_up",
             "1 while every worker of this router reaches its registry backend (memory: always)",
             labels=["backend"],
         )
-        up = all(s["backend_up"] for s in self._snapshots())
-        family.add_metric([self._backend], 1.0 if up else 0.0)
-        yield family
+        up = all(s["backend_up"] for s in snaps)
+        backend_up.add_metric([self._backend], 1.0 if up else 0.0)
+        yield backend_up
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

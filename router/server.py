@@ -26,7 +26,6 @@ from gunicorn.app.base import BaseApplication
 
 from . import metrics_share
 from .httpguard import GuardSettings
-from .metrics_share import worker_exited
 from .settings import RouterConfig, worker_count
 from .worker import worker_class
 
@@ -97,7 +96,7 @@ class RouterApplication(BaseApplication):
             directory = self.metrics_dir
 
             def child_exit(_arbiter: Any, worker: Any) -> None:
-                worker_exited(directory, worker.pid)
+                metrics_share.worker_exited(directory, worker.pid)
 
             self.cfg.set("child_exit", child_exit)
             self.cfg.set("on_exit", lambda _arbiter: metrics_share.remove(directory))

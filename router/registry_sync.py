@@ -7,9 +7,10 @@ Redis write; a writer thread sends it (one Lua script per change, see
 worker's follower thread applies it on arrival (pub/sub: milliseconds).
 
 On start and after every reconnect the follower subscribes *first*, then
-writes back what changed locally while Redis was away (drains and deletes
-replayed; every node of its view and every heartbeat it accepted, each where
-Redis lacks it or has it older; a delete's tombstone keeps it deleted), then
+writes back what changed locally while Redis was away (every node of its
+view and every heartbeat it accepted, each where Redis lacks it or has it
+older; then drains and deletes replayed; a delete's tombstone keeps it
+deleted), then
 reads a snapshot with its ``rev`` and replaces the local view with it;
 messages at or below that ``rev`` were already in the snapshot and are
 skipped. While Redis is unreachable the worker serves its last view, holds
@@ -171,16 +172,15 @@ class RedisSync:
     def _write_back(self) -> None:
         """What this worker changed while Redis was away, before reading the snapshot.
 
-        Drains and deletes first, then every node of the local view and every
-        heartbeat accepted meanwhile, each written only if Redis has nothing newer.
+        Every node of the local view and every heartbeat accepted meanwhile
+        first, each written only if Redis has nothing newer; then the drains
+        and deletes. In that order because a drain needs the node in Redis:
+        replayed first, into a Redis that came back empty, it found nothing to
+        drain, and a heartbeat landing on another worker a moment later made
+        this worker's older (drained) copy lose, so the drain was gone.
         """
         ops, puts = self._take_pending()
         try:
-            for node_id, op in ops.items():
-                if op == "drain":
-                    self.store.drain(node_id)
-                else:
-                    self.store.remove(node_id)
             now = self.registry.clock()
             nodes = {
                 n.id: (n.id, n.url, _report_doc(n), n.admin_drained, now - n.last_seen)
@@ -189,6 +189,11 @@ class RedisSync:
             for node_id, (url, report, drained, received) in puts.items():
                 nodes.setdefault(node_id, (node_id, url, report, drained, now - received))
             self.store.restore(list(nodes.values()))
+            for node_id, op in ops.items():
+                if op == "drain":
+                    self.store.drain(node_id)
+                else:
+                    self.store.remove(node_id)
         except Exception:
             self._return_pending(ops, puts)
             raise
@@ -270,6 +275,8 @@ class RedisSync:
         with self._pending_lock:
             if op in ("put", "restore"):
                 self._pending_puts[node_id] = args
+                if self._pending_ops.get(node_id) == "delete":  # registered again since
+                    del self._pending_ops[node_id]
             elif op == "delete":
                 self._pending_ops[node_id] = "delete"
                 self._pending_puts.pop(node_id, None)
@@ -289,12 +296,15 @@ class RedisSync:
             self._pending_puts = {**puts, **self._pending_puts}
 
     def _requeue_pending(self) -> None:
-        """Changes accepted during the write-back and rebuild go out in order, now Redis is up."""
+        """Changes accepted during the write-back and rebuild go out now Redis is up.
+
+        Heartbeats before drains and deletes, as in :meth:`_write_back`.
+        """
         ops, puts = self._take_pending()
-        for node_id, op in ops.items():
-            self._writes.put((op, node_id, None))
         for node_id, args in puts.items():
             self._writes.put(("restore", node_id, args))
+        for node_id, op in ops.items():
+            self._writes.put((op, node_id, None))
 
     # -- state ------------------------------------------------------------------------------
 

@@ -8,8 +8,10 @@ deleted node not brought back by another worker's view).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -31,9 +33,9 @@ pytestmark = pytest.mark.timeout(60)
 class Worker:
     """What RouterService wires for one worker: local registry first, then Redis."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, store: RedisStore | None = None) -> None:
         self.registry = Registry(15.0)
-        store = RedisStore(redis_client(url, None, 0.5), PREFIX, 15.0)
+        store = store or RedisStore(redis_client(url, None, 0.5), PREFIX, 15.0)
         self.sync = RedisSync(self.registry, NETS, store, where=url, backoff_max_s=0.2)
         self.sync.start()
 
@@ -91,9 +93,16 @@ def workers(local: LocalRedis) -> Iterator[tuple[Worker, Worker]]:
 
 
 def agree(workers: tuple[Worker, ...], expected: dict[str, str], what: str) -> None:
-    wait_until(
-        lambda: all(w.states() == expected for w in workers), timeout=10, interval=0.01, what=what
-    )
+    try:
+        wait_until(
+            lambda: all(w.states() == expected for w in workers),
+            timeout=10,
+            interval=0.01,
+            what=what,
+        )
+    except TimeoutError as exc:
+        seen = [w.states() for w in workers]
+        raise AssertionError(f"{exc}: the workers hold {seen}, not {expected}") from None
 
 
 def test_changes_reach_the_other_worker_and_drains_stick(workers) -> None:
@@ -127,6 +136,54 @@ def test_changes_made_while_redis_was_gone_are_written_back(
     client = redis.Redis.from_url(local.url, decode_responses=True)
     assert client.smembers(f"{PREFIX}:nodes") == {"a", "c"}
     assert client.hget(f"{PREFIX}:node:a", "drained") == "1"
+
+
+class OtherWorkerFirst(RedisStore):
+    """Runs ``first`` (another worker's write) just before this worker's write-back."""
+
+    def __init__(self, url: str, first: Callable[[], None]) -> None:
+        super().__init__(redis_client(url, None, 0.5), PREFIX, 15.0)
+        self.first = first
+
+    def restore(self, nodes: list[Any]) -> None:
+        self.first()
+        super().restore(nodes)
+
+
+def test_a_drain_made_while_redis_was_gone_survives_a_heartbeat_landing_elsewhere_first(
+    procs: ProcessGroup, logdir: Path, local: LocalRedis
+) -> None:
+    """Redis comes back empty and the node's next heartbeat reaches another worker first.
+
+    That heartbeat is newer than this worker's copy of the node, so only the
+    replayed drain can carry the operator's decision; it must still land.
+    """
+    other = RedisStore(redis_client(local.url, None, 0.5), PREFIX, 15.0)
+    report = {"url": "http://10.0.0.1:8000", "models": ["m"]}
+    armed = threading.Event()
+
+    def heartbeat_elsewhere() -> None:
+        if armed.is_set():
+            armed.clear()
+            other.put("a", report["url"], report, False)
+
+    w1 = Worker(local.url, OtherWorkerFirst(local.url, heartbeat_elsewhere))
+    workers = [w1]
+    try:
+        wait_until(lambda: w1.sync.up, timeout=10, what="w1 up")
+        w1.heartbeat("a", 1)
+        local.proc.kill()
+        wait_until(lambda: not w1.sync.up, timeout=10, what="w1 to see it down")
+        w1.drain("a")
+        armed.set()
+        start_local_redis(procs, logdir, port=local.port)
+        wait_until(lambda: w1.sync.up, timeout=10, what="w1 back")
+        assert not armed.is_set(), "the other worker's heartbeat was not written first"
+        workers.append(Worker(local.url))  # a worker that starts now reads the shared view
+        agree(tuple(workers), {"a": "draining"}, "the drain everywhere")
+    finally:
+        for w in workers:
+            w.sync.stop()
 
 
 def test_a_deleted_node_is_not_brought_back_by_an_older_view(local: LocalRedis) -> None:

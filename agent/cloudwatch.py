@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from spotrelay.core.config import ConfigError
 from spotrelay.core.protocol import NodeLoad
+from spotrelay.core.ticker import Ticker
 
 from .autoscaling_api import AutoScalingAPI
 
@@ -84,8 +85,10 @@ def cloudwatch_client(region: str | None, endpoint_url: str | None, timeout_s: f
     return CloudWatchAPI(region, endpoint_url=endpoint_url, attempts=1, timeout_s=timeout_s)
 
 
-class LoadPublisher(threading.Thread):
+class LoadPublisher(Ticker):
     """Publishes ``load_fn()`` every ``interval_s`` until ``stop`` is set."""
+
+    name = "cloudwatch"
 
     def __init__(
         self,
@@ -97,21 +100,18 @@ class LoadPublisher(threading.Thread):
         client_fn: Callable[[], Any],
         stop: threading.Event,
     ) -> None:
-        super().__init__(name="cloudwatch", daemon=True)
+        super().__init__(interval_s, stop=stop)
         self.namespace = namespace
         self.pool = pool
-        self.interval_s = interval_s
         self.load_fn = load_fn
         self.client_fn = client_fn
-        self.stop_event = stop
         self._client: Any = None
         self._failing = False
         self.published = 0  # successful PutMetricData calls
         self.failures = 0
 
-    def run(self) -> None:
-        while not self.stop_event.wait(self.interval_s):
-            self.publish_once()
+    def tick(self) -> None:
+        self.publish_once()
 
     def publish_once(self) -> bool:
         load = self.load_fn()

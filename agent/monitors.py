@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from spotrelay.core.backoff import Backoff
+from spotrelay.core.ticker import Ticker
 
 from .events import (
     Event,
@@ -89,7 +90,7 @@ def all_monitors() -> list[Monitor]:
 Sink = Callable[[str, list[Event]], None]
 
 
-class Poller(threading.Thread):
+class Poller(Ticker):
     """Polls one monitor until ``stop`` is set; hands each good read's events to ``sink``."""
 
     def __init__(
@@ -100,12 +101,11 @@ class Poller(threading.Thread):
         sink: Sink,
         stop: threading.Event,
     ) -> None:
-        super().__init__(name=f"monitor-{monitor.name}", daemon=True)
+        super().__init__(interval_s, stop=stop, immediate=True, name=f"monitor-{monitor.name}")
         self.monitor = monitor
         self.imds = imds
         self.interval_s = interval_s
         self.sink = sink
-        self.stop = stop
         self.backoff = Backoff(interval_s, min(30.0, max(2.0, 8 * interval_s)))
         self.polls = 0
         self._failing_since: float | None = None
@@ -146,9 +146,8 @@ class Poller(threading.Thread):
             log.exception("event handler failed for %s", ", ".join(e.key for e in events))
         return self.interval_s
 
-    def run(self) -> None:
-        while not self.stop.is_set():
-            started = time.monotonic()
-            delay = self.poll_once()
-            # Keep the cadence: the time the read took counts against the interval.
-            self.stop.wait(max(0.0, delay - (time.monotonic() - started)))
+    def tick(self) -> float:
+        started = time.monotonic()
+        delay = self.poll_once()
+        # Keep the cadence: the time the read took counts against the interval.
+        return max(0.0, delay - (time.monotonic() - started))

@@ -34,6 +34,7 @@ from enum import Enum
 from typing import Any
 
 from spotrelay.core.protocol import NodeState
+from spotrelay.core.ticker import Ticker
 
 from .lifecycle import LifecycleError, LifecycleHook
 from .selfheal import SelfHeal
@@ -136,7 +137,7 @@ class StartupClock:
         log.info("startup: %s %.1fs after boot", milestone.replace("_", " "), elapsed)
 
 
-class ReadinessWatch(threading.Thread):
+class ReadinessWatch(Ticker):
     """Ticks the launch gate, the startup clock and the self-heal watchdog.
 
     ``engine_ready`` / ``engine_healthy`` read the agent's latest engine probe;
@@ -161,12 +162,10 @@ class ReadinessWatch(threading.Thread):
         metrics: Any = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(name="readiness", daemon=True)
+        super().__init__(interval_s, stop=stop, name="readiness")
         self.engine_ready = engine_ready
         self.engine_healthy = engine_healthy
         self.acks = acks
-        self.stop = stop
-        self.interval_s = interval_s
         self.hook = hook
         self.gate = gate
         self.selfheal = selfheal
@@ -178,13 +177,6 @@ class ReadinessWatch(threading.Thread):
         self.launch_done = threading.Event()
         self._first_ready = False
         self._retry_at = 0.0
-
-    def run(self) -> None:
-        while not self.stop.wait(self.interval_s):
-            try:
-                self.tick()
-            except Exception:
-                log.exception("readiness watch failed")
 
     def tick(self) -> None:
         ready = self.engine_ready()

@@ -19,6 +19,7 @@ from urllib.parse import quote
 import urllib3
 
 from spotrelay.core.protocol import NodeReport, NodeState
+from spotrelay.core.ticker import Ticker
 
 log = logging.getLogger("spotrelay.agent.routers")
 
@@ -127,7 +128,7 @@ def _detail(doc: Any) -> str:
     return ""
 
 
-class RouterLink(threading.Thread):
+class RouterLink(Ticker):
     """Heartbeats to one router until ``stop``; ``report_fn`` says what to send (None: nothing)."""
 
     def __init__(
@@ -138,22 +139,16 @@ class RouterLink(threading.Thread):
         stop: threading.Event,
         on_result: Callable[[RouterClient, NodeReport, bool], None] | None = None,
     ) -> None:
-        super().__init__(name=f"router-{client.base}", daemon=True)
+        super().__init__(interval_s, stop=stop, immediate=True, name=f"router-{client.base}")
         self.client = client
         self.interval_s = interval_s
         self.report_fn = report_fn
-        self.stop = stop
         self.on_result = on_result or (lambda client, report, ok: None)
-        self._wake = threading.Event()
         self.lock = threading.Lock()  # held during a heartbeat; see DrainMachine.quiesce
         self.acked_state: NodeState | None = None
         self.acked_at: float | None = None
         self.failures = 0
         self._last_logged: str | None = None
-
-    def wake(self) -> None:
-        """Send the current report now instead of at the next tick."""
-        self._wake.set()
 
     def beat(self) -> bool:
         with self.lock:
@@ -186,10 +181,6 @@ class RouterLink(threading.Thread):
         self.on_result(self.client, report, True)
         return True
 
-    def run(self) -> None:
-        while not self.stop.is_set():
-            self._wake.clear()
-            self.beat()
-            self._wake.wait(self.interval_s)
-            if self.stop.is_set():
-                break
+    def tick(self) -> None:
+        """One heartbeat; :meth:`wake` sends the current report now instead of at the next."""
+        self.beat()

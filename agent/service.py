@@ -30,6 +30,7 @@ from spotrelay.core.backoff import Backoff
 from spotrelay.core.config import ConfigError
 from spotrelay.core.protocol import NodeLoad, NodeReport, NodeState, valid_instance_id
 from spotrelay.core.secrets import read_token
+from spotrelay.core.ticker import Every, Ticker
 
 from .cloudwatch import load_publisher
 from .detect import EngineDetector
@@ -114,7 +115,7 @@ class Agent:
         self.policy = EventPolicy.from_config(cfg.drain)
         self.events: EventStore | None = None
         self._last_state: NodeState | None = None
-        self._threads: list[threading.Thread] = []
+        self._threads: list[Ticker] = []
 
     # ------------------------------------------------------------ start-up
     def _wait_identity(self) -> Identity | None:
@@ -223,9 +224,13 @@ class Agent:
             Poller(m, self.imds, cfg.imds.poll_interval_s, self.observe, self.stop)
             for m in all_monitors()
         ]
-        engine_thread = threading.Thread(target=self._engine_loop, name="engine-watch", daemon=True)
+        self._last_alive = self.process.alive()
+        self._next_probe = time.monotonic() + cfg.heartbeat.interval_s
+        engine_watch = Every(
+            cfg.engine.check_interval_s, self._engine_tick, stop=self.stop, name="engine-watch"
+        )
         readiness = build_watch(self)  # launch hook, start-up clock, self-healing
-        self._threads = [*self.pollers, engine_thread, *self.links, readiness]
+        self._threads = [*self.pollers, engine_watch, *self.links, readiness]
         if cfg.cloudwatch.enabled:
             self._threads.append(load_publisher(cfg, identity, self.published_load, self.stop))
         for t in self._threads:
@@ -325,22 +330,15 @@ class Agent:
             self._last_state = state
             self.wake_links()
 
-    def _engine_loop(self) -> None:
-        interval = self.cfg.engine.check_interval_s
-        probe_every = self.cfg.heartbeat.interval_s
-        last_alive = self.process.alive()
-        next_probe = time.monotonic() + probe_every
-        while not self.stop.wait(interval):
-            try:
-                alive = self.process.alive()
-                self.metrics.engine_process.set(-1 if alive is None else int(alive))
-                now = time.monotonic()
-                if alive != last_alive or now >= next_probe:
-                    self._refresh_engine(alive)
-                    next_probe = now + probe_every
-                last_alive = alive
-            except Exception:
-                log.exception("engine watch failed")
+    def _engine_tick(self) -> None:
+        """Watch the engine process; probe its API when it changes, else once per heartbeat."""
+        alive = self.process.alive()
+        self.metrics.engine_process.set(-1 if alive is None else int(alive))
+        now = time.monotonic()
+        if alive != self._last_alive or now >= self._next_probe:
+            self._refresh_engine(alive)
+            self._next_probe = now + self.cfg.heartbeat.interval_s
+        self._last_alive = alive
 
     # -------------------------------------------------------------- events
     def observe(self, source: str, events: list[Event]) -> None:
@@ -396,8 +394,8 @@ class Agent:
             log.info("stopping: draining for at most %.0fs", self.cfg.drain.sigterm_timeout_s)
             drain.request_shutdown()
             drain.wait(self.cfg.drain.sigterm_timeout_s + 30)
-        self.stop.set()
-        self.wake_links()
+        for t in self._threads:
+            t.stop()  # sets the shared stop event and cuts each loop's wait short
         for t in self._threads:
             t.join(1.0)
         self.metrics.close()

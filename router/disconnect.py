@@ -22,8 +22,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from spotrelay.core.ticker import Ticker
+
 from .httpguard import client_gone, clients_gone
-from .ticker import Ticker
 
 
 class ClientLink:

@@ -13,8 +13,9 @@ import logging
 import threading
 from collections.abc import Callable
 
+from spotrelay.core.ticker import Ticker
+
 from .registry import Node, Registry
-from .ticker import Ticker
 from .upstream import UPSTREAM_ERRORS
 
 log = logging.getLogger("spotrelay.router.health")

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .ticker import Ticker
+from spotrelay.core.ticker import Ticker
 
 log = logging.getLogger("spotrelay.router")
 

@@ -14,12 +14,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from time import monotonic
 
+from spotrelay.core.ticker import Ticker
+
 from .h1 import ConnectFailed, Pool, Response
 from .netpolicy import NodeTarget
 from .registry import Node, Registry
 from .retry import FailureKind
 from .sse import SSEFramer
-from .ticker import Ticker
 
 # Everything the node connection can raise: h1 raises OSError subclasses only.
 UPSTREAM_ERRORS = (OSError,)

@@ -150,8 +150,7 @@ class RedisSync:
             self._write_back()
             self._rebuild()
             self.backoff.reset()
-            self._set_up(True)
-            self._requeue_pending()  # drains/deletes that arrived during the write-back
+            self._go_up()
             next_ping = time.monotonic() + PING_S
             while not self._stop.is_set() and not self._reset.is_set():
                 msg = pubsub.get_message(timeout=POLL_S)
@@ -253,8 +252,7 @@ class RedisSync:
     def _write(self) -> None:
         while (item := self._writes.get()) is not None:
             op, node_id, args = item
-            if not self.up:
-                self._keep(op, node_id, args)
+            if self._kept_while_down(op, node_id, args):
                 continue
             try:
                 if op in ("put", "restore"):
@@ -266,27 +264,43 @@ class RedisSync:
                 else:
                     self.store.remove(node_id, op)
             except Exception as exc:
-                self._keep(op, node_id, args)
+                with self._pending_lock:
+                    self._keep(op, node_id, args)
                 log.debug("registry write %s %s failed: %s", op, node_id, _describe(exc))
                 self._reset.set()
 
-    def _keep(self, op: str, node_id: str, args: Any) -> None:
-        """Remember an unsent change for the write-back (expiry is redone by whoever sees it)."""
+    def _kept_while_down(self, op: str, node_id: str, args: Any) -> bool:
+        """Keep the change for the write-back if Redis is down; True if kept.
+
+        Checked under the lock :meth:`_go_up` holds while it flips ``up`` and
+        takes what was kept: a change is either kept before that (and
+        requeued) or sent after it, never kept once nobody will requeue it.
+        """
         with self._pending_lock:
-            if op in ("put", "restore"):
-                self._pending_puts[node_id] = args
-                if self._pending_ops.get(node_id) == "delete":  # registered again since
-                    del self._pending_ops[node_id]
-            elif op == "delete":
-                self._pending_ops[node_id] = "delete"
-                self._pending_puts.pop(node_id, None)
-            elif op == "drain" and self._pending_ops.get(node_id) != "delete":
-                self._pending_ops[node_id] = "drain"
+            if self.up:
+                return False
+            self._keep(op, node_id, args)
+            return True
+
+    def _keep(self, op: str, node_id: str, args: Any) -> None:
+        """Remember an unsent change (lock held); not expiries: whoever sees one redoes it."""
+        if op in ("put", "restore"):
+            self._pending_puts[node_id] = args
+            if self._pending_ops.get(node_id) == "delete":  # registered again since
+                del self._pending_ops[node_id]
+        elif op == "delete":
+            self._pending_ops[node_id] = "delete"
+            self._pending_puts.pop(node_id, None)
+        elif op == "drain" and self._pending_ops.get(node_id) != "delete":
+            self._pending_ops[node_id] = "drain"
 
     def _take_pending(self) -> tuple[dict[str, str], dict[str, Any]]:
         with self._pending_lock:
-            ops, self._pending_ops = self._pending_ops, {}
-            puts, self._pending_puts = self._pending_puts, {}
+            return self._take_pending_locked()
+
+    def _take_pending_locked(self) -> tuple[dict[str, str], dict[str, Any]]:
+        ops, self._pending_ops = self._pending_ops, {}
+        puts, self._pending_puts = self._pending_puts, {}
         return ops, puts
 
     def _return_pending(self, ops: dict[str, str], puts: dict[str, Any]) -> None:
@@ -295,12 +309,14 @@ class RedisSync:
             self._pending_ops = {**ops, **self._pending_ops}
             self._pending_puts = {**puts, **self._pending_puts}
 
-    def _requeue_pending(self) -> None:
-        """Changes accepted during the write-back and rebuild go out now Redis is up.
+    def _go_up(self) -> None:
+        """Up; changes kept during the write-back and rebuild go out now.
 
         Heartbeats before drains and deletes, as in :meth:`_write_back`.
         """
-        ops, puts = self._take_pending()
+        with self._pending_lock:
+            self._set_up(True)
+            ops, puts = self._take_pending_locked()
         for node_id, args in puts.items():
             self._writes.put(("restore", node_id, args))
         for node_id, op in ops.items():

@@ -35,8 +35,9 @@ fmt: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# --durations: the slowest tests in every run, so the suite's time stays in view.
 test: install lint tf-check tf-validate
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 # The real-engine tests: llama.cpp's OpenAI server (llama-cpp-python, compiled
 # from source: 5-10 minutes the first time, then pip's wheel cache) and the

@@ -143,7 +143,7 @@ def test_is_done_and_parse_event() -> None:
 
 LINE_END = st.sampled_from([b"\n", b"\r\n", b"\r"])
 FIELD_LINE = st.one_of(
-    st.text(alphabet=st.characters(blacklist_characters="\r\n"), max_size=20).map(
+    st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=20).map(
         lambda t: b"data: " + t.encode()
     ),
     st.just(b": keep-alive"),

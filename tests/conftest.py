@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from spotrelay.core.processes import ProcessGroup
+
+# Property tests explore new random examples on every developer run; CI (CI=true)
+# draws the same examples every time, so a red CI names a change, not a dice roll.
+# A failure found locally prints the example to turn into a plain test.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture

@@ -104,7 +104,6 @@ class Poller(Ticker):
         super().__init__(interval_s, stop=stop, immediate=True, name=f"monitor-{monitor.name}")
         self.monitor = monitor
         self.imds = imds
-        self.interval_s = interval_s
         self.sink = sink
         self.backoff = Backoff(interval_s, min(30.0, max(2.0, 8 * interval_s)))
         self.polls = 0
@@ -131,7 +130,7 @@ class Poller(Ticker):
             if str(exc) != self._last_parse_error:
                 log.warning("ignoring unreadable IMDS document: %s", exc)
                 self._last_parse_error = str(exc)
-            return self.interval_s
+            return self.tick_s
         if self._failing_since is not None:
             log.info(
                 "IMDS reads recovered after %.1fs",
@@ -144,7 +143,7 @@ class Poller(Ticker):
             self.sink(self.monitor.name, events)
         except Exception:  # the poller must outlive any bug downstream
             log.exception("event handler failed for %s", ", ".join(e.key for e in events))
-        return self.interval_s
+        return self.tick_s
 
     def tick(self) -> float:
         started = time.monotonic()

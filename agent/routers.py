@@ -141,7 +141,6 @@ class RouterLink(Ticker):
     ) -> None:
         super().__init__(interval_s, stop=stop, immediate=True, name=f"router-{client.base}")
         self.client = client
-        self.interval_s = interval_s
         self.report_fn = report_fn
         self.on_result = on_result or (lambda client, report, ok: None)
         self.lock = threading.Lock()  # held during a heartbeat; see DrainMachine.quiesce

@@ -89,3 +89,10 @@ tf-validate: install
 # Regenerate terraform/examples/complete/.terraform.lock.hcl (needs the registry).
 tf-lock: install
 	$(BIN)/python tests/tfshim/tfcheck.py lock
+
+# The capacity controller's Lambda zip, committed next to the gpu-pool module
+# (terraform/modules/gpu-pool/package/): rebuild it after changing controller/
+# or core/protocol.py (tests/test_terraform_package.py fails while it is stale).
+.PHONY: controller-zip
+controller-zip: install
+	$(BIN)/python -m spotrelay.core.lambda_package

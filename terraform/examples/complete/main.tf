@@ -30,8 +30,10 @@ module "router" {
   api_keys_parameter       = var.api_keys_parameter
   node_token_version       = var.node_token_version
   agent_security_group_ids = [module.gpu_pool.security_group_id]
-  monitoring_cidrs         = var.monitoring_cidrs
-  heartbeat                = { allowed_cidrs = var.operator_cidrs }
+  # The capacity controller's own group (empty when it is off).
+  control_client_security_group_ids = module.gpu_pool.controller_security_group_ids
+  monitoring_cidrs                  = var.monitoring_cidrs
+  heartbeat                         = { allowed_cidrs = var.operator_cidrs }
 
   load_balancer = {
     subnet_ids      = var.alb_internal ? var.private_subnet_ids : var.public_subnet_ids

@@ -1,8 +1,7 @@
 # The GPU nodes do not depend on the number of routers: their user data names
 # the internal heartbeat endpoint, never a router. Changing router_count must
 # leave the GPU launch template (and so every GPU node) untouched. Runs
-# against a mocked AWS provider in `make tf-validate`; the random provider is
-# the real one (its ephemeral passwords run locally).
+# against a mocked AWS provider in `make tf-validate`.
 
 mock_provider "aws" {
   source = "../../tests/mocks/aws" # shared mocked values
@@ -41,6 +40,8 @@ variables {
   model = {
     name = "Qwen/Qwen2.5-7B-Instruct"
   }
+  # The instance-fit check (model_fit_known) needs the model's size.
+  model_params_billion = 7.6
 }
 
 run "two_routers" {

@@ -1,8 +1,7 @@
 # Tests of the router module against a mocked AWS provider: apply creates
-# nothing, computed values are mocked. Run in `make tf-validate`, where the
-# provider schemas can be downloaded. The
-# random provider is the real one: its ephemeral random_password runs
-# locally and reaches no account.
+# nothing, computed values are mocked. Run in `make tf-validate` with the
+# machine's AWS provider (tests/tfshim/tfreal.py); the write-only AUTH token
+# of the cache is asserted in write_only.tftest.hcl.
 
 mock_provider "aws" {
   source = "../../tests/mocks/aws" # shared mocked values
@@ -147,8 +146,8 @@ run "registry_private_tls_auth" {
   }
 
   assert {
-    condition     = aws_elasticache_replication_group.registry.auth_token == null && aws_elasticache_replication_group.registry.auth_token_wo_version == 1
-    error_message = "The AUTH token is write-only."
+    condition     = aws_elasticache_replication_group.registry.auth_token_update_strategy == null
+    error_message = "No update strategy: CreateReplicationGroup takes none, and the provider refuses one without the stored auth_token (rotation uses ElastiCache's default, ROTATE)."
   }
 
   assert {
@@ -166,8 +165,8 @@ run "secrets_not_in_state" {
   }
 
   assert {
-    condition     = aws_ssm_parameter.registry_auth_token.value_wo_version == aws_elasticache_replication_group.registry.auth_token_wo_version && aws_ssm_parameter.registry_auth_token.name == "/spotrelay/llm/redis-auth-token"
-    error_message = "The registry token is a write-only SecureString, versioned with the cache's write-only AUTH token."
+    condition     = aws_ssm_parameter.registry_auth_token.value_wo_version == 1 && aws_ssm_parameter.registry_auth_token.name == "/spotrelay/llm/redis-auth-token"
+    error_message = "The registry token is a write-only SecureString."
   }
 }
 

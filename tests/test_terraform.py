@@ -137,10 +137,10 @@ def test_user_data_writes_what_the_units_need(rendered: dict) -> None:
     agent_unit = (REPO / "agent" / "systemd" / "spotrelay-agent.service").read_text()
     assert "ExecStart=/opt/spotrelay/venv/bin/spotrelay agent" in agent_unit
     assert 'python3 -m venv "$1"' in script and "venv_install /opt/spotrelay/venv " in script
-    # The instance-store NVMe is mounted before the install puts weights on it.
+    # The instance-store NVMe is mounted before the install puts weights on
+    # it, and the install runs only if that worked.
     assert doc["runcmd"] == [
-        ["/usr/local/sbin/spotrelay-nvme"],
-        ["/usr/local/sbin/spotrelay-install"],
+        ["sh", "-c", "/usr/local/sbin/spotrelay-nvme && exec /usr/local/sbin/spotrelay-install"]
     ]
 
 

@@ -315,6 +315,8 @@ resource "aws_autoscaling_group" "node" {
         for_each = module.config.instance_requirements == null ? [] : [module.config.instance_requirements]
         content {
           instance_requirements {
+            instance_generations      = override.value.instance_generations
+            local_storage             = override.value.local_storage
             accelerator_manufacturers = override.value.accelerator_manufacturers
             accelerator_types         = override.value.accelerator_types
             allowed_instance_types    = override.value.allowed_instance_types

@@ -122,6 +122,11 @@ run "attribute_based_instances" {
   }
 
   assert {
+    condition     = one(aws_autoscaling_group.node.mixed_instances_policy[0].launch_template[0].override).instance_requirements[0].instance_generations == toset(["current"])
+    error_message = "Only current-generation types reach the group."
+  }
+
+  assert {
     condition     = aws_autoscaling_group.node.mixed_instances_policy[0].instances_distribution[0].on_demand_allocation_strategy == "lowest-price"
     error_message = "prioritized is not allowed with instance requirements."
   }

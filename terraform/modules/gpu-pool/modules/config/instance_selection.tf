@@ -129,8 +129,12 @@ locals {
   need_text    = local.need_known ? format("%.1f GiB", local.need_gib) : "unknown"
 
   # Attribute-based selection: exactly tp NVIDIA GPUs whose total memory,
-  # at gpu_memory_utilization, holds the model.
+  # at gpu_memory_utilization, holds the model, in current-generation types
+  # only (no previous-generation GPUs the AMI's drivers may not support).
   requirements = local.use_requirements ? {
+    instance_generations = ["current"]
+    # With instance_store the model lives on local NVMe: only types that have it.
+    local_storage                = var.instance_store ? "required" : "included"
     vcpu_count                   = { min = var.instance_requirements.vcpu_min, max = var.instance_requirements.vcpu_max }
     memory_mib                   = { min = ceil(var.instance_requirements.memory_gib_min * 1024), max = var.instance_requirements.memory_gib_max == null ? null : ceil(var.instance_requirements.memory_gib_max * 1024) }
     accelerator_manufacturers    = ["nvidia"]

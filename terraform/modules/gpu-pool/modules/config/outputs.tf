@@ -104,13 +104,14 @@ output "asg_tags" {
 }
 
 output "volumes" {
-  description = "Root and model volume settings, with has_model_volume resolved."
+  description = "Root and model volume settings, with model_size_gib (0 = none) and has_model_volume resolved."
   value = merge(var.volumes, {
+    model_size_gib   = local.model_size_gib
     has_model_volume = local.has_model_volume
   })
 
   precondition {
-    condition     = var.volumes.model_size_gib != var.volumes.root_size_gib
+    condition     = local.model_size_gib != var.volumes.root_size_gib
     error_message = "volumes.model_size_gib must differ from volumes.root_size_gib: the node identifies the model volume by its size."
   }
 }

@@ -110,7 +110,7 @@ locals {
 
   tp             = var.model.tensor_parallel_size
   gpu_mem_util   = var.model.gpu_memory_utilization
-  weights_gib    = var.model_params_billion == null ? null : var.model_params_billion * 1e9 * var.model_bytes_per_param / 1073741824
+  weights_gib    = var.model_params_billion == null ? null : var.model_params_billion * 1000000000 * var.model_bytes_per_param / 1073741824
   estimated_need = local.weights_gib == null ? null : local.weights_gib * (1 + var.model_kv_cache_fraction)
   need_gib       = var.model_gpu_memory_gib != null ? var.model_gpu_memory_gib : local.estimated_need
   need_known     = local.need_gib != null

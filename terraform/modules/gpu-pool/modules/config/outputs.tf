@@ -4,8 +4,8 @@ output "user_data" {
 }
 
 output "user_data_base64" {
-  description = "The cloud-init user data, base64-encoded for a launch template."
-  value       = base64encode(local.user_data)
+  description = "The cloud-init user data, gzip-compressed and base64-encoded for a launch template. EC2 takes 16 KB of user data before base64; the scripts alone come near that, and cloud-init decompresses gzip user data itself."
+  value       = base64gzip(local.user_data)
 }
 
 output "agent_settings" {

@@ -239,8 +239,8 @@ run "user_data_is_cloud_config" {
   }
 
   assert {
-    condition     = base64decode(output.user_data_base64) == output.user_data
-    error_message = "The base64 form decodes to the user data."
+    condition     = output.user_data_base64 == base64gzip(output.user_data)
+    error_message = "The launch template gets the user data gzip-compressed (cloud-init decompresses it), base64-encoded."
   }
 }
 

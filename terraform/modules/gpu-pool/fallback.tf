@@ -84,12 +84,24 @@ resource "aws_iam_role_policy" "controller_dlq" {
   role        = aws_iam_role.controller[0].id
   policy = jsonencode({
     Version = "2012-10-17"
-    Statement = [{
-      Sid      = "FailedAsyncInvocations"
-      Effect   = "Allow"
-      Action   = ["sqs:SendMessage"]
-      Resource = aws_sqs_queue.controller_dlq[0].arn
-    }]
+    Statement = concat(
+      [{
+        Sid      = "FailedAsyncInvocations"
+        Effect   = "Allow"
+        Action   = ["sqs:SendMessage"]
+        Resource = aws_sqs_queue.controller_dlq[0].arn
+      }],
+      # A queue encrypted with a customer key takes a message only from a
+      # sender that may make data keys with it (the key's policy must let IAM
+      # policies grant that: AWS's default key policy does).
+      var.controller.kms_key_arn == null ? [] : [{
+        Sid       = "EncryptFailedInvocations"
+        Effect    = "Allow"
+        Action    = ["kms:GenerateDataKey", "kms:Decrypt"]
+        Resource  = var.controller.kms_key_arn
+        Condition = { StringEquals = { "kms:ViaService" = "sqs.${local.region}.amazonaws.com" } }
+      }],
+    )
   })
 }
 

@@ -75,3 +75,22 @@ run "five_routers" {
     error_message = "Still one router group."
   }
 }
+
+run "cost_tags_and_engine_port" {
+  command = apply
+
+  variables {
+    tags        = { CostCenter = "ml-inference" }
+    engine_port = 8001
+  }
+
+  assert {
+    condition     = module.gpu_pool.instance_tags["CostCenter"] == "ml-inference" && module.gpu_pool.instance_tags["Project"] == "spotrelay"
+    error_message = "The example's tags reach the GPU instances (provider default_tags alone never reach what an Auto Scaling group launches)."
+  }
+
+  assert {
+    condition     = module.router.node_port == 8001 && module.gpu_pool.engine_port == 8001
+    error_message = "One setting, engine_port, sets the port vLLM listens on and the port the routers reach nodes on."
+  }
+}

@@ -121,6 +121,30 @@ run "queue_and_fallback" {
   }
 }
 
+run "dlq_with_a_customer_key" {
+  command = plan
+
+  override_resource {
+    target          = aws_sqs_queue.controller_dlq[0]
+    override_during = plan
+    values = {
+      arn = "arn:aws:sqs:us-east-1:123456789012:llm-gpu-controller-dlq"
+    }
+  }
+
+  variables {
+    on_demand_fallback = { enabled = true }
+    controller         = { kms_key_arn = "arn:aws:kms:us-east-1:123456789012:key/11111111-2222-3333-4444-555555555555" }
+  }
+
+  assert {
+    condition = anytrue([for s in jsondecode(aws_iam_role_policy.controller_dlq[0].policy).Statement :
+      s.Resource == "arn:aws:kms:us-east-1:123456789012:key/11111111-2222-3333-4444-555555555555" && contains(s.Action, "kms:GenerateDataKey") && contains(s.Action, "kms:Decrypt")
+    ])
+    error_message = "The controller may make data keys with the DLQ's key, or Lambda cannot put failed invocations on the encrypted DLQ."
+  }
+}
+
 run "reserved_concurrency_when_asked" {
   command = plan
 

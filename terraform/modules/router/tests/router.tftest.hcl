@@ -137,6 +137,15 @@ run "heartbeat_reachable_from_agents_only" {
   }
 }
 
+run "ami_resolved_at_plan" {
+  command = plan
+
+  assert {
+    condition     = aws_launch_template.router.image_id == "ami-0fedcba9876543210" && data.aws_ssm_parameter.ami[0].name == "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+    error_message = "The router AMI comes from its SSM parameter at plan time, not resolve:ssm: at launch (no mixed builds in one group)."
+  }
+}
+
 run "registry_private_tls_auth" {
   command = apply
 

@@ -146,6 +146,29 @@ run "ami_resolved_at_plan" {
   }
 }
 
+run "capacity_controller_reaches_the_control_endpoint_only" {
+  command = apply
+
+  variables {
+    control_client_security_group_ids = ["sg-0cccccccccccccccc"]
+  }
+
+  assert {
+    condition     = aws_vpc_security_group_ingress_rule.link["controller0_to_heartbeat"].security_group_id == aws_security_group.heartbeat.id && aws_vpc_security_group_ingress_rule.link["controller0_to_heartbeat"].referenced_security_group_id == "sg-0cccccccccccccccc" && aws_vpc_security_group_ingress_rule.link["controller0_to_heartbeat"].from_port == 8081
+    error_message = "The controller's own group is admitted to the internal control endpoint."
+  }
+
+  assert {
+    condition     = aws_vpc_security_group_egress_rule.link["controller0_to_heartbeat"].security_group_id == "sg-0cccccccccccccccc" && aws_vpc_security_group_egress_rule.link["controller0_to_heartbeat"].to_port == 8081
+    error_message = "The controller's group may leave for that endpoint (its egress kept in step with the ingress)."
+  }
+
+  assert {
+    condition     = !anytrue([for k, r in aws_vpc_security_group_egress_rule.link : r.referenced_security_group_id == "sg-0cccccccccccccccc"])
+    error_message = "The routers send no inference traffic to the controller's group."
+  }
+}
+
 run "registry_private_tls_auth" {
   command = apply
 

@@ -9,7 +9,10 @@ and that what only the 5.x compatibility step checks is listed in the docs.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,3 +109,20 @@ def test_the_controller_package_is_built_from_the_sources(tmp_path: Path) -> Non
     shutil.copytree(REPO / "core", copy / "core")
     (copy / "controller" / "handler.py").write_text("# changed\n")
     assert lambda_package.stale(repo=copy)
+
+
+def test_validate_says_so_in_one_line_where_the_provider_is_absent(tmp_path: Path) -> None:
+    script = REPO / "tests" / "tfshim" / "tfcheck.py"
+    env = {**os.environ, "SPOTRELAY_TF_PLUGINS": str(tmp_path)}  # an empty mirror
+    for extra, code in (([], 0), (["--require"], 1)):
+        proc = subprocess.run(
+            [sys.executable, str(script), "validate", *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == code, proc.stdout + proc.stderr
+        lines = proc.stdout.splitlines()
+        assert lines[0].startswith("SKIP  terraform validate + terraform test: no hashicorp/aws")
+        assert lines[-1].startswith("0 passed, 0 failed,") and len(lines) == 2

@@ -485,8 +485,7 @@ def run_validate(require: bool = False) -> int:
     if isinstance(real, str):
         # One loud line: this check did not run here (CI has both).
         print(f"SKIP  terraform validate + terraform test: {real}")
-        for name in tfreal.check_names():
-            tally.record(name, None, real)
+        tally.skipped = len(tfreal.check_names())
         tally.close()
         return 1 if require else 0
     print(f"using {real.describe()}")

@@ -107,7 +107,7 @@ resource "aws_iam_role_policy" "controller_dlq" {
 
 resource "aws_lambda_function" "controller" {
   #checkov:skip=CKV_AWS_50:X-Ray tracing is controller.tracing, Active by default; the variable lets an account without X-Ray turn it off.
-  #checkov:skip=CKV_AWS_272:The package is built by this module from the spotrelay source at plan time; there is no signing step to verify (add a code signing config if your organisation signs Lambda code).
+  #checkov:skip=CKV_AWS_272:The package is the zip committed with this module, built reproducibly from the spotrelay source and checked against it by a test; there is no signing step to verify (add a code signing config, and controller.package_path to a signed zip, if your organisation signs Lambda code).
   count = local.controller_on ? 1 : 0
 
   function_name    = module.capacity.names.function

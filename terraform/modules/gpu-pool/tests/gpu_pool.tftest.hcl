@@ -135,8 +135,8 @@ run "attribute_based_instances" {
   }
 
   assert {
-    condition     = one(aws_autoscaling_group.node.mixed_instances_policy[0].launch_template[0].override).instance_requirements[0].instance_generations == toset(["current"])
-    error_message = "Only current-generation types reach the group."
+    condition     = one(aws_autoscaling_group.node.mixed_instances_policy[0].launch_template[0].override).instance_requirements[0].instance_generations == toset(["current"]) && one(aws_autoscaling_group.node.mixed_instances_policy[0].launch_template[0].override).instance_requirements[0].local_storage == "required"
+    error_message = "Only current-generation types with local NVMe (the instance store holds the model) reach the group."
   }
 
   assert {

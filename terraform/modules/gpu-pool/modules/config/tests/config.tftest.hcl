@@ -625,8 +625,8 @@ run "attribute_based_selection" {
   }
 
   assert {
-    condition     = output.instance_requirements.instance_generations == ["current"]
-    error_message = "Only current-generation instance types."
+    condition     = output.instance_requirements.instance_generations == ["current"] && output.instance_requirements.local_storage == "required"
+    error_message = "Only current-generation instance types, with local NVMe for the instance store."
   }
 
   assert {

@@ -142,8 +142,12 @@ printf "%b" "${STUB_HOLDERS:-}" | while read -r d child mnt; do
     echo "$child"
   fi
 done""",
-    # mountpoint -q PATH: true for the paths in $STUB_MOUNTED
-    "mountpoint": 'for m in ${STUB_MOUNTED:-}; do [ "$m" = "$2" ] && exit 0; done; exit 1',
+    # mountpoint -q PATH: true for the paths in $STUB_MOUNTED and in the file
+    # $STUB_MOUNTS (what sleep "mounts": a boot service finishing meanwhile)
+    "mountpoint": """
+for m in ${STUB_MOUNTED:-} $(cat "$STUB_MOUNTS" 2>/dev/null); do [ "$m" = "$2" ] && exit 0; done
+exit 1""",
+    "sleep": 'echo "sleep $*" >> "$STUB_LOG"; echo "${STUB_MOUNTS_LATER:-}" >> "$STUB_MOUNTS"',
     "mdadm": 'echo "mdadm $*" >> "$STUB_LOG"',
     "mkfs.xfs": 'echo "mkfs.xfs $*" >> "$STUB_LOG"',
     "mount": 'echo "mount $*" >> "$STUB_LOG"',
@@ -202,6 +206,8 @@ def run_nvme(
         "STUB_LOG": str(log),
         "SPOTRELAY_FSTAB": str(fstab),
         "SPOTRELAY_DLAMI_NVME": str(tmp_path / "dlami-nvme"),
+        "SPOTRELAY_DLAMI_WAIT_S": "0",
+        "STUB_MOUNTS": str(tmp_path / "mounts-later"),
         **stub_env,
     }
     proc = subprocess.run(["bash", str(path)], env=env, capture_output=True, text=True, timeout=30)
@@ -242,6 +248,33 @@ def test_nvme_script_uses_the_deep_learning_amis_mount(
     assert (dlami / "spotrelay").is_dir()
     opts = f"bind,nofail,x-systemd.requires-mounts-for={dlami}"
     assert fstab == f"{dlami}/spotrelay {mount} none {opts} 0 0\n"
+
+
+def test_nvme_script_waits_for_the_amis_own_mount(
+    nvme_script: tuple[str, Path], tmp_path: Path
+) -> None:
+    """On the DLAMI the mount may come a moment after cloud-init starts: no formatting meanwhile."""
+    script, mount = nvme_script
+    dlami = tmp_path / "dlami-nvme"
+    listing = f"/dev/nvme0n1 {EBS}\\n/dev/nvme1n1 {NVME}\\n"
+    wait = {"SPOTRELAY_DLAMI_WAIT_S": "30", "STUB_MOUNTS_LATER": str(dlami)}
+    code, out, calls, fstab = run_nvme(script, tmp_path, listing, **wait)
+    assert code == 0, out
+    assert calls == ["sleep 1", f"mount {mount}"]  # one wait, then the bind mount
+    assert fstab.startswith(f"{dlami}/spotrelay {mount} none bind")
+
+    # The AMI never mounts it (another AMI with /opt/dlami): a bounded wait, then
+    # the unused device is formatted as usual.
+    later = tmp_path / "never"
+    later.mkdir()
+    code, out, calls, _ = run_nvme(script, later, listing, SPOTRELAY_DLAMI_WAIT_S="2")
+    assert code == 0, out
+    assert calls == [
+        "sleep 1",
+        "sleep 1",
+        "mkfs.xfs -f -q -L spotrelay-nvme /dev/nvme1n1",
+        f"mount {mount}",
+    ]
 
 
 def test_nvme_script_never_formats_a_device_in_use(

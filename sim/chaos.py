@@ -1,9 +1,9 @@
-"""The demo's chaos: when to preempt or kill which node, and what the router saw.
+"""The demo's chaos: when to preempt, kill or freeze which node, and what the router saw.
 
-:func:`plan_events` spreads spot notices and hard kills over the run with a
-seeded RNG, so a demo is repeatable. :class:`FleetObserver` polls the router's
-``GET /nodes`` and records each node's transitions (ready, draining, excluded,
-gone) and a once-a-second sample of the fleet, which the report turns into
+:func:`plan_events` spreads spot notices, hard kills and freezes over the run
+with a seeded RNG, so a demo is repeatable. :class:`FleetObserver` polls the
+router's ``GET /nodes`` and records each node's transitions (ready, draining,
+excluded, back, gone) and a once-a-second sample of the fleet, which the report turns into
 the per-event timeline and the chart.
 """
 
@@ -20,7 +20,13 @@ from typing import Any
 @dataclass
 class PlannedEvent:
     at_s: float  # seconds after traffic starts
-    kind: str  # "spot_notice", "hard_kill" or "dead_agent" (agent killed, then a notice)
+    # "spot_notice", "hard_kill", "dead_agent" (agent killed, then a notice), "freeze"
+    # (engine SIGSTOPped, its agent running) or "host_freeze" (engine and agent stopped)
+    kind: str
+
+
+#: the faults that close no socket: the node goes silent instead of away
+FREEZES = ("freeze", "host_freeze")
 
 
 def plan_events(
@@ -29,6 +35,8 @@ def plan_events(
     hard_kills: int,
     rng: random.Random,
     dead_agents: int = 0,
+    freezes: int = 0,
+    host_freezes: int = 0,
 ) -> list[PlannedEvent]:
     """Spread the events over the middle of the run, leaving time to recover at the end.
 
@@ -38,6 +46,11 @@ def plan_events(
     """
     kinds = ["spot_notice"] * preemptions + ["hard_kill"] * hard_kills
     rng.shuffle(kinds)
+    # Freezes go after the others (in a shuffled order of their own), so adding them
+    # leaves the notices' and kills' order for a seed as it was.
+    silent = ["freeze"] * freezes + ["host_freeze"] * host_freezes
+    rng.shuffle(silent)
+    kinds += silent
     # A dead agent's notice goes first: the agent is killed, then the notice comes.
     kinds = ["dead_agent"] * dead_agents + kinds
     if not kinds:
@@ -56,6 +69,7 @@ class NodeHistory:
 
     first_ready: float | None = None
     excluded: float | None = None  # draining, ejected or gone after being ready
+    back: float | None = None  # ready again after being excluded (a thawed freeze)
     gone: float | None = None
 
 
@@ -67,7 +81,13 @@ class Sample:
 
 
 def _excluded(entry: dict[str, Any]) -> bool:
-    return entry.get("state") != "ready" or bool(entry.get("ejected"))
+    """Not routable: draining, ejected, or reported ``unhealthy`` by its agent (which
+    routers treat as gone for routing)."""
+    return (
+        entry.get("state") != "ready"
+        or entry.get("reported_state") == "unhealthy"
+        or bool(entry.get("ejected"))
+    )
 
 
 @dataclass
@@ -119,6 +139,8 @@ class FleetObserver:
             if not _excluded(entry):
                 if hist.first_ready is None:
                     hist.first_ready = now
+                elif hist.excluded is not None and hist.back is None:
+                    hist.back = now
             elif hist.first_ready is not None and hist.excluded is None:
                 hist.excluded = now
         for name, hist in self.histories.items():

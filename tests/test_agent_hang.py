@@ -74,6 +74,26 @@ def test_a_counter_going_backwards_is_a_restarted_engine_not_a_stall() -> None:
     assert not stall.observe(9.5, running=1, generated=3)
 
 
+def test_a_stalled_engine_is_not_ready_so_self_healing_counts_it() -> None:
+    """Self-healing (agent/selfheal.py) is fed ``ready``: a hung engine starts its clock."""
+    from spotrelay.agent.engine import EngineStatus, read_metrics
+    from spotrelay.agent.selfheal import SelfHeal
+
+    load, generated = read_metrics(
+        'vllm:num_requests_running{model_name="m"} 3\n'
+        'vllm:generation_tokens_total{model_name="m"} 1234\n'
+    )
+    assert (load.running, generated) == (3, 1234)
+    assert read_metrics('vllm:num_requests_running{model_name="m"} 0\n')[1] is None
+    status = EngineStatus(healthy=True, models=["m"], load=load, generated=generated)
+    assert status.ready("m")
+    status.stalled = True
+    assert not status.ready("m")
+    heal = SelfHeal(unhealthy_after_s=60)
+    assert not heal.step(0.0, healthy=status.ready("m"), armed=True)
+    assert heal.step(60.0, healthy=status.ready("m"), armed=True)
+
+
 def test_unhealthy_is_the_last_node_state() -> None:
     assert list(NodeState)[-1] is NodeState.UNHEALTHY
     assert NodeState.UNHEALTHY.value == "unhealthy"

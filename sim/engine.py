@@ -87,6 +87,14 @@ class DecodePauses:
             t = self.due(t + itl)
         return t
 
+    def tokens_by(self, first: float, n: int, itl: float, now: float) -> int:
+        """How many of ``n`` tokens (the first due at ``first``) have come by ``now``."""
+        done, t = 0, self.due(first)
+        while done < n and t <= now:
+            done += 1
+            t = self.due(t + itl)
+        return done
+
 
 class Scheduler:
     """At most ``capacity`` running; the rest wait in FIFO order.
@@ -221,6 +229,19 @@ class Engine:
             settings.decode_pause_ms / 1000.0, every_s, random.uniform(0.0, every_s)
         )
         self.stalled = False  # the stall fault: no token until it is lifted
+        # Non-streaming generations under way: (first token due, tokens, itl).
+        self._unary: dict[int, tuple[float, int, float]] = {}
+
+    def generated_tokens(self, now: float) -> int:
+        """``vllm:generation_tokens_total`` at ``now`` (loop time).
+
+        Streams count each token as it is sent; a non-streaming answer is
+        computed at once but counted token by token as its time passes, as
+        vLLM counts every decode step: an agent reading the counter while a
+        long non-streaming request runs must see it move.
+        """
+        partial = sum(self.pauses.tokens_by(*spec, now) for spec in self._unary.values())
+        return self.generation_tokens_total + partial
 
     @property
     def kv_cache_usage(self) -> float:
@@ -340,10 +361,17 @@ class Generation:
                     out.extend(matcher.flush())
             n = self.completion_tokens
             end = eng.pauses.finish_time(t0 + ttft, n, itl)
-            await asyncio.sleep(max(0.0, end - loop.time()))
-            while eng.stalled:
-                await asyncio.sleep(STALL_POLL_S)
-            eng.generation_tokens_total += n
+            eng._unary[id(self)] = spec = (t0 + ttft, n, itl)
+            done = 0
+            try:
+                await asyncio.sleep(max(0.0, end - loop.time()))
+                while eng.stalled:
+                    await asyncio.sleep(STALL_POLL_S)
+                done = n
+            finally:
+                del eng._unary[id(self)]
+                # An aborted answer keeps what it had generated: a counter never goes back.
+                eng.generation_tokens_total += done or eng.pauses.tokens_by(*spec, loop.time())
             eng.kv_tokens += n
             self.finish_reason = reason
             return "".join(out)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import itertools
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import openai
 import pytest
+import requests
 
+from spotrelay.core.net import wait_until
 from spotrelay.core.processes import ProcessGroup, spotrelay_argv
 from spotrelay.sim import textgen
 from spotrelay.sim.engine import DecodePauses
@@ -44,6 +47,34 @@ def test_a_pause_shifts_every_later_token_by_the_time_held() -> None:
     assert pauses.finish_time(2.75, 6, 0.1) == pytest.approx(3.7)
     assert DecodePauses().finish_time(2.75, 6, 0.1) == pytest.approx(3.25)
     assert pauses.finish_time(3.2, 1, 0.1) == 3.5  # the first token waits as well
+
+
+def test_tokens_counted_by_a_time_respect_the_pauses() -> None:
+    pauses = DecodePauses(pause_s=0.5, every_s=3.0, origin=0.0)
+    # Tokens due 2.75, 2.85, 2.95, 3.5 (held), 3.6, 3.7.
+    assert [pauses.tokens_by(2.75, 6, 0.1, t) for t in (2.7, 2.75, 3.0, 3.49, 3.5, 9.0)] == [
+        0, 1, 3, 3, 4, 6,
+    ]  # fmt: skip
+
+
+def test_a_long_non_streaming_answer_moves_the_token_counter(
+    procs: ProcessGroup, logdir: Path
+) -> None:
+    """vLLM counts every decode step; the node agent's stall check relies on it."""
+    sim = start_sim_vllm(procs, logdir, "--ttft-ms", "5", "--itl-ms", "20")
+    body = {"model": MODEL, "prompt": "long", "max_tokens": 100}  # 2 s
+    t = threading.Thread(target=requests.post, args=(sim.url + "/v1/completions",),
+                         kwargs={"json": body, "timeout": 10})  # fmt: skip
+    t.start()
+
+    def counter() -> float:
+        text = requests.get(sim.url + "/metrics", timeout=5).text
+        line = next(x for x in text.splitlines() if x.startswith("vllm:generation_tokens_total"))
+        return float(line.rsplit(" ", 1)[1])
+
+    wait_until(lambda: 10 <= counter() < 100, timeout=5, what="the counter to move mid-answer")
+    t.join(10)
+    assert counter() == 100
 
 
 def test_streams_pause_with_exact_text(procs: ProcessGroup, logdir: Path) -> None:

@@ -162,6 +162,28 @@ class EngineProbe:
         read = self.metrics()
         return None if read is None else read[0]
 
+    def canary(self, model: str) -> bool:
+        """Ask for one token (``POST /v1/completions``); True if the engine answered in time.
+
+        Any answer counts: a refusal (a chat-only server, say) shows the
+        generation path is not wedged, and must not keep a working node out.
+        """
+        body = json.dumps({"model": model, "prompt": "ping", "max_tokens": 1}).encode()
+        try:
+            resp = self._http.request(
+                "POST",
+                self.base + "/v1/completions",
+                body=body,
+                headers={"Content-Type": "application/json"},
+                timeout=self._timeout,
+            )
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            log.debug("canary request unanswered: %s", exc)
+            return False
+        if resp.status != 200:
+            log.info("canary request answered %s: taken as a working engine", resp.status)
+        return True
+
     def probe(self) -> EngineStatus:
         try:
             if self.health_fallback:

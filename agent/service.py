@@ -315,9 +315,14 @@ class Agent:
         status = self.engine.probe()
         status.process_alive = alive
         running = status.load.running if status.load is not None else None
-        status.stalled = status.healthy and self.stall.observe(
-            time.monotonic(), running, status.generated
-        )
+        stalled = status.healthy and self.stall.observe(time.monotonic(), running, status.generated)
+        if stalled and self.stall.needs_canary(running):
+            model = self.cfg.engine.model or (status.models[0] if status.models else None)
+            if model and self.engine.canary(model):
+                log.info("the stalled engine answered a one-token request: generating again")
+                self.stall.recovered()
+                stalled = False
+        status.stalled = stalled
         self.detector.observe(status.healthy)
         served = status.serves(self.cfg.engine.model)
         if served:

@@ -229,8 +229,17 @@ class Engine:
             settings.decode_pause_ms / 1000.0, every_s, random.uniform(0.0, every_s)
         )
         self.stalled = False  # the stall fault: no token until it is lifted
+        self._frozen_count: int | None = None  # the token counter while stalled
         # Non-streaming generations under way: (first token due, tokens, itl).
         self._unary: dict[int, tuple[float, int, float]] = {}
+
+    def set_stalled(self, stalled: bool, now: float) -> None:
+        """Start or lift the stall fault at ``now`` (loop time): the counter stands still."""
+        if stalled and not self.stalled:
+            self._frozen_count = self.generated_tokens(now)
+        elif not stalled:
+            self._frozen_count = None
+        self.stalled = stalled
 
     def generated_tokens(self, now: float) -> int:
         """``vllm:generation_tokens_total`` at ``now`` (loop time).
@@ -240,6 +249,8 @@ class Engine:
         vLLM counts every decode step: an agent reading the counter while a
         long non-streaming request runs must see it move.
         """
+        if self._frozen_count is not None:
+            return self._frozen_count  # stalled: a waiting answer's tokens do not come
         partial = sum(self.pauses.tokens_by(*spec, now) for spec in self._unary.values())
         return self.generation_tokens_total + partial
 

@@ -306,7 +306,7 @@ class SimServer:
         self.limits = settings.limits()
         self.engine = Engine(settings.engine())
         self.faults = faults or Faults()
-        self.engine.stalled = self.faults.stall
+        self.engine.set_stalled(self.faults.stall, time.monotonic())
         self.log = RequestLog()
         self.registry = metrics_registry(self.engine)
         self.started = int(time.time())
@@ -599,7 +599,7 @@ class SimServer:
             return error_response(400, f"Invalid JSON body: {exc}")
         except FaultError as exc:
             return error_response(400, str(exc))
-        self.engine.stalled = self.faults.stall
+        self.engine.set_stalled(self.faults.stall, asyncio.get_running_loop().time())
         log.info("faults set: %s", self.faults.state())
         resp = json_response(self.faults.state())
         if exit_now:
@@ -622,7 +622,7 @@ class SimServer:
 
     async def reset(self, request: web.Request) -> web.Response:
         self.faults.reset()
-        self.engine.stalled = False
+        self.engine.set_stalled(False, asyncio.get_running_loop().time())
         log.info("faults reset")
         return json_response(self.faults.state())
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-import openai
 import pytest
+import requests
 
 from spotrelay.agent.hang import TokenStall
 from spotrelay.core.net import wait_until
@@ -52,6 +51,24 @@ def test_tokens_standing_still_with_work_running_is_a_stall() -> None:
     assert stall.observe(21.0, running=2, generated=101)
 
 
+def test_a_stalled_engine_stays_suspect_when_its_work_leaves() -> None:
+    """The routers take requests off an unhealthy node: that is no sign of recovery."""
+    stall = TokenStall(after_s=5)
+    stall.observe(0.0, running=2, generated=100)
+    assert stall.observe(5.0, running=2, generated=100)
+    assert not stall.needs_canary(running=2)
+    assert stall.observe(6.0, running=0, generated=100)  # work gone, still no token
+    assert stall.needs_canary(running=0)
+    assert stall.observe(60.0, running=0, generated=100)
+    stall.recovered()  # our one-token request was answered
+    assert not stall.observe(61.0, running=0, generated=100)
+    # Or a token seen on the counter clears it just the same.
+    stall.observe(62.0, running=1, generated=100)
+    assert stall.observe(67.0, running=1, generated=100)
+    assert not stall.observe(68.0, running=0, generated=101)
+    assert not stall.needs_canary(running=0)
+
+
 def test_no_work_or_no_counter_is_never_a_stall() -> None:
     stall = TokenStall(after_s=5)
     assert not stall.observe(0.0, running=0, generated=100)
@@ -71,7 +88,7 @@ def test_a_counter_going_backwards_is_a_restarted_engine_not_a_stall() -> None:
     assert not stall.observe(8.0, running=1, generated=3)
     assert stall.observe(9.0, running=1, generated=3)
     stall.reset()
-    assert not stall.observe(9.5, running=1, generated=3)
+    assert not stall.observe(9.5, running=1, generated=3) and not stall.suspect
 
 
 def test_a_stalled_engine_is_not_ready_so_self_healing_counts_it() -> None:
@@ -164,19 +181,11 @@ def test_engine_generating_nothing_with_work_running_is_reported_unhealthy(
     procs: ProcessGroup, logdir: Path
 ) -> None:
     router, sim, agent, node_id = node_under_agent(
-        procs, logdir, "hang-stall", {"stall_after_s": 1.5}, "--ttft-ms", "5", "--itl-ms", "20"
-    )
-    client = openai.OpenAI(base_url=sim.url + "/v1", api_key="x", max_retries=0, timeout=30)
-    texts: list[str] = []
-
-    def stream() -> None:
-        chunks = client.completions.create(
-            model="hang-stall", prompt="stall", max_tokens=200, stream=True
-        )
-        texts.append("".join(c.choices[0].text for c in chunks if c.choices))
-
-    t = threading.Thread(target=stream)
-    t.start()
+        procs, logdir, "hang-stall", {"stall_after_s": 1.5, "timeout_s": 1},
+        "--ttft-ms", "5", "--itl-ms", "20",
+    )  # fmt: skip
+    body = {"model": "hang-stall", "prompt": "stall", "max_tokens": 500, "stream": True}
+    stream = requests.post(sim.url + "/v1/completions", json=body, stream=True, timeout=10)
     try:
         wait_until(
             lambda: get_json(sim.url + "/_control/stats")["engine"]["running"] == 1,
@@ -194,8 +203,27 @@ def test_engine_generating_nothing_with_work_running_is_reported_unhealthy(
         assert time.monotonic() - t0 >= 1.4  # not before stall_after_s
         assert agent.metric("spotrelay_agent_engine_unhealthy_total", reason="stalled") == 1
         assert "engine hung: 1 requests running and no token generated" in agent.proc.tail(400)
+
+        # Its client leaves (as a router moving the request would): nothing runs there
+        # any more, which proves nothing. One-token canaries go unanswered: still hung.
+        stream.close()
+        wait_until(
+            lambda: get_json(sim.url + "/_control/stats")["engine"]["running"] == 0,
+            timeout=5,
+            what="the stream gone",
+        )
+        canaries = get_json(sim.url + "/_control/stats")["per_path"]["/v1/completions"]
+        wait_until(
+            lambda: (
+                get_json(sim.url + "/_control/stats")["per_path"]["/v1/completions"] >= canaries + 2
+            ),
+            timeout=10,
+            what="two canary requests",
+        )
+        assert reported(router.url, node_id) == "unhealthy"
     finally:
+        stream.close()
         post_json(sim.url + "/_control/faults", {"stall": False})
-    wait_until(lambda: reported(router.url, node_id) == "ready", timeout=5, what="ready again")
-    t.join(15)
-    assert len(texts) == 1 and texts[0]
+    wait_until(lambda: reported(router.url, node_id) == "ready", timeout=6, what="ready again")
+    assert "the stalled engine answered a one-token request" in agent.proc.tail(400)
+    assert agent.metric("spotrelay_agent_engine_unhealthy_total") == 1  # no flapping

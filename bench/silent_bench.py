@@ -231,6 +231,8 @@ def chat(
             out.error = "text differs from an undisturbed run"
     except Exception as exc:  # the client's view: any exception is a failure
         out.error = f"{type(exc).__name__}: {str(exc)[:160]}"
+        if stream:  # the silence that ended in the error is a gap too
+            out.longest_gap_s = max(out.longest_gap_s, time.monotonic() - last)
     out.latency_s = time.monotonic() - start
     return out
 
@@ -338,7 +340,7 @@ def run_singles(logdir: Path, args: argparse.Namespace) -> dict[str, dict[str, A
         out[name] = {
             "stream_ok": s.ok,
             "stream_longest_gap_s": round(s.longest_gap_s, 2),
-            "stream_text_exact": s.ok,
+            "stream_text_exact": s.ok,  # completed, and equal to the undisturbed text
             "stream_error": s.error,
             "nonstream_ok": n.ok,
             "nonstream_latency_s": round(n.latency_s, 2),
@@ -393,8 +395,8 @@ def render(runs: list[RunResult], singles: dict[str, dict[str, Any]], base_token
         lines += ["", "single request, ITL 50 ms, its node frozen 2 s in:"]
         for name, s in singles.items():
             lines.append(
-                f"  {name:<14} stream: longest gap {s['stream_longest_gap_s']:.2f}s, text "
-                f"{'exact' if s['stream_text_exact'] else 'NOT exact: ' + str(s['stream_error'])}"
+                f"  {name:<14} stream: longest gap {s['stream_longest_gap_s']:.2f}s, "
+                f"{'text exact' if s['stream_text_exact'] else 'FAILED: ' + str(s['stream_error'])}"
                 f" | non-stream: {'ok' if s['nonstream_ok'] else 'FAILED'} in "
                 f"{s['nonstream_latency_s']:.2f}s (+{s['nonstream_latency_s'] - base_ns:.2f}s)"
             )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ pytestmark = pytest.mark.timeout(120)
 
 MODEL = "sim-model"
 PROMPT = "Tell a long story about a partition"
-MAX_TOKENS = 100  # 5 s at 50 ms a token
+MAX_TOKENS = 60  # 3 s at 50 ms a token
 
 
 def start_node(procs: ProcessGroup, logdir: Path, node: NsNode, router_url: str, i: int) -> str:
@@ -131,7 +130,7 @@ def test_stream_survives_its_node_being_cut_off(procs: ProcessGroup, logdir: Pat
             timeout=30,
             what="both nodes ready at the router",
         )
-        client = openai.OpenAI(base_url=router + "/v1", api_key="x", max_retries=0, timeout=30)
+        client = openai.OpenAI(base_url=router + "/v1", api_key="x", max_retries=0, timeout=20)
         chunks: list[str] = []
         result: dict[str, Any] = {}
 
@@ -157,15 +156,13 @@ def test_stream_survives_its_node_being_cut_off(procs: ProcessGroup, logdir: Pat
         victim = next(i for i, url in enumerate(engines) if running(url))
         survivor = engines[1 - victim]
         before = served(survivor)
-        cut_at = time.monotonic()
         nodes[victim].cut()  # packets dropped from here on: no FIN, no RST
-        t.join(45)
+        t.join(30)
         assert not t.is_alive(), "the stream never finished"
         assert "error" not in result, result["error"]
         assert result["finish"] == "length"
         assert "".join(chunks) == expected_text("chat", PROMPT, MAX_TOKENS)
         assert served(survivor) > before, "the rest of the stream came from the other node"
-        assert time.monotonic() - cut_at < 30
     finally:
         procs.stop_all(timeout=5)  # before the namespaces go
         lab.__exit__(None, None, None)

@@ -320,10 +320,9 @@ def single(f: Fleet, stream: bool, fault: str | None, timeout: float) -> Outcome
     t0 = time.monotonic()
     thread.start()
     if fault:
-        node: list[Node] = []
-        wait_until(lambda: bool(node.append(f.busy_node()) or node[-1]), timeout=10)
+        node = wait_until(f.busy_node, timeout=10, what="the request's node")
         time.sleep(max(0.0, FAULT_AT_S - (time.monotonic() - t0)))
-        f.hit(node[-1], fault)
+        f.hit(node, fault)
     thread.join(timeout + 10)
     return box[0]
 

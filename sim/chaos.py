@@ -12,9 +12,19 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
+
+
+class Target(Protocol):
+    """What the chaos needs to know of a node."""
+
+    name: str
+    lifecycle: str
+
+
+N = TypeVar("N", bound=Target)
 
 
 @dataclass
@@ -61,6 +71,33 @@ def plan_events(
         PlannedEvent(round(start + i * slot + rng.uniform(0.1, 0.6) * slot, 2), kind)
         for i, kind in enumerate(kinds)
     ]
+
+
+def pick_victim(
+    kind: str,
+    alive: Sequence[N],
+    router_view: list[dict[str, Any]],
+    hit: set[str],
+    rng: random.Random,
+) -> N | None:
+    """A node that is up, ready at the router and not already hit by an event.
+
+    A hard kill or a freeze prefers a node with requests in flight: hitting an
+    idle one (a replacement that just joined, at a low request rate) shows
+    nothing. Only spot nodes are hit (spot notices exist only on spot instances).
+    """
+    view = {entry.get("id"): entry for entry in router_view}
+    candidates = [
+        n
+        for n in alive
+        if n.name not in hit
+        and n.lifecycle == "spot"
+        and view.get(n.name, {}).get("state") == "ready"
+    ]
+    busy = [n for n in candidates if view[n.name].get("in_flight", 0) > 0]
+    if kind in ("hard_kill", *FREEZES) and busy:
+        candidates = busy
+    return rng.choice(candidates) if candidates else None
 
 
 @dataclass

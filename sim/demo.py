@@ -31,7 +31,7 @@ from typing import Any
 from spotrelay.core.protocol import CAP_CONTINUE_FINAL_MESSAGE
 
 from .capacity import CapacityLoop, CapacityOptions
-from .chaos import FREEZES, FleetObserver, PlannedEvent, plan_events
+from .chaos import FREEZES, FleetObserver, PlannedEvent, pick_victim, plan_events
 from .demo_routers import RouterChaos
 from .fleet import FleetOptions, LocalFleet, Node
 from .report import render_table, summarise, write_chart, write_json
@@ -227,28 +227,14 @@ class Demo:
             for e in self.events
         )
 
-    def _victim(self, kind: str) -> Node | None:
-        """A node that is up and not already hit by an event.
-
-        A hard kill prefers a node with requests in flight: killing an idle one
-        (a replacement that just joined, at a low request rate) shows nothing.
-        """
-        hit = {e.node for e in self.events}
-        view = {entry.get("id"): entry for entry in self.fleet.router_nodes()}
-        candidates = [
-            n
-            for n in self.fleet.alive_nodes()
-            if n.name not in hit
-            and n.lifecycle == "spot"  # spot notices exist only on spot instances
-            and view.get(n.name, {}).get("state") == "ready"
-        ]
-        busy = [n for n in candidates if view[n.name].get("in_flight", 0) > 0]
-        if kind in ("hard_kill", *FREEZES) and busy:
-            candidates = busy
-        return self.rng.choice(candidates) if candidates else None
-
     def _inject(self, planned: PlannedEvent, now: float) -> None:
-        node = self._victim(planned.kind)
+        node = pick_victim(
+            planned.kind,
+            self.fleet.alive_nodes(),
+            self.fleet.router_nodes(),
+            {e.node for e in self.events},
+            self.rng,
+        )
         if node is None:
             log.warning("no ready node to hit at %.1fs; skipping a %s", now, planned.kind)
             return

@@ -24,7 +24,7 @@ class Backoff:
 
     def next_delay(self) -> float:
         """Record a failure and return how long to wait before the next try."""
-        exp = min(self.cap, self.base * (2 ** min(self.failures, 30)))
+        exp = min(self.cap, self.base * (2.0 ** min(self.failures, 30)))
         self.failures += 1
         return exp / 2 + self._rng.uniform(0, exp / 2)
 

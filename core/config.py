@@ -15,13 +15,16 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
 ENV_PREFIX = "SPOTRELAY_"
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 class ConfigError(ValueError):
@@ -124,7 +127,7 @@ def _exact_int(value: Any) -> int:
     return int(value)
 
 
-def _check(key: str, f: dataclasses.Field, value: Any) -> None:
+def _check(key: str, f: dataclasses.Field[Any], value: Any) -> None:
     meta = f.metadata
     shown = "<redacted>" if meta.get("secret") else value
     if value is None:
@@ -232,7 +235,7 @@ def describe(cls: type) -> str:
     return "\n".join(lines)
 
 
-def _describe_line(section: str | None, f: dataclasses.Field) -> str:
+def _describe_line(section: str | None, f: dataclasses.Field[Any]) -> str:
     default = (
         f.default
         if f.default is not dataclasses.MISSING

@@ -42,7 +42,7 @@ closes the current upstream connection, which makes vLLM abort the request.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -214,7 +214,7 @@ class StreamRelay:
         self._gen.close()
         self._finish()
 
-    def _run(self) -> Iterator[bytes]:
+    def _run(self) -> Generator[bytes, None, None]:
         self.outcome = "relaying"
         start: StreamStart | None = self.start
         try:
@@ -243,7 +243,7 @@ class StreamRelay:
         finally:
             self._finish()
 
-    def _relay(self, start: StreamStart) -> Iterator[bytes]:
+    def _relay(self, start: StreamStart) -> Generator[bytes, None, StreamBreak | None]:
         """One upstream attempt; returns None when the client stream is complete, else the break."""
         up = self.upstream = start.upstream
         finishes = self.finishes()

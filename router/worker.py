@@ -175,7 +175,7 @@ class GuardedThreadMixin(GuardMixin):
         client_sock.setblocking(True)
         release = (lambda: self._release(plane, peer)) if self.limiter is not None else None
         sock = GuardedSocket(client_sock, self.guard, plane, on_close=release)
-        conn = TConn(self.cfg, sock, client_addr, listener.getsockname())  # type: ignore[attr-defined]
+        conn = TConn(self.cfg, sock, client_addr, listener.getsockname())  # type: ignore[attr-defined,arg-type]
         self.enqueue_req(conn)  # type: ignore[attr-defined]
 
     def handle_request(self, req: Any, conn: Any) -> Any:

@@ -97,7 +97,7 @@ class LocalFleet:
     def start_router(self, name: str = "router", port: int | None = None) -> str:
         """Start (or restart, on its old port) one router and wait until it answers."""
         port = port or free_port()
-        config = {
+        config: dict[str, dict[str, Any]] = {
             "server": {"host": HOST, "port": port, "control_port": free_port()},
             "auth": {"node_token": self.token, "node_token_file": None},
             "registry": {"ttl_s": 6},

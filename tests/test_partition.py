@@ -24,8 +24,8 @@ from spotrelay.core.net import free_port, http_ok, wait_until
 from spotrelay.core.processes import ManagedProcess, ProcessGroup, spotrelay_argv
 from spotrelay.sim.traffic import expected_text
 
-from .netns import Lab, NetnsUnavailable, NsNode
 from .support import ROUTER_TOKEN, router_nodes
+from .support.netns import Lab, NetnsUnavailable, NsNode
 
 pytestmark = pytest.mark.timeout(120)
 

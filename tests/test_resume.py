@@ -32,7 +32,7 @@ from spotrelay.router.resume_request import CHAT, COMPLETIONS, not_resumable, re
 from spotrelay.router.service import RouterService
 from spotrelay.router.sse import SSEParser, encode_json
 from spotrelay.router.stream import StreamHandler
-from tests.router_fakes import FakeFleet, FakeResp, fast_config, refused, report
+from tests.support.router_fakes import FakeFleet, FakeResp, fast_config, refused, report
 
 # ---------------------------------------------------------------------------
 # A deterministic fake engine speaking vLLM's streaming format

@@ -25,7 +25,8 @@ from spotrelay.core.net import wait_until
 from spotrelay.core.processes import ProcessGroup
 from spotrelay.router.resume_request import RESUME_HEADER
 from spotrelay.router.sse import SSEParser
-from tests.resume_fleet import (
+from tests.support import ROUTER_TOKEN, Service, register_node, scrape, start_sim_vllm
+from tests.support.resume_fleet import (
     CHAT,
     COMPLETIONS,
     MODEL,
@@ -36,7 +37,6 @@ from tests.resume_fleet import (
     start_fleet,
     stream,
 )
-from tests.support import ROUTER_TOKEN, Service, register_node, scrape, start_sim_vllm
 
 
 @pytest.fixture(scope="module")

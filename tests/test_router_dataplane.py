@@ -18,8 +18,8 @@ from spotrelay.router.multipart import MultipartError, boundary_of, form_fields
 from spotrelay.router.named_events import RESPONSES, event_name
 from spotrelay.router.resume_request import not_resumable
 from spotrelay.router.sse import DONE_EVENT, SSEParser
-from tests.router_client import client_for, openai_error_of, put
-from tests.router_fakes import A, B, FakeResp, answering, raising, reset
+from tests.support.router_client import client_for, openai_error_of, put
+from tests.support.router_fakes import A, B, FakeResp, answering, raising, reset
 
 
 def named(kind: str, **fields: object) -> bytes:

@@ -26,7 +26,17 @@ from spotrelay.router.httpguard import (
 )
 from spotrelay.router.netpolicy import NetPolicy, NodeURLError, OwnEndpoints
 from spotrelay.router.proxy import HOP_HEADER
-from tests.router_fakes import A, B, FakeResp, answering, body_of, build, raising, register, request
+from tests.support.router_fakes import (
+    A,
+    B,
+    FakeResp,
+    answering,
+    body_of,
+    build,
+    raising,
+    register,
+    request,
+)
 
 # -- slow clients ----------------------------------------------------------------------------
 

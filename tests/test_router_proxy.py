@@ -19,8 +19,8 @@ from spotrelay.router.stream import (
     StreamBreak,
 )
 from spotrelay.router.upstream import Upstream
-from tests.raw_server import RawServer
-from tests.router_fakes import (
+from tests.support.raw_server import RawServer
+from tests.support.router_fakes import (
     DONE,
     A,
     B,

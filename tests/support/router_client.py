@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from spotrelay.router.app import create_app
 from spotrelay.router.service import RouterService
-from tests.router_fakes import A, FakeFleet, fast_config, report
+
+from .router_fakes import A, FakeFleet, fast_config, report
 
 #: The node token :func:`tests.router_fakes.fast_config` configures.
 TOKEN = "node-secret"

@@ -1,4 +1,4 @@
-"""Starting real spotrelay processes on loopback for tests (and nothing else).
+"""Starting real spotrelay processes (and moto) on loopback for tests.
 
 Every helper takes the test's :class:`ProcessGroup` so the process is stopped
 when the test ends, pass or fail. Readiness is polled with a deadline.

@@ -44,19 +44,9 @@ from tests.support import (
 )
 
 REGION = "us-east-1"
+pytestmark = pytest.mark.usefixtures("fake_aws_credentials")
 FIXTURES = Path(__file__).parent / "fixtures" / "eventbridge"
 INSTANCE = "i-1234567890abcdef0"
-
-
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }.items():
-        monkeypatch.setenv(key, value)
 
 
 def client(service: str, endpoint: str) -> Any:

@@ -21,9 +21,9 @@ from spotrelay.core.net import free_port, wait_until
 from tests.support import (
     HOST,
     ROUTER_TOKEN,
+    metric,
     register_node,
     router_nodes,
-    scrape,
     start_router,
     start_sim_vllm,
 )
@@ -98,10 +98,6 @@ def answers(url: str) -> bool:
         return requests.get(url, timeout=2).status_code == 200
     except requests.RequestException:
         return False
-
-
-def metric(url: str, name: str, **labels: str) -> float:
-    return scrape(f"{url}/metrics", name, **labels)
 
 
 @pytest.fixture

@@ -250,6 +250,16 @@ def scrape(metrics_url: str, name: str, **labels: str) -> float:
     )
 
 
+def metric(service_url: str, name: str, **labels: str) -> float:
+    """:func:`scrape` of ``<service_url>/metrics``: a router, engine or agent by its base URL."""
+    return scrape(f"{service_url}/metrics", name, **labels)
+
+
+def running(engine: Service) -> float:
+    """Requests an engine (``spotrelay sim vllm``) is running now, from its ``/metrics``."""
+    return metric(engine.url, "vllm:num_requests_running")
+
+
 def post_json(url: str, body: dict | None = None) -> dict:
     """``POST`` a JSON body (control APIs); the decoded answer, raising on non-2xx."""
     import json

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .assemble import StreamForm, not_assembled
 from .endpoints import BodyKind, Endpoint, Routing, StreamKind
 from .multipart import MultipartError, boundary_of, form_fields
 from .named_events import ANTHROPIC, RESPONSES, NamedEvents
@@ -59,8 +60,10 @@ class DataPlane:
         no_capacity_wait_s: float,
         retry_after_s: float,
         clock: Callable[[], float] = time.monotonic,
+        assemble_kinds: tuple[str, ...] = (),
     ) -> None:
         self.registry = registry
+        self.assemble_kinds = assemble_kinds
         self.deadline_s = deadline_s
         self.no_capacity_wait_s = no_capacity_wait_s
         self.retry_after_s = retry_after_s
@@ -89,6 +92,8 @@ class DataPlane:
         req.method = inc.method
         if req.stream:
             req.events = _EVENTS.get(ep.stream)
+        elif self.assemble_kinds and not_assembled(req.path, req.doc) is None:
+            req.assembly = StreamForm.of(req.doc)  # asked as a stream where the engine allows
         return req
 
     # -- bodies --------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from spotrelay.core.config import ConfigError, setting
+from spotrelay.core.protocol import TOKEN_RE
 
 PRIVATE_AND_LOOPBACK = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8"]
 
@@ -173,6 +174,21 @@ class Routing:
     session_header: str = setting("X-Session-ID", help="header for session affinity")
     max_body_bytes: int = setting(16 * 1024 * 1024, min=1, help="larger bodies get 413")
     retry_after_s: int = setting(5, min=1, help="Retry-After sent with a no-capacity 503")
+    assemble_non_streaming: list[str] = setting(
+        default_factory=list,
+        help="engine kinds (vllm, llama.cpp, ...) whose non-streaming completions and chat "
+        "requests go to the engine as streams, the answer assembled by the router (stalls "
+        "seen, breaks resumed); empty: forwarded as they came",
+    )
+
+    def validate(self) -> None:
+        for i, kind in enumerate(self.assemble_non_streaming):
+            if not isinstance(kind, str) or not TOKEN_RE.fullmatch(kind):
+                raise ConfigError(
+                    f"routing.assemble_non_streaming[{i}]",
+                    "not an engine kind such as vllm or llama.cpp",
+                    kind,
+                )
 
 
 @dataclass

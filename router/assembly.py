@@ -69,7 +69,8 @@ def assembled_answer(proxy: Proxy, req: ProxyRequest, start: StreamStart) -> Ans
         if isinstance(nxt, StreamStart):
             start, restarted = nxt, True
             continue
-        if nxt is None:
+        if nxt is None or (isinstance(nxt, ApiError) and not isinstance(nxt, ClientLeft)):
+            # No retry left, or no node left to begin again on: the break is the news.
             proxy.metrics.assembled.labels("failed").inc()
             message = f"the node generating this answer failed and it could not be resumed: {why}"
             return ApiError(502, message[:500], code="upstream_stream_broken")

@@ -10,7 +10,9 @@ generation must still give that answer (resumed on another node).
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +25,7 @@ import requests
 from spotrelay.core.net import wait_until
 from spotrelay.core.processes import ProcessGroup
 from tests.resume_fleet import CHAT, COMPLETIONS, MODEL, ROUTER_CONFIG, Fleet, start_fleet
+from tests.support import Service, scrape
 
 ASSEMBLE = {**ROUTER_CONFIG["routing"], "assemble_non_streaming": ["vllm"]}
 
@@ -33,7 +36,11 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     group = ProcessGroup()
     try:
         yield start_fleet(
-            group, logdir, ["a", "b"], "--ttft-ms", "5", "--itl-ms", "2", routing=ASSEMBLE
+            group,
+            logdir,
+            ["a", "b"],
+            *("--ttft-ms", "5", "--itl-ms", "2", "--max-model-len", "65536"),
+            routing=ASSEMBLE,
         )
     finally:
         group.stop_all()
@@ -217,3 +224,34 @@ def test_node_killed_or_frozen_mid_generation(procs: ProcessGroup, logdir: Path,
     assert isinstance(resp, requests.Response), resp
     assert_same_answer(resp, direct)
     assert fleet.metric("spotrelay_router_assembled_total", outcome="resumed") == 1
+
+
+def test_client_leaving_aborts_the_generation(fleet: Fleet) -> None:
+    """The client of an assembled answer hangs up: the node's generation is aborted."""
+    node = fleet.nodes["a"]
+    body = json.dumps(body_for(COMPLETIONS, max_tokens=30000)).encode()  # ~60 s at 2 ms a token
+    host, port = fleet.router.url.removeprefix("http://").split(":")
+    head = (
+        f"POST {COMPLETIONS} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"X-Session-ID: {fleet.session_for('a')}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    breaks = fleet.metric("spotrelay_router_stream_breaks_total", reason="reset")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head.encode() + body)
+        wait_until(lambda: running(node) == 1, timeout=15, what="generation on node a")
+        before = fleet.metric("spotrelay_router_assembled_total", outcome="client_disconnect")
+    wait_until(lambda: running(node) == 0, timeout=10, what="generation aborted")
+    wait_until(
+        lambda: (
+            fleet.metric("spotrelay_router_assembled_total", outcome="client_disconnect")
+            == before + 1
+        ),
+        timeout=10,
+        what="client_disconnect counted",
+    )
+    # The router ended it for the client: not a break, not the node's failure.
+    assert fleet.metric("spotrelay_router_stream_breaks_total", reason="reset") == breaks
+
+
+def running(node: Service) -> float:
+    return scrape(node.url + "/metrics", "vllm:num_requests_running")

@@ -29,18 +29,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import multiprocessing as mp
 import os
 import statistics
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
-from router_bench import cpu_seconds, percentile, start, start_sim
+from router_bench import aiohttp_run, cpu_seconds, start, start_sim
 
 from spotrelay.core.net import free_port
 from spotrelay.core.processes import ProcessGroup, spotrelay_argv
@@ -96,50 +93,15 @@ def body_for(tokens: int, stream: bool) -> bytes:
     return json.dumps(body).encode()
 
 
-def _client(port: int, body: bytes, connections: int, seconds: float, queue) -> None:
-    import aiohttp
-
-    async def main() -> dict:
-        url = f"http://{HOST}:{port}/v1/chat/completions"
-        lat: list[float] = []
-        bad = 0
-        stop = time.monotonic() + seconds
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-
-            async def loop() -> None:
-                nonlocal bad
-                while time.monotonic() < stop:
-                    t0 = time.perf_counter()
-                    headers = {"Content-Type": "application/json"}
-                    async with session.post(url, data=body, headers=headers) as resp:
-                        await resp.read()
-                        bad += resp.status != 200
-                    lat.append((time.perf_counter() - t0) * 1000)
-
-            await asyncio.gather(*(loop() for _ in range(connections)))
-        return {"lat": lat, "bad": bad}
-
-    queue.put(asyncio.run(main()))
-
-
 def run(port: int, body: bytes, connections: int, seconds: float, router: int | None) -> dict:
-    """One closed-loop run in a separate process; the router's CPU per request."""
+    """One closed-loop run (router_bench's load processes); the router's CPU per request."""
     before = cpu_seconds(router) if router else 0.0
-    queue: mp.Queue = mp.Queue()
-    proc = mp.Process(target=_client, args=(port, body, connections, seconds, queue))
-    proc.start()
-    result = queue.get(timeout=seconds + 120)
-    proc.join()
-    lat = result["lat"]
+    result = aiohttp_run(port, connections, 1, seconds, body, "/v1/chat/completions")
+    requests = result["rps"] * seconds
     used = (cpu_seconds(router) - before) if router else 0.0
-    return {
-        "requests": len(lat),
-        "rps": len(lat) / seconds,
-        "p50_ms": percentile(lat, 50),
-        "p99_ms": percentile(lat, 99),
-        "non_2xx": result["bad"],
-        "router_cpu_us_per_request": used / max(1, len(lat)) * 1e6,
-    }
+    result.pop("socket_errors", None)
+    result["router_cpu_us_per_request"] = used / max(1, requests) * 1e6
+    return result
 
 
 def median_of(rounds: list[dict]) -> dict:

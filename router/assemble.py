@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .resume_request import CHAT, COMPLETIONS
+from .resume_request import CHAT, COMPLETIONS, one_text_prompt
 
 #: Request keys whose answer the chunks do not carry (or carry differently).
 _FORWARDED_KEYS = {
@@ -78,11 +78,7 @@ def not_assembled(path: str, body: Mapping[str, Any]) -> str | None:
     if best_of is not None and best_of != 1:
         return "best_of"
     if path == COMPLETIONS:
-        prompt = body.get("prompt")
-        if not (
-            isinstance(prompt, str)
-            or (isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str))
-        ):
+        if not one_text_prompt(body.get("prompt")):
             return "prompt is not a single string"
     else:
         if body.get("tools") and body.get("tool_choice", "auto") != "none":

@@ -24,45 +24,31 @@ import requests
 
 from spotrelay.core.net import wait_until
 from spotrelay.core.processes import ProcessGroup
-from tests.resume_fleet import CHAT, COMPLETIONS, MODEL, ROUTER_CONFIG, Fleet, start_fleet
+from tests.resume_fleet import CHAT, COMPLETIONS, ROUTER_CONFIG, Fleet, running_fleet, start_fleet
+from tests.resume_fleet import body_for as stream_body_for
 from tests.support import Service, scrape
 
 ASSEMBLE = {**ROUTER_CONFIG["routing"], "assemble_non_streaming": ["vllm"]}
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+def shared_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    sim_args = ("--ttft-ms", "5", "--itl-ms", "2", "--max-model-len", "65536")
     logdir = tmp_path_factory.mktemp("assemble-e2e")
-    group = ProcessGroup()
-    try:
-        yield start_fleet(
-            group,
-            logdir,
-            ["a", "b"],
-            *("--ttft-ms", "5", "--itl-ms", "2", "--max-model-len", "65536"),
-            routing=ASSEMBLE,
-        )
-    finally:
-        group.stop_all()
+    with running_fleet(logdir, ["a", "b"], *sim_args, routing=ASSEMBLE) as fleet:
+        yield fleet
 
 
-@pytest.fixture(autouse=True)
-def _clean_faults(request: pytest.FixtureRequest) -> Iterator[None]:
-    if "fleet" in request.fixturenames:
-        request.getfixturevalue("fleet").reset()
-    yield
+@pytest.fixture
+def fleet(shared_fleet: Fleet) -> Fleet:
+    """The module's two-node fleet, faults cleared."""
+    shared_fleet.reset()
+    return shared_fleet
 
 
 def body_for(path: str, **extra: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": MODEL, **extra}
-    if path == CHAT:
-        body["messages"] = [
-            {"role": "system", "content": "You are terse."},
-            {"role": "user", "content": "Why do spot GPUs get reclaimed?"},
-        ]
-    else:
-        body["prompt"] = "The spot market for GPUs"
-    return body
+    """A non-streaming body (``max_tokens`` absent unless given: the engine's default)."""
+    return stream_body_for(path, usage=False, stream=False, **{"max_tokens": None, **extra})
 
 
 def post(url: str, path: str, body: dict[str, Any], **headers: str) -> requests.Response:

@@ -13,6 +13,9 @@ decoding (``temperature: 0``, so an undisturbed answer is the reference):
 - a non-streaming request to a dead but registered engine succeeds by retry;
 - llama.cpp ends a running stream early, cleanly and without a
   ``finish_reason``, when another request reaches it: the router resumes it;
+- an answer assembled from llama.cpp's stream (``routing.assemble_non_streaming``)
+  differs from its own non-streaming answer (no ``usage``), so llama.cpp nodes
+  get non-streaming requests as they came;
 - the node agent detects the engine (no ``/health``, no ``/metrics``, no chat
   resume) and registers it;
 - ``spotrelay demo --engine-cmd`` runs on this engine with zero failures.

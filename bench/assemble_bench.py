@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=4.0, help="per measurement")
     ap.add_argument("--connections", type=int, default=8, help="clients for requests/s")
     ap.add_argument("--rounds", type=int, default=3, help="rounds per path (medians reported)")
-    ap.add_argument("--json", action="store_true", help="also print the report as JSON")
+    ap.add_argument("--warmup-s", type=float, default=1.0, help="per path, before measuring")
+    ap.add_argument("--json", action="store_true", help="print the report as JSON instead")
     args = ap.parse_args(argv)
     report: dict = {"cpus": os.cpu_count(), "itl_ms": args.itl_ms, "runs": {}}
     with tempfile.TemporaryDirectory(prefix="assemble-bench-") as tmp:
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                     for name, (port, stream, router) in paths.items():
                         body = body_for(tokens, stream)
                         if i == 0:
-                            run(port, body, 1, 1.0, router)  # warm up
+                            run(port, body, 1, args.warmup_s, router)  # warm up
                         one = run(port, body, 1, args.seconds, router)
                         many = run(port, body, args.connections, args.seconds, router)
                         rounds[name].append({"c1": one, f"c{args.connections}": many})
@@ -149,9 +150,10 @@ def main(argv: list[str] | None = None) -> int:
                 report["runs"][str(tokens)] = {n: median_of(r) for n, r in rounds.items()}
         finally:
             procs.stop_all()
-    print_report(report, args.connections)
     if args.json:
         print(json.dumps(report, indent=2))
+    else:
+        print_report(report, args.connections)
     return 0
 
 

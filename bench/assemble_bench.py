@@ -34,53 +34,13 @@ import os
 import statistics
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 
-from router_bench import aiohttp_run, cpu_seconds, start, start_sim
+from router_bench import MODEL, aiohttp_run, cpu_seconds, start_router, start_sim
 
-from spotrelay.core.net import free_port
-from spotrelay.core.processes import ProcessGroup, spotrelay_argv
+from spotrelay.core.processes import ProcessGroup
 
-MODEL = "sim-model"
-TOKEN = "bench-token"
-HOST = "127.0.0.1"
 VLLM = {"kind": "vllm", "version": "bench", "capabilities": ["continue_final_message"]}
-
-
-def start_router(procs: ProcessGroup, logdir: Path, name: str, engine: int, kinds: list[str]):
-    port = free_port()
-    cfg = logdir / f"{name}.yaml"
-    cfg.write_text(
-        json.dumps(
-            {
-                "server": {
-                    "workers": 1,
-                    "access_log": False,
-                    "graceful_timeout_s": 1,
-                    "control_port": free_port(),
-                    "max_connections_per_ip": 0,
-                },
-                "auth": {"node_token": TOKEN},
-                "registry": {"ttl_s": 86400},
-                "routing": {"assemble_non_streaming": kinds},
-            }
-        )
-    )
-    argv = spotrelay_argv(
-        "router", "--config", str(cfg), "--host", HOST, "--port", str(port),
-        "--log-level", "warning",
-    )  # fmt: skip
-    start(procs, name, argv, f"http://{HOST}:{port}/healthz", logdir)
-    body = {"url": f"http://{HOST}:{engine}", "models": [MODEL], "engine": VLLM}
-    req = urllib.request.Request(
-        f"http://{HOST}:{port}/nodes/engine",
-        data=json.dumps(body).encode(),
-        method="PUT",
-        headers={"Authorization": f"Bearer {TOKEN}"},
-    )
-    urllib.request.urlopen(req, timeout=5).read()
-    return port
 
 
 def body_for(tokens: int, stream: bool) -> bytes:
@@ -128,8 +88,15 @@ def main(argv: list[str] | None = None) -> int:
         procs = ProcessGroup()
         try:
             engine = start_sim(procs, logdir, "engine", 0, args.itl_ms)
-            forward = start_router(procs, logdir, "router-forward", engine, [])
-            assemble = start_router(procs, logdir, "router-assemble", engine, ["vllm"])
+            forward = start_router(procs, logdir, [engine], name="router-forward", engine=VLLM)
+            assemble = start_router(
+                procs,
+                logdir,
+                [engine],
+                name="router-assemble",
+                engine=VLLM,
+                routing={"assemble_non_streaming": ["vllm"]},
+            )
             paths = {
                 "direct": (engine, False, None),
                 "forward": (forward, False, forward),

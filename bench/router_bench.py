@@ -129,10 +129,13 @@ def start_router(
     workers: int = 1,
     redis_url: str | None = None,
     redis_prefix: str | None = None,
+    routing: dict | None = None,
+    engine: dict | None = None,
 ) -> int:
     """A router with ``workers`` workers; a shared registry in ``redis_url`` if given.
 
     Each router gets its own key prefix (its own fleet) unless ``redis_prefix`` is given.
+    ``routing``: its ``routing`` section; ``engine``: the engine block the nodes register with.
     """
     port = free_port()
     registry: dict = {"ttl_s": 86400}  # registered once, no heartbeats needed
@@ -154,6 +157,7 @@ def start_router(
                 },
                 "auth": {"node_token": TOKEN},
                 "registry": registry,
+                "routing": routing or {},
             }
         )
     )
@@ -164,8 +168,10 @@ def start_router(
     start(procs, name, argv, f"http://{HOST}:{port}/healthz", logdir)
     if redis_url:
         wait_shared(port)
-    for i, engine in enumerate(engine_ports):
-        body = {"url": f"http://{HOST}:{engine}", "models": [MODEL]}
+    for i, engine_port in enumerate(engine_ports):
+        body = {"url": f"http://{HOST}:{engine_port}", "models": [MODEL]}
+        if engine is not None:
+            body["engine"] = engine
         req = urllib.request.Request(
             f"http://{HOST}:{port}/nodes/engine-{i}",
             data=json.dumps(body).encode(),

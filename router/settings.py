@@ -173,6 +173,34 @@ class Routing:
     session_header: str = setting("X-Session-ID", help="header for session affinity")
     max_body_bytes: int = setting(16 * 1024 * 1024, min=1, help="larger bodies get 413")
     retry_after_s: int = setting(5, min=1, help="Retry-After sent with a no-capacity 503")
+    max_event_bytes: int = setting(
+        8 * 1024 * 1024,
+        min=1024,
+        help="largest SSE event from a node; a bigger one (or a newline-free stream) is a "
+        "stream break",
+    )
+    max_response_bytes: int = setting(
+        256 * 1024 * 1024,
+        min=1024,
+        help="largest non-streaming answer from a node; past it 502 (or the relay is cut)",
+    )
+    response_buffer_bytes: int = setting(
+        1024 * 1024,
+        min=1024,
+        help="a non-streaming answer up to this size is read whole before the client gets it "
+        "(a node failing mid-body is retried); a larger one is relayed read by read",
+    )
+    max_form_parts: int = setting(
+        1000, min=2, help="parts a multipart upload may have (vLLM's own form limit); more get 400"
+    )
+
+    def validate(self) -> None:
+        if self.response_buffer_bytes > self.max_response_bytes:
+            raise ConfigError(
+                "routing.response_buffer_bytes",
+                "must not exceed routing.max_response_bytes",
+                self.response_buffer_bytes,
+            )
 
 
 @dataclass

@@ -32,6 +32,7 @@ from tests.hostile_engine import (
     head,
     scripted_engine,
     send_until_refused,
+    worker_rss,
 )
 from tests.support import (
     HOST,
@@ -222,3 +223,146 @@ def test_a_dripping_head_or_body_is_cut_at_the_request_deadline(procs, logdir):
     assert results["relay"] in ("ChunkedEncodingError", "ConnectionError"), results
     for name in scripts:
         assert results[name + "_s"] < 6, results  # deadline 3 s; a drip would take 40 s+
+
+
+# -- large non-streaming answers: relayed with backpressure, bounded ---------------------------
+
+
+def _slow_reader(router_port: int, model: str) -> socket.socket:
+    """A client that sends a request, reads the head and a little, then stops reading."""
+    body = json.dumps({"model": model, "prompt": "hi"}).encode()
+    s = socket.create_connection((HOST, router_port), timeout=30)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    s.sendall(
+        b"POST /v1/completions HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+    )
+    got = b""
+    while b"\r\n\r\n" not in got:
+        got += s.recv(65536)
+    assert got.startswith(b"HTTP/1.1 200"), got[:200]
+    return s
+
+
+def test_slow_readers_of_the_largest_answer_hold_little_memory(procs, logdir, sim):
+    """6 clients not reading a 256 MiB answer (the default max_response_bytes): the worker
+    holds about response_buffer_bytes (1 MiB) + a read each, not the answer (which the
+    first version read whole: +143 MB per request)."""
+    router = start(procs, logdir)
+    size = Routing().max_response_bytes
+
+    def big(conn: socket.socket) -> int:
+        conn.sendall(head("200 OK", "application/json", Content_Length=str(size)))
+        return send_until_refused(conn, b" " * MiB, size)
+
+    with scripted_engine(big) as engine:
+        register_node(router.control_url, ROUTER_TOKEN, "big", engine.url, MODEL)
+        before = worker_rss(router.proc.pid)
+        readers = []
+        try:
+            with ControlProbe(router.control_url, "beating", sim.url, "other-model") as probe:
+                for _ in range(6):
+                    readers.append(_slow_reader(router.port, MODEL))
+                peak, until = 0, time.monotonic() + 1.5  # while the relays fill every buffer
+                while time.monotonic() < until:
+                    peak = max(peak, worker_rss(router.proc.pid))
+                    time.sleep(0.1)
+                grown = peak - before
+        finally:
+            for s in readers:
+                s.close()
+    print(f"worker RSS grew {grown / MiB:.1f} MiB with 6 slow readers")
+    assert grown < 24 * MiB, grown / MiB  # documented: ~(1 MiB + 2 reads) per answer + slack
+    assert probe.worst_s < 1.0 and probe.beat_failures == 0, probe.worst_s
+    assert {"big", "beating"} <= set(router_nodes(router.control_url))
+
+
+def test_answers_over_max_response_bytes_are_refused_or_cut(procs, logdir):
+    """Declared too large: a clean 502 before anything is sent. Chunked past the limit: the
+    client connection is cut mid-body (never a short answer that looks complete)."""
+    router = start(procs, logdir, max_response_bytes=2 * MiB)
+
+    def declared(conn: socket.socket) -> int:
+        conn.sendall(head("200 OK", "application/json", Content_Length=str(3 * MiB)))
+        return send_until_refused(conn, b" " * MiB, 3 * MiB)
+
+    def chunked(conn: socket.socket) -> int:
+        conn.sendall(head("200 OK", "application/json", Transfer_Encoding="chunked"))
+        piece = b" " * 65536
+        return send_until_refused(conn, b"%x\r\n%b\r\n" % (len(piece), piece), 4 * MiB)
+
+    answer = json.dumps({"id": "x", "data": ["e" * 1000] * 1500}).encode()  # 1.5 MB
+
+    def fits(conn: socket.socket) -> int:
+        conn.sendall(head("200 OK", "application/json", Content_Length=str(len(answer))))
+        for i in range(0, len(answer), 100_000):
+            conn.sendall(answer[i : i + 100_000])
+        return len(answer)
+
+    with (
+        scripted_engine(declared) as one,
+        scripted_engine(chunked) as two,
+        scripted_engine(fits) as three,
+    ):
+        register_node(router.control_url, ROUTER_TOKEN, "declared", one.url, "declared")
+        register_node(router.control_url, ROUTER_TOKEN, "chunked", two.url, "chunked")
+        register_node(router.control_url, ROUTER_TOKEN, "fits", three.url, "fits")
+        # Over response_buffer_bytes (1 MiB), under the limit: relayed whole, length and all.
+        resp = requests.post(
+            f"{router.url}/v1/completions", json={"model": "fits", "prompt": "x"}, timeout=30
+        )
+        assert resp.status_code == 200 and resp.content == answer
+        assert resp.headers["Content-Length"] == str(len(answer))
+        resp = requests.post(
+            f"{router.url}/v1/completions", json={"model": "declared", "prompt": "x"}, timeout=30
+        )
+        assert resp.status_code == 502
+        assert resp.json()["error"]["code"] == "upstream_response_too_large"
+        assert "routing.max_response_bytes" in resp.json()["error"]["message"]
+        assert one.server.connections == 1  # not retried: every node would answer the same
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            _ = requests.post(
+                f"{router.url}/v1/completions", json={"model": "chunked", "prompt": "x"}, timeout=30
+            ).content
+    wait_until(
+        lambda: "exceeds routing.max_response_bytes" in router.proc.log_path.read_text(), timeout=5
+    )
+    assert "Traceback" not in router.proc.log_path.read_text()
+
+
+# -- many-part uploads ------------------------------------------------------------------------
+
+
+def test_many_part_uploads_do_not_stall_the_control_listener(procs, logdir, sim):
+    """8 concurrent 16 MiB uploads of ~300,000 tiny parts each: 400 at the part cap, and the
+    control listener answers within 1 s throughout (the first version parsed every part:
+    1.6 s of CPU per upload)."""
+    router = start(procs, logdir)
+    part = b'--b\r\nContent-Disposition: form-data; name="f"\r\n\r\nv\r\n'
+    body = part * ((16 * MiB - 16) // len(part)) + b"--b--\r\n"
+    assert len(body) <= Routing().max_body_bytes and body.count(b"--b\r\n") > 300_000
+    answers: list[object] = []
+
+    def upload() -> None:
+        try:
+            resp = requests.post(
+                f"{router.url}/v1/audio/transcriptions",
+                data=body,
+                headers={"Content-Type": "multipart/form-data; boundary=b"},
+                timeout=60,
+            )
+            answers.append((resp.status_code, resp.json()["error"]["code"]))
+        except requests.RequestException as exc:
+            answers.append(repr(exc))
+
+    register_node(router.control_url, ROUTER_TOKEN, "n1", sim.url, MODEL)
+    with ControlProbe(router.control_url, "beating", sim.url, "other-model") as probe:
+        threads = [threading.Thread(target=upload) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert answers == [(400, "invalid_form")] * 8, answers
+    assert probe.worst_s < 1.0 and probe.beat_failures == 0, probe.worst_s
+    assert {"n1", "beating"} <= set(router_nodes(router.control_url))
+    print(f"worst control /healthz latency during 8 uploads: {probe.worst_s * 1000:.0f} ms")

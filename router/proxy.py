@@ -9,8 +9,12 @@
    *different* node after a jittered backoff, within the attempt limit, the
    retry budget and the request deadline. When no node is routable it waits
    up to ``routing.no_capacity_wait_s`` for one (then 503 + ``Retry-After``);
-3. a non-streaming answer is read completely from the node before the client
-   gets anything, so a node dying mid-body is still just a retry;
+3. a non-streaming answer up to ``routing.response_buffer_bytes`` is read
+   completely from the node before the client gets anything, so a node dying
+   mid-body is still just a retry; a larger one is relayed read by read
+   (:class:`~spotrelay.router.upstream.BodyRelay`), up to
+   ``routing.max_response_bytes``. The request deadline covers the head and
+   the whole non-streaming body, and a stream until its first event;
 4. a stream is answered only once the node's *first SSE event* is in hand
    (a node dying during prefill is still just a retry); the rest is relayed
    by :class:`spotrelay.router.stream.StreamRelay`, which asks the stream's

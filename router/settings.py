@@ -219,11 +219,16 @@ class Retry:
 class Timeouts:
     connect_s: float = setting(2, min=0.01, help="TCP connect timeout to a node")
     first_byte_s: float = setting(
-        600, min=0.1, help="wait for the whole answer, or a stream's first event (prefill)"
+        600,
+        min=0.1,
+        help="longest wait for any byte of the answer, or a stream's first event (prefill)",
     )
     stream_idle_s: float = setting(60, min=0.1, help="max gap between stream chunks")
     request_deadline_s: float = setting(
-        900, min=1, help="until the answer starts: attempts, backoff and waits included"
+        900,
+        min=1,
+        help="until a stream's first event or a whole non-streaming answer: attempts, backoff, "
+        "waits and a trickling node included",
     )
 
 

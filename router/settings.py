@@ -175,7 +175,7 @@ class Routing:
     retry_after_s: int = setting(5, min=1, help="Retry-After sent with a no-capacity 503")
     max_event_bytes: int = setting(
         8 * 1024 * 1024,
-        min=1024,
+        min=64 * 1024,
         help="largest SSE event from a node; a bigger one (or a newline-free stream) is a "
         "stream break",
     )

@@ -76,10 +76,13 @@ class SSEFramer:
     pieces and joined once, when a piece brings the blank line that ends it;
     each piece is scanned for ``\n\n`` once, on arrival. (The first version
     re-joined and re-scanned its whole buffer on every read: 28 s of CPU for
-    one engine's 50 MB without a newline.) ``max_event``, when set, bounds an
-    event's size: an event that reaches it raises :class:`EventTooLarge`,
-    complete or not, so a newline-free byte stream costs at most that much
-    memory. Bytes that complete no event return ``[]``: only a non-empty
+    one engine's 50 MB without a newline.) ``max_event``, when set, bounds
+    what the framer buffers: an event assembled from several pieces, or an
+    incomplete one, past it raises :class:`EventTooLarge`, so a newline-free
+    byte stream costs at most that much memory. A piece holding exactly one
+    whole event is passed on unmeasured (the relay's hot path): the reader's
+    read size (64 KiB, below the smallest allowed ``routing.max_event_bytes``)
+    bounds it. Bytes that complete no event return ``[]``: only a non-empty
     answer from :meth:`feed` is progress, however many bytes arrived.
     """
 
@@ -102,35 +105,33 @@ class SSEFramer:
         if not parts:
             end = chunk.find(b"\n\n")
             if end == len(chunk) - 2 and end > 0 and chunk[0] != 10:
-                # The common case: a read holding exactly one whole event.
-                if len(chunk) > self._max:
-                    raise EventTooLarge(len(chunk), self._max)
-                return [chunk]
-            if end >= 0:
-                return self._split(chunk)
+                return [chunk]  # the common case: a read holding exactly one whole event
+            if end < 0:
+                if chunk:
+                    parts.append(chunk)
+                    self._size = len(chunk)
+                    if self._size > self._max:
+                        raise EventTooLarge(self._size, self._max)
+                return []
+            buf = chunk
         elif b"\n\n" in chunk or (chunk[:1] == b"\n" and parts[-1][-1] == 10):
             # An event ends in this piece (or at its seam with the last): join once.
             buf = parts[0] + chunk if len(parts) == 1 else b"".join([*parts, chunk])
-            return self._split(buf)
-        if chunk:  # no event ends here: keep it with the incomplete event
-            parts.append(chunk)
-            self._size += len(chunk)
-            if self._size > self._max:
-                raise EventTooLarge(self._size, self._max)
-        return []
-
-    def _split(self, buf: bytes) -> list[bytes]:
-        """The events in ``buf``, which holds at least one ``\n\n``; keeps the rest."""
+        elif chunk:
+            return self._keep(chunk)
+        else:
+            return []
         events: list[bytes] = []
         start = 0
         limit = self._max
+        checked = len(buf) > limit  # a shorter buffer cannot hold an event over the limit
         while True:
             while buf.startswith(b"\n", start):  # blank lines between events
                 start += 1
             end = buf.find(b"\n\n", start)
             if end < 0:
                 break
-            if end + 2 - start > limit:
+            if checked and end + 2 - start > limit:
                 raise EventTooLarge(end + 2 - start, limit)
             events.append(buf[start : end + 2])
             start = end + 2
@@ -140,10 +141,18 @@ class SSEFramer:
             self._size = len(rest)
             if self._size > limit:
                 raise EventTooLarge(self._size, limit)
-        elif self._parts:
+        elif parts:
             self._parts = []
             self._size = 0
         return events
+
+    def _keep(self, chunk: bytes) -> list[bytes]:
+        """No event ends in ``chunk``: keep it with the incomplete event."""
+        self._parts.append(chunk)
+        self._size += len(chunk)
+        if self._size > self._max:
+            raise EventTooLarge(self._size, self._max)
+        return []
 
     def end(self) -> list[bytes]:
         """At a clean end of the body: the unterminated final event, if any."""

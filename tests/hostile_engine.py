@@ -119,7 +119,7 @@ class ControlProbe:
     """
 
     def __init__(
-        self, control_url: str, node_id: str, engine_url: str, model: str, every_s: float = 0.1
+        self, control_url: str, node_id: str, engine_url: str, model: str, every_s: float = 0.05
     ) -> None:
         self.control_url = control_url
         self.node = (node_id, engine_url, model)

@@ -47,13 +47,13 @@ MiB = 1024 * 1024
 MODEL = "sim-model"
 
 
-def start(procs, logdir, **routing):
+def start(procs, logdir, worker_class="gevent", **routing):
     control = free_port()
     router = start_router(
         procs,
         logdir,
         {
-            "server": {"control_port": control},
+            "server": {"control_port": control, "worker_class": worker_class},
             "registry": {"ttl_s": 2},
             "routing": {"no_capacity_wait_s": 1, **routing},
             "timeouts": {"request_deadline_s": 3},
@@ -277,10 +277,11 @@ def test_slow_readers_of_the_largest_answer_hold_little_memory(procs, logdir, si
     assert {"big", "beating"} <= set(router_nodes(router.control_url))
 
 
-def test_answers_over_max_response_bytes_are_refused_or_cut(procs, logdir):
+@pytest.mark.parametrize("worker_class", ["gevent", "gthread"])
+def test_answers_over_max_response_bytes_are_refused_or_cut(procs, logdir, worker_class):
     """Declared too large: a clean 502 before anything is sent. Chunked past the limit: the
     client connection is cut mid-body (never a short answer that looks complete)."""
-    router = start(procs, logdir, max_response_bytes=2 * MiB)
+    router = start(procs, logdir, worker_class, max_response_bytes=2 * MiB)
 
     def declared(conn: socket.socket) -> int:
         conn.sendall(head("200 OK", "application/json", Content_Length=str(3 * MiB)))

@@ -364,6 +364,7 @@ def test_many_part_uploads_do_not_stall_the_control_listener(procs, logdir, sim)
         for t in threads:
             t.join(60)
     assert answers == [(400, "invalid_form")] * 8, answers
+    assert probe.checks >= 2, probe.checks
     assert probe.worst_s < 1.0 and probe.beat_failures == 0, probe.worst_s
     assert {"n1", "beating"} <= set(router_nodes(router.control_url))
     print(f"worst control /healthz latency during 8 uploads: {probe.worst_s * 1000:.0f} ms")

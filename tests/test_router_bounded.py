@@ -23,8 +23,9 @@ import openai
 import pytest
 import requests
 
+from spotrelay.core.config import ConfigError, load
 from spotrelay.core.net import free_port, wait_until
-from spotrelay.router.settings import Routing, Timeouts
+from spotrelay.router.settings import RouterConfig, Routing, Timeouts
 from tests.hostile_engine import (
     ControlProbe,
     completion_event,
@@ -86,6 +87,10 @@ def test_defaults_are_the_documented_ones():
     assert routing.max_form_parts == 1000
     assert routing.max_body_bytes == 16 * MiB
     assert timeouts.request_deadline_s == 900
+    with pytest.raises(ConfigError, match=r"routing\.response_buffer_bytes"):
+        load(RouterConfig, env={"SPOTRELAY_ROUTING_RESPONSE_BUFFER_BYTES": str(512 * MiB)})
+    with pytest.raises(ConfigError, match=r"routing\.max_event_bytes"):
+        load(RouterConfig, env={"SPOTRELAY_ROUTING_MAX_EVENT_BYTES": "1000"})
 
 
 # -- a newline-free stream: cut at the event cap, the control plane unaffected --------------

@@ -114,8 +114,12 @@ def aws(moto_endpoint: str) -> Iterator[PartialUpdateFront]:
 _groups = iter(range(1000))
 
 
-def make_group(endpoint: str, base: int = 0) -> str:
-    """A mixed-instances group like the gpu-pool module's, in moto."""
+def make_group(endpoint: str, base: int = 0, desired: int = 0) -> str:
+    """A mixed-instances group like the gpu-pool module's, in moto.
+
+    moto launches ``desired`` instances without a market (on-demand, as EC2
+    reports them); spot instances join with :func:`attach_spot`.
+    """
     name = f"llm-gpu-{next(_groups)}"
     ec2 = client("ec2", endpoint)
     template = ec2.create_launch_template(
@@ -125,8 +129,8 @@ def make_group(endpoint: str, base: int = 0) -> str:
     client("autoscaling", endpoint).create_auto_scaling_group(
         AutoScalingGroupName=name,
         MinSize=0,
-        MaxSize=4,
-        DesiredCapacity=0,
+        MaxSize=8,
+        DesiredCapacity=desired,
         AvailabilityZones=[f"{REGION}a"],
         CapacityRebalance=True,
         MixedInstancesPolicy={
@@ -146,6 +150,21 @@ def make_group(endpoint: str, base: int = 0) -> str:
         },
     )
     return name
+
+
+def attach_spot(endpoint: str, name: str, count: int) -> list[str]:
+    """Spot instances (EC2 reports ``InstanceLifecycle: spot``) attached to the group."""
+    ec2 = client("ec2", endpoint)
+    launched = ec2.run_instances(
+        ImageId="ami-12c6146b",
+        MinCount=count,
+        MaxCount=count,
+        InstanceType="g6.xlarge",
+        InstanceMarketOptions={"MarketType": "spot"},
+    )
+    ids = [i["InstanceId"] for i in launched["Instances"]]
+    client("autoscaling", endpoint).attach_instances(AutoScalingGroupName=name, InstanceIds=ids)
+    return ids
 
 
 def group_of(endpoint: str, name: str) -> dict:
@@ -452,7 +471,7 @@ def test_probes_back_off_across_cold_starts(
     """A long shortage: every run is a fresh controller (a cold start) reading its state from
     the group's tags; each failed probe doubles the wait, up to the cap, and spot coming
     back resets it."""
-    name = make_group(moto_endpoint)
+    name = make_group(moto_endpoint, desired=1)  # its one node is not on spot
     front = ShortageFront(moto_endpoint)
     env = {
         "SPOTRELAY_ASG_NAME": name,

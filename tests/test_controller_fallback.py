@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spotrelay.controller.activities import LaunchAttempt, classify, launch_attempts
-from spotrelay.controller.events import Kind, parse_event
+from spotrelay.controller.events import Kind, LifecycleAction, parse_event, parse_events
 from spotrelay.controller.fallback import (
     Action,
     FallbackDecider,
@@ -26,6 +26,8 @@ from spotrelay.controller.fallback import (
     settle_probe,
 )
 from spotrelay.controller.interruptions import DrainResult, InterruptionHandler, Outcome
+from spotrelay.controller.lifecycle import PendingAction, Step, judge
+from spotrelay.controller.routers import NodeSighting
 from spotrelay.controller.settings import SettingError, from_env
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -224,12 +226,45 @@ def test_never_lowers_below_the_configured_base() -> None:
         ("instance-terminate-lifecycle-action", {}, Kind.LIFECYCLE_TERMINATE),
         ("instance-state-change", {"state": "stopping"}, Kind.STATE_CHANGE),
         ("instance-state-change", {"state": "terminated"}, Kind.STATE_CHANGE),
+        ("instance-state-change", {"state": "stopped"}, Kind.STATE_CHANGE),
     ],
 )
 def test_documented_events_parse(name: str, detail: dict, kind: Kind) -> None:
     notice = parse_event(event(name, **detail))
     assert notice is not None and notice.kind is kind
     assert notice.instance_id == "i-1234567890abcdef0"
+
+
+def test_terminate_action_keeps_its_token_for_the_follow_up() -> None:
+    notice = parse_event(event("instance-terminate-lifecycle-action"))
+    assert notice is not None and notice.action == LifecycleAction(
+        "my-asg", "my-lifecycle-hook", "87654321-4321-4321-4321-210987654321"
+    )
+
+
+def test_health_scheduled_change_names_every_affected_instance() -> None:
+    doc = event("health-scheduled-change")
+    doc["detail"]["affectedEntities"].append({"entityValue": "i-0fedcba9876543210"})
+    notices = parse_events(doc)
+    assert [(n.kind, n.instance_id) for n in notices] == [
+        (Kind.SCHEDULED_CHANGE, "i-1234567890abcdef0"),
+        (Kind.SCHEDULED_CHANGE, "i-0fedcba9876543210"),
+    ]
+    assert notices[0].detail == "AWS_EC2_INSTANCE_RETIREMENT_SCHEDULED"
+    assert parse_events(event("health-scheduled-change", eventTypeCategory="issue")) == []
+    assert parse_events(event("health-scheduled-change", service="RDS")) == []
+    hostile = event("health-scheduled-change")
+    hostile["detail"]["affectedEntities"] = [{"entityValue": "../nodes"}, "x"]
+    assert parse_events(hostile) == []
+
+
+def test_a_scheduled_change_drains_each_instance_of_the_pool() -> None:
+    routers = FakeRouters({"i-1234567890abcdef0"})
+    doc = event("health-scheduled-change")
+    doc["detail"]["affectedEntities"].insert(0, {"entityValue": "i-0fedcba9876543210"})
+    outcome, notice = InterruptionHandler(routers, clock=Clock()).handle(doc)
+    assert outcome is Outcome.DRAINED and notice is not None
+    assert notice.instance_id == "i-1234567890abcdef0" and routers.calls == 2
 
 
 def test_events_that_announce_no_loss_are_dropped() -> None:
@@ -543,3 +578,49 @@ def test_a_day_long_shortage_with_the_defaults() -> None:
     assert (len(backed_off["probes"]), backed_off["failures"]) == (8, 11)
     assert (len(flat["probes"]), flat["failures"]) == (46, 49)
     assert backed_off["lowest_serving"] == flat["lowest_serving"] == 1
+
+
+# -- completing a silent agent's terminate action ----------------------------------------
+
+PENDING = PendingAction("i-1234567890abcdef0", "llm-gpu", "llm-gpu-drain", "tok", deadline=1000)
+
+
+def test_a_silent_agent_s_action_completes_once_nothing_is_in_flight() -> None:
+    def step(sightings: list[NodeSighting] | None, now: float = 900) -> Step:
+        return judge(PENDING, sightings, now, silent_after_s=10).step
+
+    assert step([NodeSighting(2, 3)]) is Step.WAIT  # heartbeating: the agent completes
+    assert step([NodeSighting(30, 3)]) is Step.HEARTBEAT  # silent, requests still running
+    assert step([NodeSighting(30, 0), NodeSighting(31, 0)]) is Step.COMPLETE
+    assert step([NodeSighting(30, 0), NodeSighting(2, 0)]) is Step.WAIT  # one router hears it
+    assert step([]) is Step.COMPLETE  # no router knows the node any more
+    assert step(None) is Step.WAIT  # no router answered: nothing known yet
+    # At the drain deadline: a silent agent's action completes whatever is in flight,
+    # a live agent keeps it (the controller stops checking).
+    assert step([NodeSighting(30, 3)], now=1000) is Step.COMPLETE
+    assert step(None, now=1000) is Step.COMPLETE
+    assert step([NodeSighting(2, 3)], now=1000) is Step.LEAVE
+
+
+def test_check_messages_round_trip_and_reject_forgeries() -> None:
+    assert PendingAction.from_doc(json.loads(PENDING.body())) == PENDING
+    doc = json.loads(PENDING.body())
+    assert PendingAction.from_doc({**doc, "instance_id": "../nodes"}) is None
+    assert PendingAction.from_doc({**doc, "deadline": "soon"}) is None
+    assert PendingAction.from_doc({**doc, "spotrelay": "other"}) is None
+    assert PendingAction.from_doc(event("spot-interruption-warning")) is None
+
+
+def test_lifecycle_settings_are_validated_and_named() -> None:
+    env = {"SPOTRELAY_ASG_NAME": "llm"}
+    with pytest.raises(SettingError, match=r"^SPOTRELAY_LIFECYCLE_CHECK_EVERY_S = '901'"):
+        from_env({**env, "SPOTRELAY_LIFECYCLE_CHECK_EVERY_S": "901"})
+    with pytest.raises(SettingError, match=r"^SPOTRELAY_MAX_ON_DEMAND = '1.5': must be a whole"):
+        from_env({**env, "SPOTRELAY_MAX_ON_DEMAND": "1.5"})
+    s = from_env(env)
+    assert (s.lifecycle_check_every_s, s.lifecycle_deadline_s, s.agent_silent_after_s) == (
+        10,
+        300,
+        10,
+    )
+    assert s.policy.max_on_demand is None and s.policy.fallback_after_s == 60

@@ -18,7 +18,9 @@ AWS keeps it, and forwards every call to moto.
 from __future__ import annotations
 
 import json
+import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,9 +33,11 @@ from spotrelay.controller import handler as lambda_handler
 from spotrelay.controller.aws import TAG_CHANGED_AT, TAG_FAILED_PROBES, TAG_PROBE_AT, AsgGateway
 from spotrelay.controller.fallback import Action, Decision, FallbackState
 from spotrelay.controller.interruptions import InterruptionHandler, Outcome
+from spotrelay.controller.lifecycle import LifecycleFollowUp
 from spotrelay.controller.queue import QueueConsumer
 from spotrelay.controller.routers import RouterError, RouterFleet
 from spotrelay.core.net import free_port
+from tests.lifecycle_front import LifecycleFront, autoscaling_client
 from tests.support import (
     ROUTER_TOKEN,
     MotoFront,
@@ -536,4 +540,171 @@ def test_probes_back_off_across_cold_starts(
         assert tags()[TAG_FAILED_PROBES] == "0"
         assert base_of(moto_endpoint, name) == 0
     finally:
+        front.close()
+
+
+# -- one run fills every node spot does not serve ------------------------------------------
+
+
+def test_one_run_moves_every_node_spot_does_not_serve_to_on_demand(moto_endpoint: str) -> None:
+    """A 4-node pool: 1 spot instance still serving, 3 without spot (moto launches them without
+    a market, as EC2 reports on-demand); spot launches failing. One run raises the base to 3:
+    never to 4, which would swap the serving spot node for on-demand too."""
+    name = make_group(moto_endpoint, desired=3)
+    attach_spot(moto_endpoint, name, 1)
+    assert group_of(moto_endpoint, name)["DesiredCapacity"] == 4
+    front = ShortageFront(moto_endpoint)
+    try:
+        now = datetime(2026, 11, 29, 20, 0, tzinfo=UTC).timestamp()
+        front.activities += [activity(now - 120, ok=False), activity(now - 5, ok=False)]
+        settings = lambda_handler.from_env(
+            {"SPOTRELAY_ASG_NAME": name, "SPOTRELAY_AWS_ENDPOINT_URL": front.url}
+        )
+        controller = lambda_handler.Controller(
+            settings, lambda_handler.boto3_clients(settings), clock=lambda: now
+        )
+        decision = controller.run_fallback()
+        assert decision is not None and decision.action is Action.RAISE, decision
+        assert base_of(moto_endpoint, name) == 3
+        assert "3 node(s) missing on spot" in decision.reason
+        again = controller.run_fallback()  # the next period: same observation, same target
+        assert again is not None and again.action is Action.HOLD
+        assert base_of(moto_endpoint, name) == 3
+    finally:
+        front.close()
+
+
+# -- the node token is re-read when a router answers 401 -----------------------------------
+
+
+def test_a_rotated_node_token_is_re_read_on_401(
+    lambda_env: str, moto_endpoint: str, router: str
+) -> None:
+    register(router, "node-a", INSTANCE)
+    ssm = client("ssm", moto_endpoint)
+    parameter = f"/spotrelay/{lambda_env}/node-token"
+    ssm.put_parameter(Name=parameter, Value="the-old-token", Type="SecureString", Overwrite=True)
+    record = {
+        "messageId": "m-rotated",
+        "body": json.dumps(documented("spot-interruption-warning")),
+        "eventSource": "aws:sqs",
+    }
+    # A warm controller read the old token at its cold start; then the token is rotated.
+    settings = lambda_handler.from_env(os.environ)
+    warm = lambda_handler.Controller(settings, lambda_handler.boto3_clients(settings))
+    assert warm.routers.token == "the-old-token"
+    ssm.put_parameter(Name=parameter, Value=ROUTER_TOKEN, Type="SecureString", Overwrite=True)
+    assert warm.on_records([record]) == {"batchItemFailures": []}  # 401, re-read, retried
+    assert router_nodes(router)["node-a"]["state"] == "draining"
+    assert warm.routers.token == ROUTER_TOKEN
+
+
+# -- completing the terminate action of a node whose agent is silent ------------------------
+
+HOOK = "llm-gpu-drain"
+
+
+def lifecycle_setup(
+    endpoint: str, *, check_every_s: int = 1, deadline_s: float = 30
+) -> tuple[str, LifecycleFront, Any, str, dict]:
+    """A group with its terminate hook, the front answering the lifecycle calls, a queue,
+    and the documented terminate event for :data:`INSTANCE` with this group and hook."""
+    name = make_group(endpoint)
+    client("autoscaling", endpoint).put_lifecycle_hook(
+        LifecycleHookName=HOOK,
+        AutoScalingGroupName=name,
+        LifecycleTransition="autoscaling:EC2_INSTANCE_TERMINATING",
+        HeartbeatTimeout=120,
+        DefaultResult="CONTINUE",
+    )
+    front = LifecycleFront(endpoint)
+    sqs = client("sqs", endpoint)
+    url = sqs.create_queue(QueueName=f"{name}-interruptions")["QueueUrl"]
+    doc = documented(
+        "instance-terminate-lifecycle-action", AutoScalingGroupName=name, LifecycleHookName=HOOK
+    )
+    front.arm(INSTANCE, doc["detail"]["LifecycleActionToken"])
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps(doc))
+    return name, front, sqs, url, doc
+
+
+def consumer_for(
+    router: str, sqs: Any, url: str, front: LifecycleFront, **followup: Any
+) -> QueueConsumer:
+    fleet = RouterFleet([router], ROUTER_TOKEN)
+    watch = LifecycleFollowUp(
+        lambda_handler.sqs_sender(sqs, url),
+        autoscaling_client(front.url),
+        fleet.sightings,
+        silent_after_s=1,
+        **followup,
+    )
+    return QueueConsumer(sqs, url, InterruptionHandler(fleet, followup=watch))
+
+
+def poll_until(consumer: QueueConsumer, done: Callable[[], bool], timeout: float) -> list:
+    outcomes: list[Outcome] = []
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"timed out; outcomes so far: {outcomes}"
+        outcomes += consumer.poll_once(wait_s=1)
+    return outcomes
+
+
+def queue_empty(sqs: Any, url: str) -> bool:
+    attrs = sqs.get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesDelayed"],
+    )["Attributes"]
+    return (
+        attrs["ApproximateNumberOfMessages"] == attrs["ApproximateNumberOfMessagesDelayed"] == "0"
+    )
+
+
+def test_a_silent_agent_s_terminate_action_is_completed_after_the_drain(
+    moto_endpoint: str, router: str
+) -> None:
+    """The documented terminate event drains the node; the agent never heartbeats again and
+    nothing is in flight, so a later check completes the action with the event's token."""
+    register(router, "node-a", INSTANCE)  # its last heartbeat; the agent hangs after it
+    name, front, sqs, url, doc = lifecycle_setup(moto_endpoint)
+    try:
+        consumer = consumer_for(router, sqs, url, front, check_every_s=1, deadline_s=30)
+        outcomes = poll_until(consumer, lambda: bool(front.completions()), timeout=20)
+        assert outcomes[0] is Outcome.DRAINED and Outcome.LIFECYCLE_CHECKED in outcomes
+        assert router_nodes(router)["node-a"]["state"] == "draining"
+        (call,) = front.completions()
+        assert call.result == "ok"
+        assert call.params["LifecycleActionToken"] == doc["detail"]["LifecycleActionToken"]
+        assert call.params["LifecycleActionResult"] == "CONTINUE"
+        assert call.params["AutoScalingGroupName"] == name
+        assert call.params["LifecycleHookName"] == HOOK
+        # No further checks: the chain ends with the completion.
+        poll_until(consumer, lambda: queue_empty(sqs, url), timeout=10)
+        assert len(front.completions()) == 1
+    finally:
+        front.close()
+
+
+def test_a_live_agent_keeps_its_own_terminate_action(moto_endpoint: str, router: str) -> None:
+    """While the agent heartbeats, the controller only checks; at the deadline it stops and
+    never completes the action for it (the agent does, after its own drain)."""
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        while not stop.wait(0.3):
+            register(router, "node-a", INSTANCE, state="draining")
+
+    register(router, "node-a", INSTANCE)
+    beating = threading.Thread(target=heartbeat, daemon=True)
+    beating.start()
+    _, front, sqs, url, _ = lifecycle_setup(moto_endpoint)
+    try:
+        consumer = consumer_for(router, sqs, url, front, check_every_s=1, deadline_s=3)
+        outcomes = poll_until(consumer, lambda: queue_empty(sqs, url), timeout=20)
+        assert outcomes.count(Outcome.LIFECYCLE_CHECKED) >= 2  # checked until the deadline
+        assert front.completions() == [] and front.calls == []
+    finally:
+        stop.set()
+        beating.join(timeout=5)
         front.close()

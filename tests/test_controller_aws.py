@@ -708,3 +708,46 @@ def test_a_live_agent_keeps_its_own_terminate_action(moto_endpoint: str, router:
         stop.set()
         beating.join(timeout=5)
         front.close()
+
+
+def test_the_lambda_schedules_its_check_and_completes_on_the_next_invocation(
+    moto_endpoint: str, router: str
+) -> None:
+    """The Lambda path: the terminate event's record drains and puts a delayed check on the
+    queue (SPOTRELAY_QUEUE_URL); that check, delivered as the next invocation's record,
+    completes the action. No invocation waits for the node."""
+    register(router, "node-a", INSTANCE)
+    name, front, sqs, url, doc = lifecycle_setup(moto_endpoint)
+    try:
+        event = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1)["Messages"][0]
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=event["ReceiptHandle"])
+        settings = lambda_handler.from_env(
+            {
+                "SPOTRELAY_ASG_NAME": name,
+                "SPOTRELAY_ROUTER_URLS": router,
+                "SPOTRELAY_NODE_TOKEN": ROUTER_TOKEN,
+                "SPOTRELAY_AWS_ENDPOINT_URL": front.url,
+                "SPOTRELAY_QUEUE_URL": url,
+                "SPOTRELAY_LIFECYCLE_CHECK_EVERY_S": "1",
+                "SPOTRELAY_AGENT_SILENT_AFTER_S": "1",
+            }
+        )
+        controller = lambda_handler.Controller(settings, lambda_handler.boto3_clients(settings))
+
+        def record(msg: dict) -> dict:
+            return {"messageId": msg["MessageId"], "body": msg["Body"], "eventSource": "aws:sqs"}
+
+        assert controller.on_records([record(event)]) == {"batchItemFailures": []}
+        assert router_nodes(router)["node-a"]["state"] == "draining"
+        assert front.completions() == []  # nothing completed while the event was handled
+        deadline = time.monotonic() + 20
+        while not front.completions():
+            assert time.monotonic() < deadline, "no check completed the action"
+            for msg in sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1).get("Messages", []):
+                assert json.loads(msg["Body"])["spotrelay"] == "spotrelay.lifecycle-check"
+                assert controller.on_records([record(msg)]) == {"batchItemFailures": []}
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=msg["ReceiptHandle"])
+        (call,) = front.completions()
+        assert call.params["LifecycleActionToken"] == doc["detail"]["LifecycleActionToken"]
+    finally:
+        front.close()

@@ -96,8 +96,11 @@ class AsgGateway:
             return 0
         count = 0
         for start in range(0, len(ids), 100):
+            # A filter, not InstanceIds: an instance terminated since the group
+            # listed it is left out instead of failing the call (NotFound).
+            chunk = ids[start : start + 100]
             pages = self.ec2.get_paginator("describe_instances").paginate(
-                InstanceIds=ids[start : start + 100]
+                Filters=[{"Name": "instance-id", "Values": chunk}]
             )
             for page in pages:
                 for reservation in page.get("Reservations", []):

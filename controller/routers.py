@@ -102,9 +102,9 @@ class RouterFleet:
         except urllib.error.HTTPError as exc:
             return exc.code, None
 
-    def ready_nodes(self) -> int | None:
-        """The most ready nodes any router reports; None when no router answers."""
-        counts = []
+    def _node_lists(self) -> list[list[dict[str, Any]]]:
+        """``GET /nodes`` of every router that answers it (unreachable ones are logged)."""
+        lists = []
         for url in self.urls:
             try:
                 status, doc = self._call("GET", url + "/nodes")
@@ -112,28 +112,27 @@ class RouterFleet:
                 log.warning("router %s unreachable: %s", url, exc)
                 continue
             if status == 200 and isinstance(doc, list):
-                counts.append(sum(1 for n in doc if n.get("state") == "ready"))
+                lists.append([n for n in doc if isinstance(n, dict)])
+        return lists
+
+    def ready_nodes(self) -> int | None:
+        """The most ready nodes any router reports; None when no router answers."""
+        counts = [
+            sum(1 for n in nodes if n.get("state") == "ready") for nodes in self._node_lists()
+        ]
         return max(counts) if counts else None
 
     def sightings(self, instance_id: str) -> list[NodeSighting] | None:
         """Every answering router's view of the instance's node(s); None when none answered."""
-        seen: list[NodeSighting] = []
-        answered = False
-        for url in self.urls:
-            try:
-                status, doc = self._call("GET", url + "/nodes")
-            except (OSError, ValueError) as exc:
-                log.warning("router %s unreachable: %s", url, exc)
-                continue
-            if status != 200 or not isinstance(doc, list):
-                continue
-            answered = True
-            seen.extend(
-                NodeSighting(float(n.get("last_seen_s_ago") or 0), int(n.get("in_flight") or 0))
-                for n in doc
-                if isinstance(n, dict) and n.get("instance_id") == instance_id
-            )
-        return seen if answered else None
+        lists = self._node_lists()
+        if not lists:
+            return None
+        return [
+            NodeSighting(float(n.get("last_seen_s_ago") or 0), int(n.get("in_flight") or 0))
+            for nodes in lists
+            for n in nodes
+            if n.get("instance_id") == instance_id
+        ]
 
     def drain_instance(self, instance_id: str) -> DrainResult:
         """``POST /instances/{id}/drain`` on every router; raises if none answered."""

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,8 +38,9 @@ from spotrelay.controller.interruptions import InterruptionHandler, Outcome
 from spotrelay.controller.lifecycle import LifecycleFollowUp
 from spotrelay.controller.queue import QueueConsumer
 from spotrelay.controller.routers import RouterError, RouterFleet
-from spotrelay.core.net import free_port
+from spotrelay.core.net import free_port, wait_until
 from tests.lifecycle_front import LifecycleFront, autoscaling_client
+from tests.raw_server import RawServer
 from tests.support import (
     ROUTER_TOKEN,
     MotoFront,
@@ -750,4 +753,54 @@ def test_the_lambda_schedules_its_check_and_completes_on_the_next_invocation(
         (call,) = front.completions()
         assert call.params["LifecycleActionToken"] == doc["detail"]["LifecycleActionToken"]
     finally:
+        front.close()
+
+
+def test_requests_in_flight_on_a_silent_agent_s_node_hold_the_action(
+    moto_endpoint: str, router: str
+) -> None:
+    """A request still streams from the node of a silent agent: the checks keep the hook
+    alive with RecordLifecycleActionHeartbeat and complete only once the routers report
+    nothing in flight."""
+    release = threading.Event()
+
+    def slow_engine(conn: socket.socket, _: int) -> None:
+        conn.recv(65536)
+        release.wait(30)
+        body = json.dumps({"id": "c", "object": "text_completion", "choices": []}).encode()
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+        conn.sendall(head.encode() + b"\r\n\r\n" + body)
+
+    engine = RawServer(slow_engine)
+    register_node(router, ROUTER_TOKEN, "node-a", f"http://127.0.0.1:{engine.port}", "m",
+                  instance_id=INSTANCE)  # fmt: skip
+    answered: list[int] = []
+
+    def client_request() -> None:
+        req = urllib.request.Request(
+            router + "/v1/completions",
+            data=json.dumps({"model": "m", "prompt": "hi", "max_tokens": 1}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            answered.append(resp.status)
+
+    requester = threading.Thread(target=client_request, daemon=True)
+    requester.start()
+    assert wait_until(lambda: router_nodes(router)["node-a"]["in_flight"] == 1, timeout=10)
+    _, front, sqs, url, _ = lifecycle_setup(moto_endpoint)
+    try:
+        consumer = consumer_for(router, sqs, url, front, check_every_s=1, deadline_s=60)
+        poll_until(consumer, lambda: bool(front.calls), timeout=10)
+        assert front.completions() == []  # a heartbeat first: the request is still running
+        assert front.calls[0].action == "RecordLifecycleActionHeartbeat"
+        released_at = time.time()
+        release.set()
+        requester.join(timeout=10)
+        assert answered == [200]  # the client's request finished on the drained node
+        poll_until(consumer, lambda: bool(front.completions()), timeout=15)
+        assert front.completions()[0].at >= released_at
+    finally:
+        release.set()
+        engine.close()
         front.close()

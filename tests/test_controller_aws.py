@@ -3,110 +3,65 @@ CloudWatch, a real router (gunicorn) as the registry, EventBridge events from th
 documentation as SQS message bodies.
 
 moto answers ``DescribeScalingActivities`` with an empty list (it does not simulate
-launch failures), so the end-to-end fallback here is driven by the routers' ready-node
-count (``min_ready``); the spot-failure path is covered by the decision tests with the
-documented activity fixtures.
-
-moto also cannot apply a *partial* mixed-instances update (AWS leaves what the request
-omits unchanged; moto requires the launch template). The controller deliberately omits
-it (naming the template would need ``ec2:RunInstances`` and ``iam:PassRole``), so
-:class:`PartialUpdateFront` sits in front of moto: it records each
-``UpdateAutoScalingGroup`` as sent, adds the group's current launch template the way
-AWS keeps it, and forwards every call to moto.
+launch failures): the Lambda end to end is driven by the routers' ready-node count
+(``min_ready``) there, and :class:`ShortageFront` answers the call with documented
+entries for the spot-failure path (the all-at-once raise, probe backoff across cold
+starts). :class:`~tests.controller_support.PartialUpdateFront` gives moto AWS's
+partial ``UpdateAutoScalingGroup``. The terminate-action follow-up has its own module,
+``test_controller_lifecycle.py``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
-import boto3
 import pytest
 
 from spotrelay.controller import handler as lambda_handler
 from spotrelay.controller.aws import TAG_CHANGED_AT, TAG_FAILED_PROBES, TAG_PROBE_AT, AsgGateway
 from spotrelay.controller.fallback import Action, Decision, FallbackState
 from spotrelay.controller.interruptions import InterruptionHandler, Outcome
-from spotrelay.controller.lifecycle import LifecycleFollowUp
 from spotrelay.controller.queue import QueueConsumer
 from spotrelay.controller.routers import RouterError, RouterFleet
-from spotrelay.core.net import free_port, wait_until
-from tests.lifecycle_front import LifecycleFront, autoscaling_client
-from tests.raw_server import RawServer
+from spotrelay.core.net import free_port
+
+# -- the interruption queue ------------------------------------------------------------
+from tests.controller_support import (
+    AWS_TEST_ENV,
+    FIXTURES,
+    INSTANCE,
+    REGION,
+    PartialUpdateFront,
+    attach_spot,
+    base_of,
+    client,
+    documented,
+    group_of,
+    make_group,
+    register,
+)
 from tests.support import (
     ROUTER_TOKEN,
-    MotoFront,
-    register_node,
     router_nodes,
     scaling_activities_xml,
     start_router,
 )
 
-REGION = "us-east-1"
-FIXTURES = Path(__file__).parent / "fixtures" / "eventbridge"
-INSTANCE = "i-1234567890abcdef0"
-
 
 @pytest.fixture(autouse=True)
 def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }.items():
+    for key, value in AWS_TEST_ENV.items():
         monkeypatch.setenv(key, value)
 
 
-def client(service: str, endpoint: str) -> Any:
-    return boto3.client(service, region_name=REGION, endpoint_url=endpoint)
-
-
-def documented(name: str, instance_id: str = INSTANCE, **detail: str) -> dict:
-    doc = json.loads((FIXTURES / f"{name}.json").read_text())
-    key = "EC2InstanceId" if "EC2InstanceId" in doc["detail"] else "instance-id"
-    doc["detail"].update({key: instance_id, **detail})
-    return doc
-
-
-class PartialUpdateFront(MotoFront):
-    """An HTTP front for moto giving ``UpdateAutoScalingGroup`` AWS's partial-update semantics."""
-
-    def __init__(self, moto: str) -> None:
-        self.updates: list[dict[str, str]] = []  # UpdateAutoScalingGroup forms, as sent
-        super().__init__(moto)
-
-    def rewrite(self, form: dict[str, str]) -> dict[str, str]:
-        if form.get("Action") != "UpdateAutoScalingGroup":
-            return form
-        self.updates.append(dict(form))
-        return self.keep_template(form)
-
-    def keep_template(self, form: dict[str, str]) -> dict[str, str]:
-        """Add the group's launch template and overrides when the update leaves them out."""
-        prefix = "MixedInstancesPolicy."
-        if not any(k.startswith(prefix) for k in form) or any(
-            k.startswith(prefix + "LaunchTemplate.") for k in form
-        ):
-            return form
-        group = group_of(self.moto, form["AutoScalingGroupName"])
-        template = group["MixedInstancesPolicy"]["LaunchTemplate"]
-        spec = template["LaunchTemplateSpecification"]
-        out = dict(form)
-        lt = prefix + "LaunchTemplate."
-        out[lt + "LaunchTemplateSpecification.LaunchTemplateId"] = spec["LaunchTemplateId"]
-        out[lt + "LaunchTemplateSpecification.Version"] = spec.get("Version", "$Default")
-        for i, override in enumerate(template.get("Overrides", []), start=1):
-            out[f"{lt}Overrides.member.{i}.InstanceType"] = override["InstanceType"]
-        return out
+@pytest.fixture
+def router(procs, logdir) -> Iterator[str]:
+    yield start_router(procs, logdir).url
 
 
 @pytest.fixture
@@ -116,94 +71,6 @@ def aws(moto_endpoint: str) -> Iterator[PartialUpdateFront]:
         yield front
     finally:
         front.close()
-
-
-_groups = iter(range(1000))
-
-
-def make_group(endpoint: str, base: int = 0, desired: int = 0) -> str:
-    """A mixed-instances group like the gpu-pool module's, in moto.
-
-    moto launches ``desired`` instances without a market (on-demand, as EC2
-    reports them); spot instances join with :func:`attach_spot`.
-    """
-    name = f"llm-gpu-{next(_groups)}"
-    ec2 = client("ec2", endpoint)
-    template = ec2.create_launch_template(
-        LaunchTemplateName=f"{name}-lt",
-        LaunchTemplateData={"ImageId": "ami-12c6146b", "InstanceType": "g6.xlarge"},
-    )["LaunchTemplate"]
-    client("autoscaling", endpoint).create_auto_scaling_group(
-        AutoScalingGroupName=name,
-        MinSize=0,
-        MaxSize=8,
-        DesiredCapacity=desired,
-        AvailabilityZones=[f"{REGION}a"],
-        CapacityRebalance=True,
-        MixedInstancesPolicy={
-            "LaunchTemplate": {
-                "LaunchTemplateSpecification": {
-                    "LaunchTemplateId": template["LaunchTemplateId"],
-                    "Version": "$Latest",
-                },
-                "Overrides": [{"InstanceType": "g6.xlarge"}, {"InstanceType": "g5.xlarge"}],
-            },
-            "InstancesDistribution": {
-                "OnDemandAllocationStrategy": "prioritized",
-                "OnDemandBaseCapacity": base,
-                "OnDemandPercentageAboveBaseCapacity": 0,
-                "SpotAllocationStrategy": "price-capacity-optimized",
-            },
-        },
-    )
-    return name
-
-
-def attach_spot(endpoint: str, name: str, count: int) -> list[str]:
-    """Spot instances (EC2 reports ``InstanceLifecycle: spot``) attached to the group."""
-    ec2 = client("ec2", endpoint)
-    launched = ec2.run_instances(
-        ImageId="ami-12c6146b",
-        MinCount=count,
-        MaxCount=count,
-        InstanceType="g6.xlarge",
-        InstanceMarketOptions={"MarketType": "spot"},
-    )
-    ids = [i["InstanceId"] for i in launched["Instances"]]
-    client("autoscaling", endpoint).attach_instances(AutoScalingGroupName=name, InstanceIds=ids)
-    return ids
-
-
-def group_of(endpoint: str, name: str) -> dict:
-    groups = client("autoscaling", endpoint).describe_auto_scaling_groups(
-        AutoScalingGroupNames=[name]
-    )
-    return groups["AutoScalingGroups"][0]
-
-
-def base_of(endpoint: str, name: str) -> int:
-    dist = group_of(endpoint, name)["MixedInstancesPolicy"]["InstancesDistribution"]
-    return int(dist["OnDemandBaseCapacity"])
-
-
-@pytest.fixture
-def router(procs, logdir) -> Iterator[str]:
-    yield start_router(procs, logdir).url
-
-
-def register(router_url: str, node: str, instance_id: str, state: str = "ready") -> None:
-    register_node(
-        router_url,
-        ROUTER_TOKEN,
-        node,
-        f"http://127.0.0.1:{free_port()}",
-        "m",
-        state=state,
-        instance_id=instance_id,
-    )
-
-
-# -- the interruption queue ------------------------------------------------------------
 
 
 def test_queue_events_drain_the_node_once(moto_endpoint: str, router: str) -> None:
@@ -401,7 +268,6 @@ def test_lambda_drains_from_sqs_records(lambda_env: str, router: str) -> None:
 
 
 def test_router_drain_by_instance_needs_the_token_and_an_instance_id(router: str) -> None:
-    import urllib.request
 
     def post(path: str, token: str | None) -> int:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -600,207 +466,3 @@ def test_a_rotated_node_token_is_re_read_on_401(
     assert warm.on_records([record]) == {"batchItemFailures": []}  # 401, re-read, retried
     assert router_nodes(router)["node-a"]["state"] == "draining"
     assert warm.routers.token == ROUTER_TOKEN
-
-
-# -- completing the terminate action of a node whose agent is silent ------------------------
-
-HOOK = "llm-gpu-drain"
-
-
-def lifecycle_setup(
-    endpoint: str, *, check_every_s: int = 1, deadline_s: float = 30
-) -> tuple[str, LifecycleFront, Any, str, dict]:
-    """A group with its terminate hook, the front answering the lifecycle calls, a queue,
-    and the documented terminate event for :data:`INSTANCE` with this group and hook."""
-    name = make_group(endpoint)
-    client("autoscaling", endpoint).put_lifecycle_hook(
-        LifecycleHookName=HOOK,
-        AutoScalingGroupName=name,
-        LifecycleTransition="autoscaling:EC2_INSTANCE_TERMINATING",
-        HeartbeatTimeout=120,
-        DefaultResult="CONTINUE",
-    )
-    front = LifecycleFront(endpoint)
-    sqs = client("sqs", endpoint)
-    url = sqs.create_queue(QueueName=f"{name}-interruptions")["QueueUrl"]
-    doc = documented(
-        "instance-terminate-lifecycle-action", AutoScalingGroupName=name, LifecycleHookName=HOOK
-    )
-    front.arm(INSTANCE, doc["detail"]["LifecycleActionToken"])
-    sqs.send_message(QueueUrl=url, MessageBody=json.dumps(doc))
-    return name, front, sqs, url, doc
-
-
-def consumer_for(
-    router: str, sqs: Any, url: str, front: LifecycleFront, **followup: Any
-) -> QueueConsumer:
-    fleet = RouterFleet([router], ROUTER_TOKEN)
-    watch = LifecycleFollowUp(
-        lambda_handler.sqs_sender(sqs, url),
-        autoscaling_client(front.url),
-        fleet.sightings,
-        silent_after_s=1,
-        **followup,
-    )
-    return QueueConsumer(sqs, url, InterruptionHandler(fleet, followup=watch))
-
-
-def poll_until(consumer: QueueConsumer, done: Callable[[], bool], timeout: float) -> list:
-    outcomes: list[Outcome] = []
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, f"timed out; outcomes so far: {outcomes}"
-        outcomes += consumer.poll_once(wait_s=1)
-    return outcomes
-
-
-def queue_empty(sqs: Any, url: str) -> bool:
-    attrs = sqs.get_queue_attributes(
-        QueueUrl=url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesDelayed"],
-    )["Attributes"]
-    return (
-        attrs["ApproximateNumberOfMessages"] == attrs["ApproximateNumberOfMessagesDelayed"] == "0"
-    )
-
-
-def test_a_silent_agent_s_terminate_action_is_completed_after_the_drain(
-    moto_endpoint: str, router: str
-) -> None:
-    """The documented terminate event drains the node; the agent never heartbeats again and
-    nothing is in flight, so a later check completes the action with the event's token."""
-    register(router, "node-a", INSTANCE)  # its last heartbeat; the agent hangs after it
-    name, front, sqs, url, doc = lifecycle_setup(moto_endpoint)
-    try:
-        consumer = consumer_for(router, sqs, url, front, check_every_s=1, deadline_s=30)
-        outcomes = poll_until(consumer, lambda: bool(front.completions()), timeout=20)
-        assert outcomes[0] is Outcome.DRAINED and Outcome.LIFECYCLE_CHECKED in outcomes
-        assert router_nodes(router)["node-a"]["state"] == "draining"
-        (call,) = front.completions()
-        assert call.result == "ok"
-        assert call.params["LifecycleActionToken"] == doc["detail"]["LifecycleActionToken"]
-        assert call.params["LifecycleActionResult"] == "CONTINUE"
-        assert call.params["AutoScalingGroupName"] == name
-        assert call.params["LifecycleHookName"] == HOOK
-        # No further checks: the chain ends with the completion.
-        poll_until(consumer, lambda: queue_empty(sqs, url), timeout=10)
-        assert len(front.completions()) == 1
-    finally:
-        front.close()
-
-
-def test_a_live_agent_keeps_its_own_terminate_action(moto_endpoint: str, router: str) -> None:
-    """While the agent heartbeats, the controller only checks; at the deadline it stops and
-    never completes the action for it (the agent does, after its own drain)."""
-    stop = threading.Event()
-
-    def heartbeat() -> None:
-        while not stop.wait(0.3):
-            register(router, "node-a", INSTANCE, state="draining")
-
-    register(router, "node-a", INSTANCE)
-    beating = threading.Thread(target=heartbeat, daemon=True)
-    beating.start()
-    _, front, sqs, url, _ = lifecycle_setup(moto_endpoint)
-    try:
-        consumer = consumer_for(router, sqs, url, front, check_every_s=1, deadline_s=3)
-        outcomes = poll_until(consumer, lambda: queue_empty(sqs, url), timeout=20)
-        assert outcomes.count(Outcome.LIFECYCLE_CHECKED) >= 2  # checked until the deadline
-        assert front.completions() == [] and front.calls == []
-    finally:
-        stop.set()
-        beating.join(timeout=5)
-        front.close()
-
-
-def test_the_lambda_schedules_its_check_and_completes_on_the_next_invocation(
-    moto_endpoint: str, router: str
-) -> None:
-    """The Lambda path: the terminate event's record drains and puts a delayed check on the
-    queue (SPOTRELAY_QUEUE_URL); that check, delivered as the next invocation's record,
-    completes the action. No invocation waits for the node."""
-    register(router, "node-a", INSTANCE)
-    name, front, sqs, url, doc = lifecycle_setup(moto_endpoint)
-    try:
-        event = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1)["Messages"][0]
-        sqs.delete_message(QueueUrl=url, ReceiptHandle=event["ReceiptHandle"])
-        settings = lambda_handler.from_env(
-            {
-                "SPOTRELAY_ASG_NAME": name,
-                "SPOTRELAY_ROUTER_URLS": router,
-                "SPOTRELAY_NODE_TOKEN": ROUTER_TOKEN,
-                "SPOTRELAY_AWS_ENDPOINT_URL": front.url,
-                "SPOTRELAY_QUEUE_URL": url,
-                "SPOTRELAY_LIFECYCLE_CHECK_EVERY_S": "1",
-                "SPOTRELAY_AGENT_SILENT_AFTER_S": "1",
-            }
-        )
-        controller = lambda_handler.Controller(settings, lambda_handler.boto3_clients(settings))
-
-        def record(msg: dict) -> dict:
-            return {"messageId": msg["MessageId"], "body": msg["Body"], "eventSource": "aws:sqs"}
-
-        assert controller.on_records([record(event)]) == {"batchItemFailures": []}
-        assert router_nodes(router)["node-a"]["state"] == "draining"
-        assert front.completions() == []  # nothing completed while the event was handled
-        deadline = time.monotonic() + 20
-        while not front.completions():
-            assert time.monotonic() < deadline, "no check completed the action"
-            for msg in sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1).get("Messages", []):
-                assert json.loads(msg["Body"])["spotrelay"] == "spotrelay.lifecycle-check"
-                assert controller.on_records([record(msg)]) == {"batchItemFailures": []}
-                sqs.delete_message(QueueUrl=url, ReceiptHandle=msg["ReceiptHandle"])
-        (call,) = front.completions()
-        assert call.params["LifecycleActionToken"] == doc["detail"]["LifecycleActionToken"]
-    finally:
-        front.close()
-
-
-def test_requests_in_flight_on_a_silent_agent_s_node_hold_the_action(
-    moto_endpoint: str, router: str
-) -> None:
-    """A request still streams from the node of a silent agent: the checks keep the hook
-    alive with RecordLifecycleActionHeartbeat and complete only once the routers report
-    nothing in flight."""
-    release = threading.Event()
-
-    def slow_engine(conn: socket.socket, _: int) -> None:
-        conn.recv(65536)
-        release.wait(30)
-        body = json.dumps({"id": "c", "object": "text_completion", "choices": []}).encode()
-        head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
-        conn.sendall(head.encode() + b"\r\n\r\n" + body)
-
-    engine = RawServer(slow_engine)
-    register_node(router, ROUTER_TOKEN, "node-a", f"http://127.0.0.1:{engine.port}", "m",
-                  instance_id=INSTANCE)  # fmt: skip
-    answered: list[int] = []
-
-    def client_request() -> None:
-        req = urllib.request.Request(
-            router + "/v1/completions",
-            data=json.dumps({"model": "m", "prompt": "hi", "max_tokens": 1}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            answered.append(resp.status)
-
-    requester = threading.Thread(target=client_request, daemon=True)
-    requester.start()
-    assert wait_until(lambda: router_nodes(router)["node-a"]["in_flight"] == 1, timeout=10)
-    _, front, sqs, url, _ = lifecycle_setup(moto_endpoint)
-    try:
-        consumer = consumer_for(router, sqs, url, front, check_every_s=1, deadline_s=60)
-        poll_until(consumer, lambda: bool(front.calls), timeout=10)
-        assert front.completions() == []  # a heartbeat first: the request is still running
-        assert front.calls[0].action == "RecordLifecycleActionHeartbeat"
-        released_at = time.time()
-        release.set()
-        requester.join(timeout=10)
-        assert answered == [200]  # the client's request finished on the drained node
-        poll_until(consumer, lambda: bool(front.completions()), timeout=15)
-        assert front.completions()[0].at >= released_at
-    finally:
-        release.set()
-        engine.close()
-        front.close()

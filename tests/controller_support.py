@@ -3,7 +3,8 @@
 A mixed-instances group like the gpu-pool module's (:func:`make_group`, with
 spot instances joined by :func:`attach_spot`), the documented EventBridge
 events as fixtures (:func:`documented`), the fake AWS credentials every such
-test needs (:data:`AWS_TEST_ENV`) and nodes registered with a router
+test needs (:func:`fake_aws_env`, a fixture the modules use with
+``pytest.mark.usefixtures``) and nodes registered with a router
 (:func:`register`).
 
 moto cannot apply a *partial* mixed-instances update (AWS leaves what the
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
 
 from spotrelay.core.net import free_port
 from tests.support import (
@@ -29,20 +31,21 @@ from tests.support import (
     register_node,
 )
 
-# -- the interruption queue ------------------------------------------------------------
-
-
 REGION = "us-east-1"
 FIXTURES = Path(__file__).parent / "fixtures" / "eventbridge"
 INSTANCE = "i-1234567890abcdef0"
 
 
-AWS_TEST_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": REGION,
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
+@pytest.fixture
+def fake_aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials and region for boto3 against moto; no instance metadata lookups."""
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(key, value)
 
 
 def client(service: str, endpoint: str) -> Any:

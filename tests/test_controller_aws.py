@@ -32,7 +32,6 @@ from spotrelay.core.net import free_port
 
 # -- the interruption queue ------------------------------------------------------------
 from tests.controller_support import (
-    AWS_TEST_ENV,
     FIXTURES,
     INSTANCE,
     REGION,
@@ -41,6 +40,7 @@ from tests.controller_support import (
     base_of,
     client,
     documented,
+    fake_aws_env,  # noqa: F401 (a fixture, used through pytestmark)
     group_of,
     make_group,
     register,
@@ -52,11 +52,7 @@ from tests.support import (
     start_router,
 )
 
-
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in AWS_TEST_ENV.items():
-        monkeypatch.setenv(key, value)
+pytestmark = pytest.mark.usefixtures("fake_aws_env")
 
 
 @pytest.fixture

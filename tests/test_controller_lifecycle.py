@@ -26,10 +26,10 @@ from spotrelay.core.net import wait_until
 
 # -- the interruption queue ------------------------------------------------------------
 from tests.controller_support import (
-    AWS_TEST_ENV,
     INSTANCE,
     client,
     documented,
+    fake_aws_env,  # noqa: F401 (a fixture, used through pytestmark)
     make_group,
     register,
 )
@@ -47,10 +47,7 @@ from tests.support import (
 HOOK = "llm-gpu-drain"
 
 
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in AWS_TEST_ENV.items():
-        monkeypatch.setenv(key, value)
+pytestmark = pytest.mark.usefixtures("fake_aws_env")
 
 
 @pytest.fixture

@@ -16,7 +16,10 @@ requests still in flight: the hook must not time out under them) and sends
 the next check, or stops (the agent is alive at the deadline: it owns the
 action). Each invocation takes milliseconds. An SQS duplicate of a check
 starts a second chain; the second completion meets AWS's "No active Lifecycle
-Action" and counts as done, as in the agent.
+Action" and counts as done, as in the agent. A node no router knows any more
+is completed at once: a live agent deregisters only once its node is idle,
+right before it completes the action itself, and a dead one's node expired
+from the registry after ``registry.ttl_s`` of silence.
 
 :func:`judge` is the decision, without I/O and with the time passed in;
 :class:`LifecycleFollowUp` does the calls.

@@ -69,7 +69,7 @@ class PolicyError(ValueError):
 class FallbackPolicy:
     """Thresholds; the gpu-pool module's ``on_demand_fallback`` variable maps onto these."""
 
-    fallback_after_s: float = 60.0  # spot failing (or ready < min_ready) this long: raise
+    fallback_after_s: float = 0.0  # spot failing (or ready < min_ready) this long: raise
     recover_after_s: float = 1800.0  # no spot failure this long: lower
     step_interval_s: float = 600.0  # between two steps down (and two min_ready steps up)
     min_ready: int = 0  # 0 = the ready-node count never triggers a fallback

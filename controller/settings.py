@@ -86,7 +86,7 @@ def from_env(env: Mapping[str, str]) -> ControllerSettings:
         if not url.startswith(("http://", "https://")):
             raise SettingError(f"{PREFIX}ROUTER_URLS = {url!r}: each URL needs http(s)://")
     policy = FallbackPolicy(
-        fallback_after_s=_number(env, "FALLBACK_AFTER_S", 60),
+        fallback_after_s=_number(env, "FALLBACK_AFTER_S", 0),
         recover_after_s=_number(env, "RECOVER_AFTER_S", 1800),
         step_interval_s=_number(env, "STEP_INTERVAL_S", 600),
         min_ready=int(_number(env, "MIN_READY", 0)),

@@ -54,7 +54,7 @@ class CapacityOptions:
     """Demo-scale thresholds: seconds where AWS deployments use minutes."""
 
     spot_shortage: tuple[float, float] | None = None  # seconds after traffic starts
-    fallback_after_s: float = 2.0
+    fallback_after_s: float = 0.0  # the first period that sees a failed spot launch
     recover_after_s: float = 4.0
     # Failed recovery probes double the wait up to this; 8 s keeps the return to
     # spot inside a 20-30 s demo even when the first probe meets the shortage.
@@ -140,6 +140,8 @@ class CapacityLoop:
         self.desired = len(fleet.nodes)  # the demo's group never scales
         self.period = 0  # controller periods (ticks) since the start
         self.missing = 0  # capacity the group must replace
+        # The period of the first failed spot launch while nodes are missing.
+        self.missing_failed_at: int | None = None
         self._leaving: set[str] = set()  # noticed or reclaimed: no longer counted as spot
         self._pending: list[threading.Thread] = []
         self._retiring: set[str] = set()
@@ -247,12 +249,16 @@ class CapacityLoop:
             missing = self._launched(on_demand[-1])
         if time.monotonic() < self._next_attempt:
             return  # the group's retry delay after a failed spot launch
+        if not missing:
+            self.missing_failed_at = None
         if missing:
             if self.asg.try_spot():
                 self._launched(self._launch("spot"))
             else:
                 self.record.spot_failures += 1
                 self._next_attempt = time.monotonic() + self.options.retry_s
+                if self.missing_failed_at is None:
+                    self.missing_failed_at = self.period
         elif len(on_demand) > self.asg.on_demand_base and not self._retiring:
             # Back to spot: a spot node first, then the on-demand one drains and goes.
             if self.asg.try_spot():
@@ -288,6 +294,7 @@ class CapacityLoop:
                     "on_demand_base": decision.target_base,
                     "not_on_spot": obs.not_on_spot,
                     "missing": missing,  # nodes the group has not launched yet
+                    "missing_failed_at": self.missing_failed_at,  # period
                     "reason": decision.reason,
                 }
             )

@@ -575,8 +575,8 @@ def test_a_day_long_shortage_with_the_defaults() -> None:
     defaults = FallbackPolicy(max_on_demand=1)
     backed_off = run_shortage(defaults, hours=24)
     flat = run_shortage(replace(defaults, recover_backoff_max_s=defaults.recover_after_s), 24)
-    assert (len(backed_off["probes"]), backed_off["failures"]) == (8, 11)
-    assert (len(flat["probes"]), flat["failures"]) == (46, 49)
+    assert (len(backed_off["probes"]), backed_off["failures"]) == (8, 9)
+    assert (len(flat["probes"]), flat["failures"]) == (46, 47)
     assert backed_off["lowest_serving"] == flat["lowest_serving"] == 1
 
 
@@ -623,4 +623,4 @@ def test_lifecycle_settings_are_validated_and_named() -> None:
         300,
         10,
     )
-    assert s.policy.max_on_demand is None and s.policy.fallback_after_s == 60
+    assert s.policy.max_on_demand is None and s.policy.fallback_after_s == 0

@@ -103,7 +103,7 @@ variable "on_demand_fallback" {
   type = object({
     enabled          = optional(bool, false)
     schedule         = optional(string, "rate(1 minute)")
-    fallback_after_s = optional(number, 60)
+    fallback_after_s = optional(number, 0)
     recover_after_s  = optional(number, 1800)
     step_interval_s  = optional(number, 600)
     min_ready        = optional(number, 0)

@@ -79,7 +79,7 @@ run "fallback_policy_is_scoped_to_its_group" {
   }
 
   assert {
-    condition     = output.lambda_environment.SPOTRELAY_FALLBACK_AFTER_S == "60" && output.lambda_environment.SPOTRELAY_MAX_ON_DEMAND == "" && output.lambda_environment.SPOTRELAY_FALLBACK_ENABLED == "true"
+    condition     = output.lambda_environment.SPOTRELAY_FALLBACK_AFTER_S == "0" && output.lambda_environment.SPOTRELAY_MAX_ON_DEMAND == "" && output.lambda_environment.SPOTRELAY_FALLBACK_ENABLED == "true"
     error_message = "Thresholds reach the controller; no max_on_demand means the group's desired capacity."
   }
 

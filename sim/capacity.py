@@ -161,15 +161,18 @@ class CapacityLoop:
             self.missing += 1
             self._on_launch.append(on_launch)
 
-    def notice(self, node: Node) -> None:
-        """What EventBridge puts on the queue for a spot notice (the agent may hear it too)."""
+    def lost(self, node: Node) -> None:
+        """The group replaces this node: it no longer counts as spot capacity."""
         with self._lock:
             self._leaving.add(node.name)
+
+    def notice(self, node: Node) -> None:
+        """What EventBridge puts on the queue for a spot notice (the agent may hear it too)."""
+        self.lost(node)
         self.queue.send_event(spot_warning(node.instance_id))
 
     def reclaimed(self, node: Node) -> None:
-        with self._lock:
-            self._leaving.add(node.name)
+        self.lost(node)
         self.queue.send_event(state_change(node.instance_id, "shutting-down"))
 
     def busy(self) -> bool:

@@ -216,10 +216,11 @@ class CapacityLoop:
             self._retiring.discard(node.name)
 
     def _on_demand_nodes(self) -> list[Node]:
+        """On-demand nodes that serve on: not retiring, not lost (a frozen host)."""
+        with self._lock:
+            gone = self._retiring | self._leaving
         return [
-            n
-            for n in self.fleet.alive_nodes()
-            if n.lifecycle == "on-demand" and n.name not in self._retiring
+            n for n in self.fleet.alive_nodes() if n.lifecycle == "on-demand" and n.name not in gone
         ]
 
     def _spot_live(self) -> int:
@@ -250,10 +251,10 @@ class CapacityLoop:
             self.asg.launched_on_demand()
             on_demand.append(self._launch("on-demand"))
             missing = self._launched(on_demand[-1])
-        if time.monotonic() < self._next_attempt:
-            return  # the group's retry delay after a failed spot launch
         if not missing:
             self.missing_failed_at = None
+        if time.monotonic() < self._next_attempt:
+            return  # the group's retry delay after a failed spot launch
         if missing:
             if self.asg.try_spot():
                 self._launched(self._launch("spot"))

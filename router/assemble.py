@@ -31,7 +31,6 @@ non-streaming answer and leaves out of its chunks (vLLM's ``refusal``,
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -237,7 +236,7 @@ def _extend_logprobs(choice: _Choice, logprobs: Mapping[str, Any]) -> None:
         choice.logprobs = {}
     for key, value in logprobs.items():
         if isinstance(value, list):
-            choice.logprobs.setdefault(key, []).extend(copy.deepcopy(value))
+            choice.logprobs.setdefault(key, []).extend(value)  # a fresh parse: no copy
         elif key not in choice.logprobs:
             choice.logprobs[key] = value
 

@@ -30,7 +30,8 @@ from .proxy import Answer, ApiError, ClientLeft, Proxy, ProxyRequest
 from .resume_request import CHAT
 from .retry import Failure, FailureKind
 from .sse import DONE, SSEFramer, event_data
-from .stream import ContinuationRejected, StreamRelay, StreamStart
+from .stream import ContinuationRejected, StreamBreak, StreamRelay, StreamStart
+from .upstream import Upstream
 
 log = logging.getLogger("spotrelay.router")
 
@@ -108,7 +109,7 @@ def _read(proxy: Proxy, req: ProxyRequest, start: StreamStart) -> _Read:
     gone = (lambda: client.gone) if client is not None else (lambda: False)
     outcome: list[str] = []
 
-    def on_break(up: Any, brk: Any) -> None:
+    def on_break(up: Upstream, brk: StreamBreak) -> None:
         if not gone():  # a departed client's aborted upstream is not the node's failure
             proxy._on_break(sreq, up, brk)
 

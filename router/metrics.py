@@ -117,6 +117,14 @@ class RouterMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.assembled = Counter(
+            PREFIX + "assembled_total",
+            "Non-streaming requests served from a stream (routing.assemble_non_streaming), by "
+            "outcome: complete, resumed (a break resumed), restarted (begun again on another "
+            "node), failed (answered 502), client_disconnect",
+            ["outcome"],
+            registry=r,
+        )
         self.upstream_latency = Histogram(
             PREFIX + "upstream_latency_seconds",
             "Successful attempt: request sent to response received "

@@ -45,6 +45,7 @@ from typing import Any
 from spotrelay.core.errors import openai_error
 from spotrelay.core.logs import clip
 
+from .assemble import StreamForm
 from .balancer import Balancer
 from .disconnect import ClientLink, ClientWatch
 from .finish import FinishTracker, expected_choices
@@ -138,6 +139,9 @@ class ProxyRequest:
     requires: frozenset[str] = frozenset()  # engine capabilities a node must report
     resume_off: bool = False  # the client sent X-Spotrelay-Resume: off
     follow_up: bool = False  # made by derive(): waits for a node it has not tried yet
+    # Non-streaming, to be asked as this stream on nodes whose engine kind is in
+    # routing.assemble_non_streaming (the answer assembled by router/assembly.py).
+    assembly: StreamForm | None = None
 
     def derive(
         self,
@@ -164,6 +168,7 @@ class ProxyRequest:
             node_id=None,
             requires=requires,
             follow_up=True,
+            assembly=None,
         )
 
 
@@ -187,6 +192,7 @@ class Answer:
     content_type: str
     node_id: str
     headers: dict[str, str] = field(default_factory=dict)
+    outcome: str = "complete"  # for the access log: "resumed" when assembled across a break
 
 
 def _answer_message(answer: Answer) -> str:
@@ -284,6 +290,7 @@ class Proxy:
         watchdog: IdleWatchdog | None = None,
         hop_id: str = "",
         client_watch: ClientWatch | None = None,
+        assembled: Callable[[Proxy, ProxyRequest, StreamStart], Answer | ApiError] | None = None,
     ) -> None:
         self.hop_id = hop_id or os.urandom(8).hex()
         self.client_watch = client_watch if client_watch is not None else ClientWatch()
@@ -299,6 +306,8 @@ class Proxy:
         self.clock = clock
         self.sleep = sleep
         self.stream_handler_factory = stream_handler_factory or (lambda req, proxy: EndWithError())
+        # Reads a stream to its end for a non-streaming request (req.assembly).
+        self.assembled = assembled
 
     # -- the request as a whole --------------------------------------------------------
 
@@ -318,7 +327,13 @@ class Proxy:
             self.budget.end_request()
             raise
         if isinstance(result, StreamStart):
-            return self._stream_response(req, result)
+            if req.stream or self.assembled is None:  # (assembled: see _attempt_once)
+                return self._stream_response(req, result)
+            try:  # a non-streaming request asked as a stream: read it all, answer once
+                result = self.assembled(self, req, result)
+            except BaseException:
+                self.budget.end_request()
+                raise
         self.budget.end_request()
         if isinstance(result, ClientLeft):
             self.metrics.client_disconnects.inc()
@@ -329,7 +344,7 @@ class Proxy:
         headers = {"X-Request-ID": req.request_id, "X-Spotrelay-Node": result.node_id}
         headers.update(result.headers)
         response = ProxyResponse(result.status, result.body, result.content_type, headers)
-        return self._finish(req, response)
+        return self._finish(req, response, result.outcome)
 
     def acquire(self, req: ProxyRequest) -> Answer | StreamStart | ApiError:
         """Attempts on successive nodes until an answer, a stream start, or a final error.
@@ -447,6 +462,14 @@ class Proxy:
 
     def _attempt_once(self, node: Node, req: ProxyRequest) -> Answer | StreamStart | Failure:
         connect_s, read_s = self._timeouts_for(req)
+        body, stream = req.body, req.stream
+        if (
+            req.assembly is not None
+            and not stream
+            and self.assembled is not None
+            and node.engine.kind in self.routing.assemble_non_streaming
+        ):
+            body, stream = req.assembly.body, True
         self.registry.acquire(node)
         started = self.clock()
         try:
@@ -454,7 +477,7 @@ class Proxy:
                 req.method,
                 req.path,
                 headers=self._upstream_headers(req),
-                body=req.body,
+                body=body,
                 connect_timeout=connect_s,
                 read_timeout=read_s,
                 on_connection=req.client.attach if req.client is not None else None,
@@ -490,7 +513,8 @@ class Proxy:
                     content_type=content_type,
                     headers=extra,
                 )
-            if req.stream and status == 200:
+            # (An assembled attempt answered with JSON after all is that answer: read below.)
+            if stream and status == 200 and content_type.startswith("text/event-stream"):
                 batches = upstream.event_batches(self.routing.max_event_bytes)
                 first = next(batches, None)
                 if first is None:

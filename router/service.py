@@ -19,6 +19,7 @@ from typing import Any
 
 from spotrelay.core.protocol import ProtocolError, parse_report, valid_instance_id, valid_node_id
 
+from .assembly import assembled_answer
 from .auth import ControlPlaneAuth, DataPlaneAuth
 from .balancer import Balancer
 from .dataplane import DataPlane
@@ -122,6 +123,7 @@ class RouterService:
             client_watch=self.client_watch,
             stream_handler_factory=stream_handler_factory
             or resume_handler_factory(cfg.resume, self.metrics),
+            assembled=assembled_answer,
         )
         self.dataplane = DataPlane(
             self.registry,
@@ -130,6 +132,7 @@ class RouterService:
             retry_after_s=cfg.routing.retry_after_s,
             max_form_parts=cfg.routing.max_form_parts,
             clock=clock,
+            assemble_kinds=tuple(cfg.routing.assemble_non_streaming),
         )
         self.metrics_board = None
         if self.metrics.board is not None:

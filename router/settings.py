@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from spotrelay.core.config import ConfigError, setting
+from spotrelay.core.protocol import TOKEN_RE
 
 PRIVATE_AND_LOOPBACK = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8"]
 
@@ -193,6 +194,12 @@ class Routing:
     max_form_parts: int = setting(
         1000, min=2, help="parts a multipart upload may have (vLLM's own form limit); more get 400"
     )
+    assemble_non_streaming: list[str] = setting(
+        default_factory=list,
+        help="engine kinds (vllm, llama.cpp, ...) whose non-streaming completions and chat "
+        "requests go to the engine as streams, the answer assembled by the router (stalls "
+        "seen, breaks resumed); empty: forwarded as they came",
+    )
 
     def validate(self) -> None:
         if self.response_buffer_bytes > self.max_response_bytes:
@@ -201,6 +208,13 @@ class Routing:
                 "must not exceed routing.max_response_bytes",
                 self.response_buffer_bytes,
             )
+        for i, kind in enumerate(self.assemble_non_streaming):
+            if not isinstance(kind, str) or not TOKEN_RE.fullmatch(kind):
+                raise ConfigError(
+                    f"routing.assemble_non_streaming[{i}]",
+                    "not an engine kind such as vllm or llama.cpp",
+                    kind,
+                )
 
 
 @dataclass

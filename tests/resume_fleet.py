@@ -7,6 +7,7 @@ deterministic, so tests can compare a broken-and-resumed stream with an unbroken
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,16 @@ def start_fleet(
     return Fleet(router, nodes, procs)
 
 
+@contextmanager
+def running_fleet(logdir: Path, names: list[str], *sim_args: str, **router_cfg: Any):
+    """:func:`start_fleet` with its own process group, stopped on exit (module fixtures)."""
+    group = ProcessGroup()
+    try:
+        yield start_fleet(group, logdir, names, *sim_args, **router_cfg)
+    finally:
+        group.stop_all()
+
+
 @dataclass
 class Result:
     """What a client saw of one stream: its text, chunks, usage, finishes and errors."""
@@ -140,9 +151,14 @@ def stream(
     return res
 
 
-def body_for(path: str, *, usage: bool, max_tokens: int = 16, **extra: Any) -> dict[str, Any]:
-    """A streaming completions or chat body for ``MODEL``; ``usage`` asks for a usage chunk."""
-    body: dict[str, Any] = {"model": MODEL, "max_tokens": max_tokens, "stream": True, **extra}
+def body_for(
+    path: str, *, usage: bool, max_tokens: int | None = 16, stream: bool = True, **extra: Any
+) -> dict[str, Any]:
+    """A streaming (or not) completions or chat body for ``MODEL``; ``usage`` asks for a
+    usage chunk; ``max_tokens`` None leaves the engine's default."""
+    body: dict[str, Any] = {"model": MODEL, "stream": stream, **extra}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
     if path == CHAT:
         body["messages"] = [
             {"role": "system", "content": "You are terse."},

@@ -46,10 +46,11 @@ from .disconnect import ClientLink, ClientWatch
 from .finish import FinishTracker, expected_choices
 from .metrics import RouterMetrics
 from .named_events import NamedEventHandler, NamedEvents
-from .registry import ModelStatus, Node, Registry
+from .registry import NODE_LOST_EVENTS, ModelStatus, Node, Registry
 from .retry import RETRYABLE_STATUS, Failure, FailureKind, RetryBudget, RetryPolicy
 from .settings import Routing, Timeouts
 from .stream import (
+    BreakReason,
     ContinuationRejected,
     EndWithError,
     StreamBreak,
@@ -289,6 +290,27 @@ class Proxy:
         self.clock = clock
         self.sleep = sleep
         self.stream_handler_factory = stream_handler_factory or (lambda req, proxy: EndWithError())
+        registry.listeners.append(self._on_node_event)
+
+    def _on_node_event(self, event: str, node: Node) -> None:
+        """A node lost (expired, deleted, unhealthy, ejected, frozen) ends its requests now:
+        each open exchange is cut, so its reader fails at once; requests with nothing sent
+        to the client yet are retried, streams resume (see :mod:`.exchange`).
+
+        Runs for changes made here and for those the shared registry applies from other
+        workers and routers, so every worker cuts its own requests.
+        """
+        if event not in NODE_LOST_EVENTS:
+            return
+        cut = sum(ex.cut(f"node {node.id} {event}") for ex in self.registry.open_exchanges(node))
+        if cut:
+            self.metrics.node_lost_cuts.labels(event).inc(cut)
+            log.warning(
+                "node %s %s: cut %d open request(s); streams resume, the rest are retried",
+                node.id,
+                event,
+                cut,
+            )
 
     # -- the request as a whole --------------------------------------------------------
 
@@ -437,7 +459,17 @@ class Proxy:
 
     def _attempt_once(self, node: Node, req: ProxyRequest) -> Answer | StreamStart | Failure:
         connect_s, read_s = self._timeouts_for(req)
-        self.registry.acquire(node)
+        exchange = self.registry.acquire(node)
+        if exchange.reason is not None:  # the node was lost just after it was picked
+            self.registry.release(node, exchange)
+            return Failure(FailureKind.NODE_LOST, node.id, exchange.reason)
+        client = req.client
+
+        def on_connection(sock: Any) -> None:
+            exchange.attach(sock)
+            if client is not None:
+                client.attach(sock)
+
         started = self.clock()
         try:
             resp = node.pool.request(
@@ -447,15 +479,17 @@ class Proxy:
                 body=req.body,
                 connect_timeout=connect_s,
                 read_timeout=read_s,
-                on_connection=req.client.attach if req.client is not None else None,
+                on_connection=on_connection,
             )
         except BaseException as exc:
-            self.registry.release(node)
+            self.registry.release(node, exchange)
             if not isinstance(exc, UPSTREAM_ERRORS):
                 raise
+            if exchange.reason is not None:
+                return Failure(FailureKind.NODE_LOST, node.id, exchange.reason)
             kind, detail = classify(exc)
             return Failure(kind, node.id, detail)
-        upstream = Upstream(node, resp, self.registry, started)
+        upstream = Upstream(node, resp, self.registry, started, exchange)
         handed_over = False
         try:
             status = resp.status
@@ -481,6 +515,8 @@ class Proxy:
                 batches = upstream.event_batches()
                 first = next(batches, None)
                 if first is None:
+                    if exchange.reason is not None:
+                        return Failure(FailureKind.NODE_LOST, node.id, exchange.reason)
                     return Failure(FailureKind.RESET, node.id, "stream ended before any event")
                 if is_error_event(first[0]):
                     msg = error_event_message(first[0])
@@ -499,6 +535,8 @@ class Proxy:
             self.metrics.upstream_latency.observe(self.clock() - started)
             return Answer(status, body, content_type, node.id)
         except UPSTREAM_ERRORS as exc:
+            if exchange.reason is not None:
+                return Failure(FailureKind.NODE_LOST, node.id, exchange.reason)
             kind, detail = classify(exc)
             return Failure(kind, node.id, detail)
         finally:
@@ -695,7 +733,8 @@ class Proxy:
     def _on_break(self, req: ProxyRequest, upstream: Upstream, brk: StreamBreak) -> None:
         """The one place a stream break is recorded: metrics, passive health, log."""
         self.metrics.stream_breaks.labels(str(brk.reason)).inc()
-        self.registry.record_failure(upstream.node)
+        if brk.reason is not BreakReason.NODE_LOST:  # a lost node is out of rotation already
+            self.registry.record_failure(upstream.node)
         log.warning(
             "stream broke on node %s after %d events: %s %s",
             brk.node_id,

@@ -45,6 +45,7 @@ class FailureKind(StrEnum):
     STATUS = "status"
     LOOP = "loop"  # the node URL leads back to this router (or one it passed through)
     INTERNAL = "internal_error"  # the attempt raised something unforeseen (a router bug)
+    NODE_LOST = "node_lost"  # the router cut it: the node expired, left, hangs or froze
 
 
 # Failures that say something about the node's health (429 is back-pressure, not sickness).
@@ -73,7 +74,7 @@ class Failure:
         """Does this failure count towards the node's passive-health ejection?"""
         if self.kind is FailureKind.STATUS:
             return self.status in UNHEALTHY_STATUS
-        return True
+        return self.kind is not FailureKind.NODE_LOST  # already out of rotation
 
     @property
     def retryable(self) -> bool:

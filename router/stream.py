@@ -59,6 +59,7 @@ class BreakReason(StrEnum):
     IDLE_TIMEOUT = "idle_timeout"  # no event for timeouts.stream_idle_s
     ERROR_EVENT = "error_event"  # the upstream reported an error in-stream
     ABANDONED = "abandoned"  # the handler gave up on this upstream (AbandonUpstream)
+    NODE_LOST = "node_lost"  # the router cut it: the node expired, left, hangs or froze
 
 
 @dataclass(frozen=True)
@@ -325,6 +326,8 @@ class StreamRelay:
         self, up: Upstream, finishes: FinishTracker, exc: BaseException | None
     ) -> StreamBreak:
         """The break for an upstream that ended (``exc`` None: cleanly) before ``[DONE]``."""
+        if up.cut_reason is not None:
+            return self._break(BreakReason.NODE_LOST, up.cut_reason, up)
         if up.idle_timed_out:
             return self._break(BreakReason.IDLE_TIMEOUT, f"no data for {up.idle_s:g}s", up)
         if exc is None:

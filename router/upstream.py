@@ -16,6 +16,7 @@ from time import monotonic
 
 from spotrelay.core.ticker import Ticker
 
+from .exchange import Exchange
 from .h1 import ConnectFailed, Pool, Response
 from .netpolicy import NodeTarget
 from .registry import Node, Registry
@@ -90,7 +91,8 @@ class Upstream:
     resp: Response
     registry: Registry
     started: float
-    last_activity: float = 0.0  # monotonic time of the last bytes from the node
+    exchange: Exchange | None = None  # cut when the node is lost (see .exchange)
+    last_activity: float = 0.0  # monotonic time of the last complete event from the node
     idle_s: float | None = None  # the stream idle timeout, once watched
     idle_timed_out: bool = False  # the watchdog ended it
     _watchdog: IdleWatchdog | None = field(default=None, repr=False)
@@ -118,7 +120,12 @@ class Upstream:
             else:
                 self.resp.release()
         finally:
-            self.registry.release(self.node)
+            self.registry.release(self.node, self.exchange)
+
+    @property
+    def cut_reason(self) -> str | None:
+        """Why the router cut this exchange (the node was lost), or None."""
+        return self.exchange.reason if self.exchange is not None else None
 
     def watch_idle(self, idle_s: float, watchdog: IdleWatchdog | None) -> None:
         """From now on, end the stream when the node sends nothing for ``idle_s``.
@@ -148,9 +155,11 @@ class Upstream:
         """
         framer = SSEFramer()
         for chunk in self.raw_chunks():
-            self.last_activity = monotonic()
             events = framer.feed(chunk)
             if events:
+                # Idleness is measured in events: bytes that complete none (a node
+                # trickling a partial event) do not keep a stream alive.
+                self.last_activity = monotonic()
                 yield events
         tail = framer.end()
         if tail:

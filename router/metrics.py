@@ -88,6 +88,14 @@ class RouterMetrics:
             ["event"],
             registry=r,
         )
+        self.hedges = Counter(
+            PREFIX + "hedges_total",
+            "Stalled streams continued on another node beside the original: started, and "
+            "which side delivered first (original_won, continuation_won); started minus both "
+            "is hedges that could not open or ended with their stream",
+            ["outcome"],
+            registry=r,
+        )
         self.capacity_waits = Counter(
             PREFIX + "capacity_waits_total",
             "Requests that found no ready node and waited, by outcome (served, timed_out)",

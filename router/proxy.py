@@ -44,6 +44,8 @@ from spotrelay.core.logs import clip
 from .balancer import Balancer
 from .disconnect import ClientLink, ClientWatch
 from .finish import FinishTracker, expected_choices
+from .hedge import HedgeRace, Outcome, StallPolicy, StallWatch
+from .hedging import Hedger
 from .metrics import RouterMetrics
 from .named_events import NamedEventHandler, NamedEvents
 from .registry import NODE_LOST_EVENTS, ModelStatus, Node, Registry
@@ -275,11 +277,13 @@ class Proxy:
         watchdog: IdleWatchdog | None = None,
         hop_id: str = "",
         client_watch: ClientWatch | None = None,
+        stall: StallPolicy | None = None,
     ) -> None:
         self.hop_id = hop_id or os.urandom(8).hex()
         self.client_watch = client_watch if client_watch is not None else ClientWatch()
         self.registry = registry
         self.watchdog = watchdog
+        self.stall = stall or StallPolicy()
         self.balancer = balancer
         self.policy = policy
         self.budget = budget
@@ -527,6 +531,7 @@ class Proxy:
                         return Failure(FailureKind.RESET, node.id, "stream ended before output")
                     if error is not None:
                         return Failure(FailureKind.ERROR_EVENT, node.id, error)
+                upstream.stall = StallWatch(self.stall, node.rhythm)
                 upstream.watch_idle(self.timeouts.stream_idle_s, self.watchdog)
                 self.metrics.upstream_latency.observe(self.clock() - started)
                 handed_over = True
@@ -677,13 +682,15 @@ class Proxy:
                 upstream, events.framed(start.batches), events.frame(start.first_batch)
             )
             handler = NamedEventHandler(events)
+        handler = handler or self.stream_handler_factory(req, self)
         relay = StreamRelay(
             start,
-            handler or self.stream_handler_factory(req, self),
+            handler,
             open_next=lambda body, requires: self.open_continuation(req, body, requires),
             on_break=lambda up, brk: self._on_break(req, up, brk),
             on_finish=on_finish,
             finishes=lambda: FinishTracker(expected),
+            hedger=self._hedger(req, handler),
         )
         self.metrics.requests.labels(self._model_label(req), "200").inc()
         headers = {
@@ -693,8 +700,51 @@ class Proxy:
         }
         return ProxyResponse(200, relay, "text/event-stream; charset=utf-8", headers)
 
+    def _hedger(self, req: ProxyRequest, handler: StreamHandler) -> Hedger | None:
+        """Hedging for a stream whose handler can say what a continuation would be."""
+        plan = getattr(handler, "hedge_plan", None)
+        policy = self.stall
+        if plan is None or not policy.enabled or policy.max_per_stream <= 0:
+            return None
+        race = HedgeRace(policy.max_per_stream, retry_s=policy.stall_floor_s, clock=self.clock)
+
+        def open_hedge(body: dict[str, Any], requires: frozenset[str], link: ClientLink):
+            return self.open_continuation(req, body, requires, link=link)
+
+        return Hedger(
+            race,
+            plan,
+            open_hedge,
+            budget=self.budget,
+            count=self._count_hedge,
+            client_sock=req.client.sock if req.client is not None else None,
+            request_id=req.request_id,
+        )
+
+    def _count_hedge(self, outcome: Outcome) -> None:
+        self.metrics.hedges.labels(str(outcome)).inc()
+
+    def node_frozen(self, node: Node, streams: int, longest_s: float) -> None:
+        """Every stream open on ``node`` stalled at once: the node is frozen. Eject it (no
+        new work; probes restore it) and cut what is open on it, without waiting for its
+        heartbeats to expire."""
+        if not self.registry.eject(node, "frozen"):
+            return
+        log.warning(
+            "node %s frozen: all %d open streams stalled (longest %.1fs without an event); "
+            "ejected, its open requests are cut and moved",
+            node.id,
+            streams,
+            longest_s,
+        )
+
     def open_continuation(
-        self, req: ProxyRequest, body: dict[str, Any], requires: frozenset[str]
+        self,
+        req: ProxyRequest,
+        body: dict[str, Any],
+        requires: frozenset[str],
+        *,
+        link: ClientLink | None = None,
     ) -> StreamStart:
         """Open a stream's continuation on a node ``req`` has not tried yet.
 
@@ -711,8 +761,11 @@ class Proxy:
                 outcome="not_resumable",
             )
         sub = req.derive(body, requires=requires)
+        if link is not None:  # a hedge: the hedger cancels it through its link
+            sub.client = link
         result = self.acquire(sub)
-        req.tried |= sub.tried
+        if link is None or isinstance(result, StreamStart):  # a hedge that lost leaves no trace
+            req.tried |= sub.tried
         if isinstance(result, StreamStart):
             log.info(
                 "continuing the stream on node %s",

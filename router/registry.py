@@ -35,6 +35,7 @@ from typing import Any
 from spotrelay.core.protocol import EngineInfo, NodeLoad, NodeReport, NodeState
 
 from .exchange import Exchange
+from .hedge import Rhythm
 from .netpolicy import NodeTarget
 
 KNOWN_MODELS_CAP = 10_000
@@ -92,6 +93,7 @@ class Node:
     engine: EngineInfo = field(default_factory=EngineInfo)
     instance_id: str | None = None
     exchanges: set[Exchange] = field(default_factory=set)  # open attempts, cut on node loss
+    rhythm: Rhythm = field(default_factory=Rhythm)  # recent inter-event gap of its streams
 
     @property
     def url(self) -> str:

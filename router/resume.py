@@ -248,6 +248,7 @@ class StreamResumer:
         instead, :meth:`after_break` makes the same body from the same state (nothing
         from the original reaches the resumer in between, see :mod:`.hedge`).
         """
+        self._catch_up()  # the kept chunks say whether the answer finished already
         s = self.state
         if s.done or s.release or s.finished or not self.resumable:
             return None

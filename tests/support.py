@@ -119,6 +119,9 @@ def start_router(
     import yaml
 
     config = {section: dict(values) for section, values in (config or {}).items()}
+    # Tests register nodes by hand, once, with no agent heartbeating them: unless the test
+    # says otherwise, nodes must outlive it (the default ttl_s, 6 s, is shorter than many).
+    config.setdefault("registry", {}).setdefault("ttl_s", 60)
     auth = config.setdefault("auth", {})
     if not auth.get("node_token") and not auth.get("node_token_file"):
         auth["node_token"] = ROUTER_TOKEN

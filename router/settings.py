@@ -88,7 +88,7 @@ class Auth:
 @dataclass
 class Registry:
     ttl_s: float = setting(
-        6, min=0.1, help="drop nodes silent for this long (3 missed 2 s heartbeats); cuts their work"
+        6, min=0.1, help="drop nodes silent this long (3 missed 2 s heartbeats), cutting their work"
     )
     allowed_networks: list[str] = setting(
         default_factory=lambda: list(PRIVATE_AND_LOOPBACK), help="CIDRs node URLs must resolve into"

@@ -145,6 +145,8 @@ class Hedger:
         won already (None then: drop them). A running hedge lost: cancel it."""
         race = self.race
         with race.lock:
+            if race.state is HedgeState.WATCHING:  # the common case: no hedge running
+                return process()
             hedging = race.hedging
             if not race.original_delivered():
                 return None

@@ -44,7 +44,7 @@ from spotrelay.core.logs import clip
 from .balancer import Balancer
 from .disconnect import ClientLink, ClientWatch
 from .finish import FinishTracker, expected_choices
-from .hedge import HedgeRace, Outcome, StallPolicy, StallWatch
+from .hedge import HedgeRace, Outcome, StallPolicy, StallWatch, race_lock
 from .hedging import Hedger
 from .metrics import RouterMetrics
 from .named_events import NamedEventHandler, NamedEvents
@@ -706,7 +706,9 @@ class Proxy:
         policy = self.stall
         if plan is None or not policy.enabled or policy.max_per_stream <= 0:
             return None
-        race = HedgeRace(policy.max_per_stream, retry_s=policy.stall_floor_s, clock=self.clock)
+        race = HedgeRace(
+            policy.max_per_stream, retry_s=policy.stall_floor_s, clock=self.clock, lock=race_lock()
+        )
 
         def open_hedge(body: dict[str, Any], requires: frozenset[str], link: ClientLink):
             return self.open_continuation(req, body, requires, link=link)

@@ -730,7 +730,7 @@ class Proxy:
         """Every stream open on ``node`` stalled at once: the node is frozen. Eject it (no
         new work; probes restore it) and cut what is open on it, without waiting for its
         heartbeats to expire."""
-        if not self.registry.eject(node, "frozen"):
+        if node.ejected or node.removed:
             return
         log.warning(
             "node %s frozen: all %d open streams stalled (longest %.1fs without an event); "
@@ -739,6 +739,7 @@ class Proxy:
             streams,
             longest_s,
         )
+        self.registry.eject(node, "frozen")
 
     def open_continuation(
         self,

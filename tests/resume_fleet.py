@@ -100,7 +100,7 @@ class Heartbeats:
         self.silent.add(node_id)
 
     def _run(self) -> None:
-        while not self._halt.wait(self.interval_s):
+        while True:  # the first round at once: the nodes may be close to their ttl_s already
             for node_id, node in self.fleet.nodes.items():
                 if node_id not in self.silent:
                     with contextlib.suppress(RuntimeError, OSError):
@@ -108,6 +108,8 @@ class Heartbeats:
                         register_node(
                             self.url, ROUTER_TOKEN, node_id, node.url, MODEL, state, engine=VLLM
                         )
+            if self._halt.wait(self.interval_s):
+                return
 
 
 def start_fleet(

@@ -13,7 +13,17 @@ is a *break* (:class:`BreakReason`):
   or the body ends cleanly after the finish but without ``[DONE]`` (``eof``);
 - the upstream sends an error event (``error_event``);
 - the handler gives up on the upstream (``abandoned``: a malformed event,
-  ``finish_reason: "abort"``).
+  ``finish_reason: "abort"``);
+- the router cut it because its node was lost (``node_lost``: expired,
+  deleted, ``unhealthy``, ejected or frozen; see :mod:`.exchange`), or a
+  hedge's continuation delivered first after it stalled (``stalled``).
+
+A resumable stream has a :class:`~spotrelay.router.hedging.Hedger`: when the
+sweeper finds the upstream stalled, a continuation opens on another node
+beside it; the relay hands every batch of the original to the client through
+:meth:`~spotrelay.router.hedging.Hedger.original_batch` (which cancels a
+hedge the original beat, or drops the batch when the hedge won) and, after a
+break, switches to the hedge's continuation instead of opening a new one.
 
 The relay records every break in one place (``on_break``: metrics, passive
 health, log), then asks the stream's :class:`StreamHandler` what to do. The

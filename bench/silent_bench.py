@@ -103,7 +103,7 @@ class Fleet:
         self.procs = ProcessGroup()
         self.logdir = logdir
         logdir.mkdir(parents=True, exist_ok=True)
-        self.router = start_router(self.procs, logdir)
+        self.router = start_router(self.procs, logdir, ttl_s=None)  # the product's ttl_s
         self.nodes: list[Node] = []
         for i in range(nodes):
             name = f"node-{i + 1}"

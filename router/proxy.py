@@ -48,7 +48,7 @@ from .hedge import HedgeRace, Outcome, StallPolicy, StallWatch, race_lock
 from .hedging import Hedger
 from .metrics import RouterMetrics
 from .named_events import NamedEventHandler, NamedEvents
-from .registry import NODE_LOST_EVENTS, ModelStatus, Node, Registry
+from .registry import ModelStatus, Node, Registry
 from .retry import RETRYABLE_STATUS, Failure, FailureKind, RetryBudget, RetryPolicy
 from .settings import Routing, Timeouts
 from .stream import (
@@ -294,27 +294,6 @@ class Proxy:
         self.clock = clock
         self.sleep = sleep
         self.stream_handler_factory = stream_handler_factory or (lambda req, proxy: EndWithError())
-        registry.listeners.append(self._on_node_event)
-
-    def _on_node_event(self, event: str, node: Node) -> None:
-        """A node lost (expired, deleted, unhealthy, ejected, frozen) ends its requests now:
-        each open exchange is cut, so its reader fails at once; requests with nothing sent
-        to the client yet are retried, streams resume (see :mod:`.exchange`).
-
-        Runs for changes made here and for those the shared registry applies from other
-        workers and routers, so every worker cuts its own requests.
-        """
-        if event not in NODE_LOST_EVENTS:
-            return
-        cut = sum(ex.cut(f"node {node.id} {event}") for ex in self.registry.open_exchanges(node))
-        if cut:
-            self.metrics.node_lost_cuts.labels(event).inc(cut)
-            log.warning(
-                "node %s %s: cut %d open request(s); streams resume, the rest are retried",
-                node.id,
-                event,
-                cut,
-            )
 
     # -- the request as a whole --------------------------------------------------------
 
@@ -725,21 +704,6 @@ class Proxy:
 
     def _count_hedge(self, outcome: Outcome) -> None:
         self.metrics.hedges.labels(str(outcome)).inc()
-
-    def node_frozen(self, node: Node, streams: int, longest_s: float) -> None:
-        """Every stream open on ``node`` stalled at once: the node is frozen. Eject it (no
-        new work; probes restore it) and cut what is open on it, without waiting for its
-        heartbeats to expire."""
-        if node.ejected or node.removed:
-            return
-        log.warning(
-            "node %s frozen: all %d open streams stalled (longest %.1fs without an event); "
-            "ejected, its open requests are cut and moved",
-            node.id,
-            streams,
-            longest_s,
-        )
-        self.registry.eject(node, "frozen")
 
     def open_continuation(
         self,

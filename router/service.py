@@ -35,6 +35,7 @@ from .netpolicy import (
     Resolver,
     system_resolver,
 )
+from .node_loss import NodeLoss
 from .proxy import Proxy, ProxyRequest
 from .registry import EjectionPolicy, Node, Registry, RegistryFull
 from .registry_sync import RedisSync
@@ -135,7 +136,8 @@ class RouterService:
             stream_handler_factory=stream_handler_factory
             or resume_handler_factory(cfg.resume, self.metrics),
         )
-        self.watchdog.on_frozen = self.proxy.node_frozen
+        self.node_loss = NodeLoss(self.registry, self.metrics)
+        self.watchdog.on_frozen = self.node_loss.frozen
         self.dataplane = DataPlane(
             self.registry,
             deadline_s=cfg.timeouts.request_deadline_s,

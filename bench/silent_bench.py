@@ -112,7 +112,7 @@ class Fleet:
         self.procs = ProcessGroup()
         self.logdir = logdir
         logdir.mkdir(parents=True, exist_ok=True)
-        self.router = start_router(self.procs, logdir, router_config)
+        self.router = start_router(self.procs, logdir, router_config, ttl_s=None)  # product ttl_s
         self.nodes: list[Node] = []
         for i in range(nodes):
             name = f"node-{i + 1}"

@@ -88,7 +88,9 @@ class Auth:
 
 @dataclass
 class Registry:
-    ttl_s: float = setting(15, min=0.1, help="drop nodes silent for this long")
+    ttl_s: float = setting(
+        6, min=0.1, help="drop nodes silent this long (3 missed 2 s heartbeats), cutting their work"
+    )
     allowed_networks: list[str] = setting(
         default_factory=lambda: list(PRIVATE_AND_LOOPBACK), help="CIDRs node URLs must resolve into"
     )
@@ -262,6 +264,25 @@ class Resume:
 
 
 @dataclass
+class Hedge:
+    enabled: bool = setting(
+        True, help="open a stalled stream's continuation on another node beside the original"
+    )
+    stall_multiple: float = setting(
+        8, min=1, help="a gap over this many times the stream's (or node's) recent gap is a stall"
+    )
+    stall_floor_s: float = setting(
+        1.5, min=0.1, help="...and over this many seconds (pauses shorter never count)"
+    )
+    max_per_stream: int = setting(2, min=0, max=10, help="hedges per stream at most")
+    frozen_min_streams: int = setting(
+        2,
+        min=0,
+        help="every stream open on a node stalled, at least this many: eject it (0: never)",
+    )
+
+
+@dataclass
 class RouterConfig:
     server: Server = setting(default_factory=Server)
     auth: Auth = setting(default_factory=Auth)
@@ -271,6 +292,7 @@ class RouterConfig:
     timeouts: Timeouts = setting(default_factory=Timeouts)
     health: Health = setting(default_factory=Health)
     resume: Resume = setting(default_factory=Resume)
+    hedge: Hedge = setting(default_factory=Hedge)
 
     def validate(self) -> None:
         workers = self.server.workers

@@ -180,14 +180,17 @@ class LifecycleCall:
 class LifecycleFront(MotoFront):
     """CompleteLifecycleAction/RecordLifecycleActionHeartbeat in front of moto.
 
-    ``arm(instance_id)`` puts the instance in ``Terminating:Wait``: the next
-    CompleteLifecycleAction for it succeeds; without it (or a second time)
-    the answer is AWS's ``ValidationError: No active Lifecycle Action found``.
+    ``arm(instance_id, token)`` puts the instance in ``Terminating:Wait``: the
+    next CompleteLifecycleAction for it (by instance id, or by the action's
+    token when one was armed) succeeds; without it (or a second time) the
+    answer is AWS's ``ValidationError: No active Lifecycle Action found``.
+    The agent's tests and the controller's lifecycle follow-up use it.
     """
 
     def __init__(self, moto: str) -> None:
         self.calls: list[LifecycleCall] = []
         self.active: set[str] = set()
+        self.tokens: dict[str, str] = {}  # lifecycle action token -> instance id
         self._asg = autoscaling_client(moto)
         super().__init__(moto)
 
@@ -197,11 +200,13 @@ class LifecycleFront(MotoFront):
             return self.handle(action, form)
         return None
 
-    def arm(self, instance_id: str) -> None:
+    def arm(self, instance_id: str, token: str | None = None) -> None:
         self.active.add(instance_id)
+        if token is not None:
+            self.tokens[token] = instance_id
 
     def handle(self, action: str, form: dict[str, str]) -> tuple[int, str]:
-        iid = form.get("InstanceId", "")
+        iid = form.get("InstanceId") or self.tokens.get(form.get("LifecycleActionToken", ""), "")
         group, hook_name = form.get("AutoScalingGroupName", ""), form.get("LifecycleHookName", "")
         hooks = self._asg.describe_lifecycle_hooks(AutoScalingGroupName=group)["LifecycleHooks"]
         if not any(h["LifecycleHookName"] == hook_name for h in hooks):
@@ -215,6 +220,7 @@ class LifecycleFront(MotoFront):
         else:
             if action == "CompleteLifecycleAction":
                 self.active.discard(iid)
+                self.tokens = {t: i for t, i in self.tokens.items() if i != iid}
             result, status = "ok", 200
             xml = ok_xml(action)
         self.calls.append(LifecycleCall(action, form, time.time(), result))

@@ -2,7 +2,7 @@
 
 Every run goes through the router's own parts: ``RouterService`` with its
 proxy, the stream relay, the resume handler and the resumer; only the node
-connections are in-memory (``tests/router_fakes.py``), each node answering
+connections are in-memory (``tests/support/router_fakes.py``), each node answering
 from one shared fake engine. The fake engine has the properties the
 simulator promises (each token a function of the text before it;
 tokenisation stable at a seam; chat continuation with

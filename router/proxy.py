@@ -46,6 +46,8 @@ from .disconnect import ClientLink, ClientWatch
 from .finish import FinishTracker, expected_choices
 from .metrics import RouterMetrics
 from .named_events import NamedEventHandler, NamedEvents
+from .placement import Placement, is_long
+from .prefix_key import prefix_key
 from .registry import ModelStatus, Node, Registry
 from .retry import RETRYABLE_STATUS, Failure, FailureKind, RetryBudget, RetryPolicy
 from .settings import Routing, Timeouts
@@ -132,6 +134,7 @@ class ProxyRequest:
     requires: frozenset[str] = frozenset()  # engine capabilities a node must report
     resume_off: bool = False  # the client sent X-Spotrelay-Resume: off
     follow_up: bool = False  # made by derive(): waits for a node it has not tried yet
+    long_hint: bool = False  # the client marked it long (routing.long_request_header)
 
     def derive(
         self,
@@ -515,9 +518,13 @@ class Proxy:
     def _choose(self, req: ProxyRequest, *, retrying: bool) -> Node | ApiError | None:
         """The next node; None when every routable node was tried; ApiError on no capacity."""
         balancer = self.balancer
+        placement = self._placement(req)
         candidates = self._candidates(req)
-        node = balancer.pick(candidates, exclude=req.tried, session_key=req.session_key)
+        node = balancer.pick(
+            candidates, exclude=req.tried, session_key=req.session_key, placement=placement
+        )
         if node is not None:
+            balancer.served(placement, node)
             return node
         if candidates and not req.follow_up:
             return None
@@ -532,10 +539,14 @@ class Proxy:
             if req.client is not None and req.client.check():
                 return None
             node = balancer.pick(
-                self._candidates(req), exclude=req.tried, session_key=req.session_key
+                self._candidates(req),
+                exclude=req.tried,
+                session_key=req.session_key,
+                placement=placement,
             )
             if node is not None:
                 self.metrics.capacity_waits.labels("served").inc()
+                balancer.served(placement, node)
                 return node
         self.metrics.capacity_waits.labels("timed_out").inc()
         if retrying:
@@ -547,6 +558,19 @@ class Proxy:
             code="no_capacity",
             headers={"Retry-After": str(self.routing.retry_after_s)},
         )
+
+    def _placement(self, req: ProxyRequest) -> Placement:
+        """What the balancer weighs besides load: the prompt's prefix keys and the risk rule."""
+        r = self.routing
+        key = None
+        if self.balancer.cache_aware and req.doc:
+            key = prefix_key(
+                req.doc, block_chars=r.prefix_block_chars, anchor_chars=r.prefix_anchor_chars
+            )
+        long = r.risk_aware and is_long(
+            req.doc, hint=req.long_hint, threshold=r.long_request_tokens
+        )
+        return Placement(key=key, long=long, resume=req.follow_up)
 
     def _candidates(self, req: ProxyRequest) -> list[Node]:
         """Routable nodes for ``req``: those serving its model (any, ``model`` empty),

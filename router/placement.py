@@ -1,0 +1,144 @@
+"""Cache-aware and risk-aware node choice (``routing.policy: cache_aware``).
+
+A request goes to the node its prefix anchor maps to by rendezvous hashing
+(:mod:`.prefix_key` says what the anchor covers), skipping nodes above the
+load bound: consistent hashing with bounded loads (Mirrokni, Thorup and
+Zadimoghaddam, 2018). Rendezvous order depends only on the anchor and the
+node ids, so every worker of every router makes the same choice for the
+same registry view without sharing any per-request state, and when a node
+comes or goes only the anchors whose first choice it was move. The bound is
+per worker: a node is passed over while it has more than
+``ceil(load_factor * (open + 1) / nodes)`` of this worker's open requests
+(each worker bounds its share, so the sum is bounded too).
+
+Two spot-specific rules come first:
+
+- **risk**: a *long* request (``max_tokens`` at or above
+  ``routing.long_request_tokens``, none given, or the long-request header)
+  avoids nodes whose agent reports ``risk: elevated`` (a rebalance
+  recommendation) while any other candidate is left; short requests still go
+  there, so the node keeps earning until it is told to drain.
+- **resume**: a continuation (prompt + the answer so far) goes to the node
+  that most recently served the longest part of that text, as this worker's
+  :class:`PrefixIndex` remembers it, load permitting; else by its anchor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from spotrelay.core.protocol import Risk
+
+from .prefix_key import PrefixKey
+from .registry import Node
+
+Weight = Callable[[str, str], int]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What the balancer knows of a request beyond its candidates."""
+
+    key: PrefixKey | None = None
+    long: bool = False
+    resume: bool = False
+
+
+class PrefixIndex:
+    """Which node last served each prefix block this worker routed (bounded, LRU).
+
+    Only continuations read it: it is per worker, so it would fragment like
+    any per-process prefix tree, but a continuation is placed by the worker
+    that saw the stream it continues.
+    """
+
+    def __init__(self, max_keys: int = 200_000) -> None:
+        self.max_keys = max_keys
+        self._owner: OrderedDict[str, str] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._owner)
+
+    def record(self, chain: Sequence[str], node_id: str) -> None:
+        owner = self._owner
+        for key in chain:
+            owner[key] = node_id
+            owner.move_to_end(key)
+        while len(owner) > self.max_keys:
+            owner.popitem(last=False)
+
+    def longest(
+        self, chain: Sequence[str], usable: Callable[[str], bool]
+    ) -> tuple[str, int] | None:
+        """(node id, blocks shared) of the deepest recorded block whose node is usable."""
+        for depth in range(len(chain), 0, -1):
+            node_id = self._owner.get(chain[depth - 1])
+            if node_id is not None and usable(node_id):
+                return node_id, depth
+        return None
+
+    def forget(self, node_id: str) -> None:
+        """A node left: its blocks are no one's (called rarely; O(keys))."""
+        for key in [k for k, v in self._owner.items() if v == node_id]:
+            del self._owner[key]
+
+
+def load_cap(candidates: Sequence[Node], load_factor: float) -> int:
+    """The most open requests (of this worker) a node may have to take one more."""
+    total = sum(n.in_flight for n in candidates)
+    return max(1, math.ceil(load_factor * (total + 1) / len(candidates)))
+
+
+def safe_for(candidates: Sequence[Node], placement: Placement) -> Sequence[Node]:
+    """Long requests keep off at-risk nodes while another candidate is left."""
+    if not placement.long:
+        return candidates
+    calm = [n for n in candidates if n.risk is Risk.NONE]
+    return calm or candidates
+
+
+def cache_aware_pick(
+    candidates: Sequence[Node],
+    placement: Placement,
+    *,
+    load_factor: float,
+    weight: Weight,
+    index: PrefixIndex | None = None,
+) -> Node | None:
+    """The cache-aware choice, or None when the request has no prefix to place by."""
+    key = placement.key
+    if key is None:
+        return None
+    cap = load_cap(candidates, load_factor)
+    if placement.resume and index is not None and key.chain:
+        by_id = {n.id: n for n in candidates}
+        found = index.longest(key.chain, lambda i: i in by_id and by_id[i].in_flight < cap)
+        if found is not None:
+            return by_id[found[0]]
+    ordered = sorted(candidates, key=lambda n: weight(key.anchor, n.id), reverse=True)
+    for node in ordered:
+        if node.in_flight < cap:
+            return node
+    return ordered[0]  # unreachable: the cap is above the mean, so some node is under it
+
+
+LIMIT_KEYS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+
+
+def is_long(doc: dict[str, object], *, hint: bool, threshold: int) -> bool:
+    """A generation that may run long: marked so, asking for ``threshold`` tokens, or no limit.
+
+    Bodies that generate nothing (embeddings, rerank, tokenize) are never long.
+    """
+    if hint:
+        return True
+    if not any(k in doc for k in ("messages", "prompt")) and "input" not in doc:
+        return False
+    for key in LIMIT_KEYS:
+        value = doc.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value >= threshold
+    return "messages" in doc or "prompt" in doc or "instructions" in doc

@@ -33,6 +33,7 @@ from typing import Any
 class PrefixKey:
     anchor: str
     chain: tuple[str, ...]
+    anchor_blocks: int = 0  # the whole blocks the anchor covers
 
 
 def _hash(data: bytes, parent: bytes = b"") -> bytes:
@@ -125,4 +126,4 @@ def prefix_key(
         parent = _hash(block.encode("utf-8", "surrogatepass"), parent)
         chain.append(parent.hex())
     anchor = _hash(text[:anchor_len].encode("utf-8", "surrogatepass")).hex()
-    return PrefixKey(anchor=anchor, chain=tuple(chain))
+    return PrefixKey(anchor=anchor, chain=tuple(chain), anchor_blocks=anchor_len // block_chars)

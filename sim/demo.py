@@ -57,6 +57,10 @@ class DemoOptions:
     redis: str | None = None  # a redis:// URL, or "auto": start a local redis-server
     spot_shortage: tuple[float, float] | None = None  # no spot launches in this window
     dead_agents: int = 0  # agents killed before their node's notice (heard via the queue)
+    rebalance_lead_s: float = 0.0  # a rebalance recommendation this long before each notice
+    long_ratio: float = 0.0  # share of streams that are long generations
+    long_max_tokens: int = 300
+    risk_placement: bool = True  # the router's routing.risk_aware
 
 
 @dataclass
@@ -88,6 +92,10 @@ class Demo:
         self.routers = RouterChaos(self.fleet, 0.0)
         self.chat_streams = True
         self.capacity: CapacityLoop | None = None
+        self.warned: list[str] = []  # nodes sent a rebalance recommendation, in order
+        routing = options.fleet.router_overrides.setdefault("routing", {})
+        routing.setdefault("risk_aware", options.risk_placement)
+        routing.setdefault("long_request_tokens", options.long_max_tokens)
 
     # -- the run --------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -114,12 +122,19 @@ class Demo:
                 # A real engine may not serve the Responses API (llama.cpp's
                 # server does not): only the simulator's fleet gets that share.
                 responses_ratio=0.2 if opts.fleet.engine_cmd is None else 0.0,
+                long_ratio=opts.long_ratio,
+                long_max_tokens=opts.long_max_tokens,
             ),
             seed=opts.seed,
         )
         traffic.start(self.t0)
         plan = plan_events(
-            opts.duration_s, opts.preemptions, opts.hard_kills, self.rng, opts.dead_agents
+            opts.duration_s,
+            opts.preemptions,
+            opts.hard_kills,
+            self.rng,
+            opts.dead_agents,
+            rebalance_lead_s=opts.rebalance_lead_s,
         )
         if opts.spot_shortage or opts.dead_agents:
             self.capacity = CapacityLoop(
@@ -221,7 +236,10 @@ class Demo:
         return self.rng.choice(candidates) if candidates else None
 
     def _inject(self, planned: PlannedEvent, now: float) -> None:
-        node = self._victim(planned.kind)
+        if planned.kind == "rebalance":
+            self._recommend_rebalance(now)
+            return
+        node = self._warned_victim(planned.kind) or self._victim(planned.kind)
         if node is None:
             log.warning("no ready node to hit at %.1fs; skipping a %s", now, planned.kind)
             return
@@ -243,6 +261,26 @@ class Demo:
             if self.capacity:  # EC2's state change reaches the queue, no notice before it
                 self.capacity.reclaimed(node)
         self._replace(ev)
+
+    def _recommend_rebalance(self, now: float) -> None:
+        """A rebalance recommendation to the node whose spot notice comes next."""
+        node = self._victim("spot_notice")
+        if node is None or node.name in self.warned:
+            return
+        self.fleet.rebalance(node)
+        self.warned.append(node.name)
+        log.info("rebalance recommendation to %s at %.1fs", node.name, now)
+
+    def _warned_victim(self, kind: str) -> Node | None:
+        """A spot notice goes to the node warned first, if it is still up."""
+        if kind != "spot_notice":
+            return None
+        hit = {e.node for e in self.events}
+        alive = {n.name: n for n in self.fleet.alive_nodes()}
+        for name in self.warned:
+            if name in alive and name not in hit:
+                return alive[name]
+        return None
 
     def _reclaim(self, ev: EventRecord, now: float) -> None:
         node = self.fleet.nodes[ev.node]
@@ -341,6 +379,10 @@ class Demo:
             "streaming_chat": self.chat_streams,
             "spot_shortage": list(opts.spot_shortage) if opts.spot_shortage else None,
             "dead_agents": opts.dead_agents,
+            "rebalance_lead_s": opts.rebalance_lead_s,
+            "long_ratio": opts.long_ratio,
+            "risk_placement": opts.risk_placement,
+            "rebalance_recommendations": list(self.warned),
         }
 
     def close(self) -> None:

@@ -81,8 +81,10 @@ def completions_seen(engine: Service) -> int:
     return int(stats["per_path"].get("/v1/completions", 0))
 
 
-def complete(router: Service, model: str, max_tokens: int = 4, stream: bool = False) -> str:
-    body = {"model": model, "prompt": "hello", "max_tokens": max_tokens, "stream": stream}
+def complete(
+    router: Service, model: str, max_tokens: int = 4, stream: bool = False, prompt: str = "hello"
+) -> str:
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": stream}
     req = urllib.request.Request(
         f"{router.url}/v1/completions",
         data=json.dumps(body).encode(),
@@ -222,8 +224,9 @@ def test_spot_notice_drains_before_the_deadline(
         before = completions_seen(node.engine)
 
         def stream_on_our_node() -> None:
-            for _ in range(20):  # the balancer may pick the other node: retry until ours
-                text = complete(router, model, max_tokens=50, stream=True)
+            for i in range(20):  # the balancer may pick the other node: retry until ours
+                # (a new prompt each time: cache_aware places one prompt on one node)
+                text = complete(router, model, max_tokens=50, stream=True, prompt=f"hello {i}")
                 if completions_seen(node.engine) > before:
                     result["text"] = text
                     return

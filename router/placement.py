@@ -53,42 +53,55 @@ class Placement:
 
 
 class PrefixIndex:
-    """Which node last served each prefix block this worker routed (bounded, LRU).
+    """Which nodes last served each prefix block this worker routed (bounded, LRU).
 
-    Only continuations read it: it is per worker, so it would fragment like
-    any per-process prefix tree, but a continuation is placed by the worker
-    that saw the stream it continues.
+    Each block keeps its ``owners_per_key`` most recent distinct nodes: a system
+    prompt many conversations share is on several nodes, and a continuation
+    that may not go back to the node that broke wants to know the others.
+    It is per worker, so it would fragment like any per-process prefix tree;
+    it only refines the anchor's choice (see the module docstring).
     """
 
-    def __init__(self, max_keys: int = 200_000) -> None:
+    def __init__(self, max_keys: int = 200_000, owners_per_key: int = 4) -> None:
         self.max_keys = max_keys
-        self._owner: OrderedDict[str, str] = OrderedDict()
+        self.owners_per_key = owners_per_key
+        self._owners: OrderedDict[str, tuple[str, ...]] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._owner)
+        return len(self._owners)
 
     def record(self, chain: Sequence[str], node_id: str) -> None:
-        owner = self._owner
+        owners = self._owners
+        keep = self.owners_per_key - 1
         for key in chain:
-            owner[key] = node_id
-            owner.move_to_end(key)
-        while len(owner) > self.max_keys:
-            owner.popitem(last=False)
+            before = owners.get(key, ())
+            owners[key] = (node_id, *[n for n in before if n != node_id][:keep])
+            owners.move_to_end(key)
+        while len(owners) > self.max_keys:
+            owners.popitem(last=False)
 
     def longest(
         self, chain: Sequence[str], usable: Callable[[str], bool]
     ) -> tuple[str, int] | None:
-        """(node id, blocks shared) of the deepest recorded block whose node is usable."""
+        """(node id, blocks shared) of the deepest recorded block with a usable node
+        (the most recent one of its nodes)."""
         for depth in range(len(chain), 0, -1):
-            node_id = self._owner.get(chain[depth - 1])
-            if node_id is not None and usable(node_id):
-                return node_id, depth
+            for node_id in self._owners.get(chain[depth - 1], ()):
+                if usable(node_id):
+                    return node_id, depth
         return None
+
+    def owners(self, key: str) -> tuple[str, ...]:
+        return self._owners.get(key, ())
 
     def forget(self, node_id: str) -> None:
         """A node left: its blocks are no one's (called rarely; O(keys))."""
-        for key in [k for k, v in self._owner.items() if v == node_id]:
-            del self._owner[key]
+        for key, nodes in list(self._owners.items()):
+            rest = tuple(n for n in nodes if n != node_id)
+            if rest:
+                self._owners[key] = rest
+            else:
+                del self._owners[key]
 
 
 def load_cap(candidates: Sequence[Node], load_factor: float) -> float:

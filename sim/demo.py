@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,13 +216,13 @@ class Demo:
     def _kills_pending(self) -> bool:
         return any(e.kill_due is not None and e.killed is None for e in self.events)
 
-    def _victim(self, kind: str) -> Node | None:
+    def _victim(self, kind: str, spare: Collection[str] = ()) -> Node | None:
         """A node that is up and not already hit by an event.
 
         A hard kill prefers a node with requests in flight: killing an idle one
         (a replacement that just joined, at a low request rate) shows nothing.
         """
-        hit = {e.node for e in self.events}
+        hit = {e.node for e in self.events} | set(spare)
         view = {entry.get("id"): entry for entry in self.fleet.router_nodes()}
         candidates = [
             n
@@ -263,9 +264,10 @@ class Demo:
         self._replace(ev)
 
     def _recommend_rebalance(self, now: float) -> None:
-        """A rebalance recommendation to the node whose spot notice comes next."""
-        node = self._victim("spot_notice")
-        if node is None or node.name in self.warned:
+        """A rebalance recommendation to a node no event has hit or warned yet; the next
+        spot notice goes to it."""
+        node = self._victim("spot_notice", spare=set(self.warned))
+        if node is None:
             return
         self.fleet.rebalance(node)
         self.warned.append(node.name)

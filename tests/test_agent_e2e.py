@@ -289,6 +289,7 @@ def test_rebalance_is_reported_unless_on_rebalance(
     for node in (quiet, eager):
         run_agent(procs, logdir, node)
         wait_state(router, node.node_id, "ready")
+        assert nodes(router)[node.node_id]["risk"] == "none"
         control(node.imds, "rebalance")
     wait_state(router, eager.node_id, None)  # drained and deregistered
     assert quiet.agent is not None
@@ -296,6 +297,12 @@ def test_rebalance_is_reported_unless_on_rebalance(
         lambda: quiet.agent.metric("spotrelay_agent_events_total", type="rebalance") == 1,  # type: ignore[union-attr]
         timeout=5,
         what="rebalance reported",
+    )
+    # ... as a risk in the heartbeat, at once: routers keep long requests off the node
+    wait_until(
+        lambda: nodes(router)[quiet.node_id]["risk"] == "elevated",
+        timeout=2,
+        what="risk elevated on the router",
     )
     reads = imds_reads(quiet.imds)
     wait_until(  # several more polls that see the same recommendation

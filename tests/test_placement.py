@@ -155,7 +155,10 @@ def test_the_prefix_index_is_bounded_and_forgets_a_node():
         index.record([f"k{i}-{j}" for j in range(10)], f"n{i % 3}")
     assert len(index) == 100
     index.forget("n1")
-    assert all(v != "n1" for v in index._owner.values())
+    assert all("n1" not in index.owners(f"k{i}-{j}") for i in range(50) for j in range(10))
+    index.record(["shared"], "a")
+    index.record(["shared"], "b")
+    assert index.owners("shared") == ("b", "a"), "most recent first, both kept"
 
 
 # -- risk ----------------------------------------------------------------------------------

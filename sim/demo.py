@@ -2,10 +2,13 @@
 
 The run: start a router and N nodes on loopback, wait until all are ready,
 drive OpenAI traffic for ``duration_s``, inject spot notices (the node is
-reclaimed when the notice's time arrives, as EC2 would) and hard kills (no
-notice), launch a replacement for every lost node (as the Auto Scaling group
-would), then report what the clients saw. Exit status 0 means no client saw
-a failure, so the demo doubles as an end-to-end smoke test.
+reclaimed when the notice's time arrives, as EC2 would), hard kills (no
+notice) and freezes (no socket closes: the engine SIGSTOPped for
+``freeze_s``, then continued; or the whole host, engine and agent, stopped
+and terminated after ``freeze_s``), launch a replacement for every lost node
+(as the Auto Scaling group would), then report what the clients saw. Exit
+status 0 means no client saw a failure, so the demo doubles as an end-to-end
+smoke test.
 
 With ``routers`` > 1 the routers share their registry in Redis (``redis``: a
 URL, or ``auto`` to start a local ``redis-server``), the traffic is spread
@@ -29,7 +32,7 @@ from typing import Any
 from spotrelay.core.protocol import CAP_CONTINUE_FINAL_MESSAGE
 
 from .capacity import CapacityLoop, CapacityOptions
-from .chaos import FleetObserver, PlannedEvent, plan_events
+from .chaos import FREEZES, FleetObserver, PlannedEvent, pick_victim, plan_events
 from .demo_routers import RouterChaos
 from .fleet import FleetOptions, LocalFleet, Node
 from .report import render_table, summarise, write_chart, write_json
@@ -62,6 +65,9 @@ class DemoOptions:
     long_ratio: float = 0.0  # share of streams that are long generations
     long_max_tokens: int = 300
     risk_placement: bool = True  # the router's routing.risk_aware
+    freezes: int = 1  # engines SIGSTOPped for freeze_s, their agents running (a hung GPU)
+    host_freezes: int = 1  # whole nodes stopped for freeze_s, then terminated and replaced
+    freeze_s: float = 6.0
 
 
 @dataclass
@@ -76,7 +82,10 @@ class EventRecord:
     excluded: float | None = None
     drained: float | None = None
     replacement_ready: float | None = None
+    thawed: float | None = None  # a freeze: when the engine was continued
+    back: float | None = None  # a freeze: when the router showed the node ready again
     kill_due: float | None = field(default=None, repr=False)
+    thaw_due: float | None = field(default=None, repr=False)
 
 
 class Demo:
@@ -135,6 +144,8 @@ class Demo:
             opts.hard_kills,
             self.rng,
             opts.dead_agents,
+            opts.freezes,
+            opts.host_freezes,
             rebalance_lead_s=opts.rebalance_lead_s,
         )
         if opts.spot_shortage or opts.dead_agents:
@@ -160,7 +171,10 @@ class Demo:
         report = summarise(
             traffic.log.records,
             counters,
-            [{k: v for k, v in asdict(e).items() if k != "kill_due"} for e in self.events],
+            [
+                {k: v for k, v in asdict(e).items() if k not in ("kill_due", "thaw_due")}
+                for e in self.events
+            ],
             observer.samples,
             self._settings(),
         )
@@ -203,6 +217,10 @@ class Demo:
             for ev in self.events:
                 if ev.kill_due is not None and ev.killed is None and now >= ev.kill_due:
                     self._reclaim(ev, now)
+                if ev.thaw_due is not None and ev.thawed is None and now >= ev.thaw_due:
+                    self.fleet.thaw(self.fleet.nodes[ev.node])
+                    ev.thawed = round(time.monotonic() - self.t0, 2)
+                    log.info("thawed %s at %.1fs", ev.node, now)
             if now - last_progress >= (0.5 if opts.progress else 5.0):
                 self._progress(now, traffic, observer)
                 last_progress = now
@@ -214,27 +232,18 @@ class Demo:
         return self.capacity is not None and now < limit and self.capacity.busy()
 
     def _kills_pending(self) -> bool:
-        return any(e.kill_due is not None and e.killed is None for e in self.events)
+        """A reclaim or a thaw is still to come (the run waits for it)."""
+        return any(
+            (e.kill_due is not None and e.killed is None)
+            or (e.thaw_due is not None and e.thawed is None)
+            for e in self.events
+        )
 
     def _victim(self, kind: str, spare: Collection[str] = ()) -> Node | None:
-        """A node that is up and not already hit by an event.
-
-        A hard kill prefers a node with requests in flight: killing an idle one
-        (a replacement that just joined, at a low request rate) shows nothing.
-        """
+        """A node no event has hit (nor in ``spare``); see :func:`.chaos.pick_victim`."""
         hit = {e.node for e in self.events} | set(spare)
-        view = {entry.get("id"): entry for entry in self.fleet.router_nodes()}
-        candidates = [
-            n
-            for n in self.fleet.alive_nodes()
-            if n.name not in hit
-            and n.lifecycle == "spot"  # spot notices exist only on spot instances
-            and view.get(n.name, {}).get("state") == "ready"
-        ]
-        busy = [n for n in candidates if view[n.name].get("in_flight", 0) > 0]
-        if kind == "hard_kill" and busy:
-            candidates = busy
-        return self.rng.choice(candidates) if candidates else None
+        alive, view = self.fleet.alive_nodes(), self.fleet.router_nodes()
+        return pick_victim(kind, alive, view, hit, self.rng)
 
     def _inject(self, planned: PlannedEvent, now: float) -> None:
         if planned.kind == "rebalance":
@@ -249,6 +258,9 @@ class Demo:
         if planned.kind == "dead_agent":
             self.fleet.kill_agent(node)  # first the agent dies; then the notice comes
             log.info("killed the agent of %s at %.1fs", node.name, now)
+        if planned.kind in FREEZES:
+            self._freeze(ev, node, now)
+            return
         if planned.kind in ("spot_notice", "dead_agent"):
             due = self.fleet.spot_notice(node, self.options.lead_s)
             if self.capacity:  # EventBridge hears it too, whether the agent does or not
@@ -277,12 +289,30 @@ class Demo:
         """A spot notice goes to the node warned first, if it is still up."""
         if kind != "spot_notice":
             return None
+
         hit = {e.node for e in self.events}
         alive = {n.name: n for n in self.fleet.alive_nodes()}
         for name in self.warned:
             if name in alive and name not in hit:
                 return alive[name]
         return None
+
+    def _freeze(self, ev: EventRecord, node: Node, now: float) -> None:
+        """Stop the engine (a hung GPU), or the whole host, for ``freeze_s``.
+
+        A frozen engine is continued afterwards and its node should serve
+        again; a frozen host is terminated then (its instance failed its
+        status checks) and replaced at once, as the Auto Scaling group would.
+        """
+        host = ev.type == "host_freeze"
+        self.fleet.freeze(node, host=host)
+        due = round(now + self.options.freeze_s, 2)
+        log.info("%s of %s at %.1fs (until %.1fs)", ev.type.replace("_", " "), node.name, now, due)
+        if host:
+            ev.kill_due = due
+            self._replace(ev)
+        else:
+            ev.thaw_due = due
 
     def _reclaim(self, ev: EventRecord, now: float) -> None:
         node = self.fleet.nodes[ev.node]
@@ -333,6 +363,8 @@ class Demo:
                 ev.excluded = _round(hist.excluded)
                 noticed = ev.type in ("spot_notice", "dead_agent")
                 ev.drained = _round(hist.gone) if noticed else None
+                if ev.type == "freeze":
+                    ev.back = _round(hist.back)
             if ev.replacement and ev.replacement in observer.histories:
                 ev.replacement_ready = _round(observer.histories[ev.replacement].first_ready)
 
@@ -385,6 +417,9 @@ class Demo:
             "long_ratio": opts.long_ratio,
             "risk_placement": opts.risk_placement,
             "rebalance_recommendations": list(self.warned),
+            "freezes": opts.freezes,
+            "host_freezes": opts.host_freezes,
+            "freeze_s": opts.freeze_s,
         }
 
     def close(self) -> None:

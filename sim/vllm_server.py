@@ -31,7 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..core.errors import openai_error
 from . import textgen
-from .engine import Engine, EngineSettings, Generation
+from .engine import STALL_POLL_S, Engine, EngineSettings, Generation
 from .faults import FaultError, Faults
 from .prefix_cache import (
     DEFAULT_BLOCK_TOKENS,
@@ -80,6 +80,8 @@ class SimSettings:
     prefix_cache_blocks: int = DEFAULT_CAPACITY_BLOCKS
     prefill_tokens_per_s: float = DEFAULT_PREFILL_TOKENS_PER_S
     shutdown_timeout_s: float = 0.0
+    decode_pause_ms: float = 0.0
+    decode_pause_every_s: float = 0.0
     api: str = "vllm"  # "openai": no /health, /version, /metrics (a non-vLLM engine)
 
     def engine(self) -> EngineSettings:
@@ -95,6 +97,8 @@ class SimSettings:
                 capacity_blocks=self.prefix_cache_blocks,
                 prefill_tokens_per_s=self.prefill_tokens_per_s,
             ),
+            decode_pause_ms=self.decode_pause_ms,
+            decode_pause_every_s=self.decode_pause_every_s,
         )
 
     def limits(self) -> Limits:
@@ -280,6 +284,12 @@ class SseJob:
             self._end("closed")
             return None
         gen, chunks = self.gen, self.chunks
+        engine = gen.engine
+        if engine.stalled:
+            return due + STALL_POLL_S
+        held = engine.pauses.hold_until(due)
+        if held is not None:
+            return held
         if self.first:  # time to first token: echo and the role chunk come with it
             self.first = False
             if gen.req.echo:
@@ -310,6 +320,7 @@ class SimServer:
         self.limits = settings.limits()
         self.engine = Engine(settings.engine())
         self.faults = faults or Faults()
+        self.engine.set_stalled(self.faults.stall, time.monotonic())
         self.log = RequestLog()
         self.registry = metrics_registry(self.engine)
         self.started = int(time.time())
@@ -602,6 +613,7 @@ class SimServer:
             return error_response(400, f"Invalid JSON body: {exc}")
         except FaultError as exc:
             return error_response(400, str(exc))
+        self.engine.set_stalled(self.faults.stall, asyncio.get_running_loop().time())
         log.info("faults set: %s", self.faults.state())
         resp = json_response(self.faults.state())
         if exit_now:
@@ -624,6 +636,7 @@ class SimServer:
 
     async def reset(self, request: web.Request) -> web.Response:
         self.faults.reset()
+        self.engine.set_stalled(False, asyncio.get_running_loop().time())
         log.info("faults reset")
         return json_response(self.faults.state())
 

@@ -23,7 +23,7 @@ def test_only_whole_leading_blocks_hit_and_the_last_token_is_always_computed():
     cache.insert(prompt)  # two whole blocks (8 tokens) cached
     assert cache.lookup(prompt) == 8
     assert cache.lookup(prompt[:8]) == 7, "a fully cached prompt still computes its last token"
-    assert cache.lookup(toks(3) + ["x"] + prompt[4:]) == 0, "blocks are chained: a changed "
+    assert cache.lookup([*toks(3), "x", *prompt[4:]]) == 0, "blocks are chained: a changed "
     "first block makes every later block a miss"
     assert (cache.queries_total, cache.hits_total) == (10 + 10 + 8 + 10, 8 + 7)
 
@@ -35,8 +35,8 @@ def test_least_recently_used_blocks_are_evicted_first():
     cache.insert(b)
     cache.insert(a)  # touch a: b is now the oldest
     cache.insert(toks(4, "c"))
-    assert cache.cached_tokens(a + ["x"]) == 4
-    assert cache.cached_tokens(b + ["x"]) == 0
+    assert cache.cached_tokens([*a, "x"]) == 4
+    assert cache.cached_tokens([*b, "x"]) == 0
     assert len(cache) == 4
 
 

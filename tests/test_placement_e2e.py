@@ -11,8 +11,8 @@ import requests
 from spotrelay.core.net import wait_until
 from spotrelay.router.balancer import rendezvous_weight
 from spotrelay.router.prefix_key import prefix_key
-from tests.resume_fleet import CHAT, MODEL, start_fleet, stream
-from tests.support import ROUTER_TOKEN
+from tests.resume_fleet import CHAT, MODEL, VLLM, start_fleet, stream
+from tests.support import ROUTER_TOKEN, register_node
 
 SYSTEM = "You are the booking assistant of a small hotel chain; answer in one sentence. " * 3
 
@@ -77,3 +77,24 @@ def test_turns_stay_on_one_node_and_a_resume_goes_where_the_prefix_is(procs, log
     assert requests.get(
         fleet.router.url + "/nodes", headers={"Authorization": f"Bearer {ROUTER_TOKEN}"}, timeout=5
     ).ok
+
+
+def test_long_requests_keep_off_a_node_at_risk_short_ones_do_not(procs, logdir):
+    """One node reports ``risk: elevated`` (its agent saw a rebalance recommendation)."""
+    fleet = start_fleet(procs, logdir, ["calm", "risky"], "--ttft-ms", "1", "--itl-ms", "1")
+    register_node(
+        fleet.router.url, ROUTER_TOKEN, "risky", fleet.nodes["risky"].url, MODEL,
+        engine=VLLM, risk="elevated",
+    )  # fmt: skip
+    url = fleet.router.url + CHAT
+
+    def node_for(i: int, max_tokens: int, headers: dict[str, str] | None = None) -> str:
+        body = chat(f"question {i}", max_tokens=max_tokens)
+        resp = requests.post(url, json=body, headers=headers or {}, timeout=30)
+        assert resp.status_code == 200, resp.text
+        return resp.headers["X-Spotrelay-Node"]
+
+    assert {node_for(i, 2000) for i in range(12)} == {"calm"}, "max_tokens >= 1024: long"
+    marked = {node_for(i, 3, {"X-Spotrelay-Long": "1"}) for i in range(12)}
+    assert marked == {"calm"}, "the agent-loop marker makes any request long"
+    assert {node_for(i, 3) for i in range(24)} == {"calm", "risky"}, "short ones still go"

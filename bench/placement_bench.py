@@ -311,10 +311,10 @@ RUNS = [
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--conversations", type=int, default=48)
+    p.add_argument("--conversations", type=int, default=128)
     p.add_argument("--turns", type=int, default=5, help="turns per conversation (+-1)")
     p.add_argument("--systems", type=int, default=4, help="distinct system prompts")
-    p.add_argument("--concurrency", type=int, default=16, help="conversations at once")
+    p.add_argument("--concurrency", type=int, default=32, help="conversations at once")
     p.add_argument("--ttft-ms", type=float, default=20.0, help="simulator base TTFT")
     p.add_argument("--itl-ms", type=float, default=2.0)
     p.add_argument("--prefill-rate", type=float, default=3000.0, help="uncached tokens/s")

@@ -43,7 +43,7 @@ class Balancer:
         rng: random.Random | None = None,
         *,
         policy: str = "p2c",
-        load_factor: float = 1.25,
+        load_factor: float = 2.0,
         index: PrefixIndex | None = None,
     ) -> None:
         self.rng = rng or random.Random()

@@ -180,11 +180,11 @@ class Routing:
         "with bounded loads); p2c: power of two choices on open requests",
     )
     load_factor: float = setting(
-        1.25,
+        2.0,
         min=1.0,
         max=10.0,
-        help="cache_aware: a node takes a request only below this factor of the mean open "
-        "requests (1: strict balance, no affinity under load)",
+        help="cache_aware: a node takes a request only while its open requests stay within "
+        "this factor of the mean (1: strict balance, little affinity under load)",
     )
     prefix_block_chars: int = setting(
         64, min=8, max=4096, help="cache_aware: prompt characters per prefix block (~16 tokens)"

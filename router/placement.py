@@ -59,7 +59,9 @@ class PrefixIndex:
     prompt many conversations share is on several nodes, and a continuation
     that may not go back to the node that broke wants to know the others.
     It is per worker, so it would fragment like any per-process prefix tree;
-    it only refines the anchor's choice (see the module docstring).
+    it only refines the anchor's choice (see the module docstring). A node that
+    left needs no clean-up: lookups consider only the request's candidates, and
+    its entries age out like any other.
     """
 
     def __init__(self, max_keys: int = 200_000, owners_per_key: int = 4) -> None:
@@ -93,15 +95,6 @@ class PrefixIndex:
 
     def owners(self, key: str) -> tuple[str, ...]:
         return self._owners.get(key, ())
-
-    def forget(self, node_id: str) -> None:
-        """A node left: its blocks are no one's (called rarely; O(keys))."""
-        for key, nodes in list(self._owners.items()):
-            rest = tuple(n for n in nodes if n != node_id)
-            if rest:
-                self._owners[key] = rest
-            else:
-                del self._owners[key]
 
 
 def load_cap(candidates: Sequence[Node], load_factor: float) -> float:

@@ -183,3 +183,22 @@ def test_what_counts_as_long():
     assert is_long({"prompt": "x", "max_tokens": 5}, hint=True, threshold=1024)
     assert not is_long({"input": ["a"], "model": "m"}, hint=False, threshold=1024)
     assert is_long({"input": "x", "max_output_tokens": 2000}, hint=False, threshold=1024)
+
+
+def test_a_conversation_that_spilled_under_load_follows_its_history():
+    nodes = fleet(4)
+    bal = cache_aware(load_factor=1.0)
+    turn1 = chat("Plan three days in Lisbon.")
+    home = bal.pick(nodes, placement=Placement(key=prefix_key(turn1)))
+    assert home is not None
+    home.in_flight = 10  # busy: the turn spills to another node
+    spilled = bal.pick(nodes, placement=Placement(key=prefix_key(turn1)))
+    assert spilled is not None and spilled is not home
+    bal.served(Placement(key=prefix_key(turn1)), spilled)
+    home.in_flight = 0
+    turn2 = chat("Plan three days in Lisbon.", "Day 1: Alfama. " * 20, "Cheaper?")
+    assert bal.pick(nodes, placement=Placement(key=prefix_key(turn2))) is spilled, (
+        "this worker remembers where the history is"
+    )
+    fresh = cache_aware(load_factor=1.0)  # another worker, no memory: the anchor decides
+    assert fresh.pick(nodes, placement=Placement(key=prefix_key(turn2))) is home

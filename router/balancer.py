@@ -90,7 +90,7 @@ class Balancer:
     def served(self, placement: Placement | None, node: Node) -> None:
         """``node`` takes the request: remember which node holds its prefix blocks."""
         if placement is not None and placement.key is not None and self.cache_aware:
-            self.index.record(placement.key.chain, node.id)
+            self.index.record(placement.key, node.id)
 
     @staticmethod
     def _key(node: Node) -> tuple[int, int]:

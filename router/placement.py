@@ -18,8 +18,9 @@ Two spot-specific rules come first:
   avoids nodes whose agent reports ``risk: elevated`` (a rebalance
   recommendation) while any other candidate is left; short requests still go
   there, so the node keeps earning until it is told to drain.
-- **memory of this worker**: a request whose prompt extends, past its anchor,
-  a prompt this worker placed before (the next turn of a conversation) goes
+- **memory of this worker**: a request whose prompt shares, beyond a shared
+  system prompt, blocks of a prompt this worker placed before (the next
+  turn of a conversation) goes
   where that one went, load permitting, as this worker's :class:`PrefixIndex`
   remembers it; so a conversation that once spilled to another node under
   load stays with its history. With no such memory (another worker placed
@@ -68,19 +69,31 @@ class PrefixIndex:
         self.max_keys = max_keys
         self.owners_per_key = owners_per_key
         self._owners: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        self._homes: OrderedDict[str, str] = OrderedDict()  # anchor -> node
 
     def __len__(self) -> int:
         return len(self._owners)
 
-    def record(self, chain: Sequence[str], node_id: str) -> None:
+    def record(self, key: PrefixKey, node_id: str) -> None:
+        """``node_id`` takes a request with ``key``: it holds its blocks, and is where the
+        conversation (the anchor) went last."""
         owners = self._owners
         keep = self.owners_per_key - 1
-        for key in chain:
-            before = owners.get(key, ())
-            owners[key] = (node_id, *[n for n in before if n != node_id][:keep])
-            owners.move_to_end(key)
+        for block in key.chain:
+            before = owners.get(block, ())
+            owners[block] = (node_id, *[n for n in before if n != node_id][:keep])
+            owners.move_to_end(block)
         while len(owners) > self.max_keys:
             owners.popitem(last=False)
+        homes = self._homes
+        homes[key.anchor] = node_id
+        homes.move_to_end(key.anchor)
+        while len(homes) > self.max_keys:
+            homes.popitem(last=False)
+
+    def last_home(self, anchor: str) -> str | None:
+        """Where this worker last placed a request with this anchor (the conversation)."""
+        return self._homes.get(anchor)
 
     def longest(
         self, chain: Sequence[str], usable: Callable[[str], bool]
@@ -129,13 +142,19 @@ def cache_aware_pick(
     if key is None:
         return None
     cap = load_cap(candidates, load_factor)
-    if index is not None and key.chain:
+    if index is not None:
         by_id = {n.id: n for n in candidates}
-        found = index.longest(key.chain, lambda i: i in by_id and by_id[i].in_flight + 1 <= cap)
-        # Past the anchor only: a match on a shared system prompt alone says nothing about
-        # where this conversation is, and must not override the anchor's spreading.
-        if found is not None and (placement.resume or found[1] > key.anchor_blocks):
-            return by_id[found[0]]
+
+        def usable(node_id: str) -> bool:
+            return node_id in by_id and by_id[node_id].in_flight + 1 <= cap
+
+        if placement.resume:  # any block of its text counts, a shared system prompt too
+            found = index.longest(key.chain, usable)
+            if found is not None:
+                return by_id[found[0]]
+        home = index.last_home(key.anchor)
+        if home is not None and usable(home):  # the conversation's last turn went there
+            return by_id[home]
     ordered = sorted(candidates, key=lambda n: weight(key.anchor, n.id), reverse=True)
     for node in ordered:
         if node.in_flight + 1 <= cap:

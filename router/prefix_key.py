@@ -33,7 +33,6 @@ from typing import Any
 class PrefixKey:
     anchor: str
     chain: tuple[str, ...]
-    anchor_blocks: int = 0  # the whole blocks the anchor covers
 
 
 def _hash(data: bytes, parent: bytes = b"") -> bytes:
@@ -57,7 +56,7 @@ def _render_messages(messages: list[Any]) -> tuple[str, int]:
     """(the rendered messages, where the first user message ends in it)."""
     out: list[str] = []
     size = 0
-    anchor = -1
+    end = -1
     for msg in messages:
         if not isinstance(msg, dict):
             continue
@@ -65,9 +64,9 @@ def _render_messages(messages: list[Any]) -> tuple[str, int]:
         piece = f"<{role if isinstance(role, str) else ''}>{_text(msg.get('content'))}\n"
         out.append(piece)
         size += len(piece)
-        if anchor < 0 and role == "user":
-            anchor = size
-    return "".join(out), anchor if anchor >= 0 else size
+        if end < 0 and role == "user":
+            end = size
+    return "".join(out), end if end >= 0 else size
 
 
 def _prompt_text(doc: dict[str, Any]) -> str | None:
@@ -95,9 +94,9 @@ def rendered(doc: dict[str, Any], anchor_chars: int) -> tuple[str, int] | None:
         if isinstance(raw, str):
             text = raw
         elif isinstance(raw, list):
-            text, anchor = _render_messages(raw)
+            text, end = _render_messages(raw)
             prefix = instructions if isinstance(instructions, str) else ""
-            return prefix + text, len(prefix) + anchor
+            return prefix + text, len(prefix) + end
         else:
             return None
         if isinstance(instructions, str):
@@ -126,4 +125,4 @@ def prefix_key(
         parent = _hash(block.encode("utf-8", "surrogatepass"), parent)
         chain.append(parent.hex())
     anchor = _hash(text[:anchor_len].encode("utf-8", "surrogatepass")).hex()
-    return PrefixKey(anchor=anchor, chain=tuple(chain), anchor_blocks=anchor_len // block_chars)
+    return PrefixKey(anchor=anchor, chain=tuple(chain))

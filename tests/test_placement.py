@@ -10,7 +10,7 @@ from spotrelay.core.protocol import Risk, parse_report
 from spotrelay.router.balancer import Balancer, rendezvous_weight
 from spotrelay.router.netpolicy import NetPolicy
 from spotrelay.router.placement import Placement, PrefixIndex, is_long, load_cap
-from spotrelay.router.prefix_key import prefix_key
+from spotrelay.router.prefix_key import PrefixKey, prefix_key
 from spotrelay.router.registry import EjectionPolicy, Registry
 
 NETS = NetPolicy(["10.0.0.0/8"])
@@ -138,8 +138,8 @@ def test_a_continuation_goes_to_the_node_holding_the_longest_prefix():
     other = prefix_key(chat("Something else entirely."))
     earlier = prefix_key(chat("Plan three days in Lisbon.", "Day 1: Alfama. " * 20, "Cheaper?"))
     assert other is not None and earlier is not None
-    index.record(other.chain, "n3")
-    index.record(earlier.chain, "n2")
+    index.record(other, "n3")
+    index.record(earlier, "n2")
     partial = "Day 2: take the tram to Belem instead of a taxi, and " * 3
     continuation = chat("Plan three days in Lisbon.", "Day 1: Alfama. " * 20, "Cheaper?", partial)
     placement = Placement(key=prefix_key(continuation), resume=True)
@@ -152,11 +152,12 @@ def test_a_continuation_goes_to_the_node_holding_the_longest_prefix():
 def test_the_prefix_index_is_bounded_and_keeps_several_owners():
     index = PrefixIndex(max_keys=100)
     for i in range(50):
-        index.record([f"k{i}-{j}" for j in range(10)], f"n{i % 3}")
+        index.record(PrefixKey(f"a{i}", tuple(f"k{i}-{j}" for j in range(10))), f"n{i % 3}")
     assert len(index) == 100
     assert index.owners("k0-0") == (), "the oldest blocks were evicted"
-    index.record(["shared"], "a")
-    index.record(["shared"], "b")
+    assert index.last_home("a49") == "n1" and index.last_home("a0") == "n0"
+    index.record(PrefixKey("x", ("shared",)), "a")
+    index.record(PrefixKey("y", ("shared",)), "b")
     assert index.owners("shared") == ("b", "a"), "most recent first, both kept"
 
 

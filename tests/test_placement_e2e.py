@@ -88,13 +88,14 @@ def test_long_requests_keep_off_a_node_at_risk_short_ones_do_not(procs, logdir):
     )  # fmt: skip
     url = fleet.router.url + CHAT
 
-    def node_for(i: int, max_tokens: int, headers: dict[str, str] | None = None) -> str:
+    def node_for(i: str, max_tokens: int, headers: dict[str, str] | None = None) -> str:
         body = chat(f"question {i}", max_tokens=max_tokens)
         resp = requests.post(url, json=body, headers=headers or {}, timeout=30)
         assert resp.status_code == 200, resp.text
         return resp.headers["X-Spotrelay-Node"]
 
-    assert {node_for(i, 2000) for i in range(12)} == {"calm"}, "max_tokens >= 1024: long"
-    marked = {node_for(i, 3, {"X-Spotrelay-Long": "1"}) for i in range(12)}
+    # (a new question each time: a repeated one would follow its cached prefix)
+    assert {node_for(f"long {i}", 2000) for i in range(12)} == {"calm"}, "max_tokens >= 1024"
+    marked = {node_for(f"marked {i}", 3, {"X-Spotrelay-Long": "1"}) for i in range(12)}
     assert marked == {"calm"}, "the agent-loop marker makes any request long"
-    assert {node_for(i, 3) for i in range(24)} == {"calm", "risky"}, "short ones still go"
+    assert {node_for(f"short {i}", 3) for i in range(24)} == {"calm", "risky"}, "short ones go"

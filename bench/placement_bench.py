@@ -272,6 +272,7 @@ def vllm_router_entries(procs, logdir, run: str, engines, policy: str, routers: 
         port = free_port()
         argv = [
             binary, "--host", HOST, "--port", str(port), "--policy", policy,
+            "--prometheus-port", str(free_port()),
             "--worker-urls", *[f"http://{HOST}:{e}" for e in engines],
         ]  # fmt: skip
         procs.start(ManagedProcess(f"{run}-vllm-router{r}", argv, log_path=logdir / f"{run}.log"))

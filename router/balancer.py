@@ -44,11 +44,13 @@ class Balancer:
         *,
         policy: str = "p2c",
         load_factor: float = 2.0,
+        load_slack: float = 2.0,
         index: PrefixIndex | None = None,
     ) -> None:
         self.rng = rng or random.Random()
         self.policy = policy
         self.load_factor = load_factor
+        self.load_slack = load_slack
         self.index = index if index is not None else PrefixIndex()
 
     @property
@@ -79,6 +81,7 @@ class Balancer:
                 candidates,
                 placement,
                 load_factor=self.load_factor,
+                slack=self.load_slack,
                 weight=rendezvous_weight,
                 index=self.index,
             )

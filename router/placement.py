@@ -110,15 +110,20 @@ class PrefixIndex:
         return self._owners.get(key, ())
 
 
-def load_cap(candidates: Sequence[Node], load_factor: float) -> float:
+def load_cap(candidates: Sequence[Node], load_factor: float, slack: float = 2.0) -> float:
     """A node takes one more request only while its open requests (of this worker), with
-    that one, stay within this: ``load_factor`` times the mean after the request (at least 1).
+    that one, stay within this: ``load_factor`` times the mean after the request, or the
+    mean plus ``slack``, whichever is more (and never below one: an idle fleet takes a
+    request anywhere).
 
-    Without the ceiling of the textbook bound: on a handful of open requests, rounding up
-    let a node run a third above the mean (measured, docs/benchmarks.md).
+    Both are needed, as in vllm-router's balance thresholds: without the ceiling
+    of the textbook bound, a relative bound alone on a worker's handful of open
+    requests (a router with several workers, each seeing a share) spilled
+    conversations off their node at 1 or 2 open requests, and every spill
+    re-prefills a whole history (measured, docs/benchmarks.md).
     """
-    total = sum(n.in_flight for n in candidates)
-    return max(1.0, load_factor * (total + 1) / len(candidates))
+    mean = (sum(n.in_flight for n in candidates) + 1) / len(candidates)
+    return max(1.0, load_factor * mean, mean + slack)
 
 
 def safe_for(candidates: Sequence[Node], placement: Placement) -> Sequence[Node]:
@@ -135,13 +140,14 @@ def cache_aware_pick(
     *,
     load_factor: float,
     weight: Weight,
+    slack: float = 2.0,
     index: PrefixIndex | None = None,
 ) -> Node | None:
     """The cache-aware choice, or None when the request has no prefix to place by."""
     key = placement.key
     if key is None:
         return None
-    cap = load_cap(candidates, load_factor)
+    cap = load_cap(candidates, load_factor, slack)
     if index is not None:
         by_id = {n.id: n for n in candidates}
 

@@ -186,6 +186,12 @@ class Routing:
         help="cache_aware: a node takes a request only while its open requests stay within "
         "this factor of the mean (1: strict balance, little affinity under load)",
     )
+    load_slack: float = setting(
+        2.0,
+        min=0,
+        help="cache_aware: ... or within the mean plus this many requests, whichever is more "
+        "(a worker sees few open requests of its own)",
+    )
     prefix_block_chars: int = setting(
         64, min=8, max=4096, help="cache_aware: prompt characters per prefix block (~16 tokens)"
     )

@@ -99,12 +99,14 @@ def test_conversations_spread_and_only_the_prefixes_of_a_leaving_node_move():
 
 def test_no_node_takes_more_than_the_load_bound():
     nodes = fleet(4)
-    bal = cache_aware(load_factor=1.25)
+    bal = cache_aware(load_factor=1.25, load_slack=0)
     hot = Placement(key=prefix_key(chat("the same question")))
     for _ in range(40):  # one hot prefix, requests that stay open
         node = bal.pick(nodes, placement=hot)
         assert node is not None
-        assert node.in_flight + 1 <= max(load_cap(nodes, 1.25), min(n.in_flight for n in nodes) + 1)
+        assert node.in_flight + 1 <= max(
+            load_cap(nodes, 1.25, 0), min(n.in_flight for n in nodes) + 1
+        )
         node.in_flight += 1
     loads = [n.in_flight for n in nodes]
     assert max(loads) / (sum(loads) / len(loads)) <= 1.3, loads
@@ -188,7 +190,7 @@ def test_what_counts_as_long():
 
 def test_a_conversation_that_spilled_under_load_follows_its_history():
     nodes = fleet(4)
-    bal = cache_aware(load_factor=1.0)
+    bal = cache_aware(load_factor=1.0, load_slack=0)
     turn1 = chat("Plan three days in Lisbon.")
     home = bal.pick(nodes, placement=Placement(key=prefix_key(turn1)))
     assert home is not None
@@ -201,5 +203,7 @@ def test_a_conversation_that_spilled_under_load_follows_its_history():
     assert bal.pick(nodes, placement=Placement(key=prefix_key(turn2))) is spilled, (
         "this worker remembers where the history is"
     )
-    fresh = cache_aware(load_factor=1.0)  # another worker, no memory: the anchor decides
+    fresh = cache_aware(
+        load_factor=1.0, load_slack=0
+    )  # another worker, no memory: the anchor decides
     assert fresh.pick(nodes, placement=Placement(key=prefix_key(turn2))) is home

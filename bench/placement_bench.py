@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--systems", type=int, default=4, help="distinct system prompts")
     p.add_argument("--concurrency", type=int, default=32, help="conversations at once")
     p.add_argument("--ttft-ms", type=float, default=20.0, help="simulator base TTFT")
-    p.add_argument("--itl-ms", type=float, default=2.0)
+    p.add_argument("--itl-ms", type=float, default=10.0, help="low enough to keep CPU idle")
     p.add_argument("--prefill-rate", type=float, default=3000.0, help="uncached tokens/s")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--load-factor", type=float, help="spotrelay routing.load_factor")

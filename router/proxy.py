@@ -53,6 +53,8 @@ from .hedge import HedgeRace, Outcome, StallPolicy, StallWatch, race_lock
 from .hedging import Hedger
 from .metrics import RouterMetrics
 from .named_events import NamedEventHandler, NamedEvents
+from .placement import Placement, is_long
+from .prefix_key import prefix_key
 from .registry import ModelStatus, Node, Registry
 from .retry import RETRYABLE_STATUS, Failure, FailureKind, RetryBudget, RetryPolicy
 from .settings import Routing, Timeouts
@@ -142,6 +144,7 @@ class ProxyRequest:
     requires: frozenset[str] = frozenset()  # engine capabilities a node must report
     resume_off: bool = False  # the client sent X-Spotrelay-Resume: off
     follow_up: bool = False  # made by derive(): waits for a node it has not tried yet
+    long_hint: bool = False  # the client marked it long (routing.long_request_header)
     # Non-streaming, to be asked as this stream on nodes whose engine kind is in
     # routing.assemble_non_streaming (the answer assembled by router/assembly.py).
     assembly: StreamForm | None = None
@@ -624,9 +627,13 @@ class Proxy:
     def _choose(self, req: ProxyRequest, *, retrying: bool) -> Node | ApiError | None:
         """The next node; None when every routable node was tried; ApiError on no capacity."""
         balancer = self.balancer
+        placement = self._placement(req)
         candidates = self._candidates(req)
-        node = balancer.pick(candidates, exclude=req.tried, session_key=req.session_key)
+        node = balancer.pick(
+            candidates, exclude=req.tried, session_key=req.session_key, placement=placement
+        )
         if node is not None:
+            balancer.served(placement, node)
             return node
         if candidates and not req.follow_up:
             return None
@@ -641,10 +648,14 @@ class Proxy:
             if req.client is not None and req.client.check():
                 return None
             node = balancer.pick(
-                self._candidates(req), exclude=req.tried, session_key=req.session_key
+                self._candidates(req),
+                exclude=req.tried,
+                session_key=req.session_key,
+                placement=placement,
             )
             if node is not None:
                 self.metrics.capacity_waits.labels("served").inc()
+                balancer.served(placement, node)
                 return node
         self.metrics.capacity_waits.labels("timed_out").inc()
         if retrying:
@@ -656,6 +667,19 @@ class Proxy:
             code="no_capacity",
             headers={"Retry-After": str(self.routing.retry_after_s)},
         )
+
+    def _placement(self, req: ProxyRequest) -> Placement:
+        """What the balancer weighs besides load: the prompt's prefix keys and the risk rule."""
+        r = self.routing
+        key = None
+        if self.balancer.cache_aware and req.doc:
+            key = prefix_key(
+                req.doc, block_chars=r.prefix_block_chars, anchor_chars=r.prefix_anchor_chars
+            )
+        long = r.risk_aware and is_long(
+            req.doc, hint=req.long_hint, threshold=r.long_request_tokens
+        )
+        return Placement(key=key, long=long, resume=req.follow_up)
 
     def _candidates(self, req: ProxyRequest) -> list[Node]:
         """Routable nodes for ``req``: those serving its model (any, ``model`` empty),

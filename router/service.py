@@ -114,7 +114,11 @@ class RouterService:
         self.client_watch = ClientWatch()
         self.proxy = Proxy(
             registry=self.registry,
-            balancer=Balancer(),
+            balancer=Balancer(
+                policy=cfg.routing.policy,
+                load_factor=cfg.routing.load_factor,
+                load_slack=cfg.routing.load_slack,
+            ),
             policy=RetryPolicy(
                 cfg.retry.max_attempts, cfg.retry.backoff_base_ms, cfg.retry.backoff_max_ms
             ),

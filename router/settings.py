@@ -176,6 +176,46 @@ class Routing:
     session_header: str = setting("X-Session-ID", help="header for session affinity")
     max_body_bytes: int = setting(16 * 1024 * 1024, min=1, help="larger bodies get 413")
     retry_after_s: int = setting(5, min=1, help="Retry-After sent with a no-capacity 503")
+    policy: str = setting(
+        "cache_aware",
+        choices=("cache_aware", "p2c"),
+        help="cache_aware: the node a request's prompt prefix maps to (consistent hashing "
+        "with bounded loads); p2c: power of two choices on open requests",
+    )
+    load_factor: float = setting(
+        2.0,
+        min=1.0,
+        max=10.0,
+        help="cache_aware: a node takes a request only while its open requests stay within "
+        "this factor of the mean (1: strict balance, little affinity under load)",
+    )
+    load_slack: float = setting(
+        2.0,
+        min=0,
+        help="cache_aware: ... or within the mean plus this many requests, whichever is more "
+        "(a worker sees few open requests of its own)",
+    )
+    prefix_block_chars: int = setting(
+        64, min=8, max=4096, help="cache_aware: prompt characters per prefix block (~16 tokens)"
+    )
+    prefix_anchor_chars: int = setting(
+        1024,
+        min=16,
+        help="cache_aware: a bare prompt (completions) is placed by its first this many "
+        "characters (chat: by the messages up to the first user message)",
+    )
+    risk_aware: bool = setting(
+        True, help="keep long requests off nodes whose agent reports risk 'elevated'"
+    )
+    long_request_tokens: int = setting(
+        1024,
+        min=1,
+        help="a request asking for at least this many tokens (or giving no limit) is long",
+    )
+    long_request_header: str = setting(
+        "X-Spotrelay-Long",
+        help="a client marks a request long (an agent loop) with this header set to 1 or true",
+    )
     max_event_bytes: int = setting(
         8 * 1024 * 1024,
         min=64 * 1024,

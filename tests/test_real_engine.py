@@ -130,6 +130,9 @@ def router_with(procs: ProcessGroup, logdir: Path) -> Service:
             "registry": {"ttl_s": 600},
             "timeouts": {"connect_s": 1, "first_byte_s": 60, "stream_idle_s": 30},
             "health": {"consecutive_failures": 1, "base_ejection_s": 30},
+            # The tests steer the first attempt by reported load (register(running=...)):
+            # p2c weighs it; cache_aware would place by the prompt instead.
+            "routing": {"policy": "p2c"},
         },
     )
 

@@ -206,7 +206,7 @@ def test_risk_aware_placement_resumes_fewer_streams(tmp_path: Path) -> None:
     for mode in ("on", "off"):
         cwd = tmp_path / mode
         cwd.mkdir()
-        _succeeds(_demo(cwd, *common, "--risk-placement", mode))
+        demo_output(start_demo(cwd, *common, "--risk-placement", mode))
         report = json.loads((cwd / "out" / "report.json").read_text())
         assert report["failed"] == 0, report
         assert report["settings"]["rebalance_recommendations"], "the notice was preceded"

@@ -9,7 +9,9 @@ from their own module, so a test pulls in only what it uses:
 - :mod:`.aws`: credentials for moto, scripted and recording AWS fronts, Auto Scaling groups;
 - :mod:`.agent_node`: an agent with its IMDS emulator, engine and router, as a unit;
 - :mod:`.deploy`: the deploy CLI against moto;
-- :mod:`.fake_engine`, :mod:`.raw_server`: scripted HTTP engines for what no simulator fault makes;
+- :mod:`.controller`: the controller's Auto Scaling groups, documented events, partial-update front;
+- :mod:`.fake_engine`, :mod:`.raw_server`, :mod:`.hostile_engine`: scripted HTTP engines for what
+  no simulator fault makes (the last: malformed, endless and dripping answers);
 - :mod:`.router_fakes`, :mod:`.router_client`: the router's service over fake node connections;
 - :mod:`.resume_fleet`: a router in front of simulator engines, for stream resumption;
 - :mod:`.netns`: network namespaces for partition tests.

@@ -6,7 +6,13 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from spotrelay.core.config import ConfigError, setting
-from spotrelay.core.protocol import MAX_CAPABILITIES, TOKEN_RE, valid_node_id
+from spotrelay.core.protocol import (
+    MAX_CAPABILITIES,
+    TOKEN_RE,
+    ProtocolError,
+    parse_labels,
+    valid_node_id,
+)
 
 
 def _check_url(key: str, url: str) -> None:
@@ -35,6 +41,10 @@ class Node:
             raise ConfigError("node.id", "letters, digits and ._:- only (max 128)", self.id)
         if self.advertise_url is not None:
             _check_url("node.advertise_url", self.advertise_url)
+        try:
+            parse_labels(self.labels)  # the routers would refuse every heartbeat
+        except ProtocolError as exc:
+            raise ConfigError("node.labels", str(exc)) from None
 
 
 @dataclass

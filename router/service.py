@@ -17,7 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from spotrelay.core.protocol import ProtocolError, parse_report, valid_instance_id, valid_node_id
+from spotrelay.core.protocol import (
+    NodeReport,
+    ProtocolError,
+    parse_report,
+    valid_instance_id,
+    valid_node_id,
+)
 
 from .auth import ControlPlaneAuth, DataPlaneAuth
 from .balancer import Balancer
@@ -191,7 +197,7 @@ class RouterService:
             log.warning("refused registration of node %s: %s", node_id, exc)
             return _bad(str(exc))
         try:
-            node, created = self.registry.upsert(node_id, report, target)
+            node, created = self._upsert(node_id, report, target)
         except RegistryFull as exc:
             log.warning("refused registration of node %s: %s", node_id, exc)
             return ControlResult(
@@ -204,6 +210,26 @@ class RouterService:
         if self.sync is not None:
             self.sync.put(node_id, node.url, report.to_json(), node.admin_drained)
         return ControlResult(200, self._node_ack(node, created))
+
+    def _upsert(self, node_id: str, report: NodeReport, target: NodeTarget) -> tuple[Node, bool]:
+        """Register; when full, a node silent for a third of ``ttl_s`` makes room.
+
+        Agents heartbeat every 2 s, so such a node is on its way to expiry;
+        a node registering now wins over it (and over junk a shared view held).
+        """
+        try:
+            return self.registry.upsert(node_id, report, target)
+        except RegistryFull:
+            evicted = self.registry.evict_silent(self.registry.ttl_s / 3)
+            if evicted is None:
+                raise
+            log.warning(
+                "registry full: forgot node %s, silent for %.1fs, to register node %s",
+                evicted.id,
+                self.registry.clock() - evicted.last_seen,
+                node_id,
+            )
+            return self.registry.upsert(node_id, report, target)
 
     def drain_node(self, node_id: str) -> ControlResult:
         in_flight = self.registry.drain(node_id)

@@ -21,6 +21,7 @@ import requests
 
 from spotrelay.core.net import free_port, wait_until
 from spotrelay.core.processes import ProcessGroup
+from spotrelay.core.protocol import valid_node_id
 from spotrelay.sim.redis_local import LocalRedis, NoRedisServer, start_local_redis
 from tests.support import (
     ROUTER_TOKEN,
@@ -604,3 +605,64 @@ def test_metrics_describe_the_whole_router_whichever_worker_answers(
     assert list(shared.glob("counter_*.db")) and list(shared.glob("worker-state-*.json"))
     router.proc.stop()
     assert not shared.exists()  # a restart starts from nothing
+
+
+def test_junk_in_redis_is_skipped_logged_once_and_cannot_crowd_out_a_real_node(
+    procs: ProcessGroup, logdir: Path
+) -> None:
+    """Malformed hashes, bad ids, junk messages and stale junk filling max_nodes.
+
+    Each used to leave every worker ``redis-down`` (a parse error), raise in
+    every worker (``PUBLISH ... '[]'``), be routable (``evil\\nFORGED``, 5,000
+    characters) or answer a real node 429.
+    """
+    local = start_redis(procs, logdir)
+    client = redis.Redis.from_url(local.url)
+    seconds, micros = client.time()
+    stale_ms = seconds * 1000 + micros // 1000 - 10_000  # silent 10 s of ttl_s 15
+
+    def node_hash(n: int, **fields: str) -> dict[str, object]:
+        report = json.dumps({"url": f"http://10.1.0.{n}:8000", "models": ["junk"]})
+        doc = {"url": f"http://10.1.0.{n}:8000", "report": report, "drained": "0"}
+        return {**doc, "seen_ms": stale_ms, **fields}
+
+    junk = {f"junk-{i}": node_hash(i) for i in range(30)}  # valid, but 30 > max_nodes 20
+    junk["bad-json"] = node_hash(200, report="{not json")
+    junk["bad-seen"] = node_hash(201, seen_ms="soon")
+    junk["evil\nFORGED"] = node_hash(202)
+    junk["x" * 5000] = node_hash(203)
+    pipe = client.pipeline()
+    for node_id, fields in junk.items():
+        pipe.hset(f"spotrelay:node:{node_id}", mapping=fields)
+        pipe.sadd("spotrelay:nodes", node_id)
+    pipe.set("spotrelay:node:wrong-type", "a string, not a hash")
+    pipe.sadd("spotrelay:nodes", "wrong-type")
+    pipe.execute()
+
+    config = fleet_config(local.url, ttl_s=15)
+    config["registry"]["max_nodes"] = 20
+    router = start_router(procs, logdir, config)
+    workers = workers_of(router, 2)
+    for message in ("[]", '"x"', "{", '{"op": "put", "id": "a", "rev": "x"}',
+                    '{"op": "drain", "id": "evil\\nX", "rev": 99999}'):  # fmt: skip
+        client.publish("spotrelay:events", message)
+        client.publish("spotrelay:events", message)  # a second time: no second log line
+
+    register_node(router.url, ROUTER_TOKEN, "real-1", "http://127.0.0.1:9", "sim-model")
+
+    def healthy(nodes: dict[str, dict]) -> bool:
+        return "real-1" in nodes and len(nodes) <= 20
+
+    until_every_worker(router, workers, healthy, timeout=15, what="real-1 on every worker")
+    for _ in range(10):
+        _worker, state, nodes = view(router)
+        assert state == "redis", "a junk entry took the shared registry down"
+        assert all(valid_node_id(n) for n in nodes), [n[:40] for n in nodes]
+        assert "bad-json" not in nodes and "bad-seen" not in nodes
+    log = (logdir / "router.log").read_text()
+    assert log.count("ignoring node bad-json from the shared registry") == 2, log[-3000:]
+    assert log.count("ignoring node bad-seen from the shared registry: seen_ms") == 2
+    assert log.count("ignoring node wrong-type from the shared registry: not a node hash") == 2
+    assert log.count("ignoring node <message> from the shared registry: not a JSON object") == 2
+    assert log.count("ignoring node a from the shared registry: 'rev'") == 2
+    assert "Traceback" not in log and "redis down" not in log

@@ -73,7 +73,9 @@ class Failure:
         """Does this failure count towards the node's passive-health ejection?"""
         if self.kind is FailureKind.STATUS:
             return self.status in UNHEALTHY_STATUS
-        return True
+        # A loop is a configuration error, and a 508 is something anyone between
+        # here and the router that answered it could send: never eject for it.
+        return self.kind is not FailureKind.LOOP
 
     @property
     def retryable(self) -> bool:

@@ -80,7 +80,6 @@ class RouterApplication(BaseApplication):
         self.router_cfg = cfg
         self.node_token = node_token
         self.log_level = log_level
-        self.hop_id = os.urandom(8).hex()  # before the fork: one loop mark for all workers
         # Several workers: one /metrics for all of them (metrics_share says why), set up
         # here in the master, before any worker (or metric) exists.
         self.metrics_dir = None
@@ -105,9 +104,7 @@ class RouterApplication(BaseApplication):
         from .app import create_app
         from .service import RouterService
 
-        service = RouterService(
-            self.router_cfg, self.node_token, hop_id=self.hop_id, metrics_dir=self.metrics_dir
-        )
+        service = RouterService(self.router_cfg, self.node_token, metrics_dir=self.metrics_dir)
         service.start()
         server = self.router_cfg.server
         log.info(

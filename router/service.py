@@ -72,7 +72,6 @@ class RouterService:
         clock: Callable[[], float] = time.monotonic,
         stream_handler_factory: Callable[[ProxyRequest, Proxy], StreamHandler] | None = None,
         pool_factory: Callable[[NodeTarget], Any] | None = None,
-        hop_id: str | None = None,
         metrics_dir: str | None = None,
     ) -> None:
         self.cfg = cfg
@@ -81,7 +80,6 @@ class RouterService:
         self.api_auth = DataPlaneAuth(cfg.auth.api_keys)
         # Random per router (made in the gunicorn master, so shared by its workers):
         # clients cannot forge it, so only a real loop carries it back.
-        self.hop_id = hop_id or os.urandom(8).hex()
         ports = (cfg.server.port, cfg.server.control_port)
         own = OwnEndpoints(cfg.server.host, ports, resolver=resolver)
         self.netpolicy = NetPolicy(cfg.registry.allowed_networks, resolver, own)
@@ -124,7 +122,6 @@ class RouterService:
             access_log=cfg.server.access_log,
             clock=clock,
             watchdog=self.watchdog,
-            hop_id=self.hop_id,
             client_watch=self.client_watch,
             stream_handler_factory=stream_handler_factory
             or resume_handler_factory(cfg.resume, self.metrics),

@@ -24,6 +24,7 @@ class Service:
     proc: ManagedProcess
     url: str
     port: int
+    control_url: str = ""  # routers: the control listener (/nodes, /instances, /metrics)
 
 
 def start_service(
@@ -125,11 +126,14 @@ def start_router(
     # Idle keep-alive connections hold a graceful stop this long: keep teardown quick.
     config.setdefault("server", {}).setdefault("graceful_timeout_s", 1)
     # Never the default control port: tests run in parallel.
-    config["server"].setdefault("control_port", free_port())
+    control_port = config["server"].setdefault("control_port", free_port())
     path = logdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     args = ["router", "--config", str(path), "--host", HOST, *extra]
-    return start_service(procs, logdir, name, args, "/healthz", port=port, timeout=timeout, env=env)
+    svc = start_service(procs, logdir, name, args, "/healthz", port=port, timeout=timeout, env=env)
+    if control_port:
+        svc.control_url = f"http://{HOST}:{control_port}"
+    return svc
 
 
 def register_node(

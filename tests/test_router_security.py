@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from spotrelay.core.net import free_port, wait_until
+from tests.fake_engine import Script, fake_engine
 from tests.support import (
     HOST,
     ROUTER_TOKEN,
@@ -437,14 +438,15 @@ def test_registering_the_router_itself_is_refused(router):
         assert resp.status_code == 400 and "own listener" in resp.json()["error"]
 
 
-def test_a_loop_through_another_router_is_cut_and_the_node_ejected(procs, logdir, router, sim):
+def test_a_loop_through_another_router_is_cut_without_ejecting(procs, logdir, router, sim):
     """Router A's node is router B, whose node is router A: the hop mark stops the loop."""
     other = start_router(procs, logdir, {"server": {"control_port": free_port()}}, name="other")
     register_node(router.control_url, ROUTER_TOKEN, "to-other", other.url, MODEL)
     register_node(other.url, ROUTER_TOKEN, "back", router.url, MODEL)
     resp = requests.post(f"{router.url}/v1/completions", data=BODY, timeout=30)
     assert resp.status_code == 508 and resp.json()["error"]["code"] == "loop_detected"
-    assert metric(router.url, "spotrelay_router_upstream_attempts_total", outcome="loop") >= 1
+    assert metric(router.control_url, "spotrelay_router_upstream_attempts_total", outcome="loop")
+    assert router_nodes(router.control_url)["to-other"]["ejection"]["ejected"] is False
     # A forged mark from a client is just a header the router does not know: served normally.
     register_node(router.control_url, ROUTER_TOKEN, "n1", sim.url, MODEL)
     requests.delete(f"{router.control_url}/nodes/to-other", headers=AUTH, timeout=5)
@@ -455,6 +457,36 @@ def test_a_loop_through_another_router_is_cut_and_the_node_ejected(procs, logdir
         timeout=10,
     )
     assert resp.status_code == 200
+
+
+def test_a_replayed_hop_mark_is_served_and_ejects_nothing(procs, logdir, router):
+    """An engine sees every mark; replaying one, to the router or through another, is no 508.
+
+    Router B's node is router A (a chain), A's node an engine that shows what
+    it received. Before, the replayed mark got 508 and made B eject A.
+    """
+    other = start_router(procs, logdir, {"server": {"control_port": free_port()}}, name="other")
+    other_control = other.control_url
+    body = json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 2, "stream": True})
+    with fake_engine(Script(["a", "b"], finish="stop")) as engine:
+        register_node(router.control_url, ROUTER_TOKEN, "engine", engine.url, MODEL)
+        register_node(other_control, ROUTER_TOKEN, "router-a", router.url, MODEL)
+        assert requests.post(f"{router.url}/v1/completions", data=body, timeout=10).ok
+        observed = engine.headers[-1]["X-Spotrelay-Hop"]
+        assert observed and "," not in observed  # one mark: this attempt's
+        for target in (router.url, other.url, router.url, other.url, other.url):
+            resp = requests.post(
+                f"{target}/v1/completions",
+                data=body,
+                headers={"X-Spotrelay-Hop": observed, "Content-Type": "application/json"},
+                timeout=10,
+            )
+            assert resp.status_code == 200, resp.text
+        assert {h["X-Spotrelay-Hop"].split(", ")[-1] for h in engine.headers[1:]}.isdisjoint(
+            {observed}
+        ), "each attempt makes a fresh mark"
+    node = router_nodes(other_control)["router-a"]
+    assert node["failures"]["total"] == 0 and node["ejection"]["ejected"] is False
 
 
 # -- 8: odd node URLs ---------------------------------------------------------------------------

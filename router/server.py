@@ -40,6 +40,11 @@ def guard_settings(cfg: RouterConfig) -> GuardSettings:
         max_connections_per_ip=server.max_connections_per_ip,
         exempt_networks=tuple(server.connection_cap_exempt),
         control_port=server.control_port,
+        trusted_proxies=tuple(server.trusted_proxies),
+        keepalive_s=server.keepalive_s,
+        keepalive_min_s=server.keepalive_min_s,
+        overload_start=server.overload_start_percent / 100,
+        overload_saturation=server.overload_saturation_percent / 100,
     )
 
 

@@ -50,7 +50,7 @@ class Node:
 @dataclass
 class Router:
     urls: list[str] = setting(
-        default_factory=lambda: ["http://router:8080"],
+        default_factory=lambda: ["http://router:8081"],  # the control listener
         help="routers to register with (comma-separated in env)",
     )
     node_token: str | None = setting(None, secret=True, help="bearer token for the routers")

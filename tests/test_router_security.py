@@ -117,6 +117,7 @@ def router(procs, logdir):
                 "header_timeout_s": 2,
                 "body_timeout_s": 2,
                 "max_connections_per_ip": 40,
+                "control_on_main_port": False,  # the default
             },
             "registry": {"ttl_s": 5, "max_nodes": 3},
             "routing": {"no_capacity_wait_s": 1},
@@ -185,7 +186,7 @@ def test_truncated_bodies_are_400_not_500(router):
             assert_openai_4xx(raw, 400)
     log = router.proc.log_path.read_text()
     assert "Traceback" not in log and "internal_error" not in log
-    assert metric(router.url, "spotrelay_router_requests_total", status="500") == 0
+    assert metric(router.control_url, "spotrelay_router_requests_total", status="500") == 0
 
 
 def test_error_on_a_keep_alive_connection_closes_it_after_the_answer(router):
@@ -340,51 +341,57 @@ def test_control_listener_serves_only_the_control_plane(router, sim):
         f"{router.control_url}/instances/i-0123456789abcdef0/drain", headers=AUTH, timeout=5
     )
     assert resp.status_code == 404 and isinstance(resp.json()["error"], str)
-    # control_on_main_port (the default): the main port still serves /nodes for old agents.
-    assert "n1" in router_nodes(router.url)
+    # control_on_main_port off (the default): the main port serves no control path.
+    assert requests.get(f"{router.url}/nodes", headers=AUTH, timeout=5).status_code == 404
     resp = requests.post(f"{router.url}/v1/completions", data=BODY, timeout=10)
     assert resp.status_code == 200
 
 
-def test_control_plane_off_the_main_port(procs, logdir):
-    control = free_port()
-    router = start_router(
-        procs, logdir, {"server": {"control_port": control, "control_on_main_port": False}}
-    )
+def test_control_plane_on_the_main_port_only_when_asked(router, procs, logdir):
+    """Off by default (the migration note in docs/router.md); on for agents still on 8080."""
+    from spotrelay.agent.settings import AgentConfig
+    from spotrelay.core.config import load
+    from spotrelay.router.settings import RouterConfig
+
+    assert load(RouterConfig, None, env={}).server.control_on_main_port is False
+    assert load(AgentConfig, None, env={}).router.urls == ["http://router:8081"]
     assert requests.get(f"{router.url}/nodes", headers=AUTH, timeout=5).status_code == 404
     assert requests.get(f"{router.url}/metrics", timeout=5).status_code == 404
     assert requests.get(f"{router.url}/healthz", timeout=5).status_code == 200
-    assert requests.get(f"http://{HOST}:{control}/nodes", headers=AUTH, timeout=5).ok
+    assert requests.get(f"{router.control_url}/nodes", headers=AUTH, timeout=5).ok
+    old = start_router(procs, logdir, {"server": {"control_on_main_port": True}}, name="old")
+    assert requests.get(f"{old.url}/nodes", headers=AUTH, timeout=5).ok
+    assert requests.get(f"{old.url}/metrics", timeout=5).ok
 
 
 # -- 1: metrics labels stay bounded -------------------------------------------------------------
 
 
 def test_client_model_names_never_become_metric_labels(router, sim):
-    register_node(router.url, ROUTER_TOKEN, "n1", sim.url, MODEL)
-    before = requests.get(f"{router.url}/metrics", timeout=5).text.count("\n")
+    register_node(router.control_url, ROUTER_TOKEN, "n1", sim.url, MODEL)
+    before = requests.get(f"{router.control_url}/metrics", timeout=5).text.count("\n")
     for i in range(50):
         resp = requests.post(
             f"{router.url}/v1/completions", json={"model": f"rnd-{i}-" + "x" * 2000}, timeout=10
         )
         assert resp.status_code == 404  # a live fleet that serves no such model
-    text = requests.get(f"{router.url}/metrics", timeout=5).text
+    text = requests.get(f"{router.control_url}/metrics", timeout=5).text
     assert "rnd-" not in text
     assert text.count("\n") - before < 10
-    assert metric(router.url, "spotrelay_router_requests_total", model="other") == 50
+    assert metric(router.control_url, "spotrelay_router_requests_total", model="other") == 50
 
 
 # -- 5: log injection ---------------------------------------------------------------------------
 
 
 def test_control_characters_in_logged_fields_are_escaped(router, sim):
-    register_node(router.url, ROUTER_TOKEN, "n1", sim.url, MODEL)
+    register_node(router.control_url, ROUTER_TOKEN, "n1", sim.url, MODEL)
     forged = "x\n2026-01-01 00:00:00,000 INFO  spotrelay.router: forged line"
     resp = requests.post(f"{router.url}/v1/completions", json={"model": forged}, timeout=10)
     assert resp.status_code == 404
     for node_id in ("evil%0A", "evil%0Aline"):
         resp = requests.put(
-            f"{router.url}/nodes/{node_id}",
+            f"{router.control_url}/nodes/{node_id}",
             json={"url": sim.url, "models": [MODEL]},
             headers=AUTH,
             timeout=5,
@@ -411,7 +418,8 @@ def test_client_disconnect_aborts_a_non_streaming_request(router, procs, logdir)
     wait_until(lambda: metric(slow.url, "vllm:num_requests_running") == 0, timeout=5)
     assert time.monotonic() - left < 3  # polled within 1 s; the rest is scrape latency
     wait_until(
-        lambda: metric(router.url, "spotrelay_router_client_disconnects_total") == 1, timeout=5
+        lambda: metric(router.control_url, "spotrelay_router_client_disconnects_total") == 1,
+        timeout=5,
     )
     wait_until(lambda: "outcome=client_disconnect" in router.proc.log_path.read_text(), timeout=5)
     lines = [

@@ -99,6 +99,67 @@ def test_connection_cap_per_address_and_listener_with_exempt_networks():
     assert ConnectionLimiter(0).acquire("data", "1.2.3.4"), "0 = no cap"
 
 
+def test_idle_timeout_shrinks_as_the_listener_fills_and_only_idle_connections_are_due():
+    from spotrelay.router.overload import IdlePolicy, IdleReaper
+
+    policy = IdlePolicy(keepalive_s=75, keepalive_min_s=1, start=0.5, saturation=0.9)
+    assert policy.idle_timeout(40, 100) == 75  # below the start: the configured keep-alive
+    assert policy.idle_timeout(70, 100) == pytest.approx(75 - 74 * 0.5)  # half-way: linear
+    assert policy.idle_timeout(95, 100) == 1
+    clock = Clock()
+    reaper = IdleReaper(policy, capacity=10, clock=clock)
+    settings = GuardSettings()
+    conns = [GuardedSocket(ScriptedSocket(b"GET"), settings, clock=clock) for _ in range(9)]
+    for conn in conns:
+        reaper.add(conn)
+    conns[0].recv(3)  # a request arriving: never cut
+    clock.now += 2
+    conns[1].start_body()
+    conns[1].start_idle()  # answered just now: idle, but not long enough
+    due = reaper.due()  # 9 of 10 open: saturated, idle for 1 s is enough
+    assert conns[0] not in due and conns[1] not in due and len(due) == 7
+    for conn in conns[2:]:
+        reaper.discard(conn)
+    assert reaper.due() == [], "two open of ten: below the start, nothing is due"
+
+
+def test_a_throttled_log_line_counts_what_it_stood_for():
+    from spotrelay.router.overload import LogThrottle, held_note
+
+    clock = Clock()
+    throttle = LogThrottle(10, clock=clock)
+    assert throttle.admit(408) == 0
+    assert [throttle.admit(408) for _ in range(5)] == [None] * 5
+    assert throttle.admit(400) == 0, "each key has its own interval"
+    clock.now += 10
+    held = throttle.admit(408)
+    assert held == 5 and held_note(held, 10) == " (+5 like it in the last 10s)"
+
+
+@pytest.mark.parametrize(
+    "peer, forwarded, client",
+    [
+        ("10.0.1.7", ["203.0.113.9"], "203.0.113.9"),  # the load balancer names the client
+        ("10.0.1.7", ["1.1.1.1, 203.0.113.9"], "203.0.113.9"),  # left of it: the client's own
+        ("10.0.1.7", ["203.0.113.9, 10.0.2.4"], "203.0.113.9"),  # through two trusted hops
+        ("10.0.1.7", ["1.1.1.1", "203.0.113.9"], "203.0.113.9"),  # several header lines
+        ("10.0.1.7", ["junk, 203.0.113.9"], "203.0.113.9"),
+        ("10.0.1.7", ["203.0.113.9:4711"], "203.0.113.9"),
+        ("10.0.1.7", ["[2001:db8::1]:4711"], "2001:db8::1"),
+        ("10.0.1.7", ["10.0.2.4, junk"], "10.0.1.7"),  # garbage from the proxy side
+        ("10.0.1.7", [], "10.0.1.7"),  # no header: the proxy itself
+        ("198.51.100.5", ["203.0.113.9"], "198.51.100.5"),  # a direct client's header: ignored
+    ],
+)
+def test_the_client_behind_trusted_proxies_is_the_right_most_untrusted_address(
+    peer, forwarded, client
+):
+    from spotrelay.router.clientaddr import Networks, real_client
+
+    assert real_client(peer, forwarded, Networks(["10.0.1.0/24", "10.0.2.0/24"])) == client
+    assert real_client(peer, forwarded, Networks()) == peer, "no trusted proxies: the peer"
+
+
 def test_parser_errors_map_to_client_statuses():
     from gunicorn.http import errors
 

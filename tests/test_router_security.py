@@ -327,6 +327,97 @@ def test_slow_client_flood_leaves_registrations_and_health_intact(procs, logdir,
     assert beats["failed"] == 0 and beats["ok"] > 5
 
 
+def test_idle_keep_alive_connections_give_way_to_a_new_client(procs, logdir, sim):
+    """100 connections from 5 addresses (under the per-address cap) send one request and idle.
+
+    They would hold the data listener's 60 slots for keepalive_s (75 s) and a
+    new client would wait in the backlog; as the listener fills, idle ones are
+    closed after keepalive_min_s instead. Heartbeats (the control listener,
+    where agents now point by default) never miss; no node expires.
+    """
+    router = start_router(
+        procs,
+        logdir,
+        {"server": {"worker_connections": 60, "control_on_main_port": False},
+         "registry": {"ttl_s": 3}},
+    )  # fmt: skip
+    register_node(router.control_url, ROUTER_TOKEN, "n1", sim.url, MODEL)
+    stop = threading.Event()
+    beats = {"ok": 0, "failed": 0}
+
+    def heartbeat() -> None:
+        while not stop.is_set():
+            try:
+                register_node(router.control_url, ROUTER_TOKEN, "n1", sim.url, MODEL)
+                beats["ok"] += 1
+            except Exception:
+                beats["failed"] += 1
+            stop.wait(0.5)
+
+    beat = threading.Thread(target=heartbeat, daemon=True)
+    beat.start()
+    flood: list[socket.socket] = []
+    try:
+        for i in range(100):
+            s = socket.create_connection(
+                (HOST, router.port), timeout=5, source_address=(f"127.0.0.{2 + i % 5}", 0)
+            )
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: r\r\n\r\n")  # then idle, never closed
+            flood.append(s)
+        started = time.monotonic()
+        resp = requests.post(f"{router.url}/v1/completions", data=BODY, timeout=20)
+        assert resp.status_code == 200 and time.monotonic() - started < 10
+        assert requests.get(f"{router.control_url}/healthz", timeout=2).status_code == 200
+    finally:
+        stop.set()
+        beat.join(5)
+        for s in flood:
+            s.close()
+    assert beats["failed"] == 0 and beats["ok"] >= 2
+    assert metric(router.control_url, "spotrelay_router_node_events_total", event="expired") == 0
+    log = router.proc.log_path.read_text()
+    lines = [line for line in log.splitlines() if "idle connections after" in line]
+    assert lines and "data listener" in lines[0], log[-2000:]
+    assert len(lines) <= 3, "one line per 10 s, with a count"
+
+
+def test_behind_a_trusted_proxy_each_forwarded_client_is_capped_not_the_proxy(procs, logdir):
+    """The load balancer (127.0.0.2) is not capped as one client; a spoofing client is itself."""
+    slow = start_sim_vllm(procs, logdir, "--ttft-ms", "3000", name="slow")
+    router = start_router(
+        procs,
+        logdir,
+        {"server": {"max_connections_per_ip": 3, "trusted_proxies": ["127.0.0.2/32"]}},
+    )
+    register_node(router.control_url, ROUTER_TOKEN, "slow", slow.url, MODEL)
+
+    def send(source: str, client: str) -> socket.socket:
+        s = socket.create_connection((HOST, router.port), timeout=15, source_address=(source, 0))
+        s.sendall(post("/v1/completions", BODY, extra=f"X-Forwarded-For: {client}\r\n"))
+        return s
+
+    held: list[socket.socket] = []
+    try:
+        # Through the balancer: 8 clients, and 3 requests of a ninth (its cap): all served.
+        held += [send("127.0.0.2", f"1.2.3.4, 198.51.100.{i}") for i in range(8)]
+        held += [send("127.0.0.2", "203.0.113.7") for _ in range(3)]
+        wait_until(
+            lambda: metric(slow.url, "vllm:num_requests_running") == 11, timeout=5, what="11 open"
+        )
+        fourth = post("/v1/completions", BODY, extra="X-Forwarded-For: 203.0.113.7\r\n")
+        doc = assert_openai_4xx(exchange(router.port, fourth, source="127.0.0.2"), 429)
+        assert "203.0.113.7" in doc["error"]["message"]
+        # A direct client's X-Forwarded-For is not believed: it is capped as itself.
+        held += [send("127.0.0.3", f"198.51.100.{100 + i}") for i in range(3)]
+        spoof = post("/v1/completions", BODY, extra="X-Forwarded-For: 198.51.100.200\r\n")
+        assert_openai_4xx(exchange(router.port, spoof, source="127.0.0.3"), 429)
+        statuses = [parse(read_response(s, 15))[0] for s in held]
+        assert statuses == [200] * len(held)
+    finally:
+        for s in held:
+            s.close()
+
+
 # -- control listener scope ----------------------------------------------------------------------
 
 

@@ -107,6 +107,7 @@ class GuardedSocket:
         self.waiting = True
         self.idle_since = clock()
         self.trusted_peer = False  # a trusted proxy: the client is in X-Forwarded-For
+        self._reaped = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.raw, name)
@@ -136,16 +137,26 @@ class GuardedSocket:
         self.waiting, self.idle_since = True, self.clock()
 
     def close_idle(self) -> bool:
-        """Under pressure: end this connection if it is still idle; the blocked read sees EOF."""
+        """Under pressure: end this connection if it is still idle; the blocked read sees EOF.
+
+        The operating system's socket is shut down, not gevent's wrapper: the
+        wrapper would cancel the waiting read with an error gunicorn logs as a
+        traceback, once per connection.
+        """
         if not self.waiting or self._closing:
             return False
+        self._reaped = True
         with contextlib.suppress(OSError):
-            self.raw.shutdown(socket.SHUT_RDWR)
+            getattr(self.raw, "_sock", self.raw).shutdown(socket.SHUT_RDWR)
         return True
 
     def recv(self, size: int, *flags: int) -> bytes:
         if self._closing:
             return self.raw.recv(size, *flags)
+        if self._reaped:  # closed for being idle: an ordinary end of the connection
+            with contextlib.suppress(OSError):
+                return self.raw.recv(size, *flags)
+            return b""
         if self.deadline is None:
             self.raw.settimeout(None)
             data = self.raw.recv(size, *flags)

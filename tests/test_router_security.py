@@ -379,6 +379,7 @@ def test_idle_keep_alive_connections_give_way_to_a_new_client(procs, logdir, sim
     lines = [line for line in log.splitlines() if "idle connections after" in line]
     assert lines and "data listener" in lines[0], log[-2000:]
     assert len(lines) <= 3, "one line per 10 s, with a count"
+    assert "Traceback" not in log and "Socket error" not in log, "a closed idle connection is quiet"
 
 
 def test_behind_a_trusted_proxy_each_forwarded_client_is_capped_not_the_proxy(procs, logdir):

@@ -127,10 +127,6 @@ def start_router(
     config.setdefault("server", {}).setdefault("graceful_timeout_s", 1)
     # Never the default control port: tests run in parallel.
     control_port = config["server"].setdefault("control_port", free_port())
-    # Most tests predate the control listener and call /nodes and /metrics on the main
-    # port: they keep that unless they say otherwise. The default (off) is tested by
-    # tests/test_router_security.py; new tests use ``Service.control_url``.
-    config["server"].setdefault("control_on_main_port", True)
     path = logdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     args = ["router", "--config", str(path), "--host", HOST, *extra]

@@ -162,7 +162,7 @@ def base_of(endpoint: str, name: str) -> int:
 
 @pytest.fixture
 def router(procs, logdir) -> Iterator[str]:
-    yield start_router(procs, logdir).url
+    yield start_router(procs, logdir).control_url  # control plane only
 
 
 def register(router_url: str, node: str, instance_id: str, state: str = "ready") -> None:

@@ -132,7 +132,9 @@ def router_with(procs: ProcessGroup, logdir: Path) -> Service:
 
 def register(router: Service, node_id: str, engine: Service, running: int = 0) -> None:
     """A hand registration; ``running`` steers the balancer (the less loaded node wins)."""
-    register_node(router.url, ROUTER_TOKEN, node_id, engine.url, MODEL, load={"running": running})
+    register_node(
+        router.control_url, ROUTER_TOKEN, node_id, engine.url, MODEL, load={"running": running}
+    )
 
 
 class Stream:
@@ -201,7 +203,9 @@ def assert_joins_seamlessly(texts: list[str], start: int, engine_url: str, n: in
 
 
 def resumes(router: Service, outcome: str = "ok") -> float:
-    return scrape(router.url + "/metrics", "spotrelay_router_stream_resumes_total", outcome=outcome)
+    return scrape(
+        router.control_url + "/metrics", "spotrelay_router_stream_resumes_total", outcome=outcome
+    )
 
 
 # ------------------------------------------------------------------ tests
@@ -243,7 +247,7 @@ def test_non_streaming_request_to_a_dead_engine_is_retried(
         model=MODEL, messages=[{"role": "user", "content": "Say hi"}], max_tokens=8
     )
     assert chat.choices[0].message.content and chat.choices[0].finish_reason
-    retried = scrape(router.url + "/metrics", "spotrelay_router_retries_total")
+    retried = scrape(router.control_url + "/metrics", "spotrelay_router_retries_total")
     assert retried >= 1
 
 
@@ -280,7 +284,7 @@ def test_agent_detects_llama_cpp_and_registers_it(procs: ProcessGroup, logdir: P
         logdir,
         {
             "node": {"id": "llama", "advertise_url": engine.url},
-            "router": {"urls": [router.url], "node_token": ROUTER_TOKEN},
+            "router": {"urls": [router.control_url], "node_token": ROUTER_TOKEN},
             "engine": {
                 "url": engine.url,
                 "model": MODEL,
@@ -293,11 +297,11 @@ def test_agent_detects_llama_cpp_and_registers_it(procs: ProcessGroup, logdir: P
         },
     )
     wait_until(
-        lambda: router_nodes(router.url).get("llama", {}).get("state") == "ready",
+        lambda: router_nodes(router.control_url).get("llama", {}).get("state") == "ready",
         timeout=30,
         what="the llama.cpp node to register",
     )
-    node = router_nodes(router.url)["llama"]
+    node = router_nodes(router.control_url)["llama"]
     assert node["engine"] == {
         "kind": "llama.cpp",
         "version": version("llama-cpp-python"),

@@ -60,7 +60,7 @@ def start_redis(
 
 def view(router: Service) -> tuple[str, str, dict[str, dict]]:
     """One fresh connection's ``GET /nodes``: (worker id, registry state, nodes by id)."""
-    parts = urlsplit(router.url)
+    parts = urlsplit(router.control_url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
     try:
         conn.request("GET", "/nodes", headers={"Authorization": f"Bearer {ROUTER_TOKEN}"})
@@ -111,7 +111,7 @@ def complete(router: Service, timeout: float = 30) -> requests.Response:
 
 def backend_up(router: Service) -> float:
     """The backend gauge of whichever worker answers."""
-    text = requests.get(f"{router.url}/metrics", timeout=5).text
+    text = requests.get(f"{router.control_url}/metrics", timeout=5).text
     for line in text.splitlines():
         if line.startswith("spotrelay_router_registry_backend_up{"):
             return float(line.rsplit(" ", 1)[1])
@@ -142,7 +142,9 @@ class Heartbeats:
             router = self.routers[i % len(self.routers)]
             i += 1
             try:
-                register_node(router.url, ROUTER_TOKEN, self.node_id, self.engine_url, MODEL)
+                register_node(
+                    router.control_url, ROUTER_TOKEN, self.node_id, self.engine_url, MODEL
+                )
             except Exception as exc:  # recorded: the tests assert there were none
                 self.errors.append(f"{router.url}: {exc}")
             self._stop.wait(self.interval_s)
@@ -209,7 +211,7 @@ def test_node_registered_at_a_is_routable_on_every_worker_of_b(pair, engine) -> 
     workers_b = workers_of(b, 2)
     wait_until(lambda: view(b)[1] == "redis", timeout=10, what="router B's sync to be up")
     sent = time.monotonic()
-    register_node(a.url, ROUTER_TOKEN, "n-shared", engine.url, MODEL)
+    register_node(a.control_url, ROUTER_TOKEN, "n-shared", engine.url, MODEL)
     applied: dict[str, float] = {}
 
     def when_applied(nodes: dict[str, dict]) -> bool:
@@ -229,23 +231,27 @@ def test_node_registered_at_a_is_routable_on_every_worker_of_b(pair, engine) -> 
         assert resp.status_code == 200, resp.text
 
     # A drain at B and a delete at A reach every worker of the other router.
-    requests.post(f"{b.url}/nodes/n-shared/drain", headers=_auth(), timeout=5).raise_for_status()
+    requests.post(
+        f"{b.control_url}/nodes/n-shared/drain", headers=_auth(), timeout=5
+    ).raise_for_status()
     until_every_worker(
         a, workers_of(a, 2), lambda n: n.get("n-shared", {}).get("state") == "draining",
         timeout=5, what="A to see the drain",
     )  # fmt: skip
-    requests.delete(f"{a.url}/nodes/n-shared", headers=_auth(), timeout=5).raise_for_status()
+    requests.delete(
+        f"{a.control_url}/nodes/n-shared", headers=_auth(), timeout=5
+    ).raise_for_status()
     until_every_worker(
         b, workers_b, lambda n: "n-shared" not in n, timeout=5, what="B to see the delete"
     )
 
     # An off-node interruption (controller -> drain by instance id) at B reaches A too.
     register_node(
-        a.url, ROUTER_TOKEN, "n-ec2", engine.url, MODEL, instance_id="i-0f1ee700000000002"
+        a.control_url, ROUTER_TOKEN, "n-ec2", engine.url, MODEL, instance_id="i-0f1ee700000000002"
     )
     until_every_worker(b, workers_b, lambda n: "n-ec2" in n, timeout=5, what="B to see n-ec2")
     requests.post(
-        f"{b.url}/instances/i-0f1ee700000000002/drain", headers=_auth(), timeout=5
+        f"{b.control_url}/instances/i-0f1ee700000000002/drain", headers=_auth(), timeout=5
     ).raise_for_status()
     until_every_worker(
         a, workers_of(a, 2), lambda n: n.get("n-ec2", {}).get("state") == "draining",
@@ -257,7 +263,7 @@ def test_ttl_expiry_agrees_across_routers(pair, engine) -> None:
     local, a, b = pair
     workers_a, workers_b = workers_of(a, 2), workers_of(b, 2)
     t0 = time.monotonic()  # ttl_s is 5, and this is the only heartbeat
-    register_node(a.url, ROUTER_TOKEN, "n-ttl", engine.url, MODEL)
+    register_node(a.control_url, ROUTER_TOKEN, "n-ttl", engine.url, MODEL)
     until_every_worker(b, workers_b, lambda n: "n-ttl" in n, timeout=5, what="B to see n-ttl")
     gone = {}
     for router, workers in ((a, workers_a), (b, workers_b)):
@@ -283,7 +289,7 @@ def test_spot_notice_through_a_excludes_the_node_on_b(
         procs,
         logdir,
         {
-            "router": {"urls": [a.url], "node_token": ROUTER_TOKEN},
+            "router": {"urls": [a.control_url], "node_token": ROUTER_TOKEN},
             "engine": {"url": engine.url, "model": MODEL, "systemd_unit": None},
             "imds": {"url": imds.url, "poll_interval_s": 0.25},
             "heartbeat": {"interval_s": 0.5},
@@ -386,14 +392,14 @@ def test_acl_user_with_a_password_file(procs: ProcessGroup, logdir: Path, engine
     a = start_router(procs, logdir, cfg, name="router-a")
     b = start_router(procs, logdir, cfg, name="router-b")
     wait_until(lambda: backend_up(a) == 1 and backend_up(b) == 1, timeout=10, what="ACL login")
-    register_node(a.url, ROUTER_TOKEN, "n-acl", engine.url, MODEL)
+    register_node(a.control_url, ROUTER_TOKEN, "n-acl", engine.url, MODEL)
     wait_until(lambda: "n-acl" in view(b)[2], timeout=5, what="B to see n-acl")
 
     wrong = logdir / "wrong-auth"
     wrong.write_text("not-it")
     cfg["registry"]["redis_password_file"] = str(wrong)
     c = start_router(procs, logdir, cfg, name="router-c")
-    register_node(c.url, ROUTER_TOKEN, "n-local", engine.url, MODEL)
+    register_node(c.control_url, ROUTER_TOKEN, "n-local", engine.url, MODEL)
     assert view(c)[1] == "redis-down" and "n-local" in view(c)[2]
     assert complete(c).status_code == 200
     logs = "".join((logdir / f"router-{x}.log").read_text() for x in "abc")
@@ -480,13 +486,13 @@ def test_tls_registry_verified_against_a_ca_file(procs: ProcessGroup, logdir: Pa
     cfg["registry"]["redis_ca_file"] = str(ca)
     a = start_router(procs, logdir, cfg, name="router-a")
     b = start_router(procs, logdir, cfg, name="router-b")
-    register_node(a.url, ROUTER_TOKEN, "n-tls", engine.url, MODEL)
+    register_node(a.control_url, ROUTER_TOKEN, "n-tls", engine.url, MODEL)
     wait_until(lambda: "n-tls" in view(b)[2], timeout=10, what="B to see n-tls over TLS")
     assert view(b)[1] == "redis"
 
     del cfg["registry"]["redis_ca_file"]
     c = start_router(procs, logdir, cfg, name="router-c")
-    register_node(c.url, ROUTER_TOKEN, "n-local", engine.url, MODEL)
+    register_node(c.control_url, ROUTER_TOKEN, "n-local", engine.url, MODEL)
     assert view(c)[1] == "redis-down" and complete(c).status_code == 200
     assert "CERTIFICATE_VERIFY_FAILED" in (logdir / "router-c.log").read_text()
 
@@ -502,7 +508,7 @@ def metrics_view(router: Service) -> tuple[str, dict[tuple[str, tuple], float]]:
     """A fresh connection's ``GET /metrics``: (worker id, samples by (name, sorted labels))."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    parts = urlsplit(router.url)
+    parts = urlsplit(router.control_url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
     try:
         conn.request("GET", "/metrics")
@@ -549,7 +555,7 @@ def test_metrics_describe_the_whole_router_whichever_worker_answers(
     router = start_router(
         procs, logdir, fleet_config(local.url, ttl_s=60), env={"RUNTIME_DIRECTORY": str(runtime)}
     )
-    register_node(router.url, ROUTER_TOKEN, "n-1", engine.url, MODEL)
+    register_node(router.control_url, ROUTER_TOKEN, "n-1", engine.url, MODEL)
     workers = workers_of(router, 2)
     until_every_worker(router, workers, lambda n: "n-1" in n, timeout=10, what="n-1 everywhere")
     (shared,) = runtime.iterdir()  # the workers' files live there, not in /tmp
@@ -648,7 +654,7 @@ def test_junk_in_redis_is_skipped_logged_once_and_cannot_crowd_out_a_real_node(
         client.publish("spotrelay:events", message)
         client.publish("spotrelay:events", message)  # a second time: no second log line
 
-    register_node(router.url, ROUTER_TOKEN, "real-1", "http://127.0.0.1:9", "sim-model")
+    register_node(router.control_url, ROUTER_TOKEN, "real-1", "http://127.0.0.1:9", "sim-model")
 
     def healthy(nodes: dict[str, dict]) -> bool:
         return "real-1" in nodes and len(nodes) <= 20

@@ -542,7 +542,7 @@ def test_a_loop_through_another_router_is_cut_without_ejecting(procs, logdir, ro
     """Router A's node is router B, whose node is router A: the hop mark stops the loop."""
     other = start_router(procs, logdir, {"server": {"control_port": free_port()}}, name="other")
     register_node(router.control_url, ROUTER_TOKEN, "to-other", other.url, MODEL)
-    register_node(other.url, ROUTER_TOKEN, "back", router.url, MODEL)
+    register_node(other.control_url, ROUTER_TOKEN, "back", router.url, MODEL)
     resp = requests.post(f"{router.url}/v1/completions", data=BODY, timeout=30)
     assert resp.status_code == 508 and resp.json()["error"]["code"] == "loop_detected"
     assert metric(router.control_url, "spotrelay_router_upstream_attempts_total", outcome="loop")

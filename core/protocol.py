@@ -38,6 +38,7 @@ class NodeState(StrEnum):
 
     READY = "ready"
     DRAINING = "draining"
+    UNHEALTHY = "unhealthy"
 
 
 @dataclass(frozen=True)

@@ -286,7 +286,7 @@ run "load_balancer_subnets_are_trusted_proxies_and_nothing_is_uncapped" {
   command = apply
 
   assert {
-    condition     = module.config.router_settings.server.trusted_proxies == ["10.0.1.0/24"]
+    condition     = tolist(module.config.router_settings.server.trusted_proxies) == tolist(["10.0.1.0/24"])
     error_message = "The routers trust X-Forwarded-For from the load balancers' subnets (mocked 10.0.1.0/24)."
   }
 

@@ -303,13 +303,13 @@ class RedisSync:
             self.registry.remove(node_id, "expired" if op == "expire" else "deleted")
 
     def _upsert(self, entry: tuple) -> None:
-        """Apply a heartbeat; when full, a heartbeating node wins over one silent for ttl_s/3
+        """Apply a heartbeat; when full, a heartbeating node wins over one silent for 2/3 of ttl_s
         (as for a registration this worker receives itself)."""
         node_id, report, target, age_s, drained = entry
         try:
             self.registry.upsert(node_id, report, target, age_s=age_s, drained=drained)
         except RegistryFull:
-            silent_s = self.registry.ttl_s / 3
+            silent_s = self.registry.ttl_s * 2 / 3
             if age_s >= silent_s or self.registry.evict_silent(silent_s) is None:
                 raise
             self.registry.upsert(node_id, report, target, age_s=age_s, drained=drained)
@@ -427,6 +427,7 @@ def _report_doc(node: Any) -> dict[str, Any]:
         labels=dict(node.labels),
         engine=node.engine,
         instance_id=node.instance_id,
+        risk=node.risk,
     ).to_json()
 
 

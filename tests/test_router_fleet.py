@@ -625,7 +625,7 @@ def test_junk_in_redis_is_skipped_logged_once_and_cannot_crowd_out_a_real_node(
     local = start_redis(procs, logdir)
     client = redis.Redis.from_url(local.url)
     seconds, micros = client.time()
-    stale_ms = seconds * 1000 + micros // 1000 - 10_000  # silent 10 s of ttl_s 15
+    stale_ms = seconds * 1000 + micros // 1000 - 12_000  # silent 12 s of ttl_s 15
 
     def node_hash(n: int, **fields: str) -> dict[str, object]:
         report = json.dumps({"url": f"http://10.1.0.{n}:8000", "models": ["junk"]})

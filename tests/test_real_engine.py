@@ -315,7 +315,7 @@ def test_assembled_answers_on_llama_cpp_and_why_it_is_not_assembled(
     for kind in ("llama.cpp", "vllm"):
         config = {"registry": {"ttl_s": 600}, "routing": {"assemble_non_streaming": [kind]}}
         routers[kind] = router = start_router(procs, logdir, config, name=f"router-{kind}")
-        register_node(router.url, ROUTER_TOKEN, "llama", engine.url, MODEL, engine=llama)
+        register_node(router.control_url, ROUTER_TOKEN, "llama", engine.url, MODEL, engine=llama)
     cases = {
         "/v1/completions": {"prompt": PROMPT, "max_tokens": 8, "logprobs": 2},
         "/v1/chat/completions": {"messages": [{"role": "user", "content": "Say hi"}],

@@ -52,7 +52,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def nodes(router: Service) -> dict[str, dict[str, Any]]:
-    return router_nodes(router.url)
+    return router_nodes(router.control_url)
 
 
 def imds_reads(imds: Service) -> int:
@@ -131,7 +131,7 @@ def test_spot_notice_drains_before_the_deadline(
         assert labels == {"instance_type": "g6.xlarge", "az": "us-east-1b", "lifecycle": "spot"}
         # A second node serving the same model, registered by hand, takes the traffic.
         other = start_sim_vllm(procs, logdir, model=model, name="vllm-other")
-        register_node(router.url, ROUTER_TOKEN, "other-node", other.url, model)
+        register_node(router.control_url, ROUTER_TOKEN, "other-node", other.url, model)
 
         # A long stream in flight on our node when the notice arrives.
         result: dict[str, str] = {}

@@ -56,7 +56,7 @@ pytestmark = pytest.mark.usefixtures("fake_aws_credentials")
 
 @pytest.fixture
 def router(procs, logdir) -> Iterator[str]:
-    yield start_router(procs, logdir).url
+    yield start_router(procs, logdir).control_url  # control plane only
 
 
 @pytest.fixture

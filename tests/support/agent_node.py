@@ -47,7 +47,7 @@ def get_json(url: str, token: str | None = None) -> Any:
 
 
 def node_state(router: Service, node_id: str) -> str | None:
-    node = router_nodes(router.url).get(node_id)
+    node = router_nodes(router.control_url).get(node_id)
     return None if node is None else node["state"]
 
 
@@ -81,7 +81,7 @@ def make_node(
     imds = start_imds(procs, logdir, "--instance-id", instance_id, "--az", "us-east-1b")
     engine = start_sim_vllm(procs, logdir, *engine_args, model=model)
     config: dict[str, Any] = {
-        "router": {"urls": [router.url], "node_token": ROUTER_TOKEN},
+        "router": {"urls": [router.control_url], "node_token": ROUTER_TOKEN},
         "engine": {"url": engine.url, "model": model, "systemd_unit": None},
         "imds": {"url": imds.url, "poll_interval_s": POLL},
         "heartbeat": {"interval_s": 0.5},
@@ -115,7 +115,9 @@ def wait_state(router: Service, node_id: str, state: str | None, timeout: float 
 def wait_reported(router: Service, node_id: str, state: str, timeout: float = 10) -> None:
     """Poll ``GET /nodes`` until the node's own report (``reported_state``) is ``state``."""
     wait_until(
-        lambda: (router_nodes(router.url).get(node_id) or {}).get("reported_state") == state,
+        lambda: (
+            (router_nodes(router.control_url).get(node_id) or {}).get("reported_state") == state
+        ),
         timeout=timeout,
         interval=0.01,
         what=f"{node_id} to report {state}",

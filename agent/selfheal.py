@@ -22,11 +22,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from spotrelay.core.backoff import Backoff
 
 from .lifecycle import LifecycleError, LifecycleHook
+from .metrics import AgentMetrics
+from .ports import DrainControl, Notifier
 
 log = logging.getLogger("spotrelay.agent.selfheal")
 
@@ -67,12 +68,12 @@ class Healer:
     def __init__(
         self,
         *,
-        drain: Any,
+        drain: DrainControl,
         asg: LifecycleHook,
         drain_timeout_s: float,
         unhealthy_after_s: float,
-        metrics: Any = None,
-        webhook: Any = None,
+        metrics: AgentMetrics | None = None,
+        webhook: Notifier | None = None,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:

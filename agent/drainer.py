@@ -1,0 +1,374 @@
+"""Performs what the drain machine decides: the drain's thread and all of its I/O.
+
+:class:`Drainer` asks :class:`~.drain.DrainMachine` under one lock and does
+the answer outside it: the state file (:mod:`.drainstore`), the webhook,
+metrics, waking the heartbeat links, the worker thread, and each step's
+calls to the routers, the engine, the lifecycle hook and systemctl. No
+decision is taken here beyond how to make a call (threads per router,
+retries until the machine's deadline).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from spotrelay.core.backoff import Backoff
+from spotrelay.core.protocol import NodeReport, NodeState
+from spotrelay.core.retry import retry_until
+
+from .drain import DrainMachine, DrainPolicy
+from .drainstate import (
+    Announce,
+    ClearState,
+    CompleteLifecycle,
+    CountDrain,
+    CountLifecycle,
+    Deregister,
+    DrainRequest,
+    DrainState,
+    Effect,
+    Notify,
+    ObserveDuration,
+    Persist,
+    Quiesce,
+    SetDraining,
+    StartWorker,
+    StepAction,
+    StopEngine,
+    WaitIdle,
+    WakeLinks,
+    WakeWorker,
+)
+from .drainstore import StateStore
+from .engine import stop_unit
+from .events import Event
+from .lifecycle import LifecycleError
+from .metrics import AgentMetrics
+from .ports import LifecycleAction, LoadProbe, Notifier, RouterPort
+from .routers import RouterError
+
+log = logging.getLogger("spotrelay.agent.drain")
+
+T = TypeVar("T")
+
+
+class Drainer:
+    """Runs the drain in its own thread; :meth:`request` is safe from any thread."""
+
+    def __init__(
+        self,
+        machine: DrainMachine,
+        *,
+        routers: Sequence[RouterPort],
+        engine: LoadProbe,
+        store: StateStore,
+        report_fn: Callable[[NodeState], NodeReport | None],
+        lifecycle: LifecycleAction | None = None,
+        on_change: Callable[[], None] | None = None,
+        quiesce: Callable[[], None] | None = None,
+        metrics: AgentMetrics | None = None,
+        webhook: Notifier | None = None,
+        dry_run: bool = False,
+    ) -> None:
+        if machine.has_hook != (lifecycle is not None):
+            raise ValueError("the machine's has_hook must match the lifecycle hook given")
+        self.machine = machine
+        self.routers = list(routers)
+        self.engine = engine
+        self.store = store
+        self.report_fn = report_fn
+        self.lifecycle = lifecycle
+        self.on_change = on_change or (lambda: None)
+        self.quiesce = quiesce or (lambda: None)
+        self.metrics = metrics
+        self.webhook = webhook
+        self.dry_run = dry_run
+        self._lock = threading.Lock()  # around every call into the machine
+        self._store_lock = threading.Lock()  # writes in the machine's order
+        self._written = 0
+        self._wake = threading.Event()
+        self._worker: threading.Thread | None = None
+
+    # ------------------------------------------------------------ queries
+    @property
+    def policy(self) -> DrainPolicy:
+        return self.machine.policy
+
+    @property
+    def state(self) -> DrainState | None:
+        return self.machine.state
+
+    @property
+    def active(self) -> bool:
+        """A drain exists (running or finished): the node must not report ``ready``."""
+        return self.machine.active
+
+    @property
+    def silenced(self) -> bool:
+        """Deregistered (or about to be): no more heartbeats to any router."""
+        return self.machine.silenced
+
+    @property
+    def finished(self) -> bool:
+        return self.machine.finished
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None and self._worker.is_alive()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the worker thread; True if no drain is running any more."""
+        worker = self._worker
+        if worker is not None:
+            worker.join(timeout)
+        return not self.running
+
+    # ---------------------------------------------------------- requests
+    def restore(self) -> DrainState | None:
+        """Pick up a drain from the state file after a restart (and resume it)."""
+        loaded = self.store.load()
+        with self._lock:
+            effects = self.machine.restore(loaded)
+        self.perform(effects)
+        return self.machine.state
+
+    def request_event(self, event: Event) -> bool:
+        """Drain for an IMDS event; the deadline comes from the event when it has one."""
+        return self.submit(self.machine.for_event(event))
+
+    def request_shutdown(self) -> bool:
+        """SIGTERM: a short drain that is not persisted (a restarted agent registers again)."""
+        return self.submit(self.machine.for_shutdown())
+
+    def request(
+        self,
+        reason: str,
+        kind: str,
+        *,
+        drain_until: float,
+        deadline: float,
+        terminating: bool,
+        persist: bool = True,
+        stop_engine: bool = False,
+        detail: dict[str, Any] | None = None,
+    ) -> bool:
+        """Start a drain, or merge into the one that exists; True if this started one."""
+        req = DrainRequest(
+            reason, kind, drain_until, deadline, terminating, persist, stop_engine, detail
+        )
+        return self.submit(req)
+
+    def submit(self, req: DrainRequest) -> bool:
+        with self._lock:
+            started, effects = self.machine.request(req)
+        self.perform(effects)
+        return started
+
+    # ----------------------------------------------------------- effects
+    def perform(self, effects: Sequence[Effect]) -> None:
+        """Do what the machine asked, in its order."""
+        for effect in effects:
+            match effect:
+                case WakeLinks():
+                    self.on_change()
+                case Quiesce():
+                    self.quiesce()
+                case Persist(state=state, seq=seq):
+                    self._persist(state, seq)
+                case ClearState():
+                    self.store.clear()
+                case Notify(kind=kind, fields=fields):
+                    if self.webhook is not None:
+                        self.webhook.send(kind, **fields)
+                case StartWorker(resumed=resumed):
+                    self._start_worker(resumed)
+                case WakeWorker():
+                    self._wake.set()
+                case _:
+                    self._count(effect)
+
+    def _count(self, effect: Effect) -> None:
+        metrics = self.metrics
+        if metrics is None:
+            return
+        match effect:
+            case CountDrain(kind=kind):
+                metrics.drains.labels(kind).inc()
+            case SetDraining(on=on):
+                metrics.draining.set(1 if on else 0)
+            case ObserveDuration(seconds=seconds):
+                metrics.drain_duration.observe(seconds)
+            case CountLifecycle(result=result):
+                metrics.lifecycle_actions.labels(result).inc()
+
+    def _persist(self, state: DrainState, seq: int) -> None:
+        with self._store_lock:
+            if seq > self._written:  # a snapshot older than one on disk is stale
+                self.store.save(state)
+                self._written = seq
+
+    # ------------------------------------------------------------ worker
+    def _start_worker(self, resumed: bool) -> None:
+        self._worker = threading.Thread(
+            target=self._run, args=(resumed,), name="drain", daemon=True
+        )
+        self._worker.start()
+
+    def _run(self, resumed: bool) -> None:
+        try:
+            while True:
+                with self._lock:
+                    action, effects = self.machine.next_action()
+                self.perform(effects)
+                if action is None:
+                    return
+                outcome = self._execute(action)
+                with self._lock:
+                    effects = self.machine.step_done(action, outcome)
+                self.perform(effects)
+        except Exception:  # never leave the agent without a log of why
+            log.exception("drain step failed unexpectedly")
+            with self._lock:
+                self.machine.worker_failed()
+
+    def _execute(self, action: StepAction) -> Any:
+        match action:
+            case Announce(until=until):
+                return self._on_each_router(self._announce_one, until)
+            case WaitIdle():
+                return self._wait_idle()
+            case Deregister(until=until):
+                return self._on_each_router(self._delete_one, until)
+            case CompleteLifecycle(until=until):
+                return self._complete_lifecycle(until)
+            case StopEngine(unit=unit, timeout_s=timeout_s):
+                if unit and self.dry_run:
+                    log.info("dry run: would run systemctl stop %s", unit)
+                elif unit:
+                    stop_unit(unit, timeout_s)
+        return None
+
+    def _retry(
+        self,
+        call: Callable[[], T],
+        errors: type[Exception],
+        backoff: Backoff,
+        until: float,
+        on_retry: Callable[[BaseException, float], None] | None = None,
+    ) -> T:
+        """Retry ``call`` with ``backoff`` until ``until`` on the machine's clock."""
+        return retry_until(
+            call,
+            retry_on=errors,
+            next_delay=backoff.next_delay,
+            until=until,
+            on_retry=on_retry,
+            clock=self.machine.clock,
+        )
+
+    # ------------------------------------------------------- router steps
+    def _on_each_router(
+        self, call: Callable[[RouterPort, float], bool], until: float
+    ) -> frozenset[str]:
+        """``call`` on every router at once (a dead one must not delay the others);
+        the routers it succeeded on."""
+        done: set[str] = set()
+
+        def one(router: RouterPort) -> None:
+            if call(router, until):
+                done.add(router.base)
+
+        threads = [threading.Thread(target=one, args=(r,), daemon=True) for r in self.routers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return frozenset(done)
+
+    def _announce_one(self, router: RouterPort, until: float) -> bool:
+        def announce() -> int:
+            report = self.report_fn(NodeState.DRAINING)
+            if report is not None:
+                router.put(report)
+            return router.drain()
+
+        try:
+            in_flight = self._retry(announce, RouterError, Backoff(0.1, 1.0), until)
+        except RouterError as exc:
+            log.warning("giving up announcing to %s: %s", router.base, exc)
+            return False
+        log.info("router acknowledged drain", extra={"router": router.base, "in_flight": in_flight})
+        return True
+
+    def _delete_one(self, router: RouterPort, until: float) -> bool:
+        try:
+            self._retry(router.delete, RouterError, Backoff(0.1, 1.0), until)
+        except RouterError as exc:
+            log.warning("could not deregister from %s: %s", router.base, exc)
+            return False
+        log.info("deregistered", extra={"router": router.base})
+        return True
+
+    # ----------------------------------------------------------- idle wait
+    def _wait_idle(self) -> None:
+        if self.dry_run:
+            load = self.engine.load()
+            log.info("dry run: would wait for the engine to go idle (load now %s)", load)
+            return
+        while True:
+            with self._lock:
+                over = self.machine.idle_over()
+            if over:
+                load = self.engine.load()
+                log.warning(
+                    "drain deadline reached before the engine was idle", extra={"load": load}
+                )
+                return
+            idle = self._idle_now()
+            with self._lock:
+                verdict = self.machine.idle_poll(idle)
+            if verdict.done:
+                return
+            if verdict.heartbeat and self.lifecycle is not None:
+                self.lifecycle.heartbeat()
+            self._wake.wait(verdict.sleep_s)
+            self._wake.clear()
+
+    def _idle_now(self) -> bool:
+        load = self.engine.load()
+        # No metrics (a dead engine, llama.cpp, most non-vLLM servers): the routers'
+        # in-flight count alone decides. No health probe here: on some engines it
+        # waits for the running request, and the drain must keep its deadline.
+        if load is not None and load.running + load.waiting > 0:
+            return False
+        in_flight = 0
+        for router in self.routers:
+            if router.base in self.machine.acked:
+                with contextlib.suppress(RouterError):
+                    in_flight += router.drain()
+        return in_flight == 0
+
+    # ------------------------------------------------------ lifecycle step
+    def _complete_lifecycle(self, until: float) -> str:
+        assert self.lifecycle is not None
+        try:
+            return self._retry(
+                self.lifecycle.complete,
+                LifecycleError,
+                Backoff(0.5, 5.0),
+                until,
+                on_retry=lambda exc, delay: log.warning(
+                    "lifecycle action failed, retrying in %.1fs: %s", delay, exc
+                ),
+            )
+        except LifecycleError as exc:
+            log.error(
+                "could not complete the lifecycle action; the ASG will apply the "
+                "hook's default result at its timeout: %s",
+                exc,
+            )
+            return "failed"

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from spotrelay.core.backoff import Backoff
 from spotrelay.core.protocol import NodeReport, NodeState
@@ -52,8 +52,6 @@ from .ports import LifecycleAction, LoadProbe, Notifier, RouterPort
 from .routers import RouterError
 
 log = logging.getLogger("spotrelay.agent.drain")
-
-T = TypeVar("T")
 
 
 class Drainer:
@@ -238,11 +236,16 @@ class Drainer:
     def _execute(self, action: StepAction) -> Any:
         match action:
             case Announce(until=until):
-                return self._on_each_router(self._announce_one, until)
+                report = self.report_fn
+                return on_each_router(
+                    self.routers, lambda r: announce_to(r, report, until, self.machine.clock)
+                )
             case WaitIdle():
                 return self._wait_idle()
             case Deregister(until=until):
-                return self._on_each_router(self._delete_one, until)
+                return on_each_router(
+                    self.routers, lambda r: delete_from(r, until, self.machine.clock)
+                )
             case CompleteLifecycle(until=until):
                 return self._complete_lifecycle(until)
             case StopEngine(unit=unit, timeout_s=timeout_s):
@@ -251,67 +254,6 @@ class Drainer:
                 elif unit:
                     stop_unit(unit, timeout_s)
         return None
-
-    def _retry(
-        self,
-        call: Callable[[], T],
-        errors: type[Exception],
-        backoff: Backoff,
-        until: float,
-        on_retry: Callable[[BaseException, float], None] | None = None,
-    ) -> T:
-        """Retry ``call`` with ``backoff`` until ``until`` on the machine's clock."""
-        return retry_until(
-            call,
-            retry_on=errors,
-            next_delay=backoff.next_delay,
-            until=until,
-            on_retry=on_retry,
-            clock=self.machine.clock,
-        )
-
-    # ------------------------------------------------------- router steps
-    def _on_each_router(
-        self, call: Callable[[RouterPort, float], bool], until: float
-    ) -> frozenset[str]:
-        """``call`` on every router at once (a dead one must not delay the others);
-        the routers it succeeded on."""
-        done: set[str] = set()
-
-        def one(router: RouterPort) -> None:
-            if call(router, until):
-                done.add(router.base)
-
-        threads = [threading.Thread(target=one, args=(r,), daemon=True) for r in self.routers]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return frozenset(done)
-
-    def _announce_one(self, router: RouterPort, until: float) -> bool:
-        def announce() -> int:
-            report = self.report_fn(NodeState.DRAINING)
-            if report is not None:
-                router.put(report)
-            return router.drain()
-
-        try:
-            in_flight = self._retry(announce, RouterError, Backoff(0.1, 1.0), until)
-        except RouterError as exc:
-            log.warning("giving up announcing to %s: %s", router.base, exc)
-            return False
-        log.info("router acknowledged drain", extra={"router": router.base, "in_flight": in_flight})
-        return True
-
-    def _delete_one(self, router: RouterPort, until: float) -> bool:
-        try:
-            self._retry(router.delete, RouterError, Backoff(0.1, 1.0), until)
-        except RouterError as exc:
-            log.warning("could not deregister from %s: %s", router.base, exc)
-            return False
-        log.info("deregistered", extra={"router": router.base})
-        return True
 
     # ----------------------------------------------------------- idle wait
     def _wait_idle(self) -> None:
@@ -356,14 +298,15 @@ class Drainer:
     def _complete_lifecycle(self, until: float) -> str:
         assert self.lifecycle is not None
         try:
-            return self._retry(
+            return retry_until(
                 self.lifecycle.complete,
-                LifecycleError,
-                Backoff(0.5, 5.0),
-                until,
+                retry_on=LifecycleError,
+                next_delay=Backoff(0.5, 5.0).next_delay,
+                until=until,
                 on_retry=lambda exc, delay: log.warning(
                     "lifecycle action failed, retrying in %.1fs: %s", delay, exc
                 ),
+                clock=self.machine.clock,
             )
         except LifecycleError as exc:
             log.error(
@@ -372,3 +315,69 @@ class Drainer:
                 exc,
             )
             return "failed"
+
+
+# ------------------------------------------------------------- router calls
+def on_each_router(
+    routers: Sequence[RouterPort], call: Callable[[RouterPort], bool]
+) -> frozenset[str]:
+    """``call`` on every router at once (a dead one must not delay the others); the
+    routers it succeeded on."""
+    done: set[str] = set()
+
+    def one(router: RouterPort) -> None:
+        if call(router):
+            done.add(router.base)
+
+    threads = [threading.Thread(target=one, args=(r,), daemon=True) for r in routers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return frozenset(done)
+
+
+def announce_to(
+    router: RouterPort,
+    report_fn: Callable[[NodeState], NodeReport | None],
+    until: float,
+    clock: Callable[[], float],
+) -> bool:
+    """PUT ``draining`` and ``POST /drain`` until acknowledged or ``until``."""
+
+    def announce() -> int:
+        report = report_fn(NodeState.DRAINING)
+        if report is not None:
+            router.put(report)
+        return router.drain()
+
+    try:
+        in_flight = retry_until(
+            announce,
+            retry_on=RouterError,
+            next_delay=Backoff(0.1, 1.0).next_delay,
+            until=until,
+            clock=clock,
+        )
+    except RouterError as exc:
+        log.warning("giving up announcing to %s: %s", router.base, exc)
+        return False
+    log.info("router acknowledged drain", extra={"router": router.base, "in_flight": in_flight})
+    return True
+
+
+def delete_from(router: RouterPort, until: float, clock: Callable[[], float]) -> bool:
+    """``DELETE /nodes/{id}``, retried until ``until``."""
+    try:
+        retry_until(
+            router.delete,
+            retry_on=RouterError,
+            next_delay=Backoff(0.1, 1.0).next_delay,
+            until=until,
+            clock=clock,
+        )
+    except RouterError as exc:
+        log.warning("could not deregister from %s: %s", router.base, exc)
+        return False
+    log.info("deregistered", extra={"router": router.base})
+    return True

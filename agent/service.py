@@ -98,6 +98,41 @@ def drain_policy(cfg: AgentConfig) -> DrainPolicy:
     )
 
 
+def wait_identity(
+    imds: ImdsClient, cfg: AgentConfig, terminate: threading.Event
+) -> Identity | None:
+    """Read the instance identity, retrying with backoff; None if told to stop first."""
+    backoff = Backoff(cfg.imds.poll_interval_s, 10.0)
+    attempts = 0
+    while not terminate.is_set():
+        try:
+            return imds.identity()
+        except ImdsError as exc:
+            attempts += 1
+            if cfg.node.id and cfg.node.advertise_url and attempts >= 3:
+                log.warning("IMDS unavailable (%s); using node.id without IMDS labels", exc)
+                return Identity(instance_id=cfg.node.id)
+            delay = backoff.next_delay()
+            log.warning("waiting for IMDS identity: %s (retry in %.1fs)", exc, delay)
+            terminate.wait(delay)
+    return None
+
+
+def termination_hook(cfg: AgentConfig, identity: Identity, dry_run: bool) -> LifecycleHook | None:
+    """The termination hook the drain completes; None when ``lifecycle.*`` names none."""
+    lc = cfg.lifecycle
+    if not (lc.asg_name and lc.hook_name):
+        return None
+    return LifecycleHook(
+        lc.asg_name,
+        lc.hook_name,
+        identity.instance_id,
+        region=lc.region or identity.region,
+        endpoint_url=lc.endpoint_url,
+        dry_run=dry_run,
+    )
+
+
 class Agent:
     """One agent process; :meth:`run` blocks until SIGTERM and returns the exit code."""
 
@@ -134,23 +169,6 @@ class Agent:
         self._threads: list[Ticker] = []
 
     # ------------------------------------------------------------ start-up
-    def _wait_identity(self) -> Identity | None:
-        """Read the instance identity, retrying with backoff; None if told to stop first."""
-        backoff = Backoff(self.cfg.imds.poll_interval_s, 10.0)
-        attempts = 0
-        while not self.terminate.is_set():
-            try:
-                return self.imds.identity()
-            except ImdsError as exc:
-                attempts += 1
-                if self.cfg.node.id and self.cfg.node.advertise_url and attempts >= 3:
-                    log.warning("IMDS unavailable (%s); using node.id without IMDS labels", exc)
-                    return Identity(instance_id=self.cfg.node.id)
-                delay = backoff.next_delay()
-                log.warning("waiting for IMDS identity: %s (retry in %.1fs)", exc, delay)
-                self.terminate.wait(delay)
-        return None
-
     def _identify(self, identity: Identity) -> None:
         """Who this node is, once IMDS has answered."""
         cfg = self.cfg
@@ -168,16 +186,7 @@ class Agent:
 
     def _build_drain(self, identity: Identity, routers: list[RouterClient]) -> Drainer:
         cfg = self.cfg
-        lifecycle = None
-        if cfg.lifecycle.asg_name and cfg.lifecycle.hook_name:
-            lifecycle = LifecycleHook(
-                cfg.lifecycle.asg_name,
-                cfg.lifecycle.hook_name,
-                identity.instance_id,
-                region=cfg.lifecycle.region or identity.region,
-                endpoint_url=cfg.lifecycle.endpoint_url,
-                dry_run=self.dry_run,
-            )
+        lifecycle = termination_hook(cfg, identity, self.dry_run)
         machine = DrainMachine(
             node_id=self.node_id,
             instance_id=identity.instance_id,
@@ -202,7 +211,7 @@ class Agent:
     def start(self) -> bool:
         """Build and start everything; False if a signal arrived before IMDS answered."""
         cfg = self.cfg
-        identity = self._wait_identity()
+        identity = wait_identity(self.imds, cfg, self.terminate)
         if identity is None:
             return False
         self._identify(identity)

@@ -42,30 +42,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .drainstate import (
-    Announce,
-    ClearState,
-    CompleteLifecycle,
-    CountDrain,
-    CountLifecycle,
-    Deregister,
-    DrainRequest,
-    DrainState,
-    Effect,
-    IdleVerdict,
-    Notify,
-    ObserveDuration,
-    Persist,
-    Quiesce,
-    SetDraining,
-    StartWorker,
-    Step,
-    StepAction,
-    StopEngine,
-    WaitIdle,
-    WakeLinks,
-    WakeWorker,
-)
+from . import drainstate as act
+from .drainstate import DrainRequest, DrainState, Effect, IdleVerdict, Step, StepAction
 from .events import Event, iso
 
 log = logging.getLogger("spotrelay.agent.drain")
@@ -140,7 +118,7 @@ class DrainMachine:
         if not self.state.persist:
             return []
         self._seq += 1
-        return [Persist(self.state.snapshot(), self._seq)]
+        return [act.Persist(self.state.snapshot(), self._seq)]
 
     # ----------------------------------------------------------- restore
     def restore(self, loaded: DrainState | None) -> list[Effect]:
@@ -149,10 +127,10 @@ class DrainMachine:
             return []
         if loaded.instance_id != self.instance_id:
             log.info("ignoring drain state of another instance (%s)", loaded.instance_id)
-            return [ClearState()]
+            return [act.ClearState()]
         if self.boot_id and loaded.boot_id and loaded.boot_id != self.boot_id:
             log.info("ignoring drain state from a previous boot (instance was stopped/started)")
-            return [ClearState()]
+            return [act.ClearState()]
         self.state = loaded
         self._deregistering = loaded.deregistered
         pending = self.pending()
@@ -163,10 +141,10 @@ class DrainMachine:
                 extra={"reasons": ",".join(loaded.reasons), "pending": ",".join(pending)},
             )
             self._busy = True
-            effects.append(StartWorker(resumed=True))
+            effects.append(act.StartWorker(resumed=True))
         else:
             log.info("drain already finished for this instance; staying out of service")
-        effects.append(SetDraining(bool(pending)))
+        effects.append(act.SetDraining(bool(pending)))
         return effects
 
     # ----------------------------------------------------------- requests
@@ -214,10 +192,10 @@ class DrainMachine:
         if self.pending() and not self._busy:
             state.finished_at = None  # e.g. the lifecycle step after a rebalance drain
             self._busy = True
-            effects = [*self._persist(), StartWorker()]
+            effects = [*self._persist(), act.StartWorker()]
         else:
             effects = self._persist()
-        return False, [*effects, WakeWorker()]
+        return False, [*effects, act.WakeWorker()]
 
     def _start(self, req: DrainRequest) -> list[Effect]:
         state = self.state = DrainState(
@@ -245,12 +223,12 @@ class DrainMachine:
         )
         self._busy = True
         return [
-            WakeLinks(),  # heartbeats say "draining" now, before any disk I/O
+            act.WakeLinks(),  # heartbeats say "draining" now, before any disk I/O
             *self._persist(),
-            CountDrain(req.kind),
-            SetDraining(True),
-            Notify("drain_started", {"drain": state.to_json()}),
-            StartWorker(),
+            act.CountDrain(req.kind),
+            act.SetDraining(True),
+            act.Notify("drain_started", {"drain": state.to_json()}),
+            act.StartWorker(),
         ]
 
     def _merge(self, state: DrainState, req: DrainRequest) -> bool:
@@ -286,22 +264,24 @@ class DrainMachine:
         match step:
             case Step.ANNOUNCE:
                 until = min(now + self.policy.ack_timeout_s, state.deadline)
-                return Announce(until), [WakeLinks()]  # heartbeats send "draining" right now
+                # The heartbeat links send "draining" right now.
+                return act.Announce(until), [act.WakeLinks()]
             case Step.WAIT_IDLE:
                 self._quiet = 0
                 self._next_beat = now + self.policy.lifecycle_heartbeat_s
-                return WaitIdle(), []
+                return act.WaitIdle(), []
             case Step.DEREGISTER:
                 self._deregistering = True
                 # A router that does not answer drops us by TTL anyway: do not let
                 # it hold up the lifecycle action for the whole deadline.
+                # No heartbeat may land after the DELETE.
                 until = max(min(state.deadline, now + self.policy.ack_timeout_s), now + 1.0)
-                return Deregister(until), [Quiesce()]  # no heartbeat may land after the DELETE
+                return act.Deregister(until), [act.Quiesce()]
             case Step.COMPLETE_LIFECYCLE:
-                return CompleteLifecycle(until=max(state.deadline, now + 5.0)), []
+                return act.CompleteLifecycle(until=max(state.deadline, now + 5.0)), []
             case _:
                 unit = self.policy.systemd_unit
-                return StopEngine(unit, self.policy.engine_stop_timeout_s), []
+                return act.StopEngine(unit, self.policy.engine_stop_timeout_s), []
 
     def step_done(self, action: StepAction, outcome: Any = None) -> list[Effect]:
         """Record a finished step: ``outcome`` is the acknowledging routers (announce) or the
@@ -310,19 +290,19 @@ class DrainMachine:
         state = self.state
         effects: list[Effect] = []
         match action:
-            case Announce():
+            case act.Announce():
                 self.acked = frozenset(outcome or ())
                 state.announced = True
-            case WaitIdle():
+            case act.WaitIdle():
                 state.idle = True
-            case Deregister():
+            case act.Deregister():
                 state.deregistered = True
-                effects.append(WakeLinks())
-            case CompleteLifecycle():
+                effects.append(act.WakeLinks())
+            case act.CompleteLifecycle():
                 state.lifecycle_result = str(outcome)
                 state.lifecycle_done = True
-                effects.append(CountLifecycle(str(outcome)))
-            case StopEngine():
+                effects.append(act.CountLifecycle(str(outcome)))
+            case act.StopEngine():
                 state.engine_stopped = True
         return [*effects, *self._persist()]
 
@@ -344,9 +324,9 @@ class DrainMachine:
             },
         )
         return [
-            ObserveDuration(duration),
-            SetDraining(False),
-            Notify("drain_finished", {"drain": state.to_json(), "duration_s": duration}),
+            act.ObserveDuration(duration),
+            act.SetDraining(False),
+            act.Notify("drain_finished", {"drain": state.to_json(), "duration_s": duration}),
         ]
 
     # ---------------------------------------------------------- idle wait

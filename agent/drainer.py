@@ -20,29 +20,9 @@ from spotrelay.core.backoff import Backoff
 from spotrelay.core.protocol import NodeReport, NodeState
 from spotrelay.core.retry import retry_until
 
+from . import drainstate as act
 from .drain import DrainMachine, DrainPolicy
-from .drainstate import (
-    Announce,
-    ClearState,
-    CompleteLifecycle,
-    CountDrain,
-    CountLifecycle,
-    Deregister,
-    DrainRequest,
-    DrainState,
-    Effect,
-    Notify,
-    ObserveDuration,
-    Persist,
-    Quiesce,
-    SetDraining,
-    StartWorker,
-    StepAction,
-    StopEngine,
-    WaitIdle,
-    WakeLinks,
-    WakeWorker,
-)
+from .drainstate import DrainRequest, DrainState, Effect, StepAction
 from .drainstore import StateStore
 from .engine import stop_unit
 from .events import Event
@@ -171,20 +151,20 @@ class Drainer:
         """Do what the machine asked, in its order."""
         for effect in effects:
             match effect:
-                case WakeLinks():
+                case act.WakeLinks():
                     self.on_change()
-                case Quiesce():
+                case act.Quiesce():
                     self.quiesce()
-                case Persist(state=state, seq=seq):
+                case act.Persist(state=state, seq=seq):
                     self._persist(state, seq)
-                case ClearState():
+                case act.ClearState():
                     self.store.clear()
-                case Notify(kind=kind, fields=fields):
+                case act.Notify(kind=kind, fields=fields):
                     if self.webhook is not None:
                         self.webhook.send(kind, **fields)
-                case StartWorker(resumed=resumed):
+                case act.StartWorker(resumed=resumed):
                     self._start_worker(resumed)
-                case WakeWorker():
+                case act.WakeWorker():
                     self._wake.set()
                 case _:
                     self._count(effect)
@@ -194,13 +174,13 @@ class Drainer:
         if metrics is None:
             return
         match effect:
-            case CountDrain(kind=kind):
+            case act.CountDrain(kind=kind):
                 metrics.drains.labels(kind).inc()
-            case SetDraining(on=on):
+            case act.SetDraining(on=on):
                 metrics.draining.set(1 if on else 0)
-            case ObserveDuration(seconds=seconds):
+            case act.ObserveDuration(seconds=seconds):
                 metrics.drain_duration.observe(seconds)
-            case CountLifecycle(result=result):
+            case act.CountLifecycle(result=result):
                 metrics.lifecycle_actions.labels(result).inc()
 
     def _persist(self, state: DrainState, seq: int) -> None:
@@ -235,20 +215,20 @@ class Drainer:
 
     def _execute(self, action: StepAction) -> Any:
         match action:
-            case Announce(until=until):
+            case act.Announce(until=until):
                 report = self.report_fn
                 return on_each_router(
                     self.routers, lambda r: announce_to(r, report, until, self.machine.clock)
                 )
-            case WaitIdle():
+            case act.WaitIdle():
                 return self._wait_idle()
-            case Deregister(until=until):
+            case act.Deregister(until=until):
                 return on_each_router(
                     self.routers, lambda r: delete_from(r, until, self.machine.clock)
                 )
-            case CompleteLifecycle(until=until):
+            case act.CompleteLifecycle(until=until):
                 return self._complete_lifecycle(until)
-            case StopEngine(unit=unit, timeout_s=timeout_s):
+            case act.StopEngine(unit=unit, timeout_s=timeout_s):
                 if unit and self.dry_run:
                     log.info("dry run: would run systemctl stop %s", unit)
                 elif unit:

@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 from spotrelay.core.protocol import NodeLoad, NodeReport
 
+from .drainstate import DrainRequest
+
 
 class RouterPort(Protocol):
     """The control-plane calls the drain makes on one router."""
@@ -54,17 +56,8 @@ class DrainControl(Protocol):
     @property
     def active(self) -> bool: ...
 
-    def request(
-        self,
-        reason: str,
-        kind: str,
-        *,
-        drain_until: float,
-        deadline: float,
-        terminating: bool,
-        persist: bool = True,
-        stop_engine: bool = False,
-        detail: dict[str, Any] | None = None,
-    ) -> bool: ...
+    def submit(self, req: DrainRequest) -> bool:
+        """Start a drain or merge into the one that exists; True if this started one."""
+        ...
 
     def wait(self, timeout: float | None = None) -> bool: ...

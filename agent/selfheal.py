@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from spotrelay.core.backoff import Backoff
 
+from .drainstate import DrainRequest
 from .lifecycle import LifecycleError, LifecycleHook
 from .metrics import AgentMetrics
 from .ports import DrainControl, Notifier
@@ -124,13 +125,14 @@ class Healer:
 
     def _drain(self) -> None:
         now = self.clock()
-        self.drain.request(
-            REASON,
-            REASON,
-            drain_until=now + self.drain_timeout_s,
-            deadline=now + self.drain_timeout_s + 5.0,
-            terminating=False,
-            stop_engine=False,
+        self.drain.submit(
+            DrainRequest(
+                REASON,
+                REASON,
+                drain_until=now + self.drain_timeout_s,
+                deadline=now + self.drain_timeout_s + 5.0,
+                terminating=False,
+            )
         )
         if not self.drain.wait(self.drain_timeout_s + 10.0):
             log.warning("drain still running after %.0fs; marking Unhealthy anyway",

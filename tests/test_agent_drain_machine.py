@@ -5,28 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from spotrelay.agent import drainstate as act
 from spotrelay.agent.drain import DrainMachine, DrainPolicy
-from spotrelay.agent.drainstate import (
-    Announce,
-    ClearState,
-    CompleteLifecycle,
-    CountDrain,
-    CountLifecycle,
-    Deregister,
-    DrainState,
-    Effect,
-    Notify,
-    ObserveDuration,
-    Persist,
-    Quiesce,
-    SetDraining,
-    StartWorker,
-    StepAction,
-    StopEngine,
-    WaitIdle,
-    WakeLinks,
-    WakeWorker,
-)
+from spotrelay.agent.drainstate import DrainState, Effect, StepAction
 from spotrelay.agent.events import LifecycleTerminated, Rebalance, SpotInterruption
 
 T0 = 1_800_000_000.0
@@ -76,7 +57,7 @@ def run_steps(m: DrainMachine, outcomes: dict[type, Any] | None = None) -> list[
         if action is None:
             return actions
         actions.append(action)
-        if isinstance(action, WaitIdle):
+        if isinstance(action, act.WaitIdle):
             assert not m.idle_poll(True).done and m.idle_poll(True).done
         m.step_done(action, (outcomes or {}).get(type(action)))
 
@@ -85,10 +66,17 @@ def test_a_new_drain_wakes_the_links_before_writing_and_then_starts_the_worker()
     m = machine(Time())
     started, effects = m.request(m.for_event(spot()))
     assert started and m.active and not m.silenced
-    assert kinds(effects) == [WakeLinks, Persist, CountDrain, SetDraining, Notify, StartWorker]
-    assert effects[2] == CountDrain("spot_interruption") and effects[3] == SetDraining(True)
+    assert kinds(effects) == [
+        act.WakeLinks,
+        act.Persist,
+        act.CountDrain,
+        act.SetDraining,
+        act.Notify,
+        act.StartWorker,
+    ]
+    assert effects[2] == act.CountDrain("spot_interruption") and effects[3] == act.SetDraining(True)
     notify = effects[4]
-    assert isinstance(notify, Notify) and notify.kind == "drain_started"
+    assert isinstance(notify, act.Notify) and notify.kind == "drain_started"
     assert notify.fields["drain"]["deadline"] == T0 + 120
 
 
@@ -97,27 +85,27 @@ def test_steps_run_in_order_deregister_then_lifecycle_then_engine() -> None:
     m = machine(time)
     m.request(m.for_event(spot()))
     action, before = m.next_action()
-    assert isinstance(action, Announce) and before == [WakeLinks()]
+    assert isinstance(action, act.Announce) and before == [act.WakeLinks()]
     m.step_done(action, frozenset({"http://r1"}))
     assert m.acked == {"http://r1"}
     action, _ = m.next_action()
-    assert isinstance(action, WaitIdle)
+    assert isinstance(action, act.WaitIdle)
     m.step_done(action)
     action, before = m.next_action()
     # No heartbeat may land after the DELETE: silenced before it is sent.
-    assert isinstance(action, Deregister) and before == [Quiesce()] and m.silenced
-    assert kinds(m.step_done(action)) == [WakeLinks, Persist]
+    assert isinstance(action, act.Deregister) and before == [act.Quiesce()] and m.silenced
+    assert kinds(m.step_done(action)) == [act.WakeLinks, act.Persist]
     action, _ = m.next_action()
-    assert isinstance(action, CompleteLifecycle)
-    assert kinds(m.step_done(action, "completed")) == [CountLifecycle, Persist]
+    assert isinstance(action, act.CompleteLifecycle)
+    assert kinds(m.step_done(action, "completed")) == [act.CountLifecycle, act.Persist]
     action, _ = m.next_action()
-    assert action == StopEngine("vllm.service", 120.0)
+    assert action == act.StopEngine("vllm.service", 120.0)
     m.step_done(action)
     time.now += 7
     action, after = m.next_action()
     assert action is None and m.finished
-    assert kinds(after) == [Persist, ObserveDuration, SetDraining, Notify]
-    assert after[1] == ObserveDuration(7.0) and after[2] == SetDraining(False)
+    assert kinds(after) == [act.Persist, act.ObserveDuration, act.SetDraining, act.Notify]
+    assert after[1] == act.ObserveDuration(7.0) and after[2] == act.SetDraining(False)
     state = m.state
     assert state is not None and state.lifecycle_result == "completed" and state.engine_stopped
 
@@ -125,10 +113,10 @@ def test_steps_run_in_order_deregister_then_lifecycle_then_engine() -> None:
 def test_no_hook_no_lifecycle_step_and_a_rebalance_does_not_terminate() -> None:
     m = machine(Time(), has_hook=False, stop_engine=False)
     m.request(m.for_event(spot()))
-    assert [type(a) for a in run_steps(m)] == [Announce, WaitIdle, Deregister]
+    assert [type(a) for a in run_steps(m)] == [act.Announce, act.WaitIdle, act.Deregister]
     m2 = machine(Time(), stop_engine=False)
     m2.request(m2.for_event(Rebalance(notice_time=T0)))
-    assert [type(a) for a in run_steps(m2)] == [Announce, WaitIdle, Deregister]
+    assert [type(a) for a in run_steps(m2)] == [act.Announce, act.WaitIdle, act.Deregister]
 
 
 def test_deadlines_of_each_step() -> None:
@@ -140,16 +128,16 @@ def test_deadlines_of_each_step() -> None:
     assert (no_time.drain_until, no_time.deadline) == (T0 + 300, T0 + 310)
     m.request(m.for_event(spot(5)))  # a notice with 5 s left
     action, _ = m.next_action()
-    assert action == Announce(until=T0 + 5)  # the deadline, not now + ack_timeout_s
+    assert action == act.Announce(until=T0 + 5)  # the deadline, not now + ack_timeout_s
     m.step_done(action, frozenset())
     m.next_action()
-    m.step_done(WaitIdle())
+    m.step_done(act.WaitIdle())
     action, _ = m.next_action()
-    assert action == Deregister(until=T0 + 5)
+    assert action == act.Deregister(until=T0 + 5)
     m.step_done(action)
     time.now = T0 + 30  # past the deadline: each call still gets a moment
     action, _ = m.next_action()
-    assert action == CompleteLifecycle(until=T0 + 35)
+    assert action == act.CompleteLifecycle(until=T0 + 35)
 
 
 def test_the_idle_wait_needs_two_quiet_polls_heartbeats_the_hook_and_stops_at_drain_until() -> None:
@@ -157,7 +145,7 @@ def test_the_idle_wait_needs_two_quiet_polls_heartbeats_the_hook_and_stops_at_dr
     m = machine(time)
     m.request(m.for_event(spot(120)))
     m.step_done(m.next_action()[0], frozenset())
-    assert isinstance(m.next_action()[0], WaitIdle)
+    assert isinstance(m.next_action()[0], act.WaitIdle)
     first = m.idle_poll(True)
     assert not first.done and not first.heartbeat and first.sleep_s == 0.25
     assert not m.idle_poll(False).done  # busy again: the count starts over
@@ -178,7 +166,10 @@ def test_signals_merge_into_one_drain_and_an_earlier_deadline_tightens_it() -> N
     assert m.request(m.for_event(rebalance)) == (False, [])  # the same notice again
     started, effects = m.request(m.for_event(spot(60)))
     assert not started
-    assert kinds(effects) == [Persist, WakeWorker]  # no second worker: the running one re-reads
+    assert kinds(effects) == [
+        act.Persist,
+        act.WakeWorker,
+    ]  # no second worker: the running one re-reads
     state = m.state
     assert state is not None
     assert state.reasons == [rebalance.key, spot(60).key]
@@ -192,12 +183,14 @@ def test_signals_merge_into_one_drain_and_an_earlier_deadline_tightens_it() -> N
 def test_a_terminating_signal_after_a_finished_drain_runs_only_the_lifecycle_step() -> None:
     m = machine(Time(), stop_engine=False)
     m.request(m.for_event(Rebalance(notice_time=T0)))
-    assert [type(a) for a in run_steps(m)] == [Announce, WaitIdle, Deregister]
+    assert [type(a) for a in run_steps(m)] == [act.Announce, act.WaitIdle, act.Deregister]
     assert m.finished
     started, effects = m.request(m.for_event(LifecycleTerminated()))
-    assert not started and kinds(effects) == [Persist, StartWorker, WakeWorker]
+    assert not started and kinds(effects) == [act.Persist, act.StartWorker, act.WakeWorker]
     assert not m.finished
-    assert run_steps(m, {CompleteLifecycle: "completed"}) == [CompleteLifecycle(until=T0 + 310)]
+    assert run_steps(m, {act.CompleteLifecycle: "completed"}) == [
+        act.CompleteLifecycle(until=T0 + 310)
+    ]
 
 
 def test_restart_mid_drain_resumes_from_the_persisted_state() -> None:
@@ -205,20 +198,25 @@ def test_restart_mid_drain_resumes_from_the_persisted_state() -> None:
     m = machine(time)
     m.request(m.for_event(spot()))
     action, _ = m.next_action()
-    written = [e for e in m.step_done(action, frozenset()) if isinstance(e, Persist)]
+    written = [e for e in m.step_done(action, frozenset()) if isinstance(e, act.Persist)]
     doc = written[-1].state.to_json()  # what reached the disk after the announce
     time.now += 3
     again = machine(time)
     effects = again.restore(DrainState.from_json(doc))
-    assert effects == [StartWorker(resumed=True), SetDraining(True)]
+    assert effects == [act.StartWorker(resumed=True), act.SetDraining(True)]
     assert again.active and not again.silenced
-    steps = run_steps(again, {CompleteLifecycle: "completed"})
-    assert [type(a) for a in steps] == [WaitIdle, Deregister, CompleteLifecycle, StopEngine]
+    steps = run_steps(again, {act.CompleteLifecycle: "completed"})
+    assert [type(a) for a in steps] == [
+        act.WaitIdle,
+        act.Deregister,
+        act.CompleteLifecycle,
+        act.StopEngine,
+    ]
     # Restarted again after the last step: out of service, nothing left to do.
     final = again.state
     assert final is not None
     third = machine(time)
-    assert third.restore(final.snapshot()) == [SetDraining(False)]
+    assert third.restore(final.snapshot()) == [act.SetDraining(False)]
     assert third.silenced and third.next_action()[0] is None
 
 
@@ -227,10 +225,10 @@ def test_a_state_file_of_another_instance_or_boot_is_cleared() -> None:
     m.request(m.for_event(spot()))
     assert m.state is not None
     other_boot = DrainState.from_json({**m.state.to_json(), "boot_id": "boot-0"})
-    assert machine(Time()).restore(other_boot) == [ClearState()]
+    assert machine(Time()).restore(other_boot) == [act.ClearState()]
     other_instance = DrainState.from_json({**m.state.to_json(), "instance_id": "i-other"})
     fresh = machine(Time())
-    assert fresh.restore(other_instance) == [ClearState()] and not fresh.active
+    assert fresh.restore(other_instance) == [act.ClearState()] and not fresh.active
     assert machine(Time()).restore(None) == []
 
 
@@ -239,14 +237,18 @@ def test_sigterm_drain_is_short_and_never_written() -> None:
     req = m.for_shutdown()
     assert (req.drain_until, req.deadline, req.persist) == (T0 + 20, T0 + 25, False)
     started, effects = m.request(req)
-    assert started and Persist not in kinds(effects)
+    assert started and act.Persist not in kinds(effects)
     steps = run_steps(m)
-    assert [type(a) for a in steps] == [Announce, WaitIdle, Deregister]  # no engine stop
+    assert [type(a) for a in steps] == [
+        act.Announce,
+        act.WaitIdle,
+        act.Deregister,
+    ]  # no engine stop
     # A spot notice during the SIGTERM drain makes it worth keeping.
     m2 = machine(Time())
     m2.request(m2.for_shutdown())
     _, effects = m2.request(m2.for_event(spot()))
-    assert Persist in kinds(effects)
+    assert act.Persist in kinds(effects)
 
 
 def test_every_write_is_numbered_so_a_stale_snapshot_is_never_written_last() -> None:
@@ -255,5 +257,5 @@ def test_every_write_is_numbered_so_a_stale_snapshot_is_never_written_last() -> 
     action, _ = m.next_action()
     effects += m.step_done(action, frozenset())
     effects += m.request(m.for_event(LifecycleTerminated()))[1]
-    seqs = [e.seq for e in effects if isinstance(e, Persist)]
+    seqs = [e.seq for e in effects if isinstance(e, act.Persist)]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs) == 3

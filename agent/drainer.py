@@ -162,8 +162,8 @@ class Drainer:
                 case act.Notify(kind=kind, fields=fields):
                     if self.webhook is not None:
                         self.webhook.send(kind, **fields)
-                case act.StartWorker(resumed=resumed):
-                    self._start_worker(resumed)
+                case act.StartWorker():
+                    self._start_worker()
                 case act.WakeWorker():
                     self._wake.set()
                 case _:
@@ -190,13 +190,11 @@ class Drainer:
                 self._written = seq
 
     # ------------------------------------------------------------ worker
-    def _start_worker(self, resumed: bool) -> None:
-        self._worker = threading.Thread(
-            target=self._run, args=(resumed,), name="drain", daemon=True
-        )
+    def _start_worker(self) -> None:
+        self._worker = threading.Thread(target=self._run, name="drain", daemon=True)
         self._worker.start()
 
-    def _run(self, resumed: bool) -> None:
+    def _run(self) -> None:
         try:
             while True:
                 with self._lock:

@@ -162,7 +162,7 @@ class CountLifecycle:
 
 @dataclass(frozen=True)
 class StartWorker:
-    """Run the pending steps in the drain thread."""
+    """Run the pending steps in the drain thread (``resumed``: after a restart)."""
 
     resumed: bool = False
 

@@ -257,19 +257,20 @@ def build_watch(cfg: AgentConfig, node: NodeView) -> ReadinessWatch:
     """The watch for a started agent (kept here so the service only wires it in)."""
     lc = cfg.lifecycle
     region = lc.region or node.region
+    asg_name = lc.asg_name or ""  # no group: no hook below is built
 
     def hook(name: str) -> LifecycleHook:
         return LifecycleHook(
-            lc.asg_name, name, node.instance_id, region=region,
+            asg_name, name, node.instance_id, region=region,
             endpoint_url=lc.endpoint_url, dry_run=node.dry_run,
         )  # fmt: skip
 
-    launch = hook(lc.launch_hook_name) if lc.asg_name and lc.launch_hook_name else None
+    launch = hook(lc.launch_hook_name) if asg_name and lc.launch_hook_name else None
     gate = None
     if launch is not None:
         gate = LaunchGate(lc.launch_timeout_s, lc.heartbeat_interval_s, time.monotonic())
     selfheal = heal = None
-    if lc.asg_name and cfg.engine.unhealthy_after_s > 0:
+    if asg_name and cfg.engine.unhealthy_after_s > 0:
         selfheal = SelfHeal(cfg.engine.unhealthy_after_s)
         heal = Healer(
             drain=node.drain,

@@ -144,7 +144,7 @@ class DrainMachine:
             effects.append(act.StartWorker(resumed=True))
         else:
             log.info("drain already finished for this instance; staying out of service")
-        effects.append(act.SetDraining(bool(pending)))
+        effects.append(act.Measure("draining", float(bool(pending))))
         return effects
 
     # ----------------------------------------------------------- requests
@@ -225,8 +225,8 @@ class DrainMachine:
         return [
             act.WakeLinks(),  # heartbeats say "draining" now, before any disk I/O
             *self._persist(),
-            act.CountDrain(req.kind),
-            act.SetDraining(True),
+            act.Measure("drains", label=req.kind),
+            act.Measure("draining", 1.0),
             act.Notify("drain_started", {"drain": state.to_json()}),
             act.StartWorker(),
         ]
@@ -301,7 +301,7 @@ class DrainMachine:
             case act.CompleteLifecycle():
                 state.lifecycle_result = str(outcome)
                 state.lifecycle_done = True
-                effects.append(act.CountLifecycle(str(outcome)))
+                effects.append(act.Measure("lifecycle", label=str(outcome)))
             case act.StopEngine():
                 state.engine_stopped = True
         return [*effects, *self._persist()]
@@ -324,8 +324,8 @@ class DrainMachine:
             },
         )
         return [
-            act.ObserveDuration(duration),
-            act.SetDraining(False),
+            act.Measure("duration", duration),
+            act.Measure("draining", 0.0),
             act.Notify("drain_finished", {"drain": state.to_json(), "duration_s": duration}),
         ]
 

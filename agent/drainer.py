@@ -171,17 +171,17 @@ class Drainer:
 
     def _count(self, effect: Effect) -> None:
         metrics = self.metrics
-        if metrics is None:
+        if metrics is None or not isinstance(effect, act.Measure):
             return
-        match effect:
-            case act.CountDrain(kind=kind):
-                metrics.drains.labels(kind).inc()
-            case act.SetDraining(on=on):
-                metrics.draining.set(1 if on else 0)
-            case act.ObserveDuration(seconds=seconds):
-                metrics.drain_duration.observe(seconds)
-            case act.CountLifecycle(result=result):
-                metrics.lifecycle_actions.labels(result).inc()
+        match effect.metric:
+            case "drains":
+                metrics.drains.labels(effect.label).inc()
+            case "draining":
+                metrics.draining.set(effect.value)
+            case "duration":
+                metrics.drain_duration.observe(effect.value)
+            case "lifecycle":
+                metrics.lifecycle_actions.labels(effect.label).inc()
 
     def _persist(self, state: DrainState, seq: int) -> None:
         with self._store_lock:

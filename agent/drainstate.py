@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from .events import iso
 
@@ -133,31 +133,14 @@ class Notify:
 
 
 @dataclass(frozen=True)
-class CountDrain:
-    """``spotrelay_agent_drains_total{reason=kind}``."""
+class Measure:
+    """One drain metric: ``drains`` (+1 for ``label`` = the first reason's kind),
+    ``draining`` (set to ``value``), ``duration`` (observe ``value`` seconds),
+    ``lifecycle`` (+1 for ``label`` = the lifecycle action's result)."""
 
-    kind: str
-
-
-@dataclass(frozen=True)
-class SetDraining:
-    """``spotrelay_agent_draining``."""
-
-    on: bool
-
-
-@dataclass(frozen=True)
-class ObserveDuration:
-    """``spotrelay_agent_drain_duration_seconds``."""
-
-    seconds: float
-
-
-@dataclass(frozen=True)
-class CountLifecycle:
-    """``spotrelay_agent_lifecycle_actions_total{result}``."""
-
-    result: str
+    metric: Literal["drains", "draining", "duration", "lifecycle"]
+    value: float = 1.0
+    label: str = ""
 
 
 @dataclass(frozen=True)
@@ -172,19 +155,7 @@ class WakeWorker:
     """Cut the idle wait short: the deadline or the signals changed."""
 
 
-Effect = (
-    WakeLinks
-    | Quiesce
-    | Persist
-    | ClearState
-    | Notify
-    | CountDrain
-    | SetDraining
-    | ObserveDuration
-    | CountLifecycle
-    | StartWorker
-    | WakeWorker
-)
+Effect = WakeLinks | Quiesce | Persist | ClearState | Notify | Measure | StartWorker | WakeWorker
 
 
 # ------------------------------------------------------------- step actions

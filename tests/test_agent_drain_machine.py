@@ -69,12 +69,14 @@ def test_a_new_drain_wakes_the_links_before_writing_and_then_starts_the_worker()
     assert kinds(effects) == [
         act.WakeLinks,
         act.Persist,
-        act.CountDrain,
-        act.SetDraining,
+        act.Measure,
+        act.Measure,
         act.Notify,
         act.StartWorker,
     ]
-    assert effects[2] == act.CountDrain("spot_interruption") and effects[3] == act.SetDraining(True)
+    assert effects[2] == act.Measure("drains", label="spot_interruption") and effects[
+        3
+    ] == act.Measure("draining", 1.0)
     notify = effects[4]
     assert isinstance(notify, act.Notify) and notify.kind == "drain_started"
     assert notify.fields["drain"]["deadline"] == T0 + 120
@@ -97,15 +99,17 @@ def test_steps_run_in_order_deregister_then_lifecycle_then_engine() -> None:
     assert kinds(m.step_done(action)) == [act.WakeLinks, act.Persist]
     action, _ = m.next_action()
     assert isinstance(action, act.CompleteLifecycle)
-    assert kinds(m.step_done(action, "completed")) == [act.CountLifecycle, act.Persist]
+    done = m.step_done(action, "completed")
+    assert kinds(done) == [act.Measure, act.Persist]
+    assert done[0] == act.Measure("lifecycle", label="completed")
     action, _ = m.next_action()
     assert action == act.StopEngine("vllm.service", 120.0)
     m.step_done(action)
     time.now += 7
     action, after = m.next_action()
     assert action is None and m.finished
-    assert kinds(after) == [act.Persist, act.ObserveDuration, act.SetDraining, act.Notify]
-    assert after[1] == act.ObserveDuration(7.0) and after[2] == act.SetDraining(False)
+    assert kinds(after) == [act.Persist, act.Measure, act.Measure, act.Notify]
+    assert after[1] == act.Measure("duration", 7.0) and after[2] == act.Measure("draining", 0.0)
     state = m.state
     assert state is not None and state.lifecycle_result == "completed" and state.engine_stopped
 
@@ -203,7 +207,7 @@ def test_restart_mid_drain_resumes_from_the_persisted_state() -> None:
     time.now += 3
     again = machine(time)
     effects = again.restore(DrainState.from_json(doc))
-    assert effects == [act.StartWorker(resumed=True), act.SetDraining(True)]
+    assert effects == [act.StartWorker(resumed=True), act.Measure("draining", 1.0)]
     assert again.active and not again.silenced
     steps = run_steps(again, {act.CompleteLifecycle: "completed"})
     assert [type(a) for a in steps] == [
@@ -216,7 +220,7 @@ def test_restart_mid_drain_resumes_from_the_persisted_state() -> None:
     final = again.state
     assert final is not None
     third = machine(time)
-    assert third.restore(final.snapshot()) == [act.SetDraining(False)]
+    assert third.restore(final.snapshot()) == [act.Measure("draining", 0.0)]
     assert third.silenced and third.next_action()[0] is None
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from .events import iso
 
@@ -166,7 +166,6 @@ Effect = WakeLinks | Quiesce | Persist | ClearState | Notify | Measure | StartWo
 class Announce:
     """PUT ``draining`` and ``POST /drain`` to every router until acknowledged or ``until``."""
 
-    step: ClassVar[Step] = Step.ANNOUNCE
     until: float
 
 
@@ -174,14 +173,11 @@ class Announce:
 class WaitIdle:
     """Poll the engine and the routers until the machine says idle or past ``drain_until``."""
 
-    step: ClassVar[Step] = Step.WAIT_IDLE
-
 
 @dataclass(frozen=True)
 class Deregister:
     """``DELETE /nodes/{id}`` on every router, each retried until ``until``."""
 
-    step: ClassVar[Step] = Step.DEREGISTER
     until: float
 
 
@@ -189,7 +185,6 @@ class Deregister:
 class CompleteLifecycle:
     """``CompleteLifecycleAction`` CONTINUE, retried until ``until``."""
 
-    step: ClassVar[Step] = Step.COMPLETE_LIFECYCLE
     until: float
 
 
@@ -197,7 +192,6 @@ class CompleteLifecycle:
 class StopEngine:
     """``systemctl stop unit`` (nothing when ``unit`` is None)."""
 
-    step: ClassVar[Step] = Step.STOP_ENGINE
     unit: str | None
     timeout_s: float
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 from spotrelay.core.config import ENV_PREFIX, ConfigError, load, setting
 
@@ -25,6 +26,8 @@ SettingError = ConfigError
 @dataclass(frozen=True)
 class ControllerEnv:
     """The environment as the loader reads it: one field per ``SPOTRELAY_<KEY>``."""
+
+    ENV_ONLY: ClassVar[bool] = True  # errors name the variable (there is no YAML key)
 
     asg_name: str | None = setting(None, help="the pool's Auto Scaling group (required)")
     pool: str | None = setting(None, help="pool name in logs and metrics (default: asg_name)")

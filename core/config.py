@@ -168,8 +168,12 @@ def _build(
         if f.name in overrides and overrides[f.name] is not None:
             value = given = _coerce(key, tp, overrides[f.name], from_env=False)
         elif env_name(section, f.name) in env:
-            key, given = env_name(section, f.name), env[env_name(section, f.name)]
-            value = _coerce(key, tp, given, True)
+            given = env[env_name(section, f.name)]
+            value = _coerce(env_name(section, f.name), tp, given, True)
+            if getattr(cls, "ENV_ONLY", False):  # no YAML key to name: name the variable
+                key = env_name(section, f.name)
+            else:
+                given = value
         elif f.name in data:
             value = given = _coerce(key, tp, data[f.name], from_env=False)
         else:

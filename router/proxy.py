@@ -53,7 +53,7 @@ from .hedge import HedgeRace, Outcome, StallPolicy, StallWatch, race_lock
 from .hedging import Hedger
 from .loopmark import HOP_HEADER, LOOP_HEADER, LoopMarks, hop_header
 from .metrics import RouterMetrics
-from .named_events import NamedEventHandler, NamedEvents
+from .named_events import NamedEvents, with_named_events
 from .placement import Placement, is_long
 from .prefix_key import prefix_key
 from .registry import ModelStatus, Node, Registry
@@ -312,7 +312,9 @@ class Proxy:
         self.access_log = access_log
         self.clock = clock
         self.sleep = sleep
-        self.stream_handler_factory = stream_handler_factory or (lambda req, proxy: EndWithError())
+        self.stream_handler_factory = with_named_events(
+            stream_handler_factory or (lambda req, proxy: EndWithError())
+        )
         # Reads a stream to its end for a non-streaming request (req.assembly).
         self.assembled = assembled
 
@@ -768,14 +770,10 @@ class Proxy:
                 self.metrics.client_disconnects.inc()
             self._log_done(req, 200, outcome)
 
-        handler: StreamHandler | None = None
-        if req.events is not None:  # a named-event stream: its terminal events end it
-            events = req.events
-            start = StreamStart(
-                upstream, events.framed(start.batches), events.frame(start.first_batch)
-            )
-            handler = NamedEventHandler(events)
-        handler = handler or self.stream_handler_factory(req, self)
+        handler = self.stream_handler_factory(req, self)
+        frame_start = getattr(handler, "frame_start", None)
+        if frame_start is not None:  # a named-event stream: its terminal events end it
+            start = frame_start(start)
         relay = StreamRelay(
             start,
             handler,

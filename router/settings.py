@@ -151,7 +151,7 @@ class Registry:
     )
     redis_timeout_s: float = setting(2, min=0.05, help="Redis connect and command timeout")
     redis_backoff_max_s: float = setting(
-        5, min=0.05, help="reconnect backoff cap (full jitter, doubling from 0.1 s)"
+        5, min=0.05, help="reconnect backoff cap (equal jitter, doubling from 0.1 s)"
     )
 
     def validate(self) -> None:

@@ -558,6 +558,8 @@ class DrainMachine:
                 log.warning(
                     "drain deadline reached before the engine was idle", extra={"load": load}
                 )
+                if self.metrics:
+                    self.metrics.drain_deadline_missed.inc()
                 break
             if self._idle_now():
                 quiet += 1

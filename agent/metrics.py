@@ -54,6 +54,11 @@ class AgentMetrics:
             buckets=(1, 2, 5, 10, 20, 30, 60, 90, 120, 180, 300, 600, 1800),
             registry=r,
         )
+        self.drain_deadline_missed = Counter(
+            PREFIX + "drain_deadline_missed_total",
+            "Drains whose deadline came before the engine was idle (work was cut off)",
+            registry=r,
+        )
         self.draining = Gauge(PREFIX + "draining", "1 while a drain is under way", registry=r)
         self.engine_ready = Gauge(
             PREFIX + "engine_ready", "1 when the engine is healthy and serves the model", registry=r

@@ -47,6 +47,9 @@ class Run:
         1, min=0, help="nodes frozen whole (engine and agent: heartbeats stop), then terminated"
     )
     freeze_s: float = setting(6.0, min=0.5, max=300, help="how long a freeze lasts")
+    prometheus: bool = setting(
+        False, help="run a real Prometheus with the alert rules; the report lists what fired"
+    )
 
     def validate(self) -> None:
         if self.routers > 1 and not self.redis:

@@ -57,6 +57,7 @@ from .stream import (
     StreamRelay,
     StreamStart,
 )
+from .tracing import NO_TRACE, RequestTrace
 from .upstream import (
     UPSTREAM_ERRORS,
     IdleWatchdog,
@@ -132,6 +133,7 @@ class ProxyRequest:
     requires: frozenset[str] = frozenset()  # engine capabilities a node must report
     resume_off: bool = False  # the client sent X-Spotrelay-Resume: off
     follow_up: bool = False  # made by derive(): waits for a node it has not tried yet
+    trace: RequestTrace = NO_TRACE  # OpenTelemetry spans when tracing is on (router/tracing.py)
 
     def derive(
         self,
@@ -412,9 +414,13 @@ class Proxy:
         Until the answer (or a stream's first event) is in hand, the client's
         departure aborts the node connection (:mod:`spotrelay.router.disconnect`).
         """
-        with self.client_watch.watching(req.client):
+        kind = "resume" if req.follow_up else "retry" if req.attempts > 1 else "attempt"
+        with self.client_watch.watching(req.client), req.trace.attempt(node.id, kind) as span:
             try:
-                return self._attempt_once(node, req)
+                result = self._attempt_once(node, req)
+                if isinstance(result, Failure):
+                    span.failed(str(result.kind), result.detail)
+                return result
             except Exception as exc:  # a bug or an unforeseen input: the node's failure, not a 500
                 log.exception(
                     "attempt on node %s raised %s",
@@ -422,7 +428,9 @@ class Proxy:
                     type(exc).__name__,
                     extra={"request_id": req.request_id},
                 )
-                return Failure(FailureKind.INTERNAL, node.id, f"{type(exc).__name__}: {exc}"[:200])
+                failure = f"{type(exc).__name__}: {exc}"[:200]
+                span.failed(str(FailureKind.INTERNAL), failure)
+                return Failure(FailureKind.INTERNAL, node.id, failure)
 
     def _upstream_headers(self, req: ProxyRequest) -> dict[str, str]:
         headers = {
@@ -433,6 +441,7 @@ class Proxy:
             headers["Content-Type"] = req.content_type
         if req.accept:
             headers["Accept"] = req.accept
+        headers.update(req.trace.headers())
         return headers
 
     def _attempt_once(self, node: Node, req: ProxyRequest) -> Answer | StreamStart | Failure:
@@ -696,6 +705,8 @@ class Proxy:
         """The one place a stream break is recorded: metrics, passive health, log."""
         self.metrics.stream_breaks.labels(str(brk.reason)).inc()
         self.registry.record_failure(upstream.node)
+        req.trace.event("stream_break", node=brk.node_id, reason=str(brk.reason),
+                        events_sent=brk.events_sent)  # fmt: skip
         log.warning(
             "stream broke on node %s after %d events: %s %s",
             brk.node_id,
@@ -720,8 +731,11 @@ class Proxy:
         return self.metrics.model_label(req.model) if req.model else "none"
 
     def _log_done(self, req: ProxyRequest, status: int, outcome: str) -> None:
-        if not self.access_log and status < 500 and outcome == "complete":
-            return
+        if self.access_log or status >= 500 or outcome != "complete":
+            self._access_line(req, status, outcome)
+        req.trace.end(status, outcome)
+
+    def _access_line(self, req: ProxyRequest, status: int, outcome: str) -> None:
         log.info(
             "%s %s %d",
             req.method,

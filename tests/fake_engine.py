@@ -36,6 +36,7 @@ class FakeEngine:
     url: str
     scripts: list[Script]
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)  # of each POST, names lowercased
     chunk_id: str = "cmpl-fake"
 
     def next_script(self) -> Script:
@@ -73,6 +74,7 @@ def _handler(engine: FakeEngine) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             engine.bodies.append(body)
+            engine.headers.append({k.lower(): v for k, v in self.headers.items()})
             script = engine.next_script()
             chat = self.path.endswith("/chat/completions")
             self.send_response(200)

@@ -39,6 +39,7 @@ MODULE_DIRS = (
     "modules/gpu-pool",
     "modules/gpu-pool/modules/config",
     "modules/gpu-pool/modules/capacity",
+    "modules/gpu-pool/modules/alarms",
     "modules/router",
     "modules/router/modules/config",
     "examples/complete",
@@ -46,6 +47,7 @@ MODULE_DIRS = (
 OFFLINE_TEST_DIRS = (
     "modules/gpu-pool/modules/config",
     "modules/gpu-pool/modules/capacity",
+    "modules/gpu-pool/modules/alarms",
     "modules/router/modules/config",
 )
 MOCK_TEST_DIRS = ("modules/gpu-pool", "modules/router", "examples/complete")

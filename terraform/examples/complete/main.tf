@@ -32,6 +32,8 @@ module "router" {
   agent_security_group_ids = [module.gpu_pool.security_group_id]
   monitoring_cidrs         = var.monitoring_cidrs
   heartbeat                = { allowed_cidrs = var.operator_cidrs }
+  alarms_enabled           = var.alarms_enabled
+  alarm_sns_topic_arn      = var.alarm_sns_topic_arn
 
   load_balancer = {
     subnet_ids      = var.alb_internal ? var.private_subnet_ids : var.public_subnet_ids
@@ -67,4 +69,6 @@ module "gpu_pool" {
   scale_on_load         = var.scale_on_load
   on_demand_fallback    = var.on_demand_fallback
   interruption_queue    = var.interruption_queue
+  alarms_enabled        = var.alarms_enabled
+  alarm_sns_topic_arn   = var.alarm_sns_topic_arn
 }

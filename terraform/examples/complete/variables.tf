@@ -104,6 +104,12 @@ variable "vllm_version" {
   default     = "0.33.0"
 }
 
+variable "engine_port" {
+  description = "Port of vLLM on the GPU nodes: the nodes listen on it, and the routers (and their security group) reach the nodes on it."
+  type        = number
+  default     = 8000
+}
+
 variable "spotrelay_pip_spec" {
   description = "pip requirement or wheel URL for spotrelay on routers and nodes."
   type        = string

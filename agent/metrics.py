@@ -27,6 +27,7 @@ from .hoststats import HostStats
 log = logging.getLogger("spotrelay.agent.metrics")
 
 PREFIX = "spotrelay_agent_"
+UNHEALTHY_REASONS = ("no_answer", "stalled", "error", "process_gone", "no_model")
 
 
 class AgentMetrics:
@@ -77,6 +78,8 @@ class AgentMetrics:
             ["reason"],
             registry=r,
         )
+        for reason in UNHEALTHY_REASONS:  # a first report must be an increase, not a new series
+            self.engine_unhealthy.labels(reason)
         self.heartbeats = Counter(
             PREFIX + "heartbeats_total",
             "Acknowledged heartbeats, by router",

@@ -91,6 +91,10 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
             (f"sum by (event) (increase(spotrelay_router_node_events_total[{STEP}]))",
              "{{event}}"),
         ), "expired = heartbeats stopped without a drain", bars=True),
+        Panel("Engines reported unhealthy", "short", (
+            (f"sum by (reason) (increase(spotrelay_agent_engine_unhealthy_total[{STEP}]))",
+             "{{reason}}"),
+        ), "Hung or stalled engines the agents took out of rotation", bars=True),
         Panel("Drain duration p90", "s", (
             (f"histogram_quantile(0.9, sum by (le) "
              f"(rate(spotrelay_agent_drain_duration_seconds_bucket[{RATE}])))", "p90"),

@@ -35,6 +35,7 @@ log = logging.getLogger("spotrelay.demo")
 
 INTERVAL = "1s"
 SETTLE_S = 3.0  # a last scrape and rule evaluation after the run
+GONE_WAIT_S = 15.0  # at most: killed nodes still listed expire within the router's registry.ttl_s
 _DURATION = re.compile(r"^(\d+)([smh])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600}
 
@@ -144,8 +145,23 @@ class DemoPrometheus:
         while not self._stop.wait(0.25):
             self.write_targets()
 
+    def _wait_dead_nodes_gone(self) -> None:
+        deadline = time.monotonic() + GONE_WAIT_S
+        while time.monotonic() < deadline:
+            alive = {n.name for n in list(self.fleet.nodes.values()) if n.alive()}
+            if {n.get("id") for n in self.fleet.router_nodes()} <= alive:
+                return
+            time.sleep(0.2)
+        log.warning("the router still lists killed nodes; their alerts may be missing")
+
     def alerts(self, t0_wall: float) -> list[dict[str, Any]]:
-        """Every alert that fired during the run: name, labels, first and last firing second."""
+        """Every alert that fired during the run: name, labels, first and last firing second.
+
+        A node killed near the end is still listed until the router expires
+        it; its alert comes after that, so wait (bounded) for the router to
+        let go of every dead node, then for one more scrape and evaluation.
+        """
+        self._wait_dead_nodes_gone()
         time.sleep(SETTLE_S)
         self._stop.set()
         end = time.time()

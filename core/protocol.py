@@ -24,7 +24,12 @@ MAX_CAPABILITIES = 32
 
 
 class NodeState(StrEnum):
-    """What a node tells the router about itself."""
+    """What a node tells the router about itself.
+
+    ``unhealthy``: the engine is up but not making progress (a hung GPU); the
+    router routes nothing to it and moves its open requests, but keeps it
+    registered so that a later ``ready`` brings it back.
+    """
 
     READY = "ready"
     DRAINING = "draining"
@@ -117,7 +122,9 @@ def parse_report(body: Any) -> NodeReport:
     try:
         state = NodeState(body.get("state", "ready"))
     except ValueError:
-        raise ProtocolError("'state' must be 'ready' or 'draining'") from None
+        raise ProtocolError(
+            f"'state' must be one of {', '.join(repr(str(s)) for s in NodeState)}"
+        ) from None
     raw_load = body.get("load") or {}
     if not isinstance(raw_load, dict):
         raise ProtocolError("'load' must be an object")

@@ -77,12 +77,28 @@ class RouterMetrics:
         )
         self.node_events = Counter(
             PREFIX + "node_events_total",
-            "Registry events (registered, expired, deleted, drained, ejected, restored, moved)",
+            "Registry events (registered, expired, deleted, drained, ejected, frozen, "
+            "unhealthy, restored, moved, state)",
             ["event"],
             registry=r,
         )
         for event in NODE_EVENTS:  # a first expiry must be an increase, not a new series
             self.node_events.labels(event)
+        self.node_lost_cuts = Counter(
+            PREFIX + "node_lost_cuts_total",
+            "Open requests the router cut because their node was lost, by the registry event "
+            "(expired, deleted, unhealthy, ejected, frozen); streams resume, others are retried",
+            ["event"],
+            registry=r,
+        )
+        self.hedges = Counter(
+            PREFIX + "hedges_total",
+            "Stalled streams continued on another node beside the original: started, and "
+            "which side delivered first (original_won, continuation_won); started minus both "
+            "is hedges that could not open or ended with their stream",
+            ["outcome"],
+            registry=r,
+        )
         self.capacity_waits = Counter(
             PREFIX + "capacity_waits_total",
             "Requests that found no ready node and waited, by outcome (served, timed_out)",
@@ -118,6 +134,14 @@ class RouterMetrics:
             PREFIX + "resume_seam_seconds",
             "Resumed streams: break to the first new content relayed to the client",
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.assembled = Counter(
+            PREFIX + "assembled_total",
+            "Non-streaming requests served from a stream (routing.assemble_non_streaming), by "
+            "outcome: complete, resumed (a break resumed), restarted (begun again on another "
+            "node), failed (answered 502), client_disconnect",
+            ["outcome"],
             registry=r,
         )
         self.upstream_latency = Histogram(
@@ -187,7 +211,7 @@ class RouterMetrics:
 
     def _on_node_event(self, event: str, node: object) -> None:
         self.node_events.labels(event).inc()
-        if event == "ejected":
+        if event in ("ejected", "frozen"):
             self.ejections.inc()
 
     def render(self) -> bytes:

@@ -9,8 +9,12 @@
    *different* node after a jittered backoff, within the attempt limit, the
    retry budget and the request deadline. When no node is routable it waits
    up to ``routing.no_capacity_wait_s`` for one (then 503 + ``Retry-After``);
-3. a non-streaming answer is read completely from the node before the client
-   gets anything, so a node dying mid-body is still just a retry;
+3. a non-streaming answer up to ``routing.response_buffer_bytes`` is read
+   completely from the node before the client gets anything, so a node dying
+   mid-body is still just a retry; a larger one is relayed read by read
+   (:class:`~spotrelay.router.upstream.BodyRelay`), up to
+   ``routing.max_response_bytes``. The request deadline covers the head and
+   the whole non-streaming body, and a stream until its first event;
 4. a stream is answered only once the node's *first SSE event* is in hand
    (a node dying during prefill is still just a retry); the rest is relayed
    by :class:`spotrelay.router.stream.StreamRelay`, which asks the stream's
@@ -41,15 +45,19 @@ from typing import Any
 from spotrelay.core.errors import openai_error
 from spotrelay.core.logs import clip
 
+from .assemble import StreamForm
 from .balancer import Balancer
 from .disconnect import ClientLink, ClientWatch
 from .finish import FinishTracker, expected_choices
+from .hedge import HedgeRace, Outcome, StallPolicy, StallWatch, race_lock
+from .hedging import Hedger
 from .metrics import RouterMetrics
 from .named_events import NamedEventHandler, NamedEvents
 from .registry import ModelStatus, Node, Registry
 from .retry import RETRYABLE_STATUS, Failure, FailureKind, RetryBudget, RetryPolicy
 from .settings import Routing, Timeouts
 from .stream import (
+    BreakReason,
     ContinuationRejected,
     EndWithError,
     StreamBreak,
@@ -60,11 +68,13 @@ from .stream import (
 from .tracing import NO_TRACE, RequestTrace
 from .upstream import (
     UPSTREAM_ERRORS,
+    BodyRelay,
     IdleWatchdog,
     Upstream,
     classify,
     error_event_message,
     is_error_event,
+    read_bounded,
 )
 
 log = logging.getLogger("spotrelay.router")
@@ -133,6 +143,9 @@ class ProxyRequest:
     requires: frozenset[str] = frozenset()  # engine capabilities a node must report
     resume_off: bool = False  # the client sent X-Spotrelay-Resume: off
     follow_up: bool = False  # made by derive(): waits for a node it has not tried yet
+    # Non-streaming, to be asked as this stream on nodes whose engine kind is in
+    # routing.assemble_non_streaming (the answer assembled by router/assembly.py).
+    assembly: StreamForm | None = None
     trace: RequestTrace = NO_TRACE  # OpenTelemetry spans when tracing is on (router/tracing.py)
 
     def derive(
@@ -160,6 +173,7 @@ class ProxyRequest:
             node_id=None,
             requires=requires,
             follow_up=True,
+            assembly=None,
         )
 
 
@@ -175,16 +189,21 @@ class ProxyResponse:
 
 @dataclass
 class Answer:
-    """A complete (non-streaming) upstream answer, read in full."""
+    """A non-streaming upstream answer: read in full (``bytes``), or a :class:`BodyRelay`
+    for a 2xx answer over ``routing.response_buffer_bytes`` (close it if not sent)."""
 
     status: int
-    body: bytes
+    body: bytes | BodyRelay
     content_type: str
     node_id: str
     headers: dict[str, str] = field(default_factory=dict)
+    outcome: str = "complete"  # for the access log: "resumed" when assembled across a break
 
 
 def _answer_message(answer: Answer) -> str:
+    if isinstance(answer.body, BodyRelay):
+        answer.body.close()
+        return str(answer.status)
     try:
         err = json.loads(answer.body).get("error")
         if isinstance(err, dict) and err.get("message"):
@@ -276,11 +295,14 @@ class Proxy:
         watchdog: IdleWatchdog | None = None,
         hop_id: str = "",
         client_watch: ClientWatch | None = None,
+        assembled: Callable[[Proxy, ProxyRequest, StreamStart], Answer | ApiError] | None = None,
+        stall: StallPolicy | None = None,
     ) -> None:
         self.hop_id = hop_id or os.urandom(8).hex()
         self.client_watch = client_watch if client_watch is not None else ClientWatch()
         self.registry = registry
         self.watchdog = watchdog
+        self.stall = stall or StallPolicy()
         self.balancer = balancer
         self.policy = policy
         self.budget = budget
@@ -291,6 +313,8 @@ class Proxy:
         self.clock = clock
         self.sleep = sleep
         self.stream_handler_factory = stream_handler_factory or (lambda req, proxy: EndWithError())
+        # Reads a stream to its end for a non-streaming request (req.assembly).
+        self.assembled = assembled
 
     # -- the request as a whole --------------------------------------------------------
 
@@ -310,7 +334,13 @@ class Proxy:
             self.budget.end_request()
             raise
         if isinstance(result, StreamStart):
-            return self._stream_response(req, result)
+            if req.stream or self.assembled is None:  # (assembled: see _attempt_once)
+                return self._stream_response(req, result)
+            try:  # a non-streaming request asked as a stream: read it all, answer once
+                result = self.assembled(self, req, result)
+            except BaseException:
+                self.budget.end_request()
+                raise
         self.budget.end_request()
         if isinstance(result, ClientLeft):
             self.metrics.client_disconnects.inc()
@@ -321,7 +351,7 @@ class Proxy:
         headers = {"X-Request-ID": req.request_id, "X-Spotrelay-Node": result.node_id}
         headers.update(result.headers)
         response = ProxyResponse(result.status, result.body, result.content_type, headers)
-        return self._finish(req, response)
+        return self._finish(req, response, result.outcome)
 
     def acquire(self, req: ProxyRequest) -> Answer | StreamStart | ApiError:
         """Attempts on successive nodes until an answer, a stream start, or a final error.
@@ -446,34 +476,57 @@ class Proxy:
 
     def _attempt_once(self, node: Node, req: ProxyRequest) -> Answer | StreamStart | Failure:
         connect_s, read_s = self._timeouts_for(req)
-        self.registry.acquire(node)
+        body, stream = req.body, req.stream
+        if (
+            req.assembly is not None
+            and not stream
+            and self.assembled is not None
+            and node.engine.kind in self.routing.assemble_non_streaming
+        ):
+            body, stream = req.assembly.body, True
+        exchange = self.registry.acquire(node)
+        if exchange.reason is not None:  # the node was lost just after it was picked
+            self.registry.release(node, exchange)
+            return Failure(FailureKind.NODE_LOST, node.id, exchange.reason)
+        client = req.client
+
+        def on_connection(sock: Any) -> None:
+            exchange.attach(sock)
+            if client is not None:
+                client.attach(sock)
+
         started = self.clock()
         try:
             resp = node.pool.request(
                 req.method,
                 req.path,
                 headers=self._upstream_headers(req),
-                body=req.body,
+                body=body,
                 connect_timeout=connect_s,
                 read_timeout=read_s,
-                on_connection=req.client.attach if req.client is not None else None,
+                on_connection=on_connection,
+                deadline=req.deadline,
             )
         except BaseException as exc:
-            self.registry.release(node)
+            self.registry.release(node, exchange)
             if not isinstance(exc, UPSTREAM_ERRORS):
                 raise
+            if exchange.reason is not None:
+                return Failure(FailureKind.NODE_LOST, node.id, exchange.reason)
             kind, detail = classify(exc)
             return Failure(kind, node.id, detail)
-        upstream = Upstream(node, resp, self.registry, started)
+        upstream = Upstream(node, resp, self.registry, started, exchange)
         handed_over = False
         try:
             status = resp.status
             content_type = resp.headers.get("content-type", "application/json")
             if status == 508 and resp.headers.get(LOOP_HEADER.lower()):
-                resp.read()
                 return Failure(FailureKind.LOOP, node.id, "the node URL leads back to a router")
+            unusable = self._unusable(req, status, content_type)
+            if unusable is not None:
+                return Failure(FailureKind.BAD_RESPONSE, node.id, unusable)
             if status in RETRYABLE_STATUS:
-                body = resp.read()
+                body = self._error_body(resp, status)
                 extra = {}
                 if resp.headers.get("retry-after"):
                     extra["Retry-After"] = resp.headers["retry-after"]
@@ -486,10 +539,13 @@ class Proxy:
                     content_type=content_type,
                     headers=extra,
                 )
-            if req.stream and status == 200 and content_type.startswith("text/event-stream"):
-                batches = upstream.event_batches()
+            # (An assembled attempt answered with JSON after all is that answer: read below.)
+            if stream and status == 200 and content_type.startswith("text/event-stream"):
+                batches = upstream.event_batches(self.routing.max_event_bytes)
                 first = next(batches, None)
                 if first is None:
+                    if exchange.reason is not None:
+                        return Failure(FailureKind.NODE_LOST, node.id, exchange.reason)
                     return Failure(FailureKind.RESET, node.id, "stream ended before any event")
                 if is_error_event(first[0]):
                     msg = error_event_message(first[0])
@@ -497,22 +553,75 @@ class Proxy:
                 if req.events is not None:  # named events: wait for the first real output
                     first, error = req.events.first_output(first, batches)
                     if first is None:
+                        if exchange.reason is not None:
+                            return Failure(FailureKind.NODE_LOST, node.id, exchange.reason)
                         return Failure(FailureKind.RESET, node.id, "stream ended before output")
                     if error is not None:
                         return Failure(FailureKind.ERROR_EVENT, node.id, error)
+                upstream.stall = StallWatch(self.stall, node.rhythm)
                 upstream.watch_idle(self.timeouts.stream_idle_s, self.watchdog)
                 self.metrics.upstream_latency.observe(self.clock() - started)
                 handed_over = True
                 return StreamStart(upstream, batches, first)
-            body = resp.read()
-            self.metrics.upstream_latency.observe(self.clock() - started)
-            return Answer(status, body, content_type, node.id)
+            answer = self._answer(upstream, req, status, content_type)
+            if isinstance(answer, Answer):
+                self.metrics.upstream_latency.observe(self.clock() - started)
+                handed_over = isinstance(answer.body, BodyRelay)
+            return answer
         except UPSTREAM_ERRORS as exc:
+            if exchange.reason is not None:
+                return Failure(FailureKind.NODE_LOST, node.id, exchange.reason)
             kind, detail = classify(exc)
             return Failure(kind, node.id, detail)
         finally:
             if not handed_over:
                 upstream.close()
+
+    @staticmethod
+    def _unusable(req: ProxyRequest, status: int, content_type: str) -> str | None:
+        """Why an answer's head is one no client could use (None: it is fine).
+
+        Retried elsewhere like a reset: a client must never get status 999
+        passed through, or a stream request answered with an HTML page (the
+        OpenAI SDK then yields no chunk and raises nothing).
+        """
+        if not 200 <= status <= 599:
+            return f"the node answered HTTP status {status}"
+        if req.stream and status == 200 and not content_type.startswith("text/event-stream"):
+            return f"the node answered a stream request with {clip(content_type, 60)!r}"
+        return None
+
+    def _error_body(self, resp: Any, status: int) -> bytes:
+        """An error answer's body, kept to pass through: at most ``response_buffer_bytes``."""
+        limit = self.routing.response_buffer_bytes
+        pieces, _, complete = read_bounded(resp.chunks(), limit)
+        if complete:
+            return b"".join(pieces)
+        message = f"the node answered {status} with a body over {limit} bytes"
+        return json.dumps(openai_error(status, message, code="upstream_error")).encode()
+
+    def _answer(
+        self, upstream: Upstream, req: ProxyRequest, status: int, content_type: str
+    ) -> Answer | Failure:
+        """A non-streaming answer: read whole up to ``response_buffer_bytes`` (so a node that
+        fails mid-body is still a retry), relayed read by read past that (2xx only), and
+        refused past ``max_response_bytes``."""
+        node_id, resp = upstream.node.id, upstream.resp
+        limit = self.routing.max_response_bytes
+        declared = resp.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            detail = f"a {declared}-byte answer exceeds routing.max_response_bytes ({limit})"
+            return Failure(FailureKind.TOO_LARGE, node_id, detail)
+        window = self.routing.response_buffer_bytes
+        pieces, size, complete = read_bounded(resp.chunks(), window)
+        if complete:
+            return Answer(status, b"".join(pieces), content_type, node_id)
+        if not 200 <= status <= 299:
+            detail = f"an error answer ({status}) over {window} bytes"
+            return Failure(FailureKind.BAD_RESPONSE, node_id, detail)
+        relay = BodyRelay(upstream, pieces, size, limit, req.request_id)
+        headers = {} if resp.chunked or not declared else {"Content-Length": declared}
+        return Answer(status, relay, content_type, node_id, headers)
 
     def _timeouts_for(self, req: ProxyRequest) -> tuple[float, float]:
         """Connect and first-byte timeouts, shortened to what is left of the deadline."""
@@ -618,6 +727,11 @@ class Proxy:
             )
         if last.kind is FailureKind.FIRST_BYTE_TIMEOUT:
             return ApiError(504, f"upstream timed out ({tries})", code="upstream_timeout")
+        if last.kind is FailureKind.TOO_LARGE:
+            return ApiError(502, last.detail, code="upstream_response_too_large")
+        if last.kind is FailureKind.BAD_RESPONSE:
+            message = f"upstream answer unusable: {last.detail} ({tries})"
+            return ApiError(502, message, code="bad_upstream_response")
         return ApiError(502, f"upstream failed: {last.reason} ({tries})", code="upstream_error")
 
     def _deadline_error(self, req: ProxyRequest, last: Failure | None) -> ApiError:
@@ -648,13 +762,15 @@ class Proxy:
                 upstream, events.framed(start.batches), events.frame(start.first_batch)
             )
             handler = NamedEventHandler(events)
+        handler = handler or self.stream_handler_factory(req, self)
         relay = StreamRelay(
             start,
-            handler or self.stream_handler_factory(req, self),
+            handler,
             open_next=lambda body, requires: self.open_continuation(req, body, requires),
             on_break=lambda up, brk: self._on_break(req, up, brk),
             on_finish=on_finish,
             finishes=lambda: FinishTracker(expected),
+            hedger=self._hedger(req, handler),
         )
         self.metrics.requests.labels(self._model_label(req), "200").inc()
         headers = {
@@ -664,8 +780,39 @@ class Proxy:
         }
         return ProxyResponse(200, relay, "text/event-stream; charset=utf-8", headers)
 
+    def _hedger(self, req: ProxyRequest, handler: StreamHandler) -> Hedger | None:
+        """Hedging for a stream whose handler can say what a continuation would be."""
+        plan = getattr(handler, "hedge_plan", None)
+        policy = self.stall
+        if plan is None or not policy.enabled or policy.max_per_stream <= 0:
+            return None
+        race = HedgeRace(
+            policy.max_per_stream, retry_s=policy.stall_floor_s, clock=self.clock, lock=race_lock()
+        )
+
+        def open_hedge(body: dict[str, Any], requires: frozenset[str], link: ClientLink):
+            return self.open_continuation(req, body, requires, link=link)
+
+        return Hedger(
+            race,
+            plan,
+            open_hedge,
+            budget=self.budget,
+            count=self._count_hedge,
+            client_sock=req.client.sock if req.client is not None else None,
+            request_id=req.request_id,
+        )
+
+    def _count_hedge(self, outcome: Outcome) -> None:
+        self.metrics.hedges.labels(str(outcome)).inc()
+
     def open_continuation(
-        self, req: ProxyRequest, body: dict[str, Any], requires: frozenset[str]
+        self,
+        req: ProxyRequest,
+        body: dict[str, Any],
+        requires: frozenset[str],
+        *,
+        link: ClientLink | None = None,
     ) -> StreamStart:
         """Open a stream's continuation on a node ``req`` has not tried yet.
 
@@ -682,8 +829,11 @@ class Proxy:
                 outcome="not_resumable",
             )
         sub = req.derive(body, requires=requires)
+        if link is not None:  # a hedge: the hedger cancels it through its link
+            sub.client = link
         result = self.acquire(sub)
-        req.tried |= sub.tried
+        if link is None or isinstance(result, StreamStart):  # a hedge that lost leaves no trace
+            req.tried |= sub.tried
         if isinstance(result, StreamStart):
             log.info(
                 "continuing the stream on node %s",
@@ -704,7 +854,8 @@ class Proxy:
     def _on_break(self, req: ProxyRequest, upstream: Upstream, brk: StreamBreak) -> None:
         """The one place a stream break is recorded: metrics, passive health, log."""
         self.metrics.stream_breaks.labels(str(brk.reason)).inc()
-        self.registry.record_failure(upstream.node)
+        if brk.reason is not BreakReason.NODE_LOST:  # a lost node is out of rotation already
+            self.registry.record_failure(upstream.node)
         req.trace.event("stream_break", node=brk.node_id, reason=str(brk.reason),
                         events_sent=brk.events_sent)  # fmt: skip
         log.warning(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from spotrelay.core.config import ConfigError, setting
+from spotrelay.core.protocol import TOKEN_RE
 
 PRIVATE_AND_LOOPBACK = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8"]
 
@@ -87,7 +88,9 @@ class Auth:
 
 @dataclass
 class Registry:
-    ttl_s: float = setting(15, min=0.1, help="drop nodes silent for this long")
+    ttl_s: float = setting(
+        6, min=0.1, help="drop nodes silent this long (3 missed 2 s heartbeats), cutting their work"
+    )
     allowed_networks: list[str] = setting(
         default_factory=lambda: list(PRIVATE_AND_LOOPBACK), help="CIDRs node URLs must resolve into"
     )
@@ -173,6 +176,47 @@ class Routing:
     session_header: str = setting("X-Session-ID", help="header for session affinity")
     max_body_bytes: int = setting(16 * 1024 * 1024, min=1, help="larger bodies get 413")
     retry_after_s: int = setting(5, min=1, help="Retry-After sent with a no-capacity 503")
+    max_event_bytes: int = setting(
+        8 * 1024 * 1024,
+        min=64 * 1024,
+        help="largest SSE event from a node; a bigger one (or a newline-free stream) is a "
+        "stream break",
+    )
+    max_response_bytes: int = setting(
+        256 * 1024 * 1024,
+        min=1024,
+        help="largest non-streaming answer from a node; past it 502 (or the relay is cut)",
+    )
+    response_buffer_bytes: int = setting(
+        1024 * 1024,
+        min=1024,
+        help="a non-streaming answer up to this size is read whole before the client gets it "
+        "(a node failing mid-body is retried); a larger one is relayed read by read",
+    )
+    max_form_parts: int = setting(
+        1000, min=2, help="parts a multipart upload may have (vLLM's own form limit); more get 400"
+    )
+    assemble_non_streaming: list[str] = setting(
+        default_factory=list,
+        help="engine kinds (vllm, llama.cpp, ...) whose non-streaming completions and chat "
+        "requests go to the engine as streams, the answer assembled by the router (stalls "
+        "seen, breaks resumed); empty: forwarded as they came",
+    )
+
+    def validate(self) -> None:
+        if self.response_buffer_bytes > self.max_response_bytes:
+            raise ConfigError(
+                "routing.response_buffer_bytes",
+                "must not exceed routing.max_response_bytes",
+                self.response_buffer_bytes,
+            )
+        for i, kind in enumerate(self.assemble_non_streaming):
+            if not isinstance(kind, str) or not TOKEN_RE.fullmatch(kind):
+                raise ConfigError(
+                    f"routing.assemble_non_streaming[{i}]",
+                    "not an engine kind such as vllm or llama.cpp",
+                    kind,
+                )
 
 
 @dataclass
@@ -191,11 +235,16 @@ class Retry:
 class Timeouts:
     connect_s: float = setting(2, min=0.01, help="TCP connect timeout to a node")
     first_byte_s: float = setting(
-        600, min=0.1, help="wait for the whole answer, or a stream's first event (prefill)"
+        600,
+        min=0.1,
+        help="longest wait for any byte of the answer, or a stream's first event (prefill)",
     )
     stream_idle_s: float = setting(60, min=0.1, help="max gap between stream chunks")
     request_deadline_s: float = setting(
-        900, min=1, help="until the answer starts: attempts, backoff and waits included"
+        900,
+        min=1,
+        help="until a stream's first event or a whole non-streaming answer: attempts, backoff, "
+        "waits and a trickling node included",
     )
 
 
@@ -212,6 +261,25 @@ class Health:
 class Resume:
     enabled: bool = setting(True, help="resume broken streams on another node")
     max_attempts: int = setting(2, min=0, max=10, help="resumes per request")
+
+
+@dataclass
+class Hedge:
+    enabled: bool = setting(
+        True, help="open a stalled stream's continuation on another node beside the original"
+    )
+    stall_multiple: float = setting(
+        8, min=1, help="a gap over this many times the stream's (or node's) recent gap is a stall"
+    )
+    stall_floor_s: float = setting(
+        1.5, min=0.1, help="...and over this many seconds (pauses shorter never count)"
+    )
+    max_per_stream: int = setting(2, min=0, max=10, help="hedges per stream at most")
+    frozen_min_streams: int = setting(
+        2,
+        min=0,
+        help="every stream open on a node stalled, at least this many: eject it (0: never)",
+    )
 
 
 @dataclass
@@ -238,6 +306,7 @@ class RouterConfig:
     timeouts: Timeouts = setting(default_factory=Timeouts)
     health: Health = setting(default_factory=Health)
     resume: Resume = setting(default_factory=Resume)
+    hedge: Hedge = setting(default_factory=Hedge)
     tracing: Tracing = setting(default_factory=Tracing)
 
     def validate(self) -> None:

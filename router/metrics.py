@@ -24,7 +24,10 @@ from .retry import RetryBudget
 PREFIX = "spotrelay_router_"
 MAX_MODEL_LABELS = 200
 OTHER_MODEL = "other"
-NODE_EVENTS = ("registered", "expired", "deleted", "drained", "ejected", "restored", "moved")
+NODE_EVENTS = (
+    "registered", "expired", "deleted", "drained", "ejected", "restored", "moved", "unhealthy",
+    "frozen",
+)  # fmt: skip
 
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,

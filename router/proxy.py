@@ -798,13 +798,14 @@ class Proxy:
             plan,
             open_hedge,
             budget=self.budget,
-            count=self._count_hedge,
+            count=lambda outcome: self._count_hedge(req, outcome),
             client_sock=req.client.sock if req.client is not None else None,
             request_id=req.request_id,
         )
 
-    def _count_hedge(self, outcome: Outcome) -> None:
+    def _count_hedge(self, req: ProxyRequest, outcome: Outcome) -> None:
         self.metrics.hedges.labels(str(outcome)).inc()
+        req.trace.event("hedge", outcome=str(outcome))
 
     def open_continuation(
         self,
@@ -831,6 +832,7 @@ class Proxy:
         sub = req.derive(body, requires=requires)
         if link is not None:  # a hedge: the hedger cancels it through its link
             sub.client = link
+            sub.trace = req.trace.hedged()
         result = self.acquire(sub)
         if link is None or isinstance(result, StreamStart):  # a hedge that lost leaves no trace
             req.tried |= sub.tried

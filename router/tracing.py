@@ -42,6 +42,10 @@ class RequestTrace:
     def carry(self, tokens: int) -> None:
         """Tokens generated before a break and carried into the next (resume) attempt."""
 
+    def hedged(self) -> RequestTrace:
+        """The same trace for a hedge: its attempts are named ``hedge``."""
+        return self
+
     def end(self, status: int, outcome: str) -> None:
         """The request is over (answer sent, stream finished or abandoned)."""
 

@@ -13,6 +13,7 @@ through the ambient context, because many requests share a thread under gevent.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from collections.abc import Iterator, Mapping
@@ -49,12 +50,14 @@ class OtelRequestTrace(RequestTrace):
         self._request_id = request_id
         self._current: trace.Span | None = None
         self._carried: int | None = None
+        self._kind: str | None = None  # "hedge" in the view hedged() returns
         ctx = span.get_span_context()
         self.trace_id = trace.format_trace_id(ctx.trace_id) if ctx.is_valid else None
 
     @contextmanager
     def attempt(self, node_id: str, kind: str) -> Iterator[_Attempt]:
         parent = trace.set_span_in_context(self._span)
+        kind = self._kind or kind
         span = self._owner.tracer.start_span(kind, context=parent, kind=SpanKind.CLIENT)
         span.set_attribute("spotrelay.node", node_id)
         if kind == "resume" and self._carried is not None:
@@ -78,6 +81,14 @@ class OtelRequestTrace(RequestTrace):
 
     def carry(self, tokens: int) -> None:
         self._carried = tokens
+
+    def hedged(self) -> OtelRequestTrace:
+        """A view on the same request span with its own running attempt (a hedge runs
+        beside the original stream)."""
+        view = copy.copy(self)
+        view._current = None
+        view._kind = "hedge"
+        return view
 
     def end(self, status: int, outcome: str) -> None:
         self._span.set_attribute("http.response.status_code", status)

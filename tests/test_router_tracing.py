@@ -215,3 +215,28 @@ def test_tracing_off_imports_nothing_of_opentelemetry() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_hedge_is_a_child_span_named_hedge_beside_the_original_attempt() -> None:
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from spotrelay.router.settings import Tracing as TracingSettings
+    from spotrelay.router.tracing_otel import OtelTracing
+
+    exporter = InMemorySpanExporter()
+    tracing = OtelTracing(TracingSettings(enabled=True), processor=SimpleSpanProcessor(exporter))
+    req = tracing.start({"traceparent": TRACEPARENT}, request_id="r1", path="/v1/completions")
+    with req.attempt("a", "attempt"):
+        pass
+    hedge = req.hedged()
+    with hedge.attempt("b", "resume") as span, req.attempt("c", "resume"):
+        span.failed("reset", "the hedge's node went away")
+        assert _parent_of(hedge.headers()["traceparent"])[0] == TRACE_ID
+    req.event("hedge", outcome="original_won")
+    req.end(200, "complete")
+    spans = {(s.name, s.attributes["spotrelay.node"]) for s in exporter.get_finished_spans()[:-1]}
+    assert spans == {("attempt", "a"), ("hedge", "b"), ("resume", "c")}
+    request = exporter.get_finished_spans()[-1]
+    assert [e.name for e in request.events] == ["hedge"]
+    tracing.shutdown()

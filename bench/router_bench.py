@@ -109,12 +109,13 @@ def cpu_seconds(port: int) -> float:
     return total
 
 
-def start_sim(procs, logdir, name: str, ttft_ms: float, itl_ms: float) -> int:
+def start_sim(procs, logdir, name: str, ttft_ms: float, itl_ms: float, *extra: str) -> int:
     port = free_port()
     argv = spotrelay_argv(
         "sim", "vllm", "--host", HOST, "--port", str(port), "--model", MODEL,
         "--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms),
         "--max-num-seqs", "100000", "--max-model-len", "100000", "--log-level", "warning",
+        *extra,
     )  # fmt: skip
     start(procs, name, argv, f"http://{HOST}:{port}/health", logdir)
     return port
@@ -130,12 +131,14 @@ def start_router(
     redis_url: str | None = None,
     redis_prefix: str | None = None,
     routing: dict | None = None,
+    expect_nodes: int | None = None,
     engine: dict | None = None,
 ) -> int:
     """A router with ``workers`` workers; a shared registry in ``redis_url`` if given.
 
     Each router gets its own key prefix (its own fleet) unless ``redis_prefix`` is given.
-    ``routing``: its ``routing`` section; ``engine``: the engine block the nodes register with.
+    ``routing``: its ``routing`` section; ``engine``: the engine block the nodes register with;
+    ``expect_nodes``: wait until every worker sees that many (default: those it registers).
     """
     port = free_port()
     registry: dict = {"ttl_s": 86400}  # registered once, no heartbeats needed
@@ -153,6 +156,7 @@ def start_router(
                     "upstream_pool_size": 4096,
                     "graceful_timeout_s": 1,
                     "control_port": free_port(),
+                    "control_on_main_port": True,  # registrations and views use one port
                     "max_connections_per_ip": 0,  # the load comes from one address
                 },
                 "auth": {"node_token": TOKEN},
@@ -179,8 +183,9 @@ def start_router(
             headers={"Authorization": f"Bearer {TOKEN}"},
         )
         urllib.request.urlopen(req, timeout=5).read()
-    if workers > 1:  # every worker must know the engine before the load starts
-        wait_every_worker(port, workers, lambda nodes: len(nodes) >= len(engine_ports))
+    want = len(engine_ports) if expect_nodes is None else expect_nodes
+    if workers > 1 or want > len(engine_ports):  # every worker knows the engines first
+        wait_every_worker(port, workers, lambda nodes: len(nodes) >= want)
     return port
 
 

@@ -51,8 +51,11 @@ from .disconnect import ClientLink, ClientWatch
 from .finish import FinishTracker, expected_choices
 from .hedge import HedgeRace, Outcome, StallPolicy, StallWatch, race_lock
 from .hedging import Hedger
+from .loopmark import HOP_HEADER, LOOP_HEADER, LoopMarks, hop_header
 from .metrics import RouterMetrics
 from .named_events import NamedEventHandler, NamedEvents
+from .placement import Placement, is_long
+from .prefix_key import prefix_key
 from .registry import ModelStatus, Node, Registry
 from .retry import RETRYABLE_STATUS, Failure, FailureKind, RetryBudget, RetryPolicy
 from .settings import Routing, Timeouts
@@ -81,8 +84,6 @@ log = logging.getLogger("spotrelay.router")
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-HOP_HEADER = "X-Spotrelay-Hop"  # router ids a request went through (loop detection)
-LOOP_HEADER = "X-Spotrelay-Loop"  # on a 508: this router refused a request it had sent itself
 CLIENT_CLOSED = 499  # nginx's status for "client closed request": metrics and logs only
 
 
@@ -143,6 +144,7 @@ class ProxyRequest:
     requires: frozenset[str] = frozenset()  # engine capabilities a node must report
     resume_off: bool = False  # the client sent X-Spotrelay-Resume: off
     follow_up: bool = False  # made by derive(): waits for a node it has not tried yet
+    long_hint: bool = False  # the client marked it long (routing.long_request_header)
     # Non-streaming, to be asked as this stream on nodes whose engine kind is in
     # routing.assemble_non_streaming (the answer assembled by router/assembly.py).
     assembly: StreamForm | None = None
@@ -293,12 +295,12 @@ class Proxy:
         sleep: Callable[[float], None] = time.sleep,
         stream_handler_factory: Callable[[ProxyRequest, Proxy], StreamHandler] | None = None,
         watchdog: IdleWatchdog | None = None,
-        hop_id: str = "",
+        loop_marks: LoopMarks | None = None,
         client_watch: ClientWatch | None = None,
         assembled: Callable[[Proxy, ProxyRequest, StreamStart], Answer | ApiError] | None = None,
         stall: StallPolicy | None = None,
     ) -> None:
-        self.hop_id = hop_id or os.urandom(8).hex()
+        self.loop_marks = loop_marks if loop_marks is not None else LoopMarks()
         self.client_watch = client_watch if client_watch is not None else ClientWatch()
         self.registry = registry
         self.watchdog = watchdog
@@ -445,9 +447,13 @@ class Proxy:
         departure aborts the node connection (:mod:`spotrelay.router.disconnect`).
         """
         kind = "resume" if req.follow_up else "retry" if req.attempts > 1 else "attempt"
-        with self.client_watch.watching(req.client), req.trace.attempt(node.id, kind) as span:
+        with (
+            self.client_watch.watching(req.client),
+            self.loop_marks.issued() as mark,
+            req.trace.attempt(node.id, kind) as span,
+        ):
             try:
-                result = self._attempt_once(node, req)
+                result = self._attempt_once(node, req, mark)
                 if isinstance(result, Failure):
                     span.failed(str(result.kind), result.detail)
                 return result
@@ -462,11 +468,8 @@ class Proxy:
                 span.failed(str(FailureKind.INTERNAL), failure)
                 return Failure(FailureKind.INTERNAL, node.id, failure)
 
-    def _upstream_headers(self, req: ProxyRequest) -> dict[str, str]:
-        headers = {
-            "X-Request-ID": req.request_id,
-            HOP_HEADER: ", ".join((*req.hops, self.hop_id)),
-        }
+    def _upstream_headers(self, req: ProxyRequest, mark: str) -> dict[str, str]:
+        headers = {"X-Request-ID": req.request_id, HOP_HEADER: hop_header(req.hops, mark)}
         if req.method not in ("GET", "HEAD"):  # uploads keep their multipart Content-Type
             headers["Content-Type"] = req.content_type
         if req.accept:
@@ -474,7 +477,9 @@ class Proxy:
         headers.update(req.trace.headers())
         return headers
 
-    def _attempt_once(self, node: Node, req: ProxyRequest) -> Answer | StreamStart | Failure:
+    def _attempt_once(
+        self, node: Node, req: ProxyRequest, mark: str
+    ) -> Answer | StreamStart | Failure:
         connect_s, read_s = self._timeouts_for(req)
         body, stream = req.body, req.stream
         if (
@@ -500,7 +505,7 @@ class Proxy:
             resp = node.pool.request(
                 req.method,
                 req.path,
-                headers=self._upstream_headers(req),
+                headers=self._upstream_headers(req, mark),
                 body=body,
                 connect_timeout=connect_s,
                 read_timeout=read_s,
@@ -633,9 +638,13 @@ class Proxy:
     def _choose(self, req: ProxyRequest, *, retrying: bool) -> Node | ApiError | None:
         """The next node; None when every routable node was tried; ApiError on no capacity."""
         balancer = self.balancer
+        placement = self._placement(req)
         candidates = self._candidates(req)
-        node = balancer.pick(candidates, exclude=req.tried, session_key=req.session_key)
+        node = balancer.pick(
+            candidates, exclude=req.tried, session_key=req.session_key, placement=placement
+        )
         if node is not None:
+            balancer.served(placement, node)
             return node
         if candidates and not req.follow_up:
             return None
@@ -650,10 +659,14 @@ class Proxy:
             if req.client is not None and req.client.check():
                 return None
             node = balancer.pick(
-                self._candidates(req), exclude=req.tried, session_key=req.session_key
+                self._candidates(req),
+                exclude=req.tried,
+                session_key=req.session_key,
+                placement=placement,
             )
             if node is not None:
                 self.metrics.capacity_waits.labels("served").inc()
+                balancer.served(placement, node)
                 return node
         self.metrics.capacity_waits.labels("timed_out").inc()
         if retrying:
@@ -665,6 +678,19 @@ class Proxy:
             code="no_capacity",
             headers={"Retry-After": str(self.routing.retry_after_s)},
         )
+
+    def _placement(self, req: ProxyRequest) -> Placement:
+        """What the balancer weighs besides load: the prompt's prefix keys and the risk rule."""
+        r = self.routing
+        key = None
+        if self.balancer.cache_aware and req.doc:
+            key = prefix_key(
+                req.doc, block_chars=r.prefix_block_chars, anchor_chars=r.prefix_anchor_chars
+            )
+        long = r.risk_aware and is_long(
+            req.doc, hint=req.long_hint, threshold=r.long_request_tokens
+        )
+        return Placement(key=key, long=long, resume=req.follow_up)
 
     def _candidates(self, req: ProxyRequest) -> list[Node]:
         """Routable nodes for ``req``: those serving its model (any, ``model`` empty),

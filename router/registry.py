@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from spotrelay.core.protocol import EngineInfo, NodeLoad, NodeReport, NodeState
+from spotrelay.core.protocol import EngineInfo, NodeLoad, NodeReport, NodeState, Risk
 
 from .exchange import Exchange
 from .hedge import Rhythm
@@ -92,6 +92,7 @@ class Node:
     removed: bool = False
     engine: EngineInfo = field(default_factory=EngineInfo)
     instance_id: str | None = None
+    risk: Risk = Risk.NONE
     exchanges: set[Exchange] = field(default_factory=set)  # open attempts, cut on node loss
     rhythm: Rhythm = field(default_factory=Rhythm)  # recent inter-event gap of its streams
 
@@ -150,6 +151,7 @@ class Node:
             },
             "labels": dict(self.labels),
             "engine": self.engine.to_json(),
+            "risk": str(self.risk),
             "instance_id": self.instance_id,
             "in_flight": self.in_flight,
             "failures": {
@@ -247,6 +249,7 @@ class Registry:
                     pool=self.pool_factory(target) if self.pool_factory else None,
                     engine=report.engine,
                     instance_id=report.instance_id,
+                    risk=report.risk,
                     admin_drained=drained,
                 )
                 self._nodes[node_id] = node
@@ -266,6 +269,7 @@ class Registry:
                 node.labels = dict(report.labels)
                 node.engine = report.engine
                 node.instance_id = report.instance_id
+                node.risk = report.risk
                 node.last_seen = max(node.last_seen, now)
                 if drained and not node.admin_drained:
                     node.admin_drained = True
@@ -328,6 +332,20 @@ class Registry:
         _close_pool(node.pool)
         self._emit([(reason, node)])
         return node
+
+    def evict_silent(self, silent_s: float) -> Node | None:
+        """Forget the node heard from longest ago if it has been silent over ``silent_s``.
+
+        A registry full of nodes that stopped heartbeating (or of junk read
+        from a shared view) must make room for a node that is registering now.
+        """
+        with self._lock:
+            horizon = self.clock() - silent_s
+            stale = [n for n in self._nodes.values() if n.last_seen < horizon]
+            victim = min(stale, key=lambda n: n.last_seen, default=None)
+        if victim is None:
+            return None
+        return self.remove(victim.id, "expired")
 
     def replace_all(self, nodes: list[tuple[str, NodeReport, NodeTarget, float, bool]]) -> None:
         """Make the view exactly ``nodes`` (id, report, target, age_s, drained).

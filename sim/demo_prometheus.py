@@ -127,7 +127,7 @@ class DemoPrometheus:
         """Rewrite the file_sd targets when the fleet changed (Prometheus re-reads them)."""
         nodes = [n for n in list(self.fleet.nodes.values()) if n.alive()]
         targets = {
-            "spotrelay-router": [u.removeprefix("http://") for u in self.fleet.router_urls],
+            "spotrelay-router": [u.removeprefix("http://") for u in self.fleet.control_urls],
             "spotrelay-agent": [f"{HOST}:{n.metrics_port}" for n in nodes if n.metrics_port],
             "vllm": [n.engine_url.removeprefix("http://") for n in nodes],
         }

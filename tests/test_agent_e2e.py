@@ -59,7 +59,7 @@ def get_json(url: str, token: str | None = None) -> Any:
 
 
 def nodes(router: Service) -> dict[str, dict[str, Any]]:
-    return router_nodes(router.url)
+    return router_nodes(router.control_url)
 
 
 def node_state(router: Service, node_id: str) -> str | None:
@@ -81,8 +81,10 @@ def completions_seen(engine: Service) -> int:
     return int(stats["per_path"].get("/v1/completions", 0))
 
 
-def complete(router: Service, model: str, max_tokens: int = 4, stream: bool = False) -> str:
-    body = {"model": model, "prompt": "hello", "max_tokens": max_tokens, "stream": stream}
+def complete(
+    router: Service, model: str, max_tokens: int = 4, stream: bool = False, prompt: str = "hello"
+) -> str:
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": stream}
     req = urllib.request.Request(
         f"{router.url}/v1/completions",
         data=json.dumps(body).encode(),
@@ -157,7 +159,7 @@ def make_node(
     imds = start_imds(procs, logdir, "--instance-id", instance_id, "--az", "us-east-1b")
     engine = start_sim_vllm(procs, logdir, *engine_args, model=model)
     config: dict[str, Any] = {
-        "router": {"urls": [router.url], "node_token": ROUTER_TOKEN},
+        "router": {"urls": [router.control_url], "node_token": ROUTER_TOKEN},
         "engine": {"url": engine.url, "model": model, "systemd_unit": None},
         "imds": {"url": imds.url, "poll_interval_s": POLL},
         "heartbeat": {"interval_s": 0.5},
@@ -225,15 +227,16 @@ def test_spot_notice_drains_before_the_deadline(
         assert labels == {"instance_type": "g6.xlarge", "az": "us-east-1b", "lifecycle": "spot"}
         # A second node serving the same model, registered by hand, takes the traffic.
         other = start_sim_vllm(procs, logdir, model=model, name="vllm-other")
-        register_node(router.url, ROUTER_TOKEN, "other-node", other.url, model)
+        register_node(router.control_url, ROUTER_TOKEN, "other-node", other.url, model)
 
         # A long stream in flight on our node when the notice arrives.
         result: dict[str, str] = {}
         before = completions_seen(node.engine)
 
         def stream_on_our_node() -> None:
-            for _ in range(20):  # the balancer may pick the other node: retry until ours
-                text = complete(router, model, max_tokens=50, stream=True)
+            for i in range(20):  # the balancer may pick the other node: retry until ours
+                # (a new prompt each time: cache_aware places one prompt on one node)
+                text = complete(router, model, max_tokens=50, stream=True, prompt=f"hello {i}")
                 if completions_seen(node.engine) > before:
                     result["text"] = text
                     return
@@ -296,6 +299,7 @@ def test_rebalance_is_reported_unless_on_rebalance(
     for node in (quiet, eager):
         run_agent(procs, logdir, node)
         wait_state(router, node.node_id, "ready")
+        assert nodes(router)[node.node_id]["risk"] == "none"
         control(node.imds, "rebalance")
     wait_state(router, eager.node_id, None)  # drained and deregistered
     assert quiet.agent is not None
@@ -303,6 +307,12 @@ def test_rebalance_is_reported_unless_on_rebalance(
         lambda: quiet.agent.metric("spotrelay_agent_events_total", type="rebalance") == 1,  # type: ignore[union-attr]
         timeout=5,
         what="rebalance reported",
+    )
+    # ... as a risk in the heartbeat, at once: routers keep long requests off the node
+    wait_until(
+        lambda: nodes(router)[quiet.node_id]["risk"] == "elevated",
+        timeout=2,
+        what="risk elevated on the router",
     )
     reads = imds_reads(quiet.imds)
     wait_until(  # several more polls that see the same recommendation

@@ -353,14 +353,17 @@ def test_up_status_down(tmp_path: Path, procs, logdir: Path, moto_url: str) -> N
     router = start_router(
         procs, logdir, {"auth": {"node_token": token}, "registry": {"ttl_s": 600}}
     )
-    register_node(router.url, token, "i-0abc1234", "http://127.0.0.1:8000", "qwen")
+    register_node(router.control_url, token, "i-0abc1234", "http://127.0.0.1:8000", "qwen")
 
     deploy = write_yaml(
         tmp_path / "deploy.yaml",
         minimal(
             terraform={"binary": str(shim), "dir": str(d)},
             pool={"min_size": 1, "desired_capacity": 2},
-            variables={"test_router_url": router.url},
+            variables={
+                "test_router_url": router.url,
+                "test_router_control_url": router.control_url,
+            },
             status={"aws_endpoint_url": moto_url},
             up={"poll_interval_s": 0.5},
         ),
@@ -389,7 +392,9 @@ def test_up_status_down(tmp_path: Path, procs, logdir: Path, moto_url: str) -> N
 
     # The nodes register; up (a no-op apply) now reports the deployment ready.
     for port, iid in enumerate(instances, 8001):
-        register_node(router.url, token, iid, f"http://127.0.0.1:{port}", "qwen", instance_id=iid)
+        register_node(
+            router.control_url, token, iid, f"http://127.0.0.1:{port}", "qwen", instance_id=iid
+        )
     up = cli("up", "--config", str(deploy))
     assert up.returncode == 0, up.stdout + up.stderr
     assert "ready 2/2" in up.stdout and "deployment ready" in up.stdout
@@ -432,7 +437,7 @@ def test_status_reports_each_side(tmp_path: Path, procs, logdir: Path, moto_url:
         {
             "deployment": {"region": REGION},
             "status": {
-                "router_url": router.url,
+                "router_url": router.control_url,
                 "node_token": "wrong-token",
                 "asg_name": "no-such-group",
                 "aws_endpoint_url": moto_url,
@@ -457,13 +462,13 @@ def test_status_reads_the_shared_view(tmp_path: Path, procs, logdir: Path, moto_
     shared = {"registry": {"backend": "redis", "redis_url": local.url}, "server": {"workers": 1}}
     a = start_router(procs, logdir, shared, name="router-a")
     b = start_router(procs, logdir, shared, name="router-b")
-    register_node(a.url, ROUTER_TOKEN, "i-0aaa1111", "http://127.0.0.1:8000", "qwen")
+    register_node(a.control_url, ROUTER_TOKEN, "i-0aaa1111", "http://127.0.0.1:8000", "qwen")
     make_group(moto_url, "shared-gpu", desired=1)
     deploy = write_yaml(
         tmp_path / "deploy.yaml",
         {
             "deployment": {"region": REGION},
-            "status": {"router_url": b.url, "node_token": ROUTER_TOKEN,
+            "status": {"router_url": b.control_url, "node_token": ROUTER_TOKEN,
                        "asg_name": "shared-gpu", "aws_endpoint_url": moto_url},
         },
     )  # fmt: skip

@@ -100,7 +100,7 @@ def test_every_query_names_a_metric_the_components_export(
     )
     _traffic(router.url)
     exported: set[str] = set()
-    for url in (router.url + "/metrics", engine.url + "/metrics", agent.metrics_url):
+    for url in (router.control_url + "/metrics", engine.url + "/metrics", agent.metrics_url):
         exported |= exported_names(_get(url))
     rules = yaml.safe_load(rules_path().read_text())
     recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
@@ -118,5 +118,5 @@ def test_every_query_names_a_metric_the_components_export(
         and 'lifecycle="spot"' in line
         and 'state="ready"' in line
         and line.endswith(" 1.0")
-        for line in _get(router.url + "/metrics").splitlines()
+        for line in _get(router.control_url + "/metrics").splitlines()
     )

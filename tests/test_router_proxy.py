@@ -71,7 +71,9 @@ def finish(i, texts):
 
 
 def test_connect_refused_is_retried_on_another_node():
-    svc, fleet = build()
+    # p2c keeps trying the refusing node until it is ejected; cache_aware would follow
+    # this one prompt to the node that answered it (tests/test_placement.py).
+    svc, fleet = build(routing={"policy": "p2c"})
     register(svc, "a", A)
     register(svc, "b", B)
     fleet.behaviour[A] = raising(refused)

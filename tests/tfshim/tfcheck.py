@@ -99,6 +99,7 @@ module "router" {{
   }}
   settings = {{
     allowed_networks = ["10.0.0.0/16"]
+    trusted_proxies  = ["10.0.1.0/24", "10.0.2.0/24"]
   }}
 }}
 

@@ -86,7 +86,7 @@ def test_every_query_names_a_metric_the_components_export(
         procs,
         logdir,
         {
-            "router": {"urls": [router.url], "node_token": ROUTER_TOKEN},
+            "router": {"urls": [router.control_url], "node_token": ROUTER_TOKEN},
             "engine": {"url": engine.url, "model": MODEL, "systemd_unit": None},
             "imds": {"url": imds.url, "poll_interval_s": 0.25},
             "heartbeat": {"interval_s": 0.5},

@@ -68,6 +68,7 @@ from .stream import (
     StreamRelay,
     StreamStart,
 )
+from .tracing import NO_TRACE, RequestTrace
 from .upstream import (
     UPSTREAM_ERRORS,
     BodyRelay,
@@ -147,6 +148,7 @@ class ProxyRequest:
     # Non-streaming, to be asked as this stream on nodes whose engine kind is in
     # routing.assemble_non_streaming (the answer assembled by router/assembly.py).
     assembly: StreamForm | None = None
+    trace: RequestTrace = NO_TRACE  # OpenTelemetry spans when tracing is on (router/tracing.py)
 
     def derive(
         self,
@@ -446,9 +448,17 @@ class Proxy:
         Until the answer (or a stream's first event) is in hand, the client's
         departure aborts the node connection (:mod:`spotrelay.router.disconnect`).
         """
-        with self.client_watch.watching(req.client), self.loop_marks.issued() as mark:
+        kind = "resume" if req.follow_up else "retry" if req.attempts > 1 else "attempt"
+        with (
+            self.client_watch.watching(req.client),
+            self.loop_marks.issued() as mark,
+            req.trace.attempt(node.id, kind) as span,
+        ):
             try:
-                return self._attempt_once(node, req, mark)
+                result = self._attempt_once(node, req, mark)
+                if isinstance(result, Failure):
+                    span.failed(str(result.kind), result.detail)
+                return result
             except Exception as exc:  # a bug or an unforeseen input: the node's failure, not a 500
                 log.exception(
                     "attempt on node %s raised %s",
@@ -456,7 +466,9 @@ class Proxy:
                     type(exc).__name__,
                     extra={"request_id": req.request_id},
                 )
-                return Failure(FailureKind.INTERNAL, node.id, f"{type(exc).__name__}: {exc}"[:200])
+                failure = f"{type(exc).__name__}: {exc}"[:200]
+                span.failed(str(FailureKind.INTERNAL), failure)
+                return Failure(FailureKind.INTERNAL, node.id, failure)
 
     def _upstream_headers(self, req: ProxyRequest, mark: str) -> dict[str, str]:
         headers = {"X-Request-ID": req.request_id, HOP_HEADER: hop_header(req.hops, mark)}
@@ -464,6 +476,7 @@ class Proxy:
             headers["Content-Type"] = req.content_type
         if req.accept:
             headers["Accept"] = req.accept
+        headers.update(req.trace.headers())
         return headers
 
     def _attempt_once(
@@ -809,13 +822,14 @@ class Proxy:
             plan,
             open_hedge,
             budget=self.budget,
-            count=self._count_hedge,
+            count=lambda outcome: self._count_hedge(req, outcome),
             client_sock=req.client.sock if req.client is not None else None,
             request_id=req.request_id,
         )
 
-    def _count_hedge(self, outcome: Outcome) -> None:
+    def _count_hedge(self, req: ProxyRequest, outcome: Outcome) -> None:
         self.metrics.hedges.labels(str(outcome)).inc()
+        req.trace.event("hedge", outcome=str(outcome))
 
     def open_continuation(
         self,
@@ -842,6 +856,7 @@ class Proxy:
         sub = req.derive(body, requires=requires)
         if link is not None:  # a hedge: the hedger cancels it through its link
             sub.client = link
+            sub.trace = req.trace.hedged()
         result = self.acquire(sub)
         if link is None or isinstance(result, StreamStart):  # a hedge that lost leaves no trace
             req.tried |= sub.tried
@@ -867,6 +882,8 @@ class Proxy:
         self.metrics.stream_breaks.labels(str(brk.reason)).inc()
         if brk.reason is not BreakReason.NODE_LOST:  # a lost node is out of rotation already
             self.registry.record_failure(upstream.node)
+        req.trace.event("stream_break", node=brk.node_id, reason=str(brk.reason),
+                        events_sent=brk.events_sent)  # fmt: skip
         log.warning(
             "stream broke on node %s after %d events: %s %s",
             brk.node_id,
@@ -891,8 +908,11 @@ class Proxy:
         return self.metrics.model_label(req.model) if req.model else "none"
 
     def _log_done(self, req: ProxyRequest, status: int, outcome: str) -> None:
-        if not self.access_log and status < 500 and outcome == "complete":
-            return
+        if self.access_log or status >= 500 or outcome != "complete":
+            self._access_line(req, status, outcome)
+        req.trace.end(status, outcome)
+
+    def _access_line(self, req: ProxyRequest, status: int, outcome: str) -> None:
         log.info(
             "%s %s %d",
             req.method,

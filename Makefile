@@ -36,7 +36,7 @@ lint: install
 # which mypy cannot follow through the editable install, so it reads the folders
 # through links under $(VENV)/typecheck; the sed turns those paths back into the
 # repository's. Its cache (.mypy_cache) makes a rerun take about a second.
-COMPONENTS := core agent router sim controller
+COMPONENTS := core agent router sim controller observability
 typecheck: install
 	@mkdir -p $(VENV)/typecheck/spotrelay
 	@for c in $(COMPONENTS); do ln -sfn $(CURDIR)/$$c $(VENV)/typecheck/spotrelay/$$c; done

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from spotrelay.agent.drain import DrainMachine, DrainPolicy, DrainState, StateStore
+from spotrelay.agent.drain import DrainMachine, DrainPolicy
+from spotrelay.agent.drainer import Drainer
+from spotrelay.agent.drainstate import DrainState
+from spotrelay.agent.drainstore import StateStore
 from spotrelay.agent.engine import ProcessWatch, parse_metrics
 from spotrelay.agent.events import (
     EventParseError,
@@ -264,24 +267,28 @@ def _machine(
     lifecycle: FakeLifecycle | None = None,
     boot_id: str | None = "boot-1",
     **policy: object,
-) -> DrainMachine:
+) -> Drainer:
     base_policy = dict(
         safety_margin_s=1.0, timeout_s=30.0, sigterm_timeout_s=2.0, ack_timeout_s=2.0,
         idle_poll_s=0.02, lifecycle_heartbeat_s=0.05,
     )  # fmt: skip
     base_policy.update(policy)
     report = NodeReport(url="http://127.0.0.1:1", models=("m",))
-    return DrainMachine(
+    machine = DrainMachine(
         node_id="n1",
         instance_id="i-1",
-        routers=routers if routers is not None else [FakeRouter("r1")],  # type: ignore[arg-type]
-        engine=engine or ScriptedLoad(),  # type: ignore[arg-type]
-        store=StateStore(tmp_path / "drain.json"),
         policy=DrainPolicy(**base_policy),  # type: ignore[arg-type]
-        report_fn=lambda state: NodeReport(report.url, report.models, state),
-        lifecycle=lifecycle,  # type: ignore[arg-type]
-        metrics=AgentMetrics(),
+        has_hook=lifecycle is not None,
         boot_id=boot_id,
+    )
+    return Drainer(
+        machine,
+        routers=routers if routers is not None else [FakeRouter("r1")],
+        engine=engine or ScriptedLoad(),
+        store=StateStore(tmp_path / "drain.json"),
+        report_fn=lambda state: NodeReport(report.url, report.models, state),
+        lifecycle=lifecycle,
+        metrics=AgentMetrics(),
     )
 
 
@@ -312,6 +319,7 @@ def test_drain_runs_every_step_in_order_once(tmp_path: Path) -> None:
     assert len(lc.completed) == 1 and lc.completed[0] < ev.time
     assert m.silenced
     assert m.metrics.drains.labels("spot_interruption")._value.get() == 1
+    assert m.metrics.drain_deadline_missed._value.get() == 0
 
 
 def test_drain_without_engine_metrics_waits_for_the_routers_in_flight(tmp_path: Path) -> None:
@@ -335,6 +343,8 @@ def test_drain_waits_for_in_flight_then_stops_at_the_deadline(tmp_path: Path) ->
     assert 0.5 <= elapsed < 1.5
     assert lc.heartbeats >= 2  # RecordLifecycleActionHeartbeat while waiting
     assert lc.completed and lc.completed[0] < t0 + 1.6
+    # the cut-off work is counted: SpotrelayDrainMissedDeadline fires on it
+    assert m.metrics.drain_deadline_missed._value.get() == 1
 
 
 def test_earlier_deadline_tightens_the_running_drain(tmp_path: Path) -> None:

@@ -26,6 +26,13 @@ override_resource {
 }
 
 override_resource {
+  target = module.gpu_pool.aws_security_group.controller
+  values = {
+    id = "sg-0aaaaaaaaaaaaaaa0"
+  }
+}
+
+override_resource {
   target = module.router.aws_security_group.router
   values = {
     id = "sg-0fedcba9876543210"

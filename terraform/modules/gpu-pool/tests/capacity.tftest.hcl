@@ -61,8 +61,8 @@ run "queue_and_fallback" {
   }
 
   assert {
-    condition     = length(aws_cloudwatch_event_rule.interruption) == 4
-    error_message = "Four EventBridge rules feed the queue."
+    condition     = length(aws_cloudwatch_event_rule.interruption) == 5
+    error_message = "Five EventBridge rules feed the queue (spot warning, rebalance, terminate lifecycle action, state change, AWS Health scheduled change)."
   }
 
   assert {

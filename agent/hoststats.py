@@ -46,7 +46,7 @@ class HostSampler:
     def _init_nvml(self) -> None:
         self._gpu_checked = True
         try:
-            import pynvml  # type: ignore[import-not-found]
+            import pynvml
 
             pynvml.nvmlInit()
         except Exception as exc:  # ImportError, NVMLError (no driver), ...

@@ -50,7 +50,7 @@ from tests.support import (
     start_router,
     start_sim_vllm,
 )
-from tests.test_agent_aws import LifecycleFront, aws_env, create_asg
+from tests.support.aws import LifecycleFront, aws_env, create_asg
 
 
 def post(url: str, body: dict[str, Any] | None = None) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .activities import launch_attempts
@@ -183,7 +184,9 @@ def with_base(group: dict[str, Any], base: int) -> dict[str, Any]:
     return {"InstancesDistribution": dist}
 
 
-def put_metrics(cloudwatch: Any, namespace: str, pool: str, data: list[tuple[str, float, dict]]):
+def put_metrics(
+    cloudwatch: Any, namespace: str, pool: str, data: Sequence[tuple[str, float, Mapping[str, str]]]
+) -> None:
     """One ``PutMetricData`` for a run: (name, value, extra dimensions) triples."""
     if not data:
         return

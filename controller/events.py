@@ -77,11 +77,13 @@ def _health(event: dict[str, Any]) -> list[Interruption]:
 
 
 def _lifecycle_action(detail: dict[str, Any]) -> LifecycleAction | None:
-    fields = [detail.get(k) for k in ("AutoScalingGroupName", "LifecycleHookName")]
+    group, hook = detail.get("AutoScalingGroupName"), detail.get("LifecycleHookName")
     token = detail.get("LifecycleActionToken")
-    if not all(isinstance(f, str) and f for f in fields) or not isinstance(token, str):
+    if not (isinstance(group, str) and group and isinstance(hook, str) and hook):
         return None
-    return LifecycleAction(fields[0], fields[1], token)
+    if not isinstance(token, str):
+        return None
+    return LifecycleAction(group, hook, token)
 
 
 def parse_event(event: Any) -> Interruption | None:

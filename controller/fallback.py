@@ -90,7 +90,7 @@ class FallbackPolicy:
 
     def recover_wait(self, failed_probes: int) -> float:
         """Quiet time before the next probe: recover_after_s, doubled per failed probe, capped."""
-        doubled = self.recover_after_s * 2 ** min(failed_probes, 32)
+        doubled = self.recover_after_s * 2.0 ** min(failed_probes, 32)
         return min(doubled, max(self.recover_backoff_max_s, self.recover_after_s))
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .aws import AsgGateway, put_metrics
@@ -113,7 +113,7 @@ class Controller:
         self._publish([("InterruptionEvents", n, {"Outcome": k}) for k, n in outcomes.items()])
         return {"batchItemFailures": failures}
 
-    def _publish(self, data: list[tuple[str, float, dict]]) -> None:
+    def _publish(self, data: Sequence[tuple[str, float, Mapping[str, str]]]) -> None:
         try:
             put_metrics(self.cloudwatch, self.settings.metric_namespace, self.settings.pool, data)
         except Exception as exc:  # metrics never fail a run whose work is done

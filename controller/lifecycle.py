@@ -74,11 +74,12 @@ class PendingAction:
             return None
         fields = {k: doc.get(k) for k in ("instance_id", "group", "hook", "token")}
         deadline = doc.get("deadline")
-        if not all(isinstance(v, str) and v for v in fields.values()):
+        given = {k: v for k, v in fields.items() if isinstance(v, str) and v}
+        if len(given) != len(fields):
             return None
-        if not isinstance(deadline, int | float) or not valid_instance_id(fields["instance_id"]):
+        if not isinstance(deadline, int | float) or not valid_instance_id(given["instance_id"]):
             return None
-        return cls(**fields, deadline=float(deadline))
+        return cls(**given, deadline=float(deadline))
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def judge(
     knows the node any more: its agent deregistered or went silent past the
     registry's TTL, and there is nothing left to drain.
     """
-    alive = bool(sightings) and min(s.silent_s for s in sightings) < silent_after_s
+    alive = bool(sightings) and min(s.silent_s for s in sightings or []) < silent_after_s
     if now >= pending.deadline:
         if alive:
             return Verdict(Step.LEAVE, "drain deadline reached; the agent is alive and completes")

@@ -27,7 +27,7 @@ def jittered_delay(
 ) -> float:
     """The wait after ``failures`` failures before it (0 for the first retry):
     ``min(cap, base * 2**failures)``, jittered."""
-    exp = min(cap, base * (2 ** min(max(failures, 0), 30)))
+    exp = min(cap, base * (2.0 ** min(max(failures, 0), 30)))
     if jitter is Jitter.FULL:
         return rng.uniform(0, exp)
     return exp / 2 + rng.uniform(0, exp / 2)

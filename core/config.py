@@ -19,11 +19,14 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 ENV_PREFIX = "SPOTRELAY_"
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 class ConfigError(ValueError):
@@ -128,7 +131,7 @@ def _exact_int(value: Any) -> int:
     return int(value)
 
 
-def _check(key: str, f: dataclasses.Field, value: Any, given: Any) -> None:
+def _check(key: str, f: dataclasses.Field[Any], value: Any, given: Any) -> None:
     """``value`` within the field's bounds; the error names ``key`` with ``given``, as
     the operator wrote it (an environment variable's text, a YAML value)."""
     meta = f.metadata
@@ -245,7 +248,7 @@ def describe(cls: type) -> str:
     return "\n".join(lines)
 
 
-def _describe_line(section: str | None, f: dataclasses.Field) -> str:
+def _describe_line(section: str | None, f: dataclasses.Field[Any]) -> str:
     default = (
         f.default
         if f.default is not dataclasses.MISSING

@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .deploy import DeployConfig, TerraformDriver
 
 UP_HELP = """\
 Create or update a deployment: write spotrelay.tfvars.json from the YAML,
@@ -39,7 +44,7 @@ def _epilog() -> str:
     return describe(DeployConfig)
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentParser) -> None:
     epilog = _epilog()
     fmt = argparse.RawDescriptionHelpFormatter
     for name, text, handler in (
@@ -72,18 +77,18 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         p.set_defaults(handler=handler)
 
 
-def _load(args: argparse.Namespace):  # -> DeployConfig
+def _load(args: argparse.Namespace) -> DeployConfig:
     from .config import load
     from .deploy import DeployConfig
 
-    overrides: dict = {"terraform": {"binary": args.terraform, "dir": args.dir}}
+    overrides: dict[str, Any] = {"terraform": {"binary": args.terraform, "dir": args.dir}}
     if getattr(args, "no_wait", False) or getattr(args, "wait_timeout", None) is not None:
         wait = False if args.no_wait else None
         overrides["up"] = {"wait": wait, "wait_timeout_s": args.wait_timeout}
     return load(DeployConfig, args.config, overrides=overrides)
 
 
-def _driver(cfg, need_example_vars: bool):  # -> (TerraformDriver, vars path, init args)
+def _driver(cfg: DeployConfig, need_example_vars: bool) -> tuple[TerraformDriver, Path, list[str]]:
     from .deploy import (
         TerraformDriver,
         backend_args,
@@ -132,7 +137,7 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _wait_ready(cfg, outputs: dict) -> bool:  # cfg: DeployConfig
+def _wait_ready(cfg: DeployConfig, outputs: dict[str, Any]) -> bool:
     from .deploy_status import gather, render
     from .deploy_wait import wait_ready
 
@@ -180,7 +185,7 @@ def _status(args: argparse.Namespace) -> int:
     from .terraform_bin import find_binary
 
     cfg = _load(args)
-    outputs: dict = {}
+    outputs: dict[str, Any] = {}
     notes: list[str] = []
     if not (cfg.status.router_url and cfg.status.asg_name):
         try:

@@ -88,7 +88,7 @@ def node_token(cfg: StatusSection, outputs: dict[str, Any], region: str | None) 
             "status.node_token", "not set and no node_token_parameter_name terraform output"
         )
     reply = _client("ssm", cfg, region).get_parameter(Name=parameter, WithDecryption=True)
-    return reply["Parameter"]["Value"]
+    return str(reply["Parameter"]["Value"])
 
 
 def _client(service: str, cfg: StatusSection, region: str | None) -> Any:

@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from spotrelay.core.retry import retry_until
 
@@ -26,8 +27,9 @@ USAGE = "usage: python -m spotrelay.core.fetch_secret PARAMETER REGION DEST [ENV
 def read_parameter(name: str, region: str) -> str:
     import botocore.session
 
-    client = botocore.session.get_session().create_client("ssm", region_name=region)
-    return client.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
+    client: Any = botocore.session.get_session().create_client("ssm", region_name=region)
+    value: str = client.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
+    return value
 
 
 def write_secret(dest: str, text: str) -> None:

@@ -44,7 +44,9 @@ def instance_details(
     return details
 
 
-def scaling_activities(client: Callable[[str], Any], group: str, limit: int = 10) -> list[dict]:
+def scaling_activities(
+    client: Callable[[str], Any], group: str, limit: int = 10
+) -> list[dict[str, Any]]:
     """The group's last ``limit`` scaling activities, newest first, interruptions marked."""
     reply = client("autoscaling").describe_scaling_activities(
         AutoScalingGroupName=group, MaxRecords=limit
@@ -56,7 +58,7 @@ def classify_activity(activity: dict[str, Any]) -> dict[str, Any]:
     text = " ".join(str(activity.get(k) or "") for k in ("Description", "Cause", "StatusMessage"))
     start = activity.get("StartTime")
     return {
-        "at": start.isoformat() if hasattr(start, "isoformat") else start,
+        "at": start.isoformat() if start is not None and hasattr(start, "isoformat") else start,
         "status": activity.get("StatusCode", "?"),
         "description": activity.get("Description", ""),
         "cause": activity.get("Cause", ""),

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import IO
 
 from .net import wait_until
@@ -166,7 +167,7 @@ def _interrupts_deferred() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    caught: list[tuple[int, object]] = []
+    caught: list[tuple[int, FrameType | None]] = []
     sigs = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.signal(sig, lambda n, f: caught.append((n, f))) for sig in sigs}
     try:
@@ -176,7 +177,7 @@ def _interrupts_deferred() -> Iterator[None]:
             # None: a handler not installed from Python, which cannot be put back.
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
         for signum, frame in caught[:1]:
-            handler = previous[signum]
+            handler = previous[signal.Signals(signum)]
             if callable(handler):
                 handler(signum, frame)
             elif handler in (signal.SIG_DFL, None):

@@ -179,7 +179,11 @@ class Hedger:
             self.closed = True
         self._cancel()
         hedge = self.current
-        if hedge is not None and hedge.done.is_set() and not isinstance(hedge.result, Exception):
+        if (
+            hedge is not None
+            and hedge.done.is_set()
+            and not isinstance(hedge.result, BaseException)
+        ):
             if hedge.result is not None:
                 hedge.result.upstream.close(abort=True)
             self.current = None

@@ -206,7 +206,7 @@ class RedisStore:
         With a pipeline as ``client`` the call is only queued.
         """
         mode = "restore" if age_s > 0 else "put"
-        args = [node_id, url, json.dumps(report), "1" if drained else "0"]
+        args: list[str | int] = [node_id, url, json.dumps(report), "1" if drained else "0"]
         args += [int(age_s * 1000), mode, self._keep_ms]
         return self._put(self._keys(node_id), args, client=client or self.client)
 

@@ -133,8 +133,9 @@ class RequestLimits:
 def _max_tokens(chat: bool, body: Mapping[str, Any]) -> int | None:
     if chat:
         for key in ("max_completion_tokens", "max_tokens"):
-            if isinstance(body.get(key), int):
-                return body[key]
+            value = body.get(key)
+            if isinstance(value, int):
+                return value
         return None
     value = body.get("max_tokens", COMPLETIONS_DEFAULT_MAX_TOKENS)
     return value if isinstance(value, int) else None

@@ -52,9 +52,10 @@ closes the current upstream connection, which makes vLLM abort the request.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 from typing import Any, Protocol
 
 from .finish import FinishTracker
@@ -229,7 +230,7 @@ class StreamRelay:
         self._gen.close()
         self._finish()
 
-    def _run(self) -> Iterator[bytes]:
+    def _run(self) -> Generator[bytes, None, None]:
         self.outcome = "relaying"
         start: StreamStart | None = self.start
         try:
@@ -262,7 +263,7 @@ class StreamRelay:
         """A hedge's continuation to switch to, instead of opening a new one."""
         return self.hedger.take() if self.hedger is not None else None
 
-    def _relay(self, start: StreamStart) -> Iterator[bytes]:
+    def _relay(self, start: StreamStart) -> Generator[bytes, None, StreamBreak | None]:
         """One upstream attempt; returns None when the client stream is complete, else the break."""
         up = self.upstream = start.upstream
         finishes = self.finishes()
@@ -277,9 +278,7 @@ class StreamRelay:
                 out, brk, done = self._process(batch, up, finishes, done)
             else:
                 # Under the race's lock: a hedge begins from exactly what the client has.
-                step = hedger.original_batch(
-                    lambda b=batch, d=done: self._process(b, up, finishes, d)
-                )
+                step = hedger.original_batch(partial(self._process, batch, up, finishes, done))
                 if step is None:  # the continuation won: these events are stale
                     brk = self._stalled(up)
                     break

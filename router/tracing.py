@@ -10,12 +10,18 @@ real implementation, imported only by :func:`make_tracing`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from .settings import Tracing
+    from .settings import Tracing as TracingSettings
+
+
+class HeaderItems(Protocol):
+    """Request headers as pairs: a mapping, or werkzeug's multi-valued ``Headers``."""
+
+    def items(self) -> Iterable[tuple[str, str]]: ...
 
 
 class AttemptSpan(Protocol):
@@ -62,14 +68,14 @@ NO_TRACE = RequestTrace()
 class Tracing:
     """Makes each request's trace; this base class makes :data:`NO_TRACE` only."""
 
-    def start(self, headers: Mapping[str, str], **attributes: Any) -> RequestTrace:
+    def start(self, headers: HeaderItems, **attributes: Any) -> RequestTrace:
         return NO_TRACE
 
     def shutdown(self) -> None:
         pass
 
 
-def make_tracing(cfg: Tracing) -> Tracing:
+def make_tracing(cfg: TracingSettings) -> Tracing:
     """The no-op tracing, or OpenTelemetry's when ``tracing.enabled`` (needs the otel extra)."""
     if not cfg.enabled:
         return Tracing()

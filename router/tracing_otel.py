@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -29,7 +29,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .settings import Tracing as TracingSettings
-from .tracing import RequestTrace, Tracing
+from .tracing import HeaderItems, RequestTrace, Tracing
 
 PROPAGATOR = TraceContextTextMapPropagator()
 
@@ -117,7 +117,7 @@ class OtelTracing(Tracing):
         self._lock = threading.Lock()
         _install_log_filter(self)
 
-    def start(self, headers: Mapping[str, str], **attributes: Any) -> RequestTrace:
+    def start(self, headers: HeaderItems, **attributes: Any) -> RequestTrace:
         parent = PROPAGATOR.extract({k.lower(): v for k, v in headers.items()})
         request_id = str(attributes.get("request_id", ""))
         span = self.tracer.start_span(

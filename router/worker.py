@@ -154,7 +154,7 @@ class GuardMixin(JsonErrorsMixin):
     def _reap(self, reapers: dict[str, IdleReaper]) -> None:
         """Close idle connections past the idle timeout their listener's fill allows."""
         for plane, reaper in reapers.items():
-            closed = sum(1 for conn in reaper.due() if conn.close_idle())  # type: ignore[attr-defined]
+            closed = len([c for c in reaper.due() if c.close_idle()])  # type: ignore[attr-defined]
             if closed and (held := THROTTLE.admit(("reaped", plane))) is not None:
                 log.warning(
                     "%s listener %d%% full (%d of server.worker_connections %d): closed %d "
@@ -262,7 +262,7 @@ class GuardedThreadMixin(GuardMixin):
             release = lambda: self._release(plane, peer)  # noqa: E731
         sock = GuardedSocket(client_sock, self.guard, plane, on_close=release)
         sock.trusted_peer = trusted
-        conn = TConn(self.cfg, sock, client_addr, listener.getsockname())  # type: ignore[attr-defined]
+        conn = TConn(self.cfg, sock, client_addr, listener.getsockname())  # type: ignore[attr-defined,arg-type]
         self.enqueue_req(conn)  # type: ignore[attr-defined]
 
     def murder_keepalived(self, force: bool = False) -> None:

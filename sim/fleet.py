@@ -101,7 +101,7 @@ class LocalFleet:
     def start_router(self, name: str = "router", port: int | None = None) -> str:
         """Start (or restart, on its old port) one router and wait until it answers."""
         port = port or free_port()
-        config = {
+        config: dict[str, dict[str, Any]] = {
             "server": {
                 "host": HOST,
                 "port": port,

@@ -478,7 +478,7 @@ class ImdsState:
         action = _choice(body, "action", "terminate", SPOT_ACTIONS)
         # Hibernation starts at once: AWS gives no two-minute warning for it.
         default_lead = 0.0 if action == "hibernate" else DEFAULT_LEAD_S
-        lead = _number(body, "lead_s", default_lead, 0, MAX_LEAD_S)
+        lead = _float(body, "lead_s", default_lead, 0, MAX_LEAD_S)
         now = self.clock()
         self.spot = SpotNotice(action, now, now + lead)
 
@@ -507,7 +507,7 @@ class ImdsState:
     def _control_scheduled(self, body: dict[str, Any]) -> None:
         _only(body, "code", "not_before_s", "duration_s", "not_before_deadline_s", "description")
         code = _choice(body, "code", "system-reboot", SCHEDULED_CODES)
-        not_before_s = _number(body, "not_before_s", 600.0, 0, MAX_LEAD_S)
+        not_before_s = _float(body, "not_before_s", 600.0, 0, MAX_LEAD_S)
         duration = _number(
             body, "duration_s", _DEFAULT_DURATION_S[code], 0, MAX_LEAD_S, nullable=True
         )
@@ -625,6 +625,13 @@ def _choice(body: dict[str, Any], key: str, default: str, choices: tuple[str, ..
     value = body.get(key, default)
     if value not in choices:
         raise ControlError(f"'{key}' must be one of {', '.join(choices)}; got {value!r}")
+    return str(value)
+
+
+def _float(body: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
+    """:func:`_number` with a default and no null: always a number."""
+    value = _number(body, key, default, low, high)
+    assert value is not None
     return value
 
 

@@ -82,7 +82,7 @@ class LocalQueue:
         WaitTimeSeconds: int = 0,
     ) -> dict[str, Any]:
         now = time.monotonic()
-        out = []
+        out: list[dict[str, Any]] = []
         with self._lock:
             for message_id, msg in self._messages.items():
                 if len(out) >= MaxNumberOfMessages:

@@ -274,9 +274,10 @@ class ExtraApis:
             add = body.get("add_generation_prompt", True) is not False
             text = textgen.render_chat(messages, add_generation_prompt=add)
         else:
-            text = body.get("prompt")
-            if not isinstance(text, str):
+            prompt = body.get("prompt")
+            if not isinstance(prompt, str):
                 raise BadRequest("'prompt' must be a string.", "prompt")
+            text = prompt
         ids = textgen.token_ids(text)
         doc: dict[str, Any] = {
             "count": len(ids),
@@ -311,21 +312,17 @@ class ExtraApis:
             raise BadRequest("'query' must be a string.", "query")
         if not isinstance(docs, list) or not docs:
             raise BadRequest("'documents' must be a non-empty list.", "documents")
-        texts = [d.get("text") if isinstance(d, dict) else d for d in docs]
-        if not all(isinstance(t, str) for t in texts):
+        given = [d.get("text") if isinstance(d, dict) else d for d in docs]
+        texts = [t for t in given if isinstance(t, str)]
+        if len(texts) != len(given):
             raise BadRequest("each document must be a string or {'text': ...}.", "documents")
         top_n = body.get("top_n") or len(texts)
-        results = sorted(
-            (
-                {
-                    "index": i,
-                    "document": {"text": t},
-                    "relevance_score": textgen.relevance(query, t),
-                }
-                for i, t in enumerate(texts)
-            ),
-            key=lambda r: -r["relevance_score"],
-        )[:top_n]
+        scores = [textgen.relevance(query, t) for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: -scores[i])[:top_n]
+        results = [
+            {"index": i, "document": {"text": texts[i]}, "relevance_score": scores[i]}
+            for i in order
+        ]
         tokens = sum(textgen.count_tokens(query + t) for t in texts)
         return web.json_response(
             {

@@ -11,6 +11,9 @@ from hypothesis import settings
 
 from spotrelay.core.processes import ProcessGroup
 
+from .support import Service, start_router
+from .support.aws import ScriptedAws, aws_env
+
 # Property tests explore new random examples on every developer run; CI (CI=true)
 # draws the same examples every time, so a red CI names a change, not a dice roll.
 # A failure found locally prints the example to turn into a plain test.
@@ -44,3 +47,31 @@ def moto_endpoint() -> Iterator[str]:
 
     with moto_server() as url:
         yield url
+
+
+@pytest.fixture
+def fake_aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test credentials in this process's environment (boto3 and botocore in the test)."""
+    for key, value in aws_env().items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.fixture
+def scripted_aws() -> Iterator[ScriptedAws]:
+    """A scripted Auto Scaling endpoint that checks each call against botocore's model."""
+    with ScriptedAws() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """One router for the test module (a module may define its own ``router`` instead).
+
+    Tests sharing it register nodes under their own model names, so they never
+    route to each other's nodes.
+    """
+    group = ProcessGroup()
+    try:
+        yield start_router(group, tmp_path_factory.mktemp("router-logs"))
+    finally:
+        group.stop_all()

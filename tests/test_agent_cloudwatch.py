@@ -19,18 +19,10 @@ from spotrelay.core.net import wait_until
 from spotrelay.core.processes import ProcessGroup
 from spotrelay.core.protocol import NodeLoad
 
-from .test_agent_e2e import control, make_node, router, run_agent, spot_time, wait_state
+from .support.agent_node import control, make_node, run_agent, spot_time, wait_state
 
-__all__ = ["router"]  # the module-scoped router fixture, shared with the agent e2e tests
 REGION = "us-east-1"
-pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("fake_aws_credentials")]
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The agent as a subprocess, wired by config to real processes on loopback: the IMDS
 emulator, simulator engines, the router under gunicorn, moto (behind a lifecycle
-front, see test_agent_aws.py) and a webhook receiver.
+front, see tests/support/aws.py) and a webhook receiver.
 
 Timings are short so the file stays fast: IMDS polled every 0.25 s, heartbeats every
 0.5 s, spot notices with a few seconds of lead, a 1 s safety margin.
@@ -15,60 +15,44 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from spotrelay.agent.events import parse_time
 from spotrelay.core.net import wait_until
 from spotrelay.core.processes import ProcessGroup, spotrelay_argv
 
 from .support import (
     ROUTER_TOKEN,
-    AgentProcess,
     Service,
-    post_json,
     register_node,
     router_nodes,
-    start_agent,
-    start_imds,
-    start_router,
     start_sim_vllm,
 )
-from .test_agent_aws import LifecycleFront, MotoAsg, aws_env, create_asg
+from .support.agent_node import (
+    POLL,
+    control,
+    get_json,
+    imds_state,
+    make_node,
+    node_state,
+    run_agent,
+    spot_time,
+    wait_reported,
+    wait_state,
+)
+from .support.aws import LifecycleFront, MotoAsg, aws_env, create_asg
 
-POLL = 0.25
 pytestmark = pytest.mark.timeout(120)
 
 
 # ------------------------------------------------------------------ helpers
 
 
-def control(svc: Service, action: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    return post_json(f"{svc.url}/_control/{action}", body)
-
-
-def get_json(url: str, token: str | None = None) -> Any:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as resp:
-        return json.loads(resp.read())
-
-
 def nodes(router: Service) -> dict[str, dict[str, Any]]:
     return router_nodes(router.control_url)
-
-
-def node_state(router: Service, node_id: str) -> str | None:
-    node = nodes(router).get(node_id)
-    return None if node is None else node["state"]
-
-
-def imds_state(imds: Service) -> dict[str, Any]:
-    return get_json(f"{imds.url}/_control/state")
 
 
 def imds_reads(imds: Service) -> int:
@@ -121,86 +105,6 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-@pytest.fixture(scope="module")
-def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """One router for the module; each test uses its own model name, so tests never
-    route to each other's nodes."""
-    group = ProcessGroup()
-    try:
-        yield start_router(group, tmp_path_factory.mktemp("router-logs"))
-    finally:
-        group.stop_all()
-
-
-@dataclass
-class Node:
-    """One simulated GPU node: IMDS emulator, engine, agent (and its config)."""
-
-    imds: Service
-    engine: Service
-    model: str
-    node_id: str
-    config: dict[str, Any]
-    agent: AgentProcess | None = None
-
-
-def make_node(
-    procs: ProcessGroup,
-    logdir: Path,
-    router: Service,
-    model: str,
-    *,
-    instance_id: str,
-    engine_args: tuple[str, ...] = (),
-    **sections: dict[str, Any],
-) -> Node:
-    imds = start_imds(procs, logdir, "--instance-id", instance_id, "--az", "us-east-1b")
-    engine = start_sim_vllm(procs, logdir, *engine_args, model=model)
-    config: dict[str, Any] = {
-        "router": {"urls": [router.control_url], "node_token": ROUTER_TOKEN},
-        "engine": {"url": engine.url, "model": model, "systemd_unit": None},
-        "imds": {"url": imds.url, "poll_interval_s": POLL},
-        "heartbeat": {"interval_s": 0.5},
-        "drain": {"safety_margin_s": 1, "ack_timeout_s": 2, "sigterm_timeout_s": 5},
-        "state_dir": str(logdir / f"state-{instance_id}"),
-    }
-    for section, values in sections.items():
-        config.setdefault(section, {}).update(values)
-    return Node(imds, engine, model, instance_id, config)
-
-
-def run_agent(procs: ProcessGroup, logdir: Path, node: Node, *extra: str, **kw: Any) -> Node:
-    node.agent = start_agent(
-        procs, logdir, node.config, *extra, name=f"agent-{node.node_id}", env=aws_env(), **kw
-    )
-    return node
-
-
-def wait_state(router: Service, node_id: str, state: str | None, timeout: float = 10) -> float:
-    """Poll ``GET /nodes`` until the node has ``state`` (None: absent); returns when."""
-    wait_until(
-        lambda: node_state(router, node_id) == state,
-        timeout=timeout,
-        interval=0.01,
-        what=f"{node_id} to be {state}",
-    )
-    return time.time()
-
-
-def wait_reported(router: Service, node_id: str, state: str, timeout: float = 10) -> None:
-    """Poll ``GET /nodes`` until the node's own report (``reported_state``) is ``state``."""
-    wait_until(
-        lambda: (nodes(router).get(node_id) or {}).get("reported_state") == state,
-        timeout=timeout,
-        interval=0.01,
-        what=f"{node_id} to report {state}",
-    )
-
-
-def spot_time(imds: Service) -> float:
-    return parse_time(get_json(f"{imds.url}/_control/state")["events"]["spot"]["time"])
 
 
 # -------------------------------------------------------------------- tests

@@ -27,6 +27,9 @@ from spotrelay.agent.events import (
 from spotrelay.agent.eventstore import EventId, EventStore
 from spotrelay.agent.monitors import MaintenanceMonitor, SpotMonitor
 from spotrelay.agent.policy import Action, EventPolicy
+from tests.support.clock import Clock
+
+START = 1_777_636_800.0  # where the hand-moved clock starts (wall-clock seconds)
 
 INSTANCE = "i-1234567890abcdef0"
 
@@ -60,16 +63,6 @@ SCHEDULED = json.dumps(
 )
 
 
-class Clock:
-    """A wall clock the test moves by hand."""
-
-    def __init__(self, now: float = 1_777_636_800.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def from_eventbridge(doc: dict[str, Any]) -> tuple[SpotInterruption, str]:
     """What an EventBridge source hands the store: the event and its instance."""
     detail = doc["detail"]
@@ -87,7 +80,7 @@ def spot() -> SpotInterruption:
 
 
 def test_one_notice_seen_many_times_is_new_once() -> None:
-    store = EventStore(INSTANCE, clock=Clock())
+    store = EventStore(INSTANCE, clock=Clock(START))
     monitor = SpotMonitor()
     assert store.observe(monitor.name, monitor.observe(INSTANCE_ACTION)) == [spot()]
     for _ in range(100):
@@ -100,7 +93,7 @@ def test_one_notice_seen_many_times_is_new_once() -> None:
 
 
 def test_a_new_notice_time_is_a_new_event_and_instances_are_kept_apart() -> None:
-    store = EventStore(INSTANCE, clock=Clock())
+    store = EventStore(INSTANCE, clock=Clock(START))
     first = spot()
     later = SpotInterruption(action="terminate", time=first.time + 120)
     assert store.add(first, "spot") is first
@@ -113,12 +106,12 @@ def test_eventbridge_and_imds_reports_of_one_interruption_are_one_event() -> Non
     event, instance = from_eventbridge(EVENTBRIDGE_WARNING)
     assert instance == INSTANCE and event.key != spot().key  # stamped a second apart
 
-    store = EventStore(INSTANCE, clock=Clock())
+    store = EventStore(INSTANCE, clock=Clock(START))
     assert store.observe("spot", [spot()]) == [spot()]  # IMDS first
     assert store.add(event, "sqs", instance_id=instance) is None
     assert store.add(event, "sqs", instance_id="i-0another") is event
 
-    store = EventStore(INSTANCE, clock=Clock())
+    store = EventStore(INSTANCE, clock=Clock(START))
     assert store.add(event, "sqs", instance_id=instance) is event  # the queue first
     assert store.observe("spot", [spot()]) == []
     assert store.observe("spot", [spot()]) == []  # later sightings match by alias
@@ -127,7 +120,7 @@ def test_eventbridge_and_imds_reports_of_one_interruption_are_one_event() -> Non
 
 
 def test_rebalance_and_target_state_match_across_sources() -> None:
-    store = EventStore(INSTANCE, clock=Clock())
+    store = EventStore(INSTANCE, clock=Clock(START))
     imds = parse_rebalance('{"noticeTime": "2026-05-01T12:00:00Z"}')
     assert imds is not None and store.add(imds, "rebalance") is imds
     queued = Rebalance(notice_time=imds.notice_time + 1)
@@ -137,14 +130,14 @@ def test_rebalance_and_target_state_match_across_sources() -> None:
 
 
 def test_a_restored_drain_keeps_its_events_from_acting_twice() -> None:
-    store = EventStore(INSTANCE, clock=Clock())
+    store = EventStore(INSTANCE, clock=Clock(START))
     store.remember("spot_interruption", spot().key)
     assert store.observe("spot", [spot()]) == []
     assert store.observe("lifecycle", [LifecycleTerminated()]) == [LifecycleTerminated()]
 
 
 def test_concurrent_sources_hand_one_event_over_once() -> None:
-    store = EventStore(INSTANCE, clock=Clock())
+    store = EventStore(INSTANCE, clock=Clock(START))
     new: list[object] = []
 
     def source(name: str) -> None:
@@ -163,7 +156,7 @@ def test_concurrent_sources_hand_one_event_over_once() -> None:
 
 
 def test_events_nobody_reports_any_more_are_pruned() -> None:
-    clock = Clock()
+    clock = Clock(START)
     store = EventStore(INSTANCE, clock=clock, retention_s=600)
     store.observe("spot", [spot()])
     rebalance = Rebalance(notice_time=clock.now)
@@ -176,7 +169,7 @@ def test_events_nobody_reports_any_more_are_pruned() -> None:
 
 
 def test_a_planned_drain_is_kept_until_due() -> None:
-    clock = Clock()
+    clock = Clock(START)
     store = EventStore(INSTANCE, clock=clock, retention_s=60)
     (maintenance,) = parse_scheduled(SCHEDULED)
     store.add(maintenance, "sqs", instance_id=INSTANCE)  # reported once, then silence
@@ -195,7 +188,7 @@ def test_a_planned_drain_is_kept_until_due() -> None:
 
 
 def test_a_withdrawn_scheduled_event_is_canceled_once_and_its_plan_dropped() -> None:
-    clock = Clock()
+    clock = Clock(START)
     store, monitor = EventStore(INSTANCE, clock=clock), MaintenanceMonitor()
     policy = EventPolicy(maintenance_lead_s=900)
     (event,) = store.observe(monitor.name, monitor.observe(SCHEDULED))
@@ -216,7 +209,7 @@ def test_a_withdrawn_scheduled_event_is_canceled_once_and_its_plan_dropped() -> 
 
 
 def test_a_notice_that_vanishes_is_not_a_retraction() -> None:
-    store = EventStore(INSTANCE, clock=Clock())
+    store = EventStore(INSTANCE, clock=Clock(START))
     store.observe("spot", [spot()])
     store.observe("lifecycle", [LifecycleTerminated()])
     assert store.observe("spot", []) == []

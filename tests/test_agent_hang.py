@@ -9,10 +9,8 @@ Each is checked on real processes against the router's ``GET /nodes``.
 
 from __future__ import annotations
 
-import json
 import signal
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from .support import (
     start_router,
     start_sim_vllm,
 )
+from .support.agent_node import get_json
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -117,11 +116,6 @@ def test_unhealthy_is_the_last_node_state() -> None:
 
 
 # ----------------------------------------------------------------- real processes
-
-
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return json.load(resp)
 
 
 def reported(router_url: str, node_id: str) -> str | None:

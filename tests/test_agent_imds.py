@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -19,18 +16,7 @@ from spotrelay.core.net import wait_until
 from spotrelay.core.processes import ProcessGroup
 
 from .support import Service, start_imds
-
-
-def control(imds: Service, action: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    data = json.dumps(body or {}).encode()
-    req = urllib.request.Request(f"{imds.url}/_control/{action}", data=data, method="POST")
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        return json.loads(resp.read())
-
-
-def state(imds: Service) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{imds.url}/_control/state", timeout=5) as resp:
-        return json.loads(resp.read())
+from .support.agent_node import control, imds_state
 
 
 @pytest.fixture(scope="module")
@@ -66,16 +52,16 @@ def test_identity_and_no_events(fresh: Service) -> None:
     }
     assert client.get("/latest/meta-data/spot/instance-action") is None  # 404 = no event
     assert client.token_fetches == 1  # one token for all reads
-    assert state(fresh)["counts"]["unauthorized_401"] == 0  # never an IMDSv1 read
+    assert imds_state(fresh)["counts"]["unauthorized_401"] == 0  # never an IMDSv1 read
 
 
 def test_revoked_token_is_refetched_once(fresh: Service) -> None:
     client = ImdsClient(fresh.url)
     client.get("/latest/meta-data/instance-id")
-    before = state(fresh)["counts"]
+    before = imds_state(fresh)["counts"]
     control(fresh, "revoke_tokens")
     assert client.get("/latest/meta-data/instance-id") == "i-0agenttest000001"
-    after = state(fresh)["counts"]
+    after = imds_state(fresh)["counts"]
     assert after["unauthorized_401"] - before["unauthorized_401"] == 1
     assert after["token_puts"] - before["token_puts"] == 1
 
@@ -87,7 +73,7 @@ def test_token_is_refreshed_before_it_expires(fresh: Service) -> None:
         client.get("/latest/meta-data/instance-id")
         time.sleep(0.1)
     assert client.token_fetches >= 2
-    assert state(fresh)["counts"]["unauthorized_401"] == 0
+    assert imds_state(fresh)["counts"]["unauthorized_401"] == 0
 
 
 def test_errors_are_typed(fresh: Service) -> None:

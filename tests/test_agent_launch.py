@@ -19,10 +19,9 @@ import pytest
 from spotrelay.core.net import wait_until
 from spotrelay.core.processes import ProcessGroup
 
-from .lifecycle_front import LifecycleFront, autoscaling_client
-from .support import Service, router_nodes, start_router
-from .test_agent_aws import MotoAsg, create_asg
-from .test_agent_e2e import Node, control, make_node, run_agent, wait_state
+from .support import Service, router_nodes
+from .support.agent_node import Node, control, make_node, run_agent, wait_state
+from .support.aws import LifecycleFront, MotoAsg, autoscaling_client, aws_env, create_asg
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,15 +37,6 @@ class RecordingFront(LifecycleFront):
             node = router_nodes(self.router_url).get(form.get("InstanceId", ""))
             self.node_seen.append(node)
         return super().handle(action, form)
-
-
-@pytest.fixture(scope="module")
-def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    group = ProcessGroup()
-    try:
-        yield start_router(group, tmp_path_factory.mktemp("router-logs"))
-    finally:
-        group.stop_all()
 
 
 def launch_asg(moto: str, name: str) -> MotoAsg:
@@ -231,8 +221,6 @@ def test_check_describes_both_hooks(
     import yaml
 
     from spotrelay.core.processes import spotrelay_argv
-
-    from .test_agent_aws import aws_env
 
     with gated_node(
         procs, logdir, router, moto_endpoint, "check", lifecycle={"hook_name": "asg-check-drain"}

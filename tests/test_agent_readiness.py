@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 
@@ -14,7 +13,7 @@ from spotrelay.agent.settings import AgentConfig
 from spotrelay.core.config import ConfigError, load
 from spotrelay.core.protocol import NodeState
 
-from .test_agent_aws import ScriptedAws, _hook, assert_valid_call
+from .support.aws import ScriptedAws, assert_valid_call, hook_at
 
 
 def test_gate_heartbeats_while_loading_then_continues() -> None:
@@ -97,21 +96,14 @@ def test_launch_hook_alone_is_a_valid_configuration(tmp_path) -> None:
 # -- the calls, against a scripted Auto Scaling endpoint (checked against botocore's model)
 
 
-@pytest.fixture
-def aws() -> Iterator[ScriptedAws]:
-    server = ScriptedAws()
-    yield server
-    server.close()
-
-
-def test_abandon_and_set_unhealthy_are_valid_calls(aws: ScriptedAws) -> None:
-    aws.ok("CompleteLifecycleAction")
-    aws.ok("SetInstanceHealth")
-    hook = _hook(aws)
+def test_abandon_and_set_unhealthy_are_valid_calls(scripted_aws: ScriptedAws) -> None:
+    scripted_aws.ok("CompleteLifecycleAction")
+    scripted_aws.ok("SetInstanceHealth")
+    hook = hook_at(scripted_aws)
     assert hook.complete("ABANDON") == "completed"
     hook.set_unhealthy()
-    abandon, health = aws.forms
-    for form in aws.forms:
+    abandon, health = scripted_aws.forms
+    for form in scripted_aws.forms:
         assert_valid_call(form)
     assert abandon["LifecycleActionResult"] == "ABANDON"
     assert health["Action"] == "SetInstanceHealth"
@@ -119,10 +111,12 @@ def test_abandon_and_set_unhealthy_are_valid_calls(aws: ScriptedAws) -> None:
     assert health["ShouldRespectGracePeriod"] == "false"
 
 
-def test_set_unhealthy_failure_is_a_lifecycle_error(aws: ScriptedAws) -> None:
-    aws.fail("AccessDenied", "not authorized to perform autoscaling:SetInstanceHealth", 403)
+def test_set_unhealthy_failure_is_a_lifecycle_error(scripted_aws: ScriptedAws) -> None:
+    scripted_aws.fail(
+        "AccessDenied", "not authorized to perform autoscaling:SetInstanceHealth", 403
+    )
     with pytest.raises(LifecycleError, match="AccessDenied"):
-        _hook(aws).set_unhealthy()
+        hook_at(scripted_aws).set_unhealthy()
 
 
 # -- the watch's wiring of gate, acks and watchdog (fake hook, fake clock) -------------

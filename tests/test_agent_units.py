@@ -227,7 +227,9 @@ class FakeRouter:
         return [c for c, _ in self.calls]
 
 
-class FakeEngine:
+class ScriptedLoad:
+    """The node load an engine reports, scripted: each call gives the next (the last repeats)."""
+
     def __init__(self, loads: list[NodeLoad | None] | None = None):
         self.loads = list(loads or [])
         self.last: NodeLoad | None = NodeLoad()
@@ -261,7 +263,7 @@ def _machine(
     tmp_path: Path,
     *,
     routers: list[FakeRouter] | None = None,
-    engine: FakeEngine | None = None,
+    engine: ScriptedLoad | None = None,
     lifecycle: FakeLifecycle | None = None,
     boot_id: str | None = "boot-1",
     **policy: object,
@@ -282,7 +284,7 @@ def _machine(
     return Drainer(
         machine,
         routers=routers if routers is not None else [FakeRouter("r1")],
-        engine=engine or FakeEngine(),
+        engine=engine or ScriptedLoad(),
         store=StateStore(tmp_path / "drain.json"),
         report_fn=lambda state: NodeReport(report.url, report.models, state),
         lifecycle=lifecycle,
@@ -297,7 +299,7 @@ def _spot(lead_s: float = 10.0) -> SpotInterruption:
 def test_drain_runs_every_step_in_order_once(tmp_path: Path) -> None:
     router = FakeRouter("r1", in_flight=[2, 1, 0, 0, 0])
     busy = NodeLoad(running=1)
-    engine = FakeEngine([busy, busy, NodeLoad(), NodeLoad(), NodeLoad(), NodeLoad()])
+    engine = ScriptedLoad([busy, busy, NodeLoad(), NodeLoad(), NodeLoad(), NodeLoad()])
     lc = FakeLifecycle()
     m = _machine(tmp_path, routers=[router], engine=engine, lifecycle=lc)
     ev = _spot()
@@ -322,7 +324,7 @@ def test_drain_runs_every_step_in_order_once(tmp_path: Path) -> None:
 
 def test_drain_without_engine_metrics_waits_for_the_routers_in_flight(tmp_path: Path) -> None:
     router = FakeRouter("r1", in_flight=[3, 2, 1, 0, 0, 0])  # first value: the announce
-    m = _machine(tmp_path, routers=[router], engine=FakeEngine([None]))  # no /metrics
+    m = _machine(tmp_path, routers=[router], engine=ScriptedLoad([None]))  # no /metrics
     t0 = time.time()
     m.request("x", "spot_interruption", drain_until=t0 + 20, deadline=t0 + 21, terminating=True)
     assert m.wait(10)
@@ -331,7 +333,7 @@ def test_drain_without_engine_metrics_waits_for_the_routers_in_flight(tmp_path: 
 
 
 def test_drain_waits_for_in_flight_then_stops_at_the_deadline(tmp_path: Path) -> None:
-    engine = FakeEngine([NodeLoad(running=1)])  # never idle
+    engine = ScriptedLoad([NodeLoad(running=1)])  # never idle
     lc = FakeLifecycle()
     m = _machine(tmp_path, engine=engine, lifecycle=lc, safety_margin_s=1.0)
     t0 = time.time()
@@ -346,7 +348,7 @@ def test_drain_waits_for_in_flight_then_stops_at_the_deadline(tmp_path: Path) ->
 
 
 def test_earlier_deadline_tightens_the_running_drain(tmp_path: Path) -> None:
-    m = _machine(tmp_path, engine=FakeEngine([NodeLoad(running=1)]))
+    m = _machine(tmp_path, engine=ScriptedLoad([NodeLoad(running=1)]))
     t0 = time.time()
     m.request("rebalance:x", "rebalance", drain_until=t0 + 30, deadline=t0 + 31, terminating=False)
     time.sleep(0.1)
@@ -424,7 +426,7 @@ def test_state_of_another_boot_or_instance_is_ignored(tmp_path: Path) -> None:
 
 def test_sigterm_drain_is_short_and_not_persisted(tmp_path: Path) -> None:
     router = FakeRouter("r1")
-    m = _machine(tmp_path, routers=[router], engine=FakeEngine([NodeLoad(running=1)]))
+    m = _machine(tmp_path, routers=[router], engine=ScriptedLoad([NodeLoad(running=1)]))
     t0 = time.time()
     m.policy.sigterm_timeout_s = 0.5
     assert m.request_shutdown()
@@ -436,7 +438,7 @@ def test_sigterm_drain_is_short_and_not_persisted(tmp_path: Path) -> None:
 
 def test_dry_run_drain_touches_nothing(tmp_path: Path) -> None:
     router = FakeRouter("r1")
-    m = _machine(tmp_path, routers=[router], engine=FakeEngine([NodeLoad(running=5)]))
+    m = _machine(tmp_path, routers=[router], engine=ScriptedLoad([NodeLoad(running=5)]))
     m.dry_run = True
     m.store = StateStore(None)
     m.request_event(_spot(60))

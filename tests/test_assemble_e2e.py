@@ -24,9 +24,16 @@ import requests
 
 from spotrelay.core.net import wait_until
 from spotrelay.core.processes import ProcessGroup
-from tests.resume_fleet import CHAT, COMPLETIONS, ROUTER_CONFIG, Fleet, running_fleet, start_fleet
-from tests.resume_fleet import body_for as stream_body_for
-from tests.support import Service, scrape
+from tests.support import running
+from tests.support.resume_fleet import (
+    CHAT,
+    COMPLETIONS,
+    ROUTER_CONFIG,
+    Fleet,
+    running_fleet,
+    start_fleet,
+)
+from tests.support.resume_fleet import body_for as stream_body_for
 
 ASSEMBLE = {**ROUTER_CONFIG["routing"], "assemble_non_streaming": ["vllm"]}
 
@@ -237,7 +244,3 @@ def test_client_leaving_aborts_the_generation(fleet: Fleet) -> None:
     )
     # The router ended it for the client: not a break, not the node's failure.
     assert fleet.metric("spotrelay_router_stream_breaks_total", reason="reset") == breaks
-
-
-def running(node: Service) -> float:
-    return scrape(node.url + "/metrics", "vllm:num_requests_running")

@@ -14,7 +14,7 @@ from typing import Any
 
 from spotrelay.router.assemble import StreamForm
 from spotrelay.router.balancer import rendezvous_weight
-from tests.router_fakes import (
+from tests.support.router_fakes import (
     DONE,
     A,
     B,

@@ -6,7 +6,7 @@ moto answers ``DescribeScalingActivities`` with an empty list (it does not simul
 launch failures): the Lambda end to end is driven by the routers' ready-node count
 (``min_ready``) there, and :class:`ShortageFront` answers the call with documented
 entries for the spot-failure path (the all-at-once raise, probe backoff across cold
-starts). :class:`~tests.controller_support.PartialUpdateFront` gives moto AWS's
+starts). :class:`~tests.support.controller.PartialUpdateFront` gives moto AWS's
 partial ``UpdateAutoScalingGroup``. The terminate-action follow-up has its own module,
 ``test_controller_lifecycle.py``.
 """
@@ -29,9 +29,15 @@ from spotrelay.controller.interruptions import InterruptionHandler, Outcome
 from spotrelay.controller.queue import QueueConsumer
 from spotrelay.controller.routers import RouterError, RouterFleet
 from spotrelay.core.net import free_port
+from tests.support import (
+    ROUTER_TOKEN,
+    router_nodes,
+    scaling_activities_xml,
+    start_router,
+)
 
 # -- the interruption queue ------------------------------------------------------------
-from tests.controller_support import (
+from tests.support.controller import (
     FIXTURES,
     INSTANCE,
     REGION,
@@ -40,19 +46,12 @@ from tests.controller_support import (
     base_of,
     client,
     documented,
-    fake_aws_env,  # noqa: F401 (a fixture, used through pytestmark)
     group_of,
     make_group,
     register,
 )
-from tests.support import (
-    ROUTER_TOKEN,
-    router_nodes,
-    scaling_activities_xml,
-    start_router,
-)
 
-pytestmark = pytest.mark.usefixtures("fake_aws_env")
+pytestmark = pytest.mark.usefixtures("fake_aws_credentials")
 
 
 @pytest.fixture

@@ -29,6 +29,9 @@ from spotrelay.controller.interruptions import DrainResult, InterruptionHandler,
 from spotrelay.controller.lifecycle import PendingAction, Step, judge
 from spotrelay.controller.routers import NodeSighting
 from spotrelay.controller.settings import SettingError, from_env
+from tests.support.clock import Clock
+
+START = 1_000_000.0  # where the hand-moved clock starts
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -37,17 +40,6 @@ def event(name: str, **detail: str) -> dict:
     doc = json.loads((FIXTURES / "eventbridge" / f"{name}.json").read_text())
     doc["detail"].update(detail)
     return doc
-
-
-class Clock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def fail(at: float) -> LaunchAttempt:
@@ -97,7 +89,7 @@ def pool(base: int, attempts: list[LaunchAttempt], spot_live: int, desired: int 
 
 
 def test_a_drought_moves_every_missing_node_to_on_demand_at_once_and_back() -> None:
-    clock = Clock()
+    clock = Clock(START)
     decider = FallbackDecider(POLICY, clock)
     attempts = [ok(clock.now - 3600), fail(clock.now)]  # 3 of 4 spot nodes reclaimed
 
@@ -148,7 +140,7 @@ def test_a_drought_moves_every_missing_node_to_on_demand_at_once_and_back() -> N
 
 
 def test_the_raise_never_swaps_a_running_spot_node_and_stops_at_max_on_demand() -> None:
-    clock = Clock()
+    clock = Clock(START)
     attempts = [fail(clock.now - 120), fail(clock.now - 5)]
     d = FallbackDecider(POLICY, clock).decide(pool(0, attempts, spot_live=3), FallbackState())
     assert d.target_base == 1  # 3 spot nodes still serve: only the missing one
@@ -163,7 +155,7 @@ def test_the_raise_never_swaps_a_running_spot_node_and_stops_at_max_on_demand() 
 
 
 def test_failures_while_nothing_is_missing_change_nothing() -> None:
-    clock = Clock()
+    clock = Clock(START)
     attempts = [fail(clock.now - 120), fail(clock.now - 5)]
     d = FallbackDecider(POLICY, clock).decide(pool(1, attempts, spot_live=3), FallbackState())
     assert (d.action, d.target_base) == (Action.HOLD, 1)
@@ -171,7 +163,7 @@ def test_failures_while_nothing_is_missing_change_nothing() -> None:
 
 
 def test_a_success_ends_the_failure_streak() -> None:
-    clock = Clock()
+    clock = Clock(START)
     decider = FallbackDecider(POLICY, clock)
     attempts = [fail(clock.now - 1000), ok(clock.now - 200), fail(clock.now - 30)]
     d = decider.decide(pool(0, attempts, spot_live=3), FallbackState())
@@ -179,7 +171,7 @@ def test_a_success_ends_the_failure_streak() -> None:
 
 
 def test_too_few_ready_nodes_for_long_enough_raises() -> None:
-    clock = Clock()
+    clock = Clock(START)
     policy = FallbackPolicy(fallback_after_s=300, min_ready=2, max_on_demand=3)
     decider = FallbackDecider(policy, clock)
     d = decider.decide(Observation(0, [], 1), FallbackState())
@@ -194,14 +186,14 @@ def test_too_few_ready_nodes_for_long_enough_raises() -> None:
 
 
 def test_unknown_ready_count_never_triggers() -> None:
-    clock = Clock()
+    clock = Clock(START)
     decider = FallbackDecider(FallbackPolicy(fallback_after_s=0, min_ready=2), clock)
     d = decider.decide(Observation(0, [], None), FallbackState())
     assert d.action is Action.HOLD and d.state.short_since is None
 
 
 def test_two_runs_from_the_same_observation_decide_the_same_absolute_value() -> None:
-    clock = Clock()
+    clock = Clock(START)
     attempts = [fail(clock.now - 400)]
     a = FallbackDecider(POLICY, clock).decide(pool(0, attempts, 2), FallbackState())
     b = FallbackDecider(POLICY, clock).decide(pool(0, attempts, 2), FallbackState())
@@ -209,7 +201,7 @@ def test_two_runs_from_the_same_observation_decide_the_same_absolute_value() -> 
 
 
 def test_never_lowers_below_the_configured_base() -> None:
-    clock = Clock()
+    clock = Clock(START)
     policy = FallbackPolicy(base_on_demand=1, max_on_demand=3, recover_after_s=0, step_interval_s=0)
     d = FallbackDecider(policy, clock).decide(Observation(1, [], 3), FallbackState())
     assert (d.action, d.target_base) == (Action.HOLD, 1)
@@ -262,7 +254,7 @@ def test_a_scheduled_change_drains_each_instance_of_the_pool() -> None:
     routers = FakeRouters({"i-1234567890abcdef0"})
     doc = event("health-scheduled-change")
     doc["detail"]["affectedEntities"].insert(0, {"entityValue": "i-0fedcba9876543210"})
-    outcome, notice = InterruptionHandler(routers, clock=Clock()).handle(doc)
+    outcome, notice = InterruptionHandler(routers, clock=Clock(START)).handle(doc)
     assert outcome is Outcome.DRAINED and notice is not None
     assert notice.instance_id == "i-1234567890abcdef0" and routers.calls == 2
 
@@ -293,7 +285,7 @@ class FakeRouters:
 
 def test_the_same_notice_from_four_events_drains_once() -> None:
     routers = FakeRouters({"i-1234567890abcdef0"})
-    handler = InterruptionHandler(routers, clock=Clock())
+    handler = InterruptionHandler(routers, clock=Clock(START))
     outcomes = [
         handler.handle(event("spot-interruption-warning"))[0],
         handler.handle(event("spot-interruption-warning"))[0],  # SQS redelivery
@@ -307,22 +299,22 @@ def test_the_same_notice_from_four_events_drains_once() -> None:
 def test_node_drained_by_its_agent_first_is_a_duplicate() -> None:
     routers = FakeRouters({"i-1234567890abcdef0"})
     routers.draining.add("i-1234567890abcdef0")  # the agent reported draining
-    handler = InterruptionHandler(routers, clock=Clock())
+    handler = InterruptionHandler(routers, clock=Clock(START))
     assert handler.handle(event("spot-interruption-warning"))[0] is Outcome.DUPLICATE
 
 
 def test_rebalance_is_ignored_unless_configured_and_unknown_instances_are_not_ours() -> None:
     routers = FakeRouters(set())
-    handler = InterruptionHandler(routers, clock=Clock())
+    handler = InterruptionHandler(routers, clock=Clock(START))
     assert handler.handle(event("rebalance-recommendation"))[0] is Outcome.IGNORED
     assert routers.calls == 0
-    handler = InterruptionHandler(routers, drain_on_rebalance=True, clock=Clock())
+    handler = InterruptionHandler(routers, drain_on_rebalance=True, clock=Clock(START))
     assert handler.handle(event("rebalance-recommendation"))[0] is Outcome.NOT_REGISTERED
     assert handler.handle({"not": "an event"})[0] is Outcome.MALFORMED
 
 
 def test_dedupe_memory_expires() -> None:
-    clock = Clock()
+    clock = Clock(START)
     routers = FakeRouters({"i-1234567890abcdef0"})
     handler = InterruptionHandler(routers, remember_s=60, clock=clock)
     handler.handle(event("spot-interruption-warning"))
@@ -355,7 +347,7 @@ def test_settings_errors_name_the_variable() -> None:
 
 
 def test_no_second_step_once_the_first_stopped_the_failures() -> None:
-    clock = Clock()
+    clock = Clock(START)
     decider = FallbackDecider(POLICY, clock)
     attempts = [fail(clock.now - 400), fail(clock.now - 10)]
     d = decider.decide(pool(0, attempts, spot_live=3), FallbackState())
@@ -390,7 +382,7 @@ def test_decisions_stay_in_bounds(
     """Whatever happens: within [configured base, max], a raise never asks for more than
     the nodes spot does not serve (or one more for min_ready), and steps down are one node
     at least step_interval_s apart."""
-    clock = Clock()
+    clock = Clock(START)
     policy = FallbackPolicy(
         fallback_after_s=60,
         recover_after_s=900,
@@ -452,7 +444,7 @@ class ShortGroup:
 
 def run_shortage(policy: FallbackPolicy, hours: float, then_ok_hours: float = 0) -> dict:
     """Decide once a minute through a shortage of ``hours``, then ``then_ok_hours`` of spot."""
-    clock = Clock()
+    clock = Clock(START)
     group, decider, state = ShortGroup(clock), FallbackDecider(policy, clock), FallbackState()
     probes: list[tuple[float, float, int]] = []  # (at, quiet time before it, failed probes)
     lowest_serving_after_fallback, fell_back = 1, False
@@ -545,7 +537,7 @@ def test_probe_outcomes_are_read_from_launches_after_the_probe() -> None:
 
 
 def test_held_decisions_say_when_the_next_probe_comes() -> None:
-    clock = Clock()
+    clock = Clock(START)
     state = FallbackState(changed_at=clock.now - 600, failed_probes=2)  # re-raised after it
     d = FallbackDecider(BACKOFF, clock).decide(Observation(1, [fail(clock.now - 700)], None), state)
     assert (d.action, d.target_base) == (Action.HOLD, 1)
@@ -553,7 +545,7 @@ def test_held_decisions_say_when_the_next_probe_comes() -> None:
 
 
 def test_raising_the_configured_base_takes_effect_at_once() -> None:
-    clock = Clock()
+    clock = Clock(START)
     policy = FallbackPolicy(base_on_demand=2, max_on_demand=3)
     state = FallbackState(changed_at=clock.now)  # even right after a step
     d = FallbackDecider(policy, clock).decide(Observation(0, [], 3), state)

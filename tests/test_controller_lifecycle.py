@@ -23,18 +23,6 @@ from spotrelay.controller.lifecycle import LifecycleFollowUp
 from spotrelay.controller.queue import QueueConsumer
 from spotrelay.controller.routers import RouterFleet
 from spotrelay.core.net import wait_until
-
-# -- the interruption queue ------------------------------------------------------------
-from tests.controller_support import (
-    INSTANCE,
-    client,
-    documented,
-    fake_aws_env,  # noqa: F401 (a fixture, used through pytestmark)
-    make_group,
-    register,
-)
-from tests.lifecycle_front import LifecycleFront, autoscaling_client
-from tests.raw_server import RawServer
 from tests.support import (
     ROUTER_TOKEN,
     Service,
@@ -42,13 +30,24 @@ from tests.support import (
     router_nodes,
     start_router,
 )
+from tests.support.aws import LifecycleFront, autoscaling_client
+
+# -- the interruption queue ------------------------------------------------------------
+from tests.support.controller import (
+    INSTANCE,
+    client,
+    documented,
+    make_group,
+    register,
+)
+from tests.support.raw_server import RawServer
 
 # -- completing the terminate action of a node whose agent is silent ------------------------
 
 HOOK = "llm-gpu-drain"
 
 
-pytestmark = pytest.mark.usefixtures("fake_aws_env")
+pytestmark = pytest.mark.usefixtures("fake_aws_credentials")
 
 
 @pytest.fixture

@@ -11,60 +11,18 @@ import json
 import re
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
-import psutil
 import pytest
 
 from spotrelay.core.net import wait_until
 
-
-def _leftovers(cwd: Path) -> list[str]:
-    found = []
-    for proc in psutil.process_iter(["pid", "cwd", "cmdline"]):
-        try:
-            if proc.info["cwd"] and Path(proc.info["cwd"]) == cwd:
-                found.append(f"{proc.info['pid']}: {' '.join(proc.info['cmdline'] or [])}")
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
-
-
-def _demo(cwd: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "spotrelay.core.cli",
-            "demo",
-            "--no-progress",
-            "--out",
-            "out",
-            *args,
-        ],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _succeeds(proc: subprocess.Popen[str], timeout: float = 200) -> str:
-    """Wait for the demo; its stdout if it exited 0, else fail with both streams."""
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, f"demo failed:\n{out}\n{err[-4000:]}"
-    return out
+from .support.demo import demo_output, leftovers, start_demo
 
 
 @pytest.mark.timeout(240)
 def test_short_demo_has_no_client_visible_failure(tmp_path: Path) -> None:
-    proc = _demo(
+    proc = start_demo(
         tmp_path,
         "--nodes",
         "3",
@@ -81,7 +39,7 @@ def test_short_demo_has_no_client_visible_failure(tmp_path: Path) -> None:
         "--seed",
         "3",
     )
-    out = _succeeds(proc)
+    out = demo_output(proc)
 
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["requests"] > 100
@@ -124,18 +82,18 @@ def test_short_demo_has_no_client_visible_failure(tmp_path: Path) -> None:
 
     png = (tmp_path / "out" / "timeline.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(not shutil.which("prometheus"), reason="prometheus not installed (Debian)")
 def test_prometheus_sees_the_host_freeze_and_nothing_for_the_preemption(tmp_path: Path) -> None:
-    proc = _demo(
+    proc = start_demo(
         tmp_path, "--prometheus", "--nodes", "2", "--duration", "14", "--rps", "8",
         "--preemptions", "1", "--hard-kills", "0", "--freezes", "0", "--host-freezes", "1",
         "--lead-s", "4", "--freeze-s", "3", "--seed", "5",
     )  # fmt: skip
-    out = _succeeds(proc, timeout=100)
+    out = demo_output(proc, timeout=100)
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     notice = next(e for e in report["events"] if e["type"] == "spot_notice")
     host = next(e for e in report["events"] if e["type"] == "host_freeze")
@@ -148,12 +106,12 @@ def test_prometheus_sees_the_host_freeze_and_nothing_for_the_preemption(tmp_path
     assert "SpotrelayNodeHeartbeatsStopped" in out
     rules = (tmp_path / "out" / "prometheus" / "rules.yml").read_text()
     assert "for: 15s" in rules and "for: 15m" not in rules  # a minute became a second
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
 
 
 @pytest.mark.timeout(120)
 def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
-    proc = _demo(
+    proc = start_demo(
         tmp_path, "--nodes", "2", "--duration", "60", "--preemptions", "0", "--hard-kills", "0"
     )
     try:
@@ -171,11 +129,11 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     assert proc.returncode == 130
     # Agents drain on SIGTERM before they exit: seconds on an idle machine, more on
     # a loaded CI box. A leaked process never exits, so the deadline still catches it.
-    wait_until(lambda: _leftovers(tmp_path) == [], timeout=45, what="every demo process to exit")
+    wait_until(lambda: leftovers(tmp_path) == [], timeout=45, what="every demo process to exit")
 
 
 def test_bad_flags_fail_cleanly(tmp_path: Path) -> None:
-    proc = _demo(tmp_path, "--nodes", "0")
+    proc = start_demo(tmp_path, "--nodes", "0")
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
     assert "demo.nodes = 0: must be >= 1" in err
@@ -186,11 +144,11 @@ def test_bad_flags_fail_cleanly(tmp_path: Path) -> None:
 def test_two_routers_sharing_redis_survive_a_router_sigkill(tmp_path: Path) -> None:
     if not shutil.which("redis-server"):
         pytest.skip("redis-server is not installed (.ci/run installs it)")
-    proc = _demo(
+    proc = start_demo(
         tmp_path, "--routers", "2", "--redis", "auto", "--nodes", "2", "--duration", "20",
         "--preemptions", "1", "--hard-kills", "0", "--lead-s", "5", "--rps", "10",
     )  # fmt: skip
-    out = _succeeds(proc)
+    out = demo_output(proc)
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["failed"] == 0 and report["requests"] > 100
     routers = report["routers"]
@@ -201,18 +159,18 @@ def test_two_routers_sharing_redis_survive_a_router_sigkill(tmp_path: Path) -> N
     assert restart["killed"] is not None and restart["back"] is not None
     assert restart["nodes_known_at_restart"] >= 1
     assert "SIGKILLed" in out and "ready nodes from Redis" in out
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
 
 
 def test_more_routers_need_a_shared_registry(tmp_path: Path) -> None:
-    proc = _demo(tmp_path, "--routers", "2")
+    proc = start_demo(tmp_path, "--routers", "2")
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2 and "Traceback" not in err
     assert err.strip() == (
         "spotrelay: config error: demo.redis: more than one router needs a shared registry: "
         "--redis URL or --redis auto"
     )
-    proc = _demo(tmp_path, "--routers", "2", "--redis", "http://cache:6379")
+    proc = start_demo(tmp_path, "--routers", "2", "--redis", "http://cache:6379")
     _, err = proc.communicate(timeout=30)
     assert (
         proc.returncode == 2
@@ -272,7 +230,7 @@ def test_risk_aware_placement_resumes_fewer_streams(tmp_path: Path) -> None:
     for mode in ("on", "off"):
         cwd = tmp_path / mode
         cwd.mkdir()
-        _succeeds(_demo(cwd, *common, "--risk-placement", mode))
+        demo_output(start_demo(cwd, *common, "--risk-placement", mode))
         report = json.loads((cwd / "out" / "report.json").read_text())
         assert report["failed"] == 0, report
         assert report["settings"]["rebalance_recommendations"], "the notice was preceded"

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from .test_demo import _demo, _leftovers
+from .support.demo import leftovers, start_demo
 
 
 @pytest.mark.timeout(240)
 def test_shortage_falls_back_to_on_demand_and_returns_to_spot(tmp_path: Path) -> None:
-    proc = _demo(
+    proc = start_demo(
         tmp_path,
         "--nodes", "3", "--duration", "20", "--preemptions", "0", "--hard-kills", "1",
         "--dead-agents", "1", "--lead-s", "5", "--rps", "8", "--seed", "3",
@@ -73,11 +73,11 @@ def test_shortage_falls_back_to_on_demand_and_returns_to_spot(tmp_path: Path) ->
     assert "spot shortage window     1s - 11s" in out
     png = (tmp_path / "out" / "timeline.png").read_bytes()
     assert png.startswith(b"\x89PNG")
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
 
 
 def test_bad_shortage_window_is_a_one_line_error(tmp_path: Path) -> None:
-    proc = _demo(tmp_path, "--spot-shortage", "20:10")
+    proc = start_demo(tmp_path, "--spot-shortage", "20:10")
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
     assert "demo.spot_shortage = '20:10': START must be >= 0 and below END" in err

@@ -17,10 +17,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import psutil
 import pytest
-import yaml
 
 from spotrelay.core.config import ConfigError, load
 from spotrelay.core.deploy import VARS_FILE, DeployConfig, StatusSection, backend_args, tfvars
@@ -28,38 +26,13 @@ from spotrelay.core.deploy_status import gather, insecure_transport
 from spotrelay.core.net import wait_until
 from spotrelay.core.terraform_bin import find_binary
 from tests.support import ROUTER_TOKEN, moto_server, register_node, start_router
+from tests.support.aws import REGION, aws_env, client
+from tests.support.deploy import REPO, cli, make_group, write_yaml
 from tests.tfshim.shim import install
 
-REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "terraform" / "examples" / "complete"
 CONFIG_MODULE = REPO / "terraform" / "modules" / "gpu-pool" / "modules" / "config"
 FIXTURE = Path(__file__).parent / "fixtures" / "deploy_offline"
-REGION = "us-east-1"
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": REGION,
-}
-
-
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 240):
-    """Run ``spotrelay ARGS`` as a real process from the repository root."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    base.update(AWS_ENV)
-    base.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "spotrelay.core.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=base,
-        timeout=timeout,
-    )
-
-
-def write_yaml(path: Path, doc: dict) -> Path:
-    path.write_text(yaml.safe_dump(doc))
-    return path
 
 
 def minimal(**extra: object) -> dict:
@@ -290,36 +263,6 @@ def moto_url() -> Iterator[str]:
         yield url
 
 
-def aws(service: str, endpoint: str):
-    return boto3.client(
-        service,
-        region_name=REGION,
-        endpoint_url=endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-
-
-def make_group(endpoint: str, name: str, desired: int) -> list[str]:
-    ec2 = aws("ec2", endpoint)
-    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    ec2.create_launch_template(
-        LaunchTemplateName=f"{name}-lt",
-        LaunchTemplateData={"ImageId": image, "InstanceType": "g6.xlarge"},
-    )
-    asg = aws("autoscaling", endpoint)
-    asg.create_auto_scaling_group(
-        AutoScalingGroupName=name,
-        LaunchTemplate={"LaunchTemplateName": f"{name}-lt", "Version": "$Latest"},
-        MinSize=0,
-        MaxSize=desired + 1,
-        DesiredCapacity=desired,
-        AvailabilityZones=[f"{REGION}a"],
-    )
-    group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"][0]
-    return [i["InstanceId"] for i in group["Instances"]]
-
-
 def stand_in(tmp_path: Path) -> Path:
     """The provider-free configuration, beside examples/complete's variables.tf."""
     d = tmp_path / "deploy"
@@ -346,7 +289,7 @@ def test_up_status_down(tmp_path: Path, procs, logdir: Path, moto_url: str) -> N
 
     instances = make_group(moto_url, "t1-gpu", desired=2)
     assert len(instances) == 2
-    aws("ssm", moto_url).put_parameter(
+    client("ssm", moto_url).put_parameter(
         Name="/spotrelay/t1/node-token", Value=token, Type="SecureString", Overwrite=True
     )
     # Nodes registered once (no heartbeats) must outlive two applies on a loaded box.
@@ -490,13 +433,13 @@ def test_status_reads_the_shared_view(tmp_path: Path, procs, logdir: Path, moto_
 
 @pytest.mark.parametrize("env_name", [None, "HF_TOKEN"])
 def test_fetch_secret_script(tmp_path: Path, moto_url: str, env_name: str | None) -> None:
-    aws("ssm", moto_url).put_parameter(
+    client("ssm", moto_url).put_parameter(
         Name="/spotrelay/s/tok", Value="s3cret", Type="SecureString", Overwrite=True
     )
     dest = tmp_path / "etc" / "node-token"
     args = [sys.executable, "-m", "spotrelay.core.fetch_secret", "/spotrelay/s/tok", REGION]
     args.append(str(dest))
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, **AWS_ENV}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, **aws_env()}
     env["AWS_ENDPOINT_URL"] = moto_url
     proc = subprocess.run(
         [*args, *([env_name] if env_name else [])], env=env, capture_output=True, timeout=60
@@ -515,7 +458,7 @@ def test_fetch_secret_gives_up_without_leaking_and_checks_usage(tmp_path: Path) 
     assert fetch_secret.main(["only-one-arg"]) == 2
     env_before = dict(os.environ)
     try:
-        os.environ.update({**AWS_ENV, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+        os.environ.update({**aws_env(), "AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
         code = fetch_secret.main(["/p", REGION, str(dest)], attempts=2, sleep=slept.append)
     finally:
         os.environ.clear()

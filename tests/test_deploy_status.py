@@ -3,7 +3,7 @@
 moto in server mode holds a GPU Auto Scaling group with on-demand and spot
 instances; a real router under gunicorn has some of them registered. moto
 answers ``DescribeScalingActivities`` with an empty list, so the tests' AWS
-front (tests/support.py's MotoFront) answers it with activities in the shape of
+front (tests/support's MotoFront) answers it with activities in the shape of
 the Auto Scaling API reference and forwards everything else to moto.
 """
 
@@ -26,8 +26,8 @@ from tests.support import (
     scaling_activities_xml,
     start_router,
 )
-
-from .test_deploy import aws, cli, make_group, write_yaml
+from tests.support.aws import client
+from tests.support.deploy import cli, make_group, write_yaml
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -86,7 +86,7 @@ def front() -> Iterator[ActivitiesFront]:
 
 
 def add_spot_instance(endpoint: str, group: str) -> str:
-    ec2 = aws("ec2", endpoint)
+    ec2 = client("ec2", endpoint)
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     reply = ec2.run_instances(
         ImageId=image, MinCount=1, MaxCount=1, InstanceType="g5.xlarge",
@@ -94,7 +94,7 @@ def add_spot_instance(endpoint: str, group: str) -> str:
         Placement={"AvailabilityZone": "us-east-1b"},
     )  # fmt: skip
     iid = reply["Instances"][0]["InstanceId"]
-    asg = aws("autoscaling", endpoint)
+    asg = client("autoscaling", endpoint)
     asg.update_auto_scaling_group(AutoScalingGroupName=group, MaxSize=5)
     asg.attach_instances(AutoScalingGroupName=group, InstanceIds=[iid])
     return iid

@@ -20,17 +20,10 @@ from spotrelay.router.resume import StreamResumer
 from spotrelay.router.resume_handler import ResumingStreamHandler
 from spotrelay.router.sse import DONE_EVENT, SSEParser, encode_json
 from spotrelay.router.stream import BreakReason, StreamBreak
+from tests.support.clock import Clock
 
 ANSWER = ["Spot", " GPUs", " are", " cheap", " until", " they", " vanish", "."]
 PROMPT = "Tell me about spot GPUs:"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def chunk(text: str, finish: str | None = None) -> bytes:
@@ -59,7 +52,7 @@ def client_text(raw: bytes) -> str:
 
 
 def make_stream() -> tuple[ResumingStreamHandler, HedgeRace, Clock]:
-    clock = Clock()
+    clock = Clock(100.0)
     body = {"model": "m", "prompt": PROMPT, "max_tokens": 50, "stream": True}
     resumer = StreamResumer("/v1/completions", body, max_resumes=2, clock=clock)
     race = HedgeRace(2, retry_s=1.5, clock=clock)

@@ -2,7 +2,7 @@
 
 Each node (simulator engine, IMDS emulator and agent) runs in its own network
 namespace joined to the root namespace by a veth pair; the router runs in the
-root namespace (tests/netns.py). Mid-stream the serving node's link is taken
+root namespace (tests/support/netns.py). Mid-stream the serving node's link is taken
 down: no FIN, no RST, its packets vanish and its heartbeats stop. The stream
 must complete on the other node with exactly the text an undisturbed engine
 gives. Needs root and ``ip`` (iproute2): CI has both; elsewhere the test skips.
@@ -24,8 +24,8 @@ from spotrelay.core.net import free_port, http_ok, wait_until
 from spotrelay.core.processes import ManagedProcess, ProcessGroup, spotrelay_argv
 from spotrelay.sim.traffic import expected_text
 
-from .netns import Lab, NetnsUnavailable, NsNode
 from .support import ROUTER_TOKEN, router_nodes
+from .support.netns import Lab, NetnsUnavailable, NsNode
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -11,8 +11,8 @@ import requests
 from spotrelay.core.net import wait_until
 from spotrelay.router.balancer import rendezvous_weight
 from spotrelay.router.prefix_key import prefix_key
-from tests.resume_fleet import CHAT, MODEL, VLLM, start_fleet, stream
 from tests.support import ROUTER_TOKEN, register_node
+from tests.support.resume_fleet import CHAT, MODEL, VLLM, start_fleet, stream
 
 SYSTEM = "You are the booking assistant of a small hotel chain; answer in one sentence. " * 3
 

@@ -2,7 +2,7 @@
 
 Every run goes through the router's own parts: ``RouterService`` with its
 proxy, the stream relay, the resume handler and the resumer; only the node
-connections are in-memory (``tests/router_fakes.py``), each node answering
+connections are in-memory (``tests/support/router_fakes.py``), each node answering
 from one shared fake engine. The fake engine has the properties the
 simulator promises (each token a function of the text before it;
 tokenisation stable at a seam; chat continuation with
@@ -32,7 +32,7 @@ from spotrelay.router.resume_request import CHAT, COMPLETIONS, not_resumable, re
 from spotrelay.router.service import RouterService
 from spotrelay.router.sse import SSEParser, encode_json
 from spotrelay.router.stream import StreamHandler
-from tests.router_fakes import FakeFleet, FakeResp, fast_config, refused, report
+from tests.support.router_fakes import FakeFleet, FakeResp, fast_config, refused, report
 
 # ---------------------------------------------------------------------------
 # A deterministic fake engine speaking vLLM's streaming format
@@ -116,7 +116,7 @@ class Fault:
 
 
 @dataclass
-class FakeEngine:
+class AttemptEngine:
     """Serves successive attempts; ``faults[i]`` applies to attempt i (none after the list)."""
 
     faults: list[Fault] = field(default_factory=list)
@@ -276,7 +276,7 @@ VLLM = {"kind": "vllm", "version": "0.11.0", "capabilities": ["continue_final_me
 
 
 def router_for(
-    engine: FakeEngine, *, max_resumes: int = 2, enabled: bool = True
+    engine: AttemptEngine, *, max_resumes: int = 2, enabled: bool = True
 ) -> tuple[RouterService, list[StreamHandler]]:
     """A router whose nodes all answer from ``engine``; records the stream handlers made."""
     fleet = FakeFleet()
@@ -318,7 +318,7 @@ def start(svc: RouterService, path: str, body: dict[str, Any], *, off: bool = Fa
 def run(
     path: str,
     body: dict[str, Any],
-    engine: FakeEngine,
+    engine: AttemptEngine,
     *,
     max_resumes: int = 2,
     off: bool = False,
@@ -342,7 +342,7 @@ def chat_body(**kw: Any) -> dict[str, Any]:
 
 
 def reference(path: str, body: dict[str, Any], **engine_kw: Any) -> ClientView:
-    view, _ = run(path, body, FakeEngine(**engine_kw))
+    view, _ = run(path, body, AttemptEngine(**engine_kw))
     assert view.done and not view.errors
     return view
 
@@ -368,17 +368,17 @@ def assert_one_stream(view: ClientView, chat: bool, include_usage: bool) -> None
 
 @pytest.mark.parametrize("path,body", [(COMPLETIONS, completions_body()), (CHAT, chat_body())])
 def test_unbroken_stream_passes_through_byte_for_byte(path: str, body: dict[str, Any]) -> None:
-    engine = FakeEngine()
+    engine = AttemptEngine()
     direct = b"".join(engine.open(path, body))
-    view, resumer = run(path, body, FakeEngine())
+    view, resumer = run(path, body, AttemptEngine())
     assert view.raw == direct
     assert resumer.attempts.resumes == 0
 
 
 def test_unbroken_stream_with_usage_passes_through() -> None:
     body = completions_body(stream_options={"include_usage": True})
-    direct = b"".join(FakeEngine().open(COMPLETIONS, body))
-    view, _ = run(COMPLETIONS, body, FakeEngine())
+    direct = b"".join(AttemptEngine().open(COMPLETIONS, body))
+    view, _ = run(COMPLETIONS, body, AttemptEngine())
     assert view.raw == direct
 
 
@@ -394,7 +394,7 @@ def test_resumed_equals_unbroken(chat: bool, usage: bool, k: int) -> None:
     extra = {"stream_options": {"include_usage": True}} if usage else {}
     body = (chat_body if chat else completions_body)(**extra)
     ref = reference(path, body)
-    view, resumer = run(path, body, FakeEngine(faults=[Fault(drop_after=k)]))
+    view, resumer = run(path, body, AttemptEngine(faults=[Fault(drop_after=k)]))
     assert_one_stream(view, chat, usage)
     assert view.text == ref.text
     assert view.finishes == ref.finishes
@@ -413,7 +413,7 @@ def test_break_after_finish_chunk_needs_only_usage(merged: bool) -> None:
     the prompt; nothing is regenerated."""
     body = completions_body(stream_options={"include_usage": True})
     ref = reference(COMPLETIONS, body)
-    engine = FakeEngine(faults=[Fault(drop_after=12)], finish_merged=merged)
+    engine = AttemptEngine(faults=[Fault(drop_after=12)], finish_merged=merged)
     view, _ = run(COMPLETIONS, body, engine)
     assert_one_stream(view, False, True)
     assert (view.text, view.usages, view.finishes) == (ref.text, ref.usages, ref.finishes)
@@ -422,7 +422,7 @@ def test_break_after_finish_chunk_needs_only_usage(merged: bool) -> None:
 
 
 def test_no_probe_without_usage() -> None:
-    engine = FakeEngine(faults=[Fault(drop_after=12)])
+    engine = AttemptEngine(faults=[Fault(drop_after=12)])
     view, _ = run(COMPLETIONS, completions_body(), engine)
     assert view.done and view.finishes == ["length"] and len(engine.attempts) == 1
     assert view.text == reference(COMPLETIONS, completions_body()).text
@@ -431,7 +431,7 @@ def test_no_probe_without_usage() -> None:
 def test_two_breaks_within_the_limit() -> None:
     body = chat_body(max_tokens=20, stream_options={"include_usage": True})
     ref = reference(CHAT, body)
-    engine = FakeEngine(faults=[Fault(drop_after=3), Fault(drop_after=6)])
+    engine = AttemptEngine(faults=[Fault(drop_after=3), Fault(drop_after=6)])
     view, resumer = run(CHAT, body, engine)
     assert_one_stream(view, True, True)
     assert (view.text, view.usages) == (ref.text, ref.usages)
@@ -451,7 +451,7 @@ def test_two_breaks_within_the_limit() -> None:
 )
 def test_error_event_and_abort_are_breaks(fault: Fault) -> None:
     body = completions_body()
-    view, resumer = run(COMPLETIONS, body, FakeEngine(faults=[fault]))
+    view, resumer = run(COMPLETIONS, body, AttemptEngine(faults=[fault]))
     assert_one_stream(view, False, False)
     assert view.text == reference(COMPLETIONS, body).text
     assert resumer.attempts.resumes == 1
@@ -460,14 +460,14 @@ def test_error_event_and_abort_are_breaks(fault: Fault) -> None:
 def test_continuous_usage_is_restated() -> None:
     body = chat_body(stream_options={"include_usage": True, "continuous_usage_stats": True})
     ref = reference(CHAT, body, continuous_usage=True)
-    view, _ = run(CHAT, body, FakeEngine(faults=[Fault(drop_after=5)], continuous_usage=True))
+    view, _ = run(CHAT, body, AttemptEngine(faults=[Fault(drop_after=5)], continuous_usage=True))
     assert view.text == ref.text
     assert view.usages == ref.usages  # every chunk's usage, as if never broken
 
 
 def test_a_refused_continuation_is_retried_on_another_node() -> None:
     body = completions_body()
-    engine = FakeEngine(faults=[Fault(drop_after=2), Fault(refuse=True)])
+    engine = AttemptEngine(faults=[Fault(drop_after=2), Fault(refuse=True)])
     view, resumer = run(COMPLETIONS, body, engine)
     assert view.text == reference(COMPLETIONS, body).text and not view.errors
     assert resumer.attempts.outcomes == ["ok"] and resumer.attempts.resumes == 1
@@ -494,7 +494,7 @@ def test_stop_spanning_the_seam_with_a_new_sample(holdback: bool, include: bool)
     before = ["Hello", " world", " fo", "Q", "x", "x"]
     after = ["o", " bar", " baz", " qux"]
     body = completions_body(prompt="P", stop=["foo b"], include_stop_str_in_output=include)
-    engine = FakeEngine(faults=[Fault(drop_after=4)], forced={0: before, 1: after},
+    engine = AttemptEngine(faults=[Fault(drop_after=4)], forced={0: before, 1: after},
                         holdback=holdback)  # fmt: skip
     view, _ = run(COMPLETIONS, body, engine)
     assert view.done and not view.errors
@@ -507,7 +507,7 @@ def test_stop_spanning_the_seam_with_a_new_sample(holdback: bool, include: bool)
 
 def test_seam_stop_with_usage_probes_for_the_prompt() -> None:
     body = completions_body(prompt="P Q", stop="foo b", stream_options={"include_usage": True})
-    engine = FakeEngine(
+    engine = AttemptEngine(
         faults=[Fault(drop_after=4)],
         forced={0: ["Hello", " world", " fo", "Q", "x"], 1: ["o", " bar", " x"]},
     )
@@ -525,7 +525,7 @@ def test_seam_stop_with_usage_probes_for_the_prompt() -> None:
 
 def test_held_back_stop_prefix_is_released_when_no_stop_follows() -> None:
     body = completions_body(prompt="P", stop=["foo b"])
-    engine = FakeEngine(
+    engine = AttemptEngine(
         faults=[Fault(drop_after=3)], forced={0: ["Hi", " fo", "Q"], 1: ["o", " x", " y"]}
     )
     view, _ = run(COMPLETIONS, body, engine)
@@ -537,7 +537,7 @@ def test_held_back_stop_prefix_is_released_when_no_stop_follows() -> None:
 
 def test_min_tokens_suppresses_seam_stop() -> None:
     body = completions_body(prompt="P", stop=["foo b"], min_tokens=9)
-    engine = FakeEngine(
+    engine = AttemptEngine(
         faults=[Fault(drop_after=4)], forced={0: ["Hello", " world", " fo", "Q"], 1: ["o", " bar"]}
     )
     view, _ = run(COMPLETIONS, body, engine)
@@ -586,7 +586,7 @@ def test_property_resumed_equals_unbroken(
         body["stop"] = [stop, "zzz"]
         body["include_stop_str_in_output"] = include
     ref = reference(path, body, finish_merged=merged)
-    engine = FakeEngine(faults=[Fault(drop_after=k) for k in breaks], finish_merged=merged)
+    engine = AttemptEngine(faults=[Fault(drop_after=k) for k in breaks], finish_merged=merged)
     view, _ = run(path, body, engine)
     assert_one_stream(view, chat, usage)
     assert view.text == ref.text
@@ -610,7 +610,7 @@ def test_property_resumed_equals_unbroken(
 
 def test_exhausted_resumes_end_with_error_then_done() -> None:
     body = completions_body()
-    engine = FakeEngine(faults=[Fault(drop_after=2), Fault(drop_after=2), Fault(drop_after=2)])
+    engine = AttemptEngine(faults=[Fault(drop_after=2), Fault(drop_after=2), Fault(drop_after=2)])
     view, resumer = run(COMPLETIONS, body, engine, max_resumes=2)
     assert view.done and len(view.errors) == 1
     assert view.errors[0]["type"] == "server_error" and "gave up" in view.errors[0]["message"]
@@ -620,14 +620,14 @@ def test_exhausted_resumes_end_with_error_then_done() -> None:
 
 
 def test_all_opens_failing_exhausts() -> None:
-    engine = FakeEngine(faults=[Fault(drop_after=2)] + [Fault(refuse=True)] * 100)
+    engine = AttemptEngine(faults=[Fault(drop_after=2)] + [Fault(refuse=True)] * 100)
     view, resumer = run(COMPLETIONS, completions_body(), engine)
     assert view.errors and view.done
     assert resumer.attempts.outcomes == ["failed", "failed", "exhausted"]
 
 
 def test_rejected_continuation_stops_at_once() -> None:
-    engine = FakeEngine(faults=[Fault(drop_after=2), Fault(status=400)])
+    engine = AttemptEngine(faults=[Fault(drop_after=2), Fault(status=400)])
     view, resumer = run(COMPLETIONS, completions_body(), engine)
     assert view.done and "prompt too long" in view.errors[0]["message"]
     assert len(engine.attempts) == 2 and resumer.attempts.outcomes == ["failed"]
@@ -637,7 +637,7 @@ def test_rejected_continuation_stops_at_once() -> None:
     "off,enabled,max_resumes", [(True, True, 2), (False, False, 2), (False, True, 0)]
 )
 def test_disabled_falls_back_to_error_event(off: bool, enabled: bool, max_resumes: int) -> None:
-    engine = FakeEngine(faults=[Fault(drop_after=3)])
+    engine = AttemptEngine(faults=[Fault(drop_after=3)])
     view, resumer = run(
         COMPLETIONS, completions_body(), engine, off=off, enabled=enabled,
         max_resumes=max_resumes,
@@ -685,7 +685,7 @@ def test_resumable_requests() -> None:
 
 
 def test_not_resumable_break_gives_error_event() -> None:
-    engine = FakeEngine(faults=[Fault(drop_after=3)])
+    engine = AttemptEngine(faults=[Fault(drop_after=3)])
     view, resumer = run(COMPLETIONS, completions_body(echo=True), engine)
     assert view.done and "not resumed: echo" in view.errors[0]["message"]
     assert resumer.attempts.outcomes == ["not_resumable"]
@@ -780,7 +780,7 @@ def test_no_tokens_left_finishes_locally() -> None:
 
 
 def test_client_disconnect_closes_the_upstream() -> None:
-    engine = FakeEngine(faults=[Fault(drop_after=2)])
+    engine = AttemptEngine(faults=[Fault(drop_after=2)])
     svc, _ = router_for(engine)
     resp = start(svc, COMPLETIONS, completions_body())
     gen = iter(resp.body)
@@ -794,14 +794,14 @@ def test_client_disconnect_closes_the_upstream() -> None:
 
 def test_identity_comes_from_the_first_chunk_and_is_kept() -> None:
     body = chat_body(stream_options={"include_usage": True})
-    view, _ = run(CHAT, body, FakeEngine(faults=[Fault(drop_after=4)]))
+    view, _ = run(CHAT, body, AttemptEngine(faults=[Fault(drop_after=4)]))
     assert {c["id"] for c in view.chunks} == {"chatcmpl-attempt0"}
     assert {c["created"] for c in view.chunks} == {1000}
     assert {c["system_fingerprint"] for c in view.chunks} == {"fp0"}
 
 
 def test_seam_latency_and_resumed_tokens_are_observed() -> None:
-    engine = FakeEngine(faults=[Fault(drop_after=5)])
+    engine = AttemptEngine(faults=[Fault(drop_after=5)])
     svc, _ = router_for(engine)
     b"".join(start(svc, COMPLETIONS, completions_body()).body)
     m = svc.metrics
@@ -818,7 +818,7 @@ def test_seam_latency_and_resumed_tokens_are_observed() -> None:
 def test_the_access_log_outcome_says_how_the_stream_ended(
     faults: list[Fault], outcome: str
 ) -> None:
-    svc, _ = router_for(FakeEngine(faults=faults))
+    svc, _ = router_for(AttemptEngine(faults=faults))
     relay = start(svc, COMPLETIONS, completions_body()).body
     b"".join(relay)
     relay.close()

@@ -25,7 +25,13 @@ from spotrelay.core.net import wait_until
 from spotrelay.core.processes import ProcessGroup
 from spotrelay.router.resume_request import RESUME_HEADER
 from spotrelay.router.sse import SSEParser
-from tests.resume_fleet import (
+from tests.support import (
+    ROUTER_TOKEN,
+    register_node,
+    running,
+    start_sim_vllm,
+)
+from tests.support.resume_fleet import (
     CHAT,
     COMPLETIONS,
     MODEL,
@@ -36,7 +42,6 @@ from tests.resume_fleet import (
     start_fleet,
     stream,
 )
-from tests.support import ROUTER_TOKEN, Service, register_node, scrape, start_sim_vllm
 
 
 @pytest.fixture(scope="module")
@@ -262,10 +267,6 @@ def test_client_leaving_during_a_continuation_aborts_it(fleet: Fleet) -> None:
     resp.close()
     del pieces
     wait_until(lambda: running(fleet.nodes["b"]) == 0, timeout=10, what="b idle")
-
-
-def running(node: Service) -> float:
-    return scrape(node.url + "/metrics", "vllm:num_requests_running")
 
 
 def test_continuation_waits_for_a_replacement_node(procs: ProcessGroup, logdir: Path) -> None:

@@ -20,9 +20,17 @@ from spotrelay.core.net import wait_until
 from spotrelay.core.processes import ProcessGroup
 from spotrelay.router.balancer import rendezvous_weight
 from spotrelay.router.resume_request import RESUME_HEADER
-from tests.fake_engine import Script, fake_engine
-from tests.resume_fleet import CHAT, COMPLETIONS, MODEL, ROUTER_CONFIG, VLLM, body_for, stream
 from tests.support import ROUTER_TOKEN, Service, register_node, scrape, start_router, start_sim_vllm
+from tests.support.fake_engine import Script, fake_engine
+from tests.support.resume_fleet import (
+    CHAT,
+    COMPLETIONS,
+    MODEL,
+    ROUTER_CONFIG,
+    VLLM,
+    body_for,
+    stream,
+)
 
 LLAMA_CPP = {"kind": "llama.cpp", "version": "0.3.16", "capabilities": []}
 PIECES = ["Once", " upon", " a", " time"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from spotrelay.core.retry import retry_until
+from tests.support.clock import Clock
 
 
 class Flaky:
@@ -22,21 +23,8 @@ class Flaky:
         return "ok"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, delay: float) -> None:
-        self.slept.append(delay)
-        self.now += delay
-
-
 def test_retries_until_the_call_succeeds() -> None:
-    clock, call, retried = Clock(), Flaky(3), []
+    clock, call, retried = Clock(100.0), Flaky(3), []
     result = retry_until(
         call,
         retry_on=ConnectionError,
@@ -52,7 +40,7 @@ def test_retries_until_the_call_succeeds() -> None:
 
 
 def test_never_waits_past_the_deadline() -> None:
-    clock, call = Clock(), Flaky(100)
+    clock, call = Clock(100.0), Flaky(100)
     delays = iter([1.0, 2.0, 4.0, 8.0])
     with pytest.raises(ConnectionError):
         retry_until(
@@ -68,7 +56,7 @@ def test_never_waits_past_the_deadline() -> None:
 
 
 def test_gives_up_after_the_tries_and_passes_other_errors_at_once() -> None:
-    clock, call = Clock(), Flaky(100)
+    clock, call = Clock(100.0), Flaky(100)
     with pytest.raises(ConnectionError):
         retry_until(
             call,

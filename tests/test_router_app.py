@@ -11,8 +11,8 @@ import pytest
 
 from spotrelay.core.processes import spotrelay_argv
 from spotrelay.router.server import gunicorn_settings
-from tests.router_client import AUTH, TOKEN, client_for, openai_error_of, put
-from tests.router_fakes import A, FakeResp, answering, fast_config, report
+from tests.support.router_client import AUTH, TOKEN, client_for, openai_error_of, put
+from tests.support.router_fakes import A, FakeResp, answering, fast_config, report
 
 
 @pytest.fixture

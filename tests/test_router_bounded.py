@@ -4,7 +4,7 @@ A real router (gunicorn, gevent worker, control listener on its own port)
 in front of scripted engines that send what no real engine would: 50 MB
 without a newline, a head or body one byte every 2 s, invalid UTF-8, an
 HTML page to a stream request, status 999, an answer larger than the
-router takes. Meanwhile :class:`~tests.hostile_engine.ControlProbe` polls
+router takes. Meanwhile :class:`~tests.support.hostile_engine.ControlProbe` polls
 the control listener's ``/healthz`` and heartbeats a node whose TTL is 2 s:
 a stalled worker would show as a slow answer or an expired node. Clients
 are the official ``openai`` client where its behaviour is the point, raw
@@ -26,15 +26,6 @@ import requests
 from spotrelay.core.config import ConfigError, load
 from spotrelay.core.net import free_port, wait_until
 from spotrelay.router.settings import RouterConfig, Routing, Timeouts
-from tests.hostile_engine import (
-    ControlProbe,
-    completion_event,
-    drip,
-    head,
-    scripted_engine,
-    send_until_refused,
-    worker_rss,
-)
 from tests.support import (
     HOST,
     ROUTER_TOKEN,
@@ -42,6 +33,15 @@ from tests.support import (
     router_nodes,
     start_router,
     start_sim_vllm,
+)
+from tests.support.hostile_engine import (
+    ControlProbe,
+    completion_event,
+    drip,
+    head,
+    scripted_engine,
+    send_until_refused,
+    worker_rss,
 )
 
 MiB = 1024 * 1024

@@ -2,7 +2,7 @@
 
 Fast and deterministic: multipart field scanning, named-event stream framing
 (Responses, Anthropic), model defaulting, refusals and GETs, with the fake
-node pools of :mod:`tests.router_fakes`. The end-to-end versions (gunicorn,
+node pools of :mod:`tests.support.router_fakes`. The end-to-end versions (gunicorn,
 simulators, the ``openai`` client) are in ``test_router_endpoints.py``.
 """
 
@@ -18,8 +18,9 @@ from spotrelay.router.multipart import MAX_PART_HEAD, MultipartError, boundary_o
 from spotrelay.router.named_events import RESPONSES, event_name
 from spotrelay.router.resume_request import not_resumable
 from spotrelay.router.sse import DONE_EVENT, SSEParser
-from tests.router_client import client_for, openai_error_of, put
-from tests.router_fakes import A, B, FakeResp, answering, raising, reset
+from tests.support.router_client import client_for, openai_error_of, put
+from tests.support.router_fakes import A, B, FakeResp, answering, raising, reset
+from tests.support.sse import sse_named
 
 
 def named(kind: str, **fields: object) -> bytes:
@@ -35,13 +36,6 @@ def responses_stream(n: int, end: str | None = "response.completed") -> list[byt
     if end:
         events.append(named(end, sequence_number=2 + n, response={"status": "completed"}))
     return events
-
-
-def sse_events(body: bytes) -> list[dict]:
-    out = []
-    for e in SSEParser().feed(body):
-        out.append({"event": e.event, **json.loads(e.data)})
-    return out
 
 
 # -- the table ------------------------------------------------------------------------------
@@ -213,7 +207,7 @@ def test_an_engine_ending_a_response_itself_is_complete(end):
 def test_a_responses_stream_cut_after_output_ends_with_a_responses_error_event(cut):
     events = responses_stream(2, end=None)
     client, svc, _fleet = stream_client(events + ([reset()] if cut else []))
-    out = sse_events(responses_post(client).data)
+    out = sse_named(responses_post(client).data)
     assert [e["type"] for e in out][-1] == "error"
     last = out[-1]
     assert last["event"] == "error" and last["code"] == "upstream_stream_broken"
@@ -226,7 +220,7 @@ def test_an_engine_error_event_mid_stream_becomes_one_error_event():
     events = responses_stream(1, end=None)
     engine_error = named("error", sequence_number=3, code="x", message="engine died", param=None)
     client, _svc, _fleet = stream_client([*events, engine_error])
-    out = sse_events(responses_post(client).data)
+    out = sse_named(responses_post(client).data)
     assert [e["type"] for e in out].count("error") == 1
     assert "engine died" in out[-1]["message"]
 
@@ -257,7 +251,7 @@ def test_an_anthropic_stream_cut_short_ends_with_an_anthropic_error_event():
     delta = named("content_block_delta", index=0, delta={"type": "text_delta", "text": "hi"})
     client, _svc, _fleet = stream_client([start, delta, reset()])
     resp = client.post("/v1/messages", json={"model": "m", "messages": [], "stream": True})
-    out = sse_events(resp.data)
+    out = sse_named(resp.data)
     assert out[-1]["event"] == "error" and out[-1]["error"]["type"] == "api_error"
     stop = named("message_stop")
     client, _svc, _fleet = stream_client([start, delta, stop])

@@ -25,8 +25,8 @@ import requests
 from spotrelay.core.net import wait_until
 from spotrelay.core.processes import ProcessGroup
 from spotrelay.router.sse import SSEParser
-from tests.resume_fleet import MODEL, Fleet, start_fleet
 from tests.support import HOST, ROUTER_TOKEN, register_node, scrape, start_router
+from tests.support.resume_fleet import MODEL, Fleet, start_fleet
 
 SIM_ARGS = ("--ttft-ms", "5", "--itl-ms", "2")
 

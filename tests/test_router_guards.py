@@ -26,17 +26,20 @@ from spotrelay.router.httpguard import (
 )
 from spotrelay.router.netpolicy import NetPolicy, NodeURLError, OwnEndpoints
 from spotrelay.router.proxy import HOP_HEADER
-from tests.router_fakes import A, B, FakeResp, answering, body_of, build, raising, register, request
+from tests.support.clock import Clock
+from tests.support.router_fakes import (
+    A,
+    B,
+    FakeResp,
+    answering,
+    body_of,
+    build,
+    raising,
+    register,
+    request,
+)
 
 # -- slow clients ----------------------------------------------------------------------------
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class ScriptedSocket:
@@ -57,7 +60,7 @@ class ScriptedSocket:
 
 
 def test_head_deadline_counts_from_accept_then_from_each_request():
-    clock = Clock()
+    clock = Clock(100.0)
     raw = ScriptedSocket(b"GET /", b" HTTP/1.1\r\n\r\n", b"POST", TimeoutError())
     sock = GuardedSocket(raw, GuardSettings(header_timeout_s=10, body_timeout_s=30), clock=clock)
     clock.now += 4
@@ -76,7 +79,7 @@ def test_head_deadline_counts_from_accept_then_from_each_request():
 
 
 def test_body_deadline_and_expired_deadline_without_a_read():
-    clock = Clock()
+    clock = Clock(100.0)
     raw = ScriptedSocket(b"x")
     sock = GuardedSocket(raw, GuardSettings(header_timeout_s=1, body_timeout_s=30), clock=clock)
     sock.start_body()

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from spotrelay.router.h1 import ConnectFailed, Pool, ProtocolError
-from tests.raw_server import RawServer
+from tests.support.raw_server import RawServer
 
 
 @pytest.fixture

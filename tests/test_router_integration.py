@@ -21,12 +21,14 @@ import requests
 from spotrelay.core.net import free_port, wait_until
 from tests.support import (
     ROUTER_TOKEN,
+    metric,
     register_node,
     router_nodes,
-    scrape,
+    running,
     start_router,
     start_sim_vllm,
 )
+from tests.support.sse import sse_data
 
 MODEL = "sim-model"
 AUTH = {"Authorization": f"Bearer {ROUTER_TOKEN}"}
@@ -51,24 +53,6 @@ def complete(router, max_tokens=8, stream=False, timeout=30, headers=None, **ext
     return requests.post(
         f"{router.url}/v1/completions", json=body, timeout=timeout, stream=stream, headers=headers
     )
-
-
-def sse_events(resp) -> list[str]:
-    """The ``data:`` payloads of a streamed response, in order."""
-    return [
-        line[len("data: ") :]
-        for line in resp.iter_lines(decode_unicode=True)
-        if line.startswith("data: ")
-    ]
-
-
-def metric(service_url: str, name: str, **labels: str) -> float:
-    """The sum of a metric's series at ``service_url`` (those with ``labels``)."""
-    return scrape(f"{service_url}/metrics", name, **labels)
-
-
-def running(sim) -> float:
-    return metric(sim.url, "vllm:num_requests_running")
 
 
 def sim_request_ids(sim) -> list[str]:
@@ -164,7 +148,7 @@ def run_one(router_url: str, stream: bool, max_tokens: int) -> Outcome:
             ok = len(doc["choices"][0]["text"]) > 0
             return Outcome(stream, ok, False, "" if ok else "empty text")
         done = False
-        for data in sse_events(resp):
+        for data in sse_data(resp):
             if data == "[DONE]":
                 done = True
                 break
@@ -294,7 +278,7 @@ def test_drain_stops_new_requests_while_open_ones_finish(procs, logdir):
 
     def stream_one() -> None:
         with complete(router, max_tokens=40, stream=True) as resp:
-            results.append(sse_events(resp))
+            results.append(sse_data(resp))
 
     threads = [threading.Thread(target=stream_one) for _ in range(3)]
     for t in threads:

@@ -11,14 +11,7 @@ from pathlib import Path
 
 from spotrelay.router import metrics_share
 from spotrelay.router.metrics_share import SnapshotBoard
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import Clock
 
 
 def snap(active: int) -> dict:

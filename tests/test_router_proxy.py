@@ -20,8 +20,8 @@ from spotrelay.router.stream import (
     StreamBreak,
 )
 from spotrelay.router.upstream import IdleWatchdog, Upstream
-from tests.raw_server import RawServer
-from tests.router_fakes import (
+from tests.support.raw_server import RawServer
+from tests.support.router_fakes import (
     DONE,
     A,
     B,

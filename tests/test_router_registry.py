@@ -12,16 +12,9 @@ from spotrelay.router.balancer import Balancer, rendezvous_weight
 from spotrelay.router.netpolicy import NetPolicy
 from spotrelay.router.registry import EjectionPolicy, ModelStatus, NodeStatus, Registry
 from spotrelay.router.retry import Failure, FailureKind, RetryBudget, RetryPolicy
+from tests.support.clock import Clock
 
 NETS = NetPolicy(["10.0.0.0/8"])
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Pool:

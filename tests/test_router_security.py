@@ -18,16 +18,16 @@ import pytest
 import requests
 
 from spotrelay.core.net import free_port, wait_until
-from tests.fake_engine import Script, fake_engine
 from tests.support import (
     HOST,
     ROUTER_TOKEN,
+    metric,
     register_node,
     router_nodes,
-    scrape,
     start_router,
     start_sim_vllm,
 )
+from tests.support.fake_engine import Script, fake_engine
 
 MODEL = "sim-model"
 AUTH = {"Authorization": f"Bearer {ROUTER_TOKEN}"}
@@ -99,10 +99,6 @@ def answers(url: str) -> bool:
         return requests.get(url, timeout=2).status_code == 200
     except requests.RequestException:
         return False
-
-
-def metric(url: str, name: str, **labels: str) -> float:
-    return scrape(f"{url}/metrics", name, **labels)
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ import pytest
 from spotrelay.core.net import free_port, wait_until
 from spotrelay.core.processes import ProcessGroup
 from spotrelay.router.balancer import rendezvous_weight
-from tests.fake_engine import Script, fake_engine
-from tests.resume_fleet import COMPLETIONS, MODEL, ROUTER_CONFIG, body_for, stream
+from tests.support.fake_engine import Script, fake_engine
+from tests.support.resume_fleet import COMPLETIONS, MODEL, ROUTER_CONFIG, body_for, stream
 from tests.support import ROUTER_TOKEN, register_node, start_router
 
 pytest.importorskip("opentelemetry.sdk", reason="the otel extra is not installed")
@@ -60,7 +60,7 @@ def in_process_router(exporter: Any) -> Iterator[str]:
     from spotrelay.router.app import create_app
     from spotrelay.router.service import RouterService
     from spotrelay.router.tracing_otel import OtelTracing
-    from tests.router_fakes import fast_config
+    from tests.support.router_fakes import fast_config
 
     cfg = fast_config(**ROUTER_CONFIG, tracing={"enabled": True})
     svc = RouterService(cfg, ROUTER_TOKEN)
@@ -204,7 +204,7 @@ def test_tracing_off_imports_nothing_of_opentelemetry() -> None:
         "import sys\n"
         "from spotrelay.router.app import create_app\n"
         "from spotrelay.router.service import RouterService\n"
-        "from tests.router_fakes import fast_config\n"
+        "from tests.support.router_fakes import fast_config\n"
         "svc = RouterService(fast_config(), 'node-secret')\n"
         "app = create_app(svc)\n"
         "app.test_client().post('/v1/completions', json={'model': 'm', 'prompt': 'x'})\n"

@@ -35,7 +35,8 @@ import requests
 from spotrelay.core.net import wait_until
 from spotrelay.core.processes import ProcessGroup
 from spotrelay.sim.redis_local import NoRedisServer, start_local_redis
-from tests.resume_fleet import (
+from tests.support import ROUTER_TOKEN, register_node, router_nodes, start_router
+from tests.support.resume_fleet import (
     CHAT,
     COMPLETIONS,
     MODEL,
@@ -46,7 +47,6 @@ from tests.resume_fleet import (
     start_fleet,
     stream,
 )
-from tests.support import ROUTER_TOKEN, register_node, router_nodes, start_router
 
 pytestmark = pytest.mark.timeout(90)
 

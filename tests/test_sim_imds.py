@@ -32,6 +32,7 @@ from spotrelay.sim.imds_state import (
     iso_utc,
     stable_instance_id,
 )
+from tests.support.clock import Clock
 
 from .support import Service, start_imds
 
@@ -44,20 +45,12 @@ EVENT_TIME_FMT = "%d %b %Y %H:%M:%S GMT"
 # ---------------------------------------------------------------------------- state
 
 
-class FakeClock:
-    def __init__(self, t: float = 1_700_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> Clock:
+    return Clock(1_700_000_000.0)
 
 
-def make_state(clock: FakeClock, **kw) -> ImdsState:
+def make_state(clock: Clock, **kw) -> ImdsState:
     lifecycle = kw.pop("lifecycle", "spot")
     info = InstanceInfo("i-0123456789abcdef0", lifecycle=lifecycle, iam_role=kw.pop("role", None))
     return ImdsState(info, clock=clock, **kw)
@@ -93,10 +86,10 @@ def test_state_token_ttl_bounds_accepted_and_echoed(clock, ttl):
 def test_state_token_expires_exactly_at_ttl(clock):
     state = make_state(clock)
     token = token_of(state, ttl=10)
-    clock.t += 9.9
+    clock.now += 9.9
     ok = get(state, MD + "instance-id", token)
     assert ok.status == 200 and ok.headers[TTL] == "1"
-    clock.t += 0.1
+    clock.now += 0.1
     assert get(state, MD + "instance-id", token).status == 401
     assert state.counts["unauthorized_401"] == 1
 
@@ -106,9 +99,9 @@ def test_state_spot_time_is_frozen_at_notice_plus_lead(clock):
     token = token_of(state, ttl=21600)
     assert get(state, MD + "spot/instance-action", token).status == 404
     state.control("spot", {"action": "terminate", "lead_s": 120})
-    expected = iso_utc(clock.t + 120)
+    expected = iso_utc(clock.now + 120)
     for _ in range(3):
-        clock.t += 50  # even past the deadline the notice keeps its time
+        clock.now += 50  # even past the deadline the notice keeps its time
         doc = json.loads(get(state, MD + "spot/instance-action", token).body)
         assert doc == {"action": "terminate", "time": expected}
         assert get(state, MD + "spot/termination-time", token).body == expected
@@ -123,7 +116,7 @@ def test_state_spot_stop_has_no_termination_time_and_hibernate_no_warning(clock)
     assert get(state, MD + "spot/", token).body == "instance-action"
     state.control("spot", {"action": "hibernate"})
     doc = json.loads(get(state, MD + "spot/instance-action", token).body)
-    assert doc == {"action": "hibernate", "time": iso_utc(clock.t)}
+    assert doc == {"action": "hibernate", "time": iso_utc(clock.now)}
 
 
 def test_state_spot_events_need_a_spot_instance(clock):
@@ -138,9 +131,9 @@ def test_state_rebalance_notice_time_is_first_notice(clock):
     state = make_state(clock)
     token = token_of(state)
     assert get(state, MD + "events/recommendations/rebalance", token).status == 404
-    first = iso_utc(clock.t)
+    first = iso_utc(clock.now)
     state.control("rebalance", {})
-    clock.t += 30
+    clock.now += 30
     state.control("rebalance", {"lead_s": 90})  # accepted, ignored; still one recommendation
     body = get(state, MD + "events/recommendations/rebalance", token).body
     assert json.loads(body) == {"noticeTime": first}
@@ -163,7 +156,7 @@ def test_state_target_lifecycle_state(clock):
 
 
 def test_state_scheduled_events_format(clock):
-    clock.t = 1548061243 - 600  # so NotBefore is AWS's documented example time
+    clock.now = 1548061243 - 600  # so NotBefore is AWS's documented example time
     state = make_state(clock)
     token = token_of(state)
     path = MD + "events/maintenance/scheduled"
@@ -187,12 +180,12 @@ def test_state_outages(clock):
     state.control("outage", {"mode": "error", "status": 503, "duration_s": 5})
     assert get(state, MD + "instance-id", token).status == 503
     assert state.handle("PUT", "/latest/api/token", {TTL: "60"}).status == 503
-    clock.t += 5
+    clock.now += 5
     assert get(state, MD + "instance-id", token).status == 200
     state.control("outage", {"mode": "stall", "duration_s": 2})
     stall = state.handle("GET", MD + "instance-id", {TOKEN: token})
     assert stall == Stall(2.0)
-    clock.t += 2
+    clock.now += 2
     assert get(state, MD + "instance-id", token).body == "i-0123456789abcdef0"
     assert state.counts["outage_hits"] == 3
 

@@ -27,6 +27,7 @@ from spotrelay.core.net import wait_until
 from spotrelay.core.processes import ProcessGroup
 from spotrelay.sim import textgen
 from tests.support import Service, start_sim_vllm
+from tests.support.sse import sse_json
 
 MODEL = "sim-model"
 
@@ -46,16 +47,6 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 @pytest.fixture(scope="module")
 def client(sim: Service) -> openai.OpenAI:
     return openai.OpenAI(base_url=sim.url + "/v1", api_key="unused", max_retries=0, timeout=10)
-
-
-def sse_events(resp: requests.Response) -> list[dict | str]:
-    """The SSE ``data:`` payloads of a streamed response, parsed ([DONE] kept as a string)."""
-    out: list[dict | str] = []
-    for line in resp.iter_lines():
-        if line.startswith(b"data: "):
-            data = line[6:].decode()
-            out.append(data if data == "[DONE]" else json.loads(data))
-    return out
 
 
 def metrics(url: str) -> dict[str, float]:
@@ -154,7 +145,7 @@ def test_raw_sse_ends_with_done(sim: Service) -> None:
     body = {"model": MODEL, "prompt": "x", "max_tokens": 3, "stream": True}
     with requests.post(sim.url + "/v1/completions", json=body, stream=True, timeout=10) as r:
         assert r.headers["Content-Type"].startswith("text/event-stream")
-        events = sse_events(r)
+        events = sse_json(r)
     assert events[-1] == "[DONE]"
     assert [e["choices"][0]["text"] for e in events[:3]] == textgen.generate("x", 3)
     assert events[3]["choices"][0]["finish_reason"] == "length"
@@ -171,7 +162,7 @@ def test_continuous_usage_stats(sim: Service) -> None:
         "stream_options": {"include_usage": True, "continuous_usage_stats": True},
     }
     with requests.post(sim.url + "/v1/completions", json=body, stream=True, timeout=10) as r:
-        events = sse_events(r)
+        events = sse_json(r)
     assert [e["usage"]["completion_tokens"] for e in events[:3]] == [1, 2, 3]
 
 
@@ -331,7 +322,7 @@ def test_stats_record_request_ids(sim: Service) -> None:
         timeout=10,
     ) as r:
         assert r.headers["X-Request-ID"] == rid
-        sse_events(r)
+        sse_json(r)
     stats = requests.get(sim.url + "/_control/stats", timeout=5).json()
     rec = next(x for x in stats["recent"] if x["request_id"] == rid)
     assert rec["path"] == "/v1/completions" and rec["stream"] is True

@@ -17,6 +17,7 @@ from spotrelay.core.processes import ProcessGroup
 from spotrelay.router.sse import SSEParser
 from spotrelay.sim import textgen
 from tests.support import Service, post_json, start_sim_vllm
+from tests.support.sse import sse_events
 
 MODEL = "sim-model"
 
@@ -58,13 +59,7 @@ def test_responses_text_is_the_chat_text(sim: Service) -> None:
 def raw_events(sim: Service, body: dict) -> list:
     resp = requests.post(sim.url + "/v1/responses", json=body, stream=True, timeout=10)
     assert resp.status_code == 200
-    parser, events = SSEParser(), []
-    try:
-        for piece in resp.iter_content(chunk_size=None):
-            events.extend(parser.feed(piece))
-    except requests.exceptions.ChunkedEncodingError:
-        pass  # the drop fault: the connection is cut mid-body
-    return events
+    return sse_events(resp, cut_ok=True)  # the drop fault cuts the connection mid-body
 
 
 def test_responses_stream_has_vllms_named_event_framing(sim: Service) -> None:

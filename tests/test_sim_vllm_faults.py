@@ -20,6 +20,7 @@ from spotrelay.core.net import http_status, wait_until
 from spotrelay.core.processes import ProcessGroup, spotrelay_argv
 from spotrelay.sim import textgen
 from tests.support import Service, start_service, start_sim_vllm
+from tests.support.sse import sse_data
 
 MODEL = "sim-model"
 FAST = ("--ttft-ms", "5", "--itl-ms", "2")
@@ -68,8 +69,7 @@ def raw_stream(url: str, path: str, body: dict) -> tuple[list[str], bool]:
         clean = False
     finally:
         conn.close()
-    events = [line[6:] for line in data.decode().split("\n") if line.startswith("data: ")]
-    return events, clean
+    return sse_data(data), clean
 
 
 def contents(events: list[str]) -> list[str]:

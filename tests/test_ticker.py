@@ -12,7 +12,7 @@ from spotrelay.core.net import wait_until
 from spotrelay.core.ticker import Every, Ticker
 
 
-class Flaky(Ticker):
+class FlakyTicker(Ticker):
     name = "flaky"
 
     def __init__(self) -> None:
@@ -26,7 +26,7 @@ class Flaky(Ticker):
 
 
 def test_a_failing_pass_is_logged_and_the_loop_goes_on(caplog: pytest.LogCaptureFixture) -> None:
-    ticker = Flaky()
+    ticker = FlakyTicker()
     with caplog.at_level(logging.ERROR, logger=__name__):
         ticker.start()
         ticker.start()  # once only

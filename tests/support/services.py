@@ -1,4 +1,4 @@
-"""Starting real spotrelay processes on loopback for tests (and nothing else).
+"""Starting real spotrelay processes (and moto) on loopback for tests.
 
 Every helper takes the test's :class:`ProcessGroup` so the process is stopped
 when the test ends, pass or fail. Readiness is polled with a deadline.
@@ -263,6 +263,16 @@ def scrape(metrics_url: str, name: str, **labels: str) -> float:
         for sample in family.samples
         if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
     )
+
+
+def metric(service_url: str, name: str, **labels: str) -> float:
+    """:func:`scrape` of ``<service_url>/metrics``: a router, engine or agent by its base URL."""
+    return scrape(f"{service_url}/metrics", name, **labels)
+
+
+def running(engine: Service) -> float:
+    """Requests an engine (``spotrelay sim vllm``) is running now, from its ``/metrics``."""
+    return metric(engine.url, "vllm:num_requests_running")
 
 
 def post_json(url: str, body: dict | None = None) -> dict:

@@ -1,6 +1,6 @@
 """Hostile engines and a control-plane probe, for tests of what one node can do to a router.
 
-:func:`scripted_engine` is a :class:`~tests.raw_server.RawServer` whose every
+:func:`scripted_engine` is a :class:`~tests.support.raw_server.RawServer` whose every
 connection reads one request and runs a test-written script on the socket
 (any bytes, any pace). :class:`ControlProbe` watches a router's control
 listener from a thread while a test attacks it: the worst ``/healthz``
@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 import psutil
 import requests
 
-from tests.raw_server import RawServer
 from tests.support import ROUTER_TOKEN, register_node
+
+from .raw_server import RawServer
 
 
 def completion_event(text: str = "a", finish: str | None = None) -> bytes:

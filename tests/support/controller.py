@@ -2,10 +2,9 @@
 
 A mixed-instances group like the gpu-pool module's (:func:`make_group`, with
 spot instances joined by :func:`attach_spot`), the documented EventBridge
-events as fixtures (:func:`documented`), the fake AWS credentials every such
-test needs (:func:`fake_aws_env`, a fixture the modules use with
-``pytest.mark.usefixtures``) and nodes registered with a router
-(:func:`register`).
+events as fixtures (:func:`documented`), and nodes registered with a router
+(:func:`register`). The modules take the test AWS credentials from
+conftest.py's ``fake_aws_credentials`` fixture (``pytest.mark.usefixtures``).
 
 moto cannot apply a *partial* mixed-instances update (AWS leaves what the
 request omits unchanged; moto requires the launch template). The controller
@@ -19,37 +18,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
-
-import boto3
-import pytest
 
 from spotrelay.core.net import free_port
-from tests.support import (
-    ROUTER_TOKEN,
-    MotoFront,
-    register_node,
-)
 
-REGION = "us-east-1"
-FIXTURES = Path(__file__).parent / "fixtures" / "eventbridge"
+from .aws import REGION, client
+from .services import ROUTER_TOKEN, MotoFront, register_node
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "eventbridge"
 INSTANCE = "i-1234567890abcdef0"
-
-
-@pytest.fixture
-def fake_aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Credentials and region for boto3 against moto; no instance metadata lookups."""
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }.items():
-        monkeypatch.setenv(key, value)
-
-
-def client(service: str, endpoint: str) -> Any:
-    return boto3.client(service, region_name=REGION, endpoint_url=endpoint)
 
 
 def documented(name: str, instance_id: str = INSTANCE, **detail: str) -> dict:

@@ -22,7 +22,8 @@ from spotrelay.core.net import wait_until
 from spotrelay.core.processes import ProcessGroup
 from spotrelay.router.balancer import rendezvous_weight
 from spotrelay.router.sse import SSEParser
-from tests.support import (
+
+from .services import (
     ROUTER_TOKEN,
     Service,
     post_json,

@@ -1,4 +1,4 @@
-"""The router's Flask app on Flask's test client, with :mod:`tests.router_fakes` as its nodes.
+"""The router's Flask app on Flask's test client, with :mod:`.router_fakes` as its nodes.
 
 Shared by the route tests (``test_router_app.py``, ``test_router_dataplane.py``):
 the HTTP layer (status codes, headers, error shapes) without gunicorn or sockets.
@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from spotrelay.router.app import create_app
 from spotrelay.router.service import RouterService
-from tests.router_fakes import A, FakeFleet, fast_config, report
 
-#: The node token :func:`tests.router_fakes.fast_config` configures.
+from .router_fakes import A, FakeFleet, fast_config, report
+
+#: The node token :func:`tests.support.router_fakes.fast_config` configures.
 TOKEN = "node-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

@@ -41,6 +41,10 @@ variables {
   model = {
     name = "Qwen/Qwen2.5-7B-Instruct"
   }
+  spotrelay_wheel = {
+    key    = "spotrelay/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08/spotrelay-0.1.0-py3-none-any.whl"
+    sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+  }
 }
 
 run "two_routers" {

@@ -131,13 +131,25 @@ def _driver(cfg, need_example_vars: bool, wheel=None):  # -> (driver, vars path,
     directory, is_example = resolve_dir(cfg.terraform.dir)
     binary = find_binary(cfg.terraform.binary)
     check_package(cfg.software)
-    values = tfvars(cfg, wheel.tfvar() if wheel else None)
+    values = tfvars(cfg, wheel.tfvar() if wheel else _last_wheel(directory, cfg))
     if is_example and need_example_vars:
         check_required(values)
     init_args = backend_args(cfg.terraform.backend_config, is_example)
     vars_file = write_tfvars(directory, values)
     print(f"spotrelay: {directory} with {vars_file.name} ({binary})")
     return TerraformDriver(binary, directory), vars_file, init_args
+
+
+def _last_wheel(directory, cfg) -> dict | None:
+    """The wheel the last ``up`` deployed, so down and preflight keep the variables valid."""
+    import json
+
+    from .deploy import VARS_FILE
+
+    path = directory / VARS_FILE
+    if cfg.software.spotrelay_pip_spec or not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("spotrelay_wheel")
 
 
 def _up(args: argparse.Namespace) -> int:

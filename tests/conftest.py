@@ -44,3 +44,12 @@ def moto_endpoint() -> Iterator[str]:
 
     with moto_server() as url:
         yield url
+
+
+@pytest.fixture
+def moto_url() -> Iterator[str]:
+    """A fresh moto server per test: each deploy test starts from an empty account."""
+    from .support import moto_server
+
+    with moto_server() as url:
+        yield url

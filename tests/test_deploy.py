@@ -14,69 +14,31 @@ import re
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import psutil
 import pytest
-import yaml
 
 from spotrelay.core.config import ConfigError, load
 from spotrelay.core.deploy import VARS_FILE, DeployConfig, StatusSection, backend_args, tfvars
 from spotrelay.core.deploy_status import gather, insecure_transport
 from spotrelay.core.net import wait_until
 from spotrelay.core.terraform_bin import find_binary
-from tests.support import ROUTER_TOKEN, moto_server, register_node, start_router
+from tests.deploy_support import (
+    AWS_ENV,
+    EXAMPLE,
+    REGION,
+    aws,
+    cli,
+    fake_wheel,
+    make_group,
+    minimal,
+    stand_in,
+    state_resources,
+    write_yaml,
+)
+from tests.support import ROUTER_TOKEN, register_node, start_router
 from tests.tfshim.shim import install
-
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLE = REPO / "terraform" / "examples" / "complete"
-CONFIG_MODULE = REPO / "terraform" / "modules" / "gpu-pool" / "modules" / "config"
-FIXTURE = Path(__file__).parent / "fixtures" / "deploy_offline"
-REGION = "us-east-1"
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": REGION,
-}
-
-
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 240):
-    """Run ``spotrelay ARGS`` as a real process from the repository root."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    base.update(AWS_ENV)
-    base.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "spotrelay.core.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=base,
-        timeout=timeout,
-    )
-
-
-def write_yaml(path: Path, doc: dict) -> Path:
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
-
-def minimal(**extra: object) -> dict:
-    doc: dict = {
-        "deployment": {
-            "name": "t1",
-            "region": REGION,
-            "vpc_id": "vpc-0123456789abcdef0",
-            "private_subnet_ids": ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"],
-            "public_subnet_ids": ["subnet-0cccccccccccccccc", "subnet-0dddddddddddddddd"],
-            "allowed_cidrs": ["203.0.113.0/24"],
-        },
-        "model": {"name": "Qwen/Qwen2.5-7B-Instruct", "served_name": "qwen"},
-    }
-    doc.update(extra)
-    return doc
-
 
 # -- YAML → tfvars -------------------------------------------------------------------------
 
@@ -283,62 +245,6 @@ def test_find_binary_prefers_terraform_then_tofu(tmp_path: Path) -> None:
 # -- end to end --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def moto_url() -> Iterator[str]:
-    """A fresh moto server per test: each deploy test starts from an empty account."""
-    with moto_server() as url:
-        yield url
-
-
-def aws(service: str, endpoint: str):
-    return boto3.client(
-        service,
-        region_name=REGION,
-        endpoint_url=endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-
-
-def make_group(endpoint: str, name: str, desired: int) -> list[str]:
-    ec2 = aws("ec2", endpoint)
-    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    ec2.create_launch_template(
-        LaunchTemplateName=f"{name}-lt",
-        LaunchTemplateData={"ImageId": image, "InstanceType": "g6.xlarge"},
-    )
-    asg = aws("autoscaling", endpoint)
-    asg.create_auto_scaling_group(
-        AutoScalingGroupName=name,
-        LaunchTemplate={"LaunchTemplateName": f"{name}-lt", "Version": "$Latest"},
-        MinSize=0,
-        MaxSize=desired + 1,
-        DesiredCapacity=desired,
-        AvailabilityZones=[f"{REGION}a"],
-    )
-    group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"][0]
-    return [i["InstanceId"] for i in group["Instances"]]
-
-
-def stand_in(tmp_path: Path) -> Path:
-    """The provider-free configuration, beside examples/complete's variables.tf."""
-    d = tmp_path / "deploy"
-    d.mkdir()
-    main = (FIXTURE / "main.tf").read_text().replace("CONFIG_MODULE", str(CONFIG_MODULE))
-    (d / "main.tf").write_text(main)
-    (d / "variables.tf").write_text((EXAMPLE / "variables.tf").read_text())
-    return d
-
-
-def state_resources(d: Path) -> list[str]:
-    path = d / "terraform.tfstate"
-    if not path.exists():
-        return []
-    state = json.loads(path.read_text())
-    managed = [r for r in state.get("resources", []) if r["mode"] == "managed"]
-    return [f"{r['type']}.{r['name']}" for r in managed]
-
-
 def test_up_status_down(tmp_path: Path, procs, logdir: Path, moto_url: str) -> None:
     token = "tok-" + "x" * 40
     shim = install(tmp_path / "bin")
@@ -362,13 +268,17 @@ def test_up_status_down(tmp_path: Path, procs, logdir: Path, moto_url: str) -> N
             pool={"min_size": 1, "desired_capacity": 2},
             variables={"test_router_url": router.url},
             status={"aws_endpoint_url": moto_url},
-            up={"poll_interval_s": 0.5},
+            up={"poll_interval_s": 0.5, "preflight": False},
         ),
     )
+    # The wheel's own path (build, hash, fetch on the node) is test_deploy_package's;
+    # here any spotrelay-*.whl file does, uploaded to the bucket the stand-in names.
+    aws("s3", moto_url).create_bucket(Bucket="t1-artifacts")
+    wheel = fake_wheel(tmp_path)
 
     # up: init, plan, apply through python-terraform's cmd() and the shim, then it
     # waits for the group's nodes: none of its instances is registered yet.
-    up = cli("up", "--config", str(deploy), "--wait-timeout", "3")
+    up = cli("up", "--config", str(deploy), "--wheel", str(wheel), "--wait-timeout", "3")
     assert up.returncode == 1, up.stdout + up.stderr
     assert "==> init" in up.stdout and "==> plan" in up.stdout and "==> apply" in up.stdout
     assert "-auto-approve" in up.stdout and "-input=false" in up.stdout
@@ -379,7 +289,7 @@ def test_up_status_down(tmp_path: Path, procs, logdir: Path, moto_url: str) -> N
     assert "timed out waiting for ready nodes" in up.stderr
     written = json.loads((d / VARS_FILE).read_text())
     assert written["model"]["served_name"] == "qwen" and written["scaling"]["desired_capacity"] == 2
-    assert state_resources(d) == ["terraform_data.deployment"]
+    assert state_resources(d) == ["terraform_data.artifacts", "terraform_data.deployment"]
     assert not (d / "spotrelay.tfplan").exists()
 
     # status before any group node is ready: the instances, and a non-zero exit
@@ -390,8 +300,9 @@ def test_up_status_down(tmp_path: Path, procs, logdir: Path, moto_url: str) -> N
     # The nodes register; up (a no-op apply) now reports the deployment ready.
     for port, iid in enumerate(instances, 8001):
         register_node(router.url, token, iid, f"http://127.0.0.1:{port}", "qwen", instance_id=iid)
-    up = cli("up", "--config", str(deploy))
+    up = cli("up", "--config", str(deploy), "--wheel", str(wheel))
     assert up.returncode == 0, up.stdout + up.stderr
+    assert "already there" in up.stdout  # same wheel, same key: nothing uploaded twice
     assert "ready 2/2" in up.stdout and "deployment ready" in up.stdout
     assert f"OpenAI base_url = {router.url}/v1" in up.stdout
 
@@ -416,7 +327,7 @@ def test_up_status_down(tmp_path: Path, procs, logdir: Path, moto_url: str) -> N
     dry = cli("down", "--config", str(deploy))
     assert dry.returncode == 1
     assert "re-run with --yes" in dry.stdout
-    assert state_resources(d) == ["terraform_data.deployment"]
+    assert state_resources(d) == ["terraform_data.artifacts", "terraform_data.deployment"]
 
     down = cli("down", "--config", str(deploy), "--yes")
     assert down.returncode == 0, down.stdout + down.stderr

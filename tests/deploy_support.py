@@ -1,0 +1,133 @@
+"""Helpers for the deployment CLI's tests (``spotrelay up|down|status|preflight|scale``).
+
+``cli`` runs ``spotrelay`` as a real process from the repository root with
+test credentials; ``stand_in`` lays out the provider-free stand-in for
+terraform/examples/complete (tests/fixtures/deploy_offline) beside the
+example's real variables.tf, so what spotrelay writes must fit the example.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "terraform" / "examples" / "complete"
+CONFIG_MODULE = REPO / "terraform" / "modules" / "gpu-pool" / "modules" / "config"
+ROUTER_CONFIG_MODULE = REPO / "terraform" / "modules" / "router" / "modules" / "config"
+FIXTURE = Path(__file__).parent / "fixtures" / "deploy_offline"
+REGION = "us-east-1"
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": REGION,
+}
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 240):
+    """Run ``spotrelay ARGS`` as a real process from the repository root."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    base.update(AWS_ENV)
+    base.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "spotrelay.core.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=base,
+        timeout=timeout,
+    )
+
+
+def write_yaml(path: Path, doc: dict) -> Path:
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def minimal(**extra: object) -> dict:
+    doc: dict = {
+        "deployment": {
+            "name": "t1",
+            "region": REGION,
+            "vpc_id": "vpc-0123456789abcdef0",
+            "private_subnet_ids": ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"],
+            "public_subnet_ids": ["subnet-0cccccccccccccccc", "subnet-0dddddddddddddddd"],
+            "allowed_cidrs": ["203.0.113.0/24"],
+        },
+        "model": {"name": "Qwen/Qwen2.5-7B-Instruct", "served_name": "qwen"},
+    }
+    doc.update(extra)
+    return doc
+
+
+def aws(service: str, endpoint: str):
+    return boto3.client(
+        service,
+        region_name=REGION,
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def make_group(endpoint: str, name: str, desired: int) -> list[str]:
+    ec2 = aws("ec2", endpoint)
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    ec2.create_launch_template(
+        LaunchTemplateName=f"{name}-lt",
+        LaunchTemplateData={"ImageId": image, "InstanceType": "g6.xlarge"},
+    )
+    asg = aws("autoscaling", endpoint)
+    asg.create_auto_scaling_group(
+        AutoScalingGroupName=name,
+        LaunchTemplate={"LaunchTemplateName": f"{name}-lt", "Version": "$Latest"},
+        MinSize=0,
+        MaxSize=desired + 1,
+        DesiredCapacity=desired,
+        AvailabilityZones=[f"{REGION}a"],
+    )
+    group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"][0]
+    return [i["InstanceId"] for i in group["Instances"]]
+
+
+def stand_in(tmp_path: Path) -> Path:
+    """The provider-free configuration, beside examples/complete's variables.tf."""
+    d = tmp_path / "deploy"
+    d.mkdir()
+    main = (FIXTURE / "main.tf").read_text()
+    main = main.replace("ROUTER_CONFIG_MODULE", str(ROUTER_CONFIG_MODULE))
+    (d / "main.tf").write_text(main.replace("CONFIG_MODULE", str(CONFIG_MODULE)))
+    (d / "artifacts.tf").write_text((FIXTURE / "artifacts.tf").read_text())
+    (d / "variables.tf").write_text((EXAMPLE / "variables.tf").read_text())
+    return d
+
+
+def state_resources(d: Path) -> list[str]:
+    path = d / "terraform.tfstate"
+    if not path.exists():
+        return []
+    state = json.loads(path.read_text())
+    managed = [r for r in state.get("resources", []) if r["mode"] == "managed"]
+    return [f"{r['type']}.{r['name']}" for r in managed]
+
+
+def fake_wheel(directory: Path, version: str = "0.0.0") -> Path:
+    """A small spotrelay-*.whl (a zip with one file): for tests that only move it."""
+    import zipfile
+
+    path = directory / f"spotrelay-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("spotrelay/__init__.py", f"VERSION = {version!r}\n")
+    return path
+
+
+def user_data_file(user_data: str, path: str) -> str:
+    """The content cloud-init writes to ``path`` from rendered #cloud-config user data."""
+    doc = yaml.safe_load(user_data)
+    return next(f["content"] for f in doc["write_files"] if f["path"] == path)

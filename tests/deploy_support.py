@@ -118,12 +118,19 @@ def state_resources(d: Path) -> list[str]:
 
 
 def fake_wheel(directory: Path, version: str = "0.0.0") -> Path:
-    """A small spotrelay-*.whl (a zip with one file): for tests that only move it."""
+    """A tiny valid spotrelay wheel (one module): for tests that move or fetch it."""
     import zipfile
 
     path = directory / f"spotrelay-{version}-py3-none-any.whl"
+    info = f"spotrelay-{version}.dist-info"
     with zipfile.ZipFile(path, "w") as z:
-        z.writestr("spotrelay/__init__.py", f"VERSION = {version!r}\n")
+        z.writestr("spotrelay_fake/__init__.py", f"VERSION = {version!r}\n")
+        z.writestr(
+            f"{info}/METADATA", f"Metadata-Version: 2.1\nName: spotrelay\nVersion: {version}\n"
+        )
+        z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
+                   "Tag: py3-none-any\n")  # fmt: skip
+        z.writestr(f"{info}/RECORD", "")
     return path
 
 

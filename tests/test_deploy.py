@@ -28,6 +28,7 @@ from tests.deploy_support import (
     AWS_ENV,
     EXAMPLE,
     REGION,
+    REPO,
     aws,
     cli,
     fake_wheel,
@@ -444,3 +445,57 @@ def test_failed_terraform_step_shows_terraform_error_not_python_terraform_noise(
     err = capfd.readouterr().err
     assert "Error: Unsupported argument" in err
     assert "error: None" not in err + caplog.text
+
+
+def test_scale_resizes_the_group_and_waits_for_ready_nodes(
+    tmp_path: Path, procs, logdir: Path, moto_url: str
+) -> None:
+    """scale N: SetDesiredCapacity within min/max, then N ready nodes; outside: the range."""
+    token = "tok-" + "s" * 40
+    instances = make_group(moto_url, "t1-gpu", desired=2)  # min 0, max 3
+    router = start_router(
+        procs, logdir, {"auth": {"node_token": token}, "registry": {"ttl_s": 600}}
+    )
+    for port, iid in enumerate(instances, 8001):
+        register_node(router.url, token, iid, f"http://127.0.0.1:{port}", "qwen", instance_id=iid)
+    status = {"router_url": router.url, "node_token": token, "asg_name": "t1-gpu",
+              "aws_endpoint_url": moto_url}  # fmt: skip
+    deploy = write_yaml(
+        tmp_path / "d.yaml",
+        {"deployment": {"region": REGION}, "status": status, "up": {"poll_interval_s": 0.3}},
+    )
+    too_big = cli("scale", "5", "--config", str(deploy))
+    assert too_big.returncode == 1
+    assert too_big.stderr.strip() == (
+        "spotrelay scale: 5 is outside t1-gpu's range 0..3: set pool.min_size/pool.max_size "
+        "and run spotrelay up first"
+    )
+    asg = aws("autoscaling", moto_url)
+    group = lambda: asg.describe_auto_scaling_groups(AutoScalingGroupNames=["t1-gpu"])[  # noqa: E731
+        "AutoScalingGroups"
+    ][0]
+    assert group()["DesiredCapacity"] == 2
+
+    scale = subprocess.Popen(
+        [sys.executable, "-m", "spotrelay.core.cli", "scale", "3", "--config", str(deploy),
+         "--wait-timeout", "60"],
+        cwd=REPO, env={**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+                       **AWS_ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: len(group()["Instances"]) == 3, timeout=30, what="a third instance")
+        (new,) = {i["InstanceId"] for i in group()["Instances"]} - set(instances)
+        assert scale.poll() is None  # still waiting: the new node is not ready yet
+        register_node(router.url, token, new, "http://127.0.0.1:8009", "qwen", instance_id=new)
+        out, err = scale.communicate(timeout=60)
+    finally:
+        if scale.poll() is None:
+            scale.kill()
+            scale.communicate()
+    assert scale.returncode == 0, out + err
+    assert "t1-gpu desired capacity 2 -> 3 (min 0, max 3)" in out
+    assert "ready 3/3" in out and "3 nodes ready" in out
+
+    down = cli("scale", "1", "--config", str(deploy), "--wait-timeout", "30")
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert group()["DesiredCapacity"] == 1 and "1 nodes ready" in down.stdout

@@ -298,13 +298,18 @@ def test_up_status_down(tmp_path: Path, procs, logdir: Path, moto_url: str) -> N
     assert status.returncode == 1 and "no node is ready" in status.stderr
     assert "i-0abc1234" in status.stdout and "desired=2 min=0" in status.stdout
 
-    # The nodes register; up (a no-op apply) now reports the deployment ready.
+    # The nodes register; up (a no-op apply) now reports the deployment ready. It
+    # waits for the group's actual desired count (2), not pool.desired_capacity,
+    # which Terraform applies only when it creates the group, and says so.
     for port, iid in enumerate(instances, 8001):
         register_node(router.url, token, iid, f"http://127.0.0.1:{port}", "qwen", instance_id=iid)
-    up = cli("up", "--config", str(deploy), "--wheel", str(wheel))
+    env = {"SPOTRELAY_POOL_DESIRED_CAPACITY": "3"}
+    up = cli("up", "--config", str(deploy), "--wheel", str(wheel), env=env)
     assert up.returncode == 0, up.stdout + up.stderr
     assert "already there" in up.stdout  # same wheel, same key: nothing uploaded twice
     assert "ready 2/2" in up.stdout and "deployment ready" in up.stdout
+    assert "the group runs 2 nodes, not pool.desired_capacity 3" in up.stdout
+    assert "spotrelay scale 3 resizes it" in up.stdout
     assert f"OpenAI base_url = {router.url}/v1" in up.stdout
 
     # status: the router's /nodes (token from SSM in moto) and the ASG's instances

@@ -48,8 +48,15 @@ def moto_endpoint() -> Iterator[str]:
 
 @pytest.fixture
 def moto_url() -> Iterator[str]:
-    """A fresh moto server per test: each deploy test starts from an empty account."""
+    """A fresh moto server per test: each deploy test starts from an empty account.
+
+    moto's backends are process-global, so a new server alone would still see
+    what earlier tests created: its reset API empties them first.
+    """
+    import urllib.request
+
     from .support import moto_server
 
     with moto_server() as url:
+        urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"))
         yield url

@@ -116,7 +116,8 @@ def _load(args: argparse.Namespace):  # -> DeployConfig
     return load(DeployConfig, args.config, overrides=overrides)
 
 
-def _driver(cfg, need_example_vars: bool, wheel=None):  # -> (driver, vars path, init args)
+def _driver(cfg, need_example_vars: bool, wheel=None, need_backend: bool = True):
+    """(TerraformDriver, vars file, init arguments) for the configured directory."""
     from .deploy import (
         TerraformDriver,
         backend_args,
@@ -134,7 +135,7 @@ def _driver(cfg, need_example_vars: bool, wheel=None):  # -> (driver, vars path,
     values = tfvars(cfg, wheel.tfvar() if wheel else _last_wheel(directory, cfg))
     if is_example and need_example_vars:
         check_required(values)
-    init_args = backend_args(cfg.terraform.backend_config, is_example)
+    init_args = backend_args(cfg.terraform.backend_config, is_example and need_backend)
     vars_file = write_tfvars(directory, values)
     print(f"spotrelay: {directory} with {vars_file.name} ({binary})")
     return TerraformDriver(binary, directory), vars_file, init_args
@@ -288,7 +289,7 @@ def _preflight(args: argparse.Namespace) -> int:
     from .preflight_pool import PoolPlanError
 
     cfg = _load(args)
-    driver, _, _ = _driver(cfg, need_example_vars=True)
+    driver, _, _ = _driver(cfg, need_example_vars=True, need_backend=False)
     try:
         return 0 if _run_preflight(cfg, driver) else 1
     except PoolPlanError as exc:

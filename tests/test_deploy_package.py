@@ -248,7 +248,7 @@ def test_example_artifacts_bucket_on_moto(tmp_path: Path, moto_url: str) -> None
         bucket = driver.outputs()["artifacts_bucket"]
     finally:
         del os.environ["TF_CLI_CONFIG_FILE"]
-    assert bucket == "t1-artifacts-123456789012-us-east-1"
+    assert bucket == "t1-art-123456789012-us-east-1"
     s3 = aws("s3", moto_url)
     assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
     rule = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"][0]

@@ -14,8 +14,9 @@
 data "aws_caller_identity" "current" {}
 
 locals {
-  # Deterministic, so the instance roles' s3:GetObject statement is known at plan.
-  artifacts_bucket = "${var.name}-artifacts-${data.aws_caller_identity.current.account_id}-${var.region}"
+  # Deterministic, so the instance roles' s3:GetObject statement is known at plan;
+  # at most 28 + 5 + 12 + 1 + 14 = 60 characters (S3 allows 63).
+  artifacts_bucket = "${var.name}-art-${data.aws_caller_identity.current.account_id}-${var.region}"
   # What the routers and GPU nodes install: the uploaded wheel, or a pinned requirement.
   spotrelay_package = var.spotrelay_wheel != null ? {
     pip_spec = "s3://${local.artifacts_bucket}/${var.spotrelay_wheel.key}"

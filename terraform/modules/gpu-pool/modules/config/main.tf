@@ -9,6 +9,9 @@ locals {
   # spotrelay-fetch-package fetches one file and checks its sha256 before pip
   # sees it; the node then installs that file with the agent and NVML extras
   # (spotrelay[agent,gpu]), nothing of the router or the simulator.
+  # templates/fetch-package.sh is the same file as the router module's (a
+  # test keeps the copies equal; each module must work on its own). It is
+  # terse on purpose: it counts against the 16 KB user-data limit.
   package_extras    = "agent,gpu"
   package_spec      = coalesce(var.spotrelay.pip_spec, "-")
   package_sha256    = coalesce(var.spotrelay.sha256, "-")

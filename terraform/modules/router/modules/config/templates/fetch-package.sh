@@ -1,12 +1,5 @@
 #!/bin/bash
-# spotrelay-fetch-package PYTHON SOURCE SHA256 REGION: fetch the spotrelay
-# package and print the local file, only if its sha256 is SHA256. Both the
-# router and the GPU node install what this prints, so nothing unverified is
-# ever installed (docs/deploy.md, "The package the instances install").
-# The router module ships the same file (tests/test_deploy_package.py keeps
-# the two copies equal: each module must work when used on its own).
-#   SOURCE s3://bucket/key.whl   read with the instance role (botocore in PYTHON)
-#   SOURCE a pip requirement/URL pip download --no-deps --require-hashes
+# spotrelay-fetch-package PYTHON SOURCE SHA256 REGION: print the fetched file only if its sha256 matches
 set -euo pipefail
 py=$1 src=$2 want=$3 region=$4
 dir=$(mktemp -d)
@@ -14,7 +7,7 @@ case "$src" in
   s3://*)
     "$py" - "$src" "$dir" "$region" >&2 <<'PY'
 import os, sys, botocore.session
-bucket, _, key = sys.argv[1][len("s3://"):].partition("/")
+bucket, _, key = sys.argv[1][5:].partition("/")
 s3 = botocore.session.get_session().create_client("s3", region_name=sys.argv[3])
 with open(os.path.join(sys.argv[2], os.path.basename(key)), "wb") as f:
     f.write(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
@@ -22,7 +15,7 @@ PY
     ;;
   *)
     printf '%s --hash=sha256:%s\n' "$src" "$want" > "$dir.txt"
-    "$py" -m pip download --quiet --no-deps --require-hashes -r "$dir.txt" -d "$dir" >&2 ;;
+    "$py" -m pip download -q --no-deps --require-hashes -r "$dir.txt" -d "$dir" >&2 ;;
 esac
 file=$(find "$dir" -maxdepth 1 -type f | head -n 1)
 got=$(sha256sum "$file" | cut -d ' ' -f 1)

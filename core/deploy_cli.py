@@ -161,7 +161,11 @@ def _up(args: argparse.Namespace) -> int:
     cfg = _load(args)
     try:
         wheel = _wheel(cfg, args)
-        driver, vars_file, init_args = _driver(cfg, need_example_vars=True, wheel=wheel)
+    except ArtifactError as exc:
+        print(f"spotrelay up: {exc}", file=sys.stderr)
+        return 1
+    driver, vars_file, init_args = _driver(cfg, need_example_vars=True, wheel=wheel)
+    try:
         if cfg.up.preflight and not args.skip_preflight and not _run_preflight(cfg, driver):
             print("spotrelay up: preflight failed; nothing applied", file=sys.stderr)
             return 1
@@ -178,8 +182,7 @@ def _up(args: argparse.Namespace) -> int:
         print(f"spotrelay up: {exc}", file=sys.stderr)
         return 1
     finally:
-        if "driver" in locals():
-            driver.cleanup()
+        driver.cleanup()
     print("\nspotrelay up: applied\n" + format_outputs(outputs))
     if cfg.up.wait and not _wait_ready(cfg, outputs):
         return 1

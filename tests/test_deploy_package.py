@@ -263,3 +263,12 @@ def test_example_artifacts_bucket_on_moto(tmp_path: Path, moto_url: str) -> None
     # moto evaluates the bucket policy: the same upload over plain HTTP is refused.
     with pytest.raises(ArtifactError, match="Forbidden"):
         upload(s3, bucket, wheel, echo=lambda _: None)
+
+
+def test_up_refuses_a_wheel_that_is_not_one(tmp_path: Path) -> None:
+    other = tmp_path / "notes.txt"
+    other.write_text("x")
+    doc = minimal(terraform={"dir": str(stand_in(tmp_path))})
+    proc = cli("up", "--config", str(write_yaml(tmp_path / "d.yaml", doc)), "--wheel", str(other))
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"spotrelay up: --wheel {other}: not a spotrelay-*.whl file"

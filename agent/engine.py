@@ -4,7 +4,9 @@
   when that answers 404, as on llama-cpp-python's server, a ``/v1/models``
   that answers is the health check), ``/v1/models`` and the load gauges on
   ``/metrics`` (``vllm:num_requests_running``, ``vllm:num_requests_waiting``,
-  ``vllm:kv_cache_usage_perc``; older vLLM's ``vllm:gpu_cache_usage_perc``).
+  ``vllm:kv_cache_usage_perc``; older vLLM's ``vllm:gpu_cache_usage_perc``) and
+  the generated-token counter ``vllm:generation_tokens_total``, whose
+  standing still while requests run is how a hung GPU shows (:mod:`.hang`).
 - :class:`ProcessWatch`: finds the engine process with psutil and notices at
   once when it is gone (a crash shows up before ``/health`` times out).
 - :func:`stop_unit`: ``systemctl stop`` of the engine's systemd unit.
@@ -30,16 +32,19 @@ log = logging.getLogger("spotrelay.agent.engine")
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
 KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+GENERATED = "vllm:generation_tokens_total"
 
 
-def parse_metrics(text: str) -> NodeLoad:
-    """Sum the load gauges over every ``model_name`` the engine reports.
+def read_metrics(text: str) -> tuple[NodeLoad, float | None]:
+    """The load gauges and the generated-token counter, summed over every ``model_name``.
 
-    A missing gauge counts as 0; a malformed exposition raises ``ValueError``.
+    A missing gauge counts as 0, a missing counter is ``None`` (the engine
+    cannot be watched for stalls); a malformed exposition raises ``ValueError``.
     """
     from prometheus_client.parser import text_string_to_metric_families
 
     running = waiting = 0.0
+    generated: float | None = None
     kv: list[float] = []
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -49,9 +54,17 @@ def parse_metrics(text: str) -> NodeLoad:
                 waiting += sample.value
             elif sample.name in KV_USAGE:
                 kv.append(sample.value)
-    return NodeLoad(
+            elif sample.name == GENERATED:
+                generated = (generated or 0.0) + sample.value
+    load = NodeLoad(
         running=int(running), waiting=int(waiting), kv_cache_usage=max(kv) if kv else 0.0
     )
+    return load, generated
+
+
+def parse_metrics(text: str) -> NodeLoad:
+    """The load gauges alone (see :func:`read_metrics`)."""
+    return read_metrics(text)[0]
 
 
 @dataclass
@@ -63,6 +76,8 @@ class EngineStatus:
     load: NodeLoad | None = None
     process_alive: bool | None = None  # None: not watched / not found yet
     error: str | None = None
+    generated: float | None = None  # vllm:generation_tokens_total; None: not exported
+    stalled: bool = False  # requests running, no token for engine.stall_after_s (.hang)
 
     def serves(self, model: str | None) -> list[str]:
         """The models to advertise: ``model`` if listed (or all listed if unset)."""
@@ -71,7 +86,12 @@ class EngineStatus:
         return [model] if model in self.models else []
 
     def ready(self, model: str | None) -> bool:
-        return self.healthy and self.process_alive is not False and bool(self.serves(model))
+        return (
+            self.healthy
+            and not self.stalled
+            and self.process_alive is not False
+            and bool(self.serves(model))
+        )
 
     @property
     def idle(self) -> bool:
@@ -126,16 +146,43 @@ class EngineProbe:
         except EngineUnreachable:
             return []
 
-    def load(self) -> NodeLoad | None:
-        """Current load, or ``None`` if ``/metrics`` is unreachable or unreadable."""
+    def metrics(self) -> tuple[NodeLoad, float | None] | None:
+        """Load and generated tokens (:func:`read_metrics`); ``None`` if ``/metrics`` fails."""
         try:
             status, data = self.get("/metrics")
             if status != 200:
                 return None
-            return parse_metrics(data.decode("utf-8", "replace"))
+            return read_metrics(data.decode("utf-8", "replace"))
         except (EngineUnreachable, ValueError) as exc:
             log.debug("engine metrics unavailable: %s", exc)
             return None
+
+    def load(self) -> NodeLoad | None:
+        """Current load, or ``None`` if ``/metrics`` is unreachable or unreadable."""
+        read = self.metrics()
+        return None if read is None else read[0]
+
+    def canary(self, model: str) -> bool:
+        """Ask for one token (``POST /v1/completions``); True if the engine answered in time.
+
+        Any answer counts: a refusal (a chat-only server, say) shows the
+        generation path is not wedged, and must not keep a working node out.
+        """
+        body = json.dumps({"model": model, "prompt": "ping", "max_tokens": 1}).encode()
+        try:
+            resp = self._http.request(
+                "POST",
+                self.base + "/v1/completions",
+                body=body,
+                headers={"Content-Type": "application/json"},
+                timeout=self._timeout,
+            )
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            log.debug("canary request unanswered: %s", exc)
+            return False
+        if resp.status != 200:
+            log.info("canary request answered %s: taken as a working engine", resp.status)
+        return True
 
     def probe(self) -> EngineStatus:
         try:
@@ -153,7 +200,9 @@ class EngineProbe:
             return EngineStatus(healthy=False, error=f"{path} answered {status}")
         if models is None:
             models = self.models()
-        return EngineStatus(healthy=True, models=models, load=self.load())
+        read = self.metrics()
+        load, generated = read if read is not None else (None, None)
+        return EngineStatus(healthy=True, models=models, load=load, generated=generated)
 
 
 class EngineUnreachable(Exception):

@@ -64,6 +64,14 @@ class AgentMetrics:
             registry=r,
         )
         self.engine_process.set(-1)
+        self.engine_unhealthy = Counter(
+            PREFIX + "engine_unhealthy_total",
+            "Times the node was reported unhealthy, by reason (no_answer: the health check "
+            "timed out or was refused; stalled: requests running, no token generated; error; "
+            "process_gone; no_model)",
+            ["reason"],
+            registry=r,
+        )
         self.heartbeats = Counter(
             PREFIX + "heartbeats_total",
             "Acknowledged heartbeats, by router",

@@ -9,6 +9,8 @@ scheduled-maintenance timer):
 - ``engine-watch``: the engine process every ``engine.check_interval_s``
   and a full probe (``/health``, ``/v1/models``, ``/metrics``, host stats)
   every ``heartbeat.interval_s``, or at once when the process disappears;
+  an engine that stops answering or generating (:mod:`.hang`) makes the node
+  ``unhealthy`` on every router at once (the links are woken);
 - one heartbeat link per router (:class:`.routers.RouterLink`);
 - the drain worker (:class:`.drain.DrainMachine`) while a drain runs;
 - the ``/metrics`` server.
@@ -38,6 +40,7 @@ from .drain import STATE_FILE, DrainMachine, DrainPolicy, StateStore, read_boot_
 from .engine import EngineProbe, EngineStatus, ProcessWatch
 from .events import Event
 from .eventstore import EventStore
+from .hang import TokenStall
 from .hoststats import HostSampler
 from .imds import Identity, ImdsClient, ImdsError
 from .lifecycle import LifecycleHook
@@ -105,6 +108,7 @@ class Agent:
         self.process = ProcessWatch(cfg.engine.process_name, self.engine.port)
         self.host = HostSampler()
         self.status: EngineStatus | None = None
+        self.stall = TokenStall(cfg.engine.stall_after_s)
         self.models: list[str] = []
         self.registered = False
         self.acks = RouterAcks()  # which routers took the node as ready (launch gate)
@@ -264,7 +268,12 @@ class Agent:
         )
 
     def desired_state(self) -> NodeState | None:
-        """What the routers should be told now; None: nothing (not registered, or gone)."""
+        """What the routers should be told now; None: nothing (not registered, or gone).
+
+        A registered node whose engine stopped serving outside a drain is
+        ``unhealthy``: its open requests will not finish there, so the routers
+        move them (``draining`` would let them run out).
+        """
         drain = self.drain
         if drain is not None and drain.silenced:
             return None
@@ -274,7 +283,7 @@ class Agent:
         if status is not None and status.ready(self.cfg.engine.model):
             return NodeState.READY
         if self.registered:
-            return NodeState.DRAINING
+            return NodeState.UNHEALTHY
         return None
 
     def current_report(self) -> NodeReport | None:
@@ -305,6 +314,15 @@ class Agent:
     def _refresh_engine(self, alive: bool | None) -> None:
         status = self.engine.probe()
         status.process_alive = alive
+        running = status.load.running if status.load is not None else None
+        stalled = status.healthy and self.stall.observe(time.monotonic(), running, status.generated)
+        if stalled and self.stall.needs_canary(running):
+            model = self.cfg.engine.model or (status.models[0] if status.models else None)
+            if model and self.engine.canary(model):
+                log.info("the stalled engine answered a one-token request: generating again")
+                self.stall.recovered()
+                stalled = False
+        status.stalled = stalled
         self.detector.observe(status.healthy)
         served = status.serves(self.cfg.engine.model)
         if served:
@@ -318,17 +336,39 @@ class Agent:
             log.debug("host stats failed: %s", exc)
         state = self.desired_state()
         if state != self._last_state:
-            if alive is False:
-                why = "engine process gone"
-            elif ready:
-                why = "engine ready"
-            elif not status.healthy:
-                why = f"engine unhealthy ({status.error or 'no answer'})"
-            else:
-                why = "engine does not list the model"
-            log.info("node state %s -> %s: %s", self._last_state, state, why)
+            why = self._why(status, alive, ready)
+            level = logging.WARNING if state is NodeState.UNHEALTHY else logging.INFO
+            log.log(level, "node state %s -> %s: %s", self._last_state, state, why)
+            if state is NodeState.UNHEALTHY:
+                self.metrics.engine_unhealthy.labels(self._unhealthy_reason(status, alive)).inc()
             self._last_state = state
             self.wake_links()
+
+    def _why(self, status: EngineStatus, alive: bool | None, ready: bool) -> str:
+        if alive is False:
+            return "engine process gone"
+        if ready:
+            return "engine ready"
+        if status.stalled:
+            running = status.load.running if status.load else 0
+            return (
+                f"engine hung: {running} requests running and no token generated for "
+                f"{self.stall.stalled_for(time.monotonic()):.1f}s"
+            )
+        if not status.healthy:
+            return f"engine unhealthy ({status.error or 'no answer'})"
+        return "engine does not list the model"
+
+    @staticmethod
+    def _unhealthy_reason(status: EngineStatus, alive: bool | None) -> str:
+        """The label of ``spotrelay_agent_engine_unhealthy_total``."""
+        if alive is False:
+            return "process_gone"
+        if status.stalled:
+            return "stalled"
+        if not status.healthy:
+            return "no_answer" if status.error and status.error.startswith("GET") else "error"
+        return "no_model"
 
     def _engine_tick(self) -> None:
         """Watch the engine process; probe its API when it changes, else once per heartbeat."""

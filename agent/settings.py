@@ -74,7 +74,19 @@ class Engine:
     check_interval_s: float = setting(
         0.5, min=0.05, max=60, help="how often the engine process is checked (psutil)"
     )
-    timeout_s: float = setting(2, min=0.05, max=60, help="HTTP timeout of engine probes")
+    timeout_s: float = setting(
+        2,
+        min=0.05,
+        max=60,
+        help="HTTP timeout of engine probes; a health check not answered in it reports the "
+        "node unhealthy at once",
+    )
+    stall_after_s: float = setting(
+        10,
+        min=0,
+        help="requests running and vllm:generation_tokens_total unchanged this long: the engine "
+        "is hung, reported unhealthy at once (0 = off)",
+    )
     stop_timeout_s: float = setting(
         120, min=1, help="wait this long for 'systemctl stop' (vLLM --shutdown-timeout)"
     )

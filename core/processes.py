@@ -102,6 +102,8 @@ class ManagedProcess:
             return None
         if self.alive():
             self.signal(signal.SIGTERM)
+            # A frozen (SIGSTOPped) process only sees the SIGTERM once continued.
+            self.signal(signal.SIGCONT)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

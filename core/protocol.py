@@ -28,6 +28,7 @@ class NodeState(StrEnum):
 
     READY = "ready"
     DRAINING = "draining"
+    UNHEALTHY = "unhealthy"
 
 
 @dataclass(frozen=True)

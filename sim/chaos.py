@@ -1,9 +1,9 @@
-"""The demo's chaos: when to preempt or kill which node, and what the router saw.
+"""The demo's chaos: when to preempt, kill or freeze which node, and what the router saw.
 
-:func:`plan_events` spreads spot notices and hard kills over the run with a
-seeded RNG, so a demo is repeatable. :class:`FleetObserver` polls the router's
-``GET /nodes`` and records each node's transitions (ready, draining, excluded,
-gone) and a once-a-second sample of the fleet, which the report turns into
+:func:`plan_events` spreads spot notices, hard kills and freezes over the run
+with a seeded RNG, so a demo is repeatable. :class:`FleetObserver` polls the
+router's ``GET /nodes`` and records each node's transitions (ready, draining,
+excluded, back, gone) and a once-a-second sample of the fleet, which the report turns into
 the per-event timeline and the chart.
 """
 
@@ -12,15 +12,31 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
+
+
+class Target(Protocol):
+    """What the chaos needs to know of a node."""
+
+    name: str
+    lifecycle: str
+
+
+N = TypeVar("N", bound=Target)
 
 
 @dataclass
 class PlannedEvent:
     at_s: float  # seconds after traffic starts
-    kind: str  # "spot_notice", "hard_kill" or "dead_agent" (agent killed, then a notice)
+    # "spot_notice", "hard_kill", "dead_agent" (agent killed, then a notice), "freeze"
+    # (engine SIGSTOPped, its agent running) or "host_freeze" (engine and agent stopped)
+    kind: str
+
+
+#: the faults that close no socket: the node goes silent instead of away
+FREEZES = ("freeze", "host_freeze")
 
 
 def plan_events(
@@ -29,6 +45,8 @@ def plan_events(
     hard_kills: int,
     rng: random.Random,
     dead_agents: int = 0,
+    freezes: int = 0,
+    host_freezes: int = 0,
 ) -> list[PlannedEvent]:
     """Spread the events over the middle of the run, leaving time to recover at the end.
 
@@ -38,6 +56,11 @@ def plan_events(
     """
     kinds = ["spot_notice"] * preemptions + ["hard_kill"] * hard_kills
     rng.shuffle(kinds)
+    # Freezes go after the others (in a shuffled order of their own), so adding them
+    # leaves the notices' and kills' order for a seed as it was.
+    silent = ["freeze"] * freezes + ["host_freeze"] * host_freezes
+    rng.shuffle(silent)
+    kinds += silent
     # A dead agent's notice goes first: the agent is killed, then the notice comes.
     kinds = ["dead_agent"] * dead_agents + kinds
     if not kinds:
@@ -50,12 +73,40 @@ def plan_events(
     ]
 
 
+def pick_victim(
+    kind: str,
+    alive: Sequence[N],
+    router_view: list[dict[str, Any]],
+    hit: set[str],
+    rng: random.Random,
+) -> N | None:
+    """A node that is up, ready at the router and not already hit by an event.
+
+    A hard kill or a freeze prefers a node with requests in flight: hitting an
+    idle one (a replacement that just joined, at a low request rate) shows
+    nothing. Only spot nodes are hit (spot notices exist only on spot instances).
+    """
+    view = {entry.get("id"): entry for entry in router_view}
+    candidates = [
+        n
+        for n in alive
+        if n.name not in hit
+        and n.lifecycle == "spot"
+        and view.get(n.name, {}).get("state") == "ready"
+    ]
+    busy = [n for n in candidates if view[n.name].get("in_flight", 0) > 0]
+    if kind in ("hard_kill", *FREEZES) and busy:
+        candidates = busy
+    return rng.choice(candidates) if candidates else None
+
+
 @dataclass
 class NodeHistory:
     """First time the router showed a node in each condition (seconds since t0)."""
 
     first_ready: float | None = None
     excluded: float | None = None  # draining, ejected or gone after being ready
+    back: float | None = None  # ready again after being excluded (a thawed freeze)
     gone: float | None = None
 
 
@@ -67,7 +118,13 @@ class Sample:
 
 
 def _excluded(entry: dict[str, Any]) -> bool:
-    return entry.get("state") != "ready" or bool(entry.get("ejected"))
+    """Not routable: draining, ejected, or reported ``unhealthy`` by its agent (which
+    routers treat as gone for routing)."""
+    return (
+        entry.get("state") != "ready"
+        or entry.get("reported_state") == "unhealthy"
+        or bool(entry.get("ejected"))
+    )
 
 
 @dataclass
@@ -119,6 +176,8 @@ class FleetObserver:
             if not _excluded(entry):
                 if hist.first_ready is None:
                     hist.first_ready = now
+                elif hist.excluded is not None and hist.back is None:
+                    hist.back = now
             elif hist.first_ready is not None and hist.excluded is None:
                 hist.excluded = now
         for name, hist in self.histories.items():

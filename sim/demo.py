@@ -2,10 +2,13 @@
 
 The run: start a router and N nodes on loopback, wait until all are ready,
 drive OpenAI traffic for ``duration_s``, inject spot notices (the node is
-reclaimed when the notice's time arrives, as EC2 would) and hard kills (no
-notice), launch a replacement for every lost node (as the Auto Scaling group
-would), then report what the clients saw. Exit status 0 means no client saw
-a failure, so the demo doubles as an end-to-end smoke test.
+reclaimed when the notice's time arrives, as EC2 would), hard kills (no
+notice) and freezes (no socket closes: the engine SIGSTOPped for
+``freeze_s``, then continued; or the whole host, engine and agent, stopped
+and terminated after ``freeze_s``), launch a replacement for every lost node
+(as the Auto Scaling group would), then report what the clients saw. Exit
+status 0 means no client saw a failure, so the demo doubles as an end-to-end
+smoke test.
 
 With ``routers`` > 1 the routers share their registry in Redis (``redis``: a
 URL, or ``auto`` to start a local ``redis-server``), the traffic is spread
@@ -28,7 +31,7 @@ from typing import Any
 from spotrelay.core.protocol import CAP_CONTINUE_FINAL_MESSAGE
 
 from .capacity import CapacityLoop, CapacityOptions
-from .chaos import FleetObserver, PlannedEvent, plan_events
+from .chaos import FREEZES, FleetObserver, PlannedEvent, pick_victim, plan_events
 from .demo_routers import RouterChaos
 from .fleet import FleetOptions, LocalFleet, Node
 from .report import render_table, summarise, write_chart, write_json
@@ -57,6 +60,9 @@ class DemoOptions:
     redis: str | None = None  # a redis:// URL, or "auto": start a local redis-server
     spot_shortage: tuple[float, float] | None = None  # no spot launches in this window
     dead_agents: int = 0  # agents killed before their node's notice (heard via the queue)
+    freezes: int = 1  # engines SIGSTOPped for freeze_s, their agents running (a hung GPU)
+    host_freezes: int = 1  # whole nodes stopped for freeze_s, then terminated and replaced
+    freeze_s: float = 6.0
 
 
 @dataclass
@@ -71,7 +77,10 @@ class EventRecord:
     excluded: float | None = None
     drained: float | None = None
     replacement_ready: float | None = None
+    thawed: float | None = None  # a freeze: when the engine was continued
+    back: float | None = None  # a freeze: when the router showed the node ready again
     kill_due: float | None = field(default=None, repr=False)
+    thaw_due: float | None = field(default=None, repr=False)
 
 
 class Demo:
@@ -119,7 +128,13 @@ class Demo:
         )
         traffic.start(self.t0)
         plan = plan_events(
-            opts.duration_s, opts.preemptions, opts.hard_kills, self.rng, opts.dead_agents
+            opts.duration_s,
+            opts.preemptions,
+            opts.hard_kills,
+            self.rng,
+            opts.dead_agents,
+            opts.freezes,
+            opts.host_freezes,
         )
         if opts.spot_shortage or opts.dead_agents:
             self.capacity = CapacityLoop(
@@ -144,7 +159,10 @@ class Demo:
         report = summarise(
             traffic.log.records,
             counters,
-            [{k: v for k, v in asdict(e).items() if k != "kill_due"} for e in self.events],
+            [
+                {k: v for k, v in asdict(e).items() if k not in ("kill_due", "thaw_due")}
+                for e in self.events
+            ],
             observer.samples,
             self._settings(),
         )
@@ -187,6 +205,10 @@ class Demo:
             for ev in self.events:
                 if ev.kill_due is not None and ev.killed is None and now >= ev.kill_due:
                     self._reclaim(ev, now)
+                if ev.thaw_due is not None and ev.thawed is None and now >= ev.thaw_due:
+                    self.fleet.thaw(self.fleet.nodes[ev.node])
+                    ev.thawed = round(time.monotonic() - self.t0, 2)
+                    log.info("thawed %s at %.1fs", ev.node, now)
             if now - last_progress >= (0.5 if opts.progress else 5.0):
                 self._progress(now, traffic, observer)
                 last_progress = now
@@ -198,30 +220,21 @@ class Demo:
         return self.capacity is not None and now < limit and self.capacity.busy()
 
     def _kills_pending(self) -> bool:
-        return any(e.kill_due is not None and e.killed is None for e in self.events)
-
-    def _victim(self, kind: str) -> Node | None:
-        """A node that is up and not already hit by an event.
-
-        A hard kill prefers a node with requests in flight: killing an idle one
-        (a replacement that just joined, at a low request rate) shows nothing.
-        """
-        hit = {e.node for e in self.events}
-        view = {entry.get("id"): entry for entry in self.fleet.router_nodes()}
-        candidates = [
-            n
-            for n in self.fleet.alive_nodes()
-            if n.name not in hit
-            and n.lifecycle == "spot"  # spot notices exist only on spot instances
-            and view.get(n.name, {}).get("state") == "ready"
-        ]
-        busy = [n for n in candidates if view[n.name].get("in_flight", 0) > 0]
-        if kind == "hard_kill" and busy:
-            candidates = busy
-        return self.rng.choice(candidates) if candidates else None
+        """A reclaim or a thaw is still to come (the run waits for it)."""
+        return any(
+            (e.kill_due is not None and e.killed is None)
+            or (e.thaw_due is not None and e.thawed is None)
+            for e in self.events
+        )
 
     def _inject(self, planned: PlannedEvent, now: float) -> None:
-        node = self._victim(planned.kind)
+        node = pick_victim(
+            planned.kind,
+            self.fleet.alive_nodes(),
+            self.fleet.router_nodes(),
+            {e.node for e in self.events},
+            self.rng,
+        )
         if node is None:
             log.warning("no ready node to hit at %.1fs; skipping a %s", now, planned.kind)
             return
@@ -230,6 +243,9 @@ class Demo:
         if planned.kind == "dead_agent":
             self.fleet.kill_agent(node)  # first the agent dies; then the notice comes
             log.info("killed the agent of %s at %.1fs", node.name, now)
+        if planned.kind in FREEZES:
+            self._freeze(ev, node, now)
+            return
         if planned.kind in ("spot_notice", "dead_agent"):
             due = self.fleet.spot_notice(node, self.options.lead_s)
             if self.capacity:  # EventBridge hears it too, whether the agent does or not
@@ -243,6 +259,23 @@ class Demo:
             if self.capacity:  # EC2's state change reaches the queue, no notice before it
                 self.capacity.reclaimed(node)
         self._replace(ev)
+
+    def _freeze(self, ev: EventRecord, node: Node, now: float) -> None:
+        """Stop the engine (a hung GPU), or the whole host, for ``freeze_s``.
+
+        A frozen engine is continued afterwards and its node should serve
+        again; a frozen host is terminated then (its instance failed its
+        status checks) and replaced at once, as the Auto Scaling group would.
+        """
+        host = ev.type == "host_freeze"
+        self.fleet.freeze(node, host=host)
+        due = round(now + self.options.freeze_s, 2)
+        log.info("%s of %s at %.1fs (until %.1fs)", ev.type.replace("_", " "), node.name, now, due)
+        if host:
+            ev.kill_due = due
+            self._replace(ev)
+        else:
+            ev.thaw_due = due
 
     def _reclaim(self, ev: EventRecord, now: float) -> None:
         node = self.fleet.nodes[ev.node]
@@ -293,6 +326,8 @@ class Demo:
                 ev.excluded = _round(hist.excluded)
                 noticed = ev.type in ("spot_notice", "dead_agent")
                 ev.drained = _round(hist.gone) if noticed else None
+                if ev.type == "freeze":
+                    ev.back = _round(hist.back)
             if ev.replacement and ev.replacement in observer.histories:
                 ev.replacement_ready = _round(observer.histories[ev.replacement].first_ready)
 
@@ -341,6 +376,9 @@ class Demo:
             "streaming_chat": self.chat_streams,
             "spot_shortage": list(opts.spot_shortage) if opts.spot_shortage else None,
             "dead_agents": opts.dead_agents,
+            "freezes": opts.freezes,
+            "host_freezes": opts.host_freezes,
+            "freeze_s": opts.freeze_s,
         }
 
     def close(self) -> None:

@@ -7,10 +7,11 @@ from pathlib import Path
 
 EPILOG = """\
 examples:
-  spotrelay demo                                  # 3 nodes, 60 s, 2 notices, 1 hard kill
+  spotrelay demo                 # 3 nodes, 60 s: 2 notices, 1 hard kill, 1 freeze, 1 host freeze
   spotrelay demo --nodes 4 --duration 120 --rps 40 --out /tmp/demo
   spotrelay demo --routers 2 --redis auto         # shared registry; one router SIGKILLed
   spotrelay demo --spot-shortage 10:40 --dead-agents 1   # fallback to on-demand, off-node notice
+  spotrelay demo --freezes 2 --host-freezes 0 --freeze-s 15   # hung GPUs, no socket closed
   spotrelay demo --engine-cmd 'vllm serve Qwen/Qwen2.5-0.5B-Instruct --port {port}' \\
                  --model Qwen/Qwen2.5-0.5B-Instruct --lead-s 30
   spotrelay demo --model smollm2 --engine-cmd \\
@@ -58,6 +59,19 @@ FLAGS = {
         int,
         "kill this many nodes' agents, then send their spot notice through the queue (0)",
     ),
+    "freezes": (
+        "demo",
+        "freezes",
+        int,
+        "engines to freeze (SIGSTOP, sockets open) for --freeze-s, their agent running (1)",
+    ),
+    "host_freezes": (
+        "demo",
+        "host_freezes",
+        int,
+        "nodes to freeze whole (engine and agent), then terminate after --freeze-s (1)",
+    ),
+    "freeze_s": ("demo", "freeze_s", float, "how long a freeze lasts, seconds (6)"),
     "model": ("engine", "model", str, "model name to serve and request (sim-model)"),
     "ttft_ms": ("engine", "ttft_ms", int, "simulator time to first token (40)"),
     "itl_ms": ("engine", "itl_ms", int, "simulator inter-token latency (15)"),
@@ -137,6 +151,9 @@ def _run(args: argparse.Namespace) -> int:
         redis=d.redis,
         spot_shortage=parse_window("demo.spot_shortage", d.spot_shortage),
         dead_agents=d.dead_agents,
+        freezes=d.freezes,
+        host_freezes=d.host_freezes,
+        freeze_s=d.freeze_s,
     )
     return run(options)
 

@@ -40,6 +40,13 @@ class Run:
     dead_agents: int = setting(
         0, min=0, help="nodes whose agent is killed before their spot notice (heard via the queue)"
     )
+    freezes: int = setting(
+        1, min=0, help="engines frozen (SIGSTOP, sockets open) for freeze_s, their agent running"
+    )
+    host_freezes: int = setting(
+        1, min=0, help="nodes frozen whole (engine and agent: heartbeats stop), then terminated"
+    )
+    freeze_s: float = setting(6.0, min=0.5, max=300, help="how long a freeze lasts")
 
     def validate(self) -> None:
         if self.routers > 1 and not self.redis:

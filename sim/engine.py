@@ -5,6 +5,11 @@ Timing follows vLLM's shape: a request waits in FIFO order until one of
 ``max_num_seqs`` slots is free; its first token comes ``ttft`` after it got
 the slot, then one token every ``itl``. Token times are absolute deadlines
 from the slot time, so a late wake-up does not push later tokens back.
+Two things hold decode on purpose: :class:`DecodePauses` (a long prefill of
+another request stalling every running stream for hundreds of milliseconds,
+as on a real GPU; what a router's stall detection must not mistake for a
+dead node) and ``Engine.stalled`` (the stall fault: a hung GPU, tokens stop
+while HTTP, ``/health`` and ``/metrics`` go on answering).
 Nothing here knows about HTTP: the server turns pieces into SSE chunks.
 """
 
@@ -15,6 +20,8 @@ import contextlib
 import heapq
 import itertools
 import logging
+import math
+import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +40,60 @@ class EngineSettings:
     max_num_seqs: int = 256
     max_model_len: int = 4096
     kv_cache_tokens: int = 65536
+    decode_pause_ms: float = 0.0
+    decode_pause_every_s: float = 0.0
+
+
+#: how often a stalled stream looks again whether the stall fault was lifted
+STALL_POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class DecodePauses:
+    """Decode held for ``pause_s`` once every ``every_s``, from ``origin`` on (loop time).
+
+    The windows are ``[origin + k * every_s, origin + k * every_s + pause_s)``.
+    A token due inside one comes at its end, and every later token of the
+    stream keeps its spacing from there (the whole batch waited), which is
+    what a long prefill of another request does to vLLM's running streams.
+    Off when either figure is 0.
+    """
+
+    pause_s: float = 0.0
+    every_s: float = 0.0
+    origin: float = 0.0
+
+    @property
+    def on(self) -> bool:
+        return self.pause_s > 0 and self.every_s > 0
+
+    def hold_until(self, t: float) -> float | None:
+        """The end of the pause ``t`` falls in; None when decode runs at ``t``."""
+        if not self.on:
+            return None
+        start = self.origin + math.floor((t - self.origin) / self.every_s) * self.every_s
+        end = start + self.pause_s
+        return end if start <= t < end else None
+
+    def due(self, t: float) -> float:
+        """When a token due at ``t`` really comes."""
+        held = self.hold_until(t)
+        return t if held is None else held
+
+    def finish_time(self, first: float, n: int, itl: float) -> float:
+        """When the ``n``-th token comes, the first being due at ``first``."""
+        t = self.due(first)
+        for _ in range(max(0, n - 1)):
+            t = self.due(t + itl)
+        return t
+
+    def tokens_by(self, first: float, n: int, itl: float, now: float) -> int:
+        """How many of ``n`` tokens (the first due at ``first``) have come by ``now``."""
+        done, t = 0, self.due(first)
+        while done < n and t <= now:
+            done += 1
+            t = self.due(t + itl)
+        return done
 
 
 class Scheduler:
@@ -161,6 +222,37 @@ class Engine:
         self.kv_tokens = 0
         self.finished: dict[str, int] = {"stop": 0, "length": 0, "abort": 0}
         self.ticker = Ticker()
+        # Each process pauses at its own phase: engines on one host share a
+        # monotonic clock, and real GPUs do not pause in step.
+        every_s = settings.decode_pause_every_s
+        self.pauses = DecodePauses(
+            settings.decode_pause_ms / 1000.0, every_s, random.uniform(0.0, every_s)
+        )
+        self.stalled = False  # the stall fault: no token until it is lifted
+        self._frozen_count: int | None = None  # the token counter while stalled
+        # Non-streaming generations under way: (first token due, tokens, itl).
+        self._unary: dict[int, tuple[float, int, float]] = {}
+
+    def set_stalled(self, stalled: bool, now: float) -> None:
+        """Start or lift the stall fault at ``now`` (loop time): the counter stands still."""
+        if stalled and not self.stalled:
+            self._frozen_count = self.generated_tokens(now)
+        elif not stalled:
+            self._frozen_count = None
+        self.stalled = stalled
+
+    def generated_tokens(self, now: float) -> int:
+        """``vllm:generation_tokens_total`` at ``now`` (loop time).
+
+        Streams count each token as it is sent; a non-streaming answer is
+        computed at once but counted token by token as its time passes, as
+        vLLM counts every decode step: an agent reading the counter while a
+        long non-streaming request runs must see it move.
+        """
+        if self._frozen_count is not None:
+            return self._frozen_count  # stalled: a waiting answer's tokens do not come
+        partial = sum(self.pauses.tokens_by(*spec, now) for spec in self._unary.values())
+        return self.generation_tokens_total + partial
 
     @property
     def kv_cache_usage(self) -> float:
@@ -253,7 +345,8 @@ class Generation:
             itl = eng.settings.itl_ms / 1000.0
             if give_up_after_tokens is not None:
                 n = min(give_up_after_tokens, self.req.max_tokens)
-                await asyncio.sleep(max(0.0, t0 + ttft + max(0, n - 1) * itl - loop.time()))
+                end = eng.pauses.finish_time(t0 + ttft, n, itl)
+                await asyncio.sleep(max(0.0, end - loop.time()))
                 return None
             tokens = TokenStream(self.req.prompt)
             matcher = (
@@ -278,8 +371,18 @@ class Generation:
                 if matcher is not None:
                     out.extend(matcher.flush())
             n = self.completion_tokens
-            await asyncio.sleep(max(0.0, t0 + ttft + max(0, n - 1) * itl - loop.time()))
-            eng.generation_tokens_total += n
+            end = eng.pauses.finish_time(t0 + ttft, n, itl)
+            eng._unary[id(self)] = spec = (t0 + ttft, n, itl)
+            done = 0
+            try:
+                await asyncio.sleep(max(0.0, end - loop.time()))
+                while eng.stalled:
+                    await asyncio.sleep(STALL_POLL_S)
+                done = n
+            finally:
+                del eng._unary[id(self)]
+                # An aborted answer keeps what it had generated: a counter never goes back.
+                eng.generation_tokens_total += done or eng.pauses.tokens_by(*spec, loop.time())
             eng.kv_tokens += n
             self.finish_reason = reason
             return "".join(out)

@@ -18,6 +18,7 @@ KEYS = (
     "drop_after_tokens",
     "drop_count",
     "hang",
+    "stall",
     "error_status",
     "error_count",
     "unhealthy_for_s",
@@ -56,6 +57,7 @@ class Faults:
         self.drop_after_tokens: int | None = None
         self.drop_count: int | None = None  # None: every request until reset
         self.hang = False
+        self.stall = False  # a hung GPU: running requests get no token, HTTP still answers
         self.error_status: int | None = None
         self.error_count: int | None = None  # None: every request until reset
         self.unhealthy_until = 0.0  # time.monotonic() deadline
@@ -81,7 +83,7 @@ class Faults:
             "error_status": _int("error_status", spec.get("error_status"), 400, 599),
             "error_count": _int("error_count", spec.get("error_count"), 1),
         }
-        for key in ("hang", "exit"):
+        for key in ("hang", "stall", "exit"):
             if spec.get(key) is not None and not isinstance(spec[key], bool):
                 raise FaultError(f"{key} must be true or false")
         unhealthy = spec.get("unhealthy_for_s")
@@ -118,6 +120,8 @@ class Faults:
             self.error_count = new["error_count"]
         if "hang" in spec:
             self.hang = bool(spec["hang"])
+        if "stall" in spec:
+            self.stall = bool(spec["stall"])
         if "unhealthy_for_s" in spec:
             self.unhealthy_until = time.monotonic() + float(unhealthy or 0)
         if self.drop_after_tokens is None:
@@ -131,6 +135,7 @@ class Faults:
         self.drop_after_tokens = self.drop_count = None
         self.error_status = self.error_count = None
         self.hang = False
+        self.stall = False
         self.unhealthy_until = 0.0
         self._pulse()
 
@@ -179,6 +184,7 @@ class Faults:
             "drop_after_tokens": self.drop_after_tokens,
             "drop_count": self.drop_count,
             "hang": self.hang,
+            "stall": self.stall,
             "error_status": self.error_status,
             "error_count": self.error_count,
             "unhealthy_for_s": round(remaining, 3) if remaining > 0 else None,

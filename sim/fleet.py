@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import secrets
 import shlex
+import signal
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -289,6 +290,17 @@ class LocalFleet:
         for proc in node.processes:
             proc.kill()
         node.killed_at = time.monotonic()
+
+    def freeze(self, node: Node, host: bool) -> None:
+        """SIGSTOP the engine (a hung GPU: sockets open, nothing answers); with ``host``
+        every process of the node (a host that froze: heartbeats stop too)."""
+        for proc in node.processes if host else [node.engine]:
+            proc.signal(signal.SIGSTOP)
+
+    def thaw(self, node: Node) -> None:
+        """SIGCONT every process of the node: the freeze is over."""
+        for proc in node.processes:
+            proc.signal(signal.SIGCONT)
 
     def kill_agent(self, node: Node) -> None:
         """The agent alone dies (crash, hang): engine and instance stay up, nobody polls IMDS."""

@@ -105,12 +105,13 @@ def render_table(report: dict[str, Any]) -> str:
         "",
         "events (seconds after traffic started)",
         f"{'event':<12}{'node':<9}{'at':>8}{'excluded':>10}{'drained':>9}{'killed':>8}"
-        f"  {'replacement':<12}{'ready':>7}",
+        f"{'thawed':>8}{'back':>8}  {'replacement':<12}{'ready':>7}",
     ]
     for ev in report["events"]:
         lines.append(
             f"{ev['type']:<12}{ev['node']:<9}{_fmt(ev['at']):>8}{_fmt(ev.get('excluded')):>10}"
             f"{_fmt(ev.get('drained')):>9}{_fmt(ev.get('killed')):>8}"
+            f"{_fmt(ev.get('thawed')):>8}{_fmt(ev.get('back')):>8}"
             f"  {ev.get('replacement') or '-':<12}{_fmt(ev.get('replacement_ready')):>7}"
         )
     routers = report.get("routers") or {}
@@ -190,6 +191,22 @@ def _label(ax: Any, x: float, height: float, text: str, color: str, size: int) -
     )  # fmt: skip
 
 
+EVENT_LABELS = {
+    "spot_notice": "notice",
+    "dead_agent": "dead agent + notice",
+    "hard_kill": "kill",
+    "freeze": "freeze",
+    "host_freeze": "host freeze",
+}
+EVENT_COLORS = {
+    "spot_notice": "tab:orange",
+    "dead_agent": "tab:orange",
+    "hard_kill": "tab:red",
+    "freeze": "tab:blue",
+    "host_freeze": "tab:brown",
+}
+
+
 def write_chart(
     report: dict[str, Any], records: Sequence[RequestRecord], out: Path, duration_s: float
 ) -> Path:
@@ -230,15 +247,20 @@ def write_chart(
     )
     bottom.set_ylabel("nodes")
     bottom.set_xlabel("seconds since traffic started")
-    labels = {"spot_notice": "notice", "dead_agent": "dead agent + notice", "hard_kill": "kill"}
     for ev in report["events"]:
-        noticed = ev["type"] in ("spot_notice", "dead_agent")
-        color = "tab:orange" if noticed else "tab:red"
+        color = EVENT_COLORS.get(ev["type"], "tab:red")
+        # A freeze lasts: shade it until the thaw (or the host's termination).
+        frozen_until = ev.get("thawed") if ev["type"] == "freeze" else None
+        if ev["type"] == "host_freeze":
+            frozen_until = ev.get("killed")
         for ax in (top, bottom):
             ax.axvline(ev["at"], color=color, linestyle="--", linewidth=1)
-            if noticed and ev.get("killed") is not None:
+            if frozen_until is not None:
+                ax.axvspan(ev["at"], frozen_until, color=color, alpha=0.12)
+            elif ev["type"] in ("spot_notice", "dead_agent") and ev.get("killed") is not None:
                 ax.axvline(ev["killed"], color="tab:gray", linestyle=":", linewidth=1)
-        _label(top, ev["at"], 0.95, f"{labels.get(ev['type'], ev['type'])} {ev['node']}", color, 8)
+        label = f"{EVENT_LABELS.get(ev['type'], ev['type'])} {ev['node']}"
+        _label(top, ev["at"], 0.95, label, color, 8)
     _draw_capacity(top, bottom, report.get("capacity"))
     for restart in (report.get("routers") or {}).get("restarts", []):
         if restart.get("killed") is not None:

@@ -34,6 +34,15 @@ class SimSection:
     shutdown_timeout_s: float = setting(
         0.0, min=0, help="on SIGTERM, let in-flight requests run this long (vLLM: 0)"
     )
+    decode_pause_ms: float = setting(
+        0.0,
+        min=0,
+        help="hold every running stream's decode this long (a long prefill of another "
+        "request) once per decode_pause_every_s; 0 = never",
+    )
+    decode_pause_every_s: float = setting(
+        0.0, min=0, help="how often decode pauses come (0 = never)"
+    )
     api: str = setting(
         "vllm",
         choices=("vllm", "openai"),
@@ -49,6 +58,9 @@ class FaultsSection:
     )
     drop_count: int | None = setting(None, min=1, help="only the next N requests get dropped")
     hang: bool = setting(False, help="accept /v1/* requests and never answer")
+    stall: bool = setting(
+        False, help="running requests get no more tokens; /health and /metrics still answer"
+    )
     error_status: int | None = setting(
         None, min=400, max=599, help="answer /v1/* requests with this status"
     )
@@ -96,6 +108,16 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="endpoints to serve: vllm (default) or openai (no /health, /version, /metrics)",
     )
     p.add_argument(
+        "--decode-pause-ms",
+        type=float,
+        metavar="MS",
+        help="hold decode this long (a long prefill of another request) every "
+        "--decode-pause-every-s seconds (0: never)",
+    )
+    p.add_argument(
+        "--decode-pause-every-s", type=float, metavar="S", help="how often decode pauses come"
+    )
+    p.add_argument(
         "--shutdown-timeout",
         dest="shutdown_timeout_s",
         type=float,
@@ -111,6 +133,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     f.add_argument("--drop-count", type=int, metavar="M", help="only for the next M requests")
     f.add_argument(
         "--hang", action="store_true", default=None, help="accept /v1/* requests and never answer"
+    )
+    f.add_argument(
+        "--stall",
+        action="store_true",
+        default=None,
+        help="running requests get no tokens (a hung GPU); /health and /metrics still answer",
     )
     f.add_argument("--error-status", type=int, metavar="S", help="answer /v1/* with status S")
     f.add_argument(
@@ -146,6 +174,13 @@ def run(args: argparse.Namespace) -> int:
     from .vllm_server import SimSettings, serve
 
     cfg = build_config(args)
+    pause, every = cfg.sim.decode_pause_ms, cfg.sim.decode_pause_every_s
+    if (pause > 0) != (every > 0):
+        raise ConfigError("sim.decode_pause_ms", "set together with sim.decode_pause_every_s")
+    if pause > 0 and pause / 1000.0 >= every:
+        raise ConfigError(
+            "sim.decode_pause_ms", f"must be shorter than decode_pause_every_s ({every:g} s)", pause
+        )
     settings = SimSettings(**vars(cfg.sim))
     faults = Faults()
     spec = {k: v for k, v in vars(cfg.faults).items() if v is not None and v is not False}

@@ -31,7 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..core.errors import openai_error
 from . import textgen
-from .engine import Engine, EngineSettings, Generation
+from .engine import STALL_POLL_S, Engine, EngineSettings, Generation
 from .faults import FaultError, Faults
 from .vllm_apis import ExtraApis, MessagesWriter, ResponsesWriter
 from .vllm_protocol import (
@@ -71,6 +71,8 @@ class SimSettings:
     kv_cache_tokens: int = 65536
     embedding_dim: int = 256
     shutdown_timeout_s: float = 0.0
+    decode_pause_ms: float = 0.0
+    decode_pause_every_s: float = 0.0
     api: str = "vllm"  # "openai": no /health, /version, /metrics (a non-vLLM engine)
 
     def engine(self) -> EngineSettings:
@@ -81,6 +83,8 @@ class SimSettings:
             max_num_seqs=self.max_num_seqs,
             max_model_len=self.max_model_len,
             kv_cache_tokens=self.kv_cache_tokens,
+            decode_pause_ms=self.decode_pause_ms,
+            decode_pause_every_s=self.decode_pause_every_s,
         )
 
     def limits(self) -> Limits:
@@ -266,6 +270,12 @@ class SseJob:
             self._end("closed")
             return None
         gen, chunks = self.gen, self.chunks
+        engine = gen.engine
+        if engine.stalled:
+            return due + STALL_POLL_S
+        held = engine.pauses.hold_until(due)
+        if held is not None:
+            return held
         if self.first:  # time to first token: echo and the role chunk come with it
             self.first = False
             if gen.req.echo:
@@ -296,6 +306,7 @@ class SimServer:
         self.limits = settings.limits()
         self.engine = Engine(settings.engine())
         self.faults = faults or Faults()
+        self.engine.set_stalled(self.faults.stall, time.monotonic())
         self.log = RequestLog()
         self.registry = metrics_registry(self.engine)
         self.started = int(time.time())
@@ -588,6 +599,7 @@ class SimServer:
             return error_response(400, f"Invalid JSON body: {exc}")
         except FaultError as exc:
             return error_response(400, str(exc))
+        self.engine.set_stalled(self.faults.stall, asyncio.get_running_loop().time())
         log.info("faults set: %s", self.faults.state())
         resp = json_response(self.faults.state())
         if exit_now:
@@ -610,6 +622,7 @@ class SimServer:
 
     async def reset(self, request: web.Request) -> web.Response:
         self.faults.reset()
+        self.engine.set_stalled(False, asyncio.get_running_loop().time())
         log.info("faults reset")
         return json_response(self.faults.state())
 

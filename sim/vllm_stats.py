@@ -123,7 +123,7 @@ class VllmCollector:
         yield counter(
             "vllm:generation_tokens",
             "Number of generation tokens processed.",
-            eng.generation_tokens_total,
+            eng.generated_tokens(time.monotonic()),  # asyncio's loop clock
         )
         success = CounterMetricFamily(
             "vllm:request_success",

@@ -187,6 +187,16 @@ def wait_state(router: Service, node_id: str, state: str | None, timeout: float 
     return time.time()
 
 
+def wait_reported(router: Service, node_id: str, state: str, timeout: float = 10) -> None:
+    """Poll ``GET /nodes`` until the node's own report (``reported_state``) is ``state``."""
+    wait_until(
+        lambda: (nodes(router).get(node_id) or {}).get("reported_state") == state,
+        timeout=timeout,
+        interval=0.01,
+        what=f"{node_id} to report {state}",
+    )
+
+
 def spot_time(imds: Service) -> float:
     return parse_time(get_json(f"{imds.url}/_control/state")["events"]["spot"]["time"])
 
@@ -466,16 +476,17 @@ def test_engine_killed_then_restarted(procs: ProcessGroup, logdir: Path, router:
     )
     t0 = time.time()
     node.engine.proc.kill()  # SIGKILL: a crash, not a shutdown
-    wait_state(router, node.node_id, "draining", timeout=5)
+    # Not a drain: the requests still open there will not finish, the routers move them.
+    wait_reported(router, node.node_id, "unhealthy", timeout=5)
     assert time.time() - t0 <= 2.0
     start_sim_vllm(procs, logdir, model=node.model, name="vllm-again", port=node.engine.port)
-    wait_state(router, node.node_id, "ready", timeout=15)
+    wait_reported(router, node.node_id, "ready", timeout=15)
     assert agent.proc.alive()
     assert agent.metric("spotrelay_agent_engine_process_alive") == 1
     # /health failing with the process alive (a wedged engine) is caught by the probe.
     control(node.engine, "faults", {"unhealthy_for_s": 2.5})  # same port as the new engine
-    wait_state(router, node.node_id, "draining", timeout=5)
-    wait_state(router, node.node_id, "ready", timeout=10)
+    wait_reported(router, node.node_id, "unhealthy", timeout=5)
+    wait_reported(router, node.node_id, "ready", timeout=10)
     assert agent.metric("spotrelay_agent_drains_total", reason="spot_interruption") == 0
 
 

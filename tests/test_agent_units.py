@@ -468,7 +468,7 @@ def test_webhook_posts_json_summaries() -> None:
 
 
 def test_node_state_values_match_the_protocol() -> None:
-    assert {s.value for s in NodeState} == {"ready", "draining"}
+    assert {s.value for s in NodeState} == {"ready", "draining", "unhealthy"}
 
 
 # ------------------------------------------------------- docs and packaging

@@ -45,3 +45,17 @@ def test_router_bench_runs_every_path_without_errors(tmp_path: Path) -> None:
         assert [(r["ok"], r["errors"]) for r in runs] == [(3, 0)], name
     assert report["fanout"]["trials"] == 2 and report["fanout"]["p99_ms"] > 0
     assert "redis_2w_ge_1.4x_1w" not in report["summary"]["targets"]  # no 1-worker run here
+
+
+def test_silent_bench_runs_end_to_end(tmp_path: Path) -> None:
+    """One small run of bench/silent_bench.py: a fleet up, a node SIGKILLed, figures out."""
+    args = [
+        sys.executable, str(REPO / "bench" / "silent_bench.py"), "--runs", "sigkill",
+        "--requests", "12", "--concurrency", "4", "--timeout", "20", "--no-single", "--json",
+        "--logdir", str(tmp_path),
+    ]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads(proc.stdout)["runs"]["sigkill"]
+    assert run["requests"] == 12 and run["failed"] == 0 and run["wrong_text"] == 0, run
+    assert run["slowest_s"] > 0

@@ -91,11 +91,21 @@ def test_short_demo_has_no_client_visible_failure(tmp_path: Path) -> None:
     # The simulator answers /version like vLLM: its agents advertise chat resume.
     assert report["settings"]["streaming_chat"] is True
     assert report["by_kind"]["responses"] > 5, "Responses API calls are part of the traffic"
-    assert {e["type"] for e in report["events"]} == {"spot_notice", "hard_kill"}
+    # The default mix has the quiet faults too: a frozen engine and a frozen host.
+    assert sorted(e["type"] for e in report["events"]) == [
+        "freeze", "hard_kill", "host_freeze", "spot_notice",
+    ]  # fmt: skip
+    assert report["settings"]["freeze_s"] == 6.0
     for event in report["events"]:
+        assert event["excluded"] is not None, f"the router kept routing to it: {event}"
+        if event["type"] == "freeze":  # continued after freeze_s: the node serves again
+            assert event["thawed"] is not None and event["killed"] is None
+            assert event["excluded"] < event["thawed"] < event["back"], event
+            continue
         assert event["killed"] is not None
         assert event["replacement_ready"] is not None, f"no replacement joined: {event}"
-        assert event["excluded"] is not None
+    host = next(e for e in report["events"] if e["type"] == "host_freeze")
+    assert host["excluded"] < host["killed"], "a frozen host must be left before it is gone"
     notice = next(e for e in report["events"] if e["type"] == "spot_notice")
     assert notice["excluded"] < notice["killed"], "the router kept the node until reclaim"
     assert notice["drained"] is not None and notice["drained"] <= notice["killed"]
@@ -198,3 +208,25 @@ def test_a_real_engine_gets_a_lower_default_load() -> None:
         DemoConfig, None, env={"SPOTRELAY_DEMO_RPS": "3", "SPOTRELAY_DEMO_MAX_TOKENS": "8"}
     )
     assert chosen.demo.load_for(real_engine=True) == (3.0, 8)
+
+
+def test_freezes_are_planned_after_the_other_events_and_seen_coming_back() -> None:
+    import random
+
+    from spotrelay.sim.chaos import FleetObserver, plan_events
+
+    plan = plan_events(60, 2, 1, random.Random(7), freezes=1, host_freezes=1)
+    assert [p.kind for p in plan][3:] in (["freeze", "host_freeze"], ["host_freeze", "freeze"])
+    times = [p.at_s for p in plan]
+    assert times == sorted(times) and times[0] >= 9 and times[-1] <= 42
+    # Without freezes a seed orders its notices and kills as before.
+    assert [p.kind for p in plan_events(60, 2, 1, random.Random(7))] == [p.kind for p in plan[:3]]
+
+    observer = FleetObserver(lambda: [], t0=0.0)
+    ready = {"id": "n1", "state": "ready", "reported_state": "ready"}
+    observer.observe([ready], 1.0)
+    # The agent reports its hung engine: the router takes it out of routing.
+    observer.observe([{**ready, "reported_state": "unhealthy"}], 2.0)
+    observer.observe([ready], 5.0)
+    hist = observer.histories["n1"]
+    assert (hist.first_ready, hist.excluded, hist.back, hist.gone) == (1.0, 2.0, 5.0, None)

@@ -320,6 +320,10 @@ def test_demo_on_llama_cpp_has_no_client_visible_failure(tmp_path: Path) -> None
         "--max-tokens", "24",
         "--preemptions", "1",
         "--hard-kills", "1",
+        # Freezes are the simulator demo's (tests/test_demo.py): llama.cpp's health
+        # check waits for the running request, so its agents probe with a 15 s timeout.
+        "--freezes", "0",
+        "--host-freezes", "0",
         "--lead-s", "6",
         "--seed", "5",
         "--no-progress",

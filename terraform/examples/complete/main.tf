@@ -3,11 +3,18 @@
 # one spot GPU pool serving one model. The GPU nodes know one router address,
 # the internal heartbeat endpoint, whatever router_count is.
 
+locals {
+  # On every resource (default_tags) and passed to the modules too: provider
+  # default tags never reach what an Auto Scaling group launches, so the
+  # modules propagate them to the instances and their volumes (cost tags).
+  tags = merge({ Project = "spotrelay", Deployment = var.name }, var.tags)
+}
+
 provider "aws" {
   region = var.region
 
   default_tags {
-    tags = merge({ Project = "spotrelay", Deployment = var.name }, var.tags)
+    tags = local.tags
   }
 
   # The capacity controller keeps its state in the GPU group's tags
@@ -31,8 +38,13 @@ module "router" {
   api_keys_parameter       = var.api_keys_parameter
   node_token_version       = var.node_token_version
   agent_security_group_ids = [module.gpu_pool.security_group_id]
-  monitoring_cidrs         = var.monitoring_cidrs
-  heartbeat                = { allowed_cidrs = var.operator_cidrs }
+  # The capacity controller's own group (empty when it is off).
+  control_client_security_group_ids = module.gpu_pool.controller_security_group_ids
+  # The port the engine listens on, from the pool (one setting, engine_port).
+  node_port        = module.gpu_pool.engine_port
+  tags             = local.tags
+  monitoring_cidrs = var.monitoring_cidrs
+  heartbeat        = { allowed_cidrs = var.operator_cidrs }
 
   load_balancer = {
     subnet_ids      = var.alb_internal ? var.private_subnet_ids : var.public_subnet_ids
@@ -52,8 +64,10 @@ module "gpu_pool" {
   model          = var.model
   instance_types = var.instance_types
   scaling        = var.scaling
-  vllm           = { version = var.vllm_version }
+  vllm           = { version = var.vllm_version, port = var.engine_port }
   spotrelay      = local.spotrelay_package
+
+  tags = local.tags
 
   router_url               = module.router.heartbeat_url
   router_security_group_id = module.router.security_group_id

@@ -128,6 +128,12 @@ variable "spotrelay_wheel" {
   }
 }
 
+variable "engine_port" {
+  description = "Port of vLLM on the GPU nodes: the nodes listen on it, and the routers (and their security group) reach the nodes on it."
+  type        = number
+  default     = 8000
+}
+
 variable "spotrelay_pip_spec" {
   description = "Instead of spotrelay_wheel: a pip requirement (spotrelay==X) or wheel URL, installed only if its file matches spotrelay_sha256."
   type        = string

@@ -1,6 +1,6 @@
 terraform {
-  # 1.11: write-only arguments and ephemeral resources (secrets stay out of
-  # state); the module tests use mock providers (1.7).
+  # 1.11: write-only arguments (secrets stay out of state and plan); the
+  # module tests use mock providers (1.7).
   required_version = ">= 1.11"
 
   # State in S3 with S3-native locking (use_lockfile, Terraform >= 1.10): no
@@ -14,11 +14,7 @@ terraform {
   required_providers {
     aws = {
       source  = "hashicorp/aws"
-      version = "~> 6.0"
-    }
-    random = {
-      source  = "hashicorp/random"
-      version = "~> 3.7"
+      version = ">= 6.62, < 7.0"
     }
   }
 }

@@ -8,31 +8,17 @@
 # endpoint, like the agents.
 
 locals {
-  controller_on  = module.capacity.enabled.controller
-  controller_src = coalesce(var.controller.source_dir, "${path.module}/../../..")
-  # The package: spotrelay/controller/*.py and spotrelay/core/protocol.py (the
-  # instance-id check). boto3 comes with the Lambda Python runtime.
-  controller_files = merge(
-    { for f in fileset("${local.controller_src}/controller", "*.py") : "spotrelay/controller/${f}" => "${local.controller_src}/controller/${f}" },
-    {
-      "spotrelay/core/__init__.py" = "${local.controller_src}/core/__init__.py"
-      "spotrelay/core/protocol.py" = "${local.controller_src}/core/protocol.py"
-    },
-  )
-}
-
-data "archive_file" "controller" {
-  count = local.controller_on ? 1 : 0
-
-  type        = "zip"
-  output_path = "${path.root}/.terraform/spotrelay-controller-${var.name}.zip"
-
-  dynamic "source" {
-    for_each = local.controller_files
-    content {
-      filename = source.key
-      content  = file(source.value)
-    }
+  controller_on = module.capacity.enabled.controller
+  # The package is committed next to this module (built reproducibly from
+  # controller/ and core/protocol.py by `make controller-zip`), not zipped at
+  # plan time: a saved plan applies on any machine with the same checkout,
+  # and no archive provider is needed. docs/deploy.md "The controller package".
+  controller_package = coalesce(var.controller.package_path, "${path.module}/package/spotrelay-controller.zip")
+  # Its egress: HTTPS to the AWS APIs (the node allow-list's rules that cover
+  # 443); the router module adds the rule to its internal control endpoint.
+  controller_egress = {
+    for k, r in var.egress_rules : k => r
+    if r.ip_protocol == "tcp" && r.from_port <= 443 && r.to_port >= 443
   }
 }
 
@@ -98,18 +84,30 @@ resource "aws_iam_role_policy" "controller_dlq" {
   role        = aws_iam_role.controller[0].id
   policy = jsonencode({
     Version = "2012-10-17"
-    Statement = [{
-      Sid      = "FailedAsyncInvocations"
-      Effect   = "Allow"
-      Action   = ["sqs:SendMessage"]
-      Resource = aws_sqs_queue.controller_dlq[0].arn
-    }]
+    Statement = concat(
+      [{
+        Sid      = "FailedAsyncInvocations"
+        Effect   = "Allow"
+        Action   = ["sqs:SendMessage"]
+        Resource = aws_sqs_queue.controller_dlq[0].arn
+      }],
+      # A queue encrypted with a customer key takes a message only from a
+      # sender that may make data keys with it (the key's policy must let IAM
+      # policies grant that: AWS's default key policy does).
+      var.controller.kms_key_arn == null ? [] : [{
+        Sid       = "EncryptFailedInvocations"
+        Effect    = "Allow"
+        Action    = ["kms:GenerateDataKey", "kms:Decrypt"]
+        Resource  = var.controller.kms_key_arn
+        Condition = { StringEquals = { "kms:ViaService" = "sqs.${local.region}.amazonaws.com" } }
+      }],
+    )
   })
 }
 
 resource "aws_lambda_function" "controller" {
   #checkov:skip=CKV_AWS_50:X-Ray tracing is controller.tracing, Active by default; the variable lets an account without X-Ray turn it off.
-  #checkov:skip=CKV_AWS_272:The package is built by this module from the spotrelay source at plan time; there is no signing step to verify (add a code signing config if your organisation signs Lambda code).
+  #checkov:skip=CKV_AWS_272:The package is the zip committed with this module, built reproducibly from the spotrelay source and checked against it by a test; there is no signing step to verify (add a code signing config, and controller.package_path to a signed zip, if your organisation signs Lambda code).
   count = local.controller_on ? 1 : 0
 
   function_name    = module.capacity.names.function
@@ -117,27 +115,32 @@ resource "aws_lambda_function" "controller" {
   role             = aws_iam_role.controller[0].arn
   runtime          = "python3.12"
   handler          = "spotrelay.controller.handler.handler"
-  filename         = data.archive_file.controller[0].output_path
-  source_code_hash = data.archive_file.controller[0].output_base64sha256
+  filename         = local.controller_package
+  source_code_hash = filebase64sha256(local.controller_package)
   memory_size      = var.controller.memory_mb
   timeout          = var.controller.timeout_s
-  # At most 2 for the queue (maximum_concurrency below) + 1 for the schedule, so
-  # neither throttles the other; overlapping fallback runs are safe anyway
-  # (their writes are conditional on the base they observed).
-  reserved_concurrent_executions = 3
+  # Unreserved by default: a new account's concurrency quota (often 10) leaves
+  # nothing to reserve, and AWS refuses a reservation that takes the
+  # unreserved pool below 100. controller.reserved_concurrency (>= 3: 2 for
+  # the queue's maximum_concurrency + 1 for the schedule) guarantees capacity
+  # where the quota allows; overlapping fallback runs are safe anyway (their
+  # writes are conditional on the base they observed).
+  reserved_concurrent_executions = var.controller.reserved_concurrency
   kms_key_arn                    = var.controller.kms_key_arn
 
   environment {
     variables = module.capacity.lambda_environment
   }
 
-  # The controller reaches what the agents reach, so it runs with their
-  # security group: the routers' internal control endpoint (the router
-  # module admits this group) and the AWS APIs over HTTPS (egress_rules).
+  # Its own security group (below), not the nodes': on destroy the function's
+  # network interfaces are moved to the VPC's default group first
+  # (replace_security_groups_on_destroy), so deleting the groups does not wait
+  # out Lambda's interface cleanup (DependencyViolation on `spotrelay down`).
   vpc_config {
     subnet_ids         = var.subnet_ids
-    security_group_ids = [aws_security_group.node.id]
+    security_group_ids = [aws_security_group.controller[0].id]
   }
+  replace_security_groups_on_destroy = true
 
   dead_letter_config {
     target_arn = aws_sqs_queue.controller_dlq[0].arn
@@ -155,6 +158,32 @@ resource "aws_lambda_function" "controller" {
     aws_iam_role_policy_attachment.controller_vpc,
     aws_cloudwatch_log_group.controller,
   ]
+}
+
+resource "aws_security_group" "controller" {
+  count = local.controller_on ? 1 : 0
+
+  name_prefix = "${var.name}-ctl-"
+  description = "spotrelay capacity controller of ${var.name}: AWS APIs and the routers control endpoint"
+  vpc_id      = var.vpc_id
+  tags        = merge(local.tags, { Name = "${var.name}-controller" })
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "aws_vpc_security_group_egress_rule" "controller" {
+  for_each = local.controller_on ? local.controller_egress : {}
+
+  security_group_id = aws_security_group.controller[0].id
+  description       = each.value.description
+  ip_protocol       = each.value.ip_protocol
+  from_port         = each.value.from_port
+  to_port           = each.value.to_port
+  cidr_ipv4         = each.value.cidr_ipv4
+  prefix_list_id    = each.value.prefix_list_id
+  tags              = local.tags
 }
 
 # --- triggers -------------------------------------------------------------------

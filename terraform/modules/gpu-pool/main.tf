@@ -7,8 +7,10 @@ data "aws_region" "current" {}
 data "aws_caller_identity" "current" {}
 
 locals {
+  # id is the region's name in every provider release (name is deprecated in
+  # 6.x, region is new in 6.x); the offline check runs on 5.100.
   partition  = data.aws_partition.current.partition
-  region     = data.aws_region.current.region
+  region     = data.aws_region.current.id
   account_id = data.aws_caller_identity.current.account_id
 
   asg_arn_pattern = "arn:${local.partition}:autoscaling:${local.region}:${local.account_id}:autoScalingGroup:*:autoScalingGroupName/${var.name}"
@@ -313,6 +315,8 @@ resource "aws_autoscaling_group" "node" {
         for_each = module.config.instance_requirements == null ? [] : [module.config.instance_requirements]
         content {
           instance_requirements {
+            instance_generations      = override.value.instance_generations
+            local_storage             = override.value.local_storage
             accelerator_manufacturers = override.value.accelerator_manufacturers
             accelerator_types         = override.value.accelerator_types
             allowed_instance_types    = override.value.allowed_instance_types

@@ -18,6 +18,16 @@ output "launch_template_latest_version" {
   value       = aws_launch_template.node.latest_version
 }
 
+output "engine_port" {
+  description = "The port vLLM listens on (vllm.port): pass it to the router module's node_port."
+  value       = var.vllm.port
+}
+
+output "instance_tags" {
+  description = "The tags every GPU instance and its volumes carry (the group's propagate_at_launch tags and the launch template's tag_specifications): cost allocation tags go in var.tags."
+  value       = local.tags
+}
+
 output "security_group_id" {
   description = "Security group of the GPU nodes."
   value       = aws_security_group.node.id

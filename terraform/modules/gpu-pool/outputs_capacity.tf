@@ -12,3 +12,8 @@ output "interruption_dlq_url" {
   description = "URL of the interruption queue's dead-letter queue (null when disabled)."
   value       = one(aws_sqs_queue.interruptions_dlq[*].url)
 }
+
+output "controller_security_group_ids" {
+  description = "The capacity controller's security group, as a list (empty without the controller): pass it to the router module's control_client_security_group_ids so the controller reaches the routers' internal control endpoint."
+  value       = aws_security_group.controller[*].id
+}

@@ -211,10 +211,10 @@ variable "root_device_name" {
 }
 
 variable "volumes" {
-  description = "root_size_gib (>= 50), model_size_gib (0 = no separate model volume) and model_mount. Both are encrypted gp3."
+  description = "root_size_gib (>= 50), model_size_gib (0 = no separate model volume; default none with instance_store, 200 without) and model_mount. Both are encrypted gp3."
   type = object({
     root_size_gib  = optional(number, 100)
-    model_size_gib = optional(number, 200)
+    model_size_gib = optional(number)
     model_mount    = optional(string, "/opt/models")
   })
   default = {}

@@ -47,14 +47,20 @@ variable "interruption_queue" {
 }
 
 variable "controller" {
-  description = "The controller Lambda (created when on_demand_fallback or interruption_queue is enabled): memory_mb, timeout_s, log_retention_days, kms_key_arn (logs and environment), tracing, and source_dir (the spotrelay checkout to package; default: this repository)."
+  description = "The controller Lambda (created when on_demand_fallback or interruption_queue is enabled): memory_mb, timeout_s, log_retention_days, kms_key_arn (logs and environment), tracing, reserved_concurrency (null = none reserved, the default; else >= 3) and package_path (the deployment zip; default: the one committed in package/)."
   type = object({
-    memory_mb          = optional(number, 256)
-    timeout_s          = optional(number, 60)
-    log_retention_days = optional(number, 365)
-    kms_key_arn        = optional(string)
-    tracing            = optional(bool, true)
-    source_dir         = optional(string)
+    memory_mb            = optional(number, 256)
+    timeout_s            = optional(number, 60)
+    log_retention_days   = optional(number, 365)
+    kms_key_arn          = optional(string)
+    tracing              = optional(bool, true)
+    reserved_concurrency = optional(number)
+    package_path         = optional(string)
   })
   default = {}
+
+  validation {
+    condition     = var.controller.reserved_concurrency == null || try(var.controller.reserved_concurrency >= 3 && floor(var.controller.reserved_concurrency) == var.controller.reserved_concurrency, false)
+    error_message = "controller.reserved_concurrency must be null (none reserved) or a whole number >= 3 (2 queue pollers + the schedule)."
+  }
 }

@@ -3,12 +3,10 @@ terraform {
 
   required_providers {
     aws = {
+      # The floor is the release that has every argument the modules use
+      # (auth_token_wo in ../router); docs/deploy.md "How Terraform is checked".
       source  = "hashicorp/aws"
-      version = ">= 6.0"
-    }
-    archive = {
-      source  = "hashicorp/archive"
-      version = ">= 2.4" # packages the capacity controller (fallback.tf)
+      version = ">= 6.62"
     }
   }
 }

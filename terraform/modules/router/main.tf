@@ -12,14 +12,23 @@ data "aws_vpc" "this" {
   id = var.vpc_id
 }
 
+data "aws_ssm_parameter" "ami" {
+  count = var.ami_id == null ? 1 : 0
+  name  = var.ami_ssm_parameter
+}
+
 locals {
+  # id is the region's name in every provider release (name is deprecated in
+  # 6.x, region is new in 6.x); the offline check runs on 5.100.
   partition  = data.aws_partition.current.partition
-  region     = data.aws_region.current.region
+  region     = data.aws_region.current.id
   account_id = data.aws_caller_identity.current.account_id
-  image_id   = var.ami_id != null ? var.ami_id : "resolve:ssm:${var.ami_ssm_parameter}"
-  tags       = module.config.tags
-  https      = var.load_balancer.certificate_arn != null
-  lb_port    = local.https ? 443 : 80
+  # Resolved at plan time, like the GPU AMI: every router of the group runs
+  # the same image, and a new image rolls out by instance refresh.
+  image_id = var.ami_id != null ? var.ami_id : data.aws_ssm_parameter.ami[0].insecure_value
+  tags     = module.config.tags
+  https    = var.load_balancer.certificate_arn != null
+  lb_port  = local.https ? 443 : 80
 
   api_keys_parameter_arn = (
     var.api_keys_parameter == null ? null :
@@ -65,11 +74,21 @@ module "config" {
   tags                       = var.tags
 }
 
-# --- secrets: generated ephemerally, stored write-only (never in state) ---------
-
-ephemeral "random_password" "node_token" {
-  length  = var.node_token_length
-  special = false
+# --- secrets: generated at apply, stored write-only (never in state or plan) ---
+#
+# Terraform's uuid() draws 128 bits from the operating system's CSPRNG per
+# call; its hex digits (4 bits each) make the tokens. It is unknown at plan
+# and new at every apply, but write-only arguments are sent only when their
+# *_version changes, so a token changes exactly when its version is bumped.
+# (Not ephemeral "random_password": that needs the hashicorp/random provider,
+# which the offline checks cannot install, and mock providers cannot mock
+# ephemeral resources; docs/architecture.md, deviations.)
+locals {
+  node_token = substr(join("", [
+    for i in range(ceil(var.node_token_length / 32)) : replace(uuid(), "-", "")
+  ]), 0, var.node_token_length)
+  # ElastiCache AUTH tokens: 16-128 printable characters without @, " or /.
+  registry_auth_token = join("", [for i in range(2) : replace(uuid(), "-", "")])
 }
 
 resource "aws_ssm_parameter" "node_token" {
@@ -77,15 +96,9 @@ resource "aws_ssm_parameter" "node_token" {
   description      = module.config.parameters.node_token.description
   type             = module.config.parameters.node_token.type
   key_id           = var.kms_key_arn
-  value_wo         = ephemeral.random_password.node_token.result
+  value_wo         = local.node_token
   value_wo_version = var.node_token_version
   tags             = local.tags
-}
-
-# ElastiCache AUTH tokens: 16-128 printable characters without @, " or /.
-ephemeral "random_password" "registry" {
-  length  = 64
-  special = false
 }
 
 resource "aws_ssm_parameter" "registry_auth_token" {
@@ -93,7 +106,7 @@ resource "aws_ssm_parameter" "registry_auth_token" {
   description      = module.config.parameters.redis_auth_token.description
   type             = module.config.parameters.redis_auth_token.type
   key_id           = var.kms_key_arn
-  value_wo         = ephemeral.random_password.registry.result
+  value_wo         = local.registry_auth_token
   value_wo_version = var.registry.auth_token_version
   tags             = local.tags
 }
@@ -124,9 +137,12 @@ resource "aws_elasticache_replication_group" "registry" {
   kms_key_id                 = var.kms_key_arn
   transit_encryption_enabled = true
   transit_encryption_mode    = "required"
-  auth_token_wo              = ephemeral.random_password.registry.result
+  auth_token_wo              = local.registry_auth_token
   auth_token_wo_version      = var.registry.auth_token_version
-  auth_token_update_strategy = "ROTATE"
+  # No auth_token_update_strategy: CreateReplicationGroup takes none, and the
+  # provider refuses one without the stored auth_token. A bumped
+  # auth_token_version modifies the group with ElastiCache's default, ROTATE
+  # (old and new token both valid until the routers have the new one).
   # Heartbeat state rebuilds itself within one TTL: no snapshots to keep.
   snapshot_retention_limit   = 0
   maintenance_window         = var.registry.maintenance_window
@@ -274,6 +290,11 @@ locals {
     { for i, sg in var.agent_security_group_ids : "agents${i}_to_heartbeat" => {
       from = sg, to = aws_security_group.heartbeat.id, port = var.heartbeat.port, egress_only = false
       what = "agent heartbeats from the GPU nodes to the internal endpoint"
+    } },
+    # The capacity controller: the same endpoint, no inference traffic.
+    { for i, sg in var.control_client_security_group_ids : "controller${i}_to_heartbeat" => {
+      from = sg, to = aws_security_group.heartbeat.id, port = var.heartbeat.port, egress_only = false
+      what = "drains from the capacity controller to the internal endpoint"
     } },
     { for i, sg in var.agent_security_group_ids : "routers_to_nodes${i}" => {
       from = aws_security_group.router.id, to = sg, port = var.node_port, egress_only = true

@@ -77,3 +77,8 @@ output "router_config" {
   description = "The /etc/spotrelay/router.yaml every router gets."
   value       = module.config.router_yaml
 }
+
+output "node_port" {
+  description = "The engine port on the GPU nodes that the routers' security group may reach (node_port)."
+  value       = var.node_port
+}

@@ -93,6 +93,17 @@ variable "agent_security_group_ids" {
   }
 }
 
+variable "control_client_security_group_ids" {
+  description = "Security groups that reach the internal control endpoint besides the agents, without receiving inference traffic: the gpu-pool module's controller_security_group_ids (the capacity controller drains nodes through it)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for s in var.control_client_security_group_ids : can(regex("^sg-[0-9a-f]+$", s))])
+    error_message = "control_client_security_group_ids must be security group ids (sg-...)."
+  }
+}
+
 variable "node_port" {
   description = "Port of the inference engine (vLLM) on the GPU nodes, which the routers proxy to."
   type        = number

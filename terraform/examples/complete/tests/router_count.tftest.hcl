@@ -1,8 +1,7 @@
 # The GPU nodes do not depend on the number of routers: their user data names
 # the internal heartbeat endpoint, never a router. Changing router_count must
 # leave the GPU launch template (and so every GPU node) untouched. Runs
-# against a mocked AWS provider in `make tf-validate`; the random provider is
-# the real one (its ephemeral passwords run locally).
+# against a mocked AWS provider in `make tf-validate`.
 
 mock_provider "aws" {
   source = "../../tests/mocks/aws" # shared mocked values
@@ -41,6 +40,8 @@ variables {
   model = {
     name = "Qwen/Qwen2.5-7B-Instruct"
   }
+  # The instance-fit check (model_fit_known) needs the model's size.
+  model_params_billion = 7.6
   spotrelay_wheel = {
     key    = "spotrelay/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08/spotrelay-0.1.0-py3-none-any.whl"
     sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
@@ -76,5 +77,24 @@ run "five_routers" {
   assert {
     condition     = module.router.autoscaling_group_name == run.two_routers.router_asg_name
     error_message = "Still one router group."
+  }
+}
+
+run "cost_tags_and_engine_port" {
+  command = apply
+
+  variables {
+    tags        = { CostCenter = "ml-inference" }
+    engine_port = 8001
+  }
+
+  assert {
+    condition     = module.gpu_pool.instance_tags["CostCenter"] == "ml-inference" && module.gpu_pool.instance_tags["Project"] == "spotrelay"
+    error_message = "The example's tags reach the GPU instances (provider default_tags alone never reach what an Auto Scaling group launches)."
+  }
+
+  assert {
+    condition     = module.router.node_port == 8001 && module.gpu_pool.engine_port == 8001
+    error_message = "One setting, engine_port, sets the port vLLM listens on and the port the routers reach nodes on."
   }
 }

@@ -7,6 +7,7 @@
 mock_provider "aws" {
   mock_data "aws_region" {
     defaults = {
+      id     = "us-east-1"
       name   = "us-east-1"
       region = "us-east-1"
     }
@@ -28,8 +29,6 @@ mock_provider "aws" {
   }
 }
 
-mock_provider "archive" {}
-
 variables {
   name                     = "llm-gpu"
   vpc_id                   = "vpc-0123456789abcdef0"
@@ -40,6 +39,8 @@ variables {
   model = {
     name = "Qwen/Qwen2.5-7B-Instruct"
   }
+  # The instance-fit check (model_fit_known) needs the model's size.
+  model_params_billion = 7.6
   spotrelay = {
     pip_spec = "s3://llm-artifacts/spotrelay/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08/spotrelay-0.1.0-py3-none-any.whl"
     sha256   = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
@@ -100,13 +101,77 @@ run "queue_and_fallback" {
 
   assert {
     condition     = length(aws_lambda_function.controller[0].vpc_config[0].security_group_ids) == 1 && aws_lambda_function.controller[0].environment[0].variables["SPOTRELAY_ROUTER_URLS"] == "http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8081"
-    error_message = "The controller runs with the nodes' security group and asks the routers' internal control endpoint."
+    error_message = "The controller asks the routers' internal control endpoint."
   }
 
   assert {
-    condition     = aws_lambda_function.controller[0].reserved_concurrent_executions == 3 && aws_lambda_function.controller[0].tracing_config[0].mode == "Active"
-    error_message = "Bounded concurrency and tracing."
+    condition     = length(aws_security_group.controller) == 1 && aws_lambda_function.controller[0].replace_security_groups_on_destroy
+    error_message = "The controller has its own security group, released before the function is deleted (so `down` does not wait on its network interfaces)."
   }
+
+  assert {
+    condition     = toset([for r in aws_vpc_security_group_egress_rule.controller : r.from_port]) == toset([443])
+    error_message = "The controller leaves on HTTPS only (the AWS APIs); the router module adds its control endpoint."
+  }
+
+  assert {
+    condition     = aws_lambda_function.controller[0].reserved_concurrent_executions == null && aws_lambda_function.controller[0].tracing_config[0].mode == "Active"
+    error_message = "No reserved concurrency by default (a new account's quota has none to spare); tracing on."
+  }
+
+  assert {
+    condition     = aws_lambda_function.controller[0].filename == "./package/spotrelay-controller.zip" && aws_lambda_function.controller[0].source_code_hash == filebase64sha256("./package/spotrelay-controller.zip")
+    error_message = "The controller is deployed from the committed package, not a zip written at plan time."
+  }
+}
+
+run "dlq_with_a_customer_key" {
+  command = plan
+
+  override_resource {
+    target          = aws_sqs_queue.controller_dlq[0]
+    override_during = plan
+    values = {
+      arn = "arn:aws:sqs:us-east-1:123456789012:llm-gpu-controller-dlq"
+    }
+  }
+
+  variables {
+    on_demand_fallback = { enabled = true }
+    controller         = { kms_key_arn = "arn:aws:kms:us-east-1:123456789012:key/11111111-2222-3333-4444-555555555555" }
+  }
+
+  assert {
+    condition = anytrue([for s in jsondecode(aws_iam_role_policy.controller_dlq[0].policy).Statement :
+      s.Resource == "arn:aws:kms:us-east-1:123456789012:key/11111111-2222-3333-4444-555555555555" && contains(s.Action, "kms:GenerateDataKey") && contains(s.Action, "kms:Decrypt")
+    ])
+    error_message = "The controller may make data keys with the DLQ's key, or Lambda cannot put failed invocations on the encrypted DLQ."
+  }
+}
+
+run "reserved_concurrency_when_asked" {
+  command = plan
+
+  variables {
+    on_demand_fallback = { enabled = true }
+    controller         = { reserved_concurrency = 5 }
+  }
+
+  assert {
+    condition     = aws_lambda_function.controller[0].reserved_concurrent_executions == 5
+    error_message = "controller.reserved_concurrency reserves what it says."
+  }
+}
+
+run "rejects_reservation_below_the_pollers" {
+  command = plan
+
+  variables {
+    on_demand_fallback = { enabled = true }
+    controller         = { reserved_concurrency = 1 }
+  }
+
+  expect_failures = [var.controller]
 }
 
 run "scaling_on_load" {

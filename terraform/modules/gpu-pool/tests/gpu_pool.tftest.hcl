@@ -48,13 +48,26 @@ run "launch_template_hardening" {
   }
 
   assert {
-    condition     = length(aws_launch_template.node.block_device_mappings) == 2
-    error_message = "Root and model volumes."
+    condition     = length(aws_launch_template.node.block_device_mappings) == 1
+    error_message = "The root volume only: the instance-store NVMe holds the model, no EBS model volume is paid for."
   }
 
   assert {
     condition     = aws_launch_template.node.image_id == "ami-0fedcba9876543210" && data.aws_ssm_parameter.ami[0].name == "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id"
     error_message = "The AMI comes from the Deep Learning AMI SSM parameter, resolved at plan time (auto rollback needs an AMI id)."
+  }
+}
+
+run "model_volume_without_instance_store" {
+  command = plan
+
+  variables {
+    instance_store = false
+  }
+
+  assert {
+    condition     = length(aws_launch_template.node.block_device_mappings) == 2 && one([for b in aws_launch_template.node.block_device_mappings : b.ebs[0].volume_size if b.device_name == "/dev/sdf"]) == 200
+    error_message = "Without instance store the model gets a 200 GiB gp3 volume."
   }
 }
 
@@ -126,6 +139,11 @@ run "attribute_based_instances" {
   }
 
   assert {
+    condition     = one(aws_autoscaling_group.node.mixed_instances_policy[0].launch_template[0].override).instance_requirements[0].instance_generations == toset(["current"]) && one(aws_autoscaling_group.node.mixed_instances_policy[0].launch_template[0].override).instance_requirements[0].local_storage == "required"
+    error_message = "Only current-generation types with local NVMe (the instance store holds the model) reach the group."
+  }
+
+  assert {
     condition     = aws_autoscaling_group.node.mixed_instances_policy[0].instances_distribution[0].on_demand_allocation_strategy == "lowest-price"
     error_message = "prioritized is not allowed with instance requirements."
   }
@@ -190,4 +208,22 @@ run "rejects_bad_subnet" {
     subnet_ids = ["subnet-nothex!"]
   }
   expect_failures = [var.subnet_ids]
+}
+
+run "tags_reach_the_instances" {
+  command = plan
+
+  variables {
+    tags = { CostCenter = "ml-inference" }
+  }
+
+  assert {
+    condition     = anytrue([for t in aws_autoscaling_group.node.tag : t.key == "CostCenter" && t.value == "ml-inference" && t.propagate_at_launch])
+    error_message = "Cost tags are propagated to the instances the group launches."
+  }
+
+  assert {
+    condition     = alltrue([for s in aws_launch_template.node.tag_specifications : s.tags["CostCenter"] == "ml-inference"]) && toset([for s in aws_launch_template.node.tag_specifications : s.resource_type]) == toset(["instance", "volume", "network-interface"])
+    error_message = "Instances, their volumes and interfaces carry the tags from launch."
+  }
 }

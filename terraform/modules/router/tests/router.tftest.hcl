@@ -1,8 +1,7 @@
 # Tests of the router module against a mocked AWS provider: apply creates
-# nothing, computed values are mocked. Run in `make tf-validate`, where the
-# provider schemas can be downloaded. The
-# random provider is the real one: its ephemeral random_password runs
-# locally and reaches no account.
+# nothing, computed values are mocked. Run in `make tf-validate` with the
+# machine's AWS provider (tests/tfshim/tfreal.py); the write-only AUTH token
+# of the cache is asserted in write_only.tftest.hcl.
 
 mock_provider "aws" {
   source = "../../tests/mocks/aws" # shared mocked values
@@ -140,6 +139,38 @@ run "heartbeat_reachable_from_agents_only" {
   }
 }
 
+run "ami_resolved_at_plan" {
+  command = plan
+
+  assert {
+    condition     = aws_launch_template.router.image_id == "ami-0fedcba9876543210" && data.aws_ssm_parameter.ami[0].name == "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+    error_message = "The router AMI comes from its SSM parameter at plan time, not resolve:ssm: at launch (no mixed builds in one group)."
+  }
+}
+
+run "capacity_controller_reaches_the_control_endpoint_only" {
+  command = apply
+
+  variables {
+    control_client_security_group_ids = ["sg-0cccccccccccccccc"]
+  }
+
+  assert {
+    condition     = aws_vpc_security_group_ingress_rule.link["controller0_to_heartbeat"].security_group_id == aws_security_group.heartbeat.id && aws_vpc_security_group_ingress_rule.link["controller0_to_heartbeat"].referenced_security_group_id == "sg-0cccccccccccccccc" && aws_vpc_security_group_ingress_rule.link["controller0_to_heartbeat"].from_port == 8081
+    error_message = "The controller's own group is admitted to the internal control endpoint."
+  }
+
+  assert {
+    condition     = aws_vpc_security_group_egress_rule.link["controller0_to_heartbeat"].security_group_id == "sg-0cccccccccccccccc" && aws_vpc_security_group_egress_rule.link["controller0_to_heartbeat"].to_port == 8081
+    error_message = "The controller's group may leave for that endpoint (its egress kept in step with the ingress)."
+  }
+
+  assert {
+    condition     = !anytrue([for k, r in aws_vpc_security_group_egress_rule.link : r.referenced_security_group_id == "sg-0cccccccccccccccc"])
+    error_message = "The routers send no inference traffic to the controller's group."
+  }
+}
+
 run "registry_private_tls_auth" {
   command = apply
 
@@ -149,8 +180,8 @@ run "registry_private_tls_auth" {
   }
 
   assert {
-    condition     = aws_elasticache_replication_group.registry.auth_token == null && aws_elasticache_replication_group.registry.auth_token_wo_version == 1
-    error_message = "The AUTH token is write-only."
+    condition     = aws_elasticache_replication_group.registry.auth_token_update_strategy == null
+    error_message = "No update strategy: CreateReplicationGroup takes none, and the provider refuses one without the stored auth_token (rotation uses ElastiCache's default, ROTATE)."
   }
 
   assert {
@@ -168,8 +199,8 @@ run "secrets_not_in_state" {
   }
 
   assert {
-    condition     = aws_ssm_parameter.registry_auth_token.value_wo_version == aws_elasticache_replication_group.registry.auth_token_wo_version && aws_ssm_parameter.registry_auth_token.name == "/spotrelay/llm/redis-auth-token"
-    error_message = "The registry token is a write-only SecureString, versioned with the cache's write-only AUTH token."
+    condition     = aws_ssm_parameter.registry_auth_token.value_wo_version == 1 && aws_ssm_parameter.registry_auth_token.name == "/spotrelay/llm/redis-auth-token"
+    error_message = "The registry token is a write-only SecureString."
   }
 }
 

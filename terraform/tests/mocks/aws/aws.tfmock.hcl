@@ -4,6 +4,7 @@
 
 mock_data "aws_region" {
   defaults = {
+    id     = "us-east-1"
     name   = "us-east-1"
     region = "us-east-1"
   }

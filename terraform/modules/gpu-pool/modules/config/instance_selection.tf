@@ -110,7 +110,7 @@ locals {
 
   tp             = var.model.tensor_parallel_size
   gpu_mem_util   = var.model.gpu_memory_utilization
-  weights_gib    = var.model_params_billion == null ? null : var.model_params_billion * 1e9 * var.model_bytes_per_param / 1073741824
+  weights_gib    = var.model_params_billion == null ? null : var.model_params_billion * 1000000000 * var.model_bytes_per_param / 1073741824
   estimated_need = local.weights_gib == null ? null : local.weights_gib * (1 + var.model_kv_cache_fraction)
   need_gib       = var.model_gpu_memory_gib != null ? var.model_gpu_memory_gib : local.estimated_need
   need_known     = local.need_gib != null
@@ -129,8 +129,12 @@ locals {
   need_text    = local.need_known ? format("%.1f GiB", local.need_gib) : "unknown"
 
   # Attribute-based selection: exactly tp NVIDIA GPUs whose total memory,
-  # at gpu_memory_utilization, holds the model.
+  # at gpu_memory_utilization, holds the model, in current-generation types
+  # only (no previous-generation GPUs the AMI's drivers may not support).
   requirements = local.use_requirements ? {
+    instance_generations = ["current"]
+    # With instance_store the model lives on local NVMe: only types that have it.
+    local_storage                = var.instance_store ? "required" : "included"
     vcpu_count                   = { min = var.instance_requirements.vcpu_min, max = var.instance_requirements.vcpu_max }
     memory_mib                   = { min = ceil(var.instance_requirements.memory_gib_min * 1024), max = var.instance_requirements.memory_gib_max == null ? null : ceil(var.instance_requirements.memory_gib_max * 1024) }
     accelerator_manufacturers    = ["nvidia"]

@@ -28,7 +28,10 @@ locals {
   served_model_name = coalesce(var.model.served_name, var.model.name)
   hook_name         = coalesce(var.lifecycle_hook.name, "${var.name}-drain")
   vllm_pip_spec     = coalesce(var.vllm.pip_spec, local.s3_stream ? "vllm[runai]==${var.vllm.version}" : "vllm==${var.vllm.version}")
-  has_model_volume  = var.volumes.model_size_gib > 0
+  # The EBS model volume costs money on every node: none by default when the
+  # instance-store NVMe holds the model.
+  model_size_gib   = coalesce(var.volumes.model_size_gib, var.instance_store ? 0 : 200)
+  has_model_volume = local.model_size_gib > 0
   # Weights and the Hugging Face cache live under model_mount when a disk
   # backs it: the EBS model volume, or the instance-store NVMe.
   model_on_disk = local.has_model_volume || var.instance_store
@@ -138,7 +141,7 @@ locals {
     region               = var.region
     node_token_parameter = var.node_token_parameter
     hf_token_parameter   = var.model.hf_token_parameter == null ? "" : var.model.hf_token_parameter
-    model_size_gib       = var.volumes.model_size_gib
+    model_size_gib       = local.model_size_gib
     model_mount          = var.volumes.model_mount
     hf_home              = local.hf_home
     model_s3_uri         = local.s3_copy ? var.model_s3_uri : ""

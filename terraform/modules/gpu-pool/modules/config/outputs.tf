@@ -4,8 +4,8 @@ output "user_data" {
 }
 
 output "user_data_base64" {
-  description = "The cloud-init user data, base64-encoded for a launch template."
-  value       = base64encode(local.user_data)
+  description = "The cloud-init user data, gzip-compressed and base64-encoded for a launch template. EC2 takes 16 KB of user data before base64; the scripts alone come near that, and cloud-init decompresses gzip user data itself."
+  value       = base64gzip(local.user_data)
 }
 
 output "agent_settings" {
@@ -104,13 +104,14 @@ output "asg_tags" {
 }
 
 output "volumes" {
-  description = "Root and model volume settings, with has_model_volume resolved."
+  description = "Root and model volume settings, with model_size_gib (0 = none) and has_model_volume resolved."
   value = merge(var.volumes, {
+    model_size_gib   = local.model_size_gib
     has_model_volume = local.has_model_volume
   })
 
   precondition {
-    condition     = var.volumes.model_size_gib != var.volumes.root_size_gib
+    condition     = local.model_size_gib != var.volumes.root_size_gib
     error_message = "volumes.model_size_gib must differ from volumes.root_size_gib: the node identifies the model volume by its size."
   }
 }

@@ -250,10 +250,10 @@ variable "node_token_parameter" {
 }
 
 variable "volumes" {
-  description = "Root and model volume sizes in GiB. The model volume holds the Hugging Face cache; set model_size_gib = 0 to keep the cache on the root volume. The sizes must differ: the node finds the model volume by its size."
+  description = "Root and model volume sizes in GiB. The model volume holds the weights and the Hugging Face cache; model_size_gib = 0 keeps them on the root volume (or the instance store). Default: no model volume with instance_store (the NVMe holds the model), 200 GiB without. The sizes must differ: the node finds the model volume by its size."
   type = object({
     root_size_gib  = optional(number, 100)
-    model_size_gib = optional(number, 200)
+    model_size_gib = optional(number)
     model_mount    = optional(string, "/opt/models")
   })
   default = {}
@@ -264,7 +264,7 @@ variable "volumes" {
   }
 
   validation {
-    condition     = var.volumes.model_size_gib == 0 || (var.volumes.model_size_gib >= 20 && var.volumes.model_size_gib <= 16384)
+    condition     = var.volumes.model_size_gib == null || try(var.volumes.model_size_gib == 0 || (var.volumes.model_size_gib >= 20 && var.volumes.model_size_gib <= 16384), false)
     error_message = "volumes.model_size_gib must be 0 (no model volume) or between 20 and 16384."
   }
 

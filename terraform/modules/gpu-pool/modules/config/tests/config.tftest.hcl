@@ -244,8 +244,8 @@ run "user_data_is_cloud_config" {
   }
 
   assert {
-    condition     = base64decode(output.user_data_base64) == output.user_data
-    error_message = "The base64 form decodes to the user data."
+    condition     = output.user_data_base64 == base64gzip(output.user_data)
+    error_message = "The launch template gets the user data gzip-compressed (cloud-init decompresses it), base64-encoded."
   }
 }
 
@@ -632,6 +632,11 @@ run "attribute_based_selection" {
   }
 
   assert {
+    condition     = output.instance_requirements.instance_generations == ["current"] && output.instance_requirements.local_storage == "required"
+    error_message = "Only current-generation instance types, with local NVMe for the instance store."
+  }
+
+  assert {
     condition     = output.instance_requirements.accelerator_count.min == 1 && output.instance_requirements.accelerator_count.max == 1
     error_message = "Exactly tensor_parallel_size GPUs: no idle GPUs to pay for."
   }
@@ -673,8 +678,18 @@ run "instance_store_is_formatted_in_cloud_init" {
   command = apply
 
   assert {
-    condition     = yamldecode(output.user_data).runcmd[0] == ["/usr/local/sbin/spotrelay-nvme"] && yamldecode(output.user_data).runcmd[1] == ["/usr/local/sbin/spotrelay-install"]
-    error_message = "cloud-init mounts the NVMe before the install."
+    condition     = yamldecode(output.user_data).runcmd == [["sh", "-c", "/usr/local/sbin/spotrelay-nvme && exec /usr/local/sbin/spotrelay-install"]]
+    error_message = "cloud-init mounts the NVMe before the install, and the install runs only if that worked (no quiet fallback)."
+  }
+
+  assert {
+    condition     = !output.volumes.has_model_volume && output.volumes.model_size_gib == 0 && strcontains(output.install_script, "MODEL_SIZE_GIB=0")
+    error_message = "With the instance store holding the model, no EBS model volume is paid for."
+  }
+
+  assert {
+    condition     = strcontains(output.nvme_script, "/opt/dlami/nvme") && strcontains(output.nvme_script, "not formatting them")
+    error_message = "The Deep Learning AMI's own instance-store mount is used, and devices in use are never formatted."
   }
 
   assert {
@@ -755,6 +770,11 @@ run "hub_download_without_s3" {
   assert {
     condition     = output.vllm_argv[2] == "Qwen/Qwen2.5-7B-Instruct" && !strcontains(output.user_data, "fetch-model") && !strcontains(output.user_data, "spotrelay-nvme")
     error_message = "Without model_s3_uri or instance store the user data has neither step."
+  }
+
+  assert {
+    condition     = output.volumes.has_model_volume && output.volumes.model_size_gib == 200 && yamldecode(output.user_data).runcmd == [["/usr/local/sbin/spotrelay-install"]]
+    error_message = "Without instance store the model gets a 200 GiB EBS volume by default."
   }
 }
 

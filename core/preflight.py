@@ -46,8 +46,9 @@ SERVICE_LINKED_ROLES = {
     "AWSServiceRoleForEC2Spot": "spot.amazonaws.com",
     "AWSServiceRoleForElastiCache": "elasticache.amazonaws.com",
 }
-# Lambda refuses reserved concurrency that would leave fewer unreserved.
-LAMBDA_MIN_UNRESERVED = 10
+# Lambda refuses reserved concurrency that would leave fewer unreserved
+# ("you can reserve up to the unreserved account concurrency minus 100").
+LAMBDA_MIN_UNRESERVED = 100
 
 
 @dataclass(frozen=True)
@@ -185,13 +186,17 @@ def check_lambda(plan: PoolPlan, clients: Clients) -> list[Check]:
     except Exception as exc:
         return [Check(WARN, name, f"cannot read it: {_error_code(exc)}")]
     free, total = limit["UnreservedConcurrentExecutions"], limit["ConcurrentExecutions"]
+    reserved = int(plan.controller.get("reserved_concurrency") or 0)
     detail = f"{free} unreserved of {total}"
     if free < 1:
         return [Check(FAIL, name, f"{detail}: the controller could not run")]
-    if free <= LAMBDA_MIN_UNRESERVED:
-        why = "reserving any for the controller would fail (Lambda keeps 10 unreserved)"
-        return [Check(WARN, name, f"{detail}: {why}")]
-    return [Check(OK, name, detail)]
+    if reserved and free - reserved < LAMBDA_MIN_UNRESERVED:
+        why = (
+            f"controller.reserved_concurrency {reserved} would leave {free - reserved}; "
+            f"Lambda keeps {LAMBDA_MIN_UNRESERVED} unreserved (leave it unset)"
+        )
+        return [Check(FAIL, name, f"{detail}: {why}")]
+    return [Check(OK, name, f"{detail}; {reserved or 'none'} reserved for the controller")]
 
 
 def check_roles(clients: Clients) -> list[Check]:

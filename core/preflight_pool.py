@@ -45,6 +45,7 @@ class PoolPlan:
     usable_gib: dict[str, float] = field(default_factory=dict)
     fallback: dict[str, Any] = field(default_factory=dict)
     interruption_queue: dict[str, Any] = field(default_factory=dict)
+    controller: dict[str, Any] = field(default_factory=dict)
 
     @property
     def on_demand_max(self) -> int:
@@ -131,4 +132,5 @@ def pool_plan(binary: str, config_dir: Path, values: dict[str, Any]) -> PoolPlan
         usable_gib={k: float(v) for k, v in (memory.get("usable_gib") or {}).items()},
         fallback=dict(values.get("on_demand_fallback") or {}),
         interruption_queue=dict(values.get("interruption_queue") or {}),
+        controller=dict(values.get("controller") or {}),
     )

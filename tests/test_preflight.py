@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from spotrelay.core.preflight import FAIL, OK, WARN, check_model_fit
+from spotrelay.core.preflight import FAIL, OK, WARN, check_lambda, check_model_fit
 from spotrelay.core.preflight_pool import PoolPlan
 from tests.aws_recorded import Account, recorded_aws
 from tests.deploy_support import REGION, aws, cli, fake_wheel, minimal, stand_in, write_yaml
@@ -82,7 +82,7 @@ def test_preflight_reports_each_check(tmp_path: Path, moto_url: str) -> None:
     assert offered[0] == WARN and "g6e.xlarge in us-east-1f" in offered[1]
     assert lines["model fits the instance types"] == (OK, "needs 17.0 GiB; every type holds it")
     lam = lines["Lambda concurrency for the controller"]
-    assert lam[0] == WARN and lam[1].startswith("10 unreserved of 10")
+    assert lam == (OK, "10 unreserved of 10; none reserved for the controller")
     assert lines["service-linked role AWSServiceRoleForAutoScaling"] == (OK, "exists")
     elasticache = lines["service-linked role AWSServiceRoleForElastiCache"]
     assert elasticache[0] == WARN and "elasticache.amazonaws.com" in elasticache[1]
@@ -121,3 +121,18 @@ def test_model_fit_names_the_types_too_small() -> None:
     plan.instance_types = ["g6e.xlarge"]
     plan.need_gib = 30.0
     assert check_model_fit(plan)[0].status == OK
+
+
+def test_reserved_concurrency_must_leave_lambdas_minimum() -> None:
+    """A new account (10 in all) cannot reserve 3 for the controller: Lambda keeps 100."""
+    import boto3
+
+    plan = PoolPlan(REGION, [], [], 0, 1, 2, 0, 0, fallback={"enabled": True})
+    with recorded_aws(Account(concurrent_executions=10, unreserved=10)) as recorded:
+        lam = boto3.client("lambda", region_name=REGION, endpoint_url=recorded,
+                           aws_access_key_id="x", aws_secret_access_key="x")  # fmt: skip
+        assert check_lambda(plan, lambda _: lam)[0].status == OK
+        plan.controller = {"reserved_concurrency": 3}
+        (check,) = check_lambda(plan, lambda _: lam)
+    assert check.status == FAIL
+    assert "reserved_concurrency 3 would leave 7; Lambda keeps 100 unreserved" in check.reason

@@ -25,6 +25,10 @@ TAG_CHANGED_AT = "spotrelay:fallback-changed-at"
 TAG_PROBE_AT = "spotrelay:fallback-probe-at"
 TAG_FAILED_PROBES = "spotrelay:fallback-failed-probes"
 ACTIVITY_PAGES = 2  # 2 x 100 activities: hours of history, enough for any threshold
+# Group members that serve or are about to: Pending, Pending:Wait, Pending:Proceed,
+# InService. Terminating*, Detaching, Standby and warm-pool states do not.
+LIVE_STATES = ("Pending", "InService")
+EC2_LIVE = frozenset({"pending", "running"})
 
 
 class GroupNotFound(RuntimeError):
@@ -39,9 +43,10 @@ def _float_tag(tags: dict[str, str], key: str) -> float | None:
 
 
 class AsgGateway:
-    def __init__(self, autoscaling: Any, asg_name: str) -> None:
+    def __init__(self, autoscaling: Any, asg_name: str, ec2: Any = None) -> None:
         self.client = autoscaling
         self.asg_name = asg_name
+        self.ec2 = ec2
 
     def _group(self) -> dict[str, Any]:
         groups = self.client.describe_auto_scaling_groups(AutoScalingGroupNames=[self.asg_name])
@@ -76,9 +81,46 @@ class AsgGateway:
             failed_probes=int(_float_tag(tags, TAG_FAILED_PROBES) or 0),
         )
 
+    def spot_live(self, group: dict[str, Any]) -> int:
+        """Spot instances of the group that are pending or in service.
+
+        The group's instance list does not say which market an instance runs
+        in; EC2's ``InstanceLifecycle`` does (``spot``; absent for on-demand).
+        """
+        ids = [
+            i["InstanceId"]
+            for i in group.get("Instances", [])
+            if str(i.get("LifecycleState", "")).startswith(LIVE_STATES)
+        ]
+        if not ids or self.ec2 is None:
+            return 0
+        count = 0
+        for start in range(0, len(ids), 100):
+            # A filter, not InstanceIds: an instance terminated since the group
+            # listed it is left out instead of failing the call (NotFound).
+            chunk = ids[start : start + 100]
+            pages = self.ec2.get_paginator("describe_instances").paginate(
+                Filters=[{"Name": "instance-id", "Values": chunk}]
+            )
+            for page in pages:
+                for reservation in page.get("Reservations", []):
+                    count += sum(
+                        1
+                        for inst in reservation.get("Instances", [])
+                        if inst.get("InstanceLifecycle") == "spot"
+                        and (inst.get("State") or {}).get("Name") in EC2_LIVE
+                    )
+        return count
+
     def observe(self, ready_nodes: int | None) -> tuple[Observation, FallbackState]:
         group = self._group()
-        obs = Observation(self._base(group), launch_attempts(self.activities()), ready_nodes)
+        obs = Observation(
+            self._base(group),
+            launch_attempts(self.activities()),
+            ready_nodes,
+            desired=int(group.get("DesiredCapacity") or 0),
+            spot_live=self.spot_live(group),
+        )
         return obs, self._state(group)
 
     def apply(self, decision: Decision, previous: FallbackState) -> bool:

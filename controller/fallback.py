@@ -1,19 +1,27 @@
-"""On-demand fallback: when spot runs dry, raise the group's on-demand base step by step.
+"""On-demand fallback: when spot runs dry, every missing spot node comes back on-demand at once.
 
 The decision is a pure function of what was observed (the group's on-demand
-base, its recent launch attempts, the routers' ready-node count) and a small
-persisted state (when the shortage of ready nodes began, when the base last
-changed, the pending recovery probe and how many failed in a row), evaluated
-at the injected clock's ``now``. It never increments: it computes an absolute
-target from the *observed* base, so two runs that see the same group decide
-the same value, and the writer applies it only if the group still shows the
-value it observed (:meth:`spotrelay.controller.aws.AsgGateway.apply`).
+base, desired capacity and live spot instances, its recent launch attempts,
+the routers' ready-node count) and a small persisted state (when the
+shortage of ready nodes began, when the base last changed, the pending
+recovery probe and how many failed in a row), evaluated at the injected
+clock's ``now``. It never increments blindly: in a spot shortage the target
+is ``desired - live spot instances`` (every node spot is not serving, the
+missing ones included), computed from the *observed* group, so two runs that
+see the same group decide the same value, a run while the on-demand nodes
+still boot decides the same value again, and the writer applies it only if
+the group still shows the value it observed
+(:meth:`spotrelay.controller.aws.AsgGateway.apply`). That target never
+exceeds ``max_on_demand`` (default: the group's desired capacity) and never
+asks the group to swap a running spot node for on-demand.
 
 Recovery cannot wait for a spot *success* while every node is on-demand: the
 group makes no spot attempt then. So "spot is back" means no spot launch has
 failed for ``recover_after_s``; lowering the base by one is itself the probe
 (the group replaces one on-demand node with spot, capacity rebalance and the
-drain retire the old one), and a new failure raises it again.
+drain retire the old one), and a new failure raises it again. Further steps
+down follow one per ``step_interval_s``: a return to spot is not urgent, a
+second drought during it is cheap to meet one node at a time.
 
 A probe costs no serving capacity: the group launches the spot replacement
 before it retires the on-demand node, so while spot is still short the
@@ -21,6 +29,11 @@ replacement fails and the on-demand node keeps serving. What it costs is a few
 failed launch activities and two base changes. Still, during a long shortage
 each failed probe doubles the quiet time the next one waits for (capped at
 ``recover_backoff_max_s``); a probe that meets no shortage resets it.
+
+``min_ready`` (off by default) is a second, slower trigger for nodes that are
+there but not serving: ready nodes below it for ``fallback_after_s`` raise the
+base by one per ``step_interval_s`` (a node it asks for takes a cold start to
+count as ready, so each step waits for the last).
 
 The configured base (``base_on_demand``, the module's
 ``scaling.on_demand_base_capacity``) is a floor: never lowered below, and a
@@ -56,19 +69,24 @@ class PolicyError(ValueError):
 class FallbackPolicy:
     """Thresholds; the gpu-pool module's ``on_demand_fallback`` variable maps onto these."""
 
-    fallback_after_s: float = 300.0  # spot failing (or ready < min_ready) this long: raise
+    fallback_after_s: float = 0.0  # spot failing (or ready < min_ready) this long: raise
     recover_after_s: float = 1800.0  # no spot failure this long: lower
-    step_interval_s: float = 600.0  # at least this long between two changes (cold start)
+    step_interval_s: float = 600.0  # between two steps down (and two min_ready steps up)
     min_ready: int = 0  # 0 = the ready-node count never triggers a fallback
-    max_on_demand: int = 2
+    max_on_demand: int | None = None  # None: the group's desired capacity
     base_on_demand: int = 0  # the configured base: never lowered below it, raised to it
     recover_backoff_max_s: float = 14400.0  # cap of the doubled wait after failed probes
 
     def validate(self) -> None:
-        if self.max_on_demand < self.base_on_demand:
+        if self.max_on_demand is not None and self.max_on_demand < self.base_on_demand:
             raise PolicyError("max_on_demand", "must be >= the configured on-demand base")
         if self.recover_backoff_max_s < self.recover_after_s:
             raise PolicyError("recover_backoff_max_s", "must be >= recover_after_s")
+
+    def cap(self, desired: int) -> int:
+        """The most on-demand nodes the fallback asks for (never below the configured base)."""
+        limit = desired if self.max_on_demand is None else self.max_on_demand
+        return max(limit, self.base_on_demand)
 
     def recover_wait(self, failed_probes: int) -> float:
         """Quiet time before the next probe: recover_after_s, doubled per failed probe, capped."""
@@ -91,6 +109,13 @@ class Observation:
     on_demand_base: int
     attempts: Sequence[LaunchAttempt]  # recent launch attempts, any order
     ready_nodes: int | None  # None: no router answered (never a reason to act)
+    desired: int = 0  # the group's desired capacity
+    spot_live: int = 0  # spot instances pending or in service (not leaving)
+
+    @property
+    def not_on_spot(self) -> int:
+        """Nodes spot does not serve: the on-demand ones and the missing ones."""
+        return max(0, self.desired - self.spot_live)
 
 
 @dataclass(frozen=True)
@@ -152,8 +177,13 @@ def why_hold(short: bool, quiet_for: float | None, wait: float, failed_probes: i
     return why + (f" ({failed_probes} failed probes)" if failed_probes else "")
 
 
+class Trigger(StrEnum):
+    SPOT_SHORTAGE = "spot_shortage"  # fill every node spot does not serve, at once
+    NOT_READY = "not_ready"  # ready < min_ready: one more node per step_interval_s
+
+
 class FallbackDecider:
-    """Decides one step at a time; ``clock`` returns epoch seconds (injected for tests)."""
+    """Decides one run; ``clock`` returns epoch seconds (injected for tests)."""
 
     def __init__(self, policy: FallbackPolicy, clock: Callable[[], float] = time.time) -> None:
         policy.validate()
@@ -173,15 +203,11 @@ class FallbackDecider:
         if base < p.base_on_demand:  # the operator raised the configured base: follow at once
             target = p.base_on_demand
             return done(Action.RAISE, target, f"on-demand base {base} -> {target} (configured)")
-        trigger = self._trigger(obs, state, now)
         settled = state.changed_at is None or now - state.changed_at >= p.step_interval_s
-        if trigger:
-            if base >= p.max_on_demand:
-                return done(Action.HOLD, base, f"{trigger}; already at max_on_demand={base}")
-            if not settled:
-                wait = p.step_interval_s - (now - (state.changed_at or now))
-                return done(Action.HOLD, base, f"{trigger}; next step in {wait:.0f}s")
-            return done(Action.RAISE, base + 1, f"{trigger}; on-demand base {base} -> {base + 1}")
+        fired = self._trigger(obs, state, now)
+        if fired:
+            target, why = self._raise_to(obs, state, now, *fired)
+            return done(Action.RAISE if target > base else Action.HOLD, target, why)
         if base <= p.base_on_demand:
             return done(Action.HOLD, base, "spot healthy; on-demand base at its configured value")
         last = last_shortage(obs.attempts)
@@ -196,12 +222,37 @@ class FallbackDecider:
         state = replace(state, probe_at=now)
         return done(Action.LOWER, base - 1, f"{quiet}; on-demand base {base} -> {base - 1} (probe)")
 
-    def _trigger(self, obs: Observation, state: FallbackState, now: float) -> str | None:
+    def _raise_to(
+        self, obs: Observation, state: FallbackState, now: float, kind: Trigger, why: str
+    ) -> tuple[int, str]:
+        """The base a fired trigger asks for (the observed one: hold), and why."""
+        p, base = self.policy, obs.on_demand_base
+        cap = p.cap(obs.desired)
+        if kind is Trigger.SPOT_SHORTAGE:
+            if obs.not_on_spot <= base:
+                return base, f"{why}; every node spot does not serve is on-demand already"
+            target = min(cap, obs.not_on_spot)
+            why += f"; {obs.not_on_spot - base} node(s) missing on spot"
+        else:
+            target = min(cap, base + 1)
+            settled = state.changed_at is None or now - state.changed_at >= p.step_interval_s
+            if target > base and not settled:
+                wait = p.step_interval_s - (now - (state.changed_at or now))
+                return base, f"{why}; next step in {wait:.0f}s"
+        if target <= base:
+            return base, f"{why}; already at max_on_demand={cap}"
+        short_of = kind is Trigger.SPOT_SHORTAGE and target < obs.not_on_spot
+        capped = f" (max_on_demand={cap})" if short_of else ""
+        return target, f"{why}; on-demand base {base} -> {target}{capped}"
+
+    def _trigger(
+        self, obs: Observation, state: FallbackState, now: float
+    ) -> tuple[Trigger, str] | None:
         """Why capacity must move to on-demand now, or None."""
         p = self.policy
         since, last = failing_since(obs.attempts), last_shortage(obs.attempts)
-        # Still failing: the last failure is recent and came after our last step
-        # (a failure before it is what that step already answered).
+        # Still failing: the last failure is recent and came after our last change
+        # (a failure before it is what that change already answered).
         fresh = (
             last is not None
             and now - last.at < p.recover_after_s
@@ -209,9 +260,9 @@ class FallbackDecider:
         )
         if since is not None and fresh and now - since >= p.fallback_after_s:
             detail = f" ({last.message})" if last and last.message else ""
-            return f"spot launches failing for {now - since:.0f}s{detail}"
+            return Trigger.SPOT_SHORTAGE, f"spot launches failing for {now - since:.0f}s{detail}"
         if state.short_since is not None and now - state.short_since >= p.fallback_after_s:
-            return (
+            return Trigger.NOT_READY, (
                 f"ready nodes {obs.ready_nodes} < min_ready {p.min_ready} "
                 f"for {now - state.short_since:.0f}s"
             )

@@ -5,9 +5,13 @@ Two triggers reach it:
 - the EventBridge schedule (``rate(1 minute)`` by default): one on-demand
   fallback decision (:meth:`Controller.run_fallback`);
 - the SQS event source mapping of the interruption queue: a batch of
-  EventBridge events, each drained by instance id; a record whose routers
-  could not be reached is reported back as a batch item failure, so SQS
+  EventBridge events, each drained by instance id, and the controller's own
+  delayed lifecycle checks (:mod:`.lifecycle`); a record whose routers (or
+  AWS calls) failed is reported back as a batch item failure, so SQS
   redelivers it (and, after ``maxReceiveCount``, moves it to the DLQ).
+
+The node token is read from its SSM parameter at a cold start and again
+whenever a router answers 401 (it was rotated).
 
 Every decision is logged with its reason and published as CloudWatch metrics
 (one ``PutMetricData`` per invocation). A metrics failure is logged and never
@@ -25,6 +29,7 @@ from typing import Any
 from .aws import AsgGateway, put_metrics
 from .fallback import Decision, FallbackDecider
 from .interruptions import InterruptionHandler, Outcome
+from .lifecycle import LifecycleFollowUp
 from .routers import RouterFleet
 from .settings import ControllerSettings, from_env
 
@@ -44,18 +49,28 @@ class Controller:
         self.settings = settings
         self.autoscaling = clients("autoscaling")
         self.cloudwatch = clients("cloudwatch")
-        token = settings.node_token
-        if token is None and settings.node_token_parameter:
-            ssm = clients("ssm")
-            doc = ssm.get_parameter(Name=settings.node_token_parameter, WithDecryption=True)
-            token = doc["Parameter"]["Value"].strip()
+        source = token_source(settings, clients)
         self.routers = RouterFleet(
-            list(settings.router_urls), token or "", timeout_s=settings.router_timeout_s
+            list(settings.router_urls),
+            settings.node_token or (source() if source else ""),
+            timeout_s=settings.router_timeout_s,
+            token_source=source,
         )
-        self.gateway = AsgGateway(self.autoscaling, settings.asg_name)
+        self.gateway = AsgGateway(self.autoscaling, settings.asg_name, clients("ec2"))
         self.decider = FallbackDecider(settings.policy, clock)
+        followup = None
+        if settings.queue_url:
+            followup = LifecycleFollowUp(
+                sqs_sender(clients("sqs"), settings.queue_url),
+                self.autoscaling,
+                self.routers.sightings,
+                check_every_s=settings.lifecycle_check_every_s,
+                deadline_s=settings.lifecycle_deadline_s,
+                silent_after_s=settings.agent_silent_after_s,
+                clock=clock,
+            )
         self.interruptions = InterruptionHandler(
-            self.routers, drain_on_rebalance=settings.drain_on_rebalance
+            self.routers, drain_on_rebalance=settings.drain_on_rebalance, followup=followup
         )
 
     def run_fallback(self) -> Decision | None:
@@ -103,6 +118,30 @@ class Controller:
             put_metrics(self.cloudwatch, self.settings.metric_namespace, self.settings.pool, data)
         except Exception as exc:  # metrics never fail a run whose work is done
             log.warning("could not publish controller metrics: %s", exc)
+
+
+def token_source(
+    settings: ControllerSettings, clients: Callable[[str], Any]
+) -> Callable[[], str] | None:
+    """Reads the node token from its SSM parameter; None when it is given directly (tests)."""
+    if settings.node_token is not None or not settings.node_token_parameter:
+        return None
+    ssm, name = clients("ssm"), settings.node_token_parameter
+
+    def read() -> str:
+        doc = ssm.get_parameter(Name=name, WithDecryption=True)
+        return str(doc["Parameter"]["Value"]).strip()
+
+    return read
+
+
+def sqs_sender(sqs: Any, queue_url: str) -> Callable[[str, int], None]:
+    """``send(body, delay_s)`` onto the interruption queue."""
+
+    def send(body: str, delay_s: int) -> None:
+        sqs.send_message(QueueUrl=queue_url, MessageBody=body, DelaySeconds=delay_s)
+
+    return send
 
 
 def boto3_clients(settings: ControllerSettings) -> Callable[[str], Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -107,10 +108,33 @@ def evaluate(binary: str, module: Path, values: dict[str, Any]) -> dict[str, Any
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _setting(values: dict[str, Any], config_dir: Path, variable: str) -> dict[str, Any]:
+    if variable in values:
+        return dict(values[variable] or {})
+    return default_on(config_dir, variable)
+
+
 def _error_block(text: str) -> str:
     """From Terraform's first ``Error:`` on (its summary line says what is wrong)."""
     at = text.find("Error:")
     return text[at:] if at >= 0 else text
+
+
+def default_on(config_dir: Path, variable: str) -> dict[str, Any]:
+    """``{"enabled": True}`` when the configuration turns ``variable`` on by default.
+
+    examples/complete turns the on-demand fallback on unless the tfvars say
+    otherwise; preflight must then count the on-demand nodes and the
+    controller's Lambda even though spotrelay wrote no value for it.
+    """
+    block = re.compile(rf'^variable "{variable}" {{\n(.*?)^}}', re.M | re.S)
+    for path in sorted(config_dir.glob("*.tf")):
+        found = block.search(path.read_text())
+        if found and re.search(
+            r"^\s*default\s*=\s*\{\s*enabled\s*=\s*true\s*\}", found.group(1), re.M
+        ):
+            return {"enabled": True}
+    return {}
 
 
 def pool_plan(binary: str, config_dir: Path, values: dict[str, Any]) -> PoolPlan:
@@ -130,7 +154,7 @@ def pool_plan(binary: str, config_dir: Path, values: dict[str, Any]) -> PoolPlan
         on_demand_pct=int(scaling["on_demand_percentage_above_base_capacity"]),
         need_gib=memory.get("need_gib"),
         usable_gib={k: float(v) for k, v in (memory.get("usable_gib") or {}).items()},
-        fallback=dict(values.get("on_demand_fallback") or {}),
-        interruption_queue=dict(values.get("interruption_queue") or {}),
+        fallback=_setting(values, config_dir, "on_demand_fallback"),
+        interruption_queue=_setting(values, config_dir, "interruption_queue"),
         controller=dict(values.get("controller") or {}),
     )

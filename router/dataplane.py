@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .endpoints import BodyKind, Endpoint, Routing, StreamKind
-from .multipart import MultipartError, boundary_of, form_fields
+from .multipart import MAX_PARTS, MultipartError, boundary_of, form_fields
 from .named_events import ANTHROPIC, RESPONSES, NamedEvents
 from .proxy import ACCEPT_RE, ApiError, ProxyRequest, parse_request
 from .registry import Registry
@@ -58,9 +58,11 @@ class DataPlane:
         deadline_s: float,
         no_capacity_wait_s: float,
         retry_after_s: float,
+        max_form_parts: int = MAX_PARTS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
+        self.max_form_parts = max_form_parts
         self.deadline_s = deadline_s
         self.no_capacity_wait_s = no_capacity_wait_s
         self.retry_after_s = retry_after_s
@@ -96,7 +98,8 @@ class DataPlane:
     def _multipart(self, ep: Endpoint, inc: Incoming) -> ProxyRequest:
         content_type = inc.content_type or ""
         try:
-            fields = form_fields(inc.body, boundary_of(content_type), _FORM_FIELDS)
+            boundary = boundary_of(content_type)
+            fields = form_fields(inc.body, boundary, _FORM_FIELDS, max_parts=self.max_form_parts)
         except MultipartError as exc:
             message = f"bad multipart/form-data body: {exc}"
             raise ApiError(400, message, code="invalid_form") from None

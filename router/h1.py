@@ -26,6 +26,10 @@ What this module adds around the parser:
 - a body by ``Content-Length``, ``chunked`` or until close; none for
   ``HEAD``, ``204`` and ``304``; body chunks are yielded as the parser
   delivers them, never buffered whole (streams relay event by event);
+- an optional overall deadline (``deadline``, a ``time.monotonic()`` value)
+  bounds the head and the body together: every wait is shortened to what is
+  left of it, so a node dripping one byte per second cannot stretch an
+  exchange past it (a per-read timeout alone restarts with every byte);
 - a reused connection that fails before any response byte (the node closed
   it while idle: uvicorn does after 5 s) is retried once on a fresh one;
 - every error is an ``OSError`` subclass; :class:`ConnectFailed` means
@@ -44,6 +48,7 @@ import contextlib
 import socket
 import ssl
 from collections.abc import Callable, Iterator, Mapping
+from time import monotonic
 
 import httptools
 
@@ -94,9 +99,11 @@ class Response:
         "_parser",
         "_pending",
         "_pool",
+        "_timeout",
         "_until_close",
         "chunked",
         "complete",
+        "deadline",
         "headers",
         "status",
     )
@@ -117,6 +124,8 @@ class Response:
         self._error: ProtocolError | None = None  # found with the head, raised after the body
         self._pending: list[bytes] = []  # body chunks parsed but not yet yielded
         self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
+        self._timeout: float | None = None  # the socket's per-wait timeout
+        self.deadline: float | None = None  # monotonic time the exchange must end by
 
     # -- parser callbacks ---------------------------------------------------------------
 
@@ -188,6 +197,8 @@ class Response:
             conn = self._conn
             if conn is None:
                 raise ProtocolError("response already closed")
+            if self.deadline is not None:
+                self._arm(conn.sock)
             data = conn.sock.recv(RECV_SIZE)
             if not data:
                 self._end_of_stream()
@@ -237,8 +248,19 @@ class Response:
     # -- finishing ------------------------------------------------------------------------
 
     def set_timeout(self, seconds: float | None) -> None:
+        """The longest wait for one read (None: no limit); see also ``deadline``."""
+        self._timeout = seconds
         if self._conn is not None:
             self._conn.sock.settimeout(seconds)
+
+    def _arm(self, sock: socket.socket) -> None:
+        """Shorten the next wait to what is left of the deadline (TimeoutError once past)."""
+        assert self.deadline is not None
+        left = self.deadline - monotonic()
+        if left <= 0:
+            raise TimeoutError("the node's answer did not complete within the request deadline")
+        timeout = self._timeout
+        sock.settimeout(left if timeout is None or left < timeout else timeout)
 
     def interrupt(self) -> None:
         """Make a read blocked on this response (in another thread or greenlet) fail now."""
@@ -297,8 +319,12 @@ class Pool:
         connect_timeout: float = 2.0,
         read_timeout: float | None = 60.0,
         on_connection: Callable[[socket.socket], None] | None = None,
+        deadline: float | None = None,
     ) -> Response:
         """Send a request and read the response head; the body is read from the result.
+
+        ``read_timeout`` bounds each wait for the node; ``deadline`` (monotonic)
+        the head and the body as a whole (until ``Response.deadline`` is changed).
 
         ``on_connection`` gets the socket before anything is sent on it (again
         for a replacement connection): the caller may shut it down from
@@ -308,10 +334,11 @@ class Pool:
         while True:
             conn = self._get(connect_timeout)
             resp = Response(self, conn, head_request=method == "HEAD")
+            resp.deadline = deadline
             if on_connection is not None:
                 on_connection(conn.sock)
             try:
-                conn.sock.settimeout(read_timeout)
+                resp.set_timeout(read_timeout)
                 try:
                     if len(body) > _JOIN_MAX:  # an upload: send it as is, never a copy
                         conn.sock.sendall(head)
@@ -398,6 +425,8 @@ class Pool:
         while not resp._head_done:
             if received > MAX_HEAD:
                 raise ProtocolError("response head larger than 64 KiB")
+            if resp.deadline is not None:
+                resp._arm(conn.sock)
             try:
                 data = conn.sock.recv(RECV_SIZE)
             except (ConnectionResetError, BrokenPipeError):

@@ -9,8 +9,12 @@
    *different* node after a jittered backoff, within the attempt limit, the
    retry budget and the request deadline. When no node is routable it waits
    up to ``routing.no_capacity_wait_s`` for one (then 503 + ``Retry-After``);
-3. a non-streaming answer is read completely from the node before the client
-   gets anything, so a node dying mid-body is still just a retry;
+3. a non-streaming answer up to ``routing.response_buffer_bytes`` is read
+   completely from the node before the client gets anything, so a node dying
+   mid-body is still just a retry; a larger one is relayed read by read
+   (:class:`~spotrelay.router.upstream.BodyRelay`), up to
+   ``routing.max_response_bytes``. The request deadline covers the head and
+   the whole non-streaming body, and a stream until its first event;
 4. a stream is answered only once the node's *first SSE event* is in hand
    (a node dying during prefill is still just a retry); the rest is relayed
    by :class:`spotrelay.router.stream.StreamRelay`, which asks the stream's
@@ -59,11 +63,13 @@ from .stream import (
 )
 from .upstream import (
     UPSTREAM_ERRORS,
+    BodyRelay,
     IdleWatchdog,
     Upstream,
     classify,
     error_event_message,
     is_error_event,
+    read_bounded,
 )
 
 log = logging.getLogger("spotrelay.router")
@@ -173,16 +179,20 @@ class ProxyResponse:
 
 @dataclass
 class Answer:
-    """A complete (non-streaming) upstream answer, read in full."""
+    """A non-streaming upstream answer: read in full (``bytes``), or a :class:`BodyRelay`
+    for a 2xx answer over ``routing.response_buffer_bytes`` (close it if not sent)."""
 
     status: int
-    body: bytes
+    body: bytes | BodyRelay
     content_type: str
     node_id: str
     headers: dict[str, str] = field(default_factory=dict)
 
 
 def _answer_message(answer: Answer) -> str:
+    if isinstance(answer.body, BodyRelay):
+        answer.body.close()
+        return str(answer.status)
     try:
         err = json.loads(answer.body).get("error")
         if isinstance(err, dict) and err.get("message"):
@@ -448,6 +458,7 @@ class Proxy:
                 connect_timeout=connect_s,
                 read_timeout=read_s,
                 on_connection=req.client.attach if req.client is not None else None,
+                deadline=req.deadline,
             )
         except BaseException as exc:
             self.registry.release(node)
@@ -461,10 +472,12 @@ class Proxy:
             status = resp.status
             content_type = resp.headers.get("content-type", "application/json")
             if status == 508 and resp.headers.get(LOOP_HEADER.lower()):
-                resp.read()
                 return Failure(FailureKind.LOOP, node.id, "the node URL leads back to a router")
+            unusable = self._unusable(req, status, content_type)
+            if unusable is not None:
+                return Failure(FailureKind.BAD_RESPONSE, node.id, unusable)
             if status in RETRYABLE_STATUS:
-                body = resp.read()
+                body = self._error_body(resp, status)
                 extra = {}
                 if resp.headers.get("retry-after"):
                     extra["Retry-After"] = resp.headers["retry-after"]
@@ -477,8 +490,8 @@ class Proxy:
                     content_type=content_type,
                     headers=extra,
                 )
-            if req.stream and status == 200 and content_type.startswith("text/event-stream"):
-                batches = upstream.event_batches()
+            if req.stream and status == 200:
+                batches = upstream.event_batches(self.routing.max_event_bytes)
                 first = next(batches, None)
                 if first is None:
                     return Failure(FailureKind.RESET, node.id, "stream ended before any event")
@@ -495,15 +508,63 @@ class Proxy:
                 self.metrics.upstream_latency.observe(self.clock() - started)
                 handed_over = True
                 return StreamStart(upstream, batches, first)
-            body = resp.read()
-            self.metrics.upstream_latency.observe(self.clock() - started)
-            return Answer(status, body, content_type, node.id)
+            answer = self._answer(upstream, req, status, content_type)
+            if isinstance(answer, Answer):
+                self.metrics.upstream_latency.observe(self.clock() - started)
+                handed_over = isinstance(answer.body, BodyRelay)
+            return answer
         except UPSTREAM_ERRORS as exc:
             kind, detail = classify(exc)
             return Failure(kind, node.id, detail)
         finally:
             if not handed_over:
                 upstream.close()
+
+    @staticmethod
+    def _unusable(req: ProxyRequest, status: int, content_type: str) -> str | None:
+        """Why an answer's head is one no client could use (None: it is fine).
+
+        Retried elsewhere like a reset: a client must never get status 999
+        passed through, or a stream request answered with an HTML page (the
+        OpenAI SDK then yields no chunk and raises nothing).
+        """
+        if not 200 <= status <= 599:
+            return f"the node answered HTTP status {status}"
+        if req.stream and status == 200 and not content_type.startswith("text/event-stream"):
+            return f"the node answered a stream request with {clip(content_type, 60)!r}"
+        return None
+
+    def _error_body(self, resp: Any, status: int) -> bytes:
+        """An error answer's body, kept to pass through: at most ``response_buffer_bytes``."""
+        limit = self.routing.response_buffer_bytes
+        pieces, _, complete = read_bounded(resp.chunks(), limit)
+        if complete:
+            return b"".join(pieces)
+        message = f"the node answered {status} with a body over {limit} bytes"
+        return json.dumps(openai_error(status, message, code="upstream_error")).encode()
+
+    def _answer(
+        self, upstream: Upstream, req: ProxyRequest, status: int, content_type: str
+    ) -> Answer | Failure:
+        """A non-streaming answer: read whole up to ``response_buffer_bytes`` (so a node that
+        fails mid-body is still a retry), relayed read by read past that (2xx only), and
+        refused past ``max_response_bytes``."""
+        node_id, resp = upstream.node.id, upstream.resp
+        limit = self.routing.max_response_bytes
+        declared = resp.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            detail = f"a {declared}-byte answer exceeds routing.max_response_bytes ({limit})"
+            return Failure(FailureKind.TOO_LARGE, node_id, detail)
+        window = self.routing.response_buffer_bytes
+        pieces, size, complete = read_bounded(resp.chunks(), window)
+        if complete:
+            return Answer(status, b"".join(pieces), content_type, node_id)
+        if not 200 <= status <= 299:
+            detail = f"an error answer ({status}) over {window} bytes"
+            return Failure(FailureKind.BAD_RESPONSE, node_id, detail)
+        relay = BodyRelay(upstream, pieces, size, limit, req.request_id)
+        headers = {} if resp.chunked or not declared else {"Content-Length": declared}
+        return Answer(status, relay, content_type, node_id, headers)
 
     def _timeouts_for(self, req: ProxyRequest) -> tuple[float, float]:
         """Connect and first-byte timeouts, shortened to what is left of the deadline."""
@@ -609,6 +670,11 @@ class Proxy:
             )
         if last.kind is FailureKind.FIRST_BYTE_TIMEOUT:
             return ApiError(504, f"upstream timed out ({tries})", code="upstream_timeout")
+        if last.kind is FailureKind.TOO_LARGE:
+            return ApiError(502, last.detail, code="upstream_response_too_large")
+        if last.kind is FailureKind.BAD_RESPONSE:
+            message = f"upstream answer unusable: {last.detail} ({tries})"
+            return ApiError(502, message, code="bad_upstream_response")
         return ApiError(502, f"upstream failed: {last.reason} ({tries})", code="upstream_error")
 
     def _deadline_error(self, req: ProxyRequest, last: Failure | None) -> ApiError:

@@ -45,6 +45,8 @@ class FailureKind(StrEnum):
     STATUS = "status"
     LOOP = "loop"  # the node URL leads back to this router (or one it passed through)
     INTERNAL = "internal_error"  # the attempt raised something unforeseen (a router bug)
+    BAD_RESPONSE = "bad_response"  # no client could use it: status 999, HTML for a stream...
+    TOO_LARGE = "too_large"  # a body over routing.max_response_bytes (the same elsewhere)
 
 
 # Failures that say something about the node's health (429 is back-pressure, not sickness).
@@ -73,13 +75,13 @@ class Failure:
         """Does this failure count towards the node's passive-health ejection?"""
         if self.kind is FailureKind.STATUS:
             return self.status in UNHEALTHY_STATUS
-        return True
+        return self.kind is not FailureKind.TOO_LARGE
 
     @property
     def retryable(self) -> bool:
         if self.kind is FailureKind.STATUS:
             return self.status in RETRYABLE_STATUS
-        return True
+        return self.kind is not FailureKind.TOO_LARGE
 
 
 class RetryPolicy:

@@ -128,6 +128,7 @@ class RouterService:
             deadline_s=cfg.timeouts.request_deadline_s,
             no_capacity_wait_s=cfg.routing.no_capacity_wait_s,
             retry_after_s=cfg.routing.retry_after_s,
+            max_form_parts=cfg.routing.max_form_parts,
             clock=clock,
         )
         self.metrics_board = None

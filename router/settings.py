@@ -173,6 +173,34 @@ class Routing:
     session_header: str = setting("X-Session-ID", help="header for session affinity")
     max_body_bytes: int = setting(16 * 1024 * 1024, min=1, help="larger bodies get 413")
     retry_after_s: int = setting(5, min=1, help="Retry-After sent with a no-capacity 503")
+    max_event_bytes: int = setting(
+        8 * 1024 * 1024,
+        min=64 * 1024,
+        help="largest SSE event from a node; a bigger one (or a newline-free stream) is a "
+        "stream break",
+    )
+    max_response_bytes: int = setting(
+        256 * 1024 * 1024,
+        min=1024,
+        help="largest non-streaming answer from a node; past it 502 (or the relay is cut)",
+    )
+    response_buffer_bytes: int = setting(
+        1024 * 1024,
+        min=1024,
+        help="a non-streaming answer up to this size is read whole before the client gets it "
+        "(a node failing mid-body is retried); a larger one is relayed read by read",
+    )
+    max_form_parts: int = setting(
+        1000, min=2, help="parts a multipart upload may have (vLLM's own form limit); more get 400"
+    )
+
+    def validate(self) -> None:
+        if self.response_buffer_bytes > self.max_response_bytes:
+            raise ConfigError(
+                "routing.response_buffer_bytes",
+                "must not exceed routing.max_response_bytes",
+                self.response_buffer_bytes,
+            )
 
 
 @dataclass
@@ -191,11 +219,16 @@ class Retry:
 class Timeouts:
     connect_s: float = setting(2, min=0.01, help="TCP connect timeout to a node")
     first_byte_s: float = setting(
-        600, min=0.1, help="wait for the whole answer, or a stream's first event (prefill)"
+        600,
+        min=0.1,
+        help="longest wait for any byte of the answer, or a stream's first event (prefill)",
     )
     stream_idle_s: float = setting(60, min=0.1, help="max gap between stream chunks")
     request_deadline_s: float = setting(
-        900, min=1, help="until the answer starts: attempts, backoff and waits included"
+        900,
+        min=1,
+        help="until a stream's first event or a whole non-streaming answer: attempts, backoff, "
+        "waits and a trickling node included",
     )
 
 

@@ -7,7 +7,9 @@ network policy vetted, presenting the registered host name as ``Host``/SNI.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import ssl
 import time
 from collections.abc import Iterator
@@ -16,14 +18,21 @@ from time import monotonic
 
 from spotrelay.core.ticker import Ticker
 
-from .h1 import ConnectFailed, Pool, Response
+from .h1 import ConnectFailed, Pool, ProtocolError, Response
 from .netpolicy import NodeTarget
 from .registry import Node, Registry
 from .retry import FailureKind
-from .sse import SSEFramer
+from .sse import EventTooLarge, SSEFramer
+
+log = logging.getLogger("spotrelay.router")
 
 # Everything the node connection can raise: h1 raises OSError subclasses only.
 UPSTREAM_ERRORS = (OSError,)
+
+
+class BadStream(ProtocolError):
+    """The node's stream cannot be relayed as it is (an event over ``routing.max_event_bytes``,
+    invalid UTF-8): like a reset, a retry before the first event and a break after it."""
 
 
 def host_header(target: NodeTarget) -> str:
@@ -128,6 +137,7 @@ class Upstream:
         """
         self.idle_s = idle_s
         self.last_activity = monotonic()
+        self.resp.deadline = None  # the request deadline ends with the first event
         if watchdog is None:
             self.resp.set_timeout(idle_s)
             return
@@ -139,22 +149,131 @@ class Upstream:
         """Body bytes as they arrive."""
         return self.resp.chunks()
 
-    def event_batches(self) -> Iterator[list[bytes]]:
+    def event_batches(self, max_event: int | None = None) -> Iterator[list[bytes]]:
         """Complete SSE events, grouped as they arrived (one list per upstream read).
 
         Framed by :class:`~spotrelay.router.sse.SSEFramer`, whose final-event
         rule applies: a partial event is dispatched only at a clean end of the
-        body, never when the body broke. Raises the upstream's errors.
+        body, never when the body broke. Raises the upstream's errors, and
+        :class:`BadStream` for an event over ``max_event`` bytes or one that is
+        not UTF-8 (the events before it are yielded first): the client's SSE
+        decoder would fail on it (the OpenAI SDK raises ``UnicodeDecodeError``).
+        UTF-8 is checked only where a non-ASCII byte arrived (``bytes.isascii``
+        is a word-at-a-time scan; most streams are ASCII JSON).
         """
-        framer = SSEFramer()
-        for chunk in self.raw_chunks():
-            self.last_activity = monotonic()
-            events = framer.feed(chunk)
-            if events:
-                yield events
-        tail = framer.end()
+        framer = SSEFramer(max_event)
+        unchecked = False  # non-ASCII bytes arrived that no UTF-8 check has covered yet
+        try:
+            for chunk in self.raw_chunks():
+                self.last_activity = monotonic()
+                events = framer.feed(chunk)
+                if not unchecked and not chunk.isascii():
+                    unchecked = True
+                if events:
+                    if unchecked:
+                        yield from _checked(events)
+                        unchecked = framer.pending
+                        continue
+                    yield events
+            tail = framer.end()
+        except EventTooLarge as exc:
+            raise BadStream(str(exc)) from None
         if tail:
-            yield tail
+            yield from _checked(tail)
+
+
+def _checked(events: list[bytes]) -> Iterator[list[bytes]]:
+    """``events``, or those before the first that is not UTF-8 and then :class:`BadStream`."""
+    for i, event in enumerate(events):
+        try:
+            event.decode()
+        except UnicodeDecodeError:
+            if i:
+                yield events[:i]
+            raise BadStream(
+                f"the node sent an SSE event that is not UTF-8 ({i + 1} of {len(events)} in a read)"
+            ) from None
+    yield events
+
+
+def read_bounded(chunks: Iterator[bytes], limit: int) -> tuple[list[bytes], int, bool]:
+    """The start of a body: its pieces, their size and whether the body ended.
+
+    Reads until the body ends or more than ``limit`` bytes arrived.
+    """
+    pieces: list[bytes] = []
+    size = 0
+    for piece in chunks:
+        pieces.append(piece)
+        size += len(piece)
+        if size > limit:
+            return pieces, size, False
+    return pieces, size, True
+
+
+class RelayAborted(ConnectionResetError):
+    """Raised to the WSGI server by :class:`BodyRelay` to cut a client connection mid-body.
+
+    A connection reset is what gunicorn answers by closing the socket without
+    the last chunk or the rest of the ``Content-Length`` (and without a
+    traceback), so the client sees a truncated answer, never a short one
+    that looks complete.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.ECONNRESET, message)
+
+
+class BodyRelay:
+    """A non-streaming answer too large to buffer, relayed read by read (a WSGI iterable).
+
+    The WSGI server writes each read before asking for the next, so a slow
+    client slows the node's connection instead of filling the router's
+    memory (backpressure); the router holds the first ``pieces`` and one read.
+    Past ``limit`` bytes in all, or when the node breaks off, the client
+    connection is cut (:class:`RelayAborted`). The deadline the response
+    carries still applies to every read.
+    """
+
+    def __init__(
+        self, upstream: Upstream, pieces: list[bytes], size: int, limit: int, request_id: str
+    ) -> None:
+        self.upstream = upstream
+        self._first = b"".join(pieces)
+        self._size = size
+        self._limit = limit
+        self._request_id = request_id
+
+    def __iter__(self) -> Iterator[bytes]:
+        first, self._first = self._first, b""
+        yield first
+        size = self._size
+        try:
+            for piece in self.upstream.raw_chunks():
+                size += len(piece)
+                if size > self._limit:
+                    self._abort(f"the answer exceeds routing.max_response_bytes ({self._limit})")
+                yield piece
+        except UPSTREAM_ERRORS as exc:
+            if isinstance(exc, RelayAborted):
+                raise
+            if not isinstance(exc, TimeoutError):  # past the deadline: perhaps a slow client
+                self.upstream.registry.record_failure(self.upstream.node)
+            self._abort(f"the node broke off mid-body: {_short(exc)}")
+
+    def _abort(self, why: str) -> None:
+        log.warning(
+            "cut the answer from node %s to the client: %s",
+            self.upstream.node.id,
+            why,
+            extra={"request_id": self._request_id},
+        )
+        self.upstream.close(abort=True)
+        raise RelayAborted(why)
+
+    def close(self) -> None:
+        """Called by the WSGI server at the end, or when the client is gone."""
+        self.upstream.close()
 
 
 class IdleWatchdog(Ticker):

@@ -10,9 +10,12 @@ controller code every tick: the fallback decision
 activities and the router's ready count) and the interruption queue consumer
 (:class:`~spotrelay.controller.queue.QueueConsumer` on a
 :class:`~spotrelay.sim.localqueue.LocalQueue`, draining through the router's
-``POST /instances/{id}/drain``). When the base drops below the on-demand
-nodes running, the group launches a spot node and, once it is ready, retires
-an on-demand node through the termination hook: its agent drains it first.
+``POST /instances/{id}/drain``). When the base rises, every missing node
+launches on-demand in the same controller period (the decision counts the
+nodes spot does not serve: desired capacity minus live spot nodes). When the
+base drops below the on-demand nodes running, the group launches a spot node
+and, once it is ready, retires an on-demand node through the termination
+hook: its agent drains it first.
 """
 
 from __future__ import annotations
@@ -51,14 +54,14 @@ class CapacityOptions:
     """Demo-scale thresholds: seconds where AWS deployments use minutes."""
 
     spot_shortage: tuple[float, float] | None = None  # seconds after traffic starts
-    fallback_after_s: float = 2.0
+    fallback_after_s: float = 0.0  # the first period that sees a failed spot launch
     recover_after_s: float = 4.0
     # Failed recovery probes double the wait up to this; 8 s keeps the return to
     # spot inside a 20-30 s demo even when the first probe meets the shortage.
     recover_backoff_max_s: float = 8.0
     step_interval_s: float = 2.0
     retry_s: float = 1.0  # the group retries a failed spot launch this often
-    tick_s: float = 0.25
+    tick_s: float = 0.25  # the controller period: one decision and one group step per tick
 
 
 class SimulatedAsg:
@@ -101,9 +104,9 @@ class SimulatedAsg:
 class CapacityRecord:
     """What the capacity side did, for the report (times: seconds since traffic started)."""
 
-    decisions: list[dict[str, Any]] = field(default_factory=list)
+    decisions: list[dict[str, Any]] = field(default_factory=list)  # {t, period, action, ...}
     spot_failures: int = 0
-    launches: list[dict[str, Any]] = field(default_factory=list)  # {t, node, lifecycle}
+    launches: list[dict[str, Any]] = field(default_factory=list)  # {t, period, node, lifecycle}
     retired: list[dict[str, Any]] = field(default_factory=list)  # on-demand nodes retired
     queue: dict[str, int] = field(default_factory=dict)  # outcome -> count
     samples: list[dict[str, Any]] = field(default_factory=list)
@@ -129,13 +132,17 @@ class CapacityLoop:
                 fallback_after_s=options.fallback_after_s,
                 recover_after_s=options.recover_after_s,
                 step_interval_s=options.step_interval_s,
-                max_on_demand=max(1, len(fleet.nodes)),
                 recover_backoff_max_s=options.recover_backoff_max_s,
-            )
+            )  # max_on_demand: the desired capacity (the default)
         )
         self.state = FallbackState()
         self.record = CapacityRecord()
+        self.desired = len(fleet.nodes)  # the demo's group never scales
+        self.period = 0  # controller periods (ticks) since the start
         self.missing = 0  # capacity the group must replace
+        # The period of the first failed spot launch while nodes are missing.
+        self.missing_failed_at: int | None = None
+        self._leaving: set[str] = set()  # noticed or reclaimed: no longer counted as spot
         self._pending: list[threading.Thread] = []
         self._retiring: set[str] = set()
         self._on_launch: list[Callable[[Node], None] | None] = []
@@ -154,11 +161,18 @@ class CapacityLoop:
             self.missing += 1
             self._on_launch.append(on_launch)
 
+    def lost(self, node: Node) -> None:
+        """The group replaces this node: it no longer counts as spot capacity."""
+        with self._lock:
+            self._leaving.add(node.name)
+
     def notice(self, node: Node) -> None:
         """What EventBridge puts on the queue for a spot notice (the agent may hear it too)."""
+        self.lost(node)
         self.queue.send_event(spot_warning(node.instance_id))
 
     def reclaimed(self, node: Node) -> None:
+        self.lost(node)
         self.queue.send_event(state_change(node.instance_id, "shutting-down"))
 
     def busy(self) -> bool:
@@ -169,7 +183,9 @@ class CapacityLoop:
 
     def _launch(self, lifecycle: str, then: Node | None = None) -> Node:
         node = self.fleet.launch_node(lifecycle=lifecycle)
-        self.record.launches.append({"t": self.now(), "node": node.name, "lifecycle": lifecycle})
+        self.record.launches.append(
+            {"t": self.now(), "period": self.period, "node": node.name, "lifecycle": lifecycle}
+        )
         log.info("launched %s as %s at %.1fs", node.name, lifecycle, self.now())
 
         def wait() -> None:
@@ -200,33 +216,53 @@ class CapacityLoop:
             self._retiring.discard(node.name)
 
     def _on_demand_nodes(self) -> list[Node]:
+        """On-demand nodes that serve on: not retiring, not lost (a frozen host)."""
+        with self._lock:
+            gone = self._retiring | self._leaving
         return [
-            n
-            for n in self.fleet.alive_nodes()
-            if n.lifecycle == "on-demand" and n.name not in self._retiring
+            n for n in self.fleet.alive_nodes() if n.lifecycle == "on-demand" and n.name not in gone
         ]
 
+    def _spot_live(self) -> int:
+        with self._lock:
+            leaving = self._leaving | self._retiring
+        return sum(
+            1
+            for n in self.fleet.alive_nodes()
+            if n.lifecycle != "on-demand" and n.name not in leaving
+        )
+
+    def _launched(self, node: Node) -> int:
+        """One missing node filled; the number still missing."""
+        with self._lock:
+            self.missing -= 1
+            callback = self._on_launch.pop(0) if self._on_launch else None
+            missing = self.missing
+        if callback:
+            callback(node)
+        return missing
+
     def _group_step(self) -> None:
-        if time.monotonic() < self._next_attempt:
-            return
         on_demand = self._on_demand_nodes()
         with self._lock:
             missing = self.missing
+        # Below the base: every missing node launches on-demand now, in this period.
+        while missing and len(on_demand) < self.asg.on_demand_base:
+            self.asg.launched_on_demand()
+            on_demand.append(self._launch("on-demand"))
+            missing = self._launched(on_demand[-1])
+        if not missing:
+            self.missing_failed_at = None
+        if time.monotonic() < self._next_attempt:
+            return  # the group's retry delay after a failed spot launch
         if missing:
-            if len(on_demand) < self.asg.on_demand_base:
-                self.asg.launched_on_demand()
-                node = self._launch("on-demand")
-            elif self.asg.try_spot():
-                node = self._launch("spot")
+            if self.asg.try_spot():
+                self._launched(self._launch("spot"))
             else:
                 self.record.spot_failures += 1
                 self._next_attempt = time.monotonic() + self.options.retry_s
-                return
-            with self._lock:
-                self.missing -= 1
-                callback = self._on_launch.pop(0) if self._on_launch else None
-            if callback:
-                callback(node)
+                if self.missing_failed_at is None:
+                    self.missing_failed_at = self.period
         elif len(on_demand) > self.asg.on_demand_base and not self._retiring:
             # Back to spot: a spot node first, then the on-demand one drains and goes.
             if self.asg.try_spot():
@@ -241,16 +277,28 @@ class CapacityLoop:
     # -- the controller's side ------------------------------------------------------------
     def _decide(self) -> None:
         ready = self.routers.ready_nodes()
-        obs = Observation(self.asg.on_demand_base, launch_attempts(self.asg.activities), ready)
+        obs = Observation(
+            self.asg.on_demand_base,
+            launch_attempts(self.asg.activities),
+            ready,
+            desired=self.desired,
+            spot_live=self._spot_live(),
+        )
         decision = self.decider.decide(obs, self.state)
         self.state = decision.state
         if decision.changes:
+            with self._lock:
+                missing = self.missing
             self.asg.on_demand_base = decision.target_base
             self.record.decisions.append(
                 {
                     "t": self.now(),
+                    "period": self.period,
                     "action": str(decision.action),
                     "on_demand_base": decision.target_base,
+                    "not_on_spot": obs.not_on_spot,
+                    "missing": missing,  # nodes the group has not launched yet
+                    "missing_failed_at": self.missing_failed_at,  # period
                     "reason": decision.reason,
                 }
             )
@@ -279,6 +327,7 @@ class CapacityLoop:
 
     def _run(self) -> None:
         while not self._stop.wait(self.options.tick_s):
+            self.period += 1
             for step in (self._poll_queue, self._decide, self._group_step, self._sample):
                 try:
                     step()

@@ -273,6 +273,8 @@ class Demo:
         log.info("%s of %s at %.1fs (until %.1fs)", ev.type.replace("_", " "), node.name, now, due)
         if host:
             ev.kill_due = due
+            if self.capacity:  # failed status checks: the group replaces it now
+                self.capacity.lost(node)
             self._replace(ev)
         else:
             ev.thaw_due = due

@@ -5,7 +5,7 @@ moto in server mode serves what it does (Auto Scaling group, lifecycle hook, EC2
 
 moto 5 answers ``CompleteLifecycleAction`` and ``RecordLifecycleActionHeartbeat``
 with HTTP 500 (NotImplementedError). For the end-to-end tests, which run the
-agent as a subprocess, :class:`LifecycleFront` stands in front of moto: it
+agent as a subprocess, :class:`~tests.lifecycle_front.LifecycleFront` stands in front of moto: it
 answers those two actions itself (validating the group and hook against moto
 and recording each call with its time) and forwards every other action to
 moto unchanged. The agent is pointed at it with ``lifecycle.endpoint_url``.
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import re
 import threading
-import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,15 +28,10 @@ import pytest
 from spotrelay.agent.autoscaling_api import AutoScalingAPI, AwsError
 from spotrelay.agent.lifecycle import LifecycleError, LifecycleHook
 
-from .support import MotoFront
+from .lifecycle_front import LifecycleFront, _error, _ok, autoscaling_client
 
 REGION = "us-east-1"
 CREDS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-NS = "http://autoscaling.amazonaws.com/doc/2011-01-01/"
-
-
-def autoscaling_client(endpoint_url: str | None = None) -> Any:
-    return boto3.client("autoscaling", region_name=REGION, endpoint_url=endpoint_url, **CREDS)
 
 
 def autoscaling_api(endpoint_url: str) -> AutoScalingAPI:
@@ -274,77 +267,6 @@ def test_describe_hook_against_moto(moto_endpoint: str) -> None:
 
 
 # --------------------------------------------------- the front for e2e tests
-
-
-@dataclass
-class LifecycleCall:
-    action: str
-    params: dict[str, str]
-    at: float
-    result: str
-
-
-class LifecycleFront(MotoFront):
-    """CompleteLifecycleAction/RecordLifecycleActionHeartbeat in front of moto.
-
-    ``arm(instance_id)`` puts the instance in ``Terminating:Wait``: the next
-    CompleteLifecycleAction for it succeeds; without it (or a second time)
-    the answer is AWS's ``ValidationError: No active Lifecycle Action found``.
-    """
-
-    def __init__(self, moto: str) -> None:
-        self.calls: list[LifecycleCall] = []
-        self.active: set[str] = set()
-        self._asg = autoscaling_client(moto)
-        super().__init__(moto)
-
-    def answer(self, form: dict[str, str]) -> tuple[int, str] | None:
-        action = form.get("Action", "")
-        if action in ("CompleteLifecycleAction", "RecordLifecycleActionHeartbeat"):
-            return self.handle(action, form)
-        return None
-
-    def arm(self, instance_id: str) -> None:
-        self.active.add(instance_id)
-
-    def handle(self, action: str, form: dict[str, str]) -> tuple[int, str]:
-        iid = form.get("InstanceId", "")
-        group, hook_name = form.get("AutoScalingGroupName", ""), form.get("LifecycleHookName", "")
-        hooks = self._asg.describe_lifecycle_hooks(AutoScalingGroupName=group)["LifecycleHooks"]
-        if not any(h["LifecycleHookName"] == hook_name for h in hooks):
-            result, status = "no_hook", 400
-            xml = _error("ValidationError", f"No Lifecycle Hook found with name {hook_name}")
-        elif iid not in self.active:
-            result, status = "no_active", 400
-            xml = _error(
-                "ValidationError", f"No active Lifecycle Action found with instance ID {iid}"
-            )
-        else:
-            if action == "CompleteLifecycleAction":
-                self.active.discard(iid)
-            result, status = "ok", 200
-            xml = _ok(action)
-        self.calls.append(LifecycleCall(action, form, time.time(), result))
-        return status, xml
-
-    def completions(self) -> list[LifecycleCall]:
-        return [c for c in self.calls if c.action == "CompleteLifecycleAction"]
-
-
-def _ok(action: str) -> str:
-    return (
-        f'<{action}Response xmlns="{NS}"><{action}Result/>'
-        f"<ResponseMetadata><RequestId>{uuid.uuid4()}</RequestId></ResponseMetadata>"
-        f"</{action}Response>"
-    )
-
-
-def _error(code: str, message: str) -> str:
-    return (
-        f'<ErrorResponse xmlns="{NS}"><Error><Type>Sender</Type><Code>{code}</Code>'
-        f"<Message>{message}</Message></Error><RequestId>{uuid.uuid4()}</RequestId>"
-        "</ErrorResponse>"
-    )
 
 
 def test_front_answers_like_aws_through_the_agent_code(moto_endpoint: str) -> None:

@@ -19,8 +19,9 @@ import pytest
 from spotrelay.core.net import wait_until
 from spotrelay.core.processes import ProcessGroup
 
+from .lifecycle_front import LifecycleFront, autoscaling_client
 from .support import Service, router_nodes, start_router
-from .test_agent_aws import LifecycleFront, MotoAsg, autoscaling_client, create_asg
+from .test_agent_aws import MotoAsg, create_asg
 from .test_agent_e2e import Node, control, make_node, run_agent, wait_state
 
 pytestmark = pytest.mark.timeout(120)

@@ -3,28 +3,23 @@ CloudWatch, a real router (gunicorn) as the registry, EventBridge events from th
 documentation as SQS message bodies.
 
 moto answers ``DescribeScalingActivities`` with an empty list (it does not simulate
-launch failures), so the end-to-end fallback here is driven by the routers' ready-node
-count (``min_ready``); the spot-failure path is covered by the decision tests with the
-documented activity fixtures.
-
-moto also cannot apply a *partial* mixed-instances update (AWS leaves what the request
-omits unchanged; moto requires the launch template). The controller deliberately omits
-it (naming the template would need ``ec2:RunInstances`` and ``iam:PassRole``), so
-:class:`PartialUpdateFront` sits in front of moto: it records each
-``UpdateAutoScalingGroup`` as sent, adds the group's current launch template the way
-AWS keeps it, and forwards every call to moto.
+launch failures): the Lambda end to end is driven by the routers' ready-node count
+(``min_ready``) there, and :class:`ShortageFront` answers the call with documented
+entries for the spot-failure path (the all-at-once raise, probe backoff across cold
+starts). :class:`~tests.controller_support.PartialUpdateFront` gives moto AWS's
+partial ``UpdateAutoScalingGroup``. The terminate-action follow-up has its own module,
+``test_controller_lifecycle.py``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
-import boto3
 import pytest
 
 from spotrelay.controller import handler as lambda_handler
@@ -34,72 +29,35 @@ from spotrelay.controller.interruptions import InterruptionHandler, Outcome
 from spotrelay.controller.queue import QueueConsumer
 from spotrelay.controller.routers import RouterError, RouterFleet
 from spotrelay.core.net import free_port
+
+# -- the interruption queue ------------------------------------------------------------
+from tests.controller_support import (
+    FIXTURES,
+    INSTANCE,
+    REGION,
+    PartialUpdateFront,
+    attach_spot,
+    base_of,
+    client,
+    documented,
+    fake_aws_env,  # noqa: F401 (a fixture, used through pytestmark)
+    group_of,
+    make_group,
+    register,
+)
 from tests.support import (
     ROUTER_TOKEN,
-    MotoFront,
-    register_node,
     router_nodes,
     scaling_activities_xml,
     start_router,
 )
 
-REGION = "us-east-1"
-FIXTURES = Path(__file__).parent / "fixtures" / "eventbridge"
-INSTANCE = "i-1234567890abcdef0"
+pytestmark = pytest.mark.usefixtures("fake_aws_env")
 
 
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }.items():
-        monkeypatch.setenv(key, value)
-
-
-def client(service: str, endpoint: str) -> Any:
-    return boto3.client(service, region_name=REGION, endpoint_url=endpoint)
-
-
-def documented(name: str, instance_id: str = INSTANCE, **detail: str) -> dict:
-    doc = json.loads((FIXTURES / f"{name}.json").read_text())
-    key = "EC2InstanceId" if "EC2InstanceId" in doc["detail"] else "instance-id"
-    doc["detail"].update({key: instance_id, **detail})
-    return doc
-
-
-class PartialUpdateFront(MotoFront):
-    """An HTTP front for moto giving ``UpdateAutoScalingGroup`` AWS's partial-update semantics."""
-
-    def __init__(self, moto: str) -> None:
-        self.updates: list[dict[str, str]] = []  # UpdateAutoScalingGroup forms, as sent
-        super().__init__(moto)
-
-    def rewrite(self, form: dict[str, str]) -> dict[str, str]:
-        if form.get("Action") != "UpdateAutoScalingGroup":
-            return form
-        self.updates.append(dict(form))
-        return self.keep_template(form)
-
-    def keep_template(self, form: dict[str, str]) -> dict[str, str]:
-        """Add the group's launch template and overrides when the update leaves them out."""
-        prefix = "MixedInstancesPolicy."
-        if not any(k.startswith(prefix) for k in form) or any(
-            k.startswith(prefix + "LaunchTemplate.") for k in form
-        ):
-            return form
-        group = group_of(self.moto, form["AutoScalingGroupName"])
-        template = group["MixedInstancesPolicy"]["LaunchTemplate"]
-        spec = template["LaunchTemplateSpecification"]
-        out = dict(form)
-        lt = prefix + "LaunchTemplate."
-        out[lt + "LaunchTemplateSpecification.LaunchTemplateId"] = spec["LaunchTemplateId"]
-        out[lt + "LaunchTemplateSpecification.Version"] = spec.get("Version", "$Default")
-        for i, override in enumerate(template.get("Overrides", []), start=1):
-            out[f"{lt}Overrides.member.{i}.InstanceType"] = override["InstanceType"]
-        return out
+@pytest.fixture
+def router(procs, logdir) -> Iterator[str]:
+    yield start_router(procs, logdir).url
 
 
 @pytest.fixture
@@ -109,75 +67,6 @@ def aws(moto_endpoint: str) -> Iterator[PartialUpdateFront]:
         yield front
     finally:
         front.close()
-
-
-_groups = iter(range(1000))
-
-
-def make_group(endpoint: str, base: int = 0) -> str:
-    """A mixed-instances group like the gpu-pool module's, in moto."""
-    name = f"llm-gpu-{next(_groups)}"
-    ec2 = client("ec2", endpoint)
-    template = ec2.create_launch_template(
-        LaunchTemplateName=f"{name}-lt",
-        LaunchTemplateData={"ImageId": "ami-12c6146b", "InstanceType": "g6.xlarge"},
-    )["LaunchTemplate"]
-    client("autoscaling", endpoint).create_auto_scaling_group(
-        AutoScalingGroupName=name,
-        MinSize=0,
-        MaxSize=4,
-        DesiredCapacity=0,
-        AvailabilityZones=[f"{REGION}a"],
-        CapacityRebalance=True,
-        MixedInstancesPolicy={
-            "LaunchTemplate": {
-                "LaunchTemplateSpecification": {
-                    "LaunchTemplateId": template["LaunchTemplateId"],
-                    "Version": "$Latest",
-                },
-                "Overrides": [{"InstanceType": "g6.xlarge"}, {"InstanceType": "g5.xlarge"}],
-            },
-            "InstancesDistribution": {
-                "OnDemandAllocationStrategy": "prioritized",
-                "OnDemandBaseCapacity": base,
-                "OnDemandPercentageAboveBaseCapacity": 0,
-                "SpotAllocationStrategy": "price-capacity-optimized",
-            },
-        },
-    )
-    return name
-
-
-def group_of(endpoint: str, name: str) -> dict:
-    groups = client("autoscaling", endpoint).describe_auto_scaling_groups(
-        AutoScalingGroupNames=[name]
-    )
-    return groups["AutoScalingGroups"][0]
-
-
-def base_of(endpoint: str, name: str) -> int:
-    dist = group_of(endpoint, name)["MixedInstancesPolicy"]["InstancesDistribution"]
-    return int(dist["OnDemandBaseCapacity"])
-
-
-@pytest.fixture
-def router(procs, logdir) -> Iterator[str]:
-    yield start_router(procs, logdir).url
-
-
-def register(router_url: str, node: str, instance_id: str, state: str = "ready") -> None:
-    register_node(
-        router_url,
-        ROUTER_TOKEN,
-        node,
-        f"http://127.0.0.1:{free_port()}",
-        "m",
-        state=state,
-        instance_id=instance_id,
-    )
-
-
-# -- the interruption queue ------------------------------------------------------------
 
 
 def test_queue_events_drain_the_node_once(moto_endpoint: str, router: str) -> None:
@@ -375,7 +264,6 @@ def test_lambda_drains_from_sqs_records(lambda_env: str, router: str) -> None:
 
 
 def test_router_drain_by_instance_needs_the_token_and_an_instance_id(router: str) -> None:
-    import urllib.request
 
     def post(path: str, token: str | None) -> int:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -452,7 +340,7 @@ def test_probes_back_off_across_cold_starts(
     """A long shortage: every run is a fresh controller (a cold start) reading its state from
     the group's tags; each failed probe doubles the wait, up to the cap, and spot coming
     back resets it."""
-    name = make_group(moto_endpoint)
+    name = make_group(moto_endpoint, desired=1)  # its one node is not on spot
     front = ShortageFront(moto_endpoint)
     env = {
         "SPOTRELAY_ASG_NAME": name,
@@ -518,3 +406,59 @@ def test_probes_back_off_across_cold_starts(
         assert base_of(moto_endpoint, name) == 0
     finally:
         front.close()
+
+
+# -- one run fills every node spot does not serve ------------------------------------------
+
+
+def test_one_run_moves_every_node_spot_does_not_serve_to_on_demand(moto_endpoint: str) -> None:
+    """A 4-node pool: 1 spot instance still serving, 3 without spot (moto launches them without
+    a market, as EC2 reports on-demand); spot launches failing. One run raises the base to 3:
+    never to 4, which would swap the serving spot node for on-demand too."""
+    name = make_group(moto_endpoint, desired=3)
+    attach_spot(moto_endpoint, name, 1)
+    assert group_of(moto_endpoint, name)["DesiredCapacity"] == 4
+    front = ShortageFront(moto_endpoint)
+    try:
+        now = datetime(2026, 11, 29, 20, 0, tzinfo=UTC).timestamp()
+        front.activities += [activity(now - 120, ok=False), activity(now - 5, ok=False)]
+        settings = lambda_handler.from_env(
+            {"SPOTRELAY_ASG_NAME": name, "SPOTRELAY_AWS_ENDPOINT_URL": front.url}
+        )
+        controller = lambda_handler.Controller(
+            settings, lambda_handler.boto3_clients(settings), clock=lambda: now
+        )
+        decision = controller.run_fallback()
+        assert decision is not None and decision.action is Action.RAISE, decision
+        assert base_of(moto_endpoint, name) == 3
+        assert "3 node(s) missing on spot" in decision.reason
+        again = controller.run_fallback()  # the next period: same observation, same target
+        assert again is not None and again.action is Action.HOLD
+        assert base_of(moto_endpoint, name) == 3
+    finally:
+        front.close()
+
+
+# -- the node token is re-read when a router answers 401 -----------------------------------
+
+
+def test_a_rotated_node_token_is_re_read_on_401(
+    lambda_env: str, moto_endpoint: str, router: str
+) -> None:
+    register(router, "node-a", INSTANCE)
+    ssm = client("ssm", moto_endpoint)
+    parameter = f"/spotrelay/{lambda_env}/node-token"
+    ssm.put_parameter(Name=parameter, Value="the-old-token", Type="SecureString", Overwrite=True)
+    record = {
+        "messageId": "m-rotated",
+        "body": json.dumps(documented("spot-interruption-warning")),
+        "eventSource": "aws:sqs",
+    }
+    # A warm controller read the old token at its cold start; then the token is rotated.
+    settings = lambda_handler.from_env(os.environ)
+    warm = lambda_handler.Controller(settings, lambda_handler.boto3_clients(settings))
+    assert warm.routers.token == "the-old-token"
+    ssm.put_parameter(Name=parameter, Value=ROUTER_TOKEN, Type="SecureString", Overwrite=True)
+    assert warm.on_records([record]) == {"batchItemFailures": []}  # 401, re-read, retried
+    assert router_nodes(router)["node-a"]["state"] == "draining"
+    assert warm.routers.token == ROUTER_TOKEN

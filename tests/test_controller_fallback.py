@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spotrelay.controller.activities import LaunchAttempt, classify, launch_attempts
-from spotrelay.controller.events import Kind, parse_event
+from spotrelay.controller.events import Kind, LifecycleAction, parse_event, parse_events
 from spotrelay.controller.fallback import (
     Action,
     FallbackDecider,
@@ -26,6 +26,8 @@ from spotrelay.controller.fallback import (
     settle_probe,
 )
 from spotrelay.controller.interruptions import DrainResult, InterruptionHandler, Outcome
+from spotrelay.controller.lifecycle import PendingAction, Step, judge
+from spotrelay.controller.routers import NodeSighting
 from spotrelay.controller.settings import SettingError, from_env
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -86,71 +88,94 @@ def test_activity_in_progress_is_neither_success_nor_failure() -> None:
 
 # -- decisions -------------------------------------------------------------------------
 
-POLICY = FallbackPolicy(
-    fallback_after_s=300, recover_after_s=900, step_interval_s=600, max_on_demand=2
-)
+POLICY = FallbackPolicy(fallback_after_s=60, recover_after_s=900, step_interval_s=600)
 
 
-def test_shortage_fallback_and_recovery_step_by_step() -> None:
+def pool(base: int, attempts: list[LaunchAttempt], spot_live: int, desired: int = 4) -> Observation:
+    """A 4-node pool with ``spot_live`` spot instances and the routers' ready count unknown."""
+    return Observation(base, list(attempts), None, desired=desired, spot_live=spot_live)
+
+
+def test_a_drought_moves_every_missing_node_to_on_demand_at_once_and_back() -> None:
     clock = Clock()
     decider = FallbackDecider(POLICY, clock)
-    t0 = clock.now
-    attempts = [ok(t0 - 3600), fail(t0)]
-    state = FallbackState()
+    attempts = [ok(clock.now - 3600), fail(clock.now)]  # 3 of 4 spot nodes reclaimed
 
-    # Spot just started failing: wait fallback_after_s before acting.
-    d = decider.decide(Observation(0, attempts, 3), state)
+    # Spot just started failing: wait fallback_after_s (one schedule period) before acting.
+    d = decider.decide(pool(0, attempts, spot_live=1), FallbackState())
     assert (d.action, d.target_base) == (Action.HOLD, 0)
 
-    # Failing for 300 s: raise the base by one, with the reason.
-    clock.advance(300)
-    attempts.append(fail(clock.now - 10))
-    d = decider.decide(Observation(0, attempts, 2), d.state)
-    assert (d.action, d.target_base) == (Action.RAISE, 1)
-    assert (
-        "spot launches failing for 300s" in d.reason and "InsufficientInstanceCapacity" in d.reason
-    )
-    assert d.state.changed_at == clock.now
+    # Still failing a period later: all three missing nodes go on-demand in one decision.
+    clock.advance(60)
+    attempts.append(fail(clock.now - 5))
+    d = decider.decide(pool(0, attempts, spot_live=1), d.state)
+    assert (d.action, d.target_base) == (Action.RAISE, 3)
+    assert "spot launches failing for 60s" in d.reason
+    assert "InsufficientInstanceCapacity" in d.reason and "3 node(s) missing on spot" in d.reason
 
-    # Still failing, but the on-demand node is cold-starting: one step at a time.
-    clock.advance(120)
+    # The next runs, while the on-demand nodes boot and spot retries fail: the same target.
+    attempts += [ok(clock.now + 10)] * 3 + [fail(clock.now + 20)]
+    for _ in range(3):
+        clock.advance(60)
+        d = decider.decide(pool(3, attempts, spot_live=1), d.state)
+        assert (d.action, d.target_base) == (Action.HOLD, 3), d.reason
+
+    # The last spot node is reclaimed too and its replacement fails: it follows at once.
     attempts.append(fail(clock.now))
-    d = decider.decide(Observation(1, attempts, 2), d.state)
-    assert (d.action, d.target_base) == (Action.HOLD, 1) and "next step in 480s" in d.reason
+    clock.advance(60)
+    attempts.append(fail(clock.now - 1))
+    d = decider.decide(pool(3, attempts, spot_live=0), d.state)
+    assert (d.action, d.target_base) == (Action.RAISE, 4) and "1 node(s) missing" in d.reason
 
-    clock.advance(480)
-    d = decider.decide(Observation(1, attempts, 2), d.state)
-    assert (d.action, d.target_base) == (Action.RAISE, 2)
-
-    # At max_on_demand: hold however long spot keeps failing.
-    clock.advance(3600)
-    attempts.append(fail(clock.now))
-    d = decider.decide(Observation(2, attempts, 3), d.state)
-    assert (d.action, d.target_base) == (Action.HOLD, 2) and "max_on_demand" in d.reason
-
-    # Spot comes back: no failure for recover_after_s, then lower one step per interval.
-    clock.advance(899)
-    d = decider.decide(Observation(2, attempts, 3), d.state)
-    assert (d.action, d.target_base) == (Action.HOLD, 2)
+    # Spot comes back: no failure for recover_after_s, then one probe, then a step each
+    # step_interval_s (each step is launch-before-terminate: spot first, then the drain).
+    attempts.append(ok(clock.now + 10))
+    last_failure = max(a.at for a in attempts if a.spot_shortage)
+    clock.now = last_failure + 899
+    d = decider.decide(pool(4, attempts, spot_live=0), d.state)
+    assert (d.action, d.target_base) == (Action.HOLD, 4)
     clock.advance(1)
-    d = decider.decide(Observation(2, attempts, 3), d.state)
-    assert (d.action, d.target_base) == (Action.LOWER, 1)
-    assert "no spot failure for 900s" in d.reason
-    attempts.append(ok(clock.now + 30))  # the group replaced one on-demand node with spot
+    d = decider.decide(pool(4, attempts, spot_live=0), d.state)
+    assert (d.action, d.target_base) == (Action.LOWER, 3) and "(probe)" in d.reason
+    for base in (3, 2, 1):
+        attempts.append(ok(clock.now + 30))  # the spot replacement launched
+        clock.advance(600)
+        d = decider.decide(pool(base, attempts, spot_live=4 - base), d.state)
+        assert (d.action, d.target_base) == (Action.LOWER, base - 1)
     clock.advance(600)
-    d = decider.decide(Observation(1, attempts, 3), d.state)
-    assert (d.action, d.target_base) == (Action.LOWER, 0)
-    clock.advance(600)
-    d = decider.decide(Observation(0, attempts, 3), d.state)
+    d = decider.decide(pool(0, attempts, spot_live=4), d.state)
     assert (d.action, d.target_base) == (Action.HOLD, 0) and "configured value" in d.reason
+
+
+def test_the_raise_never_swaps_a_running_spot_node_and_stops_at_max_on_demand() -> None:
+    clock = Clock()
+    attempts = [fail(clock.now - 120), fail(clock.now - 5)]
+    d = FallbackDecider(POLICY, clock).decide(pool(0, attempts, spot_live=3), FallbackState())
+    assert d.target_base == 1  # 3 spot nodes still serve: only the missing one
+    capped = FallbackDecider(replace(POLICY, max_on_demand=2), clock)
+    d = capped.decide(pool(0, attempts, spot_live=0), FallbackState())
+    assert d.target_base == 2 and "(max_on_demand=2)" in d.reason
+    d = capped.decide(pool(2, attempts, spot_live=0), FallbackState())
+    assert (d.action, d.target_base) == (Action.HOLD, 2) and "max_on_demand=2" in d.reason
+    # The default maximum is the group's desired capacity, read at each run.
+    d = FallbackDecider(POLICY, clock).decide(pool(0, attempts, 0, desired=6), FallbackState())
+    assert d.target_base == 6
+
+
+def test_failures_while_nothing_is_missing_change_nothing() -> None:
+    clock = Clock()
+    attempts = [fail(clock.now - 120), fail(clock.now - 5)]
+    d = FallbackDecider(POLICY, clock).decide(pool(1, attempts, spot_live=3), FallbackState())
+    assert (d.action, d.target_base) == (Action.HOLD, 1)
+    assert "on-demand already" in d.reason
 
 
 def test_a_success_ends_the_failure_streak() -> None:
     clock = Clock()
     decider = FallbackDecider(POLICY, clock)
-    attempts = [fail(clock.now - 1000), ok(clock.now - 200), fail(clock.now - 100)]
-    d = decider.decide(Observation(0, attempts, 3), FallbackState())
-    assert d.action is Action.HOLD  # failing for 100 s only, not 1000 s
+    attempts = [fail(clock.now - 1000), ok(clock.now - 200), fail(clock.now - 30)]
+    d = decider.decide(pool(0, attempts, spot_live=3), FallbackState())
+    assert d.action is Action.HOLD  # failing for 30 s only, not 1000 s
 
 
 def test_too_few_ready_nodes_for_long_enough_raises() -> None:
@@ -178,9 +203,9 @@ def test_unknown_ready_count_never_triggers() -> None:
 def test_two_runs_from_the_same_observation_decide_the_same_absolute_value() -> None:
     clock = Clock()
     attempts = [fail(clock.now - 400)]
-    a = FallbackDecider(POLICY, clock).decide(Observation(0, attempts, 1), FallbackState())
-    b = FallbackDecider(POLICY, clock).decide(Observation(0, attempts, 1), FallbackState())
-    assert a == b and a.target_base == 1
+    a = FallbackDecider(POLICY, clock).decide(pool(0, attempts, 2), FallbackState())
+    b = FallbackDecider(POLICY, clock).decide(pool(0, attempts, 2), FallbackState())
+    assert a == b and a.target_base == 2
 
 
 def test_never_lowers_below_the_configured_base() -> None:
@@ -201,12 +226,45 @@ def test_never_lowers_below_the_configured_base() -> None:
         ("instance-terminate-lifecycle-action", {}, Kind.LIFECYCLE_TERMINATE),
         ("instance-state-change", {"state": "stopping"}, Kind.STATE_CHANGE),
         ("instance-state-change", {"state": "terminated"}, Kind.STATE_CHANGE),
+        ("instance-state-change", {"state": "stopped"}, Kind.STATE_CHANGE),
     ],
 )
 def test_documented_events_parse(name: str, detail: dict, kind: Kind) -> None:
     notice = parse_event(event(name, **detail))
     assert notice is not None and notice.kind is kind
     assert notice.instance_id == "i-1234567890abcdef0"
+
+
+def test_terminate_action_keeps_its_token_for_the_follow_up() -> None:
+    notice = parse_event(event("instance-terminate-lifecycle-action"))
+    assert notice is not None and notice.action == LifecycleAction(
+        "my-asg", "my-lifecycle-hook", "87654321-4321-4321-4321-210987654321"
+    )
+
+
+def test_health_scheduled_change_names_every_affected_instance() -> None:
+    doc = event("health-scheduled-change")
+    doc["detail"]["affectedEntities"].append({"entityValue": "i-0fedcba9876543210"})
+    notices = parse_events(doc)
+    assert [(n.kind, n.instance_id) for n in notices] == [
+        (Kind.SCHEDULED_CHANGE, "i-1234567890abcdef0"),
+        (Kind.SCHEDULED_CHANGE, "i-0fedcba9876543210"),
+    ]
+    assert notices[0].detail == "AWS_EC2_INSTANCE_RETIREMENT_SCHEDULED"
+    assert parse_events(event("health-scheduled-change", eventTypeCategory="issue")) == []
+    assert parse_events(event("health-scheduled-change", service="RDS")) == []
+    hostile = event("health-scheduled-change")
+    hostile["detail"]["affectedEntities"] = [{"entityValue": "../nodes"}, "x"]
+    assert parse_events(hostile) == []
+
+
+def test_a_scheduled_change_drains_each_instance_of_the_pool() -> None:
+    routers = FakeRouters({"i-1234567890abcdef0"})
+    doc = event("health-scheduled-change")
+    doc["detail"]["affectedEntities"].insert(0, {"entityValue": "i-0fedcba9876543210"})
+    outcome, notice = InterruptionHandler(routers, clock=Clock()).handle(doc)
+    assert outcome is Outcome.DRAINED and notice is not None
+    assert notice.instance_id == "i-1234567890abcdef0" and routers.calls == 2
 
 
 def test_events_that_announce_no_loss_are_dropped() -> None:
@@ -300,10 +358,10 @@ def test_no_second_step_once_the_first_stopped_the_failures() -> None:
     clock = Clock()
     decider = FallbackDecider(POLICY, clock)
     attempts = [fail(clock.now - 400), fail(clock.now - 10)]
-    d = decider.decide(Observation(0, attempts, 2), FallbackState())
+    d = decider.decide(pool(0, attempts, spot_live=3), FallbackState())
     assert d.action is Action.RAISE
     clock.advance(600)  # the on-demand node filled the gap: no spot attempt, no failure
-    d = decider.decide(Observation(1, attempts, 3), d.state)
+    d = decider.decide(pool(1, attempts, spot_live=3), d.state)
     assert (d.action, d.target_base) == (Action.HOLD, 1)
     assert "in fallback: last spot failure 610s ago" in d.reason
 
@@ -314,37 +372,47 @@ def test_no_second_step_once_the_first_stopped_the_failures() -> None:
             st.floats(min_value=0, max_value=900),  # seconds until the next run
             st.lists(st.booleans(), max_size=3),  # launch attempts since (True = ok)
             st.one_of(st.none(), st.integers(min_value=0, max_value=5)),  # ready nodes
+            st.integers(min_value=0, max_value=6),  # spot instances live
         ),
         max_size=30,
     ),
     base=st.integers(min_value=0, max_value=2),
-    extra=st.integers(min_value=0, max_value=3),
+    extra=st.one_of(st.none(), st.integers(min_value=0, max_value=3)),
+    desired=st.integers(min_value=0, max_value=6),
 )
 @settings(max_examples=200, deadline=None)
-def test_decisions_stay_in_bounds_one_step_at_a_time(
-    steps: list[tuple[float, list[bool], int | None]], base: int, extra: int
+def test_decisions_stay_in_bounds(
+    steps: list[tuple[float, list[bool], int | None, int]],
+    base: int,
+    extra: int | None,
+    desired: int,
 ) -> None:
-    """Whatever happens, the base moves by at most one per decision, within its bounds."""
+    """Whatever happens: within [configured base, max], a raise never asks for more than
+    the nodes spot does not serve (or one more for min_ready), and steps down are one node
+    at least step_interval_s apart."""
     clock = Clock()
     policy = FallbackPolicy(
-        fallback_after_s=300,
+        fallback_after_s=60,
         recover_after_s=900,
         step_interval_s=600,
         min_ready=2,
         base_on_demand=base,
-        max_on_demand=base + extra,
+        max_on_demand=None if extra is None else base + extra,
     )
     decider = FallbackDecider(policy, clock)
     current, state, attempts, last_change = base, FallbackState(), [], None
-    for wait, launches, ready in steps:
+    for wait, launches, ready, spot_live in steps:
         clock.advance(wait)
         attempts += [ok(clock.now) if good else fail(clock.now) for good in launches]
-        d = decider.decide(Observation(current, attempts, ready), state)
-        assert base <= d.target_base <= base + extra
-        assert abs(d.target_base - current) <= 1
+        obs = Observation(current, attempts, ready, desired=desired, spot_live=spot_live)
+        d = decider.decide(obs, state)
+        assert base <= d.target_base <= max(current, policy.cap(desired))
+        if d.action is Action.RAISE:
+            assert d.target_base <= max(base, current + 1, obs.not_on_spot)
+        if d.action is Action.LOWER:
+            assert d.target_base == current - 1
+            assert last_change is None or clock.now - last_change >= policy.step_interval_s
         if d.changes:
-            if last_change is not None:
-                assert clock.now - last_change >= policy.step_interval_s
             last_change = clock.now
         current, state = d.target_base, d.state
 
@@ -390,7 +458,8 @@ def run_shortage(policy: FallbackPolicy, hours: float, then_ok_hours: float = 0)
     lowest_serving_after_fallback, fell_back = 1, False
     for minute in range(int((hours + then_ok_hours) * 60)):
         group.spot_short = minute < hours * 60
-        d = decider.decide(Observation(group.base, list(group.attempts), None), state)
+        obs = Observation(group.base, list(group.attempts), None, desired=1, spot_live=group.spot)
+        d = decider.decide(obs, state)
         if d.action is Action.LOWER:
             last = max(a.at for a in group.attempts if a.spot_shortage)
             probes.append((clock.now, clock.now - last, state.failed_probes))
@@ -456,11 +525,11 @@ def test_the_backoff_resets_once_spot_launches_succeed_again() -> None:
     clock = Clock(last_at + 7200)
     decider = FallbackDecider(BACKOFF, clock)
     attempts = [fail(clock.now - 400), fail(clock.now - 10)]
-    d = decider.decide(Observation(0, attempts, None), run["state"])
+    d = decider.decide(Observation(0, attempts, None, desired=1), run["state"])
     assert d.action is Action.RAISE
     attempts.append(ok(clock.now + 60))
     clock.advance(60 + 900 - 10)
-    d = decider.decide(Observation(1, attempts, None), d.state)
+    d = decider.decide(Observation(1, attempts, None, desired=1), d.state)
     assert d.action is Action.LOWER and d.state.probe_at == clock.now
 
 
@@ -506,6 +575,52 @@ def test_a_day_long_shortage_with_the_defaults() -> None:
     defaults = FallbackPolicy(max_on_demand=1)
     backed_off = run_shortage(defaults, hours=24)
     flat = run_shortage(replace(defaults, recover_backoff_max_s=defaults.recover_after_s), 24)
-    assert (len(backed_off["probes"]), backed_off["failures"]) == (7, 76)
-    assert (len(flat["probes"]), flat["failures"]) == (36, 361)
+    assert (len(backed_off["probes"]), backed_off["failures"]) == (8, 9)
+    assert (len(flat["probes"]), flat["failures"]) == (46, 47)
     assert backed_off["lowest_serving"] == flat["lowest_serving"] == 1
+
+
+# -- completing a silent agent's terminate action ----------------------------------------
+
+PENDING = PendingAction("i-1234567890abcdef0", "llm-gpu", "llm-gpu-drain", "tok", deadline=1000)
+
+
+def test_a_silent_agent_s_action_completes_once_nothing_is_in_flight() -> None:
+    def step(sightings: list[NodeSighting] | None, now: float = 900) -> Step:
+        return judge(PENDING, sightings, now, silent_after_s=10).step
+
+    assert step([NodeSighting(2, 3)]) is Step.WAIT  # heartbeating: the agent completes
+    assert step([NodeSighting(30, 3)]) is Step.HEARTBEAT  # silent, requests still running
+    assert step([NodeSighting(30, 0), NodeSighting(31, 0)]) is Step.COMPLETE
+    assert step([NodeSighting(30, 0), NodeSighting(2, 0)]) is Step.WAIT  # one router hears it
+    assert step([]) is Step.COMPLETE  # no router knows the node any more
+    assert step(None) is Step.WAIT  # no router answered: nothing known yet
+    # At the drain deadline: a silent agent's action completes whatever is in flight,
+    # a live agent keeps it (the controller stops checking).
+    assert step([NodeSighting(30, 3)], now=1000) is Step.COMPLETE
+    assert step(None, now=1000) is Step.COMPLETE
+    assert step([NodeSighting(2, 3)], now=1000) is Step.LEAVE
+
+
+def test_check_messages_round_trip_and_reject_forgeries() -> None:
+    assert PendingAction.from_doc(json.loads(PENDING.body())) == PENDING
+    doc = json.loads(PENDING.body())
+    assert PendingAction.from_doc({**doc, "instance_id": "../nodes"}) is None
+    assert PendingAction.from_doc({**doc, "deadline": "soon"}) is None
+    assert PendingAction.from_doc({**doc, "spotrelay": "other"}) is None
+    assert PendingAction.from_doc(event("spot-interruption-warning")) is None
+
+
+def test_lifecycle_settings_are_validated_and_named() -> None:
+    env = {"SPOTRELAY_ASG_NAME": "llm"}
+    with pytest.raises(SettingError, match=r"^SPOTRELAY_LIFECYCLE_CHECK_EVERY_S = '901'"):
+        from_env({**env, "SPOTRELAY_LIFECYCLE_CHECK_EVERY_S": "901"})
+    with pytest.raises(SettingError, match=r"^SPOTRELAY_MAX_ON_DEMAND = '1.5': must be a whole"):
+        from_env({**env, "SPOTRELAY_MAX_ON_DEMAND": "1.5"})
+    s = from_env(env)
+    assert (s.lifecycle_check_every_s, s.lifecycle_deadline_s, s.agent_silent_after_s) == (
+        10,
+        300,
+        10,
+    )
+    assert s.policy.max_on_demand is None and s.policy.fallback_after_s == 0

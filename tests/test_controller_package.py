@@ -1,32 +1,27 @@
-"""The controller's Lambda package is what fallback.tf zips: spotrelay/controller/*.py and
-spotrelay/core/{__init__,protocol}.py. It must import with nothing else of spotrelay and
-no third-party module but boto3 (which the Lambda Python runtime provides, and which the
+"""The controller's Lambda package is the zip committed with the gpu-pool module
+(``core/lambda_package.py``: spotrelay/controller/*.py and spotrelay/core/{__init__,
+protocol}.py). Unpacked alone, it must import with nothing else of spotrelay and no
+third-party module but boto3 (which the Lambda Python runtime provides, and which the
 handler imports only when it builds its clients).
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
+
+from spotrelay.core.lambda_package import PACKAGE_PATH
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_package_imports_alone(tmp_path: Path) -> None:
     tf = (REPO / "terraform/modules/gpu-pool/fallback.tf").read_text()
-    assert (
-        '"spotrelay/core/protocol.py"' in tf
-        and 'fileset("${local.controller_src}/controller"' in tf
-    )
-    pkg = tmp_path / "spotrelay"
-    shutil.copytree(
-        REPO / "controller", pkg / "controller", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    (pkg / "core").mkdir()
-    for name in ("__init__.py", "protocol.py"):
-        shutil.copy2(REPO / "core" / name, pkg / "core" / name)
+    assert "package/spotrelay-controller.zip" in tf, "the module deploys the committed zip"
+    with zipfile.ZipFile(PACKAGE_PATH) as zf:
+        zf.extractall(tmp_path)
     probe = (
         "import sys, spotrelay.controller.handler, spotrelay.controller.queue;"
         "mods = sorted(m for m in sys.modules if m.split('.')[0] in "

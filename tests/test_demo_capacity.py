@@ -1,10 +1,12 @@
 """``spotrelay demo --spot-shortage`` and ``--dead-agents``, run briefly end to end.
 
 One short run covers both: during the shortage the simulated group's spot launches
-fail, the controller's decision logic raises the on-demand base and the replacements
-launch on-demand; after it, the base comes down and the on-demand nodes are retired
-through the drain. A node whose agent was killed first is still drained before it is
-reclaimed, through the local queue stand-in. Clients see no failure.
+fail, the controller's decision logic raises the on-demand base to cover every node
+spot does not serve and all missing replacements launch on-demand in that same
+controller period, the one after the first failed spot launch; after it, the base
+comes down and the on-demand nodes are retired through the drain. A node whose agent
+was killed first is still drained before it is reclaimed, through the local queue
+stand-in. Clients see no failure.
 """
 
 from __future__ import annotations
@@ -44,8 +46,18 @@ def test_shortage_falls_back_to_on_demand_and_returns_to_spot(tmp_path: Path) ->
     assert actions.index("raise") < last_lower  # fell back, then returned to spot
     first_raise = next(d for d in cap["decisions"] if d["action"] == "raise")
     assert "InsufficientInstanceCapacity" in first_raise["reason"]
+    assert first_raise["missing"] >= 1
     on_demand = [x for x in cap["launches"] if x["lifecycle"] == "on-demand"]
     assert on_demand and all(x["t"] >= 1 for x in on_demand)
+    # Every raise covers every node spot does not serve, and every node missing then
+    # launches on-demand within that one controller period (no step-by-step catch-up).
+    for raised in (d for d in cap["decisions"] if d["action"] == "raise"):
+        assert raised["on_demand_base"] == raised["not_on_spot"], raised
+        same_period = [x for x in on_demand if x["period"] == raised["period"]]
+        assert len(same_period) >= raised["missing"], (raised, on_demand)
+        if raised["missing"]:  # decided in the period after the first failed spot launch
+            assert raised["period"] - raised["missing_failed_at"] <= 1, raised
+    assert all(any(d["period"] == x["period"] for d in cap["decisions"]) for x in on_demand)
     assert {r["node"] for r in cap["on_demand_retired"]} == {x["node"] for x in on_demand}
     assert cap["samples"][-1]["on_demand"] == 0  # back on spot at the end
 

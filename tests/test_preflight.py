@@ -136,3 +136,12 @@ def test_reserved_concurrency_must_leave_lambdas_minimum() -> None:
         (check,) = check_lambda(plan, lambda _: lam)
     assert check.status == FAIL
     assert "reserved_concurrency 3 would leave 7; Lambda keeps 100 unreserved" in check.reason
+
+
+def test_the_example_fallback_counts_when_the_tfvars_leave_it_out() -> None:
+    """examples/complete turns the fallback on by default: preflight counts it then too."""
+    from spotrelay.core.preflight_pool import default_on
+    from tests.deploy_support import EXAMPLE
+
+    assert default_on(EXAMPLE, "on_demand_fallback") == {"enabled": True}
+    assert default_on(EXAMPLE, "interruption_queue") == {}

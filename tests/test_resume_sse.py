@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spotrelay.router.sse import (
     DONE_EVENT,
+    EventTooLarge,
     SSEFramer,
     SSEParser,
     encode_data,
@@ -174,3 +176,58 @@ def test_any_split_of_any_valid_stream_gives_the_same_events(
     assert frame_all([bytes([b]) for b in stream]) == whole
     assert len(whole) == len(events)
     assert all(e.endswith(b"\n\n") and b"\r" not in e for e in whole)
+
+
+# ---------------------------------------------------------------------------
+# The framer's bound on an event's size
+
+
+def test_an_event_over_the_limit_raises_complete_or_not() -> None:
+    event = b"data: " + b"x" * 94 + b"\n\n"  # 102 bytes
+    assert SSEFramer(102).feed(event) == [event]
+    # A piece holding exactly one whole event is not measured (a read bounds it).
+    assert SSEFramer(101).feed(event) == [event]
+    with pytest.raises(EventTooLarge):
+        SSEFramer(101).feed(b"data: ok\n\n" + event)  # behind another
+    framer = SSEFramer(101)
+    framer.feed(event[:60])
+    with pytest.raises(EventTooLarge):
+        framer.feed(event[60:])  # completed across reads
+
+
+def test_a_newline_free_drip_is_no_progress_and_is_bounded() -> None:
+    """Bytes without a blank line frame no event, however many; the cap ends them."""
+    framer = SSEFramer(10_000)
+    assert framer.feed(b"data: first\n\n") == [b"data: first\n\n"]
+    for _ in range(99):
+        assert framer.feed(b"y" * 100) == []
+    assert framer.pending and framer.pending_bytes == 9_900
+    with pytest.raises(EventTooLarge, match="10000"):
+        framer.feed(b"y" * 101)
+
+
+def test_without_a_limit_pending_bytes_are_kept_as_pieces() -> None:
+    framer = SSEFramer()
+    for _ in range(1000):
+        framer.feed(b"z" * 1000)
+    assert framer.pending_bytes == 1_000_000
+    assert framer.feed(b"\n\n") == [b"z" * 1_000_000 + b"\n\n"]
+    assert not framer.pending
+
+
+@settings(deadline=None)
+@given(
+    events=st.lists(
+        st.binary(min_size=1, max_size=40).map(
+            lambda b: b"data: " + b.replace(b"\n", b"").replace(b"\r", b"") + b"\n\n"
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=12),
+)
+def test_a_limit_at_the_largest_event_changes_nothing(events: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(events)
+    framer = SSEFramer(max(map(len, events)))
+    got = [e for chunk in split(stream, cuts) for e in framer.feed(chunk)]
+    assert got == events

@@ -14,7 +14,7 @@ import pytest
 
 from spotrelay.router.balancer import rendezvous_weight
 from spotrelay.router.endpoints import ENDPOINTS, Routing, StreamKind
-from spotrelay.router.multipart import MultipartError, boundary_of, form_fields
+from spotrelay.router.multipart import MAX_PART_HEAD, MultipartError, boundary_of, form_fields
 from spotrelay.router.named_events import RESPONSES, event_name
 from spotrelay.router.resume_request import not_resumable
 from spotrelay.router.sse import DONE_EVENT, SSEParser
@@ -332,3 +332,27 @@ def test_a_stored_response_stream_is_replayed_with_its_query():
     assert resp.status_code == 200 and resp.data == b"".join(events)
     assert fleet.calls[-1]["url"] == "/v1/responses/resp_1?stream=true&starting_after=2"
     assert client.get("/v1/responses/resp_1?x=<script>").status_code == 400
+
+
+def test_form_scans_are_bounded_in_parts_and_header_size():
+    """A form's cost is bounded before any header parsing: part count and header size."""
+    many = form("b", *[("f", b"v", None)] * 30, ("model", b"whisper", None))
+    assert form_fields(many, b"b", frozenset({"model"}), max_parts=31) == {"model": "whisper"}
+    with pytest.raises(MultipartError, match="more than 30 parts"):
+        form_fields(many, b"b", frozenset({"model"}), max_parts=30)
+    big_head = b"--b\r\nX-Pad: " + b"p" * MAX_PART_HEAD + b"\r\n\r\nv\r\n--b--\r\n"
+    with pytest.raises(MultipartError, match="header end within"):
+        form_fields(big_head, b"b", frozenset({"model"}))
+
+
+def test_multipart_part_cap_is_a_400_naming_the_key():
+    client, _svc, _fleet = client_for()
+    put(client, "a", A, models=("whisper",))
+    body = form("zz", *[("f", b"v", None)] * 1001, ("model", b"whisper", None))
+    resp = client.post(
+        "/v1/audio/transcriptions",
+        data=body,
+        headers={"Content-Type": "multipart/form-data; boundary=zz"},
+    )
+    assert resp.status_code == 400
+    assert "routing.max_form_parts" in resp.get_json()["error"]["message"]

@@ -365,3 +365,33 @@ def test_oversized_head_is_refused(serve):
     server = serve(handler)
     with pytest.raises(ProtocolError, match="64 KiB"):
         pool_for(server).request("GET", "/", read_timeout=2)
+
+
+def test_the_deadline_bounds_a_dripping_head_and_body(serve):
+    """A per-read timeout restarts with every byte; the deadline does not."""
+    stop = threading.Event()
+
+    def handler(conn, index):
+        server.read_request(conn)
+        if index == 1:  # the head at once, then the body one byte per 0.2 s
+            conn.sendall(OK[: OK.index(b"\r\n\r\n") + 4])
+        for byte in OK if index == 0 else b'{"ok": 1 }':
+            if stop.wait(0.2):
+                return
+            conn.sendall(bytes([byte]))
+
+    server = serve(handler)
+    pool = pool_for(server)
+    try:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            pool.request("GET", "/", read_timeout=5, deadline=time.monotonic() + 0.6)
+        assert time.monotonic() - started < 2
+        started = time.monotonic()
+        resp = pool.request("GET", "/", read_timeout=5, deadline=time.monotonic() + 0.6)
+        with pytest.raises(TimeoutError):
+            resp.read()
+        assert time.monotonic() - started < 2
+        resp.close()
+    finally:
+        stop.set()

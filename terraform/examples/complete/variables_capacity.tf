@@ -1,5 +1,7 @@
-# Capacity inputs of the gpu-pool module, passed through (all off by default).
-# With `spotrelay up`, set them under `variables:` in deploy.yaml, e.g.
+# Capacity inputs of the gpu-pool module, passed through. The example turns the
+# on-demand fallback on (the module's default is off): a spot drought then
+# costs on-demand prices instead of missing nodes. With `spotrelay up`, change
+# them under `variables:` in deploy.yaml, e.g.
 #   variables:
 #     on_demand_fallback: {enabled: true, max_on_demand: 2}
 # See docs/deploy.md, "Capacity".
@@ -11,9 +13,9 @@ variable "scale_on_load" {
 }
 
 variable "on_demand_fallback" {
-  description = "The gpu-pool's on_demand_fallback: the controller raises the on-demand base while spot cannot launch."
+  description = "The gpu-pool's on_demand_fallback: while spot cannot launch, every node spot does not serve runs on-demand (on here by default; {enabled = false} turns it off)."
   type        = any
-  default     = {}
+  default     = { enabled = true }
 }
 
 variable "interruption_queue" {

@@ -18,15 +18,15 @@ variable "scale_on_load" {
 }
 
 variable "on_demand_fallback" {
-  description = "The controller raises the on-demand base step by step while spot cannot launch, and lowers it when spot is back: enabled, schedule, fallback_after_s, recover_after_s, step_interval_s, min_ready, max_on_demand, recover_backoff_max_s (cap of the doubled wait between failed recovery probes)."
+  description = "While spot cannot launch, the controller moves every node spot does not serve to on-demand in one run, and back to spot one probe at a time when spot returns: enabled, schedule, fallback_after_s (spot failing this long: fall back), recover_after_s, step_interval_s (between two steps back), min_ready, max_on_demand (null: the group's desired capacity), recover_backoff_max_s (cap of the doubled wait between failed recovery probes)."
   type = object({
     enabled          = optional(bool, false)
     schedule         = optional(string, "rate(1 minute)")
-    fallback_after_s = optional(number, 300)
+    fallback_after_s = optional(number, 0)
     recover_after_s  = optional(number, 1800)
     step_interval_s  = optional(number, 600)
     min_ready        = optional(number, 0)
-    max_on_demand    = optional(number, 2)
+    max_on_demand    = optional(number) # null: the group's desired capacity
     # Each probe that finds spot still short doubles the quiet time before the
     # next one (recover_after_s, 2x, 4x, ...), up to this.
     recover_backoff_max_s = optional(number, 14400)
@@ -35,13 +35,16 @@ variable "on_demand_fallback" {
 }
 
 variable "interruption_queue" {
-  description = "EventBridge rules → encrypted SQS queue (with a DLQ) → controller, which drains the node by instance id even if its agent is dead: enabled, kms_key_arn (null = SSE-SQS), drain_on_rebalance, max_receive_count, message_retention_s."
+  description = "EventBridge rules → encrypted SQS queue (with a DLQ) → controller, which drains the node by instance id even if its agent is dead and completes a silent agent's terminate lifecycle action: enabled, kms_key_arn (null = SSE-SQS), drain_on_rebalance, max_receive_count, message_retention_s, lifecycle_check_every_s, lifecycle_deadline_s, agent_silent_after_s."
   type = object({
-    enabled             = optional(bool, false)
-    kms_key_arn         = optional(string)
-    drain_on_rebalance  = optional(bool, false)
-    max_receive_count   = optional(number, 5)
-    message_retention_s = optional(number, 3600)
+    enabled                 = optional(bool, false)
+    kms_key_arn             = optional(string)
+    drain_on_rebalance      = optional(bool, false)
+    max_receive_count       = optional(number, 5)
+    message_retention_s     = optional(number, 3600)
+    lifecycle_check_every_s = optional(number, 10)
+    lifecycle_deadline_s    = optional(number, 300)
+    agent_silent_after_s    = optional(number, 10)
   })
   default = {}
 }

@@ -20,10 +20,13 @@ locals {
   queue_name     = "${var.name}-interruptions"
   dlq_name       = "${var.name}-interruptions-dlq"
   queue_arn      = "${local.arn_prefix}:sqs:${var.region}:${var.account_id}:${local.queue_name}"
+  dns_suffix     = var.partition == "aws-cn" ? "amazonaws.com.cn" : "amazonaws.com"
+  queue_url      = "https://sqs.${var.region}.${local.dns_suffix}/${var.account_id}/${local.queue_name}"
 
-  # --- EventBridge: the four events of the termination handler's queue mode.
-  # EC2 events cannot be filtered by Auto Scaling group; the controller drops
-  # instances no router knows. The lifecycle action is filtered to this group.
+  # --- EventBridge: the events of the termination handler's queue mode.
+  # EC2 and AWS Health events cannot be filtered by Auto Scaling group; the
+  # controller drops instances no router knows. The lifecycle action is
+  # filtered to this group.
   event_patterns = {
     spot-interruption = {
       source        = ["aws.ec2"]
@@ -41,7 +44,13 @@ locals {
     state-change = {
       source        = ["aws.ec2"]
       "detail-type" = ["EC2 Instance State-change Notification"]
-      detail        = { state = ["stopping", "shutting-down", "terminated"] }
+      detail        = { state = ["stopping", "stopped", "shutting-down", "terminated"] }
+    }
+    # Instance retirement, stop and maintenance reboots AWS schedules ahead.
+    health-scheduled-change = {
+      source        = ["aws.health"]
+      "detail-type" = ["AWS Health Event"]
+      detail        = { service = ["EC2"], eventTypeCategory = ["scheduledChange"] }
     }
   }
   rule_names = { for k, _ in local.event_patterns : k => "${var.name}-${k}" }
@@ -76,18 +85,35 @@ locals {
         Resource = "${local.log_group_arn}:*"
       },
     ],
-    local.fallback_on ? [{
-      Sid      = "ChangeOwnGroupOnDemandBase"
-      Effect   = "Allow"
-      Action   = ["autoscaling:UpdateAutoScalingGroup", "autoscaling:CreateOrUpdateTags"]
-      Resource = local.asg_arn
-    }] : [],
-    local.queue_on ? [{
-      Sid      = "ConsumeInterruptionQueue"
-      Effect   = "Allow"
-      Action   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"]
-      Resource = local.queue_arn
-    }] : [],
+    local.fallback_on ? [
+      {
+        Sid      = "ChangeOwnGroupOnDemandBase"
+        Effect   = "Allow"
+        Action   = ["autoscaling:UpdateAutoScalingGroup", "autoscaling:CreateOrUpdateTags"]
+        Resource = local.asg_arn
+      },
+      {
+        Sid      = "ReadInstanceMarket"
+        Effect   = "Allow"
+        Action   = ["ec2:DescribeInstances"] # spot or on-demand: the group does not say
+        Resource = "*"                       # DescribeInstances has no resource-level permissions
+      },
+    ] : [],
+    local.queue_on ? [
+      {
+        Sid = "ConsumeInterruptionQueue"
+        # SendMessage: the delayed checks of a silent agent's terminate action.
+        Effect   = "Allow"
+        Action   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility", "sqs:SendMessage"]
+        Resource = local.queue_arn
+      },
+      {
+        Sid      = "CompleteOwnGroupTerminateActions"
+        Effect   = "Allow"
+        Action   = ["autoscaling:CompleteLifecycleAction", "autoscaling:RecordLifecycleActionHeartbeat"]
+        Resource = local.asg_arn
+      },
+    ] : [],
     var.node_token_kms_key_arn == null ? [] : [{
       Sid       = "DecryptNodeTokenThroughSSM"
       Effect    = "Allow"
@@ -98,7 +124,7 @@ locals {
     local.queue_on && var.interruption_queue.kms_key_arn != null ? [{
       Sid       = "DecryptQueueThroughSQS"
       Effect    = "Allow"
-      Action    = ["kms:Decrypt"]
+      Action    = ["kms:Decrypt", "kms:GenerateDataKey"] # receive, and send the checks
       Resource  = var.interruption_queue.kms_key_arn
       Condition = { StringEquals = { "kms:ViaService" = "sqs.${var.region}.amazonaws.com" } }
     }] : [],
@@ -137,20 +163,24 @@ locals {
   })
 
   lambda_environment = {
-    SPOTRELAY_ASG_NAME              = var.name
-    SPOTRELAY_POOL                  = var.name
-    SPOTRELAY_ROUTER_URLS           = join(",", var.router_urls)
-    SPOTRELAY_NODE_TOKEN_PARAMETER  = var.node_token_parameter_arn
-    SPOTRELAY_FALLBACK_ENABLED      = tostring(local.fallback_on)
-    SPOTRELAY_FALLBACK_AFTER_S      = tostring(var.on_demand_fallback.fallback_after_s)
-    SPOTRELAY_RECOVER_AFTER_S       = tostring(var.on_demand_fallback.recover_after_s)
-    SPOTRELAY_RECOVER_BACKOFF_MAX_S = tostring(var.on_demand_fallback.recover_backoff_max_s)
-    SPOTRELAY_STEP_INTERVAL_S       = tostring(var.on_demand_fallback.step_interval_s)
-    SPOTRELAY_MIN_READY             = tostring(var.on_demand_fallback.min_ready)
-    SPOTRELAY_MAX_ON_DEMAND         = tostring(var.on_demand_fallback.max_on_demand)
-    SPOTRELAY_BASE_ON_DEMAND        = tostring(var.on_demand_base_capacity)
-    SPOTRELAY_DRAIN_ON_REBALANCE    = tostring(var.interruption_queue.drain_on_rebalance)
-    SPOTRELAY_METRIC_NAMESPACE      = var.scale_on_load.namespace
+    SPOTRELAY_ASG_NAME                = var.name
+    SPOTRELAY_POOL                    = var.name
+    SPOTRELAY_ROUTER_URLS             = join(",", var.router_urls)
+    SPOTRELAY_NODE_TOKEN_PARAMETER    = var.node_token_parameter_arn
+    SPOTRELAY_FALLBACK_ENABLED        = tostring(local.fallback_on)
+    SPOTRELAY_FALLBACK_AFTER_S        = tostring(var.on_demand_fallback.fallback_after_s)
+    SPOTRELAY_RECOVER_AFTER_S         = tostring(var.on_demand_fallback.recover_after_s)
+    SPOTRELAY_RECOVER_BACKOFF_MAX_S   = tostring(var.on_demand_fallback.recover_backoff_max_s)
+    SPOTRELAY_STEP_INTERVAL_S         = tostring(var.on_demand_fallback.step_interval_s)
+    SPOTRELAY_MIN_READY               = tostring(var.on_demand_fallback.min_ready)
+    SPOTRELAY_MAX_ON_DEMAND           = var.on_demand_fallback.max_on_demand == null ? "" : tostring(var.on_demand_fallback.max_on_demand)
+    SPOTRELAY_BASE_ON_DEMAND          = tostring(var.on_demand_base_capacity)
+    SPOTRELAY_DRAIN_ON_REBALANCE      = tostring(var.interruption_queue.drain_on_rebalance)
+    SPOTRELAY_QUEUE_URL               = local.queue_on ? local.queue_url : ""
+    SPOTRELAY_LIFECYCLE_CHECK_EVERY_S = tostring(var.interruption_queue.lifecycle_check_every_s)
+    SPOTRELAY_LIFECYCLE_DEADLINE_S    = tostring(var.interruption_queue.lifecycle_deadline_s)
+    SPOTRELAY_AGENT_SILENT_AFTER_S    = tostring(var.interruption_queue.agent_silent_after_s)
+    SPOTRELAY_METRIC_NAMESPACE        = var.scale_on_load.namespace
   }
 
   # --- scaling on load: target tracking scales out (paced by the warm-up, so

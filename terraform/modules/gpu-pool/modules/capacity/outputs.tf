@@ -8,7 +8,7 @@ output "enabled" {
   }
 
   precondition {
-    condition     = !local.fallback_on || var.on_demand_fallback.max_on_demand >= var.on_demand_base_capacity
+    condition     = !local.fallback_on || coalesce(var.on_demand_fallback.max_on_demand, var.on_demand_base_capacity) >= var.on_demand_base_capacity
     error_message = "on_demand_fallback.max_on_demand cannot be below scaling.on_demand_base_capacity."
   }
 

@@ -103,11 +103,11 @@ variable "on_demand_fallback" {
   type = object({
     enabled          = optional(bool, false)
     schedule         = optional(string, "rate(1 minute)")
-    fallback_after_s = optional(number, 300)
+    fallback_after_s = optional(number, 0)
     recover_after_s  = optional(number, 1800)
     step_interval_s  = optional(number, 600)
     min_ready        = optional(number, 0)
-    max_on_demand    = optional(number, 2)
+    max_on_demand    = optional(number) # null: the group's desired capacity
     # Each probe that finds spot still short doubles the quiet time before the
     # next one (recover_after_s, 2x, 4x, ...), up to this.
     recover_backoff_max_s = optional(number, 14400)
@@ -133,8 +133,8 @@ variable "on_demand_fallback" {
   }
 
   validation {
-    condition     = var.on_demand_fallback.max_on_demand >= 1
-    error_message = "on_demand_fallback.max_on_demand must be >= 1."
+    condition     = var.on_demand_fallback.max_on_demand == null || try(var.on_demand_fallback.max_on_demand >= 1 && floor(var.on_demand_fallback.max_on_demand) == var.on_demand_fallback.max_on_demand, false)
+    error_message = "on_demand_fallback.max_on_demand must be a whole number >= 1, or null (the group's desired capacity)."
   }
 }
 
@@ -146,8 +146,23 @@ variable "interruption_queue" {
     drain_on_rebalance  = optional(bool, false)
     max_receive_count   = optional(number, 5)
     message_retention_s = optional(number, 3600)
+    # Completing a silent agent's terminate action: checks every N seconds
+    # (SQS DelaySeconds), decided by the deadline, agent silent after N seconds.
+    lifecycle_check_every_s = optional(number, 10)
+    lifecycle_deadline_s    = optional(number, 300)
+    agent_silent_after_s    = optional(number, 10)
   })
   default = {}
+
+  validation {
+    condition     = var.interruption_queue.lifecycle_check_every_s >= 1 && var.interruption_queue.lifecycle_check_every_s <= 900 && floor(var.interruption_queue.lifecycle_check_every_s) == var.interruption_queue.lifecycle_check_every_s
+    error_message = "interruption_queue.lifecycle_check_every_s must be a whole number of seconds between 1 and 900 (SQS DelaySeconds)."
+  }
+
+  validation {
+    condition     = var.interruption_queue.lifecycle_deadline_s >= 1 && var.interruption_queue.agent_silent_after_s >= 1
+    error_message = "interruption_queue.lifecycle_deadline_s and agent_silent_after_s must be >= 1."
+  }
 
   validation {
     condition     = var.interruption_queue.max_receive_count >= 1 && var.interruption_queue.max_receive_count <= 1000

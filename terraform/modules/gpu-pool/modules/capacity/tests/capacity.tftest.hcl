@@ -52,7 +52,7 @@ run "fallback_policy_is_scoped_to_its_group" {
       for s in jsondecode(output.controller_policy).Statement :
       s.Resource != "*" || alltrue([for a in s.Action : contains([
         "autoscaling:DescribeAutoScalingGroups", "autoscaling:DescribeScalingActivities",
-        "cloudwatch:PutMetricData", "xray:PutTraceSegments", "xray:PutTelemetryRecords",
+        "ec2:DescribeInstances", "cloudwatch:PutMetricData", "xray:PutTraceSegments", "xray:PutTelemetryRecords",
       ], a)])
     ])
     error_message = "Resource \"*\" only for actions without resource-level permissions."
@@ -79,8 +79,13 @@ run "fallback_policy_is_scoped_to_its_group" {
   }
 
   assert {
-    condition     = output.lambda_environment.SPOTRELAY_FALLBACK_AFTER_S == "300" && output.lambda_environment.SPOTRELAY_MAX_ON_DEMAND == "2" && output.lambda_environment.SPOTRELAY_FALLBACK_ENABLED == "true"
-    error_message = "Thresholds reach the controller."
+    condition     = output.lambda_environment.SPOTRELAY_FALLBACK_AFTER_S == "0" && output.lambda_environment.SPOTRELAY_MAX_ON_DEMAND == "" && output.lambda_environment.SPOTRELAY_FALLBACK_ENABLED == "true"
+    error_message = "Thresholds reach the controller; no max_on_demand means the group's desired capacity."
+  }
+
+  assert {
+    condition     = output.lambda_environment.SPOTRELAY_QUEUE_URL == "" && !strcontains(output.controller_policy, "CompleteLifecycleAction")
+    error_message = "Without the queue there are no lifecycle checks to send, nor actions to complete."
   }
 
   assert {
@@ -105,8 +110,17 @@ run "queue_policy_and_patterns" {
   }
 
   assert {
-    condition     = toset(keys(output.event_patterns)) == toset(["spot-interruption", "rebalance", "lifecycle-terminate", "state-change"])
-    error_message = "The four events of the termination handler's queue mode."
+    condition     = toset(keys(output.event_patterns)) == toset(["spot-interruption", "rebalance", "lifecycle-terminate", "state-change", "health-scheduled-change"])
+    error_message = "The events of the termination handler's queue mode."
+  }
+
+  assert {
+    condition = jsondecode(output.event_patterns["health-scheduled-change"]) == {
+      source        = ["aws.health"]
+      "detail-type" = ["AWS Health Event"]
+      detail        = { service = ["EC2"], eventTypeCategory = ["scheduledChange"] }
+    }
+    error_message = "AWS Health scheduled changes of EC2 instances (retirement, stop, maintenance reboot)."
   }
 
   assert {
@@ -120,7 +134,7 @@ run "queue_policy_and_patterns" {
   }
 
   assert {
-    condition     = toset(jsondecode(output.event_patterns["state-change"]).detail.state) == toset(["stopping", "shutting-down", "terminated"])
+    condition     = toset(jsondecode(output.event_patterns["state-change"]).detail.state) == toset(["stopping", "stopped", "shutting-down", "terminated"])
     error_message = "State changes only when the instance is going away."
   }
 
@@ -130,8 +144,27 @@ run "queue_policy_and_patterns" {
   }
 
   assert {
-    condition     = length(jsondecode(output.queue_policy).Statement[0].Condition.ArnEquals["aws:SourceArn"]) == 4 && alltrue([for a in jsondecode(output.queue_policy).Statement[0].Condition.ArnEquals["aws:SourceArn"] : startswith(a, "arn:aws:events:us-east-1:123456789012:rule/llm-gpu-")])
-    error_message = "…and only from this pool's four rules."
+    condition     = length(jsondecode(output.queue_policy).Statement[0].Condition.ArnEquals["aws:SourceArn"]) == 5 && alltrue([for a in jsondecode(output.queue_policy).Statement[0].Condition.ArnEquals["aws:SourceArn"] : startswith(a, "arn:aws:events:us-east-1:123456789012:rule/llm-gpu-")])
+    error_message = "…and only from this pool's five rules."
+  }
+
+  assert {
+    condition = one([
+      for s in jsondecode(output.controller_policy).Statement : s.Resource if s.Sid == "CompleteOwnGroupTerminateActions"
+    ]) == "arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:*:autoScalingGroupName/llm-gpu"
+    error_message = "The controller completes (and heartbeats) lifecycle actions of its own group only."
+  }
+
+  assert {
+    condition     = output.lambda_environment.SPOTRELAY_QUEUE_URL == "https://sqs.us-east-1.amazonaws.com/123456789012/llm-gpu-interruptions" && output.lambda_environment.SPOTRELAY_LIFECYCLE_CHECK_EVERY_S == "10" && output.lambda_environment.SPOTRELAY_LIFECYCLE_DEADLINE_S == "300"
+    error_message = "The controller sends its lifecycle checks to its own queue."
+  }
+
+  assert {
+    condition = one([
+      for s in jsondecode(output.controller_policy).Statement : s.Action if s.Sid == "DecryptQueueThroughSQS"
+    ]) == ["kms:Decrypt", "kms:GenerateDataKey"]
+    error_message = "Sending the checks to a queue under a customer managed key needs GenerateDataKey."
   }
 
   assert {
@@ -255,6 +288,22 @@ run "backoff_cap_reaches_the_controller" {
     condition     = output.lambda_environment.SPOTRELAY_RECOVER_BACKOFF_MAX_S == "900"
     error_message = "A cap equal to recover_after_s (no backoff) is accepted and passed on."
   }
+}
+
+run "rejects_fractional_max_on_demand" {
+  command = plan
+  variables {
+    on_demand_fallback = { enabled = true, max_on_demand = 1.5 }
+  }
+  expect_failures = [var.on_demand_fallback]
+}
+
+run "rejects_lifecycle_check_beyond_sqs_delay" {
+  command = plan
+  variables {
+    interruption_queue = { enabled = true, lifecycle_check_every_s = 901 }
+  }
+  expect_failures = [var.interruption_queue]
 }
 
 run "rejects_max_below_configured_base" {

@@ -25,6 +25,15 @@ override_resource {
   }
 }
 
+# The controller's own group (the fallback is on by default here), which
+# the router module admits to its control endpoint.
+override_resource {
+  target = module.gpu_pool.aws_security_group.controller
+  values = {
+    id = "sg-0a1b2c3d4e5f60718"
+  }
+}
+
 override_resource {
   target = module.router.aws_security_group.router
   values = {

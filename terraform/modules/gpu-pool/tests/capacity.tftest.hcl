@@ -65,8 +65,8 @@ run "queue_and_fallback" {
   }
 
   assert {
-    condition     = length(aws_cloudwatch_event_rule.interruption) == 4
-    error_message = "Four EventBridge rules feed the queue."
+    condition     = length(aws_cloudwatch_event_rule.interruption) == 5
+    error_message = "Five EventBridge rules feed the queue (spot notice, rebalance, state change, lifecycle, AWS Health)."
   }
 
   assert {

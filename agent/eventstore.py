@@ -170,6 +170,11 @@ class EventStore:
         with self._lock:
             return list(self._records.values())
 
+    def holds(self, kind: str) -> bool:
+        """An event of ``kind`` is still reported (not pruned, not withdrawn)."""
+        with self._lock:
+            return any(r.id.kind == kind and not r.withdrawn for r in self._records.values())
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._records)

@@ -30,7 +30,7 @@ from typing import Any
 
 from spotrelay.core.backoff import Backoff
 from spotrelay.core.config import ConfigError
-from spotrelay.core.protocol import NodeLoad, NodeReport, NodeState, valid_instance_id
+from spotrelay.core.protocol import NodeLoad, NodeReport, NodeState, Risk, valid_instance_id
 from spotrelay.core.secrets import read_token
 from spotrelay.core.ticker import Every, Ticker
 
@@ -38,7 +38,7 @@ from .cloudwatch import load_publisher
 from .detect import EngineDetector
 from .drain import STATE_FILE, DrainMachine, DrainPolicy, StateStore, read_boot_id
 from .engine import EngineProbe, EngineStatus, ProcessWatch
-from .events import Event
+from .events import Event, Rebalance
 from .eventstore import EventStore
 from .hang import TokenStall
 from .hoststats import HostSampler
@@ -265,7 +265,13 @@ class Agent:
             labels=dict(self.labels),
             engine=self.detector.current(),
             instance_id=instance_id if instance_id and valid_instance_id(instance_id) else None,
+            risk=self.risk(),
         )
+
+    def risk(self) -> Risk:
+        """``elevated`` while IMDS reports a rebalance recommendation for this instance."""
+        events = self.events
+        return Risk.ELEVATED if events is not None and events.holds(Rebalance.kind) else Risk.NONE
 
     def desired_state(self) -> NodeState | None:
         """What the routers should be told now; None: nothing (not registered, or gone).
@@ -398,6 +404,8 @@ class Agent:
             return
         log.warning("IMDS event: %s", event.kind, extra={"key": event.key})
         self.webhook.send("event", event=event.describe())
+        if isinstance(event, Rebalance):
+            self.wake_links()  # the routers learn the risk now, not at the next heartbeat
         if decision.action is Action.DRAIN:
             self.drain.request_event(event)
         elif decision.action is Action.SCHEDULE:

@@ -90,15 +90,15 @@ def on_every_worker(router_url: str, node_id: str, workers: int, ready: bool) ->
 def start_routers(procs: ProcessGroup, logdir: Path, redis: str | None):
     """(router the agent talks to, router whose view is timed, its worker count)."""
     if not redis:
-        router = start_router(procs, logdir)
+        router = start_router(procs, logdir, ttl_s=None)
         return router, router, 1
     if redis == "auto":
         from spotrelay.sim.redis_local import start_local_redis
 
         redis = start_local_redis(procs, logdir).url
     shared = {"registry": {"backend": "redis", "redis_url": redis}, "server": {"workers": 2}}
-    a = start_router(procs, logdir, shared, name="router-a")
-    b = start_router(procs, logdir, shared, name="router-b")
+    a = start_router(procs, logdir, shared, name="router-a", ttl_s=None)
+    b = start_router(procs, logdir, shared, name="router-b", ttl_s=None)
     return a, b, 2
 
 

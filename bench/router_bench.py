@@ -109,12 +109,13 @@ def cpu_seconds(port: int) -> float:
     return total
 
 
-def start_sim(procs, logdir, name: str, ttft_ms: float, itl_ms: float) -> int:
+def start_sim(procs, logdir, name: str, ttft_ms: float, itl_ms: float, *extra: str) -> int:
     port = free_port()
     argv = spotrelay_argv(
         "sim", "vllm", "--host", HOST, "--port", str(port), "--model", MODEL,
         "--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms),
         "--max-num-seqs", "100000", "--max-model-len", "100000", "--log-level", "warning",
+        *extra,
     )  # fmt: skip
     start(procs, name, argv, f"http://{HOST}:{port}/health", logdir)
     return port
@@ -129,10 +130,15 @@ def start_router(
     workers: int = 1,
     redis_url: str | None = None,
     redis_prefix: str | None = None,
+    routing: dict | None = None,
+    expect_nodes: int | None = None,
+    engine: dict | None = None,
 ) -> int:
     """A router with ``workers`` workers; a shared registry in ``redis_url`` if given.
 
     Each router gets its own key prefix (its own fleet) unless ``redis_prefix`` is given.
+    ``routing``: its ``routing`` section; ``engine``: the engine block the nodes register with;
+    ``expect_nodes``: wait until every worker sees that many (default: those it registers).
     """
     port = free_port()
     registry: dict = {"ttl_s": 86400}  # registered once, no heartbeats needed
@@ -154,6 +160,7 @@ def start_router(
                 },
                 "auth": {"node_token": TOKEN},
                 "registry": registry,
+                "routing": routing or {},
             }
         )
     )
@@ -164,8 +171,10 @@ def start_router(
     start(procs, name, argv, f"http://{HOST}:{port}/healthz", logdir)
     if redis_url:
         wait_shared(port)
-    for i, engine in enumerate(engine_ports):
-        body = {"url": f"http://{HOST}:{engine}", "models": [MODEL]}
+    for i, engine_port in enumerate(engine_ports):
+        body = {"url": f"http://{HOST}:{engine_port}", "models": [MODEL]}
+        if engine is not None:
+            body["engine"] = engine
         req = urllib.request.Request(
             f"http://{HOST}:{port}/nodes/engine-{i}",
             data=json.dumps(body).encode(),
@@ -173,8 +182,9 @@ def start_router(
             headers={"Authorization": f"Bearer {TOKEN}"},
         )
         urllib.request.urlopen(req, timeout=5).read()
-    if workers > 1:  # every worker must know the engine before the load starts
-        wait_every_worker(port, workers, lambda nodes: len(nodes) >= len(engine_ports))
+    want = len(engine_ports) if expect_nodes is None else expect_nodes
+    if workers > 1 or want > len(engine_ports):  # every worker knows the engines first
+        wait_every_worker(port, workers, lambda nodes: len(nodes) >= want)
     return port
 
 
@@ -320,12 +330,19 @@ def wrk_run(port: int, connections: int, threads: int, seconds: float, script: P
     }
 
 
-def _aiohttp_worker(port: int, connections: int, seconds: float, queue) -> None:
+def _aiohttp_worker(
+    port: int,
+    connections: int,
+    seconds: float,
+    queue,
+    body: bytes | None = None,
+    path: str = "/v1/completions",
+) -> None:
     import aiohttp
 
     async def main() -> dict:
-        body = json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 1}).encode()
-        url = f"http://{HOST}:{port}/v1/completions"
+        data = body or json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 1}).encode()
+        url = f"http://{HOST}:{port}{path}"
         lat: list[float] = []
         bad = 0
         stop = time.monotonic() + seconds
@@ -336,7 +353,7 @@ def _aiohttp_worker(port: int, connections: int, seconds: float, queue) -> None:
                 while time.monotonic() < stop:
                     t0 = time.perf_counter()
                     async with session.post(
-                        url, data=body, headers={"Content-Type": "application/json"}
+                        url, data=data, headers={"Content-Type": "application/json"}
                     ) as resp:
                         await resp.read()
                         bad += resp.status != 200
@@ -348,12 +365,19 @@ def _aiohttp_worker(port: int, connections: int, seconds: float, queue) -> None:
     queue.put(asyncio.run(main()))
 
 
-def aiohttp_run(port: int, connections: int, procs: int, seconds: float) -> dict:
+def aiohttp_run(
+    port: int,
+    connections: int,
+    procs: int,
+    seconds: float,
+    body: bytes | None = None,
+    path: str = "/v1/completions",
+) -> dict:
+    """Closed-loop POSTs of ``body`` (default: a one-token completion) from ``procs`` processes."""
     queue: mp.Queue = mp.Queue()
     per = max(1, connections // procs)
-    workers = [
-        mp.Process(target=_aiohttp_worker, args=(port, per, seconds, queue)) for _ in range(procs)
-    ]
+    args = (port, per, seconds, queue, body, path)
+    workers = [mp.Process(target=_aiohttp_worker, args=args) for _ in range(procs)]
     for w in workers:
         w.start()
     results = [queue.get(timeout=seconds + 60) for _ in workers]

@@ -79,6 +79,9 @@ def get_json(url: str, timeout: float = 2.0) -> Any:
         return json.load(resp)
 
 
+#: The routers' configuration: the defaults, unless ``--assemble``.
+ROUTER_CONFIG: dict[str, Any] = {}
+
 # --------------------------------------------------------------------- the fleet
 
 
@@ -99,11 +102,17 @@ class Node:
 class Fleet:
     """A router and ``nodes`` nodes, started fresh for each run."""
 
-    def __init__(self, logdir: Path, engine_args: tuple[str, ...], nodes: int = 3) -> None:
+    def __init__(
+        self,
+        logdir: Path,
+        engine_args: tuple[str, ...],
+        nodes: int = 3,
+        router_config: dict[str, Any] | None = None,
+    ) -> None:
         self.procs = ProcessGroup()
         self.logdir = logdir
         logdir.mkdir(parents=True, exist_ok=True)
-        self.router = start_router(self.procs, logdir)
+        self.router = start_router(self.procs, logdir, router_config, ttl_s=None)  # product ttl_s
         self.nodes: list[Node] = []
         for i in range(nodes):
             name = f"node-{i + 1}"
@@ -173,7 +182,7 @@ class Fleet:
 
 @contextlib.contextmanager
 def fleet(logdir: Path, engine_args: tuple[str, ...]) -> Iterator[Fleet]:
-    f = Fleet(logdir, engine_args)
+    f = Fleet(logdir, engine_args, router_config=ROUTER_CONFIG)
     try:
         yield f
     finally:
@@ -416,7 +425,14 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=21)
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("--logdir", type=Path, help="process logs (default: a temp directory)")
+    p.add_argument(
+        "--assemble",
+        action="store_true",
+        help="routing.assemble_non_streaming: [vllm] (non-streaming requests as streams)",
+    )
     args = p.parse_args()
+    if args.assemble:
+        ROUTER_CONFIG["routing"] = {"assemble_non_streaming": ["vllm"]}
     names = [n for n in args.runs.split(",") if n]
     unknown = sorted(set(names) - set(RUNS))
     if unknown:

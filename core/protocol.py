@@ -24,11 +24,28 @@ MAX_CAPABILITIES = 32
 
 
 class NodeState(StrEnum):
-    """What a node tells the router about itself."""
+    """What a node tells the router about itself.
+
+    ``unhealthy``: the engine is up but not making progress (a hung GPU); the
+    router routes nothing to it and moves its open requests, but keeps it
+    registered so that a later ``ready`` brings it back.
+    """
 
     READY = "ready"
     DRAINING = "draining"
     UNHEALTHY = "unhealthy"
+
+
+class Risk(StrEnum):
+    """How likely the node is to be reclaimed soon, as its agent sees it.
+
+    ``elevated``: EC2 sent a rebalance recommendation (often 10-20 minutes
+    before an interruption notice, sometimes never followed by one). Routers
+    keep new long requests off such a node and still send it short ones.
+    """
+
+    NONE = "none"
+    ELEVATED = "elevated"
 
 
 @dataclass(frozen=True)
@@ -76,11 +93,13 @@ class NodeReport:
     labels: dict[str, str] = field(default_factory=dict)
     engine: EngineInfo = field(default_factory=EngineInfo)
     instance_id: str | None = None  # the EC2 instance id, so off-node events can find the node
+    risk: Risk = Risk.NONE
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
         doc["models"] = list(self.models)
         doc["state"] = str(self.state)
+        doc["risk"] = str(self.risk)
         doc["engine"] = self.engine.to_json()
         if self.instance_id is None:
             del doc["instance_id"]
@@ -117,7 +136,9 @@ def parse_report(body: Any) -> NodeReport:
     try:
         state = NodeState(body.get("state", "ready"))
     except ValueError:
-        raise ProtocolError("'state' must be 'ready' or 'draining'") from None
+        raise ProtocolError(
+            f"'state' must be one of {', '.join(repr(str(s)) for s in NodeState)}"
+        ) from None
     raw_load = body.get("load") or {}
     if not isinstance(raw_load, dict):
         raise ProtocolError("'load' must be an object")
@@ -137,6 +158,10 @@ def parse_report(body: Any) -> NodeReport:
         not isinstance(instance_id, str) or not valid_instance_id(instance_id)
     ):
         raise ProtocolError("'instance_id' must be an EC2 instance id like i-0123456789abcdef0")
+    try:
+        risk = Risk(body.get("risk", "none"))
+    except ValueError:
+        raise ProtocolError("'risk' must be 'none' or 'elevated'") from None
     return NodeReport(
         url=url,
         models=tuple(models),
@@ -145,6 +170,7 @@ def parse_report(body: Any) -> NodeReport:
         labels={str(k): str(v) for k, v in labels.items()},
         engine=_parse_engine(body.get("engine")),
         instance_id=instance_id,
+        risk=risk,
     )
 
 

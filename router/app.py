@@ -128,6 +128,7 @@ def create_app(service: RouterService) -> Flask:
     max_body = service.cfg.routing.max_body_bytes
     app.extensions["spotrelay"] = service
     session_header = service.cfg.routing.session_header
+    long_header = service.cfg.routing.long_request_header
     proxy = service.proxy
     api_auth = service.api_auth
     node_auth = service.node_auth
@@ -203,6 +204,7 @@ def create_app(service: RouterService) -> Flask:
             rejected.labels("none", str(err.status)).inc()
             return _api_error(err, request_id)
         req.resume_off = resume_off(headers.get(RESUME_HEADER))
+        req.long_hint = headers.get(long_header, "").strip().lower() in ("1", "true", "yes")
         req.hops = hops
         client_sock = request.environ.get("gunicorn.socket")
         if client_sock is not None:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .assemble import StreamForm, not_assembled
 from .endpoints import BodyKind, Endpoint, Routing, StreamKind
 from .multipart import MAX_PARTS, MultipartError, boundary_of, form_fields
 from .named_events import ANTHROPIC, RESPONSES, NamedEvents
@@ -60,8 +61,10 @@ class DataPlane:
         retry_after_s: float,
         max_form_parts: int = MAX_PARTS,
         clock: Callable[[], float] = time.monotonic,
+        assemble_kinds: tuple[str, ...] = (),
     ) -> None:
         self.registry = registry
+        self.assemble_kinds = assemble_kinds
         self.max_form_parts = max_form_parts
         self.deadline_s = deadline_s
         self.no_capacity_wait_s = no_capacity_wait_s
@@ -91,6 +94,8 @@ class DataPlane:
         req.method = inc.method
         if req.stream:
             req.events = _EVENTS.get(ep.stream)
+        elif self.assemble_kinds and not_assembled(req.path, req.doc) is None:
+            req.assembly = StreamForm.of(req.doc)  # asked as a stream where the engine allows
         return req
 
     # -- bodies --------------------------------------------------------------------------

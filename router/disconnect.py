@@ -30,7 +30,7 @@ from .httpguard import client_gone, clients_gone
 class ClientLink:
     """The client side of one request: its socket and whether it has gone."""
 
-    __slots__ = ("_abort", "_lock", "_upstream", "gone", "sock")
+    __slots__ = ("_abort", "_lock", "_upstream", "depth", "gone", "interrupt", "sock")
 
     def __init__(self, sock: Any) -> None:
         self.sock = sock
@@ -38,6 +38,10 @@ class ClientLink:
         self._upstream: socket.socket | None = None
         self._abort = False
         self._lock = threading.Lock()
+        self.depth = 0  # nested watching() blocks open on this link
+        # Also called on departure: ends a stream the router reads for this client
+        # (a non-streaming answer assembled from a stream, router/assembly.py).
+        self.interrupt: Callable[[], None] | None = None
 
     def check(self, is_gone: Callable[[Any], bool] = client_gone) -> bool:
         """Look at the socket now; True once the client has left (sticky)."""
@@ -60,6 +64,8 @@ class ClientLink:
             upstream = self._upstream
         if upstream is not None:
             _shutdown(upstream)
+        if self.interrupt is not None:
+            self.interrupt()
 
     def detach(self) -> None:
         with self._lock:
@@ -78,17 +84,28 @@ class ClientWatch(Ticker):
         self._watched: set[ClientLink] = set()
 
     @contextlib.contextmanager
-    def watching(self, link: ClientLink | None) -> Iterator[None]:
-        """While the block runs, a departure of ``link``'s client aborts its node connection."""
+    def watching(
+        self, link: ClientLink | None, interrupt: Callable[[], None] | None = None
+    ) -> Iterator[None]:
+        """While the block runs, a departure of ``link``'s client aborts its node connection
+        (and calls ``interrupt``). Blocks may nest: the link stays watched until the
+        outermost one ends."""
         if link is None:
             yield
             return
+        outer = link.interrupt
+        if interrupt is not None:
+            link.interrupt = interrupt
+        link.depth += 1
         self._watched.add(link)
         try:
             yield
         finally:
-            self._watched.discard(link)
+            link.depth -= 1
+            link.interrupt = outer
             link.detach()
+            if link.depth == 0:
+                self._watched.discard(link)
 
     def sweep(self) -> list[ClientLink]:
         """Check every watched client once; returns those found gone (their upstream aborted)."""

@@ -70,7 +70,7 @@ class HealthMonitor(Ticker):
         expired = self.registry.expire()
         for node in expired:
             log.warning(
-                "node %s expired: no heartbeat for %.1fs (%d requests still open on it)",
+                "node %s expired: no heartbeat for %.1fs (%d requests open on it are cut)",
                 node.id,
                 self.registry.ttl_s,
                 node.in_flight,

@@ -76,8 +76,24 @@ class RouterMetrics:
         )
         self.node_events = Counter(
             PREFIX + "node_events_total",
-            "Registry events (registered, expired, deleted, drained, ejected, restored, moved)",
+            "Registry events (registered, expired, deleted, drained, ejected, frozen, "
+            "unhealthy, restored, moved, state)",
             ["event"],
+            registry=r,
+        )
+        self.node_lost_cuts = Counter(
+            PREFIX + "node_lost_cuts_total",
+            "Open requests the router cut because their node was lost, by the registry event "
+            "(expired, deleted, unhealthy, ejected, frozen); streams resume, others are retried",
+            ["event"],
+            registry=r,
+        )
+        self.hedges = Counter(
+            PREFIX + "hedges_total",
+            "Stalled streams continued on another node beside the original: started, and "
+            "which side delivered first (original_won, continuation_won); started minus both "
+            "is hedges that could not open or ended with their stream",
+            ["outcome"],
             registry=r,
         )
         self.capacity_waits = Counter(
@@ -115,6 +131,14 @@ class RouterMetrics:
             PREFIX + "resume_seam_seconds",
             "Resumed streams: break to the first new content relayed to the client",
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.assembled = Counter(
+            PREFIX + "assembled_total",
+            "Non-streaming requests served from a stream (routing.assemble_non_streaming), by "
+            "outcome: complete, resumed (a break resumed), restarted (begun again on another "
+            "node), failed (answered 502), client_disconnect",
+            ["outcome"],
             registry=r,
         )
         self.upstream_latency = Histogram(
@@ -184,7 +208,7 @@ class RouterMetrics:
 
     def _on_node_event(self, event: str, node: object) -> None:
         self.node_events.labels(event).inc()
-        if event == "ejected":
+        if event in ("ejected", "frozen"):
             self.ejections.inc()
 
     def render(self) -> bytes:

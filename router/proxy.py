@@ -45,15 +45,21 @@ from typing import Any
 from spotrelay.core.errors import openai_error
 from spotrelay.core.logs import clip
 
+from .assemble import StreamForm
 from .balancer import Balancer
 from .disconnect import ClientLink, ClientWatch
 from .finish import FinishTracker, expected_choices
+from .hedge import HedgeRace, Outcome, StallPolicy, StallWatch, race_lock
+from .hedging import Hedger
 from .metrics import RouterMetrics
 from .named_events import NamedEventHandler, NamedEvents
+from .placement import Placement, is_long
+from .prefix_key import prefix_key
 from .registry import ModelStatus, Node, Registry
 from .retry import RETRYABLE_STATUS, Failure, FailureKind, RetryBudget, RetryPolicy
 from .settings import Routing, Timeouts
 from .stream import (
+    BreakReason,
     ContinuationRejected,
     EndWithError,
     StreamBreak,
@@ -138,6 +144,10 @@ class ProxyRequest:
     requires: frozenset[str] = frozenset()  # engine capabilities a node must report
     resume_off: bool = False  # the client sent X-Spotrelay-Resume: off
     follow_up: bool = False  # made by derive(): waits for a node it has not tried yet
+    long_hint: bool = False  # the client marked it long (routing.long_request_header)
+    # Non-streaming, to be asked as this stream on nodes whose engine kind is in
+    # routing.assemble_non_streaming (the answer assembled by router/assembly.py).
+    assembly: StreamForm | None = None
 
     def derive(
         self,
@@ -164,6 +174,7 @@ class ProxyRequest:
             node_id=None,
             requires=requires,
             follow_up=True,
+            assembly=None,
         )
 
 
@@ -187,6 +198,7 @@ class Answer:
     content_type: str
     node_id: str
     headers: dict[str, str] = field(default_factory=dict)
+    outcome: str = "complete"  # for the access log: "resumed" when assembled across a break
 
 
 def _answer_message(answer: Answer) -> str:
@@ -284,11 +296,14 @@ class Proxy:
         watchdog: IdleWatchdog | None = None,
         hop_id: str = "",
         client_watch: ClientWatch | None = None,
+        assembled: Callable[[Proxy, ProxyRequest, StreamStart], Answer | ApiError] | None = None,
+        stall: StallPolicy | None = None,
     ) -> None:
         self.hop_id = hop_id or os.urandom(8).hex()
         self.client_watch = client_watch if client_watch is not None else ClientWatch()
         self.registry = registry
         self.watchdog = watchdog
+        self.stall = stall or StallPolicy()
         self.balancer = balancer
         self.policy = policy
         self.budget = budget
@@ -299,6 +314,8 @@ class Proxy:
         self.clock = clock
         self.sleep = sleep
         self.stream_handler_factory = stream_handler_factory or (lambda req, proxy: EndWithError())
+        # Reads a stream to its end for a non-streaming request (req.assembly).
+        self.assembled = assembled
 
     # -- the request as a whole --------------------------------------------------------
 
@@ -318,7 +335,13 @@ class Proxy:
             self.budget.end_request()
             raise
         if isinstance(result, StreamStart):
-            return self._stream_response(req, result)
+            if req.stream or self.assembled is None:  # (assembled: see _attempt_once)
+                return self._stream_response(req, result)
+            try:  # a non-streaming request asked as a stream: read it all, answer once
+                result = self.assembled(self, req, result)
+            except BaseException:
+                self.budget.end_request()
+                raise
         self.budget.end_request()
         if isinstance(result, ClientLeft):
             self.metrics.client_disconnects.inc()
@@ -329,7 +352,7 @@ class Proxy:
         headers = {"X-Request-ID": req.request_id, "X-Spotrelay-Node": result.node_id}
         headers.update(result.headers)
         response = ProxyResponse(result.status, result.body, result.content_type, headers)
-        return self._finish(req, response)
+        return self._finish(req, response, result.outcome)
 
     def acquire(self, req: ProxyRequest) -> Answer | StreamStart | ApiError:
         """Attempts on successive nodes until an answer, a stream start, or a final error.
@@ -447,26 +470,46 @@ class Proxy:
 
     def _attempt_once(self, node: Node, req: ProxyRequest) -> Answer | StreamStart | Failure:
         connect_s, read_s = self._timeouts_for(req)
-        self.registry.acquire(node)
+        body, stream = req.body, req.stream
+        if (
+            req.assembly is not None
+            and not stream
+            and self.assembled is not None
+            and node.engine.kind in self.routing.assemble_non_streaming
+        ):
+            body, stream = req.assembly.body, True
+        exchange = self.registry.acquire(node)
+        if exchange.reason is not None:  # the node was lost just after it was picked
+            self.registry.release(node, exchange)
+            return Failure(FailureKind.NODE_LOST, node.id, exchange.reason)
+        client = req.client
+
+        def on_connection(sock: Any) -> None:
+            exchange.attach(sock)
+            if client is not None:
+                client.attach(sock)
+
         started = self.clock()
         try:
             resp = node.pool.request(
                 req.method,
                 req.path,
                 headers=self._upstream_headers(req),
-                body=req.body,
+                body=body,
                 connect_timeout=connect_s,
                 read_timeout=read_s,
-                on_connection=req.client.attach if req.client is not None else None,
+                on_connection=on_connection,
                 deadline=req.deadline,
             )
         except BaseException as exc:
-            self.registry.release(node)
+            self.registry.release(node, exchange)
             if not isinstance(exc, UPSTREAM_ERRORS):
                 raise
+            if exchange.reason is not None:
+                return Failure(FailureKind.NODE_LOST, node.id, exchange.reason)
             kind, detail = classify(exc)
             return Failure(kind, node.id, detail)
-        upstream = Upstream(node, resp, self.registry, started)
+        upstream = Upstream(node, resp, self.registry, started, exchange)
         handed_over = False
         try:
             status = resp.status
@@ -490,10 +533,13 @@ class Proxy:
                     content_type=content_type,
                     headers=extra,
                 )
-            if req.stream and status == 200:
+            # (An assembled attempt answered with JSON after all is that answer: read below.)
+            if stream and status == 200 and content_type.startswith("text/event-stream"):
                 batches = upstream.event_batches(self.routing.max_event_bytes)
                 first = next(batches, None)
                 if first is None:
+                    if exchange.reason is not None:
+                        return Failure(FailureKind.NODE_LOST, node.id, exchange.reason)
                     return Failure(FailureKind.RESET, node.id, "stream ended before any event")
                 if is_error_event(first[0]):
                     msg = error_event_message(first[0])
@@ -501,9 +547,12 @@ class Proxy:
                 if req.events is not None:  # named events: wait for the first real output
                     first, error = req.events.first_output(first, batches)
                     if first is None:
+                        if exchange.reason is not None:
+                            return Failure(FailureKind.NODE_LOST, node.id, exchange.reason)
                         return Failure(FailureKind.RESET, node.id, "stream ended before output")
                     if error is not None:
                         return Failure(FailureKind.ERROR_EVENT, node.id, error)
+                upstream.stall = StallWatch(self.stall, node.rhythm)
                 upstream.watch_idle(self.timeouts.stream_idle_s, self.watchdog)
                 self.metrics.upstream_latency.observe(self.clock() - started)
                 handed_over = True
@@ -514,6 +563,8 @@ class Proxy:
                 handed_over = isinstance(answer.body, BodyRelay)
             return answer
         except UPSTREAM_ERRORS as exc:
+            if exchange.reason is not None:
+                return Failure(FailureKind.NODE_LOST, node.id, exchange.reason)
             kind, detail = classify(exc)
             return Failure(kind, node.id, detail)
         finally:
@@ -576,9 +627,13 @@ class Proxy:
     def _choose(self, req: ProxyRequest, *, retrying: bool) -> Node | ApiError | None:
         """The next node; None when every routable node was tried; ApiError on no capacity."""
         balancer = self.balancer
+        placement = self._placement(req)
         candidates = self._candidates(req)
-        node = balancer.pick(candidates, exclude=req.tried, session_key=req.session_key)
+        node = balancer.pick(
+            candidates, exclude=req.tried, session_key=req.session_key, placement=placement
+        )
         if node is not None:
+            balancer.served(placement, node)
             return node
         if candidates and not req.follow_up:
             return None
@@ -593,10 +648,14 @@ class Proxy:
             if req.client is not None and req.client.check():
                 return None
             node = balancer.pick(
-                self._candidates(req), exclude=req.tried, session_key=req.session_key
+                self._candidates(req),
+                exclude=req.tried,
+                session_key=req.session_key,
+                placement=placement,
             )
             if node is not None:
                 self.metrics.capacity_waits.labels("served").inc()
+                balancer.served(placement, node)
                 return node
         self.metrics.capacity_waits.labels("timed_out").inc()
         if retrying:
@@ -608,6 +667,19 @@ class Proxy:
             code="no_capacity",
             headers={"Retry-After": str(self.routing.retry_after_s)},
         )
+
+    def _placement(self, req: ProxyRequest) -> Placement:
+        """What the balancer weighs besides load: the prompt's prefix keys and the risk rule."""
+        r = self.routing
+        key = None
+        if self.balancer.cache_aware and req.doc:
+            key = prefix_key(
+                req.doc, block_chars=r.prefix_block_chars, anchor_chars=r.prefix_anchor_chars
+            )
+        long = r.risk_aware and is_long(
+            req.doc, hint=req.long_hint, threshold=r.long_request_tokens
+        )
+        return Placement(key=key, long=long, resume=req.follow_up)
 
     def _candidates(self, req: ProxyRequest) -> list[Node]:
         """Routable nodes for ``req``: those serving its model (any, ``model`` empty),
@@ -705,13 +777,15 @@ class Proxy:
                 upstream, events.framed(start.batches), events.frame(start.first_batch)
             )
             handler = NamedEventHandler(events)
+        handler = handler or self.stream_handler_factory(req, self)
         relay = StreamRelay(
             start,
-            handler or self.stream_handler_factory(req, self),
+            handler,
             open_next=lambda body, requires: self.open_continuation(req, body, requires),
             on_break=lambda up, brk: self._on_break(req, up, brk),
             on_finish=on_finish,
             finishes=lambda: FinishTracker(expected),
+            hedger=self._hedger(req, handler),
         )
         self.metrics.requests.labels(self._model_label(req), "200").inc()
         headers = {
@@ -721,8 +795,39 @@ class Proxy:
         }
         return ProxyResponse(200, relay, "text/event-stream; charset=utf-8", headers)
 
+    def _hedger(self, req: ProxyRequest, handler: StreamHandler) -> Hedger | None:
+        """Hedging for a stream whose handler can say what a continuation would be."""
+        plan = getattr(handler, "hedge_plan", None)
+        policy = self.stall
+        if plan is None or not policy.enabled or policy.max_per_stream <= 0:
+            return None
+        race = HedgeRace(
+            policy.max_per_stream, retry_s=policy.stall_floor_s, clock=self.clock, lock=race_lock()
+        )
+
+        def open_hedge(body: dict[str, Any], requires: frozenset[str], link: ClientLink):
+            return self.open_continuation(req, body, requires, link=link)
+
+        return Hedger(
+            race,
+            plan,
+            open_hedge,
+            budget=self.budget,
+            count=self._count_hedge,
+            client_sock=req.client.sock if req.client is not None else None,
+            request_id=req.request_id,
+        )
+
+    def _count_hedge(self, outcome: Outcome) -> None:
+        self.metrics.hedges.labels(str(outcome)).inc()
+
     def open_continuation(
-        self, req: ProxyRequest, body: dict[str, Any], requires: frozenset[str]
+        self,
+        req: ProxyRequest,
+        body: dict[str, Any],
+        requires: frozenset[str],
+        *,
+        link: ClientLink | None = None,
     ) -> StreamStart:
         """Open a stream's continuation on a node ``req`` has not tried yet.
 
@@ -739,8 +844,11 @@ class Proxy:
                 outcome="not_resumable",
             )
         sub = req.derive(body, requires=requires)
+        if link is not None:  # a hedge: the hedger cancels it through its link
+            sub.client = link
         result = self.acquire(sub)
-        req.tried |= sub.tried
+        if link is None or isinstance(result, StreamStart):  # a hedge that lost leaves no trace
+            req.tried |= sub.tried
         if isinstance(result, StreamStart):
             log.info(
                 "continuing the stream on node %s",
@@ -761,7 +869,8 @@ class Proxy:
     def _on_break(self, req: ProxyRequest, upstream: Upstream, brk: StreamBreak) -> None:
         """The one place a stream break is recorded: metrics, passive health, log."""
         self.metrics.stream_breaks.labels(str(brk.reason)).inc()
-        self.registry.record_failure(upstream.node)
+        if brk.reason is not BreakReason.NODE_LOST:  # a lost node is out of rotation already
+            self.registry.record_failure(upstream.node)
         log.warning(
             "stream broke on node %s after %d events: %s %s",
             brk.node_id,

@@ -32,8 +32,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from spotrelay.core.protocol import EngineInfo, NodeLoad, NodeReport, NodeState
+from spotrelay.core.protocol import EngineInfo, NodeLoad, NodeReport, NodeState, Risk
 
+from .exchange import Exchange
+from .hedge import Rhythm
 from .netpolicy import NodeTarget
 
 KNOWN_MODELS_CAP = 10_000
@@ -53,6 +55,12 @@ class NodeStatus(StrEnum):
     READY = "ready"
     DRAINING = "draining"
     EJECTED = "ejected"
+    UNHEALTHY = "unhealthy"  # the node says its engine hangs; kept registered
+
+
+#: Events after which nothing still open on the node can finish: its exchanges are cut.
+#: A node removed after a completed drain has none open, so every removal qualifies.
+NODE_LOST_EVENTS = frozenset({"expired", "deleted", "unhealthy", "ejected", "frozen"})
 
 
 class ModelStatus(StrEnum):
@@ -84,6 +92,9 @@ class Node:
     removed: bool = False
     engine: EngineInfo = field(default_factory=EngineInfo)
     instance_id: str | None = None
+    risk: Risk = Risk.NONE
+    exchanges: set[Exchange] = field(default_factory=set)  # open attempts, cut on node loss
+    rhythm: Rhythm = field(default_factory=Rhythm)  # recent inter-event gap of its streams
 
     @property
     def url(self) -> str:
@@ -98,16 +109,27 @@ class Node:
         return self.ejected_until is not None
 
     @property
+    def unhealthy(self) -> bool:
+        return self.reported_state is NodeState.UNHEALTHY
+
+    @property
+    def lost(self) -> bool:
+        """Nothing open on it can finish: removed, unhealthy or ejected."""
+        return self.removed or self.ejected or self.unhealthy
+
+    @property
     def status(self) -> NodeStatus:
         if self.ejected:
             return NodeStatus.EJECTED
+        if self.unhealthy:
+            return NodeStatus.UNHEALTHY
         if self.draining:
             return NodeStatus.DRAINING
         return NodeStatus.READY
 
     @property
     def routable(self) -> bool:
-        return not self.removed and not self.ejected and not self.draining
+        return not self.removed and not self.ejected and not self.draining and not self.unhealthy
 
     @property
     def queue(self) -> int:
@@ -129,6 +151,7 @@ class Node:
             },
             "labels": dict(self.labels),
             "engine": self.engine.to_json(),
+            "risk": str(self.risk),
             "instance_id": self.instance_id,
             "in_flight": self.in_flight,
             "failures": {
@@ -226,6 +249,7 @@ class Registry:
                     pool=self.pool_factory(target) if self.pool_factory else None,
                     engine=report.engine,
                     instance_id=report.instance_id,
+                    risk=report.risk,
                     admin_drained=drained,
                 )
                 self._nodes[node_id] = node
@@ -237,13 +261,15 @@ class Registry:
                     node.pool = self.pool_factory(target) if self.pool_factory else None
                     events.append(("moved", node))
                 if node.reported_state is not report.state:
-                    events.append(("state", node))
+                    unhealthy = report.state is NodeState.UNHEALTHY
+                    events.append(("unhealthy" if unhealthy else "state", node))
                 node.models = frozenset(report.models)
                 node.reported_state = report.state
                 node.load = report.load
                 node.labels = dict(report.labels)
                 node.engine = report.engine
                 node.instance_id = report.instance_id
+                node.risk = report.risk
                 node.last_seen = max(node.last_seen, now)
                 if drained and not node.admin_drained:
                     node.admin_drained = True
@@ -398,13 +424,43 @@ class Registry:
 
     # -- data-plane accounting ---------------------------------------------------------
 
-    def acquire(self, node: Node) -> None:
+    def acquire(self, node: Node) -> Exchange:
+        """Count a request open on ``node``; its exchange is cut when the node is lost
+        (at once when it is lost already: picked just before it left)."""
+        exchange = Exchange(node.id)
         with self._lock:
             node.in_flight += 1
+            node.exchanges.add(exchange)
+            lost = node.lost
+        if lost:
+            exchange.reason = f"node {node.id} is {'gone' if node.removed else node.status}"
+        return exchange
 
-    def release(self, node: Node) -> None:
+    def release(self, node: Node, exchange: Exchange | None = None) -> None:
         with self._lock:
             node.in_flight -= 1
+            if exchange is not None:
+                node.exchanges.discard(exchange)
+
+    def open_exchanges(self, node: Node) -> list[Exchange]:
+        """The exchanges open on ``node`` now (to cut them when it is lost)."""
+        with self._lock:
+            return list(node.exchanges)
+
+    def eject(self, node: Node, event: str = "ejected") -> bool:
+        """Eject ``node`` now (no new work; probes restore it), as ``record_failure`` does
+        after its failures; ``event`` names why. False when it was ejected already."""
+        now = self.clock()
+        policy = self.ejection
+        with self._lock:
+            if node.ejected or node.removed:
+                return False
+            if node.restored_at is not None and now - node.restored_at >= policy.max_ejection_s:
+                node.ejections = 0
+            node.ejections += 1
+            node.ejected_until = now + policy.duration(node.ejections)
+        self._emit([(event, node)])
+        return True
 
     def record_success(self, node: Node) -> None:
         if node.consecutive_failures:
@@ -413,20 +469,13 @@ class Registry:
 
     def record_failure(self, node: Node) -> bool:
         """Count a failure; returns True when this one ejected the node."""
-        now = self.clock()
-        policy = self.ejection
         with self._lock:
             node.consecutive_failures += 1
             node.total_failures += 1
-            if node.ejected or node.consecutive_failures < policy.consecutive_failures:
+            if node.ejected or node.consecutive_failures < self.ejection.consecutive_failures:
                 return False
-            # Ejections decay: a node healthy for max_ejection_s starts from scratch.
-            if node.restored_at is not None and now - node.restored_at >= policy.max_ejection_s:
-                node.ejections = 0
-            node.ejections += 1
-            node.ejected_until = now + policy.duration(node.ejections)
-        self._emit([("ejected", node)])
-        return True
+        # Ejections decay: a node healthy for max_ejection_s starts from scratch (eject).
+        return self.eject(node)
 
     def due_for_probe(self) -> list[Node]:
         """Ejected nodes whose ejection time is over: probe them, then restore."""

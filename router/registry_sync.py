@@ -357,6 +357,7 @@ def _report_doc(node: Any) -> dict[str, Any]:
         labels=dict(node.labels),
         engine=node.engine,
         instance_id=node.instance_id,
+        risk=node.risk,
     ).to_json()
 
 

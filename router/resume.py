@@ -239,6 +239,26 @@ class StreamResumer:
             return self._finish_locally(why)
         return self._next_attempt(why, probe=False)
 
+    def hedge_body(self) -> dict[str, Any] | None:
+        """The continuation a break now would open, without committing to it (a hedge).
+
+        None where a break would not open one: the stream is done or finished (only
+        usage may be missing), not resumable, out of resumes, or out of tokens. Changes
+        nothing, so the original can still win: when the hedge's continuation wins
+        instead, :meth:`after_break` makes the same body from the same state (nothing
+        from the original reaches the resumer in between, see :mod:`.hedge`).
+        """
+        self._catch_up()  # the kept chunks say whether the answer finished already
+        s = self.state
+        if s.done or s.release or s.finished or not self.resumable:
+            return None
+        if self.attempts.used_up(False) is not None:
+            return None
+        max_tokens = self.limits.max_tokens
+        if max_tokens is not None and max_tokens - self.total_tokens <= 0:
+            return None
+        return self.continuation_body()
+
     def _finish_locally(self, why: str) -> tuple[bytes, dict[str, Any] | None]:
         """Nothing is left to generate (``max_tokens`` reached): the router ends the stream."""
         self.record_outcome("ok")

@@ -79,6 +79,11 @@ class ResumingStreamHandler:
     def on_break(self, brk: StreamBreak) -> Step:
         return self._step(brk.why)
 
+    def hedge_plan(self) -> tuple[dict, frozenset[str]] | None:
+        """What a hedge opens beside a stalled upstream (see :mod:`.hedging`)."""
+        body = self.resumer.hedge_body()
+        return None if body is None else (body, self._requires)
+
     def on_open_failed(self, exc: Exception) -> Step:
         if isinstance(exc, ContinuationRejected):
             self.resumer.record_outcome(exc.outcome)

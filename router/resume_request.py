@@ -61,11 +61,7 @@ def not_resumable(path: str, body: Any) -> str | None:
             return "logprobs"
         if body.get("suffix"):
             return "suffix"
-        prompt = body.get("prompt")
-        if not (
-            isinstance(prompt, str)
-            or (isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str))
-        ):
+        if not one_text_prompt(body.get("prompt")):
             return "prompt is not a single string (token ids or several prompts)"
     else:
         if body.get("logprobs") or body.get("top_logprobs"):
@@ -88,6 +84,13 @@ def not_resumable(path: str, body: Any) -> str | None:
         if body.get(key) is not None:
             return key
     return None
+
+
+def one_text_prompt(prompt: Any) -> bool:
+    """A completions ``prompt`` that is one string (or a list of one string)."""
+    return isinstance(prompt, str) or (
+        isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str)
+    )
 
 
 def stop_strings(body: Mapping[str, Any]) -> tuple[str, ...]:

@@ -47,6 +47,7 @@ class FailureKind(StrEnum):
     INTERNAL = "internal_error"  # the attempt raised something unforeseen (a router bug)
     BAD_RESPONSE = "bad_response"  # no client could use it: status 999, HTML for a stream...
     TOO_LARGE = "too_large"  # a body over routing.max_response_bytes (the same elsewhere)
+    NODE_LOST = "node_lost"  # the router cut it: the node expired, left, hangs or froze
 
 
 # Failures that say something about the node's health (429 is back-pressure, not sickness).
@@ -75,7 +76,8 @@ class Failure:
         """Does this failure count towards the node's passive-health ejection?"""
         if self.kind is FailureKind.STATUS:
             return self.status in UNHEALTHY_STATUS
-        return self.kind is not FailureKind.TOO_LARGE
+        # A lost node is out of rotation already; a body too large would be so anywhere.
+        return self.kind not in (FailureKind.NODE_LOST, FailureKind.TOO_LARGE)
 
     @property
     def retryable(self) -> bool:

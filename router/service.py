@@ -19,11 +19,13 @@ from typing import Any
 
 from spotrelay.core.protocol import ProtocolError, parse_report, valid_instance_id, valid_node_id
 
+from .assembly import assembled_answer
 from .auth import ControlPlaneAuth, DataPlaneAuth
 from .balancer import Balancer
 from .dataplane import DataPlane
 from .disconnect import ClientWatch
 from .health import HealthMonitor, http_probe
+from .hedge import StallPolicy
 from .metrics import RouterMetrics
 from .metrics_share import Publisher
 from .netpolicy import (
@@ -34,6 +36,7 @@ from .netpolicy import (
     Resolver,
     system_resolver,
 )
+from .node_loss import NodeLoss
 from .proxy import Proxy, ProxyRequest
 from .registry import EjectionPolicy, Node, Registry, RegistryFull
 from .registry_sync import RedisSync
@@ -103,11 +106,19 @@ class RouterService:
         self.metrics.bind(self.registry, self.budget, backend=cfg.registry.backend,
                           backend_up=self.backend_up)  # fmt: skip
         self.registry.listeners.append(_log_node_event)
-        self.watchdog = IdleWatchdog(tick_s=min(1.0, cfg.timeouts.stream_idle_s / 4))
+        # Ticks often enough to notice a stall within a quarter of stall_floor_s.
+        tick = min(1.0, cfg.timeouts.stream_idle_s / 4, cfg.hedge.stall_floor_s / 4)
+        self.watchdog = IdleWatchdog(
+            tick_s=max(0.05, tick), frozen_min_streams=cfg.hedge.frozen_min_streams
+        )
         self.client_watch = ClientWatch()
         self.proxy = Proxy(
             registry=self.registry,
-            balancer=Balancer(),
+            balancer=Balancer(
+                policy=cfg.routing.policy,
+                load_factor=cfg.routing.load_factor,
+                load_slack=cfg.routing.load_slack,
+            ),
             policy=RetryPolicy(
                 cfg.retry.max_attempts, cfg.retry.backoff_base_ms, cfg.retry.backoff_max_ms
             ),
@@ -120,9 +131,19 @@ class RouterService:
             watchdog=self.watchdog,
             hop_id=self.hop_id,
             client_watch=self.client_watch,
+            stall=StallPolicy(
+                enabled=cfg.hedge.enabled,
+                stall_multiple=cfg.hedge.stall_multiple,
+                stall_floor_s=cfg.hedge.stall_floor_s,
+                max_per_stream=cfg.hedge.max_per_stream,
+                frozen_min_streams=cfg.hedge.frozen_min_streams,
+            ),
             stream_handler_factory=stream_handler_factory
             or resume_handler_factory(cfg.resume, self.metrics),
+            assembled=assembled_answer,
         )
+        self.node_loss = NodeLoss(self.registry, self.metrics)
+        self.watchdog.on_frozen = self.node_loss.frozen
         self.dataplane = DataPlane(
             self.registry,
             deadline_s=cfg.timeouts.request_deadline_s,
@@ -130,6 +151,7 @@ class RouterService:
             retry_after_s=cfg.routing.retry_after_s,
             max_form_parts=cfg.routing.max_form_parts,
             clock=clock,
+            assemble_kinds=tuple(cfg.routing.assemble_non_streaming),
         )
         self.metrics_board = None
         if self.metrics.board is not None:
@@ -296,5 +318,5 @@ def _log_node_event(event: str, node: Node) -> None:
             ",".join(sorted(node.models)),
             node.status,
         )
-    elif event in ("deleted", "drained", "state"):
+    elif event in ("deleted", "drained", "state", "unhealthy"):
         log.info("node %s %s (now %s, %d in flight)", node.id, event, node.status, node.in_flight)

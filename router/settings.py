@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from spotrelay.core.config import ConfigError, setting
+from spotrelay.core.protocol import TOKEN_RE
 
 PRIVATE_AND_LOOPBACK = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8"]
 
@@ -87,7 +88,9 @@ class Auth:
 
 @dataclass
 class Registry:
-    ttl_s: float = setting(15, min=0.1, help="drop nodes silent for this long")
+    ttl_s: float = setting(
+        6, min=0.1, help="drop nodes silent this long (3 missed 2 s heartbeats), cutting their work"
+    )
     allowed_networks: list[str] = setting(
         default_factory=lambda: list(PRIVATE_AND_LOOPBACK), help="CIDRs node URLs must resolve into"
     )
@@ -173,6 +176,46 @@ class Routing:
     session_header: str = setting("X-Session-ID", help="header for session affinity")
     max_body_bytes: int = setting(16 * 1024 * 1024, min=1, help="larger bodies get 413")
     retry_after_s: int = setting(5, min=1, help="Retry-After sent with a no-capacity 503")
+    policy: str = setting(
+        "cache_aware",
+        choices=("cache_aware", "p2c"),
+        help="cache_aware: the node a request's prompt prefix maps to (consistent hashing "
+        "with bounded loads); p2c: power of two choices on open requests",
+    )
+    load_factor: float = setting(
+        2.0,
+        min=1.0,
+        max=10.0,
+        help="cache_aware: a node takes a request only while its open requests stay within "
+        "this factor of the mean (1: strict balance, little affinity under load)",
+    )
+    load_slack: float = setting(
+        2.0,
+        min=0,
+        help="cache_aware: ... or within the mean plus this many requests, whichever is more "
+        "(a worker sees few open requests of its own)",
+    )
+    prefix_block_chars: int = setting(
+        64, min=8, max=4096, help="cache_aware: prompt characters per prefix block (~16 tokens)"
+    )
+    prefix_anchor_chars: int = setting(
+        1024,
+        min=16,
+        help="cache_aware: a bare prompt (completions) is placed by its first this many "
+        "characters (chat: by the messages up to the first user message)",
+    )
+    risk_aware: bool = setting(
+        True, help="keep long requests off nodes whose agent reports risk 'elevated'"
+    )
+    long_request_tokens: int = setting(
+        1024,
+        min=1,
+        help="a request asking for at least this many tokens (or giving no limit) is long",
+    )
+    long_request_header: str = setting(
+        "X-Spotrelay-Long",
+        help="a client marks a request long (an agent loop) with this header set to 1 or true",
+    )
     max_event_bytes: int = setting(
         8 * 1024 * 1024,
         min=64 * 1024,
@@ -193,6 +236,12 @@ class Routing:
     max_form_parts: int = setting(
         1000, min=2, help="parts a multipart upload may have (vLLM's own form limit); more get 400"
     )
+    assemble_non_streaming: list[str] = setting(
+        default_factory=list,
+        help="engine kinds (vllm, llama.cpp, ...) whose non-streaming completions and chat "
+        "requests go to the engine as streams, the answer assembled by the router (stalls "
+        "seen, breaks resumed); empty: forwarded as they came",
+    )
 
     def validate(self) -> None:
         if self.response_buffer_bytes > self.max_response_bytes:
@@ -201,6 +250,13 @@ class Routing:
                 "must not exceed routing.max_response_bytes",
                 self.response_buffer_bytes,
             )
+        for i, kind in enumerate(self.assemble_non_streaming):
+            if not isinstance(kind, str) or not TOKEN_RE.fullmatch(kind):
+                raise ConfigError(
+                    f"routing.assemble_non_streaming[{i}]",
+                    "not an engine kind such as vllm or llama.cpp",
+                    kind,
+                )
 
 
 @dataclass
@@ -248,6 +304,25 @@ class Resume:
 
 
 @dataclass
+class Hedge:
+    enabled: bool = setting(
+        True, help="open a stalled stream's continuation on another node beside the original"
+    )
+    stall_multiple: float = setting(
+        8, min=1, help="a gap over this many times the stream's (or node's) recent gap is a stall"
+    )
+    stall_floor_s: float = setting(
+        1.5, min=0.1, help="...and over this many seconds (pauses shorter never count)"
+    )
+    max_per_stream: int = setting(2, min=0, max=10, help="hedges per stream at most")
+    frozen_min_streams: int = setting(
+        2,
+        min=0,
+        help="every stream open on a node stalled, at least this many: eject it (0: never)",
+    )
+
+
+@dataclass
 class RouterConfig:
     server: Server = setting(default_factory=Server)
     auth: Auth = setting(default_factory=Auth)
@@ -257,6 +332,7 @@ class RouterConfig:
     timeouts: Timeouts = setting(default_factory=Timeouts)
     health: Health = setting(default_factory=Health)
     resume: Resume = setting(default_factory=Resume)
+    hedge: Hedge = setting(default_factory=Hedge)
 
     def validate(self) -> None:
         workers = self.server.workers

@@ -13,7 +13,17 @@ is a *break* (:class:`BreakReason`):
   or the body ends cleanly after the finish but without ``[DONE]`` (``eof``);
 - the upstream sends an error event (``error_event``);
 - the handler gives up on the upstream (``abandoned``: a malformed event,
-  ``finish_reason: "abort"``).
+  ``finish_reason: "abort"``);
+- the router cut it because its node was lost (``node_lost``: expired,
+  deleted, ``unhealthy``, ejected or frozen; see :mod:`.exchange`), or a
+  hedge's continuation delivered first after it stalled (``stalled``).
+
+A resumable stream has a :class:`~spotrelay.router.hedging.Hedger`: when the
+sweeper finds the upstream stalled, a continuation opens on another node
+beside it; the relay hands every batch of the original to the client through
+:meth:`~spotrelay.router.hedging.Hedger.original_batch` (which cancels a
+hedge the original beat, or drops the batch when the hedge won) and, after a
+break, switches to the hedge's continuation instead of opening a new one.
 
 The relay records every break in one place (``on_break``: metrics, passive
 health, log), then asks the stream's :class:`StreamHandler` what to do. The
@@ -48,6 +58,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from .finish import FinishTracker
+from .hedging import Hedger
 from .sse import error_and_done, is_done
 from .upstream import UPSTREAM_ERRORS, Upstream, classify, error_event_message, is_error_event
 
@@ -59,6 +70,8 @@ class BreakReason(StrEnum):
     IDLE_TIMEOUT = "idle_timeout"  # no event for timeouts.stream_idle_s
     ERROR_EVENT = "error_event"  # the upstream reported an error in-stream
     ABANDONED = "abandoned"  # the handler gave up on this upstream (AbandonUpstream)
+    NODE_LOST = "node_lost"  # the router cut it: the node expired, left, hangs or froze
+    STALLED = "stalled"  # a hedge's continuation delivered first (see .hedging)
 
 
 @dataclass(frozen=True)
@@ -189,6 +202,7 @@ class StreamRelay:
         on_break: Callable[[Upstream, StreamBreak], None],
         on_finish: Callable[[str], None],
         finishes: Callable[[], FinishTracker] = lambda: FinishTracker(None),
+        hedger: Hedger | None = None,
     ) -> None:
         self.start = start
         self.upstream = start.upstream
@@ -197,6 +211,7 @@ class StreamRelay:
         self.on_break = on_break
         self.on_finish = on_finish
         self.finishes = finishes
+        self.hedger = hedger  # hedges this stream when its upstream stalls (resumable streams)
         # EndWithError's on_event returns its input: skip the call per event.
         self.passthrough = getattr(type(handler), "on_event", None) is EndWithError.on_event
         self.events_sent = 0
@@ -233,7 +248,7 @@ class StreamRelay:
                         self.outcome = "broken" if step.error else "resumed"
                         return
                     try:
-                        start = self.open_next(step.body, step.requires)
+                        start = self._take_hedge() or self.open_next(step.body, step.requires)
                     except Exception as exc:  # any failure to start is the handler's call
                         step = self.handler.on_open_failed(exc)
         except GeneratorExit:
@@ -243,6 +258,10 @@ class StreamRelay:
         finally:
             self._finish()
 
+    def _take_hedge(self) -> StreamStart | None:
+        """A hedge's continuation to switch to, instead of opening a new one."""
+        return self.hedger.take() if self.hedger is not None else None
+
     def _relay(self, start: StreamStart) -> Iterator[bytes]:
         """One upstream attempt; returns None when the client stream is complete, else the break."""
         up = self.upstream = start.upstream
@@ -250,8 +269,21 @@ class StreamRelay:
         batch: list[bytes] | None = start.first_batch
         brk: StreamBreak | None = None
         done = False
+        hedger = self.hedger
+        if hedger is not None:
+            up.on_stall = hedger.on_stall
         while batch is not None:
-            out, brk, done = self._process(batch, up, finishes, done)
+            if hedger is None:
+                out, brk, done = self._process(batch, up, finishes, done)
+            else:
+                # Under the race's lock: a hedge begins from exactly what the client has.
+                step = hedger.original_batch(
+                    lambda b=batch, d=done: self._process(b, up, finishes, d)
+                )
+                if step is None:  # the continuation won: these events are stale
+                    brk = self._stalled(up)
+                    break
+                out, brk, done = step
             if out:
                 yield out
             if brk is not None or self._cut:
@@ -321,10 +353,17 @@ class StreamRelay:
         detail = f"{end} before every choice had a finish_reason"
         return self._break(BreakReason.TRUNCATED, detail, up)
 
+    def _stalled(self, up: Upstream) -> StreamBreak:
+        return self._break(BreakReason.STALLED, "a hedge on another node delivered first", up)
+
     def _ended(
         self, up: Upstream, finishes: FinishTracker, exc: BaseException | None
     ) -> StreamBreak:
         """The break for an upstream that ended (``exc`` None: cleanly) before ``[DONE]``."""
+        if self.hedger is not None and self.hedger.won:
+            return self._stalled(up)
+        if up.cut_reason is not None:
+            return self._break(BreakReason.NODE_LOST, up.cut_reason, up)
         if up.idle_timed_out:
             return self._break(BreakReason.IDLE_TIMEOUT, f"no data for {up.idle_s:g}s", up)
         if exc is None:
@@ -339,6 +378,8 @@ class StreamRelay:
         if self._finished:
             return
         self._finished = True
+        if self.hedger is not None:
+            self.hedger.close()
         if self.outcome not in ("complete", "resumed"):
             self.upstream.close(abort=True)
         self.on_finish(self.outcome)

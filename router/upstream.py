@@ -12,13 +12,16 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from time import monotonic
+from typing import Any
 
 from spotrelay.core.ticker import Ticker
 
+from .exchange import Exchange
 from .h1 import ConnectFailed, Pool, ProtocolError, Response
+from .hedge import StallWatch
 from .netpolicy import NodeTarget
 from .registry import Node, Registry
 from .retry import FailureKind
@@ -99,9 +102,12 @@ class Upstream:
     resp: Response
     registry: Registry
     started: float
-    last_activity: float = 0.0  # monotonic time of the last bytes from the node
+    exchange: Exchange | None = None  # cut when the node is lost (see .exchange)
+    last_activity: float = 0.0  # monotonic time of the last complete event from the node
     idle_s: float | None = None  # the stream idle timeout, once watched
     idle_timed_out: bool = False  # the watchdog ended it
+    stall: StallWatch | None = None  # the stream's rhythm, once watched
+    on_stall: Callable[[Upstream], Any] | None = None  # the relay's hedger, called by the sweep
     _watchdog: IdleWatchdog | None = field(default=None, repr=False)
     _closed: bool = field(default=False, repr=False)
 
@@ -127,7 +133,12 @@ class Upstream:
             else:
                 self.resp.release()
         finally:
-            self.registry.release(self.node)
+            self.registry.release(self.node, self.exchange)
+
+    @property
+    def cut_reason(self) -> str | None:
+        """Why the router cut this exchange (the node was lost), or None."""
+        return self.exchange.reason if self.exchange is not None else None
 
     def watch_idle(self, idle_s: float, watchdog: IdleWatchdog | None) -> None:
         """From now on, end the stream when the node sends nothing for ``idle_s``.
@@ -144,6 +155,10 @@ class Upstream:
         self.resp.set_timeout(None)
         self._watchdog = watchdog
         watchdog.watch(self)
+
+    def silent_s(self, now: float | None = None) -> float:
+        """Seconds since the node's last complete event."""
+        return (monotonic() if now is None else now) - self.last_activity
 
     def raw_chunks(self) -> Iterator[bytes]:
         """Body bytes as they arrive."""
@@ -165,11 +180,16 @@ class Upstream:
         unchecked = False  # non-ASCII bytes arrived that no UTF-8 check has covered yet
         try:
             for chunk in self.raw_chunks():
-                self.last_activity = monotonic()
                 events = framer.feed(chunk)
                 if not unchecked and not chunk.isascii():
                     unchecked = True
                 if events:
+                    # Idleness is measured in events: bytes that complete none (a node
+                    # trickling a partial event) do not keep a stream alive.
+                    now = monotonic()
+                    if self.stall is not None:
+                        self.stall.observe(now - self.last_activity)
+                    self.last_activity = now
                     if unchecked:
                         yield from _checked(events)
                         unchecked = framer.pending
@@ -276,21 +296,39 @@ class BodyRelay:
         self.upstream.close()
 
 
+#: The sweeper's report of a frozen node: the node, its stalled streams, the longest silence.
+FrozenReport = Callable[[Node, int, float], Any]
+
+
 class IdleWatchdog(Ticker):
-    """Ends upstream streams whose node sent nothing for their idle timeout.
+    """Ends upstream streams whose node sent nothing for their idle timeout; notices stalls.
 
     A socket timeout on every read would do the same, but under gevent each
     wait with a timeout arms and disarms a timer, about a tenth of the relay's
     CPU per event; one sweep per ``tick_s`` over the open streams is cheaper.
     The sweep shuts the socket down, so the relay's blocked read fails and the
     relay sees a break with reason ``idle_timeout``.
+
+    The same sweep compares each stream's silence with its rhythm
+    (:class:`~spotrelay.router.hedge.StallWatch`): a stalled stream's
+    ``on_stall`` (its relay's hedger) is called, and when every stream open on
+    a node stalls at once, and there are at least ``frozen_min_streams`` of
+    them, ``on_frozen`` reports the node (the proxy ejects it).
     """
 
     name = "idle-watchdog"
 
-    def __init__(self, tick_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        tick_s: float = 1.0,
+        *,
+        frozen_min_streams: int = 0,
+        on_frozen: FrozenReport | None = None,
+    ) -> None:
         super().__init__(tick_s)
         self._watched: set[Upstream] = set()
+        self.frozen_min_streams = frozen_min_streams
+        self.on_frozen = on_frozen
 
     def watch(self, upstream: Upstream) -> None:
         self._watched.add(upstream)
@@ -304,16 +342,43 @@ class IdleWatchdog(Ticker):
     def sweep(self, now: float | None = None) -> list[Upstream]:
         """Interrupt every stream idle past its timeout; returns them."""
         now = monotonic() if now is None else now
-        expired = [
-            up
-            for up in list(self._watched)
-            if up.idle_s is not None and now - up.last_activity > up.idle_s
-        ]
+        expired: list[Upstream] = []
+        stalled: list[Upstream] = []
+        per_node: dict[str, list[int]] = {}  # node id: [open streams, stalled streams]
+        for up in list(self._watched):
+            silent = now - up.last_activity
+            if up.idle_s is not None and silent > up.idle_s:
+                expired.append(up)
+                continue
+            counts = per_node.setdefault(up.node.id, [0, 0])
+            counts[0] += 1
+            if up.stall is not None and up.stall.stalled(silent):
+                counts[1] += 1
+                stalled.append(up)
         for up in expired:
             up.idle_timed_out = True
             self._watched.discard(up)
             up.resp.interrupt()
+        for up in stalled:
+            if up.on_stall is not None:
+                up.on_stall(up)
+        self._report_frozen(stalled, per_node, now)
         return expired
+
+    def _report_frozen(
+        self, stalled: list[Upstream], per_node: dict[str, list[int]], now: float
+    ) -> None:
+        if self.on_frozen is None or self.frozen_min_streams <= 0:
+            return
+        reported: set[str] = set()
+        for up in stalled:
+            node = up.node
+            streams, stuck = per_node[node.id]
+            if node.id in reported or streams < self.frozen_min_streams or stuck < streams:
+                continue
+            reported.add(node.id)
+            longest = max(now - u.last_activity for u in stalled if u.node is node)
+            self.on_frozen(node, streams, longest)
 
     def tick(self) -> None:
         self.sweep(time.monotonic())

@@ -31,7 +31,8 @@ N = TypeVar("N", bound=Target)
 class PlannedEvent:
     at_s: float  # seconds after traffic starts
     # "spot_notice", "hard_kill", "dead_agent" (agent killed, then a notice), "freeze"
-    # (engine SIGSTOPped, its agent running) or "host_freeze" (engine and agent stopped)
+    # (engine SIGSTOPped, its agent running), "host_freeze" (engine and agent stopped) or
+    # "rebalance" (a recommendation to the node whose notice comes next)
     kind: str
 
 
@@ -47,6 +48,8 @@ def plan_events(
     dead_agents: int = 0,
     freezes: int = 0,
     host_freezes: int = 0,
+    *,
+    rebalance_lead_s: float = 0.0,
 ) -> list[PlannedEvent]:
     """Spread the events over the middle of the run, leaving time to recover at the end.
 
@@ -67,10 +70,18 @@ def plan_events(
         return []
     start, end = 0.15 * duration_s, 0.70 * duration_s
     slot = (end - start) / len(kinds)
-    return [
+    plan = [
         PlannedEvent(round(start + i * slot + rng.uniform(0.1, 0.6) * slot, 2), kind)
         for i, kind in enumerate(kinds)
     ]
+    if rebalance_lead_s > 0:  # EC2 recommends rebalancing before (some) notices
+        plan += [
+            PlannedEvent(round(max(0.0, ev.at_s - rebalance_lead_s), 2), "rebalance")
+            for ev in plan
+            if ev.kind == "spot_notice"
+        ]
+        plan.sort(key=lambda ev: ev.at_s)
+    return plan
 
 
 def pick_victim(

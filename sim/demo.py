@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,10 @@ class DemoOptions:
     redis: str | None = None  # a redis:// URL, or "auto": start a local redis-server
     spot_shortage: tuple[float, float] | None = None  # no spot launches in this window
     dead_agents: int = 0  # agents killed before their node's notice (heard via the queue)
+    rebalance_lead_s: float = 0.0  # a rebalance recommendation this long before each notice
+    long_ratio: float = 0.0  # share of streams that are long generations
+    long_max_tokens: int = 300
+    risk_placement: bool = True  # the router's routing.risk_aware
     freezes: int = 1  # engines SIGSTOPped for freeze_s, their agents running (a hung GPU)
     host_freezes: int = 1  # whole nodes stopped for freeze_s, then terminated and replaced
     freeze_s: float = 6.0
@@ -97,6 +102,10 @@ class Demo:
         self.routers = RouterChaos(self.fleet, 0.0)
         self.chat_streams = True
         self.capacity: CapacityLoop | None = None
+        self.warned: list[str] = []  # nodes sent a rebalance recommendation, in order
+        routing = options.fleet.router_overrides.setdefault("routing", {})
+        routing.setdefault("risk_aware", options.risk_placement)
+        routing.setdefault("long_request_tokens", options.long_max_tokens)
 
     # -- the run --------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -123,6 +132,8 @@ class Demo:
                 # A real engine may not serve the Responses API (llama.cpp's
                 # server does not): only the simulator's fleet gets that share.
                 responses_ratio=0.2 if opts.fleet.engine_cmd is None else 0.0,
+                long_ratio=opts.long_ratio,
+                long_max_tokens=opts.long_max_tokens,
             ),
             seed=opts.seed,
         )
@@ -135,6 +146,7 @@ class Demo:
             opts.dead_agents,
             opts.freezes,
             opts.host_freezes,
+            rebalance_lead_s=opts.rebalance_lead_s,
         )
         if opts.spot_shortage or opts.dead_agents:
             self.capacity = CapacityLoop(
@@ -227,14 +239,17 @@ class Demo:
             for e in self.events
         )
 
+    def _victim(self, kind: str, spare: Collection[str] = ()) -> Node | None:
+        """A node no event has hit (nor in ``spare``); see :func:`.chaos.pick_victim`."""
+        hit = {e.node for e in self.events} | set(spare)
+        alive, view = self.fleet.alive_nodes(), self.fleet.router_nodes()
+        return pick_victim(kind, alive, view, hit, self.rng)
+
     def _inject(self, planned: PlannedEvent, now: float) -> None:
-        node = pick_victim(
-            planned.kind,
-            self.fleet.alive_nodes(),
-            self.fleet.router_nodes(),
-            {e.node for e in self.events},
-            self.rng,
-        )
+        if planned.kind == "rebalance":
+            self._recommend_rebalance(now)
+            return
+        node = self._warned_victim(planned.kind) or self._victim(planned.kind)
         if node is None:
             log.warning("no ready node to hit at %.1fs; skipping a %s", now, planned.kind)
             return
@@ -259,6 +274,28 @@ class Demo:
             if self.capacity:  # EC2's state change reaches the queue, no notice before it
                 self.capacity.reclaimed(node)
         self._replace(ev)
+
+    def _recommend_rebalance(self, now: float) -> None:
+        """A rebalance recommendation to a node no event has hit or warned yet; the next
+        spot notice goes to it."""
+        node = self._victim("spot_notice", spare=set(self.warned))
+        if node is None:
+            return
+        self.fleet.rebalance(node)
+        self.warned.append(node.name)
+        log.info("rebalance recommendation to %s at %.1fs", node.name, now)
+
+    def _warned_victim(self, kind: str) -> Node | None:
+        """A spot notice goes to the node warned first, if it is still up."""
+        if kind != "spot_notice":
+            return None
+
+        hit = {e.node for e in self.events}
+        alive = {n.name: n for n in self.fleet.alive_nodes()}
+        for name in self.warned:
+            if name in alive and name not in hit:
+                return alive[name]
+        return None
 
     def _freeze(self, ev: EventRecord, node: Node, now: float) -> None:
         """Stop the engine (a hung GPU), or the whole host, for ``freeze_s``.
@@ -378,6 +415,10 @@ class Demo:
             "streaming_chat": self.chat_streams,
             "spot_shortage": list(opts.spot_shortage) if opts.spot_shortage else None,
             "dead_agents": opts.dead_agents,
+            "rebalance_lead_s": opts.rebalance_lead_s,
+            "long_ratio": opts.long_ratio,
+            "risk_placement": opts.risk_placement,
+            "rebalance_recommendations": list(self.warned),
             "freezes": opts.freezes,
             "host_freezes": opts.host_freezes,
             "freeze_s": opts.freeze_s,

@@ -23,6 +23,14 @@ Flags override --config (sections demo: and engine:) and SPOTRELAY_DEMO_* /
 SPOTRELAY_ENGINE_* environment variables.
 """
 
+
+def on_off(value: str) -> bool:
+    """``on`` or ``off`` (argparse reports anything else as an invalid value)."""
+    if value not in ("on", "off"):
+        raise ValueError(value)
+    return value == "on"
+
+
 # flag -> (section, key); flags left unset fall back to config, env, then defaults.
 FLAGS = {
     "nodes": ("demo", "nodes", int, "nodes in the fleet (3)"),
@@ -72,6 +80,20 @@ FLAGS = {
         "nodes to freeze whole (engine and agent), then terminate after --freeze-s (1)",
     ),
     "freeze_s": ("demo", "freeze_s", float, "how long a freeze lasts, seconds (6)"),
+    "rebalance_lead": (
+        "demo",
+        "rebalance_lead_s",
+        float,
+        "rebalance recommendation this many seconds before each spot notice (0: none)",
+    ),
+    "long_ratio": ("demo", "long_ratio", float, "share of streams that run long (0)"),
+    "long_max_tokens": ("demo", "long_max_tokens", int, "max_tokens of a long stream (300)"),
+    "risk_placement": (
+        "demo",
+        "risk_placement",
+        on_off,
+        "on|off: keep long requests off nodes at risk (on)",
+    ),
     "model": ("engine", "model", str, "model name to serve and request (sim-model)"),
     "ttft_ms": ("engine", "ttft_ms", int, "simulator time to first token (40)"),
     "itl_ms": ("engine", "itl_ms", int, "simulator inter-token latency (15)"),
@@ -154,6 +176,10 @@ def _run(args: argparse.Namespace) -> int:
         freezes=d.freezes,
         host_freezes=d.host_freezes,
         freeze_s=d.freeze_s,
+        rebalance_lead_s=d.rebalance_lead_s,
+        long_ratio=d.long_ratio,
+        long_max_tokens=d.long_max_tokens,
+        risk_placement=d.risk_placement,
     )
     return run(options)
 

@@ -47,6 +47,21 @@ class Run:
         1, min=0, help="nodes frozen whole (engine and agent: heartbeats stop), then terminated"
     )
     freeze_s: float = setting(6.0, min=0.5, max=300, help="how long a freeze lasts")
+    rebalance_lead_s: float = setting(
+        0.0,
+        min=0,
+        help="EC2 sends the node a rebalance recommendation this long before each spot "
+        "notice (0: none)",
+    )
+    long_ratio: float = setting(
+        0.0, min=0, max=1, help="share of streams that are long generations (agent loops)"
+    )
+    long_max_tokens: int = setting(
+        300, min=2, help="max_tokens of a long stream; the router's long_request_tokens too"
+    )
+    risk_placement: bool = setting(
+        True, help="the router keeps long requests off nodes at risk (routing.risk_aware)"
+    )
 
     def validate(self) -> None:
         if self.routers > 1 and not self.redis:

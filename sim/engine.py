@@ -24,9 +24,10 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from .textgen import TokenStream
+from .prefix_cache import CacheSettings, PrefixCache
+from .textgen import TokenStream, tokenize
 from .vllm_protocol import GenerationRequest
 
 log = logging.getLogger("spotrelay.sim.vllm")
@@ -40,6 +41,7 @@ class EngineSettings:
     max_num_seqs: int = 256
     max_model_len: int = 4096
     kv_cache_tokens: int = 65536
+    prefix_cache: CacheSettings = field(default_factory=CacheSettings)
     decode_pause_ms: float = 0.0
     decode_pause_every_s: float = 0.0
 
@@ -222,6 +224,7 @@ class Engine:
         self.kv_tokens = 0
         self.finished: dict[str, int] = {"stop": 0, "length": 0, "abort": 0}
         self.ticker = Ticker()
+        self.prefix_cache = PrefixCache(settings.prefix_cache)
         # Each process pauses at its own phase: engines on one host share a
         # monotonic clock, and real GPUs do not pause in step.
         every_s = settings.decode_pause_every_s
@@ -282,13 +285,29 @@ class Generation:
         self.admitted = False
         self._tokens: TokenStream | None = None
         self._matcher: StopMatcher | None = None
+        self._prompt: list[str] = []
+        self._generated: list[str] = []
+        self.cached_tokens = 0  # prompt tokens the prefix cache held
+        self.ttft_s = engine.settings.ttft_ms / 1000.0  # plus the uncached prefill, once admitted
 
     async def admit(self) -> float:
-        """Wait for a slot (FIFO); returns the loop time the slot was granted."""
-        await self.engine.scheduler.acquire()
+        """Wait for a slot (FIFO); returns the loop time the slot was granted.
+
+        The prompt is looked up in the prefix cache here, as vLLM's scheduler
+        does when it schedules a request: what is not cached adds prefill time
+        to the first token (``ttft_s``).
+        """
+        eng = self.engine
+        await eng.scheduler.acquire()
         self.admitted = True
-        self.engine.prompt_tokens_total += self.req.prompt_tokens
-        self.engine.kv_tokens += self.req.prompt_tokens
+        eng.prompt_tokens_total += self.req.prompt_tokens
+        eng.kv_tokens += self.req.prompt_tokens
+        cache = eng.prefix_cache
+        if cache.enabled:
+            self._prompt = tokenize(self.req.prompt)
+            self.cached_tokens = cache.lookup(self._prompt)
+            cache.insert(self._prompt)
+            self.ttft_s += cache.prefill_s(len(self._prompt), self.cached_tokens)
         return asyncio.get_running_loop().time()
 
     def finish(self) -> None:
@@ -300,6 +319,10 @@ class Generation:
         eng.kv_tokens -= self.req.prompt_tokens + self.completion_tokens
         eng.finished[self.finish_reason or "abort"] += 1
         eng.scheduler.release()
+        if self._generated and eng.prefix_cache.enabled:
+            # vLLM caches the blocks a request filled while decoding, too: the
+            # next turn of a conversation starts with this prompt and answer.
+            eng.prefix_cache.insert(self._prompt + self._generated)
 
     def start(self) -> None:
         self._tokens = TokenStream(self.req.prompt)
@@ -311,6 +334,7 @@ class Generation:
         assert self._tokens is not None, "start() first"
         token = self._tokens.next()
         self.completion_tokens += 1
+        self._generated.append(token)
         eng = self.engine
         eng.generation_tokens_total += 1
         eng.kv_tokens += 1
@@ -341,7 +365,7 @@ class Generation:
         eng = self.engine
         try:
             t0 = await self.admit()
-            ttft = eng.settings.ttft_ms / 1000.0
+            ttft = self.ttft_s
             itl = eng.settings.itl_ms / 1000.0
             if give_up_after_tokens is not None:
                 n = min(give_up_after_tokens, self.req.max_tokens)
@@ -359,6 +383,7 @@ class Generation:
             for _ in range(self.req.max_tokens):
                 token = tokens.next()
                 self.completion_tokens += 1
+                self._generated.append(token)
                 if matcher is None:
                     out.append(token)
                     continue

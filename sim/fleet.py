@@ -283,6 +283,10 @@ class LocalFleet:
         spot = (state.get("events") or {}).get("spot") or {}
         return sent + float(spot.get("seconds_left", lead_s))
 
+    def rebalance(self, node: Node) -> None:
+        """Post a rebalance recommendation (elevated risk, no deadline)."""
+        _post_json(node.imds_url + "/_control/rebalance", {})
+
     def terminate(self, node: Node) -> None:
         """What EC2 does at the notice's time, or a hard kill: SIGKILL everything at once."""
         for proc in node.processes:

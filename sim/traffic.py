@@ -68,6 +68,8 @@ class TrafficOptions:
     # False when some node cannot resume a chat stream (no continue_final_message):
     # streaming requests then all go through completions, which resume on any engine.
     chat_streams: bool = True
+    long_ratio: float = 0.0  # share of streams that are long generations (agent loops)
+    long_max_tokens: int = 300
 
 
 class _Call(NamedTuple):
@@ -209,6 +211,8 @@ class TrafficDriver:
                 kind, stream = "responses", False
             prompt = self.rng.choice(PROMPTS) + f" (request {self.rng.randrange(10**6)})"
             max_tokens = self.rng.randint(self.options.max_tokens // 2, self.options.max_tokens)
+            if stream and self.options.long_ratio and self.rng.random() < self.options.long_ratio:
+                max_tokens = self.options.long_max_tokens
             with self.log.lock:
                 self.log.in_flight += 1
             self._pool.submit(self._one, kind, stream, prompt, max_tokens)

@@ -13,6 +13,11 @@ import argparse
 from dataclasses import dataclass, field
 
 from ..core.config import describe, load, setting
+from .prefix_cache import (
+    DEFAULT_BLOCK_TOKENS,
+    DEFAULT_CAPACITY_BLOCKS,
+    DEFAULT_PREFILL_TOKENS_PER_S,
+)
 
 
 @dataclass
@@ -31,6 +36,21 @@ class SimSection:
         65536, min=1, help="tokens the simulated KV cache holds (vllm:kv_cache_usage_perc)"
     )
     embedding_dim: int = setting(256, min=1, max=8192, help="length of embedding vectors")
+    block_size: int = setting(
+        DEFAULT_BLOCK_TOKENS, min=1, max=1024, help="tokens per prefix-cache block (vLLM's 16)"
+    )
+    prefix_cache_blocks: int = setting(
+        DEFAULT_CAPACITY_BLOCKS,
+        min=0,
+        help="blocks the prefix cache holds, LRU (0: no prefix caching; default ~ a 24 GiB "
+        "GPU serving an 8B model)",
+    )
+    prefill_tokens_per_s: float = setting(
+        DEFAULT_PREFILL_TOKENS_PER_S,
+        min=0,
+        help="uncached prompt tokens prefilled per second, added to the time to first token "
+        "(0: prefill takes no time)",
+    )
     shutdown_timeout_s: float = setting(
         0.0, min=0, help="on SIGTERM, let in-flight requests run this long (vLLM: 0)"
     )
@@ -102,6 +122,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--default-max-tokens", type=int, help="chat max_tokens when absent (128)")
     p.add_argument("--kv-cache-tokens", type=int, help="simulated KV cache size in tokens")
     p.add_argument("--embedding-dim", type=int, help="embedding vector length (256)")
+    p.add_argument("--block-size", type=int, help="prefix-cache block size in tokens (16)")
+    p.add_argument(
+        "--prefix-cache-blocks", type=int, help="prefix-cache capacity in blocks (2048; 0: off)"
+    )
+    p.add_argument(
+        "--prefill-tokens-per-s",
+        type=float,
+        help="prefill rate for uncached prompt tokens (3000; 0: instant)",
+    )
     p.add_argument(
         "--api",
         choices=("vllm", "openai"),

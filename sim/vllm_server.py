@@ -33,6 +33,12 @@ from ..core.errors import openai_error
 from . import textgen
 from .engine import STALL_POLL_S, Engine, EngineSettings, Generation
 from .faults import FaultError, Faults
+from .prefix_cache import (
+    DEFAULT_BLOCK_TOKENS,
+    DEFAULT_CAPACITY_BLOCKS,
+    DEFAULT_PREFILL_TOKENS_PER_S,
+    CacheSettings,
+)
 from .vllm_apis import ExtraApis, MessagesWriter, ResponsesWriter
 from .vllm_protocol import (
     BadRequest,
@@ -70,6 +76,9 @@ class SimSettings:
     default_max_tokens: int = 128
     kv_cache_tokens: int = 65536
     embedding_dim: int = 256
+    block_size: int = DEFAULT_BLOCK_TOKENS
+    prefix_cache_blocks: int = DEFAULT_CAPACITY_BLOCKS
+    prefill_tokens_per_s: float = DEFAULT_PREFILL_TOKENS_PER_S
     shutdown_timeout_s: float = 0.0
     decode_pause_ms: float = 0.0
     decode_pause_every_s: float = 0.0
@@ -83,6 +92,11 @@ class SimSettings:
             max_num_seqs=self.max_num_seqs,
             max_model_len=self.max_model_len,
             kv_cache_tokens=self.kv_cache_tokens,
+            prefix_cache=CacheSettings(
+                block_tokens=self.block_size,
+                capacity_blocks=self.prefix_cache_blocks,
+                prefill_tokens_per_s=self.prefill_tokens_per_s,
+            ),
             decode_pause_ms=self.decode_pause_ms,
             decode_pause_every_s=self.decode_pause_every_s,
         )
@@ -525,7 +539,7 @@ class SimServer:
             gen.start()
             settings = self.engine.settings
             job = SseJob(gen, transport, chunks, chunked, drop, settings.itl_ms / 1000.0)
-            self.engine.ticker.add(t0 + settings.ttft_ms / 1000.0, job)
+            self.engine.ticker.add(t0 + gen.ttft_s, job)
             outcome = await job.done
             if outcome == "drop":
                 return await self._drop(request, rec)

@@ -125,6 +125,17 @@ class VllmCollector:
             "Number of generation tokens processed.",
             eng.generated_tokens(time.monotonic()),  # asyncio's loop clock
         )
+        cache = eng.prefix_cache
+        yield counter(
+            "vllm:prefix_cache_queries",
+            "Prefix cache queries, in terms of number of queried tokens.",
+            cache.queries_total,
+        )
+        yield counter(
+            "vllm:prefix_cache_hits",
+            "Prefix cache hits, in terms of number of cached tokens.",
+            cache.hits_total,
+        )
         success = CounterMetricFamily(
             "vllm:request_success",
             "Count of successfully processed requests.",

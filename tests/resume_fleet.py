@@ -7,7 +7,12 @@ deterministic, so tests can compare a broken-and-resumed stream with an unbroken
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +76,43 @@ class Fleet:
         return scrape(self.router.url + "/metrics", name, **labels)
 
 
+class Heartbeats:
+    """Re-registers nodes with a router every ``interval_s``, as their agents would;
+    :meth:`stop` silences one (its host vanished)."""
+
+    def __init__(self, fleet: Fleet, interval_s: float = 0.3, router_url: str = "") -> None:
+        self.fleet = fleet
+        self.url = router_url or fleet.router.url
+        self.interval_s = interval_s
+        self.silent: set[str] = set()
+        self.states: dict[str, str] = {}  # node id: the state it reports (default ready)
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Heartbeats:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._halt.set()
+        self._thread.join(5)
+
+    def stop(self, node_id: str) -> None:
+        self.silent.add(node_id)
+
+    def _run(self) -> None:
+        while True:  # the first round at once: the nodes may be close to their ttl_s already
+            for node_id, node in self.fleet.nodes.items():
+                if node_id not in self.silent:
+                    with contextlib.suppress(RuntimeError, OSError):
+                        state = self.states.get(node_id, "ready")
+                        register_node(
+                            self.url, ROUTER_TOKEN, node_id, node.url, MODEL, state, engine=VLLM
+                        )
+            if self._halt.wait(self.interval_s):
+                return
+
+
 def start_fleet(
     procs: ProcessGroup, logdir: Path, names: list[str], *sim_args: str, **router_cfg: Any
 ) -> Fleet:
@@ -92,6 +134,16 @@ def start_fleet(
     return Fleet(router, nodes, procs)
 
 
+@contextmanager
+def running_fleet(logdir: Path, names: list[str], *sim_args: str, **router_cfg: Any):
+    """:func:`start_fleet` with its own process group, stopped on exit (module fixtures)."""
+    group = ProcessGroup()
+    try:
+        yield start_fleet(group, logdir, names, *sim_args, **router_cfg)
+    finally:
+        group.stop_all()
+
+
 @dataclass
 class Result:
     """What a client saw of one stream: its text, chunks, usage, finishes and errors."""
@@ -104,21 +156,44 @@ class Result:
     errors: list[dict[str, Any]]
     done: bool
     node: str | None
+    longest_gap_s: float = 0.0  # the longest wait for an event, first byte to [DONE]
+    gaps: list[float] = field(default_factory=list)
 
 
 def stream(
-    url: str, path: str, body: dict[str, Any], headers: dict[str, str] | None = None
+    url: str,
+    path: str,
+    body: dict[str, Any],
+    headers: dict[str, str] | None = None,
+    on_event: Callable[[int], None] | None = None,
 ) -> Result:
-    """POST a streaming request and parse the answer strictly (one ``[DONE]``, and last)."""
-    resp = requests.post(url + path, json=body, headers=headers or {}, stream=True, timeout=30)
+    """POST a streaming request and parse the answer strictly (one ``[DONE]``, and last).
+
+    ``on_event(n)`` runs after the n-th event arrived (to inject a fault mid-way); the
+    result records the gaps between events as the client saw them.
+    """
+    resp = requests.post(url + path, json=body, headers=headers or {}, stream=True, timeout=60)
     assert resp.status_code == 200, resp.text
     parser = SSEParser()
     events = []
+    gaps = []
+    last = time.monotonic()
     for piece in resp.iter_content(chunk_size=None):
-        events.extend(parser.feed(piece))
+        new = parser.feed(piece)
+        if not new:
+            continue
+        now = time.monotonic()
+        gaps.append(now - last)
+        last = now
+        for event in new:
+            events.append(event)
+            if on_event is not None:
+                on_event(len(events))
     done = bool(events) and events[-1].is_done
     assert sum(e.is_done for e in events) == int(done), "exactly one [DONE], last"
     res = Result("", [], [], [], 0, [], done, resp.headers.get("X-Spotrelay-Node"))
+    res.gaps = gaps[1:]  # the first is the time to the first event
+    res.longest_gap_s = max(res.gaps, default=0.0)
     for e in events:
         if e.is_done:
             continue
@@ -140,9 +215,14 @@ def stream(
     return res
 
 
-def body_for(path: str, *, usage: bool, max_tokens: int = 16, **extra: Any) -> dict[str, Any]:
-    """A streaming completions or chat body for ``MODEL``; ``usage`` asks for a usage chunk."""
-    body: dict[str, Any] = {"model": MODEL, "max_tokens": max_tokens, "stream": True, **extra}
+def body_for(
+    path: str, *, usage: bool, max_tokens: int | None = 16, stream: bool = True, **extra: Any
+) -> dict[str, Any]:
+    """A streaming (or not) completions or chat body for ``MODEL``; ``usage`` asks for a
+    usage chunk; ``max_tokens`` None leaves the engine's default."""
+    body: dict[str, Any] = {"model": MODEL, "stream": stream, **extra}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
     if path == CHAT:
         body["messages"] = [
             {"role": "system", "content": "You are terse."},

@@ -109,6 +109,7 @@ def start_router(
     port: int | None = None,
     timeout: float = 30.0,
     env: dict[str, str] | None = None,
+    ttl_s: float | None = 60,
 ) -> Service:
     """A ``spotrelay router`` (gunicorn, gevent) on loopback, configured by ``config``.
 
@@ -119,6 +120,11 @@ def start_router(
     import yaml
 
     config = {section: dict(values) for section, values in (config or {}).items()}
+    # Tests register nodes by hand, once, with no agent heartbeating them: unless the
+    # config says otherwise, nodes must outlive the test (the product's ttl_s, 6 s, is
+    # shorter than many). ``ttl_s=None`` keeps the product's default (benchmarks).
+    if ttl_s is not None:
+        config.setdefault("registry", {}).setdefault("ttl_s", ttl_s)
     auth = config.setdefault("auth", {})
     if not auth.get("node_token") and not auth.get("node_token_file"):
         auth["node_token"] = ROUTER_TOKEN

@@ -81,8 +81,10 @@ def completions_seen(engine: Service) -> int:
     return int(stats["per_path"].get("/v1/completions", 0))
 
 
-def complete(router: Service, model: str, max_tokens: int = 4, stream: bool = False) -> str:
-    body = {"model": model, "prompt": "hello", "max_tokens": max_tokens, "stream": stream}
+def complete(
+    router: Service, model: str, max_tokens: int = 4, stream: bool = False, prompt: str = "hello"
+) -> str:
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": stream}
     req = urllib.request.Request(
         f"{router.url}/v1/completions",
         data=json.dumps(body).encode(),
@@ -232,8 +234,9 @@ def test_spot_notice_drains_before_the_deadline(
         before = completions_seen(node.engine)
 
         def stream_on_our_node() -> None:
-            for _ in range(20):  # the balancer may pick the other node: retry until ours
-                text = complete(router, model, max_tokens=50, stream=True)
+            for i in range(20):  # the balancer may pick the other node: retry until ours
+                # (a new prompt each time: cache_aware places one prompt on one node)
+                text = complete(router, model, max_tokens=50, stream=True, prompt=f"hello {i}")
                 if completions_seen(node.engine) > before:
                     result["text"] = text
                     return
@@ -296,6 +299,7 @@ def test_rebalance_is_reported_unless_on_rebalance(
     for node in (quiet, eager):
         run_agent(procs, logdir, node)
         wait_state(router, node.node_id, "ready")
+        assert nodes(router)[node.node_id]["risk"] == "none"
         control(node.imds, "rebalance")
     wait_state(router, eager.node_id, None)  # drained and deregistered
     assert quiet.agent is not None
@@ -303,6 +307,12 @@ def test_rebalance_is_reported_unless_on_rebalance(
         lambda: quiet.agent.metric("spotrelay_agent_events_total", type="rebalance") == 1,  # type: ignore[union-attr]
         timeout=5,
         what="rebalance reported",
+    )
+    # ... as a risk in the heartbeat, at once: routers keep long requests off the node
+    wait_until(
+        lambda: nodes(router)[quiet.node_id]["risk"] == "elevated",
+        timeout=2,
+        what="risk elevated on the router",
     )
     reads = imds_reads(quiet.imds)
     wait_until(  # several more polls that see the same recommendation

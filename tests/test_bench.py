@@ -59,3 +59,19 @@ def test_silent_bench_runs_end_to_end(tmp_path: Path) -> None:
     run = json.loads(proc.stdout)["runs"]["sigkill"]
     assert run["requests"] == 12 and run["failed"] == 0 and run["wrong_text"] == 0, run
     assert run["slowest_s"] > 0
+
+
+def test_assemble_bench_runs_every_path_without_errors() -> None:
+    """One tiny run of bench/assemble_bench.py: every path answers, the router's CPU is read."""
+    args = [
+        sys.executable, str(REPO / "bench" / "assemble_bench.py"), "--tokens", "4",
+        "--seconds", "0.5", "--rounds", "1", "--warmup-s", "0.2", "--connections", "2", "--json",
+    ]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads(proc.stdout)["runs"]["4"]
+    assert set(runs) == {"direct", "forward", "assemble", "stream"}
+    for name, loads in runs.items():
+        for load in loads.values():
+            assert load["rps"] > 0 and load["non_2xx"] == 0, (name, load)
+    assert runs["assemble"]["c2"]["router_cpu_us_per_request"] > 0

@@ -24,7 +24,8 @@ def test_defaults_match_the_documented_ones() -> None:
     cfg = load(RouterConfig, env={})
     assert cfg.server.port == 8080 and worker_count(cfg) == 1
     assert cfg.registry.backend == "memory"
-    assert cfg.registry.ttl_s == 15
+    assert cfg.registry.ttl_s == 6
+    assert cfg.hedge.stall_floor_s == 1.5 and cfg.hedge.stall_multiple == 8
     assert cfg.retry.max_attempts == 3 and cfg.retry.budget_percent == 20
     assert cfg.resume.enabled is True and cfg.resume.max_attempts == 2
     agent = load(AgentConfig, env={})

@@ -13,6 +13,9 @@ decoding (``temperature: 0``, so an undisturbed answer is the reference):
 - a non-streaming request to a dead but registered engine succeeds by retry;
 - llama.cpp ends a running stream early, cleanly and without a
   ``finish_reason``, when another request reaches it: the router resumes it;
+- an answer assembled from llama.cpp's stream (``routing.assemble_non_streaming``)
+  differs from its own non-streaming answer (no ``usage``), so llama.cpp nodes
+  get non-streaming requests as they came;
 - the node agent detects the engine (no ``/health``, no ``/metrics``, no chat
   resume) and registers it;
 - ``spotrelay demo --engine-cmd`` runs on this engine with zero failures.
@@ -35,6 +38,7 @@ from typing import Any
 
 import openai
 import pytest
+import requests
 
 from spotrelay.core.net import free_port, http_ok, wait_until
 from spotrelay.core.processes import ManagedProcess, ProcessGroup, spotrelay_argv
@@ -126,6 +130,9 @@ def router_with(procs: ProcessGroup, logdir: Path) -> Service:
             "registry": {"ttl_s": 600},
             "timeouts": {"connect_s": 1, "first_byte_s": 60, "stream_idle_s": 30},
             "health": {"consecutive_failures": 1, "base_ejection_s": 30},
+            # The tests steer the first attempt by reported load (register(running=...)):
+            # p2c weighs it; cache_aware would place by the prompt instead.
+            "routing": {"policy": "p2c"},
         },
     )
 
@@ -269,6 +276,62 @@ def test_early_clean_end_without_finish_reason_is_resumed(
     assert stream.finish in ("length", "stop"), "a truncated stream passed as complete"
     assert_joins_seamlessly(stream.texts, start, b.url, 64)
     assert resumes(router) >= 1
+
+
+def differing_fields(a: Any, b: Any, at: str = "") -> set[str]:
+    """Paths (``choices.0.message.tool_calls``) where two JSON answers differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: set[str] = set()
+        for key in a.keys() | b.keys():
+            where = f"{at}.{key}" if at else key
+            if key not in a or key not in b:
+                out.add(where)
+            else:
+                out |= differing_fields(a[key], b[key], where)
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return set().union(*(differing_fields(x, y, f"{at}.{i}") for i, (x, y) in
+                             enumerate(zip(a, b, strict=True))))  # fmt: skip
+    return set() if a == b else {at}
+
+
+def test_assembled_answers_on_llama_cpp_and_why_it_is_not_assembled(
+    procs: ProcessGroup, logdir: Path
+) -> None:
+    """``routing.assemble_non_streaming`` against llama.cpp's own non-streaming answers
+    (greedy, so the same text): forced on for kind ``llama.cpp``, the assembled answer
+    equals llama.cpp's in text, finish_reason and logprobs but lacks ``usage`` (llama.cpp
+    sends no usage chunk, ``stream_options`` or not), and a chat message gains
+    ``tool_calls: []`` (vLLM's shape). So the kind must not be listed: with the
+    recommended ``[vllm]`` a llama.cpp node gets the request as it came, and the
+    answer is llama.cpp's own, field for field."""
+    engine = start_engine(procs, logdir, "engine")
+    llama = {"kind": "llama.cpp", "version": version("llama-cpp-python"), "capabilities": []}
+    routers = {}
+    for kind in ("llama.cpp", "vllm"):
+        config = {"registry": {"ttl_s": 600}, "routing": {"assemble_non_streaming": [kind]}}
+        routers[kind] = router = start_router(procs, logdir, config, name=f"router-{kind}")
+        register_node(router.url, ROUTER_TOKEN, "llama", engine.url, MODEL, engine=llama)
+    cases = {
+        "/v1/completions": {"prompt": PROMPT, "max_tokens": 8, "logprobs": 2},
+        "/v1/chat/completions": {"messages": [{"role": "user", "content": "Say hi"}],
+                                 "max_tokens": 8},
+    }  # fmt: skip
+    expected_diff = {"/v1/completions": {"usage"},
+                     "/v1/chat/completions": {"usage", "choices.0.message.tool_calls"}}  # fmt: skip
+    for path, extra in cases.items():
+        body = {"model": MODEL, "temperature": 0, "seed": 1, **extra}
+        own = requests.post(engine.url + path, json=body, timeout=120).json()
+        forced = requests.post(routers["llama.cpp"].url + path, json=body, timeout=120)
+        assert forced.status_code == 200, forced.text
+        assert differing_fields(own, forced.json()) - {"id", "created"} == expected_diff[path]
+        as_is = requests.post(routers["vllm"].url + path, json=body, timeout=120)
+        assert as_is.status_code == 200, as_is.text
+        assert differing_fields(own, as_is.json()) <= {"id", "created"}
+    assembled = scrape(routers["llama.cpp"].url + "/metrics", "spotrelay_router_assembled_total",
+                       outcome="complete")  # fmt: skip
+    assert assembled == 2
+    assert scrape(routers["vllm"].url + "/metrics", "spotrelay_router_assembled_total") == 0
 
 
 def test_agent_detects_llama_cpp_and_registers_it(procs: ProcessGroup, logdir: Path) -> None:

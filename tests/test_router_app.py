@@ -48,7 +48,7 @@ def test_register_list_drain_delete(client):
     resp = put(client)
     assert resp.status_code == 200
     assert resp.get_json() == {
-        "id": "a", "url": A, "state": "ready", "registered": True, "in_flight": 0, "ttl_s": 15.0
+        "id": "a", "url": A, "state": "ready", "registered": True, "in_flight": 0, "ttl_s": 6
     }  # fmt: skip
     assert put(client).get_json()["registered"] is False
     nodes = client.get("/nodes", headers=AUTH).get_json()

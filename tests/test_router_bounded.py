@@ -48,14 +48,14 @@ MiB = 1024 * 1024
 MODEL = "sim-model"
 
 
-def start(procs, logdir, worker_class="gevent", **routing):
+def start(procs, logdir, worker_class="gevent", ttl_s=2.0, **routing):
     control = free_port()
     router = start_router(
         procs,
         logdir,
         {
             "server": {"control_port": control, "worker_class": worker_class},
-            "registry": {"ttl_s": 2},
+            "registry": {"ttl_s": ttl_s},
             "routing": {"no_capacity_wait_s": 1, **routing},
             "timeouts": {"request_deadline_s": 3},
         },
@@ -178,7 +178,9 @@ def test_undecodable_answers_give_the_openai_client_an_api_error(
 def test_a_dripping_head_or_body_is_cut_at_the_request_deadline(procs, logdir):
     """One byte every 2 s (request_deadline_s: 3): head, body, stream before its first event,
     and a relayed body after its first bytes reached the client."""
-    router = start(procs, logdir, response_buffer_bytes=1024)
+    # The scripted nodes register once: they must outlive the drips (a node that expires
+    # has its open requests cut and retried, which is not what this test is about).
+    router = start(procs, logdir, ttl_s=30, response_buffer_bytes=1024)
     stop = threading.Event()
     body = json.dumps({"id": "x", "choices": []}).encode()
 

@@ -143,6 +143,22 @@ def test_client_watch_aborts_the_attached_upstream():
         assert len(watch) == 0
 
 
+def test_client_watch_nests_and_calls_the_outer_blocks_interrupt():
+    """An assembled answer watches its client while it reads a stream; the attempts
+    inside (continuations) watch it too: their end must not end the outer watch."""
+    gone = {"flag": False}
+    watch = ClientWatch(is_gone=lambda sock: gone["flag"])
+    link = ClientLink(object())
+    interrupted: list[str] = []
+    with watch.watching(link, interrupt=lambda: interrupted.append("stream")):
+        with watch.watching(link):  # an attempt for a continuation
+            assert len(watch) == 1
+        assert len(watch) == 1 and link.interrupt is not None
+        gone["flag"] = True
+        assert watch.sweep() == [link] and interrupted == ["stream"]
+    assert len(watch) == 0 and link.interrupt is None and link.depth == 0
+
+
 def test_client_leaving_during_the_attempt_is_not_the_nodes_failure():
     svc, fleet = build()
     register(svc, "a", A)

@@ -237,6 +237,9 @@ def test_faulty_nodes_are_avoided_ejected_and_restored(procs, logdir):
         {
             "retry": {"max_attempts": 4, "backoff_base_ms": 5, "backoff_max_ms": 20},
             "timeouts": {"connect_s": 0.5, "first_byte_s": 1},
+            # p2c spreads one repeated prompt over every node, so each faulty one is tried;
+            # cache_aware would send it to one node (tests/test_placement.py).
+            "routing": {"policy": "p2c"},
             "health": {
                 "consecutive_failures": 2,
                 "base_ejection_s": 1.5,

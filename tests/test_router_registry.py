@@ -111,7 +111,7 @@ def test_states_and_candidates():
     assert reg.candidates("m") == [a]
     assert b.status is NodeStatus.DRAINING and c.status is NodeStatus.READY
     assert reg.ready_models() == ["m", "other"]
-    assert reg.counts_by_status() == {"ready": 2, "draining": 1, "ejected": 0}
+    assert reg.counts_by_status() == {"ready": 2, "draining": 1, "ejected": 0, "unhealthy": 0}
     put(reg, "b", 2, state="ready")
     assert set(reg.candidates("m")) == {a, b}
 
@@ -318,3 +318,34 @@ def test_retry_budget_waits_for_a_slot():
     assert 0.05 < time.monotonic() - started < 2
     assert not budget.acquire(max_wait_s=0.05), "the request deadline bounds the wait"
     assert not RetryBudget(0, 0, wait_s=0).acquire()
+
+
+def test_unhealthy_node_is_not_routed_but_stays_registered():
+    """A node reporting ``unhealthy`` (a hung engine) gets no work; ``ready`` brings it back."""
+    reg, _clock, events = make()
+    a = put(reg, "a", 1)
+    put(reg, "b", 2)
+    put(reg, "a", 1, state="unhealthy")
+    assert a.status is NodeStatus.UNHEALTHY and not a.routable and a.lost
+    assert [n.id for n in reg.candidates("m")] == ["b"]
+    assert reg.get("a") is a and ("unhealthy", "a") in events
+    assert reg.counts_by_status()["unhealthy"] == 1
+    put(reg, "a", 1, state="ready")
+    assert a.status is NodeStatus.READY and {n.id for n in reg.candidates("m")} == {"a", "b"}
+    assert events[-1] == ("state", "a")
+
+
+def test_exchanges_are_tracked_and_born_cut_on_a_lost_node():
+    """Every open attempt is an exchange the proxy can cut; one opened on a node lost
+    just after it was picked starts cut, so it fails at once instead of waiting."""
+    reg, _clock, _events = make()
+    a = put(reg, "a", 1)
+    ex = reg.acquire(a)
+    assert ex.reason is None and reg.open_exchanges(a) == [ex] and a.in_flight == 1
+    assert reg.eject(a, "frozen") and not reg.eject(a, "frozen")
+    late = reg.acquire(a)
+    assert late.reason == "node a is ejected"
+    assert ex.cut("node a frozen") and not ex.cut("again") and ex.reason == "node a frozen"
+    reg.release(a, ex)
+    reg.release(a, late)
+    assert reg.open_exchanges(a) == [] and a.in_flight == 0

@@ -253,7 +253,7 @@ variable "settings" {
   type = object({
     allowed_networks      = optional(list(string))
     connection_cap_exempt = optional(list(string))
-    ttl_s                 = optional(number, 15)
+    ttl_s                 = optional(number, 6)
     no_capacity_wait_s    = optional(number, 30)
     first_byte_s          = optional(number, 600)
     stream_idle_s         = optional(number, 60)

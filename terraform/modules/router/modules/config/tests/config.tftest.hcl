@@ -46,7 +46,7 @@ run "defaults" {
       backend             = "redis"
       redis_password_file = "/etc/spotrelay/redis-password"
       redis_url           = "rediss://master.llm-registry.abc123.euw1.cache.amazonaws.com:6379/0"
-      ttl_s               = 15
+      ttl_s               = 6
     })
     error_message = "Registry: shared in ElastiCache over TLS (rediss://), password from a file, node URLs inside the VPC."
   }

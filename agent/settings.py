@@ -6,7 +6,13 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from spotrelay.core.config import ConfigError, setting
-from spotrelay.core.protocol import MAX_CAPABILITIES, TOKEN_RE, valid_node_id
+from spotrelay.core.protocol import (
+    MAX_CAPABILITIES,
+    TOKEN_RE,
+    ProtocolError,
+    parse_labels,
+    valid_node_id,
+)
 
 
 def _check_url(key: str, url: str) -> None:
@@ -35,12 +41,16 @@ class Node:
             raise ConfigError("node.id", "letters, digits and ._:- only (max 128)", self.id)
         if self.advertise_url is not None:
             _check_url("node.advertise_url", self.advertise_url)
+        try:
+            parse_labels(self.labels)  # the routers would refuse every heartbeat
+        except ProtocolError as exc:
+            raise ConfigError("node.labels", str(exc)) from None
 
 
 @dataclass
 class Router:
     urls: list[str] = setting(
-        default_factory=lambda: ["http://router:8080"],
+        default_factory=lambda: ["http://router:8081"],  # the control listener
         help="routers to register with (comma-separated in env)",
     )
     node_token: str | None = setting(None, secret=True, help="bearer token for the routers")

@@ -146,7 +146,7 @@ def main() -> int:
 
             def config(state_dir: Path) -> dict[str, Any]:
                 return {
-                    "router": {"urls": [router.url], "node_token": ROUTER_TOKEN},
+                    "router": {"urls": [router.control_url], "node_token": ROUTER_TOKEN},
                     "engine": {"url": engine.url, "model": "bench-model", "systemd_unit": None},
                     "imds": {"url": imds.url, "poll_interval_s": args.poll_s},
                     "lifecycle": {
@@ -168,13 +168,13 @@ def main() -> int:
                     procs, logdir, config(work / f"state-{i}"), name=f"agent-{i}", env=aws_env()
                 )
                 wait_until(
-                    lambda: node_state(router.url, asg.instance_id) == "ready",
+                    lambda: node_state(router.control_url, asg.instance_id) == "ready",
                     timeout=20,
                     interval=0.01,
                     what="registered",
                 )
                 if watched is not router and not on_every_worker(
-                    watched.url, asg.instance_id, workers, ready=True
+                    watched.control_url, asg.instance_id, workers, ready=True
                 ):
                     raise TimeoutError("router B never listed the node ready on every worker")
                 time.sleep(random.uniform(0, args.poll_s))
@@ -182,16 +182,18 @@ def main() -> int:
                 post(f"{imds.url}/_control/spot", {"action": "terminate", "lead_s": 120})
                 if watched is router:
                     wait_until(
-                        lambda: node_state(router.url, asg.instance_id) != "ready",
+                        lambda: node_state(router.control_url, asg.instance_id) != "ready",
                         timeout=10,
                         interval=0.005,
                         what="excluded",
                     )
-                elif not on_every_worker(watched.url, asg.instance_id, workers, ready=False):
+                elif not on_every_worker(
+                    watched.control_url, asg.instance_id, workers, ready=False
+                ):
                     raise TimeoutError("router B did not exclude the node on every worker")
                 latencies.append(time.perf_counter() - t0)
                 wait_until(
-                    lambda: node_state(router.url, asg.instance_id) is None,
+                    lambda: node_state(router.control_url, asg.instance_id) is None,
                     timeout=30,
                     what="deregistered",
                 )
@@ -218,7 +220,7 @@ def main() -> int:
                 procs, logdir, config(work / "state-idle"), name="agent-idle", env=aws_env()
             )
             wait_until(
-                lambda: node_state(router.url, asg.instance_id) == "ready",
+                lambda: node_state(router.control_url, asg.instance_id) == "ready",
                 timeout=20,
                 what="registered",
             )

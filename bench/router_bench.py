@@ -156,6 +156,7 @@ def start_router(
                     "upstream_pool_size": 4096,
                     "graceful_timeout_s": 1,
                     "control_port": free_port(),
+                    "control_on_main_port": True,  # registrations and views use one port
                     "max_connections_per_ip": 0,  # the load comes from one address
                 },
                 "auth": {"node_token": TOKEN},

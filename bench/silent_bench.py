@@ -122,7 +122,7 @@ class Fleet:
             engine = start_sim_vllm(self.procs, logdir, *engine_args, name=f"{name}-engine")
             config = {
                 "node": {"id": name, "advertise_url": engine.url},
-                "router": {"urls": [self.router.url], "node_token": ROUTER_TOKEN},
+                "router": {"urls": [self.router.control_url], "node_token": ROUTER_TOKEN},
                 "engine": {"url": engine.url, "model": MODEL, "process_name": None,
                            "systemd_unit": None},
                 "imds": {"url": imds.url},
@@ -133,7 +133,7 @@ class Fleet:
             self.nodes.append(Node(name, engine, imds, agent))
         wait_until(
             lambda: all(
-                router_nodes(self.router.url).get(n.name, {}).get("state") == "ready"
+                router_nodes(self.router.control_url).get(n.name, {}).get("state") == "ready"
                 for n in self.nodes
             ),
             timeout=60,
@@ -167,7 +167,7 @@ class Fleet:
 
     def hedges(self) -> dict[str, float] | None:
         """The router's hedge counters by outcome; None when it exports none."""
-        url = self.router.url + "/metrics"
+        url = self.router.control_url + "/metrics"
         with urllib.request.urlopen(url, timeout=5) as resp:
             if b"spotrelay_router_hedges_total" not in resp.read():
                 return None

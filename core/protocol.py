@@ -22,6 +22,16 @@ CAP_CONTINUE_FINAL_MESSAGE = "continue_final_message"  # chat resume (vLLM exten
 CAP_ECHO = "echo"  # completions accept ``echo``
 MAX_CAPABILITIES = 32
 
+# Registration limits. Model names and labels become metric label values, log
+# fields and JSON in every answer of ``GET /nodes``; a node-token holder (or a
+# Redis entry) must not be able to make them kilobytes long or forge lines.
+MAX_MODELS = 64
+MAX_MODEL_CHARS = 256
+MAX_LABELS = 32
+MAX_LABEL_VALUE_CHARS = 256
+MAX_URL_CHARS = 2048
+LABEL_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:/-]{0,63}")
+
 
 class NodeState(StrEnum):
     """What a node tells the router about itself.
@@ -126,13 +136,9 @@ def parse_report(body: Any) -> NodeReport:
     url = body.get("url")
     if not isinstance(url, str) or not url:
         raise ProtocolError("'url' must be a non-empty string")
-    models = body.get("models")
-    if (
-        not isinstance(models, list)
-        or not models
-        or not all(isinstance(m, str) and m for m in models)
-    ):
-        raise ProtocolError("'models' must be a non-empty list of strings")
+    if len(url) > MAX_URL_CHARS:
+        raise ProtocolError(f"'url' is longer than {MAX_URL_CHARS} characters")
+    models = _parse_models(body.get("models"))
     try:
         state = NodeState(body.get("state", "ready"))
     except ValueError:
@@ -150,9 +156,7 @@ def parse_report(body: Any) -> NodeReport:
         )
     except (TypeError, ValueError):
         raise ProtocolError("'load' fields must be numbers") from None
-    labels = body.get("labels") or {}
-    if not isinstance(labels, dict):
-        raise ProtocolError("'labels' must be an object")
+    labels = parse_labels(body.get("labels") or {})
     instance_id = body.get("instance_id")
     if instance_id is not None and (
         not isinstance(instance_id, str) or not valid_instance_id(instance_id)
@@ -164,14 +168,68 @@ def parse_report(body: Any) -> NodeReport:
         raise ProtocolError("'risk' must be 'none' or 'elevated'") from None
     return NodeReport(
         url=url,
-        models=tuple(models),
+        models=models,
         state=state,
         load=load,
-        labels={str(k): str(v) for k, v in labels.items()},
+        labels=labels,
         engine=_parse_engine(body.get("engine")),
         instance_id=instance_id,
         risk=risk,
     )
+
+
+def valid_model_name(name: Any) -> bool:
+    """1-256 printable characters, no whitespace: a metric label, a log field, a JSON key."""
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= MAX_MODEL_CHARS
+        and name.isprintable()
+        and not any(c.isspace() for c in name)
+    )
+
+
+def _parse_models(models: Any) -> tuple[str, ...]:
+    if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
+        raise ProtocolError("'models' must be a non-empty list of strings")
+    if len(models) > MAX_MODELS:
+        raise ProtocolError(f"'models' lists {len(models)} models; at most {MAX_MODELS}")
+    for m in models:
+        if not valid_model_name(m):
+            raise ProtocolError(
+                f"'models' entry {_preview(m)} must be 1-{MAX_MODEL_CHARS} printable "
+                "characters without whitespace"
+            )
+    return tuple(models)
+
+
+def parse_labels(labels: Any) -> dict[str, str]:
+    """Label keys like Prometheus/Kubernetes names; values short printable scalars."""
+    if not isinstance(labels, dict):
+        raise ProtocolError("'labels' must be an object")
+    if len(labels) > MAX_LABELS:
+        raise ProtocolError(f"'labels' has {len(labels)} keys; at most {MAX_LABELS}")
+    out: dict[str, str] = {}
+    for key, value in labels.items():
+        if not LABEL_KEY_RE.fullmatch(key):
+            raise ProtocolError(
+                f"label key {_preview(key)} must be 1-64 characters of letters, digits "
+                "and _.:/- starting with a letter or _"
+            )
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ProtocolError(f"label {key!r} must be a string")
+        text = str(value)
+        if len(text) > MAX_LABEL_VALUE_CHARS or not text.isprintable():
+            raise ProtocolError(
+                f"label {key!r} must be at most {MAX_LABEL_VALUE_CHARS} printable characters"
+            )
+        out[key] = text
+    return out
+
+
+def _preview(value: Any) -> str:
+    """A bad value in an error message: clipped and escaped, never the 60 KB original."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _parse_engine(raw: Any) -> EngineInfo:

@@ -31,7 +31,8 @@ from .dataplane import Incoming
 from .disconnect import ClientLink
 from .endpoints import ENDPOINTS, BodyKind, Endpoint, Routing, display_path
 from .httpguard import CONTROL, ClientTimeout, close_after_response, plane_of
-from .proxy import HOP_HEADER, LOOP_HEADER, ApiError, ProxyResponse, request_id_from
+from .loopmark import HOP_HEADER, LOOP_HEADER, parse_hops
+from .proxy import ApiError, ProxyResponse, request_id_from
 from .resume_request import RESUME_HEADER, resume_off
 from .service import MAX_CONTROL_BODY, ControlResult, RouterService
 
@@ -42,7 +43,6 @@ OPS_PATHS = frozenset({"/healthz", "/readyz"})
 # server.control_on_main_port is off): the control plane and /metrics.
 CONTROL_PATHS = frozenset({"/nodes", "/metrics"})
 CONTROL_PREFIXES = ("/nodes/", "/instances/")
-MAX_HOPS = 8  # hop marks passed on (the most recent ones)
 
 
 def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -173,7 +173,7 @@ def create_app(service: RouterService) -> Flask:
         if ep.routing is Routing.LOCAL:
             return _json(service.models_doc(), 200, {"X-Request-ID": request_id})
         hops = parse_hops(headers.get(HOP_HEADER))
-        if service.hop_id in hops:
+        if service.proxy.loop_marks.loops_back(hops):
             return _loop_detected(service, hops, request_id)
         body = b""
         if ep.body is not BodyKind.NONE or request.method == "POST":
@@ -326,19 +326,6 @@ def _log_bad_body(exc: BadBody, request_id: str | None) -> None:
         exc.message,
         extra={"request_id": request_id} if request_id else None,
     )
-
-
-def parse_hops(header: str | None) -> tuple[str, ...]:
-    """Router ids from ``X-Spotrelay-Hop`` (comma-separated): the last MAX_HOPS, clipped.
-
-    Every router in a loop adds its mark, so the loop comes back to one that
-    finds its own; the bound only keeps a client's made-up list from growing
-    the header. A client cannot produce a 508: it does not know any mark.
-    """
-    if not header:
-        return ()
-    marks = [h.strip()[:64] for h in header[:4096].split(",") if h.strip()]
-    return tuple(marks[-MAX_HOPS:])
 
 
 def _loop_detected(service: RouterService, hops: tuple[str, ...], request_id: str) -> Response:

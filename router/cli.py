@@ -14,9 +14,10 @@ from spotrelay.core.units_cli import add_install_unit_options, install_unit
 
 DESCRIPTION = """\
 Run the router: OpenAI-compatible /v1/* routed to registered vLLM nodes, with
-retries before the first byte, a node control plane (/nodes, node token) and
-/healthz, /readyz, /metrics; the control plane and health endpoints also on
-their own listener (server.control_port, default 8081). With registry.backend
+retries before the first byte, and /healthz, /readyz on server.port; the node
+control plane (/nodes, /instances, node token) and /metrics on their own
+listener (server.control_port, default 8081; on server.port too only with
+server.control_on_main_port). With registry.backend
 memory (default), one gunicorn worker process; with redis, one per core
 sharing the registry. gevent greenlets inside each. See docs/router.md."""
 

@@ -11,7 +11,11 @@ any credential can use against the router:
   (``server.body_timeout_s``, counted from the end of the head);
 - **many connections from one address**: :class:`ConnectionLimiter` caps open
   connections per client address and listener (``server.max_connections_per_ip``),
-  except for ``server.connection_cap_exempt`` networks (a load balancer's);
+  except for ``server.connection_cap_exempt`` networks; behind
+  ``server.trusted_proxies`` the client is the one ``X-Forwarded-For`` names
+  (:mod:`.clientaddr`) and its requests in progress are what is counted;
+- **idle connections**: each socket knows when it went idle, so the worker
+  can close idle ones early when the listener fills up (:mod:`.overload`);
 - **HTML errors**: what gunicorn's parser rejects (bad request line, too many
   or too large headers, bad chunk framing...) is answered by
   :func:`error_for` / :func:`error_response` in OpenAI's JSON error shape with
@@ -23,7 +27,7 @@ and the tests can use it; :mod:`spotrelay.router.worker` plugs it into gunicorn.
 
 from __future__ import annotations
 
-import ipaddress
+import contextlib
 import json
 import select
 import socket
@@ -34,6 +38,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from spotrelay.core.errors import openai_error
+
+from .clientaddr import Networks
 
 IDLE, HEAD, BODY = "idle", "head", "body"
 DATA, CONTROL = "data", "control"
@@ -61,6 +67,11 @@ class GuardSettings:
     max_connections_per_ip: int = 1000
     exempt_networks: tuple[str, ...] = ()
     control_port: int = 0
+    trusted_proxies: tuple[str, ...] = ()
+    keepalive_s: float = 75.0
+    keepalive_min_s: float = 1.0
+    overload_start: float = 0.5  # fraction of worker_connections
+    overload_saturation: float = 0.9
 
 
 class GuardedSocket:
@@ -92,6 +103,11 @@ class GuardedSocket:
         self.close_after_response = False
         self._closing = False
         self._on_close = on_close
+        # Idle: nothing of a request received yet (since the accept, or the last answer).
+        self.waiting = True
+        self.idle_since = clock()
+        self.trusted_peer = False  # a trusted proxy: the client is in X-Forwarded-For
+        self._reaped = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.raw, name)
@@ -111,16 +127,36 @@ class GuardedSocket:
 
     def start_body(self) -> None:
         """The head is parsed: from now on the body deadline applies."""
+        self.waiting = False
         self.phase, self.limit_s = BODY, self.settings.body_timeout_s
         self.deadline = self.clock() + self.limit_s
 
     def start_idle(self) -> None:
         """The response is sent: wait for the next request (keep-alive timeout)."""
         self.phase, self.deadline = IDLE, None
+        self.waiting, self.idle_since = True, self.clock()
+
+    def close_idle(self) -> bool:
+        """Under pressure: end this connection if it is still idle; the blocked read sees EOF.
+
+        The operating system's socket is shut down, not gevent's wrapper: the
+        wrapper would cancel the waiting read with an error gunicorn logs as a
+        traceback, once per connection.
+        """
+        if not self.waiting or self._closing:
+            return False
+        self._reaped = True
+        with contextlib.suppress(OSError):
+            getattr(self.raw, "_sock", self.raw).shutdown(socket.SHUT_RDWR)
+        return True
 
     def recv(self, size: int, *flags: int) -> bytes:
         if self._closing:
             return self.raw.recv(size, *flags)
+        if self._reaped:  # closed for being idle: an ordinary end of the connection
+            with contextlib.suppress(OSError):
+                return self.raw.recv(size, *flags)
+            return b""
         if self.deadline is None:
             self.raw.settimeout(None)
             data = self.raw.recv(size, *flags)
@@ -135,9 +171,11 @@ class GuardedSocket:
                 raise ClientTimeout(self.phase, self.limit_s) from None
             finally:
                 self.raw.settimeout(None)  # writes (the response) stay blocking, as before
-        if self.phase == IDLE and data:
-            self.phase, self.limit_s = HEAD, self.settings.header_timeout_s
-            self.deadline = self.clock() + self.limit_s
+        if data:
+            self.waiting = False
+            if self.phase == IDLE:
+                self.phase, self.limit_s = HEAD, self.settings.header_timeout_s
+                self.deadline = self.clock() + self.limit_s
         return data
 
     def recv_into(self, buffer: Any, nbytes: int = 0, *flags: int) -> int:
@@ -151,18 +189,12 @@ class ConnectionLimiter:
 
     def __init__(self, cap: int, exempt: Iterable[str] = ()) -> None:
         self.cap = cap
-        self.exempt = tuple(ipaddress.ip_network(n, strict=False) for n in exempt)
+        self.exempt = Networks(exempt)
         self._open: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
 
     def _exempt(self, address: str) -> bool:
-        if not self.exempt:
-            return False
-        try:
-            ip = ipaddress.ip_address(address.split("%", 1)[0])
-        except ValueError:
-            return False
-        return any(ip.version == net.version and ip in net for net in self.exempt)
+        return bool(self.exempt) and address in self.exempt
 
     def acquire(self, plane: str, address: str) -> bool:
         """Count a new connection; False (and not counted) when the address is at its cap."""

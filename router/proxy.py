@@ -51,6 +51,7 @@ from .disconnect import ClientLink, ClientWatch
 from .finish import FinishTracker, expected_choices
 from .hedge import HedgeRace, Outcome, StallPolicy, StallWatch, race_lock
 from .hedging import Hedger
+from .loopmark import HOP_HEADER, LOOP_HEADER, LoopMarks, hop_header
 from .metrics import RouterMetrics
 from .named_events import NamedEventHandler, NamedEvents
 from .placement import Placement, is_long
@@ -82,8 +83,6 @@ log = logging.getLogger("spotrelay.router")
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-HOP_HEADER = "X-Spotrelay-Hop"  # router ids a request went through (loop detection)
-LOOP_HEADER = "X-Spotrelay-Loop"  # on a 508: this router refused a request it had sent itself
 CLIENT_CLOSED = 499  # nginx's status for "client closed request": metrics and logs only
 
 
@@ -294,12 +293,12 @@ class Proxy:
         sleep: Callable[[float], None] = time.sleep,
         stream_handler_factory: Callable[[ProxyRequest, Proxy], StreamHandler] | None = None,
         watchdog: IdleWatchdog | None = None,
-        hop_id: str = "",
+        loop_marks: LoopMarks | None = None,
         client_watch: ClientWatch | None = None,
         assembled: Callable[[Proxy, ProxyRequest, StreamStart], Answer | ApiError] | None = None,
         stall: StallPolicy | None = None,
     ) -> None:
-        self.hop_id = hop_id or os.urandom(8).hex()
+        self.loop_marks = loop_marks if loop_marks is not None else LoopMarks()
         self.client_watch = client_watch if client_watch is not None else ClientWatch()
         self.registry = registry
         self.watchdog = watchdog
@@ -445,9 +444,9 @@ class Proxy:
         Until the answer (or a stream's first event) is in hand, the client's
         departure aborts the node connection (:mod:`spotrelay.router.disconnect`).
         """
-        with self.client_watch.watching(req.client):
+        with self.client_watch.watching(req.client), self.loop_marks.issued() as mark:
             try:
-                return self._attempt_once(node, req)
+                return self._attempt_once(node, req, mark)
             except Exception as exc:  # a bug or an unforeseen input: the node's failure, not a 500
                 log.exception(
                     "attempt on node %s raised %s",
@@ -457,18 +456,17 @@ class Proxy:
                 )
                 return Failure(FailureKind.INTERNAL, node.id, f"{type(exc).__name__}: {exc}"[:200])
 
-    def _upstream_headers(self, req: ProxyRequest) -> dict[str, str]:
-        headers = {
-            "X-Request-ID": req.request_id,
-            HOP_HEADER: ", ".join((*req.hops, self.hop_id)),
-        }
+    def _upstream_headers(self, req: ProxyRequest, mark: str) -> dict[str, str]:
+        headers = {"X-Request-ID": req.request_id, HOP_HEADER: hop_header(req.hops, mark)}
         if req.method not in ("GET", "HEAD"):  # uploads keep their multipart Content-Type
             headers["Content-Type"] = req.content_type
         if req.accept:
             headers["Accept"] = req.accept
         return headers
 
-    def _attempt_once(self, node: Node, req: ProxyRequest) -> Answer | StreamStart | Failure:
+    def _attempt_once(
+        self, node: Node, req: ProxyRequest, mark: str
+    ) -> Answer | StreamStart | Failure:
         connect_s, read_s = self._timeouts_for(req)
         body, stream = req.body, req.stream
         if (
@@ -494,7 +492,7 @@ class Proxy:
             resp = node.pool.request(
                 req.method,
                 req.path,
-                headers=self._upstream_headers(req),
+                headers=self._upstream_headers(req, mark),
                 body=body,
                 connect_timeout=connect_s,
                 read_timeout=read_s,

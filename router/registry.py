@@ -333,6 +333,20 @@ class Registry:
         self._emit([(reason, node)])
         return node
 
+    def evict_silent(self, silent_s: float) -> Node | None:
+        """Forget the node heard from longest ago if it has been silent over ``silent_s``.
+
+        A registry full of nodes that stopped heartbeating (or of junk read
+        from a shared view) must make room for a node that is registering now.
+        """
+        with self._lock:
+            horizon = self.clock() - silent_s
+            stale = [n for n in self._nodes.values() if n.last_seen < horizon]
+            victim = min(stale, key=lambda n: n.last_seen, default=None)
+        if victim is None:
+            return None
+        return self.remove(victim.id, "expired")
+
     def replace_all(self, nodes: list[tuple[str, NodeReport, NodeTarget, float, bool]]) -> None:
         """Make the view exactly ``nodes`` (id, report, target, age_s, drained).
 

@@ -16,6 +16,14 @@ messages at or below that ``rev`` were already in the snapshot and are
 skipped. While Redis is unreachable the worker serves its last view, holds
 TTL expiry (heartbeats may be landing on other workers), accepts heartbeats
 locally, and reconnects with jittered backoff.
+
+Redis is inside the trust boundary (it must require auth), but what comes
+out of it is checked like a registration: node ids, the report
+(:func:`~spotrelay.core.protocol.parse_report`) and the URL (the SSRF policy).
+An entry or message that fails is skipped and logged once per key; it never
+takes the link down. The write-back sends only nodes this worker heard from
+itself, so a node deleted from Redis behind the routers' backs is not
+resurrected by a worker that merely learned of it.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from spotrelay.core.protocol import NodeReport, ProtocolError, parse_report
 
 from .netpolicy import NetPolicy, NodeURLError
 from .registry import Registry, RegistryFull
-from .registry_store import RedisStore, SharedNode, parse_event
+from .registry_store import BadEntry, RedisStore, SharedNode, parse_event
 
 log = logging.getLogger("spotrelay.router.registry")
 
@@ -94,6 +102,10 @@ class RedisSync:
         self._pending_puts: dict[str, tuple[str, dict[str, Any], bool, float]] = {}
         self._pending_lock = threading.Lock()
         self._snapshot_rev = 0
+        # Nodes this worker heard from directly (id -> local clock of the last heartbeat):
+        # only these go into a write-back.
+        self._heard: dict[str, float] = {}
+        self._warned: dict[str, str] = {}  # bad keys already logged, with the reason
         self._reset = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -101,15 +113,20 @@ class RedisSync:
     # -- what the control plane calls (never blocks) ----------------------------------------
 
     def put(self, node_id: str, url: str, report: dict[str, Any], drained: bool) -> None:
+        """A heartbeat this worker received from the node itself."""
+        now = self.registry.clock()
         with self._pending_lock:
             if self._pending_ops.get(node_id) == "delete":  # registered again since
                 del self._pending_ops[node_id]
-        self._writes.put(("put", node_id, (url, report, drained, self.registry.clock())))
+            self._heard[node_id] = now
+        self._writes.put(("put", node_id, (url, report, drained, now)))
 
     def drain(self, node_id: str) -> None:
         self._writes.put(("drain", node_id, None))
 
     def delete(self, node_id: str) -> None:
+        with self._pending_lock:
+            self._heard.pop(node_id, None)
         self._writes.put(("delete", node_id, None))
 
     def expire(self, node_id: str) -> None:
@@ -171,19 +188,33 @@ class RedisSync:
     def _write_back(self) -> None:
         """What this worker changed while Redis was away, before reading the snapshot.
 
-        Every node of the local view and every heartbeat accepted meanwhile
-        first, each written only if Redis has nothing newer; then the drains
-        and deletes. In that order because a drain needs the node in Redis:
-        replayed first, into a Redis that came back empty, it found nothing to
-        drain, and a heartbeat landing on another worker a moment later made
-        this worker's older (drained) copy lose, so the drain was gone.
+        The nodes of the local view this worker heard from itself (or drained
+        meanwhile) and every heartbeat accepted meanwhile first, each written
+        only if Redis has nothing newer, aged by this worker's own last
+        heartbeat; then the drains and deletes. In that order because a drain
+        needs the node in Redis: replayed first, into a Redis that came back
+        empty, it found nothing to drain, and a heartbeat landing on another
+        worker a moment later made this worker's older (drained) copy lose,
+        so the drain was gone. Nodes only learned from Redis are not written:
+        one deleted there must stay deleted.
         """
         ops, puts = self._take_pending()
         try:
             now = self.registry.clock()
+            with self._pending_lock:
+                known = {n.id for n in self.registry.nodes()}
+                self._heard = {i: t for i, t in self._heard.items() if i in known or i in puts}
+                heard = dict(self._heard)
             nodes = {
-                n.id: (n.id, n.url, _report_doc(n), n.admin_drained, now - n.last_seen)
+                n.id: (
+                    n.id,
+                    n.url,
+                    _report_doc(n),
+                    n.admin_drained,
+                    now - heard.get(n.id, n.last_seen),
+                )
                 for n in self.registry.nodes()
+                if n.id in heard or ops.get(n.id) == "drain"
             }
             for node_id, (url, report, drained, received) in puts.items():
                 nodes.setdefault(node_id, (node_id, url, report, drained, now - received))
@@ -198,9 +229,19 @@ class RedisSync:
             raise
 
     def _rebuild(self) -> None:
+        """Replace the view with the snapshot's valid, live nodes, freshest first.
+
+        Freshest first and nothing silent past ``ttl_s``: when there are more
+        than ``registry.max_nodes``, stale junk must not take the places of
+        nodes that are heartbeating.
+        """
         snap = self.store.snapshot()
+        for bad in snap.bad:
+            self._warn_bad(bad)
         entries = []
-        for shared in snap.nodes:
+        for shared in sorted(snap.nodes, key=lambda n: n.age_s):
+            if shared.age_s > self.registry.ttl_s:
+                continue
             entry = self._entry(shared)
             if entry is not None:
                 entries.append(entry)
@@ -217,19 +258,35 @@ class RedisSync:
             else:
                 target = self.netpolicy.validate(shared.url)
         except (ProtocolError, NodeURLError) as exc:
-            log.warning("ignoring node %s from the shared registry: %s", shared.id, exc)
+            self._warn_bad(BadEntry(shared.id, str(exc)))
             return None
+        self._warned.pop(shared.id, None)
         return (shared.id, report, target, shared.age_s, shared.drained)
+
+    def _warn_bad(self, bad: BadEntry) -> None:
+        """One line per bad key (again only if its reason changes): junk must not flood logs."""
+        if self._warned.get(bad.key) == bad.reason:
+            return
+        if len(self._warned) >= 10_000:
+            self._warned.clear()
+        self._warned[bad.key] = bad.reason
+        log.warning("ignoring node %s from the shared registry: %s", bad.key, bad.reason)
 
     def _apply(self, data: bytes) -> None:
         try:
             event = parse_event(data)
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring a malformed registry message: %s", exc)
+        except BadEntry as exc:
+            self._warn_bad(exc)
             return
         if event["rev"] <= self._snapshot_rev:
             return  # already in the snapshot
-        node_id, op = str(event["id"]), event["op"]
+        try:
+            self._apply_event(event)
+        except Exception as exc:  # a bug must not take the link down; logged once per node
+            self._warn_bad(BadEntry(event["id"], f"not applied: {_describe(exc)}"))
+
+    def _apply_event(self, event: dict[str, Any]) -> None:
+        node_id, op = event["id"], event["op"]
         if op == "put":
             shared = SharedNode(
                 node_id, event["url"], event["report"], event["drained"], event["age_s"]
@@ -237,15 +294,25 @@ class RedisSync:
             entry = self._entry(shared)
             if entry is not None:
                 try:
-                    self.registry.upsert(
-                        node_id, entry[1], entry[2], age_s=entry[3], drained=entry[4]
-                    )
+                    self._upsert(entry)
                 except RegistryFull as exc:  # this worker's cap; the others may know it
                     log.warning("node %s from the shared registry not taken: %s", node_id, exc)
         elif op == "drain":
             self.registry.drain(node_id)
         elif op in ("delete", "expire"):
             self.registry.remove(node_id, "expired" if op == "expire" else "deleted")
+
+    def _upsert(self, entry: tuple) -> None:
+        """Apply a heartbeat; when full, a heartbeating node wins over one silent for 2/3 of ttl_s
+        (as for a registration this worker receives itself)."""
+        node_id, report, target, age_s, drained = entry
+        try:
+            self.registry.upsert(node_id, report, target, age_s=age_s, drained=drained)
+        except RegistryFull:
+            silent_s = self.registry.ttl_s * 2 / 3
+            if age_s >= silent_s or self.registry.evict_silent(silent_s) is None:
+                raise
+            self.registry.upsert(node_id, report, target, age_s=age_s, drained=drained)
 
     # -- writer -----------------------------------------------------------------------------
 
@@ -264,6 +331,9 @@ class RedisSync:
                 else:
                     self.store.remove(node_id, op)
             except Exception as exc:
+                if _refused_by_redis(exc):  # Redis answered: retrying the same write cannot help
+                    log.warning("registry write %s %s refused: %s", op, node_id, _describe(exc))
+                    continue
                 with self._pending_lock:
                     self._keep(op, node_id, args)
                 log.debug("registry write %s %s failed: %s", op, node_id, _describe(exc))
@@ -359,6 +429,15 @@ def _report_doc(node: Any) -> dict[str, Any]:
         instance_id=node.instance_id,
         risk=node.risk,
     ).to_json()
+
+
+def _refused_by_redis(exc: BaseException) -> bool:
+    """An error reply (a script error, NOPERM), not a broken link."""
+    try:
+        from redis.exceptions import ResponseError
+    except ImportError:
+        return False
+    return isinstance(exc, ResponseError)
 
 
 def _describe(exc: BaseException) -> str:

@@ -77,7 +77,9 @@ class Failure:
         if self.kind is FailureKind.STATUS:
             return self.status in UNHEALTHY_STATUS
         # A lost node is out of rotation already; a body too large would be so anywhere.
-        return self.kind not in (FailureKind.NODE_LOST, FailureKind.TOO_LARGE)
+        # A loop is a configuration error, and a 508 is something anyone between here
+        # and the router that answered it could send: never eject for it.
+        return self.kind not in (FailureKind.NODE_LOST, FailureKind.TOO_LARGE, FailureKind.LOOP)
 
     @property
     def retryable(self) -> bool:

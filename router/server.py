@@ -40,6 +40,11 @@ def guard_settings(cfg: RouterConfig) -> GuardSettings:
         max_connections_per_ip=server.max_connections_per_ip,
         exempt_networks=tuple(server.connection_cap_exempt),
         control_port=server.control_port,
+        trusted_proxies=tuple(server.trusted_proxies),
+        keepalive_s=server.keepalive_s,
+        keepalive_min_s=server.keepalive_min_s,
+        overload_start=server.overload_start_percent / 100,
+        overload_saturation=server.overload_saturation_percent / 100,
     )
 
 
@@ -80,7 +85,6 @@ class RouterApplication(BaseApplication):
         self.router_cfg = cfg
         self.node_token = node_token
         self.log_level = log_level
-        self.hop_id = os.urandom(8).hex()  # before the fork: one loop mark for all workers
         # Several workers: one /metrics for all of them (metrics_share says why), set up
         # here in the master, before any worker (or metric) exists.
         self.metrics_dir = None
@@ -105,9 +109,7 @@ class RouterApplication(BaseApplication):
         from .app import create_app
         from .service import RouterService
 
-        service = RouterService(
-            self.router_cfg, self.node_token, hop_id=self.hop_id, metrics_dir=self.metrics_dir
-        )
+        service = RouterService(self.router_cfg, self.node_token, metrics_dir=self.metrics_dir)
         service.start()
         server = self.router_cfg.server
         log.info(

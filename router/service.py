@@ -17,7 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from spotrelay.core.protocol import ProtocolError, parse_report, valid_instance_id, valid_node_id
+from spotrelay.core.protocol import (
+    NodeReport,
+    ProtocolError,
+    parse_report,
+    valid_instance_id,
+    valid_node_id,
+)
 
 from .assembly import assembled_answer
 from .auth import ControlPlaneAuth, DataPlaneAuth
@@ -69,7 +75,6 @@ class RouterService:
         clock: Callable[[], float] = time.monotonic,
         stream_handler_factory: Callable[[ProxyRequest, Proxy], StreamHandler] | None = None,
         pool_factory: Callable[[NodeTarget], Any] | None = None,
-        hop_id: str | None = None,
         metrics_dir: str | None = None,
     ) -> None:
         self.cfg = cfg
@@ -78,7 +83,6 @@ class RouterService:
         self.api_auth = DataPlaneAuth(cfg.auth.api_keys)
         # Random per router (made in the gunicorn master, so shared by its workers):
         # clients cannot forge it, so only a real loop carries it back.
-        self.hop_id = hop_id or os.urandom(8).hex()
         ports = (cfg.server.port, cfg.server.control_port)
         own = OwnEndpoints(cfg.server.host, ports, resolver=resolver)
         self.netpolicy = NetPolicy(cfg.registry.allowed_networks, resolver, own)
@@ -129,7 +133,6 @@ class RouterService:
             access_log=cfg.server.access_log,
             clock=clock,
             watchdog=self.watchdog,
-            hop_id=self.hop_id,
             client_watch=self.client_watch,
             stall=StallPolicy(
                 enabled=cfg.hedge.enabled,
@@ -214,7 +217,7 @@ class RouterService:
             log.warning("refused registration of node %s: %s", node_id, exc)
             return _bad(str(exc))
         try:
-            node, created = self.registry.upsert(node_id, report, target)
+            node, created = self._upsert(node_id, report, target)
         except RegistryFull as exc:
             log.warning("refused registration of node %s: %s", node_id, exc)
             return ControlResult(
@@ -227,6 +230,27 @@ class RouterService:
         if self.sync is not None:
             self.sync.put(node_id, node.url, report.to_json(), node.admin_drained)
         return ControlResult(200, self._node_ack(node, created))
+
+    def _upsert(self, node_id: str, report: NodeReport, target: NodeTarget) -> tuple[Node, bool]:
+        """Register; when full, a node silent for two thirds of ``ttl_s`` makes room.
+
+        Agents heartbeat every 2 s, so such a node has missed at least two
+        heartbeats (default ttl_s 6) and is on its way to expiry; a node
+        registering now wins over it (and over junk a shared view held).
+        """
+        try:
+            return self.registry.upsert(node_id, report, target)
+        except RegistryFull:
+            evicted = self.registry.evict_silent(self.registry.ttl_s * 2 / 3)
+            if evicted is None:
+                raise
+            log.warning(
+                "registry full: forgot node %s, silent for %.1fs, to register node %s",
+                evicted.id,
+                self.registry.clock() - evicted.last_seen,
+                node_id,
+            )
+            return self.registry.upsert(node_id, report, target)
 
     def drain_node(self, node_id: str) -> ControlResult:
         in_flight = self.registry.drain(node_id)

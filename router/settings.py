@@ -46,7 +46,9 @@ class Server:
         "connection pool (0: none)",
     )
     control_on_main_port: bool = setting(
-        True, help="also serve the control plane and /metrics on server.port (older configs)"
+        False,
+        help="also serve the control plane and /metrics on server.port (older agents that "
+        "heartbeat the main port; they then queue behind data-plane clients)",
     )
     header_timeout_s: float = setting(
         20, min=0.1, help="a request line and headers must arrive within this long"
@@ -58,7 +60,30 @@ class Server:
         1000, min=0, help="open connections per client address and listener (0: no cap)"
     )
     connection_cap_exempt: list[str] = setting(
-        default_factory=list, help="CIDRs without a per-address cap (the load balancer's subnets)"
+        default_factory=list,
+        help="CIDRs without any per-address cap (prefer trusted_proxies for a load balancer)",
+    )
+    trusted_proxies: list[str] = setting(
+        default_factory=list,
+        help="CIDRs of proxies (the load balancer's subnets) whose X-Forwarded-For names the "
+        "client: the per-address cap then counts that client's requests",
+    )
+    keepalive_min_s: float = setting(
+        1,
+        min=0,
+        help="idle keep-alive timeout once a listener is overload_saturation_percent full",
+    )
+    overload_start_percent: float = setting(
+        50,
+        min=1,
+        max=100,
+        help="share of worker_connections open on a listener where idle timeouts start to shrink",
+    )
+    overload_saturation_percent: float = setting(
+        90,
+        min=1,
+        max=100,
+        help="share of worker_connections where idle connections get keepalive_min_s",
     )
 
     def validate(self) -> None:
@@ -66,11 +91,18 @@ class Server:
             raise ConfigError(
                 "server.control_port", "must differ from server.port", self.control_port
             )
-        for i, net in enumerate(self.connection_cap_exempt):
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError:
-                raise ConfigError(f"server.connection_cap_exempt[{i}]", "not a CIDR", net) from None
+        for key in ("connection_cap_exempt", "trusted_proxies"):
+            for i, net in enumerate(getattr(self, key)):
+                try:
+                    ipaddress.ip_network(net, strict=False)
+                except ValueError:
+                    raise ConfigError(f"server.{key}[{i}]", "not a CIDR", net) from None
+        if self.overload_saturation_percent <= self.overload_start_percent:
+            raise ConfigError(
+                "server.overload_saturation_percent",
+                "must be above server.overload_start_percent",
+                self.overload_saturation_percent,
+            )
 
 
 @dataclass

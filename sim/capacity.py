@@ -124,7 +124,7 @@ class CapacityLoop:
         self.ready_timeout_s = ready_timeout_s
         self.asg = SimulatedAsg(options.spot_shortage, t0)
         self.queue = LocalQueue()
-        routers = RouterFleet(fleet.router_urls, fleet.token, timeout_s=2)
+        routers = RouterFleet(fleet.control_urls, fleet.token, timeout_s=2)
         self.routers = routers
         self.consumer = QueueConsumer(self.queue, self.queue.url, InterruptionHandler(routers))
         self.decider = FallbackDecider(

@@ -69,19 +69,20 @@ class RouterChaos:
 
     def _restart(self, index: int, name: str, traffic: TrafficDriver) -> None:
         url = self.fleet.routers[name][0]
+        control = self.fleet.control_url(name)
         record = RouterRestart(name, self._now())
         self.restarts.append(record)
         traffic.rotation.remove(index)
         deadline = time.monotonic() + self.drain_timeout_s
         while traffic.rotation.in_flight(index) and time.monotonic() < deadline:
             time.sleep(0.05)
-        for key, value in counters(url).items():
+        for key, value in counters(control).items():
             self._carried[key] = self._carried.get(key, 0.0) + value
         self.fleet.kill_router(name)
         record.killed = self._now()
         log.info("router %s SIGKILLed at %.1fs; restarting", name, record.killed)
         self.fleet.start_router(name, port=int(url.rsplit(":", 1)[1]))
-        nodes = self._shared_view(url)
+        nodes = self._shared_view(control)
         record.nodes_known_at_restart = sum(1 for n in nodes if n.get("state") == "ready")
         record.back = self._now()
         traffic.rotation.add(index)
@@ -111,7 +112,7 @@ class RouterChaos:
     def totals(self) -> dict[str, float]:
         """Every router's counters now, plus those of the processes killed earlier."""
         out = dict(self._carried)
-        for url in self.fleet.router_urls:
+        for url in self.fleet.control_urls:
             for key, value in counters(url).items():
                 out[key] = out.get(key, 0.0) + value
         return out

@@ -90,6 +90,8 @@ class LocalFleet:
         self.router_url = ""  # the first router's
         self.router: ManagedProcess | None = None
         self.routers: dict[str, tuple[str, ManagedProcess]] = {}  # name -> (url, process)
+        # name -> the control listener's port (/nodes, /instances, /metrics), kept on restarts
+        self.control_ports: dict[str, int] = {}
         self.nodes: dict[str, Node] = {}
         self._serial = 0
 
@@ -98,7 +100,11 @@ class LocalFleet:
         """Start (or restart, on its old port) one router and wait until it answers."""
         port = port or free_port()
         config = {
-            "server": {"host": HOST, "port": port, "control_port": free_port()},
+            "server": {
+                "host": HOST,
+                "port": port,
+                "control_port": self.control_ports.setdefault(name, free_port()),
+            },
             "auth": {"node_token": self.token, "node_token_file": None},
             "registry": {"ttl_s": 6},
             "routing": {"no_capacity_wait_s": 20},
@@ -125,7 +131,16 @@ class LocalFleet:
 
     @property
     def router_urls(self) -> list[str]:
+        """The data-plane URLs (clients)."""
         return [url for url, _proc in self.routers.values()]
+
+    @property
+    def control_urls(self) -> list[str]:
+        """The control listeners' URLs, in the order of :attr:`router_urls` (agents, operators)."""
+        return [self.control_url(name) for name in self.routers]
+
+    def control_url(self, name: str) -> str:
+        return f"http://{HOST}:{self.control_ports[name]}"
 
     def kill_router(self, name: str) -> None:
         """SIGKILL one router: a crash, not a shutdown (its open requests would be lost)."""
@@ -133,9 +148,9 @@ class LocalFleet:
 
     def router_nodes(self) -> list[dict[str, Any]]:
         """The fleet as the first router that answers ``GET /nodes`` sees it; empty if none."""
-        for url, proc in self.routers.values():
+        for name, (_url, proc) in self.routers.items():
             if proc.alive():
-                nodes = self.nodes_at(url)
+                nodes = self.nodes_at(self.control_url(name))
                 if nodes is not None:
                     return nodes
         return []
@@ -215,7 +230,7 @@ class LocalFleet:
             "node": {"id": name, "advertise_url": engine_url},
             "router": {
                 # One address per agent (round robin over routers): a load balancer's.
-                "urls": [self.router_urls[(self._serial - 1) % len(self.routers)]],
+                "urls": [self.control_urls[(self._serial - 1) % len(self.routers)]],
                 "node_token": self.token,
                 "node_token_file": None,
             },

@@ -5,7 +5,7 @@ Serves ``GET /health`` and streaming ``POST /v1/completions`` /
 streaming request gets the next :class:`Script` (the last one repeats): its
 text pieces as chunks, an optional finish chunk, then ``[DONE]`` or just the
 end of the body. Every request body is recorded, so a test can check what a
-continuation asked for. It stands in for engines such as llama.cpp's server,
+continuation asked for (and its headers). It stands in for engines such as llama.cpp's server,
 which ends a running stream cleanly and without a ``finish_reason``.
 """
 
@@ -36,6 +36,7 @@ class FakeEngine:
     url: str
     scripts: list[Script]
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)  # of each POST, as received
     chunk_id: str = "cmpl-fake"
 
     def next_script(self) -> Script:
@@ -72,6 +73,7 @@ def _handler(engine: FakeEngine) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            engine.headers.append(dict(self.headers.items()))
             engine.bodies.append(body)
             script = engine.next_script()
             chat = self.path.endswith("/chat/completions")

@@ -73,7 +73,7 @@ class Fleet:
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample of the router's ``/metrics``."""
-        return scrape(self.router.url + "/metrics", name, **labels)
+        return scrape(self.router.control_url + "/metrics", name, **labels)
 
 
 class Heartbeats:
@@ -125,7 +125,7 @@ def start_fleet(
     nodes = {}
     for name in names:
         nodes[name] = start_sim_vllm(procs, logdir, *sim_args, name=f"sim-{name}", model=MODEL)
-        register_node(router.url, ROUTER_TOKEN, name, nodes[name].url, MODEL, engine=VLLM)
+        register_node(router.control_url, ROUTER_TOKEN, name, nodes[name].url, MODEL, engine=VLLM)
     wait_until(
         lambda: requests.get(router.url + "/readyz", timeout=2).status_code == 200,
         timeout=10,

@@ -171,6 +171,8 @@ def fast_config(**sections: dict[str, Any]) -> RouterConfig:
 
     base: dict[str, dict[str, Any]] = {
         "auth": {"node_token": "node-secret"},
+        # Flask's test client has no listeners to tell apart: one app serves both planes.
+        "server": {"control_on_main_port": True},
         "routing": {"no_capacity_wait_s": 0.3},
         "retry": {"backoff_base_ms": 1, "backoff_max_ms": 2, "budget_wait_s": 0.2},
         "health": {"probe_interval_s": 0.05},

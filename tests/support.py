@@ -24,6 +24,7 @@ class Service:
     proc: ManagedProcess
     url: str
     port: int
+    control_url: str = ""  # routers: the control listener (/nodes, /instances, /metrics)
 
 
 def start_service(
@@ -131,11 +132,19 @@ def start_router(
     # Idle keep-alive connections hold a graceful stop this long: keep teardown quick.
     config.setdefault("server", {}).setdefault("graceful_timeout_s", 1)
     # Never the default control port: tests run in parallel.
-    config["server"].setdefault("control_port", free_port())
+    control_port = config["server"].setdefault("control_port", free_port())
+    # Some tests (tests/test_silent_nodes.py, tests/test_placement_e2e.py, helpers in
+    # tests/resume_fleet.py) still call /nodes and /metrics on the main port: they keep
+    # it until they move to ``Service.control_url``. The default (off) is tested in
+    # tests/test_router_security.py, whose routers set it explicitly.
+    config["server"].setdefault("control_on_main_port", True)
     path = logdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     args = ["router", "--config", str(path), "--host", HOST, *extra]
-    return start_service(procs, logdir, name, args, "/healthz", port=port, timeout=timeout, env=env)
+    svc = start_service(procs, logdir, name, args, "/healthz", port=port, timeout=timeout, env=env)
+    if control_port:
+        svc.control_url = f"http://{HOST}:{control_port}"
+    return svc
 
 
 def register_node(

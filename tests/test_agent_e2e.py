@@ -59,7 +59,7 @@ def get_json(url: str, token: str | None = None) -> Any:
 
 
 def nodes(router: Service) -> dict[str, dict[str, Any]]:
-    return router_nodes(router.url)
+    return router_nodes(router.control_url)
 
 
 def node_state(router: Service, node_id: str) -> str | None:
@@ -159,7 +159,7 @@ def make_node(
     imds = start_imds(procs, logdir, "--instance-id", instance_id, "--az", "us-east-1b")
     engine = start_sim_vllm(procs, logdir, *engine_args, model=model)
     config: dict[str, Any] = {
-        "router": {"urls": [router.url], "node_token": ROUTER_TOKEN},
+        "router": {"urls": [router.control_url], "node_token": ROUTER_TOKEN},
         "engine": {"url": engine.url, "model": model, "systemd_unit": None},
         "imds": {"url": imds.url, "poll_interval_s": POLL},
         "heartbeat": {"interval_s": 0.5},
@@ -227,7 +227,7 @@ def test_spot_notice_drains_before_the_deadline(
         assert labels == {"instance_type": "g6.xlarge", "az": "us-east-1b", "lifecycle": "spot"}
         # A second node serving the same model, registered by hand, takes the traffic.
         other = start_sim_vllm(procs, logdir, model=model, name="vllm-other")
-        register_node(router.url, ROUTER_TOKEN, "other-node", other.url, model)
+        register_node(router.control_url, ROUTER_TOKEN, "other-node", other.url, model)
 
         # A long stream in flight on our node when the notice arrives.
         result: dict[str, str] = {}

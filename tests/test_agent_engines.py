@@ -189,7 +189,7 @@ def test_agent_reports_engines_and_drains_without_metrics(
         imds = start_imds(procs, logdir, "--instance-id", instance, name=f"imds-{node_id}")
         config = {
             "node": {"id": node_id, "advertise_url": engine.url},
-            "router": {"urls": [router.url], "node_token": ROUTER_TOKEN},
+            "router": {"urls": [router.control_url], "node_token": ROUTER_TOKEN},
             "engine": {
                 "url": engine.url,
                 "model": "m-openai",
@@ -205,11 +205,11 @@ def test_agent_reports_engines_and_drains_without_metrics(
         agents[node_id] = imds
 
     def both_ready() -> bool:
-        nodes = router_nodes(router.url)
+        nodes = router_nodes(router.control_url)
         return all(nodes.get(n, {}).get("state") == "ready" for n in agents)
 
     wait_until(both_ready, timeout=20, what="both nodes ready")
-    nodes = router_nodes(router.url)
+    nodes = router_nodes(router.control_url)
     assert nodes["n-vllm"]["engine"] == {
         "kind": "vllm",
         "version": "0.0.0+spotrelay.sim",
@@ -231,7 +231,7 @@ def test_agent_reports_engines_and_drains_without_metrics(
     t0 = time.monotonic()
     post_json(f"{imds.url}/_control/spot", {"action": "terminate", "lead_s": 25})
     wait_until(
-        lambda: "n-plain" not in router_nodes(router.url),
+        lambda: "n-plain" not in router_nodes(router.control_url),
         timeout=15,
         what="n-plain drained and deregistered",
     )
@@ -260,14 +260,14 @@ def test_router_restores_an_ejected_engine_without_health(
             },
         },
     )
-    register_node(router.url, ROUTER_TOKEN, "plain", engine.url, "m-openai")
+    register_node(router.control_url, ROUTER_TOKEN, "plain", engine.url, "m-openai")
     post_json(f"{engine.url}/_control/faults", {"error_status": 503, "error_count": 1})
     body = {"model": "m-openai", "prompt": "hi", "max_tokens": 2}
     with pytest.raises(urllib.error.HTTPError):
         _post(f"{router.url}/v1/completions", body)
-    assert router_nodes(router.url)["plain"]["ejection"]["count"] == 1
+    assert router_nodes(router.control_url)["plain"]["ejection"]["count"] == 1
     wait_until(
-        lambda: router_nodes(router.url)["plain"]["state"] == "ready",
+        lambda: router_nodes(router.control_url)["plain"]["state"] == "ready",
         timeout=10,
         what="the ejected node restored by the /v1/models probe",
     )

@@ -139,7 +139,8 @@ def node_under_agent(
     node_id = f"n-{model}"
     config = {
         "node": {"id": node_id, "advertise_url": sim.url},
-        "router": {"urls": [router.url], "node_token": ROUTER_TOKEN, "node_token_file": None},
+        "router": {"urls": [router.control_url], "node_token": ROUTER_TOKEN,
+                   "node_token_file": None},
         "engine": {"url": sim.url, "model": model, "systemd_unit": None, "process_name": None,
                    **engine},
         "imds": {"url": imds.url, "poll_interval_s": 0.5},
@@ -147,7 +148,7 @@ def node_under_agent(
         "state_dir": str(logdir / "state"),
     }  # fmt: skip
     agent = start_agent(procs, logdir, config)
-    wait_until(lambda: reported(router.url, node_id) == "ready", timeout=20, what="ready")
+    wait_until(lambda: reported(router.control_url, node_id) == "ready", timeout=20, what="ready")
     return router, sim, agent, node_id
 
 
@@ -161,7 +162,7 @@ def test_frozen_engine_is_reported_unhealthy_within_seconds_then_ready(
     try:
         # probe every heartbeat (0.5 s) + the 1 s health timeout, then sent at once
         wait_until(
-            lambda: reported(router.url, node_id) == "unhealthy",
+            lambda: reported(router.control_url, node_id) == "unhealthy",
             timeout=4,
             interval=0.05,
             what="the router to see the node unhealthy",
@@ -171,7 +172,9 @@ def test_frozen_engine_is_reported_unhealthy_within_seconds_then_ready(
         assert agent.metric("spotrelay_agent_heartbeats_total") > heartbeats
     finally:
         sim.proc.signal(signal.SIGCONT)
-    wait_until(lambda: reported(router.url, node_id) == "ready", timeout=5, what="ready again")
+    wait_until(
+        lambda: reported(router.control_url, node_id) == "ready", timeout=5, what="ready again"
+    )
     assert agent.metric("spotrelay_agent_engine_ready") == 1
     assert "engine unhealthy (GET /health" in agent.proc.tail(400)
     assert frozen_for < 4
@@ -195,7 +198,7 @@ def test_engine_generating_nothing_with_work_running_is_reported_unhealthy(
         post_json(sim.url + "/_control/faults", {"stall": True})  # the GPU hangs
         t0 = time.monotonic()
         wait_until(
-            lambda: reported(router.url, node_id) == "unhealthy",
+            lambda: reported(router.control_url, node_id) == "unhealthy",
             timeout=6,
             interval=0.05,
             what="the router to see the hung engine unhealthy",
@@ -220,10 +223,12 @@ def test_engine_generating_nothing_with_work_running_is_reported_unhealthy(
             timeout=10,
             what="two canary requests",
         )
-        assert reported(router.url, node_id) == "unhealthy"
+        assert reported(router.control_url, node_id) == "unhealthy"
     finally:
         stream.close()
         post_json(sim.url + "/_control/faults", {"stall": False})
-    wait_until(lambda: reported(router.url, node_id) == "ready", timeout=6, what="ready again")
+    wait_until(
+        lambda: reported(router.control_url, node_id) == "ready", timeout=6, what="ready again"
+    )
     assert "the stalled engine answered a one-token request" in agent.proc.tail(400)
     assert agent.metric("spotrelay_agent_engine_unhealthy_total") == 1  # no flapping

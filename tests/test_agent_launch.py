@@ -64,7 +64,7 @@ def launch_asg(moto: str, name: str) -> MotoAsg:
 
 def front_for(moto: str, router: Service, instance_id: str) -> RecordingFront:
     front = RecordingFront(moto)
-    front.router_url = router.url
+    front.router_url = router.control_url
     front.node_seen = []
     front.arm(instance_id)  # the instance waits in Pending:Wait
     return front
@@ -195,7 +195,9 @@ def test_engine_that_dies_after_launch_gets_the_instance_replaced(
             what="SetInstanceHealth(Unhealthy) in moto",
         )
         assert time.time() - t0 >= 2  # not before engine.unhealthy_after_s
-        assert router_nodes(router.url).get(node.node_id) is None  # drained and deregistered
+        assert (
+            router_nodes(router.control_url).get(node.node_id) is None
+        )  # drained and deregistered
         assert agent.metric("spotrelay_agent_self_heal_total", result="triggered") == 1
         assert agent.metric("spotrelay_agent_self_heal_total", result="set_unhealthy") == 1
         assert agent.metric("spotrelay_agent_drains_total", reason="engine_unhealthy") == 1

@@ -53,7 +53,7 @@ def link_for(router: Service) -> Iterator:
     links: list[RouterLink] = []
 
     def make(reports: Reports, interval_s: float) -> RouterLink:
-        client = RouterClient(router.url, "n1", ROUTER_TOKEN, timeout_s=2)
+        client = RouterClient(router.control_url, "n1", ROUTER_TOKEN, timeout_s=2)
         link = RouterLink(client, interval_s, reports, threading.Event())
         links.append(link)
         link.start()
@@ -72,17 +72,19 @@ def test_heartbeats_go_on_after_a_pass_that_raised(router: Service, engine_url: 
     assert link.is_alive()
     acked = link.acked_at
     wait_until(lambda: link.acked_at != acked, timeout=5, what="another acknowledged heartbeat")
-    assert router_nodes(router.url)["n1"]["state"] == "ready"
+    assert router_nodes(router.control_url)["n1"]["state"] == "ready"
 
 
 def test_a_state_change_reaches_the_router_at_once(router: Service, engine_url: str, link_for):
     reports = Reports(engine_url)
     link = link_for(reports, 3600)  # no second heartbeat by the clock during this test
-    wait_until(lambda: "n1" in router_nodes(router.url), timeout=10, what="the first heartbeat")
+    wait_until(
+        lambda: "n1" in router_nodes(router.control_url), timeout=10, what="the first heartbeat"
+    )
     reports.state = NodeState.DRAINING
     link.wake()
     wait_until(
-        lambda: router_nodes(router.url)["n1"]["state"] == "draining",
+        lambda: router_nodes(router.control_url)["n1"]["state"] == "draining",
         timeout=5,
         what="the draining report, sent when woken",
     )

@@ -57,7 +57,7 @@ pytestmark = pytest.mark.usefixtures("fake_aws_env")
 
 @pytest.fixture
 def router(procs, logdir) -> Iterator[str]:
-    yield start_router(procs, logdir).url
+    yield start_router(procs, logdir).control_url  # control plane only
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ from tests.lifecycle_front import LifecycleFront, autoscaling_client
 from tests.raw_server import RawServer
 from tests.support import (
     ROUTER_TOKEN,
+    Service,
     register_node,
     router_nodes,
     start_router,
@@ -51,8 +52,14 @@ pytestmark = pytest.mark.usefixtures("fake_aws_env")
 
 
 @pytest.fixture
-def router(procs, logdir) -> Iterator[str]:
-    yield start_router(procs, logdir).url
+def router_service(procs, logdir) -> Service:
+    return start_router(procs, logdir)
+
+
+@pytest.fixture
+def router(router_service: Service) -> Iterator[str]:
+    """The router's control listener: what the controller and agents talk to."""
+    yield router_service.control_url
 
 
 def lifecycle_setup(
@@ -205,7 +212,7 @@ def test_the_lambda_schedules_its_check_and_completes_on_the_next_invocation(
 
 
 def test_requests_in_flight_on_a_silent_agent_s_node_hold_the_action(
-    moto_endpoint: str, router: str
+    moto_endpoint: str, router: str, router_service: Service
 ) -> None:
     """A request still streams from the node of a silent agent: the checks keep the hook
     alive with RecordLifecycleActionHeartbeat and complete only once the routers report
@@ -226,7 +233,7 @@ def test_requests_in_flight_on_a_silent_agent_s_node_hold_the_action(
 
     def client_request() -> None:
         req = urllib.request.Request(
-            router + "/v1/completions",
+            router_service.url + "/v1/completions",
             data=json.dumps({"model": "m", "prompt": "hi", "max_tokens": 1}).encode(),
             headers={"Content-Type": "application/json"},
         )

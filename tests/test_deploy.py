@@ -260,14 +260,17 @@ def test_up_status_down(tmp_path: Path, procs, logdir: Path, moto_url: str) -> N
     router = start_router(
         procs, logdir, {"auth": {"node_token": token}, "registry": {"ttl_s": 600}}
     )
-    register_node(router.url, token, "i-0abc1234", "http://127.0.0.1:8000", "qwen")
+    register_node(router.control_url, token, "i-0abc1234", "http://127.0.0.1:8000", "qwen")
 
     deploy = write_yaml(
         tmp_path / "deploy.yaml",
         minimal(
             terraform={"binary": str(shim), "dir": str(d)},
             pool={"min_size": 1, "desired_capacity": 2},
-            variables={"test_router_url": router.url},
+            variables={
+                "test_router_url": router.url,
+                "test_router_control_url": router.control_url,
+            },
             status={"aws_endpoint_url": moto_url},
             up={"poll_interval_s": 0.5, "preflight": False},
         ),
@@ -302,7 +305,9 @@ def test_up_status_down(tmp_path: Path, procs, logdir: Path, moto_url: str) -> N
     # waits for the group's actual desired count (2), not pool.desired_capacity,
     # which Terraform applies only when it creates the group, and says so.
     for port, iid in enumerate(instances, 8001):
-        register_node(router.url, token, iid, f"http://127.0.0.1:{port}", "qwen", instance_id=iid)
+        register_node(
+            router.control_url, token, iid, f"http://127.0.0.1:{port}", "qwen", instance_id=iid
+        )
     env = {"SPOTRELAY_POOL_DESIRED_CAPACITY": "3"}
     up = cli("up", "--config", str(deploy), "--wheel", str(wheel), env=env)
     assert up.returncode == 0, up.stdout + up.stderr
@@ -349,7 +354,7 @@ def test_status_reports_each_side(tmp_path: Path, procs, logdir: Path, moto_url:
         {
             "deployment": {"region": REGION},
             "status": {
-                "router_url": router.url,
+                "router_url": router.control_url,
                 "node_token": "wrong-token",
                 "asg_name": "no-such-group",
                 "aws_endpoint_url": moto_url,
@@ -374,13 +379,13 @@ def test_status_reads_the_shared_view(tmp_path: Path, procs, logdir: Path, moto_
     shared = {"registry": {"backend": "redis", "redis_url": local.url}, "server": {"workers": 1}}
     a = start_router(procs, logdir, shared, name="router-a")
     b = start_router(procs, logdir, shared, name="router-b")
-    register_node(a.url, ROUTER_TOKEN, "i-0aaa1111", "http://127.0.0.1:8000", "qwen")
+    register_node(a.control_url, ROUTER_TOKEN, "i-0aaa1111", "http://127.0.0.1:8000", "qwen")
     make_group(moto_url, "shared-gpu", desired=1)
     deploy = write_yaml(
         tmp_path / "deploy.yaml",
         {
             "deployment": {"region": REGION},
-            "status": {"router_url": b.url, "node_token": ROUTER_TOKEN,
+            "status": {"router_url": b.control_url, "node_token": ROUTER_TOKEN,
                        "asg_name": "shared-gpu", "aws_endpoint_url": moto_url},
         },
     )  # fmt: skip
@@ -462,8 +467,10 @@ def test_scale_resizes_the_group_and_waits_for_ready_nodes(
         procs, logdir, {"auth": {"node_token": token}, "registry": {"ttl_s": 600}}
     )
     for port, iid in enumerate(instances, 8001):
-        register_node(router.url, token, iid, f"http://127.0.0.1:{port}", "qwen", instance_id=iid)
-    status = {"router_url": router.url, "node_token": token, "asg_name": "t1-gpu",
+        register_node(
+            router.control_url, token, iid, f"http://127.0.0.1:{port}", "qwen", instance_id=iid
+        )
+    status = {"router_url": router.control_url, "node_token": token, "asg_name": "t1-gpu",
               "aws_endpoint_url": moto_url}  # fmt: skip
     deploy = write_yaml(
         tmp_path / "d.yaml",
@@ -491,7 +498,9 @@ def test_scale_resizes_the_group_and_waits_for_ready_nodes(
         wait_until(lambda: len(group()["Instances"]) == 3, timeout=30, what="a third instance")
         (new,) = {i["InstanceId"] for i in group()["Instances"]} - set(instances)
         assert scale.poll() is None  # still waiting: the new node is not ready yet
-        register_node(router.url, token, new, "http://127.0.0.1:8009", "qwen", instance_id=new)
+        register_node(
+            router.control_url, token, new, "http://127.0.0.1:8009", "qwen", instance_id=new
+        )
         out, err = scale.communicate(timeout=60)
     finally:
         if scale.poll() is None:

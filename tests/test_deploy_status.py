@@ -130,12 +130,14 @@ def test_status_per_instance_spot_and_on_demand(
     on_demand = make_group(front.moto, "st-gpu", desired=2)
     spot = add_spot_instance(front.moto, "st-gpu")
     router = start_router(procs, logdir)
-    register_node(router.url, ROUTER_TOKEN, spot, "http://127.0.0.1:8000", "m", instance_id=spot)
     register_node(
-        router.url, ROUTER_TOKEN, on_demand[0], "http://127.0.0.1:8001", "m",
+        router.control_url, ROUTER_TOKEN, spot, "http://127.0.0.1:8000", "m", instance_id=spot
+    )
+    register_node(
+        router.control_url, ROUTER_TOKEN, on_demand[0], "http://127.0.0.1:8001", "m",
         state="draining", instance_id=on_demand[0],
     )  # fmt: skip
-    deploy = status_config(tmp_path, router.url, front.url, never_registered_after_s=0)
+    deploy = status_config(tmp_path, router.control_url, front.url, never_registered_after_s=0)
 
     proc = cli("status", "--config", str(deploy))
     text = proc.stdout
@@ -165,12 +167,14 @@ def test_status_exits_non_zero_when_no_node_is_ready(
 ) -> None:
     (iid,) = make_group(front.moto, "st-none", desired=1)  # moto's state is per process
     router = start_router(procs, logdir)
-    deploy = status_config(tmp_path, router.url, front.url, "st-none")  # the hook's 1200 s
+    deploy = status_config(tmp_path, router.control_url, front.url, "st-none")  # the hook's 1200 s
     proc = cli("status", "--config", str(deploy))
     assert proc.returncode == 1
     assert "no node is ready" in proc.stderr
     assert "never registered" not in row_of(proc.stdout, iid)  # young: still starting
-    register_node(router.url, ROUTER_TOKEN, iid, "http://127.0.0.1:8000", "m", instance_id=iid)
+    register_node(
+        router.control_url, ROUTER_TOKEN, iid, "http://127.0.0.1:8000", "m", instance_id=iid
+    )
     assert cli("status", "--config", str(deploy)).returncode == 0
 
 

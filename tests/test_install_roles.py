@@ -117,7 +117,7 @@ def test_agent_install_runs_agent_help_and_check_against_the_imds_emulator(
     cfg.write_text(
         yaml.safe_dump(
             {
-                "router": {"urls": [router.url], "node_token": ROUTER_TOKEN},
+                "router": {"urls": [router.control_url], "node_token": ROUTER_TOKEN},
                 "engine": {"url": engine.url, "model": "m-wheel", "systemd_unit": None},
                 "imds": {"url": imds.url},
                 "state_dir": str(tmp_path / "state"),

@@ -80,11 +80,14 @@ def start_node(procs: ProcessGroup, logdir: Path, node: NsNode, router_url: str,
     return engine_url
 
 
-def start_router(procs: ProcessGroup, logdir: Path, host: str) -> str:
-    """The router, product defaults, on the lab's router address in the root namespace."""
-    port = free_port()
+def start_router(procs: ProcessGroup, logdir: Path, host: str) -> tuple[str, str]:
+    """The router, product defaults, on the lab's router address in the root namespace.
+
+    Its data URL and its control URL (agents heartbeat the control listener).
+    """
+    port, control_port = free_port(), free_port()
     config = {
-        "server": {"host": host, "port": port, "control_port": free_port(),
+        "server": {"host": host, "port": port, "control_port": control_port,
                    "graceful_timeout_s": 1},
         "auth": {"node_token": ROUTER_TOKEN},
     }  # fmt: skip
@@ -98,7 +101,7 @@ def start_router(procs: ProcessGroup, logdir: Path, host: str) -> str:
             log_path=logdir / "router.log",
         )
     ).wait_ready(lambda: http_ok(url + "/healthz"))
-    return url
+    return url, f"http://{host}:{control_port}"
 
 
 def running(engine_url: str) -> int:
@@ -121,11 +124,11 @@ def test_stream_survives_its_node_being_cut_off(procs: ProcessGroup, logdir: Pat
         pytest.skip(f"network partition test: {exc}")
     try:
         nodes = [lab.add_node(), lab.add_node()]
-        router = start_router(procs, logdir, lab.router_ip)
-        engines = [start_node(procs, logdir, node, router, i) for i, node in enumerate(nodes)]
+        router, control = start_router(procs, logdir, lab.router_ip)
+        engines = [start_node(procs, logdir, node, control, i) for i, node in enumerate(nodes)]
         wait_until(
             lambda: all(
-                router_nodes(router).get(f"part-{i}", {}).get("state") == "ready" for i in (0, 1)
+                router_nodes(control).get(f"part-{i}", {}).get("state") == "ready" for i in (0, 1)
             ),
             timeout=30,
             what="both nodes ready at the router",

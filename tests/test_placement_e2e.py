@@ -75,7 +75,9 @@ def test_turns_stay_on_one_node_and_a_resume_goes_where_the_prefix_is(procs, log
     )
     assert fleet.metric("spotrelay_router_stream_resumes_total") >= 1
     assert requests.get(
-        fleet.router.url + "/nodes", headers={"Authorization": f"Bearer {ROUTER_TOKEN}"}, timeout=5
+        fleet.router.control_url + "/nodes",
+        headers={"Authorization": f"Bearer {ROUTER_TOKEN}"},
+        timeout=5,
     ).ok
 
 
@@ -83,7 +85,7 @@ def test_long_requests_keep_off_a_node_at_risk_short_ones_do_not(procs, logdir):
     """One node reports ``risk: elevated`` (its agent saw a rebalance recommendation)."""
     fleet = start_fleet(procs, logdir, ["calm", "risky"], "--ttft-ms", "1", "--itl-ms", "1")
     register_node(
-        fleet.router.url, ROUTER_TOKEN, "risky", fleet.nodes["risky"].url, MODEL,
+        fleet.router.control_url, ROUTER_TOKEN, "risky", fleet.nodes["risky"].url, MODEL,
         engine=VLLM, risk="elevated",
     )  # fmt: skip
     url = fleet.router.url + CHAT

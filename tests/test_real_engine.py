@@ -139,7 +139,9 @@ def router_with(procs: ProcessGroup, logdir: Path) -> Service:
 
 def register(router: Service, node_id: str, engine: Service, running: int = 0) -> None:
     """A hand registration; ``running`` steers the balancer (the less loaded node wins)."""
-    register_node(router.url, ROUTER_TOKEN, node_id, engine.url, MODEL, load={"running": running})
+    register_node(
+        router.control_url, ROUTER_TOKEN, node_id, engine.url, MODEL, load={"running": running}
+    )
 
 
 class Stream:
@@ -208,7 +210,9 @@ def assert_joins_seamlessly(texts: list[str], start: int, engine_url: str, n: in
 
 
 def resumes(router: Service, outcome: str = "ok") -> float:
-    return scrape(router.url + "/metrics", "spotrelay_router_stream_resumes_total", outcome=outcome)
+    return scrape(
+        router.control_url + "/metrics", "spotrelay_router_stream_resumes_total", outcome=outcome
+    )
 
 
 # ------------------------------------------------------------------ tests
@@ -250,7 +254,7 @@ def test_non_streaming_request_to_a_dead_engine_is_retried(
         model=MODEL, messages=[{"role": "user", "content": "Say hi"}], max_tokens=8
     )
     assert chat.choices[0].message.content and chat.choices[0].finish_reason
-    retried = scrape(router.url + "/metrics", "spotrelay_router_retries_total")
+    retried = scrape(router.control_url + "/metrics", "spotrelay_router_retries_total")
     assert retried >= 1
 
 
@@ -311,7 +315,7 @@ def test_assembled_answers_on_llama_cpp_and_why_it_is_not_assembled(
     for kind in ("llama.cpp", "vllm"):
         config = {"registry": {"ttl_s": 600}, "routing": {"assemble_non_streaming": [kind]}}
         routers[kind] = router = start_router(procs, logdir, config, name=f"router-{kind}")
-        register_node(router.url, ROUTER_TOKEN, "llama", engine.url, MODEL, engine=llama)
+        register_node(router.control_url, ROUTER_TOKEN, "llama", engine.url, MODEL, engine=llama)
     cases = {
         "/v1/completions": {"prompt": PROMPT, "max_tokens": 8, "logprobs": 2},
         "/v1/chat/completions": {"messages": [{"role": "user", "content": "Say hi"}],
@@ -343,7 +347,7 @@ def test_agent_detects_llama_cpp_and_registers_it(procs: ProcessGroup, logdir: P
         logdir,
         {
             "node": {"id": "llama", "advertise_url": engine.url},
-            "router": {"urls": [router.url], "node_token": ROUTER_TOKEN},
+            "router": {"urls": [router.control_url], "node_token": ROUTER_TOKEN},
             "engine": {
                 "url": engine.url,
                 "model": MODEL,
@@ -356,11 +360,11 @@ def test_agent_detects_llama_cpp_and_registers_it(procs: ProcessGroup, logdir: P
         },
     )
     wait_until(
-        lambda: router_nodes(router.url).get("llama", {}).get("state") == "ready",
+        lambda: router_nodes(router.control_url).get("llama", {}).get("state") == "ready",
         timeout=30,
         what="the llama.cpp node to register",
     )
-    node = router_nodes(router.url)["llama"]
+    node = router_nodes(router.control_url)["llama"]
     assert node["engine"] == {
         "kind": "llama.cpp",
         "version": version("llama-cpp-python"),

@@ -201,3 +201,53 @@ def test_a_deleted_node_is_not_brought_back_by_an_older_view(local: LocalRedis) 
     assert store.drain("x") > 0 and store.snapshot().nodes[0].drained
     assert store.put("x", report["url"], report, False) > 0
     assert store.snapshot().nodes[0].drained  # a heartbeat never clears a drain
+
+
+def test_a_node_deleted_from_redis_is_not_written_back_by_a_worker_that_only_learned_of_it(
+    local: LocalRedis,
+) -> None:
+    """Write-back sends what this worker heard from a node, not everything it learned."""
+    w1 = Worker(local.url)
+    store = RedisStore(redis_client(local.url, None, 0.5), PREFIX, 15.0)
+    store.client.connection_pool.connection_kwargs["client_name"] = "learner"
+    w2 = Worker(local.url, store)
+    try:
+        wait_until(lambda: w1.sync.up and w2.sync.up, timeout=10, what="both syncs up")
+        w1.heartbeat("x", 1)
+        agree((w1, w2), {"x": "ready"}, "x everywhere")
+        client = redis.Redis.from_url(local.url, decode_responses=True)
+        client.delete(f"{PREFIX}:node:x")  # behind the routers' backs: no message
+        client.srem(f"{PREFIX}:nodes", "x")
+        for conn in client.client_list():  # w2 reconnects, writes back, rebuilds
+            if conn["name"] == "learner":
+                client.client_kill_filter(_id=conn["id"])
+        wait_until(lambda: not w2.states(), timeout=10, what="w2's rebuild without x")
+        assert client.smembers(f"{PREFIX}:nodes") == set()
+    finally:
+        w1.sync.stop()
+        w2.sync.stop()
+
+
+def test_keys_of_the_wrong_type_make_one_entry_unreadable_not_every_script_fail(
+    local: LocalRedis,
+) -> None:
+    """Someone wrote our keys with other types: writes repair them, snapshots report them."""
+    client = redis.Redis.from_url(local.url, decode_responses=True)
+    client.set(f"{PREFIX}:node:x", "not a hash")
+    client.sadd(f"{PREFIX}:nodes", "x", "y")
+    client.lpush(f"{PREFIX}:node:y", "a list")
+    client.set(f"{PREFIX}:rev", "not a number")
+    store = RedisStore(redis_client(local.url, None, 1.0), PREFIX, 15.0)
+    snap = store.snapshot()
+    assert snap.nodes == [] and sorted(b.key for b in snap.bad) == ["x", "y"]
+    report = {"url": "http://10.0.0.9:8000", "models": ["m"]}
+    rev = store.put("x", report["url"], report, False)
+    assert rev > 1_000_000_000_000, (
+        "a revision counter that is not a number restarts from the clock"
+    )
+    assert store.put("x", report["url"], report, False) == rev + 1
+    assert store.drain("y") == 0  # not a node hash: nothing to drain
+    assert store.remove("y") > rev
+    client.set(f"{PREFIX}:nodes", "not a set")
+    assert store.put("z", report["url"], report, False) > 0
+    assert [n.id for n in store.snapshot().nodes] == ["z"]

@@ -291,7 +291,7 @@ def test_continuation_waits_for_a_replacement_node(procs: ProcessGroup, logdir: 
         )
         timeline["broke"] = time.monotonic()
         time.sleep(2)  # the replacement's boot, as the scenario has it (not a synchronisation)
-        register_node(fleet.router.url, ROUTER_TOKEN, "b", spare.url, MODEL, engine=VLLM)
+        register_node(fleet.router.control_url, ROUTER_TOKEN, "b", spare.url, MODEL, engine=VLLM)
         timeline["registered"] = time.monotonic()
 
     helper = threading.Thread(target=replace_node)
@@ -363,7 +363,7 @@ def test_sigkilled_node_loses_no_stream(procs: ProcessGroup, logdir: Path) -> No
 
     def busy() -> bool:
         nodes = requests.get(
-            fleet.router.url + "/nodes",
+            fleet.router.control_url + "/nodes",
             headers={"Authorization": f"Bearer {ROUTER_TOKEN}"},
             timeout=5,
         ).json()

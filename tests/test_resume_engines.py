@@ -42,18 +42,24 @@ class Fleet:
 
     def breaks(self, reason: str) -> float:
         return scrape(
-            self.router.url + "/metrics", "spotrelay_router_stream_breaks_total", reason=reason
+            self.router.control_url + "/metrics",
+            "spotrelay_router_stream_breaks_total",
+            reason=reason,
         )
 
     def resumes(self, outcome: str) -> float:
         return scrape(
-            self.router.url + "/metrics", "spotrelay_router_stream_resumes_total", outcome=outcome
+            self.router.control_url + "/metrics",
+            "spotrelay_router_stream_resumes_total",
+            outcome=outcome,
         )
 
     def register(
         self, node_id: str, url: str, engine: dict | None = None, model: str = MODEL
     ) -> None:
-        register_node(self.router.url, ROUTER_TOKEN, node_id, url, model, engine=engine or VLLM)
+        register_node(
+            self.router.control_url, ROUTER_TOKEN, node_id, url, model, engine=engine or VLLM
+        )
 
 
 @pytest.fixture(scope="module")

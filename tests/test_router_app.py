@@ -78,6 +78,14 @@ def test_register_list_drain_delete(client):
         ("a", json.dumps(report("http://8.8.8.8:8000")).encode(), "allowed_networks"),
         ("a", json.dumps(report("file:///etc/passwd")).encode(), "scheme"),
         ("a", json.dumps(report("http://[fe80::1]:80")).encode(), "always refused"),
+        # registration limits: metric label values, log fields, JSON of every GET /nodes
+        ("a", json.dumps({"url": A, "models": ["m" * 60_000]}).encode(), "1-256 printable"),
+        ("a", json.dumps({"url": A, "models": ["evil\nFORGED"]}).encode(), "'models' entry"),
+        ("a", json.dumps({"url": A, "models": [f"m{i}" for i in range(65)]}).encode(), "at most"),
+        ("a", json.dumps(report(A, labels={"k" * 65: "v"})).encode(), "label key"),
+        ("a", json.dumps(report(A, labels={"az": "x" * 257})).encode(), "label 'az'"),
+        ("a", json.dumps(report(A, labels={"az": "a\u202eb"})).encode(), "printable"),
+        ("a", json.dumps(report(A, labels={"az": {"nested": 1}})).encode(), "a string"),
     ],
 )
 def test_bad_registrations_are_400_with_a_reason(client, node_id, body, message):

@@ -169,7 +169,7 @@ def test_responses_node_sigkilled_before_first_output_is_retried(
     assert events[-1].response.output_text == chat_text(
         fleet, [{"role": "user", "content": "Survive."}], 8
     )
-    retries = scrape(fleet.router.url + "/metrics", "spotrelay_router_retries_total")
+    retries = scrape(fleet.router.control_url + "/metrics", "spotrelay_router_retries_total")
     assert retries >= 1
 
 
@@ -297,7 +297,7 @@ def upload_router(procs: ProcessGroup, logdir: Path) -> Iterator[tuple[str, Reco
     engine.thread.start()
     try:
         router = start_router(procs, logdir, {"routing": {"max_body_bytes": 1_000_000}})
-        register_node(router.url, ROUTER_TOKEN, "whisper-1", engine.url, "whisper")
+        register_node(router.control_url, ROUTER_TOKEN, "whisper-1", engine.url, "whisper")
         yield router.url, engine
     finally:
         engine.shutdown()

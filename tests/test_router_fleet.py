@@ -21,6 +21,7 @@ import requests
 
 from spotrelay.core.net import free_port, wait_until
 from spotrelay.core.processes import ProcessGroup
+from spotrelay.core.protocol import valid_node_id
 from spotrelay.sim.redis_local import LocalRedis, NoRedisServer, start_local_redis
 from tests.support import (
     ROUTER_TOKEN,
@@ -59,7 +60,7 @@ def start_redis(
 
 def view(router: Service) -> tuple[str, str, dict[str, dict]]:
     """One fresh connection's ``GET /nodes``: (worker id, registry state, nodes by id)."""
-    parts = urlsplit(router.url)
+    parts = urlsplit(router.control_url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
     try:
         conn.request("GET", "/nodes", headers={"Authorization": f"Bearer {ROUTER_TOKEN}"})
@@ -110,7 +111,7 @@ def complete(router: Service, timeout: float = 30) -> requests.Response:
 
 def backend_up(router: Service) -> float:
     """The backend gauge of whichever worker answers."""
-    text = requests.get(f"{router.url}/metrics", timeout=5).text
+    text = requests.get(f"{router.control_url}/metrics", timeout=5).text
     for line in text.splitlines():
         if line.startswith("spotrelay_router_registry_backend_up{"):
             return float(line.rsplit(" ", 1)[1])
@@ -141,7 +142,9 @@ class Heartbeats:
             router = self.routers[i % len(self.routers)]
             i += 1
             try:
-                register_node(router.url, ROUTER_TOKEN, self.node_id, self.engine_url, MODEL)
+                register_node(
+                    router.control_url, ROUTER_TOKEN, self.node_id, self.engine_url, MODEL
+                )
             except Exception as exc:  # recorded: the tests assert there were none
                 self.errors.append(f"{router.url}: {exc}")
             self._stop.wait(self.interval_s)
@@ -208,7 +211,7 @@ def test_node_registered_at_a_is_routable_on_every_worker_of_b(pair, engine) -> 
     workers_b = workers_of(b, 2)
     wait_until(lambda: view(b)[1] == "redis", timeout=10, what="router B's sync to be up")
     sent = time.monotonic()
-    register_node(a.url, ROUTER_TOKEN, "n-shared", engine.url, MODEL)
+    register_node(a.control_url, ROUTER_TOKEN, "n-shared", engine.url, MODEL)
     applied: dict[str, float] = {}
 
     def when_applied(nodes: dict[str, dict]) -> bool:
@@ -228,23 +231,27 @@ def test_node_registered_at_a_is_routable_on_every_worker_of_b(pair, engine) -> 
         assert resp.status_code == 200, resp.text
 
     # A drain at B and a delete at A reach every worker of the other router.
-    requests.post(f"{b.url}/nodes/n-shared/drain", headers=_auth(), timeout=5).raise_for_status()
+    requests.post(
+        f"{b.control_url}/nodes/n-shared/drain", headers=_auth(), timeout=5
+    ).raise_for_status()
     until_every_worker(
         a, workers_of(a, 2), lambda n: n.get("n-shared", {}).get("state") == "draining",
         timeout=5, what="A to see the drain",
     )  # fmt: skip
-    requests.delete(f"{a.url}/nodes/n-shared", headers=_auth(), timeout=5).raise_for_status()
+    requests.delete(
+        f"{a.control_url}/nodes/n-shared", headers=_auth(), timeout=5
+    ).raise_for_status()
     until_every_worker(
         b, workers_b, lambda n: "n-shared" not in n, timeout=5, what="B to see the delete"
     )
 
     # An off-node interruption (controller -> drain by instance id) at B reaches A too.
     register_node(
-        a.url, ROUTER_TOKEN, "n-ec2", engine.url, MODEL, instance_id="i-0f1ee700000000002"
+        a.control_url, ROUTER_TOKEN, "n-ec2", engine.url, MODEL, instance_id="i-0f1ee700000000002"
     )
     until_every_worker(b, workers_b, lambda n: "n-ec2" in n, timeout=5, what="B to see n-ec2")
     requests.post(
-        f"{b.url}/instances/i-0f1ee700000000002/drain", headers=_auth(), timeout=5
+        f"{b.control_url}/instances/i-0f1ee700000000002/drain", headers=_auth(), timeout=5
     ).raise_for_status()
     until_every_worker(
         a, workers_of(a, 2), lambda n: n.get("n-ec2", {}).get("state") == "draining",
@@ -256,7 +263,7 @@ def test_ttl_expiry_agrees_across_routers(pair, engine) -> None:
     local, a, b = pair
     workers_a, workers_b = workers_of(a, 2), workers_of(b, 2)
     t0 = time.monotonic()  # ttl_s is 5, and this is the only heartbeat
-    register_node(a.url, ROUTER_TOKEN, "n-ttl", engine.url, MODEL)
+    register_node(a.control_url, ROUTER_TOKEN, "n-ttl", engine.url, MODEL)
     until_every_worker(b, workers_b, lambda n: "n-ttl" in n, timeout=5, what="B to see n-ttl")
     gone = {}
     for router, workers in ((a, workers_a), (b, workers_b)):
@@ -282,7 +289,7 @@ def test_spot_notice_through_a_excludes_the_node_on_b(
         procs,
         logdir,
         {
-            "router": {"urls": [a.url], "node_token": ROUTER_TOKEN},
+            "router": {"urls": [a.control_url], "node_token": ROUTER_TOKEN},
             "engine": {"url": engine.url, "model": MODEL, "systemd_unit": None},
             "imds": {"url": imds.url, "poll_interval_s": 0.25},
             "heartbeat": {"interval_s": 0.5},
@@ -385,14 +392,14 @@ def test_acl_user_with_a_password_file(procs: ProcessGroup, logdir: Path, engine
     a = start_router(procs, logdir, cfg, name="router-a")
     b = start_router(procs, logdir, cfg, name="router-b")
     wait_until(lambda: backend_up(a) == 1 and backend_up(b) == 1, timeout=10, what="ACL login")
-    register_node(a.url, ROUTER_TOKEN, "n-acl", engine.url, MODEL)
+    register_node(a.control_url, ROUTER_TOKEN, "n-acl", engine.url, MODEL)
     wait_until(lambda: "n-acl" in view(b)[2], timeout=5, what="B to see n-acl")
 
     wrong = logdir / "wrong-auth"
     wrong.write_text("not-it")
     cfg["registry"]["redis_password_file"] = str(wrong)
     c = start_router(procs, logdir, cfg, name="router-c")
-    register_node(c.url, ROUTER_TOKEN, "n-local", engine.url, MODEL)
+    register_node(c.control_url, ROUTER_TOKEN, "n-local", engine.url, MODEL)
     assert view(c)[1] == "redis-down" and "n-local" in view(c)[2]
     assert complete(c).status_code == 200
     logs = "".join((logdir / f"router-{x}.log").read_text() for x in "abc")
@@ -479,13 +486,13 @@ def test_tls_registry_verified_against_a_ca_file(procs: ProcessGroup, logdir: Pa
     cfg["registry"]["redis_ca_file"] = str(ca)
     a = start_router(procs, logdir, cfg, name="router-a")
     b = start_router(procs, logdir, cfg, name="router-b")
-    register_node(a.url, ROUTER_TOKEN, "n-tls", engine.url, MODEL)
+    register_node(a.control_url, ROUTER_TOKEN, "n-tls", engine.url, MODEL)
     wait_until(lambda: "n-tls" in view(b)[2], timeout=10, what="B to see n-tls over TLS")
     assert view(b)[1] == "redis"
 
     del cfg["registry"]["redis_ca_file"]
     c = start_router(procs, logdir, cfg, name="router-c")
-    register_node(c.url, ROUTER_TOKEN, "n-local", engine.url, MODEL)
+    register_node(c.control_url, ROUTER_TOKEN, "n-local", engine.url, MODEL)
     assert view(c)[1] == "redis-down" and complete(c).status_code == 200
     assert "CERTIFICATE_VERIFY_FAILED" in (logdir / "router-c.log").read_text()
 
@@ -501,7 +508,7 @@ def metrics_view(router: Service) -> tuple[str, dict[tuple[str, tuple], float]]:
     """A fresh connection's ``GET /metrics``: (worker id, samples by (name, sorted labels))."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    parts = urlsplit(router.url)
+    parts = urlsplit(router.control_url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
     try:
         conn.request("GET", "/metrics")
@@ -548,7 +555,7 @@ def test_metrics_describe_the_whole_router_whichever_worker_answers(
     router = start_router(
         procs, logdir, fleet_config(local.url, ttl_s=60), env={"RUNTIME_DIRECTORY": str(runtime)}
     )
-    register_node(router.url, ROUTER_TOKEN, "n-1", engine.url, MODEL)
+    register_node(router.control_url, ROUTER_TOKEN, "n-1", engine.url, MODEL)
     workers = workers_of(router, 2)
     until_every_worker(router, workers, lambda n: "n-1" in n, timeout=10, what="n-1 everywhere")
     (shared,) = runtime.iterdir()  # the workers' files live there, not in /tmp
@@ -604,3 +611,64 @@ def test_metrics_describe_the_whole_router_whichever_worker_answers(
     assert list(shared.glob("counter_*.db")) and list(shared.glob("worker-state-*.json"))
     router.proc.stop()
     assert not shared.exists()  # a restart starts from nothing
+
+
+def test_junk_in_redis_is_skipped_logged_once_and_cannot_crowd_out_a_real_node(
+    procs: ProcessGroup, logdir: Path
+) -> None:
+    """Malformed hashes, bad ids, junk messages and stale junk filling max_nodes.
+
+    Each used to leave every worker ``redis-down`` (a parse error), raise in
+    every worker (``PUBLISH ... '[]'``), be routable (``evil\\nFORGED``, 5,000
+    characters) or answer a real node 429.
+    """
+    local = start_redis(procs, logdir)
+    client = redis.Redis.from_url(local.url)
+    seconds, micros = client.time()
+    stale_ms = seconds * 1000 + micros // 1000 - 12_000  # silent 12 s of ttl_s 15
+
+    def node_hash(n: int, **fields: str) -> dict[str, object]:
+        report = json.dumps({"url": f"http://10.1.0.{n}:8000", "models": ["junk"]})
+        doc = {"url": f"http://10.1.0.{n}:8000", "report": report, "drained": "0"}
+        return {**doc, "seen_ms": stale_ms, **fields}
+
+    junk = {f"junk-{i}": node_hash(i) for i in range(30)}  # valid, but 30 > max_nodes 20
+    junk["bad-json"] = node_hash(200, report="{not json")
+    junk["bad-seen"] = node_hash(201, seen_ms="soon")
+    junk["evil\nFORGED"] = node_hash(202)
+    junk["x" * 5000] = node_hash(203)
+    pipe = client.pipeline()
+    for node_id, fields in junk.items():
+        pipe.hset(f"spotrelay:node:{node_id}", mapping=fields)
+        pipe.sadd("spotrelay:nodes", node_id)
+    pipe.set("spotrelay:node:wrong-type", "a string, not a hash")
+    pipe.sadd("spotrelay:nodes", "wrong-type")
+    pipe.execute()
+
+    config = fleet_config(local.url, ttl_s=15)
+    config["registry"]["max_nodes"] = 20
+    router = start_router(procs, logdir, config)
+    workers = workers_of(router, 2)
+    for message in ("[]", '"x"', "{", '{"op": "put", "id": "a", "rev": "x"}',
+                    '{"op": "drain", "id": "evil\\nX", "rev": 99999}'):  # fmt: skip
+        client.publish("spotrelay:events", message)
+        client.publish("spotrelay:events", message)  # a second time: no second log line
+
+    register_node(router.control_url, ROUTER_TOKEN, "real-1", "http://127.0.0.1:9", "sim-model")
+
+    def healthy(nodes: dict[str, dict]) -> bool:
+        return "real-1" in nodes and len(nodes) <= 20
+
+    until_every_worker(router, workers, healthy, timeout=15, what="real-1 on every worker")
+    for _ in range(10):
+        _worker, state, nodes = view(router)
+        assert state == "redis", "a junk entry took the shared registry down"
+        assert all(valid_node_id(n) for n in nodes), [n[:40] for n in nodes]
+        assert "bad-json" not in nodes and "bad-seen" not in nodes
+    log = (logdir / "router.log").read_text()
+    assert log.count("ignoring node bad-json from the shared registry") == 2, log[-3000:]
+    assert log.count("ignoring node bad-seen from the shared registry: seen_ms") == 2
+    assert log.count("ignoring node wrong-type from the shared registry: not a node hash") == 2
+    assert log.count("ignoring node <message> from the shared registry: not a JSON object") == 2
+    assert log.count("ignoring node a from the shared registry: 'rev'") == 2
+    assert "Traceback" not in log and "redis down" not in log

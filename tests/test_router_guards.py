@@ -99,6 +99,67 @@ def test_connection_cap_per_address_and_listener_with_exempt_networks():
     assert ConnectionLimiter(0).acquire("data", "1.2.3.4"), "0 = no cap"
 
 
+def test_idle_timeout_shrinks_as_the_listener_fills_and_only_idle_connections_are_due():
+    from spotrelay.router.overload import IdlePolicy, IdleReaper
+
+    policy = IdlePolicy(keepalive_s=75, keepalive_min_s=1, start=0.5, saturation=0.9)
+    assert policy.idle_timeout(40, 100) == 75  # below the start: the configured keep-alive
+    assert policy.idle_timeout(70, 100) == pytest.approx(75 - 74 * 0.5)  # half-way: linear
+    assert policy.idle_timeout(95, 100) == 1
+    clock = Clock()
+    reaper = IdleReaper(policy, capacity=10, clock=clock)
+    settings = GuardSettings()
+    conns = [GuardedSocket(ScriptedSocket(b"GET"), settings, clock=clock) for _ in range(9)]
+    for conn in conns:
+        reaper.add(conn)
+    conns[0].recv(3)  # a request arriving: never cut
+    clock.now += 2
+    conns[1].start_body()
+    conns[1].start_idle()  # answered just now: idle, but not long enough
+    due = reaper.due()  # 9 of 10 open: saturated, idle for 1 s is enough
+    assert conns[0] not in due and conns[1] not in due and len(due) == 7
+    for conn in conns[2:]:
+        reaper.discard(conn)
+    assert reaper.due() == [], "two open of ten: below the start, nothing is due"
+
+
+def test_a_throttled_log_line_counts_what_it_stood_for():
+    from spotrelay.router.overload import LogThrottle, held_note
+
+    clock = Clock()
+    throttle = LogThrottle(10, clock=clock)
+    assert throttle.admit(408) == 0
+    assert [throttle.admit(408) for _ in range(5)] == [None] * 5
+    assert throttle.admit(400) == 0, "each key has its own interval"
+    clock.now += 10
+    held = throttle.admit(408)
+    assert held == 5 and held_note(held, 10) == " (+5 like it in the last 10s)"
+
+
+@pytest.mark.parametrize(
+    "peer, forwarded, client",
+    [
+        ("10.0.1.7", ["203.0.113.9"], "203.0.113.9"),  # the load balancer names the client
+        ("10.0.1.7", ["1.1.1.1, 203.0.113.9"], "203.0.113.9"),  # left of it: the client's own
+        ("10.0.1.7", ["203.0.113.9, 10.0.2.4"], "203.0.113.9"),  # through two trusted hops
+        ("10.0.1.7", ["1.1.1.1", "203.0.113.9"], "203.0.113.9"),  # several header lines
+        ("10.0.1.7", ["junk, 203.0.113.9"], "203.0.113.9"),
+        ("10.0.1.7", ["203.0.113.9:4711"], "203.0.113.9"),
+        ("10.0.1.7", ["[2001:db8::1]:4711"], "2001:db8::1"),
+        ("10.0.1.7", ["10.0.2.4, junk"], "10.0.1.7"),  # garbage from the proxy side
+        ("10.0.1.7", [], "10.0.1.7"),  # no header: the proxy itself
+        ("198.51.100.5", ["203.0.113.9"], "198.51.100.5"),  # a direct client's header: ignored
+    ],
+)
+def test_the_client_behind_trusted_proxies_is_the_right_most_untrusted_address(
+    peer, forwarded, client
+):
+    from spotrelay.router.clientaddr import Networks, real_client
+
+    assert real_client(peer, forwarded, Networks(["10.0.1.0/24", "10.0.2.0/24"])) == client
+    assert real_client(peer, forwarded, Networks()) == peer, "no trusted proxies: the peer"
+
+
 def test_parser_errors_map_to_client_statuses():
     from gunicorn.http import errors
 
@@ -188,10 +249,12 @@ def test_proxied_requests_carry_the_routers_hop_mark():
     req = request(svc)
     req.hops = ("upstream-router",)
     assert svc.proxy.forward(req).status == 200
-    assert fleet.calls_to(A)[0]["headers"][HOP_HEADER] == f"upstream-router, {svc.hop_id}"
+    upstream, mark = fleet.calls_to(A)[0]["headers"][HOP_HEADER].split(", ")
+    assert upstream == "upstream-router" and len(mark) == 24
+    assert not svc.proxy.loop_marks.loops_back([mark]), "open only while the attempt waits"
 
 
-def test_a_508_loop_answer_counts_against_the_node_and_moves_on():
+def test_a_508_loop_answer_moves_on_without_ejecting_the_node():
     svc, fleet = build()
     register(svc, "a", A)
     register(svc, "b", B)
@@ -199,7 +262,9 @@ def test_a_508_loop_answer_counts_against_the_node_and_moves_on():
     fleet.behaviour[B] = answering(lambda: FakeResp(200, b'{"ok": 1}'))
     for i in range(6):
         assert svc.proxy.forward(request(svc, rid=f"r{i}")).status == 200
-    assert svc.registry.get("a").total_failures >= 1
+    node = svc.registry.get("a")
+    assert node.total_failures == 0 and not node.ejected, "anyone on the path can send a 508"
+    assert len(fleet.calls_to(A)) >= 1
 
 
 def test_own_endpoints_on_a_wildcard_bind_are_every_local_address():
@@ -326,18 +391,24 @@ def test_tracebacks_still_span_lines():
 
 
 def test_a_client_cannot_trigger_the_loop_refusal():
-    from spotrelay.router.app import create_app, parse_hops
+    from spotrelay.router.app import create_app
+    from spotrelay.router.loopmark import MAX_HOPS, parse_hops
 
-    assert parse_hops(",".join(f"r{i}" for i in range(50)))[-1] == "r49"
-    assert len(parse_hops(",".join(f"r{i}" for i in range(50)))) == 8
+    assert parse_hops(",".join(f"r{i}" for i in range(100)))[-1] == "r99"
+    assert len(parse_hops(",".join(f"r{i}" for i in range(100)))) == MAX_HOPS
     svc, fleet = build()
     register(svc, "a", A)
     client = create_app(svc).test_client()
     made_up = ", ".join(f"router-{i}" for i in range(40))
     resp = client.post("/v1/completions", json={"model": "m"}, headers={HOP_HEADER: made_up})
     assert resp.status_code == 200
-    assert fleet.calls_to(A)[0]["headers"][HOP_HEADER].endswith(f"router-39, {svc.hop_id}")
-    looped = client.post("/v1/completions", json={"model": "m"}, headers={HOP_HEADER: svc.hop_id})
+    sent = fleet.calls_to(A)[0]["headers"][HOP_HEADER]
+    assert sent.startswith("router-0, ") and sent.split(", ")[-2] == "router-39"
+    replayed = client.post("/v1/completions", json={"model": "m"}, headers={HOP_HEADER: sent})
+    assert replayed.status_code == 200, "a mark whose attempt has its answer is dead"
+    # A genuine loop: the request comes back while this worker's attempt still waits.
+    with svc.proxy.loop_marks.issued() as mark:
+        looped = client.post("/v1/completions", json={"model": "m"}, headers={HOP_HEADER: mark})
     assert looped.status_code == 508 and looped.headers["X-Spotrelay-Loop"] == "1"
     assert looped.get_json()["error"]["code"] == "loop_detected"
 

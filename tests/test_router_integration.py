@@ -36,12 +36,12 @@ AUTH = {"Authorization": f"Bearer {ROUTER_TOKEN}"}
 
 
 def nodes(router) -> dict[str, dict]:
-    return router_nodes(router.url)
+    return router_nodes(router.control_url)
 
 
 def register(router, node_id, sim_or_url, model=MODEL, **fields):
     url = sim_or_url if isinstance(sim_or_url, str) else sim_or_url.url
-    return register_node(router.url, ROUTER_TOKEN, node_id, url, model, **fields)
+    return register_node(router.control_url, ROUTER_TOKEN, node_id, url, model, **fields)
 
 
 def complete(router, max_tokens=8, stream=False, timeout=30, headers=None, **extra):
@@ -221,7 +221,7 @@ def test_sigkill_of_a_node_under_load_fails_no_request_that_had_not_started(proc
     # Streams that had already delivered text may end with the SSE error event
     # (unless stream resume continued them); they must end cleanly, not hang.
     assert all(o.detail for o in failed)
-    retries = metric(router.url, "spotrelay_router_retries_total")
+    retries = metric(router.control_url, "spotrelay_router_retries_total")
     assert retries >= 1
     assert nodes(router)["n1"]["state"] == "ejected"
 
@@ -264,10 +264,13 @@ def test_faulty_nodes_are_avoided_ejected_and_restored(procs, logdir):
     for bad in ("busy", "hung", "dead"):
         assert state[bad]["ejection"]["count"] >= 1, (bad, state[bad])
     assert state["good"]["ejection"]["count"] == 0
-    assert metric(router.url, "spotrelay_router_ejections_total") >= 3
-    assert metric(router.url, "spotrelay_router_retries_total", reason="status_503") >= 1
-    assert metric(router.url, "spotrelay_router_retries_total", reason="connect_error") >= 1
-    assert metric(router.url, "spotrelay_router_retries_total", reason="first_byte_timeout") >= 1
+    assert metric(router.control_url, "spotrelay_router_ejections_total") >= 3
+    assert metric(router.control_url, "spotrelay_router_retries_total", reason="status_503") >= 1
+    assert metric(router.control_url, "spotrelay_router_retries_total", reason="connect_error") >= 1
+    assert (
+        metric(router.control_url, "spotrelay_router_retries_total", reason="first_byte_timeout")
+        >= 1
+    )
 
     # Heal every node: they come back through the active /health probe.
     requests.post(f"{busy.url}/_control/reset", timeout=5).raise_for_status()
@@ -298,7 +301,7 @@ def test_drain_stops_new_requests_while_open_ones_finish(procs, logdir):
         t.start()
     wait_until(lambda: nodes(router)["slow"]["in_flight"] == 3, timeout=10, what="3 streams")
     register(router, "other", other)
-    drained = requests.post(f"{router.url}/nodes/slow/drain", headers=AUTH, timeout=5)
+    drained = requests.post(f"{router.control_url}/nodes/slow/drain", headers=AUTH, timeout=5)
     assert drained.status_code == 200 and drained.json()["in_flight"] == 3
     for _ in range(8):
         resp = complete(router, max_tokens=2)
@@ -354,7 +357,7 @@ def test_client_disconnect_aborts_the_engine_request(procs, logdir):
     resp.close()
     wait_until(lambda: running(sim) == 0, timeout=5, what="the engine to abort")
     wait_until(
-        lambda: metric(router.url, "spotrelay_router_client_disconnects_total") == 1,
+        lambda: metric(router.control_url, "spotrelay_router_client_disconnects_total") == 1,
         timeout=5,
         what="the disconnect to be counted",
     )
@@ -398,7 +401,7 @@ def test_control_plane_auth_ssrf_and_hostile_bodies(procs, logdir):
             "routing": {"max_body_bytes": 4096},
         },
     )
-    base = router.url
+    base = router.control_url
     bad_auth = [{}, {"Authorization": "Bearer nope"}, {"Authorization": ROUTER_TOKEN}]
     node_body = json.dumps({"url": "http://10.1.2.3:8000", "models": [MODEL]}).encode()
     for headers in bad_auth:
@@ -447,7 +450,8 @@ def test_control_plane_auth_ssrf_and_hostile_bodies(procs, logdir):
         ("PUT", "/nodes/ok", b"x" * 70_000, AUTH, None, 413),
     ]
     for method, path, body, headers, chunks, expected in cases:
-        status, answer = raw_request(base, method, path, body, headers, chunks)
+        listener = base if path.startswith("/nodes") else router.url  # control / data plane
+        status, answer = raw_request(listener, method, path, body, headers, chunks)
         assert status == expected, (method, path, body[:40], status, answer[:200])
         if path.startswith("/v1/"):
             assert set(json.loads(answer)["error"]) >= {"message", "type", "code"}

@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from spotrelay.core.net import free_port, wait_until
+from tests.fake_engine import Script, fake_engine
 from tests.support import (
     HOST,
     ROUTER_TOKEN,
@@ -116,6 +117,7 @@ def router(procs, logdir):
                 "header_timeout_s": 2,
                 "body_timeout_s": 2,
                 "max_connections_per_ip": 40,
+                "control_on_main_port": False,  # the default
             },
             "registry": {"ttl_s": 5, "max_nodes": 3},
             "routing": {"no_capacity_wait_s": 1},
@@ -184,7 +186,7 @@ def test_truncated_bodies_are_400_not_500(router):
             assert_openai_4xx(raw, 400)
     log = router.proc.log_path.read_text()
     assert "Traceback" not in log and "internal_error" not in log
-    assert metric(router.url, "spotrelay_router_requests_total", status="500") == 0
+    assert metric(router.control_url, "spotrelay_router_requests_total", status="500") == 0
 
 
 def test_error_on_a_keep_alive_connection_closes_it_after_the_answer(router):
@@ -325,6 +327,98 @@ def test_slow_client_flood_leaves_registrations_and_health_intact(procs, logdir,
     assert beats["failed"] == 0 and beats["ok"] > 5
 
 
+def test_idle_keep_alive_connections_give_way_to_a_new_client(procs, logdir, sim):
+    """100 connections from 5 addresses (under the per-address cap) send one request and idle.
+
+    They would hold the data listener's 60 slots for keepalive_s (75 s) and a
+    new client would wait in the backlog; as the listener fills, idle ones are
+    closed after keepalive_min_s instead. Heartbeats (the control listener,
+    where agents now point by default) never miss; no node expires.
+    """
+    router = start_router(
+        procs,
+        logdir,
+        {"server": {"worker_connections": 60, "control_on_main_port": False},
+         "registry": {"ttl_s": 3}},
+    )  # fmt: skip
+    register_node(router.control_url, ROUTER_TOKEN, "n1", sim.url, MODEL)
+    stop = threading.Event()
+    beats = {"ok": 0, "failed": 0}
+
+    def heartbeat() -> None:
+        while not stop.is_set():
+            try:
+                register_node(router.control_url, ROUTER_TOKEN, "n1", sim.url, MODEL)
+                beats["ok"] += 1
+            except Exception:
+                beats["failed"] += 1
+            stop.wait(0.5)
+
+    beat = threading.Thread(target=heartbeat, daemon=True)
+    beat.start()
+    flood: list[socket.socket] = []
+    try:
+        for i in range(100):
+            s = socket.create_connection(
+                (HOST, router.port), timeout=5, source_address=(f"127.0.0.{2 + i % 5}", 0)
+            )
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: r\r\n\r\n")  # then idle, never closed
+            flood.append(s)
+        started = time.monotonic()
+        resp = requests.post(f"{router.url}/v1/completions", data=BODY, timeout=20)
+        assert resp.status_code == 200 and time.monotonic() - started < 10
+        assert requests.get(f"{router.control_url}/healthz", timeout=2).status_code == 200
+    finally:
+        stop.set()
+        beat.join(5)
+        for s in flood:
+            s.close()
+    assert beats["failed"] == 0 and beats["ok"] >= 2
+    assert metric(router.control_url, "spotrelay_router_node_events_total", event="expired") == 0
+    log = router.proc.log_path.read_text()
+    lines = [line for line in log.splitlines() if "idle connections after" in line]
+    assert lines and "data listener" in lines[0], log[-2000:]
+    assert len(lines) <= 3, "one line per 10 s, with a count"
+    assert "Traceback" not in log and "Socket error" not in log, "a closed idle connection is quiet"
+
+
+def test_behind_a_trusted_proxy_each_forwarded_client_is_capped_not_the_proxy(procs, logdir):
+    """The load balancer (127.0.0.2) is not capped as one client; a spoofing client is itself."""
+    slow = start_sim_vllm(procs, logdir, "--ttft-ms", "3000", name="slow")
+    router = start_router(
+        procs,
+        logdir,
+        {"server": {"max_connections_per_ip": 3, "trusted_proxies": ["127.0.0.2/32"]}},
+    )
+    register_node(router.control_url, ROUTER_TOKEN, "slow", slow.url, MODEL)
+
+    def send(source: str, client: str) -> socket.socket:
+        s = socket.create_connection((HOST, router.port), timeout=15, source_address=(source, 0))
+        s.sendall(post("/v1/completions", BODY, extra=f"X-Forwarded-For: {client}\r\n"))
+        return s
+
+    held: list[socket.socket] = []
+    try:
+        # Through the balancer: 8 clients, and 3 requests of a ninth (its cap): all served.
+        held += [send("127.0.0.2", f"1.2.3.4, 198.51.100.{i}") for i in range(8)]
+        held += [send("127.0.0.2", "203.0.113.7") for _ in range(3)]
+        wait_until(
+            lambda: metric(slow.url, "vllm:num_requests_running") == 11, timeout=5, what="11 open"
+        )
+        fourth = post("/v1/completions", BODY, extra="X-Forwarded-For: 203.0.113.7\r\n")
+        doc = assert_openai_4xx(exchange(router.port, fourth, source="127.0.0.2"), 429)
+        assert "203.0.113.7" in doc["error"]["message"]
+        # A direct client's X-Forwarded-For is not believed: it is capped as itself.
+        held += [send("127.0.0.3", f"198.51.100.{100 + i}") for i in range(3)]
+        spoof = post("/v1/completions", BODY, extra="X-Forwarded-For: 198.51.100.200\r\n")
+        assert_openai_4xx(exchange(router.port, spoof, source="127.0.0.3"), 429)
+        statuses = [parse(read_response(s, 15))[0] for s in held]
+        assert statuses == [200] * len(held)
+    finally:
+        for s in held:
+            s.close()
+
+
 # -- control listener scope ----------------------------------------------------------------------
 
 
@@ -339,51 +433,57 @@ def test_control_listener_serves_only_the_control_plane(router, sim):
         f"{router.control_url}/instances/i-0123456789abcdef0/drain", headers=AUTH, timeout=5
     )
     assert resp.status_code == 404 and isinstance(resp.json()["error"], str)
-    # control_on_main_port (the default): the main port still serves /nodes for old agents.
-    assert "n1" in router_nodes(router.url)
+    # control_on_main_port off (the default): the main port serves no control path.
+    assert requests.get(f"{router.url}/nodes", headers=AUTH, timeout=5).status_code == 404
     resp = requests.post(f"{router.url}/v1/completions", data=BODY, timeout=10)
     assert resp.status_code == 200
 
 
-def test_control_plane_off_the_main_port(procs, logdir):
-    control = free_port()
-    router = start_router(
-        procs, logdir, {"server": {"control_port": control, "control_on_main_port": False}}
-    )
+def test_control_plane_on_the_main_port_only_when_asked(router, procs, logdir):
+    """Off by default (the migration note in docs/router.md); on for agents still on 8080."""
+    from spotrelay.agent.settings import AgentConfig
+    from spotrelay.core.config import load
+    from spotrelay.router.settings import RouterConfig
+
+    assert load(RouterConfig, None, env={}).server.control_on_main_port is False
+    assert load(AgentConfig, None, env={}).router.urls == ["http://router:8081"]
     assert requests.get(f"{router.url}/nodes", headers=AUTH, timeout=5).status_code == 404
     assert requests.get(f"{router.url}/metrics", timeout=5).status_code == 404
     assert requests.get(f"{router.url}/healthz", timeout=5).status_code == 200
-    assert requests.get(f"http://{HOST}:{control}/nodes", headers=AUTH, timeout=5).ok
+    assert requests.get(f"{router.control_url}/nodes", headers=AUTH, timeout=5).ok
+    old = start_router(procs, logdir, {"server": {"control_on_main_port": True}}, name="old")
+    assert requests.get(f"{old.url}/nodes", headers=AUTH, timeout=5).ok
+    assert requests.get(f"{old.url}/metrics", timeout=5).ok
 
 
 # -- 1: metrics labels stay bounded -------------------------------------------------------------
 
 
 def test_client_model_names_never_become_metric_labels(router, sim):
-    register_node(router.url, ROUTER_TOKEN, "n1", sim.url, MODEL)
-    before = requests.get(f"{router.url}/metrics", timeout=5).text.count("\n")
+    register_node(router.control_url, ROUTER_TOKEN, "n1", sim.url, MODEL)
+    before = requests.get(f"{router.control_url}/metrics", timeout=5).text.count("\n")
     for i in range(50):
         resp = requests.post(
             f"{router.url}/v1/completions", json={"model": f"rnd-{i}-" + "x" * 2000}, timeout=10
         )
         assert resp.status_code == 404  # a live fleet that serves no such model
-    text = requests.get(f"{router.url}/metrics", timeout=5).text
+    text = requests.get(f"{router.control_url}/metrics", timeout=5).text
     assert "rnd-" not in text
     assert text.count("\n") - before < 10
-    assert metric(router.url, "spotrelay_router_requests_total", model="other") == 50
+    assert metric(router.control_url, "spotrelay_router_requests_total", model="other") == 50
 
 
 # -- 5: log injection ---------------------------------------------------------------------------
 
 
 def test_control_characters_in_logged_fields_are_escaped(router, sim):
-    register_node(router.url, ROUTER_TOKEN, "n1", sim.url, MODEL)
+    register_node(router.control_url, ROUTER_TOKEN, "n1", sim.url, MODEL)
     forged = "x\n2026-01-01 00:00:00,000 INFO  spotrelay.router: forged line"
     resp = requests.post(f"{router.url}/v1/completions", json={"model": forged}, timeout=10)
     assert resp.status_code == 404
     for node_id in ("evil%0A", "evil%0Aline"):
         resp = requests.put(
-            f"{router.url}/nodes/{node_id}",
+            f"{router.control_url}/nodes/{node_id}",
             json={"url": sim.url, "models": [MODEL]},
             headers=AUTH,
             timeout=5,
@@ -410,7 +510,8 @@ def test_client_disconnect_aborts_a_non_streaming_request(router, procs, logdir)
     wait_until(lambda: metric(slow.url, "vllm:num_requests_running") == 0, timeout=5)
     assert time.monotonic() - left < 3  # polled within 1 s; the rest is scrape latency
     wait_until(
-        lambda: metric(router.url, "spotrelay_router_client_disconnects_total") == 1, timeout=5
+        lambda: metric(router.control_url, "spotrelay_router_client_disconnects_total") == 1,
+        timeout=5,
     )
     wait_until(lambda: "outcome=client_disconnect" in router.proc.log_path.read_text(), timeout=5)
     lines = [
@@ -437,14 +538,15 @@ def test_registering_the_router_itself_is_refused(router):
         assert resp.status_code == 400 and "own listener" in resp.json()["error"]
 
 
-def test_a_loop_through_another_router_is_cut_and_the_node_ejected(procs, logdir, router, sim):
+def test_a_loop_through_another_router_is_cut_without_ejecting(procs, logdir, router, sim):
     """Router A's node is router B, whose node is router A: the hop mark stops the loop."""
     other = start_router(procs, logdir, {"server": {"control_port": free_port()}}, name="other")
     register_node(router.control_url, ROUTER_TOKEN, "to-other", other.url, MODEL)
-    register_node(other.url, ROUTER_TOKEN, "back", router.url, MODEL)
+    register_node(other.control_url, ROUTER_TOKEN, "back", router.url, MODEL)
     resp = requests.post(f"{router.url}/v1/completions", data=BODY, timeout=30)
     assert resp.status_code == 508 and resp.json()["error"]["code"] == "loop_detected"
-    assert metric(router.url, "spotrelay_router_upstream_attempts_total", outcome="loop") >= 1
+    assert metric(router.control_url, "spotrelay_router_upstream_attempts_total", outcome="loop")
+    assert router_nodes(router.control_url)["to-other"]["ejection"]["ejected"] is False
     # A forged mark from a client is just a header the router does not know: served normally.
     register_node(router.control_url, ROUTER_TOKEN, "n1", sim.url, MODEL)
     requests.delete(f"{router.control_url}/nodes/to-other", headers=AUTH, timeout=5)
@@ -455,6 +557,36 @@ def test_a_loop_through_another_router_is_cut_and_the_node_ejected(procs, logdir
         timeout=10,
     )
     assert resp.status_code == 200
+
+
+def test_a_replayed_hop_mark_is_served_and_ejects_nothing(procs, logdir, router):
+    """An engine sees every mark; replaying one, to the router or through another, is no 508.
+
+    Router B's node is router A (a chain), A's node an engine that shows what
+    it received. Before, the replayed mark got 508 and made B eject A.
+    """
+    other = start_router(procs, logdir, {"server": {"control_port": free_port()}}, name="other")
+    other_control = other.control_url
+    body = json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 2, "stream": True})
+    with fake_engine(Script(["a", "b"], finish="stop")) as engine:
+        register_node(router.control_url, ROUTER_TOKEN, "engine", engine.url, MODEL)
+        register_node(other_control, ROUTER_TOKEN, "router-a", router.url, MODEL)
+        assert requests.post(f"{router.url}/v1/completions", data=body, timeout=10).ok
+        observed = engine.headers[-1]["X-Spotrelay-Hop"]
+        assert observed and "," not in observed  # one mark: this attempt's
+        for target in (router.url, other.url, router.url, other.url, other.url):
+            resp = requests.post(
+                f"{target}/v1/completions",
+                data=body,
+                headers={"X-Spotrelay-Hop": observed, "Content-Type": "application/json"},
+                timeout=10,
+            )
+            assert resp.status_code == 200, resp.text
+        assert {h["X-Spotrelay-Hop"].split(", ")[-1] for h in engine.headers[1:]}.isdisjoint(
+            {observed}
+        ), "each attempt makes a fresh mark"
+    node = router_nodes(other_control)["router-a"]
+    assert node["failures"]["total"] == 0 and node["ejection"]["ejected"] is False
 
 
 # -- 8: odd node URLs ---------------------------------------------------------------------------

@@ -94,7 +94,9 @@ def test_router_yaml_loads_with_router_schema(rendered: dict, tmp_path: Path) ->
     cfg = load(RouterConfig, path, env={})
     assert cfg.server.port == 8080
     assert (cfg.server.control_port, cfg.server.control_on_main_port) == (8081, False)
-    assert cfg.server.connection_cap_exempt == []  # the module passes the VPC CIDR
+    # The load balancers' subnets are trusted proxies; nothing, never the VPC, is uncapped.
+    assert cfg.server.trusted_proxies == ["10.0.1.0/24", "10.0.2.0/24"]
+    assert cfg.server.connection_cap_exempt == []
     assert cfg.auth.node_token_file == "/etc/spotrelay/node-token"
     assert cfg.registry.allowed_networks == ["10.0.0.0/16"]
     assert cfg.registry.backend == "redis"

@@ -12,6 +12,14 @@ data "aws_vpc" "this" {
   id = var.vpc_id
 }
 
+# The load balancers' subnets: the client ALB's and the heartbeat ALB's (in
+# the routers' subnets). Their addresses are the routers' trusted proxies,
+# whose X-Forwarded-For names the client the per-address cap counts.
+data "aws_subnet" "load_balancer" {
+  for_each = toset(concat(var.load_balancer.subnet_ids, var.subnet_ids))
+  id       = each.value
+}
+
 data "aws_ssm_parameter" "ami" {
   count = var.ami_id == null ? 1 : 0
   name  = var.ami_ssm_parameter
@@ -67,8 +75,11 @@ module "config" {
     port     = var.registry.port
   }
   settings = merge(var.settings, {
-    allowed_networks      = coalesce(var.settings.allowed_networks, [data.aws_vpc.this.cidr_block])
-    connection_cap_exempt = coalesce(var.settings.connection_cap_exempt, [data.aws_vpc.this.cidr_block])
+    allowed_networks = coalesce(var.settings.allowed_networks, [data.aws_vpc.this.cidr_block])
+    trusted_proxies = coalesce(
+      var.settings.trusted_proxies, distinct([for s in data.aws_subnet.load_balancer : s.cidr_block])
+    )
+    connection_cap_exempt = coalesce(var.settings.connection_cap_exempt, [])
   })
   load_balancer_idle_timeout = var.load_balancer.idle_timeout
   tags                       = var.tags

@@ -249,9 +249,10 @@ variable "spotrelay_sha256" {
 }
 
 variable "settings" {
-  description = "router.yaml settings: ttl_s, no_capacity_wait_s, first_byte_s, stream_idle_s, max_attempts, resume_enabled, worker_connections; allowed_networks and connection_cap_exempt default to the VPC CIDR."
+  description = "router.yaml settings: ttl_s, no_capacity_wait_s, first_byte_s, stream_idle_s, max_attempts, resume_enabled, worker_connections; allowed_networks defaults to the VPC CIDR, trusted_proxies to the CIDRs of the load balancers' subnets (their X-Forwarded-For names the client the per-address cap counts), connection_cap_exempt to none (never the whole VPC)."
   type = object({
     allowed_networks      = optional(list(string))
+    trusted_proxies       = optional(list(string))
     connection_cap_exempt = optional(list(string))
     ttl_s                 = optional(number, 6)
     no_capacity_wait_s    = optional(number, 30)

@@ -283,3 +283,17 @@ run "internet_facing_with_certificate_and_keys" {
     error_message = "Internet-facing when asked, with TLS."
   }
 }
+
+run "load_balancer_subnets_are_trusted_proxies_and_nothing_is_uncapped" {
+  command = apply
+
+  assert {
+    condition     = tolist(module.config.router_settings.server.trusted_proxies) == tolist(["10.0.1.0/24"])
+    error_message = "The routers trust X-Forwarded-For from the load balancers' subnets (mocked 10.0.1.0/24)."
+  }
+
+  assert {
+    condition     = length(module.config.router_settings.server.connection_cap_exempt) == 0
+    error_message = "No network (never the whole VPC) is exempt from the per-address cap."
+  }
+}

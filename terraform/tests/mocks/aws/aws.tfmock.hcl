@@ -33,6 +33,12 @@ mock_data "aws_vpc" {
   }
 }
 
+mock_data "aws_subnet" {
+  defaults = {
+    cidr_block = "10.0.1.0/24"
+  }
+}
+
 # The GPU AMI id the gpu-pool module reads from SSM at plan time.
 mock_data "aws_ssm_parameter" {
   defaults = {

@@ -28,14 +28,16 @@ locals {
   # server.workers: with the redis backend the router runs one worker per
   # core. The control plane has its own listener and is not served on the
   # data port at all. Every client connection arrives from a load balancer
-  # address, so those are exempt from the per-address connection cap. The
-  # Redis password is not in the URL: it comes from a file.
+  # address: those are trusted proxies, and the per-address connection cap
+  # counts the client their X-Forwarded-For names (never a whole VPC
+  # exempt). The Redis password is not in the URL: it comes from a file.
   router_settings = {
     server = {
       host                  = "0.0.0.0"
       port                  = var.port
       control_port          = var.control_port
       control_on_main_port  = false
+      trusted_proxies       = var.settings.trusted_proxies
       connection_cap_exempt = var.settings.connection_cap_exempt
       worker_class          = "gevent"
       worker_connections    = var.settings.worker_connections

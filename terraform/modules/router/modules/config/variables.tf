@@ -164,9 +164,10 @@ variable "spotrelay_sha256" {
 }
 
 variable "settings" {
-  description = "router.yaml settings (keys of spotrelay.router.settings.RouterConfig). allowed_networks are the CIDRs node URLs must be in (normally the VPC CIDR); connection_cap_exempt the addresses without a per-address connection cap (the load balancers', normally the VPC CIDR)."
+  description = "router.yaml settings (keys of spotrelay.router.settings.RouterConfig). allowed_networks are the CIDRs node URLs must be in (normally the VPC CIDR); trusted_proxies the load balancers' subnets (their X-Forwarded-For names the client the per-address connection cap counts); connection_cap_exempt addresses without any cap (normally none)."
   type = object({
     allowed_networks      = list(string)
+    trusted_proxies       = optional(list(string), [])
     connection_cap_exempt = optional(list(string), [])
     ttl_s                 = optional(number, 6)
     no_capacity_wait_s    = optional(number, 30)
@@ -185,6 +186,11 @@ variable "settings" {
   validation {
     condition     = alltrue([for c in var.settings.connection_cap_exempt : can(cidrhost(c, 0))])
     error_message = "settings.connection_cap_exempt must list CIDR blocks."
+  }
+
+  validation {
+    condition     = alltrue([for c in var.settings.trusted_proxies : can(cidrhost(c, 0)) && !endswith(c, "/0")])
+    error_message = "settings.trusted_proxies must list CIDR blocks (the load balancers' subnets, never /0)."
   }
 
   validation {

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 from spotrelay.core.secrets import read_token
 
 from .detect import EngineDetector
-from .drain import STATE_FILE, StateStore
+from .drainstore import STATE_FILE, StateStore
 from .engine import EngineProbe, ProcessWatch
 from .events import EventParseError, iso
 from .imds import ImdsClient, ImdsError

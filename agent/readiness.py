@@ -31,13 +31,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+
+from prometheus_client import Gauge
 
 from spotrelay.core.protocol import NodeState
 from spotrelay.core.ticker import Ticker
 
 from .lifecycle import LifecycleError, LifecycleHook
-from .selfheal import SelfHeal
+from .metrics import AgentMetrics
+from .ports import DrainControl, Notifier
+from .selfheal import Healer, SelfHeal
+from .settings import AgentConfig
 
 log = logging.getLogger("spotrelay.agent.readiness")
 
@@ -120,7 +124,9 @@ def boot_time() -> float:
 class StartupClock:
     """Seconds from host boot to engine healthy and to registered, once each (a metric)."""
 
-    def __init__(self, gauge: Any, booted_at: float, clock: Callable[[], float] = time.time):
+    def __init__(
+        self, gauge: Gauge | None, booted_at: float, clock: Callable[[], float] = time.time
+    ):
         self.gauge = gauge
         self.booted_at = booted_at
         self.clock = clock
@@ -159,7 +165,7 @@ class ReadinessWatch(Ticker):
         heal: Callable[[], None],
         busy: Callable[[], bool] = lambda: False,
         startup: StartupClock | None = None,
-        metrics: Any = None,
+        metrics: AgentMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(interval_s, stop=stop, name="readiness")
@@ -231,53 +237,61 @@ class ReadinessWatch(Ticker):
             log.info("launch hook completed: CONTINUE (%s); node goes InService", outcome)
 
 
-def build_watch(agent: Any) -> ReadinessWatch:
-    """The watch for a started :class:`~spotrelay.agent.service.Agent` (kept here so the
-    service only wires it in)."""
-    from .selfheal import Healer
+@dataclass(frozen=True)
+class NodeView:
+    """What the watch needs of the running agent (and nothing more of it)."""
 
-    cfg = agent.cfg
+    instance_id: str
+    region: str | None
+    engine_ready: Callable[[], bool]
+    engine_healthy: Callable[[], bool]
+    acks: RouterAcks
+    drain: DrainControl
+    metrics: AgentMetrics
+    webhook: Notifier
+    stop: threading.Event
+    dry_run: bool = False
+
+
+def build_watch(cfg: AgentConfig, node: NodeView) -> ReadinessWatch:
+    """The watch for a started agent (kept here so the service only wires it in)."""
     lc = cfg.lifecycle
-    region = lc.region or agent.identity.region
-    instance_id = agent.identity.instance_id
+    region = lc.region or node.region
+    asg_name = lc.asg_name or ""  # no group: no hook below is built
 
     def hook(name: str) -> LifecycleHook:
         return LifecycleHook(
-            lc.asg_name, name, instance_id, region=region,
-            endpoint_url=lc.endpoint_url, dry_run=agent.dry_run,
+            asg_name, name, node.instance_id, region=region,
+            endpoint_url=lc.endpoint_url, dry_run=node.dry_run,
         )  # fmt: skip
 
-    launch = hook(lc.launch_hook_name) if lc.asg_name and lc.launch_hook_name else None
+    launch = hook(lc.launch_hook_name) if asg_name and lc.launch_hook_name else None
     gate = None
     if launch is not None:
         gate = LaunchGate(lc.launch_timeout_s, lc.heartbeat_interval_s, time.monotonic())
     selfheal = heal = None
-    if lc.asg_name and cfg.engine.unhealthy_after_s > 0:
+    if asg_name and cfg.engine.unhealthy_after_s > 0:
         selfheal = SelfHeal(cfg.engine.unhealthy_after_s)
         heal = Healer(
-            drain=agent.drain,
+            drain=node.drain,
             asg=launch or hook(lc.hook_name or ""),
             drain_timeout_s=cfg.drain.timeout_s,
             unhealthy_after_s=cfg.engine.unhealthy_after_s,
-            metrics=agent.metrics,
-            webhook=agent.webhook,
-            stop=agent.stop,
+            metrics=node.metrics,
+            webhook=node.webhook,
+            stop=node.stop,
         )
-
-    def status_is(test: Callable[[Any], bool]) -> Callable[[], bool]:
-        return lambda: agent.status is not None and test(agent.status)
-
     return ReadinessWatch(
-        engine_ready=status_is(lambda s: s.ready(cfg.engine.model)),
-        engine_healthy=status_is(lambda s: s.healthy),
-        acks=agent.acks,
-        stop=agent.stop,
+        engine_ready=node.engine_ready,
+        engine_healthy=node.engine_healthy,
+        acks=node.acks,
+        stop=node.stop,
         interval_s=cfg.engine.check_interval_s,
         hook=launch,
         gate=gate,
         selfheal=selfheal,
         heal=heal or (lambda: None),
-        busy=lambda: agent.drain is not None and agent.drain.active,
-        startup=StartupClock(agent.metrics.startup, boot_time()),
-        metrics=agent.metrics,
+        busy=lambda: node.drain.active,
+        startup=StartupClock(node.metrics.startup, boot_time()),
+        metrics=node.metrics,
     )

@@ -22,11 +22,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from spotrelay.core.backoff import Backoff
 
+from .drainstate import DrainRequest
 from .lifecycle import LifecycleError, LifecycleHook
+from .metrics import AgentMetrics
+from .ports import DrainControl, Notifier
 
 log = logging.getLogger("spotrelay.agent.selfheal")
 
@@ -67,12 +69,12 @@ class Healer:
     def __init__(
         self,
         *,
-        drain: Any,
+        drain: DrainControl,
         asg: LifecycleHook,
         drain_timeout_s: float,
         unhealthy_after_s: float,
-        metrics: Any = None,
-        webhook: Any = None,
+        metrics: AgentMetrics | None = None,
+        webhook: Notifier | None = None,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -123,13 +125,14 @@ class Healer:
 
     def _drain(self) -> None:
         now = self.clock()
-        self.drain.request(
-            REASON,
-            REASON,
-            drain_until=now + self.drain_timeout_s,
-            deadline=now + self.drain_timeout_s + 5.0,
-            terminating=False,
-            stop_engine=False,
+        self.drain.submit(
+            DrainRequest(
+                REASON,
+                REASON,
+                drain_until=now + self.drain_timeout_s,
+                deadline=now + self.drain_timeout_s + 5.0,
+                terminating=False,
+            )
         )
         if not self.drain.wait(self.drain_timeout_s + 10.0):
             log.warning("drain still running after %.0fs; marking Unhealthy anyway",

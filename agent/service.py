@@ -6,13 +6,15 @@ scheduled-maintenance timer):
 - four IMDS pollers (:mod:`.monitors`) → :meth:`Agent.observe`, which keeps
   what is new (:class:`.eventstore.EventStore`) and acts on it as
   :class:`.policy.EventPolicy` decides;
-- ``engine-watch``: the engine process every ``engine.check_interval_s``
-  and a full probe (``/health``, ``/v1/models``, ``/metrics``, host stats)
-  every ``heartbeat.interval_s``, or at once when the process disappears;
-  an engine that stops answering or generating (:mod:`.hang`) makes the node
-  ``unhealthy`` on every router at once (the links are woken);
+- ``engine-watch`` (:class:`.enginewatch.EngineWatch`): the engine process
+  every ``engine.check_interval_s`` and a full probe (``/health``,
+  ``/v1/models``, ``/metrics``, host stats) every ``heartbeat.interval_s``, or
+  at once when the process disappears; an engine that stops answering or
+  generating (:mod:`.hang`) makes the node ``unhealthy`` on every router at
+  once (the links are woken);
 - one heartbeat link per router (:class:`.routers.RouterLink`);
-- the drain worker (:class:`.drain.DrainMachine`) while a drain runs;
+- the drain worker while a drain runs: :class:`.drain.DrainMachine` decides,
+  :class:`.drainer.Drainer` performs its effects;
 - the ``/metrics`` server.
 
 SIGTERM/SIGINT: a short drain (``drain.sigterm_timeout_s``) if the node is
@@ -35,19 +37,19 @@ from spotrelay.core.secrets import read_token
 from spotrelay.core.ticker import Every, Ticker
 
 from .cloudwatch import load_publisher
-from .detect import EngineDetector
-from .drain import STATE_FILE, DrainMachine, DrainPolicy, StateStore, read_boot_id
-from .engine import EngineProbe, EngineStatus, ProcessWatch
+from .drain import DrainMachine, DrainPolicy
+from .drainer import Drainer
+from .drainstore import STATE_FILE, StateStore, read_boot_id
+from .engine import EngineStatus
+from .enginewatch import EngineWatch
 from .events import Event, Rebalance
 from .eventstore import EventStore
-from .hang import TokenStall
-from .hoststats import HostSampler
 from .imds import Identity, ImdsClient, ImdsError
 from .lifecycle import LifecycleHook
 from .metrics import AgentMetrics
 from .monitors import Poller, all_monitors
 from .policy import Action, EventPolicy
-from .readiness import RouterAcks, build_watch
+from .readiness import NodeView, RouterAcks, build_watch
 from .routers import RouterClient, RouterLink
 from .settings import AgentConfig
 from .webhook import Webhook
@@ -81,6 +83,56 @@ def state_store(cfg: AgentConfig, dry_run: bool) -> StateStore:
     return StateStore(directory / STATE_FILE)
 
 
+def drain_policy(cfg: AgentConfig) -> DrainPolicy:
+    """The drain's settings, from ``drain.*``, ``engine.*``, ``lifecycle.*`` and ``imds.*``."""
+    return DrainPolicy(
+        safety_margin_s=cfg.drain.safety_margin_s,
+        timeout_s=cfg.drain.timeout_s,
+        sigterm_timeout_s=cfg.drain.sigterm_timeout_s,
+        ack_timeout_s=cfg.drain.ack_timeout_s,
+        stop_engine=cfg.drain.stop_engine and bool(cfg.engine.systemd_unit),
+        systemd_unit=cfg.engine.systemd_unit,
+        engine_stop_timeout_s=cfg.engine.stop_timeout_s,
+        lifecycle_heartbeat_s=cfg.lifecycle.heartbeat_interval_s,
+        idle_poll_s=min(0.25, cfg.imds.poll_interval_s),
+    )
+
+
+def wait_identity(
+    imds: ImdsClient, cfg: AgentConfig, terminate: threading.Event
+) -> Identity | None:
+    """Read the instance identity, retrying with backoff; None if told to stop first."""
+    backoff = Backoff(cfg.imds.poll_interval_s, 10.0)
+    attempts = 0
+    while not terminate.is_set():
+        try:
+            return imds.identity()
+        except ImdsError as exc:
+            attempts += 1
+            if cfg.node.id and cfg.node.advertise_url and attempts >= 3:
+                log.warning("IMDS unavailable (%s); using node.id without IMDS labels", exc)
+                return Identity(instance_id=cfg.node.id)
+            delay = backoff.next_delay()
+            log.warning("waiting for IMDS identity: %s (retry in %.1fs)", exc, delay)
+            terminate.wait(delay)
+    return None
+
+
+def termination_hook(cfg: AgentConfig, identity: Identity, dry_run: bool) -> LifecycleHook | None:
+    """The termination hook the drain completes; None when ``lifecycle.*`` names none."""
+    lc = cfg.lifecycle
+    if not (lc.asg_name and lc.hook_name):
+        return None
+    return LifecycleHook(
+        lc.asg_name,
+        lc.hook_name,
+        identity.instance_id,
+        region=lc.region or identity.region,
+        endpoint_url=lc.endpoint_url,
+        dry_run=dry_run,
+    )
+
+
 class Agent:
     """One agent process; :meth:`run` blocks until SIGTERM and returns the exit code."""
 
@@ -99,57 +151,31 @@ class Agent:
             token_ttl_s=cfg.imds.token_ttl_s,
             on_error=lambda kind: self.metrics.imds_errors.labels(kind).inc(),
         )
-        self.engine = EngineProbe(
-            cfg.engine.url, timeout_s=cfg.engine.timeout_s, health_path=cfg.engine.health_path
-        )
-        self.detector = EngineDetector(
-            self.engine, kind=cfg.engine.kind, capabilities=cfg.engine.capabilities
-        )
-        self.process = ProcessWatch(cfg.engine.process_name, self.engine.port)
-        self.host = HostSampler()
-        self.status: EngineStatus | None = None
-        self.stall = TokenStall(cfg.engine.stall_after_s)
-        self.models: list[str] = []
+        self.watch = EngineWatch(cfg, self.metrics, self._on_probe)
         self.registered = False
         self.acks = RouterAcks()  # which routers took the node as ready (launch gate)
+        self.policy = EventPolicy.from_config(cfg.drain)
+        # Known once IMDS answers (:meth:`start`):
         self.identity: Identity | None = None
+        self.node_id = cfg.node.id or ""
+        self.url = cfg.node.advertise_url or ""
+        self.labels: dict[str, str] = dict(cfg.node.labels)
+        self.webhook = Webhook(None)  # no URL: sends nothing until the node is known
         self.links: list[RouterLink] = []
         self.pollers: list[Poller] = []
-        self.drain: DrainMachine | None = None
-        self.policy = EventPolicy.from_config(cfg.drain)
+        self.drain: Drainer | None = None
         self.events: EventStore | None = None
         self._last_state: NodeState | None = None
         self._threads: list[Ticker] = []
 
     # ------------------------------------------------------------ start-up
-    def _wait_identity(self) -> Identity | None:
-        """Read the instance identity, retrying with backoff; None if told to stop first."""
-        backoff = Backoff(self.cfg.imds.poll_interval_s, 10.0)
-        attempts = 0
-        while not self.terminate.is_set():
-            try:
-                return self.imds.identity()
-            except ImdsError as exc:
-                attempts += 1
-                if self.cfg.node.id and self.cfg.node.advertise_url and attempts >= 3:
-                    log.warning("IMDS unavailable (%s); using node.id without IMDS labels", exc)
-                    return Identity(instance_id=self.cfg.node.id)
-                delay = backoff.next_delay()
-                log.warning("waiting for IMDS identity: %s (retry in %.1fs)", exc, delay)
-                self.terminate.wait(delay)
-        return None
-
-    def start(self) -> bool:
-        """Build and start everything; False if a signal arrived before IMDS answered."""
+    def _identify(self, identity: Identity) -> None:
+        """Who this node is, once IMDS has answered."""
         cfg = self.cfg
-        identity = self._wait_identity()
-        if identity is None:
-            return False
         self.identity = identity
         self.node_id = cfg.node.id or identity.instance_id
-        self.url = advertise_url(cfg, identity, self.engine.port)
+        self.url = advertise_url(cfg, identity, self.watch.engine.port)
         self.labels = {**identity.labels(), **cfg.node.labels}
-        store = state_store(cfg, self.dry_run)
         self.webhook = Webhook(
             cfg.webhook.url,
             timeout_s=cfg.webhook.timeout_s,
@@ -157,16 +183,38 @@ class Agent:
             base={"node_id": self.node_id, "instance_id": identity.instance_id, **self.labels},
             on_failure=self.metrics.webhook_failures.inc,
         )
-        lifecycle = None
-        if cfg.lifecycle.asg_name and cfg.lifecycle.hook_name:
-            lifecycle = LifecycleHook(
-                cfg.lifecycle.asg_name,
-                cfg.lifecycle.hook_name,
-                identity.instance_id,
-                region=cfg.lifecycle.region or identity.region,
-                endpoint_url=cfg.lifecycle.endpoint_url,
-                dry_run=self.dry_run,
-            )
+
+    def _build_drain(self, identity: Identity, routers: list[RouterClient]) -> Drainer:
+        cfg = self.cfg
+        lifecycle = termination_hook(cfg, identity, self.dry_run)
+        machine = DrainMachine(
+            node_id=self.node_id,
+            instance_id=identity.instance_id,
+            policy=drain_policy(cfg),
+            has_hook=lifecycle is not None,
+            boot_id=read_boot_id(),
+        )
+        return Drainer(
+            machine,
+            routers=routers,
+            engine=self.watch.engine,
+            store=state_store(cfg, self.dry_run),
+            report_fn=self.report,
+            lifecycle=lifecycle,
+            on_change=self.wake_links,
+            quiesce=self.quiesce_links,
+            metrics=self.metrics,
+            webhook=self.webhook,
+            dry_run=self.dry_run,
+        )
+
+    def start(self) -> bool:
+        """Build and start everything; False if a signal arrived before IMDS answered."""
+        cfg = self.cfg
+        identity = wait_identity(self.imds, cfg, self.terminate)
+        if identity is None:
+            return False
+        self._identify(identity)
         routers = [
             RouterClient(
                 url, self.node_id, self.token, timeout_s=cfg.router.timeout_s, dry_run=self.dry_run
@@ -179,32 +227,7 @@ class Agent:
             )
             for r in routers
         ]
-        self.drain = DrainMachine(
-            node_id=self.node_id,
-            instance_id=identity.instance_id,
-            routers=routers,
-            engine=self.engine,
-            store=store,
-            policy=DrainPolicy(
-                safety_margin_s=cfg.drain.safety_margin_s,
-                timeout_s=cfg.drain.timeout_s,
-                sigterm_timeout_s=cfg.drain.sigterm_timeout_s,
-                ack_timeout_s=cfg.drain.ack_timeout_s,
-                stop_engine=cfg.drain.stop_engine and bool(cfg.engine.systemd_unit),
-                systemd_unit=cfg.engine.systemd_unit,
-                engine_stop_timeout_s=cfg.engine.stop_timeout_s,
-                lifecycle_heartbeat_s=cfg.lifecycle.heartbeat_interval_s,
-                idle_poll_s=min(0.25, cfg.imds.poll_interval_s),
-            ),
-            report_fn=self.report,
-            lifecycle=lifecycle,
-            on_change=self.wake_links,
-            quiesce=self.quiesce_links,
-            metrics=self.metrics,
-            webhook=self.webhook,
-            dry_run=self.dry_run,
-            boot_id=read_boot_id(),
-        )
+        self.drain = self._build_drain(identity, routers)
         log.info(
             "agent starting%s",
             " (dry run: no router, AWS or systemctl calls)" if self.dry_run else "",
@@ -223,17 +246,15 @@ class Agent:
         restored = self.drain.restore()
         for doc in restored.events if restored else []:  # acted on before the restart
             self.events.remember(str(doc.get("type")), str(doc.get("key")))
-        self._refresh_engine(self.process.alive())
+        self.watch.first_probe()
         self.pollers = [
             Poller(m, self.imds, cfg.imds.poll_interval_s, self.observe, self.stop)
             for m in all_monitors()
         ]
-        self._last_alive = self.process.alive()
-        self._next_probe = time.monotonic() + cfg.heartbeat.interval_s
         engine_watch = Every(
-            cfg.engine.check_interval_s, self._engine_tick, stop=self.stop, name="engine-watch"
+            cfg.engine.check_interval_s, self.watch.tick, stop=self.stop, name="engine-watch"
         )
-        readiness = build_watch(self)  # launch hook, start-up clock, self-healing
+        readiness = build_watch(cfg, self._readiness_view(identity, self.drain))
         self._threads = [*self.pollers, engine_watch, *self.links, readiness]
         if cfg.cloudwatch.enabled:
             self._threads.append(load_publisher(cfg, identity, self.published_load, self.stop))
@@ -241,20 +262,35 @@ class Agent:
             t.start()
         return True
 
+    def _readiness_view(self, identity: Identity, drain: Drainer) -> NodeView:
+        """What the launch gate, the start-up clock and self-healing read of this agent."""
+        return NodeView(
+            instance_id=identity.instance_id,
+            region=identity.region,
+            engine_ready=self.watch.ready,
+            engine_healthy=self.watch.healthy,
+            acks=self.acks,
+            drain=drain,
+            metrics=self.metrics,
+            webhook=self.webhook,
+            stop=self.stop,
+            dry_run=self.dry_run,
+        )
+
     # -------------------------------------------------------------- state
     def published_load(self) -> NodeLoad | None:
         """The load CloudWatch gets: the last probe's, None while not serving or draining."""
-        drain, status = self.drain, self.status
+        drain, status = self.drain, self.watch.status
         if (drain is not None and drain.active) or status is None or status.load is None:
             return None
         return status.load if status.ready(self.cfg.engine.model) else None
 
     def report(self, state: NodeState) -> NodeReport | None:
         """A report with ``state``; None while the engine's models are unknown."""
-        models = self.models or ([self.cfg.engine.model] if self.cfg.engine.model else [])
+        models = self.watch.models or ([self.cfg.engine.model] if self.cfg.engine.model else [])
         if not models:
             return None
-        status = self.status
+        status = self.watch.status
         load = status.load if status and status.load else NodeLoad()
         instance_id = self.identity.instance_id if self.identity else None
         return NodeReport(
@@ -263,7 +299,7 @@ class Agent:
             state=state,
             load=load,
             labels=dict(self.labels),
-            engine=self.detector.current(),
+            engine=self.watch.detector.current(),
             instance_id=instance_id if instance_id and valid_instance_id(instance_id) else None,
             risk=self.risk(),
         )
@@ -285,8 +321,7 @@ class Agent:
             return None
         if drain is not None and drain.active:
             return NodeState.DRAINING
-        status = self.status
-        if status is not None and status.ready(self.cfg.engine.model):
+        if self.watch.ready():
             return NodeState.READY
         if self.registered:
             return NodeState.UNHEALTHY
@@ -317,74 +352,18 @@ class Agent:
                 pass
 
     # -------------------------------------------------------------- engine
-    def _refresh_engine(self, alive: bool | None) -> None:
-        status = self.engine.probe()
-        status.process_alive = alive
-        running = status.load.running if status.load is not None else None
-        stalled = status.healthy and self.stall.observe(time.monotonic(), running, status.generated)
-        if stalled and self.stall.needs_canary(running):
-            model = self.cfg.engine.model or (status.models[0] if status.models else None)
-            if model and self.engine.canary(model):
-                log.info("the stalled engine answered a one-token request: generating again")
-                self.stall.recovered()
-                stalled = False
-        status.stalled = stalled
-        self.detector.observe(status.healthy)
-        served = status.serves(self.cfg.engine.model)
-        if served:
-            self.models = served
-        self.status = status
-        ready = status.ready(self.cfg.engine.model)
-        self.metrics.engine_ready.set(1 if ready else 0)
-        try:
-            self.metrics.observe_host(self.host.sample())
-        except Exception as exc:  # host stats are a nice-to-have
-            log.debug("host stats failed: %s", exc)
+    def _on_probe(self, status: EngineStatus, alive: bool | None, ready: bool) -> None:
+        """After each engine probe: tell the routers at once when the node's state changed."""
         state = self.desired_state()
-        if state != self._last_state:
-            why = self._why(status, alive, ready)
-            level = logging.WARNING if state is NodeState.UNHEALTHY else logging.INFO
-            log.log(level, "node state %s -> %s: %s", self._last_state, state, why)
-            if state is NodeState.UNHEALTHY:
-                self.metrics.engine_unhealthy.labels(self._unhealthy_reason(status, alive)).inc()
-            self._last_state = state
-            self.wake_links()
-
-    def _why(self, status: EngineStatus, alive: bool | None, ready: bool) -> str:
-        if alive is False:
-            return "engine process gone"
-        if ready:
-            return "engine ready"
-        if status.stalled:
-            running = status.load.running if status.load else 0
-            return (
-                f"engine hung: {running} requests running and no token generated for "
-                f"{self.stall.stalled_for(time.monotonic()):.1f}s"
-            )
-        if not status.healthy:
-            return f"engine unhealthy ({status.error or 'no answer'})"
-        return "engine does not list the model"
-
-    @staticmethod
-    def _unhealthy_reason(status: EngineStatus, alive: bool | None) -> str:
-        """The label of ``spotrelay_agent_engine_unhealthy_total``."""
-        if alive is False:
-            return "process_gone"
-        if status.stalled:
-            return "stalled"
-        if not status.healthy:
-            return "no_answer" if status.error and status.error.startswith("GET") else "error"
-        return "no_model"
-
-    def _engine_tick(self) -> None:
-        """Watch the engine process; probe its API when it changes, else once per heartbeat."""
-        alive = self.process.alive()
-        self.metrics.engine_process.set(-1 if alive is None else int(alive))
-        now = time.monotonic()
-        if alive != self._last_alive or now >= self._next_probe:
-            self._refresh_engine(alive)
-            self._next_probe = now + self.cfg.heartbeat.interval_s
-        self._last_alive = alive
+        if state == self._last_state:
+            return
+        why = self.watch.why(status, alive, ready)
+        level = logging.WARNING if state is NodeState.UNHEALTHY else logging.INFO
+        log.log(level, "node state %s -> %s: %s", self._last_state, state, why)
+        if state is NodeState.UNHEALTHY:
+            self.metrics.engine_unhealthy.labels(self.watch.unhealthy_reason(status, alive)).inc()
+        self._last_state = state
+        self.wake_links()
 
     # -------------------------------------------------------------- events
     def observe(self, source: str, events: list[Event]) -> None:

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from spotrelay.agent.drain import DrainMachine, DrainPolicy, DrainState, StateStore
+from spotrelay.agent.drain import DrainMachine, DrainPolicy
+from spotrelay.agent.drainer import Drainer
+from spotrelay.agent.drainstate import DrainState
+from spotrelay.agent.drainstore import StateStore
 from spotrelay.agent.engine import ProcessWatch, parse_metrics
 from spotrelay.agent.events import (
     EventParseError,
@@ -262,24 +265,28 @@ def _machine(
     lifecycle: FakeLifecycle | None = None,
     boot_id: str | None = "boot-1",
     **policy: object,
-) -> DrainMachine:
+) -> Drainer:
     base_policy = dict(
         safety_margin_s=1.0, timeout_s=30.0, sigterm_timeout_s=2.0, ack_timeout_s=2.0,
         idle_poll_s=0.02, lifecycle_heartbeat_s=0.05,
     )  # fmt: skip
     base_policy.update(policy)
     report = NodeReport(url="http://127.0.0.1:1", models=("m",))
-    return DrainMachine(
+    machine = DrainMachine(
         node_id="n1",
         instance_id="i-1",
-        routers=routers if routers is not None else [FakeRouter("r1")],  # type: ignore[arg-type]
-        engine=engine or FakeEngine(),  # type: ignore[arg-type]
-        store=StateStore(tmp_path / "drain.json"),
         policy=DrainPolicy(**base_policy),  # type: ignore[arg-type]
-        report_fn=lambda state: NodeReport(report.url, report.models, state),
-        lifecycle=lifecycle,  # type: ignore[arg-type]
-        metrics=AgentMetrics(),
+        has_hook=lifecycle is not None,
         boot_id=boot_id,
+    )
+    return Drainer(
+        machine,
+        routers=routers if routers is not None else [FakeRouter("r1")],
+        engine=engine or FakeEngine(),
+        store=StateStore(tmp_path / "drain.json"),
+        report_fn=lambda state: NodeReport(report.url, report.models, state),
+        lifecycle=lifecycle,
+        metrics=AgentMetrics(),
     )
 
 

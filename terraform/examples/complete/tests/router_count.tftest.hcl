@@ -25,12 +25,10 @@ override_resource {
   }
 }
 
-# The controller's own group (the fallback is on by default here), which
-# the router module admits to its control endpoint.
 override_resource {
   target = module.gpu_pool.aws_security_group.controller
   values = {
-    id = "sg-0a1b2c3d4e5f60718"
+    id = "sg-0aaaaaaaaaaaaaaa0"
   }
 }
 

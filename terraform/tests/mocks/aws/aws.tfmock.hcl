@@ -94,29 +94,29 @@ mock_resource "aws_elasticache_replication_group" {
   }
 }
 
-# The capacity controller (on by default in examples/complete): its role and
-# dead-letter queue ARNs are validated by the Lambda function, its function
-# and schedule ARNs by the EventBridge target and the Lambda permission.
+# The capacity controller (on in the example): its role, queues, schedule rule and
+# function are ARNs that other resources validate.
 mock_resource "aws_iam_role" {
   defaults = {
-    arn = "arn:aws:iam::123456789012:role/llm-gpu-controller"
+    arn = "arn:aws:iam::123456789012:role/spotrelay-mock"
   }
 }
 
 mock_resource "aws_sqs_queue" {
   defaults = {
-    arn = "arn:aws:sqs:us-east-1:123456789012:llm-gpu-controller-dlq"
-  }
-}
-
-mock_resource "aws_lambda_function" {
-  defaults = {
-    arn = "arn:aws:lambda:us-east-1:123456789012:function:llm-gpu-controller"
+    arn = "arn:aws:sqs:us-east-1:123456789012:spotrelay-mock"
+    url = "https://sqs.us-east-1.amazonaws.com/123456789012/spotrelay-mock"
   }
 }
 
 mock_resource "aws_cloudwatch_event_rule" {
   defaults = {
-    arn = "arn:aws:events:us-east-1:123456789012:rule/llm-gpu-controller"
+    arn = "arn:aws:events:us-east-1:123456789012:rule/spotrelay-mock"
+  }
+}
+
+mock_resource "aws_lambda_function" {
+  defaults = {
+    arn = "arn:aws:lambda:us-east-1:123456789012:function:spotrelay-mock"
   }
 }

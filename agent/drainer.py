@@ -182,6 +182,8 @@ class Drainer:
                 metrics.drain_duration.observe(effect.value)
             case "lifecycle":
                 metrics.lifecycle_actions.labels(effect.label).inc()
+            case "deadline_missed":
+                metrics.drain_deadline_missed.inc()
 
     def _persist(self, state: DrainState, seq: int) -> None:
         with self._store_lock:
@@ -247,6 +249,7 @@ class Drainer:
                 log.warning(
                     "drain deadline reached before the engine was idle", extra={"load": load}
                 )
+                self._count(act.Measure("deadline_missed"))
                 return
             idle = self._idle_now()
             with self._lock:

@@ -136,9 +136,10 @@ class Notify:
 class Measure:
     """One drain metric: ``drains`` (+1 for ``label`` = the first reason's kind),
     ``draining`` (set to ``value``), ``duration`` (observe ``value`` seconds),
-    ``lifecycle`` (+1 for ``label`` = the lifecycle action's result)."""
+    ``lifecycle`` (+1 for ``label`` = the lifecycle action's result), ``deadline_missed``
+    (+1: the drain deadline came before the engine was idle)."""
 
-    metric: Literal["drains", "draining", "duration", "lifecycle"]
+    metric: Literal["drains", "draining", "duration", "lifecycle", "deadline_missed"]
     value: float = 1.0
     label: str = ""
 

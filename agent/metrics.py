@@ -27,6 +27,7 @@ from .hoststats import HostStats
 log = logging.getLogger("spotrelay.agent.metrics")
 
 PREFIX = "spotrelay_agent_"
+UNHEALTHY_REASONS = ("no_answer", "stalled", "error", "process_gone", "no_model")
 
 
 class AgentMetrics:
@@ -54,6 +55,11 @@ class AgentMetrics:
             buckets=(1, 2, 5, 10, 20, 30, 60, 90, 120, 180, 300, 600, 1800),
             registry=r,
         )
+        self.drain_deadline_missed = Counter(
+            PREFIX + "drain_deadline_missed_total",
+            "Drains whose deadline came before the engine was idle (work was cut off)",
+            registry=r,
+        )
         self.draining = Gauge(PREFIX + "draining", "1 while a drain is under way", registry=r)
         self.engine_ready = Gauge(
             PREFIX + "engine_ready", "1 when the engine is healthy and serves the model", registry=r
@@ -72,6 +78,8 @@ class AgentMetrics:
             ["reason"],
             registry=r,
         )
+        for reason in UNHEALTHY_REASONS:  # a first report must be an increase, not a new series
+            self.engine_unhealthy.labels(reason)
         self.heartbeats = Counter(
             PREFIX + "heartbeats_total",
             "Acknowledged heartbeats, by router",

@@ -1,22 +1,56 @@
 """The controller's settings, from the Lambda function's environment variables.
 
-No YAML and no third-party parser: the Lambda package carries only this
-package and boto3 (in the runtime). A bad value is a one-line error naming
-the variable, as everywhere else in spotrelay.
+Loaded by :mod:`spotrelay.core.config`, the loader every component uses, from
+the flat schema :class:`ControllerEnv` (``SPOTRELAY_<KEY>``; an empty variable
+counts as unset, as Terraform passes unset inputs). No YAML: the Lambda package
+carries only this package, ``core.config`` and ``core.protocol`` (boto3 comes
+with the runtime). A bad value is a one-line error naming the variable, as
+everywhere else in spotrelay.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
+
+from spotrelay.core.config import ENV_PREFIX, ConfigError, load, setting
 
 from .fallback import FallbackPolicy, PolicyError
 
-PREFIX = "SPOTRELAY_"
+PREFIX = ENV_PREFIX
+#: The controller's bad-setting error is the loader's (``SPOTRELAY_<KEY> = value: why``).
+SettingError = ConfigError
 
 
-class SettingError(ValueError):
-    """``SPOTRELAY_<KEY> = value: why`` on one line."""
+@dataclass(frozen=True)
+class ControllerEnv:
+    """The environment as the loader reads it: one field per ``SPOTRELAY_<KEY>``."""
+
+    ENV_ONLY: ClassVar[bool] = True  # errors name the variable (there is no YAML key)
+
+    asg_name: str | None = setting(None, help="the pool's Auto Scaling group (required)")
+    pool: str | None = setting(None, help="pool name in logs and metrics (default: asg_name)")
+    router_urls: list[str] = setting(default_factory=list, help="routers, comma-separated")
+    node_token: str | None = setting(None, secret=True, help="tests and the demo")
+    node_token_parameter: str | None = setting(None, help="SSM SecureString name or ARN")
+    fallback_enabled: bool = setting(True)
+    drain_on_rebalance: bool = setting(False)
+    metric_namespace: str = setting("spotrelay")
+    aws_endpoint_url: str | None = setting(None, help="AWS API endpoint override (moto)")
+    router_timeout_s: float = setting(5.0, min=0.1)
+    queue_url: str | None = setting(None, help="the interruption queue")
+    lifecycle_check_every_s: float = setting(10, min=1)  # and whole, <= 900
+    lifecycle_deadline_s: float = setting(300, min=1)
+    agent_silent_after_s: float = setting(10, min=1)
+    # the fallback policy (validated as a whole by FallbackPolicy.validate)
+    fallback_after_s: float = setting(0, min=0)
+    recover_after_s: float = setting(1800, min=0)
+    step_interval_s: float = setting(600, min=0)
+    min_ready: float = setting(0, min=0)
+    max_on_demand: float | None = setting(None, min=0)
+    base_on_demand: float = setting(0, min=0)
+    recover_backoff_max_s: float = setting(14400, min=0)
 
 
 @dataclass(frozen=True)
@@ -38,90 +72,52 @@ class ControllerSettings:
     agent_silent_after_s: float = 10.0  # no heartbeat at the routers this long: silent
 
 
-def _get(env: Mapping[str, str], key: str, default: str | None = None) -> str | None:
-    value = env.get(PREFIX + key)
-    return default if value is None or value == "" else value
-
-
-def _number(env: Mapping[str, str], key: str, default: float, minimum: float = 0) -> float:
-    raw = _get(env, key)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingError(f"{PREFIX}{key} = {raw!r}: not a number") from None
-    if value < minimum:
-        raise SettingError(f"{PREFIX}{key} = {raw!r}: must be >= {minimum:g}")
-    return value
-
-
-def _optional_count(env: Mapping[str, str], key: str) -> int | None:
-    """A whole number, or None when unset (the setting's documented default applies)."""
-    if _get(env, key) is None:
-        return None
-    value = _number(env, key, 0)
-    if value != int(value):
-        raise SettingError(f"{PREFIX}{key} = {_get(env, key)!r}: must be a whole number")
-    return int(value)
-
-
-def _flag(env: Mapping[str, str], key: str, default: bool) -> bool:
-    raw = _get(env, key)
-    if raw is None:
-        return default
-    if raw.lower() in ("1", "true", "yes", "on"):
-        return True
-    if raw.lower() in ("0", "false", "no", "off"):
-        return False
-    raise SettingError(f"{PREFIX}{key} = {raw!r}: expected true or false")
-
-
 def from_env(env: Mapping[str, str]) -> ControllerSettings:
-    asg = _get(env, "ASG_NAME")
-    if not asg:
-        raise SettingError(f"{PREFIX}ASG_NAME: required (the pool's Auto Scaling group)")
-    urls = tuple(u.strip() for u in (_get(env, "ROUTER_URLS") or "").split(",") if u.strip())
-    for url in urls:
+    raw = {k: v for k, v in env.items() if k.startswith(PREFIX) and v != ""}
+    e = load(ControllerEnv, env=raw)
+    if not e.asg_name:
+        raise SettingError(f"{PREFIX}ASG_NAME", "required (the pool's Auto Scaling group)")
+    for url in e.router_urls:
         if not url.startswith(("http://", "https://")):
-            raise SettingError(f"{PREFIX}ROUTER_URLS = {url!r}: each URL needs http(s)://")
+            raise SettingError(f"{PREFIX}ROUTER_URLS", "each URL needs http(s)://", url)
+    for key, most in (("max_on_demand", None), ("lifecycle_check_every_s", 900)):
+        value = getattr(e, key)
+        if value is not None and (value != int(value) or (most and value > most)):
+            name = f"{PREFIX}{key.upper()}"
+            raise SettingError(name, _WHOLE[key], raw[name])
     policy = FallbackPolicy(
-        fallback_after_s=_number(env, "FALLBACK_AFTER_S", 0),
-        recover_after_s=_number(env, "RECOVER_AFTER_S", 1800),
-        step_interval_s=_number(env, "STEP_INTERVAL_S", 600),
-        min_ready=int(_number(env, "MIN_READY", 0)),
-        max_on_demand=_optional_count(env, "MAX_ON_DEMAND"),
-        base_on_demand=int(_number(env, "BASE_ON_DEMAND", 0)),
-        recover_backoff_max_s=_number(env, "RECOVER_BACKOFF_MAX_S", 14400),
+        fallback_after_s=e.fallback_after_s,
+        recover_after_s=e.recover_after_s,
+        step_interval_s=e.step_interval_s,
+        min_ready=int(e.min_ready),
+        max_on_demand=None if e.max_on_demand is None else int(e.max_on_demand),
+        base_on_demand=int(e.base_on_demand),
+        recover_backoff_max_s=e.recover_backoff_max_s,
     )
     try:
         policy.validate()
     except PolicyError as exc:
-        raise SettingError(f"{PREFIX}{exc.key.upper()}: {exc}") from None
+        raise SettingError(f"{PREFIX}{exc.key.upper()}", str(exc)) from None
     return ControllerSettings(
-        asg_name=asg,
-        pool=_get(env, "POOL", asg) or asg,
-        router_urls=urls,
-        node_token=_get(env, "NODE_TOKEN"),
-        node_token_parameter=_get(env, "NODE_TOKEN_PARAMETER"),
-        fallback_enabled=_flag(env, "FALLBACK_ENABLED", True),
+        asg_name=e.asg_name,
+        pool=e.pool or e.asg_name,
+        router_urls=tuple(e.router_urls),
+        node_token=e.node_token,
+        node_token_parameter=e.node_token_parameter,
+        fallback_enabled=e.fallback_enabled,
         policy=policy,
-        drain_on_rebalance=_flag(env, "DRAIN_ON_REBALANCE", False),
-        metric_namespace=_get(env, "METRIC_NAMESPACE", "spotrelay") or "spotrelay",
-        endpoint_url=_get(env, "AWS_ENDPOINT_URL"),
-        router_timeout_s=_number(env, "ROUTER_TIMEOUT_S", 5.0, minimum=0.1),
-        queue_url=_get(env, "QUEUE_URL"),
-        lifecycle_check_every_s=_check_every(env),
-        lifecycle_deadline_s=_number(env, "LIFECYCLE_DEADLINE_S", 300, minimum=1),
-        agent_silent_after_s=_number(env, "AGENT_SILENT_AFTER_S", 10, minimum=1),
+        drain_on_rebalance=e.drain_on_rebalance,
+        metric_namespace=e.metric_namespace,
+        endpoint_url=e.aws_endpoint_url,
+        router_timeout_s=e.router_timeout_s,
+        queue_url=e.queue_url,
+        lifecycle_check_every_s=int(e.lifecycle_check_every_s),
+        lifecycle_deadline_s=e.lifecycle_deadline_s,
+        agent_silent_after_s=e.agent_silent_after_s,
     )
 
 
-def _check_every(env: Mapping[str, str]) -> int:
-    value = _number(env, "LIFECYCLE_CHECK_EVERY_S", 10, minimum=1)
-    if value > 900 or value != int(value):
-        raise SettingError(
-            f"{PREFIX}LIFECYCLE_CHECK_EVERY_S = {_get(env, 'LIFECYCLE_CHECK_EVERY_S')!r}: "
-            "must be a whole number of seconds up to 900 (SQS DelaySeconds)"
-        )
-    return int(value)
+_WHOLE = {
+    "max_on_demand": "must be a whole number",
+    "lifecycle_check_every_s": "must be a whole number of seconds up to 900 (SQS DelaySeconds)",
+}

@@ -5,6 +5,10 @@ section). This module turns a YAML file, the environment and command-line
 overrides into an instance of that schema, in that order of precedence, and
 reports the first problem as a one-line :class:`ConfigError` naming the key:
 operators read the message at 3 a.m., so it never becomes a traceback.
+
+Every component loads its settings here, the controller included: it has no
+YAML file and its Lambda package has no PyYAML, so ``yaml`` is imported only
+where a YAML value is read (a file, or a mapping given in the environment).
 """
 
 from __future__ import annotations
@@ -16,8 +20,6 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
-
-import yaml
 
 ENV_PREFIX = "SPOTRELAY_"
 
@@ -84,6 +86,8 @@ def _coerce(key: str, tp: Any, value: Any, from_env: bool) -> Any:
         return [_coerce(f"{key}[{i}]", item, v, from_env) for i, v in enumerate(value)]
     if origin is dict:
         if from_env:
+            import yaml  # lazily: the controller's Lambda package has no PyYAML
+
             value = yaml.safe_load(value)
         if not isinstance(value, dict):
             raise ConfigError(key, "expected a mapping", value)
@@ -106,11 +110,11 @@ def _coerce(key: str, tp: Any, value: Any, from_env: bool) -> Any:
             raise ConfigError(key, "expected an integer", value) from None
     if tp is float:
         if isinstance(value, bool):
-            raise ConfigError(key, "expected a number", value)
+            raise ConfigError(key, "not a number", value)
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise ConfigError(key, "expected a number", value) from None
+            raise ConfigError(key, "not a number", value) from None
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(key, "expected a string", value)
@@ -124,9 +128,11 @@ def _exact_int(value: Any) -> int:
     return int(value)
 
 
-def _check(key: str, f: dataclasses.Field, value: Any) -> None:
+def _check(key: str, f: dataclasses.Field, value: Any, given: Any) -> None:
+    """``value`` within the field's bounds; the error names ``key`` with ``given``, as
+    the operator wrote it (an environment variable's text, a YAML value)."""
     meta = f.metadata
-    shown = "<redacted>" if meta.get("secret") else value
+    shown = "<redacted>" if meta.get("secret") else given
     if value is None:
         return
     if meta.get("min") is not None and value < meta["min"]:
@@ -160,14 +166,19 @@ def _build(
             kwargs[f.name] = _build(tp, data.get(f.name) or {}, env, sub_over, f.name)
             continue
         if f.name in overrides and overrides[f.name] is not None:
-            value = _coerce(key, tp, overrides[f.name], from_env=False)
+            value = given = _coerce(key, tp, overrides[f.name], from_env=False)
         elif env_name(section, f.name) in env:
-            value = _coerce(env_name(section, f.name), tp, env[env_name(section, f.name)], True)
+            given = env[env_name(section, f.name)]
+            value = _coerce(env_name(section, f.name), tp, given, True)
+            if getattr(cls, "ENV_ONLY", False):  # no YAML key to name: name the variable
+                key = env_name(section, f.name)
+            else:
+                given = value
         elif f.name in data:
-            value = _coerce(key, tp, data[f.name], from_env=False)
+            value = given = _coerce(key, tp, data[f.name], from_env=False)
         else:
             continue
-        _check(key, f, value)
+        _check(key, f, value, given)
         kwargs[f.name] = value
     try:
         obj = cls(**kwargs)
@@ -188,6 +199,8 @@ def read_yaml(path: str | os.PathLike[str] | None) -> dict[str, Any]:
         text = p.read_text()
     except OSError as exc:
         raise ConfigError("--config", f"cannot read: {exc.strerror}", str(p)) from None
+    import yaml  # lazily: the controller's Lambda package has no PyYAML
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

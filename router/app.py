@@ -155,6 +155,7 @@ def create_app(service: RouterService) -> Flask:
 
     rejected = service.metrics.requests
     dataplane = service.dataplane
+    tracing = service.tracing
     endpoints = {ep.path: ep for ep in ENDPOINTS}
 
     def data_plane(**_path_args: str) -> Response:
@@ -209,6 +210,7 @@ def create_app(service: RouterService) -> Flask:
         client_sock = request.environ.get("gunicorn.socket")
         if client_sock is not None:
             req.client = ClientLink(client_sock)
+        req.trace = tracing.start(headers, request_id=request_id, path=req.path, model=req.model)
         return _send(proxy.forward(req))
 
     for ep in ENDPOINTS:

@@ -29,7 +29,7 @@ from .finish import FinishTracker, expected_choices
 from .proxy import Answer, ApiError, ClientLeft, Proxy, ProxyRequest
 from .resume_request import CHAT
 from .retry import Failure, FailureKind
-from .sse import DONE, SSEFramer, event_data
+from .sse import BROKEN_CODE, DONE, SSEFramer, event_data
 from .stream import ContinuationRejected, StreamBreak, StreamRelay, StreamStart
 from .upstream import Upstream
 
@@ -74,7 +74,7 @@ def assembled_answer(proxy: Proxy, req: ProxyRequest, start: StreamStart) -> Ans
             # No retry left, or no node left to begin again on: the break is the news.
             proxy.metrics.assembled.labels("failed").inc()
             message = f"the node generating this answer failed and it could not be resumed: {why}"
-            return ApiError(502, message[:500], code="upstream_stream_broken")
+            return ApiError(502, message[:500], code=BROKEN_CODE)
         if isinstance(nxt, Answer) and nxt.status == 200:
             proxy.metrics.assembled.labels("restarted").inc()
             nxt.outcome = "restarted"

@@ -12,8 +12,9 @@ SSE error event).
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from .sse import data_json
 
 _KEY = b'"finish_reason"'
 _NULL_AFTER_KEY = (b'"finish_reason":null', b'"finish_reason": null')
@@ -78,11 +79,7 @@ class FinishTracker:
             self._parse(event)
 
     def _parse(self, event: bytes) -> None:
-        payload = event[5:].strip() if event.startswith(b"data:") else b""
-        try:
-            doc = json.loads(payload)
-        except ValueError:
-            return
+        doc = data_json(event)
         choices = doc.get("choices") if isinstance(doc, dict) else None
         if not isinstance(choices, list):
             return

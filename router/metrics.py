@@ -24,6 +24,10 @@ from .retry import RetryBudget
 PREFIX = "spotrelay_router_"
 MAX_MODEL_LABELS = 200
 OTHER_MODEL = "other"
+NODE_EVENTS = (
+    "registered", "expired", "deleted", "drained", "ejected", "restored", "moved", "unhealthy",
+    "frozen",
+)  # fmt: skip
 
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
@@ -81,6 +85,8 @@ class RouterMetrics:
             ["event"],
             registry=r,
         )
+        for event in NODE_EVENTS:  # a first expiry must be an increase, not a new series
+            self.node_events.labels(event)
         self.node_lost_cuts = Counter(
             PREFIX + "node_lost_cuts_total",
             "Open requests the router cut because their node was lost, by the registry event "
@@ -242,6 +248,7 @@ class _StateCollector(Collector):
         for state, count in self._registry.counts_by_status().items():
             by_state.add_metric([state], count)
         yield by_state
+        yield _model_nodes(self._registry)
         snaps = self._snapshots()
         in_flight = GaugeMetricFamily(
             PREFIX + "node_in_flight",
@@ -264,6 +271,32 @@ class _StateCollector(Collector):
         up = all(s["backend_up"] for s in snaps)
         backend_up.add_metric([self._backend], 1.0 if up else 0.0)
         yield backend_up
+
+
+def _model_nodes(registry: Registry) -> GaugeMetricFamily:
+    """Nodes by model, state and purchase option (the heartbeat's ``lifecycle`` label).
+
+    Every model a node has served since start keeps a ``ready`` series, 0 once
+    its last node is gone, so "no ready node for a model" is an alert on a value
+    rather than on a missing series.
+    """
+    family = GaugeMetricFamily(
+        PREFIX + "model_nodes",
+        "Registered nodes by model, state and lifecycle (spot, on-demand, unknown)",
+        labels=["model", "state", "lifecycle"],
+    )
+    counts: dict[tuple[str, str, str], int] = {}
+    for node in registry.nodes():
+        lifecycle = node.labels.get("lifecycle") or "unknown"
+        for model in node.models:
+            key = (model, str(node.status), lifecycle)
+            counts[key] = counts.get(key, 0) + 1
+    ready = {model for model, state, _ in counts if state == "ready"}
+    for model in set(registry.known_models()) - ready:
+        counts[(model, "ready", "unknown")] = 0
+    for key, count in sorted(counts.items()):
+        family.add_metric(list(key), count)
+    return family
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

@@ -23,43 +23,34 @@ Such streams are not resumed: see docs/router.md ("Responses API streams").
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .sse import DONE_EVENT, is_done
-from .stream import AbandonUpstream, Step, StreamBreak, broken_message
+from .sse import BROKEN_CODE, DONE_EVENT, data_json, encode_named, field, is_done
+from .stream import AbandonUpstream, Step, StreamBreak, StreamHandler, StreamStart, broken_message
+
+if TYPE_CHECKING:
+    from .proxy import Proxy, ProxyRequest
+
+HandlerFactory = Callable[["ProxyRequest", "Proxy"], StreamHandler]
 
 _SEQUENCE = re.compile(rb'"sequence_number"\s*:\s*(\d+)')
-BROKEN_CODE = "upstream_stream_broken"
 
 
 def event_name(event: bytes) -> bytes:
     """The ``event:`` field of one framed SSE event, else the ``type`` of its JSON data."""
-    for line in event.split(b"\n"):
-        if line.startswith(b"event:"):
-            return line[6:].strip()
-    for line in event.split(b"\n"):
-        if line.startswith(b"data:"):
-            try:
-                doc = json.loads(line[5:])
-            except ValueError:
-                return b""
-            kind = doc.get("type") if isinstance(doc, dict) else None
-            return kind.encode() if isinstance(kind, str) else b""
-    return b""
+    name = field(event, b"event")
+    if name is not None:
+        return name
+    kind = _data(event).get("type")
+    return kind.encode() if isinstance(kind, str) else b""
 
 
 def _data(event: bytes) -> dict:
-    for line in event.split(b"\n"):
-        if line.startswith(b"data:"):
-            try:
-                doc = json.loads(line[5:])
-            except ValueError:
-                return {}
-            return doc if isinstance(doc, dict) else {}
-    return {}
+    doc = data_json(event, leading=False)
+    return doc if isinstance(doc, dict) else {}
 
 
 def _responses_error(message: str, sequence_number: int) -> bytes:
@@ -70,12 +61,12 @@ def _responses_error(message: str, sequence_number: int) -> bytes:
         "param": None,
         "sequence_number": sequence_number,
     }
-    return b"event: error\ndata: " + json.dumps(doc).encode() + b"\n\n"
+    return encode_named("error", doc)
 
 
 def _anthropic_error(message: str, sequence_number: int) -> bytes:
     doc = {"type": "error", "error": {"type": "api_error", "message": message}}
-    return b"event: error\ndata: " + json.dumps(doc).encode() + b"\n\n"
+    return encode_named("error", doc)
 
 
 def _message_of(doc: dict) -> str:
@@ -168,6 +159,13 @@ class NamedEventHandler:
         self.protocol = protocol
         self.last_sequence = -1
 
+    def frame_start(self, start: StreamStart) -> StreamStart:
+        """The stream as the relay reads it: the end sentinel after each terminal event."""
+        events = self.protocol
+        return StreamStart(
+            start.upstream, events.framed(start.batches), events.frame(start.first_batch)
+        )
+
     def on_event(self, event: bytes) -> bytes | None:
         if event is DONE_EVENT or is_done(event):
             return None  # the end sentinel frame() added: not part of this protocol
@@ -189,3 +187,15 @@ class NamedEventHandler:
         return Step(
             self.protocol.error_event(f"stream failed: {exc}", self.last_sequence + 1), error=True
         )
+
+
+def with_named_events(chat: HandlerFactory) -> HandlerFactory:
+    """The proxy's one stream handler factory: a named-event stream gets its protocol's
+    handler, every other stream ``chat``'s (resume, or end with an error event)."""
+
+    def make(req: ProxyRequest, proxy: Proxy) -> StreamHandler:
+        if req.events is not None:
+            return NamedEventHandler(req.events)
+        return chat(req, proxy)
+
+    return make

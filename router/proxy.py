@@ -53,7 +53,7 @@ from .hedge import HedgeRace, Outcome, StallPolicy, StallWatch, race_lock
 from .hedging import Hedger
 from .loopmark import HOP_HEADER, LOOP_HEADER, LoopMarks, hop_header
 from .metrics import RouterMetrics
-from .named_events import NamedEventHandler, NamedEvents
+from .named_events import NamedEvents, with_named_events
 from .placement import Placement, is_long
 from .prefix_key import prefix_key
 from .registry import ModelStatus, Node, Registry
@@ -68,6 +68,7 @@ from .stream import (
     StreamRelay,
     StreamStart,
 )
+from .tracing import NO_TRACE, RequestTrace
 from .upstream import (
     UPSTREAM_ERRORS,
     BodyRelay,
@@ -147,6 +148,7 @@ class ProxyRequest:
     # Non-streaming, to be asked as this stream on nodes whose engine kind is in
     # routing.assemble_non_streaming (the answer assembled by router/assembly.py).
     assembly: StreamForm | None = None
+    trace: RequestTrace = NO_TRACE  # OpenTelemetry spans when tracing is on (router/tracing.py)
 
     def derive(
         self,
@@ -312,7 +314,9 @@ class Proxy:
         self.access_log = access_log
         self.clock = clock
         self.sleep = sleep
-        self.stream_handler_factory = stream_handler_factory or (lambda req, proxy: EndWithError())
+        self.stream_handler_factory = with_named_events(
+            stream_handler_factory or (lambda req, proxy: EndWithError())
+        )
         # Reads a stream to its end for a non-streaming request (req.assembly).
         self.assembled = assembled
 
@@ -444,9 +448,17 @@ class Proxy:
         Until the answer (or a stream's first event) is in hand, the client's
         departure aborts the node connection (:mod:`spotrelay.router.disconnect`).
         """
-        with self.client_watch.watching(req.client), self.loop_marks.issued() as mark:
+        kind = "resume" if req.follow_up else "retry" if req.attempts > 1 else "attempt"
+        with (
+            self.client_watch.watching(req.client),
+            self.loop_marks.issued() as mark,
+            req.trace.attempt(node.id, kind) as span,
+        ):
             try:
-                return self._attempt_once(node, req, mark)
+                result = self._attempt_once(node, req, mark)
+                if isinstance(result, Failure):
+                    span.failed(str(result.kind), result.detail)
+                return result
             except Exception as exc:  # a bug or an unforeseen input: the node's failure, not a 500
                 log.exception(
                     "attempt on node %s raised %s",
@@ -454,7 +466,9 @@ class Proxy:
                     type(exc).__name__,
                     extra={"request_id": req.request_id},
                 )
-                return Failure(FailureKind.INTERNAL, node.id, f"{type(exc).__name__}: {exc}"[:200])
+                failure = f"{type(exc).__name__}: {exc}"[:200]
+                span.failed(str(FailureKind.INTERNAL), failure)
+                return Failure(FailureKind.INTERNAL, node.id, failure)
 
     def _upstream_headers(self, req: ProxyRequest, mark: str) -> dict[str, str]:
         headers = {"X-Request-ID": req.request_id, HOP_HEADER: hop_header(req.hops, mark)}
@@ -462,6 +476,7 @@ class Proxy:
             headers["Content-Type"] = req.content_type
         if req.accept:
             headers["Accept"] = req.accept
+        headers.update(req.trace.headers())
         return headers
 
     def _attempt_once(
@@ -768,14 +783,10 @@ class Proxy:
                 self.metrics.client_disconnects.inc()
             self._log_done(req, 200, outcome)
 
-        handler: StreamHandler | None = None
-        if req.events is not None:  # a named-event stream: its terminal events end it
-            events = req.events
-            start = StreamStart(
-                upstream, events.framed(start.batches), events.frame(start.first_batch)
-            )
-            handler = NamedEventHandler(events)
-        handler = handler or self.stream_handler_factory(req, self)
+        handler = self.stream_handler_factory(req, self)
+        frame_start = getattr(handler, "frame_start", None)
+        if frame_start is not None:  # a named-event stream: its terminal events end it
+            start = frame_start(start)
         relay = StreamRelay(
             start,
             handler,
@@ -811,13 +822,14 @@ class Proxy:
             plan,
             open_hedge,
             budget=self.budget,
-            count=self._count_hedge,
+            count=lambda outcome: self._count_hedge(req, outcome),
             client_sock=req.client.sock if req.client is not None else None,
             request_id=req.request_id,
         )
 
-    def _count_hedge(self, outcome: Outcome) -> None:
+    def _count_hedge(self, req: ProxyRequest, outcome: Outcome) -> None:
         self.metrics.hedges.labels(str(outcome)).inc()
+        req.trace.event("hedge", outcome=str(outcome))
 
     def open_continuation(
         self,
@@ -844,6 +856,7 @@ class Proxy:
         sub = req.derive(body, requires=requires)
         if link is not None:  # a hedge: the hedger cancels it through its link
             sub.client = link
+            sub.trace = req.trace.hedged()
         result = self.acquire(sub)
         if link is None or isinstance(result, StreamStart):  # a hedge that lost leaves no trace
             req.tried |= sub.tried
@@ -869,6 +882,8 @@ class Proxy:
         self.metrics.stream_breaks.labels(str(brk.reason)).inc()
         if brk.reason is not BreakReason.NODE_LOST:  # a lost node is out of rotation already
             self.registry.record_failure(upstream.node)
+        req.trace.event("stream_break", node=brk.node_id, reason=str(brk.reason),
+                        events_sent=brk.events_sent)  # fmt: skip
         log.warning(
             "stream broke on node %s after %d events: %s %s",
             brk.node_id,
@@ -893,8 +908,11 @@ class Proxy:
         return self.metrics.model_label(req.model) if req.model else "none"
 
     def _log_done(self, req: ProxyRequest, status: int, outcome: str) -> None:
-        if not self.access_log and status < 500 and outcome == "complete":
-            return
+        if self.access_log or status >= 500 or outcome != "complete":
+            self._access_line(req, status, outcome)
+        req.trace.end(status, outcome)
+
+    def _access_line(self, req: ProxyRequest, status: int, outcome: str) -> None:
         log.info(
             "%s %s %d",
             req.method,

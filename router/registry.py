@@ -414,6 +414,10 @@ class Registry:
         """Has any node registered with ``model`` since start (the bounded known-model set)?"""
         return model in self._known_models
 
+    def known_models(self) -> list[str]:
+        """Every model some node has served since start (bounded): gauges keep a 0 for each."""
+        return sorted(self._known_models)
+
     def ready_models(self) -> list[str]:
         """Models served by at least one routable node."""
         return sorted(m for m in self._by_model if self.candidates(m))

@@ -12,10 +12,8 @@ aborts). An unbroken stream is parsed once: its finish chunk, alone.
 
 from __future__ import annotations
 
-import json
-
 from spotrelay.router.finish import unfinished
-from spotrelay.router.sse import DONE_EVENT, is_done
+from spotrelay.router.sse import DONE_EVENT, data_json, is_done, is_json_line
 
 #: finish reasons that mean "the engine gave up on this request", not a real end.
 ABORT_FINISH = frozenset({"abort", "error"})
@@ -55,7 +53,7 @@ class UnparsedBacklog:
 def plain(event: bytes, *, finishing: bool = False) -> bool:
     """A one-line JSON chunk with no usage, no error and (unless ``finishing``) no
     finished choice."""
-    if not event.startswith(b"data: {") or event.find(b"\n") != len(event) - 2:
+    if not is_json_line(event):
         return False
     if b'"error"' in event:
         return False
@@ -67,10 +65,8 @@ def plain(event: bytes, *, finishing: bool = False) -> bool:
 
 def _clean_finish(event: bytes) -> bool:
     """The chunk that finishes the single choice normally (parsed alone, once per stream)."""
-    try:
-        choices = json.loads(event[6:-2]).get("choices")
-    except (ValueError, AttributeError):
-        return False
+    doc = data_json(event)
+    choices = doc.get("choices") if isinstance(doc, dict) else None
     if not isinstance(choices, list) or len(choices) != 1:
         return False
     choice = choices[0]

@@ -32,6 +32,7 @@ from spotrelay.router.stream import (
     StreamHandler,
     broken_message,
 )
+from spotrelay.router.tracing import NO_TRACE, RequestTrace
 
 log = logging.getLogger("spotrelay.router.resume")
 
@@ -43,14 +44,17 @@ CHAT_RESUME_NEEDS = frozenset({CAP_CONTINUE_FINAL_MESSAGE})
 class MetricsObserver:
     """Feeds resume events into the router's Prometheus metrics."""
 
-    def __init__(self, metrics: RouterMetrics) -> None:
+    def __init__(self, metrics: RouterMetrics, trace: RequestTrace = NO_TRACE) -> None:
         self._metrics = metrics
+        self._trace = trace
 
     def outcome(self, outcome: str) -> None:
         self._metrics.resumes.labels(outcome).inc()
+        self._trace.event("resume", outcome=outcome)
 
     def resumed_tokens(self, tokens: int) -> None:
         self._metrics.resumed_tokens.inc(tokens)
+        self._trace.carry(tokens)
 
     def seam(self, seconds: float) -> None:
         self._metrics.resume_seam.observe(seconds)
@@ -133,7 +137,7 @@ def resume_handler_factory(
             request_id=req.request_id,
         )
         if metrics is not None:
-            resumer.attempts.observer = MetricsObserver(metrics)
+            resumer.attempts.observer = MetricsObserver(metrics, req.trace)
         if not resumer.resumable:
             return NotResumedHandler(resumer)  # plain pass-through: no per-event cost
         return ResumingStreamHandler(resumer)

@@ -11,18 +11,18 @@ seam in :mod:`spotrelay.router.proxy`). Retryable:
 
 Other 4xx are the client's problem and pass through unchanged.
 
-Backoff is "full jitter": a uniform delay in ``[0, min(cap, base · 2^(n-1))]``
-before retry ``n``, which spreads a burst of retries instead of synchronising
-them. A retry budget bounds the amplification when a whole fleet is failing:
-concurrent retries may be at most ``budget_percent`` of the active requests,
-but ``min_retry_concurrency`` are always allowed (Envoy's retry budget). A
-retry that finds the budget used up waits for a slot (up to
-``retry.budget_wait_s``) instead of failing at once: when one node of three
-dies, a third of the open requests need a retry at the same moment, and
-queueing them briefly keeps the fleet's extra load bounded without turning a
-survivable node loss into client errors. ``budget_wait_s: 0`` gives Envoy's
-fail-fast behaviour. One overall deadline per request bounds everything,
-waits included.
+Backoff is "full jitter" (:mod:`spotrelay.core.backoff`): a uniform delay in
+``[0, min(cap, base · 2^(n-1))]`` before retry ``n``, which spreads a burst of
+retries instead of synchronising them. A retry budget bounds the amplification
+when a whole fleet is failing: concurrent retries may be at most
+``budget_percent`` of the active requests, but ``min_retry_concurrency`` are
+always allowed (Envoy's retry budget). A retry that finds the budget used up
+waits for a slot (up to ``retry.budget_wait_s``) instead of failing at once:
+when one node of three dies, a third of the open requests need a retry at the
+same moment, and queueing them briefly keeps the fleet's extra load bounded
+without turning a survivable node loss into client errors.
+``budget_wait_s: 0`` gives Envoy's fail-fast behaviour. One overall deadline
+per request bounds everything, waits included.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+from spotrelay.core.backoff import Jitter, jittered_delay
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 
@@ -106,8 +108,7 @@ class RetryPolicy:
 
     def backoff_s(self, retry_number: int) -> float:
         """Full-jitter delay before retry ``retry_number`` (1 for the first retry)."""
-        ceiling = min(self.max_s, self.base_s * (2 ** max(0, retry_number - 1)))
-        return self.rng.uniform(0, ceiling)
+        return jittered_delay(retry_number - 1, self.base_s, self.max_s, Jitter.FULL, self.rng)
 
 
 class RetryBudget:

@@ -50,6 +50,7 @@ from .resume_handler import resume_handler_factory
 from .retry import RetryBudget, RetryPolicy
 from .settings import RouterConfig
 from .stream import StreamHandler
+from .tracing import make_tracing
 from .upstream import IdleWatchdog, make_pool
 
 log = logging.getLogger("spotrelay.router")
@@ -99,6 +100,7 @@ class RouterService:
             max_nodes=cfg.registry.max_nodes,
         )
         self.metrics = RouterMetrics(shared_dir=metrics_dir)
+        self.tracing = make_tracing(cfg.tracing)
         self.budget = RetryBudget(
             cfg.retry.budget_percent, cfg.retry.min_retry_concurrency, cfg.retry.budget_wait_s
         )
@@ -185,6 +187,7 @@ class RouterService:
         self.health.stop()
         self.watchdog.stop()
         self.client_watch.stop()
+        self.tracing.shutdown()  # flushes the spans still batched
 
     def backend_up(self) -> bool:
         """Whether the registry backend is reachable (memory always is)."""

@@ -151,7 +151,7 @@ class Registry:
     )
     redis_timeout_s: float = setting(2, min=0.05, help="Redis connect and command timeout")
     redis_backoff_max_s: float = setting(
-        5, min=0.05, help="reconnect backoff cap (full jitter, doubling from 0.1 s)"
+        5, min=0.05, help="reconnect backoff cap (equal jitter, doubling from 0.1 s)"
     )
 
     def validate(self) -> None:
@@ -355,6 +355,20 @@ class Hedge:
 
 
 @dataclass
+class Tracing:
+    enabled: bool = setting(
+        False, help="OpenTelemetry traces (needs the otel extra); off imports nothing of it"
+    )
+    otlp_endpoint: str = setting(
+        "http://127.0.0.1:4318/v1/traces", help="OTLP/HTTP traces endpoint (a collector)"
+    )
+    service_name: str = setting("spotrelay-router", help="the service.name resource attribute")
+    sample_ratio: float = setting(
+        1.0, min=0, max=1, help="share of new traces kept; a client's sampled flag wins"
+    )
+
+
+@dataclass
 class RouterConfig:
     server: Server = setting(default_factory=Server)
     auth: Auth = setting(default_factory=Auth)
@@ -365,6 +379,7 @@ class RouterConfig:
     health: Health = setting(default_factory=Health)
     resume: Resume = setting(default_factory=Resume)
     hedge: Hedge = setting(default_factory=Hedge)
+    tracing: Tracing = setting(default_factory=Tracing)
 
     def validate(self) -> None:
         workers = self.server.workers

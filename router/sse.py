@@ -40,6 +40,9 @@ DONE = b"[DONE]"
 DONE_LINE = b"data: " + DONE
 #: The ``[DONE]`` event as the router sends it.
 DONE_EVENT = DONE_LINE + b"\n\n"
+#: The error code of every in-stream error the router writes when a stream breaks
+#: (chat error events, named-event error events, a broken assembled answer).
+BROKEN_CODE = "upstream_stream_broken"
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,38 @@ def event_data(raw: bytes) -> bytes | str | None:
     return None if event is None else event.data
 
 
+def data_json(raw: bytes, *, leading: bool = True) -> Any:
+    """The JSON of one framed event's ``data:`` line; None when there is none or it is not JSON.
+
+    ``leading`` (the chat streams' hot path): only an event that *begins* with
+    its ``data:`` line counts, read without decoding the rest. Otherwise the
+    first ``data:`` line anywhere (named events put ``event:`` first).
+    """
+    if leading:
+        payload = raw[5:] if raw.startswith(b"data:") else b""
+    else:
+        payload = field(raw, b"data") or b""
+    try:
+        return json.loads(payload)
+    except ValueError:
+        return None
+
+
+def field(raw: bytes, name: bytes) -> bytes | None:
+    """The value of the first ``name:`` line of one framed event (stripped); None if absent."""
+    prefix = name + b":"
+    for line in raw.split(b"\n"):
+        if line.startswith(prefix):
+            return line[len(prefix) :].strip()
+    return None
+
+
+def is_json_line(raw: bytes) -> bool:
+    """One framed event that is a single ``data: {...}`` line: the chat chunk shape the
+    relay's fast paths handle without parsing (anything else is read in full)."""
+    return raw.startswith(b"data: {") and raw.find(b"\n") == len(raw) - 2
+
+
 def is_done(raw: bytes) -> bool:
     """A framed event is ``data: [DONE]``."""
     if raw.startswith(DONE_LINE):
@@ -254,9 +289,13 @@ def encode_json(obj: Any) -> bytes:
     return encode_data(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
 
 
-def error_event(
-    message: str, *, status: int = 502, code: str | None = "upstream_stream_broken"
-) -> bytes:
+def encode_named(kind: str, obj: Any) -> bytes:
+    """One named event: ``event: <kind>`` and ``obj`` as JSON (the Responses and
+    Anthropic Messages framing, as vLLM writes it)."""
+    return b"event: " + kind.encode() + b"\ndata: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def error_event(message: str, *, status: int = 502, code: str | None = BROKEN_CODE) -> bytes:
     """An in-stream error in OpenAI error shape; the OpenAI SDKs raise it as ``APIError``."""
     return encode_json(openai_error(status, message, code=code))
 

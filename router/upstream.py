@@ -8,7 +8,6 @@ network policy vetted, presenting the registered host name as ``Host``/SNI.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import ssl
 import time
@@ -25,7 +24,7 @@ from .hedge import StallWatch
 from .netpolicy import NodeTarget
 from .registry import Node, Registry
 from .retry import FailureKind
-from .sse import EventTooLarge, SSEFramer
+from .sse import EventTooLarge, SSEFramer, data_json
 
 log = logging.getLogger("spotrelay.router")
 
@@ -77,21 +76,16 @@ def is_error_event(event: bytes) -> bool:
     """An SSE event carrying an error object (vLLM's mid-stream failure report)."""
     if b"error" not in event[:48]:
         return False
-    payload = event[5:].strip() if event.startswith(b"data:") else b""
-    try:
-        doc = json.loads(payload)
-    except ValueError:
-        return False
+    doc = data_json(event)
     return isinstance(doc, dict) and ("error" in doc or doc.get("object") == "error")
 
 
 def error_event_message(event: bytes) -> str:
-    try:
-        doc = json.loads(event[5:].strip())
-        err = doc.get("error", doc)
-        return str(err.get("message", "")) if isinstance(err, dict) else str(err)
-    except (ValueError, AttributeError):
+    doc = data_json(event)
+    if not isinstance(doc, dict):
         return ""
+    err = doc.get("error", doc)
+    return str(err.get("message", "")) if isinstance(err, dict) else str(err)
 
 
 @dataclass(eq=False)

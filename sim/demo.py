@@ -33,6 +33,7 @@ from spotrelay.core.protocol import CAP_CONTINUE_FINAL_MESSAGE
 
 from .capacity import CapacityLoop, CapacityOptions
 from .chaos import FREEZES, FleetObserver, PlannedEvent, pick_victim, plan_events
+from .demo_prometheus import DemoPrometheus
 from .demo_routers import RouterChaos
 from .fleet import FleetOptions, LocalFleet, Node
 from .report import render_table, summarise, write_chart, write_json
@@ -68,6 +69,7 @@ class DemoOptions:
     freezes: int = 1  # engines SIGSTOPped for freeze_s, their agents running (a hung GPU)
     host_freezes: int = 1  # whole nodes stopped for freeze_s, then terminated and replaced
     freeze_s: float = 6.0
+    prometheus: bool = False  # a real Prometheus scrapes the run; the report lists its alerts
 
 
 @dataclass
@@ -106,18 +108,23 @@ class Demo:
         routing = options.fleet.router_overrides.setdefault("routing", {})
         routing.setdefault("risk_aware", options.risk_placement)
         routing.setdefault("long_request_tokens", options.long_max_tokens)
+        self.prometheus: DemoPrometheus | None = None
+        options.fleet.agent_metrics = options.fleet.agent_metrics or options.prometheus
 
     # -- the run --------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         opts = self.options
         self.out.mkdir(parents=True, exist_ok=True)
         self._start_routers()
+        if opts.prometheus:
+            self.prometheus = DemoPrometheus.start(self.fleet, self.out)
         nodes = [self.fleet.launch_node() for _ in range(opts.nodes)]
         for node in nodes:
             self.fleet.wait_node_ready(node)
         log.info("fleet ready: routers %s, %d nodes", self.fleet.router_urls, len(nodes))
         metrics_before = self.routers.totals()
         self.t0 = self.routers.t0 = time.monotonic()
+        t0_wall = time.time()
         observer = FleetObserver(self.fleet.router_nodes, self.t0)
         observer.start()
         traffic = TrafficDriver(
@@ -181,6 +188,8 @@ class Demo:
         report["routers"] = self.routers.report(traffic)
         if self.capacity:
             report["capacity"] = self.capacity.report()
+        if self.prometheus:
+            report["alerts"] = self.prometheus.alerts(t0_wall)
         write_json(report, self.out)
         write_chart(report, traffic.log.records, self.out, opts.duration_s)
         return report
@@ -422,6 +431,7 @@ class Demo:
             "freezes": opts.freezes,
             "host_freezes": opts.host_freezes,
             "freeze_s": opts.freeze_s,
+            "prometheus": opts.prometheus,
         }
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ examples:
   spotrelay demo --nodes 4 --duration 120 --rps 40 --out /tmp/demo
   spotrelay demo --routers 2 --redis auto         # shared registry; one router SIGKILLed
   spotrelay demo --spot-shortage 10:40 --dead-agents 1   # fallback to on-demand, off-node notice
+  spotrelay demo --prometheus     # + a real Prometheus with the alert rules; alerts reported
   spotrelay demo --freezes 2 --host-freezes 0 --freeze-s 15   # hung GPUs, no socket closed
   spotrelay demo --engine-cmd 'vllm serve Qwen/Qwen2.5-0.5B-Instruct --port {port}' \\
                  --model Qwen/Qwen2.5-0.5B-Instruct --lead-s 30
@@ -128,6 +129,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
             "--" + dest.replace("_", "-"), dest=dest, type=kind, default=None, help=help_text
         )
     p.add_argument(
+        "--prometheus",
+        action="store_const",
+        const=True,
+        default=None,
+        help="run a real Prometheus (binary on PATH) with the shipped alert rules, for: "
+        "shortened a minute to a second; the report lists the alerts that fired",
+    )
+    p.add_argument(
         "--no-progress",
         action="store_true",
         help="periodic log lines instead of a live progress line",
@@ -145,6 +154,7 @@ def _run(args: argparse.Namespace) -> int:
     overrides: dict[str, dict[str, object]] = {"demo": {}, "engine": {}}
     for dest, (section, key, _kind, _help) in FLAGS.items():
         overrides[section][key] = getattr(args, dest)
+    overrides["demo"]["prometheus"] = args.prometheus
     cfg = load(DemoConfig, args.config, overrides=overrides)
     d, e = cfg.demo, cfg.engine
     rps, max_tokens = d.load_for(real_engine=e.cmd is not None)
@@ -180,6 +190,7 @@ def _run(args: argparse.Namespace) -> int:
         long_ratio=d.long_ratio,
         long_max_tokens=d.long_max_tokens,
         risk_placement=d.risk_placement,
+        prometheus=d.prometheus,
     )
     return run(options)
 

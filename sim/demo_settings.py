@@ -62,6 +62,9 @@ class Run:
     risk_placement: bool = setting(
         True, help="the router keeps long requests off nodes at risk (routing.risk_aware)"
     )
+    prometheus: bool = setting(
+        False, help="run a real Prometheus with the alert rules; the report lists what fired"
+    )
 
     def validate(self) -> None:
         if self.routers > 1 and not self.redis:

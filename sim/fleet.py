@@ -43,6 +43,7 @@ class FleetOptions:
     engine_ready_timeout_s: float = 60.0
     router_overrides: dict[str, Any] = field(default_factory=dict)
     routers: int = 1
+    agent_metrics: bool = False  # agents serve /metrics (demo --prometheus scrapes them)
 
 
 @dataclass
@@ -59,6 +60,7 @@ class Node:
     killed_at: float | None = None
     instance_id: str = ""
     lifecycle: str = "spot"  # instance-life-cycle: spot or on-demand
+    metrics_port: int = 0  # the agent's /metrics (0: off)
 
     @property
     def processes(self) -> list[ManagedProcess]:
@@ -195,6 +197,7 @@ class LocalFleet:
         name = f"node-{self._serial}"
         logs = self.workdir / "logs"
         engine_port, imds_port = free_port(), free_port()
+        metrics_port = free_port() if self.options.agent_metrics else 0
         engine_url, imds_url = f"http://{HOST}:{engine_port}", f"http://{HOST}:{imds_port}"
         instance_id = f"i-{secrets.token_hex(8)}"
         imds = self.procs.start(
@@ -245,7 +248,7 @@ class LocalFleet:
             "imds": {"url": imds_url, "poll_interval_s": self.options.poll_interval_s},
             "heartbeat": {"interval_s": 1},
             "drain": {"safety_margin_s": 1, "stop_engine": False},
-            "metrics": {"port": 0},
+            "metrics": {"host": HOST, "port": metrics_port},
             "state_dir": str(state_dir),
         }
         cfg_path = self.workdir / f"{name}-agent.yaml"
@@ -267,6 +270,7 @@ class LocalFleet:
             time.monotonic(),
             instance_id=instance_id,
             lifecycle=lifecycle,
+            metrics_port=metrics_port,
         )
         self.nodes[name] = node
         return node

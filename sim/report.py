@@ -126,6 +126,7 @@ def render_table(report: dict[str, Any]) -> str:
             )
     if report.get("capacity"):
         lines += capacity_lines(report["capacity"])
+    lines += alert_lines(report.get("alerts"))
     if report["failures"]:
         lines += ["", "first failures:"]
         lines += [
@@ -274,3 +275,19 @@ def write_chart(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def alert_lines(alerts: list[dict[str, Any]] | None) -> list[str]:
+    """The report's alert table (``None``: the run had no Prometheus)."""
+    if alerts is None:
+        return []
+    if not alerts:
+        return ["", "alerts fired (Prometheus): none"]
+    lines = ["", "alerts fired (Prometheus; seconds after traffic started)"]
+    for a in alerts:
+        where = ", ".join(f"{k}={v}" for k, v in sorted(a["labels"].items()) if k != "severity")
+        lines.append(
+            f"  {a['alert']:<34}{a['first_firing']:>7} - {a['last_firing']:<7}"
+            f"{a['labels'].get('severity', '')}  {where}"
+        )
+    return lines

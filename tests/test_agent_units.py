@@ -317,6 +317,7 @@ def test_drain_runs_every_step_in_order_once(tmp_path: Path) -> None:
     assert len(lc.completed) == 1 and lc.completed[0] < ev.time
     assert m.silenced
     assert m.metrics.drains.labels("spot_interruption")._value.get() == 1
+    assert m.metrics.drain_deadline_missed._value.get() == 0
 
 
 def test_drain_without_engine_metrics_waits_for_the_routers_in_flight(tmp_path: Path) -> None:
@@ -340,6 +341,8 @@ def test_drain_waits_for_in_flight_then_stops_at_the_deadline(tmp_path: Path) ->
     assert 0.5 <= elapsed < 1.5
     assert lc.heartbeats >= 2  # RecordLifecycleActionHeartbeat while waiting
     assert lc.completed and lc.completed[0] < t0 + 1.6
+    # the cut-off work is counted: SpotrelayDrainMissedDeadline fires on it
+    assert m.metrics.drain_deadline_missed._value.get() == 1
 
 
 def test_earlier_deadline_tightens_the_running_drain(tmp_path: Path) -> None:

@@ -97,6 +97,7 @@ def test_env_lists_and_top_level_keys() -> None:
         ("server: [1, 2]\n", {}, "server"),
         ("server: {port: 80\n", {}, "invalid YAML"),
         ("", {"SPOTRELAY_TIMEOUTS_CONNECT_S": "soon"}, "SPOTRELAY_TIMEOUTS_CONNECT_S = 'soon'"),
+        ("", {"SPOTRELAY_RETRY_MAX_ATTEMPTS": "0"}, "retry.max_attempts = 0: must be >= 1"),
         ("registry: {allowed_networks: [10.0.0.0/33]}\n", {}, "registry.allowed_networks[0]"),
     ],
 )

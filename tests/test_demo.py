@@ -128,6 +128,30 @@ def test_short_demo_has_no_client_visible_failure(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.skipif(not shutil.which("prometheus"), reason="prometheus not installed (Debian)")
+def test_prometheus_sees_the_host_freeze_and_nothing_for_the_preemption(tmp_path: Path) -> None:
+    proc = _demo(
+        tmp_path, "--prometheus", "--nodes", "2", "--duration", "14", "--rps", "8",
+        "--preemptions", "1", "--hard-kills", "0", "--freezes", "0", "--host-freezes", "1",
+        "--lead-s", "4", "--freeze-s", "3", "--seed", "5",
+    )  # fmt: skip
+    out = _succeeds(proc, timeout=100)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    notice = next(e for e in report["events"] if e["type"] == "spot_notice")
+    host = next(e for e in report["events"] if e["type"] == "host_freeze")
+    # The preemption (drained, deregistered) fires nothing; the frozen host's
+    # heartbeats stop and its expiry at the router fires the stopped-heartbeat alert.
+    assert [a["alert"] for a in report["alerts"]] == ["SpotrelayNodeHeartbeatsStopped"], out
+    fired = report["alerts"][0]["first_firing"]
+    assert host["at"] < host["excluded"] <= fired <= host["excluded"] + 5, (host, fired)
+    assert notice["killed"] is not None and notice["drained"] is not None
+    assert "SpotrelayNodeHeartbeatsStopped" in out
+    rules = (tmp_path / "out" / "prometheus" / "rules.yml").read_text()
+    assert "for: 15s" in rules and "for: 15m" not in rules  # a minute became a second
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.timeout(120)
 def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     proc = _demo(
         tmp_path, "--nodes", "2", "--duration", "60", "--preemptions", "0", "--hard-kills", "0"
@@ -255,3 +279,14 @@ def test_risk_aware_placement_resumes_fewer_streams(tmp_path: Path) -> None:
         resumed[mode] = report["resumed"]
     assert resumed["off"] >= 1, "long streams on the reclaimed node were cut and resumed"
     assert resumed["on"] < resumed["off"], resumed
+
+
+def test_demo_prometheus_without_the_binary_says_so_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from spotrelay.sim.demo_prometheus import DemoPrometheus
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no prometheus here
+    assert DemoPrometheus.start(None, tmp_path) is None  # type: ignore[arg-type]
+    out = capsys.readouterr().out.strip()
+    assert "\n" not in out and "--prometheus skipped" in out

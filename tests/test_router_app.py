@@ -224,6 +224,9 @@ def test_ops_endpoints(client):
         'spotrelay_router_requests_total{model="other",status="404"} 1.0',
         'spotrelay_router_requests_total{model="m",status="200"} 1.0',
         'spotrelay_router_nodes{state="ready"} 1.0',
+        # by model and purchase option; node events exist at 0 so a first expiry is an increase
+        'spotrelay_router_model_nodes{lifecycle="unknown",model="m",state="ready"} 1.0',
+        'spotrelay_router_node_events_total{event="expired"} 0.0',
         'spotrelay_router_node_in_flight{node="a",state="ready"} 0.0',
         'spotrelay_router_upstream_attempts_total{outcome="ok"} 1.0',
         "spotrelay_router_upstream_latency_seconds_bucket",

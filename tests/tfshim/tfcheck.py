@@ -47,14 +47,18 @@ MODULE_DIRS = (
     "modules/gpu-pool",
     "modules/gpu-pool/modules/config",
     "modules/gpu-pool/modules/capacity",
+    "modules/gpu-pool/modules/alarms",
     "modules/router",
     "modules/router/modules/config",
+    "modules/router/modules/alarms",
     "examples/complete",
 )
 OFFLINE_TEST_DIRS = (
     "modules/gpu-pool/modules/config",
     "modules/gpu-pool/modules/capacity",
+    "modules/gpu-pool/modules/alarms",
     "modules/router/modules/config",
+    "modules/router/modules/alarms",
 )
 EXEC_KEYS = re.compile(r"^(Exec(?:Start|StartPre|StartPost|Stop|StopPost|Reload|Condition))=(.*)$")
 REGISTRY = "registry.terraform.io"

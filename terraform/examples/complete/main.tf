@@ -41,10 +41,12 @@ module "router" {
   # The capacity controller's own group (empty when it is off).
   control_client_security_group_ids = module.gpu_pool.controller_security_group_ids
   # The port the engine listens on, from the pool (one setting, engine_port).
-  node_port        = module.gpu_pool.engine_port
-  tags             = local.tags
-  monitoring_cidrs = var.monitoring_cidrs
-  heartbeat        = { allowed_cidrs = var.operator_cidrs }
+  node_port           = module.gpu_pool.engine_port
+  tags                = local.tags
+  monitoring_cidrs    = var.monitoring_cidrs
+  heartbeat           = { allowed_cidrs = var.operator_cidrs }
+  alarms_enabled      = var.alarms_enabled
+  alarm_sns_topic_arn = var.alarm_sns_topic_arn
 
   load_balancer = {
     subnet_ids      = var.alb_internal ? var.private_subnet_ids : var.public_subnet_ids
@@ -82,4 +84,6 @@ module "gpu_pool" {
   scale_on_load         = var.scale_on_load
   on_demand_fallback    = var.on_demand_fallback
   interruption_queue    = var.interruption_queue
+  alarms_enabled        = var.alarms_enabled
+  alarm_sns_topic_arn   = var.alarm_sns_topic_arn
 }

@@ -285,6 +285,8 @@ resource "aws_autoscaling_group" "node" {
   default_instance_warmup   = var.health_check_grace_period
   wait_for_capacity_timeout = var.wait_for_capacity_timeout
   termination_policies      = ["AllocationStrategy", "OldestLaunchTemplate", "Default"]
+  # The group's 1-minute metrics (free) for the in-service alarm (alarms.tf).
+  enabled_metrics = var.alarms_enabled ? ["GroupDesiredCapacity", "GroupInServiceInstances", "GroupPendingInstances"] : []
 
   mixed_instances_policy {
     instances_distribution {

@@ -1,0 +1,101 @@
+# Plan-level tests of the pool's CloudWatch alarms, dashboard and group metrics
+# against mocked providers (`make tf-validate`); which alarms exist and on which
+# thresholds is tested offline in modules/alarms/tests.
+
+mock_provider "aws" {
+  mock_data "aws_region" {
+    defaults = {
+      id     = "us-east-1"
+      name   = "us-east-1"
+      region = "us-east-1"
+    }
+  }
+  mock_data "aws_caller_identity" {
+    defaults = {
+      account_id = "123456789012"
+    }
+  }
+  mock_data "aws_partition" {
+    defaults = {
+      partition = "aws"
+    }
+  }
+  mock_data "aws_iam_policy_document" {
+    defaults = {
+      json = "{\"Version\":\"2012-10-17\",\"Statement\":[]}"
+    }
+  }
+}
+
+variables {
+  name                     = "llm-gpu"
+  vpc_id                   = "vpc-0123456789abcdef0"
+  subnet_ids               = ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"]
+  router_url               = "http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8081"
+  router_security_group_id = "sg-0123456789abcdef0"
+  node_token_parameter_arn = "arn:aws:ssm:us-east-1:123456789012:parameter/spotrelay/llm/node-token"
+  model = {
+    name = "Qwen/Qwen2.5-7B-Instruct"
+  }
+  # The instance-fit check (model_fit_known) needs the model's size.
+  model_params_billion = 7.6
+}
+
+run "no_alarms_by_default" {
+  command = plan
+
+  assert {
+    condition     = length(aws_cloudwatch_metric_alarm.pool) == 0 && length(aws_cloudwatch_metric_alarm.in_service_below_desired) == 0 && length(aws_cloudwatch_dashboard.pool) == 0
+    error_message = "Alarms are opt-in in the module."
+  }
+
+  assert {
+    condition     = length(aws_autoscaling_group.node.enabled_metrics) == 0
+    error_message = "No group metrics without the alarms."
+  }
+}
+
+run "alarms_for_every_feature" {
+  command = plan
+
+  variables {
+    alarms_enabled      = true
+    alarm_sns_topic_arn = "arn:aws:sns:us-east-1:123456789012:oncall"
+    on_demand_fallback  = { enabled = true }
+    interruption_queue  = { enabled = true }
+    scale_on_load       = { enabled = true, target_per_node = 6 }
+  }
+
+  assert {
+    condition = toset(keys(aws_cloudwatch_metric_alarm.pool)) == toset([
+      "controller-errors", "llm-gpu-interruptions-dlq-not-empty", "llm-gpu-controller-dlq-not-empty",
+      "on-demand-fallback", "load-high",
+    ])
+    error_message = "Controller errors, both dead-letter queues, the fallback and the load."
+  }
+
+  assert {
+    condition     = aws_cloudwatch_metric_alarm.pool["load-high"].threshold == 12 && aws_cloudwatch_metric_alarm.pool["controller-errors"].dimensions.FunctionName == "llm-gpu-controller"
+    error_message = "The load alarm at twice the target; the controller alarm on its function."
+  }
+
+  assert {
+    condition     = toset(aws_cloudwatch_metric_alarm.pool["on-demand-fallback"].alarm_actions) == toset(["arn:aws:sns:us-east-1:123456789012:oncall"])
+    error_message = "Alarms notify the topic."
+  }
+
+  assert {
+    condition     = aws_cloudwatch_metric_alarm.in_service_below_desired[0].alarm_name == "llm-gpu-in-service-below-desired" && length(aws_cloudwatch_metric_alarm.in_service_below_desired[0].metric_query) == 3
+    error_message = "In service vs desired is metric math over the group's two metrics."
+  }
+
+  assert {
+    condition     = contains(aws_autoscaling_group.node.enabled_metrics, "GroupInServiceInstances") && contains(aws_autoscaling_group.node.enabled_metrics, "GroupDesiredCapacity")
+    error_message = "The alarm's metrics are enabled on the group."
+  }
+
+  assert {
+    condition     = aws_cloudwatch_dashboard.pool[0].dashboard_name == "llm-gpu"
+    error_message = "One dashboard named after the pool."
+  }
+}

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -130,8 +131,13 @@ class PoolSection:
 @dataclass
 class SoftwareSection:
     vllm_version: str = setting("0.33.0", help="pinned vLLM version on the GPU nodes")
-    spotrelay_pip_spec: str = setting(
-        "spotrelay==0.1.0", help="pip requirement or wheel URL for spotrelay on every instance"
+    spotrelay_pip_spec: str | None = setting(
+        None,
+        help="instead of the wheel up builds from the checkout: a pip requirement (spotrelay==X) "
+        "or wheel URL, installed only if its file matches spotrelay_sha256",
+    )
+    spotrelay_sha256: str | None = setting(
+        None, help="sha256 of the file spotrelay_pip_spec downloads (required with it)"
     )
 
 
@@ -158,7 +164,8 @@ class StatusSection:
 
 @dataclass
 class UpSection:
-    wait: bool = setting(True, help="after apply, wait for desired_capacity ready nodes")
+    preflight: bool = setting(True, help="run spotrelay preflight before applying")
+    wait: bool = setting(True, help="after apply, wait for the group's desired ready nodes")
     wait_timeout_s: float = setting(
         2700, min=0, help="give up waiting after this long (exit 1); cold starts take minutes"
     )
@@ -189,8 +196,12 @@ def _present(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
 
 
-def tfvars(cfg: DeployConfig) -> dict[str, Any]:
-    """The Terraform variables of ``examples/complete`` for this configuration."""
+def tfvars(cfg: DeployConfig, wheel: dict[str, str] | None = None) -> dict[str, Any]:
+    """The Terraform variables of ``examples/complete`` for this configuration.
+
+    ``wheel`` is the uploaded wheel's ``{key, sha256}`` (``spotrelay_wheel``);
+    without it the package is ``software.spotrelay_pip_spec``, pinned by hash.
+    """
     d = cfg.deployment
     values: dict[str, Any] = {
         "name": d.name,
@@ -216,7 +227,9 @@ def tfvars(cfg: DeployConfig) -> dict[str, Any]:
             }
         ),
         "vllm_version": cfg.software.vllm_version,
-        "spotrelay_pip_spec": cfg.software.spotrelay_pip_spec,
+        "spotrelay_wheel": wheel,
+        "spotrelay_pip_spec": None if wheel else cfg.software.spotrelay_pip_spec,
+        "spotrelay_sha256": None if wheel else cfg.software.spotrelay_sha256,
         "gpu_ami_id": cfg.pool.ami_id,
         "router_instance_type": cfg.router.instance_type,
         "router_count": cfg.router.count,
@@ -253,6 +266,20 @@ def check_required(values: dict[str, Any]) -> None:
     for var, key in REQUIRED_FOR_EXAMPLE.items():
         if values.get(var) in (None, [], ""):
             raise ConfigError(key, "required for terraform/examples/complete")
+
+
+def check_package(software: SoftwareSection) -> None:
+    """An index release is installed only pinned by the hash of its file."""
+    sha = software.spotrelay_sha256
+    if software.spotrelay_pip_spec and not sha:
+        raise ConfigError(
+            "software.spotrelay_sha256",
+            "required with software.spotrelay_pip_spec (the sha256 of the file it downloads)",
+        )
+    if sha and not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise ConfigError("software.spotrelay_sha256", "must be 64 lowercase hex digits", sha)
+    if sha and not software.spotrelay_pip_spec:
+        raise ConfigError("software.spotrelay_sha256", "set only with software.spotrelay_pip_spec")
 
 
 def backend_args(values: list[str], is_example: bool) -> list[str]:
@@ -386,7 +413,10 @@ def _first_line(text: str) -> str:
 
 # -- summaries ----------------------------------------------------------------------------
 
-SUMMARY_ORDER = ("router_url", "model", "gpu_pool_asg_name", "router_control_url", "aws_region")
+SUMMARY_ORDER: tuple[str, ...] = (
+    "router_url", "model", "gpu_pool_asg_name", "router_control_url", "aws_region",
+    "artifacts_bucket", "spotrelay_package",
+)  # fmt: skip
 
 
 def format_outputs(outputs: dict[str, Any]) -> str:

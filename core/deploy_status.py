@@ -87,11 +87,12 @@ def node_token(cfg: StatusSection, outputs: dict[str, Any], region: str | None) 
         raise ConfigError(
             "status.node_token", "not set and no node_token_parameter_name terraform output"
         )
-    reply = _client("ssm", cfg, region).get_parameter(Name=parameter, WithDecryption=True)
+    reply = client("ssm", cfg, region).get_parameter(Name=parameter, WithDecryption=True)
     return str(reply["Parameter"]["Value"])
 
 
-def _client(service: str, cfg: StatusSection, region: str | None) -> Any:
+def client(service: str, cfg: StatusSection, region: str | None) -> Any:
+    """A boto3 client with short timeouts (status.aws_endpoint_url, else boto3's own lookup)."""
     import boto3
     from botocore.config import Config
 
@@ -177,7 +178,7 @@ def router_nodes(url: str, token: str, timeout: float) -> RouterView:
 
 
 def group_instances(cfg: StatusSection, name: str, region: str | None) -> dict[str, Any]:
-    reply = _client("autoscaling", cfg, region).describe_auto_scaling_groups(
+    reply = client("autoscaling", cfg, region).describe_auto_scaling_groups(
         AutoScalingGroupNames=[name]
     )
     groups = reply.get("AutoScalingGroups", [])
@@ -245,19 +246,19 @@ def _pool_view(
 ) -> None:
     """Per-instance rows (market, age, router state) and the last scaling activities."""
     assert report.group is not None and report.asg_name
-    client = lambda service: _client(service, cfg, region)  # noqa: E731
+    make = lambda service: client(service, cfg, region)  # noqa: E731
     ids = [i["id"] for i in report.group["instances"]]
     never_after = cfg.never_registered_after_s
     if never_after is None:
         never_after = float(outputs.get("gpu_pool_launch_hook_timeout_s") or DEFAULT_NEVER_AFTER_S)
     report.instances = join_instances(
         report.group["instances"],
-        instance_details(client, ids),
+        instance_details(make, ids),
         report.nodes,
         never_after_s=never_after,
         now=time.time(),
     )
-    report.activities = scaling_activities(client, report.asg_name)
+    report.activities = scaling_activities(make, report.asg_name)
 
 
 def _describe(exc: Exception) -> str:

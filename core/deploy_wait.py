@@ -51,8 +51,15 @@ def wait_ready(
     echo: Callable[[str], None] = print,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    done_when: Callable[[Any], bool] | None = None,
 ) -> tuple[bool, Any]:
-    """Poll ``fetch()`` (a StatusReport) until done or ``timeout_s``; (ok, last report)."""
+    """Poll ``fetch()`` (a StatusReport) until done or ``timeout_s``; (ok, last report).
+
+    Done means the group's *actual* desired capacity is ready (what scaling,
+    the controller or ``spotrelay scale`` set, not the value Terraform created
+    the group with), or ``done_when(report)`` when given.
+    """
+    finished = done_when or done
     start = clock()
     last_line = ""
     last_echo = -HEARTBEAT_S
@@ -64,7 +71,7 @@ def wait_ready(
         if changed or elapsed - last_echo >= HEARTBEAT_S:
             echo(line)
             last_line, last_echo = line, elapsed
-        if done(report):
+        if finished(report):
             return True, report
         if elapsed + interval_s > timeout_s:
             return False, report

@@ -75,3 +75,19 @@ def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         yield start_router(group, tmp_path_factory.mktemp("router-logs"))
     finally:
         group.stop_all()
+
+
+@pytest.fixture
+def moto_url() -> Iterator[str]:
+    """A fresh moto server per test: each deploy test starts from an empty account.
+
+    moto's backends are process-global, so a new server alone would still see
+    what earlier tests created: its reset API empties them first.
+    """
+    import urllib.request
+
+    from .support import moto_server
+
+    with moto_server() as url:
+        urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"))
+        yield url

@@ -14,7 +14,6 @@ import re
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -25,31 +24,23 @@ from spotrelay.core.deploy import VARS_FILE, DeployConfig, StatusSection, backen
 from spotrelay.core.deploy_status import gather, insecure_transport
 from spotrelay.core.net import wait_until
 from spotrelay.core.terraform_bin import find_binary
-from tests.support import ROUTER_TOKEN, moto_server, register_node, start_router
-from tests.support.aws import REGION, aws_env, client
-from tests.support.deploy import REPO, cli, make_group, write_yaml
+from tests.support import ROUTER_TOKEN, register_node, start_router
+from tests.support.aws import aws_env, client
+from tests.support.deploy import (
+    AWS_ENV,
+    EXAMPLE,
+    REGION,
+    REPO,
+    aws,
+    cli,
+    fake_wheel,
+    make_group,
+    minimal,
+    stand_in,
+    state_resources,
+    write_yaml,
+)
 from tests.tfshim.shim import install
-
-EXAMPLE = REPO / "terraform" / "examples" / "complete"
-CONFIG_MODULE = REPO / "terraform" / "modules" / "gpu-pool" / "modules" / "config"
-FIXTURE = Path(__file__).parent / "fixtures" / "deploy_offline"
-
-
-def minimal(**extra: object) -> dict:
-    doc: dict = {
-        "deployment": {
-            "name": "t1",
-            "region": REGION,
-            "vpc_id": "vpc-0123456789abcdef0",
-            "private_subnet_ids": ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"],
-            "public_subnet_ids": ["subnet-0cccccccccccccccc", "subnet-0dddddddddddddddd"],
-            "allowed_cidrs": ["203.0.113.0/24"],
-        },
-        "model": {"name": "Qwen/Qwen2.5-7B-Instruct", "served_name": "qwen"},
-    }
-    doc.update(extra)
-    return doc
-
 
 # -- YAML → tfvars -------------------------------------------------------------------------
 
@@ -256,32 +247,6 @@ def test_find_binary_prefers_terraform_then_tofu(tmp_path: Path) -> None:
 # -- end to end --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def moto_url() -> Iterator[str]:
-    """A fresh moto server per test: each deploy test starts from an empty account."""
-    with moto_server() as url:
-        yield url
-
-
-def stand_in(tmp_path: Path) -> Path:
-    """The provider-free configuration, beside examples/complete's variables.tf."""
-    d = tmp_path / "deploy"
-    d.mkdir()
-    main = (FIXTURE / "main.tf").read_text().replace("CONFIG_MODULE", str(CONFIG_MODULE))
-    (d / "main.tf").write_text(main)
-    (d / "variables.tf").write_text((EXAMPLE / "variables.tf").read_text())
-    return d
-
-
-def state_resources(d: Path) -> list[str]:
-    path = d / "terraform.tfstate"
-    if not path.exists():
-        return []
-    state = json.loads(path.read_text())
-    managed = [r for r in state.get("resources", []) if r["mode"] == "managed"]
-    return [f"{r['type']}.{r['name']}" for r in managed]
-
-
 def test_up_status_down(tmp_path: Path, procs, logdir: Path, moto_url: str) -> None:
     token = "tok-" + "x" * 40
     shim = install(tmp_path / "bin")
@@ -308,13 +273,17 @@ def test_up_status_down(tmp_path: Path, procs, logdir: Path, moto_url: str) -> N
                 "test_router_control_url": router.control_url,
             },
             status={"aws_endpoint_url": moto_url},
-            up={"poll_interval_s": 0.5},
+            up={"poll_interval_s": 0.5, "preflight": False},
         ),
     )
+    # The wheel's own path (build, hash, fetch on the node) is test_deploy_package's;
+    # here any spotrelay-*.whl file does, uploaded to the bucket the stand-in names.
+    aws("s3", moto_url).create_bucket(Bucket="t1-artifacts")
+    wheel = fake_wheel(tmp_path)
 
     # up: init, plan, apply through python-terraform's cmd() and the shim, then it
     # waits for the group's nodes: none of its instances is registered yet.
-    up = cli("up", "--config", str(deploy), "--wait-timeout", "3")
+    up = cli("up", "--config", str(deploy), "--wheel", str(wheel), "--wait-timeout", "3")
     assert up.returncode == 1, up.stdout + up.stderr
     assert "==> init" in up.stdout and "==> plan" in up.stdout and "==> apply" in up.stdout
     assert "-auto-approve" in up.stdout and "-input=false" in up.stdout
@@ -325,7 +294,7 @@ def test_up_status_down(tmp_path: Path, procs, logdir: Path, moto_url: str) -> N
     assert "timed out waiting for ready nodes" in up.stderr
     written = json.loads((d / VARS_FILE).read_text())
     assert written["model"]["served_name"] == "qwen" and written["scaling"]["desired_capacity"] == 2
-    assert state_resources(d) == ["terraform_data.deployment"]
+    assert state_resources(d) == ["terraform_data.artifacts", "terraform_data.deployment"]
     assert not (d / "spotrelay.tfplan").exists()
 
     # status before any group node is ready: the instances, and a non-zero exit
@@ -333,14 +302,20 @@ def test_up_status_down(tmp_path: Path, procs, logdir: Path, moto_url: str) -> N
     assert status.returncode == 1 and "no node is ready" in status.stderr
     assert "i-0abc1234" in status.stdout and "desired=2 min=0" in status.stdout
 
-    # The nodes register; up (a no-op apply) now reports the deployment ready.
+    # The nodes register; up (a no-op apply) now reports the deployment ready. It
+    # waits for the group's actual desired count (2), not pool.desired_capacity,
+    # which Terraform applies only when it creates the group, and says so.
     for port, iid in enumerate(instances, 8001):
         register_node(
             router.control_url, token, iid, f"http://127.0.0.1:{port}", "qwen", instance_id=iid
         )
-    up = cli("up", "--config", str(deploy))
+    env = {"SPOTRELAY_POOL_DESIRED_CAPACITY": "3"}
+    up = cli("up", "--config", str(deploy), "--wheel", str(wheel), env=env)
     assert up.returncode == 0, up.stdout + up.stderr
+    assert "already there" in up.stdout  # same wheel, same key: nothing uploaded twice
     assert "ready 2/2" in up.stdout and "deployment ready" in up.stdout
+    assert "the group runs 2 nodes, not pool.desired_capacity 3" in up.stdout
+    assert "spotrelay scale 3 resizes it" in up.stdout
     assert f"OpenAI base_url = {router.url}/v1" in up.stdout
 
     # status: the router's /nodes (token from SSM in moto) and the ASG's instances
@@ -364,7 +339,7 @@ def test_up_status_down(tmp_path: Path, procs, logdir: Path, moto_url: str) -> N
     dry = cli("down", "--config", str(deploy))
     assert dry.returncode == 1
     assert "re-run with --yes" in dry.stdout
-    assert state_resources(d) == ["terraform_data.deployment"]
+    assert state_resources(d) == ["terraform_data.artifacts", "terraform_data.deployment"]
 
     down = cli("down", "--config", str(deploy), "--yes")
     assert down.returncode == 0, down.stdout + down.stderr
@@ -481,3 +456,61 @@ def test_failed_terraform_step_shows_terraform_error_not_python_terraform_noise(
     err = capfd.readouterr().err
     assert "Error: Unsupported argument" in err
     assert "error: None" not in err + caplog.text
+
+
+def test_scale_resizes_the_group_and_waits_for_ready_nodes(
+    tmp_path: Path, procs, logdir: Path, moto_url: str
+) -> None:
+    """scale N: SetDesiredCapacity within min/max, then N ready nodes; outside: the range."""
+    token = "tok-" + "s" * 40
+    instances = make_group(moto_url, "t1-gpu", desired=2)  # min 0, max 3
+    router = start_router(
+        procs, logdir, {"auth": {"node_token": token}, "registry": {"ttl_s": 600}}
+    )
+    for port, iid in enumerate(instances, 8001):
+        register_node(
+            router.control_url, token, iid, f"http://127.0.0.1:{port}", "qwen", instance_id=iid
+        )
+    status = {"router_url": router.control_url, "node_token": token, "asg_name": "t1-gpu",
+              "aws_endpoint_url": moto_url}  # fmt: skip
+    deploy = write_yaml(
+        tmp_path / "d.yaml",
+        {"deployment": {"region": REGION}, "status": status, "up": {"poll_interval_s": 0.3}},
+    )
+    too_big = cli("scale", "5", "--config", str(deploy))
+    assert too_big.returncode == 1
+    assert too_big.stderr.strip() == (
+        "spotrelay scale: 5 is outside t1-gpu's range 0..3: set pool.min_size/pool.max_size "
+        "and run spotrelay up first"
+    )
+    asg = aws("autoscaling", moto_url)
+    group = lambda: asg.describe_auto_scaling_groups(AutoScalingGroupNames=["t1-gpu"])[  # noqa: E731
+        "AutoScalingGroups"
+    ][0]
+    assert group()["DesiredCapacity"] == 2
+
+    scale = subprocess.Popen(
+        [sys.executable, "-m", "spotrelay.core.cli", "scale", "3", "--config", str(deploy),
+         "--wait-timeout", "60"],
+        cwd=REPO, env={**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+                       **AWS_ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: len(group()["Instances"]) == 3, timeout=30, what="a third instance")
+        (new,) = {i["InstanceId"] for i in group()["Instances"]} - set(instances)
+        assert scale.poll() is None  # still waiting: the new node is not ready yet
+        register_node(
+            router.control_url, token, new, "http://127.0.0.1:8009", "qwen", instance_id=new
+        )
+        out, err = scale.communicate(timeout=60)
+    finally:
+        if scale.poll() is None:
+            scale.kill()
+            scale.communicate()
+    assert scale.returncode == 0, out + err
+    assert "t1-gpu desired capacity 2 -> 3 (min 0, max 3)" in out
+    assert "ready 3/3" in out and "3 nodes ready" in out
+
+    down = cli("scale", "1", "--config", str(deploy), "--wait-timeout", "30")
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert group()["DesiredCapacity"] == 1 and "1 nodes ready" in down.stdout

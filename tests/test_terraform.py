@@ -133,7 +133,7 @@ def test_user_data_writes_what_the_units_need(rendered: dict) -> None:
     assert flags["--port"] == "8000" and flags["--shutdown-timeout"] == "90"
     assert flags["--max-model-len"] == "8192"
     script = files["/usr/local/sbin/spotrelay-install"]["content"]
-    assert "'vllm==0.33.0'" in script and "'spotrelay[agent,gpu]==0.1.0'" in script
+    assert "'vllm==0.33.0'" in script and '"$wheel[agent,gpu]"' in script
     assert "systemctl enable --now vllm.service spotrelay-agent.service" in script
     # The agent unit's ExecStart lives in the virtualenv the script creates.
     agent_unit = (REPO / "agent" / "systemd" / "spotrelay-agent.service").read_text()
@@ -218,7 +218,7 @@ def test_bootstrap_scripts_parse(rendered: dict, tmp_path: Path) -> None:
         for f in yaml.safe_load(rendered["gpu_user_data"])["write_files"]
         if f["path"].startswith("/usr/local/sbin/")
     ]
-    assert len(gpu_scripts) == 2  # spotrelay-nvme, spotrelay-install
+    assert len(gpu_scripts) == 3  # spotrelay-nvme, spotrelay-fetch-package, spotrelay-install
     problems = tfcheck._bash_problems([*gpu_scripts, rendered["router_install_script"]], tmp_path)
     if problems is None:
         pytest.skip("bash not found")
@@ -229,7 +229,7 @@ def test_router_boot_uses_the_packaged_fetcher(rendered: dict) -> None:
     """Routers run spotrelay.core.fetch_secret from the package, with what it imports."""
     script = rendered["router_install_script"]
     assert "python -m spotrelay.core.fetch_secret" in script
-    assert "'spotrelay[router]' 'botocore>=1.34'" in script
+    assert "'botocore>=1.34'" in script and '"$wheel[router]"' in script
     assert not (TF / "modules/router/modules/config/templates/fetch-secret.py").exists()
 
 
@@ -237,7 +237,7 @@ def test_gpu_boot_installs_the_agent_role_and_uses_the_packaged_fetcher(rendered
     """GPU nodes get spotrelay[agent,gpu] (no boto3) and fetch secrets with botocore."""
     script = rendered["gpu_install_script"]
     assert "python -m spotrelay.core.fetch_secret" in script
-    assert "'spotrelay[agent,gpu]==0.1.0'" in script
+    assert '"$wheel[agent,gpu]"' in script
     assert not (TF / "modules/gpu-pool/modules/config/templates/fetch-secret.py").exists()
 
 

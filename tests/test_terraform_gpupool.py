@@ -21,6 +21,10 @@ module "gpu" {{
   model                = {{ name = "Qwen/Qwen2.5-7B-Instruct"{model_extra} }}
   model_params_billion = 7.6
   instance_types       = {types}
+  spotrelay = {{
+    pip_spec = "0.1.0"
+    sha256   = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+  }}
 }}
 
 output "usable" {{
@@ -169,6 +173,10 @@ module "gpu" {{
   node_token_parameter = "/spotrelay/llm/node-token"
   model                = {{ name = "Qwen/Qwen2.5-7B-Instruct" }}
   volumes              = {{ model_mount = "{mount}" }}
+  spotrelay = {{
+    pip_spec = "0.1.0"
+    sha256   = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+  }}
 }}
 output "nvme_script" {{
   value = module.gpu.nvme_script

@@ -78,6 +78,10 @@ module "gpu" {{
     extra_args         = ["--enable-prefix-caching"]
     hf_token_parameter = "/spotrelay/hf-token"
   }}
+  spotrelay = {{
+    pip_spec = "s3://llm-artifacts/spotrelay/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08/spotrelay-0.1.0-py3-none-any.whl"
+    sha256   = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+  }}
 }}
 
 module "router" {{
@@ -101,6 +105,8 @@ module "router" {{
     allowed_networks = ["10.0.0.0/16"]
     trusted_proxies  = ["10.0.1.0/24", "10.0.2.0/24"]
   }}
+  spotrelay_pip_spec = "s3://llm-artifacts/spotrelay/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08/spotrelay-0.1.0-py3-none-any.whl"
+  spotrelay_sha256   = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 }}
 
 output "gpu_user_data" {{

@@ -33,7 +33,8 @@ module "router" {
   subnet_ids               = var.private_subnet_ids
   router_count             = var.router_count
   instance_type            = var.router_instance_type
-  spotrelay_pip_spec       = var.spotrelay_pip_spec
+  spotrelay_pip_spec       = local.spotrelay_package.pip_spec
+  spotrelay_sha256         = local.spotrelay_package.sha256
   api_keys_parameter       = var.api_keys_parameter
   node_token_version       = var.node_token_version
   agent_security_group_ids = [module.gpu_pool.security_group_id]
@@ -66,7 +67,7 @@ module "gpu_pool" {
   instance_types = var.instance_types
   scaling        = var.scaling
   vllm           = { version = var.vllm_version, port = var.engine_port }
-  spotrelay      = { pip_spec = var.spotrelay_pip_spec }
+  spotrelay      = local.spotrelay_package
 
   tags = local.tags
 

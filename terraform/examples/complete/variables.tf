@@ -104,6 +104,30 @@ variable "vllm_version" {
   default     = "0.33.0"
 }
 
+variable "spotrelay_wheel" {
+  description = "The spotrelay wheel in the artifacts bucket (artifacts.tf) that routers and nodes install: its key and sha256. `spotrelay up` builds it from the checkout, uploads it and sets this."
+  type = object({
+    key    = string
+    sha256 = string
+  })
+  default = null
+
+  validation {
+    condition     = var.spotrelay_wheel != null || var.spotrelay_pip_spec != null
+    error_message = "Set spotrelay_wheel (what `spotrelay up` uploads to the artifacts bucket) or spotrelay_pip_spec with spotrelay_sha256 (a release pinned by hash)."
+  }
+
+  validation {
+    condition     = var.spotrelay_wheel == null || var.spotrelay_pip_spec == null
+    error_message = "Set spotrelay_wheel or spotrelay_pip_spec, not both."
+  }
+
+  validation {
+    condition     = var.spotrelay_wheel == null || can(regex("^[0-9a-f]{64}$", var.spotrelay_wheel.sha256)) && can(regex("\\.whl$", var.spotrelay_wheel.key))
+    error_message = "spotrelay_wheel: key must name a .whl object and sha256 be 64 lowercase hex digits."
+  }
+}
+
 variable "engine_port" {
   description = "Port of vLLM on the GPU nodes: the nodes listen on it, and the routers (and their security group) reach the nodes on it."
   type        = number
@@ -111,9 +135,20 @@ variable "engine_port" {
 }
 
 variable "spotrelay_pip_spec" {
-  description = "pip requirement or wheel URL for spotrelay on routers and nodes."
+  description = "Instead of spotrelay_wheel: a pip requirement (spotrelay==X) or wheel URL, installed only if its file matches spotrelay_sha256."
   type        = string
-  default     = "spotrelay==0.1.0"
+  default     = null
+}
+
+variable "spotrelay_sha256" {
+  description = "sha256 of the file spotrelay_pip_spec downloads (required with it)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.spotrelay_pip_spec == null || var.spotrelay_sha256 != null
+    error_message = "spotrelay_pip_spec needs spotrelay_sha256: a package from an index is installed only pinned by hash."
+  }
 }
 
 variable "router_instance_type" {

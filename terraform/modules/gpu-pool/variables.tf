@@ -52,9 +52,10 @@ variable "vllm" {
 }
 
 variable "spotrelay" {
-  description = "The spotrelay agent: pip_spec (a PyPI version, a pip requirement, a wheel URL or s3://bucket/key.whl; the agent,gpu extras are added) and agent.yaml settings."
+  description = "The spotrelay agent: pip_spec (s3://bucket/key.whl as `spotrelay up` uploads it, a pip requirement, a version or a wheel URL; the agent,gpu extras are added) and sha256 (required: the file's hash, checked before install), plus agent.yaml settings."
   type = object({
-    pip_spec             = optional(string, "spotrelay==0.1.0")
+    pip_spec             = optional(string)
+    sha256               = optional(string)
     drain_on_rebalance   = optional(bool, false)
     safety_margin_s      = optional(number, 10)
     heartbeat_interval_s = optional(number, 2)

@@ -65,6 +65,7 @@ module "config" {
   port               = var.port
   control_port       = var.control_port
   spotrelay_pip_spec = var.spotrelay_pip_spec
+  spotrelay_sha256   = var.spotrelay_sha256
   api_keys_parameter = var.api_keys_parameter
   internet_facing    = !var.load_balancer.internal
   egress_rules       = var.egress_rules

@@ -239,9 +239,13 @@ variable "control_port" {
 }
 
 variable "spotrelay_pip_spec" {
-  description = "The spotrelay package: a PyPI version (0.1.0), a pip requirement, a wheel URL, or s3://bucket/key.whl (the role may read that object only); the router extra is added."
+  description = "The spotrelay package: s3://bucket/key.whl as `spotrelay up` uploads it (the role may read that object only), a pip requirement (spotrelay==X), a bare version, or a wheel URL; the router extra is added."
   type        = string
-  default     = "spotrelay==0.1.0"
+}
+
+variable "spotrelay_sha256" {
+  description = "sha256 of the spotrelay package file, checked on every router before install."
+  type        = string
 }
 
 variable "settings" {

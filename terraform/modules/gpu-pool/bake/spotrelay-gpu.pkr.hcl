@@ -85,10 +85,17 @@ build {
     destination = "/tmp/spotrelay-install"
   }
 
+  # The install script installs spotrelay only through this hash-checking fetcher.
+  provisioner "file" {
+    source      = "${path.root}/../modules/config/templates/fetch-package.sh"
+    destination = "/tmp/spotrelay-fetch-package"
+  }
+
   provisioner "shell" {
     inline = [
       "cloud-init status --wait || true",
       "sudo apt-get update -q && sudo apt-get install -y -q python3-venv mdadm xfsprogs",
+      "sudo install -m 0755 /tmp/spotrelay-fetch-package /usr/local/sbin/spotrelay-fetch-package",
       "sudo bash /tmp/spotrelay-install --bake",
       "sudo rm -f /tmp/spotrelay-install /var/log/spotrelay-install.log",
       "sudo cloud-init clean --logs",

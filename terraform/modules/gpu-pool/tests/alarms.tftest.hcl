@@ -39,6 +39,10 @@ variables {
   }
   # The instance-fit check (model_fit_known) needs the model's size.
   model_params_billion = 7.6
+  spotrelay = {
+    pip_spec = "s3://llm-artifacts/spotrelay/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08/spotrelay-0.1.0-py3-none-any.whl"
+    sha256   = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+  }
 }
 
 run "no_alarms_by_default" {

@@ -18,6 +18,10 @@ variables {
     name = "Qwen/Qwen2.5-7B-Instruct"
   }
   model_params_billion = 7.6
+  spotrelay = {
+    pip_spec = "s3://llm-artifacts/spotrelay/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08/spotrelay-0.1.0-py3-none-any.whl"
+    sha256   = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+  }
 }
 
 run "launch_template_hardening" {

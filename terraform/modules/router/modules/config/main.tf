@@ -3,15 +3,18 @@
 # data. No provider, so `terraform test` runs it offline.
 
 locals {
-  # The spotrelay package: a PyPI version ("0.1.0"), a pip requirement
-  # ("spotrelay==0.1.0"), a wheel URL, or a wheel in the user's S3 bucket
-  # ("s3://bucket/key.whl", fetched with the instance role). The boot script
-  # adds the router extra whichever form it is.
+  # The spotrelay package: the wheel `spotrelay up` uploaded ("s3://bucket/
+  # key.whl", read with the instance role), a pip requirement
+  # ("spotrelay==X"), a bare version, or a wheel URL. spotrelay-fetch-package
+  # fetches one file and checks its sha256 before pip sees it; the boot
+  # script installs that file with the router extra.
   package_is_s3 = startswith(var.spotrelay_pip_spec, "s3://")
   package_s3    = try(regex("^s3://([^/]+)/(.+)$", var.spotrelay_pip_spec), [null, null])
   package_requirement = (
-    can(regex("^[0-9][0-9A-Za-z.+!-]*$", var.spotrelay_pip_spec))
-    ? "spotrelay==${var.spotrelay_pip_spec}" : var.spotrelay_pip_spec
+    local.package_is_s3 ? var.spotrelay_pip_spec :
+    can(regex("^[0-9][0-9A-Za-z.+!-]*$", var.spotrelay_pip_spec)) ? "spotrelay==${var.spotrelay_pip_spec}" :
+    can(regex("^[a-z]+://", var.spotrelay_pip_spec)) ? "spotrelay @ ${var.spotrelay_pip_spec}" :
+    var.spotrelay_pip_spec
   )
   # The one object the instance role may read for it (ARN without partition prefix).
   package_s3_object = local.package_is_s3 ? "${local.package_s3[0]}/${local.package_s3[1]}" : null
@@ -165,7 +168,7 @@ locals {
 
   install_script = templatefile("${path.module}/templates/install.sh.tftpl", {
     spotrelay_pip_spec   = local.package_requirement
-    package_is_s3        = local.package_is_s3
+    spotrelay_sha256     = var.spotrelay_sha256
     region               = var.region
     node_token_parameter = local.parameters.node_token.name
     node_token_file      = local.node_token_file
@@ -179,6 +182,7 @@ locals {
     router_yaml    = local.router_yaml
     unit_dropin    = local.unit_dropin
     install_script = local.install_script
+    fetch_package  = file("${path.module}/templates/fetch-package.sh")
   })
 }
 

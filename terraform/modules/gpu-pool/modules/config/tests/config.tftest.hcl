@@ -10,6 +10,10 @@ variables {
     name = "Qwen/Qwen2.5-7B-Instruct"
   }
   model_params_billion = 7.6
+  spotrelay = {
+    pip_spec = "s3://llm-artifacts/spotrelay/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08/spotrelay-0.1.0-py3-none-any.whl"
+    sha256   = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+  }
 }
 
 run "defaults" {
@@ -180,7 +184,7 @@ run "vllm_command_and_unit" {
   }
 
   assert {
-    condition     = strcontains(output.install_script, "'vllm==0.33.0'") && strcontains(output.install_script, "'spotrelay[agent,gpu]==0.1.0'")
+    condition     = strcontains(output.install_script, "'vllm==0.33.0'") && strcontains(output.install_script, "venv_install /opt/spotrelay/venv 's3://llm-artifacts/spotrelay/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08/spotrelay-0.1.0-py3-none-any.whl' '9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08'")
     error_message = "vLLM and spotrelay are installed at pinned versions."
   }
 }
@@ -195,6 +199,7 @@ run "user_data_is_cloud_config" {
     }
     spotrelay = {
       pip_spec = "https://example.com/spotrelay-0.1.0-py3-none-any.whl"
+      sha256   = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
     }
   }
 
@@ -234,8 +239,8 @@ run "user_data_is_cloud_config" {
   }
 
   assert {
-    condition     = strcontains(output.install_script, "'spotrelay[agent,gpu] @ https://example.com/spotrelay-0.1.0-py3-none-any.whl'")
-    error_message = "A wheel URL works as the pip spec, with the node's extras."
+    condition     = strcontains(output.install_script, "'spotrelay @ https://example.com/spotrelay-0.1.0-py3-none-any.whl'")
+    error_message = "A wheel URL works as the pip spec (fetched and hash-checked, then installed with the node's extras)."
   }
 
   assert {
@@ -410,6 +415,8 @@ run "rejects_grace_plus_margin_beyond_notice" {
       shutdown_timeout_s = 110
     }
     spotrelay = {
+      pip_spec        = "s3://llm-artifacts/spotrelay/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08/spotrelay-0.1.0-py3-none-any.whl"
+      sha256          = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
       safety_margin_s = 20
     }
   }
@@ -779,61 +786,74 @@ run "rejects_bad_s3_uri" {
   expect_failures = [var.model_s3_uri]
 }
 
-run "package_default_installs_the_agent_and_gpu_extras_only" {
+run "package_from_s3_is_hash_checked_then_installed_with_the_node_extras" {
   command = apply
 
   assert {
-    condition     = output.package_requirement == "spotrelay[agent,gpu]==0.1.0" && strcontains(output.install_script, "'spotrelay[agent,gpu]==0.1.0'")
-    error_message = "A node installs spotrelay[agent,gpu], not the router's or the simulator's dependencies."
+    condition     = output.package_s3_object == "llm-artifacts/spotrelay/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08/spotrelay-0.1.0-py3-none-any.whl"
+    error_message = "The instance role may read exactly that one object."
+  }
+
+  assert {
+    condition     = strcontains(output.install_script, "spotrelay-fetch-package \"$1/bin/python\" \"$2\" \"$3\"") && strcontains(output.install_script, "\"$wheel[agent,gpu]\"")
+    error_message = "The wheel is fetched and hash-checked by spotrelay-fetch-package, then installed from the file with spotrelay[agent,gpu] only."
+  }
+
+  assert {
+    condition     = anytrue([for f in yamldecode(output.user_data).write_files : f.path == "/usr/local/sbin/spotrelay-fetch-package" && strcontains(f.content, "sha256sum")])
+    error_message = "cloud-init writes the fetcher that checks the sha256."
   }
 
   assert {
     condition     = strcontains(output.install_script, "python -m spotrelay.core.fetch_secret") && !strcontains(output.user_data, "fetch-secret.py")
     error_message = "Secrets come through the packaged fetcher (botocore, in the agent extra); no boto3 script is written."
   }
-
-  assert {
-    condition     = output.package_s3_object == null
-    error_message = "No S3 access for a PyPI install."
-  }
 }
 
-run "package_as_a_bare_version" {
+run "package_as_a_bare_version_pinned_by_hash" {
   command = apply
 
   variables {
-    spotrelay = { pip_spec = "0.2.0" }
+    spotrelay = {
+      pip_spec = "0.2.0"
+      sha256   = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    }
   }
 
   assert {
-    condition     = output.package_requirement == "spotrelay[agent,gpu]==0.2.0"
-    error_message = "A bare version is a PyPI pin with the node's extras."
+    condition     = output.package_requirement == "spotrelay==0.2.0" && output.package_s3_object == null
+    error_message = "A bare version is an index pin (hash-checked by pip download), with no S3 access."
   }
 }
 
-run "package_as_a_wheel_in_s3" {
-  command = apply
+run "rejects_package_without_hash" {
+  command = plan
 
   variables {
-    spotrelay = { pip_spec = "s3://my-artifacts/spotrelay/spotrelay-0.1.0-py3-none-any.whl" }
+    spotrelay = { pip_spec = "spotrelay==0.2.0" }
   }
 
-  assert {
-    condition     = output.package_s3_object == "my-artifacts/spotrelay/spotrelay-0.1.0-py3-none-any.whl"
-    error_message = "The instance role may read exactly that one object."
+  expect_failures = [var.spotrelay]
+}
+
+run "rejects_missing_package" {
+  command = plan
+
+  variables {
+    spotrelay = {}
   }
 
-  assert {
-    condition     = strcontains(output.install_script, "get_object(Bucket=bucket, Key=key)") && strcontains(output.install_script, "\"$wheel[agent,gpu]\"")
-    error_message = "An S3 wheel is fetched with the instance role and installed from the file with the node's extras."
-  }
+  expect_failures = [var.spotrelay]
 }
 
 run "rejects_s3_package_that_is_not_a_wheel" {
   command = plan
 
   variables {
-    spotrelay = { pip_spec = "s3://my-artifacts/spotrelay/" }
+    spotrelay = {
+      pip_spec = "s3://my-artifacts/spotrelay/"
+      sha256   = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    }
   }
 
   expect_failures = [var.spotrelay]

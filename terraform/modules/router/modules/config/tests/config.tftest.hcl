@@ -18,6 +18,8 @@ variables {
   settings = {
     allowed_networks = ["10.0.0.0/16"]
   }
+  spotrelay_pip_spec = "s3://llm-artifacts/spotrelay/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08/spotrelay-0.1.0-py3-none-any.whl"
+  spotrelay_sha256   = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 }
 
 run "defaults" {
@@ -185,7 +187,7 @@ run "user_data" {
   }
 
   assert {
-    condition     = strcontains(output.install_script, "pip install --quiet 'spotrelay[router]' 'botocore>=1.34'") && strcontains(output.install_script, "-m spotrelay.core.fetch_secret")
+    condition     = strcontains(output.install_script, "pip install --quiet \"$wheel[router]\"") && strcontains(output.install_script, "-m spotrelay.core.fetch_secret")
     error_message = "Routers get the router extra and fetch secrets with the packaged fetcher."
   }
 
@@ -400,7 +402,7 @@ run "rejects_quote_in_pip_spec" {
   expect_failures = [var.spotrelay_pip_spec]
 }
 
-run "package_as_a_pypi_version_gets_the_router_extra" {
+run "package_as_a_pypi_version_pinned_by_hash" {
   command = apply
 
   variables {
@@ -408,32 +410,43 @@ run "package_as_a_pypi_version_gets_the_router_extra" {
   }
 
   assert {
-    condition     = strcontains(output.install_script, "pip install --quiet 'spotrelay==0.1.0'") && strcontains(output.install_script, "'spotrelay[router]'")
-    error_message = "A bare version installs spotrelay==VERSION from PyPI, then the router extra."
+    condition     = strcontains(output.install_script, "'spotrelay==0.1.0' '9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08'") && strcontains(output.install_script, "pip install --quiet \"$wheel[router]\"")
+    error_message = "A bare version is fetched pinned by its hash, then installed from the file with the router extra."
   }
 
   assert {
-    condition     = output.package_s3_object == null && !strcontains(output.install_script, "get_object")
-    error_message = "No S3 access for a PyPI install."
+    condition     = output.package_s3_object == null
+    error_message = "No S3 access for an index install."
   }
 }
 
 run "package_as_a_wheel_in_s3" {
   command = apply
 
-  variables {
-    spotrelay_pip_spec = "s3://my-artifacts/spotrelay/spotrelay-0.1.0-py3-none-any.whl"
-  }
-
   assert {
-    condition     = output.package_s3_object == "my-artifacts/spotrelay/spotrelay-0.1.0-py3-none-any.whl"
+    condition     = output.package_s3_object == "llm-artifacts/spotrelay/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08/spotrelay-0.1.0-py3-none-any.whl"
     error_message = "The instance role may read exactly that one object."
   }
 
   assert {
-    condition     = strcontains(output.install_script, "get_object(Bucket=bucket, Key=key)") && strcontains(output.install_script, "pip install --quiet \"$wheel\"") && !strcontains(output.install_script, "pip install --quiet 's3://")
-    error_message = "An S3 wheel is fetched with the instance role and installed from the file, never handed to pip as an s3:// URL."
+    condition     = strcontains(output.install_script, "spotrelay-fetch-package /opt/spotrelay/venv/bin/python") && strcontains(output.install_script, "'s3://llm-artifacts/spotrelay/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08/spotrelay-0.1.0-py3-none-any.whl' '9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08'") && !strcontains(output.install_script, "pip install --quiet 's3://")
+    error_message = "An S3 wheel is fetched and hash-checked by spotrelay-fetch-package, never handed to pip as an s3:// URL."
   }
+
+  assert {
+    condition     = anytrue([for f in yamldecode(output.user_data).write_files : f.path == "/usr/local/sbin/spotrelay-fetch-package" && strcontains(f.content, "sha256sum")])
+    error_message = "cloud-init writes the fetcher that checks the sha256."
+  }
+}
+
+run "rejects_a_malformed_hash" {
+  command = plan
+
+  variables {
+    spotrelay_sha256 = "abc"
+  }
+
+  expect_failures = [var.spotrelay_sha256]
 }
 
 run "rejects_s3_package_that_is_not_a_wheel" {

@@ -68,7 +68,7 @@ class DemoOptions:
     risk_placement: bool = True  # the router's routing.risk_aware
     freezes: int = 1  # engines SIGSTOPped for freeze_s, their agents running (a hung GPU)
     host_freezes: int = 1  # whole nodes stopped for freeze_s, then terminated and replaced
-    freeze_s: float = 6.0
+    freeze_s: float = 9.0  # longer than the demo router's registry.ttl_s (6 s): EC2 takes minutes
     prometheus: bool = False  # a real Prometheus scrapes the run; the report lists its alerts
 
 

@@ -80,7 +80,7 @@ FLAGS = {
         int,
         "nodes to freeze whole (engine and agent), then terminate after --freeze-s (1)",
     ),
-    "freeze_s": ("demo", "freeze_s", float, "how long a freeze lasts, seconds (6)"),
+    "freeze_s": ("demo", "freeze_s", float, "how long a freeze lasts, seconds (9)"),
     "rebalance_lead": (
         "demo",
         "rebalance_lead_s",

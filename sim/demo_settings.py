@@ -46,7 +46,14 @@ class Run:
     host_freezes: int = setting(
         1, min=0, help="nodes frozen whole (engine and agent: heartbeats stop), then terminated"
     )
-    freeze_s: float = setting(6.0, min=0.5, max=300, help="how long a freeze lasts")
+    freeze_s: float = setting(
+        9.0,
+        min=0.5,
+        max=300,
+        help="how long a freeze lasts (a frozen host is terminated after it: longer than the "
+        "demo router's 6 s registry TTL, so the router notices the silence first, as it would "
+        "long before EC2's status checks)",
+    )
     rebalance_lead_s: float = setting(
         0.0,
         min=0,

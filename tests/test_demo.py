@@ -53,7 +53,7 @@ def test_short_demo_has_no_client_visible_failure(tmp_path: Path) -> None:
     assert sorted(e["type"] for e in report["events"]) == [
         "freeze", "hard_kill", "host_freeze", "spot_notice",
     ]  # fmt: skip
-    assert report["settings"]["freeze_s"] == 6.0
+    assert report["settings"]["freeze_s"] == 9.0
     for event in report["events"]:
         assert event["excluded"] is not None, f"the router kept routing to it: {event}"
         if event["type"] == "freeze":  # continued after freeze_s: the node serves again

@@ -26,7 +26,7 @@ MAX_MODEL_LABELS = 200
 OTHER_MODEL = "other"
 NODE_EVENTS = (
     "registered", "expired", "deleted", "drained", "ejected", "restored", "moved", "unhealthy",
-    "frozen",
+    "frozen", "forgotten",
 )  # fmt: skip
 
 LATENCY_BUCKETS = (

@@ -351,7 +351,11 @@ class Registry:
         """Make the view exactly ``nodes`` (id, report, target, age_s, drained).
 
         Used when the shared view is rebuilt; nodes kept keep their per-worker
-        state (in-flight counts, ejection, connection pool).
+        state (in-flight counts, ejection, connection pool). A node missing from
+        the rebuilt view is *forgotten*, not lost: after a Redis restart the view
+        can lack a node that serves fine, so what is open on it goes on (no cut),
+        and its next heartbeat brings it back. A node that really died expires
+        on the worker that hears from it, and that expiry reaches every worker.
         """
         keep = set()
         for node_id, report, target, age_s, drained in nodes:
@@ -361,7 +365,7 @@ class Registry:
                 continue  # this worker's cap; the node stays known to the others
             keep.add(node_id)
         for node_id in [n for n in list(self._nodes) if n not in keep]:
-            self.remove(node_id)
+            self.remove(node_id, "forgotten")
 
     def expire(self) -> list[Node]:
         """Drop nodes that missed heartbeats for ``ttl_s``; returns them."""

@@ -345,5 +345,5 @@ def _log_node_event(event: str, node: Node) -> None:
             ",".join(sorted(node.models)),
             node.status,
         )
-    elif event in ("deleted", "drained", "state", "unhealthy"):
+    elif event in ("deleted", "drained", "state", "unhealthy", "forgotten"):
         log.info("node %s %s (now %s, %d in flight)", node.id, event, node.status, node.in_flight)

@@ -342,3 +342,25 @@ def test_exchanges_are_tracked_and_born_cut_on_a_lost_node():
     reg.release(a, ex)
     reg.release(a, late)
     assert reg.open_exchanges(a) == [] and a.in_flight == 0
+
+
+def test_a_node_missing_from_a_rebuilt_view_is_forgotten_not_lost():
+    """After Redis comes back empty a rebuilt view can lack a node that serves fine:
+    it is forgotten (its next heartbeat brings it back) and what is open on it goes on;
+    a node deleted for real has what is open on it cut."""
+    from spotrelay.router.metrics import RouterMetrics
+    from spotrelay.router.node_loss import NodeLoss
+
+    reg, _clock, events = make()
+    NodeLoss(reg, RouterMetrics())
+    a = put(reg, "a", 1)
+    b = put(reg, "b", 2)
+    on_a, on_b = reg.acquire(a), reg.acquire(b)
+    b_report = parse_report({"url": b.url, "models": ["m"]})
+    reg.replace_all([("b", b_report, NETS.validate(b_report.url), 0.0, False)])
+    assert reg.get("a") is None and ("forgotten", "a") in events
+    assert on_a.reason is None, "not cut: the node was not lost"
+    reg.remove("b")
+    assert on_b.reason is not None, "a delete cuts"
+    reg.release(a, on_a)
+    reg.release(b, on_b)

@@ -5,28 +5,7 @@
 # values known at plan are asserted (ids and ARNs are unknown until apply).
 
 mock_provider "aws" {
-  mock_data "aws_region" {
-    defaults = {
-      id     = "us-east-1"
-      name   = "us-east-1"
-      region = "us-east-1"
-    }
-  }
-  mock_data "aws_caller_identity" {
-    defaults = {
-      account_id = "123456789012"
-    }
-  }
-  mock_data "aws_partition" {
-    defaults = {
-      partition = "aws"
-    }
-  }
-  mock_data "aws_iam_policy_document" {
-    defaults = {
-      json = "{\"Version\":\"2012-10-17\",\"Statement\":[]}"
-    }
-  }
+  source = "../../tests/mocks/aws" # shared mocked values
 }
 
 variables {

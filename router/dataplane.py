@@ -19,13 +19,8 @@ from .endpoints import BodyKind, Endpoint, Routing, StreamKind
 from .proxy import ACCEPT_RE, ApiError, ProxyRequest, parse_request
 from .registry.state import Registry
 from .stream.assemble import StreamForm, not_assembled
-from .stream.named_events import ANTHROPIC, RESPONSES, NamedEvents
 from .transport.multipart import MAX_PARTS, MultipartError, boundary_of, form_fields
 
-_EVENTS: dict[StreamKind, NamedEvents] = {
-    StreamKind.RESPONSES: RESPONSES,
-    StreamKind.ANTHROPIC: ANTHROPIC,
-}
 _CONTENT_TYPE_RE = re.compile(r"^[\x20-\x7e]{1,256}$")
 _FORM_FIELDS = frozenset({"model", "stream"})
 _STORED_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,256}$")
@@ -93,7 +88,7 @@ class DataPlane:
             )
         req.method = inc.method
         if req.stream:
-            req.events = _EVENTS.get(ep.stream)
+            req.stream_kind = ep.stream  # picks the stream's handler
         elif self.assemble_kinds and not_assembled(req.path, req.doc) is None:
             req.assembly = StreamForm.of(req.doc)  # asked as a stream where the engine allows
         return req

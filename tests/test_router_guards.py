@@ -15,7 +15,6 @@ import time
 import pytest
 
 from spotrelay.core.logs import HumanFormatter, JsonFormatter, escape_controls
-from spotrelay.router.proxy import HOP_HEADER
 from spotrelay.router.stream.disconnect import ClientLink, ClientWatch
 from spotrelay.router.transport.httpguard import (
     ClientTimeout,
@@ -25,6 +24,7 @@ from spotrelay.router.transport.httpguard import (
     client_gone,
     error_for,
 )
+from spotrelay.router.transport.loopmark import HOP_HEADER
 from spotrelay.router.transport.netpolicy import NetPolicy, NodeURLError, OwnEndpoints
 from tests.support.clock import Clock
 from tests.support.router_fakes import (

@@ -1,6 +1,6 @@
 """A non-streaming request served from a stream: the I/O around :mod:`.assemble`.
 
-When :meth:`Proxy._attempt_once <spotrelay.router.proxy.Proxy>` asked a node
+When :class:`~spotrelay.router.proxy.attempt.NodeAttempt` asked a node
 for a non-streaming request as a stream (``routing.assemble_non_streaming``),
 the proxy hands the started stream here. It is read to its end through the
 same relay and handler as a client stream (:class:`~.stream.StreamRelay`:
@@ -105,13 +105,14 @@ def _read(proxy: Proxy, req: ProxyRequest, start: StreamStart) -> _Read:
     """Relay ``start`` (and its continuations) to an assembler; the outcome."""
     assert req.assembly is not None
     sreq = replace(req, doc=req.assembly.doc, body=req.assembly.body, stream=True, assembly=None)
+    sreq.handler = handler = proxy.stream_handler_factory(sreq, proxy)
     client = req.client
     gone = (lambda: client.gone) if client is not None else (lambda: False)
     outcome: list[str] = []
 
     def on_break(up: Upstream, brk: StreamBreak) -> None:
         if not gone():  # a departed client's aborted upstream is not the node's failure
-            proxy._on_break(sreq, up, brk)
+            proxy.on_break(sreq, up, brk)
 
     def open_next(body: dict[str, Any], requires: frozenset[str]) -> StreamStart:
         if gone():
@@ -121,7 +122,7 @@ def _read(proxy: Proxy, req: ProxyRequest, start: StreamStart) -> _Read:
     expected = expected_choices(sreq.path, sreq.doc)
     relay = StreamRelay(
         start,
-        proxy.stream_handler_factory(sreq, proxy),
+        handler,
         open_next=open_next,
         on_break=on_break,
         on_finish=outcome.append,

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..endpoints import StreamKind
 from .relay import AbandonUpstream, Step, StreamBreak, StreamHandler, StreamStart, broken_message
 from .sse import BROKEN_CODE, DONE_EVENT, data_json, encode_named, field, is_done
 
@@ -159,12 +160,18 @@ class NamedEventHandler:
         self.protocol = protocol
         self.last_sequence = -1
 
-    def frame_start(self, start: StreamStart) -> StreamStart:
-        """The stream as the relay reads it: the end sentinel after each terminal event."""
+    def opening(self, start: StreamStart) -> StreamStart | str | None:
+        """The stream as the relay reads it, once its first real output is in hand.
+
+        The preamble is held back (see :meth:`NamedEvents.first_output`) and the
+        relay's end sentinel follows each terminal event. ``None``: it ended
+        before any output; a string: the engine's error (both retried elsewhere).
+        """
         events = self.protocol
-        return StreamStart(
-            start.upstream, events.framed(start.batches), events.frame(start.first_batch)
-        )
+        first, error = events.first_output(start.first_batch, start.batches)
+        if first is None or error is not None:
+            return error
+        return StreamStart(start.upstream, events.framed(start.batches), events.frame(first))
 
     def on_event(self, event: bytes) -> bytes | None:
         if event is DONE_EVENT or is_done(event):
@@ -189,13 +196,20 @@ class NamedEventHandler:
         )
 
 
-def with_named_events(chat: HandlerFactory) -> HandlerFactory:
-    """The proxy's one stream handler factory: a named-event stream gets its protocol's
-    handler, every other stream ``chat``'s (resume, or end with an error event)."""
+_PROTOCOLS: dict[StreamKind, NamedEvents] = {
+    StreamKind.RESPONSES: RESPONSES,
+    StreamKind.ANTHROPIC: ANTHROPIC,
+}
+
+
+def by_stream_kind(chat: HandlerFactory) -> HandlerFactory:
+    """The proxy's one stream handler factory: the request's stream kind picks the handler,
+    a named-event protocol's, else ``chat``'s (resume, or end with an error event)."""
 
     def make(req: ProxyRequest, proxy: Proxy) -> StreamHandler:
-        if req.events is not None:
-            return NamedEventHandler(req.events)
+        protocol = _PROTOCOLS.get(req.stream_kind)
+        if protocol is not None:
+            return NamedEventHandler(protocol)
         return chat(req, proxy)
 
     return make

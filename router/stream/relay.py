@@ -29,6 +29,12 @@ The relay records every break in one place (``on_break``: metrics, passive
 health, log), then asks the stream's :class:`StreamHandler` what to do. The
 handler decides and does no I/O:
 
+- ``opening(start)`` runs during the attempt, before the client sees a byte:
+  it returns the stream as the relay should read it once its first output is
+  in hand (a named-event stream holds back its preamble), ``None`` when the
+  stream ended first, or the engine's error message; both of those are an
+  ordinary retry on another node. One factory makes every stream's handler
+  (the proxy's ``stream_handler_factory``), picked by the stream's kind.
 - ``on_event(event)`` sees every complete upstream event (``[DONE]``
   included) just before it goes to the client and returns the bytes to send
   instead (``None``: nothing). It may raise :class:`ClientStreamComplete`
@@ -163,6 +169,8 @@ class ContinuationRejected(Exception):
 class StreamHandler(Protocol):
     """The per-stream strategy for events and breaks (see the module docstring)."""
 
+    def opening(self, start: StreamStart) -> StreamStart | str | None: ...
+
     def on_event(self, event: bytes) -> bytes | None: ...
 
     def on_break(self, brk: StreamBreak) -> Step: ...
@@ -176,6 +184,10 @@ def broken_message(brk: StreamBreak) -> str:
 
 class EndWithError:
     """Default handler: pass events through; a break ends the stream with an error event."""
+
+    def opening(self, start: StreamStart) -> StreamStart | str | None:
+        """A chat or completions stream starts with its first event."""
+        return start
 
     def on_event(self, event: bytes) -> bytes | None:
         return event

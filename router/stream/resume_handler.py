@@ -29,6 +29,7 @@ from .relay import (
     Step,
     StreamBreak,
     StreamHandler,
+    StreamStart,
     broken_message,
 )
 from .resume import StreamResumer
@@ -67,6 +68,10 @@ class ResumingStreamHandler:
     def __init__(self, resumer: StreamResumer) -> None:
         self.resumer = resumer
         self._requires = CHAT_RESUME_NEEDS if resumer.chat else frozenset()
+
+    def opening(self, start: StreamStart) -> StreamStart:
+        """A chat or completions stream starts with its first event."""
+        return start
 
     def on_event(self, event: bytes) -> bytes | None:
         out = self.resumer.feed(event)

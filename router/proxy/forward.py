@@ -93,27 +93,15 @@ class Proxy:
         # Reads a stream to its end for a non-streaming request (req.assembly).
         self.assembled = assembled
         stall = stall or StallPolicy()
-        self.attempts = Attempts(
-            choice=NodeChoice(registry, balancer, routing, metrics, clock),
-            attempt=NodeAttempt(
-                registry=registry,
-                metrics=metrics,
-                timeouts=timeouts,
-                routing=routing,
-                loop_marks=self.loop_marks,
-                client_watch=self.client_watch,
-                stall=stall,
-                watchdog=watchdog,
-                assembles=assembled is not None,
-                clock=clock,
-            ),
-            registry=registry,
-            policy=policy,
-            budget=budget,
-            metrics=metrics,
-            routing=routing,
-            clock=clock,
-            sleep=sleep,
+        self.attempts = self._attempt_loop(
+            balancer,
+            policy,
+            timeouts,
+            routing,
+            stall,
+            watchdog,
+            sleep,
+            assembles=assembled is not None,
         )
         self.responses = Responses(
             registry=registry,
@@ -126,6 +114,43 @@ class Proxy:
         )
         self.acquire = self.attempts.acquire
         self.on_break = self.responses.on_break  # a break of a stream read for assembly too
+
+    def _attempt_loop(
+        self,
+        balancer: Balancer,
+        policy: RetryPolicy,
+        timeouts: Timeouts,
+        routing: Routing,
+        stall: StallPolicy,
+        watchdog: IdleWatchdog | None,
+        sleep: Callable[[float], None],
+        *,
+        assembles: bool,
+    ) -> Attempts:
+        registry, metrics, clock = self.registry, self.metrics, self.clock
+        attempt = NodeAttempt(
+            registry=registry,
+            metrics=metrics,
+            timeouts=timeouts,
+            routing=routing,
+            loop_marks=self.loop_marks,
+            client_watch=self.client_watch,
+            stall=stall,
+            watchdog=watchdog,
+            assembles=assembles,
+            clock=clock,
+        )
+        return Attempts(
+            choice=NodeChoice(registry, balancer, routing, metrics, clock),
+            attempt=attempt,
+            registry=registry,
+            policy=policy,
+            budget=self.budget,
+            metrics=metrics,
+            routing=routing,
+            clock=clock,
+            sleep=sleep,
+        )
 
     def forward(self, req: ProxyRequest) -> ProxyResponse:
         if req.model and self.registry.model_status(req.model) is ModelStatus.UNKNOWN:

@@ -100,7 +100,8 @@ class Event:
     terminating: ClassVar[bool] = False
     #: the instance the event is about; "" when the source is that instance (IMDS)
     instance_id: str = field(default="", metadata=_SHOWN_IF_SET)
-    #: the provider's id of this delivery (EventBridge's ``id``), for logs
+    #: the provider's id of the event: EventBridge's ``id``, IMDS's ``EventId`` of a
+    #: scheduled entry; "" when the source gives none
     event_id: str = field(default="", metadata=_SHOWN_IF_SET)
 
     @property
@@ -128,7 +129,7 @@ class Event:
 
     def describe(self) -> dict[str, Any]:
         """The event for webhooks, ``agent check`` and the drain state file."""
-        doc: dict[str, Any] = {"type": self.kind, "key": self.key}
+        doc: dict[str, Any] = {"type": self.kind.value, "key": self.key}
         # the kind's own fields first, then the source's identity
         for f in sorted(fields(self), key=lambda f: f.name in _IDENTITY):
             value, shown = getattr(self, f.name), f.metadata.get("describe")

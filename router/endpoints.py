@@ -1,7 +1,7 @@
 """The vLLM HTTP API as the router serves it: one table, as data.
 
 Every path vLLM's OpenAI-compatible server answers is listed here with what
-the router does with it, so one generic proxy path (``app.py``'s
+the router does with it, so one generic proxy path (``views/api.py``'s
 ``forward``) serves them all instead of a Flask route per endpoint:
 
 - ``POST`` endpoints are routed by the body's ``model`` (JSON, or a form

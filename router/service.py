@@ -2,7 +2,7 @@
 
 :class:`RouterService` owns one of each plain class (registry, balancer,
 retry policy and budget, proxy, health monitor, metrics, auth, network
-policy). The Flask routes in :mod:`spotrelay.router.app` only translate HTTP
+policy). The Flask views in :mod:`spotrelay.router.views` only translate HTTP
 to calls on it, so tests can drive the whole router without a web server.
 """
 

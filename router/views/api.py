@@ -80,7 +80,7 @@ class DataPlaneViews:
     def refuse(self, ep: Endpoint) -> Response:
         """An endpoint the router does not forward: 403 with the reason."""
         path = display_path(ep.path)
-        raise ApiError(403, f"{path} {ep.reason}", code="unsupported_endpoint")
+        return self.refused(ApiError(403, f"{path} {ep.reason}", code="unsupported_endpoint"))
 
     # -- small steps ---------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from spotrelay.core.control_api import NodeList
 from spotrelay.core.secrets import read_token
 
 from .detect import EngineDetector
@@ -29,16 +30,9 @@ from .routers import RouterClient, RouterError
 from .settings import AgentConfig
 
 
-def _find_node(nodes: Any, node_id: str) -> dict[str, Any] | None:
-    """Our entry in ``GET /nodes`` (a list, or ``{"nodes": [...]}``)."""
-    if isinstance(nodes, dict):
-        nodes = nodes.get("nodes", nodes.get("data", []))
-    if not isinstance(nodes, list):
-        return None
-    for node in nodes:
-        if isinstance(node, dict) and (node.get("id") == node_id or node.get("node_id") == node_id):
-            return node
-    return None
+def _find_node(nodes: NodeList, node_id: str) -> dict[str, Any] | None:
+    """Our entry in ``GET /nodes``, as the router wrote it."""
+    return next((n.to_json() for n in nodes if n.id == node_id), None)
 
 
 def gather(cfg: AgentConfig, config_path: str | None) -> dict[str, Any]:

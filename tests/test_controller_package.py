@@ -1,6 +1,6 @@
 """The controller's Lambda package is the zip committed with the gpu-pool module
 (``core/lambda_package.py``: spotrelay/controller/*.py and spotrelay/core/{__init__,
-config,protocol}.py). Unpacked alone, it must import with nothing else of spotrelay and no
+config,control_api,control_client,protocol}.py). Unpacked alone, it must import with nothing else of spotrelay and no
 third-party module but boto3 (which the Lambda Python runtime provides, and which the
 handler imports only when it builds its clients).
 """

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Self
 from urllib.parse import quote
 
 from .protocol import EngineInfo, NodeLoad
@@ -268,35 +268,35 @@ class NodeList:
 
 
 @dataclass(frozen=True)
-class NodeDrain:
-    """``POST /nodes/{id}/drain``: what this router still has open on the node."""
+class _NodeCallAnswer:
+    """The answer of a call on one node: its id, a fixed field, and what was open on it."""
+
+    FIXED: ClassVar[dict[str, Any]] = {}
 
     id: str
     in_flight: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "state": "draining", "in_flight": self.in_flight}
+        return {"id": self.id, **self.FIXED, "in_flight": self.in_flight}
 
     @classmethod
-    def from_json(cls, doc: Any) -> NodeDrain:
-        d = _object(doc, "node drain")
+    def from_json(cls, doc: Any) -> Self:
+        d = _object(doc, cls.__name__)
         return cls(id=_str(d, "id", ""), in_flight=_int(d, "in_flight", 0))
 
 
 @dataclass(frozen=True)
-class NodeDeleted:
+class NodeDrain(_NodeCallAnswer):
+    """``POST /nodes/{id}/drain``: what this router still has open on the node."""
+
+    FIXED: ClassVar[dict[str, Any]] = {"state": "draining"}
+
+
+@dataclass(frozen=True)
+class NodeDeleted(_NodeCallAnswer):
     """``DELETE /nodes/{id}``: the requests that were open on it (cut and moved now)."""
 
-    id: str
-    in_flight: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "deleted": True, "in_flight": self.in_flight}
-
-    @classmethod
-    def from_json(cls, doc: Any) -> NodeDeleted:
-        d = _object(doc, "node deletion")
-        return cls(id=_str(d, "id", ""), in_flight=_int(d, "in_flight", 0))
+    FIXED: ClassVar[dict[str, Any]] = {"deleted": True}
 
 
 @dataclass(frozen=True)

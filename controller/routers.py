@@ -76,8 +76,7 @@ class RouterFleet:
         except ControlError as exc:
             if exc.status != 401 or not self._refresh_token():
                 raise
-        client.token = self.token
-        return call(client)
+        return call(client)  # every client has the fresh token now
 
     def _refresh_token(self) -> bool:
         """Re-read the token after a 401; True when it changed (worth one retry)."""

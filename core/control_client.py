@@ -87,7 +87,10 @@ class UrllibTransport:
     def __call__(
         self, method: str, url: str, body: bytes | None, headers: Mapping[str, str]
     ) -> Reply:
-        req = urllib.request.Request(url, data=body, method=method, headers=dict(headers))
+        try:
+            req = urllib.request.Request(url, data=body, method=method, headers=dict(headers))
+        except ValueError as exc:  # not an http(s) URL: nothing can answer it
+            raise ConnectionError(str(exc)) from None
         try:
             with self._opener.open(req, timeout=self.timeout_s) as resp:
                 return Reply(resp.status, resp.read(), lower_headers(resp.headers.items()))

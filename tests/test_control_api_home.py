@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCANNED = ("router", "sim", "core", "agent", "controller", "deploy")
+SCANNED = ("router", "sim", "core", "agent", "controller", "deploy", "bench")
 HOME = Path("core/control_api.py")
 # A path that starts with the segment, or one after a scheme and host ("http://h:1/nodes").
 CONTROL_URL = re.compile(r"(?:^|://[^/\s]*)/(?:nodes|instances)(?![\w.-])")

@@ -70,6 +70,34 @@ class Faults:
 
         Validates everything before changing anything.
         """
+        new = self._checked(spec)
+        if "drop_after_tokens" in spec:
+            self.drop_after_tokens = new["drop_after_tokens"]
+            if "drop_count" not in spec:
+                self.drop_count = None
+        if "drop_count" in spec:
+            self.drop_count = new["drop_count"]
+        if "error_status" in spec:
+            self.error_status = new["error_status"]
+            if "error_count" not in spec:
+                self.error_count = None
+        if "error_count" in spec:
+            self.error_count = new["error_count"]
+        if "hang" in spec:
+            self.hang = bool(spec["hang"])
+        if "stall" in spec:
+            self.stall = bool(spec["stall"])
+        if "unhealthy_for_s" in spec:
+            self.unhealthy_until = time.monotonic() + float(spec["unhealthy_for_s"] or 0)
+        if self.drop_after_tokens is None:
+            self.drop_count = None
+        if self.error_status is None:
+            self.error_count = None
+        self._pulse()
+        return bool(spec.get("exit"))
+
+    def _checked(self, spec: Any) -> dict[str, int | None]:
+        """The counted faults' new values; raises :class:`FaultError` on any bad key or value."""
         if not isinstance(spec, dict):
             raise FaultError("the body must be a JSON object")
         unknown = sorted(set(spec) - set(KEYS))
@@ -91,45 +119,16 @@ class Faults:
             isinstance(unhealthy, bool) or not isinstance(unhealthy, int | float) or unhealthy < 0
         ):
             raise FaultError("unhealthy_for_s must be a number >= 0 or null")
-        if (
-            "error_count" in spec
-            and new["error_count"] is not None
-            and new["error_status"] is None
-            and self.error_status is None
-        ):
-            raise FaultError("error_count needs error_status")
-        if (
-            "drop_count" in spec
-            and new["drop_count"] is not None
-            and new["drop_after_tokens"] is None
-            and self.drop_after_tokens is None
-        ):
-            raise FaultError("drop_count needs drop_after_tokens")
-
-        if "drop_after_tokens" in spec:
-            self.drop_after_tokens = new["drop_after_tokens"]
-            if "drop_count" not in spec:
-                self.drop_count = None
-        if "drop_count" in spec:
-            self.drop_count = new["drop_count"]
-        if "error_status" in spec:
-            self.error_status = new["error_status"]
-            if "error_count" not in spec:
-                self.error_count = None
-        if "error_count" in spec:
-            self.error_count = new["error_count"]
-        if "hang" in spec:
-            self.hang = bool(spec["hang"])
-        if "stall" in spec:
-            self.stall = bool(spec["stall"])
-        if "unhealthy_for_s" in spec:
-            self.unhealthy_until = time.monotonic() + float(unhealthy or 0)
-        if self.drop_after_tokens is None:
-            self.drop_count = None
-        if self.error_status is None:
-            self.error_count = None
-        self._pulse()
-        return bool(spec.get("exit"))
+        # A count limits a fault: it needs the fault, given now or already in force.
+        for count, fault in (("error_count", "error_status"), ("drop_count", "drop_after_tokens")):
+            if (
+                count in spec
+                and new[count] is not None
+                and new[fault] is None
+                and getattr(self, fault) is None
+            ):
+                raise FaultError(f"{count} needs {fault}")
+        return new
 
     def reset(self) -> None:
         self.drop_after_tokens = self.drop_count = None

@@ -23,8 +23,8 @@ import requests
 
 from spotrelay.core.net import wait_until
 from spotrelay.core.processes import ProcessGroup
-from spotrelay.router.resume_request import RESUME_HEADER
-from spotrelay.router.sse import SSEParser
+from spotrelay.router.stream.resume_request import RESUME_HEADER
+from spotrelay.router.stream.sse import SSEParser
 from tests.support import (
     ROUTER_TOKEN,
     register_node,

@@ -18,8 +18,8 @@ import requests
 
 from spotrelay.core.net import wait_until
 from spotrelay.core.processes import ProcessGroup
-from spotrelay.router.balancer import rendezvous_weight
-from spotrelay.router.resume_request import RESUME_HEADER
+from spotrelay.router.registry.balancer import rendezvous_weight
+from spotrelay.router.stream.resume_request import RESUME_HEADER
 from tests.support import ROUTER_TOKEN, Service, register_node, scrape, start_router, start_sim_vllm
 from tests.support.fake_engine import Script, fake_engine
 from tests.support.resume_fleet import (

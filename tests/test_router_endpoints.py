@@ -24,7 +24,7 @@ import requests
 
 from spotrelay.core.net import wait_until
 from spotrelay.core.processes import ProcessGroup
-from spotrelay.router.sse import SSEParser
+from spotrelay.router.stream.sse import SSEParser
 from tests.support import HOST, ROUTER_TOKEN, register_node, scrape, start_router
 from tests.support.resume_fleet import MODEL, Fleet, start_fleet
 

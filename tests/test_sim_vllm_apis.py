@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from spotrelay.core.processes import ProcessGroup
-from spotrelay.router.sse import SSEParser
+from spotrelay.router.stream.sse import SSEParser
 from spotrelay.sim import textgen
 from tests.support import Service, post_json, start_sim_vllm
 from tests.support.sse import sse_events

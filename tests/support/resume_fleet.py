@@ -20,8 +20,8 @@ import requests
 
 from spotrelay.core.net import wait_until
 from spotrelay.core.processes import ProcessGroup
-from spotrelay.router.balancer import rendezvous_weight
-from spotrelay.router.sse import SSEParser
+from spotrelay.router.registry.balancer import rendezvous_weight
+from spotrelay.router.stream.sse import SSEParser
 
 from .services import (
     ROUTER_TOKEN,

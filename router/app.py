@@ -4,6 +4,8 @@ The data plane (:mod:`.views.api`: OpenAI-compatible, optional API keys),
 the control plane (:mod:`.views.control`: node token) and the ops endpoints
 (:mod:`.views.ops`). One request hook first decides which listener serves
 which path (:mod:`.views.listeners`); every error is JSON (:mod:`.views.errors`).
+The control plane's and the ops endpoints' paths and answers are defined in
+:mod:`spotrelay.core.control_api`, which their clients share.
 """
 
 from __future__ import annotations

@@ -3,12 +3,26 @@
 A request hook checks the token before every view; whatever the blueprint
 refuses is a :class:`ControlRefusal`, answered in the control plane's
 ``{"error": "..."}`` shape by one error handler. The operations themselves
-are :class:`~spotrelay.router.service.RouterService`'s.
+are :class:`~spotrelay.router.service.RouterService`'s; the paths, the auth
+scheme and the answers' shapes are :mod:`spotrelay.core.control_api`'s, which
+every client of the control plane shares.
 """
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, request
+
+from spotrelay.core.control_api import (
+    AUTH_SCHEME,
+    INSTANCE_DRAIN_RULE,
+    NODE_DRAIN_RULE,
+    NODE_RULE,
+    NODES,
+    REGISTRY_HEADER,
+    ROUTER_HEADER,
+    UNAUTHORIZED,
+    error_doc,
+)
 
 from ..service import MAX_CONTROL_BODY, ControlResult, RouterService
 from .body import TOO_LARGE, BadBody, read_body
@@ -32,15 +46,13 @@ class ControlViews:
 
     def check_node_token(self) -> None:
         if not self.node_auth.allows(request.headers.get("Authorization")):
-            raise ControlRefusal(
-                401, "missing or invalid node token", {"WWW-Authenticate": "Bearer"}
-            )
+            raise ControlRefusal(401, UNAUTHORIZED, {"WWW-Authenticate": AUTH_SCHEME})
 
     def list_nodes(self) -> Response:
         resp = _answer(self.service.list_nodes())
         # Which process answered, and whether its view is the shared one (spotrelay status).
-        resp.headers["X-Spotrelay-Router"] = self.service.router_id
-        resp.headers["X-Spotrelay-Registry"] = self.service.registry_state()
+        resp.headers[ROUTER_HEADER] = self.service.router_id
+        resp.headers[REGISTRY_HEADER] = self.service.registry_state()
         return resp
 
     def put_node(self, node_id: str) -> Response:
@@ -61,13 +73,11 @@ def blueprint(service: RouterService) -> Blueprint:
     bp = Blueprint("control", __name__)
     bp.before_request(views.check_node_token)
     bp.register_error_handler(ControlRefusal, _refused)
-    bp.add_url_rule("/nodes", view_func=views.list_nodes, methods=["GET"])
-    bp.add_url_rule("/nodes/<node_id>", view_func=views.put_node, methods=["PUT"])
-    bp.add_url_rule("/nodes/<node_id>/drain", view_func=views.drain_node, methods=["POST"])
-    bp.add_url_rule(
-        "/instances/<instance_id>/drain", view_func=views.drain_instance, methods=["POST"]
-    )
-    bp.add_url_rule("/nodes/<node_id>", view_func=views.delete_node, methods=["DELETE"])
+    bp.add_url_rule(NODES, view_func=views.list_nodes, methods=["GET"])
+    bp.add_url_rule(NODE_RULE, view_func=views.put_node, methods=["PUT"])
+    bp.add_url_rule(NODE_DRAIN_RULE, view_func=views.drain_node, methods=["POST"])
+    bp.add_url_rule(INSTANCE_DRAIN_RULE, view_func=views.drain_instance, methods=["POST"])
+    bp.add_url_rule(NODE_RULE, view_func=views.delete_node, methods=["DELETE"])
     return bp
 
 
@@ -76,7 +86,7 @@ def _answer(result: ControlResult) -> Response:
 
 
 def _refused(exc: ControlRefusal) -> Response:
-    return json_response({"error": exc.message}, exc.status, exc.headers)
+    return json_response(error_doc(exc.message), exc.status, exc.headers)
 
 
 def _body() -> bytes:

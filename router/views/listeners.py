@@ -5,7 +5,8 @@ The control listener (``server.control_port``) serves ``/nodes``,
 port serves the data plane and the health endpoints, plus the control plane
 and ``/metrics`` while ``server.control_on_main_port`` is on. A path served
 elsewhere answers 404 like an unknown one. Decided by path, not by route, so
-a wrong method on a path served elsewhere is a 404 too, not a 405.
+a wrong method on a path served elsewhere is a 404 too, not a 405. The paths
+are :mod:`spotrelay.core.control_api`'s.
 """
 
 from __future__ import annotations
@@ -14,18 +15,13 @@ from collections.abc import Callable
 
 from flask import Response, request
 
+from spotrelay.core.control_api import CONTROL_PATHS, CONTROL_PREFIXES, OPS_PATHS
 from spotrelay.core.errors import openai_error
 from spotrelay.core.logs import clip
 
 from ..settings import Server
 from ..transport.httpguard import CONTROL, plane_of
 from .errors import json_response
-
-OPS_PATHS = frozenset({"/healthz", "/readyz"})
-# What the control listener serves besides OPS_PATHS (and the main port unless
-# server.control_on_main_port is off): the control plane and /metrics.
-CONTROL_PATHS = frozenset({"/nodes", "/metrics"})
-CONTROL_PREFIXES = ("/nodes/", "/instances/")
 
 
 def listener_scope(server: Server) -> Callable[[], Response | None]:

@@ -1,9 +1,14 @@
-"""Ops endpoints: liveness, readiness and the Prometheus metrics (no auth)."""
+"""Ops endpoints: liveness, readiness and the Prometheus metrics (no auth).
+
+Paths and answers are :mod:`spotrelay.core.control_api`'s.
+"""
 
 from __future__ import annotations
 
 from flask import Blueprint, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+
+from spotrelay.core.control_api import HEALTHZ, METRICS, READYZ, ROUTER_HEADER, Health, Readiness
 
 from ..service import RouterService
 from .errors import json_response
@@ -14,24 +19,23 @@ class OpsViews:
         self.service = service
 
     def healthz(self) -> Response:
-        return json_response({"status": "ok"})
+        return json_response(Health().to_json())
 
     def readyz(self) -> Response:
         registry = self.service.registry
-        ready = registry.any_ready()
-        doc = {"ready": ready, "nodes": registry.counts_by_status()}
-        return json_response(doc, 200 if ready else 503)
+        readiness = Readiness(registry.any_ready(), registry.counts_by_status())
+        return json_response(readiness.to_json(), readiness.status)
 
     def metrics(self) -> Response:
         resp = Response(self.service.metrics.render(), 200, content_type=CONTENT_TYPE_LATEST)
-        resp.headers["X-Spotrelay-Router"] = self.service.router_id  # counters are per worker
+        resp.headers[ROUTER_HEADER] = self.service.router_id  # counters are per worker
         return resp
 
 
 def blueprint(service: RouterService) -> Blueprint:
     views = OpsViews(service)
     bp = Blueprint("ops", __name__)
-    bp.add_url_rule("/healthz", view_func=views.healthz, methods=["GET"])
-    bp.add_url_rule("/readyz", view_func=views.readyz, methods=["GET"])
-    bp.add_url_rule("/metrics", view_func=views.metrics, methods=["GET"])
+    bp.add_url_rule(HEALTHZ, view_func=views.healthz, methods=["GET"])
+    bp.add_url_rule(READYZ, view_func=views.readyz, methods=["GET"])
+    bp.add_url_rule(METRICS, view_func=views.metrics, methods=["GET"])
     return bp

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from router_bench import MODEL, aiohttp_run, cpu_seconds, start_router, start_sim
 
-from spotrelay.core.processes import ProcessGroup
+from spotrelay.sim.processes import ProcessGroup
 
 VLLM = {"kind": "vllm", "version": "bench", "capabilities": ["continue_final_message"]}
 

@@ -68,8 +68,8 @@ import psutil
 from static_engine import HAPROXY_HEAD, record_answers
 from static_engine import haproxy_config as static_engine_config
 
-from spotrelay.core.net import free_port, http_ok
-from spotrelay.core.processes import ManagedProcess, ProcessGroup, spotrelay_argv
+from spotrelay.sim.loopback import free_port, http_ok
+from spotrelay.sim.processes import ManagedProcess, ProcessGroup, spotrelay_argv
 
 MODEL = "sim-model"
 TOKEN = "bench-token"

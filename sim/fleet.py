@@ -24,8 +24,8 @@ from typing import Any
 
 import yaml
 
-from spotrelay.core.net import free_port, http_ok
-from spotrelay.core.processes import ManagedProcess, ProcessGroup, spotrelay_argv
+from .loopback import free_port, http_ok
+from .processes import ManagedProcess, ProcessGroup, spotrelay_argv
 
 HOST = "127.0.0.1"
 

@@ -29,7 +29,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ..core.errors import openai_error
+from spotrelay.core.errors import openai_error
+
 from . import textgen
 from .engine import STALL_POLL_S, Engine, EngineSettings, Generation
 from .faults import FaultError, Faults

@@ -38,8 +38,8 @@ from spotrelay.agent.monitors import MaintenanceMonitor
 from spotrelay.agent.routers import RouterError
 from spotrelay.agent.webhook import Webhook
 from spotrelay.core.backoff import Backoff
-from spotrelay.core.net import wait_until
 from spotrelay.core.protocol import NodeLoad, NodeReport, NodeState
+from spotrelay.sim.loopback import wait_until
 
 # ------------------------------------------------------------------ events
 

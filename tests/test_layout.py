@@ -1,12 +1,94 @@
-"""The test tree's layout: shared helpers live in tests/support/, and no module imports a
-test module (importing one runs its module-scoped setup and couples unrelated files)."""
+"""The repository's layout.
+
+Each top-level package folder is one component, and the packaging, the type
+checker and the Makefile all know every one of them; core/ holds only what
+several components share. In tests/, shared helpers live in tests/support/, and
+no module imports a test module (importing one runs its module-scoped setup and
+couples unrelated files).
+"""
 
 from __future__ import annotations
 
 import ast
+import re
+import tomllib
+from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+NOT_COMPONENTS = {"tests", "bench"}  # packages of the checkout that are not shipped
+
+
+def components() -> set[str]:
+    """Top-level folders that are Python packages, tests and benchmarks aside."""
+    return {
+        p.parent.name for p in REPO.glob("*/__init__.py") if p.parent.name not in NOT_COMPONENTS
+    }
+
+
+def test_every_component_is_packaged_typechecked_and_linked() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    package_dir = project["tool"]["setuptools"]["package-dir"]
+    assert package_dir == {f"spotrelay.{c}": c for c in components()}
+    assert {f"spotrelay.{c}" for c in components()} <= set(
+        project["tool"]["setuptools"]["packages"]
+    )
+    assert set(project["tool"]["mypy"]["packages"]) == {f"spotrelay.{c}" for c in components()}
+    found = re.search(r"^COMPONENTS := (.+)$", (REPO / "Makefile").read_text(), re.M)
+    assert found is not None and set(found.group(1).split()) == components()
+
+
+def core_users() -> dict[str, set[str]]:
+    """core module -> the components (and Terraform modules) that use it.
+
+    A core module used by another core module counts that one's users too, and
+    the ``spotrelay`` CLI (core/cli.py) is used by every component it runs.
+    """
+    direct: dict[str, set[str]] = defaultdict(set)
+    inside: dict[str, set[str]] = defaultdict(set)  # core module -> core modules importing it
+    for path in REPO.glob("*/*.py"):
+        where = path.parent.name
+        if where not in components():
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level == 1 and where == "core":
+                module = node.module
+            elif (node.level, (node.module or "").split(".")[0]) in ((0, "spotrelay"), (2, "core")):
+                dotted = (node.module or "").removeprefix("spotrelay.")
+                if dotted.split(".")[0] != "core":
+                    continue
+                module = dotted.removeprefix("core").lstrip(".") or None
+            else:
+                continue
+            names = [module] if module else [alias.name for alias in node.names]
+            for name in names:
+                if where == "core":
+                    inside[name].add(path.stem)
+                else:
+                    direct[name].add(where)
+    direct["cli"] |= set(re.findall(r'"spotrelay\.(\w+)\.cli"', (REPO / "core/cli.py").read_text()))
+    for path in (REPO / "terraform" / "modules").rglob("*"):
+        if path.is_file() and path.suffix in (".tf", ".tftpl", ".sh", ".py"):
+            for name in re.findall(r"spotrelay\.core\.(\w+)", path.read_text()):
+                direct[name].add(
+                    "terraform/" + path.relative_to(REPO / "terraform/modules").parts[0]
+                )
+
+    def users(name: str, seen: frozenset[str] = frozenset()) -> set[str]:
+        found = set(direct[name])
+        for importer in inside[name] - seen:
+            found |= users(importer, seen | {name})
+        return found
+
+    return {p.stem: users(p.stem) for p in (REPO / "core").glob("*.py") if p.stem != "__init__"}
+
+
+def test_core_holds_only_what_several_components_share() -> None:
+    """A module only one component uses belongs in that component's folder."""
+    lonely = {name: sorted(who) for name, who in core_users().items() if len(who) < 2}
+    assert lonely == {}, "move these to the one component that uses them"
 
 
 def imported_test_modules(tree: ast.Module, package: str) -> list[str]:

@@ -19,8 +19,6 @@ from botocore.utils import InstanceMetadataFetcher, InstanceMetadataRegionFetche
 
 from spotrelay.core import cli
 from spotrelay.core.config import ConfigError, load
-from spotrelay.core.net import wait_until
-from spotrelay.core.processes import ProcessGroup
 from spotrelay.sim.imds_settings import ImdsEmulatorConfig
 from spotrelay.sim.imds_state import (
     ControlError,
@@ -32,6 +30,8 @@ from spotrelay.sim.imds_state import (
     iso_utc,
     stable_instance_id,
 )
+from spotrelay.sim.loopback import wait_until
+from spotrelay.sim.processes import ProcessGroup
 from tests.support.clock import Clock
 
 from .support import Service, start_imds

@@ -1,6 +1,6 @@
 """SSE framer benchmark: CPU per event on normal streams, and on a hostile newline-free stream.
 
-Runs :class:`spotrelay.router.sse.SSEFramer` as it is in the work tree and as
+Runs :class:`spotrelay.router.stream.sse.SSEFramer` as it is in the work tree and as
 it is at ``--baseline`` (a git ref, default ``main``), side by side in this
 process, on the same inputs:
 
@@ -44,13 +44,13 @@ READ = 65536
 
 
 def load_framer(ref: str | None) -> type:
-    """SSEFramer from the work tree (``ref`` None) or from ``git show ref:router/sse.py``."""
+    """SSEFramer from the work tree (``ref`` None) or from ``git show ref:router/stream/sse.py``."""
     if ref is None:
-        from spotrelay.router.sse import SSEFramer
+        from spotrelay.router.stream.sse import SSEFramer
 
         return SSEFramer
     source = subprocess.run(
-        ["git", "show", f"{ref}:router/sse.py"], cwd=ROOT, capture_output=True, check=True
+        ["git", "show", f"{ref}:router/stream/sse.py"], cwd=ROOT, capture_output=True, check=True
     ).stdout
     path = Path(tempfile.mkdtemp()) / "sse_baseline.py"
     path.write_bytes(source)

@@ -28,13 +28,13 @@ from spotrelay.core.errors import openai_error
 from spotrelay.core.logs import clip
 
 from .dataplane import Incoming
-from .disconnect import ClientLink
 from .endpoints import ENDPOINTS, BodyKind, Endpoint, Routing, display_path
-from .httpguard import CONTROL, ClientTimeout, close_after_response, plane_of
-from .loopmark import HOP_HEADER, LOOP_HEADER, parse_hops
 from .proxy import ApiError, ProxyResponse, request_id_from
-from .resume_request import RESUME_HEADER, resume_off
 from .service import MAX_CONTROL_BODY, ControlResult, RouterService
+from .stream.disconnect import ClientLink
+from .stream.resume_request import RESUME_HEADER, resume_off
+from .transport.httpguard import CONTROL, ClientTimeout, close_after_response, plane_of
+from .transport.loopmark import HOP_HEADER, LOOP_HEADER, parse_hops
 
 log = logging.getLogger("spotrelay.router")
 

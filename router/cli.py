@@ -97,6 +97,6 @@ def run(args: argparse.Namespace) -> int:
         from gevent import monkey
 
         monkey.patch_all()
-    from .server import serve
+    from .transport.server import serve
 
     return serve(cfg, token, log_level=args.log_level)

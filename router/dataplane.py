@@ -15,12 +15,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .assemble import StreamForm, not_assembled
 from .endpoints import BodyKind, Endpoint, Routing, StreamKind
-from .multipart import MAX_PARTS, MultipartError, boundary_of, form_fields
-from .named_events import ANTHROPIC, RESPONSES, NamedEvents
 from .proxy import ACCEPT_RE, ApiError, ProxyRequest, parse_request
-from .registry import Registry
+from .registry.state import Registry
+from .stream.assemble import StreamForm, not_assembled
+from .stream.named_events import ANTHROPIC, RESPONSES, NamedEvents
+from .transport.multipart import MAX_PARTS, MultipartError, boundary_of, form_fields
 
 _EVENTS: dict[StreamKind, NamedEvents] = {
     StreamKind.RESPONSES: RESPONSES,

@@ -18,7 +18,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from .metrics_share import SnapshotBoard
-from .registry import Registry
+from .registry.state import Registry
 from .retry import RetryBudget
 
 PREFIX = "spotrelay_router_"

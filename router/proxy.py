@@ -12,12 +12,12 @@
 3. a non-streaming answer up to ``routing.response_buffer_bytes`` is read
    completely from the node before the client gets anything, so a node dying
    mid-body is still just a retry; a larger one is relayed read by read
-   (:class:`~spotrelay.router.upstream.BodyRelay`), up to
+   (:class:`~spotrelay.router.transport.upstream.BodyRelay`), up to
    ``routing.max_response_bytes``. The request deadline covers the head and
    the whole non-streaming body, and a stream until its first event;
 4. a stream is answered only once the node's *first SSE event* is in hand
    (a node dying during prefill is still just a retry); the rest is relayed
-   by :class:`spotrelay.router.stream.StreamRelay`, which asks the stream's
+   by :class:`spotrelay.router.stream.relay.StreamRelay`, which asks the stream's
    handler (``stream_handler_factory``: resume, or end with an error event)
    what to do about a break, opens continuations through
    :meth:`Proxy.open_continuation` and records breaks through
@@ -45,21 +45,20 @@ from typing import Any
 from spotrelay.core.errors import openai_error
 from spotrelay.core.logs import clip
 
-from .assemble import StreamForm
-from .balancer import Balancer
-from .disconnect import ClientLink, ClientWatch
-from .finish import FinishTracker, expected_choices
-from .hedge import HedgeRace, Outcome, StallPolicy, StallWatch, race_lock
-from .hedging import Hedger
-from .loopmark import HOP_HEADER, LOOP_HEADER, LoopMarks, hop_header
 from .metrics import RouterMetrics
-from .named_events import NamedEvents, with_named_events
-from .placement import Placement, is_long
-from .prefix_key import prefix_key
-from .registry import ModelStatus, Node, Registry
+from .registry.balancer import Balancer
+from .registry.placement import Placement, is_long
+from .registry.prefix_key import prefix_key
+from .registry.state import ModelStatus, Node, Registry
 from .retry import RETRYABLE_STATUS, Failure, FailureKind, RetryBudget, RetryPolicy
 from .settings import Routing, Timeouts
-from .stream import (
+from .stream.assemble import StreamForm
+from .stream.disconnect import ClientLink, ClientWatch
+from .stream.finish import FinishTracker, expected_choices
+from .stream.hedge import HedgeRace, Outcome, StallPolicy, StallWatch, race_lock
+from .stream.hedging import Hedger
+from .stream.named_events import NamedEvents, with_named_events
+from .stream.relay import (
     BreakReason,
     ContinuationRejected,
     EndWithError,
@@ -69,7 +68,8 @@ from .stream import (
     StreamStart,
 )
 from .tracing import NO_TRACE, RequestTrace
-from .upstream import (
+from .transport.loopmark import HOP_HEADER, LOOP_HEADER, LoopMarks, hop_header
+from .transport.upstream import (
     UPSTREAM_ERRORS,
     BodyRelay,
     IdleWatchdog,
@@ -146,7 +146,7 @@ class ProxyRequest:
     follow_up: bool = False  # made by derive(): waits for a node it has not tried yet
     long_hint: bool = False  # the client marked it long (routing.long_request_header)
     # Non-streaming, to be asked as this stream on nodes whose engine kind is in
-    # routing.assemble_non_streaming (the answer assembled by router/assembly.py).
+    # routing.assemble_non_streaming (the answer assembled by router/stream/assembly.py).
     assembly: StreamForm | None = None
     trace: RequestTrace = NO_TRACE  # OpenTelemetry spans when tracing is on (router/tracing.py)
 
@@ -446,7 +446,7 @@ class Proxy:
         """One attempt; whatever goes wrong releases the node's in-flight lease and is a Failure.
 
         Until the answer (or a stream's first event) is in hand, the client's
-        departure aborts the node connection (:mod:`spotrelay.router.disconnect`).
+        departure aborts the node connection (:mod:`spotrelay.router.stream.disconnect`).
         """
         kind = "resume" if req.follow_up else "retry" if req.attempts > 1 else "attempt"
         with (

@@ -25,16 +25,25 @@ from spotrelay.core.protocol import (
     valid_node_id,
 )
 
-from .assembly import assembled_answer
 from .auth import ControlPlaneAuth, DataPlaneAuth
-from .balancer import Balancer
 from .dataplane import DataPlane
-from .disconnect import ClientWatch
-from .health import HealthMonitor, http_probe
-from .hedge import StallPolicy
 from .metrics import RouterMetrics
 from .metrics_share import Publisher
-from .netpolicy import (
+from .proxy import Proxy, ProxyRequest
+from .registry.balancer import Balancer
+from .registry.health import HealthMonitor, http_probe
+from .registry.node_loss import NodeLoss
+from .registry.state import EjectionPolicy, Node, Registry, RegistryFull
+from .registry.sync import RedisSync
+from .retry import RetryBudget, RetryPolicy
+from .settings import RouterConfig
+from .stream.assembly import assembled_answer
+from .stream.disconnect import ClientWatch
+from .stream.hedge import StallPolicy
+from .stream.relay import StreamHandler
+from .stream.resume_handler import resume_handler_factory
+from .tracing import make_tracing
+from .transport.netpolicy import (
     NetPolicy,
     NodeTarget,
     NodeURLError,
@@ -42,16 +51,7 @@ from .netpolicy import (
     Resolver,
     system_resolver,
 )
-from .node_loss import NodeLoss
-from .proxy import Proxy, ProxyRequest
-from .registry import EjectionPolicy, Node, Registry, RegistryFull
-from .registry_sync import RedisSync
-from .resume_handler import resume_handler_factory
-from .retry import RetryBudget, RetryPolicy
-from .settings import RouterConfig
-from .stream import StreamHandler
-from .tracing import make_tracing
-from .upstream import IdleWatchdog, make_pool
+from .transport.upstream import IdleWatchdog, make_pool
 
 log = logging.getLogger("spotrelay.router")
 
@@ -312,8 +312,8 @@ class RouterService:
 
 def make_sync(cfg: RouterConfig, registry: Registry, netpolicy: NetPolicy) -> RedisSync:
     """The Redis follower/writer for ``registry.backend: redis``."""
-    from .registry_store import RedisStore
-    from .registry_sync import redis_client
+    from .registry.store import RedisStore
+    from .registry.sync import redis_client
     from .settings import mask_password
 
     reg = cfg.registry

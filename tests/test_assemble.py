@@ -16,9 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from spotrelay.core.config import ConfigError, load
-from spotrelay.router.assemble import Assembler, NotAssembled, StreamForm, not_assembled
-from spotrelay.router.resume_request import CHAT, COMPLETIONS
 from spotrelay.router.settings import RouterConfig
+from spotrelay.router.stream.assemble import Assembler, NotAssembled, StreamForm, not_assembled
+from spotrelay.router.stream.resume_request import CHAT, COMPLETIONS
 
 HEAD = {"id": "cmpl-1", "object": "text_completion", "created": 1700000000, "model": "m"}
 CHAT_HEAD = {**HEAD, "id": "chatcmpl-1", "object": "chat.completion.chunk"}

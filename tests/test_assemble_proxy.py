@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from spotrelay.router.assemble import StreamForm
-from spotrelay.router.balancer import rendezvous_weight
+from spotrelay.router.registry.balancer import rendezvous_weight
+from spotrelay.router.stream.assemble import StreamForm
 from tests.support.router_fakes import (
     DONE,
     A,

@@ -15,11 +15,18 @@ from typing import Any
 
 import pytest
 
-from spotrelay.router.hedge import HedgeRace, HedgeState, Outcome, Rhythm, StallPolicy, StallWatch
-from spotrelay.router.resume import StreamResumer
-from spotrelay.router.resume_handler import ResumingStreamHandler
-from spotrelay.router.sse import DONE_EVENT, SSEParser, encode_json
-from spotrelay.router.stream import BreakReason, StreamBreak
+from spotrelay.router.stream.hedge import (
+    HedgeRace,
+    HedgeState,
+    Outcome,
+    Rhythm,
+    StallPolicy,
+    StallWatch,
+)
+from spotrelay.router.stream.relay import BreakReason, StreamBreak
+from spotrelay.router.stream.resume import StreamResumer
+from spotrelay.router.stream.resume_handler import ResumingStreamHandler
+from spotrelay.router.stream.sse import DONE_EVENT, SSEParser, encode_json
 from tests.support.clock import Clock
 
 ANSWER = ["Spot", " GPUs", " are", " cheap", " until", " they", " vanish", "."]

@@ -46,28 +46,22 @@ def core_users() -> dict[str, set[str]]:
     """
     direct: dict[str, set[str]] = defaultdict(set)
     inside: dict[str, set[str]] = defaultdict(set)  # core module -> core modules importing it
-    for path in REPO.glob("*/*.py"):
-        where = path.parent.name
-        if where not in components():
-            continue
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if not isinstance(node, ast.ImportFrom):
-                continue
-            if node.level == 1 and where == "core":
-                module = node.module
-            elif (node.level, (node.module or "").split(".")[0]) in ((0, "spotrelay"), (2, "core")):
-                dotted = (node.module or "").removeprefix("spotrelay.")
-                if dotted.split(".")[0] != "core":
+    for component in components():
+        for path in (REPO / component).rglob("*.py"):
+            package = ".".join(("spotrelay", *path.relative_to(REPO).parent.parts))
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if not isinstance(node, ast.ImportFrom):
                     continue
-                module = dotted.removeprefix("core").lstrip(".") or None
-            else:
-                continue
-            names = [module] if module else [alias.name for alias in node.names]
-            for name in names:
-                if where == "core":
-                    inside[name].add(path.stem)
-                else:
-                    direct[name].add(where)
+                parts = node.module.split(".") if node.module else []
+                if node.level:  # relative: resolved against the importing package
+                    parts = package.split(".")[: package.count(".") + 2 - node.level] + parts
+                if parts[:2] != ["spotrelay", "core"]:
+                    continue
+                for name in parts[2:3] or [alias.name for alias in node.names]:
+                    if component == "core":
+                        inside[name].add(path.stem)
+                    else:
+                        direct[name].add(component)
     direct["cli"] |= set(re.findall(r'"spotrelay\.(\w+)\.cli"', (REPO / "core/cli.py").read_text()))
     for path in (REPO / "terraform" / "modules").rglob("*"):
         if path.is_file() and path.suffix in (".tf", ".tftpl", ".sh", ".py"):

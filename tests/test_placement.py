@@ -7,11 +7,11 @@ import random
 from collections import Counter
 
 from spotrelay.core.protocol import Risk, parse_report
-from spotrelay.router.balancer import Balancer, rendezvous_weight
-from spotrelay.router.netpolicy import NetPolicy
-from spotrelay.router.placement import Placement, PrefixIndex, is_long, load_cap
-from spotrelay.router.prefix_key import PrefixKey, prefix_key
-from spotrelay.router.registry import EjectionPolicy, Registry
+from spotrelay.router.registry.balancer import Balancer, rendezvous_weight
+from spotrelay.router.registry.placement import Placement, PrefixIndex, is_long, load_cap
+from spotrelay.router.registry.prefix_key import PrefixKey, prefix_key
+from spotrelay.router.registry.state import EjectionPolicy, Registry
+from spotrelay.router.transport.netpolicy import NetPolicy
 
 NETS = NetPolicy(["10.0.0.0/8"])
 SYSTEM = "You are a careful assistant for a travel company. " * 8

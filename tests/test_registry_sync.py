@@ -17,10 +17,10 @@ import pytest
 import redis
 
 from spotrelay.core.protocol import parse_report
-from spotrelay.router.netpolicy import NetPolicy
-from spotrelay.router.registry import Registry
-from spotrelay.router.registry_store import RedisStore
-from spotrelay.router.registry_sync import RedisSync, redis_client
+from spotrelay.router.registry.state import Registry
+from spotrelay.router.registry.store import RedisStore
+from spotrelay.router.registry.sync import RedisSync, redis_client
+from spotrelay.router.transport.netpolicy import NetPolicy
 from spotrelay.sim.loopback import wait_until
 from spotrelay.sim.processes import ProcessGroup
 from spotrelay.sim.redis_local import LocalRedis, NoRedisServer, start_local_redis

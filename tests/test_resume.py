@@ -27,11 +27,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from spotrelay.router.proxy import parse_request
-from spotrelay.router.resume import StreamResumer
-from spotrelay.router.resume_request import CHAT, COMPLETIONS, not_resumable, resume_off
 from spotrelay.router.service import RouterService
-from spotrelay.router.sse import SSEParser, encode_json
-from spotrelay.router.stream import StreamHandler
+from spotrelay.router.stream.relay import StreamHandler
+from spotrelay.router.stream.resume import StreamResumer
+from spotrelay.router.stream.resume_request import CHAT, COMPLETIONS, not_resumable, resume_off
+from spotrelay.router.stream.sse import SSEParser, encode_json
 from tests.support.router_fakes import FakeFleet, FakeResp, fast_config, refused, report
 
 # ---------------------------------------------------------------------------

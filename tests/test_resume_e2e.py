@@ -21,8 +21,8 @@ import openai
 import pytest
 import requests
 
-from spotrelay.router.resume_request import RESUME_HEADER
-from spotrelay.router.sse import SSEParser
+from spotrelay.router.stream.resume_request import RESUME_HEADER
+from spotrelay.router.stream.sse import SSEParser
 from spotrelay.sim.loopback import wait_until
 from spotrelay.sim.processes import ProcessGroup
 from tests.support import (

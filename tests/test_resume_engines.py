@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from spotrelay.router.balancer import rendezvous_weight
-from spotrelay.router.resume_request import RESUME_HEADER
+from spotrelay.router.registry.balancer import rendezvous_weight
+from spotrelay.router.stream.resume_request import RESUME_HEADER
 from spotrelay.sim.loopback import wait_until
 from spotrelay.sim.processes import ProcessGroup
 from tests.support import ROUTER_TOKEN, Service, register_node, scrape, start_router, start_sim_vllm

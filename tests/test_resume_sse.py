@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spotrelay.router.sse import (
+from spotrelay.router.stream.sse import (
     DONE_EVENT,
     EventTooLarge,
     SSEFramer,

@@ -12,12 +12,17 @@ import json
 
 import pytest
 
-from spotrelay.router.balancer import rendezvous_weight
 from spotrelay.router.endpoints import ENDPOINTS, Routing, StreamKind
-from spotrelay.router.multipart import MAX_PART_HEAD, MultipartError, boundary_of, form_fields
-from spotrelay.router.named_events import RESPONSES, event_name
-from spotrelay.router.resume_request import not_resumable
-from spotrelay.router.sse import DONE_EVENT, SSEParser
+from spotrelay.router.registry.balancer import rendezvous_weight
+from spotrelay.router.stream.named_events import RESPONSES, event_name
+from spotrelay.router.stream.resume_request import not_resumable
+from spotrelay.router.stream.sse import DONE_EVENT, SSEParser
+from spotrelay.router.transport.multipart import (
+    MAX_PART_HEAD,
+    MultipartError,
+    boundary_of,
+    form_fields,
+)
 from tests.support.router_client import client_for, openai_error_of, put
 from tests.support.router_fakes import A, B, FakeResp, answering, raising, reset
 from tests.support.sse import sse_named

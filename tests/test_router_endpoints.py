@@ -22,7 +22,7 @@ import openai
 import pytest
 import requests
 
-from spotrelay.router.sse import SSEParser
+from spotrelay.router.stream.sse import SSEParser
 from spotrelay.sim.loopback import wait_until
 from spotrelay.sim.processes import ProcessGroup
 from tests.support import HOST, ROUTER_TOKEN, register_node, scrape, start_router

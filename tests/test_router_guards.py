@@ -15,8 +15,9 @@ import time
 import pytest
 
 from spotrelay.core.logs import HumanFormatter, JsonFormatter, escape_controls
-from spotrelay.router.disconnect import ClientLink, ClientWatch
-from spotrelay.router.httpguard import (
+from spotrelay.router.proxy import HOP_HEADER
+from spotrelay.router.stream.disconnect import ClientLink, ClientWatch
+from spotrelay.router.transport.httpguard import (
     ClientTimeout,
     ConnectionLimiter,
     GuardedSocket,
@@ -24,8 +25,7 @@ from spotrelay.router.httpguard import (
     client_gone,
     error_for,
 )
-from spotrelay.router.netpolicy import NetPolicy, NodeURLError, OwnEndpoints
-from spotrelay.router.proxy import HOP_HEADER
+from spotrelay.router.transport.netpolicy import NetPolicy, NodeURLError, OwnEndpoints
 from tests.support.clock import Clock
 from tests.support.router_fakes import (
     A,
@@ -103,7 +103,7 @@ def test_connection_cap_per_address_and_listener_with_exempt_networks():
 
 
 def test_idle_timeout_shrinks_as_the_listener_fills_and_only_idle_connections_are_due():
-    from spotrelay.router.overload import IdlePolicy, IdleReaper
+    from spotrelay.router.transport.overload import IdlePolicy, IdleReaper
 
     policy = IdlePolicy(keepalive_s=75, keepalive_min_s=1, start=0.5, saturation=0.9)
     assert policy.idle_timeout(40, 100) == 75  # below the start: the configured keep-alive
@@ -127,7 +127,7 @@ def test_idle_timeout_shrinks_as_the_listener_fills_and_only_idle_connections_ar
 
 
 def test_a_throttled_log_line_counts_what_it_stood_for():
-    from spotrelay.router.overload import LogThrottle, held_note
+    from spotrelay.router.transport.overload import LogThrottle, held_note
 
     clock = Clock()
     throttle = LogThrottle(10, clock=clock)
@@ -157,7 +157,7 @@ def test_a_throttled_log_line_counts_what_it_stood_for():
 def test_the_client_behind_trusted_proxies_is_the_right_most_untrusted_address(
     peer, forwarded, client
 ):
-    from spotrelay.router.clientaddr import Networks, real_client
+    from spotrelay.router.transport.clientaddr import Networks, real_client
 
     assert real_client(peer, forwarded, Networks(["10.0.1.0/24", "10.0.2.0/24"])) == client
     assert real_client(peer, forwarded, Networks()) == peer, "no trusted proxies: the peer"
@@ -395,7 +395,7 @@ def test_tracebacks_still_span_lines():
 
 def test_a_client_cannot_trigger_the_loop_refusal():
     from spotrelay.router.app import create_app
-    from spotrelay.router.loopmark import MAX_HOPS, parse_hops
+    from spotrelay.router.transport.loopmark import MAX_HOPS, parse_hops
 
     assert parse_hops(",".join(f"r{i}" for i in range(100)))[-1] == "r99"
     assert len(parse_hops(",".join(f"r{i}" for i in range(100)))) == MAX_HOPS

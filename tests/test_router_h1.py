@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from spotrelay.router.h1 import ConnectFailed, Pool, ProtocolError
+from spotrelay.router.transport.h1 import ConnectFailed, Pool, ProtocolError
 from tests.support.raw_server import RawServer
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from spotrelay.core.protocol import parse_report
-from spotrelay.router.netpolicy import NetPolicy
-from spotrelay.router.registry import Registry
+from spotrelay.router.registry.state import Registry
+from spotrelay.router.transport.netpolicy import NetPolicy
 
 NETS = NetPolicy(["10.0.0.0/8"])
 

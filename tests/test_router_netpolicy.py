@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spotrelay.router.netpolicy import NetPolicy, NodeURLError
 from spotrelay.router.settings import PRIVATE_AND_LOOPBACK
+from spotrelay.router.transport.netpolicy import NetPolicy, NodeURLError
 
 
 def policy(networks=None, dns=None) -> NetPolicy:

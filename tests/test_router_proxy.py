@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from spotrelay.router.hedge import StallPolicy, StallWatch
-from spotrelay.router.registry import NodeStatus
+from spotrelay.router.registry.state import NodeStatus
 from spotrelay.router.service import RouterService
-from spotrelay.router.stream import (
+from spotrelay.router.stream.hedge import StallPolicy, StallWatch
+from spotrelay.router.stream.relay import (
     AbandonUpstream,
     BreakReason,
     ClientStreamComplete,
@@ -19,7 +19,7 @@ from spotrelay.router.stream import (
     Step,
     StreamBreak,
 )
-from spotrelay.router.upstream import IdleWatchdog, Upstream
+from spotrelay.router.transport.upstream import IdleWatchdog, Upstream
 from tests.support.raw_server import RawServer
 from tests.support.router_fakes import (
     DONE,
@@ -201,8 +201,8 @@ def test_session_affinity_routes_a_session_to_one_node():
 
 
 def test_hostname_nodes_are_reached_at_the_vetted_address_with_their_name():
-    from spotrelay.router.netpolicy import NetPolicy
-    from spotrelay.router.upstream import make_pool
+    from spotrelay.router.transport.netpolicy import NetPolicy
+    from spotrelay.router.transport.upstream import make_pool
 
     dns = {"node-1.internal": ["10.0.0.9"]}
     svc, fleet = build(dns=dns)

@@ -8,10 +8,10 @@ from collections import Counter
 import pytest
 
 from spotrelay.core.protocol import NodeLoad, parse_report
-from spotrelay.router.balancer import Balancer, rendezvous_weight
-from spotrelay.router.netpolicy import NetPolicy
-from spotrelay.router.registry import EjectionPolicy, ModelStatus, NodeStatus, Registry
+from spotrelay.router.registry.balancer import Balancer, rendezvous_weight
+from spotrelay.router.registry.state import EjectionPolicy, ModelStatus, NodeStatus, Registry
 from spotrelay.router.retry import Failure, FailureKind, RetryBudget, RetryPolicy
+from spotrelay.router.transport.netpolicy import NetPolicy
 from tests.support.clock import Clock
 
 NETS = NetPolicy(["10.0.0.0/8"])
@@ -349,7 +349,7 @@ def test_a_node_missing_from_a_rebuilt_view_is_forgotten_not_lost():
     it is forgotten (its next heartbeat brings it back) and what is open on it goes on;
     a node deleted for real has what is open on it cut."""
     from spotrelay.router.metrics import RouterMetrics
-    from spotrelay.router.node_loss import NodeLoss
+    from spotrelay.router.registry.node_loss import NodeLoss
 
     reg, _clock, events = make()
     NodeLoss(reg, RouterMetrics())

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from spotrelay.router.balancer import rendezvous_weight
+from spotrelay.router.registry.balancer import rendezvous_weight
 from spotrelay.sim.loopback import free_port, wait_until
 from spotrelay.sim.processes import ProcessGroup
 from tests.support import ROUTER_TOKEN, register_node, start_router

@@ -13,7 +13,7 @@ import openai
 import pytest
 import requests
 
-from spotrelay.router.sse import SSEParser
+from spotrelay.router.stream.sse import SSEParser
 from spotrelay.sim import textgen
 from spotrelay.sim.processes import ProcessGroup
 from tests.support import Service, post_json, start_sim_vllm

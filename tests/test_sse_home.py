@@ -1,4 +1,4 @@
-"""SSE has one home: only router/sse.py (and its named-event sibling) reads ``data:`` lines.
+"""SSE has one home: only router/stream/sse.py (and its named-event sibling) reads ``data:`` lines.
 
 A hand-sliced ``data:`` field elsewhere is how the project once had five SSE
 readers that disagreed at the edges (a missing space after the colon, a
@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCANNED = ("router", "sim", "core", "agent", "controller", "deploy")
-HOMES = {Path("router/sse.py"), Path("router/named_events.py")}
+HOMES = {Path("router/stream/sse.py"), Path("router/stream/named_events.py")}
 # Methods and operators that read a string: a "data:" literal passed to one parses SSE.
 READERS = {
     "startswith",
@@ -74,7 +74,7 @@ def test_only_the_sse_module_reads_data_lines() -> None:
             continue
         for line in data_readers(ast.parse(path.read_text(), str(rel))):
             offenders.append(f"{rel}:{line}")
-    assert offenders == [], f"SSE data: lines read outside router/sse.py: {offenders}"
+    assert offenders == [], f"SSE data: lines read outside router/stream/sse.py: {offenders}"
 
 
 def test_the_stream_broken_code_is_defined_once() -> None:
@@ -84,7 +84,7 @@ def test_the_stream_broken_code_is_defined_once() -> None:
         for path in _sources()
         if '"upstream_stream_broken"' in path.read_text()
     ]
-    assert defined == ["router/sse.py"]
+    assert defined == ["router/stream/sse.py"]
 
 
 @pytest.mark.parametrize(

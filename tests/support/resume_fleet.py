@@ -18,8 +18,8 @@ from typing import Any
 
 import requests
 
-from spotrelay.router.balancer import rendezvous_weight
-from spotrelay.router.sse import SSEParser
+from spotrelay.router.registry.balancer import rendezvous_weight
+from spotrelay.router.stream.sse import SSEParser
 from spotrelay.sim.loopback import wait_until
 from spotrelay.sim.processes import ProcessGroup
 

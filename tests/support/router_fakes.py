@@ -1,9 +1,9 @@
 """In-memory stand-ins for node connections, shared by the router's unit tests (no tests here).
 
 The router's plain classes talk to nodes through a pool
-(``request`` returning a :class:`spotrelay.router.h1.Response`). These fakes script what a node
-does — answer, fail to connect, reset, send SSE chunks then break — so the
-retry, relay and routing logic can be tested fast and deterministically.
+(``request`` returning a :class:`spotrelay.router.transport.h1.Response`).
+These fakes script what a node does — answer, fail to connect, reset, send SSE
+chunks then break — so the retry, relay and routing logic can be tested fast and deterministically.
 :func:`build` wires a whole RouterService to them, with helpers to register
 nodes and send requests through its proxy.
 The integration tests (``test_router_integration.py``) use real simulators.
@@ -16,12 +16,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from spotrelay.router.h1 import ConnectFailed
-from spotrelay.router.netpolicy import NodeTarget
 from spotrelay.router.proxy import ProxyRequest, parse_request
 from spotrelay.router.service import RouterService
 from spotrelay.router.settings import RouterConfig
-from spotrelay.router.stream import EndWithError
+from spotrelay.router.stream.relay import EndWithError
+from spotrelay.router.transport.h1 import ConnectFailed
+from spotrelay.router.transport.netpolicy import NodeTarget
 
 #: Node URLs of the fake fleet (private addresses the default network policy allows).
 A, B, C = "http://10.0.0.1:8000", "http://10.0.0.2:8000", "http://10.0.0.3:8000"
@@ -40,7 +40,7 @@ DONE = b"data: [DONE]\n\n"
 
 
 class FakeResp:
-    """A node response (:class:`spotrelay.router.h1.Response`'s interface): a whole body,
+    """A node response (:class:`spotrelay.router.transport.h1.Response`'s interface): a whole body,
     or chunks (bytes, exceptions to raise, or callables to run) that arrive one by one."""
 
     def __init__(

@@ -1,4 +1,4 @@
-"""Reading Server-Sent Events bodies in tests, with the router's own parser (router/sse.py).
+"""Reading Server-Sent Events bodies in tests, with the router's own parser (router/stream/sse.py).
 
 ``source`` is a body (bytes), the chunks of one as read, or a streamed
 ``requests.Response`` (read to its end). A stream cut mid-body raises, unless
@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import requests
 
-from spotrelay.router.sse import SSEEvent, SSEParser
+from spotrelay.router.stream.sse import SSEEvent, SSEParser
 
 
 class _Streamed(Protocol):

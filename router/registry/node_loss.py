@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 
-from .metrics import RouterMetrics
-from .registry import NODE_LOST_EVENTS, Node, Registry
+from ..metrics import RouterMetrics
+from .state import NODE_LOST_EVENTS, Node, Registry
 
 log = logging.getLogger("spotrelay.router")
 

@@ -16,14 +16,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from spotrelay.router.chunk_rewrite import ChunkRewriter, Progress
-from spotrelay.router.resume_attempts import Attempts
-from spotrelay.router.resume_backlog import ABORT_FINISH
-from spotrelay.router.resume_request import RequestLimits
-from spotrelay.router.sse import DONE_EVENT
-from spotrelay.router.stop_holdback import StopHoldback
+from .chunk_rewrite import ChunkRewriter, Progress
+from .resume_attempts import Attempts
+from .resume_backlog import ABORT_FINISH
+from .resume_request import RequestLimits
+from .sse import DONE_EVENT
+from .stop_holdback import StopHoldback
 
-log = logging.getLogger("spotrelay.router.resume")
+log = logging.getLogger("spotrelay.router.stream.resume")
 
 #: :attr:`ClientState.release` when the router itself ended the stream at a stop
 #: string that began before a seam (the upstream did nothing wrong).

@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from spotrelay.router.sse import encode_json
+from .sse import encode_json
 
 _IDENTITY = ("id", "created", "model")
 

@@ -27,7 +27,7 @@ import random
 from collections.abc import Collection, Sequence
 
 from .placement import Placement, PrefixIndex, cache_aware_pick, safe_for
-from .registry import Node
+from .state import Node
 
 POLICIES = ("cache_aware", "p2c")
 

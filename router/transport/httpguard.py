@@ -22,7 +22,7 @@ any credential can use against the router:
   a 4xx status, never gunicorn's HTML page and never a 5xx.
 
 This module imports neither gevent nor gunicorn's workers, so the Flask app
-and the tests can use it; :mod:`spotrelay.router.worker` plugs it into gunicorn.
+and the tests can use it; :mod:`spotrelay.router.transport.worker` plugs it into gunicorn.
 """
 
 from __future__ import annotations

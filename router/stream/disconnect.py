@@ -24,7 +24,7 @@ from typing import Any
 
 from spotrelay.core.ticker import Ticker
 
-from .httpguard import client_gone, clients_gone
+from ..transport.httpguard import client_gone, clients_gone
 
 
 class ClientLink:
@@ -40,7 +40,7 @@ class ClientLink:
         self._lock = threading.Lock()
         self.depth = 0  # nested watching() blocks open on this link
         # Also called on departure: ends a stream the router reads for this client
-        # (a non-streaming answer assembled from a stream, router/assembly.py).
+        # (a non-streaming answer assembled from a stream, router/stream/assembly.py).
         self.interrupt: Callable[[], None] | None = None
 
     def check(self, is_gone: Callable[[Any], bool] = client_gone) -> bool:

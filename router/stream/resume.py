@@ -39,21 +39,21 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from spotrelay.router.chunk_rewrite import ChunkRewriter, Progress
-from spotrelay.router.resume_attempts import Attempts
-from spotrelay.router.resume_backlog import UnparsedBacklog
-from spotrelay.router.resume_chunks import ChunkProcessor, ClientState
-from spotrelay.router.resume_request import (
+from .chunk_rewrite import ChunkRewriter, Progress
+from .resume_attempts import Attempts
+from .resume_backlog import UnparsedBacklog
+from .resume_chunks import ChunkProcessor, ClientState
+from .resume_request import (
     CHAT,
     RESUME_HEADER,
     RequestLimits,
     continuation_body,
     not_resumable,
 )
-from spotrelay.router.sse import DONE, DONE_EVENT, error_and_done, event_data
-from spotrelay.router.stop_holdback import StopHoldback
+from .sse import DONE, DONE_EVENT, error_and_done, event_data
+from .stop_holdback import StopHoldback
 
-log = logging.getLogger("spotrelay.router.resume")
+log = logging.getLogger("spotrelay.router.stream.resume")
 
 _DONE_STR = DONE.decode()
 

@@ -24,14 +24,14 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..proxy import Answer, ApiError, ClientLeft, Proxy, ProxyRequest
+from ..retry import Failure, FailureKind
+from ..transport.upstream import Upstream
 from .assemble import Assembler, NotAssembled
 from .finish import FinishTracker, expected_choices
-from .proxy import Answer, ApiError, ClientLeft, Proxy, ProxyRequest
+from .relay import ContinuationRejected, StreamBreak, StreamRelay, StreamStart
 from .resume_request import CHAT
-from .retry import Failure, FailureKind
 from .sse import BROKEN_CODE, DONE, SSEFramer, event_data
-from .stream import ContinuationRejected, StreamBreak, StreamRelay, StreamStart
-from .upstream import Upstream
 
 log = logging.getLogger("spotrelay.router")
 

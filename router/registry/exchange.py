@@ -5,7 +5,7 @@ quiet (a frozen engine, a vanished host, a partition) closes nothing, so a
 request on it waited for its timeout (``timeouts.first_byte_s``,
 ``timeouts.stream_idle_s``) long after the registry had dropped the node.
 Now every attempt registers an :class:`Exchange` with its node
-(:meth:`~spotrelay.router.registry.Registry.acquire`); when the node is lost
+(:meth:`~spotrelay.router.registry.state.Registry.acquire`); when the node is lost
 (expired, deleted, reported ``unhealthy``, ejected, found frozen) the proxy
 cuts each of them: the socket is shut down, so the read blocked on it fails
 at once, and the reader sees :attr:`Exchange.reason` and treats the failure

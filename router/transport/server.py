@@ -24,9 +24,9 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from . import metrics_share
+from .. import metrics_share
+from ..settings import RouterConfig, worker_count
 from .httpguard import GuardSettings
-from .settings import RouterConfig, worker_count
 from .worker import worker_class
 
 log = logging.getLogger("spotrelay.router")
@@ -106,8 +106,8 @@ class RouterApplication(BaseApplication):
             self.cfg.set("on_exit", lambda _arbiter: metrics_share.remove(directory))
 
     def load(self) -> Any:
-        from .app import create_app
-        from .service import RouterService
+        from ..app import create_app
+        from ..service import RouterService
 
         service = RouterService(self.router_cfg, self.node_token, metrics_dir=self.metrics_dir)
         service.start()

@@ -16,7 +16,7 @@ since it was accepted; a request in progress is never cut.
 becoming a flood of log lines: one line per key per interval, with the count
 of the lines it stood for.
 
-Both are I/O-free with an injected clock; :mod:`spotrelay.router.worker`
+Both are I/O-free with an injected clock; :mod:`spotrelay.router.transport.worker`
 runs them.
 """
 

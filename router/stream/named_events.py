@@ -7,7 +7,7 @@ terminal event: ``response.completed`` (or the engine's own
 ``message_stop`` for Anthropic Messages. A body that ends before one, resets,
 or idles out is a *break*, exactly as for chat streams.
 
-The router has one relay loop (:class:`spotrelay.router.stream.StreamRelay`),
+The router has one relay loop (:class:`spotrelay.router.stream.relay.StreamRelay`),
 which knows one end-of-stream sentinel. Rather than a second loop,
 :meth:`NamedEvents.frame` appends that sentinel after the terminal event of
 each upstream read, and :class:`NamedEventHandler` never sends it to the
@@ -28,11 +28,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .relay import AbandonUpstream, Step, StreamBreak, StreamHandler, StreamStart, broken_message
 from .sse import BROKEN_CODE, DONE_EVENT, data_json, encode_named, field, is_done
-from .stream import AbandonUpstream, Step, StreamBreak, StreamHandler, StreamStart, broken_message
 
 if TYPE_CHECKING:
-    from .proxy import Proxy, ProxyRequest
+    from ..proxy import Proxy, ProxyRequest
 
 HandlerFactory = Callable[["ProxyRequest", "Proxy"], StreamHandler]
 

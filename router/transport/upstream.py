@@ -1,6 +1,6 @@
 """Talking to nodes: connection pools, open responses, failure classification, SSE framing.
 
-One keep-alive pool per node (:class:`spotrelay.router.h1.Pool`, made when
+One keep-alive pool per node (:class:`spotrelay.router.transport.h1.Pool`, made when
 the node registers, closed when it leaves). Pools connect to the address the
 network policy vetted, presenting the registered host name as ``Host``/SNI.
 """
@@ -18,13 +18,13 @@ from typing import Any
 
 from spotrelay.core.ticker import Ticker
 
-from .exchange import Exchange
+from ..registry.exchange import Exchange
+from ..registry.state import Node, Registry
+from ..retry import FailureKind
+from ..stream.hedge import StallWatch
+from ..stream.sse import EventTooLarge, SSEFramer, data_json
 from .h1 import ConnectFailed, Pool, ProtocolError, Response
-from .hedge import StallWatch
 from .netpolicy import NodeTarget
-from .registry import Node, Registry
-from .retry import FailureKind
-from .sse import EventTooLarge, SSEFramer, data_json
 
 log = logging.getLogger("spotrelay.router")
 
@@ -161,7 +161,7 @@ class Upstream:
     def event_batches(self, max_event: int | None = None) -> Iterator[list[bytes]]:
         """Complete SSE events, grouped as they arrived (one list per upstream read).
 
-        Framed by :class:`~spotrelay.router.sse.SSEFramer`, whose final-event
+        Framed by :class:`~spotrelay.router.stream.sse.SSEFramer`, whose final-event
         rule applies: a partial event is dispatched only at a clean end of the
         body, never when the body broke. Raises the upstream's errors, and
         :class:`BadStream` for an event over ``max_event`` bytes or one that is
@@ -304,7 +304,7 @@ class IdleWatchdog(Ticker):
     relay sees a break with reason ``idle_timeout``.
 
     The same sweep compares each stream's silence with its rhythm
-    (:class:`~spotrelay.router.hedge.StallWatch`): a stalled stream's
+    (:class:`~spotrelay.router.stream.hedge.StallWatch`): a stalled stream's
     ``on_stall`` (its relay's hedger) is called, and when every stream open on
     a node stalls at once, and there are at least ``frozen_min_streams`` of
     them, ``on_frozen`` reports the node (the proxy ejects it).

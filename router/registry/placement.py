@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from spotrelay.core.protocol import Risk
 
 from .prefix_key import PrefixKey
-from .registry import Node
+from .state import Node
 
 Weight = Callable[[str, str], int]
 

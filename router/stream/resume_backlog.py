@@ -12,8 +12,8 @@ aborts). An unbroken stream is parsed once: its finish chunk, alone.
 
 from __future__ import annotations
 
-from spotrelay.router.finish import unfinished
-from spotrelay.router.sse import DONE_EVENT, data_json, is_done, is_json_line
+from .finish import unfinished
+from .sse import DONE_EVENT, data_json, is_done, is_json_line
 
 #: finish reasons that mean "the engine gave up on this request", not a real end.
 ABORT_FINISH = frozenset({"abort", "error"})

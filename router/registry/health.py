@@ -15,10 +15,10 @@ from collections.abc import Callable
 
 from spotrelay.core.ticker import Ticker
 
-from .registry import Node, Registry
-from .upstream import UPSTREAM_ERRORS
+from ..transport.upstream import UPSTREAM_ERRORS
+from .state import Node, Registry
 
-log = logging.getLogger("spotrelay.router.health")
+log = logging.getLogger("spotrelay.router.registry.health")
 
 
 def http_probe(timeout_s: float) -> Callable[[Node], bool]:

@@ -18,10 +18,10 @@ is a *break* (:class:`BreakReason`):
   deleted, ``unhealthy``, ejected or frozen; see :mod:`.exchange`), or a
   hedge's continuation delivered first after it stalled (``stalled``).
 
-A resumable stream has a :class:`~spotrelay.router.hedging.Hedger`: when the
+A resumable stream has a :class:`~spotrelay.router.stream.hedging.Hedger`: when the
 sweeper finds the upstream stalled, a continuation opens on another node
 beside it; the relay hands every batch of the original to the client through
-:meth:`~spotrelay.router.hedging.Hedger.original_batch` (which cancels a
+:meth:`~spotrelay.router.stream.hedging.Hedger.original_batch` (which cancels a
 hedge the original beat, or drops the batch when the hedge won) and, after a
 break, switches to the hedge's continuation instead of opening a new one.
 
@@ -58,10 +58,16 @@ from enum import StrEnum
 from functools import partial
 from typing import Any, Protocol
 
+from ..transport.upstream import (
+    UPSTREAM_ERRORS,
+    Upstream,
+    classify,
+    error_event_message,
+    is_error_event,
+)
 from .finish import FinishTracker
 from .hedging import Hedger
 from .sse import error_and_done, is_done
-from .upstream import UPSTREAM_ERRORS, Upstream, classify, error_event_message, is_error_event
 
 
 class BreakReason(StrEnum):

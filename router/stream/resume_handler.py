@@ -1,8 +1,8 @@
 """The resume strategy plugged into the proxy's stream relay (``Proxy.stream_handler_factory``).
 
-:class:`~spotrelay.router.resume.StreamResumer` decides *what* a resumed
+:class:`~spotrelay.router.stream.resume.StreamResumer` decides *what* a resumed
 stream looks like and does no I/O; the relay
-(:class:`~spotrelay.router.stream.StreamRelay`) does the I/O. This module
+(:class:`~spotrelay.router.stream.relay.StreamRelay`) does the I/O. This module
 joins them: :class:`ResumingStreamHandler` feeds each upstream event to the
 resumer and turns its decisions into the relay's vocabulary (bytes to send,
 an upstream to abandon, a continuation to open), and
@@ -15,13 +15,12 @@ import logging
 from collections.abc import Callable
 
 from spotrelay.core.protocol import CAP_CONTINUE_FINAL_MESSAGE
-from spotrelay.router.metrics import RouterMetrics
-from spotrelay.router.proxy import Proxy, ProxyRequest
-from spotrelay.router.resume import StreamResumer
-from spotrelay.router.resume_chunks import SEAM_STOP, TRUNCATED
-from spotrelay.router.settings import Resume as ResumeSettings
-from spotrelay.router.sse import error_and_done, is_done
-from spotrelay.router.stream import (
+
+from ..metrics import RouterMetrics
+from ..proxy import Proxy, ProxyRequest
+from ..settings import Resume as ResumeSettings
+from ..tracing import NO_TRACE, RequestTrace
+from .relay import (
     AbandonUpstream,
     BreakReason,
     ClientStreamComplete,
@@ -32,9 +31,11 @@ from spotrelay.router.stream import (
     StreamHandler,
     broken_message,
 )
-from spotrelay.router.tracing import NO_TRACE, RequestTrace
+from .resume import StreamResumer
+from .resume_chunks import SEAM_STOP, TRUNCATED
+from .sse import error_and_done, is_done
 
-log = logging.getLogger("spotrelay.router.resume")
+log = logging.getLogger("spotrelay.router.stream.resume")
 
 #: What a node's engine must report to take a chat continuation: an engine that
 #: ignores ``continue_final_message`` restarts the answer mid-sentence.

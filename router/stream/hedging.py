@@ -1,7 +1,7 @@
 """The I/O of hedging one stream: a continuation opened beside a stalled original.
 
-:class:`~spotrelay.router.hedge.HedgeRace` decides; :class:`Hedger` acts.
-When the sweeper (:class:`~spotrelay.router.upstream.IdleWatchdog`) finds the
+:class:`~spotrelay.router.stream.hedge.HedgeRace` decides; :class:`Hedger` acts.
+When the sweeper (:class:`~spotrelay.router.transport.upstream.IdleWatchdog`) finds the
 stream's upstream stalled it calls :meth:`Hedger.on_stall`, which asks the
 stream handler for the continuation a break would open now (the resumer's
 ``hedge_plan``), takes a retry-budget slot and opens the continuation in its
@@ -26,15 +26,15 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..retry import RetryBudget
 from .disconnect import ClientLink
 from .hedge import HedgeRace, HedgeState, Outcome
-from .retry import RetryBudget
 
 if TYPE_CHECKING:
-    from .stream import StreamStart
-    from .upstream import Upstream
+    from ..transport.upstream import Upstream
+    from .relay import StreamStart
 
-log = logging.getLogger("spotrelay.router.hedge")
+log = logging.getLogger("spotrelay.router.stream.hedge")
 
 T = TypeVar("T")
 #: The continuation a break would open now: its body and the capabilities its node needs.

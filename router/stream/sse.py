@@ -1,7 +1,7 @@
 """Server-Sent Events: the one framer, event parsing and serialisation.
 
 Every piece of the stream path sees SSE through this module: the upstream
-batching (:meth:`spotrelay.router.upstream.Upstream.event_batches`), the
+batching (:meth:`spotrelay.router.transport.upstream.Upstream.event_batches`), the
 resumer and the tests.
 
 Framing (:class:`SSEFramer`) is byte-level and incremental. Upstream bytes

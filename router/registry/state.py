@@ -15,7 +15,7 @@ be undone by the next heartbeat.
 
 This class is one worker's *local view*: routing reads only it, never the
 network. With ``registry.backend: memory`` it is the whole registry (one
-worker). With ``redis``, :class:`~spotrelay.router.registry_sync.RedisSync`
+worker). With ``redis``, :class:`~spotrelay.router.registry.sync.RedisSync`
 writes local changes to Redis and applies everyone else's here
 (:meth:`Registry.upsert` with ``age_s``, :meth:`Registry.replace_all`);
 in-flight counts, failures and ejection stay per worker either way. The class
@@ -34,9 +34,9 @@ from typing import Any
 
 from spotrelay.core.protocol import EngineInfo, NodeLoad, NodeReport, NodeState, Risk
 
+from ..stream.hedge import Rhythm
+from ..transport.netpolicy import NodeTarget
 from .exchange import Exchange
-from .hedge import Rhythm
-from .netpolicy import NodeTarget
 
 KNOWN_MODELS_CAP = 10_000
 

@@ -1,9 +1,9 @@
 """Keeping one worker's local view in step with the shared view in Redis/Valkey.
 
 Routing never waits for Redis: the control plane applies a change to the
-local :class:`~spotrelay.router.registry.Registry` first and queues the
+local :class:`~spotrelay.router.registry.state.Registry` first and queues the
 Redis write; a writer thread sends it (one Lua script per change, see
-:mod:`spotrelay.router.registry_store`), Redis publishes it, and every
+:mod:`spotrelay.router.registry.store`), Redis publishes it, and every
 worker's follower thread applies it on arrival (pub/sub: milliseconds).
 
 On start and after every reconnect the follower subscribes *first*, then
@@ -37,11 +37,11 @@ from typing import Any
 from spotrelay.core.backoff import Backoff
 from spotrelay.core.protocol import NodeReport, ProtocolError, parse_report
 
-from .netpolicy import NetPolicy, NodeURLError
-from .registry import Registry, RegistryFull
-from .registry_store import BadEntry, RedisStore, SharedNode, parse_event
+from ..transport.netpolicy import NetPolicy, NodeURLError
+from .state import Registry, RegistryFull
+from .store import BadEntry, RedisStore, SharedNode, parse_event
 
-log = logging.getLogger("spotrelay.router.registry")
+log = logging.getLogger("spotrelay.router.registry.state")
 
 POLL_S = 0.5  # follower wake-up: reconnect requests and stop are seen this fast
 PING_S = 5.0  # a PING on the command connection: a silently dead link is noticed this fast

@@ -1,0 +1,1 @@
+"""The node registry: state, its Redis store and sync, health, and choosing a node."""

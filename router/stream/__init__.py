@@ -1,0 +1,1 @@
+"""The stream path: SSE framing, relaying, finish tracking, hedging and resume."""

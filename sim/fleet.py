@@ -195,41 +195,59 @@ class LocalFleet:
         """Boot one instance: IMDS, engine, then the agent that registers it."""
         self._serial += 1
         name = f"node-{self._serial}"
-        logs = self.workdir / "logs"
         engine_port, imds_port = free_port(), free_port()
         metrics_port = free_port() if self.options.agent_metrics else 0
         engine_url, imds_url = f"http://{HOST}:{engine_port}", f"http://{HOST}:{imds_port}"
         instance_id = f"i-{secrets.token_hex(8)}"
-        imds = self.procs.start(
-            ManagedProcess(
-                f"{name}-imds",
-                spotrelay_argv(
-                    "sim",
-                    "imds",
-                    "--host",
-                    HOST,
-                    "--port",
-                    str(imds_port),
-                    "--instance-id",
-                    instance_id,
-                    "--local-ipv4",
-                    HOST,
-                    "--lifecycle",
-                    lifecycle,
-                ),
-                log_path=logs / f"{name}-imds.log",
-            )
-        )
-        engine = self.procs.start(
-            ManagedProcess(
-                f"{name}-engine",
-                self._engine_argv(engine_port),
-                log_path=logs / f"{name}-engine.log",
-            )
-        )
+        imds = self._start(f"{name}-imds", self._imds_argv(imds_port, instance_id, lifecycle))
+        engine = self._start(f"{name}-engine", self._engine_argv(engine_port))
         state_dir = self.workdir / "state" / name
         state_dir.mkdir(parents=True, exist_ok=True)
-        agent_cfg = {
+        agent_cfg = self._agent_config(name, engine_url, imds_url, metrics_port, state_dir)
+        cfg_path = self.workdir / f"{name}-agent.yaml"
+        cfg_path.write_text(yaml.safe_dump(agent_cfg))
+        agent = self._start(f"{name}-agent", spotrelay_argv("agent", "--config", str(cfg_path)))
+        node = Node(
+            name,
+            engine_url,
+            imds_url,
+            engine,
+            imds,
+            agent,
+            time.monotonic(),
+            instance_id=instance_id,
+            lifecycle=lifecycle,
+            metrics_port=metrics_port,
+        )
+        self.nodes[name] = node
+        return node
+
+    def _start(self, name: str, argv: list[str]) -> ManagedProcess:
+        """Start one process of a node, its output in ``logs/<name>.log``."""
+        log_path = self.workdir / "logs" / f"{name}.log"
+        return self.procs.start(ManagedProcess(name, argv, log_path=log_path))
+
+    def _imds_argv(self, port: int, instance_id: str, lifecycle: str) -> list[str]:
+        return spotrelay_argv(
+            "sim",
+            "imds",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--instance-id",
+            instance_id,
+            "--local-ipv4",
+            HOST,
+            "--lifecycle",
+            lifecycle,
+        )
+
+    def _agent_config(
+        self, name: str, engine_url: str, imds_url: str, metrics_port: int, state_dir: Path
+    ) -> dict[str, Any]:
+        """The agent's config for node ``name``, heartbeating one router (round robin)."""
+        return {
             "node": {"id": name, "advertise_url": engine_url},
             "router": {
                 # One address per agent (round robin over routers): a load balancer's.
@@ -251,29 +269,6 @@ class LocalFleet:
             "metrics": {"host": HOST, "port": metrics_port},
             "state_dir": str(state_dir),
         }
-        cfg_path = self.workdir / f"{name}-agent.yaml"
-        cfg_path.write_text(yaml.safe_dump(agent_cfg))
-        agent = self.procs.start(
-            ManagedProcess(
-                f"{name}-agent",
-                spotrelay_argv("agent", "--config", str(cfg_path)),
-                log_path=logs / f"{name}-agent.log",
-            )
-        )
-        node = Node(
-            name,
-            engine_url,
-            imds_url,
-            engine,
-            imds,
-            agent,
-            time.monotonic(),
-            instance_id=instance_id,
-            lifecycle=lifecycle,
-            metrics_port=metrics_port,
-        )
-        self.nodes[name] = node
-        return node
 
     def wait_node_ready(self, node: Node, timeout: float | None = None) -> None:
         """Block until the router lists ``node`` as ready."""

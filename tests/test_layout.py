@@ -79,9 +79,21 @@ def core_users() -> dict[str, set[str]]:
     return {p.stem: users(p.stem) for p in (REPO / "core").glob("*.py") if p.stem != "__init__"}
 
 
+# Parsers of a shared model kept beside it: each source's parser has one user
+# today, but the model is one (docs/architecture.md) and the agent's event store
+# takes events from either source.
+MODEL_PARSERS = {"imds_events": "interruptions", "eventbridge_events": "interruptions"}
+
+
 def test_core_holds_only_what_several_components_share() -> None:
     """A module only one component uses belongs in that component's folder."""
-    lonely = {name: sorted(who) for name, who in core_users().items() if len(who) < 2}
+    users = core_users()
+    assert all(len(users[model]) >= 2 for model in MODEL_PARSERS.values())
+    lonely = {
+        name: sorted(who)
+        for name, who in users.items()
+        if len(who) < 2 and name not in MODEL_PARSERS
+    }
     assert lonely == {}, "move these to the one component that uses them"
 
 

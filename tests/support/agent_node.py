@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spotrelay.agent.events import parse_time
+from spotrelay.core.interruptions import parse_time
 from spotrelay.sim.loopback import wait_until
 from spotrelay.sim.processes import ProcessGroup
 

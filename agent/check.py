@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from spotrelay.core.control_api import NodeList
 from spotrelay.core.interruptions import EventParseError, iso
 from spotrelay.core.secrets import read_token
 
@@ -30,16 +31,9 @@ from .routers import RouterClient, RouterError
 from .settings import AgentConfig
 
 
-def _find_node(nodes: Any, node_id: str) -> dict[str, Any] | None:
-    """Our entry in ``GET /nodes`` (a list, or ``{"nodes": [...]}``)."""
-    if isinstance(nodes, dict):
-        nodes = nodes.get("nodes", nodes.get("data", []))
-    if not isinstance(nodes, list):
-        return None
-    for node in nodes:
-        if isinstance(node, dict) and (node.get("id") == node_id or node.get("node_id") == node_id):
-            return node
-    return None
+def _find_node(nodes: NodeList, node_id: str) -> dict[str, Any] | None:
+    """Our entry in ``GET /nodes``, as the router wrote it."""
+    return next((n.to_json() for n in nodes if n.id == node_id), None)
 
 
 @dataclass

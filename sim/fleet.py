@@ -24,6 +24,9 @@ from typing import Any
 
 import yaml
 
+from spotrelay.core.control_api import HEALTHZ
+from spotrelay.core.control_client import ControlClient, ControlError
+
 from .loopback import free_port, http_ok
 from .processes import ManagedProcess, ProcessGroup, spotrelay_argv
 
@@ -128,7 +131,7 @@ class LocalFleet:
         self.routers[name] = (url, proc)
         if not self.router_url:
             self.router_url, self.router = url, proc
-        proc.wait_ready(lambda: http_ok(url + "/healthz"), timeout=30)
+        proc.wait_ready(lambda: http_ok(url + HEALTHZ), timeout=30)
         return url
 
     @property
@@ -157,17 +160,16 @@ class LocalFleet:
                     return nodes
         return []
 
+    def control(self, url: str, timeout_s: float = 2.0) -> ControlClient:
+        """The control-plane client of the router whose control listener is ``url``."""
+        return ControlClient(url, self.token, timeout_s=timeout_s)
+
     def nodes_at(self, url: str) -> list[dict[str, Any]] | None:
         """One router's ``GET /nodes``; None if it does not answer."""
-        req = urllib.request.Request(
-            url + "/nodes", headers={"Authorization": f"Bearer {self.token}"}
-        )
         try:
-            with urllib.request.urlopen(req, timeout=2) as resp:
-                doc = json.loads(resp.read())
-        except (OSError, ValueError):
+            return self.control(url).nodes().nodes.to_json()
+        except ControlError:
             return None
-        return doc["nodes"] if isinstance(doc, dict) else doc
 
     # -- nodes ----------------------------------------------------------------
     def _engine_argv(self, port: int) -> list[str]:

@@ -1,9 +1,9 @@
 """The controller's Lambda package is the zip committed with the gpu-pool module
 (``deploy/controller_zip.py``: spotrelay/controller/*.py and the spotrelay/core modules it
-imports: config, protocol, interruptions, eventbridge_events). Unpacked alone, it must
-import with nothing else of spotrelay and no third-party module but boto3 (which the
-Lambda Python runtime provides, and which the handler imports only when it builds its
-clients).
+imports: config, protocol, interruptions, eventbridge_events, control_api, control_client).
+Unpacked alone, it must import with nothing else of spotrelay and no third-party module but
+boto3 (which the Lambda Python runtime provides, and which the handler imports only when it
+builds its clients).
 """
 
 from __future__ import annotations

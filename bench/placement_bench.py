@@ -135,9 +135,18 @@ def open_requests(port: int) -> float:
     return m.get("vllm:num_requests_running", 0.0) + m.get("vllm:num_requests_waiting", 0.0)
 
 
-def drive(entries: list[str], convs: list[Conversation], concurrency: int, seed: int) -> list[Sent]:
+def drive(
+    entries: list[str], convs: list[Conversation], concurrency: int, seed: int, think_s: float
+) -> list[Sent]:
     """Every conversation turn by turn, ``concurrency`` conversations at once, each request
-    to a random entry point (a load balancer in front of several routers)."""
+    to a random entry point (a load balancer in front of several routers).
+
+    Between an answer and the next turn the user reads and types: ``think_s`` on average
+    (exponential, at most 4x the mean). Without it the next turn leaves the instant the
+    answer ends, when the node that served it has just freed a slot, and ``p2c`` (fewer
+    open requests wins) sends it back there more often than chance: a hit rate the
+    policy owes to the benchmark's timing, not to any knowledge of the cache.
+    """
     rng = random.Random(seed)
     clients = [
         openai.OpenAI(base_url=f"{e}/v1", api_key="x", max_retries=0, timeout=120) for e in entries
@@ -147,7 +156,10 @@ def drive(entries: list[str], convs: list[Conversation], concurrency: int, seed:
 
     def converse(conv: Conversation, pick: int) -> None:
         messages: list[dict] = [{"role": "system", "content": conv.system}]
+        think = random.Random(pick)
         for i, (user, max_tokens) in enumerate(zip(conv.turns, conv.max_tokens, strict=True)):
+            if i and think_s > 0:
+                time.sleep(min(4 * think_s, think.expovariate(1 / think_s)))
             messages.append({"role": "user", "content": user})
             client = clients[(pick + i) % len(clients)]
             start_t = time.monotonic()
@@ -178,7 +190,7 @@ def measure(engines: list[int], entries: list[str], args, convs) -> dict:
     sampler = LoadSampler(engines)
     sampler.start()
     t0 = time.monotonic()
-    sent = drive(entries, convs, args.concurrency, args.seed)
+    sent = drive(entries, convs, args.concurrency, args.seed, args.think_s)
     wall = time.monotonic() - t0
     sampler.halt.set()
     sampler.join()
@@ -315,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conversations", type=int, default=128)
     p.add_argument("--turns", type=int, default=5, help="turns per conversation (+-1)")
     p.add_argument("--systems", type=int, default=4, help="distinct system prompts")
-    p.add_argument("--concurrency", type=int, default=32, help="conversations at once")
+    p.add_argument("--concurrency", type=int, default=64, help="conversations at once")
+    p.add_argument("--think-s", type=float, default=2.0, help="mean user time between turns")
     p.add_argument("--ttft-ms", type=float, default=20.0, help="simulator base TTFT")
     p.add_argument("--itl-ms", type=float, default=10.0, help="low enough to keep CPU idle")
     p.add_argument("--prefill-rate", type=float, default=3000.0, help="uncached tokens/s")

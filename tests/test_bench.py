@@ -75,3 +75,25 @@ def test_assemble_bench_runs_every_path_without_errors() -> None:
         for load in loads.values():
             assert load["rps"] > 0 and load["non_2xx"] == 0, (name, load)
     assert runs["assemble"]["c2"]["router_cpu_us_per_request"] > 0
+
+
+def test_placement_bench_runs_end_to_end(tmp_path: Path) -> None:
+    """bench/placement_bench.py on a few short conversations: both spotrelay policies run,
+    every turn is answered, the engines' counters yield hit rates and the oracle is computed."""
+    out = tmp_path / "placement.json"
+    args = [
+        sys.executable, str(REPO / "bench" / "placement_bench.py"), "--conversations", "6",
+        "--turns", "2", "--concurrency", "3", "--think-s", "0.05", "--only", "1 worker",
+        "--json", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    runs = report["runs"]
+    assert set(runs) == {"spotrelay cache_aware, 1 worker", "spotrelay p2c, 1 worker"}
+    turns = runs["spotrelay p2c, 1 worker"]["requests"]
+    assert turns >= 12  # 6 conversations of 2-3 turns, every turn answered
+    for name, run in runs.items():
+        assert run["requests"] == turns, name
+        assert 0 < run["hit_rate"] < 1, name  # the shared system prompts hit, new turns miss
+    assert 0 < report["oracle"] < 1

@@ -135,10 +135,10 @@ class Registry:
                 outcome = self._drain(self._nodes.get(node_id))
             case DrainInstance(instance_id=instance_id):
                 outcome = self._drain_instance(instance_id)
-            case Delete(node_id=node_id) | Expire(node_id=node_id):
-                event = NodeEvent.DELETED if isinstance(op, Delete) else NodeEvent.EXPIRED
-                node = self._nodes.get(node_id)
-                outcome = self._remove(node, event) if node is not None else Outcome()
+            case Delete(node_id=node_id):
+                outcome = self._remove(self._nodes.get(node_id), NodeEvent.DELETED)
+            case Expire(node_id=node_id):
+                outcome = self._remove(self._nodes.get(node_id), NodeEvent.EXPIRED)
             case Rebuild(nodes=nodes):
                 outcome = self._rebuild(nodes)
             case Eject(node=node, event=event):
@@ -154,13 +154,10 @@ class Registry:
         return outcome
 
     def _upsert(self, op: Upsert, *, make_room: bool) -> Outcome:
-        """Register or heartbeat. When full, a heartbeat fresher than two thirds of ``ttl_s``
-        displaces the node silent longest beyond that (``make_room``).
-
-        Agents heartbeat every 2 s, so such a node has missed at least two
-        heartbeats (default ttl_s 6) and is on its way to expiry; a node
-        registering now wins over it (and over junk a shared view held).
-        """
+        """Register or heartbeat; when full, a node silent for two thirds of ``ttl_s`` may make
+        room (``make_room``). Agents heartbeat every 2 s, so such a node has missed at least
+        two heartbeats (default ttl_s 6) and is on its way to expiry; a node heartbeating
+        now wins over it (and over junk a shared view held)."""
         now = self.clock() - max(0.0, op.age_s)
         node = self._nodes.get(op.node_id)
         if node is not None:
@@ -225,8 +222,10 @@ class Registry:
         events = [(NodeEvent.DRAINED, node) for node, already in matched if not already]
         return Outcome(matched=matched, events=events)
 
-    def _remove(self, node: Node, event: NodeEvent) -> Outcome:
+    def _remove(self, node: Node | None, event: NodeEvent) -> Outcome:
         """Drop ``node`` (the caller reindexes); its passive-health record goes with it."""
+        if node is None:
+            return Outcome()
         del self._nodes[node.id]
         node.removed = True
         self.outliers.forget(node)
@@ -307,14 +306,6 @@ class Registry:
     def has_had_capabilities(self, model: str, capabilities: frozenset[str]) -> bool:
         """Has some node serving ``model`` reported all of ``capabilities`` since start?"""
         return self.catalog.has_had_capabilities(model, capabilities)
-
-    def has_served(self, model: str) -> bool:
-        """Has any node registered with ``model`` since start (the bounded known-model set)?"""
-        return model in self.catalog
-
-    def known_models(self) -> list[str]:
-        """Every model some node has served since start (bounded): gauges keep a 0 for each."""
-        return self.catalog.models()
 
     def ready_models(self) -> list[str]:
         """Models served by at least one routable node."""

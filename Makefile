@@ -113,7 +113,8 @@ tf-lock: install
 
 # The capacity controller's Lambda zip, committed next to the gpu-pool module
 # (terraform/modules/gpu-pool/package/): rebuild it after changing controller/
-# or core/protocol.py (tests/test_terraform_package.py fails while it is stale).
+# or a core module it imports (core/lambda_package.py lists them;
+# tests/test_terraform_checks.py fails while it is stale).
 .PHONY: controller-zip
 controller-zip: install
 	$(BIN)/python -m spotrelay.core.lambda_package

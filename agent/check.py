@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from spotrelay.core.interruptions import EventParseError, iso
 from spotrelay.core.secrets import read_token
 
 from .detect import EngineDetector
 from .drainstore import STATE_FILE, StateStore
 from .engine import EngineProbe, ProcessWatch
-from .events import EventParseError, iso
 from .imds import ImdsClient, ImdsError
 from .lifecycle import LifecycleHook
 from .monitors import all_monitors

@@ -21,9 +21,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_PATH = REPO / "terraform/modules/gpu-pool/package/spotrelay-controller.zip"
 # Inside the zip: spotrelay.controller and the core modules it imports (the
-# instance-id check, the settings loader; PyYAML is not needed: core.config
-# imports it only to read YAML). boto3 comes with the Lambda Python runtime.
-CORE_FILES = ("__init__.py", "config.py", "protocol.py")
+# instance-id check, the settings loader, the interruption events and their
+# EventBridge parser; PyYAML is not needed: core.config imports it only to
+# read YAML). boto3 comes with the Lambda Python runtime.
+CORE_FILES = (
+    "__init__.py",
+    "config.py",
+    "eventbridge_events.py",
+    "interruptions.py",
+    "protocol.py",
+)
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip can hold
 
 

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from spotrelay.agent.events import Event, LifecycleTerminated, Rebalance, SpotInterruption
 from spotrelay.agent.eventstore import EventStore
 from spotrelay.agent.imds import ImdsClient, ImdsError
 from spotrelay.agent.monitors import Poller, all_monitors
+from spotrelay.core.interruptions import Event, LifecycleTerminated, Rebalance, SpotInterruption
 from spotrelay.core.net import wait_until
 from spotrelay.core.processes import ProcessGroup
 

@@ -101,7 +101,7 @@ def test_checkov_parse_errors_fail_the_check(tmp_path: Path) -> None:
 
 
 def test_the_controller_package_is_built_from_the_sources(tmp_path: Path) -> None:
-    """The committed zip is exactly what controller/ and core/protocol.py build."""
+    """The committed zip is exactly what controller/ and its core modules build."""
     assert not lambda_package.stale(), "run `make controller-zip` and commit the zip"
     assert lambda_package.build() == lambda_package.build()  # reproducible
     copy = tmp_path / "repo"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spotrelay.agent.events import parse_time
+from spotrelay.core.interruptions import parse_time
 from spotrelay.core.net import wait_until
 from spotrelay.core.processes import ProcessGroup
 

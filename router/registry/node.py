@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 
+from spotrelay.core.control_api import Ejection, Failures, NodeEntry
 from spotrelay.core.protocol import EngineInfo, NodeLoad, NodeState, Risk
 
 from ..stream.hedge import Rhythm
@@ -96,25 +96,24 @@ class Node:
         """Engine-reported work (running + waiting): the balancer's tie breaker."""
         return self.load.running + self.load.waiting
 
-    def to_json(self, now: float) -> dict[str, Any]:
-        """What ``GET /nodes`` shows of it (the registry adds the outlier detector's part)."""
-        return {
-            "id": self.id,
-            "url": self.url,
-            "models": sorted(self.models),
-            "state": str(self.status),
-            "reported_state": str(self.reported_state),
-            "admin_drained": self.admin_drained,
-            "load": {
-                "running": self.load.running,
-                "waiting": self.load.waiting,
-                "kv_cache_usage": self.load.kv_cache_usage,
-            },
-            "labels": dict(self.labels),
-            "engine": self.engine.to_json(),
-            "risk": str(self.risk),
-            "instance_id": self.instance_id,
-            "in_flight": self.in_flight,
-            "last_seen_s_ago": round(now - self.last_seen, 3),
-            "registered_s_ago": round(now - self.registered_at, 3),
-        }
+    def entry(self, now: float, failures: Failures, ejection: Ejection) -> NodeEntry:
+        """This node in ``GET /nodes`` (the shape is the control API's, in core); the
+        passive-health parts come from the outlier detector."""
+        return NodeEntry(
+            id=self.id,
+            url=self.url,
+            models=tuple(sorted(self.models)),
+            state=str(self.status),
+            reported_state=str(self.reported_state),
+            admin_drained=self.admin_drained,
+            load=self.load,
+            labels=dict(self.labels),
+            engine=self.engine,
+            risk=str(self.risk),
+            instance_id=self.instance_id,
+            in_flight=self.in_flight,
+            failures=failures,
+            ejection=ejection,
+            last_seen_s_ago=round(now - self.last_seen, 3),
+            registered_s_ago=round(now - self.registered_at, 3),
+        )

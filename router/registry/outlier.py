@@ -19,7 +19,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+
+from spotrelay.core.control_api import Ejection, Failures
 
 from .node import Node
 
@@ -112,18 +113,12 @@ class OutlierDetector:
         with self._lock:
             self._records.pop(node, None)
 
-    def to_json(self, node: Node, now: float) -> dict[str, Any]:
-        """The ``failures`` and ``ejection`` parts of ``GET /nodes``."""
+    def report(self, node: Node, now: float) -> tuple[Failures, Ejection]:
+        """The ``failures`` and ``ejection`` parts of the node's ``GET /nodes`` entry."""
         record = self.of(node)
         until = record.ejected_until
-        return {
-            "failures": {
-                "consecutive": record.consecutive_failures,
-                "total": record.total_failures,
-            },
-            "ejection": {
-                "ejected": node.ejected,
-                "count": record.ejections,
-                "remaining_s": round(max(0.0, until - now), 3) if until else 0.0,
-            },
-        }
+        remaining = round(max(0.0, until - now), 3) if until else 0.0
+        return (
+            Failures(record.consecutive_failures, record.total_failures),
+            Ejection(node.ejected, record.ejections, remaining),
+        )

@@ -27,8 +27,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, assert_never
+from typing import assert_never
 
+from spotrelay.core.control_api import NodeList
 from spotrelay.core.protocol import NodeState
 
 from .backend import MemoryBackend, SyncBackend
@@ -285,11 +286,11 @@ class Registry:
         with self._lock:
             return list(self._nodes.values())
 
-    def snapshot(self) -> list[dict[str, Any]]:
+    def snapshot(self) -> NodeList:
         now = self.clock()
         with self._lock:
             nodes = sorted(self._nodes.values(), key=lambda n: n.id)
-        return [{**n.to_json(now), **self.outliers.to_json(n, now)} for n in nodes]
+        return NodeList(tuple(n.entry(now, *self.outliers.report(n, now)) for n in nodes))
 
     def candidates(self, model: str) -> list[Node]:
         """Routable nodes serving ``model`` that have not gone silent."""

@@ -47,9 +47,10 @@ from spotrelay.core.logs import clip
 
 from .metrics import RouterMetrics
 from .registry.balancer import Balancer
+from .registry.node import ModelStatus, Node
 from .registry.placement import Placement, is_long
 from .registry.prefix_key import prefix_key
-from .registry.state import ModelStatus, Node, Registry
+from .registry.state import Registry
 from .retry import RETRYABLE_STATUS, Failure, FailureKind, RetryBudget, RetryPolicy
 from .settings import Routing, Timeouts
 from .stream.assemble import StreamForm
@@ -69,6 +70,7 @@ from .stream.relay import (
 )
 from .tracing import NO_TRACE, RequestTrace
 from .transport.loopmark import HOP_HEADER, LOOP_HEADER, LoopMarks, hop_header
+from .transport.pools import NodePools
 from .transport.upstream import (
     UPSTREAM_ERRORS,
     BodyRelay,
@@ -284,6 +286,7 @@ class Proxy:
         self,
         *,
         registry: Registry,
+        pools: NodePools,
         balancer: Balancer,
         policy: RetryPolicy,
         budget: RetryBudget,
@@ -303,6 +306,7 @@ class Proxy:
         self.loop_marks = loop_marks if loop_marks is not None else LoopMarks()
         self.client_watch = client_watch if client_watch is not None else ClientWatch()
         self.registry = registry
+        self.pools = pools  # the nodes' connection pools
         self.watchdog = watchdog
         self.stall = stall or StallPolicy()
         self.balancer = balancer
@@ -504,7 +508,7 @@ class Proxy:
 
         started = self.clock()
         try:
-            resp = node.pool.request(
+            resp = self.pools.get(node).request(
                 req.method,
                 req.path,
                 headers=self._upstream_headers(req, mark),
@@ -725,7 +729,7 @@ class Proxy:
             log.warning(
                 "node %s ejected after %d consecutive failures",
                 node.id,
-                node.consecutive_failures,
+                self.registry.outliers.of(node).consecutive_failures,
                 extra={"request_id": req.request_id},
             )
 

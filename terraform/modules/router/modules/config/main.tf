@@ -3,22 +3,6 @@
 # data. No provider, so `terraform test` runs it offline.
 
 locals {
-  # The spotrelay package: the wheel `spotrelay up` uploaded ("s3://bucket/
-  # key.whl", read with the instance role), a pip requirement
-  # ("spotrelay==X"), a bare version, or a wheel URL. spotrelay-fetch-package
-  # fetches one file and checks its sha256 before pip sees it; the boot
-  # script installs that file with the router extra.
-  package_is_s3 = startswith(var.spotrelay_pip_spec, "s3://")
-  package_s3    = try(regex("^s3://([^/]+)/(.+)$", var.spotrelay_pip_spec), [null, null])
-  package_requirement = (
-    local.package_is_s3 ? var.spotrelay_pip_spec :
-    can(regex("^[0-9][0-9A-Za-z.+!-]*$", var.spotrelay_pip_spec)) ? "spotrelay==${var.spotrelay_pip_spec}" :
-    can(regex("^[a-z]+://", var.spotrelay_pip_spec)) ? "spotrelay @ ${var.spotrelay_pip_spec}" :
-    var.spotrelay_pip_spec
-  )
-  # The one object the instance role may read for it (ARN without partition prefix).
-  package_s3_object = local.package_is_s3 ? "${local.package_s3[0]}/${local.package_s3[1]}" : null
-
   # Secrets the routers fetch from SSM at boot, each into a root-only file.
   node_token_file     = "/etc/spotrelay/node-token"
   redis_password_file = "/etc/spotrelay/redis-password"
@@ -167,7 +151,7 @@ locals {
   ]))
 
   install_script = templatefile("${path.module}/templates/install.sh.tftpl", {
-    spotrelay_pip_spec   = local.package_requirement
+    spotrelay_pip_spec   = module.package.requirement
     spotrelay_sha256     = var.spotrelay_sha256
     region               = var.region
     node_token_parameter = local.parameters.node_token.name
@@ -182,8 +166,17 @@ locals {
     router_yaml    = local.router_yaml
     unit_dropin    = local.unit_dropin
     install_script = local.install_script
-    fetch_package  = file("${path.module}/templates/fetch-package.sh")
+    fetch_package  = module.package.fetch_script
   })
+}
+
+# The spotrelay package: ../../../shared/package reads the spec and supplies
+# spotrelay-fetch-package, as for the GPU nodes; the boot script installs the
+# fetched file with the router extra.
+module "package" {
+  source = "../../../shared/package"
+
+  pip_spec = var.spotrelay_pip_spec
 }
 
 check "router_redundancy" {

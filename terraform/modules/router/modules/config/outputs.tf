@@ -100,5 +100,5 @@ output "load_balancer_idle_timeout" {
 
 output "package_s3_object" {
   description = "bucket/key of the spotrelay wheel in S3 the routers may read (s3:GetObject), or null."
-  value       = local.package_s3_object
+  value       = module.package.s3_object
 }

@@ -27,25 +27,19 @@ module "alarms" {
   } : null
 }
 
-resource "aws_cloudwatch_metric_alarm" "pool" {
-  for_each = module.alarms.alarms
+module "cloudwatch" {
+  source = "../shared/cloudwatch-alarms"
 
-  alarm_name          = "${var.name}-${each.key}"
-  alarm_description   = each.value.description
-  namespace           = each.value.namespace
-  metric_name         = each.value.metric_name
-  dimensions          = each.value.dimensions
-  statistic           = each.value.statistic
-  period              = each.value.period
-  evaluation_periods  = each.value.evaluation_periods
-  threshold           = each.value.threshold
-  comparison_operator = each.value.comparison_operator
-  treat_missing_data  = each.value.treat_missing_data
-  alarm_actions       = module.alarms.actions
-  ok_actions          = module.alarms.actions
-  tags                = local.tags
+  name              = var.name
+  alarms            = module.alarms.alarms
+  actions           = module.alarms.actions
+  dashboard_enabled = var.alarms_enabled
+  dashboard_name    = var.name
+  dashboard_body    = module.alarms.dashboard_body
+  tags              = local.tags
 }
 
+# Metric math on the group's own metrics: made here, not by the shared module.
 resource "aws_cloudwatch_metric_alarm" "in_service_below_desired" {
   count = var.alarms_enabled ? 1 : 0
 
@@ -79,11 +73,4 @@ resource "aws_cloudwatch_metric_alarm" "in_service_below_desired" {
       }
     }
   }
-}
-
-resource "aws_cloudwatch_dashboard" "pool" {
-  count = var.alarms_enabled ? 1 : 0
-
-  dashboard_name = var.name
-  dashboard_body = module.alarms.dashboard_body
 }

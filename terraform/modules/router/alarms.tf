@@ -17,28 +17,14 @@ module "alarms" {
   }
 }
 
-resource "aws_cloudwatch_metric_alarm" "router" {
-  for_each = module.alarms.alarms
+module "cloudwatch" {
+  source = "../shared/cloudwatch-alarms"
 
-  alarm_name          = "${var.name}-${each.key}"
-  alarm_description   = each.value.description
-  namespace           = each.value.namespace
-  metric_name         = each.value.metric_name
-  dimensions          = each.value.dimensions
-  statistic           = each.value.statistic
-  period              = each.value.period
-  evaluation_periods  = each.value.evaluation_periods
-  threshold           = each.value.threshold
-  comparison_operator = each.value.comparison_operator
-  treat_missing_data  = each.value.treat_missing_data
-  alarm_actions       = module.alarms.actions
-  ok_actions          = module.alarms.actions
-  tags                = local.tags
-}
-
-resource "aws_cloudwatch_dashboard" "router" {
-  count = var.alarms_enabled ? 1 : 0
-
-  dashboard_name = "${var.name}-routers"
-  dashboard_body = module.alarms.dashboard_body
+  name              = var.name
+  alarms            = module.alarms.alarms
+  actions           = module.alarms.actions
+  dashboard_enabled = var.alarms_enabled
+  dashboard_name    = "${var.name}-routers"
+  dashboard_body    = module.alarms.dashboard_body
+  tags              = local.tags
 }

@@ -28,7 +28,7 @@ run "no_alarms_by_default" {
   command = plan
 
   assert {
-    condition     = length(aws_cloudwatch_metric_alarm.pool) == 0 && length(aws_cloudwatch_metric_alarm.in_service_below_desired) == 0 && length(aws_cloudwatch_dashboard.pool) == 0
+    condition     = length(module.cloudwatch.alarms) == 0 && length(aws_cloudwatch_metric_alarm.in_service_below_desired) == 0 && module.cloudwatch.dashboard == null
     error_message = "Alarms are opt-in in the module."
   }
 
@@ -50,7 +50,7 @@ run "alarms_for_every_feature" {
   }
 
   assert {
-    condition = toset(keys(aws_cloudwatch_metric_alarm.pool)) == toset([
+    condition = toset(keys(module.cloudwatch.alarms)) == toset([
       "controller-errors", "llm-gpu-interruptions-dlq-not-empty", "llm-gpu-controller-dlq-not-empty",
       "on-demand-fallback", "load-high",
     ])
@@ -58,12 +58,12 @@ run "alarms_for_every_feature" {
   }
 
   assert {
-    condition     = aws_cloudwatch_metric_alarm.pool["load-high"].threshold == 12 && aws_cloudwatch_metric_alarm.pool["controller-errors"].dimensions.FunctionName == "llm-gpu-controller"
+    condition     = module.cloudwatch.alarms["load-high"].threshold == 12 && module.cloudwatch.alarms["controller-errors"].dimensions.FunctionName == "llm-gpu-controller"
     error_message = "The load alarm at twice the target; the controller alarm on its function."
   }
 
   assert {
-    condition     = toset(aws_cloudwatch_metric_alarm.pool["on-demand-fallback"].alarm_actions) == toset(["arn:aws:sns:us-east-1:123456789012:oncall"])
+    condition     = toset(module.cloudwatch.alarms["on-demand-fallback"].alarm_actions) == toset(["arn:aws:sns:us-east-1:123456789012:oncall"])
     error_message = "Alarms notify the topic."
   }
 
@@ -78,7 +78,7 @@ run "alarms_for_every_feature" {
   }
 
   assert {
-    condition     = aws_cloudwatch_dashboard.pool[0].dashboard_name == "llm-gpu"
+    condition     = module.cloudwatch.dashboard.dashboard_name == "llm-gpu"
     error_message = "One dashboard named after the pool."
   }
 }

@@ -84,12 +84,12 @@ run "queue_and_fallback" {
   }
 
   assert {
-    condition     = length(aws_security_group.controller) == 1 && aws_lambda_function.controller[0].replace_security_groups_on_destroy
+    condition     = length(module.controller_security_group) == 1 && aws_lambda_function.controller[0].replace_security_groups_on_destroy
     error_message = "The controller has its own security group, released before the function is deleted (so `down` does not wait on its network interfaces)."
   }
 
   assert {
-    condition     = toset([for r in aws_vpc_security_group_egress_rule.controller : r.from_port]) == toset([443])
+    condition     = toset([for r in module.controller_security_group[0].egress_rules : r.from_port]) == toset([443])
     error_message = "The controller leaves on HTTPS only (the AWS APIs); the router module adds its control endpoint."
   }
 

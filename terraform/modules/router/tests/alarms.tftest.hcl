@@ -45,7 +45,7 @@ run "no_alarms_by_default" {
   command = plan
 
   assert {
-    condition     = length(aws_cloudwatch_metric_alarm.router) == 0 && length(aws_cloudwatch_dashboard.router) == 0
+    condition     = length(module.cloudwatch.alarms) == 0 && module.cloudwatch.dashboard == null
     error_message = "Alarms are opt-in in the module."
   }
 }
@@ -58,22 +58,22 @@ run "five_xx_and_unhealthy_hosts" {
   }
 
   assert {
-    condition     = toset(keys(aws_cloudwatch_metric_alarm.router)) == toset(["lb-5xx", "router-5xx", "routers-unhealthy", "heartbeat-unhealthy"])
+    condition     = toset(keys(module.cloudwatch.alarms)) == toset(["lb-5xx", "router-5xx", "routers-unhealthy", "heartbeat-unhealthy"])
     error_message = "The load balancer's and the routers' 5xx, unhealthy routers behind both load balancers."
   }
 
   assert {
-    condition     = aws_cloudwatch_metric_alarm.router["heartbeat-unhealthy"].dimensions.TargetGroup == aws_lb_target_group.heartbeat.arn_suffix
+    condition     = module.cloudwatch.alarms["heartbeat-unhealthy"].dimensions.TargetGroup == aws_lb_target_group.heartbeat.arn_suffix
     error_message = "The heartbeat alarm watches the heartbeat target group."
   }
 
   assert {
-    condition     = length(aws_cloudwatch_metric_alarm.router["lb-5xx"].alarm_actions) == 0
+    condition     = length(module.cloudwatch.alarms["lb-5xx"].alarm_actions) == 0
     error_message = "No topic, no actions."
   }
 
   assert {
-    condition     = aws_cloudwatch_dashboard.router[0].dashboard_name == "llm-routers"
+    condition     = module.cloudwatch.dashboard.dashboard_name == "llm-routers"
     error_message = "One dashboard for the routers."
   }
 }

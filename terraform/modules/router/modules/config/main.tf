@@ -116,6 +116,15 @@ locals {
     control = anytrue([for g in local.control_paths : can(regex(local.glob_regex[g], p))])
   } }
 
+  # /metrics is VPC-only: a monitoring CIDR is inside the VPC when it is at
+  # least as long as one of the VPC's blocks and falls in it (cidrhost masks
+  # the address to the given prefix).
+  monitoring_outside_vpc = [for c in var.monitoring_cidrs : c if !anytrue([
+    for v in var.vpc_cidrs :
+    tonumber(split("/", c)[1]) >= tonumber(split("/", v)[1]) &&
+    cidrhost("${split("/", c)[0]}/${split("/", v)[1]}", 0) == cidrhost(v, 0)
+  ])]
+
   # Names with AWS length limits, distinct for every valid name: load
   # balancers take 32 characters, replication group ids 40.
   resource_names = {

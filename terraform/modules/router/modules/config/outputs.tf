@@ -102,3 +102,13 @@ output "package_s3_object" {
   description = "bucket/key of the spotrelay wheel in S3 the routers may read (s3:GetObject), or null."
   value       = module.package.s3_object
 }
+
+output "monitoring_cidrs" {
+  description = "monitoring_cidrs, checked to lie inside the VPC: the networks the routers' security group admits to /metrics on the control port."
+  value       = var.monitoring_cidrs
+
+  precondition {
+    condition     = length(local.monitoring_outside_vpc) == 0
+    error_message = "monitoring_cidrs must lie inside the VPC (/metrics is VPC-only): ${join(", ", local.monitoring_outside_vpc)} is not."
+  }
+}

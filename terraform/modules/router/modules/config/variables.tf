@@ -244,6 +244,18 @@ variable "load_balancer_idle_timeout" {
   }
 }
 
+variable "vpc_cidrs" {
+  description = "The VPC's CIDR blocks (every association), which monitoring_cidrs must lie in."
+  type        = list(string)
+  default     = []
+}
+
+variable "monitoring_cidrs" {
+  description = "Networks of the Prometheus servers that scrape the routers' /metrics on the control port; each must lie inside one of vpc_cidrs (checked by the monitoring_cidrs output)."
+  type        = list(string)
+  default     = []
+}
+
 variable "tags" {
   description = "Tags for every resource."
   type        = map(string)

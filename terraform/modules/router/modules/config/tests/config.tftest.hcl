@@ -386,6 +386,36 @@ run "rejects_idle_timeout_below_first_byte" {
   expect_failures = [output.load_balancer_idle_timeout]
 }
 
+run "metrics_inside_the_vpc" {
+  command = apply
+  variables {
+    vpc_cidrs        = ["10.0.0.0/16", "100.64.0.0/16"]
+    monitoring_cidrs = ["10.0.50.0/24", "100.64.3.0/24", "10.0.0.0/16"]
+  }
+  assert {
+    condition     = output.monitoring_cidrs == tolist(["10.0.50.0/24", "100.64.3.0/24", "10.0.0.0/16"])
+    error_message = "Networks inside any of the VPC's blocks may scrape /metrics."
+  }
+}
+
+run "rejects_metrics_outside_the_vpc" {
+  command = plan
+  variables {
+    vpc_cidrs        = ["10.0.0.0/16"]
+    monitoring_cidrs = ["10.0.50.0/24", "192.168.7.0/24"]
+  }
+  expect_failures = [output.monitoring_cidrs]
+}
+
+run "rejects_metrics_wider_than_the_vpc" {
+  command = plan
+  variables {
+    vpc_cidrs        = ["10.0.0.0/16"]
+    monitoring_cidrs = ["10.0.0.0/8"]
+  }
+  expect_failures = [output.monitoring_cidrs]
+}
+
 run "rejects_zero_routers" {
   command = plan
   variables {

@@ -1,0 +1,82 @@
+# Where resources stood before the shared modules (../shared) took them over:
+# an existing deployment's plan moves them, it does not replace them.
+
+moved {
+  from = aws_security_group.lb
+  to   = module.security_group["lb"].aws_security_group.this
+}
+
+moved {
+  from = aws_security_group.heartbeat
+  to   = module.security_group["heartbeat"].aws_security_group.this
+}
+
+moved {
+  from = aws_security_group.router
+  to   = module.security_group["router"].aws_security_group.this
+}
+
+moved {
+  from = aws_security_group.registry
+  to   = module.security_group["registry"].aws_security_group.this
+}
+
+moved {
+  from = aws_vpc_security_group_egress_rule.router_allowed
+  to   = module.security_group["router"].aws_vpc_security_group_egress_rule.allowed
+}
+
+moved {
+  from = aws_vpc_security_group_ingress_rule.lb_clients
+  to   = module.cidr_ingress["lb_clients"].aws_vpc_security_group_ingress_rule.this
+}
+
+moved {
+  from = aws_vpc_security_group_ingress_rule.lb_redirect
+  to   = module.cidr_ingress["lb_redirect"].aws_vpc_security_group_ingress_rule.this
+}
+
+moved {
+  from = aws_vpc_security_group_ingress_rule.heartbeat_from_operators
+  to   = module.cidr_ingress["heartbeat_from_operators"].aws_vpc_security_group_ingress_rule.this
+}
+
+moved {
+  from = aws_vpc_security_group_ingress_rule.router_metrics
+  to   = module.cidr_ingress["router_metrics"].aws_vpc_security_group_ingress_rule.this
+}
+
+moved {
+  from = aws_iam_role.router
+  to   = module.instance_role.aws_iam_role.this
+}
+
+moved {
+  from = aws_iam_role_policy.router
+  to   = module.instance_role.aws_iam_role_policy.this
+}
+
+moved {
+  from = aws_iam_role_policy_attachment.ssm_core[0]
+  to   = module.instance_role.aws_iam_role_policy_attachment.managed["ssm_core"]
+}
+
+moved {
+  from = aws_iam_instance_profile.router
+  to   = module.instance_role.aws_iam_instance_profile.this
+}
+
+moved {
+  from = aws_launch_template.router
+  to   = module.launch_template.aws_launch_template.this
+}
+
+moved {
+  from = aws_cloudwatch_metric_alarm.router
+  to   = module.cloudwatch.aws_cloudwatch_metric_alarm.this
+}
+
+moved {
+  from = aws_cloudwatch_dashboard.router
+  to   = module.cloudwatch.aws_cloudwatch_dashboard.this
+}

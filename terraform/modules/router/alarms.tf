@@ -11,9 +11,9 @@ module "alarms" {
   sns_topic_arn = var.alarm_sns_topic_arn
   load_balancers = {
     public_lb           = aws_lb.this.arn_suffix
-    public_target_group = aws_lb_target_group.router.arn_suffix
+    public_target_group = aws_lb_target_group.routers["public"].arn_suffix
     heartbeat_lb        = aws_lb.heartbeat.arn_suffix
-    heartbeat_group     = aws_lb_target_group.heartbeat.arn_suffix
+    heartbeat_group     = aws_lb_target_group.routers["heartbeat"].arn_suffix
   }
 }
 

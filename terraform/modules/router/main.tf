@@ -336,7 +336,7 @@ resource "aws_autoscaling_group" "router" {
   desired_capacity          = var.router_count
   health_check_type         = "ELB"
   health_check_grace_period = 600
-  target_group_arns         = [aws_lb_target_group.router.arn, aws_lb_target_group.heartbeat.arn]
+  target_group_arns         = [for g in aws_lb_target_group.routers : g.arn]
 
   launch_template {
     id      = module.launch_template.id
@@ -391,14 +391,21 @@ resource "aws_lb" "this" {
   }
 }
 
-resource "aws_lb_target_group" "router" {
-  #checkov:skip=CKV_AWS_378:TLS terminates at the load balancer; the hop to the routers stays inside the VPC.
-  name_prefix          = "spr-"
-  port                 = var.port
+# The routers behind each load balancer: their data port behind the public
+# one, their control port behind the heartbeat endpoint.
+resource "aws_lb_target_group" "routers" {
+  #checkov:skip=CKV_AWS_378:TLS terminates at the public load balancer, and the heartbeat endpoint is internal; both hops to the routers stay inside the VPC between security-group restricted endpoints.
+  for_each = {
+    public    = { name_prefix = "spr-", port = var.port, deregistration_delay = var.target_deregistration_delay }
+    heartbeat = { name_prefix = "sph-", port = var.control_port, deregistration_delay = 30 }
+  }
+
+  name_prefix          = each.value.name_prefix
+  port                 = each.value.port
   protocol             = "HTTP"
   vpc_id               = var.vpc_id
   target_type          = "instance"
-  deregistration_delay = var.target_deregistration_delay
+  deregistration_delay = each.value.deregistration_delay
   tags                 = local.tags
 
   health_check {
@@ -415,14 +422,22 @@ resource "aws_lb_target_group" "router" {
   }
 }
 
-resource "aws_lb_listener" "https" {
-  count = local.https ? 1 : 0
+# The listeners that answer the fixed 404 to every path no rule forwards: the
+# public one (HTTPS with a certificate, else HTTP) and the heartbeat one.
+resource "aws_lb_listener" "not_found" {
+  #checkov:skip=CKV_AWS_2:Plain HTTP only on the internal heartbeat endpoint (reachable from the GPU nodes' security groups and heartbeat.allowed_cidrs) and on an internal public load balancer without a certificate (validated: an internet-facing one requires certificate_arn).
+  #checkov:skip=CKV_AWS_103:TLS settings apply to the HTTPS listener, created when certificate_arn is set; the HTTP ones stay inside the VPC.
+  for_each = { for k, l in {
+    https     = { on = local.https, load_balancer_arn = aws_lb.this.arn, port = 443, protocol = "HTTPS" }
+    http      = { on = !local.https, load_balancer_arn = aws_lb.this.arn, port = 80, protocol = "HTTP" }
+    heartbeat = { on = true, load_balancer_arn = aws_lb.heartbeat.arn, port = var.heartbeat.port, protocol = "HTTP" }
+  } : k => l if l.on }
 
-  load_balancer_arn = aws_lb.this.arn
-  port              = 443
-  protocol          = "HTTPS"
-  ssl_policy        = var.load_balancer.ssl_policy
-  certificate_arn   = var.load_balancer.certificate_arn
+  load_balancer_arn = each.value.load_balancer_arn
+  port              = each.value.port
+  protocol          = each.value.protocol
+  ssl_policy        = each.key == "https" ? var.load_balancer.ssl_policy : null
+  certificate_arn   = each.key == "https" ? var.load_balancer.certificate_arn : null
   tags              = local.tags
 
   default_action {
@@ -453,36 +468,16 @@ resource "aws_lb_listener" "http_redirect" {
   }
 }
 
-resource "aws_lb_listener" "http" {
-  #checkov:skip=CKV_AWS_2:Plain HTTP only on an internal load balancer without a certificate (validated: an internet-facing one requires certificate_arn).
-  #checkov:skip=CKV_AWS_103:Same listener: TLS settings apply to the HTTPS listener created when certificate_arn is set.
-  count = local.https ? 0 : 1
-
-  load_balancer_arn = aws_lb.this.arn
-  port              = 80
-  protocol          = "HTTP"
-  tags              = local.tags
-
-  default_action {
-    type = "fixed-response"
-    fixed_response {
-      content_type = module.config.not_found.content_type
-      status_code  = module.config.not_found.status_code
-      message_body = module.config.not_found.message_body
-    }
-  }
-}
-
 resource "aws_lb_listener_rule" "api" {
   count = length(module.config.public_path_rules)
 
-  listener_arn = local.https ? aws_lb_listener.https[0].arn : aws_lb_listener.http[0].arn
+  listener_arn = aws_lb_listener.not_found[local.https ? "https" : "http"].arn
   priority     = 10 + count.index
   tags         = local.tags
 
   action {
     type             = "forward"
-    target_group_arn = aws_lb_target_group.router.arn
+    target_group_arn = aws_lb_target_group.routers["public"].arn
   }
 
   condition {
@@ -512,56 +507,14 @@ resource "aws_lb" "heartbeat" {
   tags                       = local.tags
 }
 
-resource "aws_lb_target_group" "heartbeat" {
-  #checkov:skip=CKV_AWS_378:Internal hop inside the VPC between security-group restricted endpoints.
-  name_prefix          = "sph-"
-  port                 = var.control_port
-  protocol             = "HTTP"
-  vpc_id               = var.vpc_id
-  target_type          = "instance"
-  deregistration_delay = 30
-  tags                 = local.tags
-
-  health_check {
-    path                = "/healthz"
-    matcher             = "200"
-    interval            = 10
-    timeout             = 5
-    healthy_threshold   = 2
-    unhealthy_threshold = 3
-  }
-
-  lifecycle {
-    create_before_destroy = true
-  }
-}
-
-resource "aws_lb_listener" "heartbeat" {
-  #checkov:skip=CKV_AWS_2:Internal-only listener inside the VPC, reachable from the GPU nodes' security groups (and heartbeat.allowed_cidrs) only.
-  #checkov:skip=CKV_AWS_103:Same listener: plain HTTP inside the VPC, no TLS policy applies.
-  load_balancer_arn = aws_lb.heartbeat.arn
-  port              = var.heartbeat.port
-  protocol          = "HTTP"
-  tags              = local.tags
-
-  default_action {
-    type = "fixed-response"
-    fixed_response {
-      content_type = module.config.not_found.content_type
-      status_code  = module.config.not_found.status_code
-      message_body = module.config.not_found.message_body
-    }
-  }
-}
-
 resource "aws_lb_listener_rule" "control" {
-  listener_arn = aws_lb_listener.heartbeat.arn
+  listener_arn = aws_lb_listener.not_found["heartbeat"].arn
   priority     = 10
   tags         = local.tags
 
   action {
     type             = "forward"
-    target_group_arn = aws_lb_target_group.heartbeat.arn
+    target_group_arn = aws_lb_target_group.routers["heartbeat"].arn
   }
 
   condition {

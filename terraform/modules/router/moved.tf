@@ -80,3 +80,28 @@ moved {
   from = aws_cloudwatch_dashboard.router
   to   = module.cloudwatch.aws_cloudwatch_dashboard.this
 }
+
+moved {
+  from = aws_lb_target_group.router
+  to   = aws_lb_target_group.routers["public"]
+}
+
+moved {
+  from = aws_lb_target_group.heartbeat
+  to   = aws_lb_target_group.routers["heartbeat"]
+}
+
+moved {
+  from = aws_lb_listener.https[0]
+  to   = aws_lb_listener.not_found["https"]
+}
+
+moved {
+  from = aws_lb_listener.http[0]
+  to   = aws_lb_listener.not_found["http"]
+}
+
+moved {
+  from = aws_lb_listener.heartbeat
+  to   = aws_lb_listener.not_found["heartbeat"]
+}

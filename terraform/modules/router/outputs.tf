@@ -30,7 +30,7 @@ output "lb_zone_id" {
 
 output "target_group_arn" {
   description = "Target group of the routers behind the public load balancer."
-  value       = aws_lb_target_group.router.arn
+  value       = aws_lb_target_group.routers["public"].arn
 }
 
 output "security_group_id" {

@@ -6,41 +6,6 @@ mock_provider "aws" {
   source = "../../tests/mocks/aws" # shared mocked values
 }
 
-override_resource {
-  target = aws_lb.heartbeat
-  values = {
-    arn      = "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/app/llm-heartbeat/0123456789abcdef"
-    dns_name = "internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com"
-  }
-}
-
-override_resource {
-  target = aws_lb_target_group.router
-  values = {
-    arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/spr-public/0123456789abcdef"
-  }
-}
-
-override_resource {
-  target = aws_lb_target_group.heartbeat
-  values = {
-    arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/sph-heartbeat/0123456789abcdef"
-  }
-}
-
-variables {
-  name                     = "llm"
-  vpc_id                   = "vpc-0123456789abcdef0"
-  subnet_ids               = ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"]
-  agent_security_group_ids = ["sg-0123456789abcdef0"]
-  load_balancer = {
-    subnet_ids    = ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"]
-    allowed_cidrs = ["10.1.0.0/16"]
-  }
-  spotrelay_pip_spec = "s3://llm-artifacts/spotrelay/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08/spotrelay-0.1.0-py3-none-any.whl"
-  spotrelay_sha256   = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
-}
-
 run "no_alarms_by_default" {
   command = plan
 
@@ -63,7 +28,7 @@ run "five_xx_and_unhealthy_hosts" {
   }
 
   assert {
-    condition     = module.cloudwatch.alarms["heartbeat-unhealthy"].dimensions.TargetGroup == aws_lb_target_group.heartbeat.arn_suffix
+    condition     = module.cloudwatch.alarms["heartbeat-unhealthy"].dimensions.TargetGroup == aws_lb_target_group.routers["heartbeat"].arn_suffix
     error_message = "The heartbeat alarm watches the heartbeat target group."
   }
 

@@ -7,41 +7,6 @@ mock_provider "aws" {
   source = "../../tests/mocks/aws" # shared mocked values
 }
 
-override_resource {
-  target = aws_lb.heartbeat
-  values = {
-    arn      = "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/app/llm-heartbeat/0123456789abcdef"
-    dns_name = "internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com"
-  }
-}
-
-override_resource {
-  target = aws_lb_target_group.router
-  values = {
-    arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/spr-public/0123456789abcdef"
-  }
-}
-
-override_resource {
-  target = aws_lb_target_group.heartbeat
-  values = {
-    arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/sph-heartbeat/0123456789abcdef"
-  }
-}
-
-variables {
-  name                     = "llm"
-  vpc_id                   = "vpc-0123456789abcdef0"
-  subnet_ids               = ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"]
-  agent_security_group_ids = ["sg-0123456789abcdef0"]
-  load_balancer = {
-    subnet_ids    = ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"]
-    allowed_cidrs = ["10.1.0.0/16"]
-  }
-  spotrelay_pip_spec = "s3://llm-artifacts/spotrelay/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08/spotrelay-0.1.0-py3-none-any.whl"
-  spotrelay_sha256   = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
-}
-
 run "one_multi_az_group" {
   command = apply
 
@@ -51,7 +16,7 @@ run "one_multi_az_group" {
   }
 
   assert {
-    condition     = aws_autoscaling_group.router.health_check_type == "ELB" && toset(aws_autoscaling_group.router.target_group_arns) == toset([aws_lb_target_group.router.arn, aws_lb_target_group.heartbeat.arn])
+    condition     = aws_autoscaling_group.router.health_check_type == "ELB" && toset(aws_autoscaling_group.router.target_group_arns) == toset([aws_lb_target_group.routers["public"].arn, aws_lb_target_group.routers["heartbeat"].arn]) && aws_lb_target_group.routers["public"].arn != aws_lb_target_group.routers["heartbeat"].arn
     error_message = "Routers are checked by, and registered with, both load balancers."
   }
 
@@ -70,8 +35,8 @@ run "internal_by_default" {
   }
 
   assert {
-    condition     = length(aws_lb_listener.http) == 1 && aws_lb_listener.http[0].default_action[0].type == "fixed-response" && aws_lb_listener.http[0].default_action[0].fixed_response[0].status_code == "404"
-    error_message = "The public listener answers 404 by default."
+    condition     = toset(keys(aws_lb_listener.not_found)) == toset(["http", "heartbeat"]) && alltrue([for l in aws_lb_listener.not_found : l.default_action[0].type == "fixed-response" && l.default_action[0].fixed_response[0].status_code == "404"])
+    error_message = "The public (plain HTTP) and the heartbeat listener answer 404 by default."
   }
 
   assert {
@@ -80,7 +45,7 @@ run "internal_by_default" {
   }
 
   assert {
-    condition     = aws_lb_target_group.heartbeat.port == 8081 && aws_lb_target_group.router.port == 8080
+    condition     = aws_lb_target_group.routers["heartbeat"].port == 8081 && aws_lb_target_group.routers["public"].port == 8080
     error_message = "The heartbeat endpoint reaches the routers' control listener, clients their data port."
   }
 
@@ -266,7 +231,7 @@ run "internet_facing_with_certificate_and_keys" {
   }
 
   assert {
-    condition     = length(aws_lb_listener.https) == 1 && length(aws_lb_listener.http_redirect) == 1 && length(aws_lb_listener.http) == 0
+    condition     = toset(keys(aws_lb_listener.not_found)) == toset(["https", "heartbeat"]) && aws_lb_listener.not_found["https"].certificate_arn == "arn:aws:acm:us-east-1:123456789012:certificate/abc" && length(aws_lb_listener.http_redirect) == 1
     error_message = "With a certificate: HTTPS, and HTTP redirects."
   }
 

@@ -7,9 +7,7 @@ module "alarms" {
   source = "./modules/alarms"
 
   name                = var.name
-  region              = local.region
   enabled             = var.alarms_enabled
-  sns_topic_arn       = var.alarm_sns_topic_arn
   controller_function = local.controller_on ? module.capacity.names.function : null
   dlq_names = concat(
     module.capacity.enabled.queue ? [module.capacity.names.dlq] : [],
@@ -32,10 +30,11 @@ module "cloudwatch" {
 
   name              = var.name
   alarms            = module.alarms.alarms
-  actions           = module.alarms.actions
+  sns_topic_arn     = var.alarm_sns_topic_arn
+  region            = local.region
   dashboard_enabled = var.alarms_enabled
   dashboard_name    = var.name
-  dashboard_body    = module.alarms.dashboard_body
+  dashboard_widgets = module.alarms.dashboard_widgets
   tags              = local.tags
 }
 
@@ -49,8 +48,8 @@ resource "aws_cloudwatch_metric_alarm" "in_service_below_desired" {
   threshold           = 0
   comparison_operator = "GreaterThanThreshold"
   treat_missing_data  = "missing"
-  alarm_actions       = module.alarms.actions
-  ok_actions          = module.alarms.actions
+  alarm_actions       = module.cloudwatch.actions
+  ok_actions          = module.cloudwatch.actions
   tags                = local.tags
 
   metric_query {

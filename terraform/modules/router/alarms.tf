@@ -5,10 +5,8 @@
 module "alarms" {
   source = "./modules/alarms"
 
-  name          = var.name
-  region        = local.region
-  enabled       = var.alarms_enabled
-  sns_topic_arn = var.alarm_sns_topic_arn
+  name    = var.name
+  enabled = var.alarms_enabled
   load_balancers = {
     public_lb           = aws_lb.this.arn_suffix
     public_target_group = aws_lb_target_group.routers["public"].arn_suffix
@@ -22,9 +20,10 @@ module "cloudwatch" {
 
   name              = var.name
   alarms            = module.alarms.alarms
-  actions           = module.alarms.actions
+  sns_topic_arn     = var.alarm_sns_topic_arn
+  region            = local.region
   dashboard_enabled = var.alarms_enabled
   dashboard_name    = "${var.name}-routers"
-  dashboard_body    = module.alarms.dashboard_body
+  dashboard_widgets = module.alarms.dashboard_widgets
   tags              = local.tags
 }

@@ -367,7 +367,8 @@ resource "aws_autoscaling_group" "router" {
   depends_on = [module.instance_role]
 }
 
-# --- public load balancer: the data plane and /healthz only -----------------------------
+# --- load balancers: the public one serves the data plane and /healthz only,
+# the internal heartbeat endpoint /nodes*, /instances/*, /healthz, /readyz ----------
 
 resource "aws_lb" "this" {
   #checkov:skip=CKV2_AWS_20:HTTP redirects to HTTPS whenever certificate_arn is set, which is required for an internet-facing load balancer; an internal one without a certificate has no HTTPS to redirect to.
@@ -389,6 +390,21 @@ resource "aws_lb" "this" {
       enabled = true
     }
   }
+}
+
+# An internal endpoint in the routers' subnets: agents and the capacity
+# controller reach it, clients never do.
+resource "aws_lb" "heartbeat" {
+  #checkov:skip=CKV_AWS_150:Internal endpoint recreated by Terraform with the deployment; deletion protection would block `spotrelay down`.
+  #checkov:skip=CKV2_AWS_20:Internal-only HTTP endpoint inside the VPC (security-group restricted); there is no HTTPS listener to redirect to.
+  #checkov:skip=CKV_AWS_91:Heartbeats every 2 s per node would dominate access logs; the routers log registrations themselves.
+  name                       = module.config.resource_names.heartbeat_lb
+  load_balancer_type         = "application"
+  internal                   = true
+  subnets                    = var.subnet_ids
+  security_groups            = [local.sg.heartbeat]
+  drop_invalid_header_fields = true
+  tags                       = local.tags
 }
 
 # The routers behind each load balancer: their data port behind the public
@@ -450,6 +466,7 @@ resource "aws_lb_listener" "not_found" {
   }
 }
 
+# With a certificate, plain HTTP on the public load balancer redirects.
 resource "aws_lb_listener" "http_redirect" {
   count = local.https ? 1 : 0
 
@@ -468,58 +485,29 @@ resource "aws_lb_listener" "http_redirect" {
   }
 }
 
-resource "aws_lb_listener_rule" "api" {
-  count = length(module.config.public_path_rules)
+# What each listener forwards to the routers (module.config's path lists): the
+# public listener the data plane, one rule per five paths (the ALB's limit per
+# rule), the heartbeat listener the control plane.
+resource "aws_lb_listener_rule" "forward" {
+  for_each = merge(
+    { for i, paths in module.config.public_path_rules : "api${i}" => {
+      listener = local.https ? "https" : "http", routers = "public", priority = 10 + i, paths = paths
+    } },
+    { control = { listener = "heartbeat", routers = "heartbeat", priority = 10, paths = module.config.control_paths } },
+  )
 
-  listener_arn = aws_lb_listener.not_found[local.https ? "https" : "http"].arn
-  priority     = 10 + count.index
+  listener_arn = aws_lb_listener.not_found[each.value.listener].arn
+  priority     = each.value.priority
   tags         = local.tags
 
   action {
     type             = "forward"
-    target_group_arn = aws_lb_target_group.routers["public"].arn
+    target_group_arn = aws_lb_target_group.routers[each.value.routers].arn
   }
 
   condition {
     path_pattern {
-      values = module.config.public_path_rules[count.index]
-    }
-  }
-}
-
-moved {
-  from = aws_lb_listener_rule.api
-  to   = aws_lb_listener_rule.api[0]
-}
-
-# --- internal heartbeat endpoint: /nodes*, /healthz, /readyz only ---------------------
-
-resource "aws_lb" "heartbeat" {
-  #checkov:skip=CKV_AWS_150:Internal endpoint recreated by Terraform with the deployment; deletion protection would block `spotrelay down`.
-  #checkov:skip=CKV2_AWS_20:Internal-only HTTP endpoint inside the VPC (security-group restricted); there is no HTTPS listener to redirect to.
-  #checkov:skip=CKV_AWS_91:Heartbeats every 2 s per node would dominate access logs; the routers log registrations themselves.
-  name                       = module.config.resource_names.heartbeat_lb
-  load_balancer_type         = "application"
-  internal                   = true
-  subnets                    = var.subnet_ids
-  security_groups            = [local.sg.heartbeat]
-  drop_invalid_header_fields = true
-  tags                       = local.tags
-}
-
-resource "aws_lb_listener_rule" "control" {
-  listener_arn = aws_lb_listener.not_found["heartbeat"].arn
-  priority     = 10
-  tags         = local.tags
-
-  action {
-    type             = "forward"
-    target_group_arn = aws_lb_target_group.routers["heartbeat"].arn
-  }
-
-  condition {
-    path_pattern {
-      values = module.config.control_paths
+      values = each.value.paths
     }
   }
 }

@@ -105,3 +105,29 @@ moved {
   from = aws_lb_listener.heartbeat
   to   = aws_lb_listener.not_found["heartbeat"]
 }
+
+# The public rules were one resource, then one per five paths (api[i]).
+moved {
+  from = aws_lb_listener_rule.api
+  to   = aws_lb_listener_rule.api[0]
+}
+
+moved {
+  from = aws_lb_listener_rule.api[0]
+  to   = aws_lb_listener_rule.forward["api0"]
+}
+
+moved {
+  from = aws_lb_listener_rule.api[1]
+  to   = aws_lb_listener_rule.forward["api1"]
+}
+
+moved {
+  from = aws_lb_listener_rule.api[2]
+  to   = aws_lb_listener_rule.forward["api2"]
+}
+
+moved {
+  from = aws_lb_listener_rule.control
+  to   = aws_lb_listener_rule.forward["control"]
+}

@@ -60,7 +60,7 @@ run "alarms_for_every_feature" {
   }
 
   assert {
-    condition     = module.cloudwatch.dashboard.dashboard_name == "llm-gpu"
-    error_message = "One dashboard named after the pool."
+    condition     = module.cloudwatch.dashboard.dashboard_name == "llm-gpu" && [for w in jsondecode(module.cloudwatch.dashboard.dashboard_body).widgets : [w.x, w.y, w.properties.region]] == [[0, 0, "us-east-1"], [12, 0, "us-east-1"], [0, 6, "us-east-1"], [12, 6, "us-east-1"]]
+    error_message = "One dashboard named after the pool, its four graphs two a row."
   }
 }

@@ -38,7 +38,7 @@ run "five_xx_and_unhealthy_hosts" {
   }
 
   assert {
-    condition     = module.cloudwatch.dashboard.dashboard_name == "llm-routers"
-    error_message = "One dashboard for the routers."
+    condition     = module.cloudwatch.dashboard.dashboard_name == "llm-routers" && length(jsondecode(module.cloudwatch.dashboard.dashboard_body).widgets) == 4
+    error_message = "One dashboard for the routers, its four graphs."
   }
 }

@@ -50,17 +50,17 @@ run "internal_by_default" {
   }
 
   assert {
-    condition     = toset(flatten([for r in aws_lb_listener_rule.api : [for c in r.condition : [for pp in c.path_pattern : pp.values]]])) == toset(["/v1/*", "/healthz", "/pooling", "/classify", "/score", "/rerank", "/v2/rerank", "/tokenize", "/detokenize", "/version", "/health", "/load", "/tokenizer_info", "/ping"])
+    condition     = toset(flatten([for k, r in aws_lb_listener_rule.forward : [for c in r.condition : [for pp in c.path_pattern : pp.values]] if startswith(k, "api")])) == toset(["/v1/*", "/healthz", "/pooling", "/classify", "/score", "/rerank", "/v2/rerank", "/tokenize", "/detokenize", "/version", "/health", "/load", "/tokenizer_info", "/ping"]) && alltrue([for k, r in aws_lb_listener_rule.forward : r.action[0].target_group_arn == aws_lb_target_group.routers["public"].arn if startswith(k, "api")])
     error_message = "The public listener forwards the public paths only."
   }
 
   assert {
-    condition     = alltrue([for r in aws_lb_listener_rule.api : length(flatten([for c in r.condition : [for pp in c.path_pattern : pp.values]])) <= 5])
-    error_message = "Each public listener rule matches at most five paths (the ALB's limit)."
+    condition     = alltrue([for r in aws_lb_listener_rule.forward : length(flatten([for c in r.condition : [for pp in c.path_pattern : pp.values]])) <= 5])
+    error_message = "Each listener rule matches at most five paths (the ALB's limit)."
   }
 
   assert {
-    condition     = toset(flatten([for c in aws_lb_listener_rule.control.condition : [for pp in c.path_pattern : pp.values]])) == toset(["/nodes", "/nodes/*", "/instances/*", "/healthz", "/readyz"])
+    condition     = toset(flatten([for c in aws_lb_listener_rule.forward["control"].condition : [for pp in c.path_pattern : pp.values]])) == toset(["/nodes", "/nodes/*", "/instances/*", "/healthz", "/readyz"]) && aws_lb_listener_rule.forward["control"].action[0].target_group_arn == aws_lb_target_group.routers["heartbeat"].arn
     error_message = "The heartbeat listener forwards the control plane only."
   }
 }

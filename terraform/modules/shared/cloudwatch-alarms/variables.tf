@@ -19,10 +19,15 @@ variable "alarms" {
   }))
 }
 
-variable "actions" {
-  description = "What every alarm notifies when it fires and when it recovers (an SNS topic, or none)."
-  type        = list(string)
-  default     = []
+variable "sns_topic_arn" {
+  description = "SNS topic every alarm notifies when it fires and when it recovers; null: alarms without actions."
+  type        = string
+  default     = null
+}
+
+variable "region" {
+  description = "Region of the dashboard's metrics."
+  type        = string
 }
 
 variable "dashboard_enabled" {
@@ -35,10 +40,14 @@ variable "dashboard_name" {
   type        = string
 }
 
-variable "dashboard_body" {
-  description = "The dashboard's JSON."
-  type        = string
-  default     = null
+variable "dashboard_widgets" {
+  description = "The dashboard's graphs, in order: title, stat and metrics (CloudWatch metric arrays: namespace, metric name, then dimension name and value pairs)."
+  type = list(object({
+    title   = string
+    stat    = string
+    metrics = list(list(string))
+  }))
+  default = []
 }
 
 variable "tags" {

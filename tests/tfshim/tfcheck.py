@@ -36,6 +36,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spotrelay.core.preflight_pool import module_source
+
 try:
     from tests.tfshim import tfreal
 except ImportError:  # run as a script: python tests/tfshim/tfcheck.py
@@ -43,6 +45,15 @@ except ImportError:  # run as a script: python tests/tfshim/tfcheck.py
 
 REPO = Path(__file__).resolve().parents[2]
 TF_ROOT = REPO / "terraform"
+# What gpu-pool and router both call (terraform/modules/shared).
+SHARED_MODULES = (
+    "package",
+    "instance-role",
+    "launch-template",
+    "security-group",
+    "cidr-ingress",
+    "cloudwatch-alarms",
+)
 MODULE_DIRS = (
     "modules/gpu-pool",
     "modules/gpu-pool/modules/config",
@@ -51,6 +62,7 @@ MODULE_DIRS = (
     "modules/router",
     "modules/router/modules/config",
     "modules/router/modules/alarms",
+    *(f"modules/shared/{m}" for m in SHARED_MODULES),
     "examples/complete",
 )
 OFFLINE_TEST_DIRS = (
@@ -222,8 +234,8 @@ def render(tree: Path, work: Path, template: str = RENDER_MAIN) -> dict[str, obj
     work.mkdir(parents=True, exist_ok=True)
     (work / "main.tf").write_text(
         template.format(
-            gpu=tree / "modules/gpu-pool/modules/config",
-            router=tree / "modules/router/modules/config",
+            gpu=module_source(tree / "modules/gpu-pool/modules/config", work),
+            router=module_source(tree / "modules/router/modules/config", work),
         )
     )
     for args in (

@@ -105,14 +105,6 @@ module "router" {{
   redis = {{
     endpoint = "master.llm-registry.abc123.use1.cache.amazonaws.com"
   }}
-  egress_rules = {{
-    https = {{
-      description = "HTTPS: PyPI and the AWS APIs"
-      from_port   = 443
-      to_port     = 443
-      cidr_ipv4   = "0.0.0.0/0"
-    }}
-  }}
   settings = {{
     allowed_networks = ["10.0.0.0/16"]
     trusted_proxies  = ["10.0.1.0/24", "10.0.2.0/24"]

@@ -59,7 +59,6 @@ module "config" {
   spotrelay_sha256   = var.spotrelay_sha256
   api_keys_parameter = var.api_keys_parameter
   internet_facing    = !var.load_balancer.internal
-  egress_rules       = var.egress_rules
   refresh            = var.refresh
   redis = {
     endpoint = aws_elasticache_replication_group.registry.primary_endpoint_address
@@ -193,7 +192,7 @@ locals {
     # The routers' own allow-list; the links below open the rest.
     router = {
       description  = "spotrelay routers ${var.name}: from the two load balancers"
-      egress_rules = module.config.egress_rules
+      egress_rules = var.egress_rules
     }
     registry = {
       description  = "spotrelay registry ${var.name}: reachable from the routers only"

@@ -68,11 +68,6 @@ output "instance_refresh" {
   value       = local.instance_refresh
 }
 
-output "egress_rules" {
-  description = "The validated egress allow-list (beyond the module's component rules)."
-  value       = var.egress_rules
-}
-
 output "data_plane_auth" {
   description = "Where the routers' data-plane API keys come from (SSM parameter, or null)."
   value       = var.api_keys_parameter

@@ -7,14 +7,6 @@ variables {
   redis = {
     endpoint = "master.llm-registry.abc123.euw1.cache.amazonaws.com"
   }
-  egress_rules = {
-    https = {
-      description = "HTTPS: PyPI and the AWS APIs"
-      from_port   = 443
-      to_port     = 443
-      cidr_ipv4   = "0.0.0.0/0"
-    }
-  }
   settings = {
     allowed_networks = ["10.0.0.0/16"]
   }
@@ -292,72 +284,12 @@ run "rejects_refresh_below_half" {
   expect_failures = [var.refresh]
 }
 
-run "rejects_all_protocol_egress" {
-  command = plan
-  variables {
-    egress_rules = {
-      all = {
-        description = "everything, everywhere"
-        ip_protocol = "-1"
-        from_port   = 1
-        to_port     = 65535
-        cidr_ipv4   = "0.0.0.0/0"
-      }
-    }
-  }
-  expect_failures = [var.egress_rules]
-}
-
-run "rejects_egress_without_destination" {
-  command = plan
-  variables {
-    egress_rules = {
-      https = {
-        description = "HTTPS to somewhere"
-        from_port   = 443
-        to_port     = 443
-      }
-    }
-  }
-  expect_failures = [var.egress_rules]
-}
-
-run "rejects_undocumented_egress" {
-  command = plan
-  variables {
-    egress_rules = {
-      https = {
-        description = "x"
-        from_port   = 443
-        to_port     = 443
-        cidr_ipv4   = "0.0.0.0/0"
-      }
-    }
-  }
-  expect_failures = [var.egress_rules]
-}
-
 run "rejects_control_port_equal_to_port" {
   command = plan
   variables {
     control_port = 8080
   }
   expect_failures = [var.control_port]
-}
-
-run "rejects_description_the_ec2_api_refuses" {
-  command = plan
-  variables {
-    egress_rules = {
-      https = {
-        description = "HTTPS to the proxy's address"
-        from_port   = 443
-        to_port     = 443
-        cidr_ipv4   = "10.0.0.10/32"
-      }
-    }
-  }
-  expect_failures = [var.egress_rules]
 }
 
 run "rejects_single_subnet" {

@@ -71,6 +71,7 @@ OFFLINE_TEST_DIRS = (
     "modules/gpu-pool/modules/alarms",
     "modules/router/modules/config",
     "modules/router/modules/alarms",
+    "modules/shared/package",
 )
 EXEC_KEYS = re.compile(r"^(Exec(?:Start|StartPre|StartPost|Stop|StopPost|Reload|Condition))=(.*)$")
 REGISTRY = "registry.terraform.io"

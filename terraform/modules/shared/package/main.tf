@@ -4,7 +4,7 @@
 # fetch-package.sh (cloud-init writes it as spotrelay-fetch-package) fetches
 # one file and checks its sha256 before pip sees it; each role's boot script
 # then installs that file with its own extras. One module so that the GPU
-# nodes and the routers read the spec, and fetch it, the same way.
+# nodes and the routers check the spec, read it, and fetch it the same way.
 
 locals {
   is_s3     = startswith(var.pip_spec, "s3://")

@@ -3,6 +3,11 @@ output "requirement" {
   value       = local.requirement
 }
 
+output "sha256" {
+  description = "The checked sha256 of the package file (null when not given)."
+  value       = var.sha256
+}
+
 output "s3_object" {
   description = "bucket/key of the wheel in S3 the instance role must read (s3:GetObject), or null when the package does not come from S3."
   value       = local.s3_object

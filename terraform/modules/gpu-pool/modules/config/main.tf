@@ -7,7 +7,7 @@ locals {
   # agent and NVML extras (spotrelay[agent,gpu]), nothing of the router or the
   # simulator.
   package_extras = "agent,gpu"
-  package_sha256 = coalesce(var.spotrelay.sha256, "-")
+  package_sha256 = coalesce(module.package.sha256, "-")
 
   served_model_name = coalesce(var.model.served_name, var.model.name)
   hook_name         = coalesce(var.lifecycle_hook.name, "${var.name}-drain")
@@ -148,6 +148,7 @@ module "package" {
   source = "../../../shared/package"
 
   pip_spec = coalesce(var.spotrelay.pip_spec, "-")
+  sha256   = var.spotrelay.sha256
 }
 
 # A warning, not an error: one instance type works, but a spot pool with one

@@ -161,7 +161,7 @@ locals {
 
   install_script = templatefile("${path.module}/templates/install.sh.tftpl", {
     spotrelay_pip_spec   = module.package.requirement
-    spotrelay_sha256     = var.spotrelay_sha256
+    spotrelay_sha256     = module.package.sha256
     region               = var.region
     node_token_parameter = local.parameters.node_token.name
     node_token_file      = local.node_token_file
@@ -186,6 +186,7 @@ module "package" {
   source = "../../../shared/package"
 
   pip_spec = var.spotrelay_pip_spec
+  sha256   = var.spotrelay_sha256
 }
 
 check "router_redundancy" {

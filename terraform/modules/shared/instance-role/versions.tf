@@ -1,6 +1,6 @@
 terraform {
-  required_version = ">= 1.7"
-
+  # Terraform itself is pinned by the callers (gpu-pool, router): this module
+  # is only ever part of their configuration.
   required_providers {
     aws = {
       source  = "hashicorp/aws"

@@ -12,16 +12,18 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from spotrelay.core.control_api import NodeList
+from spotrelay.core.interruptions import EventParseError, iso
 from spotrelay.core.secrets import read_token
 
 from .detect import EngineDetector
 from .drainstore import STATE_FILE, StateStore
 from .engine import EngineProbe, ProcessWatch
-from .events import EventParseError, iso
-from .imds import ImdsClient, ImdsError
+from .imds import Identity, ImdsClient, ImdsError
 from .lifecycle import LifecycleHook
 from .monitors import all_monitors
 from .policy import Action, EventPolicy
@@ -29,25 +31,23 @@ from .routers import RouterClient, RouterError
 from .settings import AgentConfig
 
 
-def _find_node(nodes: Any, node_id: str) -> dict[str, Any] | None:
-    """Our entry in ``GET /nodes`` (a list, or ``{"nodes": [...]}``)."""
-    if isinstance(nodes, dict):
-        nodes = nodes.get("nodes", nodes.get("data", []))
-    if not isinstance(nodes, list):
-        return None
-    for node in nodes:
-        if isinstance(node, dict) and (node.get("id") == node_id or node.get("node_id") == node_id):
-            return node
-    return None
+def _find_node(nodes: NodeList, node_id: str) -> dict[str, Any] | None:
+    """Our entry in ``GET /nodes``, as the router wrote it."""
+    return next((n.to_json() for n in nodes if n.id == node_id), None)
+
+
+@dataclass
+class Findings:
+    """What the check found wrong: problems make the node not ready, warnings do not."""
+
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def gather(cfg: AgentConfig, config_path: str | None) -> dict[str, Any]:
     """Everything the check looks at, as a JSON-able dict with a ``problems`` list."""
-    problems: list[str] = []
-    warnings: list[str] = []
+    found = Findings()
     out: dict[str, Any] = {"config": {"path": config_path, "valid": True}}
-
-    # IMDS: identity and pending events
     imds = ImdsClient(cfg.imds.url, timeout_s=cfg.imds.timeout_s, token_ttl_s=60)
     identity = None
     try:
@@ -55,28 +55,42 @@ def gather(cfg: AgentConfig, config_path: str | None) -> dict[str, Any]:
         out["imds"] = {"ok": True, **identity.__dict__}
     except ImdsError as exc:
         out["imds"] = {"ok": False, "error": str(exc)}
-        problems.append(f"IMDS: {exc}")
-    events = []
-    policy = EventPolicy.from_config(cfg.drain)
-    if identity is not None:
-        for monitor in all_monitors():
-            try:
-                found = monitor.observe(imds.get(monitor.path))
-            except (ImdsError, EventParseError) as exc:
-                warnings.append(f"IMDS {monitor.name}: {exc}")
-                continue
-            for event in found:
-                events.append(event.describe())
-                decision = policy.decide(event, time.time())
-                if decision.action is Action.DRAIN:
-                    problems.append(f"IMDS reports {event.kind} ({event.key}): {decision.why}")
-                else:
-                    warnings.append(f"IMDS reports {event.kind} ({event.key}): {decision.why}")
-    out["events"] = events
+        found.problems.append(f"IMDS: {exc}")
+    out["events"] = _check_events(cfg, imds, found) if identity is not None else []
     node_id = cfg.node.id or (identity.instance_id if identity else None)
     out["node_id"] = node_id
+    out["engine"] = _check_engine(cfg, found)
+    out["drain"] = _check_drain(cfg, identity, found)
+    lifecycle = _check_lifecycle(cfg, identity, found)
+    if lifecycle is not None:
+        out["lifecycle"] = lifecycle
+    out["routers"] = _check_routers(cfg, node_id, found)
+    out["problems"] = found.problems
+    out["warnings"] = found.warnings
+    out["ready"] = not found.problems
+    return out
 
-    # Engine
+
+def _check_events(cfg: AgentConfig, imds: ImdsClient, found: Findings) -> list[dict[str, Any]]:
+    """The events IMDS reports now; those the agent would drain for now are problems."""
+    events = []
+    policy = EventPolicy.from_config(cfg.drain)
+    for monitor in all_monitors():
+        try:
+            seen = monitor.observe(imds.get(monitor.path))
+        except (ImdsError, EventParseError) as exc:
+            found.warnings.append(f"IMDS {monitor.name}: {exc}")
+            continue
+        for event in seen:
+            events.append(event.describe())
+            decision = policy.decide(event, time.time())
+            text = f"IMDS reports {event.kind} ({event.key}): {decision.why}"
+            (found.problems if decision.action is Action.DRAIN else found.warnings).append(text)
+    return events
+
+
+def _check_engine(cfg: AgentConfig, found: Findings) -> dict[str, Any]:
+    """The engine: healthy, serving the model, its kind and load, its process."""
     probe = EngineProbe(
         cfg.engine.url, timeout_s=cfg.engine.timeout_s, health_path=cfg.engine.health_path
     )
@@ -87,7 +101,14 @@ def gather(cfg: AgentConfig, config_path: str | None) -> dict[str, Any]:
     watch = ProcessWatch(cfg.engine.process_name, probe.port)
     status.process_alive = watch.alive()
     served = status.serves(cfg.engine.model)
-    out["engine"] = {
+    if not status.healthy:
+        found.problems.append(f"engine not healthy: {status.error or 'no answer'}")
+    elif not served:
+        want = cfg.engine.model or "any model"
+        found.problems.append(f"engine does not list {want} (lists {status.models})")
+    if cfg.engine.process_name and watch.pid is None:
+        found.warnings.append(f"no process matches engine.process_name={cfg.engine.process_name!r}")
+    return {
         "url": cfg.engine.url,
         "healthy": status.healthy,
         "models": status.models,
@@ -98,54 +119,60 @@ def gather(cfg: AgentConfig, config_path: str | None) -> dict[str, Any]:
         "process": {"name": cfg.engine.process_name, "pid": watch.pid},
         "error": status.error,
     }
-    if not status.healthy:
-        problems.append(f"engine not healthy: {status.error or 'no answer'}")
-    elif not served:
-        want = cfg.engine.model or "any model"
-        problems.append(f"engine does not list {want} (lists {status.models})")
-    if cfg.engine.process_name and watch.pid is None:
-        warnings.append(f"no process matches engine.process_name={cfg.engine.process_name!r}")
 
-    # Drain state
+
+def _check_drain(
+    cfg: AgentConfig, identity: Identity | None, found: Findings
+) -> dict[str, Any] | None:
+    """This instance's recorded drain, if any: a node that drained is not ready."""
     state = StateStore(Path(cfg.state_dir) / STATE_FILE).load()
     if state is not None and identity is not None and state.instance_id != identity.instance_id:
         state = None
-    out["drain"] = state.to_json() if state else None
-    if state is not None:
-        done = "finished" if state.finished_at else "in progress"
-        problems.append(f"drain {done} ({', '.join(state.reasons)})")
+    if state is None:
+        return None
+    done = "finished" if state.finished_at else "in progress"
+    found.problems.append(f"drain {done} ({', '.join(state.reasons)})")
+    return state.to_json()
 
-    # Lifecycle hooks (optional AWS calls; failures are warnings, not readiness)
+
+def _check_lifecycle(
+    cfg: AgentConfig, identity: Identity | None, found: Findings
+) -> dict[str, Any] | None:
+    """The group's lifecycle hooks (optional AWS calls; failures are warnings, not readiness)."""
     lc = cfg.lifecycle
     hooks = {k: v for k, v in (("hook", lc.hook_name), ("launch_hook", lc.launch_hook_name)) if v}
-    if lc.asg_name and hooks:
-        out["lifecycle"] = {}
-        for key, name in hooks.items():
-            hook = LifecycleHook(
-                lc.asg_name,
-                name,
-                identity.instance_id if identity else "unknown",
-                region=lc.region or (identity.region if identity else None),
-                endpoint_url=lc.endpoint_url,
-            )
-            try:
-                found_hook = hook.describe_hook()
-                out["lifecycle"][key] = found_hook
-                if found_hook is None:
-                    warnings.append(f"lifecycle hook {name} not found on {lc.asg_name}")
-            except Exception as exc:  # credentials, permissions, network
-                out["lifecycle"] = {"error": str(exc)}
-                warnings.append(f"lifecycle hook not checked: {exc}")
-                break
+    if not (lc.asg_name and hooks):
+        return None
+    result: dict[str, Any] = {}
+    for key, name in hooks.items():
+        hook = LifecycleHook(
+            lc.asg_name,
+            name,
+            identity.instance_id if identity else "unknown",
+            region=lc.region or (identity.region if identity else None),
+            endpoint_url=lc.endpoint_url,
+        )
+        try:
+            result[key] = hook.describe_hook()
+        except Exception as exc:  # credentials, permissions, network
+            found.warnings.append(f"lifecycle hook not checked: {exc}")
+            return {"error": str(exc)}
+        if result[key] is None:
+            found.warnings.append(f"lifecycle hook {name} not found on {lc.asg_name}")
+    return result
 
-    # Routers
+
+def _check_routers(cfg: AgentConfig, node_id: str | None, found: Findings) -> list[dict[str, Any]]:
+    """Each router: answers ``/healthz``, accepts the node token, lists this node or not."""
     token = read_token(cfg.router.node_token, cfg.router.node_token_file, "router.node_token")
     routers = []
     for url in cfg.router.urls:
         client = RouterClient(url, node_id or "-", token, timeout_s=cfg.router.timeout_s)
         entry: dict[str, Any] = {"url": url, "healthz": client.healthz()}
         if entry["healthz"] != 200:
-            problems.append(f"router {url}: /healthz answered {entry['healthz'] or 'nothing'}")
+            found.problems.append(
+                f"router {url}: /healthz answered {entry['healthz'] or 'nothing'}"
+            )
         else:
             try:
                 node = _find_node(client.nodes(), node_id or "")
@@ -153,13 +180,9 @@ def gather(cfg: AgentConfig, config_path: str | None) -> dict[str, Any]:
                 entry["node"] = node
             except RouterError as exc:
                 entry["auth"] = "refused" if exc.status == 401 else f"error: {exc}"
-                problems.append(f"router {url}: {exc}")
+                found.problems.append(f"router {url}: {exc}")
         routers.append(entry)
-    out["routers"] = routers
-    out["problems"] = problems
-    out["warnings"] = warnings
-    out["ready"] = not problems
-    return out
+    return routers
 
 
 def render(doc: dict[str, Any], stream: TextIO) -> None:

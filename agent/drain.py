@@ -42,9 +42,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from spotrelay.core.interruptions import Event, iso
+
 from . import drainstate as act
 from .drainstate import DrainRequest, DrainState, Effect, IdleVerdict, Step, StepAction
-from .events import Event, iso
 
 log = logging.getLogger("spotrelay.agent.drain")
 

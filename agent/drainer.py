@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from spotrelay.core.backoff import Backoff
+from spotrelay.core.interruptions import Event
 from spotrelay.core.protocol import NodeReport, NodeState
 from spotrelay.core.retry import retry_until
 
@@ -25,7 +26,6 @@ from .drain import DrainMachine, DrainPolicy
 from .drainstate import DrainRequest, DrainState, Effect, StepAction
 from .drainstore import StateStore
 from .engine import stop_unit
-from .events import Event
 from .lifecycle import LifecycleError
 from .metrics import AgentMetrics
 from .ports import LifecycleAction, LoadProbe, Notifier, RouterPort

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any, Literal
 
-from .events import iso
+from spotrelay.core.interruptions import iso
 
 STATE_VERSION = 1
 

@@ -2,12 +2,15 @@
 
 IMDS shows a pending notice on every poll, an agent restarted mid-drain sees
 the notice that started it again, and a second source (EventBridge events
-through SQS) can report the same notice for the same instance. Every source
-hands what it saw to one :class:`EventStore`; the store answers with the
-events that are *new*, so each event causes one action.
+through SQS, parsed by :mod:`spotrelay.core.eventbridge_events` into the same
+events) can report the same notice for the same instance. Every source hands
+what it saw to one :class:`EventStore`; the store answers with the events
+that are *new*, so each event causes one action.
 
 Identity is :class:`EventId` = kind + instance + :attr:`Event.key` (the
-notice time or the provider's event id). Two sources rarely stamp one notice
+notice time or the provider's event id); the instance is the one the caller
+names, else the event's own ``instance_id``, else the store's (IMDS events
+name none: they are about the node that read them). Two sources rarely stamp one notice
 to the second, so an event whose ``occurred_at`` is within ``skew_s`` of a
 stored event of the same kind and instance is that event too; its key is
 remembered as an alias. Entries nobody has reported for ``retention_s`` are
@@ -28,7 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from .events import Event
+from spotrelay.core.interruptions import Event
 
 Clock = Callable[[], float]
 
@@ -84,7 +87,7 @@ class EventStore:
     def add(self, event: Event, source: str, instance_id: str | None = None) -> Event | None:
         """One report of ``event``; returns it if it is new, ``None`` if already known."""
         with self._lock:
-            return self._add(event, source, instance_id or self.instance_id, self._clock())
+            return self._add(event, source, self._instance(event, instance_id), self._clock())
 
     def observe(
         self, source: str, events: Iterable[Event], instance_id: str | None = None
@@ -180,8 +183,11 @@ class EventStore:
             return len(self._records)
 
     # ----------------------------------------------------------- private
+    def _instance(self, event: Event, instance_id: str | None) -> str:
+        return instance_id or event.instance_id or self.instance_id
+
     def _id(self, event: Event, instance_id: str | None) -> EventId:
-        return EventId(event.kind, instance_id or self.instance_id, event.key)
+        return EventId(event.kind, self._instance(event, instance_id), event.key)
 
     def _resolve(self, event_id: EventId) -> EventId:
         return self._aliases.get(event_id, event_id)

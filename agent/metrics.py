@@ -35,110 +35,106 @@ class AgentMetrics:
 
     def __init__(self) -> None:
         disable_created_metrics()  # no *_created series: they double the exposition
-        r = self.registry = CollectorRegistry()
-        ProcessCollector(registry=r)
-        self.events = Counter(
-            PREFIX + "events_total", "Distinct IMDS events seen, by type", ["type"], registry=r
-        )
-        self.imds_errors = Counter(
-            PREFIX + "imds_errors_total",
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        self._declare_drain_metrics()
+        self._declare_engine_metrics()
+        self._declare_call_metrics()
+        self._declare_host_metrics()
+        self._server: Any = None
+
+    def _counter(self, name: str, doc: str, *labels: str) -> Counter:
+        return Counter(PREFIX + name, doc, labels, registry=self.registry)
+
+    def _gauge(self, name: str, doc: str, *labels: str) -> Gauge:
+        return Gauge(PREFIX + name, doc, labels, registry=self.registry)
+
+    def _declare_drain_metrics(self) -> None:
+        """IMDS events, IMDS errors and the drains they lead to."""
+        self.events = self._counter("events_total", "Distinct IMDS events seen, by type", "type")
+        self.imds_errors = self._counter(
+            "imds_errors_total",
             "Failed IMDS calls, by kind (timeout, connect, throttled, server, unauthorized...)",
-            ["kind"],
-            registry=r,
+            "kind",
         )
-        self.drains = Counter(
-            PREFIX + "drains_total", "Drains started, by first reason", ["reason"], registry=r
-        )
+        self.drains = self._counter("drains_total", "Drains started, by first reason", "reason")
         self.drain_duration = Histogram(
             PREFIX + "drain_duration_seconds",
             "From drain start to the last step done",
             buckets=(1, 2, 5, 10, 20, 30, 60, 90, 120, 180, 300, 600, 1800),
-            registry=r,
+            registry=self.registry,
         )
-        self.drain_deadline_missed = Counter(
-            PREFIX + "drain_deadline_missed_total",
+        self.drain_deadline_missed = self._counter(
+            "drain_deadline_missed_total",
             "Drains whose deadline came before the engine was idle (work was cut off)",
-            registry=r,
         )
-        self.draining = Gauge(PREFIX + "draining", "1 while a drain is under way", registry=r)
-        self.engine_ready = Gauge(
-            PREFIX + "engine_ready", "1 when the engine is healthy and serves the model", registry=r
+        self.draining = self._gauge("draining", "1 while a drain is under way")
+
+    def _declare_engine_metrics(self) -> None:
+        """The engine's health as the agent reports it."""
+        self.engine_ready = self._gauge(
+            "engine_ready", "1 when the engine is healthy and serves the model"
         )
-        self.engine_process = Gauge(
-            PREFIX + "engine_process_alive",
+        self.engine_process = self._gauge(
+            "engine_process_alive",
             "Engine process (psutil watch): 1 running, 0 gone, -1 not watched or not found yet",
-            registry=r,
         )
         self.engine_process.set(-1)
-        self.engine_unhealthy = Counter(
-            PREFIX + "engine_unhealthy_total",
+        self.engine_unhealthy = self._counter(
+            "engine_unhealthy_total",
             "Times the node was reported unhealthy, by reason (no_answer: the health check "
             "timed out or was refused; stalled: requests running, no token generated; error; "
             "process_gone; no_model)",
-            ["reason"],
-            registry=r,
+            "reason",
         )
         for reason in UNHEALTHY_REASONS:  # a first report must be an increase, not a new series
             self.engine_unhealthy.labels(reason)
-        self.heartbeats = Counter(
-            PREFIX + "heartbeats_total",
-            "Acknowledged heartbeats, by router",
-            ["router"],
-            registry=r,
+
+    def _declare_call_metrics(self) -> None:
+        """Calls the agent makes: heartbeats, lifecycle and health calls to AWS, the webhook."""
+        self.heartbeats = self._counter(
+            "heartbeats_total", "Acknowledged heartbeats, by router", "router"
         )
-        self.heartbeat_failures = Counter(
-            PREFIX + "heartbeat_failures_total",
-            "Failed heartbeats, by router",
-            ["router"],
-            registry=r,
+        self.heartbeat_failures = self._counter(
+            "heartbeat_failures_total", "Failed heartbeats, by router", "router"
         )
-        self.lifecycle_actions = Counter(
-            PREFIX + "lifecycle_actions_total",
+        self.lifecycle_actions = self._counter(
+            "lifecycle_actions_total",
             "CompleteLifecycleAction outcomes (completed, no_active_action, failed)",
-            ["result"],
-            registry=r,
+            "result",
         )
-        self.launch_hook = Counter(
-            PREFIX + "launch_hook_total",
+        self.launch_hook = self._counter(
+            "launch_hook_total",
             "Launch lifecycle hook completions by action (CONTINUE, ABANDON) and outcome "
             "(completed, no_active_action, failed)",
-            ["action", "outcome"],
-            registry=r,
+            "action",
+            "outcome",
         )
-        self.launch_heartbeats = Counter(
-            PREFIX + "launch_hook_heartbeats_total",
+        self.launch_heartbeats = self._counter(
+            "launch_hook_heartbeats_total",
             "RecordLifecycleActionHeartbeat calls while the model loads (ok, failed)",
-            ["result"],
-            registry=r,
+            "result",
         )
-        self.self_heal = Counter(
-            PREFIX + "self_heal_total",
+        self.self_heal = self._counter(
+            "self_heal_total",
             "Self-healing steps: triggered, set_unhealthy (SetInstanceHealth done), failed",
-            ["result"],
-            registry=r,
+            "result",
         )
-        self.startup = Gauge(
-            PREFIX + "startup_seconds",
+        self.webhook_failures = self._counter("webhook_failures_total", "Webhook POSTs that failed")
+
+    def _declare_host_metrics(self) -> None:
+        """The host: start-up milestones, CPU, memory and GPU use (not in the node protocol)."""
+        self.startup = self._gauge(
+            "startup_seconds",
             "Seconds from host boot to each start-up milestone "
             "(agent_started, engine_healthy, registered)",
-            ["milestone"],
-            registry=r,
+            "milestone",
         )
-        self.webhook_failures = Counter(
-            PREFIX + "webhook_failures_total", "Webhook POSTs that failed", registry=r
-        )
-        self.host_cpu = Gauge(PREFIX + "host_cpu_percent", "Host CPU use", registry=r)
-        self.host_mem = Gauge(PREFIX + "host_memory_used_bytes", "Host memory in use", registry=r)
-        self.gpu_util = Gauge(
-            PREFIX + "gpu_utilization_percent", "GPU utilisation (NVML)", ["gpu"], registry=r
-        )
-        self.gpu_mem = Gauge(
-            PREFIX + "gpu_memory_used_bytes", "GPU memory in use (NVML)", ["gpu"], registry=r
-        )
-        self.gpu_temp = Gauge(
-            PREFIX + "gpu_temperature_celsius", "GPU temperature (NVML)", ["gpu"], registry=r
-        )
-        self._server: Any = None
+        self.host_cpu = self._gauge("host_cpu_percent", "Host CPU use")
+        self.host_mem = self._gauge("host_memory_used_bytes", "Host memory in use")
+        self.gpu_util = self._gauge("gpu_utilization_percent", "GPU utilisation (NVML)", "gpu")
+        self.gpu_mem = self._gauge("gpu_memory_used_bytes", "GPU memory in use (NVML)", "gpu")
+        self.gpu_temp = self._gauge("gpu_temperature_celsius", "GPU temperature (NVML)", "gpu")
 
     def observe_host(self, stats: HostStats) -> None:
         self.host_cpu.set(stats.cpu_percent)

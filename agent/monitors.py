@@ -17,16 +17,15 @@ import time
 from collections.abc import Callable
 
 from spotrelay.core.backoff import Backoff
-from spotrelay.core.ticker import Ticker
-
-from .events import (
-    Event,
-    EventParseError,
+from spotrelay.core.imds_events import (
     parse_instance_action,
     parse_rebalance,
     parse_scheduled,
     parse_target_lifecycle_state,
 )
+from spotrelay.core.interruptions import Event, EventParseError
+from spotrelay.core.ticker import Ticker
+
 from .imds import ImdsClient, ImdsError
 
 log = logging.getLogger("spotrelay.agent.monitors")

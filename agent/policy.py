@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .events import (
+from spotrelay.core.interruptions import (
     Event,
     LifecycleTerminated,
     MaintenanceCanceled,
@@ -19,6 +19,7 @@ from .events import (
     SpotInterruption,
     iso,
 )
+
 from .settings import Drain
 
 

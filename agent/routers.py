@@ -3,37 +3,54 @@
 One :class:`RouterClient` per configured router; one :class:`RouterLink`
 thread per router sends the current :class:`NodeReport` every heartbeat
 interval, or at once when woken (state changes must not wait for the next
-tick). A slow or dead router therefore never delays the others.
+tick). A slow or dead router therefore never delays the others. The calls
+themselves are the shared control-plane client's
+(:class:`~spotrelay.core.control_client.ControlClient`), here over a small
+urllib3 pool with the agent's own timeouts and no retries of its own.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
-from urllib.parse import quote
+from collections.abc import Callable, Mapping
 
 import urllib3
 
+from spotrelay.core.control_api import NodeList
+from spotrelay.core.control_client import ControlClient, ControlError, Reply, lower_headers
 from spotrelay.core.protocol import NodeReport, NodeState
 from spotrelay.core.ticker import Ticker
 
 log = logging.getLogger("spotrelay.agent.routers")
 
+# A router call that did not succeed; ``status`` is 0 when nothing answered.
+RouterError = ControlError
 
-class RouterError(Exception):
-    """A router call that did not succeed; ``status`` is 0 when nothing answered."""
 
-    def __init__(self, message: str, status: int = 0) -> None:
-        super().__init__(message)
-        self.status = status
+class Urllib3Transport:
+    """One attempt per call over a small keep-alive pool; connecting gets at most 2 s."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self._http = urllib3.PoolManager(num_pools=1, maxsize=4, retries=False)
+        self._timeout = urllib3.Timeout(connect=min(timeout_s, 2.0), read=timeout_s)
+
+    def __call__(
+        self, method: str, url: str, body: bytes | None, headers: Mapping[str, str]
+    ) -> Reply:
+        try:
+            resp = self._http.request(
+                method, url, body=body, headers=dict(headers), timeout=self._timeout,
+                redirect=False,
+            )  # fmt: skip
+        except urllib3.exceptions.HTTPError as exc:
+            raise ConnectionError(str(exc)) from None
+        return Reply(resp.status, resp.data, lower_headers(resp.headers.items()))
 
 
 class RouterClient:
-    """The control-plane calls of one router, with the node's bearer token."""
+    """The control-plane calls of one router about this node, with the node's bearer token."""
 
     def __init__(
         self,
@@ -44,88 +61,37 @@ class RouterClient:
         timeout_s: float = 2.0,
         dry_run: bool = False,
     ) -> None:
-        self.base = base_url.rstrip("/")
+        self.api = ControlClient(base_url, token, Urllib3Transport(timeout_s))
+        self.base = self.api.base
         self.node_id = node_id
         self.dry_run = dry_run
-        self._headers = {"Content-Type": "application/json"}
-        if token:
-            self._headers["Authorization"] = f"Bearer {token}"
-        self._http = urllib3.PoolManager(num_pools=1, maxsize=4, retries=False)
-        self._timeout = urllib3.Timeout(connect=min(timeout_s, 2.0), read=timeout_s)
-        self._path = f"/nodes/{quote(node_id, safe='')}"
 
     def __repr__(self) -> str:
         return f"RouterClient({self.base})"
 
-    def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        try:
-            resp = self._http.request(
-                method, self.base + path, body=data, headers=self._headers, timeout=self._timeout
-            )
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise RouterError(f"{method} {self.base}{path}: {exc}") from None
-        try:
-            doc = json.loads(resp.data) if resp.data else None
-        except ValueError:
-            doc = None
-        if resp.status == 401:
-            raise RouterError(
-                f"{method} {self.base}{path}: 401, the router refused the node token", 401
-            )
-        return resp.status, doc
-
     def put(self, report: NodeReport) -> None:
         """Register or heartbeat; raises :class:`RouterError` unless acknowledged (2xx)."""
-        if self.dry_run:
-            return
-        status, doc = self._call("PUT", self._path, report.to_json())
-        if not 200 <= status < 300:
-            raise RouterError(f"PUT {self.base}{self._path}: HTTP {status} {_detail(doc)}", status)
+        if not self.dry_run:
+            self.api.put_node(self.node_id, report)
 
     def drain(self) -> int:
         """``POST /nodes/{id}/drain``; the router's in-flight count (0 if it does not know us)."""
         if self.dry_run:
             return 0
-        status, doc = self._call("POST", self._path + "/drain")
-        if status == 404:
-            return 0
-        if not 200 <= status < 300:
-            raise RouterError(f"POST {self.base}{self._path}/drain: HTTP {status}", status)
-        try:
-            return int((doc or {}).get("in_flight", 0))
-        except (TypeError, ValueError, AttributeError):
-            return 0
+        drained = self.api.drain_node(self.node_id)
+        return drained.in_flight if drained else 0
 
     def delete(self) -> None:
         """Deregister; a 404 (already gone, e.g. dropped by TTL) counts as done."""
-        if self.dry_run:
-            return
-        status, _ = self._call("DELETE", self._path)
-        if status != 404 and not 200 <= status < 300:
-            raise RouterError(f"DELETE {self.base}{self._path}: HTTP {status}", status)
+        if not self.dry_run:
+            self.api.delete_node(self.node_id)
 
-    def nodes(self) -> Any:
+    def nodes(self) -> NodeList:
         """``GET /nodes`` (for ``spotrelay agent check``)."""
-        status, doc = self._call("GET", "/nodes")
-        if status != 200:
-            raise RouterError(f"GET {self.base}/nodes: HTTP {status}", status)
-        return doc
+        return self.api.nodes().nodes
 
     def healthz(self) -> int:
-        try:
-            return self._call("GET", "/healthz")[0]
-        except RouterError as exc:
-            return exc.status
-
-
-def _detail(doc: Any) -> str:
-    if isinstance(doc, dict):
-        err = doc.get("error")
-        if isinstance(err, dict):
-            return str(err.get("message", ""))[:200]
-        return str(err or "")[:200]
-    return ""
+        return self.api.healthz()
 
 
 class RouterLink(Ticker):

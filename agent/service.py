@@ -32,6 +32,7 @@ from typing import Any
 
 from spotrelay.core.backoff import Backoff
 from spotrelay.core.config import ConfigError
+from spotrelay.core.interruptions import Event, Rebalance
 from spotrelay.core.protocol import NodeLoad, NodeReport, NodeState, Risk, valid_instance_id
 from spotrelay.core.secrets import read_token
 from spotrelay.core.ticker import Every, Ticker
@@ -42,7 +43,6 @@ from .drainer import Drainer
 from .drainstore import STATE_FILE, StateStore, read_boot_id
 from .engine import EngineStatus
 from .enginewatch import EngineWatch
-from .events import Event, Rebalance
 from .eventstore import EventStore
 from .imds import Identity, ImdsClient, ImdsError
 from .lifecycle import LifecycleHook

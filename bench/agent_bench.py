@@ -41,8 +41,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from spotrelay.core.net import wait_until
-from spotrelay.core.processes import ProcessGroup
+from spotrelay.core.control_client import ControlClient
+from spotrelay.sim.loopback import wait_until
+from spotrelay.sim.processes import ProcessGroup
 from tests.support import (
     ROUTER_TOKEN,
     start_agent,
@@ -59,31 +60,23 @@ def post(url: str, body: dict[str, Any] | None = None) -> None:
 
 
 def node_state(router_url: str, node_id: str) -> str | None:
-    req = urllib.request.Request(
-        f"{router_url}/nodes", headers={"Authorization": f"Bearer {ROUTER_TOKEN}"}
-    )
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        for node in json.loads(resp.read()):
-            if node["id"] == node_id:
-                return node["state"]
-    return None
+    nodes = ControlClient(router_url, ROUTER_TOKEN).nodes().nodes
+    return next((n.state for n in nodes if n.id == node_id), None)
 
 
 def on_every_worker(router_url: str, node_id: str, workers: int, ready: bool) -> bool:
-    """Poll with fresh connections until ``workers`` distinct workers show the node
-    ready (``ready``) or not ready; False after 10 s."""
+    """Poll with fresh connections (urllib's: one per call) until ``workers`` distinct
+    workers show the node ready (``ready``) or not ready; False after 10 s."""
     seen: set[str] = set()
     deadline = time.monotonic() + 10
+    client = ControlClient(router_url, ROUTER_TOKEN)
     while len(seen) < workers:
         if time.monotonic() > deadline:
             return False
-        req = urllib.request.Request(
-            f"{router_url}/nodes", headers={"Authorization": f"Bearer {ROUTER_TOKEN}"}
-        )
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            states = {n["id"]: n["state"] for n in json.loads(resp.read())}
-            if (states.get(node_id) == "ready") == ready:
-                seen.add(resp.headers["X-Spotrelay-Router"])
+        view = client.nodes()
+        states = {n.id: n.state for n in view.nodes}
+        if (states.get(node_id) == "ready") == ready:
+            seen.add(view.answered_by or "")
     return True
 
 

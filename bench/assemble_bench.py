@@ -38,9 +38,10 @@ from pathlib import Path
 
 from router_bench import MODEL, aiohttp_run, cpu_seconds, start_router, start_sim
 
-from spotrelay.core.processes import ProcessGroup
+from spotrelay.core.protocol import CAP_CONTINUE_FINAL_MESSAGE, EngineInfo
+from spotrelay.sim.processes import ProcessGroup
 
-VLLM = {"kind": "vllm", "version": "bench", "capabilities": ["continue_final_message"]}
+VLLM = EngineInfo("vllm", "bench", frozenset({CAP_CONTINUE_FINAL_MESSAGE}))
 
 
 def body_for(tokens: int, stream: bool) -> bytes:

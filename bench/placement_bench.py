@@ -44,9 +44,9 @@ from pathlib import Path
 import openai
 from router_bench import HOST, MODEL, percentile, start_redis, start_router, start_sim
 
-from spotrelay.core.net import free_port
-from spotrelay.core.processes import ManagedProcess, ProcessGroup
+from spotrelay.sim.loopback import free_port
 from spotrelay.sim.prefix_cache import CacheSettings, PrefixCache
+from spotrelay.sim.processes import ManagedProcess, ProcessGroup
 from spotrelay.sim.textgen import render_chat, tokenize
 
 NODES = 4

@@ -61,15 +61,17 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
 from static_engine import HAPROXY_HEAD, record_answers
 from static_engine import haproxy_config as static_engine_config
 
-from spotrelay.core.net import free_port, http_ok
-from spotrelay.core.processes import ManagedProcess, ProcessGroup, spotrelay_argv
+from spotrelay.core.control_api import NodeEntry
+from spotrelay.core.control_client import ControlClient
+from spotrelay.core.protocol import EngineInfo, NodeReport
+from spotrelay.sim.loopback import free_port, http_ok
+from spotrelay.sim.processes import ManagedProcess, ProcessGroup, spotrelay_argv
 
 MODEL = "sim-model"
 TOKEN = "bench-token"
@@ -132,7 +134,7 @@ def start_router(
     redis_prefix: str | None = None,
     routing: dict | None = None,
     expect_nodes: int | None = None,
-    engine: dict | None = None,
+    engine: EngineInfo | None = None,
 ) -> int:
     """A router with ``workers`` workers; a shared registry in ``redis_url`` if given.
 
@@ -172,32 +174,26 @@ def start_router(
     start(procs, name, argv, f"http://{HOST}:{port}/healthz", logdir)
     if redis_url:
         wait_shared(port)
+    control = control_client(port)
     for i, engine_port in enumerate(engine_ports):
-        body = {"url": f"http://{HOST}:{engine_port}", "models": [MODEL]}
-        if engine is not None:
-            body["engine"] = engine
-        req = urllib.request.Request(
-            f"http://{HOST}:{port}/nodes/engine-{i}",
-            data=json.dumps(body).encode(),
-            method="PUT",
-            headers={"Authorization": f"Bearer {TOKEN}"},
-        )
-        urllib.request.urlopen(req, timeout=5).read()
+        url = f"http://{HOST}:{engine_port}"
+        control.put_node(f"engine-{i}", NodeReport(url, (MODEL,), engine=engine or EngineInfo()))
     want = len(engine_ports) if expect_nodes is None else expect_nodes
     if workers > 1 or want > len(engine_ports):  # every worker knows the engines first
         wait_every_worker(port, workers, lambda nodes: len(nodes) >= want)
     return port
 
 
-def nodes_view(port: int) -> tuple[str, str, dict[str, dict]]:
+def control_client(port: int) -> ControlClient:
+    """The router's control plane; urllib opens a fresh connection per call (any worker)."""
+    return ControlClient(f"http://{HOST}:{port}", TOKEN)
+
+
+def nodes_view(port: int) -> tuple[str, str, dict[str, NodeEntry]]:
     """A fresh connection's GET /nodes: (worker, registry state, nodes by id)."""
-    req = urllib.request.Request(
-        f"http://{HOST}:{port}/nodes",
-        headers={"Authorization": f"Bearer {TOKEN}", "Connection": "close"},
-    )
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        nodes = {n["id"]: n for n in json.loads(resp.read())}
-        return resp.headers["X-Spotrelay-Router"], resp.headers["X-Spotrelay-Registry"], nodes
+    view = control_client(port).nodes()
+    nodes = {n.id: n for n in view.nodes}
+    return view.answered_by or "", view.registry or "", nodes
 
 
 def wait_shared(port: int, timeout: float = 30) -> None:
@@ -229,22 +225,14 @@ def fanout_run(procs, logdir, redis_url: str, engine: int, trials: int) -> dict:
     a = start_router(procs, sub, [], name="fanout-a", **shared)
     b = start_router(procs, sub, [], name="fanout-b", **shared)
     times = []
+    control = control_client(a)
     for i in range(trials):
         node = f"fan-{i}"
-        body = json.dumps({"url": f"http://{HOST}:{engine}", "models": [MODEL]}).encode()
-        put = urllib.request.Request(
-            f"http://{HOST}:{a}/nodes/{node}", data=body, method="PUT",
-            headers={"Authorization": f"Bearer {TOKEN}"},
-        )  # fmt: skip
-        urllib.request.urlopen(put, timeout=5).read()
+        control.put_node(node, NodeReport(f"http://{HOST}:{engine}", (MODEL,)))
         wait_every_worker(b, 2, lambda nodes, n=node: n in nodes)
-        drain = urllib.request.Request(
-            f"http://{HOST}:{a}/nodes/{node}/drain", data=b"", method="POST",
-            headers={"Authorization": f"Bearer {TOKEN}"},
-        )  # fmt: skip
         t0 = time.monotonic()
-        urllib.request.urlopen(drain, timeout=5).read()
-        wait_every_worker(b, 2, lambda nodes, n=node: nodes.get(n, {}).get("state") == "draining")
+        control.drain_node(node)
+        wait_every_worker(b, 2, lambda nodes, n=node: n in nodes and nodes[n].state == "draining")
         times.append((time.monotonic() - t0) * 1000)
     return {
         "trials": trials,

@@ -1,12 +1,18 @@
 """Acting on interruption events heard off the node: drain the matching node by instance id.
 
-The same notice reaches the routers up to five ways: the node's own agent,
-and here the spot warning, the rebalance recommendation, the Auto Scaling
-terminate action and the state change, each possibly delivered twice (SQS is
-at-least-once). Two layers keep the drain from being done twice:
+The events are the agent's (:mod:`spotrelay.core.interruptions`), parsed
+from EventBridge by :mod:`spotrelay.core.eventbridge_events`. The same notice
+reaches the routers up to five ways: the node's own agent, and here the spot
+warning, the rebalance recommendation, the Auto Scaling terminate action and
+the state change, each possibly delivered twice (SQS is at-least-once). Two
+layers keep the drain from being done twice:
 
 - this handler remembers the instances it drained for ``remember_s`` (in a
-  warm Lambda or the demo's process) and does not call the routers again;
+  warm Lambda or the demo's process) and does not call the routers again.
+  It remembers instances, not events as the agent's event store does: the
+  agent decides per event (report a rebalance, plan a maintenance drain) and
+  its drain machine merges them into one drain, while here every event but a
+  rebalance means the same thing, drain that instance;
 - the routers' ``POST /instances/{id}/drain`` reports nodes that were already
   draining (the agent got there first, or another run did) without draining
   them again, and the handler counts that as a duplicate too.
@@ -27,7 +33,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-from .events import Interruption, Kind, parse_events
+from spotrelay.core.eventbridge_events import parse_eventbridge
+from spotrelay.core.interruptions import Event, LifecycleTerminated, Rebalance
 
 log = logging.getLogger("spotrelay.controller")
 
@@ -64,7 +71,7 @@ class Drainer(Protocol):
 class FollowUp(Protocol):
     """:class:`~.lifecycle.LifecycleFollowUp`, as this handler uses it."""
 
-    def start(self, notice: Interruption) -> bool: ...
+    def start(self, notice: LifecycleTerminated) -> bool: ...
 
     def check_message(self, doc: Any) -> bool: ...
 
@@ -88,25 +95,25 @@ class InterruptionHandler:
         self.clock = clock
         self._drained: dict[str, float] = {}  # instance id -> when we drained it
 
-    def handle(self, event: Any) -> tuple[Outcome, Interruption | None]:
+    def handle(self, event: Any) -> tuple[Outcome, Event | None]:
         """Drain what the event announces; for several instances, the first that drained."""
-        notices = parse_events(event)
+        notices = parse_eventbridge(event)
         if not notices:
             log.warning("dropped an event that is not a documented interruption event")
             return Outcome.MALFORMED, None
         results = [(self._handle(notice), notice) for notice in notices]
         return next((r for r in results if r[0] is Outcome.DRAINED), results[0])
 
-    def _handle(self, notice: Interruption) -> Outcome:
-        if notice.kind is Kind.REBALANCE and not self.drain_on_rebalance:
+    def _handle(self, notice: Event) -> Outcome:
+        if isinstance(notice, Rebalance) and not self.drain_on_rebalance:
             self._log(notice, Outcome.IGNORED, "drain_on_rebalance is off")
             return Outcome.IGNORED
         outcome = self._drain(notice)
-        if self.followup is not None and notice.kind is Kind.LIFECYCLE_TERMINATE:
+        if self.followup is not None and isinstance(notice, LifecycleTerminated):
             self.followup.start(notice)  # raises RetryLater if it cannot be scheduled
         return outcome
 
-    def _drain(self, notice: Interruption) -> Outcome:
+    def _drain(self, notice: Event) -> Outcome:
         now = self.clock()
         self._forget(now)
         if notice.instance_id in self._drained:
@@ -143,7 +150,7 @@ class InterruptionHandler:
                 del self._drained[instance]
 
     @staticmethod
-    def _log(notice: Interruption, outcome: Outcome, why: str) -> None:
+    def _log(notice: Event, outcome: Outcome, why: str) -> None:
         log.info(
             "%s for %s: %s (%s)",
             notice.kind,

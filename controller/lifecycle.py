@@ -35,9 +35,9 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
+from spotrelay.core.interruptions import LifecycleTerminated
 from spotrelay.core.protocol import valid_instance_id
 
-from .events import Interruption
 from .interruptions import RetryLater
 from .routers import NodeSighting
 
@@ -141,11 +141,11 @@ class LifecycleFollowUp:
         self.silent_after_s = silent_after_s
         self.clock = clock
 
-    def start(self, notice: Interruption) -> bool:
+    def start(self, notice: LifecycleTerminated) -> bool:
         """Schedule the first check for a terminate action; False when there is none to watch."""
-        if notice.action is None:
+        if notice.lifecycle is None:
             return False
-        a = notice.action
+        a = notice.lifecycle
         pending = PendingAction(
             notice.instance_id, a.group, a.hook, a.token, self.clock() + self.deadline_s
         )

@@ -1,6 +1,8 @@
 """The controller's view of the routers: ready-node count and drain by instance id.
 
-Plain ``urllib`` (the Lambda runtime has no third-party HTTP client). The
+The calls are the shared control-plane client's
+(:class:`~spotrelay.core.control_client.ControlClient`) over plain ``urllib``
+(the Lambda runtime has no third-party HTTP client). The
 controller asks every URL it is given: with the shared registry that is one
 internal endpoint in front of all routers (any answer is the fleet's view);
 with routers that each keep their own in-memory registry it is every router.
@@ -18,18 +20,20 @@ value.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
+
+from spotrelay.core.control_api import NodeList
+from spotrelay.core.control_client import ControlClient, ControlError, UrllibTransport
 
 from .interruptions import DrainResult, RouterUnreachable
 
 log = logging.getLogger("spotrelay.controller")
+
+_T = TypeVar("_T")
 
 
 class RouterError(RouterUnreachable):
@@ -55,7 +59,9 @@ class RouterFleet:
         refresh_every_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.urls = [u.rstrip("/") for u in urls]
+        transport = UrllibTransport(timeout_s)
+        self.clients = [ControlClient(url, token, transport) for url in urls]
+        self.urls = [c.base for c in self.clients]
         self.token = token
         self.timeout_s = timeout_s
         self.token_source = token_source
@@ -63,11 +69,14 @@ class RouterFleet:
         self.clock = clock
         self._refreshed_at: float | None = None
 
-    def _call(self, method: str, url: str) -> tuple[int, Any]:
-        status, doc = self._send(method, url)
-        if status == 401 and self._refresh_token():
-            status, doc = self._send(method, url)
-        return status, doc
+    def _call(self, client: ControlClient, call: Callable[[ControlClient], _T]) -> _T:
+        """``call`` on ``client``; after a 401, once more if the token had been rotated."""
+        try:
+            return call(client)
+        except ControlError as exc:
+            if exc.status != 401 or not self._refresh_token():
+                raise
+        return call(client)  # every client has the fresh token now
 
     def _refresh_token(self) -> bool:
         """Re-read the token after a 401; True when it changed (worth one retry)."""
@@ -87,39 +96,24 @@ class RouterFleet:
             return False
         log.info("a router answered 401: re-read the node token (it was rotated); retrying")
         self.token = fresh
+        for client in self.clients:
+            client.token = fresh
         return True
 
-    def _send(self, method: str, url: str) -> tuple[int, Any]:
-        req = urllib.request.Request(
-            url,
-            method=method,
-            data=b"{}" if method == "POST" else None,
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                return resp.status, json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            return exc.code, None
-
-    def _node_lists(self) -> list[list[dict[str, Any]]]:
+    def _node_lists(self) -> list[NodeList]:
         """``GET /nodes`` of every router that answers it (unreachable ones are logged)."""
         lists = []
-        for url in self.urls:
+        for client in self.clients:
             try:
-                status, doc = self._call("GET", url + "/nodes")
-            except (OSError, ValueError) as exc:
-                log.warning("router %s unreachable: %s", url, exc)
-                continue
-            if status == 200 and isinstance(doc, list):
-                lists.append([n for n in doc if isinstance(n, dict)])
+                lists.append(self._call(client, lambda c: c.nodes().nodes))
+            except ControlError as exc:
+                if not exc.status:
+                    log.warning("router %s unreachable: %s", client.base, exc)
         return lists
 
     def ready_nodes(self) -> int | None:
         """The most ready nodes any router reports; None when no router answers."""
-        counts = [
-            sum(1 for n in nodes if n.get("state") == "ready") for nodes in self._node_lists()
-        ]
+        counts = [nodes.ready_count() for nodes in self._node_lists()]
         return max(counts) if counts else None
 
     def sightings(self, instance_id: str) -> list[NodeSighting] | None:
@@ -128,32 +122,26 @@ class RouterFleet:
         if not lists:
             return None
         return [
-            NodeSighting(float(n.get("last_seen_s_ago") or 0), int(n.get("in_flight") or 0))
+            NodeSighting(n.last_seen_s_ago, n.in_flight)
             for nodes in lists
             for n in nodes
-            if n.get("instance_id") == instance_id
+            if n.instance_id == instance_id
         ]
 
     def drain_instance(self, instance_id: str) -> DrainResult:
         """``POST /instances/{id}/drain`` on every router; raises if none answered."""
         newly = already = answered = 0
-        for url in self.urls:
+        for client in self.clients:
             try:
-                status, doc = self._call("POST", f"{url}/instances/{instance_id}/drain")
-            except (OSError, ValueError) as exc:
-                log.warning("router %s unreachable: %s", url, exc)
+                drained = self._call(client, lambda c: c.drain_instance(instance_id))
+            except ControlError as exc:
+                what = f"answered {exc.status} to" if exc.status else "unreachable for"
+                log.warning("router %s %s a drain of %s: %s", client.base, what, instance_id, exc)
                 continue
-            if status == 404:
-                answered += 1
-            elif status == 200 and isinstance(doc, dict):
-                answered += 1
-                for node in doc.get("nodes", []):
-                    if node.get("already_draining"):
-                        already += 1
-                    else:
-                        newly += 1
-            else:
-                log.warning("router %s answered %s to a drain of %s", url, status, instance_id)
+            answered += 1
+            if drained is not None:  # None: no node on that instance (404)
+                fresh, old = drained.counts()
+                newly, already = newly + fresh, already + old
         if not answered:
             raise RouterError(f"no router answered the drain of {instance_id}")
         return DrainResult(newly=newly, already=already)

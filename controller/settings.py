@@ -3,9 +3,9 @@
 Loaded by :mod:`spotrelay.core.config`, the loader every component uses, from
 the flat schema :class:`ControllerEnv` (``SPOTRELAY_<KEY>``; an empty variable
 counts as unset, as Terraform passes unset inputs). No YAML: the Lambda package
-carries only this package, ``core.config`` and ``core.protocol`` (boto3 comes
-with the runtime). A bad value is a one-line error naming the variable, as
-everywhere else in spotrelay.
+carries only this package and the few core modules it imports (boto3 comes
+with the runtime; ``deploy/controller_zip.py`` lists them). A bad value is a
+one-line error naming the variable, as everywhere else in spotrelay.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ Which listener serves what: the control listener (``server.control_port``)
 serves ``/nodes``, ``/instances``, ``/metrics``, ``/healthz`` and ``/readyz``
 only; the main port serves the data plane and the health endpoints, plus
 the control plane and ``/metrics`` while ``server.control_on_main_port`` is on. A path served
-elsewhere answers 404 like an unknown one.
+elsewhere answers 404 like an unknown one. The control plane's and the ops endpoints' paths and
+answers are defined in :mod:`spotrelay.core.control_api`, which their clients share.
 """
 
 from __future__ import annotations
@@ -24,6 +25,25 @@ from gunicorn.http.errors import ParseException
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from spotrelay.core.control_api import (
+    AUTH_SCHEME,
+    CONTROL_PATHS,
+    CONTROL_PREFIXES,
+    HEALTHZ,
+    INSTANCE_DRAIN_RULE,
+    METRICS,
+    NODE_DRAIN_RULE,
+    NODE_RULE,
+    NODES,
+    OPS_PATHS,
+    READYZ,
+    REGISTRY_HEADER,
+    ROUTER_HEADER,
+    UNAUTHORIZED,
+    Health,
+    Readiness,
+    error_doc,
+)
 from spotrelay.core.errors import openai_error
 from spotrelay.core.logs import clip
 
@@ -37,12 +57,6 @@ from .transport.httpguard import CONTROL, ClientTimeout, close_after_response, p
 from .transport.loopmark import HOP_HEADER, LOOP_HEADER, parse_hops
 
 log = logging.getLogger("spotrelay.router")
-
-OPS_PATHS = frozenset({"/healthz", "/readyz"})
-# What the control listener serves besides OPS_PATHS (and the main port unless
-# server.control_on_main_port is off): the control plane and /metrics.
-CONTROL_PATHS = frozenset({"/nodes", "/metrics"})
-CONTROL_PREFIXES = ("/nodes/", "/instances/")
 
 
 def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -221,61 +235,58 @@ def create_app(service: RouterService) -> Flask:
     def denied() -> Response | None:
         if node_auth.allows(request.headers.get("Authorization")):
             return None
-        return _json(
-            {"error": "missing or invalid node token"}, 401, {"WWW-Authenticate": "Bearer"}
-        )
+        return _json(error_doc(UNAUTHORIZED), 401, {"WWW-Authenticate": AUTH_SCHEME})
 
-    @app.get("/nodes")
+    @app.get(NODES)
     def list_nodes() -> Response:
         if (refused := denied()) is not None:
             return refused
         resp = _control(service.list_nodes())
         # Which process answered, and whether its view is the shared one (spotrelay status).
-        resp.headers["X-Spotrelay-Router"] = service.router_id
-        resp.headers["X-Spotrelay-Registry"] = service.registry_state()
+        resp.headers[ROUTER_HEADER] = service.router_id
+        resp.headers[REGISTRY_HEADER] = service.registry_state()
         return resp
 
-    @app.put("/nodes/<node_id>")
+    @app.put(NODE_RULE)
     def put_node(node_id: str) -> Response:
         if (refused := denied()) is not None:
             return refused
         try:
             raw = read_body(MAX_CONTROL_BODY)
         except (BodyTooLarge, RequestEntityTooLarge):
-            return _json({"error": f"body larger than {MAX_CONTROL_BODY} bytes"}, 413)
+            return _json(error_doc(f"body larger than {MAX_CONTROL_BODY} bytes"), 413)
         except BadBody as exc:
             _log_bad_body(exc, None)
-            return _json({"error": exc.message}, exc.status)
+            return _json(error_doc(exc.message), exc.status)
         return _control(service.put_node(node_id, raw))
 
-    @app.post("/nodes/<node_id>/drain")
+    @app.post(NODE_DRAIN_RULE)
     def drain_node(node_id: str) -> Response:
         return denied() or _control(service.drain_node(node_id))
 
-    @app.post("/instances/<instance_id>/drain")
+    @app.post(INSTANCE_DRAIN_RULE)
     def drain_instance(instance_id: str) -> Response:
         return denied() or _control(service.drain_instance(instance_id))
 
-    @app.delete("/nodes/<node_id>")
+    @app.delete(NODE_RULE)
     def delete_node(node_id: str) -> Response:
         return denied() or _control(service.delete_node(node_id))
 
     # -- ops -----------------------------------------------------------------------------
 
-    @app.get("/healthz")
+    @app.get(HEALTHZ)
     def healthz() -> Response:
-        return _json({"status": "ok"})
+        return _json(Health().to_json())
 
-    @app.get("/readyz")
+    @app.get(READYZ)
     def readyz() -> Response:
-        ready = service.registry.any_ready()
-        counts = service.registry.counts_by_status()
-        return _json({"ready": ready, "nodes": counts}, 200 if ready else 503)
+        readiness = Readiness(service.registry.any_ready(), service.registry.counts_by_status())
+        return _json(readiness.to_json(), readiness.status)
 
-    @app.get("/metrics")
+    @app.get(METRICS)
     def metrics() -> Response:
         resp = Response(service.metrics.render(), 200, content_type=CONTENT_TYPE_LATEST)
-        resp.headers["X-Spotrelay-Router"] = service.router_id  # counters are per worker
+        resp.headers[ROUTER_HEADER] = service.router_id  # counters are per worker
         return resp
 
     # -- errors --------------------------------------------------------------------------

@@ -17,6 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from spotrelay.core.control_api import (
+    DrainedNode,
+    InstanceDrain,
+    NodeAck,
+    NodeDeleted,
+    NodeDrain,
+    error_doc,
+)
 from spotrelay.core.protocol import (
     NodeReport,
     ProtocolError,
@@ -205,7 +213,7 @@ class RouterService:
         if not valid_node_id(node_id):
             return _bad("node id must be 1-128 characters of letters, digits and ._:- ")
         if len(raw) > MAX_CONTROL_BODY:
-            return ControlResult(413, {"error": f"body larger than {MAX_CONTROL_BODY} bytes"})
+            return ControlResult(413, error_doc(f"body larger than {MAX_CONTROL_BODY} bytes"))
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError, RecursionError):
@@ -225,14 +233,14 @@ class RouterService:
             log.warning("refused registration of node %s: %s", node_id, exc)
             return ControlResult(
                 429,
-                {
-                    "error": f"{exc}; a new node is refused until one expires, is deleted, "
+                error_doc(
+                    f"{exc}; a new node is refused until one expires, is deleted, "
                     "or registry.max_nodes is raised"
-                },
+                ),
             )
         if self.sync is not None:
             self.sync.put(node_id, node.url, report.to_json(), node.admin_drained)
-        return ControlResult(200, self._node_ack(node, created))
+        return ControlResult(200, self._node_ack(node, created).to_json())
 
     def _upsert(self, node_id: str, report: NodeReport, target: NodeTarget) -> tuple[Node, bool]:
         """Register; when full, a node silent for two thirds of ``ttl_s`` makes room.
@@ -260,8 +268,8 @@ class RouterService:
         if self.sync is not None:  # also when unknown here: another worker may know it
             self.sync.drain(node_id)
         if in_flight is None:
-            return ControlResult(404, {"error": f"node {node_id!r} is not registered"})
-        return ControlResult(200, {"id": node_id, "state": "draining", "in_flight": in_flight})
+            return ControlResult(404, error_doc(f"node {node_id!r} is not registered"))
+        return ControlResult(200, NodeDrain(node_id, in_flight).to_json())
 
     def drain_instance(self, instance_id: str) -> ControlResult:
         if not valid_instance_id(instance_id):
@@ -271,33 +279,30 @@ class RouterService:
             for node, _already in matches:
                 self.sync.drain(node.id)
         if not matches:
-            return ControlResult(404, {"error": f"no node on instance {instance_id!r}"})
-        nodes = [
-            {"id": n.id, "already_draining": already, "in_flight": n.in_flight}
-            for n, already in matches
-        ]
-        return ControlResult(200, {"instance_id": instance_id, "nodes": nodes})
+            return ControlResult(404, error_doc(f"no node on instance {instance_id!r}"))
+        nodes = tuple(DrainedNode(n.id, already, n.in_flight) for n, already in matches)
+        return ControlResult(200, InstanceDrain(instance_id, nodes).to_json())
 
     def delete_node(self, node_id: str) -> ControlResult:
         node = self.registry.remove(node_id)
         if self.sync is not None:
             self.sync.delete(node_id)
         if node is None:
-            return ControlResult(404, {"error": f"node {node_id!r} is not registered"})
-        return ControlResult(200, {"id": node_id, "deleted": True, "in_flight": node.in_flight})
+            return ControlResult(404, error_doc(f"node {node_id!r} is not registered"))
+        return ControlResult(200, NodeDeleted(node_id, node.in_flight).to_json())
 
     def list_nodes(self) -> ControlResult:
-        return ControlResult(200, self.registry.snapshot())
+        return ControlResult(200, self.registry.snapshot().to_json())
 
-    def _node_ack(self, node: Node, created: bool) -> dict[str, Any]:
-        return {
-            "id": node.id,
-            "url": node.url,
-            "state": str(node.status),
-            "registered": created,
-            "in_flight": node.in_flight,
-            "ttl_s": self.registry.ttl_s,
-        }
+    def _node_ack(self, node: Node, created: bool) -> NodeAck:
+        return NodeAck(
+            id=node.id,
+            url=node.url,
+            state=str(node.status),
+            registered=created,
+            in_flight=node.in_flight,
+            ttl_s=self.registry.ttl_s,
+        )
 
     # -- data plane helpers --------------------------------------------------------------
 
@@ -332,7 +337,7 @@ def make_sync(cfg: RouterConfig, registry: Registry, netpolicy: NetPolicy) -> Re
 
 
 def _bad(message: str) -> ControlResult:
-    return ControlResult(400, {"error": message})
+    return ControlResult(400, error_doc(message))
 
 
 def _log_node_event(event: str, node: Node) -> None:

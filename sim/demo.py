@@ -14,6 +14,9 @@ With ``routers`` > 1 the routers share their registry in Redis (``redis``: a
 URL, or ``auto`` to start a local ``redis-server``), the traffic is spread
 over them, and one router is SIGKILLed and restarted late in the run
 (:mod:`spotrelay.sim.demo_routers`).
+
+:class:`Demo` runs the phases (fleet up, traffic, the chaos loop, the report);
+what happens to the nodes is :mod:`spotrelay.sim.demo_nodes`.
 """
 
 from __future__ import annotations
@@ -22,20 +25,19 @@ import logging
 import random
 import signal
 import sys
-import threading
 import time
-from collections.abc import Collection
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from spotrelay.core.protocol import CAP_CONTINUE_FINAL_MESSAGE
 
 from .capacity import CapacityLoop, CapacityOptions
-from .chaos import FREEZES, FleetObserver, PlannedEvent, pick_victim, plan_events
+from .chaos import FleetObserver, PlannedEvent, plan_events
+from .demo_nodes import NodeChaos
 from .demo_prometheus import DemoPrometheus
 from .demo_routers import RouterChaos
-from .fleet import FleetOptions, LocalFleet, Node
+from .fleet import FleetOptions, LocalFleet
 from .report import render_table, summarise, write_chart, write_json
 from .traffic import TrafficDriver, TrafficOptions
 
@@ -72,24 +74,6 @@ class DemoOptions:
     prometheus: bool = False  # a real Prometheus scrapes the run; the report lists its alerts
 
 
-@dataclass
-class EventRecord:
-    """One injected event and what followed it, in seconds since traffic started."""
-
-    type: str
-    node: str
-    at: float
-    killed: float | None = None
-    replacement: str | None = None
-    excluded: float | None = None
-    drained: float | None = None
-    replacement_ready: float | None = None
-    thawed: float | None = None  # a freeze: when the engine was continued
-    back: float | None = None  # a freeze: when the router showed the node ready again
-    kill_due: float | None = field(default=None, repr=False)
-    thaw_due: float | None = field(default=None, repr=False)
-
-
 class Demo:
     """Owns the fleet, the traffic and the chaos for one run."""
 
@@ -98,13 +82,11 @@ class Demo:
         self.out = options.out
         self.rng = random.Random(options.seed)
         self.fleet = LocalFleet(self.out, options.fleet)
-        self.events: list[EventRecord] = []
+        self.nodes = NodeChaos(self.fleet, self.rng, options.lead_s, options.freeze_s)
         self.t0 = 0.0
-        self._replacing: list[threading.Thread] = []
         self.routers = RouterChaos(self.fleet, 0.0)
         self.chat_streams = True
         self.capacity: CapacityLoop | None = None
-        self.warned: list[str] = []  # nodes sent a rebalance recommendation, in order
         routing = options.fleet.router_overrides.setdefault("routing", {})
         routing.setdefault("risk_aware", options.risk_placement)
         routing.setdefault("long_request_tokens", options.long_max_tokens)
@@ -113,21 +95,54 @@ class Demo:
 
     # -- the run --------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Start the fleet, drive traffic through the planned events, report what clients saw."""
         opts = self.options
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._start_routers()
-        if opts.prometheus:
-            self.prometheus = DemoPrometheus.start(self.fleet, self.out)
-        nodes = [self.fleet.launch_node() for _ in range(opts.nodes)]
-        for node in nodes:
-            self.fleet.wait_node_ready(node)
-        log.info("fleet ready: routers %s, %d nodes", self.fleet.router_urls, len(nodes))
+        self._start_fleet()
         metrics_before = self.routers.totals()
         self.t0 = self.routers.t0 = time.monotonic()
         t0_wall = time.time()
         observer = FleetObserver(self.fleet.router_nodes, self.t0)
         observer.start()
-        traffic = TrafficDriver(
+        traffic = self._traffic()
+        traffic.start(self.t0)
+        plan = plan_events(
+            opts.duration_s,
+            opts.preemptions,
+            opts.hard_kills,
+            self.rng,
+            opts.dead_agents,
+            opts.freezes,
+            opts.host_freezes,
+            rebalance_lead_s=opts.rebalance_lead_s,
+        )
+        self._start_capacity()
+        self.nodes.begin(self.t0, self.capacity)
+        try:
+            self._chaos_loop(plan, traffic, observer)
+        finally:
+            self.routers.join()
+            traffic.stop()
+            if self.capacity:
+                self.capacity.stop()
+            self.nodes.join_replacements(opts.fleet.engine_ready_timeout_s)
+            observer.stop()
+        counters = {k: v - metrics_before.get(k, 0.0) for k, v in self.routers.totals().items()}
+        return self._report(traffic, observer, counters, t0_wall)
+
+    def _start_fleet(self) -> None:
+        """Routers (and Prometheus), then the nodes; returns once every node is ready."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._start_routers()
+        if self.options.prometheus:
+            self.prometheus = DemoPrometheus.start(self.fleet, self.out)
+        nodes = [self.fleet.launch_node() for _ in range(self.options.nodes)]
+        for node in nodes:
+            self.fleet.wait_node_ready(node)
+        log.info("fleet ready: routers %s, %d nodes", self.fleet.router_urls, len(nodes))
+
+    def _traffic(self) -> TrafficDriver:
+        opts = self.options
+        return TrafficDriver(
             self.fleet.router_urls,
             opts.fleet.model,
             TrafficOptions(
@@ -144,17 +159,10 @@ class Demo:
             ),
             seed=opts.seed,
         )
-        traffic.start(self.t0)
-        plan = plan_events(
-            opts.duration_s,
-            opts.preemptions,
-            opts.hard_kills,
-            self.rng,
-            opts.dead_agents,
-            opts.freezes,
-            opts.host_freezes,
-            rebalance_lead_s=opts.rebalance_lead_s,
-        )
+
+    def _start_capacity(self) -> None:
+        """The simulated Auto Scaling group, when the run has a spot shortage or dead agents."""
+        opts = self.options
         if opts.spot_shortage or opts.dead_agents:
             self.capacity = CapacityLoop(
                 self.fleet,
@@ -163,36 +171,6 @@ class Demo:
                 opts.fleet.engine_ready_timeout_s,
             )
             self.capacity.start()
-        try:
-            self._chaos_loop(plan, traffic, observer)
-        finally:
-            self.routers.join()
-            traffic.stop()
-            if self.capacity:
-                self.capacity.stop()
-            for thread in self._replacing:
-                thread.join(timeout=opts.fleet.engine_ready_timeout_s)
-            observer.stop()
-        counters = {k: v - metrics_before.get(k, 0.0) for k, v in self.routers.totals().items()}
-        self._fill_timeline(observer)
-        report = summarise(
-            traffic.log.records,
-            counters,
-            [
-                {k: v for k, v in asdict(e).items() if k not in ("kill_due", "thaw_due")}
-                for e in self.events
-            ],
-            observer.samples,
-            self._settings(),
-        )
-        report["routers"] = self.routers.report(traffic)
-        if self.capacity:
-            report["capacity"] = self.capacity.report()
-        if self.prometheus:
-            report["alerts"] = self.prometheus.alerts(t0_wall)
-        write_json(report, self.out)
-        write_chart(report, traffic.log.records, self.out, opts.duration_s)
-        return report
 
     def _fleet_resumes_chat(self) -> bool:
         """Whether every node advertises chat resume (its agent detected the engine)."""
@@ -216,20 +194,14 @@ class Demo:
         restart_at = ROUTER_RESTART_AT * opts.duration_s if opts.routers > 1 else None
         while True:
             now = time.monotonic() - self.t0
-            if now >= opts.duration_s and not self._kills_pending() and not self._settling(now):
+            if now >= opts.duration_s and not self.nodes.pending() and not self._settling(now):
                 return
             while pending and pending[0].at_s <= now:
-                self._inject(pending.pop(0), now)
+                self.nodes.inject(pending.pop(0), now)
             if restart_at is not None and now >= restart_at:
                 restart_at = None
                 self.routers.restart_later(opts.routers - 1, traffic)
-            for ev in self.events:
-                if ev.kill_due is not None and ev.killed is None and now >= ev.kill_due:
-                    self._reclaim(ev, now)
-                if ev.thaw_due is not None and ev.thawed is None and now >= ev.thaw_due:
-                    self.fleet.thaw(self.fleet.nodes[ev.node])
-                    ev.thawed = round(time.monotonic() - self.t0, 2)
-                    log.info("thawed %s at %.1fs", ev.node, now)
+            self.nodes.settle_due(now)
             if now - last_progress >= (0.5 if opts.progress else 5.0):
                 self._progress(now, traffic, observer)
                 last_progress = now
@@ -239,117 +211,6 @@ class Demo:
         """The capacity loop is still replacing or retiring nodes (bounded wait)."""
         limit = self.options.duration_s + self.options.fleet.engine_ready_timeout_s
         return self.capacity is not None and now < limit and self.capacity.busy()
-
-    def _kills_pending(self) -> bool:
-        """A reclaim or a thaw is still to come (the run waits for it)."""
-        return any(
-            (e.kill_due is not None and e.killed is None)
-            or (e.thaw_due is not None and e.thawed is None)
-            for e in self.events
-        )
-
-    def _victim(self, kind: str, spare: Collection[str] = ()) -> Node | None:
-        """A node no event has hit (nor in ``spare``); see :func:`.chaos.pick_victim`."""
-        hit = {e.node for e in self.events} | set(spare)
-        alive, view = self.fleet.alive_nodes(), self.fleet.router_nodes()
-        return pick_victim(kind, alive, view, hit, self.rng)
-
-    def _inject(self, planned: PlannedEvent, now: float) -> None:
-        if planned.kind == "rebalance":
-            self._recommend_rebalance(now)
-            return
-        node = self._warned_victim(planned.kind) or self._victim(planned.kind)
-        if node is None:
-            log.warning("no ready node to hit at %.1fs; skipping a %s", now, planned.kind)
-            return
-        ev = EventRecord(planned.kind, node.name, round(now, 2))
-        self.events.append(ev)
-        if planned.kind == "dead_agent":
-            self.fleet.kill_agent(node)  # first the agent dies; then the notice comes
-            log.info("killed the agent of %s at %.1fs", node.name, now)
-        if planned.kind in FREEZES:
-            self._freeze(ev, node, now)
-            return
-        if planned.kind in ("spot_notice", "dead_agent"):
-            due = self.fleet.spot_notice(node, self.options.lead_s)
-            if self.capacity:  # EventBridge hears it too, whether the agent does or not
-                self.capacity.notice(node)
-            ev.kill_due = round(due - self.t0, 2)
-            log.info("spot notice to %s at %.1fs (reclaimed at %.1fs)", node.name, now, ev.kill_due)
-        else:
-            log.info("hard kill of %s at %.1fs", node.name, now)
-            self.fleet.terminate(node)
-            ev.killed = round(time.monotonic() - self.t0, 2)
-            if self.capacity:  # EC2's state change reaches the queue, no notice before it
-                self.capacity.reclaimed(node)
-        self._replace(ev)
-
-    def _recommend_rebalance(self, now: float) -> None:
-        """A rebalance recommendation to a node no event has hit or warned yet; the next
-        spot notice goes to it."""
-        node = self._victim("spot_notice", spare=set(self.warned))
-        if node is None:
-            return
-        self.fleet.rebalance(node)
-        self.warned.append(node.name)
-        log.info("rebalance recommendation to %s at %.1fs", node.name, now)
-
-    def _warned_victim(self, kind: str) -> Node | None:
-        """A spot notice goes to the node warned first, if it is still up."""
-        if kind != "spot_notice":
-            return None
-
-        hit = {e.node for e in self.events}
-        alive = {n.name: n for n in self.fleet.alive_nodes()}
-        for name in self.warned:
-            if name in alive and name not in hit:
-                return alive[name]
-        return None
-
-    def _freeze(self, ev: EventRecord, node: Node, now: float) -> None:
-        """Stop the engine (a hung GPU), or the whole host, for ``freeze_s``.
-
-        A frozen engine is continued afterwards and its node should serve
-        again; a frozen host is terminated then (its instance failed its
-        status checks) and replaced at once, as the Auto Scaling group would.
-        """
-        host = ev.type == "host_freeze"
-        self.fleet.freeze(node, host=host)
-        due = round(now + self.options.freeze_s, 2)
-        log.info("%s of %s at %.1fs (until %.1fs)", ev.type.replace("_", " "), node.name, now, due)
-        if host:
-            ev.kill_due = due
-            if self.capacity:  # failed status checks: the group replaces it now
-                self.capacity.lost(node)
-            self._replace(ev)
-        else:
-            ev.thaw_due = due
-
-    def _reclaim(self, ev: EventRecord, now: float) -> None:
-        node = self.fleet.nodes[ev.node]
-        log.info("reclaiming %s at %.1fs", node.name, now)
-        self.fleet.terminate(node)
-        ev.killed = round(time.monotonic() - self.t0, 2)
-        if self.capacity:
-            self.capacity.reclaimed(node)
-
-    def _replace(self, ev: EventRecord) -> None:
-        """Launch a replacement in the background, as the Auto Scaling group would."""
-        if self.capacity:  # the simulated group decides spot or on-demand, and when
-            self.capacity.request_replacement(lambda node: setattr(ev, "replacement", node.name))
-            return
-
-        def launch() -> None:
-            node = self.fleet.launch_node()
-            ev.replacement = node.name
-            try:
-                self.fleet.wait_node_ready(node)
-            except (TimeoutError, RuntimeError) as exc:
-                log.error("replacement %s did not come up: %s", node.name, exc)
-
-        thread = threading.Thread(target=launch, name=f"replace-{ev.node}", daemon=True)
-        self._replacing.append(thread)
-        thread.start()
 
     # -- observation ----------------------------------------------------------
     def _progress(self, now: float, traffic: TrafficDriver, observer: FleetObserver) -> None:
@@ -365,19 +226,32 @@ class Demo:
         else:
             print(line, file=sys.stderr, flush=True)
 
-    def _fill_timeline(self, observer: FleetObserver) -> None:
+    def _report(
+        self,
+        traffic: TrafficDriver,
+        observer: FleetObserver,
+        counters: dict[str, float],
+        t0_wall: float,
+    ) -> dict[str, Any]:
+        """The report of the run, written as ``report.json`` and ``timeline.png``."""
         if self.options.progress and sys.stderr.isatty():
-            print(file=sys.stderr)
-        for ev in self.events:
-            hist = observer.histories.get(ev.node)
-            if hist:
-                ev.excluded = _round(hist.excluded)
-                noticed = ev.type in ("spot_notice", "dead_agent")
-                ev.drained = _round(hist.gone) if noticed else None
-                if ev.type == "freeze":
-                    ev.back = _round(hist.back)
-            if ev.replacement and ev.replacement in observer.histories:
-                ev.replacement_ready = _round(observer.histories[ev.replacement].first_ready)
+            print(file=sys.stderr)  # end the progress line
+        self.nodes.fill_timeline(observer)
+        report = summarise(
+            traffic.log.records,
+            counters,
+            [e.to_json() for e in self.nodes.events],
+            observer.samples,
+            self._settings(),
+        )
+        report["routers"] = self.routers.report(traffic)
+        if self.capacity:
+            report["capacity"] = self.capacity.report()
+        if self.prometheus:
+            report["alerts"] = self.prometheus.alerts(t0_wall)
+        write_json(report, self.out)
+        write_chart(report, traffic.log.records, self.out, self.options.duration_s)
+        return report
 
     def _start_routers(self) -> None:
         """One router (memory registry), or several sharing a registry in Redis."""
@@ -427,7 +301,7 @@ class Demo:
             "rebalance_lead_s": opts.rebalance_lead_s,
             "long_ratio": opts.long_ratio,
             "risk_placement": opts.risk_placement,
-            "rebalance_recommendations": list(self.warned),
+            "rebalance_recommendations": list(self.nodes.warned),
             "freezes": opts.freezes,
             "host_freezes": opts.host_freezes,
             "freeze_s": opts.freeze_s,
@@ -436,10 +310,6 @@ class Demo:
 
     def close(self) -> None:
         self.fleet.stop()
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 2)
 
 
 def run(options: DemoOptions) -> int:

@@ -12,15 +12,15 @@ knew when it first answered.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-import urllib.request
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from spotrelay.core.control_client import ControlClient, ControlError
 
 from .fleet import LocalFleet
 from .traffic import TrafficDriver
@@ -96,16 +96,14 @@ class RouterChaos:
     def _shared_view(self, url: str, timeout_s: float = 15.0) -> list[dict[str, Any]]:
         """The router's first view after it read the registry from Redis."""
         deadline = time.monotonic() + timeout_s
-        request = urllib.request.Request(
-            url + "/nodes", headers={"Authorization": f"Bearer {self.fleet.token}"}
-        )
+        client = self.fleet.control(url)
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(request, timeout=2) as resp:
-                    if resp.headers.get("X-Spotrelay-Registry") == "redis":
-                        return json.loads(resp.read())
-            except (OSError, ValueError):
-                pass
+                view = client.nodes()
+            except ControlError:
+                view = None
+            if view is not None and view.registry == "redis":
+                return view.nodes.to_json()
             time.sleep(0.02)
         return []
 
@@ -131,9 +129,8 @@ class RouterChaos:
 def counters(router_url: str) -> dict[str, float]:
     """Retries and resumed streams, from one router's Prometheus metrics."""
     try:
-        with urllib.request.urlopen(router_url + "/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-    except OSError:
+        text = ControlClient(router_url, None, timeout_s=5).metrics()
+    except ControlError:
         return {}
     out = {"retried": 0.0, "resumed": 0.0, "resume_failed": 0.0}
     for family in text_string_to_metric_families(text):

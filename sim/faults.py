@@ -50,16 +50,47 @@ def _int(key: str, value: Any, lo: int, hi: int | None = None) -> int | None:
     return value
 
 
+@dataclass
+class Counted:
+    """A fault for the next ``count`` requests (``count`` None: every request until reset)."""
+
+    value: int | None = None
+    count: int | None = None
+
+    def update(
+        self, spec: dict[str, Any], new: dict[str, int | None], key: str, count_key: str
+    ) -> None:
+        """Take ``key`` and ``count_key`` from ``spec`` (their checked values in ``new``).
+
+        A fault set again without a count applies to every request; no fault, no count.
+        """
+        if key in spec:
+            self.value = new[key]
+            if count_key not in spec:
+                self.count = None
+        if count_key in spec:
+            self.count = new[count_key]
+        if self.value is None:
+            self.count = None
+
+    def take(self) -> int | None:
+        """The fault for one request (None: none), counting it down."""
+        value = self.value
+        if value is not None and self.count is not None:
+            self.count -= 1
+            if self.count <= 0:
+                self.value = self.count = None
+        return value
+
+
 class Faults:
     """Current faults. ``changed`` is pulsed on every update so hung requests can re-check."""
 
     def __init__(self) -> None:
-        self.drop_after_tokens: int | None = None
-        self.drop_count: int | None = None  # None: every request until reset
+        self.drop = Counted()  # drop_after_tokens, drop_count
         self.hang = False
         self.stall = False  # a hung GPU: running requests get no token, HTTP still answers
-        self.error_status: int | None = None
-        self.error_count: int | None = None  # None: every request until reset
+        self.error = Counted()  # error_status, error_count
         self.unhealthy_until = 0.0  # time.monotonic() deadline
         self._changed = asyncio.Event()
 
@@ -70,6 +101,20 @@ class Faults:
 
         Validates everything before changing anything.
         """
+        new = self._checked(spec)
+        self.drop.update(spec, new, "drop_after_tokens", "drop_count")
+        self.error.update(spec, new, "error_status", "error_count")
+        if "hang" in spec:
+            self.hang = bool(spec["hang"])
+        if "stall" in spec:
+            self.stall = bool(spec["stall"])
+        if "unhealthy_for_s" in spec:
+            self.unhealthy_until = time.monotonic() + float(spec["unhealthy_for_s"] or 0)
+        self._pulse()
+        return bool(spec.get("exit"))
+
+    def _checked(self, spec: Any) -> dict[str, int | None]:
+        """The counted faults' new values; raises :class:`FaultError` on any bad key or value."""
         if not isinstance(spec, dict):
             raise FaultError("the body must be a JSON object")
         unknown = sorted(set(spec) - set(KEYS))
@@ -91,49 +136,23 @@ class Faults:
             isinstance(unhealthy, bool) or not isinstance(unhealthy, int | float) or unhealthy < 0
         ):
             raise FaultError("unhealthy_for_s must be a number >= 0 or null")
-        if (
-            "error_count" in spec
-            and new["error_count"] is not None
-            and new["error_status"] is None
-            and self.error_status is None
+        # A count limits a fault: it needs the fault, given now or already in force.
+        for fault, count, current in (
+            ("error_status", "error_count", self.error),
+            ("drop_after_tokens", "drop_count", self.drop),
         ):
-            raise FaultError("error_count needs error_status")
-        if (
-            "drop_count" in spec
-            and new["drop_count"] is not None
-            and new["drop_after_tokens"] is None
-            and self.drop_after_tokens is None
-        ):
-            raise FaultError("drop_count needs drop_after_tokens")
-
-        if "drop_after_tokens" in spec:
-            self.drop_after_tokens = new["drop_after_tokens"]
-            if "drop_count" not in spec:
-                self.drop_count = None
-        if "drop_count" in spec:
-            self.drop_count = new["drop_count"]
-        if "error_status" in spec:
-            self.error_status = new["error_status"]
-            if "error_count" not in spec:
-                self.error_count = None
-        if "error_count" in spec:
-            self.error_count = new["error_count"]
-        if "hang" in spec:
-            self.hang = bool(spec["hang"])
-        if "stall" in spec:
-            self.stall = bool(spec["stall"])
-        if "unhealthy_for_s" in spec:
-            self.unhealthy_until = time.monotonic() + float(unhealthy or 0)
-        if self.drop_after_tokens is None:
-            self.drop_count = None
-        if self.error_status is None:
-            self.error_count = None
-        self._pulse()
-        return bool(spec.get("exit"))
+            if (
+                count in spec
+                and new[count] is not None
+                and new[fault] is None
+                and current.value is None
+            ):
+                raise FaultError(f"{count} needs {fault}")
+        return new
 
     def reset(self) -> None:
-        self.drop_after_tokens = self.drop_count = None
-        self.error_status = self.error_count = None
+        self.drop = Counted()
+        self.error = Counted()
         self.hang = False
         self.stall = False
         self.unhealthy_until = 0.0
@@ -161,31 +180,21 @@ class Faults:
             return Decision(unhealthy=True)
         if self.hang:
             return Decision(hang=True)
-        if self.error_status is not None:
-            status = self.error_status
-            if self.error_count is not None:
-                self.error_count -= 1
-                if self.error_count <= 0:
-                    self.error_status = self.error_count = None
-            return Decision(error_status=status)
-        if generates and self.drop_after_tokens is not None:
-            after = self.drop_after_tokens
-            if self.drop_count is not None:
-                self.drop_count -= 1
-                if self.drop_count <= 0:
-                    self.drop_after_tokens = self.drop_count = None
-            return Decision(drop_after_tokens=after)
+        if self.error.value is not None:
+            return Decision(error_status=self.error.take())
+        if generates and self.drop.value is not None:
+            return Decision(drop_after_tokens=self.drop.take())
         return Decision()
 
     def state(self) -> dict[str, Any]:
         """The current faults as JSON (what the control API answers)."""
         remaining = self.unhealthy_until - time.monotonic()
         return {
-            "drop_after_tokens": self.drop_after_tokens,
-            "drop_count": self.drop_count,
+            "drop_after_tokens": self.drop.value,
+            "drop_count": self.drop.count,
             "hang": self.hang,
             "stall": self.stall,
-            "error_status": self.error_status,
-            "error_count": self.error_count,
+            "error_status": self.error.value,
+            "error_count": self.error.count,
             "unhealthy_for_s": round(remaining, 3) if remaining > 0 else None,
         }

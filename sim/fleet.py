@@ -24,8 +24,11 @@ from typing import Any
 
 import yaml
 
-from spotrelay.core.net import free_port, http_ok
-from spotrelay.core.processes import ManagedProcess, ProcessGroup, spotrelay_argv
+from spotrelay.core.control_api import HEALTHZ
+from spotrelay.core.control_client import ControlClient, ControlError
+
+from .loopback import free_port, http_ok
+from .processes import ManagedProcess, ProcessGroup, spotrelay_argv
 
 HOST = "127.0.0.1"
 
@@ -128,7 +131,7 @@ class LocalFleet:
         self.routers[name] = (url, proc)
         if not self.router_url:
             self.router_url, self.router = url, proc
-        proc.wait_ready(lambda: http_ok(url + "/healthz"), timeout=30)
+        proc.wait_ready(lambda: http_ok(url + HEALTHZ), timeout=30)
         return url
 
     @property
@@ -157,17 +160,16 @@ class LocalFleet:
                     return nodes
         return []
 
+    def control(self, url: str, timeout_s: float = 2.0) -> ControlClient:
+        """The control-plane client of the router whose control listener is ``url``."""
+        return ControlClient(url, self.token, timeout_s=timeout_s)
+
     def nodes_at(self, url: str) -> list[dict[str, Any]] | None:
         """One router's ``GET /nodes``; None if it does not answer."""
-        req = urllib.request.Request(
-            url + "/nodes", headers={"Authorization": f"Bearer {self.token}"}
-        )
         try:
-            with urllib.request.urlopen(req, timeout=2) as resp:
-                doc = json.loads(resp.read())
-        except (OSError, ValueError):
+            return self.control(url).nodes().nodes.to_json()
+        except ControlError:
             return None
-        return doc["nodes"] if isinstance(doc, dict) else doc
 
     # -- nodes ----------------------------------------------------------------
     def _engine_argv(self, port: int) -> list[str]:
@@ -195,41 +197,59 @@ class LocalFleet:
         """Boot one instance: IMDS, engine, then the agent that registers it."""
         self._serial += 1
         name = f"node-{self._serial}"
-        logs = self.workdir / "logs"
         engine_port, imds_port = free_port(), free_port()
         metrics_port = free_port() if self.options.agent_metrics else 0
         engine_url, imds_url = f"http://{HOST}:{engine_port}", f"http://{HOST}:{imds_port}"
         instance_id = f"i-{secrets.token_hex(8)}"
-        imds = self.procs.start(
-            ManagedProcess(
-                f"{name}-imds",
-                spotrelay_argv(
-                    "sim",
-                    "imds",
-                    "--host",
-                    HOST,
-                    "--port",
-                    str(imds_port),
-                    "--instance-id",
-                    instance_id,
-                    "--local-ipv4",
-                    HOST,
-                    "--lifecycle",
-                    lifecycle,
-                ),
-                log_path=logs / f"{name}-imds.log",
-            )
-        )
-        engine = self.procs.start(
-            ManagedProcess(
-                f"{name}-engine",
-                self._engine_argv(engine_port),
-                log_path=logs / f"{name}-engine.log",
-            )
-        )
+        imds = self._start(f"{name}-imds", self._imds_argv(imds_port, instance_id, lifecycle))
+        engine = self._start(f"{name}-engine", self._engine_argv(engine_port))
         state_dir = self.workdir / "state" / name
         state_dir.mkdir(parents=True, exist_ok=True)
-        agent_cfg = {
+        agent_cfg = self._agent_config(name, engine_url, imds_url, metrics_port, state_dir)
+        cfg_path = self.workdir / f"{name}-agent.yaml"
+        cfg_path.write_text(yaml.safe_dump(agent_cfg))
+        agent = self._start(f"{name}-agent", spotrelay_argv("agent", "--config", str(cfg_path)))
+        node = Node(
+            name,
+            engine_url,
+            imds_url,
+            engine,
+            imds,
+            agent,
+            time.monotonic(),
+            instance_id=instance_id,
+            lifecycle=lifecycle,
+            metrics_port=metrics_port,
+        )
+        self.nodes[name] = node
+        return node
+
+    def _start(self, name: str, argv: list[str]) -> ManagedProcess:
+        """Start one process of a node, its output in ``logs/<name>.log``."""
+        log_path = self.workdir / "logs" / f"{name}.log"
+        return self.procs.start(ManagedProcess(name, argv, log_path=log_path))
+
+    def _imds_argv(self, port: int, instance_id: str, lifecycle: str) -> list[str]:
+        return spotrelay_argv(
+            "sim",
+            "imds",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--instance-id",
+            instance_id,
+            "--local-ipv4",
+            HOST,
+            "--lifecycle",
+            lifecycle,
+        )
+
+    def _agent_config(
+        self, name: str, engine_url: str, imds_url: str, metrics_port: int, state_dir: Path
+    ) -> dict[str, Any]:
+        """The agent's config for node ``name``, heartbeating one router (round robin)."""
+        return {
             "node": {"id": name, "advertise_url": engine_url},
             "router": {
                 # One address per agent (round robin over routers): a load balancer's.
@@ -251,29 +271,6 @@ class LocalFleet:
             "metrics": {"host": HOST, "port": metrics_port},
             "state_dir": str(state_dir),
         }
-        cfg_path = self.workdir / f"{name}-agent.yaml"
-        cfg_path.write_text(yaml.safe_dump(agent_cfg))
-        agent = self.procs.start(
-            ManagedProcess(
-                f"{name}-agent",
-                spotrelay_argv("agent", "--config", str(cfg_path)),
-                log_path=logs / f"{name}-agent.log",
-            )
-        )
-        node = Node(
-            name,
-            engine_url,
-            imds_url,
-            engine,
-            imds,
-            agent,
-            time.monotonic(),
-            instance_id=instance_id,
-            lifecycle=lifecycle,
-            metrics_port=metrics_port,
-        )
-        self.nodes[name] = node
-        return node
 
     def wait_node_ready(self, node: Node, timeout: float | None = None) -> None:
         """Block until the router lists ``node`` as ready."""

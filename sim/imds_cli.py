@@ -68,9 +68,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 def run(args: argparse.Namespace) -> int:
     from spotrelay.core.config import load
 
+    from .imds_instance import InstanceInfo, stable_instance_id
     from .imds_server import serve
     from .imds_settings import NOT_IN_ASG, ImdsEmulatorConfig
-    from .imds_state import ImdsState, InstanceInfo, stable_instance_id
+    from .imds_state import ImdsState
 
     cfg = load(
         ImdsEmulatorConfig,

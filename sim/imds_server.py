@@ -14,7 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .imds_state import ControlError, ImdsState, Reply, Stall
+from .imds_control import ControlError
+from .imds_state import ImdsState, Reply, Stall
 
 log = logging.getLogger("spotrelay.sim.imds")
 

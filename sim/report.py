@@ -171,17 +171,18 @@ def _draw_capacity(top: Any, bottom: Any, cap: dict[str, Any] | None) -> None:
         top.annotate("spot shortage", (window[0], top.get_ylim()[1] * 0.8), fontsize=8)
     samples = cap.get("samples", [])
     if samples:
-        bottom.step(
-            [x["t"] for x in samples],
-            [x["on_demand"] for x in samples],
-            where="post",
-            label="on-demand nodes",
-            color="tab:purple",
-        )
+        _step(bottom, samples, "on_demand", "on-demand nodes", "tab:purple")
     for d in cap.get("decisions", []):
         color = "tab:purple" if d["action"] == "raise" else "tab:cyan"
         bottom.axvline(d["t"], color=color, linestyle="-.", linewidth=1)
         _label(bottom, d["t"], 0.9, f"{d['action']} → {d['on_demand_base']}", color, 7)
+
+
+def _step(ax: Any, samples: list[dict[str, Any]], key: str, label: str, color: str) -> None:
+    """One count over time (``samples``: ``{"t": ..., key: ...}``) as a step line."""
+    ax.step(
+        [x["t"] for x in samples], [x[key] for x in samples], where="post", label=label, color=color
+    )
 
 
 def _label(ax: Any, x: float, height: float, text: str, color: str, size: int) -> None:
@@ -217,51 +218,15 @@ def write_chart(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    seconds = max(1, math.ceil(max([duration_s] + [r.finished for r in records])))
-    done = [0] * (seconds + 1)
-    bad = [0] * (seconds + 1)
-    for r in records:
-        slot = min(seconds, int(r.finished))
-        (done if r.ok else bad)[slot] += 1
     fig, (top, bottom) = plt.subplots(
         2, 1, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [2, 1]}
     )
-    xs = list(range(seconds + 1))
-    top.plot(xs, done, label="completed requests/s", color="tab:blue")
-    top.bar(xs, bad, label="client-visible failures/s", color="tab:red", width=0.8)
-    top.set_ylabel("requests / s")
-    top.set_title("spotrelay demo: traffic through preemptions")
-    fleet = report["fleet"]
-    bottom.step(
-        [s["t"] for s in fleet],
-        [s["ready"] for s in fleet],
-        where="post",
-        label="ready nodes",
-        color="tab:green",
-    )
-    bottom.step(
-        [s["t"] for s in fleet],
-        [s["draining"] for s in fleet],
-        where="post",
-        label="draining / excluded",
-        color="tab:orange",
-    )
+    _draw_traffic(top, records, duration_s)
+    _step(bottom, report["fleet"], "ready", "ready nodes", "tab:green")
+    _step(bottom, report["fleet"], "draining", "draining / excluded", "tab:orange")
     bottom.set_ylabel("nodes")
     bottom.set_xlabel("seconds since traffic started")
-    for ev in report["events"]:
-        color = EVENT_COLORS.get(ev["type"], "tab:red")
-        # A freeze lasts: shade it until the thaw (or the host's termination).
-        frozen_until = ev.get("thawed") if ev["type"] == "freeze" else None
-        if ev["type"] == "host_freeze":
-            frozen_until = ev.get("killed")
-        for ax in (top, bottom):
-            ax.axvline(ev["at"], color=color, linestyle="--", linewidth=1)
-            if frozen_until is not None:
-                ax.axvspan(ev["at"], frozen_until, color=color, alpha=0.12)
-            elif ev["type"] in ("spot_notice", "dead_agent") and ev.get("killed") is not None:
-                ax.axvline(ev["killed"], color="tab:gray", linestyle=":", linewidth=1)
-        label = f"{EVENT_LABELS.get(ev['type'], ev['type'])} {ev['node']}"
-        _label(top, ev["at"], 0.95, label, color, 8)
+    _draw_events(top, bottom, report["events"])
     _draw_capacity(top, bottom, report.get("capacity"))
     for restart in (report.get("routers") or {}).get("restarts", []):
         if restart.get("killed") is not None:
@@ -275,6 +240,39 @@ def write_chart(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _draw_traffic(ax: Any, records: Sequence[RequestRecord], duration_s: float) -> None:
+    """Completed requests and client-visible failures per second."""
+    seconds = max(1, math.ceil(max([duration_s] + [r.finished for r in records])))
+    done = [0] * (seconds + 1)
+    bad = [0] * (seconds + 1)
+    for r in records:
+        slot = min(seconds, int(r.finished))
+        (done if r.ok else bad)[slot] += 1
+    xs = list(range(seconds + 1))
+    ax.plot(xs, done, label="completed requests/s", color="tab:blue")
+    ax.bar(xs, bad, label="client-visible failures/s", color="tab:red", width=0.8)
+    ax.set_ylabel("requests / s")
+    ax.set_title("spotrelay demo: traffic through preemptions")
+
+
+def _draw_events(top: Any, bottom: Any, events: list[dict[str, Any]]) -> None:
+    """A line per injected event, its reclaim dotted, a freeze shaded until it ended."""
+    for ev in events:
+        color = EVENT_COLORS.get(ev["type"], "tab:red")
+        # A freeze lasts: shade it until the thaw (or the host's termination).
+        frozen_until = ev.get("thawed") if ev["type"] == "freeze" else None
+        if ev["type"] == "host_freeze":
+            frozen_until = ev.get("killed")
+        for ax in (top, bottom):
+            ax.axvline(ev["at"], color=color, linestyle="--", linewidth=1)
+            if frozen_until is not None:
+                ax.axvspan(ev["at"], frozen_until, color=color, alpha=0.12)
+            elif ev["type"] in ("spot_notice", "dead_agent") and ev.get("killed") is not None:
+                ax.axvline(ev["killed"], color="tab:gray", linestyle=":", linewidth=1)
+        label = f"{EVENT_LABELS.get(ev['type'], ev['type'])} {ev['node']}"
+        _label(top, ev["at"], 0.95, label, color, 8)
 
 
 def alert_lines(alerts: list[dict[str, Any]] | None) -> list[str]:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-from ..core.config import describe, load, setting
+from spotrelay.core.config import describe, load, setting
+
 from .prefix_cache import (
     DEFAULT_BLOCK_TOKENS,
     DEFAULT_CAPACITY_BLOCKS,
@@ -110,6 +111,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         epilog=describe(SimVllmConfig),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_server_flags(p)
+    faults = p.add_argument_group("faults (also settable at run time: POST /_control/faults)")
+    _add_fault_flags(faults)
+    p.set_defaults(handler=run)
+
+
+def _add_server_flags(p: argparse.ArgumentParser) -> None:
+    """The server's flags: what it binds and serves, its timing and capacity."""
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to bind (default 8000)")
     p.add_argument(
@@ -152,7 +161,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         type=float,
         help="seconds in-flight requests get on SIGTERM (0)",
     )
-    f = p.add_argument_group("faults (also settable at run time: POST /_control/faults)")
+
+
+def _add_fault_flags(f: argparse._ArgumentGroup) -> None:
+    """The fault flags: the keys of ``POST /_control/faults``, set from the start."""
     f.add_argument(
         "--drop-after-tokens",
         type=int,
@@ -182,7 +194,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         metavar="S",
         help="answer 503 on /health and /v1/* for S seconds after start",
     )
-    p.set_defaults(handler=run)
 
 
 def build_config(args: argparse.Namespace) -> SimVllmConfig:
@@ -198,7 +209,8 @@ def build_config(args: argparse.Namespace) -> SimVllmConfig:
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from ..core.config import ConfigError
+    from spotrelay.core.config import ConfigError
+
     from .faults import FaultError, Faults
     from .vllm_server import SimSettings, serve
 

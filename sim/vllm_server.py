@@ -2,9 +2,12 @@
 
 Routes stay thin: bodies are validated by :mod:`.vllm_protocol`, timing and
 capacity live in :mod:`.engine`, faults in :mod:`.faults`, counters in
-:mod:`.vllm_stats`. This module turns them into HTTP: JSON answers, SSE
-streams (one content chunk per token, pre-encoded so a token costs a few
-byte concatenations), dropped connections and hung requests.
+:mod:`.vllm_stats`. This module serves vLLM's own endpoints and turns
+generations into HTTP: JSON answers, SSE streams (:mod:`.vllm_stream`: one
+content chunk per token) and dropped connections. The other route families
+have their own modules: every request passes :mod:`.vllm_gate` first (records,
+hangs and other faults), the Responses, Messages, tokenizer and scoring APIs
+are :mod:`.vllm_apis`, and ``/_control/*`` is :mod:`.vllm_control`.
 
 The server runs with aiohttp's ``handler_cancellation`` so a client that goes
 away cancels its handler at once, which frees its engine slot.
@@ -14,11 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import gc
-import json
 import logging
-import os
 import signal
 import time
 import uuid
@@ -29,10 +29,9 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ..core.errors import openai_error
 from . import textgen
-from .engine import STALL_POLL_S, Engine, EngineSettings, Generation
-from .faults import FaultError, Faults
+from .engine import Engine, EngineSettings, Generation
+from .faults import Faults
 from .prefix_cache import (
     DEFAULT_BLOCK_TOKENS,
     DEFAULT_CAPACITY_BLOCKS,
@@ -40,8 +39,10 @@ from .prefix_cache import (
     CacheSettings,
 )
 from .vllm_apis import ExtraApis, MessagesWriter, ResponsesWriter
+from .vllm_control import ControlApi
+from .vllm_gate import RequestGate
+from .vllm_http import json_response
 from .vllm_protocol import (
-    BadRequest,
     GenerationRequest,
     Limits,
     parse_chat,
@@ -50,16 +51,11 @@ from .vllm_protocol import (
     parse_json,
 )
 from .vllm_stats import RequestLog, RequestRecord, metrics_registry, render_metrics
+from .vllm_stream import SSE_HEADERS, ChunkWriter, SseJob
 
 log = logging.getLogger("spotrelay.sim.vllm")
 
 VERSION = "0.0.0+spotrelay.sim"
-EXIT_CODE = 137  # what a SIGKILLed process reports: the exit fault mimics a reclaim
-GENERATING_PATHS = frozenset(
-    {"/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/responses", "/v1/messages"}
-)
-SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
-DONE = b"data: [DONE]\n\n"
 
 
 @dataclass
@@ -110,208 +106,6 @@ class SimSettings:
         )
 
 
-def _dumps(doc: Any) -> str:
-    return json.dumps(doc, separators=(",", ":"))
-
-
-def json_response(
-    doc: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.json_response(doc, status=status, headers=headers, dumps=_dumps)
-
-
-def error_response(status: int, message: str, param: str | None = None) -> web.Response:
-    return json_response(openai_error(status, message, param=param), status=status)
-
-
-_JSON_CACHE: dict[str, bytes] = {}
-
-
-def _jstr(text: str) -> bytes:
-    """JSON-encoded ``text``; vocabulary tokens are cached (a small, fixed set)."""
-    out = _JSON_CACHE.get(text)
-    if out is None:
-        out = json.dumps(text).encode()
-        if len(_JSON_CACHE) < 4096:
-            _JSON_CACHE[text] = out
-    return out
-
-
-class ChunkWriter:
-    """SSE chunk bytes for one streamed request, in vLLM's shapes."""
-
-    def __init__(self, req: GenerationRequest, request_id: str, created: int) -> None:
-        self.req = req
-        self.chat = req.kind == "chat"
-        self.object = "chat.completion.chunk" if self.chat else "text_completion"
-        self.head = {
-            "id": request_id,
-            "object": self.object,
-            "created": created,
-            "model": req.model,
-        }
-        head = _dumps(self.head)[:-1].encode()  # '{"id":...,"model":"m"' (left open)
-        if self.chat:
-            self._pre = b"data: " + head + b',"choices":[{"index":0,"delta":{"content":'
-            self._post = b'},"logprobs":null,"finish_reason":null}]}\n\n'
-        else:
-            self._pre = b"data: " + head + b',"choices":[{"index":0,"text":'
-            self._post = b',"logprobs":null,"finish_reason":null,"stop_reason":null}]}\n\n'
-
-    def _event(self, doc: dict[str, Any]) -> bytes:
-        return b"data: " + _dumps(doc).encode() + b"\n\n"
-
-    def _usage(self, completion_tokens: int) -> dict[str, int]:
-        p = self.req.prompt_tokens
-        return {
-            "prompt_tokens": p,
-            "total_tokens": p + completion_tokens,
-            "completion_tokens": completion_tokens,
-        }
-
-    def content(self, text: str, completion_tokens: int) -> bytes:
-        if not self.req.continuous_usage:
-            return self._pre + _jstr(text) + self._post
-        choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": None}
-        if self.chat:
-            choice["delta"] = {"content": text}
-        else:
-            choice["text"] = text
-            choice["stop_reason"] = None
-        return self._event(
-            {**self.head, "choices": [choice], "usage": self._usage(completion_tokens)}
-        )
-
-    def role(self, completion_tokens: int) -> bytes:
-        doc: dict[str, Any] = {
-            **self.head,
-            "choices": [
-                {
-                    "index": 0,
-                    "delta": {"role": "assistant", "content": ""},
-                    "logprobs": None,
-                    "finish_reason": None,
-                }
-            ],
-        }
-        if self.req.continuous_usage:
-            doc["usage"] = self._usage(completion_tokens)
-        return self._event(doc)
-
-    def final(self, finish_reason: str, stop_reason: str | None, completion_tokens: int) -> bytes:
-        choice: dict[str, Any] = {"index": 0}
-        if self.chat:
-            choice["delta"] = {}
-        else:
-            choice["text"] = ""
-        choice.update(logprobs=None, finish_reason=finish_reason, stop_reason=stop_reason)
-        doc: dict[str, Any] = {**self.head, "choices": [choice]}
-        if self.req.continuous_usage:
-            doc["usage"] = self._usage(completion_tokens)
-        return self._event(doc)
-
-    def usage(self, completion_tokens: int) -> bytes:
-        return self._event({**self.head, "choices": [], "usage": self._usage(completion_tokens)})
-
-    def preamble(self) -> bytes:
-        """Events sent before prefill: none for completions and chat."""
-        return b""
-
-    def closing(self, finish_reason: str, stop_reason: str | None, completion_tokens: int) -> bytes:
-        """The finish chunk, the usage chunk if asked for, and ``[DONE]``."""
-        out = self.final(finish_reason, stop_reason, completion_tokens)
-        if self.req.include_usage:
-            out += self.usage(completion_tokens)
-        return out + DONE
-
-
-class SseJob:
-    """One SSE stream's per-token step, run by the engine's :class:`Ticker`.
-
-    Writes go straight to the transport as HTTP chunks (the response headers
-    are already out, and ``write_eof`` adds the terminating chunk), so a token
-    costs one ``send`` and no task switch. ``done`` resolves to ``"done"``,
-    ``"drop"`` (the drop fault's token count was reached) or ``"closed"``.
-    """
-
-    __slots__ = (
-        "cancelled",
-        "chunked",
-        "chunks",
-        "done",
-        "drop",
-        "first",
-        "gen",
-        "itl",
-        "sent",
-        "transport",
-    )
-
-    def __init__(
-        self,
-        gen: Generation,
-        transport: asyncio.Transport,
-        chunks: ChunkWriter | ResponsesWriter | MessagesWriter,
-        chunked: bool,
-        drop: int | None,
-        itl: float,
-    ) -> None:
-        self.gen = gen
-        self.transport = transport
-        self.chunks = chunks
-        self.chunked = chunked
-        self.drop = drop
-        self.itl = itl
-        self.sent = 0
-        self.first = True
-        self.cancelled = False
-        self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-    def send(self, event: bytes) -> None:
-        if self.chunked:
-            self.transport.write(b"%x\r\n%b\r\n" % (len(event), event))
-        else:
-            self.transport.write(event)
-
-    def _end(self, outcome: str) -> None:
-        if not self.done.done():
-            self.done.set_result(outcome)
-
-    def __call__(self, due: float) -> float | None:
-        if self.cancelled or self.done.done():
-            return None
-        if self.transport.is_closing():
-            self._end("closed")
-            return None
-        gen, chunks = self.gen, self.chunks
-        engine = gen.engine
-        if engine.stalled:
-            return due + STALL_POLL_S
-        held = engine.pauses.hold_until(due)
-        if held is not None:
-            return held
-        if self.first:  # time to first token: echo and the role chunk come with it
-            self.first = False
-            if gen.req.echo:
-                self.send(chunks.content(gen.req.echo, 0))
-            if chunks.chat:
-                self.send(chunks.role(0))
-            if self.drop == 0:
-                self._end("drop")
-                return None
-        pieces, finished = gen.step()
-        for piece in pieces:
-            self.send(chunks.content(piece, gen.completion_tokens))
-            self.sent += 1
-            if self.drop is not None and self.sent >= self.drop:
-                self._end("drop")
-                return None
-        if finished:
-            self._end("done")
-            return None
-        return due + self.itl
-
-
 class SimServer:
     """State of one simulator process and its aiohttp application."""
 
@@ -328,7 +122,8 @@ class SimServer:
     # -- application ----------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._track], client_max_size=64 * 1024 * 1024)
+        gate = RequestGate(self.log, self.faults)
+        app = web.Application(middlewares=[gate.track], client_max_size=64 * 1024 * 1024)
         r = app.router
         if self.settings.api == "vllm":
             r.add_get("/health", self.health)
@@ -341,67 +136,8 @@ class SimServer:
         r.add_post("/v1/chat/completions", self.chat_completions)
         r.add_post("/v1/embeddings", self.embeddings)
         ExtraApis(self).add_routes(r)
-        r.add_get("/_control/faults", self.get_faults)
-        r.add_post("/_control/faults", self.set_faults)
-        r.add_post("/_control/reset", self.reset)
-        r.add_get("/_control/stats", self.stats)
-        r.add_delete("/_control/stats", self.clear_stats)
+        ControlApi(self.faults, self.engine, self.log).add_routes(r)
         return app
-
-    @web.middleware
-    async def _track(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """Counts requests; for /v1/* keeps a record and applies the faults first."""
-        path = request.path
-        if path.startswith("/_control/"):
-            return await handler(request)
-        self.log.seen(path)
-        if not path.startswith("/v1/"):
-            try:
-                return await handler(request)
-            except BadRequest as exc:  # /tokenize, /score, ...: no record, no faults
-                return error_response(exc.status, exc.message, exc.param)
-        rec = RequestRecord(request.headers.get("X-Request-ID"), request.method, path)
-        request["record"] = rec
-        self.log.start(rec)
-        try:
-            resp = await self._faulted(request, handler, rec)
-            rec.status = resp.status
-            if rec.outcome is None:
-                rec.outcome = "completed" if resp.status < 400 else "error"
-            return resp
-        except asyncio.CancelledError:
-            if rec.outcome is None:
-                rec.outcome = "aborted"
-            raise
-        finally:
-            self.log.finish(rec)
-
-    async def _faulted(
-        self, request: web.Request, handler: Any, rec: RequestRecord
-    ) -> web.StreamResponse:
-        generates = request.method == "POST" and request.path in GENERATING_PATHS
-        while True:
-            decision = self.faults.decide(generates)
-            if not decision.hang:
-                break
-            rec.outcome = "hung"
-            await self.faults.wait_changed()  # until reset (or the client leaves)
-        rec.outcome = None
-        if decision.unhealthy:
-            rec.outcome = "unhealthy"
-            return error_response(503, "The model is not ready yet (simulated slow start).")
-        if decision.error_status is not None:
-            rec.outcome = "fault_error"
-            return error_response(
-                decision.error_status,
-                f"Simulated fault: status {decision.error_status}.",
-            )
-        request["drop_after"] = decision.drop_after_tokens
-        try:
-            return await handler(request)
-        except BadRequest as exc:
-            rec.outcome = "rejected"
-            return error_response(exc.status, exc.message, exc.param)
 
     # -- plain endpoints -------------------------------------------------------
 
@@ -599,66 +335,6 @@ class SimServer:
                 },
             }
         )
-
-    # -- control API -------------------------------------------------------------
-
-    async def get_faults(self, request: web.Request) -> web.Response:
-        return json_response(self.faults.state())
-
-    async def set_faults(self, request: web.Request) -> web.StreamResponse:
-        try:
-            spec = json.loads(await request.read() or b"{}")
-            exit_now = self.faults.update(spec)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return error_response(400, f"Invalid JSON body: {exc}")
-        except FaultError as exc:
-            return error_response(400, str(exc))
-        self.engine.set_stalled(self.faults.stall, asyncio.get_running_loop().time())
-        log.info("faults set: %s", self.faults.state())
-        resp = json_response(self.faults.state())
-        if exit_now:
-            await self._answer_then_exit(request, resp)
-        return resp
-
-    async def _answer_then_exit(self, request: web.Request, resp: web.Response) -> None:
-        """Send ``resp``, then die at once: no cleanup, connections cut (like a reclaim)."""
-        log.warning("exit fault: terminating abruptly with code %d", EXIT_CODE)
-        await resp.prepare(request)
-        await resp.write_eof()
-        transport = request.transport
-        deadline = time.monotonic() + 1.0
-        while transport and transport.get_write_buffer_size() and time.monotonic() < deadline:
-            await asyncio.sleep(0.001)
-        for handler in logging.getLogger().handlers:
-            with contextlib.suppress(Exception):
-                handler.flush()
-        os._exit(EXIT_CODE)
-
-    async def reset(self, request: web.Request) -> web.Response:
-        self.faults.reset()
-        self.engine.set_stalled(False, asyncio.get_running_loop().time())
-        log.info("faults reset")
-        return json_response(self.faults.state())
-
-    async def stats(self, request: web.Request) -> web.Response:
-        doc = self.log.to_json()
-        eng = self.engine
-        doc["engine"] = {
-            "running": eng.scheduler.running,
-            "waiting": eng.scheduler.waiting,
-            "kv_cache_usage": eng.kv_cache_usage,
-            "prompt_tokens_total": eng.prompt_tokens_total,
-            "generation_tokens_total": eng.generation_tokens_total,
-            "finished": dict(eng.finished),
-            "token_lateness": eng.ticker.lateness(),
-        }
-        doc["faults"] = self.faults.state()
-        return json_response(doc)
-
-    async def clear_stats(self, request: web.Request) -> web.Response:
-        self.log.reset()
-        self.engine.ticker.reset_lateness()
-        return json_response({"cleared": True})
 
 
 async def serve(settings: SimSettings, faults: Faults, ready: asyncio.Event | None = None) -> None:

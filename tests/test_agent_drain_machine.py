@@ -8,7 +8,7 @@ from typing import Any
 from spotrelay.agent import drainstate as act
 from spotrelay.agent.drain import DrainMachine, DrainPolicy
 from spotrelay.agent.drainstate import DrainState, Effect, StepAction
-from spotrelay.agent.events import LifecycleTerminated, Rebalance, SpotInterruption
+from spotrelay.core.interruptions import LifecycleTerminated, Rebalance, SpotInterruption
 
 T0 = 1_800_000_000.0
 POLICY = dict(

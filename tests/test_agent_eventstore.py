@@ -2,8 +2,9 @@
 sources and restarts; pruning; planned drains) and the event policy.
 
 IMDS documents and the EventBridge event are the shapes AWS documents. The
-second source (EventBridge through SQS) is not part of the agent yet; the
-tests build its event the way that source must, to show the store dedupes it.
+second source (EventBridge through SQS) is the controller's today; its events
+come from the same parser (``core.eventbridge_events``), to show the store
+dedupes them with what IMDS shows.
 """
 
 from __future__ import annotations
@@ -12,22 +13,21 @@ import json
 import threading
 from typing import Any
 
-from spotrelay.agent.events import (
-    SPOT_WARNING_S,
+from spotrelay.agent.eventstore import EventId, EventStore
+from spotrelay.agent.monitors import MaintenanceMonitor, SpotMonitor
+from spotrelay.agent.policy import Action, EventPolicy
+from spotrelay.core.eventbridge_events import parse_eventbridge
+from spotrelay.core.imds_events import parse_instance_action, parse_rebalance, parse_scheduled
+from spotrelay.core.interruptions import (
     LifecycleTerminated,
     MaintenanceCanceled,
     Rebalance,
     ScheduledMaintenance,
     SpotInterruption,
-    parse_instance_action,
-    parse_rebalance,
-    parse_scheduled,
     parse_time,
 )
-from spotrelay.agent.eventstore import EventId, EventStore
-from spotrelay.agent.monitors import MaintenanceMonitor, SpotMonitor
-from spotrelay.agent.policy import Action, EventPolicy
 from tests.support.clock import Clock
+from tests.support.controller import documented
 
 START = 1_777_636_800.0  # where the hand-moved clock starts (wall-clock seconds)
 
@@ -63,13 +63,6 @@ SCHEDULED = json.dumps(
 )
 
 
-def from_eventbridge(doc: dict[str, Any]) -> tuple[SpotInterruption, str]:
-    """What an EventBridge source hands the store: the event and its instance."""
-    detail = doc["detail"]
-    at = parse_time(doc["time"]) + SPOT_WARNING_S
-    return SpotInterruption(action=detail["instance-action"], time=at), detail["instance-id"]
-
-
 def spot() -> SpotInterruption:
     event = parse_instance_action(INSTANCE_ACTION)
     assert event is not None
@@ -103,16 +96,18 @@ def test_a_new_notice_time_is_a_new_event_and_instances_are_kept_apart() -> None
 
 
 def test_eventbridge_and_imds_reports_of_one_interruption_are_one_event() -> None:
-    event, instance = from_eventbridge(EVENTBRIDGE_WARNING)
-    assert instance == INSTANCE and event.key != spot().key  # stamped a second apart
+    (event,) = parse_eventbridge(EVENTBRIDGE_WARNING)
+    assert isinstance(event, SpotInterruption) and event.instance_id == INSTANCE
+    assert event.time == spot().time + 1  # sent two minutes ahead, a second late
+    assert event.key != spot().key  # stamped a second apart
 
     store = EventStore(INSTANCE, clock=Clock(START))
     assert store.observe("spot", [spot()]) == [spot()]  # IMDS first
-    assert store.add(event, "sqs", instance_id=instance) is None
+    assert store.add(event, "sqs") is None  # the event names the instance
     assert store.add(event, "sqs", instance_id="i-0another") is event
 
     store = EventStore(INSTANCE, clock=Clock(START))
-    assert store.add(event, "sqs", instance_id=instance) is event  # the queue first
+    assert store.add(event, "sqs") is event  # the queue first
     assert store.observe("spot", [spot()]) == []
     assert store.observe("spot", [spot()]) == []  # later sightings match by alias
     (record, *_) = store.records()
@@ -121,12 +116,18 @@ def test_eventbridge_and_imds_reports_of_one_interruption_are_one_event() -> Non
 
 def test_rebalance_and_target_state_match_across_sources() -> None:
     store = EventStore(INSTANCE, clock=Clock(START))
-    imds = parse_rebalance('{"noticeTime": "2026-05-01T12:00:00Z"}')
+    imds = parse_rebalance('{"noticeTime": "2026-11-29T20:00:00Z"}')
     assert imds is not None and store.add(imds, "rebalance") is imds
-    queued = Rebalance(notice_time=imds.notice_time + 1)
-    assert store.add(queued, "sqs", instance_id=INSTANCE) is None
+    doc = documented("rebalance-recommendation")
+    doc["time"] = "2026-11-29T20:00:01Z"
+    (queued,) = parse_eventbridge(doc)
+    assert queued == Rebalance(
+        notice_time=imds.notice_time + 1, instance_id=INSTANCE, event_id=doc["id"]
+    )
+    assert store.add(queued, "sqs") is None
+    (terminate,) = parse_eventbridge(documented("instance-terminate-lifecycle-action"))
     assert store.add(LifecycleTerminated(), "lifecycle") == LifecycleTerminated()
-    assert store.add(LifecycleTerminated(), "sqs", instance_id=INSTANCE) is None
+    assert store.add(terminate, "sqs") is None
 
 
 def test_a_restored_drain_keeps_its_events_from_acting_twice() -> None:

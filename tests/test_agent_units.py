@@ -18,19 +18,6 @@ from spotrelay.agent.drainer import Drainer
 from spotrelay.agent.drainstate import DrainState
 from spotrelay.agent.drainstore import StateStore
 from spotrelay.agent.engine import ProcessWatch, parse_metrics
-from spotrelay.agent.events import (
-    EventParseError,
-    LifecycleTerminated,
-    MaintenanceCanceled,
-    Rebalance,
-    ScheduledMaintenance,
-    SpotInterruption,
-    parse_instance_action,
-    parse_rebalance,
-    parse_scheduled,
-    parse_target_lifecycle_state,
-    parse_time,
-)
 from spotrelay.agent.eventstore import EventStore
 from spotrelay.agent.lifecycle import LifecycleError
 from spotrelay.agent.metrics import AgentMetrics
@@ -38,8 +25,23 @@ from spotrelay.agent.monitors import MaintenanceMonitor
 from spotrelay.agent.routers import RouterError
 from spotrelay.agent.webhook import Webhook
 from spotrelay.core.backoff import Backoff
-from spotrelay.core.net import wait_until
+from spotrelay.core.imds_events import (
+    parse_instance_action,
+    parse_rebalance,
+    parse_scheduled,
+    parse_target_lifecycle_state,
+)
+from spotrelay.core.interruptions import (
+    EventParseError,
+    LifecycleTerminated,
+    MaintenanceCanceled,
+    Rebalance,
+    ScheduledMaintenance,
+    SpotInterruption,
+    parse_time,
+)
 from spotrelay.core.protocol import NodeLoad, NodeReport, NodeState
+from spotrelay.sim.loopback import wait_until
 
 # ------------------------------------------------------------------ events
 

@@ -16,7 +16,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spotrelay.controller.activities import LaunchAttempt, classify, launch_attempts
-from spotrelay.controller.events import Kind, LifecycleAction, parse_event, parse_events
 from spotrelay.controller.fallback import (
     Action,
     FallbackDecider,
@@ -29,6 +28,16 @@ from spotrelay.controller.interruptions import DrainResult, InterruptionHandler,
 from spotrelay.controller.lifecycle import PendingAction, Step, judge
 from spotrelay.controller.routers import NodeSighting
 from spotrelay.controller.settings import SettingError, from_env
+from spotrelay.core.eventbridge_events import parse_eventbridge
+from spotrelay.core.interruptions import (
+    SPOT_WARNING_S,
+    Event,
+    Kind,
+    LifecycleAction,
+    LifecycleTerminated,
+    SpotInterruption,
+    parse_time,
+)
 from tests.support.clock import Clock
 
 START = 1_000_000.0  # where the hand-moved clock starts
@@ -215,39 +224,56 @@ def test_never_lowers_below_the_configured_base() -> None:
     [
         ("spot-interruption-warning", {}, Kind.SPOT_INTERRUPTION),
         ("rebalance-recommendation", {}, Kind.REBALANCE),
-        ("instance-terminate-lifecycle-action", {}, Kind.LIFECYCLE_TERMINATE),
+        ("instance-terminate-lifecycle-action", {}, Kind.LIFECYCLE_TERMINATED),
         ("instance-state-change", {"state": "stopping"}, Kind.STATE_CHANGE),
         ("instance-state-change", {"state": "terminated"}, Kind.STATE_CHANGE),
         ("instance-state-change", {"state": "stopped"}, Kind.STATE_CHANGE),
     ],
 )
 def test_documented_events_parse(name: str, detail: dict, kind: Kind) -> None:
-    notice = parse_event(event(name, **detail))
-    assert notice is not None and notice.kind is kind
+    (notice,) = parse_eventbridge(event(name, **detail))
+    assert notice.kind is kind
     assert notice.instance_id == "i-1234567890abcdef0"
+    assert notice.event_id == event(name)["id"]
 
 
 def test_terminate_action_keeps_its_token_for_the_follow_up() -> None:
-    notice = parse_event(event("instance-terminate-lifecycle-action"))
-    assert notice is not None and notice.action == LifecycleAction(
+    (notice,) = parse_eventbridge(event("instance-terminate-lifecycle-action"))
+    assert isinstance(notice, LifecycleTerminated) and notice.lifecycle == LifecycleAction(
         "my-asg", "my-lifecycle-hook", "87654321-4321-4321-4321-210987654321"
     )
+    assert notice.detail == "my-asg"
+    assert "lifecycle" not in notice.describe()  # the token completes the action: never shown
+
+
+def test_a_spot_warning_carries_the_time_of_the_action_as_imds_does() -> None:
+    doc = event("spot-interruption-warning")
+    (notice,) = parse_eventbridge(doc)
+    sent = parse_time(doc["time"])
+    assert isinstance(notice, SpotInterruption) and notice.action == "terminate"
+    assert notice.deadline == sent + SPOT_WARNING_S and notice.detail == "terminate"
+    (hibernate,) = parse_eventbridge(
+        event("spot-interruption-warning", **{"instance-action": "hibernate"})
+    )
+    assert hibernate.deadline == sent  # hibernation starts at once: no two-minute warning
+    del doc["time"]  # every EventBridge event has one: without it, the notice has no deadline
+    assert parse_eventbridge(doc) == []
 
 
 def test_health_scheduled_change_names_every_affected_instance() -> None:
     doc = event("health-scheduled-change")
     doc["detail"]["affectedEntities"].append({"entityValue": "i-0fedcba9876543210"})
-    notices = parse_events(doc)
+    notices: list[Event] = parse_eventbridge(doc)
     assert [(n.kind, n.instance_id) for n in notices] == [
         (Kind.SCHEDULED_CHANGE, "i-1234567890abcdef0"),
         (Kind.SCHEDULED_CHANGE, "i-0fedcba9876543210"),
     ]
     assert notices[0].detail == "AWS_EC2_INSTANCE_RETIREMENT_SCHEDULED"
-    assert parse_events(event("health-scheduled-change", eventTypeCategory="issue")) == []
-    assert parse_events(event("health-scheduled-change", service="RDS")) == []
+    assert parse_eventbridge(event("health-scheduled-change", eventTypeCategory="issue")) == []
+    assert parse_eventbridge(event("health-scheduled-change", service="RDS")) == []
     hostile = event("health-scheduled-change")
     hostile["detail"]["affectedEntities"] = [{"entityValue": "../nodes"}, "x"]
-    assert parse_events(hostile) == []
+    assert parse_eventbridge(hostile) == []
 
 
 def test_a_scheduled_change_drains_each_instance_of_the_pool() -> None:
@@ -260,10 +286,15 @@ def test_a_scheduled_change_drains_each_instance_of_the_pool() -> None:
 
 
 def test_events_that_announce_no_loss_are_dropped() -> None:
-    assert parse_event(event("instance-state-change")) is None  # "pending"
-    assert parse_event(event("instance-terminate-lifecycle-action", Destination="WarmPool")) is None
-    assert parse_event(event("spot-interruption-warning", **{"instance-id": "../nodes"})) is None
-    assert parse_event({"detail-type": "Scheduled Event", "detail": {}}) is None
+    assert parse_eventbridge(event("instance-state-change")) == []  # "pending"
+    assert (
+        parse_eventbridge(event("instance-terminate-lifecycle-action", Destination="WarmPool"))
+        == []
+    )
+    assert (
+        parse_eventbridge(event("spot-interruption-warning", **{"instance-id": "../nodes"})) == []
+    )
+    assert parse_eventbridge({"detail-type": "Scheduled Event", "detail": {}}) == []
 
 
 class FakeRouters:

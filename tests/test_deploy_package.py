@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from spotrelay.core.deploy_artifacts import artifact_targets
+from spotrelay.deploy.artifacts import artifact_targets
 from tests.support.deploy import (
     AWS_ENV,
     EXAMPLE,
@@ -88,7 +88,7 @@ def test_up_builds_uploads_and_the_nodes_install_exactly_that_object(
     body = obj["Body"].read()
     assert hashlib.sha256(body).hexdigest() == sha and obj["Metadata"]["sha256"] == sha
     with zipfile.ZipFile(io.BytesIO(body)) as whl:
-        assert "spotrelay/core/deploy_artifacts.py" in whl.namelist()  # this checkout's code
+        assert "spotrelay/deploy/artifacts.py" in whl.namelist()  # this checkout's code
         assert {i.date_time for i in whl.infolist()} == {(1980, 1, 1, 0, 0, 0)}  # reproducible
 
     # What Terraform rendered: both roles install exactly that object, checked by that hash.
@@ -159,7 +159,7 @@ def test_no_default_names_an_index_release() -> None:
         if m
     ]
     assert offenders == []
-    from spotrelay.core.deploy import SoftwareSection
+    from spotrelay.deploy.settings import SoftwareSection
 
     assert SoftwareSection().spotrelay_pip_spec is None
 
@@ -218,8 +218,8 @@ provider "aws" {
 )
 def test_example_artifacts_bucket_on_moto(tmp_path: Path, moto_url: str) -> None:
     """examples/complete/artifacts.tf applied for real: private, encrypted, versioned, TLS only."""
-    from spotrelay.core.deploy import TerraformDriver
-    from spotrelay.core.deploy_artifacts import ArtifactError, Wheel, sha256_file, upload
+    from spotrelay.deploy.artifacts import ArtifactError, Wheel, sha256_file, upload
+    from spotrelay.deploy.terraform import TerraformDriver
 
     d = tmp_path / "artifacts"
     d.mkdir()

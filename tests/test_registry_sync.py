@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 import redis
 
-from spotrelay.core.net import wait_until
-from spotrelay.core.processes import ProcessGroup
 from spotrelay.core.protocol import parse_report
 from spotrelay.router.registry.state import Registry
 from spotrelay.router.registry.store import RedisStore
 from spotrelay.router.registry.sync import RedisSync, redis_client
 from spotrelay.router.transport.netpolicy import NetPolicy
+from spotrelay.sim.loopback import wait_until
+from spotrelay.sim.processes import ProcessGroup
 from spotrelay.sim.redis_local import LocalRedis, NoRedisServer, start_local_redis
 
 NETS = NetPolicy(["10.0.0.0/8"])

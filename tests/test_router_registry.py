@@ -184,7 +184,8 @@ def test_snapshot_shape():
     reg, _clock, _ = make()
     a = put(reg, "a", 1, load={"running": 1, "waiting": 2, "kv_cache_usage": 0.5})
     reg.acquire(a)
-    [doc] = reg.snapshot()
+    [entry] = reg.snapshot()
+    doc = entry.to_json()
     assert doc["id"] == "a" and doc["state"] == "ready" and doc["in_flight"] == 1
     assert doc["load"] == {"running": 1, "waiting": 2, "kv_cache_usage": 0.5}
     assert doc["failures"] == {"consecutive": 0, "total": 0}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from spotrelay.core import lambda_package
+from spotrelay.deploy import controller_zip
 from tests.tfshim import tfcheck, tfreal
 
 REPO = tfcheck.REPO
@@ -101,14 +101,14 @@ def test_checkov_parse_errors_fail_the_check(tmp_path: Path) -> None:
 
 
 def test_the_controller_package_is_built_from_the_sources(tmp_path: Path) -> None:
-    """The committed zip is exactly what controller/ and core/protocol.py build."""
-    assert not lambda_package.stale(), "run `make controller-zip` and commit the zip"
-    assert lambda_package.build() == lambda_package.build()  # reproducible
+    """The committed zip is exactly what controller/ and its core modules build."""
+    assert not controller_zip.stale(), "run `make controller-zip` and commit the zip"
+    assert controller_zip.build() == controller_zip.build()  # reproducible
     copy = tmp_path / "repo"
     shutil.copytree(REPO / "controller", copy / "controller")
     shutil.copytree(REPO / "core", copy / "core")
     (copy / "controller" / "handler.py").write_text("# changed\n")
-    assert lambda_package.stale(repo=copy)
+    assert controller_zip.stale(repo=copy)
 
 
 def test_validate_says_so_in_one_line_where_the_provider_is_absent(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from spotrelay.core.control_api import Ejection, Failures, NodeEntry, NodeList
 from spotrelay.core.protocol import EngineInfo, NodeLoad, NodeReport, NodeState, Risk
 
 from ..stream.hedge import Rhythm
@@ -136,38 +137,27 @@ class Node:
         """Engine-reported work (running + waiting): the balancer's tie breaker."""
         return self.load.running + self.load.waiting
 
-    def to_json(self, now: float) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "url": self.url,
-            "models": sorted(self.models),
-            "state": str(self.status),
-            "reported_state": str(self.reported_state),
-            "admin_drained": self.admin_drained,
-            "load": {
-                "running": self.load.running,
-                "waiting": self.load.waiting,
-                "kv_cache_usage": self.load.kv_cache_usage,
-            },
-            "labels": dict(self.labels),
-            "engine": self.engine.to_json(),
-            "risk": str(self.risk),
-            "instance_id": self.instance_id,
-            "in_flight": self.in_flight,
-            "failures": {
-                "consecutive": self.consecutive_failures,
-                "total": self.total_failures,
-            },
-            "ejection": {
-                "ejected": self.ejected,
-                "count": self.ejections,
-                "remaining_s": (
-                    round(max(0.0, self.ejected_until - now), 3) if self.ejected_until else 0.0
-                ),
-            },
-            "last_seen_s_ago": round(now - self.last_seen, 3),
-            "registered_s_ago": round(now - self.registered_at, 3),
-        }
+    def entry(self, now: float) -> NodeEntry:
+        """This node in ``GET /nodes`` (the shape is the control API's, in core)."""
+        remaining = max(0.0, self.ejected_until - now) if self.ejected_until else 0.0
+        return NodeEntry(
+            id=self.id,
+            url=self.url,
+            models=tuple(sorted(self.models)),
+            state=str(self.status),
+            reported_state=str(self.reported_state),
+            admin_drained=self.admin_drained,
+            load=self.load,
+            labels=dict(self.labels),
+            engine=self.engine,
+            risk=str(self.risk),
+            instance_id=self.instance_id,
+            in_flight=self.in_flight,
+            failures=Failures(self.consecutive_failures, self.total_failures),
+            ejection=Ejection(self.ejected, self.ejections, round(remaining, 3)),
+            last_seen_s_ago=round(now - self.last_seen, 3),
+            registered_s_ago=round(now - self.registered_at, 3),
+        )
 
 
 @dataclass(frozen=True)
@@ -393,10 +383,11 @@ class Registry:
         with self._lock:
             return list(self._nodes.values())
 
-    def snapshot(self) -> list[dict[str, Any]]:
+    def snapshot(self) -> NodeList:
         now = self.clock()
         with self._lock:
-            return [n.to_json(now) for n in sorted(self._nodes.values(), key=lambda n: n.id)]
+            nodes = sorted(self._nodes.values(), key=lambda n: n.id)
+            return NodeList(tuple(n.entry(now) for n in nodes))
 
     def candidates(self, model: str) -> list[Node]:
         """Routable nodes serving ``model`` that have not gone silent."""

@@ -10,7 +10,7 @@
 locals {
   controller_on = module.capacity.enabled.controller
   # The package is committed next to this module (built reproducibly from
-  # controller/ and core/protocol.py by `make controller-zip`), not zipped at
+  # controller/ and the core modules it imports by `make controller-zip`), not zipped at
   # plan time: a saved plan applies on any machine with the same checkout,
   # and no archive provider is needed. docs/deploy.md "The controller package".
   controller_package = coalesce(var.controller.package_path, "${path.module}/package/spotrelay-controller.zip")

@@ -7,7 +7,8 @@ a saved plan is applied on another machine, and packaging at plan time needs
 the hashicorp/archive provider. The same sources always give the same bytes
 (sorted entries, fixed timestamps and modes, no compression), so a test can
 check that the committed zip is exactly what the sources build
-(``make controller-zip`` rewrites it).
+(``make controller-zip`` rewrites it). It is a build step of what Terraform
+deploys, so it lives with the deploy tool; in controller/ it would ship in the zip.
 """
 
 from __future__ import annotations
@@ -21,9 +22,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_PATH = REPO / "terraform/modules/gpu-pool/package/spotrelay-controller.zip"
 # Inside the zip: spotrelay.controller and the core modules it imports (the
-# instance-id check, the settings loader; PyYAML is not needed: core.config
-# imports it only to read YAML). boto3 comes with the Lambda Python runtime.
-CORE_FILES = ("__init__.py", "config.py", "protocol.py")
+# instance-id check, the settings loader, the interruption events and their
+# EventBridge parser, the routers' control-plane client; PyYAML is not needed:
+# core.config imports it only to read YAML). boto3 comes with the Lambda Python runtime.
+CORE_FILES = (
+    "__init__.py",
+    "config.py",
+    "control_api.py",
+    "control_client.py",
+    "eventbridge_events.py",
+    "interruptions.py",
+    "protocol.py",
+)
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip can hold
 
 

@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from .config import ConfigError
-from .deploy import StatusSection
+from spotrelay.core.config import ConfigError
+from spotrelay.core.control_client import ControlClient, ControlError, NodeView, UrllibTransport
+from spotrelay.core.secrets import read_token
+
 from .pool_status import (
     DEFAULT_NEVER_AFTER_S,
     instance_details,
@@ -38,7 +40,7 @@ from .pool_status import (
     render_rows,
     scaling_activities,
 )
-from .secrets import read_token
+from .settings import StatusSection
 
 
 @dataclass
@@ -139,13 +141,6 @@ def _internal(ip: str) -> bool:
     return addr.is_private or addr.is_loopback or addr.is_link_local
 
 
-@dataclass
-class RouterView:
-    nodes: list[dict[str, Any]]
-    answered_by: str | None
-    registry: str | None
-
-
 REGISTRY_NOTES = {
     "redis": "the fleet's shared view",
     "redis-down": "its last view: it cannot reach Redis",
@@ -153,28 +148,19 @@ REGISTRY_NOTES = {
 }
 
 
-def router_nodes(url: str, token: str, timeout: float) -> RouterView:
-    import urllib3
-
+def router_nodes(url: str, token: str, timeout: float) -> NodeView:
+    """``GET /nodes`` with the node token, after checking the token may travel to ``url``."""
     reason = insecure_transport(url)
     if reason:
         raise InsecureTransport(reason)
-    reply = urllib3.request(
-        "GET",
-        url.rstrip("/") + "/nodes",
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=timeout,
-        retries=False,
-        redirect=False,  # never replay the token to wherever a redirect points
-    )
-    if reply.status == 401:
-        raise RuntimeError("router refused the node token (401)")
-    if reply.status >= 300:  # a redirect is not followed with the token
-        raise RuntimeError(f"router answered GET /nodes with HTTP {reply.status}")
-    data = reply.json()
-    nodes = data if isinstance(data, list) else data.get("nodes", [])
-    headers = reply.headers
-    return RouterView(nodes, headers.get("X-Spotrelay-Router"), headers.get("X-Spotrelay-Registry"))
+    try:  # one attempt; a redirect is not followed with the token
+        return ControlClient(url, token, UrllibTransport(timeout)).nodes()
+    except ControlError as exc:
+        if exc.status == 401:
+            raise RuntimeError("router refused the node token (401)") from None
+        if exc.status >= 300:
+            raise RuntimeError(f"router answered GET /nodes with HTTP {exc.status}") from None
+        raise
 
 
 def group_instances(cfg: StatusSection, name: str, region: str | None) -> dict[str, Any]:
@@ -216,7 +202,7 @@ def gather(cfg: StatusSection, outputs: dict[str, Any], region: str | None) -> S
                 raise InsecureTransport(reason)
             token = node_token(cfg, outputs, region)
             view = router_nodes(report.router_url, token, cfg.timeout_s)
-            report.nodes, report.answered_by = view.nodes, view.answered_by
+            report.nodes, report.answered_by = view.nodes.to_json(), view.answered_by
             report.registry = view.registry
         except ConfigError:
             raise

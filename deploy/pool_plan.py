@@ -108,7 +108,7 @@ def root_config(module: Path, values: dict[str, Any], work: Path) -> dict[str, A
 
 def evaluate(binary: str, module: Path, values: dict[str, Any]) -> dict[str, Any]:
     """Apply the scratch root module (no resources) and return its outputs."""
-    from .deploy import TerraformDriver, _first_line
+    from .terraform import TerraformDriver, first_error_line
 
     work = Path(tempfile.mkdtemp(prefix="spotrelay-preflight-"))
     try:
@@ -117,7 +117,7 @@ def evaluate(binary: str, module: Path, values: dict[str, Any]) -> dict[str, Any
         for args in (("init", "-input=false"), ("apply", "-input=false", "-auto-approve")):
             code, out, err = driver.capture(*args)
             if code != 0:
-                raise PoolPlanError(_first_line(_error_block(out + err)))
+                raise PoolPlanError(first_error_line(_error_block(out + err)))
         return driver.outputs()
     finally:
         shutil.rmtree(work, ignore_errors=True)

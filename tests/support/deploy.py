@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from spotrelay.core.preflight_pool import module_source
+from spotrelay.deploy.pool_plan import module_source
 
 from .aws import REGION, aws_env, client
 

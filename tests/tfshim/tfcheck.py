@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spotrelay.core.preflight_pool import module_source
+from spotrelay.deploy.pool_plan import module_source
 
 try:
     from tests.tfshim import tfreal

@@ -126,7 +126,7 @@ def tf_output(shim: Path, d: Path) -> tuple[int, dict, str]:
 
 def test_fetcher_pins_an_index_release_by_hash(tmp_path: Path, moto_url: str) -> None:
     """A requirement is fetched only through pip's hash-checking mode: a wrong hash fails."""
-    script = REPO / "terraform/modules/gpu-pool/modules/config/templates/fetch-package.sh"
+    script = REPO / "terraform/modules/shared/package/fetch-package.sh"
     wheel = fake_wheel(tmp_path)
     sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
     url = wheel.as_uri()  # a local wheel URL: no index needed, same pip code path
@@ -139,10 +139,12 @@ def test_fetcher_pins_an_index_release_by_hash(tmp_path: Path, moto_url: str) ->
 
 
 def test_one_fetcher_for_both_roles() -> None:
-    """Each module ships its own copy (modules work alone); the copies are one script."""
-    gpu = REPO / "terraform/modules/gpu-pool/modules/config/templates/fetch-package.sh"
-    router = REPO / "terraform/modules/router/modules/config/templates/fetch-package.sh"
-    assert gpu.read_text() == router.read_text()
+    """Both config modules render the one script in modules/shared/package; no copy remains."""
+    copies = sorted(p.relative_to(REPO) for p in (REPO / "terraform").rglob("fetch-package.sh"))
+    assert copies == [Path("terraform/modules/shared/package/fetch-package.sh")]
+    for role in ("gpu-pool", "router"):
+        main = (REPO / f"terraform/modules/{role}/modules/config/main.tf").read_text()
+        assert 'source = "../../../shared/package"' in main, role
 
 
 def test_no_default_names_an_index_release() -> None:

@@ -41,12 +41,12 @@ def test_a_wrong_attribute_name_fails_validate(real: tfreal.RealTerraform, tmp_p
 
     main = tree / "modules/gpu-pool/main.tf"
     text = main.read_text()
-    anchor = 'resource "aws_launch_template" "node" {\n'
+    anchor = 'resource "aws_autoscaling_group" "node" {\n'
     assert anchor in text
-    main.write_text(text.replace(anchor, anchor + "  metadata_option_typo = true\n"))
+    main.write_text(text.replace(anchor, anchor + "  capacity_rebalance_typo = true\n"))
     problems = tfreal.validate(real, tree, "modules/gpu-pool", config)
     assert len(problems) == 1
-    assert "Unsupported argument" in problems[0] and "metadata_option_typo" in problems[0]
+    assert "Unsupported argument" in problems[0] and "capacity_rebalance_typo" in problems[0]
 
 
 def test_every_terraform_test_file_is_run() -> None:

@@ -31,12 +31,12 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# mypy, configured in pyproject.toml ([tool.mypy]): strict for core/ and the
-# I/O-free cores, a baseline for the rest. The package maps spotrelay.<c> to <c>/,
+# mypy, configured in pyproject.toml ([tool.mypy]): strict for core/, deploy/ and
+# the I/O-free cores, a baseline for the rest. The package maps spotrelay.<c> to <c>/,
 # which mypy cannot follow through the editable install, so it reads the folders
 # through links under $(VENV)/typecheck; the sed turns those paths back into the
 # repository's. Its cache (.mypy_cache) makes a rerun take about a second.
-COMPONENTS := core agent router sim controller observability
+COMPONENTS := core agent router sim controller observability deploy
 typecheck: install
 	@mkdir -p $(VENV)/typecheck/spotrelay
 	@for c in $(COMPONENTS); do ln -sfn $(CURDIR)/$$c $(VENV)/typecheck/spotrelay/$$c; done
@@ -113,8 +113,8 @@ tf-lock: install
 
 # The capacity controller's Lambda zip, committed next to the gpu-pool module
 # (terraform/modules/gpu-pool/package/): rebuild it after changing controller/
-# or a core module it imports (core/lambda_package.py lists them;
+# or a core module it imports (deploy/controller_zip.py lists them;
 # tests/test_terraform_checks.py fails while it is stale).
 .PHONY: controller-zip
 controller-zip: install
-	$(BIN)/python -m spotrelay.core.lambda_package
+	$(BIN)/python -m spotrelay.deploy.controller_zip

@@ -42,8 +42,8 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from spotrelay.core.control_client import ControlClient
-from spotrelay.core.net import wait_until
-from spotrelay.core.processes import ProcessGroup
+from spotrelay.sim.loopback import wait_until
+from spotrelay.sim.processes import ProcessGroup
 from tests.support import (
     ROUTER_TOKEN,
     start_agent,

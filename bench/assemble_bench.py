@@ -38,8 +38,8 @@ from pathlib import Path
 
 from router_bench import MODEL, aiohttp_run, cpu_seconds, start_router, start_sim
 
-from spotrelay.core.processes import ProcessGroup
 from spotrelay.core.protocol import CAP_CONTINUE_FINAL_MESSAGE, EngineInfo
+from spotrelay.sim.processes import ProcessGroup
 
 VLLM = EngineInfo("vllm", "bench", frozenset({CAP_CONTINUE_FINAL_MESSAGE}))
 

@@ -37,16 +37,16 @@ import tempfile
 import threading
 import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import openai
 from router_bench import HOST, MODEL, percentile, start_redis, start_router, start_sim
 
-from spotrelay.core.net import free_port
-from spotrelay.core.processes import ManagedProcess, ProcessGroup
+from spotrelay.sim.loopback import free_port
 from spotrelay.sim.prefix_cache import CacheSettings, PrefixCache
+from spotrelay.sim.processes import ManagedProcess, ProcessGroup
 from spotrelay.sim.textgen import render_chat, tokenize
 
 NODES = 4
@@ -104,6 +104,7 @@ class Sent:
     messages: list[dict]
     answer: str
     ttft: float
+    start: float = 0.0  # time.monotonic() when sent (one clock for every process)
 
 
 class LoadSampler(threading.Thread):
@@ -136,7 +137,12 @@ def open_requests(port: int) -> float:
 
 
 def drive(
-    entries: list[str], convs: list[Conversation], concurrency: int, seed: int, think_s: float
+    entries: list[str],
+    convs: list[Conversation],
+    concurrency: int,
+    seed: int,
+    think_s: float,
+    procs: int = 4,
 ) -> list[Sent]:
     """Every conversation turn by turn, ``concurrency`` conversations at once, each request
     to a random entry point (a load balancer in front of several routers).
@@ -146,8 +152,25 @@ def drive(
     answer ends, when the node that served it has just freed a slot, and ``p2c`` (fewer
     open requests wins) sends it back there more often than chance: a hit rate the
     policy owes to the benchmark's timing, not to any knowledge of the cache.
+
+    The conversations are shared out to ``procs`` client processes: in one process the
+    client's own chunk parsing (64 threads, one GIL) queued first chunks behind other
+    streams' and added hundreds of milliseconds to every TTFT, whatever the policy.
     """
     rng = random.Random(seed)
+    picks = [rng.randrange(1 << 30) for _ in convs]
+    procs = max(1, min(procs, concurrency, len(convs)))
+    shards = [
+        (entries, convs[i::procs], picks[i::procs], max(1, concurrency // procs), think_s)
+        for i in range(procs)
+    ]
+    with ProcessPoolExecutor(max_workers=procs) as pool:
+        sent = [s for part in pool.map(_drive_shard, shards) for s in part]
+    return sorted(sent, key=lambda s: s.start)  # the order the turns were sent in
+
+
+def _drive_shard(shard: tuple) -> list[Sent]:
+    entries, convs, picks, concurrency, think_s = shard
     clients = [
         openai.OpenAI(base_url=f"{e}/v1", api_key="x", max_retries=0, timeout=120) for e in entries
     ]
@@ -175,10 +198,9 @@ def drive(
                     parts.append(chunk.choices[0].delta.content)
             answer = "".join(parts)
             with lock:
-                sent.append(Sent([dict(m) for m in messages], answer, ttft or 0.0))
+                sent.append(Sent([dict(m) for m in messages], answer, ttft or 0.0, start_t))
             messages.append({"role": "assistant", "content": answer})
 
-    picks = [rng.randrange(1 << 30) for _ in convs]
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         for f in [pool.submit(converse, c, p) for c, p in zip(convs, picks, strict=True)]:
             f.result()
@@ -190,7 +212,7 @@ def measure(engines: list[int], entries: list[str], args, convs) -> dict:
     sampler = LoadSampler(engines)
     sampler.start()
     t0 = time.monotonic()
-    sent = drive(entries, convs, args.concurrency, args.seed, args.think_s)
+    sent = drive(entries, convs, args.concurrency, args.seed, args.think_s, args.client_procs)
     wall = time.monotonic() - t0
     sampler.halt.set()
     sampler.join()
@@ -329,8 +351,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--systems", type=int, default=4, help="distinct system prompts")
     p.add_argument("--concurrency", type=int, default=64, help="conversations at once")
     p.add_argument("--think-s", type=float, default=2.0, help="mean user time between turns")
+    p.add_argument("--client-procs", type=int, default=4, help="client processes")
     p.add_argument("--ttft-ms", type=float, default=20.0, help="simulator base TTFT")
-    p.add_argument("--itl-ms", type=float, default=10.0, help="low enough to keep CPU idle")
+    p.add_argument(
+        "--itl-ms", type=float, default=25.0, help="an 8B model decoding on a 24 GiB GPU in a batch"
+    )
     p.add_argument("--prefill-rate", type=float, default=3000.0, help="uncached tokens/s")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--load-factor", type=float, help="spotrelay routing.load_factor")

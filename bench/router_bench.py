@@ -69,9 +69,9 @@ from static_engine import haproxy_config as static_engine_config
 
 from spotrelay.core.control_api import NodeEntry
 from spotrelay.core.control_client import ControlClient
-from spotrelay.core.net import free_port, http_ok
-from spotrelay.core.processes import ManagedProcess, ProcessGroup, spotrelay_argv
 from spotrelay.core.protocol import EngineInfo, NodeReport
+from spotrelay.sim.loopback import free_port, http_ok
+from spotrelay.sim.processes import ManagedProcess, ProcessGroup, spotrelay_argv
 
 MODEL = "sim-model"
 TOKEN = "bench-token"

@@ -53,8 +53,8 @@ import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from spotrelay.core.net import wait_until
-from spotrelay.core.processes import ProcessGroup
+from spotrelay.sim.loopback import wait_until
+from spotrelay.sim.processes import ProcessGroup
 from spotrelay.sim.traffic import PROMPTS, expected_text
 from tests.support import (
     ROUTER_TOKEN,

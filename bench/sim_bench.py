@@ -49,8 +49,8 @@ from pathlib import Path
 
 import psutil
 
-from spotrelay.core.net import free_port, http_ok
-from spotrelay.core.processes import ManagedProcess, spotrelay_argv
+from spotrelay.sim.loopback import free_port, http_ok
+from spotrelay.sim.processes import ManagedProcess, spotrelay_argv
 
 RUNNING_RE = re.compile(r"^vllm:num_requests_running\{[^}]*\} ([0-9.e+]+)$", re.M)
 

@@ -4,7 +4,7 @@ Loaded by :mod:`spotrelay.core.config`, the loader every component uses, from
 the flat schema :class:`ControllerEnv` (``SPOTRELAY_<KEY>``; an empty variable
 counts as unset, as Terraform passes unset inputs). No YAML: the Lambda package
 carries only this package and the few core modules it imports (boto3 comes
-with the runtime; ``core/lambda_package.py`` lists them). A bad value is a
+with the runtime; ``deploy/controller_zip.py`` lists them). A bad value is a
 one-line error naming the variable, as everywhere else in spotrelay.
 """
 

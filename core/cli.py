@@ -24,7 +24,7 @@ COMPONENT_CLIS: dict[str, tuple[str, ...]] = {
     "spotrelay.router.cli": ("router",),
     "spotrelay.agent.cli": ("agent",),
     "spotrelay.sim.cli": ("sim", "demo"),
-    "spotrelay.core.deploy_cli": ("up", "down", "status", "preflight", "scale"),
+    "spotrelay.deploy.cli": ("up", "down", "status", "preflight", "scale"),
 }
 
 EXIT_CONFIG = 2

@@ -27,6 +27,8 @@ COMMAND_EXTRA: dict[str, str] = {
     "up": "deploy",
     "down": "deploy",
     "status": "deploy",
+    "preflight": "deploy",
+    "scale": "deploy",
 }
 
 

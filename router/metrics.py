@@ -201,7 +201,7 @@ class RouterMetrics:
         self._local = local
         self.scrape_registry.register(_StateCollector(registry, backend, self.snapshots))
         registry.listeners.append(self._on_node_event)
-        self._served = registry.has_served
+        self._served = lambda model: model in registry.catalog
 
     def local_snapshot(self) -> dict:
         """This worker's scrape-time gauges: what it publishes for the others (shared mode)."""
@@ -292,7 +292,7 @@ def _model_nodes(registry: Registry) -> GaugeMetricFamily:
             key = (model, str(node.status), lifecycle)
             counts[key] = counts.get(key, 0) + 1
     ready = {model for model, state, _ in counts if state == "ready"}
-    for model in set(registry.known_models()) - ready:
+    for model in set(registry.catalog.models()) - ready:
         counts[(model, "ready", "unknown")] = 0
     for key, count in sorted(counts.items()):
         family.add_metric(list(key), count)

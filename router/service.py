@@ -2,8 +2,12 @@
 
 :class:`RouterService` owns one of each plain class (registry, balancer,
 retry policy and budget, proxy, health monitor, metrics, auth, network
-policy). The Flask views in :mod:`spotrelay.router.views` only translate HTTP
-to calls on it, so tests can drive the whole router without a web server.
+policy, node connection pools), each made by a small ``make_*`` function. The
+Flask views in :mod:`spotrelay.router.views` only translate HTTP to calls on
+it, so tests can drive the whole router without a web server. A control-plane
+call changes node state the one way there is: it builds an op and applies it
+to the registry (:mod:`.registry.ops`), which shares it through its sync
+backend.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ from spotrelay.core.control_api import (
     error_doc,
 )
 from spotrelay.core.protocol import (
-    NodeReport,
     ProtocolError,
     parse_report,
     valid_instance_id,
@@ -38,11 +41,14 @@ from .dataplane import DataPlane
 from .metrics import RouterMetrics
 from .metrics_share import Publisher
 from .proxy import Proxy, ProxyRequest
+from .registry.backend import MemoryBackend, SyncBackend
 from .registry.balancer import Balancer
 from .registry.health import HealthMonitor, http_probe
+from .registry.node import Node
 from .registry.node_loss import NodeLoss
-from .registry.state import EjectionPolicy, Node, Registry, RegistryFull
-from .registry.sync import RedisSync
+from .registry.ops import Delete, Drain, DrainInstance, NodeEvent, Upsert
+from .registry.outlier import EjectionPolicy
+from .registry.state import Registry, RegistryFull
 from .retry import RetryBudget, RetryPolicy
 from .settings import RouterConfig
 from .stream.assembly import assembled_answer
@@ -51,14 +57,8 @@ from .stream.hedge import StallPolicy
 from .stream.relay import StreamHandler
 from .stream.resume_handler import resume_handler_factory
 from .tracing import make_tracing
-from .transport.netpolicy import (
-    NetPolicy,
-    NodeTarget,
-    NodeURLError,
-    OwnEndpoints,
-    Resolver,
-    system_resolver,
-)
+from .transport.netpolicy import NetPolicy, NodeURLError, OwnEndpoints, Resolver, system_resolver
+from .transport.pools import NodePools, PoolFactory
 from .transport.upstream import IdleWatchdog, make_pool
 
 log = logging.getLogger("spotrelay.router")
@@ -83,30 +83,15 @@ class RouterService:
         resolver: Resolver = system_resolver,
         clock: Callable[[], float] = time.monotonic,
         stream_handler_factory: Callable[[ProxyRequest, Proxy], StreamHandler] | None = None,
-        pool_factory: Callable[[NodeTarget], Any] | None = None,
+        pool_factory: PoolFactory | None = None,
         metrics_dir: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.started_at = time.time()
         self.node_auth = ControlPlaneAuth(node_token)
         self.api_auth = DataPlaneAuth(cfg.auth.api_keys)
-        # Random per router (made in the gunicorn master, so shared by its workers):
-        # clients cannot forge it, so only a real loop carries it back.
-        ports = (cfg.server.port, cfg.server.control_port)
-        own = OwnEndpoints(cfg.server.host, ports, resolver=resolver)
-        self.netpolicy = NetPolicy(cfg.registry.allowed_networks, resolver, own)
-        pool_size = cfg.server.upstream_pool_size
-        self.registry = Registry(
-            cfg.registry.ttl_s,
-            EjectionPolicy(
-                consecutive_failures=cfg.health.consecutive_failures,
-                base_ejection_s=cfg.health.base_ejection_s,
-                max_ejection_s=cfg.health.max_ejection_s,
-            ),
-            clock=clock,
-            pool_factory=pool_factory or (lambda target: make_pool(target, pool_size)),
-            max_nodes=cfg.registry.max_nodes,
-        )
+        self.netpolicy = make_netpolicy(cfg, resolver)
+        self.registry = make_registry(cfg, clock, make_backend(cfg, self.netpolicy))
         self.metrics = RouterMetrics(shared_dir=metrics_dir)
         self.tracing = make_tracing(cfg.tracing)
         self.budget = RetryBudget(
@@ -114,73 +99,36 @@ class RouterService:
         )
         # Which process answered: the same across requests on one keep-alive connection.
         self.router_id = f"{socket.gethostname()} pid {os.getpid()}"
-        self.sync: RedisSync | None = None
-        if cfg.registry.backend == "redis":
-            self.sync = make_sync(cfg, self.registry, self.netpolicy)
         self.metrics.bind(self.registry, self.budget, backend=cfg.registry.backend,
                           backend_up=self.backend_up)  # fmt: skip
         self.registry.listeners.append(_log_node_event)
-        # Ticks often enough to notice a stall within a quarter of stall_floor_s.
-        tick = min(1.0, cfg.timeouts.stream_idle_s / 4, cfg.hedge.stall_floor_s / 4)
-        self.watchdog = IdleWatchdog(
-            tick_s=max(0.05, tick), frozen_min_streams=cfg.hedge.frozen_min_streams
-        )
+        pool_size = cfg.server.upstream_pool_size
+        self.pools = NodePools(pool_factory or (lambda target: make_pool(target, pool_size)))
+        self.registry.listeners.append(self.pools.on_node_event)
+        self.watchdog = make_watchdog(cfg)
         self.client_watch = ClientWatch()
-        self.proxy = Proxy(
-            registry=self.registry,
-            balancer=Balancer(
-                policy=cfg.routing.policy,
-                load_factor=cfg.routing.load_factor,
-                load_slack=cfg.routing.load_slack,
-            ),
-            policy=RetryPolicy(
-                cfg.retry.max_attempts, cfg.retry.backoff_base_ms, cfg.retry.backoff_max_ms
-            ),
-            budget=self.budget,
-            metrics=self.metrics,
-            timeouts=cfg.timeouts,
-            routing=cfg.routing,
-            access_log=cfg.server.access_log,
-            clock=clock,
-            watchdog=self.watchdog,
-            client_watch=self.client_watch,
-            stall=StallPolicy(
-                enabled=cfg.hedge.enabled,
-                stall_multiple=cfg.hedge.stall_multiple,
-                stall_floor_s=cfg.hedge.stall_floor_s,
-                max_per_stream=cfg.hedge.max_per_stream,
-                frozen_min_streams=cfg.hedge.frozen_min_streams,
-            ),
-            stream_handler_factory=stream_handler_factory
-            or resume_handler_factory(cfg.resume, self.metrics),
-            assembled=assembled_answer,
+        self.proxy = make_proxy(
+            cfg,
+            self,
+            clock,
+            stream_handler_factory or resume_handler_factory(cfg.resume, self.metrics),
         )
         self.node_loss = NodeLoss(self.registry, self.metrics)
         self.watchdog.on_frozen = self.node_loss.frozen
-        self.dataplane = DataPlane(
-            self.registry,
-            deadline_s=cfg.timeouts.request_deadline_s,
-            no_capacity_wait_s=cfg.routing.no_capacity_wait_s,
-            retry_after_s=cfg.routing.retry_after_s,
-            max_form_parts=cfg.routing.max_form_parts,
-            clock=clock,
-            assemble_kinds=tuple(cfg.routing.assemble_non_streaming),
-        )
+        self.dataplane = make_dataplane(cfg, self.registry, clock)
         self.metrics_board = None
         if self.metrics.board is not None:
             self.metrics_board = Publisher(self.metrics.board, self.metrics.local_snapshot)
         self.health = HealthMonitor(
             self.registry,
-            http_probe(cfg.health.probe_timeout_s),
+            http_probe(cfg.health.probe_timeout_s, self.pools),
             probe_interval_s=cfg.health.probe_interval_s,
             probe_timeout_s=cfg.health.probe_timeout_s,
-            on_expired=self.sync.expire if self.sync else None,
         )
 
     def start(self) -> None:
         """Start background upkeep (TTL expiry, probes, Redis sync); once per worker process."""
-        if self.sync is not None:
-            self.sync.start()
+        self.registry.backend.start()
         if self.metrics_board is not None:
             self.metrics_board.start()
         self.health.start()
@@ -188,8 +136,7 @@ class RouterService:
         self.client_watch.start()
 
     def stop(self) -> None:
-        if self.sync is not None:
-            self.sync.stop()
+        self.registry.backend.stop()
         if self.metrics_board is not None:
             self.metrics_board.stop()
         self.health.stop()
@@ -199,13 +146,11 @@ class RouterService:
 
     def backend_up(self) -> bool:
         """Whether the registry backend is reachable (memory always is)."""
-        return self.sync is None or self.sync.up
+        return self.registry.backend.up
 
     def registry_state(self) -> str:
         """``memory``, ``redis`` (this view is the shared one) or ``redis-down`` (last view)."""
-        if self.sync is None:
-            return "memory"
-        return "redis" if self.sync.up else "redis-down"
+        return self.registry.backend.state
 
     # -- control plane -------------------------------------------------------------------
 
@@ -228,7 +173,7 @@ class RouterService:
             log.warning("refused registration of node %s: %s", node_id, exc)
             return _bad(str(exc))
         try:
-            node, created = self._upsert(node_id, report, target)
+            outcome = self.registry.apply(Upsert(node_id, report, target))
         except RegistryFull as exc:
             log.warning("refused registration of node %s: %s", node_id, exc)
             return ControlResult(
@@ -238,55 +183,33 @@ class RouterService:
                     "or registry.max_nodes is raised"
                 ),
             )
-        if self.sync is not None:
-            self.sync.put(node_id, node.url, report.to_json(), node.admin_drained)
-        return ControlResult(200, self._node_ack(node, created).to_json())
-
-    def _upsert(self, node_id: str, report: NodeReport, target: NodeTarget) -> tuple[Node, bool]:
-        """Register; when full, a node silent for two thirds of ``ttl_s`` makes room.
-
-        Agents heartbeat every 2 s, so such a node has missed at least two
-        heartbeats (default ttl_s 6) and is on its way to expiry; a node
-        registering now wins over it (and over junk a shared view held).
-        """
-        try:
-            return self.registry.upsert(node_id, report, target)
-        except RegistryFull:
-            evicted = self.registry.evict_silent(self.registry.ttl_s * 2 / 3)
-            if evicted is None:
-                raise
+        if outcome.evicted is not None:
             log.warning(
                 "registry full: forgot node %s, silent for %.1fs, to register node %s",
-                evicted.id,
-                self.registry.clock() - evicted.last_seen,
+                outcome.evicted.id,
+                self.registry.clock() - outcome.evicted.last_seen,
                 node_id,
             )
-            return self.registry.upsert(node_id, report, target)
+        assert outcome.node is not None  # an upsert always has its node
+        return ControlResult(200, self._node_ack(outcome.node, outcome.created).to_json())
 
     def drain_node(self, node_id: str) -> ControlResult:
-        in_flight = self.registry.drain(node_id)
-        if self.sync is not None:  # also when unknown here: another worker may know it
-            self.sync.drain(node_id)
-        if in_flight is None:
+        node = self.registry.apply(Drain(node_id)).node  # shared also when unknown here
+        if node is None:
             return ControlResult(404, error_doc(f"node {node_id!r} is not registered"))
-        return ControlResult(200, NodeDrain(node_id, in_flight).to_json())
+        return ControlResult(200, NodeDrain(node_id, node.in_flight).to_json())
 
     def drain_instance(self, instance_id: str) -> ControlResult:
         if not valid_instance_id(instance_id):
             return _bad(f"{instance_id!r} is not an EC2 instance id")
-        matches = self.registry.drain_instance(instance_id)
-        if self.sync is not None:  # every worker of every router stops using them
-            for node, _already in matches:
-                self.sync.drain(node.id)
+        matches = self.registry.apply(DrainInstance(instance_id)).matched
         if not matches:
             return ControlResult(404, error_doc(f"no node on instance {instance_id!r}"))
         nodes = tuple(DrainedNode(n.id, already, n.in_flight) for n, already in matches)
         return ControlResult(200, InstanceDrain(instance_id, nodes).to_json())
 
     def delete_node(self, node_id: str) -> ControlResult:
-        node = self.registry.remove(node_id)
-        if self.sync is not None:
-            self.sync.delete(node_id)
+        node = self.registry.apply(Delete(node_id)).node  # shared also when unknown here
         if node is None:
             return ControlResult(404, error_doc(f"node {node_id!r} is not registered"))
         return ControlResult(200, NodeDeleted(node_id, node.in_flight).to_json())
@@ -315,10 +238,34 @@ class RouterService:
         return {"object": "list", "data": data}
 
 
-def make_sync(cfg: RouterConfig, registry: Registry, netpolicy: NetPolicy) -> RedisSync:
-    """The Redis follower/writer for ``registry.backend: redis``."""
+def make_netpolicy(cfg: RouterConfig, resolver: Resolver) -> NetPolicy:
+    """The node URL policy; the router's own listeners are refused (no request loops)."""
+    ports = (cfg.server.port, cfg.server.control_port)
+    own = OwnEndpoints(cfg.server.host, ports, resolver=resolver)
+    return NetPolicy(cfg.registry.allowed_networks, resolver, own)
+
+
+def make_registry(cfg: RouterConfig, clock: Callable[[], float], backend: SyncBackend) -> Registry:
+    ejection = EjectionPolicy(
+        consecutive_failures=cfg.health.consecutive_failures,
+        base_ejection_s=cfg.health.base_ejection_s,
+        max_ejection_s=cfg.health.max_ejection_s,
+    )
+    return Registry(
+        cfg.registry.ttl_s,
+        ejection,
+        clock=clock,
+        max_nodes=cfg.registry.max_nodes,
+        backend=backend,
+    )
+
+
+def make_backend(cfg: RouterConfig, netpolicy: NetPolicy) -> SyncBackend:
+    """The registry's sync backend: none for ``memory``, the Redis follower/writer for ``redis``."""
+    if cfg.registry.backend != "redis":
+        return MemoryBackend()
     from .registry.store import RedisStore
-    from .registry.sync import redis_client
+    from .registry.sync import RedisSync, redis_client
     from .settings import mask_password
 
     reg = cfg.registry
@@ -328,7 +275,6 @@ def make_sync(cfg: RouterConfig, registry: Registry, netpolicy: NetPolicy) -> Re
     )
     store = RedisStore(client, reg.redis_key_prefix, reg.ttl_s)
     return RedisSync(
-        registry,
         netpolicy,
         store,
         where=mask_password(reg.redis_url),
@@ -336,11 +282,67 @@ def make_sync(cfg: RouterConfig, registry: Registry, netpolicy: NetPolicy) -> Re
     )
 
 
+def make_watchdog(cfg: RouterConfig) -> IdleWatchdog:
+    """Ticks often enough to notice a stall within a quarter of ``stall_floor_s``."""
+    tick = min(1.0, cfg.timeouts.stream_idle_s / 4, cfg.hedge.stall_floor_s / 4)
+    return IdleWatchdog(tick_s=max(0.05, tick), frozen_min_streams=cfg.hedge.frozen_min_streams)
+
+
+def make_proxy(
+    cfg: RouterConfig,
+    svc: RouterService,
+    clock: Callable[[], float],
+    stream_handler_factory: Callable[[ProxyRequest, Proxy], StreamHandler],
+) -> Proxy:
+    """The proxy over the service's registry, pools, budget, metrics and watchdogs."""
+    return Proxy(
+        registry=svc.registry,
+        pools=svc.pools,
+        balancer=Balancer(
+            policy=cfg.routing.policy,
+            load_factor=cfg.routing.load_factor,
+            load_slack=cfg.routing.load_slack,
+        ),
+        policy=RetryPolicy(
+            cfg.retry.max_attempts, cfg.retry.backoff_base_ms, cfg.retry.backoff_max_ms
+        ),
+        budget=svc.budget,
+        metrics=svc.metrics,
+        timeouts=cfg.timeouts,
+        routing=cfg.routing,
+        access_log=cfg.server.access_log,
+        clock=clock,
+        watchdog=svc.watchdog,
+        client_watch=svc.client_watch,
+        stall=StallPolicy(
+            enabled=cfg.hedge.enabled,
+            stall_multiple=cfg.hedge.stall_multiple,
+            stall_floor_s=cfg.hedge.stall_floor_s,
+            max_per_stream=cfg.hedge.max_per_stream,
+            frozen_min_streams=cfg.hedge.frozen_min_streams,
+        ),
+        stream_handler_factory=stream_handler_factory,
+        assembled=assembled_answer,
+    )
+
+
+def make_dataplane(cfg: RouterConfig, registry: Registry, clock: Callable[[], float]) -> DataPlane:
+    return DataPlane(
+        registry,
+        deadline_s=cfg.timeouts.request_deadline_s,
+        no_capacity_wait_s=cfg.routing.no_capacity_wait_s,
+        retry_after_s=cfg.routing.retry_after_s,
+        max_form_parts=cfg.routing.max_form_parts,
+        clock=clock,
+        assemble_kinds=tuple(cfg.routing.assemble_non_streaming),
+    )
+
+
 def _bad(message: str) -> ControlResult:
     return ControlResult(400, error_doc(message))
 
 
-def _log_node_event(event: str, node: Node) -> None:
+def _log_node_event(event: NodeEvent, node: Node) -> None:
     if event in ("registered", "moved"):
         log.info(
             "node %s %s: %s serving %s (%s)",

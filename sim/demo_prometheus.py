@@ -25,11 +25,11 @@ from typing import Any
 
 import yaml
 
-from spotrelay.core.net import free_port, http_ok
-from spotrelay.core.processes import ManagedProcess
 from spotrelay.observability import rules_path
 
 from .fleet import HOST, LocalFleet
+from .loopback import free_port, http_ok
+from .processes import ManagedProcess
 
 log = logging.getLogger("spotrelay.demo")
 

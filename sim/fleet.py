@@ -26,8 +26,9 @@ import yaml
 
 from spotrelay.core.control_api import HEALTHZ
 from spotrelay.core.control_client import ControlClient, ControlError
-from spotrelay.core.net import free_port, http_ok
-from spotrelay.core.processes import ManagedProcess, ProcessGroup, spotrelay_argv
+
+from .loopback import free_port, http_ok
+from .processes import ManagedProcess, ProcessGroup, spotrelay_argv
 
 HOST = "127.0.0.1"
 

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from spotrelay.core.net import free_port
-from spotrelay.core.processes import ManagedProcess, ProcessGroup
+from .loopback import free_port
+from .processes import ManagedProcess, ProcessGroup
 
 HOST = "127.0.0.1"
 BINARIES = ("redis-server", "valkey-server")

@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-from ..core.config import describe, load, setting
+from spotrelay.core.config import describe, load, setting
+
 from .prefix_cache import (
     DEFAULT_BLOCK_TOKENS,
     DEFAULT_CAPACITY_BLOCKS,
@@ -208,7 +209,8 @@ def build_config(args: argparse.Namespace) -> SimVllmConfig:
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from ..core.config import ConfigError
+    from spotrelay.core.config import ConfigError
+
     from .faults import FaultError, Faults
     from .vllm_server import SimSettings, serve
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..core.errors import openai_error
+from spotrelay.core.errors import openai_error
 
 
 def dumps(doc: Any) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from spotrelay.core.processes import ProcessGroup
+from spotrelay.sim.processes import ProcessGroup
 
 from .support import Service, start_router
 from .support.aws import ScriptedAws, aws_env

@@ -15,9 +15,9 @@ import boto3
 import pytest
 
 from spotrelay.agent.cloudwatch import KV_METRIC, QUEUE_METRIC, LoadPublisher, cloudwatch_client
-from spotrelay.core.net import wait_until
-from spotrelay.core.processes import ProcessGroup
 from spotrelay.core.protocol import NodeLoad
+from spotrelay.sim.loopback import wait_until
+from spotrelay.sim.processes import ProcessGroup
 
 from .support.agent_node import control, make_node, run_agent, spot_time, wait_state
 

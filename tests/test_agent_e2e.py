@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from spotrelay.core.net import wait_until
-from spotrelay.core.processes import ProcessGroup, spotrelay_argv
+from spotrelay.sim.loopback import wait_until
+from spotrelay.sim.processes import ProcessGroup, spotrelay_argv
 
 from .support import (
     ROUTER_TOKEN,

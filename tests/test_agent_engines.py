@@ -23,9 +23,9 @@ from spotrelay.agent.detect import EngineDetector, Probed, capabilities_for, cla
 from spotrelay.agent.engine import EngineProbe
 from spotrelay.agent.settings import AgentConfig
 from spotrelay.core.config import ConfigError, load
-from spotrelay.core.net import wait_until
-from spotrelay.core.processes import ProcessGroup, spotrelay_argv
 from spotrelay.core.protocol import CAP_CONTINUE_FINAL_MESSAGE, CAP_ECHO
+from spotrelay.sim.loopback import wait_until
+from spotrelay.sim.processes import ProcessGroup, spotrelay_argv
 
 from .support import (
     ROUTER_TOKEN,

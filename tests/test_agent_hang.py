@@ -18,9 +18,9 @@ import pytest
 import requests
 
 from spotrelay.agent.hang import TokenStall
-from spotrelay.core.net import wait_until
-from spotrelay.core.processes import ProcessGroup
 from spotrelay.core.protocol import NodeState
+from spotrelay.sim.loopback import wait_until
+from spotrelay.sim.processes import ProcessGroup
 
 from .support import (
     ROUTER_TOKEN,

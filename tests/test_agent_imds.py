@@ -12,8 +12,8 @@ from spotrelay.agent.eventstore import EventStore
 from spotrelay.agent.imds import ImdsClient, ImdsError
 from spotrelay.agent.monitors import Poller, all_monitors
 from spotrelay.core.interruptions import Event, LifecycleTerminated, Rebalance, SpotInterruption
-from spotrelay.core.net import wait_until
-from spotrelay.core.processes import ProcessGroup
+from spotrelay.sim.loopback import wait_until
+from spotrelay.sim.processes import ProcessGroup
 
 from .support import Service, start_imds
 from .support.agent_node import control, imds_state

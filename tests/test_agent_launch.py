@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from spotrelay.core.net import wait_until
-from spotrelay.core.processes import ProcessGroup
+from spotrelay.sim.loopback import wait_until
+from spotrelay.sim.processes import ProcessGroup
 
 from .support import Service, router_nodes
 from .support.agent_node import Node, control, make_node, run_agent, wait_state
@@ -220,7 +220,7 @@ def test_check_describes_both_hooks(
 
     import yaml
 
-    from spotrelay.core.processes import spotrelay_argv
+    from spotrelay.sim.processes import spotrelay_argv
 
     with gated_node(
         procs, logdir, router, moto_endpoint, "check", lifecycle={"hook_name": "asg-check-drain"}

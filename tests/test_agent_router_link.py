@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from spotrelay.agent.routers import RouterClient, RouterLink
-from spotrelay.core.net import wait_until
-from spotrelay.core.processes import ProcessGroup
 from spotrelay.core.protocol import NodeReport, NodeState
+from spotrelay.sim.loopback import wait_until
+from spotrelay.sim.processes import ProcessGroup
 
 from .support import ROUTER_TOKEN, Service, router_nodes, start_router, start_sim_vllm
 

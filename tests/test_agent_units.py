@@ -40,8 +40,8 @@ from spotrelay.core.interruptions import (
     SpotInterruption,
     parse_time,
 )
-from spotrelay.core.net import wait_until
 from spotrelay.core.protocol import NodeLoad, NodeReport, NodeState
+from spotrelay.sim.loopback import wait_until
 
 # ------------------------------------------------------------------ events
 

@@ -22,8 +22,8 @@ import openai
 import pytest
 import requests
 
-from spotrelay.core.net import wait_until
-from spotrelay.core.processes import ProcessGroup
+from spotrelay.sim.loopback import wait_until
+from spotrelay.sim.processes import ProcessGroup
 from tests.support import running
 from tests.support.resume_fleet import (
     CHAT,

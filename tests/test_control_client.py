@@ -19,8 +19,8 @@ import pytest
 from spotrelay.agent.routers import Urllib3Transport
 from spotrelay.core.control_api import NodeEntry, NodeList, ShapeError
 from spotrelay.core.control_client import ControlClient, ControlError, Transport, UrllibTransport
-from spotrelay.core.net import free_port
 from spotrelay.core.protocol import EngineInfo, NodeLoad, NodeReport, NodeState, Risk
+from spotrelay.sim.loopback import free_port
 
 from .support import ROUTER_TOKEN, Service, router_nodes
 from .support.raw_server import RawServer

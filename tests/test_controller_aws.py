@@ -28,7 +28,7 @@ from spotrelay.controller.fallback import Action, Decision, FallbackState
 from spotrelay.controller.interruptions import InterruptionHandler, Outcome
 from spotrelay.controller.queue import QueueConsumer
 from spotrelay.controller.routers import RouterError, RouterFleet
-from spotrelay.core.net import free_port
+from spotrelay.sim.loopback import free_port
 from tests.support import (
     ROUTER_TOKEN,
     router_nodes,

@@ -22,7 +22,7 @@ from spotrelay.controller.interruptions import InterruptionHandler, Outcome
 from spotrelay.controller.lifecycle import LifecycleFollowUp
 from spotrelay.controller.queue import QueueConsumer
 from spotrelay.controller.routers import RouterFleet
-from spotrelay.core.net import wait_until
+from spotrelay.sim.loopback import wait_until
 from tests.support import (
     ROUTER_TOKEN,
     Service,

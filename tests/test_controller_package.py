@@ -1,5 +1,5 @@
 """The controller's Lambda package is the zip committed with the gpu-pool module
-(``core/lambda_package.py``: spotrelay/controller/*.py and the spotrelay/core modules it
+(``deploy/controller_zip.py``: spotrelay/controller/*.py and the spotrelay/core modules it
 imports: config, protocol, interruptions, eventbridge_events, control_api, control_client).
 Unpacked alone, it must import with nothing else of spotrelay and no third-party module but
 boto3 (which the Lambda Python runtime provides, and which the handler imports only when it
@@ -13,7 +13,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from spotrelay.core.lambda_package import PACKAGE_PATH
+from spotrelay.deploy.controller_zip import PACKAGE_PATH
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from spotrelay.core.net import wait_until
+from spotrelay.sim.loopback import wait_until
 
 from .support.demo import demo_output, leftovers, start_demo
 

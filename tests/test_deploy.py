@@ -20,10 +20,11 @@ import psutil
 import pytest
 
 from spotrelay.core.config import ConfigError, load
-from spotrelay.core.deploy import VARS_FILE, DeployConfig, StatusSection, backend_args, tfvars
-from spotrelay.core.deploy_status import gather, insecure_transport
-from spotrelay.core.net import wait_until
-from spotrelay.core.terraform_bin import find_binary
+from spotrelay.deploy.settings import DeployConfig, StatusSection
+from spotrelay.deploy.status import gather, insecure_transport
+from spotrelay.deploy.terraform import backend_args, find_binary
+from spotrelay.deploy.tfvars import VARS_FILE, tfvars
+from spotrelay.sim.loopback import wait_until
 from tests.support import ROUTER_TOKEN, register_node, start_router
 from tests.support.aws import aws_env, client
 from tests.support.deploy import (
@@ -445,7 +446,7 @@ def test_fetch_secret_gives_up_without_leaking_and_checks_usage(tmp_path: Path) 
 def test_failed_terraform_step_shows_terraform_error_not_python_terraform_noise(
     tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    from spotrelay.core.deploy import TerraformDriver, TerraformFailed
+    from spotrelay.deploy.terraform import TerraformDriver, TerraformFailed
 
     fake = tmp_path / "terraform"
     fake.write_text("#!/bin/sh\necho 'Error: Unsupported argument on main.tf line 3' >&2\nexit 1\n")

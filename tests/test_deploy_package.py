@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from spotrelay.core.deploy_artifacts import artifact_targets
+from spotrelay.deploy.artifacts import artifact_targets
 from tests.support.deploy import (
     AWS_ENV,
     EXAMPLE,
@@ -88,7 +88,7 @@ def test_up_builds_uploads_and_the_nodes_install_exactly_that_object(
     body = obj["Body"].read()
     assert hashlib.sha256(body).hexdigest() == sha and obj["Metadata"]["sha256"] == sha
     with zipfile.ZipFile(io.BytesIO(body)) as whl:
-        assert "spotrelay/core/deploy_artifacts.py" in whl.namelist()  # this checkout's code
+        assert "spotrelay/deploy/artifacts.py" in whl.namelist()  # this checkout's code
         assert {i.date_time for i in whl.infolist()} == {(1980, 1, 1, 0, 0, 0)}  # reproducible
 
     # What Terraform rendered: both roles install exactly that object, checked by that hash.
@@ -126,7 +126,7 @@ def tf_output(shim: Path, d: Path) -> tuple[int, dict, str]:
 
 def test_fetcher_pins_an_index_release_by_hash(tmp_path: Path, moto_url: str) -> None:
     """A requirement is fetched only through pip's hash-checking mode: a wrong hash fails."""
-    script = REPO / "terraform/modules/gpu-pool/modules/config/templates/fetch-package.sh"
+    script = REPO / "terraform/modules/shared/package/fetch-package.sh"
     wheel = fake_wheel(tmp_path)
     sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
     url = wheel.as_uri()  # a local wheel URL: no index needed, same pip code path
@@ -139,10 +139,12 @@ def test_fetcher_pins_an_index_release_by_hash(tmp_path: Path, moto_url: str) ->
 
 
 def test_one_fetcher_for_both_roles() -> None:
-    """Each module ships its own copy (modules work alone); the copies are one script."""
-    gpu = REPO / "terraform/modules/gpu-pool/modules/config/templates/fetch-package.sh"
-    router = REPO / "terraform/modules/router/modules/config/templates/fetch-package.sh"
-    assert gpu.read_text() == router.read_text()
+    """Both config modules render the one script in modules/shared/package; no copy remains."""
+    copies = sorted(p.relative_to(REPO) for p in (REPO / "terraform").rglob("fetch-package.sh"))
+    assert copies == [Path("terraform/modules/shared/package/fetch-package.sh")]
+    for role in ("gpu-pool", "router"):
+        main = (REPO / f"terraform/modules/{role}/modules/config/main.tf").read_text()
+        assert 'source = "../../../shared/package"' in main, role
 
 
 def test_no_default_names_an_index_release() -> None:
@@ -157,7 +159,7 @@ def test_no_default_names_an_index_release() -> None:
         if m
     ]
     assert offenders == []
-    from spotrelay.core.deploy import SoftwareSection
+    from spotrelay.deploy.settings import SoftwareSection
 
     assert SoftwareSection().spotrelay_pip_spec is None
 
@@ -216,8 +218,8 @@ provider "aws" {
 )
 def test_example_artifacts_bucket_on_moto(tmp_path: Path, moto_url: str) -> None:
     """examples/complete/artifacts.tf applied for real: private, encrypted, versioned, TLS only."""
-    from spotrelay.core.deploy import TerraformDriver
-    from spotrelay.core.deploy_artifacts import ArtifactError, Wheel, sha256_file, upload
+    from spotrelay.deploy.artifacts import ArtifactError, Wheel, sha256_file, upload
+    from spotrelay.deploy.terraform import TerraformDriver
 
     d = tmp_path / "artifacts"
     d.mkdir()

@@ -16,8 +16,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from spotrelay.core.deploy_wait import wait_ready
-from spotrelay.core.pool_status import classify_activity, join_instances
+from spotrelay.deploy.pool_status import classify_activity, join_instances
+from spotrelay.deploy.wait import wait_ready
 from tests.support import (
     ROUTER_TOKEN,
     MotoFront,

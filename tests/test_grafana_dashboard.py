@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spotrelay.core.net import wait_until
-from spotrelay.core.processes import ProcessGroup
 from spotrelay.observability import dashboard, dashboard_path, rules_path
 from spotrelay.observability.promql import exported_names, metric_names
+from spotrelay.sim.loopback import wait_until
+from spotrelay.sim.processes import ProcessGroup
 
 from .support import (
     ROUTER_TOKEN,

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spotrelay.core.processes import ProcessGroup
+from spotrelay.sim.processes import ProcessGroup
 
 from .support import ROUTER_TOKEN, Service, start_imds, start_router, start_sim_vllm
 
@@ -177,7 +177,7 @@ def test_base_install_lists_every_command(wheel: Path, tmp_path: Path) -> None:
     assert "pip install 'spotrelay[agent]'" in agent.stderr
 
 
-def test_the_agent_imports_nothing_of_the_router_or_simulator() -> None:
+def test_the_agent_imports_nothing_of_the_router_simulator_or_deploy_tool() -> None:
     code = (
         "import sys\n"
         "from spotrelay.core import cli\n"
@@ -185,7 +185,7 @@ def test_the_agent_imports_nothing_of_the_router_or_simulator() -> None:
         "from spotrelay.agent import service, check\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('flask', 'gevent', 'gunicorn', 'aiohttp', 'matplotlib', 'openai', 'boto3', 'requests')"
-        " or m.startswith(('spotrelay.router', 'spotrelay.sim')))\n"
+        " or m.startswith(('spotrelay.router', 'spotrelay.sim', 'spotrelay.deploy')))\n"
         "print(bad)\n"
     )
     out = _run([sys.executable, "-c", code], timeout=60)

@@ -1,12 +1,100 @@
-"""The test tree's layout: shared helpers live in tests/support/, and no module imports a
-test module (importing one runs its module-scoped setup and couples unrelated files)."""
+"""The repository's layout.
+
+Each top-level package folder is one component, and the packaging, the type
+checker and the Makefile all know every one of them; core/ holds only what
+several components share. In tests/, shared helpers live in tests/support/, and
+no module imports a test module (importing one runs its module-scoped setup and
+couples unrelated files).
+"""
 
 from __future__ import annotations
 
 import ast
+import re
+import tomllib
+from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+NOT_COMPONENTS = {"tests", "bench"}  # packages of the checkout that are not shipped
+
+
+def components() -> set[str]:
+    """Top-level folders that are Python packages, tests and benchmarks aside."""
+    return {
+        p.parent.name for p in REPO.glob("*/__init__.py") if p.parent.name not in NOT_COMPONENTS
+    }
+
+
+def test_every_component_is_packaged_typechecked_and_linked() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    package_dir = project["tool"]["setuptools"]["package-dir"]
+    assert package_dir == {f"spotrelay.{c}": c for c in components()}
+    assert {f"spotrelay.{c}" for c in components()} <= set(
+        project["tool"]["setuptools"]["packages"]
+    )
+    assert set(project["tool"]["mypy"]["packages"]) == {f"spotrelay.{c}" for c in components()}
+    found = re.search(r"^COMPONENTS := (.+)$", (REPO / "Makefile").read_text(), re.M)
+    assert found is not None and set(found.group(1).split()) == components()
+
+
+def core_users() -> dict[str, set[str]]:
+    """core module -> the components (and Terraform modules) that use it.
+
+    A core module used by another core module counts that one's users too, and
+    the ``spotrelay`` CLI (core/cli.py) is used by every component it runs.
+    """
+    direct: dict[str, set[str]] = defaultdict(set)
+    inside: dict[str, set[str]] = defaultdict(set)  # core module -> core modules importing it
+    for component in components():
+        for path in (REPO / component).rglob("*.py"):
+            package = ".".join(("spotrelay", *path.relative_to(REPO).parent.parts))
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if not isinstance(node, ast.ImportFrom):
+                    continue
+                parts = node.module.split(".") if node.module else []
+                if node.level:  # relative: resolved against the importing package
+                    parts = package.split(".")[: package.count(".") + 2 - node.level] + parts
+                if parts[:2] != ["spotrelay", "core"]:
+                    continue
+                for name in parts[2:3] or [alias.name for alias in node.names]:
+                    if component == "core":
+                        inside[name].add(path.stem)
+                    else:
+                        direct[name].add(component)
+    direct["cli"] |= set(re.findall(r'"spotrelay\.(\w+)\.cli"', (REPO / "core/cli.py").read_text()))
+    for path in (REPO / "terraform" / "modules").rglob("*"):
+        if path.is_file() and path.suffix in (".tf", ".tftpl", ".sh", ".py"):
+            for name in re.findall(r"spotrelay\.core\.(\w+)", path.read_text()):
+                direct[name].add(
+                    "terraform/" + path.relative_to(REPO / "terraform/modules").parts[0]
+                )
+
+    def users(name: str, seen: frozenset[str] = frozenset()) -> set[str]:
+        found = set(direct[name])
+        for importer in inside[name] - seen:
+            found |= users(importer, seen | {name})
+        return found
+
+    return {p.stem: users(p.stem) for p in (REPO / "core").glob("*.py") if p.stem != "__init__"}
+
+
+# Parsers of a shared model kept beside it: each source's parser has one user
+# today, but the model is one (docs/architecture.md) and the agent's event store
+# takes events from either source.
+MODEL_PARSERS = {"imds_events": "interruptions", "eventbridge_events": "interruptions"}
+
+
+def test_core_holds_only_what_several_components_share() -> None:
+    """A module only one component uses belongs in that component's folder."""
+    users = core_users()
+    assert all(len(users[model]) >= 2 for model in MODEL_PARSERS.values())
+    lonely = {
+        name: sorted(who)
+        for name, who in users.items()
+        if len(who) < 2 and name not in MODEL_PARSERS
+    }
+    assert lonely == {}, "move these to the one component that uses them"
 
 
 def imported_test_modules(tree: ast.Module, package: str) -> list[str]:

@@ -20,8 +20,8 @@ import openai
 import pytest
 import yaml
 
-from spotrelay.core.net import free_port, http_ok, wait_until
-from spotrelay.core.processes import ManagedProcess, ProcessGroup, spotrelay_argv
+from spotrelay.sim.loopback import free_port, http_ok, wait_until
+from spotrelay.sim.processes import ManagedProcess, ProcessGroup, spotrelay_argv
 from spotrelay.sim.traffic import expected_text
 
 from .support import ROUTER_TOKEN, router_nodes

@@ -8,9 +8,11 @@ from collections import Counter
 
 from spotrelay.core.protocol import Risk, parse_report
 from spotrelay.router.registry.balancer import Balancer, rendezvous_weight
+from spotrelay.router.registry.ops import Upsert
+from spotrelay.router.registry.outlier import EjectionPolicy
 from spotrelay.router.registry.placement import Placement, PrefixIndex, is_long, load_cap
 from spotrelay.router.registry.prefix_key import PrefixKey, prefix_key
-from spotrelay.router.registry.state import EjectionPolicy, Registry
+from spotrelay.router.registry.state import Registry
 from spotrelay.router.transport.netpolicy import NetPolicy
 
 NETS = NetPolicy(["10.0.0.0/8"])
@@ -23,7 +25,7 @@ def fleet(count: int, risk: dict[str, str] | None = None):
     for i in range(count):
         url = f"http://10.0.0.{i + 1}:8000"
         doc = {"url": url, "models": ["m"], "risk": (risk or {}).get(f"n{i}", "none")}
-        out.append(reg.upsert(f"n{i}", parse_report(doc), NETS.validate(url))[0])
+        out.append(reg.apply(Upsert(f"n{i}", parse_report(doc), NETS.validate(url))).node)
     return out
 
 

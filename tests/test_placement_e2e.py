@@ -8,9 +8,9 @@ from typing import Any
 
 import requests
 
-from spotrelay.core.net import wait_until
 from spotrelay.router.registry.balancer import rendezvous_weight
 from spotrelay.router.registry.prefix_key import prefix_key
+from spotrelay.sim.loopback import wait_until
 from tests.support import ROUTER_TOKEN, register_node
 from tests.support.resume_fleet import CHAT, MODEL, VLLM, start_fleet, stream
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from spotrelay.core.preflight import FAIL, OK, WARN, check_lambda, check_model_fit
-from spotrelay.core.preflight_pool import PoolPlan
+from spotrelay.deploy.pool_plan import PoolPlan
+from spotrelay.deploy.preflight import FAIL, OK, WARN, check_lambda, check_model_fit
 from tests.support.aws_recorded import Account, recorded_aws
 from tests.support.deploy import REGION, aws, cli, fake_wheel, minimal, stand_in, write_yaml
 from tests.tfshim.shim import install
@@ -140,7 +140,7 @@ def test_reserved_concurrency_must_leave_lambdas_minimum() -> None:
 
 def test_the_example_fallback_counts_when_the_tfvars_leave_it_out() -> None:
     """examples/complete turns the fallback on by default: preflight counts it then too."""
-    from spotrelay.core.preflight_pool import default_on
+    from spotrelay.deploy.pool_plan import default_on
     from tests.support.deploy import EXAMPLE
 
     assert default_on(EXAMPLE, "on_demand_fallback") == {"enabled": True}

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from spotrelay.core.processes import ManagedProcess, ProcessGroup, _interrupts_deferred
+from spotrelay.sim.processes import ManagedProcess, ProcessGroup, _interrupts_deferred
 
 
 def test_an_interrupt_during_spawn_is_raised_after_the_child_is_registered():

@@ -40,8 +40,8 @@ import openai
 import pytest
 import requests
 
-from spotrelay.core.net import free_port, http_ok, wait_until
-from spotrelay.core.processes import ManagedProcess, ProcessGroup, spotrelay_argv
+from spotrelay.sim.loopback import free_port, http_ok, wait_until
+from spotrelay.sim.processes import ManagedProcess, ProcessGroup, spotrelay_argv
 
 from .support import (
     HOST,

@@ -16,13 +16,14 @@ from typing import Any
 import pytest
 import redis
 
-from spotrelay.core.net import wait_until
-from spotrelay.core.processes import ProcessGroup
 from spotrelay.core.protocol import parse_report
+from spotrelay.router.registry.ops import Delete, Drain, Upsert
 from spotrelay.router.registry.state import Registry
 from spotrelay.router.registry.store import RedisStore
 from spotrelay.router.registry.sync import RedisSync, redis_client
 from spotrelay.router.transport.netpolicy import NetPolicy
+from spotrelay.sim.loopback import wait_until
+from spotrelay.sim.processes import ProcessGroup
 from spotrelay.sim.redis_local import LocalRedis, NoRedisServer, start_local_redis
 
 NETS = NetPolicy(["10.0.0.0/8"])
@@ -31,27 +32,24 @@ pytestmark = pytest.mark.timeout(60)
 
 
 class Worker:
-    """What RouterService wires for one worker: local registry first, then Redis."""
+    """What RouterService wires for one worker: a registry whose backend is Redis."""
 
     def __init__(self, url: str, store: RedisStore | None = None) -> None:
-        self.registry = Registry(15.0)
         store = store or RedisStore(redis_client(url, None, 0.5), PREFIX, 15.0)
-        self.sync = RedisSync(self.registry, NETS, store, where=url, backoff_max_s=0.2)
+        self.sync = RedisSync(NETS, store, where=url, backoff_max_s=0.2)
+        self.registry = Registry(15.0, backend=self.sync)
         self.sync.start()
 
     def heartbeat(self, node_id: str, n: int) -> None:
         url = f"http://10.0.0.{n}:8000"
         report = parse_report({"url": url, "models": ["m"]})
-        node, _ = self.registry.upsert(node_id, report, NETS.validate(url))
-        self.sync.put(node_id, node.url, report.to_json(), node.admin_drained)
+        self.registry.apply(Upsert(node_id, report, NETS.validate(url)))
 
     def drain(self, node_id: str) -> None:
-        self.registry.drain(node_id)
-        self.sync.drain(node_id)
+        self.registry.apply(Drain(node_id))
 
     def delete(self, node_id: str) -> None:
-        self.registry.remove(node_id)
-        self.sync.delete(node_id)
+        self.registry.apply(Delete(node_id))
 
     def states(self) -> dict[str, str]:
         return {n.id: str(n.status) for n in self.registry.nodes()}

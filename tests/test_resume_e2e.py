@@ -21,10 +21,10 @@ import openai
 import pytest
 import requests
 
-from spotrelay.core.net import wait_until
-from spotrelay.core.processes import ProcessGroup
 from spotrelay.router.stream.resume_request import RESUME_HEADER
 from spotrelay.router.stream.sse import SSEParser
+from spotrelay.sim.loopback import wait_until
+from spotrelay.sim.processes import ProcessGroup
 from tests.support import (
     ROUTER_TOKEN,
     register_node,

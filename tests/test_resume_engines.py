@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from spotrelay.core.net import wait_until
-from spotrelay.core.processes import ProcessGroup
 from spotrelay.router.registry.balancer import rendezvous_weight
 from spotrelay.router.stream.resume_request import RESUME_HEADER
+from spotrelay.sim.loopback import wait_until
+from spotrelay.sim.processes import ProcessGroup
 from tests.support import ROUTER_TOKEN, Service, register_node, scrape, start_router, start_sim_vllm
 from tests.support.fake_engine import Script, fake_engine
 from tests.support.resume_fleet import (

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from spotrelay.core.processes import spotrelay_argv
 from spotrelay.router.transport.server import gunicorn_settings
+from spotrelay.sim.processes import spotrelay_argv
 from tests.support.router_client import AUTH, TOKEN, client_for, openai_error_of, put
 from tests.support.router_fakes import A, FakeResp, answering, fast_config, report
 

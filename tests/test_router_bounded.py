@@ -24,8 +24,8 @@ import pytest
 import requests
 
 from spotrelay.core.config import ConfigError, load
-from spotrelay.core.net import free_port, wait_until
 from spotrelay.router.settings import RouterConfig, Routing, Timeouts
+from spotrelay.sim.loopback import free_port, wait_until
 from tests.support import (
     HOST,
     ROUTER_TOKEN,

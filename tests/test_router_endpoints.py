@@ -22,9 +22,9 @@ import openai
 import pytest
 import requests
 
-from spotrelay.core.net import wait_until
-from spotrelay.core.processes import ProcessGroup
 from spotrelay.router.stream.sse import SSEParser
+from spotrelay.sim.loopback import wait_until
+from spotrelay.sim.processes import ProcessGroup
 from tests.support import HOST, ROUTER_TOKEN, register_node, scrape, start_router
 from tests.support.resume_fleet import MODEL, Fleet, start_fleet
 

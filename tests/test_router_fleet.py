@@ -19,9 +19,9 @@ import pytest
 import redis
 import requests
 
-from spotrelay.core.net import free_port, wait_until
-from spotrelay.core.processes import ProcessGroup
 from spotrelay.core.protocol import valid_node_id
+from spotrelay.sim.loopback import free_port, wait_until
+from spotrelay.sim.processes import ProcessGroup
 from spotrelay.sim.redis_local import LocalRedis, NoRedisServer, start_local_redis
 from tests.support import (
     ROUTER_TOKEN,

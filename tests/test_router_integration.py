@@ -18,7 +18,7 @@ import openai
 import pytest
 import requests
 
-from spotrelay.core.net import free_port, wait_until
+from spotrelay.sim.loopback import free_port, wait_until
 from tests.support import (
     ROUTER_TOKEN,
     metric,

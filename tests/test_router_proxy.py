@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from spotrelay.router.registry.state import NodeStatus
+from spotrelay.router.registry.node import NodeStatus
 from spotrelay.router.service import RouterService
 from spotrelay.router.stream.hedge import StallPolicy, StallWatch
 from spotrelay.router.stream.relay import (
@@ -352,7 +352,7 @@ def test_break_after_first_byte_ends_with_one_error_event_then_done(tail, reason
     assert str(reason) in err["message"]
     assert b"partial" not in data, "a partial event never reaches the client"
     node = svc.registry.get(resp.headers["X-Spotrelay-Node"])
-    assert node.total_failures == 1
+    assert svc.registry.outliers.of(node).total_failures == 1
     assert svc.metrics.stream_breaks.labels(str(reason))._value.get() == 1
     assert a.in_flight == 0
     assert_idle(svc)

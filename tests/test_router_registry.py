@@ -8,10 +8,15 @@ from collections import Counter
 import pytest
 
 from spotrelay.core.protocol import NodeLoad, parse_report
+from spotrelay.router.registry.backend import MemoryBackend
 from spotrelay.router.registry.balancer import Balancer, rendezvous_weight
-from spotrelay.router.registry.state import EjectionPolicy, ModelStatus, NodeStatus, Registry
+from spotrelay.router.registry.node import ModelStatus, NodeStatus
+from spotrelay.router.registry.ops import Delete, Drain, Eject, NodeEvent, Rebuild, Restore, Upsert
+from spotrelay.router.registry.outlier import EjectionPolicy
+from spotrelay.router.registry.state import Registry, RegistryFull
 from spotrelay.router.retry import Failure, FailureKind, RetryBudget, RetryPolicy
 from spotrelay.router.transport.netpolicy import NetPolicy
+from spotrelay.router.transport.pools import NodePools
 from tests.support.clock import Clock
 
 NETS = NetPolicy(["10.0.0.0/8"])
@@ -26,18 +31,28 @@ class Pool:
         self.closed = True
 
 
-def make(ttl=15.0, failures=3, base=10.0, cap=300.0):
+class Held(MemoryBackend):
+    """A backend whose view is not current (what RedisSync is while Redis is away)."""
+
+    holds_expiry = True
+
+
+def make(ttl=15.0, failures=3, base=10.0, cap=300.0, backend=None):
     clock = Clock()
-    reg = Registry(ttl, EjectionPolicy(failures, base, cap), clock=clock, pool_factory=Pool)
+    reg = Registry(ttl, EjectionPolicy(failures, base, cap), clock=clock, backend=backend)
     events = []
     reg.listeners.append(lambda event, node: events.append((event, node.id)))
     return reg, clock, events
 
 
-def put(reg, node_id, n=1, models=("m",), state="ready", load=None):
+def upsert(node_id, n=1, models=("m",), state="ready", load=None, **shared):
     url = f"http://10.0.0.{n}:8000"
     report = parse_report({"url": url, "models": list(models), "state": state, "load": load or {}})
-    return reg.upsert(node_id, report, NETS.validate(url))[0]
+    return Upsert(node_id, report, NETS.validate(url), **shared)
+
+
+def put(reg, node_id, n=1, models=("m",), state="ready", load=None):
+    return reg.apply(upsert(node_id, n, models, state, load)).node
 
 
 # -- registry ------------------------------------------------------------------------------
@@ -49,34 +64,77 @@ def test_shared_view_updates_keep_per_worker_state():
     a = put(reg, "a", 1)
     reg.acquire(a)
     reg.record_failure(a)
-    report = parse_report({"url": "http://10.0.0.2:8000", "models": ["m"]})
-    b, created = reg.upsert("b", report, NETS.validate(report.url), age_s=14.0)
-    assert created and b.last_seen == clock.now - 14.0 and reg.candidates("m") == [a, b]
+    outcome = reg.apply(upsert("b", 2, age_s=14.0))
+    b = outcome.node
+    assert outcome.created and b.last_seen == clock.now - 14.0 and reg.candidates("m") == [a, b]
     clock.now += 1.5
     assert [n.id for n in reg.expire()] == ["b"]  # the age counted towards the TTL
     # A drain arriving with a heartbeat sticks; a later heartbeat does not undo it.
-    reg.upsert("a", parse_report({"url": a.url, "models": ["m"]}), a.target, drained=True)
+    reg.apply(upsert("a", 1, drained=True), local=False)
     put(reg, "a", 1)
     assert a.admin_drained and ("drained", "a") in events
     # A rebuild keeps what this worker counts about nodes that stay, drops the others.
-    c_report = parse_report({"url": "http://10.0.0.3:8000", "models": ["m"]})
-    reg.replace_all(
-        [("a", parse_report({"url": a.url, "models": ["m"]}), a.target, 0.0, True),
-         ("c", c_report, NETS.validate(c_report.url), 2.0, False)]
-    )  # fmt: skip
+    reg.apply(Rebuild((upsert("a", 1, drained=True), upsert("c", 3, age_s=2.0))), local=False)
     assert {n.id for n in reg.nodes()} == {"a", "c"}
-    assert reg.get("a") is a and a.in_flight == 1 and a.consecutive_failures == 1
+    assert reg.get("a") is a and a.in_flight == 1
+    assert reg.outliers.of(a).consecutive_failures == 1
+
+
+class Recording(MemoryBackend):
+    """A backend that keeps what the registry hands it."""
+
+    def __init__(self) -> None:
+        self.ops = []
+
+    def applied(self, op, outcome) -> None:
+        self.ops.append(op)
+
+
+def test_every_local_op_reaches_the_backend_and_none_it_applied_goes_back():
+    """One path: whatever changes a node is handed over once, also when it changed nothing
+    here (another worker may know the node); what the backend applied is not handed back."""
+    backend = Recording()
+    reg, clock, _ = make(ttl=15, failures=1, backend=backend)
+    a = put(reg, "a", 1)
+    reg.apply(Drain("elsewhere"))
+    reg.apply(Drain("a"), local=False)
+    reg.apply(Rebuild((upsert("a", 1),)), local=False)
+    assert reg.record_failure(a)
+    clock.now += 16
+    reg.expire()
+    assert [type(op).__name__ for op in backend.ops] == ["Upsert", "Drain", "Eject", "Expire"]
+    assert backend.ops[1].node_id == "elsewhere" and backend.ops[3].node_id == "a"
+
+
+def test_a_full_registry_lets_a_fresh_heartbeat_displace_a_silent_node():
+    """Over max_nodes a node heard from now wins over one silent for two thirds of ttl_s
+    (as an expiry: what is open on it is cut); an old heartbeat from a shared view does not."""
+    clock = Clock()
+    reg = Registry(6.0, clock=clock, max_nodes=2)
+    events = []
+    reg.listeners.append(lambda event, node: events.append((event, node.id)))
+    a = put(reg, "a", 1)
+    clock.now += 3
+    put(reg, "b", 2)
+    with pytest.raises(RegistryFull):
+        put(reg, "c", 3)  # a is silent for 3 s only
+    clock.now += 1.5
+    with pytest.raises(RegistryFull):
+        reg.apply(upsert("c", 3, age_s=4.0), local=False)  # as old as a: no
+    outcome = reg.apply(upsert("c", 3))
+    assert outcome.created and outcome.evicted is a and a.removed
+    assert {n.id for n in reg.nodes()} == {"b", "c"} and ("expired", "a") in events
 
 
 def test_held_expiry_serves_the_last_view():
     """Redis down: nodes whose heartbeats may go to other workers are neither dropped nor
     filtered out as silent."""
-    reg, clock, _ = make(ttl=15)
+    backend = Held()
+    reg, clock, _ = make(ttl=15, backend=backend)
     a = put(reg, "a", 1)
-    reg.hold_expiry = True
     clock.now += 60
     assert reg.expire() == [] and reg.candidates("m") == [a] and reg.any_ready()
-    reg.hold_expiry = False
+    backend.holds_expiry = False
     assert reg.candidates("m") == [] and [n.id for n in reg.expire()] == ["a"]
 
 
@@ -86,13 +144,13 @@ def test_register_heartbeat_and_expire():
     assert reg.candidates("m") == [a]
     clock.now += 10
     put(reg, "a", 1, load={"running": 2, "waiting": 1})
-    assert a.queue == 3 and a.pool is not None
+    assert a.queue == 3
     clock.now += 14
     assert reg.expire() == [] and reg.candidates("m") == [a]
     clock.now += 2
     assert reg.candidates("m") == [], "a stale node is not routable even before the sweep"
     assert reg.expire() == [a]
-    assert reg.get("a") is None and a.pool.closed
+    assert reg.get("a") is None
     assert events == [("registered", "a"), ("expired", "a")]
 
 
@@ -114,22 +172,34 @@ def test_admin_drain_sticks_until_deleted():
     a = put(reg, "a", 1)
     reg.acquire(a)
     reg.acquire(a)
-    assert reg.drain("a") == 2
+    assert reg.apply(Drain("a")).node.in_flight == 2
     put(reg, "a", 1, state="ready")  # the next heartbeat says ready...
     assert a.status is NodeStatus.DRAINING and reg.candidates("m") == []
-    assert reg.drain("missing") is None
-    assert reg.remove("a") is a and a.removed
+    assert reg.apply(Drain("missing")).node is None
+    assert reg.apply(Delete("a")).node is a and a.removed
     a2 = put(reg, "a", 1)
     assert a2 is not a and a2.status is NodeStatus.READY
 
 
-def test_url_change_replaces_the_pool():
-    reg, _clock, events = make()
+def test_pools_follow_the_nodes():
+    """One pool per node, made when it registers, replaced when it moves, closed when it
+    leaves; a node registered again under the same id gets a pool of its own."""
+    reg, clock, events = make(ttl=15)
+    pools = NodePools(Pool)
+    reg.listeners.append(pools.on_node_event)
     a = put(reg, "a", 1)
-    old = a.pool
+    old = pools.get(a)
+    assert old.target.url == a.url and pools.get(a) is old
     put(reg, "a", 2)
-    assert a.url == "http://10.0.0.2:8000" and old.closed and a.pool is not old
-    assert ("moved", "a") in events
+    assert a.url == "http://10.0.0.2:8000" and old.closed and ("moved", "a") in events
+    moved = pools.get(a)
+    assert moved is not old and moved.target.url == a.url and not moved.closed
+    clock.now += 16
+    assert reg.expire() == [a] and moved.closed
+    late = pools.get(a)  # a request that picked it just before it left
+    assert late.closed, "not kept for a node that is gone"
+    a2 = put(reg, "a", 2)
+    assert pools.get(a2) is not moved and not pools.get(a2).closed
 
 
 def test_model_status_unknown_only_when_never_seen():
@@ -152,18 +222,20 @@ def test_ejection_after_consecutive_failures_and_growth():
     assert not reg.record_failure(a) and not reg.record_failure(a)
     assert reg.record_failure(a), "third consecutive failure ejects"
     assert a.status is NodeStatus.EJECTED and reg.candidates("m") == []
-    assert reg.due_for_probe() == []
+    assert reg.outliers.due_for_probe() == []
     clock.now += 10
-    assert reg.due_for_probe() == [a]
-    assert reg.restore(a) and a.status is NodeStatus.READY
+    assert reg.outliers.due_for_probe() == [a]
+    assert reg.apply(Restore(a)).changed and a.status is NodeStatus.READY
     for _ in range(3):
         reg.record_failure(a)
-    assert a.ejections == 2 and a.ejected_until == pytest.approx(clock.now + 20)
+    record = reg.outliers.of(a)
+    assert record.ejections == 2 and record.ejected_until == pytest.approx(clock.now + 20)
     clock.now += 20
-    reg.restore(a)
+    reg.apply(Restore(a))
     for _ in range(3):
         reg.record_failure(a)
-    assert a.ejected_until == pytest.approx(clock.now + 25), "capped at max_ejection_s"
+    capped = reg.outliers.of(a).ejected_until
+    assert capped == pytest.approx(clock.now + 25), "capped at max_ejection_s"
     assert [e for e in events if e[0] in ("ejected", "restored")] == [
         ("ejected", "a"), ("restored", "a"), ("ejected", "a"), ("restored", "a"), ("ejected", "a")
     ]  # fmt: skip
@@ -174,10 +246,11 @@ def test_ejections_decay_after_a_healthy_period():
     a = put(reg, "a", 1)
     reg.record_failure(a)
     clock.now += 10
-    reg.restore(a)
+    reg.apply(Restore(a))
     clock.now += 31
     reg.record_failure(a)
-    assert a.ejections == 1 and a.ejected_until == pytest.approx(clock.now + 10)
+    record = reg.outliers.of(a)
+    assert record.ejections == 1 and record.ejected_until == pytest.approx(clock.now + 10)
 
 
 def test_snapshot_shape():
@@ -336,7 +409,8 @@ def test_exchanges_are_tracked_and_born_cut_on_a_lost_node():
     a = put(reg, "a", 1)
     ex = reg.acquire(a)
     assert ex.reason is None and reg.open_exchanges(a) == [ex] and a.in_flight == 1
-    assert reg.eject(a, "frozen") and not reg.eject(a, "frozen")
+    frozen = Eject(a, NodeEvent.FROZEN)
+    assert reg.apply(frozen).changed and not reg.apply(frozen).changed
     late = reg.acquire(a)
     assert late.reason == "node a is ejected"
     assert ex.cut("node a frozen") and not ex.cut("again") and ex.reason == "node a frozen"
@@ -357,11 +431,10 @@ def test_a_node_missing_from_a_rebuilt_view_is_forgotten_not_lost():
     a = put(reg, "a", 1)
     b = put(reg, "b", 2)
     on_a, on_b = reg.acquire(a), reg.acquire(b)
-    b_report = parse_report({"url": b.url, "models": ["m"]})
-    reg.replace_all([("b", b_report, NETS.validate(b_report.url), 0.0, False)])
+    reg.apply(Rebuild((upsert("b", 2),)), local=False)
     assert reg.get("a") is None and ("forgotten", "a") in events
     assert on_a.reason is None, "not cut: the node was not lost"
-    reg.remove("b")
+    reg.apply(Delete("b"))
     assert on_b.reason is not None, "a delete cuts"
     reg.release(a, on_a)
     reg.release(b, on_b)

@@ -17,7 +17,7 @@ import time
 import pytest
 import requests
 
-from spotrelay.core.net import free_port, wait_until
+from spotrelay.sim.loopback import free_port, wait_until
 from tests.support import (
     HOST,
     ROUTER_TOKEN,

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from spotrelay.core.net import free_port, wait_until
-from spotrelay.core.processes import ProcessGroup
 from spotrelay.router.registry.balancer import rendezvous_weight
+from spotrelay.sim.loopback import free_port, wait_until
+from spotrelay.sim.processes import ProcessGroup
 from tests.support import ROUTER_TOKEN, register_node, start_router
 from tests.support.fake_engine import Script, fake_engine
 from tests.support.resume_fleet import COMPLETIONS, MODEL, ROUTER_CONFIG, body_for, stream

@@ -32,8 +32,8 @@ from typing import Any
 import pytest
 import requests
 
-from spotrelay.core.net import wait_until
-from spotrelay.core.processes import ProcessGroup
+from spotrelay.sim.loopback import wait_until
+from spotrelay.sim.processes import ProcessGroup
 from spotrelay.sim.redis_local import NoRedisServer, start_local_redis
 from tests.support import ROUTER_TOKEN, register_node, router_nodes, start_router
 from tests.support.resume_fleet import (

@@ -17,10 +17,10 @@ import openai
 import pytest
 import requests
 
-from spotrelay.core.net import wait_until
-from spotrelay.core.processes import ProcessGroup, spotrelay_argv
 from spotrelay.sim import textgen
 from spotrelay.sim.engine import DecodePauses
+from spotrelay.sim.loopback import wait_until
+from spotrelay.sim.processes import ProcessGroup, spotrelay_argv
 from tests.support import start_sim_vllm
 
 MODEL = "sim-model"

@@ -19,13 +19,13 @@ from botocore.utils import InstanceMetadataFetcher, InstanceMetadataRegionFetche
 
 from spotrelay.core import cli
 from spotrelay.core.config import ConfigError, load
-from spotrelay.core.net import wait_until
-from spotrelay.core.processes import ProcessGroup
 from spotrelay.sim.imds_control import ControlError
 from spotrelay.sim.imds_format import aws_event_time, iso_utc
 from spotrelay.sim.imds_instance import InstanceInfo, stable_instance_id
 from spotrelay.sim.imds_settings import ImdsEmulatorConfig
 from spotrelay.sim.imds_state import ImdsState, Reply, Stall
+from spotrelay.sim.loopback import wait_until
+from spotrelay.sim.processes import ProcessGroup
 from tests.support.clock import Clock
 
 from .support import Service, start_imds

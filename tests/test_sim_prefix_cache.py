@@ -7,8 +7,8 @@ import time
 
 import openai
 
-from spotrelay.core.processes import ProcessGroup
 from spotrelay.sim.prefix_cache import CacheSettings, PrefixCache, block_hashes
+from spotrelay.sim.processes import ProcessGroup
 from tests.support import scrape, start_sim_vllm
 
 

@@ -23,9 +23,9 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from spotrelay.core.net import wait_until
-from spotrelay.core.processes import ProcessGroup
 from spotrelay.sim import textgen
+from spotrelay.sim.loopback import wait_until
+from spotrelay.sim.processes import ProcessGroup
 from tests.support import Service, start_sim_vllm
 from tests.support.sse import sse_json
 

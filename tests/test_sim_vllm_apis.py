@@ -13,9 +13,9 @@ import openai
 import pytest
 import requests
 
-from spotrelay.core.processes import ProcessGroup
 from spotrelay.router.stream.sse import SSEParser
 from spotrelay.sim import textgen
+from spotrelay.sim.processes import ProcessGroup
 from tests.support import Service, post_json, start_sim_vllm
 from tests.support.sse import sse_events
 

@@ -16,9 +16,9 @@ import openai
 import pytest
 import requests
 
-from spotrelay.core.net import http_status, wait_until
-from spotrelay.core.processes import ProcessGroup, spotrelay_argv
 from spotrelay.sim import textgen
+from spotrelay.sim.loopback import http_status, wait_until
+from spotrelay.sim.processes import ProcessGroup, spotrelay_argv
 from tests.support import Service, start_service, start_sim_vllm
 from tests.support.sse import sse_data
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCANNED = ("router", "sim", "core", "agent", "controller")
+SCANNED = ("router", "sim", "core", "agent", "controller", "deploy")
 HOMES = {Path("router/stream/sse.py"), Path("router/stream/named_events.py")}
 # Methods and operators that read a string: a "data:" literal passed to one parses SSE.
 READERS = {

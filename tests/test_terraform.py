@@ -246,6 +246,7 @@ def test_gpu_boot_installs_the_agent_role_and_uses_the_packaged_fetcher(rendered
 MODULES = ["modules/gpu-pool", "modules/router", "modules/gpu-pool/modules/config"]
 MODULES += ["modules/gpu-pool/modules/capacity", "modules/router/modules/config"]
 MODULES += ["modules/gpu-pool/modules/alarms", "modules/router/modules/alarms"]
+MODULES += [f"modules/shared/{m}" for m in tfcheck.SHARED_MODULES]
 MODULES += ["examples/complete"]
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from spotrelay.core import lambda_package
+from spotrelay.deploy import controller_zip
 from tests.tfshim import tfcheck, tfreal
 
 REPO = tfcheck.REPO
@@ -41,12 +41,12 @@ def test_a_wrong_attribute_name_fails_validate(real: tfreal.RealTerraform, tmp_p
 
     main = tree / "modules/gpu-pool/main.tf"
     text = main.read_text()
-    anchor = 'resource "aws_launch_template" "node" {\n'
+    anchor = 'resource "aws_autoscaling_group" "node" {\n'
     assert anchor in text
-    main.write_text(text.replace(anchor, anchor + "  metadata_option_typo = true\n"))
+    main.write_text(text.replace(anchor, anchor + "  capacity_rebalance_typo = true\n"))
     problems = tfreal.validate(real, tree, "modules/gpu-pool", config)
     assert len(problems) == 1
-    assert "Unsupported argument" in problems[0] and "metadata_option_typo" in problems[0]
+    assert "Unsupported argument" in problems[0] and "capacity_rebalance_typo" in problems[0]
 
 
 def test_every_terraform_test_file_is_run() -> None:
@@ -102,13 +102,13 @@ def test_checkov_parse_errors_fail_the_check(tmp_path: Path) -> None:
 
 def test_the_controller_package_is_built_from_the_sources(tmp_path: Path) -> None:
     """The committed zip is exactly what controller/ and its core modules build."""
-    assert not lambda_package.stale(), "run `make controller-zip` and commit the zip"
-    assert lambda_package.build() == lambda_package.build()  # reproducible
+    assert not controller_zip.stale(), "run `make controller-zip` and commit the zip"
+    assert controller_zip.build() == controller_zip.build()  # reproducible
     copy = tmp_path / "repo"
     shutil.copytree(REPO / "controller", copy / "controller")
     shutil.copytree(REPO / "core", copy / "core")
     (copy / "controller" / "handler.py").write_text("# changed\n")
-    assert lambda_package.stale(repo=copy)
+    assert controller_zip.stale(repo=copy)
 
 
 def test_validate_says_so_in_one_line_where_the_provider_is_absent(tmp_path: Path) -> None:

@@ -45,7 +45,9 @@ def plan(config_dir: Path, work: Path, types: list[str], model_extra: str = "") 
     work.mkdir(parents=True, exist_ok=True)
     listed = "[" + ", ".join(f'"{t}"' for t in types) + "]"
     (work / "main.tf").write_text(
-        ROOT.format(config=config_dir, types=listed, model_extra=model_extra)
+        ROOT.format(
+            config=tfcheck.module_source(config_dir, work), types=listed, model_extra=model_extra
+        )
     )
     code, out, err = tfcheck.terraform(["init", "-input=false", "-no-color"], work)
     assert code == 0, out + err
@@ -166,7 +168,7 @@ def nvme_script(config_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     (work / "main.tf").write_text(
         f"""
 module "gpu" {{
-  source               = "{config_dir}"
+  source               = "{tfcheck.module_source(config_dir, work)}"
   name                 = "llm-gpu"
   region               = "us-east-1"
   router_url           = "http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8081"

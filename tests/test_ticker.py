@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from spotrelay.core.net import wait_until
 from spotrelay.core.ticker import Every, Ticker
+from spotrelay.sim.loopback import wait_until
 
 
 class FlakyTicker(Ticker):

@@ -28,13 +28,15 @@ from spotrelay.core.logs import clip
 
 from ..metrics import RouterMetrics
 from ..registry.exchange import Exchange
-from ..registry.state import Node, Registry
+from ..registry.node import Node
+from ..registry.state import Registry
 from ..retry import RETRYABLE_STATUS, Failure, FailureKind
 from ..settings import Routing, Timeouts
 from ..stream.disconnect import ClientWatch
 from ..stream.hedge import StallPolicy, StallWatch
 from ..stream.relay import EndWithError, StreamStart
 from ..transport.loopmark import HOP_HEADER, LOOP_HEADER, LoopMarks, hop_header
+from ..transport.pools import NodePools
 from ..transport.upstream import (
     UPSTREAM_ERRORS,
     BodyRelay,
@@ -63,6 +65,7 @@ class NodeAttempt:
         self,
         *,
         registry: Registry,
+        pools: NodePools,
         metrics: RouterMetrics,
         timeouts: Timeouts,
         routing: Routing,
@@ -74,6 +77,7 @@ class NodeAttempt:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
+        self.pools = pools  # the nodes' connection pools
         self.metrics = metrics
         self.timeouts = timeouts
         self.routing = routing
@@ -151,7 +155,7 @@ class NodeAttempt:
                 client.attach(sock)
 
         try:
-            return node.pool.request(
+            return self.pools.get(node).request(
                 req.method,
                 req.path,
                 headers=self._upstream_headers(req, mark),

@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 
 from ..metrics import RouterMetrics
-from ..registry.state import Node, Registry
+from ..registry.node import Node
+from ..registry.state import Registry
 from ..retry import Failure, FailureKind, RetryBudget, RetryPolicy
 from ..settings import Routing
 from ..stream.relay import StreamStart
@@ -176,7 +177,7 @@ class Attempts:
             log.warning(
                 "node %s ejected after %d consecutive failures",
                 node.id,
-                node.consecutive_failures,
+                self.registry.outliers.of(node).consecutive_failures,
                 extra={"request_id": req.request_id},
             )
 

@@ -17,9 +17,10 @@ from spotrelay.core.logs import clip
 
 from ..metrics import RouterMetrics
 from ..registry.balancer import Balancer
+from ..registry.node import Node
 from ..registry.placement import Placement, is_long
 from ..registry.prefix_key import prefix_key
-from ..registry.state import Node, Registry
+from ..registry.state import Registry
 from ..settings import Routing
 from .request import ApiError, ProxyRequest
 

@@ -35,7 +35,8 @@ from spotrelay.core.logs import clip
 
 from ..metrics import RouterMetrics
 from ..registry.balancer import Balancer
-from ..registry.state import ModelStatus, Registry
+from ..registry.node import ModelStatus
+from ..registry.state import Registry
 from ..retry import RetryBudget, RetryPolicy
 from ..settings import Routing, Timeouts
 from ..stream.disconnect import ClientLink, ClientWatch
@@ -43,6 +44,7 @@ from ..stream.hedge import StallPolicy
 from ..stream.named_events import by_stream_kind
 from ..stream.relay import ContinuationRejected, EndWithError, StreamHandler, StreamStart
 from ..transport.loopmark import LoopMarks
+from ..transport.pools import NodePools
 from ..transport.upstream import IdleWatchdog
 from .attempt import NodeAttempt
 from .attempts import Attempts, Outcome
@@ -63,6 +65,7 @@ class Proxy:
         self,
         *,
         registry: Registry,
+        pools: NodePools,
         balancer: Balancer,
         policy: RetryPolicy,
         budget: RetryBudget,
@@ -94,6 +97,7 @@ class Proxy:
         self.assembled = assembled
         stall = stall or StallPolicy()
         self.attempts = self._attempt_loop(
+            pools,
             balancer,
             policy,
             timeouts,
@@ -117,6 +121,7 @@ class Proxy:
 
     def _attempt_loop(
         self,
+        pools: NodePools,
         balancer: Balancer,
         policy: RetryPolicy,
         timeouts: Timeouts,
@@ -130,6 +135,7 @@ class Proxy:
         registry, metrics, clock = self.registry, self.metrics, self.clock
         attempt = NodeAttempt(
             registry=registry,
+            pools=pools,
             metrics=metrics,
             timeouts=timeouts,
             routing=routing,

@@ -26,8 +26,8 @@ import hashlib
 import random
 from collections.abc import Collection, Sequence
 
+from .node import Node
 from .placement import Placement, PrefixIndex, cache_aware_pick, safe_for
-from .state import Node
 
 POLICIES = ("cache_aware", "p2c")
 

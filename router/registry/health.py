@@ -1,7 +1,7 @@
 """Background upkeep of the registry: TTL expiry and active probing of ejected nodes.
 
-Passive health (counting failures on real traffic, see
-:meth:`Registry.record_failure`) ejects a node; this loop brings it back. Once
+Passive health (counting failures on real traffic, see :mod:`.outlier`)
+ejects a node; this loop brings it back. Once
 a node's ejection time is over it is probed with ``GET /health`` (on a 404,
 ``GET /v1/models``) every ``health.probe_interval_s``; the first 200 restores it. Probes run
 concurrently so one hanging node cannot delay the others.
@@ -15,13 +15,16 @@ from collections.abc import Callable
 
 from spotrelay.core.ticker import Ticker
 
+from ..transport.pools import NodePools
 from ..transport.upstream import UPSTREAM_ERRORS
-from .state import Node, Registry
+from .node import Node
+from .ops import Restore
+from .state import Registry
 
 log = logging.getLogger("spotrelay.router.registry.health")
 
 
-def http_probe(timeout_s: float) -> Callable[[Node], bool]:
+def http_probe(timeout_s: float, pools: NodePools) -> Callable[[Node], bool]:
     """A probe that GETs ``/health`` through the node's own connection pool.
 
     Engines without ``/health`` (llama-cpp-python's server answers 404) are
@@ -29,7 +32,9 @@ def http_probe(timeout_s: float) -> Callable[[Node], bool]:
     """
 
     def get(node: Node, path: str) -> int:
-        resp = node.pool.request("GET", path, connect_timeout=timeout_s, read_timeout=timeout_s)
+        resp = pools.get(node).request(
+            "GET", path, connect_timeout=timeout_s, read_timeout=timeout_s
+        )
         resp.read()
         resp.release()
         return resp.status
@@ -56,10 +61,8 @@ class HealthMonitor(Ticker):
         *,
         probe_interval_s: float,
         probe_timeout_s: float,
-        on_expired: Callable[[str], None] | None = None,
     ) -> None:
         self.registry = registry
-        self.on_expired = on_expired  # shared registry: remove it there too
         self.probe = probe
         self.probe_interval_s = probe_interval_s
         self.probe_timeout_s = probe_timeout_s
@@ -67,6 +70,7 @@ class HealthMonitor(Ticker):
         self._last_probe = 0.0
 
     def expire(self) -> list[Node]:
+        """Expire silent nodes (the registry shares each expiry through its backend)."""
         expired = self.registry.expire()
         for node in expired:
             log.warning(
@@ -75,13 +79,11 @@ class HealthMonitor(Ticker):
                 self.registry.ttl_s,
                 node.in_flight,
             )
-            if self.on_expired is not None:
-                self.on_expired(node.id)
         return expired
 
     def probe_ejected(self) -> list[Node]:
         """Probe every ejected node that is due; returns those restored."""
-        due = self.registry.due_for_probe()
+        due = self.registry.outliers.due_for_probe()
         if not due:
             return []
         results: dict[str, bool] = {}
@@ -96,7 +98,7 @@ class HealthMonitor(Ticker):
             t.join(self.probe_timeout_s + 1.0)
         restored = []
         for node in due:
-            if results.get(node.id) and self.registry.restore(node):
+            if results.get(node.id) and self.registry.apply(Restore(node)).changed:
                 log.info("node %s restored: /health answered 200", node.id)
                 restored.append(node)
         return restored

@@ -4,9 +4,10 @@ A node that leaves the registry, reports ``unhealthy``, is ejected or found
 frozen can finish none of the requests open on it, and a silent one would
 not even fail them: they would wait for their timeouts. :class:`NodeLoss`
 listens to the registry's events and cuts every exchange open on such a node
-(see :mod:`.exchange`), so each is retried or resumed at once. The same
-events carry the changes the shared registry applies from other workers and
-routers, so every worker cuts its own requests.
+(see :mod:`.exchange`), so each is retried or resumed at once. Every change
+reaches the registry as an op through one path (:meth:`Registry.apply`),
+the ones the shared registry applies from other workers and routers too, so
+every worker cuts its own requests.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from __future__ import annotations
 import logging
 
 from ..metrics import RouterMetrics
-from .state import NODE_LOST_EVENTS, Node, Registry
+from .node import Node
+from .ops import NODE_LOST_EVENTS, Eject, NodeEvent
+from .state import Registry
 
 log = logging.getLogger("spotrelay.router")
 
@@ -27,7 +30,7 @@ class NodeLoss:
         self.metrics = metrics
         registry.listeners.append(self.on_node_event)
 
-    def on_node_event(self, event: str, node: Node) -> None:
+    def on_node_event(self, event: NodeEvent, node: Node) -> None:
         """Cut every exchange open on a node lost by ``event``."""
         if event not in NODE_LOST_EVENTS:
             return
@@ -54,4 +57,4 @@ class NodeLoss:
             streams,
             longest_s,
         )
-        self.registry.eject(node, "frozen")
+        self.registry.apply(Eject(node, NodeEvent.FROZEN))

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 
 from spotrelay.core.protocol import Risk
 
+from .node import Node
 from .prefix_key import PrefixKey
-from .state import Node
 
 Weight = Callable[[str, str], int]
 

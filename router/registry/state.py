@@ -3,24 +3,23 @@
 Agents register and heartbeat with ``PUT /nodes/{id}``; a node silent for
 ``registry.ttl_s`` is dropped. Besides what agents report (models, ready or
 draining, engine load) the registry keeps what only the router knows: the
-requests it has open on each node (``in_flight``, the balancer's main input),
-consecutive failures, and passive-health ejection (outlier detection: after
-``consecutive_failures`` failures a node is ejected for ``base_ejection_s`` times
-its number of ejections, capped at ``max_ejection_s``; it comes back once the
-ejection time has passed *and* an active ``/health`` probe succeeds).
+requests it has open on each node (``in_flight``, the balancer's main input)
+and whether passive health ejected it (the counting is :mod:`.outlier`'s).
 
-A node drained through ``POST /nodes/{id}/drain`` stays draining whatever its
-heartbeats say, until it is deleted or expires: an operator's drain must not
-be undone by the next heartbeat.
+Node state changes only through :meth:`Registry.apply`, one typed operation
+at a time (:mod:`.ops`): applied under the lock, then told to the listeners
+(node-loss cuts, metrics, logs, connection pools) and handed to the sync
+backend (:mod:`.backend`), unless it came from there. A node drained through
+``POST /nodes/{id}/drain`` stays draining whatever its heartbeats say, until
+it is deleted or expires: an operator's drain must not be undone by the next
+heartbeat.
 
 This class is one worker's *local view*: routing reads only it, never the
 network. With ``registry.backend: memory`` it is the whole registry (one
-worker). With ``redis``, :class:`~spotrelay.router.registry.sync.RedisSync`
-writes local changes to Redis and applies everyone else's here
-(:meth:`Registry.upsert` with ``age_s``, :meth:`Registry.replace_all`);
-in-flight counts, failures and ejection stay per worker either way. The class
-does no I/O and reads time only from the injected clock. Methods are safe to
-call from many threads or greenlets.
+worker). With ``redis`` the backend writes local ops to Redis and applies
+everyone else's here; in-flight counts, failures and ejection stay per worker
+either way. The class does no I/O and reads time only from the injected
+clock. Methods are safe to call from many threads or greenlets.
 """
 
 from __future__ import annotations
@@ -28,18 +27,31 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any
+from typing import assert_never
 
-from spotrelay.core.control_api import Ejection, Failures, NodeEntry, NodeList
-from spotrelay.core.protocol import EngineInfo, NodeLoad, NodeReport, NodeState, Risk
+from spotrelay.core.control_api import NodeList
+from spotrelay.core.protocol import NodeState
 
-from ..stream.hedge import Rhythm
-from ..transport.netpolicy import NodeTarget
+from .backend import MemoryBackend, SyncBackend
+from .catalog import ModelCatalog
 from .exchange import Exchange
+from .node import ModelStatus, Node, NodeStatus
+from .ops import (
+    Delete,
+    Drain,
+    DrainInstance,
+    Eject,
+    Expire,
+    NodeEvent,
+    Op,
+    Outcome,
+    Rebuild,
+    Restore,
+    Upsert,
+)
+from .outlier import EjectionPolicy, OutlierDetector
 
-KNOWN_MODELS_CAP = 10_000
+Listener = Callable[[NodeEvent, Node], None]
 
 
 class RegistryFull(Exception):
@@ -50,128 +62,8 @@ class RegistryFull(Exception):
         self.max_nodes = max_nodes
 
 
-class NodeStatus(StrEnum):
-    """The router's view of a node, in order of precedence."""
-
-    READY = "ready"
-    DRAINING = "draining"
-    EJECTED = "ejected"
-    UNHEALTHY = "unhealthy"  # the node says its engine hangs; kept registered
-
-
-#: Events after which nothing still open on the node can finish: its exchanges are cut.
-#: A node removed after a completed drain has none open, so every removal qualifies.
-NODE_LOST_EVENTS = frozenset({"expired", "deleted", "unhealthy", "ejected", "frozen"})
-
-
-class ModelStatus(StrEnum):
-    AVAILABLE = "available"  # at least one routable node serves it
-    UNAVAILABLE = "unavailable"  # known (or nothing registered): worth waiting for capacity
-    UNKNOWN = "unknown"  # nodes are registered and none ever served it: 404
-
-
-@dataclass(eq=False)
-class Node:
-    """One registered engine. Mutated only under the registry's lock."""
-
-    id: str
-    target: NodeTarget
-    models: frozenset[str]
-    reported_state: NodeState
-    load: NodeLoad
-    labels: dict[str, str]
-    registered_at: float
-    last_seen: float
-    pool: Any = None  # the upstream connection pool, made by the registry's pool_factory
-    admin_drained: bool = False
-    in_flight: int = 0
-    consecutive_failures: int = 0
-    total_failures: int = 0
-    ejections: int = 0
-    ejected_until: float | None = None  # not ejected when None
-    restored_at: float | None = None
-    removed: bool = False
-    engine: EngineInfo = field(default_factory=EngineInfo)
-    instance_id: str | None = None
-    risk: Risk = Risk.NONE
-    exchanges: set[Exchange] = field(default_factory=set)  # open attempts, cut on node loss
-    rhythm: Rhythm = field(default_factory=Rhythm)  # recent inter-event gap of its streams
-
-    @property
-    def url(self) -> str:
-        return self.target.url
-
-    @property
-    def draining(self) -> bool:
-        return self.admin_drained or self.reported_state is NodeState.DRAINING
-
-    @property
-    def ejected(self) -> bool:
-        return self.ejected_until is not None
-
-    @property
-    def unhealthy(self) -> bool:
-        return self.reported_state is NodeState.UNHEALTHY
-
-    @property
-    def lost(self) -> bool:
-        """Nothing open on it can finish: removed, unhealthy or ejected."""
-        return self.removed or self.ejected or self.unhealthy
-
-    @property
-    def status(self) -> NodeStatus:
-        if self.ejected:
-            return NodeStatus.EJECTED
-        if self.unhealthy:
-            return NodeStatus.UNHEALTHY
-        if self.draining:
-            return NodeStatus.DRAINING
-        return NodeStatus.READY
-
-    @property
-    def routable(self) -> bool:
-        return not self.removed and not self.ejected and not self.draining and not self.unhealthy
-
-    @property
-    def queue(self) -> int:
-        """Engine-reported work (running + waiting): the balancer's tie breaker."""
-        return self.load.running + self.load.waiting
-
-    def entry(self, now: float) -> NodeEntry:
-        """This node in ``GET /nodes`` (the shape is the control API's, in core)."""
-        remaining = max(0.0, self.ejected_until - now) if self.ejected_until else 0.0
-        return NodeEntry(
-            id=self.id,
-            url=self.url,
-            models=tuple(sorted(self.models)),
-            state=str(self.status),
-            reported_state=str(self.reported_state),
-            admin_drained=self.admin_drained,
-            load=self.load,
-            labels=dict(self.labels),
-            engine=self.engine,
-            risk=str(self.risk),
-            instance_id=self.instance_id,
-            in_flight=self.in_flight,
-            failures=Failures(self.consecutive_failures, self.total_failures),
-            ejection=Ejection(self.ejected, self.ejections, round(remaining, 3)),
-            last_seen_s_ago=round(now - self.last_seen, 3),
-            registered_s_ago=round(now - self.registered_at, 3),
-        )
-
-
-@dataclass(frozen=True)
-class EjectionPolicy:
-    consecutive_failures: int = 3
-    base_ejection_s: float = 10.0
-    max_ejection_s: float = 300.0
-
-    def duration(self, ejections: int) -> float:
-        return min(self.max_ejection_s, self.base_ejection_s * max(1, ejections))
-
-
 class Registry:
-    """Nodes by id, with TTL expiry, states, in-flight counts and ejection."""
+    """Nodes by id, with TTL expiry, states and in-flight counts."""
 
     def __init__(
         self,
@@ -179,200 +71,211 @@ class Registry:
         ejection: EjectionPolicy | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
-        pool_factory: Callable[[NodeTarget], Any] | None = None,
         max_nodes: int | None = None,
+        backend: SyncBackend | None = None,
     ) -> None:
         self.ttl_s = ttl_s
         self.max_nodes = max_nodes
-        self.ejection = ejection or EjectionPolicy()
         self.clock = clock
-        self.pool_factory = pool_factory
+        self.outliers = OutlierDetector(ejection or EjectionPolicy(), clock)
+        self.catalog = ModelCatalog()
         self._nodes: dict[str, Node] = {}
         self._by_model: dict[str, tuple[Node, ...]] = {}
-        self._known_models: dict[str, float] = {}
-        # Engine capabilities some node serving each known model has reported:
-        # a stream continuation that needs one waits for a replacement node only
-        # where the fleet has had such a node (bounded with _known_models).
-        self._model_caps: dict[str, frozenset[str]] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self.listeners: list[Callable[[str, Node], None]] = []  # (event, node)
-        # Set while the shared view cannot be refreshed (Redis down): keep serving
-        # the last view instead of expiring nodes whose heartbeats went elsewhere.
-        self.hold_expiry = False
+        self.listeners: list[Listener] = []
+        self.backend: SyncBackend = backend or MemoryBackend()
+        self.backend.bind(self)
 
-    # -- control plane ---------------------------------------------------------------
+    # -- the one way node state changes ------------------------------------------------
 
-    def upsert(
-        self,
-        node_id: str,
-        report: NodeReport,
-        target: NodeTarget,
-        *,
-        age_s: float = 0.0,
-        drained: bool = False,
-    ) -> tuple[Node, bool]:
-        """Register or heartbeat; returns the node and whether it is new.
+    def apply(self, op: Op, *, local: bool = True) -> Outcome:
+        """Apply ``op``, tell the listeners what changed and hand it to the sync backend.
 
-        ``age_s`` and ``drained`` come from the shared view: how long ago the
-        heartbeat arrived (at whichever worker) and whether an operator drained it.
-        Raises :class:`RegistryFull` for a new node beyond ``max_nodes``.
-        """
-        now = self.clock() - max(0.0, age_s)
-        events: list[tuple[str, Node]] = []
-        old_pool = None
-        with self._lock:
-            node = self._nodes.get(node_id)
-            created = node is None
-            if node is None:
-                if self.max_nodes is not None and len(self._nodes) >= self.max_nodes:
-                    raise RegistryFull(self.max_nodes)
-                node = Node(
-                    id=node_id,
-                    target=target,
-                    models=frozenset(report.models),
-                    reported_state=report.state,
-                    load=report.load,
-                    labels=dict(report.labels),
-                    registered_at=now,
-                    last_seen=now,
-                    pool=self.pool_factory(target) if self.pool_factory else None,
-                    engine=report.engine,
-                    instance_id=report.instance_id,
-                    risk=report.risk,
-                    admin_drained=drained,
-                )
-                self._nodes[node_id] = node
-                events.append(("registered", node))
-            else:
-                if node.target.url != target.url or node.target.address != target.address:
-                    old_pool = node.pool
-                    node.target = target
-                    node.pool = self.pool_factory(target) if self.pool_factory else None
-                    events.append(("moved", node))
-                if node.reported_state is not report.state:
-                    unhealthy = report.state is NodeState.UNHEALTHY
-                    events.append(("unhealthy" if unhealthy else "state", node))
-                node.models = frozenset(report.models)
-                node.reported_state = report.state
-                node.load = report.load
-                node.labels = dict(report.labels)
-                node.engine = report.engine
-                node.instance_id = report.instance_id
-                node.risk = report.risk
-                node.last_seen = max(node.last_seen, now)
-                if drained and not node.admin_drained:
-                    node.admin_drained = True
-                    events.append(("drained", node))
-            for model in node.models:
-                self._known_models[model] = now
-                caps = self._model_caps.get(model, frozenset())
-                if not node.engine.capabilities <= caps:
-                    self._model_caps[model] = caps | node.engine.capabilities
-            if len(self._known_models) > KNOWN_MODELS_CAP:
-                oldest = sorted(self._known_models, key=self._known_models.__getitem__)
-                for model in oldest[: len(self._known_models) - KNOWN_MODELS_CAP]:
-                    del self._known_models[model]
-                    self._model_caps.pop(model, None)
-            self._reindex()
-            if node.routable:
-                self._changed.notify_all()
-        _close_pool(old_pool)
-        self._emit(events)
-        return node, created
-
-    def drain(self, node_id: str) -> int | None:
-        """Stop routing new requests to the node; its open requests, or None if unknown."""
-        with self._lock:
-            node = self._nodes.get(node_id)
-            if node is None:
-                return None
-            changed = not node.admin_drained
-            node.admin_drained = True
-            in_flight = node.in_flight
-        if changed:
-            self._emit([("drained", node)])
-        return in_flight
-
-    def drain_instance(self, instance_id: str) -> list[tuple[Node, bool]]:
-        """Drain every node on this EC2 instance; each with whether it was draining already.
-
-        Off-node interruption events (EventBridge → SQS → controller) know the
-        instance, not the node id. A node already draining, by its agent or an
-        earlier call, is reported but not drained again (no second event).
+        ``local=False``: the op came from the backend (another worker's change)
+        and is not handed back. Raises :class:`RegistryFull` for an upsert of a
+        new node beyond ``max_nodes`` when no silent node can make room.
         """
         with self._lock:
-            matches = [
-                (node, node.draining)
-                for node in self._nodes.values()
-                if node.instance_id == instance_id
-            ]
-            for node, _ in matches:
-                node.admin_drained = True
-        self._emit([("drained", node) for node, already in matches if not already])
-        return matches
-
-    def remove(self, node_id: str, reason: str = "deleted") -> Node | None:
-        with self._lock:
-            node = self._nodes.pop(node_id, None)
-            if node is None:
-                return None
-            node.removed = True
-            self._reindex()
-        _close_pool(node.pool)
-        self._emit([(reason, node)])
-        return node
-
-    def evict_silent(self, silent_s: float) -> Node | None:
-        """Forget the node heard from longest ago if it has been silent over ``silent_s``.
-
-        A registry full of nodes that stopped heartbeating (or of junk read
-        from a shared view) must make room for a node that is registering now.
-        """
-        with self._lock:
-            horizon = self.clock() - silent_s
-            stale = [n for n in self._nodes.values() if n.last_seen < horizon]
-            victim = min(stale, key=lambda n: n.last_seen, default=None)
-        if victim is None:
-            return None
-        return self.remove(victim.id, "expired")
-
-    def replace_all(self, nodes: list[tuple[str, NodeReport, NodeTarget, float, bool]]) -> None:
-        """Make the view exactly ``nodes`` (id, report, target, age_s, drained).
-
-        Used when the shared view is rebuilt; nodes kept keep their per-worker
-        state (in-flight counts, ejection, connection pool). A node missing from
-        the rebuilt view is *forgotten*, not lost: after a Redis restart the view
-        can lack a node that serves fine, so what is open on it goes on (no cut),
-        and its next heartbeat brings it back. A node that really died expires
-        on the worker that hears from it, and that expiry reaches every worker.
-        """
-        keep = set()
-        for node_id, report, target, age_s, drained in nodes:
-            try:
-                self.upsert(node_id, report, target, age_s=age_s, drained=drained)
-            except RegistryFull:
-                continue  # this worker's cap; the node stays known to the others
-            keep.add(node_id)
-        for node_id in [n for n in list(self._nodes) if n not in keep]:
-            self.remove(node_id, "forgotten")
+            outcome = self._apply_locked(op)
+        self._commit(op, outcome, local)
+        return outcome
 
     def expire(self) -> list[Node]:
-        """Drop nodes that missed heartbeats for ``ttl_s``; returns them."""
-        if self.hold_expiry:
+        """Apply :class:`Expire` to every node silent for ``ttl_s``; returns them.
+
+        Nothing expires while the backend holds expiry (its view is not current).
+        """
+        if self.backend.holds_expiry:
             return []
         now = self.clock()
         with self._lock:
             stale = [n for n in self._nodes.values() if now - n.last_seen > self.ttl_s]
-            for node in stale:
-                del self._nodes[node.id]
-                node.removed = True
+            applied = [(Expire(n.id), self._remove(n, NodeEvent.EXPIRED)) for n in stale]
             if stale:
                 self._reindex()
-        for node in stale:
-            _close_pool(node.pool)
-        self._emit([("expired", n) for n in stale])
+        for op, outcome in applied:
+            self._commit(op, outcome, True)
         return stale
+
+    def record_success(self, node: Node) -> None:
+        """An attempt on ``node`` succeeded (passive health)."""
+        self.outliers.success(node)
+
+    def record_failure(self, node: Node) -> bool:
+        """An attempt on ``node`` failed; True when this failure ejected it."""
+        return self.outliers.failure(node) and self.apply(Eject(node)).changed
+
+    # -- applying ops (lock held) ------------------------------------------------------
+
+    def _apply_locked(self, op: Op) -> Outcome:
+        match op:
+            case Upsert():
+                outcome = self._upsert(op, make_room=True)
+            case Drain(node_id=node_id):
+                outcome = self._drain(self._nodes.get(node_id))
+            case DrainInstance(instance_id=instance_id):
+                outcome = self._drain_instance(instance_id)
+            case Delete(node_id=node_id):
+                outcome = self._remove(self._nodes.get(node_id), NodeEvent.DELETED)
+            case Expire(node_id=node_id):
+                outcome = self._remove(self._nodes.get(node_id), NodeEvent.EXPIRED)
+            case Rebuild(nodes=nodes):
+                outcome = self._rebuild(nodes)
+            case Eject(node=node, event=event):
+                outcome = self._eject(node, event)
+            case Restore(node=node):
+                outcome = self._restore(node)
+            case _:
+                assert_never(op)
+        if isinstance(op, Upsert | Delete | Expire | Rebuild):
+            self._reindex()
+        if isinstance(op, Upsert | Rebuild | Restore):
+            self._changed.notify_all()  # a node may have become routable: capacity waits look
+        return outcome
+
+    def _upsert(self, op: Upsert, *, make_room: bool) -> Outcome:
+        """Register or heartbeat; when full, a node silent for two thirds of ``ttl_s`` may make
+        room (``make_room``). Agents heartbeat every 2 s, so such a node has missed at least
+        two heartbeats (default ttl_s 6) and is on its way to expiry; a node heartbeating
+        now wins over it (and over junk a shared view held)."""
+        now = self.clock() - max(0.0, op.age_s)
+        node = self._nodes.get(op.node_id)
+        if node is not None:
+            outcome = Outcome(node=node, events=self._refresh(node, op, now))
+        else:
+            outcome = Outcome(created=True)
+            if self.max_nodes is not None and len(self._nodes) >= self.max_nodes:
+                outcome.evicted = self._silent_victim(op) if make_room else None
+                if outcome.evicted is None:
+                    raise RegistryFull(self.max_nodes)
+                outcome.events += self._remove(outcome.evicted, NodeEvent.EXPIRED).events
+            node = outcome.node = self._nodes[op.node_id] = _new_node(op, now)
+            outcome.events.append((NodeEvent.REGISTERED, node))
+        self.catalog.note(node, now)
+        return outcome
+
+    def _refresh(self, node: Node, op: Upsert, now: float) -> list[tuple[NodeEvent, Node]]:
+        """A known node's heartbeat: take its report; what changed, as events."""
+        report, events = op.report, []
+        if node.target.url != op.target.url or node.target.address != op.target.address:
+            node.target = op.target
+            events.append((NodeEvent.MOVED, node))
+        if node.reported_state is not report.state:
+            unhealthy = report.state is NodeState.UNHEALTHY
+            events.append((NodeEvent.UNHEALTHY if unhealthy else NodeEvent.STATE, node))
+        node.models = frozenset(report.models)
+        node.reported_state = report.state
+        node.load = report.load
+        node.labels = dict(report.labels)
+        node.engine = report.engine
+        node.instance_id = report.instance_id
+        node.risk = report.risk
+        node.last_seen = max(node.last_seen, now)
+        if op.drained and not node.admin_drained:
+            node.admin_drained = True
+            events.append((NodeEvent.DRAINED, node))
+        return events
+
+    def _silent_victim(self, op: Upsert) -> Node | None:
+        """The node heard from longest ago, if silent over two thirds of ``ttl_s`` and
+        the incoming heartbeat is not that old itself."""
+        silent_s = self.ttl_s * 2 / 3
+        if op.age_s >= silent_s:
+            return None
+        horizon = self.clock() - silent_s
+        stale = [n for n in self._nodes.values() if n.last_seen < horizon]
+        return min(stale, key=lambda n: n.last_seen, default=None)
+
+    def _drain(self, node: Node | None) -> Outcome:
+        if node is None:
+            return Outcome()
+        changed = not node.admin_drained
+        node.admin_drained = True
+        return Outcome(node=node, events=[(NodeEvent.DRAINED, node)] if changed else [])
+
+    def _drain_instance(self, instance_id: str) -> Outcome:
+        """A node already draining, by its agent or an earlier call, is matched but not
+        drained again (no second event)."""
+        matched = [(n, n.draining) for n in self._nodes.values() if n.instance_id == instance_id]
+        for node, _ in matched:
+            node.admin_drained = True
+        events = [(NodeEvent.DRAINED, node) for node, already in matched if not already]
+        return Outcome(matched=matched, events=events)
+
+    def _remove(self, node: Node | None, event: NodeEvent) -> Outcome:
+        """Drop ``node`` (the caller reindexes); its passive-health record goes with it."""
+        if node is None:
+            return Outcome()
+        del self._nodes[node.id]
+        node.removed = True
+        self.outliers.forget(node)
+        return Outcome(node=node, events=[(event, node)])
+
+    def _rebuild(self, nodes: tuple[Upsert, ...]) -> Outcome:
+        """Nodes kept keep their per-worker state (in-flight counts, ejection). A node
+        missing from the rebuilt view is *forgotten*, not lost: after a Redis restart
+        the view can lack a node that serves fine, so what is open on it goes on (no
+        cut), and its next heartbeat brings it back. A node that really died expires
+        on the worker that hears from it, and that expiry reaches every worker."""
+        outcome, keep = Outcome(), set()
+        for op in nodes:
+            try:
+                outcome.events += self._upsert(op, make_room=False).events
+            except RegistryFull:
+                continue  # this worker's cap; the node stays known to the others
+            keep.add(op.node_id)
+        for node in [n for n in self._nodes.values() if n.id not in keep]:
+            outcome.events += self._remove(node, NodeEvent.FORGOTTEN).events
+        return outcome
+
+    def _eject(self, node: Node, event: NodeEvent) -> Outcome:
+        if node.ejected or node.removed:
+            return Outcome(node=node)
+        self.outliers.ejected(node)
+        node.ejected = True
+        return Outcome(node=node, events=[(event, node)])
+
+    def _restore(self, node: Node) -> Outcome:
+        if not node.ejected or node.removed:
+            return Outcome(node=node)
+        self.outliers.restored(node)
+        node.ejected = False
+        return Outcome(node=node, events=[(NodeEvent.RESTORED, node)])
+
+    def _commit(self, op: Op, outcome: Outcome, local: bool) -> None:
+        for event, node in outcome.events:
+            for listener in self.listeners:
+                listener(event, node)
+        if local:
+            self.backend.applied(op, outcome)
+
+    def _reindex(self) -> None:
+        by_model: dict[str, list[Node]] = {}
+        for node in self._nodes.values():
+            for model in node.models:
+                by_model.setdefault(model, []).append(node)
+        self._by_model = {m: tuple(ns) for m, ns in by_model.items()}
 
     # -- reads ------------------------------------------------------------------------
 
@@ -387,7 +290,7 @@ class Registry:
         now = self.clock()
         with self._lock:
             nodes = sorted(self._nodes.values(), key=lambda n: n.id)
-            return NodeList(tuple(n.entry(now) for n in nodes))
+        return NodeList(tuple(n.entry(now, *self.outliers.report(n, now)) for n in nodes))
 
     def candidates(self, model: str) -> list[Node]:
         """Routable nodes serving ``model`` that have not gone silent."""
@@ -397,21 +300,13 @@ class Registry:
     def model_status(self, model: str) -> ModelStatus:
         if self.candidates(model):
             return ModelStatus.AVAILABLE
-        if model in self._known_models or not self._nodes:
+        if model in self.catalog or not self._nodes:
             return ModelStatus.UNAVAILABLE
         return ModelStatus.UNKNOWN
 
     def has_had_capabilities(self, model: str, capabilities: frozenset[str]) -> bool:
         """Has some node serving ``model`` reported all of ``capabilities`` since start?"""
-        return capabilities <= self._model_caps.get(model, frozenset())
-
-    def has_served(self, model: str) -> bool:
-        """Has any node registered with ``model`` since start (the bounded known-model set)?"""
-        return model in self._known_models
-
-    def known_models(self) -> list[str]:
-        """Every model some node has served since start (bounded): gauges keep a 0 for each."""
-        return sorted(self._known_models)
+        return self.catalog.has_had_capabilities(model, capabilities)
 
     def ready_models(self) -> list[str]:
         """Models served by at least one routable node."""
@@ -434,6 +329,10 @@ class Registry:
             return
         with self._changed:
             self._changed.wait(timeout)
+
+    def _horizon(self) -> float:
+        """Nodes last seen before this are silent (nothing is while expiry is held)."""
+        return float("-inf") if self.backend.holds_expiry else self.clock() - self.ttl_s
 
     # -- data-plane accounting ---------------------------------------------------------
 
@@ -460,76 +359,20 @@ class Registry:
         with self._lock:
             return list(node.exchanges)
 
-    def eject(self, node: Node, event: str = "ejected") -> bool:
-        """Eject ``node`` now (no new work; probes restore it), as ``record_failure`` does
-        after its failures; ``event`` names why. False when it was ejected already."""
-        now = self.clock()
-        policy = self.ejection
-        with self._lock:
-            if node.ejected or node.removed:
-                return False
-            if node.restored_at is not None and now - node.restored_at >= policy.max_ejection_s:
-                node.ejections = 0
-            node.ejections += 1
-            node.ejected_until = now + policy.duration(node.ejections)
-        self._emit([(event, node)])
-        return True
 
-    def record_success(self, node: Node) -> None:
-        if node.consecutive_failures:
-            with self._lock:
-                node.consecutive_failures = 0
-
-    def record_failure(self, node: Node) -> bool:
-        """Count a failure; returns True when this one ejected the node."""
-        with self._lock:
-            node.consecutive_failures += 1
-            node.total_failures += 1
-            if node.ejected or node.consecutive_failures < self.ejection.consecutive_failures:
-                return False
-        # Ejections decay: a node healthy for max_ejection_s starts from scratch (eject).
-        return self.eject(node)
-
-    def due_for_probe(self) -> list[Node]:
-        """Ejected nodes whose ejection time is over: probe them, then restore."""
-        now = self.clock()
-        with self._lock:
-            return [
-                n
-                for n in self._nodes.values()
-                if n.ejected_until is not None and n.ejected_until <= now
-            ]
-
-    def restore(self, node: Node) -> bool:
-        with self._lock:
-            if node.ejected_until is None or node.removed:
-                return False
-            node.ejected_until = None
-            node.consecutive_failures = 0
-            node.restored_at = self.clock()
-            self._changed.notify_all()
-        self._emit([("restored", node)])
-        return True
-
-    # -- internals ------------------------------------------------------------------
-
-    def _horizon(self) -> float:
-        """Nodes last seen before this are silent (nothing is while expiry is held)."""
-        return float("-inf") if self.hold_expiry else self.clock() - self.ttl_s
-
-    def _reindex(self) -> None:
-        by_model: dict[str, list[Node]] = {}
-        for node in self._nodes.values():
-            for model in node.models:
-                by_model.setdefault(model, []).append(node)
-        self._by_model = {m: tuple(ns) for m, ns in by_model.items()}
-
-    def _emit(self, events: list[tuple[str, Node]]) -> None:
-        for event, node in events:
-            for listener in self.listeners:
-                listener(event, node)
-
-
-def _close_pool(pool: Any) -> None:
-    if pool is not None and hasattr(pool, "close"):
-        pool.close()
+def _new_node(op: Upsert, now: float) -> Node:
+    report = op.report
+    return Node(
+        id=op.node_id,
+        target=op.target,
+        models=frozenset(report.models),
+        reported_state=report.state,
+        load=report.load,
+        labels=dict(report.labels),
+        registered_at=now,
+        last_seen=now,
+        engine=report.engine,
+        instance_id=report.instance_id,
+        risk=report.risk,
+        admin_drained=op.drained,
+    )

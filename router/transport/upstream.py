@@ -1,8 +1,9 @@
 """Talking to nodes: connection pools, open responses, failure classification, SSE framing.
 
-One keep-alive pool per node (:class:`spotrelay.router.transport.h1.Pool`, made when
-the node registers, closed when it leaves). Pools connect to the address the
-network policy vetted, presenting the registered host name as ``Host``/SNI.
+One keep-alive pool per node (:class:`spotrelay.router.transport.h1.Pool`, kept by
+:mod:`.pools`: made on first use, closed when the node leaves). Pools connect to
+the address the network policy vetted, presenting the registered host name as
+``Host``/SNI.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any
 from spotrelay.core.ticker import Ticker
 
 from ..registry.exchange import Exchange
-from ..registry.state import Node, Registry
+from ..registry.node import Node
+from ..registry.state import Registry
 from ..retry import FailureKind
 from ..stream.hedge import StallWatch
 from ..stream.sse import EventTooLarge, SSEFramer, data_json

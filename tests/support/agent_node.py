@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from spotrelay.core.interruptions import parse_time
-from spotrelay.core.net import wait_until
-from spotrelay.core.processes import ProcessGroup
+from spotrelay.sim.loopback import wait_until
+from spotrelay.sim.processes import ProcessGroup
 
 from .aws import aws_env
 from .services import (

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from spotrelay.core.net import free_port
+from spotrelay.sim.loopback import free_port
 
 from .aws import REGION, client
 from .services import ROUTER_TOKEN, MotoFront, register_node

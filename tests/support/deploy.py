@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from spotrelay.deploy.pool_plan import module_source
+
 from .aws import REGION, aws_env, client
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,8 +95,9 @@ def stand_in(tmp_path: Path) -> Path:
     d = tmp_path / "deploy"
     d.mkdir()
     main = (FIXTURE / "main.tf").read_text()
-    main = main.replace("ROUTER_CONFIG_MODULE", str(ROUTER_CONFIG_MODULE))
-    (d / "main.tf").write_text(main.replace("CONFIG_MODULE", str(CONFIG_MODULE)))
+    # Relative sources: an absolute one is installed alone, without ../shared.
+    main = main.replace("ROUTER_CONFIG_MODULE", module_source(ROUTER_CONFIG_MODULE, d))
+    (d / "main.tf").write_text(main.replace("CONFIG_MODULE", module_source(CONFIG_MODULE, d)))
     (d / "artifacts.tf").write_text((FIXTURE / "artifacts.tf").read_text())
     (d / "variables.tf").write_text((EXAMPLE / "variables.tf").read_text())
     return d

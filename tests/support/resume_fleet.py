@@ -18,10 +18,10 @@ from typing import Any
 
 import requests
 
-from spotrelay.core.net import wait_until
-from spotrelay.core.processes import ProcessGroup
 from spotrelay.router.registry.balancer import rendezvous_weight
 from spotrelay.router.stream.sse import SSEParser
+from spotrelay.sim.loopback import wait_until
+from spotrelay.sim.processes import ProcessGroup
 
 from .services import (
     ROUTER_TOKEN,

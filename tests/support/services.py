@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from spotrelay.core.net import free_port, http_ok
-from spotrelay.core.processes import ManagedProcess, ProcessGroup, spotrelay_argv
+from spotrelay.sim.loopback import free_port, http_ok
+from spotrelay.sim.processes import ManagedProcess, ProcessGroup, spotrelay_argv
 
 HOST = "127.0.0.1"
 

@@ -36,6 +36,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spotrelay.deploy.pool_plan import module_source
+
 try:
     from tests.tfshim import tfreal
 except ImportError:  # run as a script: python tests/tfshim/tfcheck.py
@@ -43,6 +45,15 @@ except ImportError:  # run as a script: python tests/tfshim/tfcheck.py
 
 REPO = Path(__file__).resolve().parents[2]
 TF_ROOT = REPO / "terraform"
+# What gpu-pool and router both call (terraform/modules/shared).
+SHARED_MODULES = (
+    "package",
+    "instance-role",
+    "launch-template",
+    "security-group",
+    "cidr-ingress",
+    "cloudwatch-alarms",
+)
 MODULE_DIRS = (
     "modules/gpu-pool",
     "modules/gpu-pool/modules/config",
@@ -51,6 +62,7 @@ MODULE_DIRS = (
     "modules/router",
     "modules/router/modules/config",
     "modules/router/modules/alarms",
+    *(f"modules/shared/{m}" for m in SHARED_MODULES),
     "examples/complete",
 )
 OFFLINE_TEST_DIRS = (
@@ -59,6 +71,7 @@ OFFLINE_TEST_DIRS = (
     "modules/gpu-pool/modules/alarms",
     "modules/router/modules/config",
     "modules/router/modules/alarms",
+    "modules/shared/package",
 )
 EXEC_KEYS = re.compile(r"^(Exec(?:Start|StartPre|StartPost|Stop|StopPost|Reload|Condition))=(.*)$")
 REGISTRY = "registry.terraform.io"
@@ -92,14 +105,6 @@ module "router" {{
   api_keys_parameter = "/spotrelay/llm/api-keys"
   redis = {{
     endpoint = "master.llm-registry.abc123.use1.cache.amazonaws.com"
-  }}
-  egress_rules = {{
-    https = {{
-      description = "HTTPS: PyPI and the AWS APIs"
-      from_port   = 443
-      to_port     = 443
-      cidr_ipv4   = "0.0.0.0/0"
-    }}
   }}
   settings = {{
     allowed_networks = ["10.0.0.0/16"]
@@ -222,8 +227,8 @@ def render(tree: Path, work: Path, template: str = RENDER_MAIN) -> dict[str, obj
     work.mkdir(parents=True, exist_ok=True)
     (work / "main.tf").write_text(
         template.format(
-            gpu=tree / "modules/gpu-pool/modules/config",
-            router=tree / "modules/router/modules/config",
+            gpu=module_source(tree / "modules/gpu-pool/modules/config", work),
+            router=module_source(tree / "modules/router/modules/config", work),
         )
     )
     for args in (

@@ -7,9 +7,7 @@ module "alarms" {
   source = "./modules/alarms"
 
   name                = var.name
-  region              = local.region
   enabled             = var.alarms_enabled
-  sns_topic_arn       = var.alarm_sns_topic_arn
   controller_function = local.controller_on ? module.capacity.names.function : null
   dlq_names = concat(
     module.capacity.enabled.queue ? [module.capacity.names.dlq] : [],
@@ -27,25 +25,20 @@ module "alarms" {
   } : null
 }
 
-resource "aws_cloudwatch_metric_alarm" "pool" {
-  for_each = module.alarms.alarms
+module "cloudwatch" {
+  source = "../shared/cloudwatch-alarms"
 
-  alarm_name          = "${var.name}-${each.key}"
-  alarm_description   = each.value.description
-  namespace           = each.value.namespace
-  metric_name         = each.value.metric_name
-  dimensions          = each.value.dimensions
-  statistic           = each.value.statistic
-  period              = each.value.period
-  evaluation_periods  = each.value.evaluation_periods
-  threshold           = each.value.threshold
-  comparison_operator = each.value.comparison_operator
-  treat_missing_data  = each.value.treat_missing_data
-  alarm_actions       = module.alarms.actions
-  ok_actions          = module.alarms.actions
-  tags                = local.tags
+  name              = var.name
+  alarms            = module.alarms.alarms
+  sns_topic_arn     = var.alarm_sns_topic_arn
+  region            = local.region
+  dashboard_enabled = var.alarms_enabled
+  dashboard_name    = var.name
+  dashboard_widgets = module.alarms.dashboard_widgets
+  tags              = local.tags
 }
 
+# Metric math on the group's own metrics: made here, not by the shared module.
 resource "aws_cloudwatch_metric_alarm" "in_service_below_desired" {
   count = var.alarms_enabled ? 1 : 0
 
@@ -55,8 +48,8 @@ resource "aws_cloudwatch_metric_alarm" "in_service_below_desired" {
   threshold           = 0
   comparison_operator = "GreaterThanThreshold"
   treat_missing_data  = "missing"
-  alarm_actions       = module.alarms.actions
-  ok_actions          = module.alarms.actions
+  alarm_actions       = module.cloudwatch.actions
+  ok_actions          = module.cloudwatch.actions
   tags                = local.tags
 
   metric_query {
@@ -79,11 +72,4 @@ resource "aws_cloudwatch_metric_alarm" "in_service_below_desired" {
       }
     }
   }
-}
-
-resource "aws_cloudwatch_dashboard" "pool" {
-  count = var.alarms_enabled ? 1 : 0
-
-  dashboard_name = var.name
-  dashboard_body = module.alarms.dashboard_body
 }

@@ -50,7 +50,7 @@ resource "aws_iam_role_policy" "model_s3" {
   count = local.model_s3 == null ? 0 : 1
 
   name_prefix = "spotrelay-model-s3-"
-  role        = aws_iam_role.node.id
+  role        = module.instance_role.role_id
   policy      = data.aws_iam_policy_document.model_s3[0].json
 }
 

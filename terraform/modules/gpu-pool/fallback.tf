@@ -138,7 +138,7 @@ resource "aws_lambda_function" "controller" {
   # out Lambda's interface cleanup (DependencyViolation on `spotrelay down`).
   vpc_config {
     subnet_ids         = var.subnet_ids
-    security_group_ids = [aws_security_group.controller[0].id]
+    security_group_ids = [module.controller_security_group[0].id]
   }
   replace_security_groups_on_destroy = true
 
@@ -160,30 +160,16 @@ resource "aws_lambda_function" "controller" {
   ]
 }
 
-resource "aws_security_group" "controller" {
-  count = local.controller_on ? 1 : 0
+module "controller_security_group" {
+  source = "../shared/security-group"
+  count  = local.controller_on ? 1 : 0
 
-  name_prefix = "${var.name}-ctl-"
-  description = "spotrelay capacity controller of ${var.name}: AWS APIs and the routers control endpoint"
-  vpc_id      = var.vpc_id
-  tags        = merge(local.tags, { Name = "${var.name}-controller" })
-
-  lifecycle {
-    create_before_destroy = true
-  }
-}
-
-resource "aws_vpc_security_group_egress_rule" "controller" {
-  for_each = local.controller_on ? local.controller_egress : {}
-
-  security_group_id = aws_security_group.controller[0].id
-  description       = each.value.description
-  ip_protocol       = each.value.ip_protocol
-  from_port         = each.value.from_port
-  to_port           = each.value.to_port
-  cidr_ipv4         = each.value.cidr_ipv4
-  prefix_list_id    = each.value.prefix_list_id
-  tags              = local.tags
+  name         = "${var.name}-controller"
+  name_prefix  = "${var.name}-ctl-"
+  description  = "spotrelay capacity controller of ${var.name}: AWS APIs and the routers control endpoint"
+  vpc_id       = var.vpc_id
+  egress_rules = local.controller_egress
+  tags         = local.tags
 }
 
 # --- triggers -------------------------------------------------------------------

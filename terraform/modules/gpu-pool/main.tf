@@ -67,19 +67,20 @@ module "config" {
 
 # --- network ----------------------------------------------------------------
 
-resource "aws_security_group" "node" {
-  name_prefix = "${var.name}-node-"
-  description = "spotrelay GPU nodes of ${var.name}: vLLM reachable from the routers only"
-  vpc_id      = var.vpc_id
-  tags        = merge(local.tags, { Name = "${var.name}-node" })
+# Egress is an allow-list (egress_rules); the router module adds the
+# heartbeat rule to its internal endpoint.
+module "node_security_group" {
+  source = "../shared/security-group"
 
-  lifecycle {
-    create_before_destroy = true
-  }
+  name         = "${var.name}-node"
+  description  = "spotrelay GPU nodes of ${var.name}: vLLM reachable from the routers only"
+  vpc_id       = var.vpc_id
+  egress_rules = var.egress_rules
+  tags         = local.tags
 }
 
 resource "aws_vpc_security_group_ingress_rule" "vllm_from_routers" {
-  security_group_id            = aws_security_group.node.id
+  security_group_id            = module.node_security_group.id
   description                  = "vLLM API from the spotrelay routers"
   referenced_security_group_id = var.router_security_group_id
   ip_protocol                  = "tcp"
@@ -88,187 +89,70 @@ resource "aws_vpc_security_group_ingress_rule" "vllm_from_routers" {
   tags                         = local.tags
 }
 
-# Egress is an allow-list (egress_rules); the router module adds the
-# heartbeat rule to its internal endpoint.
-resource "aws_vpc_security_group_egress_rule" "allowed" {
-  for_each = var.egress_rules
-
-  security_group_id = aws_security_group.node.id
-  description       = each.value.description
-  ip_protocol       = each.value.ip_protocol
-  from_port         = each.value.from_port
-  to_port           = each.value.to_port
-  cidr_ipv4         = each.value.cidr_ipv4
-  prefix_list_id    = each.value.prefix_list_id
-  tags              = local.tags
-}
-
 # --- identity: least privilege ----------------------------------------------
 
-data "aws_iam_policy_document" "assume" {
-  statement {
-    sid     = "EC2AssumeRole"
-    actions = ["sts:AssumeRole"]
-    principals {
-      type        = "Service"
-      identifiers = ["ec2.amazonaws.com"]
-    }
-  }
-}
+module "instance_role" {
+  source = "../shared/instance-role"
 
-data "aws_iam_policy_document" "node" {
-  statement {
-    sid = "CompleteOwnLifecycleActions"
-    actions = [
-      "autoscaling:CompleteLifecycleAction",
-      "autoscaling:RecordLifecycleActionHeartbeat",
-    ]
-    resources = [local.asg_arn_pattern]
-  }
-
-  # Self-healing: the agent marks its own instance Unhealthy; the ARN pattern
-  # names this group only, so a node cannot touch any other group.
-  statement {
-    sid       = "MarkOwnInstanceUnhealthy"
-    actions   = ["autoscaling:SetInstanceHealth"]
-    resources = [local.asg_arn_pattern]
-  }
-
-  statement {
-    sid       = "ReadNodeSecrets"
-    actions   = ["ssm:GetParameter"]
-    resources = local.readable_parameters
-  }
-
-  dynamic "statement" {
-    for_each = module.config.package_s3_object == null ? [] : [module.config.package_s3_object]
-    content {
-      sid       = "ReadSpotrelayWheel"
-      actions   = ["s3:GetObject"]
-      resources = ["arn:${local.partition}:s3:::${statement.value}"]
-    }
-  }
-
-  dynamic "statement" {
-    for_each = var.node_token_kms_key_arn == null ? [] : [var.node_token_kms_key_arn]
-    content {
-      sid       = "DecryptNodeSecretsThroughSSM"
-      actions   = ["kms:Decrypt"]
-      resources = [statement.value]
-      condition {
-        test     = "StringEquals"
-        variable = "kms:ViaService"
-        values   = ["ssm.${local.region}.amazonaws.com"]
-      }
-    }
-  }
-}
-
-resource "aws_iam_role" "node" {
   name_prefix        = "${substr(var.name, 0, 32)}-node-"
   description        = "spotrelay GPU nodes of ${var.name}"
-  assume_role_policy = data.aws_iam_policy_document.assume.json
-  tags               = local.tags
-}
-
-resource "aws_iam_role_policy" "node" {
-  name_prefix = "spotrelay-node-"
-  role        = aws_iam_role.node.id
-  policy      = data.aws_iam_policy_document.node.json
-}
-
-resource "aws_iam_role_policy_attachment" "ssm_core" {
-  count      = var.enable_ssm_session_manager ? 1 : 0
-  role       = aws_iam_role.node.name
-  policy_arn = "arn:${local.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
-}
-
-resource "aws_iam_role_policy_attachment" "cloudwatch_agent" {
-  count      = var.enable_cloudwatch_agent ? 1 : 0
-  role       = aws_iam_role.node.name
-  policy_arn = "arn:${local.partition}:iam::aws:policy/CloudWatchAgentServerPolicy"
-}
-
-resource "aws_iam_instance_profile" "node" {
-  name_prefix = "${substr(var.name, 0, 32)}-node-"
-  role        = aws_iam_role.node.name
-  tags        = local.tags
+  policy_name_prefix = "spotrelay-node-"
+  statements = [
+    {
+      sid = "CompleteOwnLifecycleActions"
+      actions = [
+        "autoscaling:CompleteLifecycleAction",
+        "autoscaling:RecordLifecycleActionHeartbeat",
+      ]
+      resources = [local.asg_arn_pattern]
+    },
+    # Self-healing: the agent marks its own instance Unhealthy; the ARN
+    # pattern names this group only, so a node cannot touch any other group.
+    {
+      sid       = "MarkOwnInstanceUnhealthy"
+      actions   = ["autoscaling:SetInstanceHealth"]
+      resources = [local.asg_arn_pattern]
+    },
+    {
+      sid       = "ReadNodeSecrets"
+      actions   = ["ssm:GetParameter"]
+      resources = local.readable_parameters
+    },
+  ]
+  package_s3_object   = module.config.package_s3_object
+  secrets_kms_key_arn = var.node_token_kms_key_arn
+  secrets_kms_sid     = "DecryptNodeSecretsThroughSSM"
+  managed_policies = merge(
+    var.enable_ssm_session_manager ? { ssm_core = "AmazonSSMManagedInstanceCore" } : {},
+    var.enable_cloudwatch_agent ? { cloudwatch_agent = "CloudWatchAgentServerPolicy" } : {},
+  )
+  partition = local.partition
+  region    = local.region
+  tags      = local.tags
 }
 
 # --- launch template ----------------------------------------------------------
 
-resource "aws_launch_template" "node" {
-  name_prefix            = "${var.name}-"
-  description            = "spotrelay GPU node: vLLM ${var.vllm.version} + agent, model ${module.config.served_model_name}"
-  image_id               = local.image_id
-  user_data              = module.config.user_data_base64
-  ebs_optimized          = true
-  update_default_version = true
+module "launch_template" {
+  source = "../shared/launch-template"
 
-  iam_instance_profile {
-    arn = aws_iam_instance_profile.node.arn
-  }
-
-  # IMDSv2 only; hop limit 1 is enough because vLLM and the agent run on the
-  # host network, and it keeps containers from reaching the credentials.
-  metadata_options {
-    http_endpoint               = "enabled"
-    http_tokens                 = "required"
-    http_put_response_hop_limit = 1
-    instance_metadata_tags      = "disabled"
-  }
-
-  monitoring {
-    enabled = true
-  }
-
-  network_interfaces {
-    device_index                = 0
-    associate_public_ip_address = false
-    delete_on_termination       = true
-    security_groups             = concat([aws_security_group.node.id], var.additional_security_group_ids)
-  }
-
-  block_device_mappings {
-    device_name = var.root_device_name
-    ebs {
-      volume_size           = module.config.volumes.root_size_gib
-      volume_type           = "gp3"
-      encrypted             = true
-      kms_key_id            = var.kms_key_arn
-      delete_on_termination = true
-    }
-  }
-
-  dynamic "block_device_mappings" {
-    for_each = module.config.volumes.has_model_volume ? [module.config.volumes.model_size_gib] : []
-    content {
-      device_name = "/dev/sdf"
-      ebs {
-        volume_size           = block_device_mappings.value
-        volume_type           = "gp3"
-        throughput            = 500
-        iops                  = 6000
-        encrypted             = true
-        kms_key_id            = var.kms_key_arn
-        delete_on_termination = true
-      }
-    }
-  }
-
-  dynamic "tag_specifications" {
-    for_each = ["instance", "volume", "network-interface"]
-    content {
-      resource_type = tag_specifications.value
-      tags          = local.tags
-    }
-  }
-
-  tags = local.tags
-
-  lifecycle {
-    create_before_destroy = true
-  }
+  name_prefix          = "${var.name}-"
+  description          = "spotrelay GPU node: vLLM ${var.vllm.version} + agent, model ${module.config.served_model_name}"
+  image_id             = local.image_id
+  user_data_base64     = module.config.user_data_base64
+  instance_profile_arn = module.instance_role.instance_profile_arn
+  security_group_ids   = concat([module.node_security_group.id], var.additional_security_group_ids)
+  # The root volume, and the model volume unless the instance store holds
+  # the model (throughput and IOPS for loading the weights).
+  volumes = concat(
+    [{ device_name = var.root_device_name, size_gib = module.config.volumes.root_size_gib }],
+    module.config.volumes.has_model_volume ? [{
+      device_name = "/dev/sdf", size_gib = module.config.volumes.model_size_gib, throughput = 500, iops = 6000
+    }] : [],
+  )
+  kms_key_arn   = var.kms_key_arn
+  tags          = local.tags
+  instance_tags = local.tags
 }
 
 # --- Auto Scaling group -------------------------------------------------------
@@ -302,8 +186,8 @@ resource "aws_autoscaling_group" "node" {
 
     launch_template {
       launch_template_specification {
-        launch_template_id = aws_launch_template.node.id
-        version            = aws_launch_template.node.latest_version
+        launch_template_id = module.launch_template.id
+        version            = module.launch_template.latest_version
       }
 
       dynamic "override" {
@@ -393,7 +277,7 @@ resource "aws_autoscaling_group" "node" {
     ]
   }
 
-  depends_on = [aws_iam_role_policy.node]
+  depends_on = [module.instance_role]
 }
 
 # Without on_demand_fallback nothing follows a changed

@@ -10,12 +10,12 @@ output "autoscaling_group_arn" {
 
 output "launch_template_id" {
   description = "ID of the launch template."
-  value       = aws_launch_template.node.id
+  value       = module.launch_template.id
 }
 
 output "launch_template_latest_version" {
   description = "Latest version of the launch template."
-  value       = aws_launch_template.node.latest_version
+  value       = module.launch_template.latest_version
 }
 
 output "engine_port" {
@@ -30,27 +30,27 @@ output "instance_tags" {
 
 output "security_group_id" {
   description = "Security group of the GPU nodes."
-  value       = aws_security_group.node.id
+  value       = module.node_security_group.id
 }
 
 output "iam_role_arn" {
   description = "ARN of the nodes' IAM role."
-  value       = aws_iam_role.node.arn
+  value       = module.instance_role.role_arn
 }
 
 output "iam_role_name" {
   description = "Name of the nodes' IAM role (attach extra policies here)."
-  value       = aws_iam_role.node.name
+  value       = module.instance_role.role_name
 }
 
 output "instance_profile_arn" {
   description = "ARN of the nodes' instance profile."
-  value       = aws_iam_instance_profile.node.arn
+  value       = module.instance_role.instance_profile_arn
 }
 
 output "lifecycle_hook_name" {
   description = "Name of the termination lifecycle hook the agent completes."
-  value       = aws_autoscaling_lifecycle_hook.terminate.name
+  value       = aws_autoscaling_lifecycle_hook.node["terminate"].name
 }
 
 output "served_model_name" {
@@ -75,5 +75,5 @@ output "user_data" {
 
 output "launch_template_user_data_sha256" {
   description = "SHA-256 of the launch template's user data (as stored in the launch template): when it changes, an instance refresh replaces the nodes."
-  value       = sha256(aws_launch_template.node.user_data)
+  value       = sha256(module.launch_template.launch_template.user_data)
 }

@@ -15,5 +15,5 @@ output "interruption_dlq_url" {
 
 output "controller_security_group_ids" {
   description = "The capacity controller's security group, as a list (empty without the controller): pass it to the router module's control_client_security_group_ids so the controller reaches the routers' internal control endpoint."
-  value       = aws_security_group.controller[*].id
+  value       = module.controller_security_group[*].id
 }

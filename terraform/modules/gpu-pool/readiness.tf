@@ -31,25 +31,23 @@ variable "instance_refresh_warmup_s" {
   default     = 60
 }
 
-resource "aws_autoscaling_lifecycle_hook" "launch" {
-  name                   = module.config.launch_hook.name
-  autoscaling_group_name = aws_autoscaling_group.node.name
-  lifecycle_transition   = module.config.launch_hook.transition
-  heartbeat_timeout      = module.config.launch_hook.heartbeat_timeout
-  default_result         = module.config.launch_hook.default_result
-}
+# The launch hook (readiness gate) and the termination hook (drain).
+resource "aws_autoscaling_lifecycle_hook" "node" {
+  for_each = {
+    launch    = module.config.launch_hook
+    terminate = module.config.lifecycle_hook
+  }
 
-resource "aws_autoscaling_lifecycle_hook" "terminate" {
-  name                   = module.config.lifecycle_hook.name
+  name                   = each.value.name
   autoscaling_group_name = aws_autoscaling_group.node.name
-  lifecycle_transition   = module.config.lifecycle_hook.transition
-  heartbeat_timeout      = module.config.lifecycle_hook.heartbeat_timeout
-  default_result         = module.config.lifecycle_hook.default_result
+  lifecycle_transition   = each.value.transition
+  heartbeat_timeout      = each.value.heartbeat_timeout
+  default_result         = each.value.default_result
 }
 
 output "launch_hook_name" {
   description = "Name of the launch lifecycle hook the agent completes (CONTINUE) once the node serves the model on the routers."
-  value       = aws_autoscaling_lifecycle_hook.launch.name
+  value       = aws_autoscaling_lifecycle_hook.node["launch"].name
 }
 
 output "launch_hook_timeout_s" {

@@ -18,7 +18,7 @@ resource "aws_iam_role_policy" "node_metrics" {
   count = module.capacity.enabled.scaling ? 1 : 0
 
   name_prefix = "spotrelay-load-metrics-"
-  role        = aws_iam_role.node.id
+  role        = module.instance_role.role_id
   policy      = module.capacity.node_metrics_policy
 }
 

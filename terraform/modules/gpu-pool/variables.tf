@@ -83,7 +83,7 @@ variable "router_security_group_id" {
 }
 
 variable "egress_rules" {
-  description = "Egress allow-list of the nodes (map of description, ip_protocol, from_port, to_port, cidr_ipv4 or prefix_list_id). The router module adds the heartbeat rule itself. Default: HTTPS (PyPI, Hugging Face, S3, AWS APIs) and HTTP (the Ubuntu package mirrors apt uses, signature-checked)."
+  description = "Egress allow-list of the nodes (map of description, ip_protocol, from_port, to_port, cidr_ipv4 or prefix_list_id; checked by ../shared/security-group). The router module adds the heartbeat rule itself. Default: HTTPS (PyPI, Hugging Face, S3, AWS APIs) and HTTP (the Ubuntu package mirrors apt uses, signature-checked)."
   type = map(object({
     description    = string
     ip_protocol    = optional(string, "tcp")
@@ -105,21 +105,6 @@ variable "egress_rules" {
       to_port     = 80
       cidr_ipv4   = "0.0.0.0/0"
     }
-  }
-
-  validation {
-    condition     = alltrue([for r in values(var.egress_rules) : contains(["tcp", "udp"], r.ip_protocol) && r.from_port >= 1 && r.from_port <= r.to_port && r.to_port <= 65535])
-    error_message = "egress_rules: ip_protocol must be tcp or udp (no all-protocol rules) with 1 <= from_port <= to_port <= 65535."
-  }
-
-  validation {
-    condition     = alltrue([for r in values(var.egress_rules) : (r.cidr_ipv4 == null) != (r.prefix_list_id == null) && length(trimspace(r.description)) >= 10])
-    error_message = "egress_rules: each rule needs exactly one of cidr_ipv4 or prefix_list_id, and a description saying what it is for."
-  }
-
-  validation {
-    condition     = alltrue([for r in values(var.egress_rules) : can(regex("^[A-Za-z0-9 ._:/()#,@+=&;{}!$*\\[\\]-]+$", r.description))])
-    error_message = "egress_rules: descriptions may use letters, digits, spaces and ._-:/()#,@[]+=&;{}!$* only (the EC2 API refuses others, e.g. apostrophes)."
   }
 }
 

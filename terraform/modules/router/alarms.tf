@@ -5,40 +5,25 @@
 module "alarms" {
   source = "./modules/alarms"
 
-  name          = var.name
-  region        = local.region
-  enabled       = var.alarms_enabled
-  sns_topic_arn = var.alarm_sns_topic_arn
+  name    = var.name
+  enabled = var.alarms_enabled
   load_balancers = {
     public_lb           = aws_lb.this.arn_suffix
-    public_target_group = aws_lb_target_group.router.arn_suffix
+    public_target_group = aws_lb_target_group.routers["public"].arn_suffix
     heartbeat_lb        = aws_lb.heartbeat.arn_suffix
-    heartbeat_group     = aws_lb_target_group.heartbeat.arn_suffix
+    heartbeat_group     = aws_lb_target_group.routers["heartbeat"].arn_suffix
   }
 }
 
-resource "aws_cloudwatch_metric_alarm" "router" {
-  for_each = module.alarms.alarms
+module "cloudwatch" {
+  source = "../shared/cloudwatch-alarms"
 
-  alarm_name          = "${var.name}-${each.key}"
-  alarm_description   = each.value.description
-  namespace           = each.value.namespace
-  metric_name         = each.value.metric_name
-  dimensions          = each.value.dimensions
-  statistic           = each.value.statistic
-  period              = each.value.period
-  evaluation_periods  = each.value.evaluation_periods
-  threshold           = each.value.threshold
-  comparison_operator = each.value.comparison_operator
-  treat_missing_data  = each.value.treat_missing_data
-  alarm_actions       = module.alarms.actions
-  ok_actions          = module.alarms.actions
-  tags                = local.tags
-}
-
-resource "aws_cloudwatch_dashboard" "router" {
-  count = var.alarms_enabled ? 1 : 0
-
-  dashboard_name = "${var.name}-routers"
-  dashboard_body = module.alarms.dashboard_body
+  name              = var.name
+  alarms            = module.alarms.alarms
+  sns_topic_arn     = var.alarm_sns_topic_arn
+  region            = local.region
+  dashboard_enabled = var.alarms_enabled
+  dashboard_name    = "${var.name}-routers"
+  dashboard_widgets = module.alarms.dashboard_widgets
+  tags              = local.tags
 }

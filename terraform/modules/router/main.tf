@@ -44,15 +44,6 @@ locals {
     "arn:${local.partition}:ssm:${local.region}:${local.account_id}:parameter${var.api_keys_parameter}"
   )
   heartbeat_url = "http://${aws_lb.heartbeat.dns_name}:${var.heartbeat.port}"
-
-  # A CIDR is inside the VPC when it is at least as long as one of the VPC's
-  # blocks and falls in it (cidrhost masks the address to the given prefix).
-  vpc_cidrs = [for a in data.aws_vpc.this.cidr_block_associations : a.cidr_block]
-  monitoring_outside_vpc = [for c in var.monitoring_cidrs : c if !anytrue([
-    for v in local.vpc_cidrs :
-    tonumber(split("/", c)[1]) >= tonumber(split("/", v)[1]) &&
-    cidrhost("${split("/", c)[0]}/${split("/", v)[1]}", 0) == cidrhost(v, 0)
-  ])]
 }
 
 module "config" {
@@ -68,7 +59,6 @@ module "config" {
   spotrelay_sha256   = var.spotrelay_sha256
   api_keys_parameter = var.api_keys_parameter
   internet_facing    = !var.load_balancer.internal
-  egress_rules       = var.egress_rules
   refresh            = var.refresh
   redis = {
     endpoint = aws_elasticache_replication_group.registry.primary_endpoint_address
@@ -82,6 +72,8 @@ module "config" {
     connection_cap_exempt = coalesce(var.settings.connection_cap_exempt, [])
   })
   load_balancer_idle_timeout = var.load_balancer.idle_timeout
+  vpc_cidrs                  = [for a in data.aws_vpc.this.cidr_block_associations : a.cidr_block]
+  monitoring_cidrs           = var.monitoring_cidrs
   tags                       = var.tags
 }
 
@@ -143,7 +135,7 @@ resource "aws_elasticache_replication_group" "registry" {
   automatic_failover_enabled = true
   multi_az_enabled           = true
   subnet_group_name          = aws_elasticache_subnet_group.registry.name
-  security_group_ids         = [aws_security_group.registry.id]
+  security_group_ids         = [local.sg.registry]
   at_rest_encryption_enabled = true
   kms_key_id                 = var.kms_key_arn
   transit_encryption_enabled = true
@@ -164,115 +156,69 @@ resource "aws_elasticache_replication_group" "registry" {
 
 # --- security groups ---------------------------------------------------------------
 
-resource "aws_security_group" "lb" {
-  name_prefix = "${var.name}-lb-"
-  description = "spotrelay public load balancer ${var.name}: clients in, routers out"
-  vpc_id      = var.vpc_id
-  tags        = merge(local.tags, { Name = "${var.name}-lb" })
+module "security_group" {
+  source   = "../shared/security-group"
+  for_each = local.security_groups
 
-  lifecycle {
-    create_before_destroy = true
-  }
+  name         = "${var.name}-${each.key}"
+  description  = each.value.description
+  vpc_id       = var.vpc_id
+  egress_rules = each.value.egress_rules
+  tags         = local.tags
 }
 
-resource "aws_vpc_security_group_ingress_rule" "lb_clients" {
-  for_each = toset(var.load_balancer.allowed_cidrs)
+# CIDR blocks admitted to one port of a group, one rule per block.
+module "cidr_ingress" {
+  source   = "../shared/cidr-ingress"
+  for_each = local.cidr_ingress
 
-  security_group_id = aws_security_group.lb.id
-  description       = "OpenAI-compatible API from client network ${each.value}"
-  cidr_ipv4         = each.value
-  ip_protocol       = "tcp"
-  from_port         = local.lb_port
-  to_port           = local.lb_port
+  security_group_id = local.sg[each.value.group]
+  cidrs             = each.value.cidrs
+  port              = each.value.port
+  description       = each.value.description
   tags              = local.tags
 }
 
-resource "aws_vpc_security_group_ingress_rule" "lb_redirect" {
-  for_each = local.https ? toset(var.load_balancer.allowed_cidrs) : toset([])
-
-  security_group_id = aws_security_group.lb.id
-  description       = "HTTP from ${each.value}, redirected to HTTPS"
-  cidr_ipv4         = each.value
-  ip_protocol       = "tcp"
-  from_port         = 80
-  to_port           = 80
-  tags              = local.tags
-}
-
-resource "aws_security_group" "heartbeat" {
-  name_prefix = "${var.name}-heartbeat-"
-  description = "spotrelay heartbeat endpoint ${var.name}: GPU node agents in, routers out"
-  vpc_id      = var.vpc_id
-  tags        = merge(local.tags, { Name = "${var.name}-heartbeat" })
-
-  lifecycle {
-    create_before_destroy = true
-  }
-}
-
-resource "aws_vpc_security_group_ingress_rule" "heartbeat_from_operators" {
-  for_each = toset(var.heartbeat.allowed_cidrs)
-
-  security_group_id = aws_security_group.heartbeat.id
-  description       = "spotrelay status and operators from ${each.value}"
-  cidr_ipv4         = each.value
-  ip_protocol       = "tcp"
-  from_port         = var.heartbeat.port
-  to_port           = var.heartbeat.port
-  tags              = local.tags
-}
-
-resource "aws_security_group" "router" {
-  name_prefix = "${var.name}-router-"
-  description = "spotrelay routers ${var.name}: from the two load balancers"
-  vpc_id      = var.vpc_id
-  tags        = merge(local.tags, { Name = "${var.name}-router" })
-
-  lifecycle {
-    create_before_destroy = true
-  }
-}
-
-resource "aws_vpc_security_group_ingress_rule" "router_metrics" {
-  for_each = toset(var.monitoring_cidrs)
-
-  lifecycle {
-    precondition {
-      condition     = length(local.monitoring_outside_vpc) == 0
-      error_message = "monitoring_cidrs must lie inside the VPC (/metrics is VPC-only): ${join(", ", local.monitoring_outside_vpc)} is not."
+locals {
+  security_groups = {
+    lb = {
+      description  = "spotrelay public load balancer ${var.name}: clients in, routers out"
+      egress_rules = {}
+    }
+    heartbeat = {
+      description  = "spotrelay heartbeat endpoint ${var.name}: GPU node agents in, routers out"
+      egress_rules = {}
+    }
+    # The routers' own allow-list; the links below open the rest.
+    router = {
+      description  = "spotrelay routers ${var.name}: from the two load balancers"
+      egress_rules = var.egress_rules
+    }
+    registry = {
+      description  = "spotrelay registry ${var.name}: reachable from the routers only"
+      egress_rules = {}
     }
   }
+  sg = { for k, m in module.security_group : k => m.id }
 
-  security_group_id = aws_security_group.router.id
-  description       = "Prometheus scrapes /metrics on the control port from ${each.value} (inside the VPC)"
-  cidr_ipv4         = each.value
-  ip_protocol       = "tcp"
-  from_port         = var.control_port
-  to_port           = var.control_port
-  tags              = local.tags
-}
-
-resource "aws_vpc_security_group_egress_rule" "router_allowed" {
-  for_each = module.config.egress_rules
-
-  security_group_id = aws_security_group.router.id
-  description       = each.value.description
-  ip_protocol       = each.value.ip_protocol
-  from_port         = each.value.from_port
-  to_port           = each.value.to_port
-  cidr_ipv4         = each.value.cidr_ipv4
-  prefix_list_id    = each.value.prefix_list_id
-  tags              = local.tags
-}
-
-resource "aws_security_group" "registry" {
-  name_prefix = "${var.name}-registry-"
-  description = "spotrelay registry ${var.name}: reachable from the routers only"
-  vpc_id      = var.vpc_id
-  tags        = merge(local.tags, { Name = "${var.name}-registry" })
-
-  lifecycle {
-    create_before_destroy = true
+  cidr_ingress = {
+    lb_clients = {
+      group       = "lb", cidrs = var.load_balancer.allowed_cidrs, port = local.lb_port
+      description = "OpenAI-compatible API from client network %s"
+    }
+    lb_redirect = {
+      group       = "lb", cidrs = local.https ? var.load_balancer.allowed_cidrs : [], port = 80
+      description = "HTTP from %s, redirected to HTTPS"
+    }
+    heartbeat_from_operators = {
+      group       = "heartbeat", cidrs = var.heartbeat.allowed_cidrs, port = var.heartbeat.port
+      description = "spotrelay status and operators from %s"
+    }
+    # Checked to lie inside the VPC by the config module (/metrics is VPC-only).
+    router_metrics = {
+      group       = "router", cidrs = module.config.monitoring_cidrs, port = var.control_port
+      description = "Prometheus scrapes /metrics on the control port from %s (inside the VPC)"
+    }
   }
 }
 
@@ -284,31 +230,31 @@ locals {
   links = merge(
     {
       lb_to_routers = {
-        from = aws_security_group.lb.id, to = aws_security_group.router.id, port = var.port, egress_only = false
+        from = local.sg.lb, to = local.sg.router, port = var.port, egress_only = false
         what = "client requests from the public load balancer to the routers"
       }
       heartbeat_to_routers = {
-        from = aws_security_group.heartbeat.id, to = aws_security_group.router.id, port = var.control_port, egress_only = false
+        from = local.sg.heartbeat, to = local.sg.router, port = var.control_port, egress_only = false
         what = "heartbeats and health checks from the internal load balancer to the router control port"
       }
       routers_to_registry = {
-        from = aws_security_group.router.id, to = aws_security_group.registry.id, port = var.registry.port, egress_only = false
+        from = local.sg.router, to = local.sg.registry, port = var.registry.port, egress_only = false
         what = "the shared node registry of the routers (Valkey over TLS)"
       }
     },
     # The GPU nodes' groups: agents reach the heartbeat endpoint (both rules
     # here); routers reach the engine (the gpu-pool module adds the ingress).
     { for i, sg in var.agent_security_group_ids : "agents${i}_to_heartbeat" => {
-      from = sg, to = aws_security_group.heartbeat.id, port = var.heartbeat.port, egress_only = false
+      from = sg, to = local.sg.heartbeat, port = var.heartbeat.port, egress_only = false
       what = "agent heartbeats from the GPU nodes to the internal endpoint"
     } },
     # The capacity controller: the same endpoint, no inference traffic.
     { for i, sg in var.control_client_security_group_ids : "controller${i}_to_heartbeat" => {
-      from = sg, to = aws_security_group.heartbeat.id, port = var.heartbeat.port, egress_only = false
+      from = sg, to = local.sg.heartbeat, port = var.heartbeat.port, egress_only = false
       what = "drains from the capacity controller to the internal endpoint"
     } },
     { for i, sg in var.agent_security_group_ids : "routers_to_nodes${i}" => {
-      from = aws_security_group.router.id, to = sg, port = var.node_port, egress_only = true
+      from = local.sg.router, to = sg, port = var.node_port, egress_only = true
       what = "inference requests from the routers to the engine on the GPU nodes"
     } },
   )
@@ -340,19 +286,13 @@ resource "aws_vpc_security_group_ingress_rule" "link" {
 
 # --- identity -------------------------------------------------------------------
 
-data "aws_iam_policy_document" "assume" {
-  statement {
-    sid     = "EC2AssumeRole"
-    actions = ["sts:AssumeRole"]
-    principals {
-      type        = "Service"
-      identifiers = ["ec2.amazonaws.com"]
-    }
-  }
-}
+module "instance_role" {
+  source = "../shared/instance-role"
 
-data "aws_iam_policy_document" "router" {
-  statement {
+  name_prefix        = "${substr(var.name, 0, 30)}-router-"
+  description        = "spotrelay routers ${var.name}"
+  policy_name_prefix = "spotrelay-router-"
+  statements = [{
     sid     = "ReadRouterSecrets"
     actions = ["ssm:GetParameter"]
     resources = compact([
@@ -360,114 +300,31 @@ data "aws_iam_policy_document" "router" {
       aws_ssm_parameter.registry_auth_token.arn,
       local.api_keys_parameter_arn,
     ])
-  }
-
-  dynamic "statement" {
-    for_each = module.config.package_s3_object == null ? [] : [module.config.package_s3_object]
-    content {
-      sid       = "ReadSpotrelayWheel"
-      actions   = ["s3:GetObject"]
-      resources = ["arn:${data.aws_partition.current.partition}:s3:::${statement.value}"]
-    }
-  }
-
-  dynamic "statement" {
-    for_each = var.kms_key_arn == null ? [] : [var.kms_key_arn]
-    content {
-      sid       = "DecryptSecretsThroughSSM"
-      actions   = ["kms:Decrypt"]
-      resources = [statement.value]
-      condition {
-        test     = "StringEquals"
-        variable = "kms:ViaService"
-        values   = ["ssm.${local.region}.amazonaws.com"]
-      }
-    }
-  }
-}
-
-resource "aws_iam_role" "router" {
-  name_prefix        = "${substr(var.name, 0, 30)}-router-"
-  description        = "spotrelay routers ${var.name}"
-  assume_role_policy = data.aws_iam_policy_document.assume.json
-  tags               = local.tags
-}
-
-resource "aws_iam_role_policy" "router" {
-  name_prefix = "spotrelay-router-"
-  role        = aws_iam_role.router.id
-  policy      = data.aws_iam_policy_document.router.json
-}
-
-resource "aws_iam_role_policy_attachment" "ssm_core" {
-  count      = var.enable_ssm_session_manager ? 1 : 0
-  role       = aws_iam_role.router.name
-  policy_arn = "arn:${local.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
-}
-
-resource "aws_iam_instance_profile" "router" {
-  name_prefix = "${substr(var.name, 0, 30)}-router-"
-  role        = aws_iam_role.router.name
-  tags        = local.tags
+  }]
+  package_s3_object   = module.config.package_s3_object
+  secrets_kms_key_arn = var.kms_key_arn
+  managed_policies    = var.enable_ssm_session_manager ? { ssm_core = "AmazonSSMManagedInstanceCore" } : {}
+  partition           = local.partition
+  region              = local.region
+  tags                = local.tags
 }
 
 # --- instances: one launch template, one multi-AZ group ------------------------------
 
-resource "aws_launch_template" "router" {
-  name_prefix            = "${var.name}-router-"
-  description            = "spotrelay router ${var.name}"
-  image_id               = local.image_id
-  instance_type          = var.instance_type
-  user_data              = module.config.user_data_base64
-  ebs_optimized          = true
-  update_default_version = true
+module "launch_template" {
+  source = "../shared/launch-template"
 
-  iam_instance_profile {
-    arn = aws_iam_instance_profile.router.arn
-  }
-
-  metadata_options {
-    http_endpoint               = "enabled"
-    http_tokens                 = "required"
-    http_put_response_hop_limit = 1
-    instance_metadata_tags      = "disabled"
-  }
-
-  monitoring {
-    enabled = true
-  }
-
-  network_interfaces {
-    device_index                = 0
-    associate_public_ip_address = false
-    delete_on_termination       = true
-    security_groups             = [aws_security_group.router.id]
-  }
-
-  block_device_mappings {
-    device_name = "/dev/xvda"
-    ebs {
-      volume_size           = var.root_volume_size_gib
-      volume_type           = "gp3"
-      encrypted             = true
-      kms_key_id            = var.kms_key_arn
-      delete_on_termination = true
-    }
-  }
-
-  dynamic "tag_specifications" {
-    for_each = ["instance", "volume", "network-interface"]
-    content {
-      resource_type = tag_specifications.value
-      tags          = merge(local.tags, { Name = "${var.name}-router" })
-    }
-  }
-
-  tags = local.tags
-
-  lifecycle {
-    create_before_destroy = true
-  }
+  name_prefix          = "${var.name}-router-"
+  description          = "spotrelay router ${var.name}"
+  image_id             = local.image_id
+  instance_type        = var.instance_type
+  user_data_base64     = module.config.user_data_base64
+  instance_profile_arn = module.instance_role.instance_profile_arn
+  security_group_ids   = [local.sg.router]
+  volumes              = [{ device_name = "/dev/xvda", size_gib = var.root_volume_size_gib }]
+  kms_key_arn          = var.kms_key_arn
+  tags                 = local.tags
+  instance_tags        = merge(local.tags, { Name = "${var.name}-router" })
 }
 
 resource "aws_autoscaling_group" "router" {
@@ -478,11 +335,11 @@ resource "aws_autoscaling_group" "router" {
   desired_capacity          = var.router_count
   health_check_type         = "ELB"
   health_check_grace_period = 600
-  target_group_arns         = [aws_lb_target_group.router.arn, aws_lb_target_group.heartbeat.arn]
+  target_group_arns         = [for g in aws_lb_target_group.routers : g.arn]
 
   launch_template {
-    id      = aws_launch_template.router.id
-    version = aws_launch_template.router.latest_version
+    id      = module.launch_template.id
+    version = module.launch_template.latest_version
   }
 
   # A new launch template version rolls the group: replacements launch first
@@ -506,10 +363,11 @@ resource "aws_autoscaling_group" "router" {
     }
   }
 
-  depends_on = [aws_iam_role_policy.router]
+  depends_on = [module.instance_role]
 }
 
-# --- public load balancer: the data plane and /healthz only -----------------------------
+# --- load balancers: the public one serves the data plane and /healthz only,
+# the internal heartbeat endpoint /nodes*, /instances/*, /healthz, /readyz ----------
 
 resource "aws_lb" "this" {
   #checkov:skip=CKV2_AWS_20:HTTP redirects to HTTPS whenever certificate_arn is set, which is required for an internet-facing load balancer; an internal one without a certificate has no HTTPS to redirect to.
@@ -517,7 +375,7 @@ resource "aws_lb" "this" {
   load_balancer_type         = "application"
   internal                   = var.load_balancer.internal
   subnets                    = var.load_balancer.subnet_ids
-  security_groups            = [aws_security_group.lb.id]
+  security_groups            = [local.sg.lb]
   idle_timeout               = module.config.load_balancer_idle_timeout
   drop_invalid_header_fields = true
   enable_deletion_protection = var.load_balancer.deletion_protection
@@ -533,14 +391,36 @@ resource "aws_lb" "this" {
   }
 }
 
-resource "aws_lb_target_group" "router" {
-  #checkov:skip=CKV_AWS_378:TLS terminates at the load balancer; the hop to the routers stays inside the VPC.
-  name_prefix          = "spr-"
-  port                 = var.port
+# An internal endpoint in the routers' subnets: agents and the capacity
+# controller reach it, clients never do.
+resource "aws_lb" "heartbeat" {
+  #checkov:skip=CKV_AWS_150:Internal endpoint recreated by Terraform with the deployment; deletion protection would block `spotrelay down`.
+  #checkov:skip=CKV2_AWS_20:Internal-only HTTP endpoint inside the VPC (security-group restricted); there is no HTTPS listener to redirect to.
+  #checkov:skip=CKV_AWS_91:Heartbeats every 2 s per node would dominate access logs; the routers log registrations themselves.
+  name                       = module.config.resource_names.heartbeat_lb
+  load_balancer_type         = "application"
+  internal                   = true
+  subnets                    = var.subnet_ids
+  security_groups            = [local.sg.heartbeat]
+  drop_invalid_header_fields = true
+  tags                       = local.tags
+}
+
+# The routers behind each load balancer: their data port behind the public
+# one, their control port behind the heartbeat endpoint.
+resource "aws_lb_target_group" "routers" {
+  #checkov:skip=CKV_AWS_378:TLS terminates at the public load balancer, and the heartbeat endpoint is internal; both hops to the routers stay inside the VPC between security-group restricted endpoints.
+  for_each = {
+    public    = { name_prefix = "spr-", port = var.port, deregistration_delay = var.target_deregistration_delay }
+    heartbeat = { name_prefix = "sph-", port = var.control_port, deregistration_delay = 30 }
+  }
+
+  name_prefix          = each.value.name_prefix
+  port                 = each.value.port
   protocol             = "HTTP"
   vpc_id               = var.vpc_id
   target_type          = "instance"
-  deregistration_delay = var.target_deregistration_delay
+  deregistration_delay = each.value.deregistration_delay
   tags                 = local.tags
 
   health_check {
@@ -557,14 +437,22 @@ resource "aws_lb_target_group" "router" {
   }
 }
 
-resource "aws_lb_listener" "https" {
-  count = local.https ? 1 : 0
+# The listeners that answer the fixed 404 to every path no rule forwards: the
+# public one (HTTPS with a certificate, else HTTP) and the heartbeat one.
+resource "aws_lb_listener" "not_found" {
+  #checkov:skip=CKV_AWS_2:Plain HTTP only on the internal heartbeat endpoint (reachable from the GPU nodes' security groups and heartbeat.allowed_cidrs) and on an internal public load balancer without a certificate (validated: an internet-facing one requires certificate_arn).
+  #checkov:skip=CKV_AWS_103:TLS settings apply to the HTTPS listener, created when certificate_arn is set; the HTTP ones stay inside the VPC.
+  for_each = { for k, l in {
+    https     = { on = local.https, load_balancer_arn = aws_lb.this.arn, port = 443, protocol = "HTTPS" }
+    http      = { on = !local.https, load_balancer_arn = aws_lb.this.arn, port = 80, protocol = "HTTP" }
+    heartbeat = { on = true, load_balancer_arn = aws_lb.heartbeat.arn, port = var.heartbeat.port, protocol = "HTTP" }
+  } : k => l if l.on }
 
-  load_balancer_arn = aws_lb.this.arn
-  port              = 443
-  protocol          = "HTTPS"
-  ssl_policy        = var.load_balancer.ssl_policy
-  certificate_arn   = var.load_balancer.certificate_arn
+  load_balancer_arn = each.value.load_balancer_arn
+  port              = each.value.port
+  protocol          = each.value.protocol
+  ssl_policy        = each.key == "https" ? var.load_balancer.ssl_policy : null
+  certificate_arn   = each.key == "https" ? var.load_balancer.certificate_arn : null
   tags              = local.tags
 
   default_action {
@@ -577,6 +465,7 @@ resource "aws_lb_listener" "https" {
   }
 }
 
+# With a certificate, plain HTTP on the public load balancer redirects.
 resource "aws_lb_listener" "http_redirect" {
   count = local.https ? 1 : 0
 
@@ -595,120 +484,29 @@ resource "aws_lb_listener" "http_redirect" {
   }
 }
 
-resource "aws_lb_listener" "http" {
-  #checkov:skip=CKV_AWS_2:Plain HTTP only on an internal load balancer without a certificate (validated: an internet-facing one requires certificate_arn).
-  #checkov:skip=CKV_AWS_103:Same listener: TLS settings apply to the HTTPS listener created when certificate_arn is set.
-  count = local.https ? 0 : 1
+# What each listener forwards to the routers (module.config's path lists): the
+# public listener the data plane, one rule per five paths (the ALB's limit per
+# rule), the heartbeat listener the control plane.
+resource "aws_lb_listener_rule" "forward" {
+  for_each = merge(
+    { for i, paths in module.config.public_path_rules : "api${i}" => {
+      listener = local.https ? "https" : "http", routers = "public", priority = 10 + i, paths = paths
+    } },
+    { control = { listener = "heartbeat", routers = "heartbeat", priority = 10, paths = module.config.control_paths } },
+  )
 
-  load_balancer_arn = aws_lb.this.arn
-  port              = 80
-  protocol          = "HTTP"
-  tags              = local.tags
-
-  default_action {
-    type = "fixed-response"
-    fixed_response {
-      content_type = module.config.not_found.content_type
-      status_code  = module.config.not_found.status_code
-      message_body = module.config.not_found.message_body
-    }
-  }
-}
-
-resource "aws_lb_listener_rule" "api" {
-  count = length(module.config.public_path_rules)
-
-  listener_arn = local.https ? aws_lb_listener.https[0].arn : aws_lb_listener.http[0].arn
-  priority     = 10 + count.index
+  listener_arn = aws_lb_listener.not_found[each.value.listener].arn
+  priority     = each.value.priority
   tags         = local.tags
 
   action {
     type             = "forward"
-    target_group_arn = aws_lb_target_group.router.arn
+    target_group_arn = aws_lb_target_group.routers[each.value.routers].arn
   }
 
   condition {
     path_pattern {
-      values = module.config.public_path_rules[count.index]
-    }
-  }
-}
-
-moved {
-  from = aws_lb_listener_rule.api
-  to   = aws_lb_listener_rule.api[0]
-}
-
-# --- internal heartbeat endpoint: /nodes*, /healthz, /readyz only ---------------------
-
-resource "aws_lb" "heartbeat" {
-  #checkov:skip=CKV_AWS_150:Internal endpoint recreated by Terraform with the deployment; deletion protection would block `spotrelay down`.
-  #checkov:skip=CKV2_AWS_20:Internal-only HTTP endpoint inside the VPC (security-group restricted); there is no HTTPS listener to redirect to.
-  #checkov:skip=CKV_AWS_91:Heartbeats every 2 s per node would dominate access logs; the routers log registrations themselves.
-  name                       = module.config.resource_names.heartbeat_lb
-  load_balancer_type         = "application"
-  internal                   = true
-  subnets                    = var.subnet_ids
-  security_groups            = [aws_security_group.heartbeat.id]
-  drop_invalid_header_fields = true
-  tags                       = local.tags
-}
-
-resource "aws_lb_target_group" "heartbeat" {
-  #checkov:skip=CKV_AWS_378:Internal hop inside the VPC between security-group restricted endpoints.
-  name_prefix          = "sph-"
-  port                 = var.control_port
-  protocol             = "HTTP"
-  vpc_id               = var.vpc_id
-  target_type          = "instance"
-  deregistration_delay = 30
-  tags                 = local.tags
-
-  health_check {
-    path                = "/healthz"
-    matcher             = "200"
-    interval            = 10
-    timeout             = 5
-    healthy_threshold   = 2
-    unhealthy_threshold = 3
-  }
-
-  lifecycle {
-    create_before_destroy = true
-  }
-}
-
-resource "aws_lb_listener" "heartbeat" {
-  #checkov:skip=CKV_AWS_2:Internal-only listener inside the VPC, reachable from the GPU nodes' security groups (and heartbeat.allowed_cidrs) only.
-  #checkov:skip=CKV_AWS_103:Same listener: plain HTTP inside the VPC, no TLS policy applies.
-  load_balancer_arn = aws_lb.heartbeat.arn
-  port              = var.heartbeat.port
-  protocol          = "HTTP"
-  tags              = local.tags
-
-  default_action {
-    type = "fixed-response"
-    fixed_response {
-      content_type = module.config.not_found.content_type
-      status_code  = module.config.not_found.status_code
-      message_body = module.config.not_found.message_body
-    }
-  }
-}
-
-resource "aws_lb_listener_rule" "control" {
-  listener_arn = aws_lb_listener.heartbeat.arn
-  priority     = 10
-  tags         = local.tags
-
-  action {
-    type             = "forward"
-    target_group_arn = aws_lb_target_group.heartbeat.arn
-  }
-
-  condition {
-    path_pattern {
-      values = module.config.control_paths
+      values = each.value.paths
     }
   }
 }

@@ -30,17 +30,17 @@ output "lb_zone_id" {
 
 output "target_group_arn" {
   description = "Target group of the routers behind the public load balancer."
-  value       = aws_lb_target_group.router.arn
+  value       = aws_lb_target_group.routers["public"].arn
 }
 
 output "security_group_id" {
   description = "Security group of the routers (the gpu-pool module's router_security_group_id: the only source reaching the engine)."
-  value       = aws_security_group.router.id
+  value       = local.sg.router
 }
 
 output "heartbeat_security_group_id" {
   description = "Security group of the internal heartbeat endpoint."
-  value       = aws_security_group.heartbeat.id
+  value       = local.sg.heartbeat
 }
 
 output "registry_endpoint" {
@@ -70,7 +70,7 @@ output "autoscaling_group_name" {
 
 output "iam_role_name" {
   description = "Name of the routers' IAM role."
-  value       = aws_iam_role.router.name
+  value       = module.instance_role.role_name
 }
 
 output "router_config" {

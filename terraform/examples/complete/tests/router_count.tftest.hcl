@@ -19,21 +19,21 @@ override_resource {
 
 # Security group ids are validated across the modules (sg-...).
 override_resource {
-  target = module.gpu_pool.aws_security_group.node
+  target = module.gpu_pool.module.node_security_group.aws_security_group.this
   values = {
     id = "sg-0123456789abcdef0"
   }
 }
 
 override_resource {
-  target = module.gpu_pool.aws_security_group.controller
+  target = module.gpu_pool.module.controller_security_group[0].aws_security_group.this
   values = {
     id = "sg-0aaaaaaaaaaaaaaa0"
   }
 }
 
 override_resource {
-  target = module.router.aws_security_group.router
+  target = module.router.module.security_group["router"].aws_security_group.this
   values = {
     id = "sg-0fedcba9876543210"
   }

@@ -87,7 +87,7 @@ build {
 
   # The install script installs spotrelay only through this hash-checking fetcher.
   provisioner "file" {
-    source      = "${path.root}/../modules/config/templates/fetch-package.sh"
+    source      = "${path.root}/../../shared/package/fetch-package.sh"
     destination = "/tmp/spotrelay-fetch-package"
   }
 

@@ -6,29 +6,11 @@ mock_provider "aws" {
   source = "../../tests/mocks/aws" # shared mocked values
 }
 
-variables {
-  name                     = "llm-gpu"
-  vpc_id                   = "vpc-0123456789abcdef0"
-  subnet_ids               = ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"]
-  router_url               = "http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8081"
-  router_security_group_id = "sg-0123456789abcdef0"
-  node_token_parameter_arn = "arn:aws:ssm:us-east-1:123456789012:parameter/spotrelay/llm/node-token"
-  model = {
-    name = "Qwen/Qwen2.5-7B-Instruct"
-  }
-  # The instance-fit check (model_fit_known) needs the model's size.
-  model_params_billion = 7.6
-  spotrelay = {
-    pip_spec = "s3://llm-artifacts/spotrelay/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08/spotrelay-0.1.0-py3-none-any.whl"
-    sha256   = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
-  }
-}
-
 run "no_alarms_by_default" {
   command = plan
 
   assert {
-    condition     = length(aws_cloudwatch_metric_alarm.pool) == 0 && length(aws_cloudwatch_metric_alarm.in_service_below_desired) == 0 && length(aws_cloudwatch_dashboard.pool) == 0
+    condition     = length(module.cloudwatch.alarms) == 0 && length(aws_cloudwatch_metric_alarm.in_service_below_desired) == 0 && module.cloudwatch.dashboard == null
     error_message = "Alarms are opt-in in the module."
   }
 
@@ -50,7 +32,7 @@ run "alarms_for_every_feature" {
   }
 
   assert {
-    condition = toset(keys(aws_cloudwatch_metric_alarm.pool)) == toset([
+    condition = toset(keys(module.cloudwatch.alarms)) == toset([
       "controller-errors", "llm-gpu-interruptions-dlq-not-empty", "llm-gpu-controller-dlq-not-empty",
       "on-demand-fallback", "load-high",
     ])
@@ -58,12 +40,12 @@ run "alarms_for_every_feature" {
   }
 
   assert {
-    condition     = aws_cloudwatch_metric_alarm.pool["load-high"].threshold == 12 && aws_cloudwatch_metric_alarm.pool["controller-errors"].dimensions.FunctionName == "llm-gpu-controller"
+    condition     = module.cloudwatch.alarms["load-high"].threshold == 12 && module.cloudwatch.alarms["controller-errors"].dimensions.FunctionName == "llm-gpu-controller"
     error_message = "The load alarm at twice the target; the controller alarm on its function."
   }
 
   assert {
-    condition     = toset(aws_cloudwatch_metric_alarm.pool["on-demand-fallback"].alarm_actions) == toset(["arn:aws:sns:us-east-1:123456789012:oncall"])
+    condition     = toset(module.cloudwatch.alarms["on-demand-fallback"].alarm_actions) == toset(["arn:aws:sns:us-east-1:123456789012:oncall"])
     error_message = "Alarms notify the topic."
   }
 
@@ -78,7 +60,7 @@ run "alarms_for_every_feature" {
   }
 
   assert {
-    condition     = aws_cloudwatch_dashboard.pool[0].dashboard_name == "llm-gpu"
-    error_message = "One dashboard named after the pool."
+    condition     = module.cloudwatch.dashboard.dashboard_name == "llm-gpu" && [for w in jsondecode(module.cloudwatch.dashboard.dashboard_body).widgets : [w.x, w.y, w.properties.region]] == [[0, 0, "us-east-1"], [12, 0, "us-east-1"], [0, 6, "us-east-1"], [12, 6, "us-east-1"]]
+    error_message = "One dashboard named after the pool, its four graphs two a row."
   }
 }

@@ -8,24 +8,6 @@ mock_provider "aws" {
   source = "../../tests/mocks/aws" # shared mocked values
 }
 
-variables {
-  name                     = "llm-gpu"
-  vpc_id                   = "vpc-0123456789abcdef0"
-  subnet_ids               = ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"]
-  router_url               = "http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8081"
-  router_security_group_id = "sg-0123456789abcdef0"
-  node_token_parameter_arn = "arn:aws:ssm:us-east-1:123456789012:parameter/spotrelay/llm/node-token"
-  model = {
-    name = "Qwen/Qwen2.5-7B-Instruct"
-  }
-  # The instance-fit check (model_fit_known) needs the model's size.
-  model_params_billion = 7.6
-  spotrelay = {
-    pip_spec = "s3://llm-artifacts/spotrelay/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08/spotrelay-0.1.0-py3-none-any.whl"
-    sha256   = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
-  }
-}
-
 run "nothing_by_default" {
   command = plan
 
@@ -84,12 +66,12 @@ run "queue_and_fallback" {
   }
 
   assert {
-    condition     = length(aws_security_group.controller) == 1 && aws_lambda_function.controller[0].replace_security_groups_on_destroy
+    condition     = length(module.controller_security_group) == 1 && aws_lambda_function.controller[0].replace_security_groups_on_destroy
     error_message = "The controller has its own security group, released before the function is deleted (so `down` does not wait on its network interfaces)."
   }
 
   assert {
-    condition     = toset([for r in aws_vpc_security_group_egress_rule.controller : r.from_port]) == toset([443])
+    condition     = toset([for r in module.controller_security_group[0].egress_rules : r.from_port]) == toset([443])
     error_message = "The controller leaves on HTTPS only (the AWS APIs); the router module adds its control endpoint."
   }
 

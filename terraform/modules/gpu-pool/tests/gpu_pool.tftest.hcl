@@ -7,53 +7,36 @@ mock_provider "aws" {
   source = "../../tests/mocks/aws" # shared mocked values
 }
 
-variables {
-  name                     = "llm-gpu"
-  vpc_id                   = "vpc-0123456789abcdef0"
-  subnet_ids               = ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"]
-  router_url               = "http://internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com:8081"
-  router_security_group_id = "sg-0123456789abcdef0"
-  node_token_parameter_arn = "arn:aws:ssm:us-east-1:123456789012:parameter/spotrelay/llm/node-token"
-  model = {
-    name = "Qwen/Qwen2.5-7B-Instruct"
-  }
-  model_params_billion = 7.6
-  spotrelay = {
-    pip_spec = "s3://llm-artifacts/spotrelay/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08/spotrelay-0.1.0-py3-none-any.whl"
-    sha256   = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
-  }
-}
-
 run "launch_template_hardening" {
   command = plan
 
   assert {
-    condition     = aws_launch_template.node.metadata_options[0].http_tokens == "required"
+    condition     = module.launch_template.launch_template.metadata_options[0].http_tokens == "required"
     error_message = "IMDSv2 must be required."
   }
 
   assert {
-    condition     = aws_launch_template.node.metadata_options[0].http_put_response_hop_limit == 1
+    condition     = module.launch_template.launch_template.metadata_options[0].http_put_response_hop_limit == 1
     error_message = "The IMDS hop limit must be 1."
   }
 
   assert {
-    condition     = tostring(aws_launch_template.node.network_interfaces[0].associate_public_ip_address) == "false"
+    condition     = tostring(module.launch_template.launch_template.network_interfaces[0].associate_public_ip_address) == "false"
     error_message = "Nodes get no public IP."
   }
 
   assert {
-    condition     = alltrue([for b in aws_launch_template.node.block_device_mappings : tostring(b.ebs[0].encrypted) == "true" && b.ebs[0].volume_type == "gp3"])
+    condition     = alltrue([for b in module.launch_template.launch_template.block_device_mappings : tostring(b.ebs[0].encrypted) == "true" && b.ebs[0].volume_type == "gp3"])
     error_message = "Root and model volumes are encrypted gp3."
   }
 
   assert {
-    condition     = length(aws_launch_template.node.block_device_mappings) == 1
+    condition     = length(module.launch_template.launch_template.block_device_mappings) == 1
     error_message = "The root volume only: the instance-store NVMe holds the model, no EBS model volume is paid for."
   }
 
   assert {
-    condition     = aws_launch_template.node.image_id == "ami-0fedcba9876543210" && data.aws_ssm_parameter.ami[0].name == "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id"
+    condition     = module.launch_template.launch_template.image_id == "ami-0fedcba9876543210" && data.aws_ssm_parameter.ami[0].name == "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id"
     error_message = "The AMI comes from the Deep Learning AMI SSM parameter, resolved at plan time (auto rollback needs an AMI id)."
   }
 }
@@ -66,7 +49,7 @@ run "model_volume_without_instance_store" {
   }
 
   assert {
-    condition     = length(aws_launch_template.node.block_device_mappings) == 2 && one([for b in aws_launch_template.node.block_device_mappings : b.ebs[0].volume_size if b.device_name == "/dev/sdf"]) == 200
+    condition     = length(module.launch_template.launch_template.block_device_mappings) == 2 && one([for b in module.launch_template.launch_template.block_device_mappings : b.ebs[0].volume_size if b.device_name == "/dev/sdf"]) == 200
     error_message = "Without instance store the model gets a 200 GiB gp3 volume."
   }
 }
@@ -90,7 +73,7 @@ run "mixed_instances_spot_pool" {
   }
 
   assert {
-    condition     = aws_autoscaling_lifecycle_hook.terminate.heartbeat_timeout <= 120 && aws_autoscaling_lifecycle_hook.terminate.lifecycle_transition == "autoscaling:EC2_INSTANCE_TERMINATING"
+    condition     = aws_autoscaling_lifecycle_hook.node["terminate"].heartbeat_timeout <= 120 && aws_autoscaling_lifecycle_hook.node["terminate"].lifecycle_transition == "autoscaling:EC2_INSTANCE_TERMINATING"
     error_message = "The termination hook fires on termination, with a heartbeat of at most 120 s."
   }
 
@@ -109,7 +92,7 @@ run "readiness_gate_and_rollout" {
   command = plan
 
   assert {
-    condition     = aws_autoscaling_lifecycle_hook.launch.lifecycle_transition == "autoscaling:EC2_INSTANCE_LAUNCHING" && aws_autoscaling_lifecycle_hook.launch.default_result == "ABANDON" && aws_autoscaling_lifecycle_hook.launch.heartbeat_timeout == 1200
+    condition     = aws_autoscaling_lifecycle_hook.node["launch"].lifecycle_transition == "autoscaling:EC2_INSTANCE_LAUNCHING" && aws_autoscaling_lifecycle_hook.node["launch"].default_result == "ABANDON" && aws_autoscaling_lifecycle_hook.node["launch"].heartbeat_timeout == 1200
     error_message = "A launch hook, ABANDON by default, sized for a cold start."
   }
 
@@ -175,7 +158,7 @@ run "egress_allow_list" {
   command = plan
 
   assert {
-    condition     = alltrue([for r in aws_vpc_security_group_egress_rule.allowed : r.ip_protocol == "tcp"]) && toset([for r in aws_vpc_security_group_egress_rule.allowed : r.from_port]) == toset([443, 80])
+    condition     = alltrue([for r in module.node_security_group.egress_rules : r.ip_protocol == "tcp"]) && toset([for r in module.node_security_group.egress_rules : r.from_port]) == toset([443, 80])
     error_message = "Nodes may leave on HTTPS and HTTP (apt) only by default; no all-protocol egress."
   }
 }
@@ -192,12 +175,12 @@ run "explicit_ami_and_no_session_manager" {
   }
 
   assert {
-    condition     = aws_launch_template.node.image_id == "ami-0123456789abcdef0" && length(data.aws_ssm_parameter.ami) == 0
+    condition     = module.launch_template.launch_template.image_id == "ami-0123456789abcdef0" && length(data.aws_ssm_parameter.ami) == 0
     error_message = "An explicit AMI id wins (no SSM lookup)."
   }
 
   assert {
-    condition     = length(aws_iam_role_policy_attachment.ssm_core) == 0 && length(aws_launch_template.node.block_device_mappings) == 1
+    condition     = !contains(keys(module.instance_role.managed_policy_arns), "ssm_core") && length(module.launch_template.launch_template.block_device_mappings) == 1
     error_message = "Optional pieces can be turned off."
   }
 }
@@ -223,7 +206,7 @@ run "tags_reach_the_instances" {
   }
 
   assert {
-    condition     = alltrue([for s in aws_launch_template.node.tag_specifications : s.tags["CostCenter"] == "ml-inference"]) && toset([for s in aws_launch_template.node.tag_specifications : s.resource_type]) == toset(["instance", "volume", "network-interface"])
+    condition     = alltrue([for s in module.launch_template.launch_template.tag_specifications : s.tags["CostCenter"] == "ml-inference"]) && toset([for s in module.launch_template.launch_template.tag_specifications : s.resource_type]) == toset(["instance", "volume", "network-interface"])
     error_message = "Instances, their volumes and interfaces carry the tags from launch."
   }
 }

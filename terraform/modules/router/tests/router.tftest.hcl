@@ -7,41 +7,6 @@ mock_provider "aws" {
   source = "../../tests/mocks/aws" # shared mocked values
 }
 
-override_resource {
-  target = aws_lb.heartbeat
-  values = {
-    arn      = "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/app/llm-heartbeat/0123456789abcdef"
-    dns_name = "internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com"
-  }
-}
-
-override_resource {
-  target = aws_lb_target_group.router
-  values = {
-    arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/spr-public/0123456789abcdef"
-  }
-}
-
-override_resource {
-  target = aws_lb_target_group.heartbeat
-  values = {
-    arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/sph-heartbeat/0123456789abcdef"
-  }
-}
-
-variables {
-  name                     = "llm"
-  vpc_id                   = "vpc-0123456789abcdef0"
-  subnet_ids               = ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"]
-  agent_security_group_ids = ["sg-0123456789abcdef0"]
-  load_balancer = {
-    subnet_ids    = ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"]
-    allowed_cidrs = ["10.1.0.0/16"]
-  }
-  spotrelay_pip_spec = "s3://llm-artifacts/spotrelay/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08/spotrelay-0.1.0-py3-none-any.whl"
-  spotrelay_sha256   = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
-}
-
 run "one_multi_az_group" {
   command = apply
 
@@ -51,7 +16,7 @@ run "one_multi_az_group" {
   }
 
   assert {
-    condition     = aws_autoscaling_group.router.health_check_type == "ELB" && toset(aws_autoscaling_group.router.target_group_arns) == toset([aws_lb_target_group.router.arn, aws_lb_target_group.heartbeat.arn])
+    condition     = aws_autoscaling_group.router.health_check_type == "ELB" && toset(aws_autoscaling_group.router.target_group_arns) == toset([aws_lb_target_group.routers["public"].arn, aws_lb_target_group.routers["heartbeat"].arn]) && aws_lb_target_group.routers["public"].arn != aws_lb_target_group.routers["heartbeat"].arn
     error_message = "Routers are checked by, and registered with, both load balancers."
   }
 
@@ -70,8 +35,8 @@ run "internal_by_default" {
   }
 
   assert {
-    condition     = length(aws_lb_listener.http) == 1 && aws_lb_listener.http[0].default_action[0].type == "fixed-response" && aws_lb_listener.http[0].default_action[0].fixed_response[0].status_code == "404"
-    error_message = "The public listener answers 404 by default."
+    condition     = toset(keys(aws_lb_listener.not_found)) == toset(["http", "heartbeat"]) && alltrue([for l in aws_lb_listener.not_found : l.default_action[0].type == "fixed-response" && l.default_action[0].fixed_response[0].status_code == "404"])
+    error_message = "The public (plain HTTP) and the heartbeat listener answer 404 by default."
   }
 
   assert {
@@ -80,22 +45,22 @@ run "internal_by_default" {
   }
 
   assert {
-    condition     = aws_lb_target_group.heartbeat.port == 8081 && aws_lb_target_group.router.port == 8080
+    condition     = aws_lb_target_group.routers["heartbeat"].port == 8081 && aws_lb_target_group.routers["public"].port == 8080
     error_message = "The heartbeat endpoint reaches the routers' control listener, clients their data port."
   }
 
   assert {
-    condition     = toset(flatten([for r in aws_lb_listener_rule.api : [for c in r.condition : [for pp in c.path_pattern : pp.values]]])) == toset(["/v1/*", "/healthz", "/pooling", "/classify", "/score", "/rerank", "/v2/rerank", "/tokenize", "/detokenize", "/version", "/health", "/load", "/tokenizer_info", "/ping"])
+    condition     = toset(flatten([for k, r in aws_lb_listener_rule.forward : [for c in r.condition : [for pp in c.path_pattern : pp.values]] if startswith(k, "api")])) == toset(["/v1/*", "/healthz", "/pooling", "/classify", "/score", "/rerank", "/v2/rerank", "/tokenize", "/detokenize", "/version", "/health", "/load", "/tokenizer_info", "/ping"]) && alltrue([for k, r in aws_lb_listener_rule.forward : r.action[0].target_group_arn == aws_lb_target_group.routers["public"].arn if startswith(k, "api")])
     error_message = "The public listener forwards the public paths only."
   }
 
   assert {
-    condition     = alltrue([for r in aws_lb_listener_rule.api : length(flatten([for c in r.condition : [for pp in c.path_pattern : pp.values]])) <= 5])
-    error_message = "Each public listener rule matches at most five paths (the ALB's limit)."
+    condition     = alltrue([for r in aws_lb_listener_rule.forward : length(flatten([for c in r.condition : [for pp in c.path_pattern : pp.values]])) <= 5])
+    error_message = "Each listener rule matches at most five paths (the ALB's limit)."
   }
 
   assert {
-    condition     = toset(flatten([for c in aws_lb_listener_rule.control.condition : [for pp in c.path_pattern : pp.values]])) == toset(["/nodes", "/nodes/*", "/instances/*", "/healthz", "/readyz"])
+    condition     = toset(flatten([for c in aws_lb_listener_rule.forward["control"].condition : [for pp in c.path_pattern : pp.values]])) == toset(["/nodes", "/nodes/*", "/instances/*", "/healthz", "/readyz"]) && aws_lb_listener_rule.forward["control"].action[0].target_group_arn == aws_lb_target_group.routers["heartbeat"].arn
     error_message = "The heartbeat listener forwards the control plane only."
   }
 }
@@ -104,7 +69,7 @@ run "heartbeat_reachable_from_agents_only" {
   command = apply
 
   assert {
-    condition     = toset([for k, r in aws_vpc_security_group_ingress_rule.link : k if r.security_group_id == aws_security_group.heartbeat.id]) == toset(["agents0_to_heartbeat"])
+    condition     = toset([for k, r in aws_vpc_security_group_ingress_rule.link : k if r.security_group_id == module.security_group["heartbeat"].id]) == toset(["agents0_to_heartbeat"])
     error_message = "Only the GPU nodes' security group reaches the heartbeat endpoint."
   }
 
@@ -119,17 +84,17 @@ run "heartbeat_reachable_from_agents_only" {
   }
 
   assert {
-    condition     = length(aws_vpc_security_group_ingress_rule.heartbeat_from_operators) == 0
+    condition     = length(module.cidr_ingress["heartbeat_from_operators"].rules) == 0
     error_message = "No CIDR reaches it by default."
   }
 
   assert {
-    condition     = toset([for k, r in aws_vpc_security_group_ingress_rule.link : r.referenced_security_group_id if r.security_group_id == aws_security_group.registry.id]) == toset([aws_security_group.router.id])
+    condition     = toset([for k, r in aws_vpc_security_group_ingress_rule.link : r.referenced_security_group_id if r.security_group_id == module.security_group["registry"].id]) == toset([module.security_group["router"].id])
     error_message = "The registry is reachable from the routers only."
   }
 
   assert {
-    condition     = toset([for k, r in aws_vpc_security_group_ingress_rule.link : r.from_port if r.security_group_id == aws_security_group.router.id]) == toset([8080, 8081])
+    condition     = toset([for k, r in aws_vpc_security_group_ingress_rule.link : r.from_port if r.security_group_id == module.security_group["router"].id]) == toset([8080, 8081])
     error_message = "Routers admit the public load balancer on the data port and the heartbeat endpoint on the control port."
   }
 
@@ -143,7 +108,7 @@ run "ami_resolved_at_plan" {
   command = plan
 
   assert {
-    condition     = aws_launch_template.router.image_id == "ami-0fedcba9876543210" && data.aws_ssm_parameter.ami[0].name == "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+    condition     = module.launch_template.launch_template.image_id == "ami-0fedcba9876543210" && data.aws_ssm_parameter.ami[0].name == "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
     error_message = "The router AMI comes from its SSM parameter at plan time, not resolve:ssm: at launch (no mixed builds in one group)."
   }
 }
@@ -156,7 +121,7 @@ run "capacity_controller_reaches_the_control_endpoint_only" {
   }
 
   assert {
-    condition     = aws_vpc_security_group_ingress_rule.link["controller0_to_heartbeat"].security_group_id == aws_security_group.heartbeat.id && aws_vpc_security_group_ingress_rule.link["controller0_to_heartbeat"].referenced_security_group_id == "sg-0cccccccccccccccc" && aws_vpc_security_group_ingress_rule.link["controller0_to_heartbeat"].from_port == 8081
+    condition     = aws_vpc_security_group_ingress_rule.link["controller0_to_heartbeat"].security_group_id == module.security_group["heartbeat"].id && aws_vpc_security_group_ingress_rule.link["controller0_to_heartbeat"].referenced_security_group_id == "sg-0cccccccccccccccc" && aws_vpc_security_group_ingress_rule.link["controller0_to_heartbeat"].from_port == 8081
     error_message = "The controller's own group is admitted to the internal control endpoint."
   }
 
@@ -208,12 +173,12 @@ run "egress_allow_list" {
   command = apply
 
   assert {
-    condition     = alltrue([for r in aws_vpc_security_group_egress_rule.router_allowed : r.ip_protocol != "-1"])
+    condition     = alltrue([for r in module.security_group["router"].egress_rules : r.ip_protocol != "-1"])
     error_message = "No all-protocol egress."
   }
 
   assert {
-    condition     = aws_vpc_security_group_egress_rule.router_allowed["https"].from_port == 443
+    condition     = module.security_group["router"].egress_rules["https"].from_port == 443
     error_message = "HTTPS by default."
   }
 
@@ -223,6 +188,8 @@ run "egress_allow_list" {
   }
 }
 
+# Inside the mocked VPC (10.0.0.0/16): the module hands the VPC's blocks to
+# the config module, whose tests reject networks outside them.
 run "metrics_inside_the_vpc" {
   command = apply
 
@@ -231,19 +198,9 @@ run "metrics_inside_the_vpc" {
   }
 
   assert {
-    condition     = aws_vpc_security_group_ingress_rule.router_metrics["10.0.50.0/24"].from_port == 8081
+    condition     = module.cidr_ingress["router_metrics"].rules["10.0.50.0/24"].from_port == 8081 && module.cidr_ingress["router_metrics"].rules["10.0.50.0/24"].security_group_id == module.security_group["router"].id
     error_message = "Prometheus inside the VPC scrapes the routers' control port."
   }
-}
-
-run "rejects_metrics_outside_the_vpc" {
-  command = plan
-
-  variables {
-    monitoring_cidrs = ["10.0.50.0/24", "192.168.7.0/24"]
-  }
-
-  expect_failures = [aws_vpc_security_group_ingress_rule.router_metrics]
 }
 
 run "internet_facing_needs_certificate" {
@@ -274,7 +231,7 @@ run "internet_facing_with_certificate_and_keys" {
   }
 
   assert {
-    condition     = length(aws_lb_listener.https) == 1 && length(aws_lb_listener.http_redirect) == 1 && length(aws_lb_listener.http) == 0
+    condition     = toset(keys(aws_lb_listener.not_found)) == toset(["https", "heartbeat"]) && aws_lb_listener.not_found["https"].certificate_arn == "arn:aws:acm:us-east-1:123456789012:certificate/abc" && length(aws_lb_listener.http_redirect) == 1
     error_message = "With a certificate: HTTPS, and HTTP redirects."
   }
 

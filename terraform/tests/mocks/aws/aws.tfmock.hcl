@@ -1,6 +1,6 @@
 # Shared mocked values for the modules' mock_provider "aws" tests: the data
 # sources they read, and computed attributes the provider validates (ARNs,
-# launch template ids). Resource-specific values are overridden per test.
+# launch template ids). Values of one test's resources are overridden in its file.
 
 mock_data "aws_region" {
   defaults = {
@@ -118,5 +118,30 @@ mock_resource "aws_cloudwatch_event_rule" {
 mock_resource "aws_lambda_function" {
   defaults = {
     arn = "arn:aws:lambda:us-east-1:123456789012:function:spotrelay-mock"
+  }
+}
+
+# The router module's own tests (root addresses; Terraform ignores an override
+# whose target a configuration does not have): the heartbeat endpoint's fixed
+# address, and distinct ARNs for the two target groups.
+override_resource {
+  target = aws_lb.heartbeat
+  values = {
+    arn      = "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/app/llm-heartbeat/0123456789abcdef"
+    dns_name = "internal-llm-heartbeat-123.us-east-1.elb.amazonaws.com"
+  }
+}
+
+override_resource {
+  target = aws_lb_target_group.routers["public"]
+  values = {
+    arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/spr-public/0123456789abcdef"
+  }
+}
+
+override_resource {
+  target = aws_lb_target_group.routers["heartbeat"]
+  values = {
+    arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/sph-heartbeat/0123456789abcdef"
   }
 }

@@ -1,9 +1,10 @@
-# The GPU pool's CloudWatch alarms and dashboard as data. Every alarm names
-# its runbook entry (docs/runbook.md) in its description.
+# The GPU pool's CloudWatch alarms and dashboard graphs as data; the parent creates
+# them with ../../../shared/cloudwatch-alarms (the SNS actions, the dashboard
+# layout). Every alarm names its runbook entry (docs/runbook.md) in its
+# description.
 
 locals {
   runbook = "docs/runbook.md#"
-  actions = var.sns_topic_arn == null ? [] : [var.sns_topic_arn]
 
   controller = var.enabled && var.controller_function != null
   fallback   = var.enabled && var.fallback.enabled && var.controller_function != null
@@ -101,24 +102,4 @@ locals {
       [for q in var.dlq_names : ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", q]],
     ) },
   ]
-
-  dashboard = {
-    widgets = [
-      for i, w in [for w in local.widgets : w if length(w.metrics) > 0] : {
-        type   = "metric"
-        x      = (i % 2) * 12
-        y      = floor(i / 2) * 6
-        width  = 12
-        height = 6
-        properties = {
-          title   = w.title
-          region  = var.region
-          view    = "timeSeries"
-          stat    = "Maximum"
-          period  = 60
-          metrics = w.metrics
-        }
-      }
-    ]
-  }
 }

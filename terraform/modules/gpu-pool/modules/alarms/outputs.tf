@@ -8,12 +8,7 @@ output "in_service_alarm" {
   value       = local.in_service
 }
 
-output "actions" {
-  description = "Alarm and OK actions: the SNS topic, or none."
-  value       = local.actions
-}
-
-output "dashboard_body" {
-  description = "The CloudWatch dashboard's JSON (null when disabled)."
-  value       = var.enabled ? jsonencode(local.dashboard) : null
+output "dashboard_widgets" {
+  description = "The dashboard's graphs (title, stat, metrics), those with metrics only; empty when disabled."
+  value       = var.enabled ? [for w in local.widgets : { title = w.title, stat = "Maximum", metrics = w.metrics } if length(w.metrics) > 0] : []
 }

@@ -3,27 +3,11 @@
 # provider and no resource, so `terraform test` exercises all of it offline.
 
 locals {
-  # The spotrelay package: the wheel `spotrelay up` uploaded ("s3://bucket/
-  # key.whl", read with the instance role), a pip requirement
-  # ("spotrelay==X"), a bare version, or a wheel URL. Whatever the form,
-  # spotrelay-fetch-package fetches one file and checks its sha256 before pip
-  # sees it; the node then installs that file with the agent and NVML extras
-  # (spotrelay[agent,gpu]), nothing of the router or the simulator.
-  # templates/fetch-package.sh is the same file as the router module's (a
-  # test keeps the copies equal; each module must work on its own). It is
-  # terse on purpose: it counts against the 16 KB user-data limit.
-  package_extras    = "agent,gpu"
-  package_spec      = coalesce(var.spotrelay.pip_spec, "-")
-  package_sha256    = coalesce(var.spotrelay.sha256, "-")
-  package_is_s3     = startswith(local.package_spec, "s3://")
-  package_s3        = try(regex("^s3://([^/]+)/(.+)$", local.package_spec), [null, null])
-  package_s3_object = local.package_is_s3 ? "${local.package_s3[0]}/${local.package_s3[1]}" : null
-  package_requirement = (
-    local.package_is_s3 ? local.package_spec :
-    can(regex("^[0-9][0-9A-Za-z.+!-]*$", local.package_spec)) ? "spotrelay==${local.package_spec}" :
-    can(regex("^[a-z]+://", local.package_spec)) ? "spotrelay @ ${local.package_spec}" :
-    local.package_spec
-  )
+  # The node installs the spotrelay package (module.package below) with the
+  # agent and NVML extras (spotrelay[agent,gpu]), nothing of the router or the
+  # simulator.
+  package_extras = "agent,gpu"
+  package_sha256 = coalesce(module.package.sha256, "-")
 
   served_model_name = coalesce(var.model.served_name, var.model.name)
   hook_name         = coalesce(var.lifecycle_hook.name, "${var.name}-drain")
@@ -134,7 +118,7 @@ locals {
   })
 
   install_script = templatefile("${path.module}/templates/install.sh.tftpl", {
-    spotrelay_pip_spec   = local.package_requirement
+    spotrelay_pip_spec   = module.package.requirement
     spotrelay_sha256     = local.package_sha256
     package_extras       = local.package_extras
     vllm_pip_spec        = local.vllm_pip_spec
@@ -152,10 +136,19 @@ locals {
     agent_yaml     = local.agent_yaml
     vllm_unit      = local.vllm_unit
     install_script = local.install_script
-    fetch_package  = file("${path.module}/templates/fetch-package.sh")
+    fetch_package  = module.package.fetch_script
     fetch_model    = local.s3_copy ? file("${path.module}/templates/fetch-model.py") : ""
     nvme_script    = var.instance_store ? local.nvme_script : ""
   })
+}
+
+# The spotrelay package: ../../../shared/package reads the spec and supplies
+# spotrelay-fetch-package, as for the routers.
+module "package" {
+  source = "../../../shared/package"
+
+  pip_spec = coalesce(var.spotrelay.pip_spec, "-")
+  sha256   = var.spotrelay.sha256
 }
 
 # A warning, not an error: one instance type works, but a spot pool with one

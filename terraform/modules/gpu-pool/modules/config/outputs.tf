@@ -118,10 +118,10 @@ output "volumes" {
 
 output "package_s3_object" {
   description = "bucket/key of the spotrelay wheel in S3 the nodes may read (s3:GetObject), or null."
-  value       = local.package_s3_object
+  value       = module.package.s3_object
 }
 
 output "package_requirement" {
   description = "What the node's boot script installs for spotrelay (with the agent,gpu extras)."
-  value       = local.package_requirement
+  value       = module.package.requirement
 }

@@ -179,7 +179,7 @@ variable "vllm" {
 }
 
 variable "spotrelay" {
-  description = "The spotrelay agent on each node: pip_spec is the package (s3://bucket/key.whl, as `spotrelay up` uploads it, a pip requirement such as spotrelay==X, a bare version, or a wheel URL; the agent,gpu extras are added) and sha256 its file's hash, checked before anything installs it; the rest becomes /etc/spotrelay/agent.yaml."
+  description = "The spotrelay agent on each node: pip_spec is the package (s3://bucket/key.whl, as `spotrelay up` uploads it, a pip requirement such as spotrelay==X, a bare version, or a wheel URL; the agent,gpu extras are added) and sha256 its file's hash, checked before anything installs it (both required here, their form checked by ../../../shared/package); the rest becomes /etc/spotrelay/agent.yaml."
   type = object({
     pip_spec             = optional(string)
     sha256               = optional(string)
@@ -196,21 +196,6 @@ variable "spotrelay" {
   validation {
     condition     = var.spotrelay.pip_spec != null && var.spotrelay.sha256 != null
     error_message = "spotrelay.pip_spec and spotrelay.sha256 are required: the wheel `spotrelay up` uploads (s3://bucket/key.whl and its sha256), or a release pinned by hash (spotrelay==X and the sha256 of its file)."
-  }
-
-  validation {
-    condition     = var.spotrelay.sha256 == null || can(regex("^[0-9a-f]{64}$", var.spotrelay.sha256))
-    error_message = "spotrelay.sha256 must be 64 lowercase hex digits (sha256sum of the wheel)."
-  }
-
-  validation {
-    condition     = var.spotrelay.pip_spec == null || can(regex("^[A-Za-z0-9_.:/,=<>!~+@%\\[\\]-]+$", var.spotrelay.pip_spec))
-    error_message = "spotrelay.pip_spec must be one pip requirement or URL without spaces or quotes."
-  }
-
-  validation {
-    condition     = var.spotrelay.pip_spec == null || !startswith(coalesce(var.spotrelay.pip_spec, "-"), "s3://") || can(regex("^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+\\.whl$", var.spotrelay.pip_spec))
-    error_message = "spotrelay.pip_spec as s3://bucket/key must name a .whl object."
   }
 
   validation {

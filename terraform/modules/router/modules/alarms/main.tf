@@ -1,9 +1,10 @@
-# The routers' CloudWatch alarms and dashboard as data. Every alarm names its
-# runbook entry (docs/runbook.md) in its description.
+# The routers' CloudWatch alarms and dashboard graphs as data; the parent creates
+# them with ../../../shared/cloudwatch-alarms (the SNS actions, the dashboard
+# layout). Every alarm names its runbook entry (docs/runbook.md) in its
+# description.
 
 locals {
   runbook = "docs/runbook.md#"
-  actions = var.sns_topic_arn == null ? [] : [var.sns_topic_arn]
   lbs     = var.load_balancers
 
   five_xx = {
@@ -72,16 +73,4 @@ locals {
       concat(["AWS/ApplicationELB", "UnHealthyHostCount"], local.public),
     ] },
   ]
-  dashboard = {
-    widgets = [
-      for i, w in local.widgets : {
-        type       = "metric"
-        x          = (i % 2) * 12
-        y          = floor(i / 2) * 6
-        width      = 12
-        height     = 6
-        properties = { title = w.title, region = var.region, view = "timeSeries", stat = w.stat, period = 60, metrics = w.metrics }
-      }
-    ]
-  }
 }

@@ -3,12 +3,7 @@ output "alarms" {
   value       = local.alarms
 }
 
-output "actions" {
-  description = "Alarm and OK actions: the SNS topic, or none."
-  value       = local.actions
-}
-
-output "dashboard_body" {
-  description = "The CloudWatch dashboard's JSON (null when disabled)."
-  value       = var.enabled ? jsonencode(local.dashboard) : null
+output "dashboard_widgets" {
+  description = "The dashboard's graphs (title, stat, metrics); empty when disabled."
+  value       = var.enabled ? local.widgets : []
 }

@@ -3,21 +3,10 @@ variable "name" {
   type        = string
 }
 
-variable "region" {
-  description = "AWS region (the dashboard's widgets)."
-  type        = string
-}
-
 variable "enabled" {
   description = "Create the alarms and the dashboard."
   type        = bool
   default     = false
-}
-
-variable "sns_topic_arn" {
-  description = "SNS topic the alarms notify (alarm and OK); null: alarms without actions."
-  type        = string
-  default     = null
 }
 
 variable "load_balancers" {

@@ -3,22 +3,6 @@
 # data. No provider, so `terraform test` runs it offline.
 
 locals {
-  # The spotrelay package: the wheel `spotrelay up` uploaded ("s3://bucket/
-  # key.whl", read with the instance role), a pip requirement
-  # ("spotrelay==X"), a bare version, or a wheel URL. spotrelay-fetch-package
-  # fetches one file and checks its sha256 before pip sees it; the boot
-  # script installs that file with the router extra.
-  package_is_s3 = startswith(var.spotrelay_pip_spec, "s3://")
-  package_s3    = try(regex("^s3://([^/]+)/(.+)$", var.spotrelay_pip_spec), [null, null])
-  package_requirement = (
-    local.package_is_s3 ? var.spotrelay_pip_spec :
-    can(regex("^[0-9][0-9A-Za-z.+!-]*$", var.spotrelay_pip_spec)) ? "spotrelay==${var.spotrelay_pip_spec}" :
-    can(regex("^[a-z]+://", var.spotrelay_pip_spec)) ? "spotrelay @ ${var.spotrelay_pip_spec}" :
-    var.spotrelay_pip_spec
-  )
-  # The one object the instance role may read for it (ARN without partition prefix).
-  package_s3_object = local.package_is_s3 ? "${local.package_s3[0]}/${local.package_s3[1]}" : null
-
   # Secrets the routers fetch from SSM at boot, each into a root-only file.
   node_token_file     = "/etc/spotrelay/node-token"
   redis_password_file = "/etc/spotrelay/redis-password"
@@ -132,6 +116,15 @@ locals {
     control = anytrue([for g in local.control_paths : can(regex(local.glob_regex[g], p))])
   } }
 
+  # /metrics is VPC-only: a monitoring CIDR is inside the VPC when it is at
+  # least as long as one of the VPC's blocks and falls in it (cidrhost masks
+  # the address to the given prefix).
+  monitoring_outside_vpc = [for c in var.monitoring_cidrs : c if !anytrue([
+    for v in var.vpc_cidrs :
+    tonumber(split("/", c)[1]) >= tonumber(split("/", v)[1]) &&
+    cidrhost("${split("/", c)[0]}/${split("/", v)[1]}", 0) == cidrhost(v, 0)
+  ])]
+
   # Names with AWS length limits, distinct for every valid name: load
   # balancers take 32 characters, replication group ids 40.
   resource_names = {
@@ -167,8 +160,8 @@ locals {
   ]))
 
   install_script = templatefile("${path.module}/templates/install.sh.tftpl", {
-    spotrelay_pip_spec   = local.package_requirement
-    spotrelay_sha256     = var.spotrelay_sha256
+    spotrelay_pip_spec   = module.package.requirement
+    spotrelay_sha256     = module.package.sha256
     region               = var.region
     node_token_parameter = local.parameters.node_token.name
     node_token_file      = local.node_token_file
@@ -182,8 +175,18 @@ locals {
     router_yaml    = local.router_yaml
     unit_dropin    = local.unit_dropin
     install_script = local.install_script
-    fetch_package  = file("${path.module}/templates/fetch-package.sh")
+    fetch_package  = module.package.fetch_script
   })
+}
+
+# The spotrelay package: ../../../shared/package reads the spec and supplies
+# spotrelay-fetch-package, as for the GPU nodes; the boot script installs the
+# fetched file with the router extra.
+module "package" {
+  source = "../../../shared/package"
+
+  pip_spec = var.spotrelay_pip_spec
+  sha256   = var.spotrelay_sha256
 }
 
 check "router_redundancy" {

@@ -68,11 +68,6 @@ output "instance_refresh" {
   value       = local.instance_refresh
 }
 
-output "egress_rules" {
-  description = "The validated egress allow-list (beyond the module's component rules)."
-  value       = var.egress_rules
-}
-
 output "data_plane_auth" {
   description = "Where the routers' data-plane API keys come from (SSM parameter, or null)."
   value       = var.api_keys_parameter
@@ -100,5 +95,15 @@ output "load_balancer_idle_timeout" {
 
 output "package_s3_object" {
   description = "bucket/key of the spotrelay wheel in S3 the routers may read (s3:GetObject), or null."
-  value       = local.package_s3_object
+  value       = module.package.s3_object
+}
+
+output "monitoring_cidrs" {
+  description = "monitoring_cidrs, checked to lie inside the VPC: the networks the routers' security group admits to /metrics on the control port."
+  value       = var.monitoring_cidrs
+
+  precondition {
+    condition     = length(local.monitoring_outside_vpc) == 0
+    error_message = "monitoring_cidrs must lie inside the VPC (/metrics is VPC-only): ${join(", ", local.monitoring_outside_vpc)} is not."
+  }
 }

@@ -96,71 +96,14 @@ variable "internet_facing" {
   default     = false
 }
 
-variable "egress_rules" {
-  description = "Egress allow-list of the routers beyond what the module opens between its own components: description, ip_protocol (tcp/udp), from_port, to_port and exactly one of cidr_ipv4 or prefix_list_id."
-  type = map(object({
-    description    = string
-    ip_protocol    = optional(string, "tcp")
-    from_port      = number
-    to_port        = number
-    cidr_ipv4      = optional(string)
-    prefix_list_id = optional(string)
-  }))
-
-  validation {
-    condition     = alltrue([for r in values(var.egress_rules) : contains(["tcp", "udp"], r.ip_protocol)])
-    error_message = "egress_rules: ip_protocol must be tcp or udp (no all-protocol rules)."
-  }
-
-  validation {
-    condition     = alltrue([for r in values(var.egress_rules) : r.from_port >= 1 && r.to_port <= 65535 && r.from_port <= r.to_port])
-    error_message = "egress_rules: ports must satisfy 1 <= from_port <= to_port <= 65535."
-  }
-
-  validation {
-    condition     = alltrue([for r in values(var.egress_rules) : (r.cidr_ipv4 == null) != (r.prefix_list_id == null)])
-    error_message = "egress_rules: each rule needs exactly one of cidr_ipv4 or prefix_list_id."
-  }
-
-  validation {
-    condition     = alltrue([for r in values(var.egress_rules) : r.cidr_ipv4 == null || can(cidrhost(coalesce(r.cidr_ipv4, "0.0.0.0/0"), 0))])
-    error_message = "egress_rules: cidr_ipv4 must be a CIDR block."
-  }
-
-  validation {
-    condition     = alltrue([for r in values(var.egress_rules) : length(trimspace(r.description)) >= 10])
-    error_message = "egress_rules: every rule needs a description saying what it is for."
-  }
-
-  validation {
-    condition     = alltrue([for r in values(var.egress_rules) : can(regex("^[A-Za-z0-9 ._:/()#,@+=&;{}!$*\\[\\]-]+$", r.description))])
-    error_message = "egress_rules: descriptions may use letters, digits, spaces and ._-:/()#,@[]+=&;{}!$* only (the EC2 API refuses others, e.g. apostrophes)."
-  }
-}
-
 variable "spotrelay_pip_spec" {
-  description = "The spotrelay package on the routers: s3://bucket/key.whl (as `spotrelay up` uploads it), a pip requirement (spotrelay==X), a bare version, or a wheel URL. The router extra is added."
+  description = "The spotrelay package on the routers: s3://bucket/key.whl (as `spotrelay up` uploads it), a pip requirement (spotrelay==X), a bare version, or a wheel URL. The router extra is added; checked by ../../../shared/package."
   type        = string
-
-  validation {
-    condition     = can(regex("^[A-Za-z0-9_.:/,=<>!~+@%\\[\\]-]+$", var.spotrelay_pip_spec))
-    error_message = "spotrelay_pip_spec must be one pip requirement or URL without spaces or quotes."
-  }
-
-  validation {
-    condition     = !startswith(var.spotrelay_pip_spec, "s3://") || can(regex("^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+\\.whl$", var.spotrelay_pip_spec))
-    error_message = "spotrelay_pip_spec as s3://bucket/key must name a .whl object."
-  }
 }
 
 variable "spotrelay_sha256" {
-  description = "sha256 of the spotrelay package file; the boot script checks it before pip sees the file."
+  description = "sha256 of the spotrelay package file; the boot script checks it before pip sees the file (its form is checked by ../../../shared/package)."
   type        = string
-
-  validation {
-    condition     = can(regex("^[0-9a-f]{64}$", var.spotrelay_sha256))
-    error_message = "spotrelay_sha256 must be 64 lowercase hex digits (sha256sum of the wheel)."
-  }
 }
 
 variable "settings" {
@@ -242,6 +185,18 @@ variable "load_balancer_idle_timeout" {
     condition     = var.load_balancer_idle_timeout >= 60 && var.load_balancer_idle_timeout <= 4000
     error_message = "load_balancer_idle_timeout must be between 60 and 4000 seconds (the ALB limits)."
   }
+}
+
+variable "vpc_cidrs" {
+  description = "The VPC's CIDR blocks (every association), which monitoring_cidrs must lie in."
+  type        = list(string)
+  default     = []
+}
+
+variable "monitoring_cidrs" {
+  description = "Networks of the Prometheus servers that scrape the routers' /metrics on the control port; each must lie inside one of vpc_cidrs (checked by the monitoring_cidrs output)."
+  type        = list(string)
+  default     = []
 }
 
 variable "tags" {

@@ -845,16 +845,3 @@ run "rejects_missing_package" {
 
   expect_failures = [var.spotrelay]
 }
-
-run "rejects_s3_package_that_is_not_a_wheel" {
-  command = plan
-
-  variables {
-    spotrelay = {
-      pip_spec = "s3://my-artifacts/spotrelay/"
-      sha256   = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
-    }
-  }
-
-  expect_failures = [var.spotrelay]
-}

@@ -7,14 +7,6 @@ variables {
   redis = {
     endpoint = "master.llm-registry.abc123.euw1.cache.amazonaws.com"
   }
-  egress_rules = {
-    https = {
-      description = "HTTPS: PyPI and the AWS APIs"
-      from_port   = 443
-      to_port     = 443
-      cidr_ipv4   = "0.0.0.0/0"
-    }
-  }
   settings = {
     allowed_networks = ["10.0.0.0/16"]
   }
@@ -292,72 +284,12 @@ run "rejects_refresh_below_half" {
   expect_failures = [var.refresh]
 }
 
-run "rejects_all_protocol_egress" {
-  command = plan
-  variables {
-    egress_rules = {
-      all = {
-        description = "everything, everywhere"
-        ip_protocol = "-1"
-        from_port   = 1
-        to_port     = 65535
-        cidr_ipv4   = "0.0.0.0/0"
-      }
-    }
-  }
-  expect_failures = [var.egress_rules]
-}
-
-run "rejects_egress_without_destination" {
-  command = plan
-  variables {
-    egress_rules = {
-      https = {
-        description = "HTTPS to somewhere"
-        from_port   = 443
-        to_port     = 443
-      }
-    }
-  }
-  expect_failures = [var.egress_rules]
-}
-
-run "rejects_undocumented_egress" {
-  command = plan
-  variables {
-    egress_rules = {
-      https = {
-        description = "x"
-        from_port   = 443
-        to_port     = 443
-        cidr_ipv4   = "0.0.0.0/0"
-      }
-    }
-  }
-  expect_failures = [var.egress_rules]
-}
-
 run "rejects_control_port_equal_to_port" {
   command = plan
   variables {
     control_port = 8080
   }
   expect_failures = [var.control_port]
-}
-
-run "rejects_description_the_ec2_api_refuses" {
-  command = plan
-  variables {
-    egress_rules = {
-      https = {
-        description = "HTTPS to the proxy's address"
-        from_port   = 443
-        to_port     = 443
-        cidr_ipv4   = "10.0.0.10/32"
-      }
-    }
-  }
-  expect_failures = [var.egress_rules]
 }
 
 run "rejects_single_subnet" {
@@ -386,20 +318,42 @@ run "rejects_idle_timeout_below_first_byte" {
   expect_failures = [output.load_balancer_idle_timeout]
 }
 
+run "metrics_inside_the_vpc" {
+  command = apply
+  variables {
+    vpc_cidrs        = ["10.0.0.0/16", "100.64.0.0/16"]
+    monitoring_cidrs = ["10.0.50.0/24", "100.64.3.0/24", "10.0.0.0/16"]
+  }
+  assert {
+    condition     = output.monitoring_cidrs == tolist(["10.0.50.0/24", "100.64.3.0/24", "10.0.0.0/16"])
+    error_message = "Networks inside any of the VPC's blocks may scrape /metrics."
+  }
+}
+
+run "rejects_metrics_outside_the_vpc" {
+  command = plan
+  variables {
+    vpc_cidrs        = ["10.0.0.0/16"]
+    monitoring_cidrs = ["10.0.50.0/24", "192.168.7.0/24"]
+  }
+  expect_failures = [output.monitoring_cidrs]
+}
+
+run "rejects_metrics_wider_than_the_vpc" {
+  command = plan
+  variables {
+    vpc_cidrs        = ["10.0.0.0/16"]
+    monitoring_cidrs = ["10.0.0.0/8"]
+  }
+  expect_failures = [output.monitoring_cidrs]
+}
+
 run "rejects_zero_routers" {
   command = plan
   variables {
     router_count = 0
   }
   expect_failures = [var.router_count]
-}
-
-run "rejects_quote_in_pip_spec" {
-  command = plan
-  variables {
-    spotrelay_pip_spec = "spotrelay'; curl x | sh; '"
-  }
-  expect_failures = [var.spotrelay_pip_spec]
 }
 
 run "package_as_a_pypi_version_pinned_by_hash" {
@@ -437,24 +391,4 @@ run "package_as_a_wheel_in_s3" {
     condition     = anytrue([for f in yamldecode(output.user_data).write_files : f.path == "/usr/local/sbin/spotrelay-fetch-package" && strcontains(f.content, "sha256sum")])
     error_message = "cloud-init writes the fetcher that checks the sha256."
   }
-}
-
-run "rejects_a_malformed_hash" {
-  command = plan
-
-  variables {
-    spotrelay_sha256 = "abc"
-  }
-
-  expect_failures = [var.spotrelay_sha256]
-}
-
-run "rejects_s3_package_that_is_not_a_wheel" {
-  command = plan
-
-  variables {
-    spotrelay_pip_spec = "s3://my-artifacts/spotrelay/"
-  }
-
-  expect_failures = [var.spotrelay_pip_spec]
 }

@@ -7,7 +7,8 @@ a saved plan is applied on another machine, and packaging at plan time needs
 the hashicorp/archive provider. The same sources always give the same bytes
 (sorted entries, fixed timestamps and modes, no compression), so a test can
 check that the committed zip is exactly what the sources build
-(``make controller-zip`` rewrites it).
+(``make controller-zip`` rewrites it). It is a build step of what Terraform
+deploys, so it lives with the deploy tool; in controller/ it would ship in the zip.
 """
 
 from __future__ import annotations

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from .config import ConfigError
-from .control_client import ControlClient, ControlError, NodeView, UrllibTransport
-from .deploy import StatusSection
+from spotrelay.core.config import ConfigError
+from spotrelay.core.control_client import ControlClient, ControlError, NodeView, UrllibTransport
+from spotrelay.core.secrets import read_token
+
 from .pool_status import (
     DEFAULT_NEVER_AFTER_S,
     instance_details,
@@ -39,7 +40,7 @@ from .pool_status import (
     render_rows,
     scaling_activities,
 )
-from .secrets import read_token
+from .settings import StatusSection
 
 
 @dataclass

@@ -8,7 +8,7 @@ Each check asks an AWS API and says OK, WARN or FAIL with the reason:
 - every chosen instance type offered in the AZs of the chosen subnets
   (EC2 DescribeSubnets, DescribeInstanceTypeOfferings);
 - the model fits every type (the gpu-pool module's own table and estimate,
-  :mod:`spotrelay.core.preflight_pool`);
+  :mod:`.pool_plan`);
 - Lambda concurrency headroom for the capacity controller
   (GetAccountSettings: UnreservedConcurrentExecutions);
 - the service-linked roles Auto Scaling, Spot and ElastiCache use.
@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .preflight_pool import PoolPlan
+from .pool_plan import PoolPlan
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 

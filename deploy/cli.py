@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .deploy import DeployConfig, TerraformDriver
-    from .deploy_artifacts import Wheel
+    from .artifacts import Wheel
+    from .settings import DeployConfig
+    from .terraform import TerraformDriver
 
 UP_HELP = """\
 Create or update a deployment from this checkout: build the spotrelay wheel
@@ -60,8 +61,9 @@ something could not be read or no node is ready."""
 
 
 def _epilog() -> str:
-    from .config import describe
-    from .deploy import DeployConfig
+    from spotrelay.core.config import describe
+
+    from .settings import DeployConfig
 
     return describe(DeployConfig)
 
@@ -113,8 +115,9 @@ def register(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentPars
 
 
 def _load(args: argparse.Namespace) -> DeployConfig:
-    from .config import load
-    from .deploy import DeployConfig
+    from spotrelay.core.config import load
+
+    from .settings import DeployConfig
 
     overrides: dict[str, Any] = {"terraform": {"binary": args.terraform, "dir": args.dir}}
     if getattr(args, "no_wait", False) or getattr(args, "wait_timeout", None) is not None:
@@ -130,16 +133,8 @@ def _driver(
     need_backend: bool = True,
 ) -> tuple[TerraformDriver, Path, list[str]]:
     """(TerraformDriver, vars file, init arguments) for the configured directory."""
-    from .deploy import (
-        TerraformDriver,
-        backend_args,
-        check_package,
-        check_required,
-        resolve_dir,
-        tfvars,
-        write_tfvars,
-    )
-    from .terraform_bin import find_binary
+    from .terraform import TerraformDriver, backend_args, find_binary, resolve_dir
+    from .tfvars import check_package, check_required, tfvars, write_tfvars
 
     directory, is_example = resolve_dir(cfg.terraform.dir)
     binary = find_binary(cfg.terraform.binary)
@@ -157,7 +152,7 @@ def _last_wheel(directory: Path, cfg: DeployConfig) -> dict[str, Any] | None:
     """The wheel the last ``up`` deployed, so down and preflight keep the variables valid."""
     import json
 
-    from .deploy import VARS_FILE
+    from .tfvars import VARS_FILE
 
     path = directory / VARS_FILE
     if cfg.software.spotrelay_pip_spec or not path.is_file():
@@ -167,9 +162,9 @@ def _last_wheel(directory: Path, cfg: DeployConfig) -> dict[str, Any] | None:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from .deploy import TerraformFailed, format_outputs
-    from .deploy_artifacts import ArtifactError
-    from .preflight_pool import PoolPlanError
+    from .artifacts import ArtifactError
+    from .pool_plan import PoolPlanError
+    from .terraform import TerraformFailed, format_outputs
 
     cfg = _load(args)
     try:
@@ -207,7 +202,7 @@ def _up(args: argparse.Namespace) -> int:
 
 def _wheel(cfg: DeployConfig, args: argparse.Namespace) -> Wheel | None:
     """The wheel to deploy, unless the YAML names a hash-pinned package instead."""
-    from .deploy_artifacts import prepare_wheel, scratch_dir
+    from .artifacts import prepare_wheel, scratch_dir
 
     if cfg.software.spotrelay_pip_spec:
         if args.wheel:
@@ -219,9 +214,9 @@ def _wheel(cfg: DeployConfig, args: argparse.Namespace) -> Wheel | None:
 
 def _publish(cfg: DeployConfig, driver: TerraformDriver, vars_file: Path, wheel: Wheel) -> None:
     """Create the artifacts bucket alone (it must exist first), then upload the wheel."""
-    from .deploy import TerraformFailed
-    from .deploy_artifacts import ARTIFACTS_FILE, artifact_targets, upload
-    from .deploy_status import client
+    from .artifacts import ARTIFACTS_FILE, artifact_targets, upload
+    from .status import client
+    from .terraform import TerraformFailed
 
     targets = artifact_targets(driver.working_dir)
     if not targets:
@@ -251,10 +246,10 @@ def _run_preflight(cfg: DeployConfig, driver: TerraformDriver) -> bool:
     """Print each check; True when none failed."""
     import json
 
-    from .deploy import VARS_FILE
-    from .deploy_status import client
+    from .pool_plan import pool_plan
     from .preflight import failed, run_checks
-    from .preflight_pool import pool_plan
+    from .status import client
+    from .tfvars import VARS_FILE
 
     values = json.loads((driver.working_dir / VARS_FILE).read_text())
     if not values.get("region"):
@@ -276,8 +271,8 @@ def _wait_ready(
     done_when: Callable[[Any], bool] | None = None,
     what: str = "up",
 ) -> bool:
-    from .deploy_status import gather, render
-    from .deploy_wait import wait_ready
+    from .status import gather, render
+    from .wait import wait_ready
 
     region = _region(cfg, outputs)
     print(
@@ -307,7 +302,7 @@ def _wait_ready(
 
 
 def _preflight(args: argparse.Namespace) -> int:
-    from .preflight_pool import PoolPlanError
+    from .pool_plan import PoolPlanError
 
     cfg = _load(args)
     driver, _, _ = _driver(cfg, need_example_vars=True, need_backend=False)
@@ -319,8 +314,8 @@ def _preflight(args: argparse.Namespace) -> int:
 
 
 def _scale(args: argparse.Namespace) -> int:
-    from .deploy_scale import ScaleError, set_desired, settled
-    from .deploy_status import client
+    from .scale import ScaleError, set_desired, settled
+    from .status import client
 
     cfg = _load(args)
     outputs = _outputs(cfg, [])
@@ -347,8 +342,7 @@ def _scale(args: argparse.Namespace) -> int:
 
 def _outputs(cfg: DeployConfig, notes: list[str]) -> dict[str, Any]:
     """Terraform outputs, unless the status section names router and group itself."""
-    from .deploy import TerraformDriver, TerraformFailed, resolve_dir
-    from .terraform_bin import find_binary
+    from .terraform import TerraformDriver, TerraformFailed, find_binary, resolve_dir
 
     if cfg.status.router_url and cfg.status.asg_name:
         return {}
@@ -361,7 +355,7 @@ def _outputs(cfg: DeployConfig, notes: list[str]) -> dict[str, Any]:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from .deploy import TerraformFailed
+    from .terraform import TerraformFailed
 
     cfg = _load(args)
     driver, vars_file, init_args = _driver(cfg, need_example_vars=False)
@@ -382,7 +376,7 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .deploy_status import gather, render, render_json
+    from .status import gather, render, render_json
 
     cfg = _load(args)
     notes: list[str] = []

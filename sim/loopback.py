@@ -1,4 +1,8 @@
-"""Small networking helpers: free loopback ports, polling with a deadline, HTTP probes."""
+"""Reaching local processes over loopback: free ports, polling with a deadline, HTTP probes.
+
+The demo fleet, the benchmarks and the tests start routers, simulators and
+agents on 127.0.0.1 and wait for them; these are the few helpers they share.
+"""
 
 from __future__ import annotations
 

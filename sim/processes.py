@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from .net import wait_until
+from .loopback import wait_until
 
 
 def spotrelay_argv(*args: str) -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import tempfile
@@ -77,10 +78,22 @@ def find_config_module(config_dir: Path) -> Path | None:
     return None
 
 
-def root_config(module: Path, values: dict[str, Any]) -> dict[str, Any]:
-    """A JSON root module calling the config module with the deployment's values."""
+def module_source(module: Path, root: Path) -> str:
+    """``module``'s directory as a local module source for a root module in ``root``.
+
+    Relative, never absolute: Terraform installs an absolute path as a package
+    of its own, that one directory alone, and the config module's
+    ``../../../shared`` modules would be outside it ("Local module path
+    escapes module package").
+    """
+    rel = os.path.relpath(module, root)
+    return rel if rel.startswith("../") else f"./{rel}"
+
+
+def root_config(module: Path, values: dict[str, Any], work: Path) -> dict[str, Any]:
+    """A JSON root module in ``work`` calling the config module with the deployment's values."""
     inputs: dict[str, Any] = {
-        "source": str(module),
+        "source": module_source(module, work),
         "name": f"{values.get('name', 'spotrelay')}-gpu",
         "region": values["region"],
         "model": values.get("model") or {"name": "preflight"},
@@ -95,16 +108,16 @@ def root_config(module: Path, values: dict[str, Any]) -> dict[str, Any]:
 
 def evaluate(binary: str, module: Path, values: dict[str, Any]) -> dict[str, Any]:
     """Apply the scratch root module (no resources) and return its outputs."""
-    from .deploy import TerraformDriver, _first_line
+    from .terraform import TerraformDriver, first_error_line
 
     work = Path(tempfile.mkdtemp(prefix="spotrelay-preflight-"))
     try:
-        (work / "main.tf.json").write_text(json.dumps(root_config(module, values), indent=2))
+        (work / "main.tf.json").write_text(json.dumps(root_config(module, values, work), indent=2))
         driver = TerraformDriver(binary, work, echo=lambda _: None)
         for args in (("init", "-input=false"), ("apply", "-input=false", "-auto-approve")):
             code, out, err = driver.capture(*args)
             if code != 0:
-                raise PoolPlanError(_first_line(_error_block(out + err)))
+                raise PoolPlanError(first_error_line(_error_block(out + err)))
         return driver.outputs()
     finally:
         shutil.rmtree(work, ignore_errors=True)

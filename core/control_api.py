@@ -34,7 +34,7 @@ NODE_RULE = NODES + "/<node_id>"
 NODE_DRAIN_RULE = NODE_RULE + "/drain"
 INSTANCE_DRAIN_RULE = INSTANCES + "/<instance_id>/drain"
 
-# Which listener serves what (router/app.py): the ops paths answer on both; the
+# Which listener serves what (router/views/listeners.py): the ops paths answer on both; the
 # control listener serves the control plane and /metrics and nothing else.
 OPS_PATHS = frozenset({HEALTHZ, READYZ})
 CONTROL_PATHS = frozenset({NODES, METRICS})

@@ -142,3 +142,57 @@ def test_the_check_sees_absolute_and_relative_imports() -> None:
         "tests.test_d",
     ]
     assert imported_test_modules(ast.parse("from tests.support.aws import client"), "tests") == []
+
+
+def _concept_table() -> list[tuple[str, list[str]]]:
+    """The rows of docs/architecture.md's "One home per concept": (concept, module paths)."""
+    text = (REPO / "docs" / "architecture.md").read_text()
+    section = text.split("## One home per concept", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 2 or cells[0] in ("concept", "---"):
+            continue
+        rows.append((cells[0], re.findall(r"`([\w./]+\.(?:py|yml))`", cells[1])))
+    return rows
+
+
+def test_the_concept_table_names_modules_that_exist() -> None:
+    rows = _concept_table()
+    assert len(rows) >= 30, "the table was not found or lost its rows"
+    missing = [(concept, p) for concept, paths in rows for p in paths if not (REPO / p).is_file()]
+    assert not [c for c, paths in rows if not paths], "a concept without a module"
+    assert missing == [], f"docs/architecture.md names modules that do not exist: {missing}"
+
+
+# Named, with the reason, in docs/architecture.md "Size exceptions".
+SIZE_EXCEPTIONS = {"router/metrics.py:RouterMetrics.__init__"}
+
+
+def _oversized(path: Path) -> list[str]:
+    out = []
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                name = f"{prefix}{child.name}"
+                size = (child.end_lineno or child.lineno) - child.lineno + 1
+                limit = 300 if isinstance(child, ast.ClassDef) else 60
+                if size > limit:
+                    out.append(f"{path.relative_to(REPO)}:{name} ({size} lines)")
+                visit(child, f"{name}.")
+
+    visit(ast.parse(path.read_text()), "")
+    return out
+
+
+def test_no_class_over_300_lines_or_function_over_60_unless_named() -> None:
+    found = [
+        o for c in sorted(components()) for p in (REPO / c).rglob("*.py") for o in _oversized(p)
+    ]
+    unnamed = [o for o in found if o.split(" (")[0] not in SIZE_EXCEPTIONS]
+    assert unnamed == [], f"split these or name them in docs/architecture.md: {unnamed}"
+    doc = (REPO / "docs" / "architecture.md").read_text().split("## Size exceptions", 1)[1]
+    for name in SIZE_EXCEPTIONS:
+        path, _, qual = name.partition(":")
+        assert f"`{path}`" in doc and qual.split(".")[0] in doc, f"{name} not named in the doc"

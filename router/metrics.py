@@ -166,6 +166,10 @@ class RouterMetrics:
         }  # fmt: skip
         self._served: Callable[[str], bool] = lambda model: False
         self._model_labels: set[str] = set()
+        # (model label, status) -> its requests_total child. Both labels are bounded
+        # (MAX_MODEL_LABELS names, HTTP statuses); prometheus_client's labels()
+        # validates, converts and locks on every call, and every request counts once.
+        self._request_counts: dict[tuple[str, int], Counter] = {}
 
     def model_label(self, model: str) -> str:
         """``model`` if some node has served it (up to MAX_MODEL_LABELS names), else ``other``."""
@@ -176,6 +180,15 @@ class RouterMetrics:
             labels.add(model)
             return model
         return OTHER_MODEL
+
+    def count_request(self, model_label: str, status: int) -> None:
+        """One data-plane request answered with ``status`` (``model_label``: :meth:`model_label`
+        or ``none``)."""
+        key = (model_label, status)
+        child = self._request_counts.get(key)
+        if child is None:
+            child = self._request_counts[key] = self.requests.labels(model_label, str(status))
+        child.inc()
 
     def attempt_ok(self) -> None:
         self._ok.inc()

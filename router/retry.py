@@ -124,11 +124,16 @@ class RetryBudget:
         self.active_retries = 0
         self._lock = threading.Lock()
         self._freed = threading.Condition(self._lock)
+        # Retries waiting for a slot. Notifying a Condition nobody waits on still
+        # costs a lock round trip (gevent's Python-level lock): every request
+        # starts here, so only a waiter is notified.
+        self._waiting = 0
 
     def start_request(self) -> None:
         with self._lock:
             self.active_requests += 1
-            self._freed.notify()  # the limit may have grown
+            if self._waiting:
+                self._freed.notify()  # the limit may have grown
 
     def end_request(self) -> None:
         with self._lock:
@@ -154,15 +159,20 @@ class RetryBudget:
             return False
         deadline = time.monotonic() + wait
         with self._freed:
-            while self.active_retries >= self.limit():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._freed.wait(remaining)
+            self._waiting += 1
+            try:
+                while self.active_retries >= self.limit():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._freed.wait(remaining)
+            finally:
+                self._waiting -= 1
             self.active_retries += 1
             return True
 
     def release(self) -> None:
         with self._lock:
             self.active_retries -= 1
-            self._freed.notify()
+            if self._waiting:
+                self._freed.notify()

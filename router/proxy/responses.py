@@ -112,7 +112,7 @@ class Responses:
             finishes=lambda: FinishTracker(expected),
             hedger=self._hedger(req, handler),
         )
-        self.metrics.requests.labels(self.model_label(req), "200").inc()
+        self.metrics.count_request(self.model_label(req), 200)
         headers = {
             "X-Request-ID": req.request_id,
             "X-Spotrelay-Node": start.upstream.node.id,
@@ -171,7 +171,7 @@ class Responses:
         self, req: ProxyRequest, response: ProxyResponse, outcome: str = "complete"
     ) -> ProxyResponse:
         """Count and log a request answered with ``response``."""
-        self.metrics.requests.labels(self.model_label(req), str(response.status)).inc()
+        self.metrics.count_request(self.model_label(req), response.status)
         self.log_done(req, response.status, outcome)
         return response
 

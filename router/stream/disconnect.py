@@ -19,7 +19,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from spotrelay.core.ticker import Ticker
@@ -83,29 +83,15 @@ class ClientWatch(Ticker):
         self.is_gone = is_gone
         self._watched: set[ClientLink] = set()
 
-    @contextlib.contextmanager
     def watching(
         self, link: ClientLink | None, interrupt: Callable[[], None] | None = None
-    ) -> Iterator[None]:
+    ) -> contextlib.AbstractContextManager[None]:
         """While the block runs, a departure of ``link``'s client aborts its node connection
         (and calls ``interrupt``). Blocks may nest: the link stays watched until the
         outermost one ends."""
         if link is None:
-            yield
-            return
-        outer = link.interrupt
-        if interrupt is not None:
-            link.interrupt = interrupt
-        link.depth += 1
-        self._watched.add(link)
-        try:
-            yield
-        finally:
-            link.depth -= 1
-            link.interrupt = outer
-            link.detach()
-            if link.depth == 0:
-                self._watched.discard(link)
+            return _UNWATCHED
+        return _Watching(self._watched, link, interrupt)
 
     def sweep(self) -> list[ClientLink]:
         """Check every watched client once; returns those found gone (their upstream aborted)."""
@@ -131,6 +117,39 @@ class ClientWatch(Ticker):
             # Thousands of waiting requests: never spin, leave the loop room to breathe.
             if time.monotonic() - started > self.tick_s:
                 self.pause(self.tick_s)
+
+
+class _Watching:
+    """The block of :meth:`ClientWatch.watching`: a class, not a generator, because every
+    attempt opens one (a generator-based context manager costs about five more
+    Python calls)."""
+
+    __slots__ = ("_interrupt", "_outer", "_watched", "link")
+
+    def __init__(
+        self, watched: set[ClientLink], link: ClientLink, interrupt: Callable[[], None] | None
+    ) -> None:
+        self._watched, self.link, self._interrupt = watched, link, interrupt
+        self._outer: Callable[[], None] | None = None
+
+    def __enter__(self) -> None:
+        link = self.link
+        self._outer = link.interrupt
+        if self._interrupt is not None:
+            link.interrupt = self._interrupt
+        link.depth += 1
+        self._watched.add(link)
+
+    def __exit__(self, *exc_info: object) -> None:
+        link = self.link
+        link.depth -= 1
+        link.interrupt = self._outer
+        link.detach()
+        if link.depth == 0:
+            self._watched.discard(link)
+
+
+_UNWATCHED: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
 
 
 def _shutdown(sock: socket.socket) -> None:

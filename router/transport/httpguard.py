@@ -94,6 +94,10 @@ class GuardedSocket:
         on_close: Callable[[], None] | None = None,
     ) -> None:
         self.raw = sock
+        # Every write of a response (each stream event) calls sendall: bound here, it
+        # skips __getattr__'s Python call and getattr.
+        with contextlib.suppress(AttributeError):
+            self.sendall = sock.sendall
         self.plane = plane
         self.settings = settings
         self.clock = clock

@@ -25,10 +25,9 @@ passed on, more than the workers of any router, so the loop is always closed.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 HOP_HEADER = "X-Spotrelay-Hop"  # marks of the attempts a request went through
 LOOP_HEADER = "X-Spotrelay-Loop"  # on a 508: this router refused a request it had sent itself
@@ -43,17 +42,9 @@ class LoopMarks:
         self._open: set[str] = set()
         self._lock = threading.Lock()
 
-    @contextlib.contextmanager
-    def issued(self) -> Iterator[str]:
+    def issued(self) -> IssuedMark:
         """A fresh mark, open until the block ends (the attempt has its answer or failed)."""
-        mark = os.urandom(MARK_BYTES).hex()
-        with self._lock:
-            self._open.add(mark)
-        try:
-            yield mark
-        finally:
-            with self._lock:
-                self._open.discard(mark)
+        return IssuedMark(self._open, self._lock)
 
     def loops_back(self, hops: Iterable[str]) -> bool:
         """Does a request carrying ``hops`` come from one of this worker's waiting attempts?"""
@@ -61,6 +52,28 @@ class LoopMarks:
 
     def open_count(self) -> int:
         return len(self._open)
+
+
+class IssuedMark:
+    """The block of :meth:`LoopMarks.issued`: a class, not a generator, because every
+    attempt opens one (a generator-based context manager costs about five more
+    Python calls)."""
+
+    __slots__ = ("_lock", "_open", "mark")
+
+    def __init__(self, open_marks: set[str], lock: threading.Lock) -> None:
+        self._open, self._lock = open_marks, lock
+        self.mark = ""
+
+    def __enter__(self) -> str:
+        mark = self.mark = os.urandom(MARK_BYTES).hex()
+        with self._lock:
+            self._open.add(mark)
+        return mark
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            self._open.discard(self.mark)
 
 
 def parse_hops(header: str | None) -> tuple[str, ...]:

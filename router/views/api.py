@@ -16,7 +16,7 @@ import time
 from functools import partial
 from typing import Any
 
-from flask import Blueprint, Response, g, request
+from flask import Blueprint, Request, Response, request
 
 from ..dataplane import Incoming
 from ..endpoints import ENDPOINTS, BodyKind, Endpoint, Routing, display_path
@@ -26,15 +26,23 @@ from ..stream.disconnect import ClientLink
 from ..stream.resume_request import RESUME_HEADER, resume_off
 from ..transport.loopmark import HOP_HEADER, LOOP_HEADER, parse_hops
 from .body import TOO_LARGE, BadBody, read_body
+from .current import RECEIVED, REQUEST_ID, current_request, header_key
 from .errors import api_error, json_response, send, too_large
 
 log = logging.getLogger("spotrelay.router")
 
 _TRUE = ("1", "true", "yes")
+_REQUEST_ID_KEY = header_key("X-Request-ID")
+_HOP_KEY = header_key(HOP_HEADER)
+_RESUME_KEY = header_key(RESUME_HEADER)
 
 
 class DataPlaneViews:
-    """The data plane's hooks and views over ``service``."""
+    """The data plane's hooks and views over ``service``.
+
+    The hook and the views bind the request once and read its headers from the
+    WSGI environ (:mod:`.current` says why and what it saves).
+    """
 
     def __init__(self, service: RouterService) -> None:
         self.service = service
@@ -42,40 +50,47 @@ class DataPlaneViews:
         self.dataplane = service.dataplane
         self.tracing = service.tracing
         self.api_auth = service.api_auth
-        self.rejected = service.metrics.requests
+        self.metrics = service.metrics
         routing = service.cfg.routing
         self.max_body = routing.max_body_bytes
-        self.session_header = routing.session_header
-        self.long_header = routing.long_request_header
+        self.session_key = header_key(routing.session_header)
+        self.long_key = header_key(routing.long_request_header)
 
     # -- hooks ---------------------------------------------------------------------------
 
     def check_api_key(self) -> None:
         """Before every view: note when the request came and its id; refuse a bad API key."""
-        g.received = time.monotonic()
-        g.request_id = request_id_from(request.headers.get("X-Request-ID"))
-        if not self.api_auth.allows(_credential(request.headers)):
+        environ = request.environ
+        environ[RECEIVED] = time.monotonic()
+        environ[REQUEST_ID] = request_id_from(environ.get(_REQUEST_ID_KEY))
+        if not self.api_auth.allows(_credential(environ)):
             raise ApiError(401, "missing or invalid API key", code="invalid_api_key")
 
     def refused(self, err: ApiError) -> Response:
         """The error handler: a request the router refused itself, counted and answered."""
-        self.rejected.labels("none", str(err.status)).inc()
-        return api_error(err, g.get("request_id"))
+        self.metrics.count_request("none", err.status)
+        return api_error(err, request.environ.get(REQUEST_ID))
 
     # -- views ---------------------------------------------------------------------------
 
     def forward(self, ep: Endpoint, **path_args: str) -> Response:
         """An endpoint answered by a node."""
-        hops = parse_hops(request.headers.get(HOP_HEADER))
-        self._refuse_loop(hops)
-        body = self._body() if ep.body is not BodyKind.NONE or request.method == "POST" else b""
-        req = self.dataplane.request(ep, self._incoming(body, path_args))
-        self._annotate(req, hops)
+        current = current_request()
+        environ = current.environ
+        request_id: str = environ[REQUEST_ID]
+        hops = parse_hops(environ.get(_HOP_KEY))
+        self._refuse_loop(hops, request_id)
+        body = b""
+        if ep.body is not BodyKind.NONE or current.method == "POST":
+            body = self._body(current, request_id)
+        req = self.dataplane.request(ep, self._incoming(current, body, path_args))
+        self._annotate(req, current, hops)
         return send(self.proxy.forward(req))
 
     def models(self, ep: Endpoint) -> Response:
         """``GET /v1/models``: the router's own answer, the models ready nodes serve."""
-        return json_response(self.service.models_doc(), 200, {"X-Request-ID": g.request_id})
+        request_id = request.environ[REQUEST_ID]
+        return json_response(self.service.models_doc(), 200, {"X-Request-ID": request_id})
 
     def refuse(self, ep: Endpoint) -> Response:
         """An endpoint the router does not forward: 403 with the reason."""
@@ -84,7 +99,7 @@ class DataPlaneViews:
 
     # -- small steps ---------------------------------------------------------------------
 
-    def _refuse_loop(self, hops: tuple[str, ...]) -> None:
+    def _refuse_loop(self, hops: tuple[str, ...], request_id: str) -> None:
         """508 for a request this router already forwarded (or one that went round too often).
 
         The sending router sees ``X-Spotrelay-Loop`` and counts a node failure.
@@ -95,7 +110,7 @@ class DataPlaneViews:
             "refused a proxied request that already passed through this router "
             "(%d hop marks): a node URL leads back to a router",
             len(hops),
-            extra={"request_id": g.request_id},
+            extra={"request_id": request_id},
         )
         raise ApiError(
             508,
@@ -104,41 +119,41 @@ class DataPlaneViews:
             headers={LOOP_HEADER: "1"},
         )
 
-    def _body(self) -> bytes:
+    def _body(self, current: Request, request_id: str) -> bytes:
         try:
-            return read_body(self.max_body)
+            return read_body(self.max_body, current)
         except TOO_LARGE:
             raise too_large(self.max_body) from None
         except BadBody as exc:
-            exc.log(g.request_id)
+            exc.log(request_id)
             raise ApiError(exc.status, exc.message, code=exc.code) from None
 
-    def _incoming(self, body: bytes, path_args: dict[str, Any]) -> Incoming:
-        headers = request.headers
+    def _incoming(self, current: Request, body: bytes, path_args: dict[str, Any]) -> Incoming:
+        environ = current.environ
         return Incoming(
-            method=request.method,
-            path=request.path,
+            method=current.method,
+            path=current.path,
             body=body,
-            content_type=headers.get("Content-Type"),
-            request_id=g.request_id,
-            received=g.received,
-            session_key=headers.get(self.session_header),
-            accept=headers.get("Accept"),
-            query=request.query_string.decode("latin-1"),
+            content_type=environ.get("CONTENT_TYPE"),
+            request_id=environ[REQUEST_ID],
+            received=environ[RECEIVED],
+            session_key=environ.get(self.session_key),
+            accept=environ.get("HTTP_ACCEPT"),
+            query=current.query_string.decode("latin-1"),
             path_args=tuple(path_args.values()),
         )
 
-    def _annotate(self, req: ProxyRequest, hops: tuple[str, ...]) -> None:
+    def _annotate(self, req: ProxyRequest, current: Request, hops: tuple[str, ...]) -> None:
         """What the request's headers and connection add to the proxy request."""
-        headers = request.headers
-        req.resume_off = resume_off(headers.get(RESUME_HEADER))
-        req.long_hint = headers.get(self.long_header, "").strip().lower() in _TRUE
+        environ = current.environ
+        req.resume_off = resume_off(environ.get(_RESUME_KEY))
+        req.long_hint = environ.get(self.long_key, "").strip().lower() in _TRUE
         req.hops = hops
-        client_sock = request.environ.get("gunicorn.socket")
+        client_sock = environ.get("gunicorn.socket")
         if client_sock is not None:
             req.client = ClientLink(client_sock)
         req.trace = self.tracing.start(
-            headers, request_id=req.request_id, path=req.path, model=req.model
+            current.headers, request_id=req.request_id, path=req.path, model=req.model
         )
 
 
@@ -155,9 +170,9 @@ def blueprint(service: RouterService) -> Blueprint:
     return bp
 
 
-def _credential(headers: Any) -> str | None:
+def _credential(environ: dict[str, Any]) -> str | None:
     """``Authorization``, or Anthropic SDKs' ``x-api-key`` as a bearer token."""
-    auth = headers.get("Authorization")
-    if auth is None and (key := headers.get("X-Api-Key")):
+    auth: str | None = environ.get("HTTP_AUTHORIZATION")
+    if auth is None and (key := environ.get("HTTP_X_API_KEY")):
         return f"Bearer {key}"
     return auth

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import request
+from flask import Request, request
 from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -45,8 +45,11 @@ class BadBody(Exception):
         )
 
 
-def read_body(limit: int) -> bytes:
+def read_body(limit: int, current: Request | None = None) -> bytes:
     """The request body, at most ``limit`` bytes, whether or not it has a Content-Length.
+
+    ``current``: the request, when the caller has bound it already
+    (:mod:`.current`); else ``flask.request``.
 
     A declared length over the limit is refused before reading; a chunked body
     (gunicorn de-chunks it and marks the input terminated) is read up to one
@@ -54,10 +57,12 @@ def read_body(limit: int) -> bytes:
     A body that cannot be read is :class:`BadBody`, and the connection is
     closed after the answer (its framing is lost).
     """
-    length = request.content_length  # None for Transfer-Encoding: chunked
+    if current is None:
+        current = request
+    length = current.content_length  # None for Transfer-Encoding: chunked
     if length is not None and length > limit:
         raise BodyTooLarge
-    environ = request.environ
+    environ = current.environ
     stream = environ["wsgi.input"]
     try:
         if length is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from flask import Response, request
+from flask import Response
 
 from spotrelay.core.control_api import CONTROL_PATHS, CONTROL_PREFIXES, OPS_PATHS
 from spotrelay.core.errors import openai_error
@@ -21,6 +21,7 @@ from spotrelay.core.logs import clip
 
 from ..settings import Server
 from ..transport.httpguard import CONTROL, plane_of
+from .current import current_request
 from .errors import json_response
 
 
@@ -30,11 +31,12 @@ def listener_scope(server: Server) -> Callable[[], Response | None]:
     control_on_main = server.control_on_main_port or not control_port
 
     def hook() -> Response | None:
-        path = request.path
+        current = current_request()
+        path = current.path
         if path in OPS_PATHS:
             return None
         control_path = path in CONTROL_PATHS or path.startswith(CONTROL_PREFIXES)
-        on_control = control_port and plane_of(request.environ, control_port) == CONTROL
+        on_control = control_port and plane_of(current.environ, control_port) == CONTROL
         if (control_path and not on_control and not control_on_main) or (
             on_control and not control_path
         ):

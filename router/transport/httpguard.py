@@ -94,10 +94,6 @@ class GuardedSocket:
         on_close: Callable[[], None] | None = None,
     ) -> None:
         self.raw = sock
-        # Every write of a response (each stream event) calls sendall: bound here, it
-        # skips __getattr__'s Python call and getattr.
-        with contextlib.suppress(AttributeError):
-            self.sendall = sock.sendall
         self.plane = plane
         self.settings = settings
         self.clock = clock
@@ -181,6 +177,20 @@ class GuardedSocket:
                 self.phase, self.limit_s = HEAD, self.settings.header_timeout_s
                 self.deadline = self.clock() + self.limit_s
         return data
+
+    def sendall(self, data: bytes, *flags: int) -> None:
+        """Every write of a response (each stream event): one ``send``, then ``sendall``
+        for whatever did not fit.
+
+        gevent's ``sendall`` asks the kernel for ``SO_SNDBUF`` (a ``getsockopt``
+        system call) and goes through three more Python calls on every write; a
+        response's writes are small and almost always fit the socket buffer.
+        gevent's ``send`` waits for the socket like ``sendall`` does (writes have
+        no timeout: see :meth:`recv`). gunicorn writes ``bytes``.
+        """
+        sent = self.raw.send(data, *flags)
+        if sent < len(data):
+            self.raw.sendall(memoryview(data)[sent:], *flags)
 
     def recv_into(self, buffer: Any, nbytes: int = 0, *flags: int) -> int:
         data = self.recv(nbytes or len(buffer), *flags)

@@ -52,6 +52,8 @@ from time import monotonic
 
 import httptools
 
+from .sendall import send_all
+
 MAX_HEAD = 64 * 1024
 RECV_SIZE = 65536
 _JOIN_MAX = 64 * 1024  # bodies up to this size go out in one send with the head
@@ -341,10 +343,10 @@ class Pool:
                 resp.set_timeout(read_timeout)
                 try:
                     if len(body) > _JOIN_MAX:  # an upload: send it as is, never a copy
-                        conn.sock.sendall(head)
-                        conn.sock.sendall(body)
+                        send_all(conn.sock, head)
+                        send_all(conn.sock, body)
                     else:
-                        conn.sock.sendall(head + body if body else head)
+                        send_all(conn.sock, head + body if body else head)
                 except (ConnectionResetError, BrokenPipeError):
                     if not conn.reused:
                         raise

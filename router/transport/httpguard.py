@@ -40,6 +40,7 @@ from typing import Any
 from spotrelay.core.errors import openai_error
 
 from .clientaddr import Networks
+from .sendall import send_all
 
 IDLE, HEAD, BODY = "idle", "head", "body"
 DATA, CONTROL = "data", "control"
@@ -178,19 +179,10 @@ class GuardedSocket:
                 self.deadline = self.clock() + self.limit_s
         return data
 
-    def sendall(self, data: bytes, *flags: int) -> None:
-        """Every write of a response (each stream event): one ``send``, then ``sendall``
-        for whatever did not fit.
-
-        gevent's ``sendall`` asks the kernel for ``SO_SNDBUF`` (a ``getsockopt``
-        system call) and goes through three more Python calls on every write; a
-        response's writes are small and almost always fit the socket buffer.
-        gevent's ``send`` waits for the socket like ``sendall`` does (writes have
-        no timeout: see :meth:`recv`). gunicorn writes ``bytes``.
-        """
-        sent = self.raw.send(data, *flags)
-        if sent < len(data):
-            self.raw.sendall(memoryview(data)[sent:], *flags)
+    def sendall(self, data: bytes) -> None:
+        """Every write of a response (each stream event): see :mod:`.sendall`. Writes
+        have no timeout (:meth:`recv` clears it after each read); gunicorn writes bytes."""
+        send_all(self.raw, data)
 
     def recv_into(self, buffer: Any, nbytes: int = 0, *flags: int) -> int:
         data = self.recv(nbytes or len(buffer), *flags)

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from . import extras, logs
-from .config import ConfigError
+from .config import ConfigError, describe
 
 # Each component's CLI module and the top-level commands it registers. Only the
 # module of the command being run is imported, so ``spotrelay agent`` on a GPU
@@ -51,6 +51,30 @@ def common_options() -> argparse.ArgumentParser:
         help="human-readable lines or JSON lines",
     )
     return common
+
+
+def add_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+    name: str,
+    *,
+    help: str,
+    description: str,
+    config: type | None = None,
+    epilog: str = "",
+) -> argparse.ArgumentParser:
+    """A component's subcommand: the common options, the texts printed as written, and
+    after ``epilog`` every key of the ``config`` schema (``--help`` is the reference)."""
+    if config is not None:
+        epilog = "\n".join(text for text in (epilog, describe(config)) if text)
+    return sub.add_parser(
+        name,
+        parents=[common],
+        help=help,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def _modules_for(argv: Sequence[str]) -> list[str]:

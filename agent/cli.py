@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
             "(exit 0 iff the node is ready)."
         ),
         config=AgentConfig,
+        handler=_handle,
     )
     p.add_argument(
         "action",
@@ -45,7 +46,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     p.add_argument("--json", action="store_true", help="check: print the findings as JSON")
     add_install_unit_options(p)
-    p.set_defaults(handler=_handle)
 
 
 def _handle(args: argparse.Namespace) -> int:

@@ -80,7 +80,9 @@ def register(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentPars
         ("scale", SCALE_HELP, _scale),
     ):
         help_line = text.splitlines()[0].rstrip(":")
-        p = add_command(sub, common, name, help=help_line, description=text, epilog=epilog)
+        p = add_command(
+            sub, common, name, help=help_line, description=text, handler=handler, epilog=epilog
+        )
         p.add_argument("--dir", help="Terraform configuration directory (terraform.dir)")
         p.add_argument(
             "--terraform", metavar="BINARY", help="terraform/tofu executable (terraform.binary)"
@@ -106,7 +108,6 @@ def register(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentPars
             p.add_argument("--yes", action="store_true", help="really destroy")
         if name == "status":
             p.add_argument("--json", action="store_true", help="print JSON")
-        p.set_defaults(handler=handler)
 
 
 def _load(args: argparse.Namespace) -> DeployConfig:

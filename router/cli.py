@@ -11,7 +11,7 @@ import argparse
 import os
 
 from spotrelay.core.cli import add_command
-from spotrelay.core.config_flags import Flag, add_flags, overrides
+from spotrelay.core.config_flags import Flag, overrides
 from spotrelay.core.units_cli import add_install_unit_options, install_unit
 
 DESCRIPTION = """\
@@ -35,7 +35,6 @@ FLAGS = {
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-
     from .settings import RouterConfig
 
     p = add_command(
@@ -45,8 +44,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="run the router (gunicorn; one worker, or one per core with a Redis registry)",
         description=DESCRIPTION,
         config=RouterConfig,
+        flags=FLAGS,
+        handler=run,
     )
-    add_flags(p, FLAGS)
     p.add_argument(
         "action",
         nargs="?",
@@ -56,7 +56,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "from the package",
     )
     add_install_unit_options(p)
-    p.set_defaults(handler=run)
 
 
 def load_config(args: argparse.Namespace):  # -> tuple[RouterConfig, str]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from spotrelay.core.cli import add_command
-from spotrelay.core.config_flags import Flag, add_flags, overrides
+from spotrelay.core.config_flags import Flag, overrides
 
 EPILOG = """\
 examples:
@@ -107,7 +107,6 @@ FLAGS = {
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-
     from .demo_settings import DemoConfig
 
     p = add_command(
@@ -120,14 +119,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "replace lost nodes, and report what clients saw.",
         config=DemoConfig,
         epilog=EPILOG,
+        flags=FLAGS,
+        handler=_run,
     )
-    add_flags(p, FLAGS)
     p.add_argument(
         "--no-progress",
         action="store_true",
         help="periodic log lines instead of a live progress line",
     )
-    p.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:

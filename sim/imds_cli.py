@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from spotrelay.core.cli import add_command
-from spotrelay.core.config_flags import Flag, add_flags, overrides
+from spotrelay.core.config_flags import Flag, overrides
 
 DESCRIPTION = """\
 Serve the EC2 instance metadata service (IMDSv2, tokens required) on loopback,
@@ -59,19 +59,18 @@ def flags() -> dict[str, Flag]:
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-
     from .imds_settings import ImdsEmulatorConfig
 
-    p = add_command(
+    add_command(
         sub,
         common,
         "imds",
         help="EC2 instance metadata (IMDSv2) emulator with spot/ASG event controls",
         description=DESCRIPTION,
         config=ImdsEmulatorConfig,
+        flags=flags(),
+        handler=run,
     )
-    add_flags(p, flags())
-    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -106,11 +106,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "vLLM's names, and fault injection (flags or POST /_control/faults). "
         "See docs/simulator.md.",
         config=SimVllmConfig,
+        flags=SERVER_FLAGS,
+        handler=run,
     )
-    add_flags(p, SERVER_FLAGS)
     faults = p.add_argument_group("faults (also settable at run time: POST /_control/faults)")
     add_flags(faults, FAULT_FLAGS)
-    p.set_defaults(handler=run)
 
 
 def build_config(args: argparse.Namespace) -> SimVllmConfig:

@@ -6,9 +6,9 @@ write, to size the chunks of a large buffer. The router's writes are small (a
 response head, a stream event, a request to a node) and fit the socket
 buffer: :func:`send_all` makes one ``send`` and leaves only what did not fit
 to ``sendall``. gevent's ``send`` waits for the socket as ``sendall`` does,
-within the socket's timeout. Measured on a stream event: one system call and
-six Python calls fewer (docs/benchmarks.md, "Router CPU before and after the
-structure work").
+within the socket's timeout. Measured with cProfile on a stream event: one
+system call and four of the write's eight calls fewer (docs/benchmarks.md,
+"Router CPU before and after the structure work").
 """
 
 from __future__ import annotations

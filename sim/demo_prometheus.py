@@ -166,9 +166,8 @@ class DemoPrometheus:
         time.sleep(SETTLE_S)
         self._stop.set()
         end = time.time()
-        query = urllib.parse.urlencode(
-            {"query": 'ALERTS{alertstate="firing"}', "start": t0_wall, "end": end, "step": INTERVAL_S}
-        )
+        window = {"start": t0_wall, "end": end, "step": INTERVAL_S}
+        query = urllib.parse.urlencode({"query": 'ALERTS{alertstate="firing"}', **window})
         try:
             with urllib.request.urlopen(f"{self.url}/api/v1/query_range?{query}", timeout=10) as r:
                 result = json.loads(r.read())["data"]["result"]

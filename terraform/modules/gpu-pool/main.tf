@@ -23,16 +23,7 @@ locals {
   )
   readable_parameters = compact([var.node_token_parameter_arn, local.hf_token_parameter_arn])
 
-  # The AMI is resolved at plan time, not at launch: a spot replacement never
-  # boots a newer image than its peers, and an instance refresh (with auto
-  # rollback, which needs an AMI id) rolls a new image out deliberately.
-  image_id = var.ami_id != null ? var.ami_id : data.aws_ssm_parameter.ami[0].insecure_value
-  tags     = module.config.tags
-}
-
-data "aws_ssm_parameter" "ami" {
-  count = var.ami_id == null ? 1 : 0
-  name  = var.ami_ssm_parameter
+  tags = module.config.tags
 }
 
 module "config" {
@@ -138,7 +129,8 @@ module "launch_template" {
 
   name_prefix          = "${var.name}-"
   description          = "spotrelay GPU node: vLLM ${var.vllm.version} + agent, model ${module.config.served_model_name}"
-  image_id             = local.image_id
+  ami_id               = var.ami_id
+  ami_ssm_parameter    = var.ami_ssm_parameter
   user_data_base64     = module.config.user_data_base64
   instance_profile_arn = module.instance_role.instance_profile_arn
   security_group_ids   = concat([module.node_security_group.id], var.additional_security_group_ids)

@@ -20,23 +20,15 @@ data "aws_subnet" "load_balancer" {
   id       = each.value
 }
 
-data "aws_ssm_parameter" "ami" {
-  count = var.ami_id == null ? 1 : 0
-  name  = var.ami_ssm_parameter
-}
-
 locals {
   # id is the region's name in every provider release (name is deprecated in
   # 6.x, region is new in 6.x); the offline check runs on 5.100.
   partition  = data.aws_partition.current.partition
   region     = data.aws_region.current.id
   account_id = data.aws_caller_identity.current.account_id
-  # Resolved at plan time, like the GPU AMI: every router of the group runs
-  # the same image, and a new image rolls out by instance refresh.
-  image_id = var.ami_id != null ? var.ami_id : data.aws_ssm_parameter.ami[0].insecure_value
-  tags     = module.config.tags
-  https    = var.load_balancer.certificate_arn != null
-  lb_port  = local.https ? 443 : 80
+  tags       = module.config.tags
+  https      = var.load_balancer.certificate_arn != null
+  lb_port    = local.https ? 443 : 80
 
   api_keys_parameter_arn = (
     var.api_keys_parameter == null ? null :
@@ -316,7 +308,8 @@ module "launch_template" {
 
   name_prefix          = "${var.name}-router-"
   description          = "spotrelay router ${var.name}"
-  image_id             = local.image_id
+  ami_id               = var.ami_id
+  ami_ssm_parameter    = var.ami_ssm_parameter
   instance_type        = var.instance_type
   user_data_base64     = module.config.user_data_base64
   instance_profile_arn = module.instance_role.instance_profile_arn

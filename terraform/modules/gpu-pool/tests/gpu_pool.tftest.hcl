@@ -36,7 +36,7 @@ run "launch_template_hardening" {
   }
 
   assert {
-    condition     = module.launch_template.launch_template.image_id == "ami-0fedcba9876543210" && data.aws_ssm_parameter.ami[0].name == "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id"
+    condition     = module.launch_template.launch_template.image_id == "ami-0fedcba9876543210" && module.launch_template.ami_ssm_parameter == "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id"
     error_message = "The AMI comes from the Deep Learning AMI SSM parameter, resolved at plan time (auto rollback needs an AMI id)."
   }
 }
@@ -175,7 +175,7 @@ run "explicit_ami_and_no_session_manager" {
   }
 
   assert {
-    condition     = module.launch_template.launch_template.image_id == "ami-0123456789abcdef0" && length(data.aws_ssm_parameter.ami) == 0
+    condition     = module.launch_template.launch_template.image_id == "ami-0123456789abcdef0" && module.launch_template.ami_ssm_parameter == null
     error_message = "An explicit AMI id wins (no SSM lookup)."
   }
 

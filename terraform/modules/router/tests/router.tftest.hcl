@@ -108,7 +108,7 @@ run "ami_resolved_at_plan" {
   command = plan
 
   assert {
-    condition     = module.launch_template.launch_template.image_id == "ami-0fedcba9876543210" && data.aws_ssm_parameter.ami[0].name == "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+    condition     = module.launch_template.launch_template.image_id == "ami-0fedcba9876543210" && module.launch_template.ami_ssm_parameter == "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
     error_message = "The router AMI comes from its SSM parameter at plan time, not resolve:ssm: at launch (no mixed builds in one group)."
   }
 }

@@ -4,11 +4,25 @@
 # the credentials), detailed monitoring, no public IP, encrypted gp3 volumes,
 # tags on the instance, its volumes and its network interface. A new version
 # is the default at once: the group's instance refresh rolls it out.
+#
+# The AMI is resolved at plan time, not at launch (no resolve:ssm: image): a
+# replacement never boots a newer image than its peers, and a new image rolls
+# out deliberately, by the instance refresh (whose auto rollback needs an AMI
+# id), on the apply that reads it.
+
+data "aws_ssm_parameter" "ami" {
+  count = var.ami_id == null ? 1 : 0
+  name  = var.ami_ssm_parameter
+}
+
+locals {
+  image_id = var.ami_id != null ? var.ami_id : data.aws_ssm_parameter.ami[0].insecure_value
+}
 
 resource "aws_launch_template" "this" {
   name_prefix            = var.name_prefix
   description            = var.description
-  image_id               = var.image_id
+  image_id               = local.image_id
   instance_type          = var.instance_type
   user_data              = var.user_data_base64
   ebs_optimized          = true

@@ -8,9 +8,16 @@ variable "description" {
   type        = string
 }
 
-variable "image_id" {
-  description = "AMI id, resolved by the caller at plan time (every instance of a version boots the same image)."
+variable "ami_id" {
+  description = "Explicit AMI id; null reads ami_ssm_parameter at plan time."
   type        = string
+  default     = null
+}
+
+variable "ami_ssm_parameter" {
+  description = "SSM parameter holding the AMI id, read at plan time when ami_id is null."
+  type        = string
+  default     = null
 }
 
 variable "instance_type" {

@@ -1,11 +1,6 @@
 variable "name" {
-  description = "Name of the GPU pool (its Auto Scaling group)."
+  description = "Name of the GPU pool (its Auto Scaling group); checked by the config module, which gets the same name."
   type        = string
-
-  validation {
-    condition     = can(regex("^[a-z][a-z0-9-]{0,30}[a-z0-9]$", var.name))
-    error_message = "name must be 2-32 characters of lowercase letters, digits and hyphens, starting with a letter."
-  }
 }
 
 variable "partition" {

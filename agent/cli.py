@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import argparse
 
-from spotrelay.core.config import describe, load
+from spotrelay.core.cli import add_command
+from spotrelay.core.config import load
 from spotrelay.core.units_cli import add_install_unit_options, install_unit
 
 from .settings import AgentConfig
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
+        common,
         "agent",
-        parents=[common],
         help="node agent: IMDS interruption monitors, heartbeats, drain",
         description=(
             "Run the node agent next to vLLM: register the node with the routers when the "
@@ -26,8 +28,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
             "'spotrelay agent check' prints what IMDS, the engine and the routers say "
             "(exit 0 iff the node is ready)."
         ),
-        epilog=describe(AgentConfig),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        config=AgentConfig,
+        handler=_handle,
     )
     p.add_argument(
         "action",
@@ -44,7 +46,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     p.add_argument("--json", action="store_true", help="check: print the findings as JSON")
     add_install_unit_options(p)
-    p.set_defaults(handler=_handle)
 
 
 def _handle(args: argparse.Namespace) -> int:

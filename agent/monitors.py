@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from spotrelay.core.backoff import Backoff
 from spotrelay.core.imds_events import (
@@ -33,56 +34,41 @@ log = logging.getLogger("spotrelay.agent.monitors")
 MD = "/latest/meta-data/"
 
 
+@dataclass(frozen=True)
 class Monitor:
-    """One IMDS path and how to read it."""
+    """One IMDS path and how to read it: ``parse`` gives the events the document
+    describes now (``body`` is ``None`` on 404)."""
 
-    name = "monitor"
-    path = ""
-
-    def observe(self, body: str | None) -> list[Event]:
-        """The events the document describes now (``body`` is ``None`` on 404)."""
-        raise NotImplementedError
-
-
-class SpotMonitor(Monitor):
-    name = "spot"
-    path = MD + "spot/instance-action"
+    name: str
+    path: str
+    parse: Callable[[str | None], Iterable[Event]]
 
     def observe(self, body: str | None) -> list[Event]:
-        event = parse_instance_action(body)
-        return [event] if event else []
+        return list(self.parse(body))
 
 
-class RebalanceMonitor(Monitor):
-    name = "rebalance"
-    path = MD + "events/recommendations/rebalance"
-
-    def observe(self, body: str | None) -> list[Event]:
-        event = parse_rebalance(body)
-        return [event] if event else []
+def _at_most_one(
+    parse: Callable[[str | None], Event | None],
+) -> Callable[[str | None], list[Event]]:
+    """A parser of a document that describes one event or none."""
+    return lambda body: [event] if (event := parse(body)) else []
 
 
-class LifecycleStateMonitor(Monitor):
-    name = "lifecycle"
-    path = MD + "autoscaling/target-lifecycle-state"
-
-    def observe(self, body: str | None) -> list[Event]:
-        event = parse_target_lifecycle_state(body)
-        return [event] if event else []
-
-
-class MaintenanceMonitor(Monitor):
-    """Every active scheduled event (one that disappears is withdrawn by the store)."""
-
-    name = "maintenance"
-    path = MD + "events/maintenance/scheduled"
-
-    def observe(self, body: str | None) -> list[Event]:
-        return list(parse_scheduled(body))
+SPOT = Monitor("spot", MD + "spot/instance-action", _at_most_one(parse_instance_action))
+REBALANCE = Monitor(
+    "rebalance", MD + "events/recommendations/rebalance", _at_most_one(parse_rebalance)
+)
+LIFECYCLE_STATE = Monitor(
+    "lifecycle",
+    MD + "autoscaling/target-lifecycle-state",
+    _at_most_one(parse_target_lifecycle_state),
+)
+# Every active scheduled event (one that disappears is withdrawn by the store).
+MAINTENANCE = Monitor("maintenance", MD + "events/maintenance/scheduled", parse_scheduled)
 
 
 def all_monitors() -> list[Monitor]:
-    return [SpotMonitor(), RebalanceMonitor(), LifecycleStateMonitor(), MaintenanceMonitor()]
+    return [SPOT, REBALANCE, LIFECYCLE_STATE, MAINTENANCE]
 
 
 #: receives ``(monitor name, events the document lists now)`` after every good read

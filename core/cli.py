@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from . import extras, logs
-from .config import ConfigError
+from .config import ConfigError, describe
+from .config_flags import Flag, add_flags
 
 # Each component's CLI module and the top-level commands it registers. Only the
 # module of the command being run is imported, so ``spotrelay agent`` on a GPU
@@ -51,6 +52,36 @@ def common_options() -> argparse.ArgumentParser:
         help="human-readable lines or JSON lines",
     )
     return common
+
+
+def add_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+    name: str,
+    *,
+    help: str,
+    description: str,
+    handler: Callable[[argparse.Namespace], int],
+    config: type | None = None,
+    flags: Mapping[str, Flag] | None = None,
+    epilog: str = "",
+) -> argparse.ArgumentParser:
+    """A component's subcommand: the common options, then ``flags`` (see
+    :mod:`.config_flags`); the texts printed as written, every key of the ``config``
+    schema after ``epilog`` (``--help`` is the reference); ``handler`` runs it."""
+    if config is not None:
+        epilog = "\n".join(text for text in (epilog, describe(config)) if text)
+    parser = sub.add_parser(
+        name,
+        parents=[common],
+        help=help,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_flags(parser, flags or {})
+    parser.set_defaults(handler=handler)
+    return parser
 
 
 def _modules_for(argv: Sequence[str]) -> list[str]:

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spotrelay.core.cli import add_command
+
 if TYPE_CHECKING:
     from .artifacts import Wheel
     from .settings import DeployConfig
@@ -70,7 +72,6 @@ def _epilog() -> str:
 
 def register(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentParser) -> None:
     epilog = _epilog()
-    fmt = argparse.RawDescriptionHelpFormatter
     for name, text, handler in (
         ("up", UP_HELP, _up),
         ("down", DOWN_HELP, _down),
@@ -78,13 +79,9 @@ def register(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentPars
         ("preflight", PREFLIGHT_HELP, _preflight),
         ("scale", SCALE_HELP, _scale),
     ):
-        p = sub.add_parser(
-            name,
-            parents=[common],
-            help=text.splitlines()[0].rstrip(":"),
-            description=text,
-            epilog=epilog,
-            formatter_class=fmt,
+        help_line = text.splitlines()[0].rstrip(":")
+        p = add_command(
+            sub, common, name, help=help_line, description=text, handler=handler, epilog=epilog
         )
         p.add_argument("--dir", help="Terraform configuration directory (terraform.dir)")
         p.add_argument(
@@ -111,7 +108,6 @@ def register(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentPars
             p.add_argument("--yes", action="store_true", help="really destroy")
         if name == "status":
             p.add_argument("--json", action="store_true", help="print JSON")
-        p.set_defaults(handler=handler)
 
 
 def _load(args: argparse.Namespace) -> DeployConfig:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from spotrelay.core.cli import add_command
+from spotrelay.core.config_flags import Flag, overrides
 from spotrelay.core.units_cli import add_install_unit_options, install_unit
 
 DESCRIPTION = """\
@@ -21,26 +23,29 @@ server.control_on_main_port). With registry.backend
 memory (default), one gunicorn worker process; with redis, one per core
 sharing the registry. gevent greenlets inside each. See docs/router.md."""
 
+FLAGS = {
+    "host": Flag("server.host", "address to bind (beats server.host)"),
+    "port": Flag("server.port", "port to bind (beats server.port)", type=int),
+    "control_port": Flag(
+        "server.control_port",
+        "control-plane listener port, 0 for none (beats server.control_port)",
+        type=int,
+    ),
+}
+
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from spotrelay.core.config import describe
-
     from .settings import RouterConfig
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
+        common,
         "router",
-        parents=[common],
         help="run the router (gunicorn; one worker, or one per core with a Redis registry)",
         description=DESCRIPTION,
-        epilog=describe(RouterConfig),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--host", help="address to bind (beats server.host)")
-    p.add_argument("--port", type=int, help="port to bind (beats server.port)")
-    p.add_argument(
-        "--control-port",
-        type=int,
-        help="control-plane listener port, 0 for none (beats server.control_port)",
+        config=RouterConfig,
+        flags=FLAGS,
+        handler=run,
     )
     p.add_argument(
         "action",
@@ -51,7 +56,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "from the package",
     )
     add_install_unit_options(p)
-    p.set_defaults(handler=run)
 
 
 def load_config(args: argparse.Namespace):  # -> tuple[RouterConfig, str]
@@ -61,10 +65,7 @@ def load_config(args: argparse.Namespace):  # -> tuple[RouterConfig, str]
 
     from .settings import RouterConfig
 
-    overrides = {
-        "server": {"host": args.host, "port": args.port, "control_port": args.control_port}
-    }
-    cfg = load(RouterConfig, args.config, overrides=overrides)
+    cfg = load(RouterConfig, args.config, overrides=overrides(args, FLAGS))
     token = read_token(cfg.auth.node_token, cfg.auth.node_token_file, "auth.node_token")
     if not token:
         raise ConfigError(

@@ -35,6 +35,7 @@ from spotrelay.core.protocol import (
     valid_instance_id,
     valid_node_id,
 )
+from spotrelay.core.ticker import Ticker
 
 from .auth import ControlPlaneAuth, DataPlaneAuth
 from .dataplane import DataPlane
@@ -126,22 +127,25 @@ class RouterService:
             probe_timeout_s=cfg.health.probe_timeout_s,
         )
 
+    def _upkeep(self) -> list[SyncBackend | Ticker]:
+        """The background parts (TTL expiry, Redis sync, probes...), in start order."""
+        parts = (
+            self.registry.backend,
+            self.metrics_board,
+            self.health,
+            self.watchdog,
+            self.client_watch,
+        )
+        return [part for part in parts if part is not None]
+
     def start(self) -> None:
-        """Start background upkeep (TTL expiry, probes, Redis sync); once per worker process."""
-        self.registry.backend.start()
-        if self.metrics_board is not None:
-            self.metrics_board.start()
-        self.health.start()
-        self.watchdog.start()
-        self.client_watch.start()
+        """Start background upkeep; once per worker process."""
+        for part in self._upkeep():
+            part.start()
 
     def stop(self) -> None:
-        self.registry.backend.stop()
-        if self.metrics_board is not None:
-            self.metrics_board.stop()
-        self.health.stop()
-        self.watchdog.stop()
-        self.client_watch.stop()
+        for part in self._upkeep():
+            part.stop()
         self.tracing.shutdown()  # flushes the spans still batched
 
     def backend_up(self) -> bool:

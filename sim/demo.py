@@ -37,6 +37,7 @@ from .chaos import FleetObserver, PlannedEvent, plan_events
 from .demo_nodes import NodeChaos
 from .demo_prometheus import DemoPrometheus
 from .demo_routers import RouterChaos
+from .demo_settings import Run
 from .fleet import FleetOptions, LocalFleet
 from .report import render_table, summarise, write_chart, write_json
 from .traffic import TrafficDriver, TrafficOptions
@@ -48,30 +49,18 @@ ROUTER_RESTART_AT = 0.8  # of the run: after the node events, before the end
 
 @dataclass
 class DemoOptions:
-    nodes: int = 3
-    duration_s: float = 60.0
-    preemptions: int = 2
-    hard_kills: int = 1
-    lead_s: float = 10.0
-    rps: float = 20.0
-    stream_ratio: float = 0.5
-    seed: int = 7
-    out: Path = Path("demo-out")
+    """One run: the ``demo`` section as configured, and what the CLI resolved from it."""
+
+    cfg: Run
     fleet: FleetOptions = field(default_factory=FleetOptions)
+    rps: float = 20.0  # Run.load_for: cfg.rps, or a default for the engine
     max_tokens: int = 48
-    progress: bool = True
-    routers: int = 1
-    redis: str | None = None  # a redis:// URL, or "auto": start a local redis-server
     spot_shortage: tuple[float, float] | None = None  # no spot launches in this window
-    dead_agents: int = 0  # agents killed before their node's notice (heard via the queue)
-    rebalance_lead_s: float = 0.0  # a rebalance recommendation this long before each notice
-    long_ratio: float = 0.0  # share of streams that are long generations
-    long_max_tokens: int = 300
-    risk_placement: bool = True  # the router's routing.risk_aware
-    freezes: int = 1  # engines SIGSTOPped for freeze_s, their agents running (a hung GPU)
-    host_freezes: int = 1  # whole nodes stopped for freeze_s, then terminated and replaced
-    freeze_s: float = 9.0  # longer than the demo router's registry.ttl_s (6 s): EC2 takes minutes
-    prometheus: bool = False  # a real Prometheus scrapes the run; the report lists its alerts
+    progress: bool = True
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
 
 
 class Demo:
@@ -80,18 +69,18 @@ class Demo:
     def __init__(self, options: DemoOptions) -> None:
         self.options = options
         self.out = options.out
-        self.rng = random.Random(options.seed)
+        self.rng = random.Random(options.cfg.seed)
         self.fleet = LocalFleet(self.out, options.fleet)
-        self.nodes = NodeChaos(self.fleet, self.rng, options.lead_s, options.freeze_s)
+        self.nodes = NodeChaos(self.fleet, self.rng, options.cfg.lead_s, options.cfg.freeze_s)
         self.t0 = 0.0
         self.routers = RouterChaos(self.fleet, 0.0)
         self.chat_streams = True
         self.capacity: CapacityLoop | None = None
         routing = options.fleet.router_overrides.setdefault("routing", {})
-        routing.setdefault("risk_aware", options.risk_placement)
-        routing.setdefault("long_request_tokens", options.long_max_tokens)
+        routing.setdefault("risk_aware", options.cfg.risk_placement)
+        routing.setdefault("long_request_tokens", options.cfg.long_max_tokens)
         self.prometheus: DemoPrometheus | None = None
-        options.fleet.agent_metrics = options.fleet.agent_metrics or options.prometheus
+        options.fleet.agent_metrics = options.fleet.agent_metrics or options.cfg.prometheus
 
     # -- the run --------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -106,14 +95,14 @@ class Demo:
         traffic = self._traffic()
         traffic.start(self.t0)
         plan = plan_events(
-            opts.duration_s,
-            opts.preemptions,
-            opts.hard_kills,
+            opts.cfg.duration_s,
+            opts.cfg.preemptions,
+            opts.cfg.hard_kills,
             self.rng,
-            opts.dead_agents,
-            opts.freezes,
-            opts.host_freezes,
-            rebalance_lead_s=opts.rebalance_lead_s,
+            opts.cfg.dead_agents,
+            opts.cfg.freezes,
+            opts.cfg.host_freezes,
+            rebalance_lead_s=opts.cfg.rebalance_lead_s,
         )
         self._start_capacity()
         self.nodes.begin(self.t0, self.capacity)
@@ -133,9 +122,9 @@ class Demo:
         """Routers (and Prometheus), then the nodes; returns once every node is ready."""
         self.out.mkdir(parents=True, exist_ok=True)
         self._start_routers()
-        if self.options.prometheus:
+        if self.options.cfg.prometheus:
             self.prometheus = DemoPrometheus.start(self.fleet, self.out)
-        nodes = [self.fleet.launch_node() for _ in range(self.options.nodes)]
+        nodes = [self.fleet.launch_node() for _ in range(self.options.cfg.nodes)]
         for node in nodes:
             self.fleet.wait_node_ready(node)
         log.info("fleet ready: routers %s, %d nodes", self.fleet.router_urls, len(nodes))
@@ -147,23 +136,23 @@ class Demo:
             opts.fleet.model,
             TrafficOptions(
                 rps=opts.rps,
-                stream_ratio=opts.stream_ratio,
+                stream_ratio=opts.cfg.stream_ratio,
                 max_tokens=opts.max_tokens,
                 verify_text=opts.fleet.engine_cmd is None,
                 chat_streams=self._fleet_resumes_chat(),
                 # A real engine may not serve the Responses API (llama.cpp's
                 # server does not): only the simulator's fleet gets that share.
                 responses_ratio=0.2 if opts.fleet.engine_cmd is None else 0.0,
-                long_ratio=opts.long_ratio,
-                long_max_tokens=opts.long_max_tokens,
+                long_ratio=opts.cfg.long_ratio,
+                long_max_tokens=opts.cfg.long_max_tokens,
             ),
-            seed=opts.seed,
+            seed=opts.cfg.seed,
         )
 
     def _start_capacity(self) -> None:
         """The simulated Auto Scaling group, when the run has a spot shortage or dead agents."""
         opts = self.options
-        if opts.spot_shortage or opts.dead_agents:
+        if opts.spot_shortage or opts.cfg.dead_agents:
             self.capacity = CapacityLoop(
                 self.fleet,
                 CapacityOptions(spot_shortage=opts.spot_shortage),
@@ -191,11 +180,11 @@ class Demo:
         opts = self.options
         pending = list(plan)
         last_progress = 0.0
-        restart_at = ROUTER_RESTART_AT * opts.duration_s if opts.routers > 1 else None
+        restart_at = ROUTER_RESTART_AT * opts.cfg.duration_s if opts.cfg.routers > 1 else None
         while True:
             now = time.monotonic() - self.t0
             if (
-                now >= opts.duration_s
+                now >= opts.cfg.duration_s
                 and not self.nodes.pending()
                 and not self._settling(now)
                 and not self.routers.pending(traffic)
@@ -205,7 +194,7 @@ class Demo:
                 self.nodes.inject(pending.pop(0), now)
             if restart_at is not None and now >= restart_at:
                 restart_at = None
-                self.routers.restart_later(opts.routers - 1, traffic)
+                self.routers.restart_later(opts.cfg.routers - 1, traffic)
             self.nodes.settle_due(now)
             if now - last_progress >= (0.5 if opts.progress else 5.0):
                 self._progress(now, traffic, observer)
@@ -214,7 +203,7 @@ class Demo:
 
     def _settling(self, now: float) -> bool:
         """The capacity loop is still replacing or retiring nodes (bounded wait)."""
-        limit = self.options.duration_s + self.options.fleet.engine_ready_timeout_s
+        limit = self.options.cfg.duration_s + self.options.fleet.engine_ready_timeout_s
         return self.capacity is not None and now < limit and self.capacity.busy()
 
     # -- observation ----------------------------------------------------------
@@ -222,7 +211,7 @@ class Demo:
         done, failed, in_flight = traffic.log.counts()
         ready, draining = observer.counts()
         line = (
-            f"[{now:5.1f}/{self.options.duration_s:.0f}s] requests {done} "
+            f"[{now:5.1f}/{self.options.cfg.duration_s:.0f}s] requests {done} "
             f"failed {failed} in flight {in_flight} | nodes ready {ready} "
             f"draining {draining}"
         )
@@ -255,14 +244,14 @@ class Demo:
         if self.prometheus:
             report["alerts"] = self.prometheus.alerts(t0_wall)
         write_json(report, self.out)
-        write_chart(report, traffic.log.records, self.out, self.options.duration_s)
+        write_chart(report, traffic.log.records, self.out, self.options.cfg.duration_s)
         return report
 
     def _start_routers(self) -> None:
         """One router (memory registry), or several sharing a registry in Redis."""
         opts = self.options
-        if opts.redis:
-            url = opts.redis
+        if opts.cfg.redis:
+            url = opts.cfg.redis
             if url == "auto":
                 from spotrelay.core.config import ConfigError
 
@@ -280,7 +269,9 @@ class Demo:
                 {"backend": "redis", "redis_url": url, "ttl_s": 10}
             )
         names = (
-            ["router"] if opts.routers == 1 else [f"router-{i + 1}" for i in range(opts.routers)]
+            ["router"]
+            if opts.cfg.routers == 1
+            else [f"router-{i + 1}" for i in range(opts.cfg.routers)]
         )
         for name in names:
             self.fleet.start_router(name)
@@ -288,29 +279,29 @@ class Demo:
     def _settings(self) -> dict[str, Any]:
         opts = self.options
         return {
-            "nodes": opts.nodes,
-            "duration_s": opts.duration_s,
-            "preemptions": opts.preemptions,
-            "hard_kills": opts.hard_kills,
-            "lead_s": opts.lead_s,
+            "nodes": opts.cfg.nodes,
+            "duration_s": opts.cfg.duration_s,
+            "preemptions": opts.cfg.preemptions,
+            "hard_kills": opts.cfg.hard_kills,
+            "lead_s": opts.cfg.lead_s,
             "rps": opts.rps,
-            "stream_ratio": opts.stream_ratio,
-            "seed": opts.seed,
+            "stream_ratio": opts.cfg.stream_ratio,
+            "seed": opts.cfg.seed,
             "engine": opts.fleet.engine_cmd or "spotrelay sim vllm",
-            "routers": opts.routers,
-            "registry": "redis" if opts.redis else "memory",
+            "routers": opts.cfg.routers,
+            "registry": "redis" if opts.cfg.redis else "memory",
             "verify_text": opts.fleet.engine_cmd is None,
             "streaming_chat": self.chat_streams,
             "spot_shortage": list(opts.spot_shortage) if opts.spot_shortage else None,
-            "dead_agents": opts.dead_agents,
-            "rebalance_lead_s": opts.rebalance_lead_s,
-            "long_ratio": opts.long_ratio,
-            "risk_placement": opts.risk_placement,
+            "dead_agents": opts.cfg.dead_agents,
+            "rebalance_lead_s": opts.cfg.rebalance_lead_s,
+            "long_ratio": opts.cfg.long_ratio,
+            "risk_placement": opts.cfg.risk_placement,
             "rebalance_recommendations": list(self.nodes.warned),
-            "freezes": opts.freezes,
-            "host_freezes": opts.host_freezes,
-            "freeze_s": opts.freeze_s,
-            "prometheus": opts.prometheus,
+            "freezes": opts.cfg.freezes,
+            "host_freezes": opts.cfg.host_freezes,
+            "freeze_s": opts.cfg.freeze_s,
+            "prometheus": opts.cfg.prometheus,
         }
 
     def close(self) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from spotrelay.core.cli import add_command
+from spotrelay.core.config_flags import Flag, overrides
 
 EPILOG = """\
 examples:
@@ -32,116 +34,99 @@ def on_off(value: str) -> bool:
     return value == "on"
 
 
-# flag -> (section, key); flags left unset fall back to config, env, then defaults.
+# Each flag overrides one key of DemoConfig; a flag left unset falls back to config, env,
+# then the default.
 FLAGS = {
-    "nodes": ("demo", "nodes", int, "nodes in the fleet (3)"),
-    "duration": ("demo", "duration_s", float, "seconds of traffic (60)"),
-    "preemptions": ("demo", "preemptions", int, "spot interruption notices to inject (2)"),
-    "hard_kills": ("demo", "hard_kills", int, "nodes to SIGKILL without notice (1)"),
-    "lead_s": ("demo", "lead_s", float, "notice lead time; AWS gives 120 s (10)"),
-    "rps": ("demo", "rps", float, "average requests per second (20; 1 with --engine-cmd)"),
-    "stream_ratio": ("demo", "stream_ratio", float, "share of streaming requests (0.5)"),
-    "max_tokens": (
-        "demo",
-        "max_tokens",
-        int,
+    "nodes": Flag("demo.nodes", "nodes in the fleet (3)", type=int),
+    "duration": Flag("demo.duration_s", "seconds of traffic (60)", type=float),
+    "preemptions": Flag("demo.preemptions", "spot interruption notices to inject (2)", type=int),
+    "hard_kills": Flag("demo.hard_kills", "nodes to SIGKILL without notice (1)", type=int),
+    "lead_s": Flag("demo.lead_s", "notice lead time; AWS gives 120 s (10)", type=float),
+    "rps": Flag("demo.rps", "average requests per second (20; 1 with --engine-cmd)", type=float),
+    "stream_ratio": Flag("demo.stream_ratio", "share of streaming requests (0.5)", type=float),
+    "max_tokens": Flag(
+        "demo.max_tokens",
         "upper bound of max_tokens per request (48; 24 with --engine-cmd)",
+        type=int,
     ),
-    "seed": ("demo", "seed", int, "RNG seed for traffic and chaos (7)"),
-    "out": ("demo", "out", str, "directory for report.json, timeline.png, logs (demo-out)"),
-    "routers": ("demo", "routers", int, "routers behind the traffic's round robin (1)"),
-    "redis": (
-        "demo",
-        "redis",
-        str,
+    "seed": Flag("demo.seed", "RNG seed for traffic and chaos (7)", type=int),
+    "out": Flag("demo.out", "directory for report.json, timeline.png, logs (demo-out)"),
+    "routers": Flag("demo.routers", "routers behind the traffic's round robin (1)", type=int),
+    "redis": Flag(
+        "demo.redis",
         "shared registry for --routers > 1: redis://HOST:PORT, or auto (local redis-server)",
     ),
-    "spot_shortage": (
-        "demo",
-        "spot_shortage",
-        str,
+    "spot_shortage": Flag(
+        "demo.spot_shortage",
         "START:END seconds: spot launches fail, the controller falls back to on-demand",
     ),
-    "dead_agents": (
-        "demo",
-        "dead_agents",
-        int,
+    "dead_agents": Flag(
+        "demo.dead_agents",
         "kill this many nodes' agents, then send their spot notice through the queue (0)",
+        type=int,
     ),
-    "freezes": (
-        "demo",
-        "freezes",
-        int,
+    "freezes": Flag(
+        "demo.freezes",
         "engines to freeze (SIGSTOP, sockets open) for --freeze-s, their agent running (1)",
+        type=int,
     ),
-    "host_freezes": (
-        "demo",
-        "host_freezes",
-        int,
+    "host_freezes": Flag(
+        "demo.host_freezes",
         "nodes to freeze whole (engine and agent), then terminate after --freeze-s (1)",
+        type=int,
     ),
-    "freeze_s": ("demo", "freeze_s", float, "how long a freeze lasts, seconds (9)"),
-    "rebalance_lead": (
-        "demo",
-        "rebalance_lead_s",
-        float,
+    "freeze_s": Flag("demo.freeze_s", "how long a freeze lasts, seconds (9)", type=float),
+    "rebalance_lead": Flag(
+        "demo.rebalance_lead_s",
         "rebalance recommendation this many seconds before each spot notice (0: none)",
+        type=float,
     ),
-    "long_ratio": ("demo", "long_ratio", float, "share of streams that run long (0)"),
-    "long_max_tokens": ("demo", "long_max_tokens", int, "max_tokens of a long stream (300)"),
-    "risk_placement": (
-        "demo",
-        "risk_placement",
-        on_off,
-        "on|off: keep long requests off nodes at risk (on)",
+    "long_ratio": Flag("demo.long_ratio", "share of streams that run long (0)", type=float),
+    "long_max_tokens": Flag("demo.long_max_tokens", "max_tokens of a long stream (300)", type=int),
+    "risk_placement": Flag(
+        "demo.risk_placement", "on|off: keep long requests off nodes at risk (on)", type=on_off
     ),
-    "model": ("engine", "model", str, "model name to serve and request (sim-model)"),
-    "ttft_ms": ("engine", "ttft_ms", int, "simulator time to first token (40)"),
-    "itl_ms": ("engine", "itl_ms", int, "simulator inter-token latency (15)"),
-    "poll_interval_s": ("engine", "poll_interval_s", float, "agents' IMDS poll interval (0.5)"),
-    "engine_cmd": (
-        "engine",
-        "cmd",
-        str,
+    "model": Flag("engine.model", "model name to serve and request (sim-model)"),
+    "ttft_ms": Flag("engine.ttft_ms", "simulator time to first token (40)", type=int),
+    "itl_ms": Flag("engine.itl_ms", "simulator inter-token latency (15)", type=int),
+    "poll_interval_s": Flag(
+        "engine.poll_interval_s", "agents' IMDS poll interval (0.5)", type=float
+    ),
+    "engine_cmd": Flag(
+        "engine.cmd",
         "run this engine instead of the simulator; {port}, {host} and {model} "
         "are substituted (text is then not verified)",
+    ),
+    "prometheus": Flag(
+        "demo.prometheus",
+        "run a real Prometheus (binary on PATH) with the shipped alert rules, for: "
+        "shortened a minute to a second; the report lists the alerts that fired",
+        switch=True,
     ),
 }
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from spotrelay.core.config import describe
-
     from .demo_settings import DemoConfig
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
+        common,
         "demo",
-        parents=[common],
         help="a local spot fleet under injected preemptions",
         description="Start a router and N nodes (engine simulator + IMDS emulator + agent) on "
         "loopback, drive OpenAI traffic, inject spot notices and hard kills, "
         "replace lost nodes, and report what clients saw.",
-        epilog=EPILOG + "\n" + describe(DemoConfig),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    for dest, (_section, _key, kind, help_text) in FLAGS.items():
-        p.add_argument(
-            "--" + dest.replace("_", "-"), dest=dest, type=kind, default=None, help=help_text
-        )
-    p.add_argument(
-        "--prometheus",
-        action="store_const",
-        const=True,
-        default=None,
-        help="run a real Prometheus (binary on PATH) with the shipped alert rules, for: "
-        "shortened a minute to a second; the report lists the alerts that fired",
+        config=DemoConfig,
+        epilog=EPILOG,
+        flags=FLAGS,
+        handler=_run,
     )
     p.add_argument(
         "--no-progress",
         action="store_true",
         help="periodic log lines instead of a live progress line",
     )
-    p.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -151,11 +136,7 @@ def _run(args: argparse.Namespace) -> int:
     from .demo_settings import DemoConfig
     from .fleet import FleetOptions
 
-    overrides: dict[str, dict[str, object]] = {"demo": {}, "engine": {}}
-    for dest, (section, key, _kind, _help) in FLAGS.items():
-        overrides[section][key] = getattr(args, dest)
-    overrides["demo"]["prometheus"] = args.prometheus
-    cfg = load(DemoConfig, args.config, overrides=overrides)
+    cfg = load(DemoConfig, args.config, overrides=overrides(args, FLAGS))
     d, e = cfg.demo, cfg.engine
     rps, max_tokens = d.load_for(real_engine=e.cmd is not None)
     fleet = FleetOptions(
@@ -167,30 +148,12 @@ def _run(args: argparse.Namespace) -> int:
         engine_ready_timeout_s=e.ready_timeout_s,
     )
     options = DemoOptions(
-        nodes=d.nodes,
-        duration_s=d.duration_s,
-        preemptions=d.preemptions,
-        hard_kills=d.hard_kills,
-        lead_s=d.lead_s,
+        d,
+        fleet,
         rps=rps,
-        stream_ratio=d.stream_ratio,
-        seed=d.seed,
-        out=Path(d.out),
-        fleet=fleet,
         max_tokens=max_tokens,
-        progress=not args.no_progress,
-        routers=d.routers,
-        redis=d.redis,
         spot_shortage=parse_window("demo.spot_shortage", d.spot_shortage),
-        dead_agents=d.dead_agents,
-        freezes=d.freezes,
-        host_freezes=d.host_freezes,
-        freeze_s=d.freeze_s,
-        rebalance_lead_s=d.rebalance_lead_s,
-        long_ratio=d.long_ratio,
-        long_max_tokens=d.long_max_tokens,
-        risk_placement=d.risk_placement,
-        prometheus=d.prometheus,
+        progress=not args.no_progress,
     )
     return run(options)
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 
+from spotrelay.core.cli import add_command
+from spotrelay.core.config_flags import Flag, overrides
+
 DESCRIPTION = """\
 Serve the EC2 instance metadata service (IMDSv2, tokens required) on loopback,
 with a control API under /_control/ that triggers spot interruption notices,
@@ -23,46 +26,51 @@ examples:
 """
 
 
+def flags() -> dict[str, Flag]:
+    """The flags, each overriding one key of :class:`.imds_settings.ImdsEmulatorConfig`."""
+    from .imds_settings import DEFAULT_PORT, LIFECYCLES, NOT_IN_ASG, TARGET_LIFECYCLE_STATES
+
+    return {
+        "host": Flag("server.host", "listen address (default 127.0.0.1)"),
+        "port": Flag("server.port", f"listen port (default {DEFAULT_PORT})", type=int),
+        "instance_id": Flag(
+            "instance.id", "instance-id (default: stable per host:port, i-0 + 16 hex digits)"
+        ),
+        "instance_type": Flag("instance.type", "instance-type (default g6.xlarge)"),
+        "local_ipv4": Flag("instance.local_ipv4", "local-ipv4 (default 127.0.0.1)"),
+        "az": Flag("instance.az", "availability zone; the region is derived (default us-east-1a)"),
+        "lifecycle": Flag(
+            "instance.lifecycle", "instance-life-cycle (default spot)", choices=LIFECYCLES
+        ),
+        "ami_id": Flag("instance.ami_id", "ami-id"),
+        "account_id": Flag("instance.account_id", "accountId of the identity document (12 digits)"),
+        "iam_role": Flag(
+            "instance.iam_role",
+            "serve fake credentials at iam/security-credentials/NAME",
+            metavar="NAME",
+        ),
+        "target_lifecycle_state": Flag(
+            "instance.target_lifecycle_state",
+            "initial autoscaling/target-lifecycle-state (default InService; "
+            "'none' = instance not in an Auto Scaling group)",
+            choices=(*TARGET_LIFECYCLE_STATES, NOT_IN_ASG),
+        ),
+    }
+
+
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from spotrelay.core.config import describe
+    from .imds_settings import ImdsEmulatorConfig
 
-    from .imds_settings import (
-        DEFAULT_PORT,
-        LIFECYCLES,
-        NOT_IN_ASG,
-        TARGET_LIFECYCLE_STATES,
-        ImdsEmulatorConfig,
-    )
-
-    p = sub.add_parser(
+    add_command(
+        sub,
+        common,
         "imds",
-        parents=[common],
         help="EC2 instance metadata (IMDSv2) emulator with spot/ASG event controls",
         description=DESCRIPTION,
-        epilog=describe(ImdsEmulatorConfig),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        config=ImdsEmulatorConfig,
+        flags=flags(),
+        handler=run,
     )
-    p.add_argument("--host", help="listen address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help=f"listen port (default {DEFAULT_PORT})")
-    p.add_argument(
-        "--instance-id", help="instance-id (default: stable per host:port, i-0 + 16 hex digits)"
-    )
-    p.add_argument("--instance-type", help="instance-type (default g6.xlarge)")
-    p.add_argument("--local-ipv4", help="local-ipv4 (default 127.0.0.1)")
-    p.add_argument("--az", help="availability zone; the region is derived (default us-east-1a)")
-    p.add_argument("--lifecycle", choices=LIFECYCLES, help="instance-life-cycle (default spot)")
-    p.add_argument("--ami-id", help="ami-id")
-    p.add_argument("--account-id", help="accountId of the identity document (12 digits)")
-    p.add_argument(
-        "--iam-role", metavar="NAME", help="serve fake credentials at iam/security-credentials/NAME"
-    )
-    p.add_argument(
-        "--target-lifecycle-state",
-        choices=(*TARGET_LIFECYCLE_STATES, NOT_IN_ASG),
-        help="initial autoscaling/target-lifecycle-state (default InService; "
-        "'none' = instance not in an Auto Scaling group)",
-    )
-    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,24 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from .imds_settings import NOT_IN_ASG, ImdsEmulatorConfig
     from .imds_state import ImdsState
 
-    cfg = load(
-        ImdsEmulatorConfig,
-        args.config,
-        overrides={
-            "server": {"host": args.host, "port": args.port},
-            "instance": {
-                "id": args.instance_id,
-                "type": args.instance_type,
-                "local_ipv4": args.local_ipv4,
-                "az": args.az,
-                "lifecycle": args.lifecycle,
-                "ami_id": args.ami_id,
-                "account_id": args.account_id,
-                "iam_role": args.iam_role,
-                "target_lifecycle_state": args.target_lifecycle_state,
-            },
-        },
-    )
+    cfg = load(ImdsEmulatorConfig, args.config, overrides=overrides(args, flags()))
     inst = cfg.instance
     instance = InstanceInfo(
         instance_id=inst.id or stable_instance_id(f"{cfg.server.host}:{cfg.server.port}"),

@@ -10,200 +10,111 @@ Heavy imports (aiohttp, the server) happen in the handler.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
 
-from spotrelay.core.config import describe, load, setting
+from spotrelay.core.cli import add_command
+from spotrelay.core.config import load
+from spotrelay.core.config_flags import Flag, add_flags, overrides
 
-from .prefix_cache import (
-    DEFAULT_BLOCK_TOKENS,
-    DEFAULT_CAPACITY_BLOCKS,
-    DEFAULT_PREFILL_TOKENS_PER_S,
-)
+from .vllm_settings import SimVllmConfig
 
-
-@dataclass
-class SimSection:
-    host: str = setting("127.0.0.1", help="address to bind")
-    port: int = setting(8000, min=1, max=65535, help="port to bind (vLLM's default)")
-    model: str = setting("sim-model", help="served model name (the body's 'model')")
-    ttft_ms: float = setting(50.0, min=0, help="time to first token, from getting a slot")
-    itl_ms: float = setting(10.0, min=0, help="inter-token latency")
-    max_num_seqs: int = setting(256, min=1, help="running requests at most; the rest wait")
-    max_model_len: int = setting(4096, min=2, help="prompt + completion tokens at most")
-    default_max_tokens: int = setting(
-        128, min=1, help="chat max_tokens when the request has none (completions: 16)"
-    )
-    kv_cache_tokens: int = setting(
-        65536, min=1, help="tokens the simulated KV cache holds (vllm:kv_cache_usage_perc)"
-    )
-    embedding_dim: int = setting(256, min=1, max=8192, help="length of embedding vectors")
-    block_size: int = setting(
-        DEFAULT_BLOCK_TOKENS, min=1, max=1024, help="tokens per prefix-cache block (vLLM's 16)"
-    )
-    prefix_cache_blocks: int = setting(
-        DEFAULT_CAPACITY_BLOCKS,
-        min=0,
-        help="blocks the prefix cache holds, LRU (0: no prefix caching; default ~ a 24 GiB "
-        "GPU serving an 8B model)",
-    )
-    prefill_tokens_per_s: float = setting(
-        DEFAULT_PREFILL_TOKENS_PER_S,
-        min=0,
-        help="uncached prompt tokens prefilled per second, added to the time to first token "
-        "(0: prefill takes no time)",
-    )
-    shutdown_timeout_s: float = setting(
-        0.0, min=0, help="on SIGTERM, let in-flight requests run this long (vLLM: 0)"
-    )
-    decode_pause_ms: float = setting(
-        0.0,
-        min=0,
-        help="hold every running stream's decode this long (a long prefill of another "
-        "request) once per decode_pause_every_s; 0 = never",
-    )
-    decode_pause_every_s: float = setting(
-        0.0, min=0, help="how often decode pauses come (0 = never)"
-    )
-    api: str = setting(
-        "vllm",
+SERVER_FLAGS = {
+    "host": Flag("sim.host", "address to bind (default 127.0.0.1)"),
+    "port": Flag("sim.port", "port to bind (default 8000)", type=int),
+    "model": Flag("sim.model", "served model name (sim-model)", aliases=("--served-model-name",)),
+    "ttft_ms": Flag("sim.ttft_ms", "time to first token in ms (50)", type=float),
+    "itl_ms": Flag("sim.itl_ms", "inter-token latency in ms (10)", type=float),
+    "max_num_seqs": Flag("sim.max_num_seqs", "concurrent running requests (256)", type=int),
+    "max_model_len": Flag("sim.max_model_len", "context length in tokens (4096)", type=int),
+    "default_max_tokens": Flag(
+        "sim.default_max_tokens", "chat max_tokens when absent (128)", type=int
+    ),
+    "kv_cache_tokens": Flag("sim.kv_cache_tokens", "simulated KV cache size in tokens", type=int),
+    "embedding_dim": Flag("sim.embedding_dim", "embedding vector length (256)", type=int),
+    "block_size": Flag("sim.block_size", "prefix-cache block size in tokens (16)", type=int),
+    "prefix_cache_blocks": Flag(
+        "sim.prefix_cache_blocks", "prefix-cache capacity in blocks (2048; 0: off)", type=int
+    ),
+    "prefill_tokens_per_s": Flag(
+        "sim.prefill_tokens_per_s",
+        "prefill rate for uncached prompt tokens (3000; 0: instant)",
+        type=float,
+    ),
+    "api": Flag(
+        "sim.api",
+        "endpoints to serve: vllm (default) or openai (no /health, /version, /metrics)",
         choices=("vllm", "openai"),
-        help="vllm: vLLM's endpoints; openai: the OpenAI API and /v1/models only "
-        "(no /health, /version or /metrics, as llama-cpp-python's server)",
-    )
+    ),
+    "decode_pause_ms": Flag(
+        "sim.decode_pause_ms",
+        "hold decode this long (a long prefill of another request) every "
+        "--decode-pause-every-s seconds (0: never)",
+        type=float,
+        metavar="MS",
+    ),
+    "decode_pause_every_s": Flag(
+        "sim.decode_pause_every_s", "how often decode pauses come", type=float, metavar="S"
+    ),
+    "shutdown_timeout": Flag(
+        "sim.shutdown_timeout_s",
+        "seconds in-flight requests get on SIGTERM (0)",
+        type=float,
+        metavar="SHUTDOWN_TIMEOUT_S",
+    ),
+}
 
-
-@dataclass
-class FaultsSection:
-    drop_after_tokens: int | None = setting(
-        None, min=0, help="drop each streaming connection after N content tokens"
-    )
-    drop_count: int | None = setting(None, min=1, help="only the next N requests get dropped")
-    hang: bool = setting(False, help="accept /v1/* requests and never answer")
-    stall: bool = setting(
-        False, help="running requests get no more tokens; /health and /metrics still answer"
-    )
-    error_status: int | None = setting(
-        None, min=400, max=599, help="answer /v1/* requests with this status"
-    )
-    error_count: int | None = setting(
-        None, min=1, help="only the next N requests get error_status (default: all)"
-    )
-    unhealthy_for_s: float | None = setting(
-        None, min=0, help="/health (and /v1/*) answer 503 for this long after start"
-    )
-
-
-@dataclass
-class SimVllmConfig:
-    sim: SimSection = field(default_factory=SimSection)
-    faults: FaultsSection = field(default_factory=FaultsSection)
+# The keys of ``POST /_control/faults``, set from the start.
+FAULT_FLAGS = {
+    "drop_after_tokens": Flag(
+        "faults.drop_after_tokens",
+        "drop streaming connections after N content tokens",
+        type=int,
+        metavar="N",
+    ),
+    "drop_count": Flag("faults.drop_count", "only for the next M requests", type=int, metavar="M"),
+    "hang": Flag("faults.hang", "accept /v1/* requests and never answer", switch=True),
+    "stall": Flag(
+        "faults.stall",
+        "running requests get no tokens (a hung GPU); /health and /metrics still answer",
+        switch=True,
+    ),
+    "error_status": Flag(
+        "faults.error_status", "answer /v1/* with status S", type=int, metavar="S"
+    ),
+    "error_count": Flag(
+        "faults.error_count",
+        "only the next N requests get --error-status (default: all)",
+        type=int,
+        metavar="N",
+    ),
+    "unhealthy_for_s": Flag(
+        "faults.unhealthy_for_s",
+        "answer 503 on /health and /v1/* for S seconds after start",
+        type=float,
+        metavar="S",
+    ),
+}
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
+        common,
         "vllm",
-        parents=[common],
         help="vLLM OpenAI-server simulator (deterministic text, timing, faults)",
         description="A vLLM OpenAI-compatible server without a GPU: /v1/completions, "
         "/v1/chat/completions (SSE), /v1/embeddings, /v1/models, /health, /metrics with "
         "vLLM's names, and fault injection (flags or POST /_control/faults). "
         "See docs/simulator.md.",
-        epilog=describe(SimVllmConfig),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        config=SimVllmConfig,
+        flags=SERVER_FLAGS,
+        handler=run,
     )
-    _add_server_flags(p)
     faults = p.add_argument_group("faults (also settable at run time: POST /_control/faults)")
-    _add_fault_flags(faults)
-    p.set_defaults(handler=run)
-
-
-def _add_server_flags(p: argparse.ArgumentParser) -> None:
-    """The server's flags: what it binds and serves, its timing and capacity."""
-    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port to bind (default 8000)")
-    p.add_argument(
-        "--model", "--served-model-name", dest="model", help="served model name (sim-model)"
-    )
-    p.add_argument("--ttft-ms", type=float, help="time to first token in ms (50)")
-    p.add_argument("--itl-ms", type=float, help="inter-token latency in ms (10)")
-    p.add_argument("--max-num-seqs", type=int, help="concurrent running requests (256)")
-    p.add_argument("--max-model-len", type=int, help="context length in tokens (4096)")
-    p.add_argument("--default-max-tokens", type=int, help="chat max_tokens when absent (128)")
-    p.add_argument("--kv-cache-tokens", type=int, help="simulated KV cache size in tokens")
-    p.add_argument("--embedding-dim", type=int, help="embedding vector length (256)")
-    p.add_argument("--block-size", type=int, help="prefix-cache block size in tokens (16)")
-    p.add_argument(
-        "--prefix-cache-blocks", type=int, help="prefix-cache capacity in blocks (2048; 0: off)"
-    )
-    p.add_argument(
-        "--prefill-tokens-per-s",
-        type=float,
-        help="prefill rate for uncached prompt tokens (3000; 0: instant)",
-    )
-    p.add_argument(
-        "--api",
-        choices=("vllm", "openai"),
-        help="endpoints to serve: vllm (default) or openai (no /health, /version, /metrics)",
-    )
-    p.add_argument(
-        "--decode-pause-ms",
-        type=float,
-        metavar="MS",
-        help="hold decode this long (a long prefill of another request) every "
-        "--decode-pause-every-s seconds (0: never)",
-    )
-    p.add_argument(
-        "--decode-pause-every-s", type=float, metavar="S", help="how often decode pauses come"
-    )
-    p.add_argument(
-        "--shutdown-timeout",
-        dest="shutdown_timeout_s",
-        type=float,
-        help="seconds in-flight requests get on SIGTERM (0)",
-    )
-
-
-def _add_fault_flags(f: argparse._ArgumentGroup) -> None:
-    """The fault flags: the keys of ``POST /_control/faults``, set from the start."""
-    f.add_argument(
-        "--drop-after-tokens",
-        type=int,
-        metavar="N",
-        help="drop streaming connections after N content tokens",
-    )
-    f.add_argument("--drop-count", type=int, metavar="M", help="only for the next M requests")
-    f.add_argument(
-        "--hang", action="store_true", default=None, help="accept /v1/* requests and never answer"
-    )
-    f.add_argument(
-        "--stall",
-        action="store_true",
-        default=None,
-        help="running requests get no tokens (a hung GPU); /health and /metrics still answer",
-    )
-    f.add_argument("--error-status", type=int, metavar="S", help="answer /v1/* with status S")
-    f.add_argument(
-        "--error-count",
-        type=int,
-        metavar="N",
-        help="only the next N requests get --error-status (default: all)",
-    )
-    f.add_argument(
-        "--unhealthy-for-s",
-        type=float,
-        metavar="S",
-        help="answer 503 on /health and /v1/* for S seconds after start",
-    )
+    add_flags(faults, FAULT_FLAGS)
 
 
 def build_config(args: argparse.Namespace) -> SimVllmConfig:
-    sim_keys = [f for f in SimSection.__dataclass_fields__]
-    fault_keys = [f for f in FaultsSection.__dataclass_fields__]
-    overrides = {
-        "sim": {k: getattr(args, k, None) for k in sim_keys},
-        "faults": {k: getattr(args, k, None) for k in fault_keys},
-    }
-    return load(SimVllmConfig, args.config, overrides=overrides)
+    return load(SimVllmConfig, args.config, overrides=overrides(args, SERVER_FLAGS | FAULT_FLAGS))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -212,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     from spotrelay.core.config import ConfigError
 
     from .faults import FaultError, Faults
-    from .vllm_server import SimSettings, serve
+    from .vllm_server import serve
 
     cfg = build_config(args)
     pause, every = cfg.sim.decode_pause_ms, cfg.sim.decode_pause_every_s
@@ -222,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             "sim.decode_pause_ms", f"must be shorter than decode_pause_every_s ({every:g} s)", pause
         )
-    settings = SimSettings(**vars(cfg.sim))
+    settings = cfg.sim
     faults = Faults()
     spec = {k: v for k, v in vars(cfg.faults).items() if v is not None and v is not False}
     try:

@@ -23,87 +23,32 @@ import signal
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import textgen
-from .engine import Engine, EngineSettings, Generation
+from .engine import Engine, Generation
 from .faults import Faults
-from .prefix_cache import (
-    DEFAULT_BLOCK_TOKENS,
-    DEFAULT_CAPACITY_BLOCKS,
-    DEFAULT_PREFILL_TOKENS_PER_S,
-    CacheSettings,
-)
 from .vllm_apis import ExtraApis, MessagesWriter, ResponsesWriter
 from .vllm_control import ControlApi
 from .vllm_gate import RequestGate
 from .vllm_http import json_response
 from .vllm_protocol import (
     GenerationRequest,
-    Limits,
     parse_chat,
     parse_completion,
     parse_embedding,
     parse_json,
 )
+from .vllm_settings import SimSettings
 from .vllm_stats import RequestLog, RequestRecord, metrics_registry, render_metrics
 from .vllm_stream import SSE_HEADERS, ChunkWriter, SseJob
 
 log = logging.getLogger("spotrelay.sim.vllm")
 
 VERSION = "0.0.0+spotrelay.sim"
-
-
-@dataclass
-class SimSettings:
-    """Everything ``spotrelay sim vllm`` is started with (besides faults)."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    model: str = "sim-model"
-    ttft_ms: float = 50.0
-    itl_ms: float = 10.0
-    max_num_seqs: int = 256
-    max_model_len: int = 4096
-    default_max_tokens: int = 128
-    kv_cache_tokens: int = 65536
-    embedding_dim: int = 256
-    block_size: int = DEFAULT_BLOCK_TOKENS
-    prefix_cache_blocks: int = DEFAULT_CAPACITY_BLOCKS
-    prefill_tokens_per_s: float = DEFAULT_PREFILL_TOKENS_PER_S
-    shutdown_timeout_s: float = 0.0
-    decode_pause_ms: float = 0.0
-    decode_pause_every_s: float = 0.0
-    api: str = "vllm"  # "openai": no /health, /version, /metrics (a non-vLLM engine)
-
-    def engine(self) -> EngineSettings:
-        return EngineSettings(
-            model=self.model,
-            ttft_ms=self.ttft_ms,
-            itl_ms=self.itl_ms,
-            max_num_seqs=self.max_num_seqs,
-            max_model_len=self.max_model_len,
-            kv_cache_tokens=self.kv_cache_tokens,
-            prefix_cache=CacheSettings(
-                block_tokens=self.block_size,
-                capacity_blocks=self.prefix_cache_blocks,
-                prefill_tokens_per_s=self.prefill_tokens_per_s,
-            ),
-            decode_pause_ms=self.decode_pause_ms,
-            decode_pause_every_s=self.decode_pause_every_s,
-        )
-
-    def limits(self) -> Limits:
-        return Limits(
-            model=self.model,
-            max_model_len=self.max_model_len,
-            default_max_tokens=self.default_max_tokens,
-            embedding_dim=self.embedding_dim,
-        )
 
 
 class SimServer:

@@ -14,7 +14,7 @@ import threading
 from typing import Any
 
 from spotrelay.agent.eventstore import EventId, EventStore
-from spotrelay.agent.monitors import MaintenanceMonitor, SpotMonitor
+from spotrelay.agent.monitors import MAINTENANCE, SPOT
 from spotrelay.agent.policy import Action, EventPolicy
 from spotrelay.core.eventbridge_events import parse_eventbridge
 from spotrelay.core.imds_events import parse_instance_action, parse_rebalance, parse_scheduled
@@ -74,7 +74,7 @@ def spot() -> SpotInterruption:
 
 def test_one_notice_seen_many_times_is_new_once() -> None:
     store = EventStore(INSTANCE, clock=Clock(START))
-    monitor = SpotMonitor()
+    monitor = SPOT
     assert store.observe(monitor.name, monitor.observe(INSTANCE_ACTION)) == [spot()]
     for _ in range(100):
         assert store.observe(monitor.name, monitor.observe(INSTANCE_ACTION)) == []
@@ -190,7 +190,7 @@ def test_a_planned_drain_is_kept_until_due() -> None:
 
 def test_a_withdrawn_scheduled_event_is_canceled_once_and_its_plan_dropped() -> None:
     clock = Clock(START)
-    store, monitor = EventStore(INSTANCE, clock=clock), MaintenanceMonitor()
+    store, monitor = EventStore(INSTANCE, clock=clock), MAINTENANCE
     policy = EventPolicy(maintenance_lead_s=900)
     (event,) = store.observe(monitor.name, monitor.observe(SCHEDULED))
     decision = policy.decide(event, clock.now)

@@ -21,7 +21,7 @@ from spotrelay.agent.engine import ProcessWatch, parse_metrics
 from spotrelay.agent.eventstore import EventStore
 from spotrelay.agent.lifecycle import LifecycleError
 from spotrelay.agent.metrics import AgentMetrics
-from spotrelay.agent.monitors import MaintenanceMonitor
+from spotrelay.agent.monitors import MAINTENANCE
 from spotrelay.agent.routers import RouterError
 from spotrelay.agent.webhook import Webhook
 from spotrelay.core.backoff import Backoff
@@ -105,7 +105,7 @@ def test_scheduled_events_skip_canceled_and_completed() -> None:
 
 
 def test_maintenance_monitor_reports_cancellation() -> None:
-    mon, store = MaintenanceMonitor(), EventStore("i-1")
+    mon, store = MAINTENANCE, EventStore("i-1")
     body = json.dumps([{"NotBefore": "21 Jan 2030 09:00:43 GMT", "Code": "system-reboot"}])
     (ev,) = mon.observe(body)
     assert store.observe(mon.name, mon.observe(body)) == [ev]

@@ -14,7 +14,7 @@ import importlib.util
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "agent": ("urllib3", "psutil", "prometheus_client", "botocore"),
     "router": ("flask", "gunicorn", "gevent", "httptools", "prometheus_client"),
-    "deploy": ("python_terraform", "boto3", "urllib3"),
+    "deploy": ("python_terraform", "boto3"),
     "sim": ("aiohttp", "openai", "matplotlib", "flask", "gunicorn", "gevent", "psutil"),
 }
 

@@ -176,10 +176,14 @@ class CapacityLoop:
         self.queue.send_event(state_change(node.instance_id, "shutting-down"))
 
     def busy(self) -> bool:
-        """Replacements, launches or retirements still under way."""
+        """Replacements, launches or retirements still under way, or a return to spot
+        not finished: between one retirement and the next, and until the controller
+        lowers the base, nothing is in flight, yet on-demand nodes still wait to go."""
         with self._lock:
             pending = any(t.is_alive() for t in self._pending)
-            return bool(self.missing or pending or self._retiring or self.queue.depth())
+            if self.missing or pending or self._retiring or self.queue.depth():
+                return True
+        return not self.asg.spot_short() and bool(self._on_demand_nodes())
 
     def _launch(self, lifecycle: str, then: Node | None = None) -> Node:
         node = self.fleet.launch_node(lifecycle=lifecycle)

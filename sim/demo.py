@@ -183,7 +183,12 @@ class Demo:
         restart_at = ROUTER_RESTART_AT * opts.cfg.duration_s if opts.cfg.routers > 1 else None
         while True:
             now = time.monotonic() - self.t0
-            if now >= opts.cfg.duration_s and not self.nodes.pending() and not self._settling(now):
+            if (
+                now >= opts.cfg.duration_s
+                and not self.nodes.pending()
+                and not self._settling(now)
+                and not self.routers.pending(traffic)
+            ):
                 return
             while pending and pending[0].at_s <= now:
                 self.nodes.inject(pending.pop(0), now)

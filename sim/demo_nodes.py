@@ -36,6 +36,7 @@ class EventRecord:
     replacement: str | None = None
     excluded: float | None = None
     drained: float | None = None
+    expired: float | None = None  # a hard kill or host freeze: gone from the router, undrained
     replacement_ready: float | None = None
     thawed: float | None = None  # a freeze: when the engine was continued
     back: float | None = None  # a freeze: when the router showed the node ready again
@@ -207,6 +208,8 @@ class NodeChaos:
                 ev.excluded = _round(hist.excluded)
                 noticed = ev.type in ("spot_notice", "dead_agent")
                 ev.drained = _round(hist.gone) if noticed else None
+                if ev.type in ("hard_kill", "host_freeze"):
+                    ev.expired = _round(hist.gone)
                 if ev.type == "freeze":
                     ev.back = _round(hist.back)
             if ev.replacement and ev.replacement in observer.histories:

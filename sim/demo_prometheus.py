@@ -33,7 +33,8 @@ from .processes import ManagedProcess
 
 log = logging.getLogger("spotrelay.demo")
 
-INTERVAL = "1s"
+INTERVAL_S = 1  # scrape interval and timeout, rule evaluation, and the alerts query's step
+INTERVAL = f"{INTERVAL_S}s"
 SETTLE_S = 3.0  # a last scrape and rule evaluation after the run
 GONE_WAIT_S = 15.0  # at most: killed nodes still listed expire within the router's registry.ttl_s
 _DURATION = re.compile(r"^(\d+)([smh])$")
@@ -165,9 +166,8 @@ class DemoPrometheus:
         time.sleep(SETTLE_S)
         self._stop.set()
         end = time.time()
-        query = urllib.parse.urlencode(
-            {"query": 'ALERTS{alertstate="firing"}', "start": t0_wall, "end": end, "step": "1"}
-        )
+        window = {"start": t0_wall, "end": end, "step": INTERVAL_S}
+        query = urllib.parse.urlencode({"query": 'ALERTS{alertstate="firing"}', **window})
         try:
             with urllib.request.urlopen(f"{self.url}/api/v1/query_range?{query}", timeout=10) as r:
                 result = json.loads(r.read())["data"]["result"]

@@ -6,8 +6,12 @@ Redis, not from heartbeats), and clients must not notice: as a load
 balancer would, the traffic driver stops sending new requests to the
 router, lets its open ones finish (a target's deregistration delay), then
 the router is SIGKILLed, started again on the same port and put back in
-rotation. The report records each step and how many nodes the new process
-knew when it first answered.
+rotation. The run goes on until the restarted router has answered
+:data:`SERVED_AFTER_BACK` requests (bounded): a restart is only shown to work
+once the new process serves, however long it took on a loaded machine. The
+report records each step, how many nodes the new process knew when it first
+answered and how many requests it answered after, and the spread of the
+requests over the routers while all of them were in rotation.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from .traffic import TrafficDriver
 log = logging.getLogger("spotrelay.demo")
 
 RESUMED_OUTCOMES = {"ok", "resumed", "success", "succeeded"}
+SERVED_AFTER_BACK = 5  # requests a restarted router answers before the run may end
+AFTER_BACK_WAIT_S = 30.0  # at most this long after it is back (a broken router never does)
 
 
 @dataclass
@@ -39,6 +45,7 @@ class RouterRestart:
     killed: float | None = None
     back: float | None = None
     nodes_known_at_restart: int | None = None  # ready nodes in its first GET /nodes
+    served_after_back: int = 0  # requests it answered that were sent after it was back
 
 
 class RouterChaos:
@@ -63,6 +70,33 @@ class RouterChaos:
     def join(self) -> None:
         for thread in self._threads:
             thread.join(timeout=self.drain_timeout_s + 60)
+
+    def pending(self, traffic: TrafficDriver) -> bool:
+        """A restart is under way, or its router has not yet answered
+        :data:`SERVED_AFTER_BACK` requests since it was back (for at most
+        :data:`AFTER_BACK_WAIT_S`)."""
+        if any(t.is_alive() for t in self._threads):
+            return True
+        self._count_served(traffic)
+        now = self._now()
+        return any(
+            r.back is not None
+            and r.served_after_back < SERVED_AFTER_BACK
+            and now < r.back + AFTER_BACK_WAIT_S
+            for r in self.restarts
+        )
+
+    def _count_served(self, traffic: TrafficDriver) -> None:
+        index = {name: i for i, name in enumerate(self.fleet.routers)}
+        with traffic.log.lock:
+            records = list(traffic.log.records)
+        for r in self.restarts:
+            if r.back is not None:
+                r.served_after_back = sum(
+                    1
+                    for rec in records
+                    if rec.ok and rec.router == index[r.router] and rec.started >= r.back
+                )
 
     def _now(self) -> float:
         return round(time.monotonic() - self.t0, 2)
@@ -116,14 +150,25 @@ class RouterChaos:
         return out
 
     def report(self, traffic: TrafficDriver) -> dict[str, Any]:
+        self._count_served(traffic)
         per_router = [0] * len(self.fleet.routers)
+        spread = [0] * len(self.fleet.routers)  # sent while every router was in rotation
         for rec in traffic.log.records:
             per_router[rec.router] += 1
+            if not any(self._out_at(r, rec.started) for r in self.restarts):
+                spread[rec.router] += 1
         return {
             "count": len(self.fleet.routers),
             "requests": dict(zip(self.fleet.routers, per_router, strict=True)),
+            "requests_all_in_rotation": dict(zip(self.fleet.routers, spread, strict=True)),
             "restarts": [asdict(r) for r in self.restarts],
         }
+
+    @staticmethod
+    def _out_at(restart: RouterRestart, t: float) -> bool:
+        """Whether the restarted router was out of rotation at ``t``."""
+        back = restart.back if restart.back is not None else float("inf")
+        return restart.out_of_rotation <= t < back
 
 
 def counters(router_url: str) -> dict[str, float]:

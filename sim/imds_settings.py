@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from spotrelay.core.config import ConfigError, setting
 
-from .imds_events import TARGET_LIFECYCLE_STATES
+from .imds_event_state import TARGET_LIFECYCLE_STATES
 
 DEFAULT_PORT = 1338
 

@@ -10,7 +10,7 @@ responses.
 :class:`ImdsState` serves requests, injects outages and counts what it
 answered; the parts it joins have one job each: session tokens
 (:mod:`.imds_tokens`), the instance's own documents (:mod:`.imds_instance`),
-the events the control API sets (:mod:`.imds_events`).
+the events the control API sets (:mod:`.imds_event_state`).
 
 What it emulates is an instance launched with ``HttpTokens=required``: a
 session token from ``PUT /latest/api/token`` is needed for every read, and
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .imds_control import ControlError, choice, number, only
-from .imds_events import InstanceEvents
+from .imds_event_state import InstanceEvents
 from .imds_format import error_page
 from .imds_instance import Clock, InstanceDocs, InstanceInfo
 from .imds_tokens import TOKEN_HEADER, TOKEN_PATH, TTL_HEADER, TokenStore, requested_ttl

@@ -26,6 +26,7 @@ class NoRedisServer(RuntimeError):
 class LocalRedis:
     proc: ManagedProcess
     port: int
+    binary: str  # the server it runs: a restart on ``port`` must start the same one
 
     @property
     def url(self) -> str:
@@ -76,8 +77,9 @@ def start_local_redis(
     server (e.g. a ``valkey-server``); by default the first on PATH.
     """
     port = port or free_port()
+    binary = binary or server_binary()
     argv = [
-        binary or server_binary(),
+        binary,
         "--port", str(port),
         "--bind", HOST,
         "--save", "",
@@ -86,6 +88,6 @@ def start_local_redis(
         *extra,
     ]  # fmt: skip
     proc = procs.start(ManagedProcess(name, argv, log_path=logdir / f"{name}.log"))
-    local = LocalRedis(proc, port)
+    local = LocalRedis(proc, port, binary)
     proc.wait_ready(ready or (lambda: ping(local.url)), timeout=15)
     return local

@@ -122,7 +122,8 @@ def render_table(report: dict[str, Any]) -> str:
             lines.append(
                 f"  {r['router']} out of rotation {_fmt(r['out_of_rotation'])}, SIGKILLed "
                 f"{_fmt(r['killed'])}, back {_fmt(r['back'])} knowing "
-                f"{r['nodes_known_at_restart']} ready nodes from Redis"
+                f"{r['nodes_known_at_restart']} ready nodes from Redis, answered "
+                f"{r['served_after_back']} requests after"
             )
     if report.get("capacity"):
         lines += capacity_lines(report["capacity"])

@@ -81,6 +81,11 @@ def local(request: pytest.FixtureRequest, procs: ProcessGroup, logdir: Path) -> 
         pytest.skip(str(exc))
 
 
+def restart(procs: ProcessGroup, logdir: Path, local: LocalRedis) -> None:
+    """The same server again on its port, empty (nothing persisted): Valkey stays Valkey."""
+    start_local_redis(procs, logdir, port=local.port, binary=local.binary, name=local.proc.name)
+
+
 @pytest.fixture
 def workers(local: LocalRedis) -> Iterator[tuple[Worker, Worker]]:
     pair = Worker(local.url), Worker(local.url)
@@ -129,7 +134,7 @@ def test_changes_made_while_redis_was_gone_are_written_back(
     w1.delete("b")  # w2 still has b in its last view and will write it back
     w1.heartbeat("c", 3)
     assert w2.states() == {"a": "ready", "b": "ready"}  # w2 serves its last view
-    start_local_redis(procs, logdir, port=local.port)
+    restart(procs, logdir, local)
     agree(workers, {"a": "draining", "c": "ready"}, "both views to converge")
     client = redis.Redis.from_url(local.url, decode_responses=True)
     assert client.smembers(f"{PREFIX}:nodes") == {"a", "c"}
@@ -174,7 +179,7 @@ def test_a_drain_made_while_redis_was_gone_survives_a_heartbeat_landing_elsewher
         wait_until(lambda: not w1.sync.up, timeout=10, what="w1 to see it down")
         w1.drain("a")
         armed.set()
-        start_local_redis(procs, logdir, port=local.port)
+        restart(procs, logdir, local)
         wait_until(lambda: w1.sync.up, timeout=10, what="w1 back")
         assert not armed.is_set(), "the other worker's heartbeat was not written first"
         workers.append(Worker(local.url))  # a worker that starts now reads the shared view

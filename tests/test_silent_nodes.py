@@ -35,7 +35,7 @@ import requests
 from spotrelay.sim.loopback import wait_until
 from spotrelay.sim.processes import ProcessGroup
 from spotrelay.sim.redis_local import NoRedisServer, start_local_redis
-from tests.support import ROUTER_TOKEN, register_node, router_nodes, start_router
+from tests.support import ROUTER_TOKEN, metric, register_node, router_nodes, start_router
 from tests.support.resume_fleet import (
     CHAT,
     COMPLETIONS,
@@ -122,6 +122,22 @@ def in_flight(fleet: Fleet, node_id: str) -> int:
     return router_nodes(fleet.router.url).get(node_id, {}).get("in_flight", 0)
 
 
+def generated(fleet: Fleet, node_id: str) -> float:
+    """Tokens the node's engine generated so far, those of unfinished answers included."""
+    return metric(fleet.nodes[node_id].url, "vllm:generation_tokens_total")
+
+
+def wait_generating(fleet: Fleet, node_id: str, since: float, tokens: int) -> None:
+    """Until the node's engine is ``tokens`` into what is open on it: mid-answer, so a
+    freeze now leaves part of it generated and (unless streamed) nothing sent."""
+    wait_until(
+        lambda: generated(fleet, node_id) >= since + tokens,
+        timeout=10,
+        interval=0.02,
+        what=f"{tokens} tokens generated on {node_id}",
+    )
+
+
 def post_in_background(url: str, body: dict[str, Any], headers: dict[str, str]):
     """POST in a thread; returns the thread and a dict that gets the response and time."""
     result: dict[str, Any] = {}
@@ -148,10 +164,11 @@ def test_non_streaming_request_on_a_frozen_node_is_retried_when_the_node_goes(
         ref = requests.post(url, json=body, headers=session, timeout=30)
         undisturbed = time.monotonic() - t0
         assert ref.status_code == 200 and ref.headers["X-Spotrelay-Node"] == "a"
+        before = generated(fleet, "a")
         thread, result = post_in_background(url, body, session)
         wait_until(lambda: in_flight(fleet, "a") == 1, timeout=10, what="the request on a")
         try:
-            time.sleep(0.3)  # part of the answer generated, nothing sent: a frozen engine
+            wait_generating(fleet, "a", before, 5)  # part of the answer, nothing sent
             freeze(fleet, "a")
             if how == "expired":
                 beats.stop("a")  # the host vanished: its heartbeats stop, ttl_s is 2
@@ -204,6 +221,7 @@ def test_a_node_whose_streams_all_stall_is_ejected_as_frozen(fleet: Fleet) -> No
     with Heartbeats(fleet):
         ref = stream(router, COMPLETIONS, body, session)
         assert ref.done and not ref.errors
+        before = generated(fleet, "a")
         threads = [
             threading.Thread(
                 target=lambda: results.append(stream(router, COMPLETIONS, body, session))
@@ -215,7 +233,7 @@ def test_a_node_whose_streams_all_stall_is_ejected_as_frozen(fleet: Fleet) -> No
         single, answer = post_in_background(router + COMPLETIONS, plain, session)
         wait_until(lambda: in_flight(fleet, "a") == 3, timeout=10, what="3 requests on a")
         try:
-            time.sleep(0.3)
+            wait_generating(fleet, "a", before, 3 * 5)  # the streams have begun
             freeze(fleet, "a")
             for t in [*threads, single]:
                 t.join(30)

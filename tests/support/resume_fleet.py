@@ -91,6 +91,10 @@ class Heartbeats:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> Heartbeats:
+        # The first round before the test goes on: with a short ttl_s a node may have
+        # expired while the fleet started (a slow simulator start); a request racing the
+        # thread's first round would then find it missing.
+        self._beat()
         self._thread.start()
         return self
 
@@ -102,16 +106,18 @@ class Heartbeats:
         self.silent.add(node_id)
 
     def _run(self) -> None:
-        while True:  # the first round at once: the nodes may be close to their ttl_s already
-            for node_id, node in self.fleet.nodes.items():
-                if node_id not in self.silent:
-                    with contextlib.suppress(RuntimeError, OSError):
-                        state = self.states.get(node_id, "ready")
-                        register_node(
-                            self.url, ROUTER_TOKEN, node_id, node.url, MODEL, state, engine=VLLM
-                        )
-            if self._halt.wait(self.interval_s):
-                return
+        while not self._halt.wait(self.interval_s):
+            self._beat()
+
+    def _beat(self) -> None:
+        """One heartbeat from every node not silenced."""
+        for node_id, node in self.fleet.nodes.items():
+            if node_id not in self.silent:
+                with contextlib.suppress(RuntimeError, OSError):
+                    state = self.states.get(node_id, "ready")
+                    register_node(
+                        self.url, ROUTER_TOKEN, node_id, node.url, MODEL, state, engine=VLLM
+                    )
 
 
 def start_fleet(

@@ -100,7 +100,9 @@ class Receiver:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def kinds(self) -> list[str]:
-        return [d["kind"] for d in self.docs]
+        """The kinds in the order the agent sent them: each POST has its own thread,
+        so arrival order can differ (seen under load); ``at`` is the send time."""
+        return [d["kind"] for d in sorted(self.docs, key=lambda d: d["at"])]
 
     def close(self) -> None:
         self.server.shutdown()

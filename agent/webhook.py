@@ -2,7 +2,10 @@
 
 Best effort and never in the way: each POST runs in its own daemon thread
 with a short timeout and up to three tries, so a slow receiver cannot delay
-a drain that has two minutes to finish.
+a drain that has two minutes to finish. The documents arrive in the order the
+agent sent them (``event`` before ``drain_started`` before ``drain_finished``):
+each thread first waits for the one before it, which a CI run showed is not
+otherwise given when two POSTs race.
 """
 
 from __future__ import annotations
@@ -54,9 +57,19 @@ class Webhook:
         if self.dry_run:
             log.info("dry run: would POST webhook %s", kind)
             return
-        thread = threading.Thread(target=self._post, args=(doc,), name="webhook", daemon=True)
-        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        self._threads = [t for t in self._threads if t.is_alive()]
+        before = self._threads[-1] if self._threads else None
+        thread = threading.Thread(
+            target=self._post_after, args=(before, doc), name="webhook", daemon=True
+        )
+        self._threads.append(thread)
         thread.start()
+
+    def _post_after(self, before: threading.Thread | None, doc: dict[str, Any]) -> None:
+        """POST ``doc`` once the document sent before it has gone (or given up)."""
+        if before is not None:
+            before.join()
+        self._post(doc)
 
     def _post(self, doc: dict[str, Any]) -> None:
         body = json.dumps(doc, default=str).encode()

@@ -481,6 +481,38 @@ def test_webhook_posts_json_summaries() -> None:
         server.server_close()
 
 
+def test_webhook_documents_arrive_in_the_order_sent() -> None:
+    """A receiver slow to answer the first POST still gets the documents in order:
+    ``event`` before ``drain_started`` before ``drain_finished`` (they were once
+    posted side by side, and a loaded CI machine delivered them swapped)."""
+    done: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            kind = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["kind"]
+            if kind == "event":
+                time.sleep(0.3)  # the fault: a receiver slow on the first document
+            self.send_response(204)
+            self.end_headers()
+            done.append(kind)  # recorded once answered: a racing POST would finish first
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        hook = Webhook(f"http://127.0.0.1:{server.server_port}/hook")
+        for kind in ("event", "drain_started", "drain_finished"):
+            hook.send(kind)
+        hook.flush(5)
+        wait_until(lambda: len(done) == 3, timeout=5, what="three webhook POSTs")
+        assert done == ["event", "drain_started", "drain_finished"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_node_state_values_match_the_protocol() -> None:
     assert {s.value for s in NodeState} == {"ready", "draining", "unhealthy"}
 
